@@ -1,0 +1,20 @@
+"""sepconv: separable convolutions for PyTorch, with exact costs, factorization and experiments."""
+
+from .geometry import ConvSpec
+from .layers import (
+    DepthwiseConv1d, DepthwiseConv2d, DepthwiseConv3d,
+    Pad,
+    PointwiseConv1d, PointwiseConv2d, PointwiseConv3d,
+    SeparableConv1d, SeparableConv2d, SeparableConv3d,
+    SpatiallySeparableConv2d,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvSpec", "Pad",
+    "DepthwiseConv1d", "DepthwiseConv2d", "DepthwiseConv3d",
+    "PointwiseConv1d", "PointwiseConv2d", "PointwiseConv3d",
+    "SeparableConv1d", "SeparableConv2d", "SeparableConv3d",
+    "SpatiallySeparableConv2d",
+]

@@ -1,0 +1,15 @@
+"""sepconv layers: depthwise, pointwise, depthwise separable and spatially separable convolutions."""
+
+from ._common import Pad
+from .depthwise import DepthwiseConv1d, DepthwiseConv2d, DepthwiseConv3d
+from .pointwise import PointwiseConv1d, PointwiseConv2d, PointwiseConv3d
+from .separable import SeparableConv1d, SeparableConv2d, SeparableConv3d
+from .spatial import SpatiallySeparableConv2d
+
+__all__ = [
+    "Pad",
+    "DepthwiseConv1d", "DepthwiseConv2d", "DepthwiseConv3d",
+    "PointwiseConv1d", "PointwiseConv2d", "PointwiseConv3d",
+    "SeparableConv1d", "SeparableConv2d", "SeparableConv3d",
+    "SpatiallySeparableConv2d",
+]

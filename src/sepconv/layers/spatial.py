@@ -1,0 +1,124 @@
+"""Spatially separable convolutions: a k_h x 1 convolution followed by a 1 x k_w convolution."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ..geometry import ConvSpec, IntOrTuple, PaddingArg, check_positive_int
+from ._common import (
+    LayerSpec,
+    check_input,
+    conv_module,
+    dense_conv,
+    is_identity,
+    make_activation,
+    make_norm,
+    raise_if_kernel_too_large,
+)
+
+
+class SpatiallySeparableConv2d(nn.Module):
+    """A ``k_h x 1`` convolution to ``rank`` channels, then a ``1 x k_w`` convolution.
+
+    ``input -> [pad_h] -> vertical -> mid_norm -> mid_act -> [pad_w] -> horizontal``
+
+    The equivalent standard kernel is
+    ``W[n, c, i, j] = sum_r H[n, r, j] * V[r, c, i]``: a sum of ``rank``
+    separable terms. For one input and one output channel, ``rank=1`` is the
+    Sobel factorization of the seeds (``[1, 2, 1]^T x [-1, 0, 1]``). In
+    general the layer computes exactly the kernels whose unfolding
+    ``W[(c, i), (n, j)]`` (a ``(C_in*k_h) x (C_out*k_w)`` matrix) has rank at
+    most ``rank`` (Jaderberg, Vedaldi & Zisserman, "Speeding up Convolutional
+    Neural Networks with Low Rank Expansions", 2014, scheme 2); the best such
+    kernel is a truncated SVD (:mod:`sepconv.factorize`). The default
+    ``rank = min(in_channels, out_channels)``.
+
+    Padding, stride and dilation are split by axis: the vertical step pads,
+    strides and dilates along H only, the horizontal step along W only, so
+    'same' (TF semantics, any stride) and every ``padding_mode`` give exactly
+    the output of the dense kernel. The single ``bias`` is added after the
+    horizontal step. Initialization: PyTorch's default for each ``nn.Conv2d``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrTuple,
+        stride: IntOrTuple = 1,
+        padding: PaddingArg = 0,
+        dilation: IntOrTuple = 1,
+        rank: Optional[int] = None,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        mid_norm: LayerSpec = None,
+        mid_act: LayerSpec = None,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        #: The standard convolution this layer replaces.
+        self.spec = ConvSpec.make(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=bias, ndim=2)
+        r = min(in_channels, out_channels) if rank is None else check_positive_int(rank, "rank")
+        (kh, kw), (sh, sw), (dh, dw) = self.spec.kernel_size, self.spec.stride, self.spec.dilation
+        if self.spec.padding == "same":
+            pad_v: Any = "same"
+            pad_h: Any = "same"
+        else:
+            (top, bottom), (left, right) = self.spec.padding  # type: ignore[misc]
+            pad_v, pad_h = ((top, bottom), (0, 0)), ((0, 0), (left, right))
+        v_spec = dataclasses.replace(
+            self.spec, out_channels=r, kernel_size=(kh, 1), stride=(sh, 1), dilation=(dh, 1),
+            padding=pad_v, bias=False,
+        )
+        h_spec = dataclasses.replace(
+            self.spec, in_channels=r, kernel_size=(1, kw), stride=(1, sw), dilation=(1, dw),
+            padding=pad_h,
+        )
+        self.in_channels, self.out_channels, self.rank = in_channels, out_channels, r
+        self.padding_mode = padding_mode
+        vertical, pad1 = conv_module(v_spec, padding_mode, device, dtype)
+        horizontal, pad2 = conv_module(h_spec, padding_mode, device, dtype)
+        self.pad_h = pad1 if pad1 is not None else nn.Identity()
+        self.vertical = vertical
+        self.mid_norm = make_norm(mid_norm, r, 2, "mid_norm", device, dtype)
+        self.mid_act = make_activation(mid_act, "mid_act")
+        self.pad_w = pad2 if pad2 is not None else nn.Identity()
+        self.horizontal = horizontal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, 2, self.in_channels)
+        try:
+            y = self.vertical(self.pad_h(x))
+            y = self.mid_act(self.mid_norm(y))
+            return self.horizontal(self.pad_w(y))
+        except RuntimeError as error:
+            raise_if_kernel_too_large(self.spec, x.shape, error)
+            raise
+
+    def to_dense_weight(self) -> torch.Tensor:
+        """The ``(C_out, C_in, k_h, k_w)`` kernel ``sum_r H[n, r, j] V[r, c, i]``."""
+        if not (is_identity(self.mid_norm) and is_identity(self.mid_act)):
+            raise ValueError(
+                "SpatiallySeparableConv2d has normalization/activation between its two steps, so no "
+                "single standard convolution is equivalent; build it with mid_norm=None and mid_act=None"
+            )
+        v = self.vertical.weight[..., 0]  # (R, C_in, k_h)
+        h = self.horizontal.weight[:, :, 0, :]  # (C_out, R, k_w)
+        return torch.einsum("nrj,rci->ncij", h, v)
+
+    def to_conv(self) -> nn.Module:
+        """A new standard ``nn.Conv2d`` (with a pad module if needed) computing the same output."""
+        bias = None if self.horizontal.bias is None else self.horizontal.bias.detach()
+        return dense_conv(self.spec, self.to_dense_weight().detach(), bias, self.padding_mode)
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={s.kernel_size}, stride={s.stride}, "
+            f"padding={s.padding!r}, dilation={s.dilation}, rank={self.rank}"
+        )
