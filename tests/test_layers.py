@@ -269,7 +269,7 @@ def test_channels_last_bfloat16_and_unbatched():
     torch.testing.assert_close(out.float(), ref, rtol=5e-2, atol=5e-2)
 
 
-def test_jit_trace_and_compile():
+def test_jit_trace_compile_and_export():
     torch.manual_seed(0)
     layer = SeparableConv2d(3, 4, 4, stride=2, padding="same", dw_norm="batchnorm", dw_act="relu").eval()
     x = torch.randn(1, 3, 11, 11)
@@ -277,6 +277,8 @@ def test_jit_trace_and_compile():
     torch.testing.assert_close(traced(x), layer(x))
     compiled = torch.compile(layer, backend="eager")  # dynamo capture of the padding logic; no C++ build needed
     torch.testing.assert_close(compiled(x), layer(x))
+    exported = torch.export.export(layer, (x,)).module()
+    torch.testing.assert_close(exported(x), layer(x))
 
 
 @pytest.mark.slow
