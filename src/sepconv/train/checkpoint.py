@@ -1,0 +1,66 @@
+"""Training checkpoints: written atomically, read with ``torch.load(weights_only=True)``.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts
+(model and optimizer state, the epoch, the metric history and the RNG states
+that make a resumed run bit-identical to an uninterrupted one). It is saved
+with ``torch.save`` into a temporary file in the same directory and moved
+into place with ``os.replace``, so a crash never leaves a half-written file;
+it is loaded with ``weights_only=True``, which unpickles only tensors and
+containers of primitives and never executes code from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: Bumped when the layout of the checkpoint dict changes.
+CHECKPOINT_FORMAT = 1
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Save ``state`` (tensors and plain containers only) to ``path`` atomically."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` without executing code from it.
+
+    Raises ``FileNotFoundError`` when missing and ``ValueError`` naming the
+    file when it is not a sepconv checkpoint of a known format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt zip, refused global, ...
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read safely: {error}") from error
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a sepconv checkpoint (format {CHECKPOINT_FORMAT})")
+    return state

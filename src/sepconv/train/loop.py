@@ -1,0 +1,286 @@
+"""The training loop behind ``sepconv compare``: seeded, resumable, interruptible, DDP-ready.
+
+Determinism
+-----------
+The caller seeds ``torch`` and builds the model (so every variant starts from
+the same RNG state). :func:`fit` draws each epoch's sample order from its own
+``torch.Generator`` seeded with ``config.seed``: every variant of a comparison
+sees the same batches in the same order. A checkpoint written after each epoch
+holds the model and optimizer state, the metric history, the global torch RNG
+state and the data-order generator state, so ``fit(..., resume=True)`` after
+an interruption continues to the *bit-identical* weights and metrics of an
+uninterrupted run (on CPU; on CUDA cuDNN is put in deterministic mode, which
+removes most but not all run-to-run variation).
+
+Metrics
+-------
+``train_loss``/``train_acc`` are averages over the epoch's batches in training
+mode, as Keras reports them (and as the seed article plots them);
+``val_loss``/``val_acc`` are computed after the epoch in eval mode.
+``train_time_s`` is the wall time of the epoch's optimization steps only
+(no validation, no checkpointing).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import distributed as dist_utils
+from .checkpoint import load_checkpoint, save_checkpoint
+
+#: Config fields that must match between a checkpoint and the run resuming it.
+RESUME_KEYS = ("batch_size", "lr", "seed", "weight_decay", "amp")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message says where and what to try."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training; ``completed_epochs`` are saved in ``checkpoint``."""
+
+    def __init__(self, completed_epochs: int, checkpoint: Optional[Path]):
+        self.completed_epochs = completed_epochs
+        self.checkpoint = checkpoint
+        super().__init__(f"interrupted after {completed_epochs} completed epoch(s); checkpoint: {checkpoint}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimization settings. ``lr`` is Adam's learning rate (constant, no schedule, so a
+    run can be extended with ``--resume --epochs N``); ``batch_size`` is the global batch
+    (split evenly over DDP ranks); ``amp`` enables ``torch.autocast`` and only acts on CUDA."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    weight_decay: float = 0.0
+    device: str = "cpu"
+    amp: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns: per-epoch metric dicts, the trained (unwrapped) model,
+    the epoch training started from (0, or the checkpoint's epoch when resumed)."""
+
+    history: list[dict[str, float]]
+    model: nn.Module
+    start_epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _amp_dtype(device: torch.device) -> Optional[torch.dtype]:
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
+    device: torch.device | str = "cpu", amp: bool = False,
+) -> tuple[float, float]:
+    """Mean cross-entropy loss (nats) and accuracy (fraction) of ``model`` on ``(x, y)`` in eval mode."""
+    device = torch.device(device)
+    amp_dtype = _amp_dtype(device) if amp else None
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start:start + batch_size].to(device)
+        yb = y[start:start + batch_size].to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(xb)
+        total_loss += F.cross_entropy(logits.float(), yb, reduction="sum").item()
+        correct += int((logits.argmax(1) == yb).sum().item())
+    model.train(was_training)
+    n = max(int(x.shape[0]), 1)
+    return total_loss / n, correct / n
+
+
+def _check_resume(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    saved = state.get("config", {})
+    for key in RESUME_KEYS:
+        if saved.get(key) != getattr(config, key):
+            raise ValueError(
+                f"cannot resume from {str(path)!r}: it was trained with {key}={saved.get(key)!r}, this run has "
+                f"{key}={getattr(config, key)!r}; use the same settings, or --overwrite to start over"
+            )
+    if state["epoch"] > config.epochs:
+        raise ValueError(
+            f"cannot resume from {str(path)!r}: it already has {state['epoch']} epochs, more than epochs={config.epochs}"
+        )
+
+
+def fit(
+    model: nn.Module,
+    data: Any,
+    config: TrainConfig,
+    *,
+    checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    desc: str = "",
+    on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
+    stop_after_epoch: Optional[int] = None,
+) -> TrainResult:
+    """Train ``model`` on ``data`` (an :class:`~sepconv.data.ImageDataset`) with Adam and cross-entropy.
+
+    A checkpoint is written atomically to ``checkpoint_path`` after every
+    epoch. With ``resume=True`` and an existing checkpoint, training continues
+    from it (its settings must match ``config``, except ``epochs`` which may
+    grow). ``stop_after_epoch`` ends the call early, as an interruption after
+    that epoch would. Under a ``torch.distributed`` process group the model
+    is wrapped in ``DistributedDataParallel`` and each rank trains on an equal
+    shard of every batch. Raises :class:`TrainingDiverged` on a NaN/inf loss
+    and :class:`TrainingInterrupted` on Ctrl-C (after the last completed
+    epoch's checkpoint is on disk).
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(config.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    amp_dtype = _amp_dtype(device) if config.amp else None
+    model = model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    order = torch.Generator().manual_seed(config.seed)
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    path = Path(checkpoint_path) if checkpoint_path is not None else None
+
+    if resume and path is not None and path.exists():
+        state = load_checkpoint(path)
+        _check_resume(state, config, path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        order.set_state(state["order_rng"])
+        history = [dict(h) for h in state["history"]]
+        start_epoch = int(state["epoch"])
+
+    world, rank = dist_utils.world_size(), dist_utils.rank()
+    per_rank_batch = config.batch_size // world
+    if per_rank_batch < 1:
+        raise ValueError(f"batch_size={config.batch_size} is smaller than the {world} distributed processes")
+    net: nn.Module = model
+    if dist_utils.is_distributed():
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    n = int(data.train_x.shape[0])
+    last_epoch = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
+    show = progress and dist_utils.is_main_process()
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, last_epoch):
+            net.train()
+            perm = torch.randperm(n, generator=order)
+            if world > 1:
+                perm = perm[: n - n % world][rank::world]
+            steps = math.ceil(perm.numel() / per_rank_batch)
+            sums = [0.0, 0.0, 0.0]  # loss * samples, correct, samples
+            bar = tqdm(total=steps, desc=f"{desc} epoch {epoch + 1}/{config.epochs}".strip(),
+                       leave=False, disable=not show, unit="batch")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            for step in range(steps):
+                idx = perm[step * per_rank_batch:(step + 1) * per_rank_batch]
+                xb = data.train_x[idx].to(device, non_blocking=True)
+                yb = data.train_y[idx].to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits = net(xb)
+                    loss = F.cross_entropy(logits.float(), yb)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value) and world == 1:
+                    raise TrainingDiverged(
+                        f"{desc or 'training'} diverged: loss is {loss_value} at epoch {epoch + 1}, batch {step + 1}; "
+                        f"try a smaller learning rate (lr={config.lr:g})"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                sums[0] += loss_value * idx.numel()
+                sums[1] += float((logits.argmax(1) == yb).sum().item())
+                sums[2] += idx.numel()
+                bar.update(1)
+                if show:
+                    bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}", refresh=False)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_time = time.perf_counter() - t0
+            bar.close()
+            sums = dist_utils.all_reduce_sum(sums, device if device.type == "cuda" else None)
+            train_loss = sums[0] / sums[2]
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(
+                    f"{desc or 'training'} diverged: mean loss is {train_loss} in epoch {epoch + 1}; "
+                    f"try a smaller learning rate (lr={config.lr:g})"
+                )
+            t1 = time.perf_counter()
+            val_loss, val_acc = evaluate(model, data.val_x, data.val_y, max(per_rank_batch, 256), device, config.amp)
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "train_acc": sums[1] / sums[2],
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "train_time_s": train_time,
+                "val_time_s": time.perf_counter() - t1,
+            }
+            history.append(record)
+            if path is not None and dist_utils.is_main_process():
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "torch_rng": torch.get_rng_state(),
+                    "order_rng": order.get_state(),
+                    "config": asdict(config),
+                }
+                if device.type == "cuda":
+                    state["cuda_rng"] = torch.cuda.get_rng_state(device)
+                save_checkpoint(path, state)
+            dist_utils.barrier()
+            if on_epoch is not None and dist_utils.is_main_process():
+                on_epoch(record)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(len(history), path) from None
+    return TrainResult(history=history, model=model, start_epoch=start_epoch)
