@@ -1,0 +1,193 @@
+"""Training loop: bit-identical resume, Ctrl-C, divergence, safe checkpoints, DDP with 2 CPU processes."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from sepconv.data import ImageDataset
+from sepconv.train import (
+    TrainConfig, TrainingDiverged, TrainingInterrupted, evaluate, fit, load_checkpoint, save_checkpoint,
+)
+
+METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")  # everything but wall times
+
+
+def tiny_data(n_train=64, n_val=20, seed=0) -> ImageDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_train + n_val, 1, 6, 6, generator=g)
+    y = (x[:, 0, :3].sum(dim=(1, 2)) > 0).long() + 2 * (x[:, 0, 3:].sum(dim=(1, 2)) > 0).long()
+    return ImageDataset("tiny", x[:n_train], y[:n_train], x[n_train:], y[n_train:], ["a", "b", "c", "d"])
+
+
+def tiny_model(seed=0, norm=True, dropout=0.3) -> nn.Module:
+    torch.manual_seed(seed)
+    layers = [nn.Conv2d(1, 4, 3, padding=1)]
+    if norm:
+        layers.append(nn.BatchNorm2d(4))
+    layers += [nn.ReLU(), nn.Dropout(dropout), nn.Flatten(), nn.Linear(4 * 36, 4)]
+    return nn.Sequential(*layers)
+
+
+def metrics(history):
+    return [{k: h[k] for k in METRICS} for h in history]
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_is_bit_identical(tmp_path):
+    data = tiny_data()
+    cfg = TrainConfig(epochs=4, batch_size=16, lr=1e-2, seed=3)
+    full = fit(tiny_model(), data, cfg, checkpoint_path=tmp_path / "full.pt")
+    part = fit(tiny_model(), data, cfg, checkpoint_path=tmp_path / "part.pt", stop_after_epoch=2)
+    assert len(part.history) == 2
+    assert load_checkpoint(tmp_path / "part.pt")["epoch"] == 2
+    # a fresh process would rebuild the model from the seed; the checkpoint then replaces everything
+    resumed = fit(tiny_model(), data, cfg, checkpoint_path=tmp_path / "part.pt", resume=True)
+    assert resumed.start_epoch == 2
+    assert metrics(resumed.history) == metrics(full.history)
+    assert same_weights(resumed.model, full.model)
+    # the optimizer state too: one more epoch from each checkpoint stays identical
+    cfg5 = TrainConfig(epochs=5, batch_size=16, lr=1e-2, seed=3)
+    a = fit(tiny_model(), data, cfg5, checkpoint_path=tmp_path / "full.pt", resume=True)
+    b = fit(tiny_model(), data, cfg5, checkpoint_path=tmp_path / "part.pt", resume=True)
+    assert metrics(a.history) == metrics(b.history) and same_weights(a.model, b.model)
+
+
+def test_training_learns_and_seed_matters(tmp_path):
+    data = tiny_data(n_train=128)
+    cfg = TrainConfig(epochs=6, batch_size=16, lr=1e-2, seed=0)
+    before = evaluate(tiny_model(), data.val_x, data.val_y)[0]
+    run = fit(tiny_model(), data, cfg)
+    assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
+    assert run.history[-1]["val_loss"] < before
+    other = fit(tiny_model(), data, TrainConfig(epochs=1, batch_size=16, lr=1e-2, seed=1))
+    assert metrics(other.history) != metrics(run.history[:1])  # a different data order
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    data = tiny_data()
+    fit(tiny_model(), data, TrainConfig(epochs=1, batch_size=16), checkpoint_path=tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="lr=0.001.*lr=0.5"):
+        fit(tiny_model(), data, TrainConfig(epochs=2, batch_size=16, lr=0.5), checkpoint_path=tmp_path / "c.pt", resume=True)
+    fit(tiny_model(), data, TrainConfig(epochs=3, batch_size=16), checkpoint_path=tmp_path / "c.pt", resume=True)
+    with pytest.raises(ValueError, match="already has 3 epochs"):
+        fit(tiny_model(), data, TrainConfig(epochs=2, batch_size=16), checkpoint_path=tmp_path / "c.pt", resume=True)
+
+
+class InterruptAt(nn.Module):
+    """Wraps a model and raises KeyboardInterrupt on the ``at``-th training forward call."""
+
+    def __init__(self, inner: nn.Module, at: int):
+        super().__init__()
+        self.inner, self.at, self.calls = inner, at, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                raise KeyboardInterrupt
+        return self.inner(x)
+
+
+def test_ctrl_c_keeps_last_epoch_and_resumes(tmp_path):
+    data = tiny_data()
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=1e-2)
+    full = fit(tiny_model(), data, cfg)
+    ckpt = tmp_path / "c.pt"
+    with pytest.raises(TrainingInterrupted) as info:
+        fit(InterruptAt(tiny_model(), at=4 + 2), data, cfg, checkpoint_path=ckpt)  # 4 batches/epoch: mid epoch 2
+    assert info.value.completed_epochs == 1 and info.value.checkpoint == ckpt
+    state = load_checkpoint(ckpt)
+    assert state["epoch"] == 1
+    # resume with the plain model (the wrapper only adds a prefix to parameter names)
+    state["model"] = {k.removeprefix("inner."): v for k, v in state["model"].items()}
+    save_checkpoint(ckpt, {k: v for k, v in state.items() if k != "format"})
+    resumed = fit(tiny_model(), data, cfg, checkpoint_path=ckpt, resume=True)
+    assert metrics(resumed.history) == metrics(full.history) and same_weights(resumed.model, full.model)
+
+
+def test_divergence_stops_with_message():
+    data = tiny_data()
+    data.train_x[5, 0, 0, 0] = float("nan")  # poisons the batch that holds sample 5
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at epoch 1, batch \d+; try a smaller learning rate"):
+        fit(tiny_model(norm=False), data, TrainConfig(epochs=2, batch_size=16), desc="standard")
+
+
+def test_checkpoint_is_atomic_and_safe(tmp_path):
+    path = tmp_path / "sub" / "c.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(2)}, "epoch": 1})
+    assert [p.name for p in path.parent.iterdir()] == ["c.pt"]  # no temp files left
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > /dev/null",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": 1, "x": Payload()}, evil)
+    with pytest.raises(ValueError, match="cannot be read safely"):
+        load_checkpoint(evil)
+    (tmp_path / "junk.pt").write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(ValueError, match="cannot be read safely|not a sepconv checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"w": torch.ones(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a sepconv checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"epochs": 0}, "epochs"), ({"batch_size": 2.5}, "batch_size"), ({"lr": -1.0}, "lr"),
+    ({"lr": float("nan")}, "lr"), ({"seed": -3}, "seed"), ({"weight_decay": -0.1}, "weight_decay"),
+])
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+
+
+# ---------------------------------------------------------------- DDP, 2 CPU processes with gloo
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        run = fit(tiny_model(norm=False, dropout=0.0), tiny_data(), TrainConfig(epochs=2, batch_size=16, lr=1e-2),
+                  checkpoint_path=Path(out_dir) / "ddp.pt")
+        torch.save({"state": run.model.state_dict(), "history": metrics(run.history)}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_processes_agree_with_single_process(tmp_path):
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with the gloo backend is not available in this build")
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for key in r0["state"]:
+        assert torch.equal(r0["state"][key], r1["state"][key]), key
+    assert r0["history"] == r1["history"]
+    assert load_checkpoint(tmp_path / "ddp.pt")["epoch"] == 2  # written once, by rank 0
+    # each rank trains on half of every global batch and DDP averages the gradients: that equals
+    # single-process training on the whole batch (64 samples and batch 16 divide evenly by 2)
+    single = fit(tiny_model(norm=False, dropout=0.0), tiny_data(), TrainConfig(epochs=2, batch_size=16, lr=1e-2))
+    for key, value in single.model.state_dict().items():
+        torch.testing.assert_close(r0["state"][key], value, rtol=1e-4, atol=1e-5)
+    for a, b in zip(r0["history"], metrics(single.history)):
+        assert a["epoch"] == b["epoch"]
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-4 and abs(a["val_acc"] - b["val_acc"]) < 1e-9
