@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 #: Modules that each register one sub-command, in the order ``--help`` lists them.
 COMMAND_MODULES = (
+    "sepconv.experiments.compare",
 )
 
 USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
