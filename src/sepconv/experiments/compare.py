@@ -457,6 +457,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--latency-time", type=float, default=0.3,
+                   help="seconds spent timing each latency/throughput measurement (default 0.3)")
     p.set_defaults(func=run)
 
 
@@ -491,6 +493,8 @@ def run(args: argparse.Namespace) -> int:
     from .report import format_table
 
     config = config_from_args(args)
+    if not args.latency_time > 0:
+        raise ValueError(f"--latency-time must be > 0 seconds, got {args.latency_time!r}")
     if args.resume and not args.out:
         raise ValueError("--resume needs --out DIR, the directory of the run to continue")
     out = Path(args.out) if args.out else Path("runs") / f"compare-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}"
@@ -498,7 +502,8 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
         results = run_compare(config, out, resume=args.resume, overwrite=args.overwrite,
-                              progress=not quiet and sys.stderr.isatty(), log=log)
+                              progress=not quiet and sys.stderr.isatty(), log=log,
+                              latency_min_run_time=args.latency_time)
     except TrainingDiverged as error:
         print(f"sepconv compare: error: {error}; partial results in {out}", file=sys.stderr)
         return 1

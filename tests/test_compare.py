@@ -1,0 +1,220 @@
+"""`sepconv compare`: outputs, cost columns against sepconv.cost, resume, bad input, interruption."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+models = pytest.importorskip("sepconv.models", reason="the model zoo (sepconv.models) is not installed yet")
+cost = pytest.importorskip("sepconv.cost", reason="the cost module (sepconv.cost) is not installed yet")
+
+from sepconv.cli import main  # noqa: E402
+from sepconv.experiments import CompareConfig, run_compare  # noqa: E402
+from sepconv.experiments.report import format_table  # noqa: E402
+from sepconv.train import load_checkpoint  # noqa: E402
+
+TINY = ["--epochs", "1", "--variants", "standard,separable", "--width", "0.125", "--batch-size", "128", "--quiet",
+        "--latency-time", "0.02"]
+METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
+
+
+def tiny_config(**kw) -> CompareConfig:
+    base = dict(epochs=2, variants=["standard", "separable"], width=0.125, batch_size=128)
+    base.update(kw)
+    return CompareConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    rc = main(["compare", *TINY, "--out", str(out)])
+    return rc, out
+
+
+def test_cli_writes_every_output(cli_run, capsys):
+    rc, out = cli_run
+    assert rc == 0
+    for name in ("run.json", "results.json", "metrics.csv", "accuracy.png", "loss.png", "costs.png", "report.html"):
+        assert (out / name).is_file(), name
+    for name in ("accuracy.png", "loss.png", "costs.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "complete"
+    assert [r["variant"] for r in results["table"]] == ["standard", "separable"]
+    assert results["data"]["train_size"] + results["data"]["val_size"] == 1797
+    with open(out / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["variant"], r["epoch"]) for r in rows] == [("standard", "1"), ("separable", "1")]
+    for row in rows:
+        history = results["variants"][row["variant"]]["history"][0]
+        assert float(row["val_acc"]) == pytest.approx(history["val_acc"])
+    html = (out / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) == 3 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
+    assert "src=\"http" not in html  # self-contained
+    for row in results["table"]:
+        assert 0.0 <= row["final_val_acc"] <= 1.0 and row["latency_ms"] > 0 and row["train_s_per_epoch"] > 0
+        assert row["train_val_gap"] == pytest.approx(row["final_train_acc"] - row["final_val_acc"])
+        assert f"{row['params']:,}" in html
+    # the final weights are saved and load back through the zoo
+    for variant in ("standard", "separable"):
+        assert (out / "models" / f"{variant}.safetensors").is_file()
+        assert load_checkpoint(out / "checkpoints" / f"{variant}.pt")["epoch"] == 1
+
+
+def test_params_and_macs_equal_the_cost_module(cli_run):
+    _, out = cli_run
+    results = json.loads((out / "results.json").read_text())
+    shape = tuple(results["data"]["input_shape"])
+    kwargs = results["resolved"]["build_kwargs"]
+    assert kwargs["width"] == 0.125
+    for row in results["table"]:
+        model = models.build_model("vgg_blocks", row["variant"], num_classes=10, in_channels=shape[0], **kwargs)
+        prof = cost.profile(model, shape)
+        assert row["params"] == prof.total_params
+        assert row["macs"] == prof.total_macs
+        assert row["params"] == sum(p.numel() for p in model.parameters())  # and it is the real model
+    standard, separable = results["table"]
+    assert separable["params"] < standard["params"] and separable["macs"] < standard["macs"]
+
+
+def test_resume_continues_to_the_same_result(tmp_path):
+    full = run_compare(tiny_config(), tmp_path / "full", log=lambda m: None, latency_min_run_time=0.01)
+    part = run_compare(tiny_config(), tmp_path / "part", log=lambda m: None, latency_min_run_time=0.01,
+                       stop_after_epoch=1)
+    assert part["status"] == "stopped"
+    resumed = run_compare(tiny_config(), tmp_path / "part", resume=True, log=lambda m: None, latency_min_run_time=0.01)
+    assert resumed["status"] == "complete"
+    for variant in ("standard", "separable"):
+        a = [{k: h[k] for k in METRICS} for h in full["variants"][variant]["history"]]
+        b = [{k: h[k] for k in METRICS} for h in resumed["variants"][variant]["history"]]
+        assert a == b and len(a) == 2
+        wa = load_checkpoint(tmp_path / "full" / "checkpoints" / f"{variant}.pt")["model"]
+        wb = load_checkpoint(tmp_path / "part" / "checkpoints" / f"{variant}.pt")["model"]
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # variants share the seed: their data order is the same, so a resumed run is no different per variant
+    assert resumed["variants"]["separable"]["resumed_from_epoch"] == 1
+
+
+def test_resume_from_cli_uses_saved_settings_and_extends(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["compare", *TINY, "--variants", "separable", "--out", str(out)]) == 0
+    assert main(["compare", "--resume", "--out", str(out), "--epochs", "2", "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["width"] == 0.125 and results["config"]["epochs"] == 2
+    assert [h["epoch"] for h in results["variants"]["separable"]["history"]] == [1, 2]
+    capsys.readouterr()
+    assert main(["compare", "--resume", "--out", str(out), "--lr", "0.5", "--quiet"]) == 2
+    assert "lr=0.003" in capsys.readouterr().err
+
+
+def one_line_error(capsys, argv, *fragments):
+    rc = main(["compare", *argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert err.startswith("sepconv compare: error:") and "\n" not in err and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    return err
+
+
+def test_bad_names_and_numbers(tmp_path, capsys):
+    one_line_error(capsys, ["--model", "resnet9000", "--out", str(tmp_path / "a")], "resnet9000", "vgg_blocks")
+    one_line_error(capsys, ["--variants", "standard,octonion", "--out", str(tmp_path / "a")], "octonion", "separable")
+    one_line_error(capsys, ["--epochs", "0", "--out", str(tmp_path / "a")], "epochs")
+    one_line_error(capsys, ["--lr", "-1", "--out", str(tmp_path / "a")], "lr")
+    one_line_error(capsys, ["--dataset", "cifar10", "--out", str(tmp_path / "a")], "--data-dir")
+    with pytest.raises(SystemExit) as info:  # argparse choices: argparse exits 2 itself
+        main(["compare", "--dataset", "svhn"])
+    assert info.value.code == 2
+    assert not (tmp_path / "a").exists()  # nothing written for bad input
+
+
+def test_bad_data_directories(tmp_path, capsys):
+    from PIL import Image
+
+    out = str(tmp_path / "out")
+    one_line_error(capsys, ["--dataset", "imagefolder", "--data-dir", str(tmp_path / "none"), "--out", out], "does not exist")
+    (tmp_path / "empty").mkdir()
+    one_line_error(capsys, ["--dataset", "imagefolder", "--data-dir", str(tmp_path / "empty"), "--out", out], "holds no images")
+    one_line_error(capsys, ["--dataset", "cifar10", "--data-dir", str(tmp_path / "empty"), "--out", out], "no CIFAR-10 batches")
+    single = tmp_path / "single" / "cats"
+    single.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(single / f"{i}.png")
+    one_line_error(capsys, ["--dataset", "imagefolder", "--data-dir", str(tmp_path / "single"), "--out", out], "single class")
+    (tmp_path / "single" / "dogs").mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (0, i, 0)).save(tmp_path / "single" / "dogs" / f"{i}.png")
+    (tmp_path / "single" / "dogs" / "bad.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    one_line_error(capsys, ["--dataset", "imagefolder", "--data-dir", str(tmp_path / "single"), "--out", out], "bad.jpg")
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_dir_guards(cli_run, tmp_path, capsys):
+    _, previous = cli_run
+    before = {p.name: p.read_bytes() for p in previous.iterdir() if p.is_file()}
+    one_line_error(capsys, [*TINY, "--out", str(previous)], "previous sepconv run", "--resume", "--overwrite")
+    one_line_error(capsys, [*TINY, "--out", str(previous), "--resume", "--overwrite"], "exclude")
+    assert {p.name: p.read_bytes() for p in previous.iterdir() if p.is_file()} == before  # nothing lost
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    one_line_error(capsys, [*TINY, "--out", str(foreign), "--overwrite"], "not a sepconv run")
+    one_line_error(capsys, [*TINY, "--out", str(foreign), "--resume"], "no sepconv run to resume")
+    assert (foreign / "thesis.tex").read_text() == "precious"
+    (tmp_path / "file").write_text("x")
+    one_line_error(capsys, [*TINY, "--out", str(tmp_path / "file")], "not a directory")
+
+
+def test_overwrite_replaces_only_run_files(tmp_path, capsys):
+    out = tmp_path / "o"
+    args = [*TINY, "--variants", "standard", "--out", str(out)]
+    assert main(["compare", *args]) == 0
+    (out / "notes.txt").write_text("mine")
+    stamp = json.loads((out / "run.json").read_text())["started"]
+    assert main(["compare", *args, "--overwrite", "--seed", "1"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "results.json").read_text())["config"]["seed"] == 1
+    assert json.loads((out / "run.json").read_text())["started"] >= stamp
+
+
+def test_ctrl_c_saves_and_exits_130(tmp_path, capsys, monkeypatch):
+    import sepconv.train as train
+
+    real_fit = train.fit
+    calls = {"n": 0}
+
+    def interrupting_fit(model, data, config, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second variant is interrupted before finishing its first epoch
+            raise train.TrainingInterrupted(0, kw.get("checkpoint_path"))
+        return real_fit(model, data, config, **kw)
+
+    monkeypatch.setattr(train, "fit", interrupting_fit)
+    out = tmp_path / "i"
+    rc = main(["compare", *TINY, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 130 and "--resume" in err
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "interrupted"
+    assert len(results["variants"]["standard"]["history"]) == 1
+    monkeypatch.setattr(train, "fit", real_fit)
+    assert main(["compare", "--resume", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "results.json").read_text())["status"] == "complete"
+
+
+def test_format_table_aligns_and_marks_missing():
+    rows = [{"variant": "standard", "params": 1234567, "macs": 10, "train_s_per_epoch": 0.5, "latency_ms": None,
+             "best_val_acc": 0.9, "final_val_acc": 0.85, "train_val_gap": 0.1}]
+    text = format_table(rows).splitlines()
+    assert len(text) == 3 and "1,234,567" in text[2] and " - " in text[2] + " " and "+0.1000" in text[2]
+    assert len(text[0]) == len(text[2])
