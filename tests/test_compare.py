@@ -218,3 +218,26 @@ def test_format_table_aligns_and_marks_missing():
     text = format_table(rows).splitlines()
     assert len(text) == 3 and "1,234,567" in text[2] and " - " in text[2] + " " and "+0.1000" in text[2]
     assert len(text[0]) == len(text[2])
+
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    """The same command under torchrun: 2 gloo processes, one set of files, replicas identical."""
+    import os
+    import subprocess
+    import sys
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with the gloo backend is not available in this build")
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "sepconv", "compare", *TINY, "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("results:") == 1  # only rank 0 reports
+    results = json.loads((out / "results.json").read_text())
+    assert results["resolved"]["world_size"] == 2 and results["status"] == "complete"
+    for variant in ("standard", "separable"):
+        assert results["variants"][variant]["ranks_agree"] is True

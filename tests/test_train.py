@@ -165,7 +165,18 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     try:
         run = fit(tiny_model(norm=False, dropout=0.0), tiny_data(), TrainConfig(epochs=2, batch_size=16, lr=1e-2),
                   checkpoint_path=Path(out_dir) / "ddp.pt")
-        torch.save({"state": run.model.state_dict(), "history": metrics(run.history)}, Path(out_dir) / f"rank{rank}.pt")
+        from sepconv.train.distributed import weights_agree
+
+        agree = weights_agree(run.model)
+        if rank == 1:  # drift one replica: the check must notice
+            with torch.no_grad():
+                next(run.model.parameters()).view(-1)[0] += 1e-3
+        drifted = weights_agree(run.model)
+        if rank == 1:
+            with torch.no_grad():
+                next(run.model.parameters()).view(-1)[0] -= 1e-3
+        torch.save({"state": run.model.state_dict(), "history": metrics(run.history), "agree": agree,
+                    "drifted": drifted}, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -182,6 +193,7 @@ def test_ddp_two_processes_agree_with_single_process(tmp_path):
     for key in r0["state"]:
         assert torch.equal(r0["state"][key], r1["state"][key]), key
     assert r0["history"] == r1["history"]
+    assert r0["agree"] and r1["agree"] and not r0["drifted"] and not r1["drifted"]
     assert load_checkpoint(tmp_path / "ddp.pt")["epoch"] == 2  # written once, by rank 0
     # each rank trains on half of every global batch and DDP averages the gradients: that equals
     # single-process training on the whole batch (64 samples and batch 16 divide evenly by 2)

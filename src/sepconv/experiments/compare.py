@@ -403,6 +403,8 @@ def run_compare(
             save("diverged" if sys.exc_info()[0] is TrainingDiverged else "interrupted")
             raise
         entry["history"] = run.history
+        if distributed:
+            entry["ranks_agree"] = dist_utils.weights_agree(run.model)
         latency = throughput = None
         if main:
             latency = measure_latency(run.model, data.input_shape, 1, device, latency_min_run_time)
@@ -497,6 +499,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--latency-time must be > 0 seconds, got {args.latency_time!r}")
     if args.resume and not args.out:
         raise ValueError("--resume needs --out DIR, the directory of the run to continue")
+    if not args.out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("under torchrun every process must write to the same place: give --out DIR")
     out = Path(args.out) if args.out else Path("runs") / f"compare-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}"
     quiet = bool(args.quiet)
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -512,7 +516,13 @@ def run(args: argparse.Namespace) -> int:
               f"checkpoints are in {out / 'checkpoints'}; continue with: sepconv compare --out {out} --resume",
               file=sys.stderr)
         return 130
-    if dist_utils.is_main_process():
+    finally:
+        main_process = dist_utils.is_main_process()
+        if dist_utils.world_size() > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if main_process:
         print(format_table(results["table"]))
         print(f"results: {out / 'results.json'}  report: {out / 'report.html'}  plots: {out / 'accuracy.png'}")
     return 0

@@ -68,3 +68,23 @@ def barrier() -> None:
     """Wait for every rank (no-op when not distributed)."""
     if is_distributed():
         dist.barrier()
+
+
+def weights_agree(model: torch.nn.Module) -> bool:
+    """Whether every rank holds the same parameters and buffers (True when not distributed).
+
+    Compares, across ranks, a float64 fingerprint of every tensor in the
+    state dict (its sum and its sum of squares); DDP keeps replicas
+    bit-identical, so any difference means the replicas drifted apart.
+    """
+    if not is_distributed():
+        return True
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    stats = []
+    for tensor in model.state_dict().values():
+        t = tensor.detach().to(torch.float64)
+        stats += [t.sum(), (t * t).sum()]
+    local = torch.stack(stats).to(device) if stats else torch.zeros(1, dtype=torch.float64, device=device)
+    gathered = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(gathered, local)
+    return all(torch.equal(g, gathered[0]) for g in gathered[1:])
