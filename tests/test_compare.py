@@ -241,3 +241,32 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert results["resolved"]["world_size"] == 2 and results["status"] == "complete"
     for variant in ("standard", "separable"):
         assert results["variants"][variant]["ranks_agree"] is True
+
+
+def test_real_sigint_saves_checkpoint_and_resumes(tmp_path):
+    """Ctrl-C (SIGINT) on a running `sepconv compare`: exit 130, a loadable checkpoint, --resume finishes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "sig"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "sepconv", "compare", *TINY, "--variants", "standard", "--epochs", "500", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = out / "checkpoints" / "standard.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert checkpoint.exists(), proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err and "Traceback" not in err
+    done = load_checkpoint(checkpoint)["epoch"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "interrupted"
+    assert len(results["variants"]["standard"]["history"]) == done >= 1
+    assert main(["compare", "--resume", "--out", str(out), "--epochs", str(done + 1), "--quiet"]) == 0
+    assert load_checkpoint(checkpoint)["epoch"] == done + 1

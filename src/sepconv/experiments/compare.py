@@ -28,7 +28,6 @@ chosen epochs/width/batch size and the measured wall time.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as _dt
 import os
 import platform
@@ -322,7 +321,7 @@ def run_compare(
     from ..cost import profile
     from ..data import load_dataset
     from ..models import build_model, save_model
-    from ..train import TrainConfig, TrainingDiverged, TrainingInterrupted, fit
+    from ..train import TrainConfig, TrainingDiverged, TrainingInterrupted, fit, load_checkpoint
     from ..train import distributed as dist_utils
 
     out = Path(out)
@@ -337,6 +336,21 @@ def run_compare(
     prepare_out_dir(out, config, resume=resume, overwrite=overwrite, write=False)
     data = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction, split_seed=0,
                         image_size=config.image_size, download=config.download and main)
+    build_kwargs = _build_kwargs(config, data.input_shape)
+    c, h, w = data.input_shape
+    costs: dict[str, tuple[int, int]] = {}
+    for variant in variants:  # every variant must build and run on this input before anything is written
+        with torch.random.fork_rng(devices=[]):
+            try:
+                probe = build_model(config.model, variant, num_classes=data.num_classes, in_channels=c, **build_kwargs)
+                prof = profile(probe.eval(), (c, h, w))
+            except (RuntimeError, TypeError) as error:
+                raise ValueError(
+                    f"--model {config.model} (variant {variant}, {build_kwargs}) cannot be built for "
+                    f"{c}x{h}x{w} inputs of --dataset {config.dataset}: {error}"
+                ) from error
+        costs[variant] = (int(prof.total_params), int(prof.total_macs))
+        del probe
     if distributed:
         dist_utils.barrier()
     # ... then the output directory is made ready, by rank 0 only
@@ -346,7 +360,6 @@ def run_compare(
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     train_cfg = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
                             device=str(device), amp=amp)
-    build_kwargs = _build_kwargs(config, data.input_shape)
     results: dict[str, Any] = {
         "status": "running",
         "started": started,
@@ -378,13 +391,10 @@ def run_compare(
 
             write_report(out, results)
 
-    c, h, w = data.input_shape
     for variant in variants:
         torch.manual_seed(config.seed)
         model = build_model(config.model, variant, num_classes=data.num_classes, in_channels=c, **build_kwargs)
-        with torch.random.fork_rng(devices=[]):
-            prof = profile(copy.deepcopy(model).eval(), (c, h, w))
-        params, macs = int(prof.total_params), int(prof.total_macs)
+        params, macs = costs[variant]
         entry: dict[str, Any] = {"params": params, "macs": macs, "history": []}
         results["variants"][variant] = entry
         entry["summary"] = _summarize(variant, params, macs, [], None)
@@ -396,22 +406,28 @@ def run_compare(
                 f"acc {record['train_acc']:.4f}  val_loss {record['val_loss']:.4f}  val_acc {record['val_acc']:.4f}  "
                 f"{record['train_time_s']:.2f} s")
 
+        checkpoint = out / "checkpoints" / f"{variant}.pt"
         try:
-            run = fit(model, data, train_cfg, checkpoint_path=out / "checkpoints" / f"{variant}.pt", resume=resume,
+            run = fit(model, data, train_cfg, checkpoint_path=checkpoint, resume=resume,
                       progress=progress, desc=variant, on_epoch=on_epoch, stop_after_epoch=stop_after_epoch)
-        except (TrainingDiverged, TrainingInterrupted):
-            save("diverged" if sys.exc_info()[0] is TrainingDiverged else "interrupted")
+            entry["history"] = run.history
+            if distributed:
+                entry["ranks_agree"] = dist_utils.weights_agree(run.model)
+            latency = throughput = None
+            if main:
+                latency = measure_latency(run.model, data.input_shape, 1, device, latency_min_run_time)
+                batch_time = measure_latency(run.model, data.input_shape, 256, device, latency_min_run_time)
+                throughput = 256 / batch_time
+                save_model(out / "models" / f"{variant}.safetensors", run.model.to("cpu"), config.model, variant,
+                           num_classes=data.num_classes, in_channels=c, **build_kwargs)
+        except (TrainingDiverged, TrainingInterrupted, KeyboardInterrupt) as error:
+            if not entry["history"] and checkpoint.exists():  # the epochs completed before the stop
+                entry["history"] = load_checkpoint(checkpoint)["history"]
+                entry["summary"] = _summarize(variant, params, macs, entry["history"], None)
+            save("diverged" if isinstance(error, TrainingDiverged) else "interrupted")
+            if isinstance(error, KeyboardInterrupt):
+                raise TrainingInterrupted(len(entry["history"]), checkpoint) from None
             raise
-        entry["history"] = run.history
-        if distributed:
-            entry["ranks_agree"] = dist_utils.weights_agree(run.model)
-        latency = throughput = None
-        if main:
-            latency = measure_latency(run.model, data.input_shape, 1, device, latency_min_run_time)
-            batch_time = measure_latency(run.model, data.input_shape, 256, device, latency_min_run_time)
-            throughput = 256 / batch_time
-            save_model(out / "models" / f"{variant}.safetensors", run.model.to("cpu"), config.model, variant,
-                       num_classes=data.num_classes, in_channels=c, **build_kwargs)
         entry["summary"] = _summarize(variant, params, macs, run.history, latency)
         entry["summary"]["throughput_img_s"] = throughput
         entry["resumed_from_epoch"] = run.start_epoch
