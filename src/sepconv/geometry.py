@@ -290,3 +290,54 @@ def torch_pad_arg(pads: Pads) -> list[int]:
     for before, after in reversed(pads):
         flat += [before, after]
     return flat
+
+
+# ----------------------------------------------------------------------------- how separable convs split
+# The layers build their sub-convolutions from these specs and the cost model
+# counts them, so the two can never disagree about a stage's geometry.
+
+
+def separable_stage_specs(
+    spec: ConvSpec, depth_multiplier: int = 1, depthwise_bias: bool = False
+) -> tuple[ConvSpec, ConvSpec]:
+    """The depthwise and pointwise stages that replace the standard convolution ``spec``.
+
+    The depthwise stage keeps the kernel, stride, dilation and padding and has
+    ``groups = C_in`` and ``C_in * depth_multiplier`` outputs; the pointwise
+    stage is a 1x1 convolution to ``C_out`` that carries ``spec.bias``.
+    """
+    m = check_positive_int(depth_multiplier, "depth_multiplier")
+    mid = spec.in_channels * m
+    depthwise = ConvSpec(
+        spec.in_channels, mid, spec.kernel_size, spec.stride, spec.dilation, spec.padding,
+        groups=spec.in_channels, bias=bool(depthwise_bias),
+    )
+    ones = (1,) * spec.ndim
+    pointwise = ConvSpec(mid, spec.out_channels, ones, ones, ones, ((0, 0),) * spec.ndim, groups=1, bias=spec.bias)
+    return depthwise, pointwise
+
+
+def spatial_stage_specs(spec: ConvSpec, rank: Union[int, None] = None) -> tuple[ConvSpec, ConvSpec]:
+    """The ``k_h x 1`` (vertical) and ``1 x k_w`` (horizontal) stages replacing a 2D ``spec``.
+
+    The vertical stage maps ``C_in`` to ``rank`` channels (default
+    ``min(C_in, C_out)``) and pads, strides and dilates along H only; the
+    horizontal stage maps ``rank`` to ``C_out`` along W only and carries the
+    bias. With 'same' padding each stage uses 'same' on its own axis, which
+    gives exactly the padding of the dense kernel.
+    """
+    if spec.ndim != 2:
+        raise ValueError(f"spatially separable convolutions are 2D; got a {spec.ndim}D kernel_size={spec.kernel_size}")
+    if spec.groups != 1:
+        raise ValueError(f"spatially separable convolutions need groups=1, got groups={spec.groups}")
+    r = min(spec.in_channels, spec.out_channels) if rank is None else check_positive_int(rank, "rank")
+    (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
+    if spec.padding == "same":
+        pad_v: Union[str, Pads] = "same"
+        pad_h: Union[str, Pads] = "same"
+    else:
+        (top, bottom), (left, right) = spec.padding  # type: ignore[misc]
+        pad_v, pad_h = ((top, bottom), (0, 0)), ((0, 0), (left, right))
+    vertical = ConvSpec(spec.in_channels, r, (kh, 1), (sh, 1), (dh, 1), pad_v, groups=1, bias=False)
+    horizontal = ConvSpec(r, spec.out_channels, (1, kw), (1, sw), (1, dw), pad_h, groups=1, bias=spec.bias)
+    return vertical, horizontal

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from ..geometry import ConvSpec, IntOrTuple, PaddingArg, check_positive_int
+from ..geometry import ConvSpec, IntOrTuple, PaddingArg, check_positive_int, separable_stage_specs
 from ._common import (
     LayerSpec,
     check_input,
@@ -74,17 +75,14 @@ class _SeparableConvNd(nn.Module):
         super().__init__()
         check_positive_int(in_channels, "in_channels")
         multiplier = check_positive_int(depth_multiplier, "depth_multiplier")
-        mid = in_channels * multiplier
         #: The standard convolution this layer replaces (same shapes and padding).
         self.spec = ConvSpec.make(
             in_channels, out_channels, kernel_size, stride, padding, dilation,
             bias=bias or depthwise_bias, ndim=self._ndim,
         )
-        dw_spec = ConvSpec.make(
-            in_channels, mid, kernel_size, stride, padding, dilation,
-            groups=in_channels, bias=depthwise_bias, ndim=self._ndim,
-        )
-        pw_spec = ConvSpec.make(mid, out_channels, 1, bias=bias, ndim=self._ndim)
+        dw_spec, pw_spec = separable_stage_specs(self.spec, multiplier, depthwise_bias)
+        if not bias:  # the dense spec carries a bias if either stage has one; the pointwise has only its own
+            pw_spec = dataclasses.replace(pw_spec, bias=False)
         depthwise, pad = conv_module(dw_spec, padding_mode, device, dtype)
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -92,7 +90,7 @@ class _SeparableConvNd(nn.Module):
         self.padding_mode = padding_mode
         self.pad = pad if pad is not None else nn.Identity()
         self.depthwise = depthwise
-        self.dw_norm = make_norm(dw_norm, mid, self._ndim, "dw_norm", device, dtype)
+        self.dw_norm = make_norm(dw_norm, dw_spec.out_channels, self._ndim, "dw_norm", device, dtype)
         self.dw_act = make_activation(dw_act, "dw_act")
         self.pointwise, _ = conv_module(pw_spec, "zeros", device, dtype)
         self.pw_norm = make_norm(pw_norm, out_channels, self._ndim, "pw_norm", device, dtype)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from ..geometry import ConvSpec, IntOrTuple, PaddingArg, check_positive_int
+from ..geometry import ConvSpec, IntOrTuple, PaddingArg, spatial_stage_specs
 from ._common import (
     LayerSpec,
     check_input,
@@ -63,22 +62,8 @@ class SpatiallySeparableConv2d(nn.Module):
         super().__init__()
         #: The standard convolution this layer replaces.
         self.spec = ConvSpec.make(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=bias, ndim=2)
-        r = min(in_channels, out_channels) if rank is None else check_positive_int(rank, "rank")
-        (kh, kw), (sh, sw), (dh, dw) = self.spec.kernel_size, self.spec.stride, self.spec.dilation
-        if self.spec.padding == "same":
-            pad_v: Any = "same"
-            pad_h: Any = "same"
-        else:
-            (top, bottom), (left, right) = self.spec.padding  # type: ignore[misc]
-            pad_v, pad_h = ((top, bottom), (0, 0)), ((0, 0), (left, right))
-        v_spec = dataclasses.replace(
-            self.spec, out_channels=r, kernel_size=(kh, 1), stride=(sh, 1), dilation=(dh, 1),
-            padding=pad_v, bias=False,
-        )
-        h_spec = dataclasses.replace(
-            self.spec, in_channels=r, kernel_size=(1, kw), stride=(1, sw), dilation=(1, dw),
-            padding=pad_h,
-        )
+        v_spec, h_spec = spatial_stage_specs(self.spec, rank)
+        r = v_spec.out_channels
         self.in_channels, self.out_channels, self.rank = in_channels, out_channels, r
         self.padding_mode = padding_mode
         vertical, pad1 = conv_module(v_spec, padding_mode, device, dtype)
