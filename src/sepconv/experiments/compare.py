@@ -344,7 +344,7 @@ def run_compare(
             try:
                 probe = build_model(config.model, variant, num_classes=data.num_classes, in_channels=c, **build_kwargs)
                 prof = profile(probe.eval(), (c, h, w))
-            except (RuntimeError, TypeError) as error:
+            except (RuntimeError, TypeError, ValueError) as error:
                 raise ValueError(
                     f"--model {config.model} (variant {variant}, {build_kwargs}) cannot be built for "
                     f"{c}x{h}x{w} inputs of --dataset {config.dataset}: {error}"
