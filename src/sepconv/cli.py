@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 #: Modules that each register one sub-command, in the order ``--help`` lists them.
 COMMAND_MODULES = (
     "sepconv.experiments.compare",
+    "sepconv.cost.cli",
 )
 
 USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)

@@ -1,0 +1,20 @@
+"""Exact cost accounting: MACs, multiplications, additions, parameters, bytes, arithmetic intensity.
+
+Units are stated everywhere: MACs are multiply-accumulates, FLOPs = 2 x MACs.
+"""
+
+from .formulas import (
+    CompositeCost,
+    ConvCost,
+    closed_form_ratio,
+    conv_cost,
+    dtype_size,
+    separable_cost,
+    spatial_cost,
+)
+from .profile import ModelProfile, ProfileRow, profile, spec_from_conv
+
+__all__ = [
+    "CompositeCost", "ConvCost", "ModelProfile", "ProfileRow",
+    "closed_form_ratio", "conv_cost", "dtype_size", "profile", "separable_cost", "spatial_cost", "spec_from_conv",
+]
