@@ -1,0 +1,189 @@
+"""Cost formulas against brute-force operation counts, the real layers, FlopCounterMode and the seeds."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import sepconv
+from sepconv.cli import main
+from sepconv.cost import closed_form_ratio, conv_cost, profile, separable_cost, spatial_cost
+from sepconv.geometry import ConvSpec
+
+from reference import tf_same_pads
+
+
+def brute_force_counts(cin, cout, size, kernel, stride, dilation, pads, groups, bias):
+    """Run a loop-based convolution on a zero tensor, counting each multiplication and addition."""
+    nd = len(size)
+    padded = [n + a + b for n, (a, b) in zip(size, pads)]
+    out = [(p - (k - 1) * d - 1) // s + 1 for p, k, d, s in zip(padded, kernel, dilation, stride)]
+    mults = adds = 0
+    for _o in range(cout):
+        for _pos in itertools.product(*[range(o) for o in out]):
+            terms = 0
+            for _c in range(cin // groups):
+                for _tap in itertools.product(*[range(k) for k in kernel]):
+                    mults += 1
+                    terms += 1
+            adds += terms - 1 + (1 if bias else 0)
+    return mults, adds, tuple(out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_conv_cost_matches_brute_force(data):
+    nd = data.draw(st.integers(1, 3))
+    groups = data.draw(st.integers(1, 3))
+    cin, cout = groups * data.draw(st.integers(1, 2)), groups * data.draw(st.integers(1, 2))
+    kernel = tuple(data.draw(st.integers(1, 3)) for _ in range(nd))
+    stride = tuple(data.draw(st.integers(1, 2)) for _ in range(nd))
+    dilation = tuple(data.draw(st.integers(1, 2)) for _ in range(nd))
+    size = tuple(data.draw(st.integers(5, 7)) for _ in range(nd))
+    same = data.draw(st.booleans())
+    bias = data.draw(st.booleans())
+    spec = ConvSpec.make(cin, cout, kernel, stride, "same" if same else 1, dilation, groups=groups, bias=bias, ndim=nd)
+    pads = [tf_same_pads(n, k, s, d) for n, k, s, d in zip(size, kernel, stride, dilation)] if same else [(1, 1)] * nd
+    mults, adds, out = brute_force_counts(cin, cout, size, kernel, stride, dilation, pads, groups, bias)
+    cost = conv_cost(spec, size, batch=3)
+    assert cost.output_size == out
+    assert cost.macs == cost.multiplications == 3 * mults
+    assert cost.additions == 3 * adds
+    assert cost.flops == 2 * cost.macs
+    assert cost.params == sum(p.numel() for p in nn.Conv1d(cin, cout, 1, groups=groups, bias=bias).parameters()) - cin // groups * cout + spec.weight_count
+    assert cost.bytes == 4 * (3 * cin * math.prod(size) + spec.param_count + 3 * cout * math.prod(out))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 8), st.integers(1, 5), st.integers(1, 3), st.integers(1, 2),
+       st.sampled_from(["same", "valid", 1]), st.integers(1, 3), st.booleans())
+def test_composite_costs_equal_what_the_layers_compute(cin, cout, k, m, s, padding, rank, bias):
+    size = (9, 8)
+    spec = ConvSpec.make(cin, cout, k, s, padding, bias=bias)
+    sep = sepconv.SeparableConv2d(cin, cout, k, stride=s, padding=padding, depth_multiplier=m, bias=bias)
+    spa = sepconv.SpatiallySeparableConv2d(cin, cout, k, stride=s, padding=padding, rank=rank, bias=bias)
+    sep_cost = separable_cost(spec, size, depth_multiplier=m)
+    spa_cost = spatial_cost(spec, size, rank=rank)
+    for layer, cost in [(sep, sep_cost), (spa, spa_cost)]:
+        prof = profile(layer, (cin, *size))
+        assert prof.total_macs == cost.macs
+        assert prof.total_params == cost.params == sum(p.numel() for p in layer.parameters())
+        assert tuple(layer(torch.zeros(1, cin, *size)).shape[2:]) == cost.output_size
+    if m == 1:  # the closed form is exact for a multiplier of 1, whatever the padding and stride
+        assert sep_cost.macs / conv_cost(spec, size).macs == pytest.approx(closed_form_ratio(cout, (k, k)))
+
+
+def test_seed_worked_examples():
+    # Seed 000: 15x15x3 input, 10 kernels of 3x3x3, no padding -> 13x13 positions.
+    spec = ConvSpec.make(3, 10, 3, padding="valid")
+    assert conv_cost(spec, (15, 15)).multiplications == 3 * 3 * 3 * 10 * 13 * 13  # 45,630
+    dw, pw = separable_cost(spec, (15, 15)).stages
+    assert dw.multiplications == 13 * 13 * 3 * 3 * 3  # 4,563
+    assert pw.multiplications == 13 * 13 * 10 * 3  # 5,070 (the seed writes "13 x 13 = 225" on the way)
+    assert dw.multiplications + pw.multiplications == 9633
+    # Seed 000, Sobel on 15x15x1: the 3x1 pass gives 13x15, the 1x3 pass runs on 13x15 and gives 13x13.
+    sobel = ConvSpec.make(1, 1, 3, padding="valid", bias=False)
+    assert conv_cost(sobel, (15, 15)).multiplications == 3 * 3 * 13 * 13  # 1,521
+    v, h = spatial_cost(sobel, (15, 15), rank=1).stages
+    assert (v.output_size, h.output_size) == ((13, 15), (13, 13))
+    assert (v.multiplications, h.multiplications) == (3 * 13 * 15, 3 * 13 * 13)  # 585 + 507 = 1,092, not 1,170
+    # Seed 001: 3 -> 64 filters of 3x3, with biases: 1792 vs 286 parameters.
+    spec = ConvSpec.make(3, 64, 3, padding="same")
+    assert conv_cost(spec, (32, 32)).params == 3 * 3 * 3 * 64 + 64
+    assert separable_cost(spec, (32, 32), depthwise_bias=True).params == (3 * 3 * 3 + 3) + (3 * 64 + 64)
+    # Seed 002: k=3, C_in = C_out = 256, no bias: 589,824 vs 67,840 parameters, ratio 1/256 + 1/9.
+    spec = ConvSpec.make(256, 256, 3, padding="same", bias=False)
+    assert conv_cost(spec, (8, 8)).params == 9 * 256 * 256
+    sep = separable_cost(spec, (8, 8))
+    assert sep.params == 9 * 256 + 256 * 256
+    assert sep.macs / conv_cost(spec, (8, 8)).macs == pytest.approx(1 / 256 + 1 / 9)
+    # Seed 003: 12x12x3, 256 kernels of 5x5, no padding -> 8x8x256 (the seed's summary line says 12x12x256).
+    spec = ConvSpec.make(3, 256, 5, padding="valid")
+    assert conv_cost(spec, (12, 12)).output_size == (8, 8)
+    assert conv_cost(spec, (12, 12)).macs == 5 * 5 * 3 * 256 * 8 * 8
+    assert separable_cost(spec, (12, 12)).macs == 5 * 5 * 3 * 8 * 8 + 3 * 256 * 8 * 8
+
+
+def test_profile_agrees_with_flop_counter_mode():
+    """FlopCounterMode counts FLOPs = 2 x MACs for convolutions and matmuls, and no bias additions."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 12, 3, padding=1, groups=3),
+        sepconv.SeparableConv2d(12, 16, 3, stride=2, padding="same", depth_multiplier=2, dw_norm="bn", dw_act="relu"),
+        sepconv.SpatiallySeparableConv2d(16, 8, (3, 5), padding="same", rank=4),
+        sepconv.DepthwiseConv2d(8, 3, padding="valid", depth_multiplier=3),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(96, 10),
+    ).eval()
+    prof = profile(model, (3, 17, 15))
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, 17, 15))
+    assert counter.get_total_flops() == 2 * prof.total_macs
+    assert prof.total_params == sum(p.numel() for p in model.parameters())
+    assert "BatchNorm2d" in prof.not_counted and "AdaptiveAvgPool2d" in prof.not_counted
+
+
+def test_profile_outputs_and_errors():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    prof = profile(model, (1, 8, 8))
+    assert [r.kind for r in prof.rows] == ["Conv2d", "ReLU", "Flatten", "Linear"]
+    assert prof.total_macs == 4 * 6 * 6 * 9 + 144 * 3
+    assert profile(model, (5, 1, 8, 8)).total_macs == prof.total_macs  # per sample
+    data = json.loads(prof.to_json())
+    assert data["total_macs"] == prof.total_macs and data["rows"][0]["macs_share"] == pytest.approx(4 * 36 * 9 / prof.total_macs)
+    assert prof.to_csv().splitlines()[1].startswith("0,Conv2d,1x1x8x8,1x4x6x6,40,1296,")
+    assert "not counted for: Flatten, ReLU" in prof.to_table()
+    with pytest.raises(ValueError, match=r"failed on input shape \(1, 9, 9\)"):
+        profile(model, (1, 9, 9))
+    with pytest.raises(ValueError, match="input_size must be"):
+        profile(model, (0, 8, 8))
+
+
+def run_cli(capsys, *args):
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cost_cli_table_and_json(capsys):
+    code, out, _ = run_cli(capsys, "cost", "--input", "15x15x3", "--kernel", "3", "--filters", "10", "--padding", "valid")
+    assert code == 0 and "45,630" in out and "9,633 (4,563 + 5,070)" in out and "0.2111" in out
+    code, out, _ = run_cli(capsys, "cost", "--input", "15x15x3", "--kernel", "3", "--filters", "10", "--json")
+    data = json.loads(out)
+    spec = ConvSpec.make(3, 10, 3, padding="valid")
+    assert data["standard"]["macs"] == conv_cost(spec, (15, 15)).macs
+    assert data["depthwise separable"]["macs"] == separable_cost(spec, (15, 15)).macs
+    assert data["spatially separable (rank 3)"]["macs"] == spatial_cost(spec, (15, 15), rank=3).macs
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--input", "15x15", "--kernel", "3", "--filters", "1"], "--input must be 3 positive integers"),
+        (["--input", "0x15x3", "--kernel", "3", "--filters", "1"], "--input must be positive"),
+        (["--input", "-1x15x3", "--kernel", "3", "--filters", "1"], "--input must be 3 positive integers"),
+        (["--input", "axbxc", "--kernel", "3", "--filters", "1"], "--input must be 3 positive integers"),
+        (["--input", "2x2x3", "--kernel", "3", "--filters", "1"], "does not fit input size"),
+        (["--input", "8x8x3", "--kernel", "3", "--filters", "1", "--padding", "full"], "--padding must be"),
+        (["--input", "8x8x3", "--kernel", "3", "--filters", "0"], "--filters: must be a positive integer"),
+        (["--input", "8x8x3", "--kernel", "3", "--filters", "2", "--dtype", "float99"], "dtype must be a torch dtype"),
+    ],
+)
+def test_cost_cli_bad_input_exits_2(capsys, args, message):
+    try:
+        code = main(["cost", *args])
+    except SystemExit as exit:  # argparse's own usage errors
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
