@@ -171,7 +171,7 @@ def test_cost_cli_table_and_json(capsys):
     [
         (["--input", "15x15", "--kernel", "3", "--filters", "1"], "--input must be 3 positive integers"),
         (["--input", "0x15x3", "--kernel", "3", "--filters", "1"], "--input must be positive"),
-        (["--input", "-1x15x3", "--kernel", "3", "--filters", "1"], "--input must be 3 positive integers"),
+        (["--input=-1x15x3", "--kernel", "3", "--filters", "1"], "--input must be 3 positive integers"),
         (["--input", "axbxc", "--kernel", "3", "--filters", "1"], "--input must be 3 positive integers"),
         (["--input", "2x2x3", "--kernel", "3", "--filters", "1"], "does not fit input size"),
         (["--input", "8x8x3", "--kernel", "3", "--filters", "1", "--padding", "full"], "--padding must be"),
