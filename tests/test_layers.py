@@ -333,6 +333,8 @@ def test_onnx_export_matches():
         (lambda: SpatiallySeparableConv2d(3, 4, 3, rank=0), "rank must be a positive int.*0"),
         (lambda: SpatiallySeparableConv2d(3, 4, (3, 3, 3)), "kernel_size"),
         (lambda: DepthwiseConv2d(3, 3, depth_multiplier=1.5), "depth_multiplier must be a positive int.*1.5"),
+        (lambda: DepthwiseConv2d(4, 3, out_channels=6), r"out_channels=6 must equal in_channels \* depth_multiplier.*multiples of in_channels=4"),
+        (lambda: DepthwiseConv2d(4, 3, out_channels=8, depth_multiplier=3), r"out_channels=8 must equal.*4 \* 3 = 12"),
         (lambda: PointwiseConv2d(4, 6, groups=4), "groups=4 must divide.*out_channels=6"),
         (lambda: SeparableConv2d(True, 4, 3), "in_channels must be a positive int.*True"),
     ],
@@ -362,6 +364,11 @@ def test_kernel_larger_than_valid_input():
         SeparableConv2d(3, 4, 5, padding="valid")(torch.randn(1, 3, 4, 9))
     # 'same' always forms an output of ceil(in / stride), even when the kernel exceeds the input
     assert SeparableConv2d(3, 4, 5, padding="same", stride=3)(torch.randn(1, 3, 4, 9)).shape == (1, 4, 2, 3)
+
+
+def test_depthwise_out_channels_sets_the_multiplier():
+    layer = DepthwiseConv2d(4, 3, out_channels=12)
+    assert layer.depth_multiplier == 3 and layer.weight.shape == (12, 1, 3, 3)
 
 
 def test_public_api():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ class _DepthwiseConvNd:
     convolutions handles them; they add 'same' padding for any stride,
     ``depth_multiplier`` and clear errors.
 
+    ``out_channels`` may be given instead of ``depth_multiplier`` (it must
+    be a multiple of ``in_channels``).
+
     Initialization is PyTorch's default for ``nn.Conv*d`` (Kaiming-uniform
     with ``a = sqrt(5)`` over the fan-in ``prod(kernel_size)``).
     """
@@ -41,9 +44,20 @@ class _DepthwiseConvNd:
         padding_mode: str = "zeros",
         device: Any = None,
         dtype: Any = None,
+        *,
+        out_channels: Optional[int] = None,
     ) -> None:
         check_positive_int(in_channels, "in_channels")
         multiplier = check_positive_int(depth_multiplier, "depth_multiplier")
+        if out_channels is not None:  # nn.Conv*d-style: out_channels = in_channels * depth_multiplier
+            out = check_positive_int(out_channels, "out_channels")
+            if out % in_channels or (depth_multiplier != 1 and out != in_channels * multiplier):
+                raise ValueError(
+                    f"out_channels={out_channels} must equal in_channels * depth_multiplier "
+                    f"({in_channels} * {depth_multiplier} = {in_channels * multiplier}) for a depthwise convolution"
+                    + ("" if depth_multiplier != 1 else f"; valid values are multiples of in_channels={in_channels}")
+                )
+            multiplier = out // in_channels
         spec = ConvSpec.make(
             in_channels, in_channels * multiplier, kernel_size, stride, padding, dilation,
             groups=in_channels, bias=bias, ndim=self._ndim,
