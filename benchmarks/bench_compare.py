@@ -3,7 +3,7 @@
 Runs ``sepconv compare`` (no data/model options, i.e. the defaults a new user
 gets) in a child process, measures its wall time (``time.perf_counter``) and
 peak resident memory (``getrusage(RUSAGE_CHILDREN).ru_maxrss``), and writes
-``benchmarks/bench_compare.json`` with the machine, the load average before
+``benchmarks/bench_compare.json`` (and its accuracy/costs plots beside it) with the machine, the load average before
 and after (other work on the machine inflates the times), the command and the
 run's final table. This is a measurement, not a test: nothing is asserted.
 
@@ -72,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
             print(proc.stderr, file=sys.stderr)
             return proc.returncode
         results = json.loads((out / "results.json").read_text())
+        stem = Path(args.out_json).with_suffix("")
+        plots = {}
+        for name in ("accuracy.png", "costs.png"):  # kept with the record, for the README and docs
+            target = Path(f"{stem}_{name}")
+            target.write_bytes((out / name).read_bytes())
+            plots[name] = target.name
     record = {
         "benchmark": "default `sepconv compare` run (embedded digits, vgg_blocks, all variants)",
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -85,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "run_environment": results["environment"],
         "config": results["config"],
         "table": results["table"],
+        "plots": plots,
     }
     Path(args.out_json).write_text(json.dumps(record, indent=2) + "\n")
     print(f"wall time {wall:.1f} s, peak RSS {peak_kib / 1024:.0f} MiB -> {args.out_json}")
