@@ -78,9 +78,9 @@ def build_model(name: str, variant: Optional[str] = None, num_classes: Optional[
     unknown = sorted(set(kwargs) - set(info.options))
     if unknown:
         raise ValueError(f"{name} does not take {', '.join(unknown)}; valid options: {', '.join(info.options)}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, type(None))) or (num_classes or 1) < 1:
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    return info.builder(variant=variant, num_classes=num_classes or info.default_num_classes,
+    return info.builder(variant=variant, num_classes=info.default_num_classes if num_classes is None else num_classes,
                         in_channels=in_channels, **kwargs)
 
 
