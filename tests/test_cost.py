@@ -187,3 +187,17 @@ def test_cost_cli_bad_input_exits_2(capsys, args, message):
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and "Traceback" not in err
+
+
+def test_profile_cli(capsys):
+    code, out, _ = run_cli(capsys, "profile", "mobilenet_v2", "--format", "json")
+    data = json.loads(out)
+    from sepconv.models import build_model
+
+    assert code == 0 and data["total_params"] == sum(p.numel() for p in build_model("mobilenet_v2").parameters())
+    code, out, _ = run_cli(capsys, "profile", "vgg_blocks", "--variant", "separable", "--input", "8x8x1")
+    assert code == 0 and "features.0.depthwise" in out and "input 1x1x8x8" in out
+    code, _, err = run_cli(capsys, "profile", "vgg_blocks", "--variant", "bogus")
+    assert code == 2 and "unknown variant 'bogus' of vgg_blocks" in err
+    code, _, err = run_cli(capsys, "profile", "vgg_blocks", "--input", "4x4x3")
+    assert code == 2 and "too small" in err

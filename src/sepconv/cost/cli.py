@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     q.add_argument("model", help="zoo model name (see `sepconv profile --list`)", nargs="?")
     q.add_argument("--list", action="store_true", help="list the zoo's models and variants")
-    q.add_argument("--variant", default="standard", help="model variant (default standard)")
+    q.add_argument("--variant", default=None, help="model variant (default: the model's first, see --list)")
     q.add_argument("--input", default=None, help="input size HxWxC (default: the model's own)")
     q.add_argument("--num-classes", type=int, default=None, help="number of classes (default: the model's own)")
     q.add_argument("--format", choices=("table", "json", "csv"), default="table")
@@ -135,7 +135,8 @@ def run_profile(args: argparse.Namespace) -> int:
 
     if args.list:
         for name, info in models.list_models().items():
-            print(f"{name:16s} variants: {', '.join(info.variants)}; input {'x'.join(map(str, info.default_input))} (CxHxW)")
+            c, h, w = info.default_input
+            print(f"{name:14s} variants: {', '.join(info.variants):38s} input {h}x{w}x{c} (HxWxC)  {info.description}")
         return 0
     if not args.model:
         raise ValueError("give a MODEL name, or --list to see them")
@@ -149,13 +150,9 @@ def run_profile(args: argparse.Namespace) -> int:
     else:
         spatial = [h, w]
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    if args.input and len(spatial) == 2:
+    if "image_size" in info.options:  # models that end in Flatten + Linear are built for one input size
         kwargs["image_size"] = tuple(spatial)
-    try:
-        model = models.build_model(args.model, args.variant, in_channels=c, **kwargs)
-    except TypeError:  # the model takes no image_size: it adapts to any input
-        kwargs.pop("image_size", None)
-        model = models.build_model(args.model, args.variant, in_channels=c, **kwargs)
+    model = models.build_model(args.model, args.variant, in_channels=c, **kwargs)
     result = profile(model, (c, *spatial))
     print({"table": result.to_table, "json": result.to_json, "csv": result.to_csv}[args.format]())
     return 0
