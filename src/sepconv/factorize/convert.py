@@ -1,0 +1,239 @@
+"""Replace a model's standard convolutions by separable ones initialized from the optimal factorization."""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..cost import conv_cost, separable_cost, spatial_cost, spec_from_conv
+from ..layers import SeparableConv1d, SeparableConv2d, SeparableConv3d, SpatiallySeparableConv2d
+from .kernels import depthwise_factorize, spatial_factorize
+
+TARGETS = ("separable", "spatial")
+_SEPARABLE = {1: SeparableConv1d, 2: SeparableConv2d, 3: SeparableConv3d}
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One converted convolution. MACs are per sample at the sample input's size (None without one)."""
+
+    name: str
+    kernel_size: tuple[int, ...]
+    params_before: int
+    params_after: int
+    macs_before: Optional[int]
+    macs_after: Optional[int]
+    weight_error: Optional[float]  # relative Frobenius error of the kernel (None for init='fresh')
+    output_error: Optional[float]  # relative error of this layer's output on the sample batch
+
+
+@dataclass(frozen=True)
+class ConversionReport:
+    """Per-layer results of :func:`convert` and what was skipped (name -> reason)."""
+
+    layers: tuple[LayerReport, ...]
+    skipped: dict = field(default_factory=dict)
+
+    @property
+    def params_before(self) -> int:
+        return sum(r.params_before for r in self.layers)
+
+    @property
+    def params_after(self) -> int:
+        return sum(r.params_after for r in self.layers)
+
+    def to_table(self) -> str:
+        head = ("layer", "kernel", "params", "params after", "MACs", "MACs after", "weight err", "output err")
+        f = lambda v: "-" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:.4f}")  # noqa: E731
+        rows = [(r.name, "x".join(map(str, r.kernel_size)), f(r.params_before), f(r.params_after), f(r.macs_before),
+                 f(r.macs_after), f(r.weight_error), f(r.output_error)) for r in self.layers]
+        widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
+        lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in [head, *rows]]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines.append(f"converted {len(self.layers)} convolution(s); parameters in them {self.params_before:,} -> "
+                     f"{self.params_after:,}; skipped {len(self.skipped)}; MACs per sample; errors are relative (Frobenius)")
+        return "\n".join(lines)
+
+
+def _eligible(name: str, conv: nn.Module, to: str, include: Optional[str], exclude: Optional[str],
+              min_kernel: int) -> Optional[str]:
+    """None if ``conv`` should be converted, else the reason it is skipped."""
+    if conv.groups != 1:
+        return f"groups={conv.groups} (already grouped or depthwise)"
+    if max(conv.kernel_size) < min_kernel:
+        return f"kernel {tuple(conv.kernel_size)} smaller than min_kernel={min_kernel}"
+    if to == "spatial" and len(conv.kernel_size) != 2:
+        return "spatially separable replacements are 2D only"
+    if include is not None and not re.search(include, name):
+        return f"name does not match include={include!r}"
+    if exclude is not None and re.search(exclude, name):
+        return f"name matches exclude={exclude!r}"
+    if isinstance(conv.padding, str) and conv.padding == "same" and any(s != 1 for s in conv.stride):
+        return "padding='same' with stride > 1 (not a valid nn.Conv)"
+    return None
+
+
+def _replacement(conv: nn.Module, to: str, depth_multiplier: int, rank: Optional[int], init: str):
+    """Build the separable module for ``conv``; returns (module, weight_error or None)."""
+    nd = len(conv.kernel_size)
+    padding = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
+    kw = dict(stride=tuple(conv.stride), padding=padding, dilation=tuple(conv.dilation), bias=conv.bias is not None,
+              padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
+    if to == "separable":
+        module = _SEPARABLE[nd](conv.in_channels, conv.out_channels, tuple(conv.kernel_size),
+                                depth_multiplier=depth_multiplier, **kw)
+        targets = (module.depthwise, module.pointwise)
+        factors = depthwise_factorize(conv.weight, depth_multiplier) if init == "factorize" else None
+        bias_target = module.pointwise
+    else:
+        module = SpatiallySeparableConv2d(conv.in_channels, conv.out_channels, tuple(conv.kernel_size), rank=rank, **kw)
+        targets = (module.vertical, module.horizontal)
+        factors = spatial_factorize(conv.weight, module.rank) if init == "factorize" else None
+        bias_target = module.horizontal
+    if factors is None:
+        return module, None
+    with torch.no_grad():
+        targets[0].weight.copy_(factors[0])
+        targets[1].weight.copy_(factors[1])
+        if conv.bias is not None:
+            bias_target.bias.copy_(conv.bias)
+    return module, factors[2]
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def convert(
+    model: nn.Module,
+    *,
+    to: str = "separable",
+    depth_multiplier: int = 1,
+    rank: Optional[int] = None,
+    init: str = "factorize",
+    include: Optional[str] = None,
+    exclude: Optional[str] = None,
+    min_kernel: int = 2,
+    sample_input: Optional[torch.Tensor] = None,
+) -> tuple[nn.Module, ConversionReport]:
+    """Return a copy of ``model`` with eligible convolutions replaced, and a per-layer report.
+
+    Eligible: ``nn.Conv1d/2d/3d`` (and subclasses) with ``groups == 1``, a
+    kernel of at least ``min_kernel`` in some dimension, a name matching the
+    regular expression ``include`` (if given) and not ``exclude``; 2D only for
+    ``to='spatial'``. Each is replaced by a :class:`SeparableConv1d/2d/3d`
+    (``to='separable'``, with ``depth_multiplier``) or a
+    :class:`SpatiallySeparableConv2d` (``to='spatial'``, with ``rank``; default
+    ``min(C_in, C_out)``) keeping stride, padding, padding mode, dilation,
+    bias, device and dtype. ``init='factorize'`` sets the weights to the
+    optimal factorization (:mod:`sepconv.factorize.kernels`) and keeps the
+    bias; ``init='fresh'`` keeps PyTorch's initialization (for training from
+    scratch, or to rebuild the structure before loading saved weights).
+
+    With ``sample_input`` the report has MACs (per sample, from
+    :mod:`sepconv.cost`) and each converted layer's relative output error on
+    that batch (original vs replacement, on the original layer's input).
+    If nothing is eligible, a warning says why and the copy is unchanged.
+    """
+    if to not in TARGETS:
+        raise ValueError(f"to must be one of {TARGETS}, got {to!r}")
+    if init not in ("factorize", "fresh"):
+        raise ValueError(f"init must be 'factorize' or 'fresh', got {init!r}")
+    if isinstance(depth_multiplier, bool) or not isinstance(depth_multiplier, int) or depth_multiplier < 1:
+        raise ValueError(f"depth_multiplier must be a positive int, got {depth_multiplier!r}")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"rank must be a positive int or None, got {rank!r}")
+    for pattern, label in ((include, "include"), (exclude, "exclude")):
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"{label}={pattern!r} is not a valid regular expression: {error}") from error
+
+    new = copy.deepcopy(model)
+    skipped: dict[str, str] = {}
+    chosen: list[str] = []
+    for name, module in new.named_modules():
+        if not isinstance(module, _CONVS) or _inside_sepconv_layer(new, name):
+            continue
+        reason = _eligible(name, module, to, include, exclude, min_kernel)
+        if reason is None and not torch.isfinite(module.weight).all():
+            raise ValueError(f"convolution {name!r} has NaN or inf weights; refusing to convert it")
+        if reason is None:
+            chosen.append(name)
+        else:
+            skipped[name] = reason
+    if not chosen:
+        warnings.warn(f"convert: no convolution is eligible; model returned unchanged (skipped: {skipped or 'none found'})",
+                      stacklevel=2)
+        return new, ConversionReport((), skipped)
+
+    inputs = _capture_inputs(new, chosen, sample_input) if sample_input is not None else {}
+    reports = []
+    for name in chosen:
+        conv = new.get_submodule(name)
+        replacement, weight_error = _replacement(conv, to, depth_multiplier, rank, init)
+        replacement.train(conv.training)
+        macs_before = macs_after = output_error = None
+        if name in inputs:
+            x = inputs[name]
+            spec = spec_from_conv(conv)
+            size = x.shape[-spec.ndim:]
+            macs_before = conv_cost(spec, size).macs
+            after = (separable_cost(spec, size, depth_multiplier=depth_multiplier) if to == "separable"
+                     else spatial_cost(spec, size, rank=replacement.rank))
+            macs_after = after.macs
+            with torch.no_grad():
+                ref, out = conv(x), replacement(x)
+            denom = float(ref.norm())
+            output_error = float((out - ref).norm()) / denom if denom else float((out - ref).norm())
+        reports.append(LayerReport(
+            name=name, kernel_size=tuple(conv.kernel_size),
+            params_before=sum(p.numel() for p in conv.parameters()),
+            params_after=sum(p.numel() for p in replacement.parameters()),
+            macs_before=macs_before, macs_after=macs_after, weight_error=weight_error, output_error=output_error,
+        ))
+        _set_submodule(new, name, replacement)
+    return new, ConversionReport(tuple(reports), skipped)
+
+
+def _inside_sepconv_layer(model: nn.Module, name: str) -> bool:
+    """True for the sub-convolutions of sepconv's own separable layers (already factorized)."""
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        if isinstance(model.get_submodule(".".join(parts[:i])), (SeparableConv1d, SeparableConv2d, SeparableConv3d,
+                                                                  SpatiallySeparableConv2d)):
+            return True
+    return False
+
+
+def _capture_inputs(model: nn.Module, names: Sequence[str], sample_input: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Run ``model`` once (eval mode, no grad) and record the input each named conv receives."""
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in names:
+        def hook(module, args, _name=name):
+            captured.setdefault(_name, args[0].detach())
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(sample_input)
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(f"sample_input of shape {tuple(sample_input.shape)} does not run through the model: {error}") from error
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return captured
+

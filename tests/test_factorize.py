@@ -1,0 +1,213 @@
+"""Factorizations: exact where they must be, optimal against random competitors, honest errors."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import sepconv
+from sepconv.factorize import (
+    convert,
+    depth_multiplier_for,
+    depthwise_error_curve,
+    depthwise_factorize,
+    is_separable,
+    low_rank,
+    pairwise_spatial,
+    separate,
+    spatial_factorize,
+)
+from sepconv.models import build_model, list_models
+
+D = torch.float64
+
+
+def rel(a, b):
+    return float((a - b).detach().norm() / b.detach().norm())
+
+
+def test_sobel_separates_into_the_seeds_vectors():
+    sobel = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=D)
+    col, row, err = separate(sobel)
+    assert is_separable(sobel) and err < 1e-12
+    torch.testing.assert_close(torch.outer(col, row), sobel)
+    # up to scale: col is proportional to [1, 2, 1] and row to [-1, 0, 1]
+    torch.testing.assert_close(col / col[0], torch.tensor([1.0, 2, 1], dtype=D))
+    torch.testing.assert_close(row / row[2], torch.tensor([-1.0, 0, 1], dtype=D))
+    assert not is_separable(torch.eye(3, dtype=D))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 5), st.integers(1, 5), st.integers(0, 2**16))
+def test_low_rank_is_exact_for_rank_r_kernels_and_optimal_otherwise(kh, kw, r, seed):
+    g = torch.Generator().manual_seed(seed)
+    exact = torch.randn(kh, r, generator=g, dtype=D) @ torch.randn(r, kw, generator=g, dtype=D)
+    cols, rows, err = low_rank(exact, r)
+    assert err < 1e-9 and rel(cols @ rows, exact) < 1e-9
+    k = torch.randn(kh, kw, generator=g, dtype=D)
+    cols, rows, err = low_rank(k, r)
+    assert abs(rel(cols @ rows, k) - err) < 1e-9
+    for _ in range(20):  # no random rank-r pair does better (Eckart-Young)
+        a, b = torch.randn(kh, r, generator=g, dtype=D), torch.randn(r, kw, generator=g, dtype=D)
+        scale = float((a @ b * k).sum() / (a @ b).pow(2).sum())  # best scale of the random pair
+        assert rel(scale * a @ b, k) >= err - 1e-12
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 5), st.sampled_from([(3,), (3, 3), (2, 3), (2, 2, 2)]), st.integers(1, 4),
+       st.integers(0, 2**16))
+def test_depthwise_factorize_rank_condition_and_optimality(n, c, k, m, seed):
+    g = torch.Generator().manual_seed(seed)
+    kvol = math.prod(k)
+    # A weight whose every input-channel slice W[:, c] has rank <= m is exactly depthwise separable.
+    built = torch.einsum("cnm,cmk->nck", torch.randn(c, n, m, generator=g, dtype=D), torch.randn(c, m, kvol, generator=g, dtype=D))
+    built = built.reshape(n, c, *k)
+    dw, pw, err = depthwise_factorize(built, m)
+    layer = sepconv.layers.separable.__dict__[f"SeparableConv{len(k)}d"](c, n, k, depth_multiplier=m, bias=False, dtype=D)
+    with torch.no_grad():
+        layer.depthwise.weight.copy_(dw)
+        layer.pointwise.weight.copy_(pw)
+    assert err < 1e-9 and rel(layer.to_dense_weight(), built) < 1e-9
+    # Any weight: the reported error is the true one, and it is 0 once m >= min(n, prod(k)).
+    w = torch.randn(n, c, *k, generator=g, dtype=D)
+    dw, pw, err = depthwise_factorize(w, m)
+    with torch.no_grad():
+        layer.depthwise.weight.copy_(dw)
+        layer.pointwise.weight.copy_(pw)
+    assert abs(rel(layer.to_dense_weight(), w) - err) < 1e-9
+    if m >= min(n, kvol):
+        assert err < 1e-9
+    for _ in range(10):  # no random DW/PW pair (optimally scaled) beats the SVD solution
+        with torch.no_grad():
+            layer.depthwise.weight.normal_(generator=g)
+            layer.pointwise.weight.normal_(generator=g)
+        approx = layer.to_dense_weight().detach()
+        scale = float((approx * w).sum() / approx.pow(2).sum())
+        assert rel(scale * approx, w) >= err - 1e-12
+
+
+def test_the_seed_question_a_standard_conv_that_is_not_depthwise_separable():
+    """Seed 000's comment thread: not every standard convolution is depthwise separable (with M = 1).
+
+    Two output channels reading one input channel through two different 1D kernels: W[:, 0] is the
+    2 x 2 identity, which has rank 2, so no single depthwise filter times pointwise weights gives it.
+    """
+    w = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]], dtype=D)  # (N=2, C=1, k=2)
+    _, _, err = depthwise_factorize(w, 1)
+    assert err == pytest.approx(math.sqrt(0.5))  # the best M = 1 approximation is off by 71%
+    assert depthwise_factorize(w, 2)[2] < 1e-12  # M = 2 = rank(W[:, 0]) is exact
+    assert depth_multiplier_for(w, 0.0) == 2
+
+
+def test_error_curve_and_multiplier_for_a_target():
+    w = torch.randn(16, 4, 3, 3, dtype=D, generator=torch.Generator().manual_seed(1))
+    curve = depthwise_error_curve(w)
+    assert len(curve) == 9 and curve[-1] < 1e-12 and all(a >= b for a, b in zip(curve, curve[1:]))
+    m = depth_multiplier_for(w, 0.5)
+    assert curve[m - 1] <= 0.5 < (curve[m - 2] if m > 1 else 1.0)
+    with pytest.raises(ValueError, match="max_error must be a number in \\[0, 1\\), got 1.5"):
+        depth_multiplier_for(w, 1.5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 4), st.integers(1, 4), st.integers(1, 4), st.integers(1, 6), st.integers(0, 2**16))
+def test_spatial_factorize_matches_the_layer(n, c, kh, kw, r, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, c, kh, kw, generator=g, dtype=D)
+    v, h, err = spatial_factorize(w, r)
+    layer = sepconv.SpatiallySeparableConv2d(c, n, (kh, kw), rank=r, bias=False, dtype=D)
+    with torch.no_grad():
+        layer.vertical.weight.copy_(v)
+        layer.horizontal.weight.copy_(h)
+    assert abs(rel(layer.to_dense_weight(), w) - err) < 1e-9
+    if r >= min(c * kh, n * kw):
+        assert err < 1e-9
+    pair = pairwise_spatial(w, 1)
+    assert pair.ranks.shape == (n, c) and 0 <= pair.error <= 1
+
+
+def test_output_error_matches_weight_error_on_white_noise():
+    """For i.i.d. input and no padding, E||dW * x||^2 = ||dW||^2 E||x||^2 per position: output error ~ weight error."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, bias=False).double()
+    new, report = convert(nn.Sequential(conv), sample_input=torch.randn(4, 8, 64, 64, dtype=D))
+    row = report.layers[0]
+    assert row.output_error == pytest.approx(row.weight_error, rel=0.05)
+
+
+def test_convert_is_exact_for_separable_weights_and_keeps_geometry():
+    torch.manual_seed(0)
+    source = sepconv.SeparableConv2d(4, 6, 3, stride=2, padding="same", bias=True, dtype=D)
+    conv = source.to_conv()  # a dense conv whose kernel is exactly depthwise separable
+    assert isinstance(conv, nn.Sequential)  # 'same' with stride 2: a Pad module, then the conv
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect").double(), conv, nn.ReLU())
+    x = torch.randn(2, 4, 11, 9, dtype=D)
+    with torch.no_grad():
+        model[0].weight.copy_(sepconv.SeparableConv2d(4, 4, 3, dtype=D).to_dense_weight())
+    new, report = convert(model, sample_input=x)
+    assert {r.name for r in report.layers} == {"0", "1.1"}
+    assert all(r.weight_error < 1e-9 and r.output_error < 1e-9 for r in report.layers)
+    torch.testing.assert_close(new(x), model(x))
+    assert isinstance(new[0], sepconv.SeparableConv2d) and new[0].padding_mode == "reflect"
+    assert isinstance(model[0], nn.Conv2d)  # the original is untouched
+
+
+@pytest.mark.parametrize("name", sorted(list_models()))
+def test_convert_keeps_output_shapes_for_every_zoo_model(name):
+    info = list_models()[name]
+    variant = "standard" if "standard" in info.variants else info.variants[0]
+    kwargs = {"image_size": 32} if "image_size" in info.options else {"alpha": 0.25}  # small and fast
+    model = build_model(name, variant, num_classes=5, **kwargs).eval()
+    x = torch.randn(2, 3, 32, 32)
+    for to in ("separable", "spatial"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            new, report = convert(model, to=to, sample_input=x)
+        assert new.eval()(x).shape == (2, 5)
+        converted = {r.name for r in report.layers}
+        for layer_name, module in model.named_modules():  # unconverted convolutions are unchanged
+            if isinstance(module, nn.Conv2d) and layer_name not in converted and not any(
+                    layer_name.startswith(c + ".") for c in converted):
+                assert torch.equal(new.get_submodule(layer_name).weight, module.weight)
+        assert report.params_after < report.params_before or not report.layers
+
+
+def test_convert_filters_and_bad_input():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 4, 5))
+    new, report = convert(model, include=r"^[03]$", exclude="3")
+    assert [r.name for r in report.layers] == ["0"]
+    assert "min_kernel" in report.skipped["1"] and "groups=8" in report.skipped["2"] and "exclude" in report.skipped["3"]
+    with pytest.warns(UserWarning, match="no convolution is eligible"):
+        same, report = convert(nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU()))
+    assert report.layers == () and isinstance(same[0], nn.Conv2d)
+    bad = nn.Sequential(nn.Conv2d(3, 3, 3))
+    with torch.no_grad():
+        bad[0].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="convolution '0' has NaN or inf weights"):
+        convert(bad)
+    for kwargs, match in [(dict(to="cp"), "to must be one of"), (dict(depth_multiplier=0), "depth_multiplier must be"),
+                          (dict(rank=0), "rank must be a positive int"), (dict(include="("), "not a valid regular"),
+                          (dict(init="zeros"), "init must be")]:
+        with pytest.raises(ValueError, match=match):
+            convert(model, **kwargs)
+    with pytest.raises(ValueError, match="kernel must be a 2D tensor"):
+        separate(torch.ones(3, 3, 3))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        low_rank(torch.tensor([[1.0, float("inf")], [0.0, 1.0]]), 1)
+    with pytest.raises(ValueError, match="rank must be a positive int"):
+        low_rank(torch.eye(3), 0)
+
+
+def test_gradients_flow_through_converted_layers():
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1)).double()
+    new, _ = convert(model)
+    x = torch.randn(1, 2, 5, 5, dtype=D, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: new(t), (x,))
+    assert F.mse_loss(new(x), torch.zeros(1, 3, 5, 5, dtype=D)).requires_grad
