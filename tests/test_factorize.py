@@ -211,3 +211,28 @@ def test_gradients_flow_through_converted_layers():
     x = torch.randn(1, 2, 5, 5, dtype=D, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: new(t), (x,))
     assert F.mse_loss(new(x), torch.zeros(1, 3, 5, 5, dtype=D)).requires_grad
+
+
+def test_convert_cli_round_trip(tmp_path, capsys):
+    from sepconv.cli import main
+    from sepconv.models import load_model, save_model
+
+    torch.manual_seed(0)
+    model = build_model("vgg_blocks", "standard", in_channels=1, image_size=8, width=0.25).eval()
+    src, dst = tmp_path / "std.safetensors", tmp_path / "sep.safetensors"
+    save_model(src, model, "vgg_blocks", "standard", in_channels=1, image_size=8, width=0.25)
+    assert main(["convert", str(src), str(dst), "--depth-multiplier", "9", "--input", "8x8x1"]) == 0
+    out = capsys.readouterr().out
+    assert "converted 6 convolution(s)" in out and "features.0" in out
+    converted, recipe = load_model(dst)
+    assert recipe["conversion"]["depth_multiplier"] == 9
+    assert isinstance(converted.features[0], sepconv.SeparableConv2d)
+    x = torch.randn(3, 1, 8, 8)
+    # M = 9 >= min(C_out, 3x3): every layer is exact, so the converted network computes the same function
+    torch.testing.assert_close(converted.eval()(x), model(x), rtol=1e-4, atol=1e-5)
+    assert main(["convert", str(src), str(dst)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["convert", str(dst), str(tmp_path / "again.safetensors")]) == 2
+    assert "already converted" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "missing.safetensors"), str(tmp_path / "x.safetensors")]) == 2
+    assert "does not exist" in capsys.readouterr().err

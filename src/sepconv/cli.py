@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 COMMAND_MODULES = (
     "sepconv.experiments.compare",
     "sepconv.cost.cli",
+    "sepconv.factorize.cli",
 )
 
 USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)

@@ -23,14 +23,18 @@ def _safetensors():
     return safetensors.torch
 
 
-def save_model(path: str | os.PathLike, model: nn.Module, name: str, variant: str, **build_kwargs: Any) -> None:
+def save_model(path: str | os.PathLike, model: nn.Module, name: str, variant: str, *,
+               conversion: dict | None = None, **build_kwargs: Any) -> None:
     """Write ``model``'s state dict to ``path`` (safetensors, atomically) with the recipe that rebuilds it.
 
     ``name``, ``variant`` and ``build_kwargs`` are what :func:`sepconv.models.build_model` needs;
-    they must be JSON-serializable.
+    ``conversion`` holds the options of :func:`sepconv.factorize.convert` if the model was converted
+    after being built. All must be JSON-serializable.
     """
     st = _safetensors()
-    recipe = {"name": name, "variant": variant, "kwargs": build_kwargs}
+    recipe: dict[str, Any] = {"name": name, "variant": variant, "kwargs": build_kwargs}
+    if conversion is not None:
+        recipe["conversion"] = conversion
     try:
         meta = json.dumps(recipe)
     except TypeError as error:
@@ -65,6 +69,9 @@ def read_recipe(path: str | os.PathLike) -> dict:
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     """Rebuild a model saved by :func:`save_model` and load its weights; returns ``(model, recipe)``.
 
+    A recipe with ``conversion`` options is rebuilt by :func:`sepconv.factorize.convert`
+    (structure only) before the weights are loaded.
+
     The architecture comes from the zoo (nothing in the file is executed); a
     recipe naming an unknown model, or weights that do not fit it, raise
     ``ValueError``.
@@ -73,6 +80,15 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
 
     recipe = read_recipe(path)
     model = build_model(recipe["name"], recipe["variant"], **recipe["kwargs"])
+    if recipe.get("conversion") is not None:  # rebuild the converted structure, then load its weights
+        import warnings
+
+        from ..factorize import convert
+
+        options = dict(recipe["conversion"], init="fresh")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, _ = convert(model, **options)
     state = _safetensors().load_file(str(path))
     try:
         model.load_state_dict(state, strict=True)
