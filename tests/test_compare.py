@@ -130,6 +130,8 @@ def test_bad_names_and_numbers(tmp_path, capsys):
     one_line_error(capsys, ["--variants", "standard,octonion", "--out", str(tmp_path / "a")], "octonion", "separable")
     one_line_error(capsys, ["--epochs", "0", "--out", str(tmp_path / "a")], "epochs")
     one_line_error(capsys, ["--lr", "-1", "--out", str(tmp_path / "a")], "lr")
+    one_line_error(capsys, ["--threads", "0", "--out", str(tmp_path / "a")], "--threads", "0")
+    one_line_error(capsys, ["--device", "tpu", "--out", str(tmp_path / "a")], "--device", "tpu")
     one_line_error(capsys, ["--dataset", "cifar10", "--out", str(tmp_path / "a")], "--data-dir")
     with pytest.raises(SystemExit) as info:  # argparse choices: argparse exits 2 itself
         main(["compare", "--dataset", "svhn"])

@@ -136,7 +136,7 @@ def test_checkpoint_is_atomic_and_safe(tmp_path):
     torch.save({"format": 1, "x": Payload()}, evil)
     with pytest.raises(ValueError, match="cannot be read safely"):
         load_checkpoint(evil)
-    (tmp_path / "junk.pt").write_bytes(pickle.dumps([1, 2]))
+    (tmp_path / "junk.pt").write_bytes(pickle.dumps([1, 2], protocol=2))
     with pytest.raises(ValueError, match="cannot be read safely|not a sepconv checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
     torch.save({"w": torch.ones(1)}, tmp_path / "other.pt")

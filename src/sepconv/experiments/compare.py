@@ -46,17 +46,18 @@ DEFAULTS: dict[str, Any] = {
     "image_size": 32,
     "model": "vgg_blocks",
     "variants": None,  # every variant the model has
-    "width": 0.25,
-    "epochs": 12,
+    "width": 1.0,
+    "epochs": 15,
     "batch_size": 64,
     "lr": 3e-3,
     "seed": 0,
     "device": "auto",
     "amp": None,  # on for CUDA, off otherwise
     "val_fraction": 0.2,
+    "threads": None,  # PyTorch's default (one per core)
 }
 #: Options that may differ between a run and its ``--resume`` (the others must match).
-RESUMABLE_CHANGES = ("epochs", "device", "download", "data_dir")
+RESUMABLE_CHANGES = ("epochs", "device", "download", "data_dir", "threads")
 #: File written first into an output directory; marks it as a sepconv run.
 RUN_MARKER = "run.json"
 #: What ``--overwrite`` removes from a previous run's directory (nothing else is touched).
@@ -82,6 +83,7 @@ class CompareConfig:
     device: str = DEFAULTS["device"]
     amp: Optional[bool] = DEFAULTS["amp"]
     val_fraction: float = DEFAULTS["val_fraction"]
+    threads: Optional[int] = DEFAULTS["threads"]
 
 
 # ------------------------------------------------------------------ helpers
@@ -171,18 +173,25 @@ def parse_variants(text: Optional[str]) -> Optional[list[str]]:
 def _model_info(name: str) -> Any:
     from ..models import list_models
 
-    infos = {info.name: info for info in list_models()}
+    listed = list_models()
+    infos = dict(listed) if isinstance(listed, dict) else {info.name: info for info in listed}
     if name not in infos:
         raise ValueError(f"--model must be one of {', '.join(sorted(infos))}; got {name!r}")
     return infos[name]
 
 
-def _build_kwargs(config: CompareConfig, data_shape: tuple[int, int, int]) -> dict[str, Any]:
+def _build_kwargs(config: CompareConfig, info: Any, data_shape: tuple[int, int, int]) -> dict[str, Any]:
+    """Zoo options from the data and ``--width``: ``image_size`` where the model takes it, and the
+    channel multiplier as ``width`` (VGG blocks) or ``alpha`` (the MobileNets)."""
+    options = tuple(getattr(info, "options", ("image_size", "width")))
     kwargs: dict[str, Any] = {}
-    if config.model == "vgg_blocks":
-        kwargs["image_size"] = data_shape[1]
+    if "image_size" in options:
+        kwargs["image_size"] = data_shape[1] if data_shape[1] == data_shape[2] else [data_shape[1], data_shape[2]]
     if config.width is not None:
-        kwargs["width"] = config.width
+        multiplier = next((name for name in ("width", "alpha") if name in options), None)
+        if multiplier is None:
+            raise ValueError(f"--width: model {config.model!r} has no channel multiplier (its options: {', '.join(options)})")
+        kwargs[multiplier] = config.width
     return kwargs
 
 
@@ -209,6 +218,9 @@ def validate_config(config: CompareConfig) -> tuple[Any, list[str]]:
         )
     if config.width is not None and (isinstance(config.width, bool) or not config.width > 0):
         raise ValueError(f"--width must be a number > 0 (a channel multiplier), got {config.width!r}")
+    if config.threads is not None and (isinstance(config.threads, bool) or not isinstance(config.threads, int)
+                                       or config.threads < 1):
+        raise ValueError(f"--threads must be a positive int, got {config.threads!r}")
     if not 0 < config.val_fraction < 1:
         raise ValueError(f"--val-fraction must be strictly between 0 and 1, got {config.val_fraction!r}")
     TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed)
@@ -330,13 +342,15 @@ def run_compare(
     amp = (device.type == "cuda") if config.amp is None else bool(config.amp)
     if amp and device.type != "cuda":
         raise ValueError("--amp (mixed precision) needs a CUDA device; on CPU leave it off")
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     distributed = dist_utils.init_from_env(device)
     main = dist_utils.is_main_process()
     # read-only checks (on every rank, so all ranks fail alike) before the data is loaded...
     prepare_out_dir(out, config, resume=resume, overwrite=overwrite, write=False)
     data = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction, split_seed=0,
                         image_size=config.image_size, download=config.download and main)
-    build_kwargs = _build_kwargs(config, data.input_shape)
+    build_kwargs = _build_kwargs(config, info, data.input_shape)
     c, h, w = data.input_shape
     costs: dict[str, tuple[int, int]] = {}
     for variant in variants:  # every variant must build and run on this input before anything is written
@@ -415,6 +429,7 @@ def run_compare(
                 entry["ranks_agree"] = dist_utils.weights_agree(run.model)
             latency = throughput = None
             if main:
+                entry["load_average_before_latency"] = [round(v, 2) for v in os.getloadavg()]
                 latency = measure_latency(run.model, data.input_shape, 1, device, latency_min_run_time)
                 batch_time = measure_latency(run.model, data.input_shape, 256, device, latency_min_run_time)
                 throughput = 256 / batch_time
@@ -432,6 +447,14 @@ def run_compare(
         entry["summary"]["throughput_img_s"] = throughput
         entry["resumed_from_epoch"] = run.start_epoch
         del model, run
+    loads = [e["load_average_before_latency"][0] for e in results["variants"].values() if "load_average_before_latency" in e]
+    cores = os.cpu_count() or 1
+    busy = bool(loads) and max(loads) > cores + 0.5
+    results["measurement"]["load_average_1min_max"] = max(loads) if loads else None
+    results["measurement"]["machine_busy"] = busy
+    if busy and main:
+        log(f"warning: the machine was busy (1-minute load average up to {max(loads):.2f} on {cores} cores): times "
+            "and latencies may be inflated many-fold by thread contention; on a shared machine use --threads 1")
     complete = all(len(e["history"]) == config.epochs for e in results["variants"].values())
     save("complete" if complete else "stopped")
     if distributed:
@@ -468,6 +491,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help=f"global batch size (default {d['batch_size']})")
     p.add_argument("--lr", type=float, help=f"Adam learning rate, constant (default {d['lr']})")
     p.add_argument("--seed", type=int, help=f"seed for initialization and data order, same for every variant (default {d['seed']})")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's, one per core; "
+                   "use 1 on a machine shared with other jobs, see docs/compare.md)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto: CUDA when available)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision with torch.autocast (default: on for CUDA, off on CPU)")
@@ -480,7 +505,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-_ARG_NAMES = {"data_dir", "download", "image_size", "val_fraction", "model", "variants", "width", "epochs",
+_ARG_NAMES = {"threads", "data_dir", "download", "image_size", "val_fraction", "model", "variants", "width", "epochs",
               "batch_size", "lr", "seed", "device", "amp", "dataset"}
 
 
