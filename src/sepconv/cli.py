@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "sepconv.experiments.compare",
     "sepconv.cost.cli",
     "sepconv.factorize.cli",
+    "sepconv.bench.cli",
 )
 
 USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)

@@ -1,0 +1,142 @@
+"""``sepconv bench``: theoretical vs realized savings of separable convolutions on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+
+def parse_case(text: str, batch: int):
+    """``CINxCOUTxSIZE[xK[xSTRIDE]]`` (e.g. ``64x128x56x3x2``) -> a benchmark Case."""
+    from .suites import _case
+
+    if not re.fullmatch(r"\d+(x\d+){2,4}", text.strip()):
+        raise ValueError(f"--shape must be CINxCOUTxSIZE[xK[xSTRIDE]] with positive integers (e.g. 64x128x56x3x2), got {text!r}")
+    cin, cout, size, *rest = (int(p) for p in text.split("x"))
+    k = rest[0] if rest else 3
+    stride = rest[1] if len(rest) > 1 else 1
+    if min(cin, cout, size, k, stride) < 1:
+        raise ValueError(f"--shape values must be positive, got {text!r}")
+    return _case(f"user {cin}->{cout} @{size} k{k} s{stride}", cin, cout, size, stride, batch, k)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bench", help="time standard vs separable convolutions: measured speedup vs the MAC ratio, roofline",
+        description="For each layer shape, time the standard 3x3 convolution (at its faster memory layout) and its "
+                    "depthwise separable replacement, forward and forward+backward, with the depthwise and pointwise "
+                    "stages apart and their roofline bounds from this machine's measured peak FLOP/s and bandwidth. "
+                    "realized = measured speedup / theoretical (MAC) speedup.",
+    )
+    p.add_argument("--suite", choices=("mobilenet_v1", "vgg_blocks", "all", "none"), default="all",
+                   help="built-in shapes: MobileNetV1 body at 224x224 batch 1, the seeds' VGG-block layers at batch 32")
+    p.add_argument("--shape", action="append", default=[], help="extra shape CINxCOUTxSIZE[xK[xSTRIDE]] (repeatable)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of --shape cases (default 1)")
+    p.add_argument("--rounds", type=int, default=11, help="interleaved timing rounds (default 11)")
+    p.add_argument("--no-backward", action="store_true", help="forward only")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--out", default=None, help="directory for bench.json and bench.png")
+    p.add_argument("--quick", action="store_true", help="tiny run (3 rounds, first case of each suite): a smoke test")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from .._io import atomic_write_bytes
+    from .roofline import measure_roofline
+    from .suites import SUITES, run_case
+    from .timing import machine_info
+
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    cases = []
+    for name in (SUITES if args.suite == "all" else [] if args.suite == "none" else [args.suite]):
+        suite = SUITES[name]()
+        cases += suite[:1] if args.quick else suite
+    cases += [parse_case(s, args.batch) for s in args.shape]
+    if not cases:
+        raise ValueError("nothing to measure: choose a --suite or give --shape")
+    rounds = 3 if args.quick else args.rounds
+    roof = measure_roofline(rounds=3 if args.quick else 7, matmul_n=1024 if args.quick else 2048,
+                            copy_mib=64 if args.quick else 256)
+    info = machine_info()
+    print(f"{info['cpu']}, {info['torch_threads']} threads, torch {info['torch']}; measured peak "
+          f"{roof.peak_flops / 1e9:.1f} GFLOP/s, bandwidth {roof.bandwidth / 1e9:.1f} GB/s (float32)")
+    rows = []
+    header = ("case", "MAC ratio", "std ms", "sep ms", "speedup", "theory", "realized", "train realized",
+              "DW %MACs", "DW %time", "DW roofline", "PW roofline")
+    for case in cases:
+        result = run_case(case, roof, rounds=rounds, backward=not args.no_backward)
+        s = result.summary()
+        dw_macs = separable_dw_share(case)
+        s["dw_mac_share"] = dw_macs
+        rows.append(s)
+        print(f"  {case.name}: speedup {s['speedup']:.2f}x of {s['theoretical_speedup']:.2f}x (realized {s['realized']:.2f})",
+              flush=True)
+    table = [header] + [(
+        r["case"], f"{r['mac_ratio']:.3f}", f"{r['standard_ms']:.3f}", f"{r['separable_ms']:.3f}",
+        f"{r['speedup']:.2f}x", f"{r['theoretical_speedup']:.2f}x", f"{r['realized']:.2f}",
+        "-" if "train_realized" not in r else f"{r['train_realized']:.2f}",
+        f"{100 * r['dw_mac_share']:.1f}", f"{100 * r['dw_time_share']:.1f}",
+        f"{100 * r['dw_roofline_fraction']:.0f}%", f"{100 * r['pw_roofline_fraction']:.0f}%") for r in rows]
+    widths = [max(len(t[i]) for t in table) for i in range(len(header))]
+    for t in table:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(t, widths))))
+    print("medians of interleaved rounds; std = standard conv at its faster layout (NCHW or channels-last); "
+          "realized = speedup / theory; roofline = bound time / measured time of the stage (over 100%: the stage "
+          "ran from cache, faster than the DRAM bandwidth measured by a large copy allows)")
+    if args.out:
+        out = Path(args.out)
+        record = {"machine": info, "roofline": roof.as_dict(), "rounds": rounds, "cases": rows}
+        atomic_write_bytes(out / "bench.json", json.dumps(record, indent=2).encode())
+        _plot(rows, out / "bench.png")
+        print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+    return 0
+
+
+def separable_dw_share(case) -> float:
+    """Depthwise share of the separable layer's MACs (from the cost model)."""
+    from ..cost import separable_cost
+
+    dw, pw = separable_cost(case.spec, case.size, batch=case.batch).stages
+    return dw.macs / (dw.macs + pw.macs)
+
+
+def _plot(rows: list[dict], path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plots are optional
+        print("matplotlib is not installed: no plot (pip install 'sepconv[experiments]')")
+        return
+    import io
+
+    from .._io import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows)), 4))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["realized"] for r in rows], width=0.4, label="forward")
+    if all("train_realized" in r for r in rows):
+        ax.bar([x + 0.2 for x in xs], [r["train_realized"] for r in rows], width=0.4, label="forward+backward")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(list(xs), [r["case"] for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("realized = measured speedup / MAC ratio")
+    ax.set_title("Separable vs standard 3x3 convolution on this machine")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

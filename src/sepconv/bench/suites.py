@@ -1,0 +1,157 @@
+"""Benchmark suites (layer shapes from the zoo) and the standard-vs-separable measurement.
+
+For each case the standard 3x3 convolution and its depthwise separable
+replacement run side by side, forward (and forward+backward), each in NCHW
+and channels-last; the standard convolution is credited with its faster
+layout, so the speedup is honest. The depthwise and pointwise stages are
+also timed alone, and each is compared with its roofline bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ..cost import conv_cost, separable_cost
+from ..geometry import ConvSpec
+from ..layers import SeparableConv2d
+from ..layers._common import conv_module
+from .roofline import Roofline
+from .timing import Timing, interleaved
+
+
+@dataclass(frozen=True)
+class Case:
+    """One layer shape: the standard convolution ``spec`` on ``batch`` inputs of spatial size ``size``."""
+
+    name: str
+    spec: ConvSpec
+    size: tuple[int, int]
+    batch: int
+
+
+def _case(name: str, cin: int, cout: int, size: int, stride: int, batch: int, k: int = 3) -> Case:
+    return Case(name, ConvSpec.make(cin, cout, k, stride, k // 2, bias=False), (size, size), batch)
+
+
+def mobilenet_v1_suite(batch: int = 1, resolution: int = 224) -> list[Case]:
+    """The 13 separable blocks of MobileNetV1 at ``resolution`` (repeated shapes once), batch 1 by default."""
+    from ..models.mobilenet import V1_BLOCKS
+
+    cases, seen = [], set()
+    cin, size = 32, -(-resolution // 2)
+    for cout, stride in V1_BLOCKS:
+        key = (cin, cout, size, stride)
+        if key not in seen:
+            seen.add(key)
+            cases.append(_case(f"mbv1 {cin}->{cout} @{size} s{stride}", cin, cout, size, stride, batch))
+        size = -(-size // stride)
+        cin = cout
+    return cases
+
+
+def vgg_blocks_suite(batch: int = 32, resolution: int = 32) -> list[Case]:
+    """The six 3x3 convolutions of the seeds' CIFAR-10 VGG-block network, batch 32 by default."""
+    cases, cin, size = [], 3, resolution
+    for cout in (64, 128, 256):
+        for _ in range(2):
+            cases.append(_case(f"vgg {cin}->{cout} @{size}", cin, cout, size, 1, batch))
+            cin = cout
+        size //= 2
+    return cases
+
+
+SUITES: dict[str, Callable[[], list[Case]]] = {"mobilenet_v1": mobilenet_v1_suite, "vgg_blocks": vgg_blocks_suite}
+
+
+def _forward(module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    def run():
+        with torch.no_grad():
+            return module(x)
+    return run
+
+
+def _train_step(module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    def run():
+        module.zero_grad(set_to_none=True)
+        out = module(x)
+        out.backward(torch.ones_like(out))
+    return run
+
+
+def _layouts(module_factory: Callable[[], nn.Module], x: torch.Tensor) -> dict[str, tuple[nn.Module, torch.Tensor]]:
+    nchw = module_factory()
+    nhwc = module_factory().to(memory_format=torch.channels_last)
+    nhwc.load_state_dict(nchw.state_dict())
+    return {"nchw": (nchw, x), "nhwc": (nhwc, x.contiguous(memory_format=torch.channels_last))}
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case: Case
+    mac_ratio: float  # separable MACs / standard MACs
+    forward: dict[str, Timing]
+    backward: Optional[dict[str, Timing]]
+    stage_bounds_s: dict[str, float]
+
+    def _best(self, timings: dict[str, Timing], prefix: str) -> tuple[str, float]:
+        layout, t = min(((k.split("/")[1], v.median) for k, v in timings.items() if k.startswith(prefix + "/")),
+                        key=lambda kv: kv[1])
+        return layout, t
+
+    def summary(self) -> dict:
+        std_layout, t_std = self._best(self.forward, "standard")
+        sep_layout, t_sep = self._best(self.forward, "separable")
+        dw, pw = self.forward[f"depthwise/{sep_layout}"].median, self.forward[f"pointwise/{sep_layout}"].median
+        out = {
+            "case": self.case.name, "batch": self.case.batch,
+            "mac_ratio": self.mac_ratio, "theoretical_speedup": 1 / self.mac_ratio,
+            "standard_ms": 1e3 * t_std, "standard_layout": std_layout,
+            "separable_ms": 1e3 * t_sep, "separable_layout": sep_layout,
+            "speedup": t_std / t_sep, "realized": (t_std / t_sep) * self.mac_ratio,
+            "dw_ms": 1e3 * dw, "pw_ms": 1e3 * pw, "dw_time_share": dw / (dw + pw),
+            "dw_roofline_fraction": self.stage_bounds_s["depthwise"] / dw,
+            "pw_roofline_fraction": self.stage_bounds_s["pointwise"] / pw,
+        }
+        if self.backward:
+            _, b_std = self._best(self.backward, "standard")
+            _, b_sep = self._best(self.backward, "separable")
+            out.update({"train_standard_ms": 1e3 * b_std, "train_separable_ms": 1e3 * b_sep,
+                        "train_speedup": b_std / b_sep, "train_realized": (b_std / b_sep) * self.mac_ratio})
+        return out
+
+
+def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = True, target_s: float = 0.02) -> CaseResult:
+    """Time the standard and separable convolutions of ``case`` side by side (CPU, float32)."""
+    spec = case.spec
+    torch.manual_seed(0)
+    x = torch.randn(case.batch, spec.in_channels, *case.size)
+    std = _layouts(lambda: conv_module(spec)[0], x)
+    sep = _layouts(lambda: SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride,
+                                           spec.padding, bias=False), x)
+    forward: dict[str, Callable[[], object]] = {}
+    for layout in ("nchw", "nhwc"):
+        m, xi = std[layout]
+        forward[f"standard/{layout}"] = _forward(m.eval(), xi)
+        m, xi = sep[layout]
+        forward[f"separable/{layout}"] = _forward(m.eval(), xi)
+        with torch.no_grad():
+            mid = m.depthwise(m.pad(xi))
+        forward[f"depthwise/{layout}"] = _forward(nn.Sequential(m.pad, m.depthwise), xi)
+        forward[f"pointwise/{layout}"] = _forward(m.pointwise, mid)
+    fwd = interleaved(forward, rounds=rounds, target_s=target_s)
+    bwd = None
+    if backward:
+        train: dict[str, Callable[[], object]] = {}
+        for layout in ("nchw", "nhwc"):
+            for label, pair in (("standard", std), ("separable", sep)):
+                m, xi = pair[layout]
+                train[f"{label}/{layout}"] = _train_step(m.train(), xi.detach().clone().requires_grad_(True))
+        bwd = interleaved(train, rounds=rounds, target_s=target_s)
+    std_cost = conv_cost(spec, case.size, batch=case.batch)
+    sep_cost = separable_cost(spec, case.size, batch=case.batch)
+    bounds = {stage.name: roofline.bound_s(stage.flops, stage.bytes) for stage in sep_cost.stages}
+    return CaseResult(case, sep_cost.macs / std_cost.macs, fwd, bwd, bounds)

@@ -1,0 +1,101 @@
+"""Timing that can be trusted on a shared machine: warm-up, interleaved rounds, medians and spread.
+
+Candidates are timed in interleaved rounds (A B C A B C ...), so a burst of
+load from another process hits all of them alike, and the ratio of their
+medians is what the benchmark reports. Each sample is the mean of
+``number`` calls, timed with :func:`time.perf_counter` after
+``torch.cuda.synchronize`` where CUDA is used.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: median, first and third quartiles, and the raw samples."""
+
+    median: float
+    q1: float
+    q3: float
+    samples: tuple[float, ...]
+
+    @property
+    def iqr(self) -> float:
+        return self.q3 - self.q1
+
+    def as_dict(self) -> dict:
+        return {"median_s": self.median, "q1_s": self.q1, "q3_s": self.q3, "n": len(self.samples)}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def calls_for(fn: Callable[[], object], target_s: float = 0.02, device: torch.device = torch.device("cpu")) -> int:
+    """How many calls of ``fn`` take about ``target_s`` (at least 1); also warms ``fn`` up."""
+    for _ in range(2):
+        fn()
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    once = max(time.perf_counter() - start, 1e-7)
+    return max(1, int(target_s / once))
+
+
+def interleaved(candidates: dict[str, Callable[[], object]], rounds: int = 15, target_s: float = 0.02,
+                device: torch.device = torch.device("cpu")) -> dict[str, Timing]:
+    """Time every candidate in ``rounds`` interleaved rounds; returns a :class:`Timing` per name."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    numbers = {name: calls_for(fn, target_s, device) for name, fn in candidates.items()}
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            n = numbers[name]
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            _sync(device)
+            samples[name].append((time.perf_counter() - start) / n)
+    result = {}
+    for name, xs in samples.items():
+        qs = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+        result[name] = Timing(statistics.median(xs), qs[0], qs[2], tuple(xs))
+    return result
+
+
+def machine_info() -> dict:
+    """What a recorded benchmark must say about where it ran."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info

@@ -1,0 +1,65 @@
+"""Benchmark harness: correctness of what it computes (no timing assertions), and a CLI smoke run."""
+
+import json
+
+import pytest
+import torch
+
+from sepconv.bench import Roofline, interleaved, mobilenet_v1_suite, run_case, vgg_blocks_suite
+from sepconv.bench.cli import parse_case
+from sepconv.cli import main
+from sepconv.cost import conv_cost, separable_cost
+
+
+def test_interleaved_times_every_candidate():
+    calls = {"a": 0, "b": 0}
+
+    def a():
+        calls["a"] += 1
+
+    def b():
+        calls["b"] += 1
+        return sum(range(100))
+
+    t = interleaved({"a": a, "b": b}, rounds=4, target_s=0.001)
+    assert set(t) == {"a", "b"} and all(len(v.samples) == 4 and v.q1 <= v.median <= v.q3 for v in t.values())
+    assert calls["a"] > 4 and calls["b"] > 4
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        interleaved({"a": a}, rounds=0)
+
+
+def test_roofline_bound():
+    roof = Roofline(peak_flops=100e9, bandwidth=10e9)
+    assert roof.ridge() == 10
+    assert roof.bound_s(1e9, 1e6) == pytest.approx(1e-2)  # compute-bound
+    assert roof.bound_s(1e6, 1e9) == pytest.approx(1e-1)  # memory-bound
+
+
+def test_suites_follow_the_zoo():
+    mb = mobilenet_v1_suite()
+    assert mb[0].spec.in_channels == 32 and mb[0].size == (112, 112) and mb[-1].size == (7, 7)
+    assert len({(c.spec.in_channels, c.spec.out_channels, c.size, c.spec.stride) for c in mb}) == len(mb)
+    vgg = vgg_blocks_suite()
+    assert [c.spec.out_channels for c in vgg] == [64, 64, 128, 128, 256, 256] and vgg[0].batch == 32
+
+
+def test_run_case_reports_consistent_ratios():
+    case = parse_case("4x8x8x3x2", batch=2)
+    result = run_case(case, Roofline(1e10, 1e9), rounds=2, backward=True, target_s=0.001)
+    s = result.summary()
+    expected = separable_cost(case.spec, case.size, batch=2).macs / conv_cost(case.spec, case.size, batch=2).macs
+    assert s["mac_ratio"] == pytest.approx(expected)
+    assert s["realized"] == pytest.approx(s["speedup"] * s["mac_ratio"])
+    assert s["speedup"] == pytest.approx(s["standard_ms"] / s["separable_ms"])
+    assert 0 < s["dw_time_share"] < 1 and "train_realized" in s
+
+
+def test_bench_cli_smoke(tmp_path, capsys):
+    assert main(["bench", "--suite", "none", "--shape", "4x8x8", "--rounds", "1", "--no-backward", "--quick",
+                 "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "bench.json").read_text())
+    assert record["machine"]["torch"] == torch.__version__ and len(record["cases"]) == 1
+    assert (tmp_path / "bench.png").stat().st_size > 0
+    assert main(["bench", "--suite", "none", "--shape", "4x8"]) == 2
+    assert "--shape must be CINxCOUTxSIZE" in capsys.readouterr().err
+    assert main(["bench", "--suite", "none"]) == 2
