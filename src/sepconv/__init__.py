@@ -1,5 +1,6 @@
 """sepconv: separable convolutions for PyTorch, with exact costs, factorization and experiments."""
 
+from .fast import OptimizedModel, fold_batchnorm, optimize
 from .geometry import ConvSpec
 from .layers import (
     DepthwiseConv1d, DepthwiseConv2d, DepthwiseConv3d,
@@ -12,7 +13,7 @@ from .layers import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConvSpec", "Pad",
+    "ConvSpec", "OptimizedModel", "Pad", "fold_batchnorm", "optimize",
     "DepthwiseConv1d", "DepthwiseConv2d", "DepthwiseConv3d",
     "PointwiseConv1d", "PointwiseConv2d", "PointwiseConv3d",
     "SeparableConv1d", "SeparableConv2d", "SeparableConv3d",
