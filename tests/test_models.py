@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sepconv.cost import profile
 from sepconv.models import build_model, list_models, load_model, save_model
 
-SMALL_INPUT = {"vgg_blocks": (3, 32, 32), "mobilenet_v1": (3, 64, 64), "mobilenet_v2": (3, 64, 64)}
+SMALL_INPUT = {"vgg_blocks": (3, 32, 32), "mobilenet_v1": (3, 64, 64), "mobilenet_v2": (3, 64, 64), "xception": (3, 80, 80)}
 
 
 def n_params(model: nn.Module) -> int:
@@ -24,6 +24,13 @@ def test_mobilenet_v2_matches_torchvision():
     prof = profile(build_model("mobilenet_v2"), (3, 224, 224))
     assert prof.total_params == 3_504_872
     assert round(prof.total_macs / 1e6, 1) == 300.8
+
+
+def test_xception_matches_the_paper():
+    """Chollet 2017, Table 3: Xception has 22,855,952 parameters (Keras' 22,910,480 adds BN running statistics)."""
+    model = build_model("xception")
+    assert n_params(model) == 22_855_952
+    assert sum(b.numel() for name, b in model.named_buffers() if "running" in name) == 22_910_480 - 22_855_952
 
 
 # Howard et al. 2017 (MobileNets), Tables 4, 6 and 7: (variant, alpha, resolution) -> (million params, million mult-adds).

@@ -1,4 +1,4 @@
-"""The model zoo: the seeds' VGG-block network, MobileNetV1 and MobileNetV2, by name.
+"""The model zoo: the seeds' VGG-block network, MobileNetV1, MobileNetV2 and Xception, by name.
 
 ``build_model(name, variant)`` builds one; ``list_models()`` says what exists;
 ``save_model``/``load_model`` store a model as safetensors with its build
@@ -18,6 +18,7 @@ from .io import load_model, save_model
 from .mobilenet import MobileNetV1, MobileNetV2
 from .vgg import VARIANTS as VGG_VARIANTS
 from .vgg import VGGBlocks
+from .xception import Xception
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ _ZOO: dict[str, ModelInfo] = {
         ModelInfo("mobilenet_v2", "MobileNetV2 (inverted residuals, linear bottlenecks, ReLU6), torchvision's layout",
                   ("separable",), (3, 224, 224), 1000, MobileNetV2,
                   "Sandler et al. 2018, arXiv:1801.04381, Table 2"),
+        ModelInfo("xception", "Xception: entry, middle (x8) and exit flows of separable convolutions with residuals",
+                  ("separable",), (3, 299, 299), 1000, Xception,
+                  "Chollet 2017, CVPR, 'Xception: Deep Learning with Depthwise Separable Convolutions', Fig. 5, Table 3"),
     )
 }
 
@@ -84,4 +88,4 @@ def build_model(name: str, variant: Optional[str] = None, num_classes: Optional[
                         in_channels=in_channels, **kwargs)
 
 
-__all__ = ["ModelInfo", "MobileNetV1", "MobileNetV2", "VGGBlocks", "build_model", "list_models", "load_model", "save_model"]
+__all__ = ["ModelInfo", "MobileNetV1", "MobileNetV2", "VGGBlocks", "Xception", "build_model", "list_models", "load_model", "save_model"]
