@@ -72,8 +72,21 @@ def vgg_expected_params(variant: str, cin: int, widths, num_classes: int, spatia
     return total + c * spatial * spatial * num_classes + num_classes
 
 
+def vgg_expected_macs(variant: str) -> int:
+    """MACs per 32x32x3 sample of the seed's VGG-block network, from the per-layer formulas."""
+    total, c = 0, 3
+    for w, size in ((64, 32), (128, 16), (256, 8)):
+        for _ in range(2):
+            per_pixel = {"standard": 9 * c * w, "separable": 9 * c + c * w,
+                         "spatial": 3 * c * min(c, w) + 3 * min(c, w) * w}[variant]
+            total += per_pixel * size * size
+            c = w
+    return total + 256 * 4 * 4 * 10
+
+
 @pytest.mark.parametrize("variant", ["standard", "separable", "spatial"])
 def test_vgg_blocks_parameter_counts(variant):
+    assert profile(build_model("vgg_blocks", variant), (3, 32, 32)).total_macs == vgg_expected_macs(variant)
     model = build_model("vgg_blocks", variant)
     assert n_params(model) == vgg_expected_params(variant, 3, (64, 128, 256), 10, 4)
     small = build_model("vgg_blocks", variant, in_channels=1, image_size=8, width=0.25)
