@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -24,7 +23,6 @@ from reference import tf_same_pads
 
 def brute_force_counts(cin, cout, size, kernel, stride, dilation, pads, groups, bias):
     """Run a loop-based convolution on a zero tensor, counting each multiplication and addition."""
-    nd = len(size)
     padded = [n + a + b for n, (a, b) in zip(size, pads)]
     out = [(p - (k - 1) * d - 1) // s + 1 for p, k, d, s in zip(padded, kernel, dilation, stride)]
     mults = adds = 0
