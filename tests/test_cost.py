@@ -22,7 +22,7 @@ from reference import tf_same_pads
 
 
 def brute_force_counts(cin, cout, size, kernel, stride, dilation, pads, groups, bias):
-    """Run a loop-based convolution on a zero tensor, counting each multiplication and addition."""
+    """Walk a loop-based convolution, counting each multiplication and addition it performs."""
     padded = [n + a + b for n, (a, b) in zip(size, pads)]
     out = [(p - (k - 1) * d - 1) // s + 1 for p, k, d, s in zip(padded, kernel, dilation, stride)]
     mults = adds = 0
