@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sepconv._io import atomic_write_bytes
+
 
 def machine() -> dict:
     info = {
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         plots = {}
         for name in ("accuracy.png", "costs.png"):  # kept with the record, for the README and docs
             target = Path(f"{stem}_{name}")
-            target.write_bytes((out / name).read_bytes())
+            atomic_write_bytes(target, (out / name).read_bytes())
             plots[name] = target.name
     record = {
         "benchmark": "default `sepconv compare` run (embedded digits, vgg_blocks, all variants)",
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "table": results["table"],
         "plots": plots,
     }
-    Path(args.out_json).write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_bytes(args.out_json, (json.dumps(record, indent=2) + "\n").encode())
     print(f"wall time {wall:.1f} s, peak RSS {peak_kib / 1024:.0f} MiB -> {args.out_json}")
     return 0
 
