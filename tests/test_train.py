@@ -177,6 +177,10 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 next(run.model.parameters()).view(-1)[0] -= 1e-3
         torch.save({"state": run.model.state_dict(), "history": metrics(run.history), "agree": agree,
                     "drifted": drifted}, Path(out_dir) / f"rank{rank}.pt")
+        # Both ranks must be done with gloo before either tears it down: destroying the group while
+        # the peer is still in a collective aborted a worker ("terminate called without an active
+        # exception") in one CI-like run.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
