@@ -136,6 +136,11 @@ def test_bad_names_and_numbers(tmp_path, capsys):
         one_line_error(capsys, ["--amp", "--device", "cpu", "--out", str(tmp_path / "a")], "--amp", "CUDA")
         one_line_error(capsys, ["--device", "cuda", "--out", str(tmp_path / "a")], "CUDA is not available")
     one_line_error(capsys, ["--dataset", "cifar10", "--out", str(tmp_path / "a")], "--data-dir")
+    one_line_error(capsys, ["--variants", "separable,converted", "--out", str(tmp_path / "a")], "converted", "standard")
+    one_line_error(capsys, ["--variants", "standard,converted", "--finetune-epochs", "0", "--out", str(tmp_path / "a")],
+                   "--finetune-epochs", "0")
+    one_line_error(capsys, ["--variants", "standard,converted", "--finetune-lr", "0", "--out", str(tmp_path / "a")],
+                   "--finetune-lr")
     with pytest.raises(SystemExit) as info:  # argparse choices: argparse exits 2 itself
         main(["compare", "--dataset", "svhn"])
     assert info.value.code == 2
@@ -285,3 +290,35 @@ def test_cuda_mixed_precision_run(tmp_path):
     assert results["resolved"]["amp"] is True and results["resolved"]["device"].startswith("cuda")
     for row in results["table"]:
         assert row["final_val_acc"] > 0.1  # trained, not diverged, under autocast
+
+
+def test_converted_variant_factorizes_the_trained_standard_network(tmp_path, capsys):
+    """'converted' (listed first on purpose) runs after 'standard', starts from its trained weights factorized and
+    calibrated, fine-tunes for --finetune-epochs, and saves a model that load_model rebuilds exactly."""
+    from sepconv.models import load_model
+    from sepconv.train import evaluate
+
+    out = tmp_path / "conv"
+    assert main(["compare", *TINY, "--variants", "converted,standard,separable", "--finetune-epochs", "2",
+                 "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "complete"
+    assert [r["variant"] for r in results["table"]] == ["standard", "converted", "separable"]
+    rows = {r["variant"]: r for r in results["table"]}
+    entry = results["variants"]["converted"]
+    assert len(entry["history"]) == 2 and len(results["variants"]["standard"]["history"]) == 1
+    conversion = entry["conversion"]
+    assert rows["converted"]["val_acc_converted"] == conversion["val_acc"]
+    assert 0 <= conversion["val_acc_uncalibrated"] <= 1 and conversion["calibration_samples"] == 512
+    assert [layer["name"] for layer in conversion["layers"]] == [f"features.{i}" for i in (0, 2, 5, 7, 10, 12)]
+    assert all(layer["calibrated"] for layer in conversion["layers"])
+    # same structure as the separable variant, so the same cost, and both equal to sepconv.cost's figures
+    assert (rows["converted"]["params"], rows["converted"]["macs"]) == (rows["separable"]["params"], rows["separable"]["macs"])
+    model, recipe = load_model(out / "models" / "converted.safetensors")
+    assert recipe["variant"] == "standard" and recipe["conversion"] == {"to": "separable", "depth_multiplier": 1}
+    assert sum(p.numel() for p in model.parameters()) == rows["converted"]["params"]
+    from sepconv.data import load_dataset
+
+    data = load_dataset("digits", None, val_fraction=0.2, split_seed=0)
+    assert evaluate(model, data.val_x, data.val_y)[1] == pytest.approx(entry["history"][-1]["val_acc"])
+    assert "val acc converted" in capsys.readouterr().out

@@ -236,3 +236,86 @@ def test_convert_cli_round_trip(tmp_path, capsys):
     assert "already converted" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "missing.safetensors"), str(tmp_path / "x.safetensors")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _stage_input_and_target(original, new, name, x):
+    """The converted network's own input to layer ``name``'s last stage, and the original layer's output."""
+    got = {}
+    last = new.get_submodule(name)
+    last = last.horizontal if isinstance(last, sepconv.SpatiallySeparableConv2d) else last.pointwise
+
+    def grab_input(module, args):
+        got.setdefault("z", args[0].detach().clone())
+
+    def grab_output(module, args, output):
+        got.setdefault("y", output.detach().clone())
+
+    h1 = last.register_forward_pre_hook(grab_input)
+    h2 = original.get_submodule(name).register_forward_hook(grab_output)
+    with torch.no_grad():
+        new(x), original(x)
+    h1.remove(), h2.remove()
+    return got["z"], got["y"]
+
+
+@settings(max_examples=12, deadline=None)
+@given(m=st.integers(1, 3), ridge=st.sampled_from([0.0, 1e-3, 1e-1]), to=st.sampled_from(["separable", "spatial"]),
+       seed=st.integers(0, 2**16))
+def test_calibration_never_fits_worse_than_the_factorization(m, ridge, to, seed):
+    """Calibrated last-stage weights minimize the layer's error on the converted network's own activations,
+    so on the sample batch they are at least as good as the factorized weights fed the same activations."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(6, 5, 3, stride=2),
+                          nn.ReLU(inplace=True)).double().eval()
+    x = torch.randn(6, 3, 12, 12, dtype=D)
+    plain, _ = convert(model, depth_multiplier=m, rank=m, to=to)
+    calibrated, report = convert(model, depth_multiplier=m, rank=m, to=to, sample_input=x, calibrate=True, ridge=ridge)
+    assert all(r.calibrated for r in report.layers)
+    for name in ("0", "2"):
+        z, y = _stage_input_and_target(model, calibrated, name, x)
+        stage = lambda net: (net.get_submodule(name).horizontal if to == "spatial"  # noqa: E731
+                             else net.get_submodule(name).pointwise)
+        with torch.no_grad():
+            err_cal = float((stage(calibrated)(z) - y).norm())
+            err_plain = float((stage(plain)(z) - y).norm())
+        assert err_cal <= err_plain * (1 + 1e-9) + 1e-9
+
+
+def test_calibration_keeps_exact_conversions_exact_despite_inplace_relu():
+    """M = k^2 is exact; calibration must not move it (a hook that replaced the conv's output would let the
+    in-place ReLU rewrite the targets: this caught that bug)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(16, 8, 3, padding=1),
+                          nn.ReLU(inplace=True)).double().eval()
+    x = torch.randn(4, 1, 8, 8, dtype=D)
+    new, report = convert(model, depth_multiplier=9, sample_input=x, calibrate=True)
+    assert all(r.weight_error < 1e-6 and r.output_error < 1e-6 for r in report.layers)
+    torch.testing.assert_close(new(x), model(x))
+
+
+def test_calibration_recovers_a_trained_network():
+    """On digits, a network trained for a few epochs and converted at M=1 keeps more accuracy calibrated than not."""
+    pytest.importorskip("sklearn")
+    from sepconv.data import load_dataset
+    from sepconv.train import TrainConfig, evaluate, fit
+
+    data = load_dataset("digits", None, val_fraction=0.2, split_seed=0)
+    torch.manual_seed(0)
+    model = build_model("vgg_blocks", "standard", num_classes=10, in_channels=1, image_size=8, width=0.25)
+    model = fit(model, data, TrainConfig(epochs=3, batch_size=64, lr=3e-3)).model.eval()
+    base = evaluate(model, data.val_x, data.val_y)[1]
+    plain, _ = convert(model, depth_multiplier=2)
+    calibrated, _ = convert(model, depth_multiplier=2, sample_input=data.train_x[:256], calibrate=True)
+    acc_plain, acc_cal = evaluate(plain, data.val_x, data.val_y)[1], evaluate(calibrated, data.val_x, data.val_y)[1]
+    assert base > 0.8
+    assert acc_cal > acc_plain + 0.05, (base, acc_plain, acc_cal)
+
+
+def test_calibration_bad_input():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    with pytest.raises(ValueError, match="calibrate=True needs sample_input"):
+        convert(model, calibrate=True)
+    with pytest.raises(ValueError, match="calibrate=True needs sample_input"):
+        convert(model, calibrate=True, sample_input=torch.randn(1, 3, 5, 5), init="fresh")
+    with pytest.raises(ValueError, match="ridge must be a number >= 0"):
+        convert(model, ridge=-1.0)

@@ -20,6 +20,16 @@ final table reports, per variant:
   final train accuracy (epoch average in training mode) - final validation
   accuracy; a larger gap means more overfitting.
 
+The pseudo-variant ``converted`` (opt-in: ``--variants standard,separable,converted``)
+takes the trained ``standard`` network of the same run, replaces its
+convolutions by depthwise separable ones initialized from the optimal
+factorization (:func:`sepconv.factorize.convert`) with the pointwise weights
+calibrated on 512 training images, reports its validation accuracy right
+after conversion (``val_acc_converted``) and fine-tunes it
+for ``finetune_epochs`` epochs at ``finetune_lr`` (default ``lr / 3``):
+the factorize-then-fine-tune route next to the separable network trained
+from scratch.
+
 Default run: scikit-learn's digits (real 8x8 images, no download), the
 ``vgg_blocks`` model in all its variants; see ``docs/compare.md`` for the
 chosen epochs/width/batch size and the measured wall time.
@@ -28,6 +38,7 @@ chosen epochs/width/batch size and the measured wall time.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as _dt
 import os
 import platform
@@ -55,7 +66,11 @@ DEFAULTS: dict[str, Any] = {
     "amp": None,  # on for CUDA, off otherwise
     "val_fraction": 0.2,
     "threads": None,  # PyTorch's default (one per core)
+    "finetune_epochs": 5,  # the 'converted' variant only
+    "finetune_lr": None,  # the 'converted' variant only; None: lr / 3 (best of lr, lr/3, lr/10 on digits)
 }
+#: Pseudo-variant: the run's trained 'standard' network converted to depthwise separable, then fine-tuned.
+CONVERTED = "converted"
 #: Options that may differ between a run and its ``--resume`` (the others must match).
 RESUMABLE_CHANGES = ("epochs", "device", "download", "data_dir", "threads")
 #: File written first into an output directory; marks it as a sepconv run.
@@ -84,6 +99,18 @@ class CompareConfig:
     amp: Optional[bool] = DEFAULTS["amp"]
     val_fraction: float = DEFAULTS["val_fraction"]
     threads: Optional[int] = DEFAULTS["threads"]
+    finetune_epochs: int = DEFAULTS["finetune_epochs"]
+    finetune_lr: Optional[float] = DEFAULTS["finetune_lr"]
+
+    def epochs_of(self, variant: str) -> int:
+        """Epochs ``variant`` trains for (``finetune_epochs`` for ``converted``)."""
+        return self.finetune_epochs if variant == CONVERTED else self.epochs
+
+    def lr_of(self, variant: str) -> float:
+        """Learning rate of ``variant`` (``finetune_lr``, default ``lr / 3``, for ``converted``)."""
+        if variant != CONVERTED:
+            return self.lr
+        return self.lr / 3 if self.finetune_lr is None else self.finetune_lr
 
 
 # ------------------------------------------------------------------ helpers
@@ -209,13 +236,26 @@ def validate_config(config: CompareConfig) -> tuple[Any, list[str]]:
         raise ValueError(f"--dataset {config.dataset} needs --data-dir DIR")
     info = _model_info(config.model)
     available = list(info.variants)
-    variants = config.variants or available
-    unknown = [v for v in variants if v not in available]
+    variants = list(config.variants or available)
+    convertible = "standard" in available
+    valid = available + ([CONVERTED] if convertible else [])
+    unknown = [v for v in variants if v not in valid]
     if unknown:
         raise ValueError(
             f"--variants: {', '.join(map(repr, unknown))} not available for model {config.model!r}; "
-            f"valid: {', '.join(available)}"
+            f"valid: {', '.join(valid)}"
         )
+    if CONVERTED in variants:
+        if "standard" not in variants:
+            raise ValueError(f"--variants: {CONVERTED!r} converts the run's trained 'standard' network; "
+                             f"add 'standard' to --variants (got {','.join(variants)})")
+        if variants.index(CONVERTED) < variants.index("standard"):  # it needs the trained standard network
+            variants.remove(CONVERTED)
+            variants.insert(variants.index("standard") + 1, CONVERTED)
+    if isinstance(config.finetune_epochs, bool) or not isinstance(config.finetune_epochs, int) or config.finetune_epochs < 1:
+        raise ValueError(f"--finetune-epochs must be a positive int, got {config.finetune_epochs!r}")
+    if config.finetune_lr is not None and not (isinstance(config.finetune_lr, (int, float)) and config.finetune_lr > 0):
+        raise ValueError(f"--finetune-lr must be a number > 0, got {config.finetune_lr!r}")
     if config.width is not None and (isinstance(config.width, bool) or not config.width > 0):
         raise ValueError(f"--width must be a number > 0 (a channel multiplier), got {config.width!r}")
     if config.threads is not None and (isinstance(config.threads, bool) or not isinstance(config.threads, int)
@@ -224,7 +264,7 @@ def validate_config(config: CompareConfig) -> tuple[Any, list[str]]:
     if not 0 < config.val_fraction < 1:
         raise ValueError(f"--val-fraction must be strictly between 0 and 1, got {config.val_fraction!r}")
     TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed)
-    return info, list(variants)
+    return info, variants
 
 
 def prepare_out_dir(out: Path, config: CompareConfig, *, resume: bool, overwrite: bool, write: bool = True) -> CompareConfig:
@@ -281,8 +321,21 @@ def prepare_out_dir(out: Path, config: CompareConfig, *, resume: bool, overwrite
     return config
 
 
+#: The options :func:`sepconv.factorize.convert` is called with for the ``converted`` variant.
+CONVERSION = {"to": "separable", "depth_multiplier": 1}
+#: Training images the ``converted`` variant's pointwise weights are calibrated on (``convert(calibrate=True)``).
+CALIBRATION_SAMPLES = 512
+
+
+def _convert(model: "torch.nn.Module", **kwargs: Any) -> Any:  # noqa: F821
+    """``sepconv.factorize.convert`` with :data:`CONVERSION` (every standard convolution with a kernel > 1)."""
+    from ..factorize import convert
+
+    return convert(model, **CONVERSION, **kwargs)
+
+
 def _summarize(variant: str, params: int, macs: int, history: list[dict[str, float]],
-               latency_s: Optional[float]) -> dict[str, Any]:
+               latency_s: Optional[float], entry: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     times = [h["train_time_s"] for h in history]
     timed = times[1:] if len(times) > 1 else times
     best = max(history, key=lambda h: (h["val_acc"], -h["epoch"])) if history else None
@@ -300,6 +353,7 @@ def _summarize(variant: str, params: int, macs: int, history: list[dict[str, flo
         "final_val_acc": last["val_acc"] if last else None,
         "final_train_acc": last["train_acc"] if last else None,
         "train_val_gap": (last["train_acc"] - last["val_acc"]) if last else None,
+        "val_acc_converted": (entry or {}).get("conversion", {}).get("val_acc"),
     }
 
 
@@ -333,7 +387,7 @@ def run_compare(
     from ..cost import profile
     from ..data import load_dataset
     from ..models import build_model, save_model
-    from ..train import TrainConfig, TrainingDiverged, TrainingInterrupted, fit, load_checkpoint
+    from ..train import TrainConfig, TrainingDiverged, TrainingInterrupted, evaluate, fit, load_checkpoint
     from ..train import distributed as dist_utils
 
     out = Path(out)
@@ -356,7 +410,10 @@ def run_compare(
     for variant in variants:  # every variant must build and run on this input before anything is written
         with torch.random.fork_rng(devices=[]):
             try:
-                probe = build_model(config.model, variant, num_classes=data.num_classes, in_channels=c, **build_kwargs)
+                probe = build_model(config.model, "standard" if variant == CONVERTED else variant,
+                                    num_classes=data.num_classes, in_channels=c, **build_kwargs)
+                if variant == CONVERTED:
+                    probe = _convert(probe, init="fresh")[0]
                 prof = profile(probe.eval(), (c, h, w))
             except (RuntimeError, TypeError, ValueError) as error:
                 raise ValueError(
@@ -372,14 +429,21 @@ def run_compare(
         prepare_out_dir(out, config, resume=resume, overwrite=overwrite, write=True)
         out.mkdir(parents=True, exist_ok=True)
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    train_cfg = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-                            device=str(device), amp=amp)
+    def train_cfg(variant: str) -> TrainConfig:
+        return TrainConfig(epochs=config.epochs_of(variant), batch_size=config.batch_size, lr=config.lr_of(variant),
+                           seed=config.seed, device=str(device), amp=amp)
+
+    trained_standard: Optional[torch.nn.Module] = None
     results: dict[str, Any] = {
         "status": "running",
         "started": started,
         "config": asdict(config) | {"variants": variants},
         "resolved": {"device": str(device), "amp": amp, "world_size": dist_utils.world_size(),
-                     "build_kwargs": build_kwargs, "optimizer": "Adam, constant lr", "loss": "cross-entropy"},
+                     "build_kwargs": build_kwargs, "optimizer": "Adam, constant lr", "loss": "cross-entropy",
+                     "conversion": (CONVERSION | {"init": "factorize", "calibrate": True,
+                                                  "calibration_samples": CALIBRATION_SAMPLES, "finetune_epochs": config.finetune_epochs,
+                                                  "finetune_lr": config.lr_of(CONVERTED)}
+                                    if CONVERTED in variants else None)},
         "data": data.describe(),
         "environment": environment(),
         "measurement": {
@@ -407,22 +471,40 @@ def run_compare(
 
     for variant in variants:
         torch.manual_seed(config.seed)
-        model = build_model(config.model, variant, num_classes=data.num_classes, in_channels=c, **build_kwargs)
         params, macs = costs[variant]
         entry: dict[str, Any] = {"params": params, "macs": macs, "history": []}
         results["variants"][variant] = entry
-        entry["summary"] = _summarize(variant, params, macs, [], None)
+        if variant == CONVERTED:
+            assert trained_standard is not None  # validate_config puts 'standard' first
+            sample = data.train_x[:CALIBRATION_SAMPLES]  # training images only: validation stays unseen
+            plain, _ = _convert(copy.deepcopy(trained_standard), init="factorize")
+            _, plain_acc = evaluate(plain.to(device), data.val_x, data.val_y, 256, device, amp)
+            model, report = _convert(copy.deepcopy(trained_standard), init="factorize", sample_input=sample,
+                                     calibrate=True)
+            val_loss, val_acc = evaluate(model.to(device), data.val_x, data.val_y, 256, device, amp)
+            entry["conversion"] = {"val_loss": val_loss, "val_acc": val_acc, "val_acc_uncalibrated": plain_acc,
+                                   "calibration_samples": int(sample.shape[0]),
+                                   "layers": [asdict(layer) for layer in report.layers], "skipped": report.skipped}
+            del plain
+            if main:
+                errors = [r.weight_error for r in report.layers]
+                log(f"[{variant}] the trained standard network with {len(errors)} convolution(s) factorized: "
+                    f"val_acc {plain_acc:.4f}; calibrated on {sample.shape[0]} training images (relative weight error "
+                    f"{min(errors):.3f} to {max(errors):.3f}): val_acc {val_acc:.4f}, before fine-tuning")
+        else:
+            model = build_model(config.model, variant, num_classes=data.num_classes, in_channels=c, **build_kwargs)
+        entry["summary"] = _summarize(variant, params, macs, [], None, entry)
         if main:
             log(f"[{variant}] {params:,} params, {macs:,} MACs/sample")
 
         def on_epoch(record: dict[str, float], variant: str = variant) -> None:
-            log(f"[{variant}] epoch {record['epoch']}/{config.epochs}  loss {record['train_loss']:.4f}  "
+            log(f"[{variant}] epoch {record['epoch']}/{config.epochs_of(variant)}  loss {record['train_loss']:.4f}  "
                 f"acc {record['train_acc']:.4f}  val_loss {record['val_loss']:.4f}  val_acc {record['val_acc']:.4f}  "
                 f"{record['train_time_s']:.2f} s")
 
         checkpoint = out / "checkpoints" / f"{variant}.pt"
         try:
-            run = fit(model, data, train_cfg, checkpoint_path=checkpoint, resume=resume,
+            run = fit(model, data, train_cfg(variant), checkpoint_path=checkpoint, resume=resume,
                       progress=progress, desc=variant, on_epoch=on_epoch, stop_after_epoch=stop_after_epoch)
             entry["history"] = run.history
             if distributed:
@@ -433,19 +515,23 @@ def run_compare(
                 latency = measure_latency(run.model, data.input_shape, 1, device, latency_min_run_time)
                 batch_time = measure_latency(run.model, data.input_shape, 256, device, latency_min_run_time)
                 throughput = 256 / batch_time
-                save_model(out / "models" / f"{variant}.safetensors", run.model.to("cpu"), config.model, variant,
+                save_model(out / "models" / f"{variant}.safetensors", run.model.to("cpu"), config.model,
+                           "standard" if variant == CONVERTED else variant,
+                           conversion=CONVERSION if variant == CONVERTED else None,
                            num_classes=data.num_classes, in_channels=c, **build_kwargs)
         except (TrainingDiverged, TrainingInterrupted, KeyboardInterrupt) as error:
             if not entry["history"] and checkpoint.exists():  # the epochs completed before the stop
                 entry["history"] = load_checkpoint(checkpoint)["history"]
-                entry["summary"] = _summarize(variant, params, macs, entry["history"], None)
+                entry["summary"] = _summarize(variant, params, macs, entry["history"], None, entry)
             save("diverged" if isinstance(error, TrainingDiverged) else "interrupted")
             if isinstance(error, KeyboardInterrupt):
                 raise TrainingInterrupted(len(entry["history"]), checkpoint) from None
             raise
-        entry["summary"] = _summarize(variant, params, macs, run.history, latency)
+        entry["summary"] = _summarize(variant, params, macs, run.history, latency, entry)
         entry["summary"]["throughput_img_s"] = throughput
         entry["resumed_from_epoch"] = run.start_epoch
+        if variant == "standard" and CONVERTED in variants:
+            trained_standard = copy.deepcopy(run.model).to("cpu")
         del model, run
     loads = [e["load_average_before_latency"][0] for e in results["variants"].values() if "load_average_before_latency" in e]
     cores = os.cpu_count() or 1
@@ -455,7 +541,7 @@ def run_compare(
     if busy and main:
         log(f"warning: the machine was busy (1-minute load average up to {max(loads):.2f} on {cores} cores): times "
             "and latencies may be inflated many-fold by thread contention; on a shared machine use --threads 1")
-    complete = all(len(e["history"]) == config.epochs for e in results["variants"].values())
+    complete = all(len(e["history"]) == config.epochs_of(v) for v, e in results["variants"].items())
     save("complete" if complete else "stopped")
     if distributed:
         dist_utils.barrier()
@@ -485,11 +571,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, help=f"imagefolder: resize images to this side in pixels (default {d['image_size']})")
     p.add_argument("--val-fraction", type=float, help=f"held-out fraction of each class (default {d['val_fraction']}; CIFAR-10 uses its test batch)")
     p.add_argument("--model", help=f"zoo model (default {d['model']}; see sepconv.models.list_models())")
-    p.add_argument("--variants", help="comma-separated variants (default: all of the model's, e.g. standard,separable,grouped,spatial)")
+    p.add_argument("--variants", help="comma-separated variants (default: all of the model's, e.g. standard,separable,grouped,spatial); "
+                   "add 'converted' to also factorize the trained standard network into a separable one and fine-tune it")
     p.add_argument("--width", type=float, help=f"channel multiplier passed to the model (default {d['width']})")
     p.add_argument("--epochs", type=int, help=f"epochs per variant (default {d['epochs']})")
     p.add_argument("--batch-size", type=int, help=f"global batch size (default {d['batch_size']})")
     p.add_argument("--lr", type=float, help=f"Adam learning rate, constant (default {d['lr']})")
+    p.add_argument("--finetune-epochs", type=int,
+                   help=f"epochs of fine-tuning for the 'converted' variant (default {d['finetune_epochs']})")
+    p.add_argument("--finetune-lr", type=float, help="learning rate of the 'converted' variant's fine-tuning (default: --lr / 3)")
     p.add_argument("--seed", type=int, help=f"seed for initialization and data order, same for every variant (default {d['seed']})")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's, one per core; "
                    "use 1 on a machine shared with other jobs, see docs/compare.md)")
@@ -506,7 +596,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 _ARG_NAMES = {"threads", "data_dir", "download", "image_size", "val_fraction", "model", "variants", "width", "epochs",
-              "batch_size", "lr", "seed", "device", "amp", "dataset"}
+              "batch_size", "lr", "seed", "device", "amp", "dataset", "finetune_epochs", "finetune_lr"}
 
 
 def config_from_args(args: argparse.Namespace) -> CompareConfig:

@@ -30,6 +30,7 @@ TABLE_COLUMNS = (
     ("best_val_acc", "best val acc", "{:.4f}"),
     ("final_val_acc", "final val acc", "{:.4f}"),
     ("train_val_gap", "train-val gap", "{:+.4f}"),
+    ("val_acc_converted", "val acc converted", "{:.4f}"),
 )
 PLOTS = ("accuracy.png", "loss.png", "costs.png")
 

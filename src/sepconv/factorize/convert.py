@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..cost import conv_cost, separable_cost, spatial_cost, spec_from_conv
@@ -32,6 +33,7 @@ class LayerReport:
     macs_after: Optional[int]
     weight_error: Optional[float]  # relative Frobenius error of the kernel (None for init='fresh')
     output_error: Optional[float]  # relative error of this layer's output on the sample batch
+    calibrated: bool = False  # last stage refit on the sample batch (convert(..., calibrate=True))
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,8 @@ def convert(
     exclude: Optional[str] = None,
     min_kernel: int = 2,
     sample_input: Optional[torch.Tensor] = None,
+    calibrate: bool = False,
+    ridge: float = 1e-3,
 ) -> tuple[nn.Module, ConversionReport]:
     """Return a copy of ``model`` with eligible convolutions replaced, and a per-layer report.
 
@@ -143,6 +147,19 @@ def convert(
     :mod:`sepconv.cost`) and each converted layer's relative output error on
     that batch (original vs replacement, on the original layer's input).
     If nothing is eligible, a warning says why and the copy is unchanged.
+
+    ``calibrate=True`` (needs ``sample_input`` and ``init='factorize'``) makes
+    the conversion data-aware: layer by layer in execution order, the last
+    stage of each replacement (pointwise, or horizontal for ``'spatial'``)
+    and its bias are refit by least squares so that, fed the *converted*
+    network's own activations, the layer reproduces the original layer's
+    output on the sample batch; a ridge term ``ridge * mean(diag(A^T A))``
+    pulls the solution towards the factorized weights (which it keeps where
+    they are already exact). The weight-optimal factorization ignores that
+    errors compound through the network and that ReLU networks lose
+    activation scale when every layer keeps only part of its kernel's
+    energy; calibration corrects both (see ``docs/factorize.md`` for the
+    measured effect). Report errors are then those of the calibrated weights.
     """
     if to not in TARGETS:
         raise ValueError(f"to must be one of {TARGETS}, got {to!r}")
@@ -152,6 +169,11 @@ def convert(
         raise ValueError(f"depth_multiplier must be a positive int, got {depth_multiplier!r}")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"rank must be a positive int or None, got {rank!r}")
+    if calibrate and (sample_input is None or init != "factorize"):
+        raise ValueError(f"calibrate=True needs sample_input and init='factorize' (got sample_input="
+                         f"{'None' if sample_input is None else 'a tensor'}, init={init!r})")
+    if not (isinstance(ridge, (int, float)) and ridge >= 0):
+        raise ValueError(f"ridge must be a number >= 0, got {ridge!r}")
     for pattern, label in ((include, "include"), (exclude, "exclude")):
         if pattern is not None:
             try:
@@ -178,11 +200,22 @@ def convert(
         return new, ConversionReport((), skipped)
 
     inputs = _capture_inputs(new, chosen, sample_input) if sample_input is not None else {}
-    reports = []
-    for name in chosen:
-        conv = new.get_submodule(name)
-        replacement, weight_error = _replacement(conv, to, depth_multiplier, rank, init)
+    originals = {name: new.get_submodule(name) for name in chosen}
+    weight_errors = {}
+    for name, conv in originals.items():
+        replacement, weight_errors[name] = _replacement(conv, to, depth_multiplier, rank, init)
         replacement.train(conv.training)
+        _set_submodule(new, name, replacement)
+    if calibrate:
+        _calibrate(model, new, chosen, sample_input, ridge)
+    reports = []
+    for name, conv in originals.items():
+        replacement = new.get_submodule(name)
+        weight_error = weight_errors[name]
+        if calibrate:
+            with torch.no_grad():
+                w = conv.weight.double()
+                weight_error = float((replacement.to_dense_weight().double() - w).norm() / w.norm().clamp_min(1e-300))
         macs_before = macs_after = output_error = None
         if name in inputs:
             x = inputs[name]
@@ -201,9 +234,81 @@ def convert(
             params_before=sum(p.numel() for p in conv.parameters()),
             params_after=sum(p.numel() for p in replacement.parameters()),
             macs_before=macs_before, macs_after=macs_after, weight_error=weight_error, output_error=output_error,
+            calibrated=calibrate,
         ))
-        _set_submodule(new, name, replacement)
     return new, ConversionReport(tuple(reports), skipped)
+
+
+class _Captured(Exception):
+    """Raised by a hook to stop a forward pass once the wanted activation is captured."""
+
+
+def _last_stage(module: nn.Module) -> nn.Conv1d | nn.Conv2d | nn.Conv3d:
+    return module.horizontal if isinstance(module, SpatiallySeparableConv2d) else module.pointwise
+
+
+def _patches(stage: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """The ``(positions, in_channels * prod(kernel))`` matrix ``A`` with ``stage(z) = A @ W^T (+ bias)``."""
+    if all(k == 1 for k in stage.kernel_size) and all(s == 1 for s in stage.stride) and not any(
+            _as_tuple(stage.padding)):
+        return z.movedim(1, -1).reshape(-1, z.shape[1])
+    cols = F.unfold(z, stage.kernel_size, dilation=stage.dilation, padding=stage.padding, stride=stage.stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])  # 2D only: the spatial layer's horizontal stage
+
+
+def _as_tuple(padding: object) -> tuple:
+    return tuple(padding) if isinstance(padding, (tuple, list)) else (padding,)
+
+
+@torch.no_grad()
+def _calibrate(original: nn.Module, new: nn.Module, names: Sequence[str], sample_input: torch.Tensor,
+               ridge: float) -> None:
+    """Refit each replacement's last stage on the converted network's own activations (see :func:`convert`)."""
+    targets: dict[str, torch.Tensor] = {}  # cloned: an in-place ReLU after the conv would overwrite them
+
+    def keep(module, args, output, _targets=targets):
+        _targets.setdefault(module_names[module], output.detach().clone())  # returns None: output unchanged
+
+    module_names = {original.get_submodule(name): name for name in names}
+    handles = [original.get_submodule(name).register_forward_hook(keep) for name in names]
+    was_training = (original.training, new.training)
+    try:
+        original.eval()
+        new.eval()
+        original(sample_input)
+        for name in sorted(names, key=list(targets).index):  # execution order
+            stage = _last_stage(new.get_submodule(name))
+            captured: list[torch.Tensor] = []
+
+            def grab(module, args, _captured=captured):
+                _captured.append(args[0].detach())
+                raise _Captured
+
+            handle = stage.register_forward_pre_hook(grab)
+            try:
+                new(sample_input)
+            except _Captured:
+                pass
+            finally:
+                handle.remove()
+            a = _patches(stage, captured[0]).double()
+            y = targets[name].movedim(1, -1).reshape(-1, targets[name].shape[1]).double()
+            w0 = stage.weight.detach().flatten(1).T.double()  # (D, N)
+            if stage.bias is not None:
+                a = torch.cat([a, a.new_ones(a.shape[0], 1)], 1)
+                w0 = torch.cat([w0, stage.bias.detach().double()[None]], 0)
+            gram = a.T @ a
+            lam = ridge * float(gram.diagonal().mean()) + 1e-12
+            solution = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), a.T @ y + lam * w0)
+            if stage.bias is not None:
+                stage.bias.copy_(solution[-1])
+                solution = solution[:-1]
+            stage.weight.copy_(solution.T.reshape(stage.weight.shape))
+    finally:
+        for h in handles:
+            h.remove()
+        original.train(was_training[0])
+        new.train(was_training[1])
 
 
 def _inside_sepconv_layer(model: nn.Module, name: str) -> bool:
@@ -222,7 +327,7 @@ def _capture_inputs(model: nn.Module, names: Sequence[str], sample_input: torch.
     handles = []
     for name in names:
         def hook(module, args, _name=name):
-            captured.setdefault(_name, args[0].detach())
+            captured.setdefault(_name, args[0].detach().clone())  # clone: later in-place ops (ReLU) must not change it
         handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
     was_training = model.training
     try:

@@ -1,0 +1,165 @@
+"""Peers side by side: the same depthwise separable layer run by each CPU execution path, in one run.
+
+    python benchmarks/bench_peers.py [--threads 1] [--suite mobilenet_v1,vgg_blocks] [--out DIR]
+
+For every shape of `sepconv bench`'s suites (forward, inference, float32), one
+`SeparableConv2d` (no bias, no norm/activation) is timed as:
+
+* `eager_nchw`      plain PyTorch eager, NCHW;
+* `eager_nhwc`      plain PyTorch eager, channels-last (input already channels-last);
+* `compile`, `compile_nhwc`  `torch.compile` (inductor, default mode), NCHW / channels-last;
+* `onnxruntime`     the layer exported to ONNX (opset 17) in an ONNX Runtime session
+                    (all graph optimizations, `intra_op_num_threads` = threads);
+* `sepconv`         `sepconv.optimize(layer, sample)`, sepconv's own inference path, timed as the
+                    layer runs inside an optimized network (input already in the layout it chose);
+
+and the standard convolution it replaces, at its faster eager layout, for the
+realized ratio of the best path. All candidates of a shape are timed in the same
+interleaved rounds (medians), so ratios are side by side. Peers that are not
+installed (onnxruntime) or fail (torch.compile without a C++ compiler) are
+recorded as skipped with the reason. Keras is not timed: TensorFlow is not
+installed here (and would pull a second framework into the benchmark).
+
+Writes `peers.json` (with the machine) into --out (default
+`benchmarks/results/peers-cpu-<threads>thread`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sepconv import SeparableConv2d
+from sepconv._io import atomic_write_bytes
+from sepconv.bench.suites import mobilenet_v1_suite, vgg_blocks_suite
+from sepconv.bench.timing import interleaved, machine_info
+from sepconv.cost import conv_cost, separable_cost
+from sepconv.fast import optimize
+from sepconv.layers._common import conv_module
+
+HERE = Path(__file__).resolve().parent
+SUITES = {"mobilenet_v1": mobilenet_v1_suite, "vgg_blocks": vgg_blocks_suite}
+
+
+def no_grad(fn, *args):
+    def call():
+        with torch.no_grad():
+            return fn(*args)
+    return call
+
+
+def onnx_runner(module: nn.Module, x: torch.Tensor, threads: int):
+    import onnxruntime as ort
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=17, input_names=["x"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    feed = {"x": x.numpy()}
+    expected = module(x).detach().numpy()
+    got = session.run(None, feed)[0]
+    if not abs(got - expected).max() <= 1e-3 * max(1.0, abs(expected).max()):
+        raise RuntimeError("ONNX Runtime output differs from PyTorch's")
+    return lambda: session.run(None, feed)
+
+
+def run_shape(case, threads: int, rounds: int) -> dict:
+    torch.manual_seed(0)
+    spec = case.spec
+    x = torch.randn(case.batch, spec.in_channels, *case.size)
+    sep = SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
+                          bias=False).eval()
+    std = conv_module(spec)[0].eval()
+    std_nhwc = conv_module(spec)[0].eval().to(memory_format=torch.channels_last)
+    x_nhwc = x.contiguous(memory_format=torch.channels_last)
+    sep_nhwc = SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
+                               bias=False).eval().to(memory_format=torch.channels_last)
+    sep_nhwc.load_state_dict(sep.state_dict())
+    candidates = {
+        "standard_nchw": no_grad(std, x),
+        "standard_nhwc": no_grad(std_nhwc, x_nhwc),
+        "eager_nchw": no_grad(sep, x),
+        "eager_nhwc": no_grad(sep_nhwc, x_nhwc),
+    }
+    skipped = {}
+    try:
+        torch._dynamo.reset()  # a fresh compile per shape (else dynamo's recompile limit falls back to eager)
+        compiled = torch.compile(sep)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), sep(x), rtol=1e-4, atol=1e-4)
+        candidates["compile"] = no_grad(compiled, x)
+        compiled_nhwc = torch.compile(sep_nhwc)
+        with torch.no_grad():
+            compiled_nhwc(x_nhwc)
+        candidates["compile_nhwc"] = no_grad(compiled_nhwc, x_nhwc)
+    except Exception as error:  # no compiler, unsupported op, ...
+        skipped["compile"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    try:
+        candidates["onnxruntime"] = onnx_runner(sep, x, threads)
+    except Exception as error:
+        skipped["onnxruntime"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = optimize(sep, x)
+    # the layer as it runs inside an optimized network: its input already in the chosen layout
+    # (OptimizedModel converts the network's input once; timing that copy here would charge one layer with it)
+    candidates["sepconv"] = no_grad(fast.model, x.contiguous(memory_format=fast.memory_format))
+    timings = interleaved(candidates, rounds=rounds)
+    ms = {k: 1e3 * v.median for k, v in timings.items()}
+    peers = {k: v for k, v in ms.items() if k in ("eager_nchw", "eager_nhwc", "compile", "compile_nhwc", "onnxruntime")}
+    best_peer = min(peers, key=peers.get)
+    t_std = min(ms["standard_nchw"], ms["standard_nhwc"])
+    theoretical = conv_cost(spec, case.size).macs / separable_cost(spec, case.size).macs
+    best_path = min(("sepconv", *peers), key=lambda k: ms[k])
+    return {
+        "shape": case.name, "batch": case.batch, "size": list(case.size), "in": spec.in_channels,
+        "out": spec.out_channels, "stride": list(spec.stride), "median_ms": ms,
+        "iqr_ms": {k: 1e3 * v.iqr for k, v in timings.items()}, "skipped": skipped,
+        "best_peer": best_peer, "sepconv_vs_best_peer": ms["sepconv"] / ms[best_peer],
+        "theoretical_speedup": theoretical, "best_path": best_path,
+        "realized_best_path": (t_std / ms[best_path]) / theoretical,
+        "realized_eager_nchw": (t_std / ms["eager_nchw"]) / theoretical,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--suite", default="mobilenet_v1,vgg_blocks")
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else HERE / "results" / f"peers-cpu-{args.threads}thread"
+    rows = []
+    for suite in args.suite.split(","):
+        for case in SUITES[suite]():
+            row = run_shape(case, args.threads, args.rounds)
+            row["suite"] = suite
+            rows.append(row)
+            ms = row["median_ms"]
+            print(f"{suite:13s} {case.name:28s} " + "  ".join(f"{k} {v:8.3f}" for k, v in ms.items())
+                  + f"  best peer {row['best_peer']}  sepconv/best {row['sepconv_vs_best_peer']:.2f}"
+                  + (f"  skipped {list(row['skipped'])}" if row["skipped"] else ""), flush=True)
+    record = {"machine": machine_info(), "threads": args.threads, "dtype": "float32", "mode": "inference forward",
+              "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "peers.json", json.dumps(record, indent=1).encode())
+    print(f"wrote {out / 'peers.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
