@@ -228,6 +228,10 @@ def test_format_table_aligns_and_marks_missing():
     text = format_table(rows).splitlines()
     assert len(text) == 3 and "1,234,567" in text[2] and " - " in text[2] + " " and "+0.1000" in text[2]
     assert len(text[0]) == len(text[2])
+    assert "converted" not in text[0]  # the optional column appears only when a row fills it
+    rows.append(dict(rows[0], variant="converted", val_acc_converted=0.4596))
+    text = format_table(rows).splitlines()
+    assert text[0].endswith("val acc converted") and text[3].endswith("0.4596") and text[2].endswith("-")
 
 
 def test_torchrun_two_cpu_processes(tmp_path):

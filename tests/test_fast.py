@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import sepconv
+from sepconv.fast import onnxruntime_available
 from sepconv.models import build_model
 
 
@@ -45,8 +46,12 @@ def test_optimize_measures_and_keeps_mobilenet_v2_outputs():
     model = trained_like(build_model("mobilenet_v2", alpha=0.35, num_classes=10), 0)
     x = torch.randn(1, 3, 64, 64)
     fast = sepconv.optimize(model, x, rounds=2)
-    assert set(fast.timings_ms) == {"original", "nchw", "channels_last"}
-    assert fast.memory_format in (torch.contiguous_format, torch.channels_last)
+    expected = {"original", "nchw", "channels_last"} | ({"onnxruntime"} if onnxruntime_available() else set())
+    assert set(fast.timings_ms) == expected
+    candidates = {k: v for k, v in fast.timings_ms.items() if k != "original"}
+    chosen = min(candidates, key=candidates.get)  # the fastest candidate is the one kept
+    assert fast.backend == ("onnxruntime" if chosen == "onnxruntime" else "eager")
+    assert fast.memory_format == (torch.channels_last if chosen == "channels_last" else torch.contiguous_format)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-3, atol=1e-4)
 
@@ -56,3 +61,27 @@ def test_fold_batchnorm_needs_eval_mode():
         sepconv.fold_batchnorm(nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1)))
     with pytest.raises(TypeError, match="sample_input must be a torch.Tensor"):
         sepconv.optimize(nn.Conv2d(1, 1, 1), [1, 2])
+
+
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnx/onnxruntime not installed (pip install 'sepconv[onnx]')")
+def test_onnxruntime_backend_computes_the_same_function_at_any_batch():
+    model = trained_like(build_model("mobilenet_v1", alpha=0.25, num_classes=7), 1)
+    x = torch.randn(2, 3, 64, 64)
+    fast = sepconv.optimize(model, x, backends=("onnxruntime",))
+    assert fast.backend == "onnxruntime" and isinstance(fast.model, sepconv.OnnxRuntimeModel)
+    assert fast.timings_ms == {}  # one candidate: nothing to measure
+    for batch in (1, 2, 5):  # the batch dimension is dynamic
+        xb = torch.randn(batch, 3, 64, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(fast(xb), model(xb), rtol=1e-3, atol=1e-4)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        fast(torch.randn(1, 3, 64, 64, requires_grad=True))
+
+
+def test_optimize_backend_bad_input():
+    with pytest.raises(ValueError, match="backends must be a non-empty subset"):
+        sepconv.optimize(nn.Conv2d(1, 1, 1), torch.randn(1, 1, 4, 4), backends=("tvm",))
+    if onnxruntime_available():
+        with pytest.raises(ValueError, match="float32 CPU sample_input"):
+            sepconv.optimize(nn.Conv2d(1, 1, 1).double(), torch.randn(1, 1, 4, 4, dtype=torch.float64),
+                             backends=("onnxruntime",))

@@ -374,3 +374,16 @@ def test_depthwise_out_channels_sets_the_multiplier():
 def test_public_api():
     for name in sepconv.__all__:
         assert getattr(sepconv, name).__doc__, name
+
+
+@pytest.mark.parametrize("cin,cout,k", [(64, 96, 3), (128, 32, (5, 3))])
+def test_spatial_init_gives_the_composed_kernel_unit_fan_in_variance(cin, cout, k):
+    """Both stages are variance-preserving, so Var(W_dense) = 1 / (C_in k_h k_w), 3x PyTorch's default for a
+    dense conv; PyTorch's default per stage would give 1/9 of that (the vgg_blocks spatial variant then stalls)."""
+    torch.manual_seed(0)
+    layer = sepconv.SpatiallySeparableConv2d(cin, cout, k)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    var = float(layer.to_dense_weight().detach().double().var())
+    assert var == pytest.approx(1.0 / (cin * kh * kw), rel=0.1)
+    bound = 1.0 / math.sqrt(layer.rank * kw)  # the bias keeps PyTorch's default for the horizontal conv
+    assert float(layer.horizontal.bias.abs().max()) <= bound

@@ -1,6 +1,6 @@
 """sepconv: separable convolutions for PyTorch, with exact costs, factorization and experiments."""
 
-from .fast import OptimizedModel, fold_batchnorm, optimize
+from .fast import OnnxRuntimeModel, OptimizedModel, fold_batchnorm, optimize, to_onnxruntime
 from .geometry import ConvSpec
 from .layers import (
     DepthwiseConv1d, DepthwiseConv2d, DepthwiseConv3d,
@@ -13,7 +13,7 @@ from .layers import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConvSpec", "OptimizedModel", "Pad", "fold_batchnorm", "optimize",
+    "ConvSpec", "OnnxRuntimeModel", "OptimizedModel", "Pad", "fold_batchnorm", "optimize", "to_onnxruntime",
     "DepthwiseConv1d", "DepthwiseConv2d", "DepthwiseConv3d",
     "PointwiseConv1d", "PointwiseConv2d", "PointwiseConv3d",
     "SeparableConv1d", "SeparableConv2d", "SeparableConv3d",

@@ -1,8 +1,9 @@
-"""``sepconv.optimize``: an inference path that folds BatchNorm and picks the memory layout by measurement."""
+"""``sepconv.optimize``: an inference path that folds BatchNorm and picks backend and memory layout by measurement."""
 
 from __future__ import annotations
 
 import copy
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -44,56 +45,168 @@ def fold_batchnorm(model: nn.Module) -> int:
     return folded
 
 
-class OptimizedModel(nn.Module):
-    """A model prepared for inference: BatchNorm folded, inputs converted to the chosen memory format."""
+class OnnxRuntimeModel(nn.Module):
+    """A model exported to ONNX and run by ONNX Runtime on the CPU: inference only, one input, one output.
 
-    def __init__(self, model: nn.Module, memory_format: torch.memory_format, timings_ms: dict[str, float], folded: int):
+    Built by :func:`to_onnxruntime`. ``forward`` takes and returns CPU float
+    tensors; there is no autograd through it (an input that requires grad
+    raises ``RuntimeError``).
+    """
+
+    def __init__(self, session: Any, input_name: str, threads: int) -> None:
+        super().__init__()
+        self.session = session
+        self.input_name = input_name
+        self.threads = threads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError("OnnxRuntimeModel is inference-only: call it under torch.no_grad() or on a "
+                               "tensor that does not require grad")
+        if x.device.type != "cpu":
+            raise ValueError(f"OnnxRuntimeModel runs on the CPU; got an input on {x.device}")
+        (out,) = self.session.run(None, {self.input_name: x.detach().contiguous().numpy()})
+        return torch.from_numpy(out)
+
+    def extra_repr(self) -> str:
+        return f"onnxruntime CPUExecutionProvider, intra_op_num_threads={self.threads}"
+
+
+def onnxruntime_available() -> bool:
+    """True when both ``onnx`` export support and ``onnxruntime`` are importable (``pip install 'sepconv[onnx]'``)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def to_onnxruntime(model: nn.Module, sample_input: torch.Tensor, *, threads: Optional[int] = None,
+                   rtol: float = 1e-3, atol: float = 1e-4) -> OnnxRuntimeModel:
+    """Export ``model`` (eval mode, batch dimension dynamic) to ONNX and load it into an ONNX Runtime session.
+
+    The session uses all graph optimizations and ``threads`` intra-op threads
+    (default ``torch.get_num_threads()``). Its output on ``sample_input`` is
+    checked against PyTorch's (``rtol``/``atol``); a mismatch raises
+    ``RuntimeError``. Needs ``pip install 'sepconv[onnx]'``.
+    """
+    if not onnxruntime_available():
+        raise ImportError("to_onnxruntime needs onnx and onnxruntime: pip install 'sepconv[onnx]'")
+    import io
+    import warnings
+
+    import onnxruntime as ort
+
+    if sample_input.device.type != "cpu" or sample_input.dtype != torch.float32:
+        raise ValueError(f"to_onnxruntime needs a float32 CPU sample_input, got {sample_input.dtype} on {sample_input.device}")
+    model = model.eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (sample_input,), buffer, dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    options = ort.SessionOptions()
+    threads = torch.get_num_threads() if threads is None else threads
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    runner = OnnxRuntimeModel(session, "x", threads)
+    with torch.no_grad():
+        expected = model(sample_input)
+        got = runner(sample_input)
+    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=rtol, atol=atol):
+        raise RuntimeError(f"ONNX Runtime's output differs from PyTorch's (max abs difference "
+                           f"{float((got - expected).abs().max()) if got.shape == expected.shape else 'shape ' + str(tuple(got.shape))})")
+    return runner
+
+
+class OptimizedModel(nn.Module):
+    """A model prepared for inference: BatchNorm folded, run by the backend and memory format that measured fastest."""
+
+    def __init__(self, model: nn.Module, memory_format: torch.memory_format, timings_ms: dict[str, float], folded: int,
+                 backend: str = "eager"):
         super().__init__()
         self.model = model
         self.memory_format = memory_format
         self.timings_ms = timings_ms
         self.folded = folded
+        self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.contiguous(memory_format=self.memory_format))
 
     def extra_repr(self) -> str:
         fmt = "channels_last" if self.memory_format == torch.channels_last else "contiguous"
-        return f"memory_format={fmt}, folded_batchnorms={self.folded}, measured_ms={self.timings_ms}"
+        return (f"backend={self.backend}, memory_format={fmt}, folded_batchnorms={self.folded}, "
+                f"measured_ms={self.timings_ms}")
 
 
-def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = True, rounds: int = 7) -> OptimizedModel:
-    """Return an inference-ready copy of ``model``: BatchNorm folded, memory layout chosen by timing.
+BACKENDS = ("eager", "onnxruntime")
+
+
+def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = True, rounds: int = 7,
+             backends: Optional[Sequence[str]] = None) -> OptimizedModel:
+    """Return an inference-ready copy of ``model``: BatchNorm folded, backend and memory layout chosen by timing.
 
     ``sample_input`` is a representative batch (shape and dtype of real use).
-    The copy is timed in NCHW and channels-last (4D inputs) with interleaved
-    rounds and the faster layout is kept; ``measure=False`` keeps NCHW.
-    ``timings_ms`` records the medians, with the original model timed in the
-    same rounds for comparison. The result computes the same function as
-    ``model.eval()`` to float tolerance; the original model is not modified.
+    Candidates, timed in interleaved rounds (medians in ``timings_ms``, with
+    the original model timed in the same rounds for comparison):
+
+    * ``eager``: PyTorch in NCHW (``nchw``) and, for 4D inputs, channels-last;
+    * ``onnxruntime``: the folded model exported to ONNX and run by ONNX
+      Runtime (:func:`to_onnxruntime`; inference only, float32 on the CPU).
+      On the CPU this project measures, ONNX Runtime runs 1x1 convolutions
+      about twice as fast as PyTorch (``benchmarks/README.md``).
+
+    ``backends`` restricts the candidates (default: ``eager``, plus
+    ``onnxruntime`` when it is installed and the sample is float32 on the
+    CPU). The fastest is kept; ``measure=False`` keeps eager NCHW. The result
+    computes the same function as ``model.eval()`` to float tolerance; the
+    original model is not modified.
     """
     if not isinstance(sample_input, torch.Tensor):
         raise TypeError(f"sample_input must be a torch.Tensor, got {type(sample_input).__name__}")
+    ort_usable = onnxruntime_available() and sample_input.device.type == "cpu" and sample_input.dtype == torch.float32
+    if backends is None:
+        backends = ("eager", "onnxruntime") if ort_usable else ("eager",)
+    backends = tuple(backends)
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        raise ValueError(f"backends must be a non-empty subset of {BACKENDS}, got {backends!r}")
+    if "onnxruntime" in backends and not ort_usable:
+        raise ValueError("backends includes 'onnxruntime', which needs onnx and onnxruntime installed "
+                         "(pip install 'sepconv[onnx]') and a float32 CPU sample_input")
     base = copy.deepcopy(model).eval()
     folded = fold_batchnorm(base)
+    candidates: dict[str, tuple[nn.Module, torch.memory_format, str]] = {}
+    if "eager" in backends:
+        candidates["nchw"] = (base, torch.contiguous_format, "eager")
+        if measure and sample_input.dim() == 4:
+            candidates["channels_last"] = (copy.deepcopy(base).to(memory_format=torch.channels_last),
+                                           torch.channels_last, "eager")
+    if "onnxruntime" in backends:
+        candidates["onnxruntime"] = (to_onnxruntime(base, sample_input), torch.contiguous_format, "onnxruntime")
     timings: dict[str, float] = {}
-    fmt = torch.contiguous_format
-    if measure and sample_input.dim() == 4:
+    choice = next(iter(candidates))
+    if measure and len(candidates) > 1:
         from .bench.timing import interleaved
 
-        nhwc = copy.deepcopy(base).to(memory_format=torch.channels_last)
-        x_last = sample_input.contiguous(memory_format=torch.channels_last)
         original = copy.deepcopy(model).eval()
 
-        def run(m: nn.Module, x: torch.Tensor):
+        def run(m: nn.Module, fmt: torch.memory_format):
+            x = sample_input.contiguous(memory_format=fmt)
+
             def call():
                 with torch.no_grad():
                     return m(x)
             return call
 
-        t = interleaved({"original": run(original, sample_input), "nchw": run(base, sample_input),
-                         "channels_last": run(nhwc, x_last)}, rounds=rounds)
+        fns = {"original": run(original, torch.contiguous_format)}
+        fns.update({name: run(m, fmt) for name, (m, fmt, _) in candidates.items()})
+        t = interleaved(fns, rounds=rounds)
         timings = {k: v.median * 1e3 for k, v in t.items()}
-        if timings["channels_last"] < timings["nchw"]:
-            base, fmt = nhwc, torch.channels_last
-    return OptimizedModel(base, fmt, timings, folded)
+        choice = min(candidates, key=lambda name: timings[name])
+    module, fmt, backend = candidates[choice]
+    return OptimizedModel(module, fmt, timings, folded, backend)

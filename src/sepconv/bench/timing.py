@@ -79,16 +79,24 @@ def interleaved(candidates: dict[str, Callable[[], object]], rounds: int = 15, t
 def machine_info() -> dict:
     """What a recorded benchmark must say about where it ran."""
     cpu = platform.processor() or ""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
+    cpu = fields.get("model name", cpu)
+    flags = set(fields.get("flags", "").split())
     info = {
         "cpu": cpu,
+        # the marketing name can hide the generation ("AMD EPYC"): family/model and the vector ISA tell them apart
+        "cpu_family_model": f"{fields['cpu family']}/{fields['model']}" if "cpu family" in fields and "model" in fields else None,
+        "cpu_isa": torch.backends.cpu.get_cpu_capability(),
+        "avx512": ("avx512f" in flags) if flags else None,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

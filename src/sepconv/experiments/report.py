@@ -35,13 +35,23 @@ TABLE_COLUMNS = (
 PLOTS = ("accuracy.png", "loss.png", "costs.png")
 
 
+#: Columns shown only when some row has a value (they belong to an opt-in variant).
+OPTIONAL_COLUMNS = ("val_acc_converted",)
+
+
+def table_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """:data:`TABLE_COLUMNS` without the optional ones that no row fills."""
+    return [c for c in TABLE_COLUMNS if c[0] not in OPTIONAL_COLUMNS or any(r.get(c[0]) is not None for r in rows)]
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The final comparison as an aligned plain-text table (one line per variant)."""
-    header = [h for _, h, _ in TABLE_COLUMNS]
+    columns = table_columns(rows)
+    header = [h for _, h, _ in columns]
     body = []
     for row in rows:
         cells = []
-        for key, _, fmt in TABLE_COLUMNS:
+        for key, _, fmt in columns:
             value = row.get(key)
             cells.append("-" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value))
         body.append(cells)
@@ -127,11 +137,12 @@ def make_plots(results: dict[str, Any]) -> dict[str, bytes]:
 def render_html(results: dict[str, Any], plots: dict[str, bytes]) -> str:
     """A self-contained HTML page: the table, the embedded plots, config, data and environment."""
     esc = lambda v: html.escape(str(v))  # noqa: E731
-    head = "".join(f"<th>{esc(h)}</th>" for _, h, _ in TABLE_COLUMNS)
+    columns = table_columns(results["table"])
+    head = "".join(f"<th>{esc(h)}</th>" for _, h, _ in columns)
     body = []
     for row in results["table"]:
         cells = []
-        for key, _, fmt in TABLE_COLUMNS:
+        for key, _, fmt in columns:
             value = row.get(key)
             cells.append("-" if value is None else fmt.format(value))
         body.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
