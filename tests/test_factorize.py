@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import warnings
 
@@ -13,8 +14,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 import sepconv
+import sepconv.cost
 from sepconv.factorize import (
+    blueprint_error_curve,
+    blueprint_factorize,
     convert,
+    cp_factorize,
     depth_multiplier_for,
     depthwise_error_curve,
     depthwise_factorize,
@@ -166,7 +171,7 @@ def test_convert_keeps_output_shapes_for_every_zoo_model(name):
     kwargs = {"image_size": 32} if "image_size" in info.options else {"alpha": 0.25} if "alpha" in info.options else {}
     model = build_model(name, variant, num_classes=5, **kwargs).eval()
     x = torch.randn(2, 3, 80, 80) if name == "xception" else torch.randn(2, 3, 32, 32)
-    for to in ("separable", "spatial"):
+    for to in ("separable", "spatial", "blueprint"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             new, report = convert(model, to=to, sample_input=x)
@@ -192,7 +197,7 @@ def test_convert_filters_and_bad_input():
         bad[0].weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="convolution '0' has NaN or inf weights"):
         convert(bad)
-    for kwargs, match in [(dict(to="cp"), "to must be one of"), (dict(depth_multiplier=0), "depth_multiplier must be"),
+    for kwargs, match in [(dict(to="tucker"), "to must be one of"), (dict(depth_multiplier=0), "depth_multiplier must be"),
                           (dict(rank=0), "rank must be a positive int"), (dict(include="("), "not a valid regular"),
                           (dict(init="zeros"), "init must be")]:
         with pytest.raises(ValueError, match=match):
@@ -236,6 +241,17 @@ def test_convert_cli_round_trip(tmp_path, capsys):
     assert "already converted" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "missing.safetensors"), str(tmp_path / "x.safetensors")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # the other orders round-trip too: the recipe rebuilds the structure, the file holds the factorized weights
+    kinds = [("blueprint", sepconv.BlueprintSeparableConv2d)]
+    if importlib.util.find_spec("tensorly") is not None:
+        kinds.append(("cp", sepconv.CPConv2d))
+    for to, cls in kinds:
+        out_path = tmp_path / f"{to}.safetensors"
+        assert main(["convert", str(src), str(out_path), "--to", to]) == 0
+        rebuilt, recipe = load_model(out_path)
+        assert recipe["conversion"]["to"] == to and isinstance(rebuilt.features[0], cls)
+        direct, _ = convert(model, to=to)
+        torch.testing.assert_close(rebuilt.eval()(x), direct.eval()(x))
 
 
 def _stage_input_and_target(original, new, name, x):
@@ -319,3 +335,101 @@ def test_calibration_bad_input():
         convert(model, calibrate=True, sample_input=torch.randn(1, 3, 5, 5), init="fresh")
     with pytest.raises(ValueError, match="ridge must be a number >= 0"):
         convert(model, ridge=-1.0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 5), st.sampled_from([(3,), (3, 3), (2, 3), (2, 2, 2)]), st.integers(1, 4),
+       st.integers(0, 2**16))
+def test_blueprint_factorize_rank_condition_and_optimality(n, c, k, m, seed):
+    """Pointwise-then-depthwise: exact iff every output-channel slice W[n] (C x prod(k)) has rank <= M; SVD optimal."""
+    g = torch.Generator().manual_seed(seed)
+    kvol = math.prod(k)
+    built = torch.einsum("nmc,nmk->nck", torch.randn(n, m, c, generator=g, dtype=D), torch.randn(n, m, kvol, generator=g, dtype=D))
+    built = built.reshape(n, c, *k)
+    layer = getattr(sepconv, f"BlueprintSeparableConv{len(k)}d")(c, n, k, depth_multiplier=m, bias=False, dtype=D)
+
+    def load(pw, dw):
+        with torch.no_grad():
+            layer.pointwise.weight.copy_(pw)
+            layer.depthwise.weight.copy_(dw)
+
+    pw, dw, err = blueprint_factorize(built, m)
+    load(pw, dw)
+    assert err < 1e-9 and rel(layer.to_dense_weight(), built) < 1e-9
+    w = torch.randn(n, c, *k, generator=g, dtype=D)
+    pw, dw, err = blueprint_factorize(w, m)
+    load(pw, dw)
+    assert abs(rel(layer.to_dense_weight(), w) - err) < 1e-9
+    assert err == pytest.approx(blueprint_error_curve(w)[min(m, c, kvol) - 1], abs=1e-12)
+    if m >= min(c, kvol):
+        assert err < 1e-9
+    for _ in range(10):  # no random pair (optimally scaled) beats the SVD solution
+        with torch.no_grad():
+            layer.pointwise.weight.normal_(generator=g)
+            layer.depthwise.weight.normal_(generator=g)
+        approx = layer.to_dense_weight().detach()
+        scale = float((approx * w).sum() / approx.pow(2).sum())
+        assert rel(scale * approx, w) >= err - 1e-12
+
+
+def test_the_two_orders_constrain_different_slices():
+    """One input channel, two outputs with different filters: depthwise-first needs M=2, pointwise-first is exact
+    with M=1 (each output channel has its own filter); transposed, it is the other way round."""
+    w = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]], dtype=D)  # (N=2, C=1, k=2)
+    assert depthwise_factorize(w, 1)[2] == pytest.approx(math.sqrt(0.5))
+    assert blueprint_factorize(w, 1)[2] < 1e-12
+    wt = w.transpose(0, 1).contiguous()  # (N=1, C=2, k=2): one output mixing two differently filtered inputs
+    assert depthwise_factorize(wt, 1)[2] < 1e-12
+    assert blueprint_factorize(wt, 1)[2] == pytest.approx(math.sqrt(0.5))
+
+
+def test_cp_factorize_recovers_a_cp_kernel_and_reports_its_error():
+    pytest.importorskip("tensorly", reason="tensorly is not installed (pip install 'sepconv[tensorly]')")
+    g = torch.Generator().manual_seed(0)
+    a, b, v, h = (torch.randn(d, 3, generator=g, dtype=D) for d in (6, 5, 3, 3))
+    w = torch.einsum("nr,cr,ir,jr->ncij", a, b, v, h)
+    (first, vertical, horizontal, last), err = cp_factorize(w, 3)
+    layer = sepconv.CPConv2d(5, 6, 3, rank=3, bias=False, dtype=D)
+    with torch.no_grad():
+        for conv, t in zip((layer.first, layer.vertical, layer.horizontal, layer.last), (first, vertical, horizontal, last)):
+            conv.weight.copy_(t)
+    assert err < 1e-6 and rel(layer.to_dense_weight(), w) < 1e-6
+    noisy = torch.randn(8, 4, 3, 3, generator=g, dtype=D)
+    weights, err = cp_factorize(noisy, 4)
+    dense = torch.einsum("nr,rc,ri,rj->ncij", weights[3][:, :, 0, 0], weights[0][:, :, 0, 0], weights[1][:, 0, :, 0],
+                         weights[2][:, 0, 0, :])
+    assert abs(rel(dense, noisy) - err) < 1e-9 and 0 < err < 1
+    zero, err0 = cp_factorize(torch.zeros(2, 2, 3, 3, dtype=D), 2)
+    assert err0 == 0.0 and all(float(t.abs().sum()) == 0 for t in zero)
+    with pytest.raises(ValueError, match="at least 4 dimensions"):
+        cp_factorize(torch.randn(2, 2, 3, dtype=D), 2)
+    with pytest.raises(ValueError, match="2D convolution weight"):
+        cp_factorize(torch.randn(2, 2, 3, 3, 3, dtype=D), 2)
+    with pytest.raises(ValueError, match="rank must be a positive int"):
+        cp_factorize(noisy, 0)
+
+
+@pytest.mark.parametrize("to", ["blueprint", "cp"])
+def test_convert_to_blueprint_and_cp_keeps_geometry_and_counts_cost(to):
+    if to == "cp":
+        pytest.importorskip("tensorly", reason="tensorly is not installed (pip install 'sepconv[tensorly]')")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
+                          nn.Conv2d(6, 5, (3, 2), stride=2, dilation=(1, 2), padding="valid")).double().eval()
+    x = torch.randn(2, 4, 13, 11, dtype=D)
+    exact, report = convert(model, to=to, depth_multiplier=9, rank=54, sample_input=x)
+    torch.testing.assert_close(exact(x), model(x))  # M = k^2 / a CP rank >= the weight's: exact
+    assert all(r.weight_error < 1e-6 for r in report.layers)
+    small, report = convert(model, to=to, depth_multiplier=1, sample_input=x)
+    assert small(x).shape == model(x).shape
+    for row in report.layers:
+        assert row.params_after == sum(p.numel() for p in small.get_submodule(row.name).parameters())
+    # MACs from sepconv.cost's formulas agree with the profiler, which counts the replacement's own convolutions
+    prof = sepconv.cost.profile(small, (4, 13, 11))
+    assert sum(r.macs_after for r in report.layers) == sum(
+        row.macs for row in prof.rows if row.kind.startswith("Conv"))
+
+
+def test_blueprint_cannot_be_calibrated():
+    with pytest.raises(ValueError, match="not available for to='blueprint'"):
+        convert(nn.Sequential(nn.Conv2d(3, 4, 3)), to="blueprint", calibrate=True, sample_input=torch.randn(1, 3, 5, 5))

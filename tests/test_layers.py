@@ -20,12 +20,14 @@ from sepconv import (
     SeparableConv1d, SeparableConv2d, SeparableConv3d,
     SpatiallySeparableConv2d,
 )
+from sepconv.layers import BlueprintSeparableConv1d, BlueprintSeparableConv2d, BlueprintSeparableConv3d, CPConv2d
 
 from reference import np_conv, np_pad, tf_same_pads
 
 DW = {1: DepthwiseConv1d, 2: DepthwiseConv2d, 3: DepthwiseConv3d}
 PW = {1: PointwiseConv1d, 2: PointwiseConv2d, 3: PointwiseConv3d}
 SEP = {1: SeparableConv1d, 2: SeparableConv2d, 3: SeparableConv3d}
+BLUE = {1: BlueprintSeparableConv1d, 2: BlueprintSeparableConv2d, 3: BlueprintSeparableConv3d}
 F_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 MODES = ["zeros", "reflect", "replicate", "circular"]
 
@@ -173,6 +175,62 @@ def test_spatially_separable_matches_numpy_reference(case, rank):
     np.testing.assert_allclose(layer(x).detach().numpy(), ref, rtol=1e-9, atol=1e-9)
 
 
+@settings(max_examples=80, deadline=None)
+@given(conv_cases())
+def test_blueprint_matches_numpy_reference(case):
+    """Pointwise first (at the input resolution), then the per-output-channel filter with the padding/stride."""
+    nd, pads = case["nd"], reference_pads(case)
+    assume(mode_ok(case, pads))
+    layer = BLUE[nd](case["cin"], case["cout"], case["kernel"], stride=case["stride"], padding=case["padding"],
+                     dilation=case["dilation"], bias=case["bias"], padding_mode=case["mode"],
+                     depth_multiplier=case["mult"], dtype=torch.float64)
+    x = torch.randn(case["batch"], case["cin"], *case["size"], dtype=torch.float64)
+    if not feasible(case, pads):
+        with pytest.raises(ValueError, match="kernel_size"):
+            layer(x)
+        return
+    mid = np_conv(x.numpy(), as_np(layer.pointwise.weight), None, (1,) * nd, (1,) * nd)
+    b = None if layer.depthwise.bias is None else as_np(layer.depthwise.bias)
+    ref = np_conv(np_pad(mid, pads, case["mode"]), as_np(layer.depthwise.weight), b, case["stride"],
+                  case["dilation"], groups=case["cout"])
+    np.testing.assert_allclose(layer(x).detach().numpy(), ref, rtol=1e-10, atol=1e-10)
+    pw, dw, m = as_np(layer.pointwise.weight).reshape(case["cout"], case["mult"], case["cin"]), as_np(layer.depthwise.weight), case["mult"]
+    dense = np.zeros((case["cout"], case["cin"], *case["kernel"]))
+    for n in range(case["cout"]):  # W[n, c] = sum_m PW[n*M + m, c] DW[n, m], as loops on purpose
+        for c in range(case["cin"]):
+            for j in range(m):
+                dense[n, c] += pw[n, j, c] * dw[n, j]
+    np.testing.assert_allclose(as_np(layer.to_dense_weight()), dense, rtol=1e-12, atol=1e-12)
+    # padding (any mode: it copies or zeroes pixels) commutes with the bias-free 1x1 step, so one dense conv equals it
+    np.testing.assert_allclose(as_np(layer.to_conv()(x)), ref, rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(conv_cases(ndims=(2,)), st.integers(1, 5))
+def test_cp_conv_matches_numpy_reference(case, rank):
+    pads = reference_pads(case)
+    assume(mode_ok(case, pads))
+    layer = CPConv2d(case["cin"], case["cout"], case["kernel"], rank=rank, stride=case["stride"],
+                     padding=case["padding"], dilation=case["dilation"], bias=case["bias"],
+                     padding_mode=case["mode"], dtype=torch.float64)
+    x = torch.randn(case["batch"], case["cin"], *case["size"], dtype=torch.float64)
+    if not feasible(case, pads):
+        with pytest.raises(ValueError, match="kernel_size"):
+            layer(x)
+        return
+    f, v = as_np(layer.first.weight)[:, :, 0, 0], as_np(layer.vertical.weight)[:, 0, :, 0]
+    h, last = as_np(layer.horizontal.weight)[:, 0, 0, :], as_np(layer.last.weight)[:, :, 0, 0]
+    dense = np.zeros((case["cout"], case["cin"], *case["kernel"]))
+    for r in range(rank):  # sum of rank-1 tensors, as loops on purpose
+        for n in range(case["cout"]):
+            for c in range(case["cin"]):
+                dense[n, c] += last[n, r] * f[r, c] * np.outer(v[r], h[r])
+    np.testing.assert_allclose(as_np(layer.to_dense_weight()), dense, rtol=1e-12, atol=1e-12)
+    b = None if layer.last.bias is None else as_np(layer.last.bias)
+    ref = np_conv(np_pad(x.numpy(), pads, case["mode"]), dense, b, case["stride"], case["dilation"])
+    np.testing.assert_allclose(layer(x).detach().numpy(), ref, rtol=1e-9, atol=1e-9)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.sampled_from([1, 2, 3]), st.integers(1, 6), st.integers(1, 6), st.integers(1, 2), st.integers(1, 2), st.booleans())
 def test_pointwise_matches_numpy_reference(nd, cin_g, cout_g, groups, stride, bias):
@@ -211,12 +269,17 @@ def test_sobel_is_one_separable_term():
         lambda: SeparableConv3d(2, 3, 2, padding="same"),
         lambda: SpatiallySeparableConv2d(2, 3, (3, 2), padding="same", stride=2, rank=2),
         lambda: SeparableConv2d(2, 3, 3, padding=1, dw_act="tanh", pw_act="silu"),
+        lambda: BlueprintSeparableConv1d(2, 3, 3, padding="same", stride=2, depth_multiplier=2),
+        lambda: BlueprintSeparableConv2d(2, 3, (3, 2), padding="same", stride=2),
+        lambda: BlueprintSeparableConv3d(2, 2, 2, padding=1),
+        lambda: CPConv2d(2, 3, (3, 2), rank=2, padding="same", stride=2),
     ],
 )
 def test_gradcheck_float64(make):
     torch.manual_seed(0)
     layer = make().double()
-    nd = 3 if isinstance(layer, (DepthwiseConv3d, SeparableConv3d)) else 1 if isinstance(layer, (DepthwiseConv1d, SeparableConv1d)) else 2
+    nd = (3 if isinstance(layer, (DepthwiseConv3d, SeparableConv3d, BlueprintSeparableConv3d))
+          else 1 if isinstance(layer, (DepthwiseConv1d, SeparableConv1d, BlueprintSeparableConv1d)) else 2)
     x = torch.randn(2, layer.in_channels, *([5] * nd), dtype=torch.float64, requires_grad=True)
     params = tuple(p for p in layer.parameters())
     assert torch.autograd.gradcheck(lambda inp, *ps: layer(inp), (x, *params), eps=1e-6, atol=1e-5)
@@ -386,4 +449,13 @@ def test_spatial_init_gives_the_composed_kernel_unit_fan_in_variance(cin, cout, 
     var = float(layer.to_dense_weight().detach().double().var())
     assert var == pytest.approx(1.0 / (cin * kh * kw), rel=0.1)
     bound = 1.0 / math.sqrt(layer.rank * kw)  # the bias keeps PyTorch's default for the horizontal conv
-    assert float(layer.horizontal.bias.abs().max()) <= bound
+    assert float(layer.horizontal.bias.detach().abs().max()) <= bound
+
+
+@pytest.mark.parametrize("make", [lambda: BlueprintSeparableConv2d(64, 96, 3, depth_multiplier=2),
+                                  lambda: CPConv2d(64, 96, 3, rank=256)])
+def test_blueprint_and_cp_init_gives_unit_fan_in_variance(make):
+    """Like the spatial layer: stages with nothing nonlinear between them are each variance-preserving."""
+    torch.manual_seed(0)
+    layer = make()
+    assert float(layer.to_dense_weight().detach().double().var()) == pytest.approx(1.0 / (64 * 9), rel=0.15)

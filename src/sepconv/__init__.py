@@ -3,6 +3,8 @@
 from .fast import OnnxRuntimeModel, OptimizedModel, fold_batchnorm, optimize, to_onnxruntime
 from .geometry import ConvSpec
 from .layers import (
+    BlueprintSeparableConv1d, BlueprintSeparableConv2d, BlueprintSeparableConv3d,
+    CPConv2d,
     DepthwiseConv1d, DepthwiseConv2d, DepthwiseConv3d,
     Pad,
     PointwiseConv1d, PointwiseConv2d, PointwiseConv3d,
@@ -18,4 +20,5 @@ __all__ = [
     "PointwiseConv1d", "PointwiseConv2d", "PointwiseConv3d",
     "SeparableConv1d", "SeparableConv2d", "SeparableConv3d",
     "SpatiallySeparableConv2d",
+    "BlueprintSeparableConv1d", "BlueprintSeparableConv2d", "BlueprintSeparableConv3d", "CPConv2d",
 ]

@@ -341,3 +341,43 @@ def spatial_stage_specs(spec: ConvSpec, rank: Union[int, None] = None) -> tuple[
     vertical = ConvSpec(spec.in_channels, r, (kh, 1), (sh, 1), (dh, 1), pad_v, groups=1, bias=False)
     horizontal = ConvSpec(r, spec.out_channels, (1, kw), (1, sw), (1, dw), pad_h, groups=1, bias=spec.bias)
     return vertical, horizontal
+
+
+def blueprint_stage_specs(spec: ConvSpec, depth_multiplier: int = 1) -> tuple[ConvSpec, ConvSpec]:
+    """The pointwise-then-depthwise stages (the "blueprint" order, BSConv-U) that replace ``spec``.
+
+    The pointwise stage maps ``C_in`` to ``C_out * depth_multiplier`` channels
+    (1x1, no bias); the second stage is a grouped convolution with
+    ``groups = C_out`` (each output channel sums its own ``depth_multiplier``
+    filtered channels: depthwise when the multiplier is 1) that keeps the
+    kernel, stride, dilation and padding and carries the bias.
+    """
+    if spec.groups != 1:
+        raise ValueError(f"the pointwise-depthwise order needs groups=1, got groups={spec.groups}")
+    m = check_positive_int(depth_multiplier, "depth_multiplier")
+    mid = spec.out_channels * m
+    ones = (1,) * spec.ndim
+    pointwise = ConvSpec(spec.in_channels, mid, ones, ones, ones, ((0, 0),) * spec.ndim, groups=1, bias=False)
+    grouped = ConvSpec(mid, spec.out_channels, spec.kernel_size, spec.stride, spec.dilation, spec.padding,
+                       groups=spec.out_channels, bias=spec.bias)
+    return pointwise, grouped
+
+
+def cp_stage_specs(spec: ConvSpec, rank: int) -> tuple[ConvSpec, ConvSpec, ConvSpec, ConvSpec]:
+    """The four stages of a rank-``rank`` CP-decomposed 2D ``spec`` (Lebedev et al. 2015).
+
+    ``1x1 (C_in -> R)``, ``k_h x 1`` depthwise on R channels (H padding, stride
+    and dilation), ``1 x k_w`` depthwise on R channels (W geometry), ``1x1
+    (R -> C_out)`` with the bias. The spatial pair splits the geometry as
+    :func:`spatial_stage_specs` does.
+    """
+    r = check_positive_int(rank, "rank")
+    vertical, horizontal = spatial_stage_specs(spec, r)
+    ones = (1, 1)
+    first = ConvSpec(spec.in_channels, r, ones, ones, ones, ((0, 0), (0, 0)), groups=1, bias=False)
+    vertical = ConvSpec(r, r, vertical.kernel_size, vertical.stride, vertical.dilation, vertical.padding,
+                        groups=r, bias=False)
+    horizontal = ConvSpec(r, r, horizontal.kernel_size, horizontal.stride, horizontal.dilation, horizontal.padding,
+                          groups=r, bias=False)
+    last = ConvSpec(r, spec.out_channels, ones, ones, ones, ((0, 0), (0, 0)), groups=1, bias=spec.bias)
+    return first, vertical, horizontal, last

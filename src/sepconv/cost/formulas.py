@@ -28,7 +28,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..geometry import ConvSpec, separable_stage_specs, spatial_stage_specs
+from ..geometry import ConvSpec, blueprint_stage_specs, cp_stage_specs, separable_stage_specs, spatial_stage_specs
 
 
 def dtype_size(dtype: Union[torch.dtype, str]) -> int:
@@ -236,6 +236,47 @@ def spatial_cost(
     v_cost = conv_cost(v, input_size, batch=batch, dtype=dtype, name="vertical")
     h_cost = conv_cost(h, v_cost.output_size, batch=batch, dtype=dtype, name="horizontal")
     return CompositeCost("spatially separable", (v_cost, h_cost))
+
+
+def _chain(name: str, specs: Sequence[ConvSpec], names: Sequence[str], input_size: Sequence[int], batch: int,
+           dtype: Union[torch.dtype, str]) -> CompositeCost:
+    """Counts for convolutions applied one after the other, each on the previous one's output size."""
+    stages, size = [], input_size
+    for stage_spec, stage_name in zip(specs, names):
+        cost = conv_cost(stage_spec, size, batch=batch, dtype=dtype, name=stage_name)
+        stages.append(cost)
+        size = cost.output_size
+    return CompositeCost(name, tuple(stages))
+
+
+def blueprint_cost(
+    spec: ConvSpec,
+    input_size: Sequence[int],
+    *,
+    depth_multiplier: int = 1,
+    batch: int = 1,
+    dtype: Union[torch.dtype, str] = torch.float32,
+) -> CompositeCost:
+    """Counts for the pointwise-then-depthwise (blueprint) replacement of ``spec``.
+
+    The pointwise step runs at the *input* resolution (before any stride),
+    so with stride > 1 it costs more than in the depthwise-first order.
+    """
+    return _chain("pointwise-depthwise", blueprint_stage_specs(spec, depth_multiplier), ("pointwise", "depthwise"),
+                  input_size, batch, dtype)
+
+
+def cp_cost(
+    spec: ConvSpec,
+    input_size: Sequence[int],
+    *,
+    rank: int,
+    batch: int = 1,
+    dtype: Union[torch.dtype, str] = torch.float32,
+) -> CompositeCost:
+    """Counts for the rank-``rank`` CP-decomposed replacement of a 2D ``spec`` (four stages)."""
+    return _chain("CP", cp_stage_specs(spec, rank), ("first", "vertical", "horizontal", "last"), input_size, batch,
+                  dtype)
 
 
 def closed_form_ratio(out_channels: int, kernel_size: Sequence[int]) -> float:

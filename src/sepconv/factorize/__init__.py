@@ -7,6 +7,9 @@ errors) and :func:`convert` for whole models.
 from .convert import ConversionReport, LayerReport, convert
 from .kernels import (
     PairwiseSpatial,
+    blueprint_error_curve,
+    blueprint_factorize,
+    cp_factorize,
     depth_multiplier_for,
     depthwise_error_curve,
     depthwise_factorize,
@@ -19,7 +22,8 @@ from .kernels import (
 )
 
 __all__ = [
-    "ConversionReport", "LayerReport", "PairwiseSpatial", "convert", "depth_multiplier_for", "depthwise_error_curve",
+    "ConversionReport", "LayerReport", "PairwiseSpatial", "blueprint_error_curve", "blueprint_factorize", "convert",
+    "cp_factorize", "depth_multiplier_for", "depthwise_error_curve",
     "depthwise_factorize", "is_separable", "low_rank", "pairwise_spatial", "separate", "singular_values",
     "spatial_factorize",
 ]

@@ -12,12 +12,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cost import conv_cost, separable_cost, spatial_cost, spec_from_conv
-from ..layers import SeparableConv1d, SeparableConv2d, SeparableConv3d, SpatiallySeparableConv2d
-from .kernels import depthwise_factorize, spatial_factorize
+from ..cost import blueprint_cost, conv_cost, cp_cost, separable_cost, spatial_cost, spec_from_conv
+from ..layers import (
+    BlueprintSeparableConv1d,
+    BlueprintSeparableConv2d,
+    BlueprintSeparableConv3d,
+    CPConv2d,
+    SeparableConv1d,
+    SeparableConv2d,
+    SeparableConv3d,
+    SpatiallySeparableConv2d,
+)
+from .kernels import blueprint_factorize, cp_factorize, depthwise_factorize, spatial_factorize
 
-TARGETS = ("separable", "spatial")
+#: What :func:`convert` can replace a convolution with.
+TARGETS = ("separable", "spatial", "blueprint", "cp")
 _SEPARABLE = {1: SeparableConv1d, 2: SeparableConv2d, 3: SeparableConv3d}
+_BLUEPRINT = {1: BlueprintSeparableConv1d, 2: BlueprintSeparableConv2d, 3: BlueprintSeparableConv3d}
+_OWN_LAYERS = (SeparableConv1d, SeparableConv2d, SeparableConv3d, SpatiallySeparableConv2d, BlueprintSeparableConv1d,
+               BlueprintSeparableConv2d, BlueprintSeparableConv3d, CPConv2d)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -71,8 +84,8 @@ def _eligible(name: str, conv: nn.Module, to: str, include: Optional[str], exclu
         return f"groups={conv.groups} (already grouped or depthwise)"
     if max(conv.kernel_size) < min_kernel:
         return f"kernel {tuple(conv.kernel_size)} smaller than min_kernel={min_kernel}"
-    if to == "spatial" and len(conv.kernel_size) != 2:
-        return "spatially separable replacements are 2D only"
+    if to in ("spatial", "cp") and len(conv.kernel_size) != 2:
+        return f"{to!r} replacements are 2D only"
     if include is not None and not re.search(include, name):
         return f"name does not match include={include!r}"
     if exclude is not None and re.search(exclude, name):
@@ -94,19 +107,43 @@ def _replacement(conv: nn.Module, to: str, depth_multiplier: int, rank: Optional
         targets = (module.depthwise, module.pointwise)
         factors = depthwise_factorize(conv.weight, depth_multiplier) if init == "factorize" else None
         bias_target = module.pointwise
-    else:
+    elif to == "spatial":
         module = SpatiallySeparableConv2d(conv.in_channels, conv.out_channels, tuple(conv.kernel_size), rank=rank, **kw)
         targets = (module.vertical, module.horizontal)
         factors = spatial_factorize(conv.weight, module.rank) if init == "factorize" else None
         bias_target = module.horizontal
+    elif to == "blueprint":
+        module = _BLUEPRINT[nd](conv.in_channels, conv.out_channels, tuple(conv.kernel_size),
+                                depth_multiplier=depth_multiplier, **kw)
+        targets = (module.pointwise, module.depthwise)
+        factors = blueprint_factorize(conv.weight, depth_multiplier) if init == "factorize" else None
+        bias_target = module.depthwise
+    else:
+        module = CPConv2d(conv.in_channels, conv.out_channels, tuple(conv.kernel_size), rank=_cp_rank(conv, rank), **kw)
+        targets = (module.first, module.vertical, module.horizontal, module.last)
+        factors = None
+        if init == "factorize":
+            weights, error = cp_factorize(conv.weight, module.rank)
+            factors = (*weights, error)
+        bias_target = module.last
     if factors is None:
         return module, None
     with torch.no_grad():
-        targets[0].weight.copy_(factors[0])
-        targets[1].weight.copy_(factors[1])
+        for target, factor in zip(targets, factors[:-1]):
+            target.weight.copy_(factor)
         if conv.bias is not None:
             bias_target.bias.copy_(conv.bias)
-    return module, factors[2]
+    return module, factors[-1]
+
+
+def _cp_rank(conv: nn.Module, rank: Optional[int]) -> int:
+    """The CP rank: ``rank``, or by default the largest whose weights do not exceed the depthwise separable layer's
+    (``R (C_in + k_h + k_w + C_out) <= C_in (k_h k_w + C_out)``), at least 1."""
+    if rank is not None:
+        return rank
+    c, n = conv.in_channels, conv.out_channels
+    kh, kw = conv.kernel_size
+    return max(1, (c * (kh * kw + n)) // (c + kh + kw + n))
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -128,17 +165,25 @@ def convert(
     sample_input: Optional[torch.Tensor] = None,
     calibrate: bool = False,
     ridge: float = 1e-3,
+    progress: bool = False,
 ) -> tuple[nn.Module, ConversionReport]:
     """Return a copy of ``model`` with eligible convolutions replaced, and a per-layer report.
 
     Eligible: ``nn.Conv1d/2d/3d`` (and subclasses) with ``groups == 1``, a
     kernel of at least ``min_kernel`` in some dimension, a name matching the
     regular expression ``include`` (if given) and not ``exclude``; 2D only for
-    ``to='spatial'``. Each is replaced by a :class:`SeparableConv1d/2d/3d`
-    (``to='separable'``, with ``depth_multiplier``) or a
-    :class:`SpatiallySeparableConv2d` (``to='spatial'``, with ``rank``; default
-    ``min(C_in, C_out)``) keeping stride, padding, padding mode, dilation,
-    bias, device and dtype. ``init='factorize'`` sets the weights to the
+    ``to='spatial'`` and ``to='cp'``. Each is replaced, keeping stride,
+    padding, padding mode, dilation, bias, device and dtype, by:
+
+    * ``'separable'``: :class:`SeparableConv1d/2d/3d` (depthwise then
+      pointwise, ``depth_multiplier``), optimal weights by SVD;
+    * ``'spatial'``: :class:`SpatiallySeparableConv2d` (``rank``; default
+      ``min(C_in, C_out)``), optimal by SVD;
+    * ``'blueprint'``: :class:`BlueprintSeparableConv1d/2d/3d` (pointwise then
+      depthwise, ``depth_multiplier``), optimal by SVD;
+    * ``'cp'``: :class:`CPConv2d` (``rank``; default the largest rank with no
+      more weights than the depthwise separable layer), weights by CP-ALS
+      (tensorly; not guaranteed optimal). ``init='factorize'`` sets the weights to the
     optimal factorization (:mod:`sepconv.factorize.kernels`) and keeps the
     bias; ``init='fresh'`` keeps PyTorch's initialization (for training from
     scratch, or to rebuild the structure before loading saved weights).
@@ -147,10 +192,12 @@ def convert(
     :mod:`sepconv.cost`) and each converted layer's relative output error on
     that batch (original vs replacement, on the original layer's input).
     If nothing is eligible, a warning says why and the copy is unchanged.
+    ``progress=True`` shows a progress bar over the layers (CP factorizations
+    take seconds to minutes per layer).
 
     ``calibrate=True`` (needs ``sample_input`` and ``init='factorize'``) makes
     the conversion data-aware: layer by layer in execution order, the last
-    stage of each replacement (pointwise, or horizontal for ``'spatial'``)
+    stage of each replacement (pointwise; horizontal for ``'spatial'``; the last 1x1 for ``'cp'``)
     and its bias are refit by least squares so that, fed the *converted*
     network's own activations, the layer reproduces the original layer's
     output on the sample batch; a ridge term ``ridge * mean(diag(A^T A))``
@@ -169,6 +216,9 @@ def convert(
         raise ValueError(f"depth_multiplier must be a positive int, got {depth_multiplier!r}")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"rank must be a positive int or None, got {rank!r}")
+    if calibrate and to == "blueprint":
+        raise ValueError("calibrate=True is not available for to='blueprint' (its last stage is grouped); use "
+                         "'separable', 'spatial' or 'cp'")
     if calibrate and (sample_input is None or init != "factorize"):
         raise ValueError(f"calibrate=True needs sample_input and init='factorize' (got sample_input="
                          f"{'None' if sample_input is None else 'a tensor'}, init={init!r})")
@@ -202,7 +252,15 @@ def convert(
     inputs = _capture_inputs(new, chosen, sample_input) if sample_input is not None else {}
     originals = {name: new.get_submodule(name) for name in chosen}
     weight_errors = {}
-    for name, conv in originals.items():
+    items = originals.items()
+    if progress:  # tqdm comes with the experiments extra; without it, no bar
+        try:
+            from tqdm.auto import tqdm
+
+            items = tqdm(items, desc=f"factorizing ({to})", unit="conv", leave=False)
+        except ImportError:
+            pass
+    for name, conv in items:
         replacement, weight_errors[name] = _replacement(conv, to, depth_multiplier, rank, init)
         replacement.train(conv.training)
         _set_submodule(new, name, replacement)
@@ -222,8 +280,14 @@ def convert(
             spec = spec_from_conv(conv)
             size = x.shape[-spec.ndim:]
             macs_before = conv_cost(spec, size).macs
-            after = (separable_cost(spec, size, depth_multiplier=depth_multiplier) if to == "separable"
-                     else spatial_cost(spec, size, rank=replacement.rank))
+            if to == "separable":
+                after = separable_cost(spec, size, depth_multiplier=depth_multiplier)
+            elif to == "spatial":
+                after = spatial_cost(spec, size, rank=replacement.rank)
+            elif to == "blueprint":
+                after = blueprint_cost(spec, size, depth_multiplier=depth_multiplier)
+            else:
+                after = cp_cost(spec, size, rank=replacement.rank)
             macs_after = after.macs
             with torch.no_grad():
                 ref, out = conv(x), replacement(x)
@@ -244,7 +308,9 @@ class _Captured(Exception):
 
 
 def _last_stage(module: nn.Module) -> nn.Conv1d | nn.Conv2d | nn.Conv3d:
-    return module.horizontal if isinstance(module, SpatiallySeparableConv2d) else module.pointwise
+    if isinstance(module, SpatiallySeparableConv2d):
+        return module.horizontal
+    return module.last if isinstance(module, CPConv2d) else module.pointwise
 
 
 def _patches(stage: nn.Module, z: torch.Tensor) -> torch.Tensor:
@@ -315,8 +381,7 @@ def _inside_sepconv_layer(model: nn.Module, name: str) -> bool:
     """True for the sub-convolutions of sepconv's own separable layers (already factorized)."""
     parts = name.split(".")
     for i in range(1, len(parts)):
-        if isinstance(model.get_submodule(".".join(parts[:i])), (SeparableConv1d, SeparableConv2d, SeparableConv3d,
-                                                                  SpatiallySeparableConv2d)):
+        if isinstance(model.get_submodule(".".join(parts[:i])), _OWN_LAYERS):
             return True
     return False
 

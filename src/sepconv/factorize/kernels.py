@@ -218,3 +218,86 @@ def depth_multiplier_for(weight: torch.Tensor, max_error: float) -> int:
         if err <= max_error + 1e-12:
             return m
     return len(curve)
+
+
+def blueprint_factorize(weight: torch.Tensor, depth_multiplier: int = 1) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Optimal pointwise-then-depthwise weights (:class:`sepconv.BlueprintSeparableConv2d`) for ``(N, C, *k)``.
+
+    ``W[n, c] = sum_m PW[n*M + m, c] DW[n, m]``: for each output channel n the
+    ``C x prod(k)`` slice ``W[n]`` must have rank <= M, and a truncated SVD per
+    output channel is optimal. Returns ``(pointwise (N*M, C, 1, ...),
+    depthwise (N, M, *k), relative_error)``; exact when every slice has rank
+    <= M, in particular when ``M >= min(C, prod(k))``.
+    """
+    w = _check_weight(weight, min_dim=3)
+    m = _check_rank(depth_multiplier, "depth_multiplier")
+    n, c, *k = w.shape
+    u, s, vh = torch.linalg.svd(w.reshape(n, c, math.prod(k)), full_matrices=False)  # (N, C, q), (N, q), (N, q, K)
+    keep = min(m, s.shape[-1])
+    pw = torch.zeros(n, m, c, dtype=w.dtype)
+    dw = torch.zeros(n, m, math.prod(k), dtype=w.dtype)
+    pw[:, :keep] = (u[:, :, :keep] * s[:, None, :keep]).transpose(1, 2)
+    dw[:, :keep] = vh[:, :keep]
+    ones = [1] * len(k)
+    err = _rel_error((s[:, keep:] ** 2).sum(), (s**2).sum())
+    return (pw.reshape(n * m, c, *ones).to(weight.dtype).contiguous(),
+            dw.reshape(n, m, *k).to(weight.dtype).contiguous(), err)
+
+
+def blueprint_error_curve(weight: torch.Tensor) -> list[float]:
+    """Relative error of the optimal pointwise-then-depthwise approximation for M = 1, ..., min(C, prod(k))."""
+    w = _check_weight(weight, min_dim=3)
+    n, c, *k = w.shape
+    s = torch.linalg.svdvals(w.reshape(n, c, math.prod(k)))
+    total = (s**2).sum()
+    return [_rel_error((s[:, m:] ** 2).sum(), total) for m in range(1, s.shape[-1] + 1)]
+
+
+def cp_factorize(weight: torch.Tensor, rank: int, *, n_iter_max: int = 100, tol: float = 1e-6,
+                 seed: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], float]:
+    """Rank-``rank`` CP decomposition of a 2D conv weight ``(N, C, k_h, k_w)`` for :class:`sepconv.CPConv2d`.
+
+    Uses ``tensorly.decomposition.parafac`` (alternating least squares,
+    SVD initialization, ``n_iter_max`` iterations, relative tolerance
+    ``tol``; ``seed`` for tensorly's random state) in float64. Unlike the SVD
+    factorizations, ALS is not guaranteed to find the best rank-R
+    approximation (and a best one need not exist); the returned error is the
+    achieved one, ``||W - W_cp||_F / ||W||_F``. Returns
+    ``((first (R, C, 1, 1), vertical (R, 1, k_h, 1), horizontal (R, 1, 1, k_w),
+    last (N, R, 1, 1)), relative_error)``; the CP weights are folded into
+    ``last`` and the factor norms balanced across the four stages. Needs
+    ``pip install 'sepconv[tensorly]'``.
+    """
+    try:
+        import tensorly as tl
+        from tensorly.decomposition import parafac
+    except ImportError as error:
+        raise ImportError("cp_factorize needs tensorly: pip install 'sepconv[tensorly]'") from error
+    w = _check_weight(weight, min_dim=4)
+    if w.dim() != 4:
+        raise ValueError(f"weight must be a 2D convolution weight (N, C, k_h, k_w), got shape {tuple(weight.shape)}")
+    r = _check_rank(rank, "rank")
+    if float(w.norm()) == 0.0:
+        n, c, kh, kw = w.shape
+        zeros = (torch.zeros(r, c, 1, 1), torch.zeros(r, 1, kh, 1), torch.zeros(r, 1, 1, kw), torch.zeros(n, r, 1, 1))
+        return tuple(z.to(weight.dtype) for z in zeros), 0.0
+    import warnings
+
+    with tl.backend_context("numpy"), warnings.catch_warnings():
+        # the SVD initialization of a mode smaller than the rank fills the missing columns at random (seeded);
+        # tensorly says so in a warning on every such call, which is expected here
+        warnings.filterwarnings("ignore", message="Trying to compute SVD with n_eigenvecs")
+        cp = parafac(w.numpy(), rank=r, n_iter_max=n_iter_max, tol=tol, init="svd", random_state=seed,
+                     normalize_factors=True)
+    lam = torch.as_tensor(cp.weights, dtype=torch.float64)
+    a, b, v, h = (torch.as_tensor(f, dtype=torch.float64) for f in cp.factors)  # (N,R) (C,R) (kh,R) (kw,R)
+    # factors have unit columns: spread each component's weight evenly over the four stages
+    scale = lam.abs().pow(0.25)
+    a, b, v, h = a * (scale * torch.sign(lam)), b * scale, v * scale, h * scale
+    approx = torch.einsum("nr,cr,ir,jr->ncij", a, b, v, h)
+    err = float((approx - w).norm() / w.norm())
+    first = b.T[:, :, None, None]
+    vertical = v.T[:, None, :, None]
+    horizontal = h.T[:, None, None, :]
+    last = a[:, :, None, None]
+    return tuple(t.to(weight.dtype).contiguous() for t in (first, vertical, horizontal, last)), err

@@ -218,3 +218,41 @@ def raise_if_kernel_too_large(spec: ConvSpec, input_shape: Any, error: RuntimeEr
     """
     spec.output_size(tuple(input_shape)[-spec.ndim :])  # raises ValueError naming the sizes
     raise error
+
+
+def init_linear_stages(*convs: nn.Module) -> None:
+    """Initialize a chain of convolutions with nothing nonlinear between them so the chain preserves variance.
+
+    Each weight gets ``kaiming_uniform_(nonlinearity="linear")`` (variance
+    ``1 / fan_in``), so the composed kernel has variance ``1 / fan_in`` of the
+    dense convolution it stands for; biases keep PyTorch's default. With
+    PyTorch's default per stage (variance ``1 / (3 fan_in)``) a chain of s
+    stages would pass ``3^-s`` of the input variance where one standard
+    convolution passes 1/3 (see ``SpatiallySeparableConv2d``).
+    """
+    for conv in convs:
+        conv.reset_parameters()  # PyTorch's default, including the bias
+        nn.init.kaiming_uniform_(conv.weight, nonlinearity="linear")
+
+
+class ComposedConvMixin:
+    """For layers whose stages compose into one standard convolution: :meth:`to_conv` from the layer's
+    ``to_dense_weight()`` and ``dense_bias()``, its ``spec`` and its ``padding_mode``."""
+
+    spec: ConvSpec
+    padding_mode: str
+
+    def to_dense_weight(self) -> torch.Tensor:  # pragma: no cover - every layer defines it
+        raise NotImplementedError
+
+    def dense_bias(self) -> Optional[torch.Tensor]:  # pragma: no cover - every layer defines it
+        raise NotImplementedError
+
+    def to_conv(self) -> nn.Module:
+        """A new standard convolution module (with a pad module if needed) computing the same output.
+
+        Normalization or activation *after* the last stage is not included: append it if present.
+        """
+        bias = self.dense_bias()
+        return dense_conv(self.spec, self.to_dense_weight().detach(), None if bias is None else bias.detach(),
+                          self.padding_mode)

@@ -10,10 +10,10 @@ from torch import nn
 
 from ..geometry import ConvSpec, IntOrTuple, PaddingArg, check_positive_int, separable_stage_specs
 from ._common import (
+    ComposedConvMixin,
     LayerSpec,
     check_input,
     conv_module,
-    dense_conv,
     grouped_to_dense,
     is_identity,
     make_activation,
@@ -22,7 +22,7 @@ from ._common import (
 )
 
 
-class _SeparableConvNd(nn.Module):
+class _SeparableConvNd(ComposedConvMixin, nn.Module):
     """Shared implementation of :class:`SeparableConv1d`, ``2d`` and ``3d``.
 
     ``input -> [pad] -> depthwise -> dw_norm -> dw_act -> pointwise -> pw_norm -> pw_act``
@@ -134,15 +134,6 @@ class _SeparableConvNd(nn.Module):
             folded = pw @ self.depthwise.bias
             bias = folded if bias is None else bias + folded
         return bias
-
-    def to_conv(self) -> nn.Module:
-        """A new standard convolution module computing exactly what the two linear steps compute.
-
-        ``pw_norm`` and ``pw_act`` are not included: append them if present.
-        """
-        bias = self.dense_bias()
-        return dense_conv(self.spec, self.to_dense_weight().detach(), None if bias is None else bias.detach(),
-                          self.padding_mode)
 
     def extra_repr(self) -> str:
         s = self.spec

@@ -9,10 +9,11 @@ from torch import nn
 
 from ..geometry import ConvSpec, IntOrTuple, PaddingArg, spatial_stage_specs
 from ._common import (
+    ComposedConvMixin,
     LayerSpec,
     check_input,
     conv_module,
-    dense_conv,
+    init_linear_stages,
     is_identity,
     make_activation,
     make_norm,
@@ -20,7 +21,7 @@ from ._common import (
 )
 
 
-class SpatiallySeparableConv2d(nn.Module):
+class SpatiallySeparableConv2d(ComposedConvMixin, nn.Module):
     """A ``k_h x 1`` convolution to ``rank`` channels, then a ``1 x k_w`` convolution.
 
     ``input -> [pad_h] -> vertical -> mid_norm -> mid_act -> [pad_w] -> horizontal``
@@ -87,9 +88,7 @@ class SpatiallySeparableConv2d(nn.Module):
 
     def reset_parameters(self) -> None:
         """Re-initialize both stages' weights (variance-preserving, see the class docstring) and the bias."""
-        for conv in (self.vertical, self.horizontal):
-            conv.reset_parameters()  # PyTorch's default, including the bias
-            nn.init.kaiming_uniform_(conv.weight, nonlinearity="linear")
+        init_linear_stages(self.vertical, self.horizontal)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, 2, self.in_channels)
@@ -112,10 +111,9 @@ class SpatiallySeparableConv2d(nn.Module):
         h = self.horizontal.weight[:, :, 0, :]  # (C_out, R, k_w)
         return torch.einsum("nrj,rci->ncij", h, v)
 
-    def to_conv(self) -> nn.Module:
-        """A new standard ``nn.Conv2d`` (with a pad module if needed) computing the same output."""
-        bias = None if self.horizontal.bias is None else self.horizontal.bias.detach()
-        return dense_conv(self.spec, self.to_dense_weight().detach(), bias, self.padding_mode)
+    def dense_bias(self) -> Optional[torch.Tensor]:
+        """Bias of the equivalent standard convolution (the horizontal step's)."""
+        return self.horizontal.bias
 
     def extra_repr(self) -> str:
         s = self.spec
