@@ -85,3 +85,27 @@ def test_optimize_backend_bad_input():
         with pytest.raises(ValueError, match="float32 CPU sample_input"):
             sepconv.optimize(nn.Conv2d(1, 1, 1).double(), torch.randn(1, 1, 4, 4, dtype=torch.float64),
                              backends=("onnxruntime",))
+
+
+class _TupleOutput(nn.Module):
+    """Returns two tensors: the ONNX Runtime wrapper handles one output only."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y, y.mean()
+
+
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnx/onnxruntime not installed (pip install 'sepconv[onnx]')")
+def test_a_model_onnxruntime_cannot_run_falls_back_to_eager_with_a_warning():
+    model, x = _TupleOutput().eval(), torch.randn(1, 2, 6, 6)
+    with pytest.warns(UserWarning, match="skipping the onnxruntime backend"):
+        fast = sepconv.optimize(model, x, rounds=1)
+    assert fast.backend == "eager" and "onnxruntime" not in fast.timings_ms
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x)[0], model(x)[0])
+    with pytest.raises(RuntimeError, match="the onnxruntime backend failed"):
+        sepconv.optimize(model, x, backends=("onnxruntime",))

@@ -162,13 +162,16 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
 
     ``backends`` restricts the candidates (default: ``eager``, plus
     ``onnxruntime`` when it is installed and the sample is float32 on the
-    CPU). The fastest is kept; ``measure=False`` keeps eager NCHW. The result
+    CPU; if the model cannot be exported or its ONNX Runtime outputs differ,
+    a warning says so and eager is used). The fastest is kept;
+    ``measure=False`` keeps the first candidate (eager NCHW). The result
     computes the same function as ``model.eval()`` to float tolerance; the
     original model is not modified.
     """
     if not isinstance(sample_input, torch.Tensor):
         raise TypeError(f"sample_input must be a torch.Tensor, got {type(sample_input).__name__}")
     ort_usable = onnxruntime_available() and sample_input.device.type == "cpu" and sample_input.dtype == torch.float32
+    explicit = backends is not None
     if backends is None:
         backends = ("eager", "onnxruntime") if ort_usable else ("eager",)
     backends = tuple(backends)
@@ -187,7 +190,16 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
             candidates["channels_last"] = (copy.deepcopy(base).to(memory_format=torch.channels_last),
                                            torch.channels_last, "eager")
     if "onnxruntime" in backends:
-        candidates["onnxruntime"] = (to_onnxruntime(base, sample_input), torch.contiguous_format, "onnxruntime")
+        try:
+            candidates["onnxruntime"] = (to_onnxruntime(base, sample_input), torch.contiguous_format, "onnxruntime")
+        except Exception as error:  # export or session failed, or outputs differ: an explicit request fails loudly
+            if explicit:
+                raise RuntimeError(f"optimize: the onnxruntime backend failed for this model: {error}") from error
+            import warnings
+
+            warnings.warn(f"optimize: skipping the onnxruntime backend ({type(error).__name__}: {error})", stacklevel=2)
+    if not candidates:  # pragma: no cover - only reachable with backends=("onnxruntime",), which raises above
+        raise RuntimeError("optimize: no backend could run the model")
     timings: dict[str, float] = {}
     choice = next(iter(candidates))
     if measure and len(candidates) > 1:
