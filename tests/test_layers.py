@@ -453,8 +453,9 @@ def test_spatial_init_gives_the_composed_kernel_unit_fan_in_variance(cin, cout, 
 
 
 @pytest.mark.parametrize("make", [lambda: BlueprintSeparableConv2d(64, 96, 3, depth_multiplier=2),
-                                  lambda: CPConv2d(64, 96, 3, rank=256)])
-def test_blueprint_and_cp_init_gives_unit_fan_in_variance(make):
+                                  lambda: CPConv2d(64, 96, 3, rank=256),
+                                  lambda: SeparableConv2d(64, 96, 3, depth_multiplier=2)])
+def test_composed_layers_init_gives_unit_fan_in_variance(make):
     """Like the spatial layer: stages with nothing nonlinear between them are each variance-preserving."""
     torch.manual_seed(0)
     layer = make()
