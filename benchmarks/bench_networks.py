@@ -5,13 +5,15 @@
 For MobileNetV1 (224x224, batch 1; the paper's "Conv MobileNet" as the standard
 variant) and the seed's VGG-block network (32x32x3, batch 32, 10 classes), the
 standard and separable variants are timed (inference forward, float32, eval
-mode) by `sepconv.optimize`, which measures eager PyTorch in NCHW and
-channels-last and, when installed, ONNX Runtime, in interleaved rounds. The
+mode) by `sepconv.optimize(..., backends=("eager", "onnxruntime", "compile"))`,
+which measures eager PyTorch in NCHW and channels-last, ONNX Runtime (when
+installed) and `torch.compile`, in interleaved rounds. The
 record holds every candidate's median, the theoretical speedup (MAC ratio from
 `sepconv.cost.profile`) and the realized fraction per path:
 
 * `eager`: best eager layout of each variant;
 * `onnxruntime`: both variants in ONNX Runtime;
+* `compile`: both variants under `torch.compile` (inductor, BatchNorm folded first);
 * `optimize`: each variant on the path `sepconv.optimize` picked for it.
 
 Writes `networks.json` (with the machine) into --out (default
@@ -58,7 +60,9 @@ def main(argv=None) -> int:
         for variant in ("standard", "separable"):
             model = build_model(name, variant, **kwargs).eval()
             macs = profile(model, shape[1:]).total_macs
-            fast = sepconv.optimize(model, x, rounds=args.rounds)
+            backends = ("eager", "compile") + (("onnxruntime",) if sepconv.fast.onnxruntime_available() else ())
+            torch._dynamo.reset()
+            fast = sepconv.optimize(model, x, rounds=args.rounds, backends=backends)
             row["variants"][variant] = {"macs_per_sample": macs, "median_ms": fast.timings_ms, "picked": fast.backend,
                                         "picked_layout": "channels_last" if fast.memory_format == torch.channels_last
                                         else "contiguous"}
@@ -72,7 +76,8 @@ def main(argv=None) -> int:
         paths = {"eager": (best(std["median_ms"], eager), best(sep["median_ms"], eager))}
         if "onnxruntime" in std["median_ms"]:
             paths["onnxruntime"] = (std["median_ms"]["onnxruntime"], sep["median_ms"]["onnxruntime"])
-        keys = eager + (("onnxruntime",) if "onnxruntime" in std["median_ms"] else ())
+        paths["compile"] = (std["median_ms"]["compile"], sep["median_ms"]["compile"])
+        keys = eager + ("compile",) + (("onnxruntime",) if "onnxruntime" in std["median_ms"] else ())
         paths["optimize"] = (best(std["median_ms"], keys), best(sep["median_ms"], keys))
         row["theoretical_speedup"] = theory
         row["paths"] = {k: {"standard_ms": a, "separable_ms": b, "speedup": a / b, "realized": a / b / theory}

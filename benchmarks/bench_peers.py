@@ -7,7 +7,7 @@ For every shape of `sepconv bench`'s suites (forward, inference, float32), one
 
 * `eager_nchw`      plain PyTorch eager, NCHW;
 * `eager_nhwc`      plain PyTorch eager, channels-last (input already channels-last);
-* `compile`, `compile_nhwc`  `torch.compile` (inductor, default mode), NCHW / channels-last;
+* `compile`, `compile_nhwc`  `torch.compile` (inductor, default mode, `freezing` on), NCHW / channels-last;
 * `onnxruntime`     the layer exported to ONNX (opset 17) in an ONNX Runtime session
                     (all graph optimizations, `intra_op_num_threads` = threads);
 * `sepconv`         `sepconv.optimize(layer, sample)`, sepconv's own inference path, timed as the
@@ -96,14 +96,16 @@ def run_shape(case, threads: int, rounds: int) -> dict:
     }
     skipped = {}
     try:
+        import torch._inductor.config as inductor_config
+
         torch._dynamo.reset()  # a fresh compile per shape (else dynamo's recompile limit falls back to eager)
         compiled = torch.compile(sep)
-        with torch.no_grad():
-            torch.testing.assert_close(compiled(x), sep(x), rtol=1e-4, atol=1e-4)
-        candidates["compile"] = no_grad(compiled, x)
         compiled_nhwc = torch.compile(sep_nhwc)
-        with torch.no_grad():
+        # freezing (weights as constants, prepacked for oneDNN) is what makes inductor fast for CPU inference
+        with torch.no_grad(), inductor_config.patch(freezing=True):
+            torch.testing.assert_close(compiled(x), sep(x), rtol=1e-4, atol=1e-4)
             compiled_nhwc(x_nhwc)
+        candidates["compile"] = no_grad(compiled, x)
         candidates["compile_nhwc"] = no_grad(compiled_nhwc, x_nhwc)
     except Exception as error:  # no compiler, unsupported op, ...
         skipped["compile"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"

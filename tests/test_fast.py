@@ -109,3 +109,13 @@ def test_a_model_onnxruntime_cannot_run_falls_back_to_eager_with_a_warning():
         torch.testing.assert_close(fast(x)[0], model(x)[0])
     with pytest.raises(RuntimeError, match="the onnxruntime backend failed"):
         sepconv.optimize(model, x, backends=("onnxruntime",))
+
+
+@pytest.mark.slow
+def test_compile_backend_is_measured_when_asked():
+    model = trained_like(build_model("mobilenet_v2", alpha=0.35, num_classes=10), 2)
+    x = torch.randn(1, 3, 32, 32)
+    fast = sepconv.optimize(model, x, rounds=2, backends=("eager", "compile"))
+    assert {"nchw", "channels_last", "compile"} <= set(fast.timings_ms)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-3, atol=1e-4)

@@ -143,7 +143,8 @@ class OptimizedModel(nn.Module):
                 f"measured_ms={self.timings_ms}")
 
 
-BACKENDS = ("eager", "onnxruntime")
+#: Backends :func:`optimize` can measure; ``compile`` is opt-in (compiling takes tens of seconds).
+BACKENDS = ("eager", "onnxruntime", "compile")
 
 
 def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = True, rounds: int = 7,
@@ -158,7 +159,9 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
     * ``onnxruntime``: the folded model exported to ONNX and run by ONNX
       Runtime (:func:`to_onnxruntime`; inference only, float32 on the CPU).
       On the CPU this project measures, ONNX Runtime runs 1x1 convolutions
-      about twice as fast as PyTorch (``benchmarks/README.md``).
+      about twice as fast as PyTorch (``benchmarks/README.md``);
+    * ``compile``: ``torch.compile`` of the folded model (NCHW) with inductor's
+      ``freezing`` on, compiled for the sample's shape; opt-in.
 
     ``backends`` restricts the candidates (default: ``eager``, plus
     ``onnxruntime`` when it is installed and the sample is float32 on the
@@ -198,6 +201,17 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
             import warnings
 
             warnings.warn(f"optimize: skipping the onnxruntime backend ({type(error).__name__}: {error})", stacklevel=2)
+    if "compile" in backends:
+        import torch._inductor.config as inductor_config
+
+        compiled = torch.compile(base)
+        # compile now, not inside the timing, with inductor's freezing: weights become constants that it can
+        # prepack for oneDNN; without it, inductor on this CPU ran MobileNetV1 2.5x slower (benchmarks/README.md)
+        with torch.no_grad(), inductor_config.patch(freezing=True):
+            expected, got = base(sample_input), compiled(sample_input)
+        if not torch.allclose(got, expected, rtol=1e-3, atol=1e-4):
+            raise RuntimeError("optimize: torch.compile's output differs from eager's")
+        candidates["compile"] = (compiled, torch.contiguous_format, "compile")
     if not candidates:  # pragma: no cover - only reachable with backends=("onnxruntime",), which raises above
         raise RuntimeError("optimize: no backend could run the model")
     timings: dict[str, float] = {}
