@@ -35,6 +35,20 @@ def test_roofline_bound():
     assert roof.bound_s(1e6, 1e9) == pytest.approx(1e-1)  # memory-bound
 
 
+def test_measured_roofline_takes_the_faster_gemm_and_records_torchs():
+    from sepconv.bench import measure_roofline
+    from sepconv.fast import onnxruntime_available
+
+    roof = measure_roofline(matmul_n=256, copy_mib=8, rounds=2)
+    assert roof.peak_flops > 0 and roof.bandwidth > 0
+    record = roof.as_dict()
+    if onnxruntime_available():  # ONNX Runtime's MatMul is a candidate: the peak is the faster of the two
+        assert roof.torch_peak_flops is not None and roof.peak_flops >= roof.torch_peak_flops
+        assert record["torch_peak_gflops"] == pytest.approx(roof.torch_peak_flops / 1e9)
+    else:
+        assert roof.torch_peak_flops is None and "torch_peak_gflops" not in record
+
+
 def test_suites_follow_the_zoo():
     mb = mobilenet_v1_suite()
     assert mb[0].spec.in_channels == 32 and mb[0].size == (112, 112) and mb[-1].size == (7, 7)

@@ -71,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
                             copy_mib=64 if args.quick else 256)
     info = machine_info()
     print(f"{info['cpu']}, {info['torch_threads']} threads, torch {info['torch']}; measured peak "
-          f"{roof.peak_flops / 1e9:.1f} GFLOP/s, bandwidth {roof.bandwidth / 1e9:.1f} GB/s (float32)")
+          f"{roof.peak_flops / 1e9:.1f} GFLOP/s"
+          + (f" (torch.mm: {roof.torch_peak_flops / 1e9:.1f})" if roof.torch_peak_flops is not None else "")
+          + f", bandwidth {roof.bandwidth / 1e9:.1f} GB/s (float32)")
     rows = []
     header = ("case", "MAC ratio", "std ms", "sep ms", "speedup", "theory", "realized", "train realized",
               "DW %MACs", "DW %time", "DW roofline", "PW roofline")
