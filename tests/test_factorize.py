@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 import warnings
@@ -279,14 +280,15 @@ def _stage_input_and_target(original, new, name, x):
        seed=st.integers(0, 2**16))
 def test_calibration_never_fits_worse_than_the_factorization(m, ridge, to, seed):
     """Calibrated last-stage weights minimize the layer's error on the converted network's own activations,
-    so on the sample batch they are at least as good as the factorized weights fed the same activations."""
+    so on the sample batch they are at least as good as the factorized weights fed the same activations.
+    (The ReLU here is functional, so the fit is plain least squares on the conv output.)"""
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(6, 5, 3, stride=2),
-                          nn.ReLU(inplace=True)).double().eval()
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), FunctionalReLU(), nn.Conv2d(6, 5, 3, stride=2),
+                          FunctionalReLU()).double().eval()
     x = torch.randn(6, 3, 12, 12, dtype=D)
     plain, _ = convert(model, depth_multiplier=m, rank=m, to=to)
     calibrated, report = convert(model, depth_multiplier=m, rank=m, to=to, sample_input=x, calibrate=True, ridge=ridge)
-    assert all(r.calibrated for r in report.layers)
+    assert all(r.calibrated and r.calibration_target == "output" for r in report.layers)
     for name in ("0", "2"):
         z, y = _stage_input_and_target(model, calibrated, name, x)
         stage = lambda net: (net.get_submodule(name).horizontal if to == "spatial"  # noqa: E731
@@ -295,6 +297,33 @@ def test_calibration_never_fits_worse_than_the_factorization(m, ridge, to, seed)
             err_cal = float((stage(calibrated)(z) - y).norm())
             err_plain = float((stage(plain)(z) - y).norm())
         assert err_cal <= err_plain * (1 + 1e-9) + 1e-9
+
+
+class FunctionalReLU(nn.Module):
+    """The same function as nn.ReLU, but not an nn.ReLU: calibration does not see it."""
+
+    def forward(self, x):
+        return F.relu(x)
+
+
+@settings(max_examples=10, deadline=None)
+@given(m=st.integers(1, 2), to=st.sampled_from(["separable", "spatial"]), seed=st.integers(0, 2**16))
+def test_relu_aware_calibration_fits_what_the_relu_passes_on(m, to, seed):
+    """A conv feeding an nn.ReLU is fitted for ||relu(y_hat) - relu(y)||: starting from the least-squares
+    solution, the majorization steps can only lower that error (ridge 0 here, so the objective is just it)."""
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(4, 6, 3, padding=1).double()
+    seen = nn.Sequential(conv, nn.ReLU()).eval()
+    unseen = nn.Sequential(copy.deepcopy(conv), FunctionalReLU()).eval()
+    x = torch.randn(5, 4, 9, 9, dtype=D)
+    relu_fit, report = convert(seen, depth_multiplier=m, rank=m, to=to, sample_input=x, calibrate=True, ridge=0.0)
+    ls_fit, ls_report = convert(unseen, depth_multiplier=m, rank=m, to=to, sample_input=x, calibrate=True, ridge=0.0)
+    assert report.layers[0].calibration_target == "relu" and ls_report.layers[0].calibration_target == "output"
+    with torch.no_grad():
+        target = F.relu(conv(x))
+        err_relu_fit = float((relu_fit(x) - target).norm())
+        err_ls_fit = float((ls_fit(x) - target).norm())
+    assert err_relu_fit <= err_ls_fit * (1 + 1e-9) + 1e-12
 
 
 def test_calibration_keeps_exact_conversions_exact_despite_inplace_relu():

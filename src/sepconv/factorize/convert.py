@@ -47,6 +47,7 @@ class LayerReport:
     weight_error: Optional[float]  # relative Frobenius error of the kernel (None for init='fresh')
     output_error: Optional[float]  # relative error of this layer's output on the sample batch
     calibrated: bool = False  # last stage refit on the sample batch (convert(..., calibrate=True))
+    calibration_target: Optional[str] = None  # "output", or "relu" when an nn.ReLU consumes the conv's output
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,12 @@ def convert(
     network's own activations, the layer reproduces the original layer's
     output on the sample batch; a ridge term ``ridge * mean(diag(A^T A))``
     pulls the solution towards the factorized weights (which it keeps where
-    they are already exact). The weight-optimal factorization ignores that
+    they are already exact). When the original convolution's output goes
+    straight into an ``nn.ReLU``/``nn.ReLU6`` module (detected on the sample
+    forward pass), the fit targets what the ReLU passes on instead: it
+    minimizes ``||relu(y_hat) - relu(y)||^2`` (plus the ridge term) by
+    majorization from the least-squares solution, so negative outputs only
+    need to stay negative. The weight-optimal factorization ignores that
     errors compound through the network and that ReLU networks lose
     activation scale when every layer keeps only part of its kernel's
     energy; calibration corrects both (see ``docs/factorize.md`` for the
@@ -264,8 +270,7 @@ def convert(
         replacement, weight_errors[name] = _replacement(conv, to, depth_multiplier, rank, init)
         replacement.train(conv.training)
         _set_submodule(new, name, replacement)
-    if calibrate:
-        _calibrate(model, new, chosen, sample_input, ridge)
+    fitted = _calibrate(model, new, chosen, sample_input, ridge) if calibrate else {}
     reports = []
     for name, conv in originals.items():
         replacement = new.get_submodule(name)
@@ -298,7 +303,7 @@ def convert(
             params_before=sum(p.numel() for p in conv.parameters()),
             params_after=sum(p.numel() for p in replacement.parameters()),
             macs_before=macs_before, macs_after=macs_after, weight_error=weight_error, output_error=output_error,
-            calibrated=calibrate,
+            calibrated=calibrate, calibration_target=fitted.get(name),
         ))
     return new, ConversionReport(tuple(reports), skipped)
 
@@ -326,17 +331,35 @@ def _as_tuple(padding: object) -> tuple:
     return tuple(padding) if isinstance(padding, (tuple, list)) else (padding,)
 
 
+#: Majorization steps of the ReLU-aware fit (each is one solve with the same factorized Gram matrix).
+RELU_FIT_STEPS = 30
+
+
 @torch.no_grad()
 def _calibrate(original: nn.Module, new: nn.Module, names: Sequence[str], sample_input: torch.Tensor,
-               ridge: float) -> None:
-    """Refit each replacement's last stage on the converted network's own activations (see :func:`convert`)."""
+               ridge: float) -> dict[str, str]:
+    """Refit each replacement's last stage on the converted network's own activations (see :func:`convert`).
+
+    Returns, per layer, what was fitted: ``"output"`` (least squares on the conv output) or ``"relu"``
+    (the output as seen through the ``nn.ReLU`` that directly consumes it).
+    """
     targets: dict[str, torch.Tensor] = {}  # cloned: an in-place ReLU after the conv would overwrite them
+    output_ids: dict[int, str] = {}
+    relu_after: set[str] = set()
 
     def keep(module, args, output, _targets=targets):
-        _targets.setdefault(module_names[module], output.detach().clone())  # returns None: output unchanged
+        name = module_names[module]
+        _targets.setdefault(name, output.detach().clone())  # returns None: output unchanged
+        output_ids[id(output)] = name
+
+    def seen_by_relu(module, args):
+        name = output_ids.get(id(args[0]))
+        if name is not None:
+            relu_after.add(name)
 
     module_names = {original.get_submodule(name): name for name in names}
     handles = [original.get_submodule(name).register_forward_hook(keep) for name in names]
+    handles += [m.register_forward_pre_hook(seen_by_relu) for m in original.modules() if isinstance(m, (nn.ReLU, nn.ReLU6))]
     was_training = (original.training, new.training)
     try:
         original.eval()
@@ -365,7 +388,15 @@ def _calibrate(original: nn.Module, new: nn.Module, names: Sequence[str], sample
                 w0 = torch.cat([w0, stage.bias.detach().double()[None]], 0)
             gram = a.T @ a
             lam = ridge * float(gram.diagonal().mean()) + 1e-12
-            solution = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), a.T @ y + lam * w0)
+            factor = torch.linalg.cholesky(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype))
+            solution = torch.cholesky_solve(a.T @ y + lam * w0, factor)
+            if name in relu_after:
+                # minimize ||relu(A w) - relu(y)||^2 + lam ||w - w0||^2 by majorization: entries where y <= 0 only
+                # need A w <= 0, so their target becomes min(A w, 0); each step cannot increase the objective
+                positive = y > 0
+                for _ in range(RELU_FIT_STEPS):
+                    target = torch.where(positive, y, (a @ solution).clamp(max=0))
+                    solution = torch.cholesky_solve(a.T @ target + lam * w0, factor)
             if stage.bias is not None:
                 stage.bias.copy_(solution[-1])
                 solution = solution[:-1]
@@ -375,6 +406,7 @@ def _calibrate(original: nn.Module, new: nn.Module, names: Sequence[str], sample
             h.remove()
         original.train(was_training[0])
         new.train(was_training[1])
+    return {name: "relu" if name in relu_after else "output" for name in names}
 
 
 def _inside_sepconv_layer(model: nn.Module, name: str) -> bool:
