@@ -259,7 +259,8 @@ def _stage_input_and_target(original, new, name, x):
     """The converted network's own input to layer ``name``'s last stage, and the original layer's output."""
     got = {}
     last = new.get_submodule(name)
-    last = last.horizontal if isinstance(last, sepconv.SpatiallySeparableConv2d) else last.pointwise
+    last = (last.horizontal if isinstance(last, sepconv.SpatiallySeparableConv2d)
+            else last.depthwise if isinstance(last, sepconv.BlueprintSeparableConv2d) else last.pointwise)
 
     def grab_input(module, args):
         got.setdefault("z", args[0].detach().clone())
@@ -276,8 +277,8 @@ def _stage_input_and_target(original, new, name, x):
 
 
 @settings(max_examples=12, deadline=None)
-@given(m=st.integers(1, 3), ridge=st.sampled_from([0.0, 1e-3, 1e-1]), to=st.sampled_from(["separable", "spatial"]),
-       seed=st.integers(0, 2**16))
+@given(m=st.integers(1, 3), ridge=st.sampled_from([0.0, 1e-3, 1e-1]),
+       to=st.sampled_from(["separable", "spatial", "blueprint"]), seed=st.integers(0, 2**16))
 def test_calibration_never_fits_worse_than_the_factorization(m, ridge, to, seed):
     """Calibrated last-stage weights minimize the layer's error on the converted network's own activations,
     so on the sample batch they are at least as good as the factorized weights fed the same activations.
@@ -291,8 +292,8 @@ def test_calibration_never_fits_worse_than_the_factorization(m, ridge, to, seed)
     assert all(r.calibrated and r.calibration_target == "output" for r in report.layers)
     for name in ("0", "2"):
         z, y = _stage_input_and_target(model, calibrated, name, x)
-        stage = lambda net: (net.get_submodule(name).horizontal if to == "spatial"  # noqa: E731
-                             else net.get_submodule(name).pointwise)
+        stage = lambda net: getattr(net.get_submodule(name),  # noqa: E731
+                                    {"spatial": "horizontal", "blueprint": "depthwise"}.get(to, "pointwise"))
         with torch.no_grad():
             err_cal = float((stage(calibrated)(z) - y).norm())
             err_plain = float((stage(plain)(z) - y).norm())
@@ -459,6 +460,27 @@ def test_convert_to_blueprint_and_cp_keeps_geometry_and_counts_cost(to):
         row.macs for row in prof.rows if row.kind.startswith("Conv"))
 
 
-def test_blueprint_cannot_be_calibrated():
-    with pytest.raises(ValueError, match="not available for to='blueprint'"):
-        convert(nn.Sequential(nn.Conv2d(3, 4, 3)), to="blueprint", calibrate=True, sample_input=torch.randn(1, 3, 5, 5))
+@pytest.mark.parametrize("to,options", [("spatial", {"rank": 12}), ("blueprint", {"depth_multiplier": 4})])
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "circular"])
+def test_calibration_of_padded_last_stages_keeps_exact_conversions_exact(to, options, mode):
+    """The spatial (1 x k_w) and blueprint (grouped k x k) last stages pad: calibration must build their patches
+    with the conv's own padding mode, or it would move weights that are already exact."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 3, 3, padding=1, padding_mode=mode), nn.ReLU(),
+                          ).double().eval()
+    x = torch.randn(3, 4, 7, 6, dtype=D)
+    new, report = convert(model, to=to, sample_input=x, calibrate=True, ridge=0.0, **options)
+    assert report.layers[0].weight_error < 1e-6
+    torch.testing.assert_close(new(x), model(x))
+
+
+def test_blueprint_calibration_in_1d_and_the_3d_refusal():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(3, 4, 5, padding=2), nn.ReLU()).double().eval()
+    x = torch.randn(4, 3, 16, dtype=D)
+    new, report = convert(model, to="blueprint", depth_multiplier=3, sample_input=x, calibrate=True, ridge=0.0)
+    assert report.layers[0].weight_error < 1e-6 and report.layers[0].calibration_target == "relu"
+    torch.testing.assert_close(new(x), model(x))
+    with pytest.raises(ValueError, match="3D convolutions"):
+        convert(nn.Sequential(nn.Conv3d(2, 2, 3)), to="blueprint", calibrate=True,
+                sample_input=torch.randn(1, 2, 4, 4, 4))

@@ -198,7 +198,8 @@ def convert(
 
     ``calibrate=True`` (needs ``sample_input`` and ``init='factorize'``) makes
     the conversion data-aware: layer by layer in execution order, the last
-    stage of each replacement (pointwise; horizontal for ``'spatial'``; the last 1x1 for ``'cp'``)
+    stage of each replacement (pointwise; horizontal for ``'spatial'``; the last 1x1 for ``'cp'``;
+    the per-output-channel filter for ``'blueprint'``, one small fit per channel)
     and its bias are refit by least squares so that, fed the *converted*
     network's own activations, the layer reproduces the original layer's
     output on the sample batch; a ridge term ``ridge * mean(diag(A^T A))``
@@ -222,9 +223,10 @@ def convert(
         raise ValueError(f"depth_multiplier must be a positive int, got {depth_multiplier!r}")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"rank must be a positive int or None, got {rank!r}")
-    if calibrate and to == "blueprint":
-        raise ValueError("calibrate=True is not available for to='blueprint' (its last stage is grouped); use "
-                         "'separable', 'spatial' or 'cp'")
+    if calibrate and to == "blueprint" and any(
+            len(getattr(m, "kernel_size", ())) == 3 for m in model.modules() if isinstance(m, nn.Conv3d)):
+        raise ValueError("calibrate=True is not available for to='blueprint' with 3D convolutions (the last stage "
+                         "would need 3D patches); use 'separable', or calibrate=False")
     if calibrate and (sample_input is None or init != "factorize"):
         raise ValueError(f"calibrate=True needs sample_input and init='factorize' (got sample_input="
                          f"{'None' if sample_input is None else 'a tensor'}, init={init!r})")
@@ -315,16 +317,51 @@ class _Captured(Exception):
 def _last_stage(module: nn.Module) -> nn.Conv1d | nn.Conv2d | nn.Conv3d:
     if isinstance(module, SpatiallySeparableConv2d):
         return module.horizontal
+    if isinstance(module, (BlueprintSeparableConv1d, BlueprintSeparableConv2d, BlueprintSeparableConv3d)):
+        return module.depthwise
     return module.last if isinstance(module, CPConv2d) else module.pointwise
 
 
 def _patches(stage: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """The ``(positions, in_channels * prod(kernel))`` matrix ``A`` with ``stage(z) = A @ W^T (+ bias)``."""
+    """The ``(positions, in_channels * prod(kernel))`` matrix ``A`` of the stage's input patches.
+
+    For ``groups == 1``, ``stage(z) = A @ W.flatten(1).T (+ bias)``; columns are ordered (channel, tap), so
+    group g of a grouped stage owns a contiguous block of them. 1D and 2D stages (and 1x1 of any rank).
+    """
     if all(k == 1 for k in stage.kernel_size) and all(s == 1 for s in stage.stride) and not any(
             _as_tuple(stage.padding)):
         return z.movedim(1, -1).reshape(-1, z.shape[1])
-    cols = F.unfold(z, stage.kernel_size, dilation=stage.dilation, padding=stage.padding, stride=stage.stride)
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1])  # 2D only: the spatial layer's horizontal stage
+    nd = len(stage.kernel_size)
+    if nd > 2:
+        raise ValueError("calibration of a 3D stage with a kernel larger than 1 is not supported")
+    padding = tuple(stage.padding)
+    if stage.padding_mode != "zeros" and any(padding):  # pad as the conv itself would, then unfold unpadded
+        z = F.pad(z, stage._reversed_padding_repeated_twice, mode=stage.padding_mode)
+        padding = (0,) * nd
+    def lift(t: Sequence[int], pad: int) -> tuple[int, ...]:  # 1D as 2D with a height of 1
+        return (pad, *t) if nd == 1 else tuple(t)
+
+    z4 = z.unsqueeze(2) if nd == 1 else z
+    cols = F.unfold(z4, lift(stage.kernel_size, 1), dilation=lift(stage.dilation, 1), padding=lift(padding, 0),
+                    stride=lift(stage.stride, 1))
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def _fit(a: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, ridge: float, relu: bool) -> torch.Tensor:
+    """Ridge least squares ``min ||A w - y||^2 + lam ||w - w0||^2`` (``lam = ridge * mean(diag(A^T A))``), or with
+    ``relu`` the same for ``||relu(A w) - relu(y)||^2``, by majorization from the least-squares solution."""
+    gram = a.T @ a
+    lam = ridge * float(gram.diagonal().mean()) + 1e-12
+    factor = torch.linalg.cholesky(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype))
+    solution = torch.cholesky_solve(a.T @ y + lam * w0, factor)
+    if relu:
+        # entries where y <= 0 only need A w <= 0, so their target becomes min(A w, 0): each step re-solves with
+        # the same factor and cannot increase the objective
+        positive = y > 0
+        for _ in range(RELU_FIT_STEPS):
+            target = torch.where(positive, y, (a @ solution).clamp(max=0))
+            solution = torch.cholesky_solve(a.T @ target + lam * w0, factor)
+    return solution
 
 
 def _as_tuple(padding: object) -> tuple:
@@ -380,27 +417,22 @@ def _calibrate(original: nn.Module, new: nn.Module, names: Sequence[str], sample
                 pass
             finally:
                 handle.remove()
-            a = _patches(stage, captured[0]).double()
-            y = targets[name].movedim(1, -1).reshape(-1, targets[name].shape[1]).double()
-            w0 = stage.weight.detach().flatten(1).T.double()  # (D, N)
-            if stage.bias is not None:
-                a = torch.cat([a, a.new_ones(a.shape[0], 1)], 1)
-                w0 = torch.cat([w0, stage.bias.detach().double()[None]], 0)
-            gram = a.T @ a
-            lam = ridge * float(gram.diagonal().mean()) + 1e-12
-            factor = torch.linalg.cholesky(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype))
-            solution = torch.cholesky_solve(a.T @ y + lam * w0, factor)
-            if name in relu_after:
-                # minimize ||relu(A w) - relu(y)||^2 + lam ||w - w0||^2 by majorization: entries where y <= 0 only
-                # need A w <= 0, so their target becomes min(A w, 0); each step cannot increase the objective
-                positive = y > 0
-                for _ in range(RELU_FIT_STEPS):
-                    target = torch.where(positive, y, (a @ solution).clamp(max=0))
-                    solution = torch.cholesky_solve(a.T @ target + lam * w0, factor)
-            if stage.bias is not None:
-                stage.bias.copy_(solution[-1])
-                solution = solution[:-1]
-            stage.weight.copy_(solution.T.reshape(stage.weight.shape))
+            a_all = _patches(stage, captured[0]).double()
+            y_all = targets[name].movedim(1, -1).reshape(-1, targets[name].shape[1]).double()
+            groups, out_per_group = stage.groups, stage.out_channels // stage.groups
+            cols = a_all.shape[1] // groups
+            weight = stage.weight.detach().double().flatten(1)  # (C_out, C_in/groups * prod(k))
+            for g in range(groups):  # the output channels of a group see only that group's inputs
+                rows = slice(g * out_per_group, (g + 1) * out_per_group)
+                a, y, w0 = a_all[:, g * cols:(g + 1) * cols], y_all[:, rows], weight[rows].T
+                if stage.bias is not None:
+                    a = torch.cat([a, a.new_ones(a.shape[0], 1)], 1)
+                    w0 = torch.cat([w0, stage.bias.detach().double()[rows][None]], 0)
+                solution = _fit(a, y, w0, ridge, name in relu_after)
+                if stage.bias is not None:
+                    stage.bias[rows] = solution[-1]
+                    solution = solution[:-1]
+                stage.weight[rows] = solution.T.reshape(stage.weight[rows].shape)
     finally:
         for h in handles:
             h.remove()
