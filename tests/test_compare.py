@@ -326,3 +326,23 @@ def test_converted_variant_factorizes_the_trained_standard_network(tmp_path, cap
     data = load_dataset("digits", None, val_fraction=0.2, split_seed=0)
     assert evaluate(model, data.val_x, data.val_y)[1] == pytest.approx(entry["history"][-1]["val_acc"])
     assert "val acc converted" in capsys.readouterr().out
+
+
+def test_converted_variant_to_another_target(tmp_path, capsys):
+    """--convert-to spatial: the trained standard network becomes spatially separable; its cost is profiled, and
+    the saved model reloads as that structure."""
+    from sepconv import SpatiallySeparableConv2d
+    from sepconv.models import load_model
+
+    out = tmp_path / "sp"
+    assert main(["compare", *TINY, "--variants", "standard,converted", "--finetune-epochs", "1", "--convert-to", "spatial",
+                 "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    row = {r["variant"]: r for r in results["table"]}["converted"]
+    assert results["resolved"]["conversion"]["to"] == "spatial"
+    model, recipe = load_model(out / "models" / "converted.safetensors")
+    assert recipe["conversion"]["to"] == "spatial" and isinstance(model.features[0], SpatiallySeparableConv2d)
+    assert row["params"] == sum(p.numel() for p in model.parameters())
+    assert row["macs"] == cost.profile(model, tuple(results["data"]["input_shape"])).total_macs
+    one_line_error(capsys, ["--variants", "standard,converted", "--convert-to", "tucker", "--out", str(tmp_path / "b")],
+                   "--convert-to", "tucker")

@@ -22,7 +22,8 @@ final table reports, per variant:
 
 The pseudo-variant ``converted`` (opt-in: ``--variants standard,separable,converted``)
 takes the trained ``standard`` network of the same run, replaces its
-convolutions by depthwise separable ones initialized from the optimal
+convolutions by depthwise separable ones (or ``convert_to``: spatial,
+blueprint, cp) initialized from the optimal
 factorization (:func:`sepconv.factorize.convert`) with the pointwise weights
 calibrated on 512 training images, reports its validation accuracy right
 after conversion (``val_acc_converted``) and fine-tunes it
@@ -68,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
     "threads": None,  # PyTorch's default (one per core)
     "finetune_epochs": 5,  # the 'converted' variant only
     "finetune_lr": None,  # the 'converted' variant only; None: lr / 3 (best of lr, lr/3, lr/10 on digits)
+    "convert_to": "separable",  # the 'converted' variant only: sepconv.factorize.convert's target
 }
 #: Pseudo-variant: the run's trained 'standard' network converted to depthwise separable, then fine-tuned.
 CONVERTED = "converted"
@@ -101,6 +103,11 @@ class CompareConfig:
     threads: Optional[int] = DEFAULTS["threads"]
     finetune_epochs: int = DEFAULTS["finetune_epochs"]
     finetune_lr: Optional[float] = DEFAULTS["finetune_lr"]
+    convert_to: str = DEFAULTS["convert_to"]
+
+    def conversion(self) -> dict[str, Any]:
+        """The options :func:`sepconv.factorize.convert` gets for the ``converted`` variant (M = 1, default ranks)."""
+        return {"to": self.convert_to, "depth_multiplier": 1}
 
     def epochs_of(self, variant: str) -> int:
         """Epochs ``variant`` trains for (``finetune_epochs`` for ``converted``)."""
@@ -256,6 +263,10 @@ def validate_config(config: CompareConfig) -> tuple[Any, list[str]]:
         raise ValueError(f"--finetune-epochs must be a positive int, got {config.finetune_epochs!r}")
     if config.finetune_lr is not None and not (isinstance(config.finetune_lr, (int, float)) and config.finetune_lr > 0):
         raise ValueError(f"--finetune-lr must be a number > 0, got {config.finetune_lr!r}")
+    from ..factorize.convert import TARGETS
+
+    if config.convert_to not in TARGETS:
+        raise ValueError(f"--convert-to must be one of {', '.join(TARGETS)}; got {config.convert_to!r}")
     if config.width is not None and (isinstance(config.width, bool) or not config.width > 0):
         raise ValueError(f"--width must be a number > 0 (a channel multiplier), got {config.width!r}")
     if config.threads is not None and (isinstance(config.threads, bool) or not isinstance(config.threads, int)
@@ -321,17 +332,19 @@ def prepare_out_dir(out: Path, config: CompareConfig, *, resume: bool, overwrite
     return config
 
 
-#: The options :func:`sepconv.factorize.convert` is called with for the ``converted`` variant.
-CONVERSION = {"to": "separable", "depth_multiplier": 1}
 #: Training images the ``converted`` variant's pointwise weights are calibrated on (``convert(calibrate=True)``).
 CALIBRATION_SAMPLES = 512
 
 
-def _convert(model: "torch.nn.Module", **kwargs: Any) -> Any:  # noqa: F821
-    """``sepconv.factorize.convert`` with :data:`CONVERSION` (every standard convolution with a kernel > 1)."""
+def _convert(model: "torch.nn.Module", options: dict[str, Any], **kwargs: Any) -> Any:  # noqa: F821
+    """``sepconv.factorize.convert`` with ``options`` (every standard convolution with a kernel > 1)."""
+    import warnings
+
     from ..factorize import convert
 
-    return convert(model, **CONVERSION, **kwargs)
+    with warnings.catch_warnings():  # "nothing eligible" is reported by the caller's checks, not as a warning here
+        warnings.simplefilter("ignore")
+        return convert(model, **options, **kwargs)
 
 
 def _summarize(variant: str, params: int, macs: int, history: list[dict[str, float]],
@@ -413,7 +426,7 @@ def run_compare(
                 probe = build_model(config.model, "standard" if variant == CONVERTED else variant,
                                     num_classes=data.num_classes, in_channels=c, **build_kwargs)
                 if variant == CONVERTED:
-                    probe = _convert(probe, init="fresh")[0]
+                    probe = _convert(probe, config.conversion(), init="fresh")[0]
                 prof = profile(probe.eval(), (c, h, w))
             except (RuntimeError, TypeError, ValueError) as error:
                 raise ValueError(
@@ -440,7 +453,7 @@ def run_compare(
         "config": asdict(config) | {"variants": variants},
         "resolved": {"device": str(device), "amp": amp, "world_size": dist_utils.world_size(),
                      "build_kwargs": build_kwargs, "optimizer": "Adam, constant lr", "loss": "cross-entropy",
-                     "conversion": (CONVERSION | {"init": "factorize", "calibrate": True,
+                     "conversion": (config.conversion() | {"init": "factorize", "calibrate": True,
                                                   "calibration_samples": CALIBRATION_SAMPLES, "finetune_epochs": config.finetune_epochs,
                                                   "finetune_lr": config.lr_of(CONVERTED)}
                                     if CONVERTED in variants else None)},
@@ -477,9 +490,10 @@ def run_compare(
         if variant == CONVERTED:
             assert trained_standard is not None  # validate_config puts 'standard' first
             sample = data.train_x[:CALIBRATION_SAMPLES]  # training images only: validation stays unseen
-            plain, _ = _convert(copy.deepcopy(trained_standard), init="factorize")
+            plain, _ = _convert(copy.deepcopy(trained_standard), config.conversion(), init="factorize")
             _, plain_acc = evaluate(plain.to(device), data.val_x, data.val_y, 256, device, amp)
-            model, report = _convert(copy.deepcopy(trained_standard), init="factorize", sample_input=sample,
+            model, report = _convert(copy.deepcopy(trained_standard), config.conversion(), init="factorize",
+                                     sample_input=sample,
                                      calibrate=True)
             val_loss, val_acc = evaluate(model.to(device), data.val_x, data.val_y, 256, device, amp)
             entry["conversion"] = {"val_loss": val_loss, "val_acc": val_acc, "val_acc_uncalibrated": plain_acc,
@@ -517,7 +531,7 @@ def run_compare(
                 throughput = 256 / batch_time
                 save_model(out / "models" / f"{variant}.safetensors", run.model.to("cpu"), config.model,
                            "standard" if variant == CONVERTED else variant,
-                           conversion=CONVERSION if variant == CONVERTED else None,
+                           conversion=config.conversion() if variant == CONVERTED else None,
                            num_classes=data.num_classes, in_channels=c, **build_kwargs)
         except (TrainingDiverged, TrainingInterrupted, KeyboardInterrupt) as error:
             if not entry["history"] and checkpoint.exists():  # the epochs completed before the stop
@@ -580,6 +594,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-epochs", type=int,
                    help=f"epochs of fine-tuning for the 'converted' variant (default {d['finetune_epochs']})")
     p.add_argument("--finetune-lr", type=float, help="learning rate of the 'converted' variant's fine-tuning (default: --lr / 3)")
+    p.add_argument("--convert-to", help="what the 'converted' variant turns the standard convolutions into: separable "
+                   "(default), spatial, blueprint or cp (see docs/factorize.md)")
     p.add_argument("--seed", type=int, help=f"seed for initialization and data order, same for every variant (default {d['seed']})")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's, one per core; "
                    "use 1 on a machine shared with other jobs, see docs/compare.md)")
@@ -596,7 +612,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 _ARG_NAMES = {"threads", "data_dir", "download", "image_size", "val_fraction", "model", "variants", "width", "epochs",
-              "batch_size", "lr", "seed", "device", "amp", "dataset", "finetune_epochs", "finetune_lr"}
+              "batch_size", "lr", "seed", "device", "amp", "dataset", "finetune_epochs", "finetune_lr", "convert_to"}
 
 
 def config_from_args(args: argparse.Namespace) -> CompareConfig:
