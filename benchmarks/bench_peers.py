@@ -28,7 +28,6 @@ Writes `peers.json` (with the machine) into --out (default
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import warnings
@@ -42,7 +41,7 @@ from sepconv._io import atomic_write_bytes
 from sepconv.bench.suites import mobilenet_v1_suite, vgg_blocks_suite
 from sepconv.bench.timing import interleaved, machine_info
 from sepconv.cost import conv_cost, separable_cost
-from sepconv.fast import optimize
+from sepconv.fast import optimize, to_onnxruntime
 from sepconv.layers._common import conv_module
 
 HERE = Path(__file__).resolve().parent
@@ -57,23 +56,10 @@ def no_grad(fn, *args):
 
 
 def onnx_runner(module: nn.Module, x: torch.Tensor, threads: int):
-    import onnxruntime as ort
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=17, input_names=["x"])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    feed = {"x": x.numpy()}
-    expected = module(x).detach().numpy()
-    got = session.run(None, feed)[0]
-    if not abs(got - expected).max() <= 1e-3 * max(1.0, abs(expected).max()):
-        raise RuntimeError("ONNX Runtime output differs from PyTorch's")
-    return lambda: session.run(None, feed)
+    """The raw ``session.run`` of ``module`` in ONNX Runtime (export and output check by sepconv.to_onnxruntime)."""
+    runner = to_onnxruntime(module, x, threads=threads)
+    feed = {runner.input_name: x.numpy()}
+    return lambda: runner.session.run(None, feed)
 
 
 def run_shape(case, threads: int, rounds: int) -> dict:

@@ -484,3 +484,40 @@ def test_blueprint_calibration_in_1d_and_the_3d_refusal():
     with pytest.raises(ValueError, match="3D convolutions"):
         convert(nn.Sequential(nn.Conv3d(2, 2, 3)), to="blueprint", calibrate=True,
                 sample_input=torch.randn(1, 2, 4, 4, 4))
+
+
+def test_calibrate_after_convert_equals_convert_with_calibrate():
+    """calibrate(original, converted, x) is the fit convert(..., calibrate=True) does, on an existing conversion."""
+    from sepconv.factorize import calibrate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3), nn.BatchNorm2d(4)).double().eval()
+    x = torch.randn(4, 3, 10, 10, dtype=D)
+    together, report = convert(model, sample_input=x, calibrate=True)
+    apart, _ = convert(model)
+    fitted = calibrate(model, apart, x)
+    assert fitted == {r.name: r.calibration_target for r in report.layers} == {"0": "relu", "2": "output"}
+    for key, value in together.state_dict().items():
+        torch.testing.assert_close(apart.state_dict()[key], value)
+    with pytest.raises(ValueError, match="no layer that replaced a convolution"):
+        calibrate(model, model, x)
+    with pytest.raises(ValueError, match="ridge must be a number >= 0"):
+        calibrate(model, apart, x, ridge=-1)
+    with pytest.raises(TypeError, match="sample_input must be a torch.Tensor"):
+        calibrate(model, apart, [1, 2])
+
+
+def test_convert_cli_without_tensorly_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from sepconv.cli import main
+    from sepconv.models import save_model
+
+    src = tmp_path / "std.safetensors"
+    save_model(src, build_model("vgg_blocks", "standard", in_channels=1, image_size=8, width=0.125), "vgg_blocks",
+               "standard", in_channels=1, image_size=8, width=0.125)
+    monkeypatch.setitem(sys.modules, "tensorly", None)  # as if the tensorly extra were not installed
+    assert main(["convert", str(src), str(tmp_path / "cp.safetensors"), "--to", "cp"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'sepconv[tensorly]'" in err and "Traceback" not in err and "\n" not in err
+    assert not (tmp_path / "cp.safetensors").exists()

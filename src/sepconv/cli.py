@@ -25,7 +25,9 @@ COMMAND_MODULES = (
     "sepconv.bench.cli",
 )
 
-USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+# ImportError: an optional extra is missing (the message names the pip command), e.g. `sepconv convert --to cp`
+USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
+                ImportError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime as _dt
 import os
 import platform
@@ -400,6 +401,7 @@ def run_compare(
     from ..cost import profile
     from ..data import load_dataset
     from ..models import build_model, save_model
+    from ..factorize import calibrate
     from ..train import TrainConfig, TrainingDiverged, TrainingInterrupted, evaluate, fit, load_checkpoint
     from ..train import distributed as dist_utils
 
@@ -490,21 +492,22 @@ def run_compare(
         if variant == CONVERTED:
             assert trained_standard is not None  # validate_config puts 'standard' first
             sample = data.train_x[:CALIBRATION_SAMPLES]  # training images only: validation stays unseen
-            plain, _ = _convert(copy.deepcopy(trained_standard), config.conversion(), init="factorize")
-            _, plain_acc = evaluate(plain.to(device), data.val_x, data.val_y, 256, device, amp)
+            # factorize once; evaluate before and after calibrating the same model
             model, report = _convert(copy.deepcopy(trained_standard), config.conversion(), init="factorize",
-                                     sample_input=sample,
-                                     calibrate=True)
+                                     sample_input=sample)
+            _, plain_acc = evaluate(model.to(device), data.val_x, data.val_y, 256, device, amp)
+            fitted = calibrate(trained_standard, model.cpu(), sample)
             val_loss, val_acc = evaluate(model.to(device), data.val_x, data.val_y, 256, device, amp)
+            layers = [asdict(dataclasses.replace(layer, calibrated=True, calibration_target=fitted[layer.name]))
+                      for layer in report.layers]  # weight and output errors are the factorization's
             entry["conversion"] = {"val_loss": val_loss, "val_acc": val_acc, "val_acc_uncalibrated": plain_acc,
-                                   "calibration_samples": int(sample.shape[0]),
-                                   "layers": [asdict(layer) for layer in report.layers], "skipped": report.skipped}
-            del plain
+                                   "calibration_samples": int(sample.shape[0]), "layers": layers,
+                                   "skipped": report.skipped}
             if main:
                 errors = [r.weight_error for r in report.layers]
-                log(f"[{variant}] the trained standard network with {len(errors)} convolution(s) factorized: "
-                    f"val_acc {plain_acc:.4f}; calibrated on {sample.shape[0]} training images (relative weight error "
-                    f"{min(errors):.3f} to {max(errors):.3f}): val_acc {val_acc:.4f}, before fine-tuning")
+                log(f"[{variant}] the trained standard network with {len(errors)} convolution(s) factorized "
+                    f"(relative weight error {min(errors):.3f} to {max(errors):.3f}): val_acc {plain_acc:.4f}; "
+                    f"calibrated on {sample.shape[0]} training images: val_acc {val_acc:.4f}, before fine-tuning")
         else:
             model = build_model(config.model, variant, num_classes=data.num_classes, in_channels=c, **build_kwargs)
         entry["summary"] = _summarize(variant, params, macs, [], None, entry)

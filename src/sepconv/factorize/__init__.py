@@ -4,7 +4,7 @@ See :mod:`sepconv.factorize.kernels` for the math (truncated SVDs, exact
 errors) and :func:`convert` for whole models.
 """
 
-from .convert import ConversionReport, LayerReport, convert
+from .convert import ConversionReport, LayerReport, calibrate, convert
 from .kernels import (
     PairwiseSpatial,
     blueprint_error_curve,
@@ -22,7 +22,7 @@ from .kernels import (
 )
 
 __all__ = [
-    "ConversionReport", "LayerReport", "PairwiseSpatial", "blueprint_error_curve", "blueprint_factorize", "convert",
+    "ConversionReport", "LayerReport", "PairwiseSpatial", "blueprint_error_curve", "blueprint_factorize", "calibrate", "convert",
     "cp_factorize", "depth_multiplier_for", "depthwise_error_curve",
     "depthwise_factorize", "is_separable", "low_rank", "pairwise_spatial", "separate", "singular_values",
     "spatial_factorize",

@@ -223,10 +223,6 @@ def convert(
         raise ValueError(f"depth_multiplier must be a positive int, got {depth_multiplier!r}")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"rank must be a positive int or None, got {rank!r}")
-    if calibrate and to == "blueprint" and any(
-            len(getattr(m, "kernel_size", ())) == 3 for m in model.modules() if isinstance(m, nn.Conv3d)):
-        raise ValueError("calibrate=True is not available for to='blueprint' with 3D convolutions (the last stage "
-                         "would need 3D patches); use 'separable', or calibrate=False")
     if calibrate and (sample_input is None or init != "factorize"):
         raise ValueError(f"calibrate=True needs sample_input and init='factorize' (got sample_input="
                          f"{'None' if sample_input is None else 'a tensor'}, init={init!r})")
@@ -252,6 +248,9 @@ def convert(
             chosen.append(name)
         else:
             skipped[name] = reason
+    if calibrate and to == "blueprint" and any(len(new.get_submodule(name).kernel_size) == 3 for name in chosen):
+        raise ValueError("calibrate=True is not available for to='blueprint' with 3D convolutions (the last stage "
+                         "would need 3D patches); use 'separable', or calibrate=False")
     if not chosen:
         warnings.warn(f"convert: no convolution is eligible; model returned unchanged (skipped: {skipped or 'none found'})",
                       stacklevel=2)
@@ -308,6 +307,29 @@ def convert(
             calibrated=calibrate, calibration_target=fitted.get(name),
         ))
     return new, ConversionReport(tuple(reports), skipped)
+
+
+def calibrate(original: nn.Module, converted: nn.Module, sample_input: torch.Tensor, *, ridge: float = 1e-3,
+              names: Optional[Sequence[str]] = None) -> dict[str, str]:
+    """Calibrate, in place, a model returned by :func:`convert` (without ``calibrate``) against its ``original``.
+
+    The same fit as ``convert(..., calibrate=True)`` (see there), for when the
+    uncalibrated model is wanted too, without factorizing twice. ``names``
+    defaults to every sepconv layer of ``converted`` that replaced a
+    convolution of ``original``. Returns each layer's fit target
+    (``"output"`` or ``"relu"``).
+    """
+    if not isinstance(sample_input, torch.Tensor):
+        raise TypeError(f"sample_input must be a torch.Tensor, got {type(sample_input).__name__}")
+    if not (isinstance(ridge, (int, float)) and ridge >= 0):
+        raise ValueError(f"ridge must be a number >= 0, got {ridge!r}")
+    if names is None:
+        originals = dict(original.named_modules())
+        names = [name for name, module in converted.named_modules()
+                 if isinstance(module, _OWN_LAYERS) and isinstance(originals.get(name), _CONVS)]
+    if not names:
+        raise ValueError("calibrate: converted has no layer that replaced a convolution of original")
+    return _calibrate(original, converted, list(names), sample_input, ridge)
 
 
 class _Captured(Exception):

@@ -237,16 +237,12 @@ def init_linear_stages(*convs: nn.Module) -> None:
 
 class ComposedConvMixin:
     """For layers whose stages compose into one standard convolution: :meth:`to_conv` from the layer's
-    ``to_dense_weight()`` and ``dense_bias()``, its ``spec`` and its ``padding_mode``."""
+    ``to_dense_weight()`` and ``dense_bias()`` (which each layer defines), its ``spec`` and ``padding_mode``."""
 
     spec: ConvSpec
     padding_mode: str
-
-    def to_dense_weight(self) -> torch.Tensor:  # pragma: no cover - every layer defines it
-        raise NotImplementedError
-
-    def dense_bias(self) -> Optional[torch.Tensor]:  # pragma: no cover - every layer defines it
-        raise NotImplementedError
+    to_dense_weight: Callable[[], torch.Tensor]
+    dense_bias: Callable[[], Optional[torch.Tensor]]
 
     def to_conv(self) -> nn.Module:
         """A new standard convolution module (with a pad module if needed) computing the same output.
