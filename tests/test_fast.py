@@ -8,6 +8,7 @@ from torch import nn
 
 import sepconv
 from sepconv.fast import onnxruntime_available
+from sepconv.onednn import onednn_available
 from sepconv.models import build_model
 
 
@@ -46,12 +47,13 @@ def test_optimize_measures_and_keeps_mobilenet_v2_outputs():
     model = trained_like(build_model("mobilenet_v2", alpha=0.35, num_classes=10), 0)
     x = torch.randn(1, 3, 64, 64)
     fast = sepconv.optimize(model, x, rounds=2)
-    expected = {"original", "nchw", "channels_last"} | ({"onnxruntime"} if onnxruntime_available() else set())
+    expected = ({"original", "nchw", "channels_last"} | ({"onnxruntime"} if onnxruntime_available() else set())
+                | ({"onednn"} if onednn_available() else set()))
     assert set(fast.timings_ms) == expected
     candidates = {k: v for k, v in fast.timings_ms.items() if k != "original"}
     chosen = min(candidates, key=candidates.get)  # the fastest candidate is the one kept
-    assert fast.backend == ("onnxruntime" if chosen == "onnxruntime" else "eager")
-    assert fast.memory_format == (torch.channels_last if chosen == "channels_last" else torch.contiguous_format)
+    assert fast.backend == (chosen if chosen in ("onnxruntime", "onednn") else "eager")
+    assert fast.memory_format == (torch.channels_last if chosen in ("channels_last", "onednn") else torch.contiguous_format)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-3, atol=1e-4)
 

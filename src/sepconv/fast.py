@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .layers.separable import _SeparableConvNd
+from .onednn import onednn_available, pack_convolutions
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -126,8 +127,10 @@ class OptimizedModel(nn.Module):
     """A model prepared for inference: BatchNorm folded, run by the backend and memory format that measured fastest."""
 
     def __init__(self, model: nn.Module, memory_format: torch.memory_format, timings_ms: dict[str, float], folded: int,
-                 backend: str = "eager"):
+                 backend: str = "eager", layer_choices: Optional[dict[str, str]] = None):
         super().__init__()
+        #: For the ``onednn`` backend: per convolution, ``packed[+activation]`` or ``eager`` (what measured faster).
+        self.layer_choices = dict(layer_choices or {})
         self.model = model
         self.memory_format = memory_format
         self.timings_ms = timings_ms
@@ -139,12 +142,14 @@ class OptimizedModel(nn.Module):
 
     def extra_repr(self) -> str:
         fmt = "channels_last" if self.memory_format == torch.channels_last else "contiguous"
+        packed = sum(c.startswith("packed") for c in self.layer_choices.values())
         return (f"backend={self.backend}, memory_format={fmt}, folded_batchnorms={self.folded}, "
-                f"measured_ms={self.timings_ms}")
+                + (f"packed_convolutions={packed}/{len(self.layer_choices)}, " if self.backend == "onednn" else "")
+                + f"measured_ms={self.timings_ms}")
 
 
 #: Backends :func:`optimize` can measure; ``compile`` is opt-in (compiling takes tens of seconds).
-BACKENDS = ("eager", "onnxruntime", "compile")
+BACKENDS = ("eager", "onednn", "onnxruntime", "compile")
 
 
 def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = True, rounds: int = 7,
@@ -156,6 +161,11 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
     the original model timed in the same rounds for comparison):
 
     * ``eager``: PyTorch in NCHW (``nchw``) and, for 4D inputs, channels-last;
+    * ``onednn``: PyTorch in channels-last with each 2D convolution that
+      measures faster that way replaced by a :class:`~sepconv.onednn.PackedConv2d`
+      (oneDNN with the weight reordered once and a following ReLU/ReLU6 fused;
+      :func:`~sepconv.onednn.pack_convolutions`). Still a PyTorch module, so
+      it runs any model eager runs; 4D float32 CPU inputs only;
     * ``onnxruntime``: the folded model exported to ONNX and run by ONNX
       Runtime (:func:`to_onnxruntime`; inference only, float32 on the CPU).
       On the CPU this project measures, ONNX Runtime runs 1x1 convolutions
@@ -164,19 +174,21 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
       ``freezing`` on, compiled for the sample's shape; opt-in.
 
     ``backends`` restricts the candidates (default: ``eager``, plus
-    ``onnxruntime`` when it is installed and the sample is float32 on the
-    CPU; if the model cannot be exported or its ONNX Runtime outputs differ,
-    a warning says so and eager is used). The fastest is kept;
+    ``onednn`` and ``onnxruntime`` when available and the sample is float32
+    on the CPU; if the model cannot be exported or its ONNX Runtime outputs
+    differ, a warning says so and the other candidates are used). The fastest is kept;
     ``measure=False`` keeps the first candidate (eager NCHW). The result
     computes the same function as ``model.eval()`` to float tolerance; the
     original model is not modified.
     """
     if not isinstance(sample_input, torch.Tensor):
         raise TypeError(f"sample_input must be a torch.Tensor, got {type(sample_input).__name__}")
-    ort_usable = onnxruntime_available() and sample_input.device.type == "cpu" and sample_input.dtype == torch.float32
+    cpu_float = sample_input.device.type == "cpu" and sample_input.dtype == torch.float32
+    ort_usable = onnxruntime_available() and cpu_float
+    onednn_usable = cpu_float and sample_input.dim() == 4 and onednn_available()
     explicit = backends is not None
     if backends is None:
-        backends = ("eager", "onnxruntime") if ort_usable else ("eager",)
+        backends = ("eager",) + (("onednn",) if onednn_usable else ()) + (("onnxruntime",) if ort_usable else ())
     backends = tuple(backends)
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
@@ -184,14 +196,23 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
     if "onnxruntime" in backends and not ort_usable:
         raise ValueError("backends includes 'onnxruntime', which needs onnx and onnxruntime installed "
                          "(pip install 'sepconv[onnx]') and a float32 CPU sample_input")
+    if "onednn" in backends and not onednn_usable:
+        raise ValueError("backends includes 'onednn', which needs a 4D float32 CPU sample_input and a PyTorch build "
+                         "with oneDNN (sepconv.onednn.onednn_available())")
     base = copy.deepcopy(model).eval()
     folded = fold_batchnorm(base)
+    layer_choices: dict[str, str] = {}
     candidates: dict[str, tuple[nn.Module, torch.memory_format, str]] = {}
     if "eager" in backends:
         candidates["nchw"] = (base, torch.contiguous_format, "eager")
         if measure and sample_input.dim() == 4:
             candidates["channels_last"] = (copy.deepcopy(base).to(memory_format=torch.channels_last),
                                            torch.channels_last, "eager")
+    if "onednn" in backends:
+        packed = copy.deepcopy(base).to(memory_format=torch.channels_last)
+        layer_choices = pack_convolutions(packed, sample_input.contiguous(memory_format=torch.channels_last),
+                                          measure=measure)
+        candidates["onednn"] = (packed, torch.channels_last, "onednn")
     if "onnxruntime" in backends:
         try:
             candidates["onnxruntime"] = (to_onnxruntime(base, sample_input), torch.contiguous_format, "onnxruntime")
@@ -235,4 +256,4 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
         timings = {k: v.median * 1e3 for k, v in t.items()}
         choice = min(candidates, key=lambda name: timings[name])
     module, fmt, backend = candidates[choice]
-    return OptimizedModel(module, fmt, timings, folded, backend)
+    return OptimizedModel(module, fmt, timings, folded, backend, layer_choices if backend == "onednn" else {})

@@ -5,6 +5,14 @@ replacement run side by side, forward (and forward+backward), each in NCHW
 and channels-last; the standard convolution is credited with its faster
 layout, so the speedup is honest. The depthwise and pointwise stages are
 also timed alone, and each is compared with its roofline bound.
+
+Forward passes are also timed on the ``onednn`` engine (both convolutions as
+:class:`~sepconv.onednn.PackedConv2d`, the path ``sepconv.optimize`` can
+choose), so three realized ratios come out: eager PyTorch against itself,
+oneDNN-packed against itself, and the best engine of each (what a user of
+``sepconv.optimize`` gets). The roofline gives one more yardstick: the
+speedup the two roofline bounds allow (``roofline_speedup``), which is below
+the MAC ratio where a stage is memory-bound.
 """
 
 from __future__ import annotations
@@ -89,6 +97,11 @@ def _layouts(module_factory: Callable[[], nn.Module], x: torch.Tensor) -> dict[s
     return {"nchw": (nchw, x), "nhwc": (nhwc, x.contiguous(memory_format=torch.channels_last))}
 
 
+#: Eager PyTorch layouts, and the inference engine of packed oneDNN convolutions (forward only).
+EAGER_LAYOUTS = ("nchw", "nhwc")
+ONEDNN = "onednn"
+
+
 @dataclass(frozen=True)
 class CaseResult:
     case: Case
@@ -96,19 +109,24 @@ class CaseResult:
     forward: dict[str, Timing]
     backward: Optional[dict[str, Timing]]
     stage_bounds_s: dict[str, float]
+    standard_bound_s: float = float("nan")  # roofline bound of the standard convolution
 
-    def _best(self, timings: dict[str, Timing], prefix: str) -> tuple[str, float]:
-        layout, t = min(((k.split("/")[1], v.median) for k, v in timings.items() if k.startswith(prefix + "/")),
+    def _best(self, timings: dict[str, Timing], prefix: str, engines=None) -> tuple[str, float]:
+        layout, t = min(((k.split("/")[1], v.median) for k, v in timings.items()
+                         if k.startswith(prefix + "/") and (engines is None or k.split("/")[1] in engines)),
                         key=lambda kv: kv[1])
         return layout, t
 
     def summary(self) -> dict:
-        std_layout, t_std = self._best(self.forward, "standard")
-        sep_layout, t_sep = self._best(self.forward, "separable")
+        """Times in ms, ratios, and stage shares; ``realized`` is eager PyTorch's (best layout of each side)."""
+        std_layout, t_std = self._best(self.forward, "standard", EAGER_LAYOUTS)
+        sep_layout, t_sep = self._best(self.forward, "separable", EAGER_LAYOUTS)
         dw, pw = self.forward[f"depthwise/{sep_layout}"].median, self.forward[f"pointwise/{sep_layout}"].median
+        sep_bound = sum(self.stage_bounds_s.values())
         out = {
             "case": self.case.name, "batch": self.case.batch,
             "mac_ratio": self.mac_ratio, "theoretical_speedup": 1 / self.mac_ratio,
+            "roofline_speedup": self.standard_bound_s / sep_bound,
             "standard_ms": 1e3 * t_std, "standard_layout": std_layout,
             "separable_ms": 1e3 * t_sep, "separable_layout": sep_layout,
             "speedup": t_std / t_sep, "realized": (t_std / t_sep) * self.mac_ratio,
@@ -116,6 +134,21 @@ class CaseResult:
             "dw_roofline_fraction": self.stage_bounds_s["depthwise"] / dw,
             "pw_roofline_fraction": self.stage_bounds_s["pointwise"] / pw,
         }
+        if f"standard/{ONEDNN}" in self.forward:
+            o_std, o_sep = self.forward[f"standard/{ONEDNN}"].median, self.forward[f"separable/{ONEDNN}"].median
+            o_dw, o_pw = self.forward[f"depthwise/{ONEDNN}"].median, self.forward[f"pointwise/{ONEDNN}"].median
+            best_std_engine, b_std = self._best(self.forward, "standard")
+            best_sep_engine, b_sep = self._best(self.forward, "separable")
+            out.update({
+                "onednn_standard_ms": 1e3 * o_std, "onednn_separable_ms": 1e3 * o_sep,
+                "onednn_speedup": o_std / o_sep, "realized_onednn": (o_std / o_sep) * self.mac_ratio,
+                "onednn_dw_ms": 1e3 * o_dw, "onednn_pw_ms": 1e3 * o_pw,
+                "onednn_dw_roofline_fraction": self.stage_bounds_s["depthwise"] / o_dw,
+                "onednn_pw_roofline_fraction": self.stage_bounds_s["pointwise"] / o_pw,
+                "best_standard_ms": 1e3 * b_std, "best_standard_engine": best_std_engine,
+                "best_separable_ms": 1e3 * b_sep, "best_separable_engine": best_sep_engine,
+                "best_speedup": b_std / b_sep, "realized_best": (b_std / b_sep) * self.mac_ratio,
+            })
         if self.backward:
             _, b_std = self._best(self.backward, "standard")
             _, b_sep = self._best(self.backward, "separable")
@@ -124,8 +157,17 @@ class CaseResult:
         return out
 
 
-def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = True, target_s: float = 0.02) -> CaseResult:
-    """Time the standard and separable convolutions of ``case`` side by side (CPU, float32)."""
+def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = True, target_s: float = 0.02,
+             onednn: Optional[bool] = None) -> CaseResult:
+    """Time the standard and separable convolutions of ``case`` side by side (CPU, float32).
+
+    ``onednn`` adds the packed-oneDNN inference engine to the forward timings
+    (default: when :func:`sepconv.onednn.onednn_available`).
+    """
+    from ..onednn import PackedConv2d, onednn_available
+
+    if onednn is None:
+        onednn = onednn_available()
     spec = case.spec
     torch.manual_seed(0)
     x = torch.randn(case.batch, spec.in_channels, *case.size)
@@ -133,7 +175,7 @@ def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = 
     sep = _layouts(lambda: SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride,
                                            spec.padding, bias=False), x)
     forward: dict[str, Callable[[], object]] = {}
-    for layout in ("nchw", "nhwc"):
+    for layout in EAGER_LAYOUTS:
         m, xi = std[layout]
         forward[f"standard/{layout}"] = _forward(m.eval(), xi)
         m, xi = sep[layout]
@@ -142,6 +184,13 @@ def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = 
             mid = m.depthwise(m.pad(xi))
         forward[f"depthwise/{layout}"] = _forward(nn.Sequential(m.pad, m.depthwise), xi)
         forward[f"pointwise/{layout}"] = _forward(m.pointwise, mid)
+    if onednn:
+        m, xi = sep["nhwc"]
+        packed_dw, packed_pw = PackedConv2d(m.depthwise), PackedConv2d(m.pointwise)
+        forward[f"standard/{ONEDNN}"] = _forward(PackedConv2d(std["nhwc"][0]), xi)
+        forward[f"separable/{ONEDNN}"] = _forward(nn.Sequential(m.pad, packed_dw, packed_pw), xi)
+        forward[f"depthwise/{ONEDNN}"] = _forward(nn.Sequential(m.pad, packed_dw), xi)
+        forward[f"pointwise/{ONEDNN}"] = _forward(packed_pw, mid)
     fwd = interleaved(forward, rounds=rounds, target_s=target_s)
     bwd = None
     if backward:
@@ -154,4 +203,5 @@ def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = 
     std_cost = conv_cost(spec, case.size, batch=case.batch)
     sep_cost = separable_cost(spec, case.size, batch=case.batch)
     bounds = {stage.name: roofline.bound_s(stage.flops, stage.bytes) for stage in sep_cost.stages}
-    return CaseResult(case, sep_cost.macs / std_cost.macs, fwd, bwd, bounds)
+    std_bound = roofline.bound_s(std_cost.flops, std_cost.bytes)
+    return CaseResult(case, sep_cost.macs / std_cost.macs, fwd, bwd, bounds, std_bound)

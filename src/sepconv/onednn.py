@@ -1,0 +1,247 @@
+"""Inference convolutions through oneDNN with prepacked weights: the engine behind ``optimize``'s ``onednn`` backend.
+
+Why this exists (measured, ``benchmarks/README.md``): eager PyTorch on the
+CPU leaves much of a separable layer's saving on the table in two ways.
+
+* On one thread and small batches it runs a 1x1 convolution as a oneMKL
+  GEMM, which on the AMD Zen 5 CPU measured here takes the AVX2 code path:
+  half the rate oneDNN's AVX-512 kernels reach on the same layer.
+* Every call reorders the weight into oneDNN's blocked layout. For a large
+  standard convolution that reorder costs more than the convolution itself
+  (1024 -> 1024 channels, 3x3, 7x7 map: 62 ms per call in channels-last
+  against 6.4 ms with the weight reordered once).
+
+:class:`PackedConv2d` calls oneDNN directly (PyTorch's ``mkldnn``
+operators, the ones ``torch.compile``'s CPU freezing pass uses) with the
+weight reordered once, in channels-last, optionally with the following ReLU
+or ReLU6 fused into the convolution. It is inference-only: the packed weight
+is a snapshot, so training the original module does not update it.
+:func:`pack_convolutions` swaps a model's 2D convolutions for packed ones,
+layer by layer where a measurement says it pays.
+
+These operators are internal to PyTorch (``torch.ops.mkldnn``): where they
+are missing or fail, :func:`onednn_available` says so and nothing here is
+used.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+from torch import nn
+
+#: Activations oneDNN can apply to a convolution's output in the same pass: class -> (attr, scalars).
+_FUSABLE = {nn.ReLU: ("relu", []), nn.ReLU6: ("hardtanh", [0.0, 6.0])}
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_available() -> bool:
+    """True when this PyTorch build has the oneDNN convolution operators :class:`PackedConv2d` needs (and they run)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        ops = torch.ops.mkldnn
+        x = torch.randn(1, 2, 4, 4).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(3, 2, 3, 3)
+        packed = ops._reorder_convolution_weight(w, [1, 1], [1, 1], [1, 1], 1, list(x.shape))
+        y = ops._convolution_pointwise(x, packed, None, [1, 1], [1, 1], [1, 1], 1, "none", [], "")
+        return bool(torch.allclose(y, torch.nn.functional.conv2d(x, w, padding=1), atol=1e-5))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def packable(conv: nn.Module) -> bool:
+    """Whether :class:`PackedConv2d` can run ``conv``: a float32 CPU ``nn.Conv2d`` with integer, zero padding."""
+    return (isinstance(conv, nn.Conv2d) and not isinstance(conv, nn.ConvTranspose2d)
+            and not isinstance(conv.padding, str) and conv.padding_mode == "zeros"
+            and conv.weight.dtype == torch.float32 and conv.weight.device.type == "cpu")
+
+
+class PackedConv2d(nn.Module):
+    """Inference-only copy of an ``nn.Conv2d`` run by oneDNN with its weight reordered once (channels-last).
+
+    Built from ``conv`` (any ``nn.Conv2d`` with integer zero padding, sepconv's
+    depthwise and pointwise layers included: their 'same'/asymmetric ``pad``
+    is applied first). ``activation`` (``nn.ReLU`` or ``nn.ReLU6``) is fused
+    into the convolution's output. Inputs must be float32 on the CPU; they are
+    made channels-last, and so are the outputs. The weight is reordered for
+    the first input size seen and again for each new one (cached).
+    Gradients do not flow into the weights (``requires_grad`` inputs raise).
+    """
+
+    def __init__(self, conv: nn.Conv2d, activation: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        if not packable(conv):
+            raise ValueError(f"PackedConv2d needs a float32 CPU nn.Conv2d with integer zero padding, got {conv!r}")
+        if activation is not None and type(activation) not in _FUSABLE:
+            raise ValueError(f"activation must be one of {[c.__name__ for c in _FUSABLE]} or None, got {activation!r}")
+        self.pad = getattr(conv, "pad", None)  # sepconv's Depthwise layers pad outside the conv
+        self.register_buffer("weight", conv.weight.detach().clone())
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size = tuple(conv.kernel_size)
+        self.stride, self.dilation = list(conv.stride), list(conv.dilation)
+        self.padding, self.groups = list(conv.padding), conv.groups
+        self.activation = None if activation is None else type(activation).__name__
+        self._attr, self._scalars = ("none", []) if activation is None else _FUSABLE[type(activation)]
+        self._packed: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def _packed_weight(self, shape: tuple[int, ...]) -> torch.Tensor:
+        packed = self._packed.get(shape)
+        if packed is None:
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                self.weight, self.padding, self.stride, self.dilation, self.groups, list(shape))
+            self._packed[shape] = packed
+        return packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError("PackedConv2d is inference-only: call it under torch.no_grad() or torch.inference_mode()")
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4:
+            raise ValueError(f"PackedConv2d needs a 4D float32 CPU input, got {x.dim()}D {x.dtype} on {x.device}")
+        if self.pad is not None:
+            x = self.pad(x)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self._packed_weight(tuple(x.shape)), self.bias, self.padding, self.stride, self.dilation,
+            self.groups, self._attr, self._scalars, "")
+
+    def __getstate__(self) -> dict:  # oneDNN tensors cannot be copied or pickled: repack on first use
+        state = self.__dict__.copy()
+        state["_packed"] = {}
+        return state
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={tuple(self.stride)}, "
+                f"padding={tuple(self.padding)}, dilation={tuple(self.dilation)}, groups={self.groups}, "
+                f"bias={self.bias is not None}, fused_activation={self.activation}")
+
+
+def _is_identity(module: nn.Module) -> bool:
+    return isinstance(module, nn.Identity)
+
+
+def _next_activation(parent: nn.Sequential, name: str) -> Optional[tuple[nn.Module, str]]:
+    """The fusable activation right after ``parent.name`` (Identity modules skipped), as (parent, name), or None."""
+    names = list(parent._modules)
+    following = [n for n in names[names.index(name) + 1:] if not _is_identity(parent._modules[n])]
+    return (parent, following[0]) if following and type(parent._modules[following[0]]) in _FUSABLE else None
+
+
+def _conv_sites(model: nn.Module) -> list[tuple[nn.Module, str, Optional[tuple[nn.Module, str]]]]:
+    """Every packable conv as (parent, name, activation site or None), the activation being one that can be fused.
+
+    An activation is fusable when it directly follows the convolution: the next
+    non-Identity module of an ``nn.Sequential``; a separable layer's
+    ``dw_act``/``pw_act`` with an Identity norm between (BatchNorm folded);
+    or, for a separable layer whose ``pw_norm`` and ``pw_act`` are Identity,
+    the activation that follows the layer in its ``nn.Sequential``.
+    """
+    from .layers.separable import _SeparableConvNd
+
+    after: dict[int, tuple[nn.Module, str]] = {}  # id(module) -> the activation following it in a Sequential
+    for parent in model.modules():
+        if isinstance(parent, nn.Sequential):
+            for name in parent._modules:
+                site = _next_activation(parent, name)
+                if site is not None:
+                    after[id(parent._modules[name])] = site
+    sites: list = []
+    seen: set[int] = set()
+    for parent in model.modules():
+        if not isinstance(parent, _SeparableConvNd):
+            continue
+        for conv_name, norm_name, act_name in (("depthwise", "dw_norm", "dw_act"), ("pointwise", "pw_norm", "pw_act")):
+            conv, norm, act = (getattr(parent, n) for n in (conv_name, norm_name, act_name))
+            if not packable(conv):
+                continue
+            site = None
+            if _is_identity(norm) and type(act) in _FUSABLE:
+                site = (parent, act_name)
+            elif conv_name == "pointwise" and _is_identity(norm) and _is_identity(act):
+                site = after.get(id(parent))
+            sites.append((parent, conv_name, site))
+            seen.add(id(conv))
+    for name, conv in model.named_modules():
+        if name and id(conv) not in seen and packable(conv):
+            parent_name, _, child = name.rpartition(".")
+            sites.append((model.get_submodule(parent_name), child, after.get(id(conv))))
+            seen.add(id(conv))
+    return sites
+
+
+def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = None, *, measure: bool = True,
+                      rounds: int = 5, fuse_activations: bool = True) -> dict[str, str]:
+    """Replace ``model``'s 2D convolutions by :class:`PackedConv2d`, in place; returns what was done per conv.
+
+    ``model`` must be in eval mode (inference only; fold BatchNorm first with
+    :func:`sepconv.fold_batchnorm`). With ``measure`` (needs
+    ``sample_input``), each convolution is timed on its own input from the
+    sample, as eager PyTorch in channels-last and as a packed oneDNN
+    convolution (``rounds`` interleaved rounds), and swapped only if packed
+    is faster. A ReLU or ReLU6 that directly follows a swapped convolution is
+    fused into it and replaced by ``nn.Identity`` (``fuse_activations``).
+    The returned dict maps each conv's qualified name to ``'packed'``,
+    ``'packed+relu'``/``'packed+relu6'`` or ``'eager'``.
+    """
+    if model.training:
+        raise ValueError("pack_convolutions needs a model in eval mode (call model.eval()): packed weights are a snapshot")
+    if not onednn_available():
+        raise RuntimeError("pack_convolutions: this PyTorch build lacks the oneDNN (mkldnn) convolution operators")
+    if measure and sample_input is None:
+        raise ValueError("pack_convolutions(measure=True) needs a sample_input to time each convolution on")
+    sites = _conv_sites(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    inputs: dict[int, torch.Tensor] = {}
+    if measure:
+        hooks = [getattr(p, n).register_forward_pre_hook(
+            lambda m, args: inputs.setdefault(id(m), args[0].detach().contiguous(memory_format=torch.channels_last)))
+            for p, n, _ in sites]
+        try:
+            with torch.no_grad():
+                model(sample_input)
+        finally:
+            for h in hooks:
+                h.remove()
+    decisions: dict[str, str] = {}
+    for parent, name, act_site in sites:
+        conv = getattr(parent, name)
+        qualified = names.get(id(conv), name)
+        act = getattr(*act_site) if (act_site and fuse_activations) else None
+        packed = PackedConv2d(conv, act)
+        if measure:
+            x = inputs.get(id(conv))
+            if x is None:  # not reached by the sample: leave it as it is
+                decisions[qualified] = "eager (not run by the sample)"
+                continue
+            if not _packed_is_faster(conv, act, packed, x, rounds):
+                decisions[qualified] = "eager"
+                continue
+        setattr(parent, name, packed)
+        if act is not None:
+            setattr(act_site[0], act_site[1], nn.Identity())
+        decisions[qualified] = "packed" + ("" if act is None else "+" + type(act).__name__.lower())
+    return decisions
+
+
+def _packed_is_faster(conv: nn.Module, act: Optional[nn.Module], packed: PackedConv2d, x: torch.Tensor,
+                      rounds: int) -> bool:
+    import copy
+
+    from .bench.timing import interleaved
+
+    eager = copy.deepcopy(conv).to(memory_format=torch.channels_last)
+    tail = act if act is not None else nn.Identity()
+
+    def eager_call():
+        with torch.no_grad():
+            return tail(eager(x))
+
+    def packed_call():
+        with torch.no_grad():
+            return packed(x)
+
+    t = interleaved({"eager": eager_call, "packed": packed_call}, rounds=rounds, target_s=0.005)
+    return t["packed"].median < t["eager"].median
