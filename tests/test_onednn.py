@@ -12,6 +12,7 @@ from torch import nn
 
 import sepconv
 from sepconv.models import build_model
+from sepconv.fused import fused_available
 from sepconv.onednn import PackedConv2d, onednn_available, pack_convolutions
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build lacks the oneDNN (mkldnn) operators")
@@ -93,7 +94,9 @@ def test_pack_convolutions_keeps_the_networks_function(name, variant):
     packed = copy.deepcopy(model)
     choices = pack_convolutions(packed, measure=False)
     n_convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
-    assert len(choices) == n_convs and all(c.startswith("packed") for c in choices.values())
+    assert len(choices) == n_convs and all(c.startswith(("packed", "fused")) for c in choices.values())
+    if fused_available() and variant == "separable":  # measure=False fuses every separable layer it can
+        assert any(c.startswith("fused") for c in choices.values())
     assert not any(isinstance(m, nn.Conv2d) for m in packed.modules())
     fused = sum("+" in c for c in choices.values())
     relus = lambda m: sum(isinstance(a, (nn.ReLU, nn.ReLU6)) for a in m.modules())  # noqa: E731
@@ -108,7 +111,7 @@ def test_pack_convolutions_measures_each_layer():
     x = torch.randn(1, 3, 32, 32)
     packed = copy.deepcopy(model)
     choices = pack_convolutions(packed, x, rounds=1)
-    assert set(choices.values()) <= {"eager", "packed", "packed+relu"}
+    assert set(choices.values()) <= {"eager", "packed", "packed+relu", "fused", "fused+relu"}
     kept = sum(c == "eager" for c in choices.values())
     assert sum(isinstance(m, nn.Conv2d) for m in packed.modules()) == kept
     with torch.no_grad():
@@ -126,7 +129,7 @@ def test_optimize_onednn_backend():
     assert fast.backend == "onednn" and fast.memory_format == torch.channels_last
     n_convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
     assert len(fast.layer_choices) == n_convs  # each conv was timed eager vs packed
-    assert set(fast.layer_choices.values()) <= {"eager", "packed", "packed+relu6"}
+    assert set(fast.layer_choices.values()) <= {"eager", "packed", "packed+relu6", "fused", "fused+relu6"}
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-3, atol=1e-4)
     with pytest.raises(ValueError, match="'onednn', which needs a 4D float32 CPU"):

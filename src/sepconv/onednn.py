@@ -26,6 +26,7 @@ used.
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Optional
 
@@ -173,32 +174,48 @@ def _conv_sites(model: nn.Module) -> list[tuple[nn.Module, str, Optional[tuple[n
 
 
 def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = None, *, measure: bool = True,
-                      rounds: int = 5, fuse_activations: bool = True) -> dict[str, str]:
-    """Replace ``model``'s 2D convolutions by :class:`PackedConv2d`, in place; returns what was done per conv.
+                      rounds: int = 5, fuse_activations: bool = True,
+                      fuse_separable: Optional[bool] = None) -> dict[str, str]:
+    """Replace ``model``'s 2D convolutions by faster inference engines, in place; returns what was done per conv.
 
     ``model`` must be in eval mode (inference only; fold BatchNorm first with
-    :func:`sepconv.fold_batchnorm`). With ``measure`` (needs
-    ``sample_input``), each convolution is timed on its own input from the
-    sample, as eager PyTorch in channels-last and as a packed oneDNN
-    convolution (``rounds`` interleaved rounds), and swapped only if packed
-    is faster. A ReLU or ReLU6 that directly follows a swapped convolution is
-    fused into it and replaced by ``nn.Identity`` (``fuse_activations``).
-    The returned dict maps each conv's qualified name to ``'packed'``,
-    ``'packed+relu'``/``'packed+relu6'`` or ``'eager'``.
+    :func:`sepconv.fold_batchnorm`). Engines:
+
+    * :class:`PackedConv2d` for any 2D convolution with integer zero padding;
+    * :class:`~sepconv.fused.FusedSeparableConv2d` for the depthwise and
+      pointwise steps of a sepconv separable layer together
+      (``fuse_separable``, default: when the fused kernel builds here,
+      :func:`sepconv.fused.fused_available`).
+
+    With ``measure`` (needs ``sample_input``), every convolution (or
+    separable layer) is timed on its own input from the sample, in
+    ``rounds`` interleaved rounds, as it is (eager PyTorch, channels-last)
+    and on each engine, and the fastest is kept. Without it, separable layers
+    are fused where possible and every other convolution is packed. A ReLU
+    or ReLU6 that directly follows a replaced convolution is fused into it
+    and replaced by ``nn.Identity`` (``fuse_activations``). The returned dict
+    maps each conv's qualified name to ``'eager'``, ``'packed'`` or
+    ``'fused'``, with ``'+relu'``/``'+relu6'`` where an activation was fused.
     """
+    from .fused import FusedSeparableConv2d, fusable, fused_available
+
     if model.training:
         raise ValueError("pack_convolutions needs a model in eval mode (call model.eval()): packed weights are a snapshot")
     if not onednn_available():
         raise RuntimeError("pack_convolutions: this PyTorch build lacks the oneDNN (mkldnn) convolution operators")
     if measure and sample_input is None:
         raise ValueError("pack_convolutions(measure=True) needs a sample_input to time each convolution on")
+    if fuse_separable is None:
+        fuse_separable = fused_available()
     sites = _conv_sites(model)
     names = {id(m): n for n, m in model.named_modules()}
+    units = _separable_units(sites) if fuse_separable else []
     inputs: dict[int, torch.Tensor] = {}
     if measure:
-        hooks = [getattr(p, n).register_forward_pre_hook(
+        watched = [getattr(p, n) for p, n, _ in sites] + [layer for layer, _, _ in units]
+        hooks = [m.register_forward_pre_hook(
             lambda m, args: inputs.setdefault(id(m), args[0].detach().contiguous(memory_format=torch.channels_last)))
-            for p, n, _ in sites]
+            for m in watched]
         try:
             with torch.no_grad():
                 model(sample_input)
@@ -206,7 +223,42 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
             for h in hooks:
                 h.remove()
     decisions: dict[str, str] = {}
+    done: set[tuple[int, str]] = set()  # (parent, name) sites already decided as part of a separable layer
+    for layer, dw_site, pw_site in units:
+        dw_act = layer.dw_act if not _is_identity(layer.dw_act) else None
+        pw_act = getattr(*pw_site[2]) if (pw_site[2] and fuse_activations) else None
+        if fusable(layer.depthwise, layer.pointwise) is not None or (dw_act is not None and not fuse_activations):
+            continue
+        fused = FusedSeparableConv2d(layer.depthwise, layer.pointwise, dw_act, pw_act)
+        choice = "fused"
+        if measure:
+            x = inputs.get(id(layer))
+            if x is None:
+                continue
+            packed_dw = PackedConv2d(layer.depthwise, dw_act)
+            packed_pw = PackedConv2d(layer.pointwise, pw_act)
+            choice = _fastest({
+                "eager": _eager_call(layer, pw_act, x),
+                "packed": _call(nn.Sequential(layer.pad, packed_dw, packed_pw), x),
+                "fused": _call(nn.Sequential(layer.pad, fused), x),
+            }, rounds)
+            if choice == "packed":
+                layer.depthwise, layer.pointwise = packed_dw, packed_pw
+        if choice == "fused":
+            layer.depthwise, layer.pointwise = fused, nn.Identity()
+        if choice != "eager":
+            if dw_act is not None:
+                layer.dw_act = nn.Identity()
+            if pw_act is not None:
+                setattr(pw_site[2][0], pw_site[2][1], nn.Identity())
+        suffix = "" if choice == "eager" or pw_act is None else "+" + type(pw_act).__name__.lower()
+        dw_suffix = "" if choice == "eager" or dw_act is None else "+" + type(dw_act).__name__.lower()
+        decisions[names[id(layer)] + ".depthwise"] = choice + dw_suffix
+        decisions[names[id(layer)] + ".pointwise"] = choice + suffix
+        done.update({(id(layer), "depthwise"), (id(layer), "pointwise")})
     for parent, name, act_site in sites:
+        if (id(parent), name) in done:
+            continue
         conv = getattr(parent, name)
         qualified = names.get(id(conv), name)
         act = getattr(*act_site) if (act_site and fuse_activations) else None
@@ -216,7 +268,9 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
             if x is None:  # not reached by the sample: leave it as it is
                 decisions[qualified] = "eager (not run by the sample)"
                 continue
-            if not _packed_is_faster(conv, act, packed, x, rounds):
+            eager = copy.deepcopy(conv).to(memory_format=torch.channels_last)
+            tail = act if act is not None else nn.Identity()
+            if _fastest({"eager": _call(nn.Sequential(eager, tail), x), "packed": _call(packed, x)}, rounds) == "eager":
                 decisions[qualified] = "eager"
                 continue
         setattr(parent, name, packed)
@@ -226,22 +280,46 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
     return decisions
 
 
-def _packed_is_faster(conv: nn.Module, act: Optional[nn.Module], packed: PackedConv2d, x: torch.Tensor,
-                      rounds: int) -> bool:
-    import copy
+def _separable_units(sites: list) -> list:
+    """(layer, depthwise site, pointwise site) for each 2D separable layer whose steps are both packable sites.
 
+    A site here is (conv, name, activation site). Normalizations must be
+    Identity (folded) on both steps, and the depthwise activation fusable or
+    Identity.
+    """
+    from .layers.separable import _SeparableConvNd
+
+    by_layer: dict[int, dict] = {}
+    for parent, name, act_site in sites:
+        if isinstance(parent, _SeparableConvNd) and parent._ndim == 2:
+            by_layer.setdefault(id(parent), {"layer": parent})[name] = (getattr(parent, name), name, act_site)
+    units = []
+    for entry in by_layer.values():
+        layer = entry["layer"]
+        if "depthwise" not in entry or "pointwise" not in entry:
+            continue
+        if not (_is_identity(layer.dw_norm) and _is_identity(layer.pw_norm)):
+            continue
+        if not (_is_identity(layer.dw_act) or type(layer.dw_act) in _FUSABLE):
+            continue
+        units.append((layer, entry["depthwise"], entry["pointwise"]))
+    return units
+
+
+def _call(module: nn.Module, x: torch.Tensor):
+    def run():
+        with torch.no_grad():
+            return module(x)
+    return run
+
+
+def _eager_call(layer: nn.Module, tail: Optional[nn.Module], x: torch.Tensor):
+    eager = copy.deepcopy(layer).to(memory_format=torch.channels_last)
+    return _call(nn.Sequential(eager, tail if tail is not None else nn.Identity()), x)
+
+
+def _fastest(calls: dict, rounds: int) -> str:
     from .bench.timing import interleaved
 
-    eager = copy.deepcopy(conv).to(memory_format=torch.channels_last)
-    tail = act if act is not None else nn.Identity()
-
-    def eager_call():
-        with torch.no_grad():
-            return tail(eager(x))
-
-    def packed_call():
-        with torch.no_grad():
-            return packed(x)
-
-    t = interleaved({"eager": eager_call, "packed": packed_call}, rounds=rounds, target_s=0.005)
-    return t["packed"].median < t["eager"].median
+    t = interleaved(calls, rounds=rounds, target_s=0.005)
+    return min(t, key=lambda name: t[name].median)

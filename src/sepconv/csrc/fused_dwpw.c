@@ -1,0 +1,226 @@
+/* Fused depthwise -> pointwise convolution, float32, NHWC, inference (sepconv.fused).
+ *
+ * For a tile of output pixels the depthwise result is computed into a small
+ * buffer (sized to stay in the L2 cache) and multiplied at once by the
+ * pointwise weight, so the intermediate tensor never goes to DRAM. The
+ * pointwise product is a register-blocked GEMM: MR pixels x NR output
+ * channels of accumulators, the pointwise weight packed as [C][Cout_padded].
+ * AVX-512 intrinsics where the compiler targets AVX-512F; portable loops
+ * (auto-vectorized) elsewhere. Plain C, no Python or PyTorch headers and no
+ * OpenMP (a second OpenMP runtime beside PyTorch's would compete for the
+ * cores): built by sepconv.fused with the system C compiler, loaded with
+ * ctypes, and run on several threads by calling it on disjoint job ranges.
+ */
+#include <stdlib.h>
+#include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#ifndef MR
+#define MR 6  /* pixels per register block */
+#endif
+#define NR 32 /* output channels per register block (two AVX-512 vectors) and per packed weight panel */
+#define ACT_NONE 0
+#define ACT_RELU 1
+#define ACT_RELU6 2
+
+static inline float act1(float v, int act) {
+    if (act == ACT_RELU) return v > 0.f ? v : 0.f;
+    if (act == ACT_RELU6) return v < 0.f ? 0.f : (v > 6.f ? 6.f : v);
+    return v;
+}
+
+int sepconv_fused_has_avx512(void) {
+#ifdef __AVX512F__
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Depthwise output for pixels [p0, p0 + m) of image n into t[m][cp] (row stride cp >= C, a multiple of 16). */
+static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int KW,
+                           int sh, int sw, int ph, int pw, int dh, int dw, int act, int Wo, int p0, int m,
+                           float *t, int cp) {
+#ifdef __AVX512F__
+    /* pixels outer, blocks of 16 channels inner: each pixel's input is read as contiguous runs of C floats (the
+     * other order, channel block outer, read the input in 64-byte pieces at a stride of C floats and ran up to
+     * 4x slower once the input no longer fitted in the cache) */
+    int oh = p0 / Wo, ow = p0 % Wo;
+    for (int i = 0; i < m; ++i) {
+        int ih0 = oh * sh - ph, iw0 = ow * sw - pw;
+        int interior = ih0 >= 0 && iw0 >= 0 && ih0 + (KH - 1) * dh < H && iw0 + (KW - 1) * dw < W;
+        float *out = t + (size_t)i * cp;
+        for (int c = 0; c < C; c += 16) {
+            int nc = C - c < 16 ? C - c : 16;
+            __mmask16 k = nc >= 16 ? 0xFFFF : (__mmask16)((1u << nc) - 1);
+            __m512 acc = bdw ? _mm512_maskz_loadu_ps(k, bdw + c) : _mm512_setzero_ps();
+            for (int kh = 0; kh < KH; ++kh) {
+                int ih = ih0 + kh * dh;
+                if (!interior && (ih < 0 || ih >= H)) continue;
+                const float *row = x + (size_t)ih * W * C + c;
+                const float *wrow = wdw + (size_t)kh * KW * C + c;
+                for (int kw = 0; kw < KW; ++kw) {
+                    int iw = iw0 + kw * dw;
+                    if (!interior && (iw < 0 || iw >= W)) continue;
+                    if (nc == 16)
+                        acc = _mm512_fmadd_ps(_mm512_loadu_ps(row + (size_t)iw * C), _mm512_loadu_ps(wrow + (size_t)kw * C),
+                                              acc);
+                    else
+                        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, row + (size_t)iw * C),
+                                              _mm512_maskz_loadu_ps(k, wrow + (size_t)kw * C), acc);
+                }
+            }
+            if (act != ACT_NONE) {
+                acc = _mm512_max_ps(acc, _mm512_setzero_ps());
+                if (act == ACT_RELU6) acc = _mm512_min_ps(acc, _mm512_set1_ps(6.f));
+            }
+            _mm512_store_ps(out + c, acc);
+        }
+        if (++ow == Wo) { ow = 0; ++oh; }
+    }
+    return;
+#endif
+    for (int i = 0; i < m; ++i) {
+        int p = p0 + i, oh = p / Wo, ow = p % Wo;
+        float *out = t + (size_t)i * cp;
+        if (bdw) memcpy(out, bdw, sizeof(float) * C); else memset(out, 0, sizeof(float) * C);
+        if (cp > C) memset(out + C, 0, sizeof(float) * (cp - C));
+        for (int kh = 0; kh < KH; ++kh) {
+            int ih = oh * sh - ph + kh * dh;
+            if (ih < 0 || ih >= H) continue;
+            for (int kw = 0; kw < KW; ++kw) {
+                int iw = ow * sw - pw + kw * dw;
+                if (iw < 0 || iw >= W) continue;
+                const float *xin = x + ((size_t)ih * W + iw) * C;
+                const float *wk = wdw + ((size_t)kh * KW + kw) * C;
+                for (int c = 0; c < C; ++c) out[c] += xin[c] * wk[c];
+            }
+        }
+        if (act != ACT_NONE)
+            for (int c = 0; c < C; ++c) out[c] = act1(out[c], act);
+    }
+}
+
+#ifdef __AVX512F__
+static inline __m512 act16(__m512 v, int act) {
+    if (act == ACT_NONE) return v;
+    v = _mm512_max_ps(v, _mm512_setzero_ps());
+    if (act == ACT_RELU6) v = _mm512_min_ps(v, _mm512_set1_ps(6.f));
+    return v;
+}
+
+/* y[mr][j0 : j0 + ncols] = t[mr][:C] @ panel[:C][:ncols] + bias[j0:], masked at the last columns.
+ * panel: the NR = 32 columns of the pointwise weight starting at j0, packed [C][32]. */
+static inline void gemm_block(const float *t, int cp, int C, const float *bp, const float *bias, int j0,
+                              int ncols, int mr, int act, float *y, int ldy) {
+    __m512 acc[MR][2];
+    int nv = ncols > 16 ? 2 : 1;
+    __mmask16 k0 = ncols >= 16 ? 0xFFFF : (__mmask16)((1u << ncols) - 1);
+    __mmask16 k1 = nv == 2 ? (ncols >= 32 ? 0xFFFF : (__mmask16)((1u << (ncols - 16)) - 1)) : 0;
+    __m512 b0init = bias ? _mm512_maskz_loadu_ps(k0, bias + j0) : _mm512_setzero_ps();
+    __m512 b1init = (bias && nv == 2) ? _mm512_maskz_loadu_ps(k1, bias + j0 + 16) : _mm512_setzero_ps();
+    for (int r = 0; r < MR; ++r) { acc[r][0] = b0init; acc[r][1] = b1init; }
+    if (mr == MR && nv == 2) {
+        for (int c = 0; c < C; ++c) {
+            __m512 v0 = _mm512_loadu_ps(bp + (size_t)c * NR), v1 = _mm512_loadu_ps(bp + (size_t)c * NR + 16);
+#pragma GCC unroll 16
+            for (int r = 0; r < MR; ++r) {
+                __m512 a = _mm512_set1_ps(t[(size_t)r * cp + c]);
+                acc[r][0] = _mm512_fmadd_ps(a, v0, acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(a, v1, acc[r][1]);
+            }
+        }
+    } else {
+        for (int c = 0; c < C; ++c) {
+            __m512 v0 = _mm512_loadu_ps(bp + (size_t)c * NR);
+            __m512 v1 = nv == 2 ? _mm512_loadu_ps(bp + (size_t)c * NR + 16) : _mm512_setzero_ps();
+            for (int r = 0; r < mr; ++r) {
+                __m512 a = _mm512_set1_ps(t[(size_t)r * cp + c]);
+                acc[r][0] = _mm512_fmadd_ps(a, v0, acc[r][0]);
+                if (nv == 2) acc[r][1] = _mm512_fmadd_ps(a, v1, acc[r][1]);
+            }
+        }
+    }
+    if (ncols == NR) { /* full block: plain stores (masked stores are slow on some CPUs, AMD Zen among them) */
+        for (int r = 0; r < mr; ++r) {
+            _mm512_storeu_ps(y + (size_t)r * ldy + j0, act16(acc[r][0], act));
+            _mm512_storeu_ps(y + (size_t)r * ldy + j0 + 16, act16(acc[r][1], act));
+        }
+        return;
+    }
+    for (int r = 0; r < mr; ++r) {
+        _mm512_mask_storeu_ps(y + (size_t)r * ldy + j0, k0, act16(acc[r][0], act));
+        if (nv == 2) _mm512_mask_storeu_ps(y + (size_t)r * ldy + j0 + 16, k1, act16(acc[r][1], act));
+    }
+}
+#endif
+
+/* y[m][Cout] = t[m][:C] @ B + bias, B packed in column panels: b[j / NR][c][j % NR] (zero padded). */
+static void pointwise_tile(const float *t, int m, int cp, int C, const float *b, const float *bias, int Cout,
+                           int j_begin, int j_end, int act, float *y) {
+#ifdef __AVX512F__
+    for (int j0 = j_begin; j0 < j_end; j0 += NR) {
+        int ncols = j_end - j0 < NR ? j_end - j0 : NR;
+        const float *panel = b + (size_t)(j0 / NR) * C * NR;
+        for (int i0 = 0; i0 < m; i0 += MR) {
+            int mr = m - i0 < MR ? m - i0 : MR;
+            gemm_block(t + (size_t)i0 * cp, cp, C, panel, bias, j0, ncols, mr, act, y + (size_t)i0 * Cout, Cout);
+        }
+    }
+#else
+    for (int i = 0; i < m; ++i) {
+        float *yi = y + (size_t)i * Cout;
+        for (int j = j_begin; j < j_end; ++j) yi[j] = bias ? bias[j] : 0.f;
+        for (int c = 0; c < C; ++c) {
+            float a = t[(size_t)i * cp + c];
+            for (int j = j_begin; j < j_end; ++j) yi[j] += a * b[((size_t)(j / NR) * C + c) * NR + j % NR];
+        }
+        if (act != ACT_NONE)
+            for (int j = j_begin; j < j_end; ++j) yi[j] = act1(yi[j], act);
+    }
+#endif
+}
+
+/* x: [N][H][W][C]; wdw: [KH][KW][C]; bdw: [C] or NULL; wpw: [ceil(Cout / NR)][C][NR] (64-byte aligned, zero
+ * padded); bpw: [Cout] or NULL; y: [N][Ho][Wo][Cout]; act: 0 none, 1 ReLU, 2 ReLU6.
+ *
+ * The work is split into jobs: (image, tile of `tile` output pixels, group of output-channel panels), numbered
+ * in that order; a call runs jobs [job_begin, job_end), so callers can run disjoint ranges on several threads
+ * (sepconv.fused does, with the GIL released). `groups` > 1 splits the output channels when there are fewer
+ * tiles than threads (each group recomputes its tile's depthwise step). Returns 0, or -1 if the tile buffer
+ * could not be allocated, -2 for a job range outside [0, sepconv_fused_jobs()). */
+long sepconv_fused_jobs(int N, int Ho, int Wo, int tile, int groups) {
+    return (long)N * ((Ho * Wo + tile - 1) / tile) * groups;
+}
+
+int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const float *wdw, const float *bdw, int KH,
+                           int KW, int sh, int sw, int ph, int pw, int dh, int dw, int dw_act, const float *wpw,
+                           const float *bpw, int Cout, int pw_act, float *y, int Ho, int Wo, int tile, int groups,
+                           long job_begin, long job_end) {
+    /* row stride of the depthwise tile: C rounded up to 16, plus 16 so that consecutive rows do not sit at the
+     * input's stride modulo 4 KiB (4K aliasing between the tile's stores and the input's loads) */
+    int cp = (C + 15) / 16 * 16 + 16;
+    int P = Ho * Wo;
+    if (job_begin < 0 || job_end > sepconv_fused_jobs(N, Ho, Wo, tile, groups)) return -2;
+    int tiles_per_image = (P + tile - 1) / tile;
+    int panels = (Cout + NR - 1) / NR;
+    int per_group = (panels + groups - 1) / groups;
+    float *t = (float *)aligned_alloc(64, ((size_t)tile * cp * sizeof(float) + 63) / 64 * 64);
+    if (!t) return -1;
+    for (long job = job_begin; job < job_end; ++job) {
+        int g = (int)(job % groups);
+        long rest = job / groups;
+        int n = (int)(rest / tiles_per_image), p0 = (int)(rest % tiles_per_image) * tile;
+        int m = P - p0 < tile ? P - p0 : tile;
+        int j_begin = g * per_group * NR, j_end = (g + 1) * per_group * NR;
+        if (j_end > Cout) j_end = Cout;
+        if (j_begin >= j_end) continue;
+        depthwise_tile(x + (size_t)n * H * W * C, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, dw_act, Wo, p0,
+                       m, t, cp);
+        pointwise_tile(t, m, cp, C, wpw, bpw, Cout, j_begin, j_end, pw_act, y + ((size_t)n * P + p0) * Cout);
+    }
+    free(t);
+    return 0;
+}

@@ -1,0 +1,266 @@
+"""A fused depthwise -> pointwise convolution for CPU inference: the intermediate tensor stays in cache.
+
+A depthwise separable layer run as two convolutions writes the depthwise
+output (as large as the input) to memory and reads it back for the pointwise
+step. :class:`FusedSeparableConv2d` computes the depthwise result for a tile
+of output pixels into a buffer sized for the L2 cache and multiplies it by
+the pointwise weight at once (a register-blocked GEMM, AVX-512 where the CPU
+has it), so that traffic disappears. It is an inference engine: weights are
+copied in at construction, no autograd.
+
+The kernel is plain C (``csrc/fused_dwpw.c``), compiled on first use with
+the machine's C compiler (``$CC``, else ``cc``/``gcc``/``clang``) for this
+CPU (``-march=native``), cached under ``$SEPCONV_CACHE_DIR`` (default
+``~/.cache/sepconv``) and loaded with :mod:`ctypes`. Where no compiler is
+found or the build fails, :func:`fused_available` is False and
+:func:`fused_unavailable_reason` says why; :func:`sepconv.optimize` then
+uses the other engines (nothing requires this one). Threads: the job range
+is split over ``torch.get_num_threads()`` threads (``ctypes`` releases the
+GIL during the call).
+
+Whether it is faster than the two oneDNN convolutions depends on the shape
+and the machine: :func:`sepconv.onednn.pack_convolutions` measures both per
+layer and keeps the faster (``benchmarks/README.md`` has the numbers).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .geometry import output_size_1d
+
+_SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_dwpw.c"
+_NR = 32  # output channels per packed weight panel (the kernel's NR)
+_ACTS = {None: 0, nn.ReLU: 1, nn.ReLU6: 2}
+_TILE_BYTES = 256 * 1024  # depthwise tile buffer: about half of a 1-2 MiB L2 cache
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("SEPCONV_CACHE_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sepconv"
+
+
+def _cpu_key() -> str:
+    """What ``-march=native`` depends on: the CPU's model and feature flags (a shared cache must not mix them)."""
+    text = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith(("model name", "flags", "Features", "cpu family", "model\t")):
+                    text += line
+                if not line.strip():
+                    break
+    except OSError:
+        text += platform.processor()
+    return text
+
+
+def _compiler() -> Optional[str]:
+    for candidate in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if candidate and shutil.which(candidate):
+            return candidate
+    return None
+
+
+_FLAGS = ("-O3", "-march=native", "-std=c11", "-shared", "-fPIC")
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
+    """Build (once per source, compiler and CPU) and load the kernel: (library, None) or (None, why not)."""
+    if platform.system() == "Windows":
+        return None, "the fused kernel is built with a Unix C compiler; not supported on Windows"
+    cc = _compiler()
+    if cc is None:
+        return None, "no C compiler found (set $CC or install gcc or clang)"
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + cc.encode() + " ".join(_FLAGS).encode() + _cpu_key().encode()).hexdigest()[:16]
+    cache = _cache_dir()
+    path = cache / f"fused_dwpw-{key}.so"
+    if not path.exists():
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                built = Path(tmp) / path.name
+                result = subprocess.run([cc, *_FLAGS, "-o", str(built), str(_SOURCE)], capture_output=True,
+                                        text=True, timeout=120)
+                if result.returncode != 0:
+                    return None, f"building the fused kernel with {cc} failed: {result.stderr.strip()[-500:]}"
+                os.replace(built, path)  # atomic: a concurrent build never leaves a half-written library
+        except (OSError, subprocess.SubprocessError) as error:
+            return None, f"building the fused kernel failed: {error}"
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as error:
+        return None, f"loading the fused kernel failed: {error}"
+    i, p, long = ctypes.c_int, ctypes.c_void_p, ctypes.c_long
+    lib.sepconv_fused_dwpw_f32.argtypes = [p, i, i, i, i, p, p, i, i, i, i, i, i, i, i, i, p, p, i, i, p, i, i, i, i,
+                                           long, long]
+    lib.sepconv_fused_dwpw_f32.restype = i
+    lib.sepconv_fused_jobs.argtypes = [i, i, i, i, i]
+    lib.sepconv_fused_jobs.restype = long
+    lib.sepconv_fused_has_avx512.restype = i
+    return lib, None
+
+
+def fused_available() -> bool:
+    """True when the fused kernel is built (or builds now) and loads on this machine."""
+    return _load()[0] is not None
+
+
+def fused_unavailable_reason() -> Optional[str]:
+    """Why :func:`fused_available` is False (None when it is available)."""
+    return _load()[1]
+
+
+def fused_uses_avx512() -> bool:
+    """Whether the loaded kernel was compiled with its AVX-512 path (else portable, compiler-vectorized loops)."""
+    lib = _load()[0]
+    return bool(lib is not None and lib.sepconv_fused_has_avx512())
+
+
+_pool_lock = threading.Lock()
+_pool: Optional[ThreadPoolExecutor] = None
+_pool_size = 0
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size != workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool, _pool_size = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sepconv-fused"), workers
+        return _pool
+
+
+def _activation_code(activation: Optional[nn.Module], name: str) -> int:
+    kind = None if activation is None or isinstance(activation, nn.Identity) else type(activation)
+    if kind not in _ACTS:
+        raise ValueError(f"{name} must be nn.ReLU, nn.ReLU6, nn.Identity or None, got {activation!r}")
+    return _ACTS[kind]
+
+
+def fusable(depthwise: nn.Module, pointwise: nn.Module) -> Optional[str]:
+    """None if :class:`FusedSeparableConv2d` can run this pair, else the reason it cannot."""
+    if not (isinstance(depthwise, nn.Conv2d) and isinstance(pointwise, nn.Conv2d)):
+        return "both steps must be nn.Conv2d"
+    c = depthwise.in_channels
+    if depthwise.groups != c or depthwise.out_channels != c:
+        return f"the depthwise step must have groups = in_channels = out_channels (depth multiplier 1), got {depthwise}"
+    if isinstance(depthwise.padding, str) or depthwise.padding_mode != "zeros":
+        return f"the depthwise step needs integer zero padding, got padding={depthwise.padding!r}, " \
+               f"padding_mode={depthwise.padding_mode!r}"
+    if (pointwise.kernel_size != (1, 1) or pointwise.stride != (1, 1) or pointwise.groups != 1
+            or pointwise.in_channels != c or tuple(pointwise.padding) != (0, 0)):
+        return f"the pointwise step must be a 1x1, stride-1, ungrouped, unpadded conv from {c} channels, got {pointwise}"
+    for conv in (depthwise, pointwise):
+        if conv.weight.dtype != torch.float32 or conv.weight.device.type != "cpu":
+            return f"float32 CPU weights only, got {conv.weight.dtype} on {conv.weight.device}"
+    return None
+
+
+class FusedSeparableConv2d(nn.Module):
+    """Inference-only depthwise -> pointwise convolution computed by one fused CPU kernel.
+
+    Built from the two steps of a depthwise separable layer (``depthwise``: a
+    ``groups = channels`` ``nn.Conv2d`` with integer zero padding, any kernel
+    size, stride and dilation; ``pointwise``: a 1x1 ``nn.Conv2d``), the
+    activations applied right after each (``nn.ReLU``, ``nn.ReLU6`` or None;
+    BatchNorm must be folded first, :func:`sepconv.fold_batchnorm`) and an
+    optional ``pad`` module applied to the input first (sepconv's 'same'
+    padding). Computes ``pw_act(pointwise(dw_act(depthwise(pad(x)))))`` for
+    4D float32 CPU inputs and returns it channels-last. Raises
+    ``RuntimeError`` where the kernel cannot be built
+    (:func:`fused_unavailable_reason`).
+    """
+
+    def __init__(self, depthwise: nn.Conv2d, pointwise: nn.Conv2d, dw_activation: Optional[nn.Module] = None,
+                 pw_activation: Optional[nn.Module] = None, pad: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        reason = fusable(depthwise, pointwise)
+        if reason is not None:
+            raise ValueError(f"FusedSeparableConv2d: {reason}")
+        if not fused_available():
+            raise RuntimeError(f"FusedSeparableConv2d: {fused_unavailable_reason()}")
+        c, cout = depthwise.in_channels, pointwise.out_channels
+        kh, kw = depthwise.kernel_size
+        self.in_channels, self.out_channels = c, cout
+        self.kernel_size, self.stride = (kh, kw), tuple(depthwise.stride)
+        self.padding, self.dilation = tuple(depthwise.padding), tuple(depthwise.dilation)
+        self.dw_act = _activation_code(dw_activation, "dw_activation")
+        self.pw_act = _activation_code(pw_activation, "pw_activation")
+        self.pad = pad if pad is not None and not isinstance(pad, nn.Identity) else None
+        with torch.no_grad():
+            self.register_buffer("dw_weight", depthwise.weight.detach().reshape(c, kh, kw).permute(1, 2, 0).contiguous())
+            self.register_buffer("dw_bias", None if depthwise.bias is None else depthwise.bias.detach().clone())
+            panels = -(-cout // _NR)
+            packed = torch.zeros(panels * _NR, c)
+            packed[:cout] = pointwise.weight.detach().reshape(cout, c)
+            # [panel][c][32]: each 32-column panel contiguous, as the kernel's register blocks read it
+            self.register_buffer("pw_panels", packed.reshape(panels, _NR, c).permute(0, 2, 1).contiguous())
+            self.register_buffer("pw_bias", None if pointwise.bias is None else pointwise.bias.detach().clone())
+        self.tile = max(6, (_TILE_BYTES // (4 * (c + 32))) // 6 * 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError("FusedSeparableConv2d is inference-only: call it under torch.no_grad() or "
+                               "torch.inference_mode()")
+        if x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu":
+            raise ValueError(f"FusedSeparableConv2d needs a 4D float32 CPU input, got {x.dim()}D {x.dtype} on {x.device}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"FusedSeparableConv2d expects {self.in_channels} input channels, got input shape "
+                             f"{tuple(x.shape)}")
+        if self.pad is not None:
+            x = self.pad(x)
+        x = x.contiguous(memory_format=torch.channels_last)
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        ho = output_size_1d(h, kh, sh, dh, (ph, ph))
+        wo = output_size_1d(w, kw, sw, dw, (pw, pw))
+        if ho < 1 or wo < 1:
+            raise ValueError(f"input {tuple(x.shape)} is smaller than the {kh}x{kw} kernel (dilation {self.dilation}, "
+                             f"padding {self.padding}): no output pixel")
+        y = torch.empty((n, self.out_channels, ho, wo), memory_format=torch.channels_last)
+        lib = _load()[0]
+        threads = max(1, torch.get_num_threads())
+        tiles = n * -(-(ho * wo) // self.tile)
+        groups = min(threads, self.pw_panels.shape[0]) if tiles < threads else 1
+        jobs = lib.sepconv_fused_jobs(n, ho, wo, self.tile, groups)
+        args = (x.data_ptr(), n, h, w, c, self.dw_weight.data_ptr(),
+                None if self.dw_bias is None else self.dw_bias.data_ptr(), kh, kw, sh, sw, ph, pw, dh, dw,
+                self.dw_act, self.pw_panels.data_ptr(), None if self.pw_bias is None else self.pw_bias.data_ptr(),
+                self.out_channels, self.pw_act, y.data_ptr(), ho, wo, self.tile, groups)
+        workers = min(threads, jobs)
+        bounds = [jobs * i // workers for i in range(workers + 1)]
+        if workers == 1:
+            codes = [lib.sepconv_fused_dwpw_f32(*args, 0, jobs)]
+        else:
+            pool = _executor(workers - 1)
+            futures = [pool.submit(lib.sepconv_fused_dwpw_f32, *args, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+            codes = [lib.sepconv_fused_dwpw_f32(*args, bounds[0], bounds[1])] + [f.result() for f in futures]
+        if any(codes):
+            raise RuntimeError(f"the fused kernel failed (codes {codes}; -1: out of memory)")
+        return y
+
+    def extra_repr(self) -> str:
+        names = {0: None, 1: "ReLU", 2: "ReLU6"}
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, dw_act={names[self.dw_act]}, "
+                f"pw_act={names[self.pw_act]}, tile={self.tile}")

@@ -1,0 +1,98 @@
+"""sepconv.fused: the fused depthwise -> pointwise kernel computes what the two convolutions compute."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import sepconv
+import sepconv.fused as fused_module
+from sepconv.fused import FusedSeparableConv2d, fusable, fused_available, fused_unavailable_reason
+
+needs_kernel = pytest.mark.skipif(not fused_available(), reason=f"fused kernel unavailable: {fused_unavailable_reason()}")
+ACTS = {None: (None, lambda y: y), "relu": (nn.ReLU(), F.relu), "relu6": (nn.ReLU6(), lambda y: y.clamp(0, 6))}
+
+
+@needs_kernel
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 3), st.integers(1, 70), st.integers(1, 80), st.sampled_from([1, 3, 5]), st.sampled_from([1, 2]),
+    st.integers(0, 2), st.sampled_from([1, 2]), st.booleans(), st.sampled_from([None, "relu", "relu6"]),
+    st.sampled_from([None, "relu", "relu6"]), st.integers(3, 13), st.integers(3, 13), st.sampled_from([1, 2]),
+    st.integers(0, 9999),
+)
+def test_fused_equals_depthwise_then_pointwise(batch, cin, cout, k, stride, padding, dilation, bias, dw_act, pw_act,
+                                               h, w, threads, seed):
+    if h + 2 * padding < dilation * (k - 1) + 1 or w + 2 * padding < dilation * (k - 1) + 1:
+        return  # no output pixel
+    torch.manual_seed(seed)
+    dw = nn.Conv2d(cin, cin, k, stride, padding, dilation, groups=cin, bias=bias)
+    pw = nn.Conv2d(cin, cout, 1, bias=bias)
+    x = 2 * torch.randn(batch, cin, h, w)
+    layer = FusedSeparableConv2d(dw, pw, ACTS[dw_act][0], ACTS[pw_act][0])
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)  # 2 threads: jobs split over a pool (and over output channels for one tile)
+    try:
+        with torch.no_grad():
+            got = layer(x)
+            # independent reference: the two convolutions in float64
+            ref = ACTS[pw_act][1](F.conv2d(ACTS[dw_act][1](F.conv2d(
+                x.double(), dw.weight.double(), None if dw.bias is None else dw.bias.double(), stride, padding,
+                dilation, cin)), pw.weight.double(), None if pw.bias is None else pw.bias.double()))
+    finally:
+        torch.set_num_threads(previous)
+    assert got.shape == ref.shape and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernel
+def test_fused_separable_layer_with_same_padding_and_stride():
+    layer = sepconv.SeparableConv2d(12, 40, 3, stride=2, padding="same", dw_act="relu6").eval()  # dynamic 'same' pad
+    x = torch.randn(2, 12, 15, 16)
+    fused = FusedSeparableConv2d(layer.depthwise, layer.pointwise, layer.dw_act, pad=layer.pad)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_fused_refuses_what_it_cannot_run():
+    dw, pw = nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 6, 1)
+    assert fusable(dw, pw) is None
+    assert "depth multiplier 1" in fusable(nn.Conv2d(4, 8, 3, groups=4), nn.Conv2d(8, 6, 1))
+    assert "integer zero padding" in fusable(nn.Conv2d(4, 4, 3, padding="same", groups=4), pw)
+    assert "1x1, stride-1" in fusable(dw, nn.Conv2d(4, 6, 1, stride=2))
+    assert "float32 CPU" in fusable(nn.Conv2d(4, 4, 3, groups=4).double(), nn.Conv2d(4, 6, 1).double())
+    with pytest.raises(ValueError, match="depth multiplier 1"):
+        FusedSeparableConv2d(nn.Conv2d(4, 8, 3, groups=4), nn.Conv2d(8, 6, 1))
+    with pytest.raises(ValueError, match="dw_activation must be"):
+        FusedSeparableConv2d(nn.Conv2d(4, 4, 3, groups=4), pw, nn.GELU())
+    layer = FusedSeparableConv2d(nn.Conv2d(4, 4, 3, groups=4), pw)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        layer(torch.randn(1, 4, 5, 5, requires_grad=True))
+    with pytest.raises(ValueError, match="expects 4 input channels"):
+        layer(torch.randn(1, 3, 5, 5))
+    with pytest.raises(ValueError, match="no output pixel"):
+        layer(torch.randn(1, 4, 2, 2))
+
+
+def test_a_failed_build_is_reported_and_the_engines_fall_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    monkeypatch.setenv("SEPCONV_CACHE_DIR", str(tmp_path))
+    fused_module._load.cache_clear()
+    try:
+        assert not fused_available()
+        assert "building the fused kernel with false failed" in fused_unavailable_reason()
+        with pytest.raises(RuntimeError, match="building the fused kernel"):
+            FusedSeparableConv2d(nn.Conv2d(4, 4, 3, groups=4), nn.Conv2d(4, 6, 1))
+        from sepconv.onednn import onednn_available, pack_convolutions
+
+        if onednn_available():  # without the kernel, separable layers get packed oneDNN convolutions
+            model = nn.Sequential(sepconv.SeparableConv2d(4, 6, 3, padding=1)).eval()
+            choices = pack_convolutions(model, measure=False)
+            assert set(choices.values()) == {"packed"}
+        assert not list(tmp_path.glob("*.so"))  # nothing half-built left in the cache
+    finally:
+        monkeypatch.undo()
+        fused_module._load.cache_clear()
