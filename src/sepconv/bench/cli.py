@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
           + f", bandwidth {roof.bandwidth / 1e9:.1f} GB/s (float32)")
     rows = []
     header = ("case", "MAC ratio", "std ms", "sep ms", "speedup", "theory", "roofline", "realized", "train realized",
-              "oneDNN realized", "best realized", "DW %MACs", "DW %time", "DW roofline", "PW roofline")
+              "oneDNN realized", "best realized", "best engines", "DW %MACs", "DW %time", "DW roofline", "PW roofline")
     for case in cases:
         result = run_case(case, roof, rounds=rounds, backward=not args.no_backward)
         s = result.summary()
@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         f"{r['realized']:.2f}", "-" if "train_realized" not in r else f"{r['train_realized']:.2f}",
         "-" if "realized_onednn" not in r else f"{r['realized_onednn']:.2f}",
         "-" if "realized_best" not in r else f"{r['realized_best']:.2f}",
+        "-" if "realized_best" not in r else f"{r['best_standard_engine']}/{r['best_separable_engine']}",
         f"{100 * r['dw_mac_share']:.1f}", f"{100 * r['dw_time_share']:.1f}",
         f"{100 * r['dw_roofline_fraction']:.0f}%", f"{100 * r['pw_roofline_fraction']:.0f}%") for r in rows]
     widths = [max(len(t[i]) for t in table) for i in range(len(header))]
@@ -100,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     print("medians of interleaved rounds; std/sep ms, speedup, realized: eager PyTorch, each side at its faster layout "
           "(NCHW or channels-last); theory = MAC ratio; roofline = the speedup the two roofline bounds allow; "
           "realized = speedup / theory; oneDNN = both sides as packed oneDNN convolutions (sepconv.onednn, "
-          "inference); best = each side on its fastest engine; DW/PW roofline = bound time / measured time of the "
+          "inference); best = each side on its fastest engine (standard/separable; 'fused' = sepconv.fused's "
+          "depthwise->pointwise kernel); DW/PW roofline = bound time / measured time of the "
           "eager stage (over 100%: the stage ran from cache, faster than the DRAM bandwidth measured by a large copy "
           "allows)")
     if args.out:

@@ -8,7 +8,9 @@ also timed alone, and each is compared with its roofline bound.
 
 Forward passes are also timed on the ``onednn`` engine (both convolutions as
 :class:`~sepconv.onednn.PackedConv2d`, the path ``sepconv.optimize`` can
-choose), so three realized ratios come out: eager PyTorch against itself,
+choose) and, for the separable layer, on the ``fused`` kernel
+(:class:`~sepconv.fused.FusedSeparableConv2d`), so three realized ratios
+come out: eager PyTorch against itself,
 oneDNN-packed against itself, and the best engine of each (what a user of
 ``sepconv.optimize`` gets). The roofline gives one more yardstick: the
 speedup the two roofline bounds allow (``roofline_speedup``), which is below
@@ -100,6 +102,7 @@ def _layouts(module_factory: Callable[[], nn.Module], x: torch.Tensor) -> dict[s
 #: Eager PyTorch layouts, and the inference engine of packed oneDNN convolutions (forward only).
 EAGER_LAYOUTS = ("nchw", "nhwc")
 ONEDNN = "onednn"
+FUSED = "fused"  # sepconv.fused.FusedSeparableConv2d: the separable layer only
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,8 @@ class CaseResult:
                 "best_separable_ms": 1e3 * b_sep, "best_separable_engine": best_sep_engine,
                 "best_speedup": b_std / b_sep, "realized_best": (b_std / b_sep) * self.mac_ratio,
             })
+        if f"separable/{FUSED}" in self.forward:
+            out["fused_separable_ms"] = 1e3 * self.forward[f"separable/{FUSED}"].median
         if self.backward:
             _, b_std = self._best(self.backward, "standard")
             _, b_sep = self._best(self.backward, "separable")
@@ -158,11 +163,13 @@ class CaseResult:
 
 
 def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = True, target_s: float = 0.02,
-             onednn: Optional[bool] = None) -> CaseResult:
+             onednn: Optional[bool] = None, fused: Optional[bool] = None) -> CaseResult:
     """Time the standard and separable convolutions of ``case`` side by side (CPU, float32).
 
     ``onednn`` adds the packed-oneDNN inference engine to the forward timings
-    (default: when :func:`sepconv.onednn.onednn_available`).
+    (default: when :func:`sepconv.onednn.onednn_available`), ``fused`` the
+    fused depthwise->pointwise kernel for the separable layer (default: when
+    :func:`sepconv.fused.fused_available`).
     """
     from ..onednn import PackedConv2d, onednn_available
 
@@ -191,6 +198,15 @@ def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = 
         forward[f"separable/{ONEDNN}"] = _forward(nn.Sequential(m.pad, packed_dw, packed_pw), xi)
         forward[f"depthwise/{ONEDNN}"] = _forward(nn.Sequential(m.pad, packed_dw), xi)
         forward[f"pointwise/{ONEDNN}"] = _forward(packed_pw, mid)
+    if fused is None:
+        from ..fused import fused_available
+
+        fused = fused_available()
+    if fused:
+        from ..fused import FusedSeparableConv2d
+
+        m, xi = sep["nhwc"]
+        forward[f"separable/{FUSED}"] = _forward(FusedSeparableConv2d(m.depthwise, m.pointwise, pad=m.pad), xi)
     fwd = interleaved(forward, rounds=rounds, target_s=target_s)
     bwd = None
     if backward:

@@ -44,13 +44,67 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
                            int sh, int sw, int ph, int pw, int dh, int dw, int act, int Wo, int p0, int m,
                            float *t, int cp) {
 #ifdef __AVX512F__
-    /* pixels outer, blocks of 16 channels inner: each pixel's input is read as contiguous runs of C floats (the
-     * other order, channel block outer, read the input in 64-byte pieces at a stride of C floats and ran up to
-     * 4x slower once the input no longer fitted in the cache) */
+    /* Pixels outer, blocks of 16 channels inner, so each pixel's input is read as contiguous runs of C floats
+     * (the other order, channel block outer, read the input in 64-byte pieces at a stride of C floats and ran
+     * up to 4x slower once the input no longer fitted in the cache). Four adjacent interior pixels of a row are
+     * computed together: each weight vector is loaded once for the four, and the four accumulators are
+     * independent chains of FMAs (one pixel at a time waited on the FMA latency). */
     int oh = p0 / Wo, ow = p0 % Wo;
-    for (int i = 0; i < m; ++i) {
+    int i = 0;
+    while (i < m) {
         int ih0 = oh * sh - ph, iw0 = ow * sw - pw;
-        int interior = ih0 >= 0 && iw0 >= 0 && ih0 + (KH - 1) * dh < H && iw0 + (KW - 1) * dw < W;
+        int rows_in = ih0 >= 0 && ih0 + (KH - 1) * dh < H;
+        if (rows_in && i + 4 <= m && ow + 4 <= Wo && iw0 >= 0 && iw0 + 3 * sw + (KW - 1) * dw < W) {
+            float *out = t + (size_t)i * cp;
+            for (int c = 0; c < C; c += 16) {
+                int nc = C - c < 16 ? C - c : 16;
+                __mmask16 k = nc >= 16 ? 0xFFFF : (__mmask16)((1u << nc) - 1);
+                __m512 b = bdw ? _mm512_maskz_loadu_ps(k, bdw + c) : _mm512_setzero_ps();
+                __m512 a0 = b, a1 = b, a2 = b, a3 = b;
+                size_t step = (size_t)sw * C;
+                for (int kh = 0; kh < KH; ++kh) {
+                    const float *row = x + ((size_t)(ih0 + kh * dh) * W + iw0) * C + c;
+                    const float *wrow = wdw + (size_t)kh * KW * C + c;
+                    if (nc == 16) { /* plain loads: masked ones cost more on AMD Zen even with a full mask */
+                        for (int kw = 0; kw < KW; ++kw) {
+                            const float *xp = row + (size_t)kw * dw * C;
+                            __m512 wv = _mm512_loadu_ps(wrow + (size_t)kw * C);
+                            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xp), wv, a0);
+                            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + step), wv, a1);
+                            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 2 * step), wv, a2);
+                            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 3 * step), wv, a3);
+                        }
+                        continue;
+                    }
+                    for (int kw = 0; kw < KW; ++kw) {
+                        const float *xp = row + (size_t)kw * dw * C;
+                        __m512 wv = _mm512_maskz_loadu_ps(k, wrow + (size_t)kw * C);
+                        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, xp), wv, a0);
+                        a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, xp + step), wv, a1);
+                        a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, xp + 2 * step), wv, a2);
+                        a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, xp + 3 * step), wv, a3);
+                    }
+                }
+                if (act != ACT_NONE) {
+                    __m512 z = _mm512_setzero_ps(), six = _mm512_set1_ps(6.f);
+                    a0 = _mm512_max_ps(a0, z); a1 = _mm512_max_ps(a1, z);
+                    a2 = _mm512_max_ps(a2, z); a3 = _mm512_max_ps(a3, z);
+                    if (act == ACT_RELU6) {
+                        a0 = _mm512_min_ps(a0, six); a1 = _mm512_min_ps(a1, six);
+                        a2 = _mm512_min_ps(a2, six); a3 = _mm512_min_ps(a3, six);
+                    }
+                }
+                _mm512_store_ps(out + c, a0);
+                _mm512_store_ps(out + cp + c, a1);
+                _mm512_store_ps(out + 2 * (size_t)cp + c, a2);
+                _mm512_store_ps(out + 3 * (size_t)cp + c, a3);
+            }
+            i += 4;
+            ow += 4;
+            if (ow == Wo) { ow = 0; ++oh; }
+            continue;
+        }
+        /* one pixel, any position (border pixels skip the taps that fall in the zero padding) */
         float *out = t + (size_t)i * cp;
         for (int c = 0; c < C; c += 16) {
             int nc = C - c < 16 ? C - c : 16;
@@ -58,13 +112,13 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
             __m512 acc = bdw ? _mm512_maskz_loadu_ps(k, bdw + c) : _mm512_setzero_ps();
             for (int kh = 0; kh < KH; ++kh) {
                 int ih = ih0 + kh * dh;
-                if (!interior && (ih < 0 || ih >= H)) continue;
+                if (ih < 0 || ih >= H) continue;
                 const float *row = x + (size_t)ih * W * C + c;
                 const float *wrow = wdw + (size_t)kh * KW * C + c;
                 for (int kw = 0; kw < KW; ++kw) {
                     int iw = iw0 + kw * dw;
-                    if (!interior && (iw < 0 || iw >= W)) continue;
-                    if (nc == 16)
+                    if (iw < 0 || iw >= W) continue;
+                    if (nc == 16) /* masked loads are slower than plain ones on AMD Zen, even with a full mask */
                         acc = _mm512_fmadd_ps(_mm512_loadu_ps(row + (size_t)iw * C), _mm512_loadu_ps(wrow + (size_t)kw * C),
                                               acc);
                     else
@@ -78,6 +132,7 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
             }
             _mm512_store_ps(out + c, acc);
         }
+        ++i;
         if (++ow == Wo) { ow = 0; ++oh; }
     }
     return;
