@@ -34,6 +34,7 @@ import sepconv
 from sepconv._io import atomic_write_bytes
 from sepconv.bench.timing import machine_info
 from sepconv.cost import profile
+from sepconv.onednn import onednn_available
 from sepconv.models import build_model
 
 HERE = Path(__file__).resolve().parent
@@ -60,10 +61,12 @@ def main(argv=None) -> int:
         for variant in ("standard", "separable"):
             model = build_model(name, variant, **kwargs).eval()
             macs = profile(model, shape[1:]).total_macs
-            backends = ("eager", "compile") + (("onnxruntime",) if sepconv.fast.onnxruntime_available() else ())
+            backends = (("eager", "compile") + (("onednn",) if onednn_available() else ())
+                        + (("onnxruntime",) if sepconv.fast.onnxruntime_available() else ()))
             torch._dynamo.reset()
             fast = sepconv.optimize(model, x, rounds=args.rounds, backends=backends)
             row["variants"][variant] = {"macs_per_sample": macs, "median_ms": fast.timings_ms, "picked": fast.backend,
+                                        "layer_choices": fast.layer_choices,
                                         "picked_layout": "channels_last" if fast.memory_format == torch.channels_last
                                         else "contiguous"}
         std, sep = row["variants"]["standard"], row["variants"]["separable"]
@@ -77,7 +80,9 @@ def main(argv=None) -> int:
         if "onnxruntime" in std["median_ms"]:
             paths["onnxruntime"] = (std["median_ms"]["onnxruntime"], sep["median_ms"]["onnxruntime"])
         paths["compile"] = (std["median_ms"]["compile"], sep["median_ms"]["compile"])
-        keys = eager + ("compile",) + (("onnxruntime",) if "onnxruntime" in std["median_ms"] else ())
+        if "onednn" in std["median_ms"]:
+            paths["onednn"] = (std["median_ms"]["onednn"], sep["median_ms"]["onednn"])
+        keys = eager + ("compile",) + tuple(k for k in ("onednn", "onnxruntime") if k in std["median_ms"])
         paths["optimize"] = (best(std["median_ms"], keys), best(sep["median_ms"], keys))
         row["theoretical_speedup"] = theory
         row["paths"] = {k: {"standard_ms": a, "separable_ms": b, "speedup": a / b, "realized": a / b / theory}

@@ -10,12 +10,16 @@ For every shape of `sepconv bench`'s suites (forward, inference, float32), one
 * `compile`, `compile_nhwc`  `torch.compile` (inductor, default mode, `freezing` on), NCHW / channels-last;
 * `onnxruntime`     the layer exported to ONNX (opset 17) in an ONNX Runtime session
                     (all graph optimizations, `intra_op_num_threads` = threads);
-* `sepconv`         `sepconv.optimize(layer, sample)`, sepconv's own inference path, timed as the
-                    layer runs inside an optimized network (input already in the layout it chose);
+* `sepconv`         `sepconv.optimize(layer, sample)`, sepconv's own inference path (it measures
+                    eager, packed oneDNN / the fused kernel and ONNX Runtime and keeps the fastest),
+                    timed as the layer runs inside an optimized network (input already in the
+                    layout it chose);
 
-and the standard convolution it replaces, at its faster eager layout and in ONNX
-Runtime, for the realized ratios (`realized_best_path` against the faster eager
-standard convolution, `realized_onnxruntime` with both in ONNX Runtime). All candidates of a shape are timed in the same
+and the standard convolution it replaces, at its faster eager layout, in ONNX
+Runtime and packed for oneDNN, for the realized ratios (`realized_best_path`
+against the faster eager standard convolution, `realized_best_engines` against
+the standard convolution's fastest engine, `realized_onnxruntime` with both in
+ONNX Runtime). All candidates of a shape are timed in the same
 interleaved rounds (medians), so ratios are side by side. Peers that are not
 installed (onnxruntime) or fail (torch.compile without a C++ compiler) are
 recorded as skipped with the reason. Keras is not timed: TensorFlow is not
@@ -43,6 +47,7 @@ from sepconv.bench.timing import interleaved, machine_info
 from sepconv.cost import conv_cost, separable_cost
 from sepconv.fast import optimize, to_onnxruntime
 from sepconv.layers._common import conv_module
+from sepconv.onednn import PackedConv2d, onednn_available
 
 HERE = Path(__file__).resolve().parent
 SUITES = {"mobilenet_v1": mobilenet_v1_suite, "vgg_blocks": vgg_blocks_suite}
@@ -100,6 +105,8 @@ def run_shape(case, threads: int, rounds: int) -> dict:
         candidates["standard_onnxruntime"] = onnx_runner(std, x, threads)
     except Exception as error:
         skipped["onnxruntime"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    if onednn_available():  # the standard convolution with its weight reordered once (what eager redoes every call)
+        candidates["standard_onednn"] = no_grad(PackedConv2d(std_nhwc), x_nhwc)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fast = optimize(sep, x)
@@ -111,6 +118,8 @@ def run_shape(case, threads: int, rounds: int) -> dict:
     peers = {k: v for k, v in ms.items() if k in ("eager_nchw", "eager_nhwc", "compile", "compile_nhwc", "onnxruntime")}
     best_peer = min(peers, key=peers.get)
     t_std = min(ms["standard_nchw"], ms["standard_nhwc"])
+    std_engines = [k for k in ms if k.startswith("standard_")]
+    best_std = min(std_engines, key=ms.get)
     theoretical = conv_cost(spec, case.size).macs / separable_cost(spec, case.size).macs
     best_path = min(("sepconv", *peers), key=lambda k: ms[k])
     return {
@@ -118,8 +127,11 @@ def run_shape(case, threads: int, rounds: int) -> dict:
         "out": spec.out_channels, "stride": list(spec.stride), "median_ms": ms,
         "iqr_ms": {k: 1e3 * v.iqr for k, v in timings.items()}, "skipped": skipped,
         "best_peer": best_peer, "sepconv_vs_best_peer": ms["sepconv"] / ms[best_peer],
+        "sepconv_backend": fast.backend, "sepconv_layer_choices": fast.layer_choices,
         "theoretical_speedup": theoretical, "best_path": best_path,
         "realized_best_path": (t_std / ms[best_path]) / theoretical,
+        # each side on its fastest engine (the standard convolution too: eager, oneDNN-packed or ONNX Runtime)
+        "best_standard": best_std, "realized_best_engines": (ms[best_std] / ms[best_path]) / theoretical,
         "realized_eager_nchw": (t_std / ms["eager_nchw"]) / theoretical,
         # both convolutions in ONNX Runtime: the saving realized within that engine
         "realized_onnxruntime": ((ms["standard_onnxruntime"] / ms["onnxruntime"]) / theoretical

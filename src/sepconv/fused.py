@@ -14,9 +14,11 @@ CPU (``-march=native``), cached under ``$SEPCONV_CACHE_DIR`` (default
 ``~/.cache/sepconv``) and loaded with :mod:`ctypes`. Where no compiler is
 found or the build fails, :func:`fused_available` is False and
 :func:`fused_unavailable_reason` says why; :func:`sepconv.optimize` then
-uses the other engines (nothing requires this one). Threads: the job range
-is split over ``torch.get_num_threads()`` threads (``ctypes`` releases the
-GIL during the call).
+uses the other engines (nothing requires this one). Threads: the kernel is
+built with OpenMP when the compiler supports it and runs on
+``torch.get_num_threads()`` threads; in a PyTorch process the OpenMP runtime
+is PyTorch's own (``libgomp.so.1``), so it shares PyTorch's worker threads
+rather than competing with them for the cores.
 
 Whether it is faster than the two oneDNN convolutions depends on the shape
 and the machine: :func:`sepconv.onednn.pack_convolutions` measures both per
@@ -33,8 +35,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -79,6 +79,7 @@ def _compiler() -> Optional[str]:
 
 
 _FLAGS = ("-O3", "-march=native", "-std=c11", "-shared", "-fPIC")
+_OPENMP = ("-fopenmp",)  # tried first; without it the kernel runs on one thread
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,17 +91,20 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
     if cc is None:
         return None, "no C compiler found (set $CC or install gcc or clang)"
     source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + cc.encode() + " ".join(_FLAGS).encode() + _cpu_key().encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + cc.encode() + " ".join(_FLAGS + _OPENMP).encode() + _cpu_key().encode()).hexdigest()
     cache = _cache_dir()
-    path = cache / f"fused_dwpw-{key}.so"
+    path = cache / f"fused_dwpw-{key[:16]}.so"
     if not path.exists():
         try:
             cache.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=cache) as tmp:
                 built = Path(tmp) / path.name
-                result = subprocess.run([cc, *_FLAGS, "-o", str(built), str(_SOURCE)], capture_output=True,
-                                        text=True, timeout=120)
-                if result.returncode != 0:
+                for extra in (_OPENMP, ()):  # OpenMP shares PyTorch's threads (its libgomp.so.1 is the one loaded)
+                    result = subprocess.run([cc, *_FLAGS, *extra, "-o", str(built), str(_SOURCE)],
+                                            capture_output=True, text=True, timeout=120)
+                    if result.returncode == 0:
+                        break
+                else:
                     return None, f"building the fused kernel with {cc} failed: {result.stderr.strip()[-500:]}"
                 os.replace(built, path)  # atomic: a concurrent build never leaves a half-written library
         except (OSError, subprocess.SubprocessError) as error:
@@ -111,7 +115,7 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
         return None, f"loading the fused kernel failed: {error}"
     i, p, long = ctypes.c_int, ctypes.c_void_p, ctypes.c_long
     lib.sepconv_fused_dwpw_f32.argtypes = [p, i, i, i, i, p, p, i, i, i, i, i, i, i, i, i, p, p, i, i, p, i, i, i, i,
-                                           long, long]
+                                           long, long, i]
     lib.sepconv_fused_dwpw_f32.restype = i
     lib.sepconv_fused_jobs.argtypes = [i, i, i, i, i]
     lib.sepconv_fused_jobs.restype = long
@@ -133,21 +137,6 @@ def fused_uses_avx512() -> bool:
     """Whether the loaded kernel was compiled with its AVX-512 path (else portable, compiler-vectorized loops)."""
     lib = _load()[0]
     return bool(lib is not None and lib.sepconv_fused_has_avx512())
-
-
-_pool_lock = threading.Lock()
-_pool: Optional[ThreadPoolExecutor] = None
-_pool_size = 0
-
-
-def _executor(workers: int) -> ThreadPoolExecutor:
-    global _pool, _pool_size
-    with _pool_lock:
-        if _pool is None or _pool_size != workers:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool, _pool_size = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sepconv-fused"), workers
-        return _pool
 
 
 def _activation_code(activation: Optional[nn.Module], name: str) -> int:
@@ -247,16 +236,9 @@ class FusedSeparableConv2d(nn.Module):
                 None if self.dw_bias is None else self.dw_bias.data_ptr(), kh, kw, sh, sw, ph, pw, dh, dw,
                 self.dw_act, self.pw_panels.data_ptr(), None if self.pw_bias is None else self.pw_bias.data_ptr(),
                 self.out_channels, self.pw_act, y.data_ptr(), ho, wo, self.tile, groups)
-        workers = min(threads, jobs)
-        bounds = [jobs * i // workers for i in range(workers + 1)]
-        if workers == 1:
-            codes = [lib.sepconv_fused_dwpw_f32(*args, 0, jobs)]
-        else:
-            pool = _executor(workers - 1)
-            futures = [pool.submit(lib.sepconv_fused_dwpw_f32, *args, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
-            codes = [lib.sepconv_fused_dwpw_f32(*args, bounds[0], bounds[1])] + [f.result() for f in futures]
-        if any(codes):
-            raise RuntimeError(f"the fused kernel failed (codes {codes}; -1: out of memory)")
+        code = lib.sepconv_fused_dwpw_f32(*args, 0, jobs, threads)
+        if code:
+            raise RuntimeError(f"the fused kernel failed with code {code} (-1: out of memory)")
         return y
 
     def extra_repr(self) -> str:

@@ -6,13 +6,15 @@
  * pointwise product is a register-blocked GEMM: MR pixels x NR output
  * channels of accumulators, the pointwise weight packed as [C][Cout_padded].
  * AVX-512 intrinsics where the compiler targets AVX-512F; portable loops
- * (auto-vectorized) elsewhere. Plain C, no Python or PyTorch headers and no
- * OpenMP (a second OpenMP runtime beside PyTorch's would compete for the
- * cores): built by sepconv.fused with the system C compiler, loaded with
- * ctypes, and run on several threads by calling it on disjoint job ranges.
+ * (auto-vectorized) elsewhere. Plain C with optional OpenMP, no Python or
+ * PyTorch headers: built by sepconv.fused with the system C compiler and
+ * loaded with ctypes.
  */
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -242,9 +244,10 @@ static void pointwise_tile(const float *t, int m, int cp, int C, const float *b,
  * padded); bpw: [Cout] or NULL; y: [N][Ho][Wo][Cout]; act: 0 none, 1 ReLU, 2 ReLU6.
  *
  * The work is split into jobs: (image, tile of `tile` output pixels, group of output-channel panels), numbered
- * in that order; a call runs jobs [job_begin, job_end), so callers can run disjoint ranges on several threads
- * (sepconv.fused does, with the GIL released). `groups` > 1 splits the output channels when there are fewer
- * tiles than threads (each group recomputes its tile's depthwise step). Returns 0, or -1 if the tile buffer
+ * in that order; a call runs jobs [job_begin, job_end) on `threads` OpenMP threads (built with -fopenmp, the
+ * process's OpenMP runtime is PyTorch's own libgomp.so.1, so the kernel shares PyTorch's worker threads
+ * instead of competing with them). `groups` > 1 splits the output channels when there are fewer tiles than
+ * threads (each group recomputes its tile's depthwise step). Returns 0, or -1 if the tile buffer
  * could not be allocated, -2 for a job range outside [0, sepconv_fused_jobs()). */
 long sepconv_fused_jobs(int N, int Ho, int Wo, int tile, int groups) {
     return (long)N * ((Ho * Wo + tile - 1) / tile) * groups;
@@ -253,7 +256,7 @@ long sepconv_fused_jobs(int N, int Ho, int Wo, int tile, int groups) {
 int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const float *wdw, const float *bdw, int KH,
                            int KW, int sh, int sw, int ph, int pw, int dh, int dw, int dw_act, const float *wpw,
                            const float *bpw, int Cout, int pw_act, float *y, int Ho, int Wo, int tile, int groups,
-                           long job_begin, long job_end) {
+                           long job_begin, long job_end, int threads) {
     /* row stride of the depthwise tile: C rounded up to 16, plus 16 so that consecutive rows do not sit at the
      * input's stride modulo 4 KiB (4K aliasing between the tile's stores and the input's loads) */
     int cp = (C + 15) / 16 * 16 + 16;
@@ -262,20 +265,35 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
     int tiles_per_image = (P + tile - 1) / tile;
     int panels = (Cout + NR - 1) / NR;
     int per_group = (panels + groups - 1) / groups;
-    float *t = (float *)aligned_alloc(64, ((size_t)tile * cp * sizeof(float) + 63) / 64 * 64);
-    if (!t) return -1;
-    for (long job = job_begin; job < job_end; ++job) {
-        int g = (int)(job % groups);
-        long rest = job / groups;
-        int n = (int)(rest / tiles_per_image), p0 = (int)(rest % tiles_per_image) * tile;
-        int m = P - p0 < tile ? P - p0 : tile;
-        int j_begin = g * per_group * NR, j_end = (g + 1) * per_group * NR;
-        if (j_end > Cout) j_end = Cout;
-        if (j_begin >= j_end) continue;
-        depthwise_tile(x + (size_t)n * H * W * C, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, dw_act, Wo, p0,
-                       m, t, cp);
-        pointwise_tile(t, m, cp, C, wpw, bpw, Cout, j_begin, j_end, pw_act, y + ((size_t)n * P + p0) * Cout);
+    int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1 && job_end - job_begin > 1)
+#endif
+    {
+        float *t = (float *)aligned_alloc(64, ((size_t)tile * cp * sizeof(float) + 63) / 64 * 64);
+        if (!t) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            failed = 1;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (long job = job_begin; job < job_end; ++job) {
+            if (!t) continue;
+            int g = (int)(job % groups);
+            long rest = job / groups;
+            int n = (int)(rest / tiles_per_image), p0 = (int)(rest % tiles_per_image) * tile;
+            int m = P - p0 < tile ? P - p0 : tile;
+            int j_begin = g * per_group * NR, j_end = (g + 1) * per_group * NR;
+            if (j_end > Cout) j_end = Cout;
+            if (j_begin >= j_end) continue;
+            depthwise_tile(x + (size_t)n * H * W * C, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, dw_act, Wo,
+                           p0, m, t, cp);
+            pointwise_tile(t, m, cp, C, wpw, bpw, Cout, j_begin, j_end, pw_act, y + ((size_t)n * P + p0) * Cout);
+        }
+        free(t);
     }
-    free(t);
-    return 0;
+    return failed ? -1 : 0;
 }
