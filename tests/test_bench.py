@@ -66,6 +66,17 @@ def test_run_case_reports_consistent_ratios():
     assert s["realized"] == pytest.approx(s["speedup"] * s["mac_ratio"])
     assert s["speedup"] == pytest.approx(s["standard_ms"] / s["separable_ms"])
     assert 0 < s["dw_time_share"] < 1 and "train_realized" in s
+    if "realized_best" in s:  # oneDNN available: each side's best engine is the fastest of its timings
+        assert s["best_separable_ms"] == pytest.approx(min(s["separable_ms"], s["onednn_separable_ms"],
+                                                           s.get("fused_separable_ms", float("inf"))))
+        assert s["best_standard_ms"] == pytest.approx(min(s["standard_ms"], s["onednn_standard_ms"]))
+        assert s["realized_best"] == pytest.approx(s["best_speedup"] * s["mac_ratio"])
+    # the roofline speedup: standard conv's bound over the sum of the separable stages' bounds
+    std_bound = max(2 * conv_cost(case.spec, case.size, batch=2).macs / 1e10,
+                    conv_cost(case.spec, case.size, batch=2).bytes / 1e9)
+    stages = separable_cost(case.spec, case.size, batch=2).stages
+    sep_bound = sum(max(st.flops / 1e10, st.bytes / 1e9) for st in stages)
+    assert s["roofline_speedup"] == pytest.approx(std_bound / sep_bound)
 
 
 def test_bench_cli_smoke(tmp_path, capsys):

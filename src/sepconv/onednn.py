@@ -245,7 +245,13 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
             if choice == "packed":
                 layer.depthwise, layer.pointwise = packed_dw, packed_pw
         if choice == "fused":
-            layer.depthwise, layer.pointwise = fused, nn.Identity()
+            qualified = names[id(layer)]
+            if qualified:  # the whole layer becomes one module: no per-call input checks or Identity steps left
+                parent_name, _, child = qualified.rpartition(".")
+                whole = FusedSeparableConv2d(layer.depthwise, layer.pointwise, dw_act, pw_act, pad=layer.pad)
+                setattr(model.get_submodule(parent_name), child, whole)
+            else:  # the model is the layer itself
+                layer.depthwise, layer.pointwise = fused, nn.Identity()
         if choice != "eager":
             if dw_act is not None:
                 layer.dw_act = nn.Identity()
