@@ -49,9 +49,17 @@ def test_optimize_measures_and_keeps_mobilenet_v2_outputs():
     fast = sepconv.optimize(model, x, rounds=2)
     expected = ({"original", "nchw", "channels_last"} | ({"onnxruntime"} if onnxruntime_available() else set())
                 | ({"onednn"} if onednn_available() else set()))
-    assert set(fast.timings_ms) == expected
-    candidates = {k: v for k, v in fast.timings_ms.items() if k != "original"}
-    chosen = min(candidates, key=candidates.get)  # the fastest candidate is the one kept
+    first = {k: v for k, v in fast.timings_ms.items() if not k.endswith(" (confirmation)")}
+    assert set(first) == expected
+    candidates = {k: v for k, v in first.items() if k != "original"}
+    chosen = min(candidates, key=candidates.get)  # the fastest candidate is the one kept...
+    confirmed = {k[: -len(" (confirmation)")]: v for k, v in fast.timings_ms.items() if k.endswith(" (confirmation)")}
+    if confirmed:  # ...unless the runner-up was within CLOSE_CALL and won the longer second timing
+        ranked = sorted(candidates, key=candidates.get)
+        assert set(confirmed) == set(ranked[:2]) and candidates[ranked[1]] < sepconv.fast.CLOSE_CALL * candidates[ranked[0]]
+        chosen = min(confirmed, key=confirmed.get)
+    else:
+        assert sorted(candidates.values())[1] >= sepconv.fast.CLOSE_CALL * candidates[chosen]
     assert fast.backend == (chosen if chosen in ("onnxruntime", "onednn") else "eager")
     assert fast.memory_format == (torch.channels_last if chosen in ("channels_last", "onednn") else torch.contiguous_format)
     with torch.no_grad():
