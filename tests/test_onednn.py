@@ -134,3 +134,21 @@ def test_optimize_onednn_backend():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-3, atol=1e-4)
     with pytest.raises(ValueError, match="'onednn', which needs a 4D float32 CPU"):
         sepconv.optimize(nn.Conv1d(1, 1, 1), torch.randn(1, 1, 4), backends=("onednn",))
+
+
+def test_layers_the_fused_kernel_cannot_run_are_packed_step_by_step():
+    model = nn.Sequential(
+        sepconv.SeparableConv2d(4, 6, 3, stride=2, padding="same", depth_multiplier=2),  # multiplier 2: not fusable
+        nn.ReLU(),
+        sepconv.SeparableConv2d(6, 5, 3, padding=1, dw_act="relu6"),
+        nn.ReLU6(),
+    ).eval()
+    x = torch.randn(2, 4, 11, 11)
+    packed = copy.deepcopy(model)
+    choices = pack_convolutions(packed, measure=False)
+    assert choices["0.depthwise"] == "packed" and choices["0.pointwise"] == "packed+relu"
+    if fused_available():
+        assert choices["2.depthwise"] == "fused+relu6" and choices["2.pointwise"] == "fused+relu6"
+        assert type(packed[2]).__name__ == "FusedSeparableConv2d"  # the whole layer became one module
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x), model(x), rtol=1e-4, atol=1e-5)
