@@ -213,9 +213,10 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
     inputs: dict[int, torch.Tensor] = {}
     if measure:
         watched = [getattr(p, n) for p, n, _ in sites] + [layer for layer, _, _ in units]
-        hooks = [m.register_forward_pre_hook(
-            lambda m, args: inputs.setdefault(id(m), args[0].detach().contiguous(memory_format=torch.channels_last)))
-            for m in watched]
+        def record(module: nn.Module, args: tuple) -> None:  # returning a value would replace the module's input
+            inputs.setdefault(id(module), args[0].detach().contiguous(memory_format=torch.channels_last))
+
+        hooks = [m.register_forward_pre_hook(record) for m in watched]
         try:
             with torch.no_grad():
                 model(sample_input)
