@@ -1,5 +1,7 @@
 """sepconv.fused: the fused depthwise -> pointwise kernel computes what the two convolutions compute."""
 
+import platform
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,10 @@ def test_fused_equals_depthwise_then_pointwise(batch, cin, cout, k, stride, padd
                                                h, w, threads, seed):
     if h + 2 * padding < dilation * (k - 1) + 1 or w + 2 * padding < dilation * (k - 1) + 1:
         return  # no output pixel
+    check_against_reference(batch, cin, cout, k, stride, padding, dilation, bias, dw_act, pw_act, h, w, threads, seed)
+
+
+def check_against_reference(batch, cin, cout, k, stride, padding, dilation, bias, dw_act, pw_act, h, w, threads, seed):
     torch.manual_seed(seed)
     dw = nn.Conv2d(cin, cin, k, stride, padding, dilation, groups=cin, bias=bias)
     pw = nn.Conv2d(cin, cout, 1, bias=bias)
@@ -80,7 +86,7 @@ def test_fused_refuses_what_it_cannot_run():
 def test_a_failed_build_is_reported_and_the_engines_fall_back(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
     monkeypatch.setenv("SEPCONV_CACHE_DIR", str(tmp_path))
-    fused_module._load.cache_clear()
+    fused_module._load_for.cache_clear()
     try:
         assert not fused_available()
         assert "building the fused kernel with false failed" in fused_unavailable_reason()
@@ -95,4 +101,18 @@ def test_a_failed_build_is_reported_and_the_engines_fall_back(monkeypatch, tmp_p
         assert not list(tmp_path.glob("*.so"))  # nothing half-built left in the cache
     finally:
         monkeypatch.undo()
-        fused_module._load.cache_clear()
+        fused_module._load_for.cache_clear()
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the portable target is named for x86-64")
+def test_the_portable_code_path_computes_the_same(monkeypatch):
+    """The kernel built without AVX-512 (as on older CPUs) runs its plain loops; same results."""
+    monkeypatch.setattr(fused_module, "MARCH", "x86-64-v2")
+    if not fused_available():
+        pytest.skip(f"fused kernel unavailable: {fused_unavailable_reason()}")
+    assert not fused_module.fused_uses_avx512()
+    for config in [(2, 5, 7, 3, 1, 1, 1, True, "relu", "relu6", 9, 8, 1, 0),
+                   (1, 33, 40, 3, 2, 1, 1, False, None, "relu", 12, 11, 2, 1),
+                   (3, 16, 32, 5, 1, 2, 2, True, "relu6", None, 13, 13, 2, 2),
+                   (1, 70, 3, 1, 1, 0, 1, True, None, None, 4, 5, 1, 3)]:
+        check_against_reference(*config)

@@ -78,20 +78,29 @@ def _compiler() -> Optional[str]:
     return None
 
 
-_FLAGS = ("-O3", "-march=native", "-std=c11", "-shared", "-fPIC")
+#: The ``-march`` the kernel is built for. ``native``: this CPU's vector width (AVX-512 where it has it). Tests
+#: set a portable target (e.g. ``x86-64-v2``) to exercise the kernel's non-AVX-512 code path on any machine.
+MARCH = "native"
+_FLAGS = ("-O3", "-std=c11", "-shared", "-fPIC")
 _OPENMP = ("-fopenmp",)  # tried first; without it the kernel runs on one thread
 
 
-@functools.lru_cache(maxsize=None)
 def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
-    """Build (once per source, compiler and CPU) and load the kernel: (library, None) or (None, why not)."""
+    """The kernel for :data:`MARCH`: (library, None) or (None, why not)."""
+    return _load_for(MARCH)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_for(march: str) -> tuple[Optional[ctypes.CDLL], Optional[str]]:
+    """Build (once per source, compiler, target and CPU) and load the kernel: (library, None) or (None, why not)."""
     if platform.system() == "Windows":
         return None, "the fused kernel is built with a Unix C compiler; not supported on Windows"
     cc = _compiler()
     if cc is None:
         return None, "no C compiler found (set $CC or install gcc or clang)"
     source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + cc.encode() + " ".join(_FLAGS + _OPENMP).encode() + _cpu_key().encode()).hexdigest()
+    flags = (f"-march={march}",) + _FLAGS
+    key = hashlib.sha256(source + cc.encode() + " ".join(flags + _OPENMP).encode() + _cpu_key().encode()).hexdigest()
     cache = _cache_dir()
     path = cache / f"fused_dwpw-{key[:16]}.so"
     if not path.exists():
@@ -100,7 +109,7 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
             with tempfile.TemporaryDirectory(dir=cache) as tmp:
                 built = Path(tmp) / path.name
                 for extra in (_OPENMP, ()):  # OpenMP shares PyTorch's threads (its libgomp.so.1 is the one loaded)
-                    result = subprocess.run([cc, *_FLAGS, *extra, "-o", str(built), str(_SOURCE)],
+                    result = subprocess.run([cc, *flags, *extra, "-o", str(built), str(_SOURCE)],
                                             capture_output=True, text=True, timeout=120)
                     if result.returncode == 0:
                         break
