@@ -22,8 +22,11 @@ the standard convolution's fastest engine, `realized_onnxruntime` with both in
 ONNX Runtime). All candidates of a shape are timed in the same
 interleaved rounds (medians), so ratios are side by side. Peers that are not
 installed (onnxruntime) or fail (torch.compile without a C++ compiler) are
-recorded as skipped with the reason. Keras is not timed: TensorFlow is not
-installed here (and would pull a second framework into the benchmark).
+recorded as skipped with the reason. With `--keras-python PATH` (a Python that
+has TensorFlow and Keras, e.g. a separate venv: `pip install tensorflow-cpu`),
+Keras' `SeparableConv2D` and `Conv2D` (TensorFlow backend, channels-last,
+`tf.function`) are timed too, by `keras_peer.py` in that Python, right after
+the other candidates of each shape (their own process, so not interleaved).
 
 Writes `peers.json` (with the machine) into --out (default
 `benchmarks/results/peers-cpu-<threads>thread`).
@@ -67,7 +70,32 @@ def onnx_runner(module: nn.Module, x: torch.Tensor, threads: int):
     return lambda: runner.session.run(None, feed)
 
 
-def run_shape(case, threads: int, rounds: int) -> dict:
+class KerasPeer:
+    """Keras' SeparableConv2D and Conv2D timed by benchmarks/keras_peer.py under another Python (with TensorFlow)."""
+
+    def __init__(self, python: str, threads: int):
+        import subprocess
+
+        self.proc = subprocess.Popen([python, str(HERE / "keras_peer.py"), str(threads)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def time(self, case, rounds: int) -> dict:
+        spec = case.spec
+        request = {"in": spec.in_channels, "out": spec.out_channels, "size": case.size[0],
+                   "stride": spec.stride[0], "batch": case.batch, "rounds": rounds}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("keras_peer.py stopped (see its error output above)")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def run_shape(case, threads: int, rounds: int, keras: "KerasPeer | None" = None) -> dict:
     torch.manual_seed(0)
     spec = case.spec
     x = torch.randn(case.batch, spec.in_channels, *case.size)
@@ -115,7 +143,13 @@ def run_shape(case, threads: int, rounds: int) -> dict:
     candidates["sepconv"] = no_grad(fast.model, x.contiguous(memory_format=fast.memory_format))
     timings = interleaved(candidates, rounds=rounds)
     ms = {k: 1e3 * v.median for k, v in timings.items()}
-    peers = {k: v for k, v in ms.items() if k in ("eager_nchw", "eager_nhwc", "compile", "compile_nhwc", "onnxruntime")}
+    versions = {}
+    if keras is not None:  # right after the others, in its own process (not interleaved with them)
+        reply = keras.time(case, rounds)
+        ms["keras"], ms["standard_keras"] = reply["separable_ms"], reply["standard_ms"]
+        versions = reply["versions"]
+    peers = {k: v for k, v in ms.items()
+             if k in ("eager_nchw", "eager_nhwc", "compile", "compile_nhwc", "onnxruntime", "keras")}
     best_peer = min(peers, key=peers.get)
     t_std = min(ms["standard_nchw"], ms["standard_nhwc"])
     std_engines = [k for k in ms if k.startswith("standard_")]
@@ -136,6 +170,9 @@ def run_shape(case, threads: int, rounds: int) -> dict:
         # both convolutions in ONNX Runtime: the saving realized within that engine
         "realized_onnxruntime": ((ms["standard_onnxruntime"] / ms["onnxruntime"]) / theoretical
                                  if "onnxruntime" in ms else None),
+        # both convolutions in Keras (TensorFlow backend)
+        "realized_keras": (ms["standard_keras"] / ms["keras"]) / theoretical if "keras" in ms else None,
+        "keras_versions": versions,
     }
 
 
@@ -145,19 +182,23 @@ def main(argv=None) -> int:
     p.add_argument("--suite", default="mobilenet_v1,vgg_blocks")
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--out")
+    p.add_argument("--keras-python", help="a Python with TensorFlow/Keras: time Keras' SeparableConv2D as a peer")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else HERE / "results" / f"peers-cpu-{args.threads}thread"
     rows = []
+    keras = KerasPeer(args.keras_python, args.threads) if args.keras_python else None
     for suite in args.suite.split(","):
         for case in SUITES[suite]():
-            row = run_shape(case, args.threads, args.rounds)
+            row = run_shape(case, args.threads, args.rounds, keras)
             row["suite"] = suite
             rows.append(row)
             ms = row["median_ms"]
             print(f"{suite:13s} {case.name:28s} " + "  ".join(f"{k} {v:8.3f}" for k, v in ms.items())
                   + f"  best peer {row['best_peer']}  sepconv/best {row['sepconv_vs_best_peer']:.2f}"
                   + (f"  skipped {list(row['skipped'])}" if row["skipped"] else ""), flush=True)
+    if keras is not None:
+        keras.close()
     record = {"machine": machine_info(), "threads": args.threads, "dtype": "float32", "mode": "inference forward",
               "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
