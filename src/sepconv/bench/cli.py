@@ -74,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
           f"{roof.peak_flops / 1e9:.1f} GFLOP/s"
           + (f" (torch.mm: {roof.torch_peak_flops / 1e9:.1f})" if roof.torch_peak_flops is not None else "")
           + f", bandwidth {roof.bandwidth / 1e9:.1f} GB/s (float32)")
+    info["engines"] = engines_info()
+    print("engines: " + "; ".join(f"{k}: {v}" for k, v in info["engines"].items()))
     rows = []
     header = ("case", "MAC ratio", "std ms", "sep ms", "speedup", "theory", "roofline", "realized", "train realized",
               "train best",
@@ -115,6 +117,17 @@ def run(args: argparse.Namespace) -> int:
         _plot(rows, out / "bench.png")
         print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
     return 0
+
+
+def engines_info() -> dict:
+    """Which of sepconv's engines this run could time, and why not where it could not."""
+    from ..fused import fused_available, fused_unavailable_reason, fused_uses_avx512
+    from ..onednn import onednn_available
+
+    fused = (("available, AVX-512" if fused_uses_avx512() else "available, portable loops (no AVX-512)")
+             if fused_available() else f"unavailable: {fused_unavailable_reason()}")
+    return {"onednn": "available" if onednn_available() else "unavailable: no torch.ops.mkldnn convolution operators",
+            "fused": fused}
 
 
 def separable_dw_share(case) -> float:
