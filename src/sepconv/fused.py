@@ -16,9 +16,11 @@ found or the build fails, :func:`fused_available` is False and
 :func:`fused_unavailable_reason` says why; :func:`sepconv.optimize` then
 uses the other engines (nothing requires this one). Threads: the kernel is
 built with OpenMP when the compiler supports it and runs on
-``torch.get_num_threads()`` threads; in a PyTorch process the OpenMP runtime
-is PyTorch's own (``libgomp.so.1``), so it shares PyTorch's worker threads
-rather than competing with them for the cores.
+``torch.get_num_threads()`` threads; with PyTorch's Linux wheels, which
+bundle ``libgomp.so.1``, the process has one OpenMP runtime, PyTorch's, so
+the kernel shares PyTorch's worker threads rather than competing with them
+for the cores (a build of PyTorch on another OpenMP runtime would get a
+second thread pool).
 
 Whether it is faster than the two oneDNN convolutions depends on the shape
 and the machine: :func:`sepconv.onednn.pack_convolutions` measures both per
