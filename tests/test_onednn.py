@@ -152,3 +152,15 @@ def test_layers_the_fused_kernel_cannot_run_are_packed_step_by_step():
         assert type(packed[2]).__name__ == "FusedSeparableConv2d"  # the whole layer became one module
     with torch.no_grad():
         torch.testing.assert_close(packed(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_separable_layer_as_the_whole_model_is_fused_in_place():
+    layer = sepconv.SeparableConv2d(8, 24, 3, padding="same", pw_act="relu").eval()
+    x = torch.randn(3, 8, 10, 10)
+    packed = copy.deepcopy(layer)
+    choices = pack_convolutions(packed, measure=False)
+    expected = "fused+relu" if fused_available() else "packed+relu"
+    assert choices["pointwise"] == expected and choices["depthwise"] == expected.split("+")[0]
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x), layer(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(packed(x[:0]), layer(x[:0]))  # an empty batch too

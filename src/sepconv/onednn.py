@@ -260,8 +260,9 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
                 setattr(pw_site[2][0], pw_site[2][1], nn.Identity())
         suffix = "" if choice == "eager" or pw_act is None else "+" + type(pw_act).__name__.lower()
         dw_suffix = "" if choice == "eager" or dw_act is None else "+" + type(dw_act).__name__.lower()
-        decisions[names[id(layer)] + ".depthwise"] = choice + dw_suffix
-        decisions[names[id(layer)] + ".pointwise"] = choice + suffix
+        prefix = names[id(layer)] + "." if names[id(layer)] else ""
+        decisions[prefix + "depthwise"] = choice + dw_suffix
+        decisions[prefix + "pointwise"] = choice + suffix
         done.update({(id(layer), "depthwise"), (id(layer), "pointwise")})
     for parent, name, act_site in sites:
         if (id(parent), name) in done:
