@@ -110,11 +110,12 @@ class _TupleOutput(nn.Module):
 
 
 @pytest.mark.skipif(not onnxruntime_available(), reason="onnx/onnxruntime not installed (pip install 'sepconv[onnx]')")
-def test_a_model_onnxruntime_cannot_run_falls_back_to_eager_with_a_warning():
+def test_a_model_onnxruntime_cannot_run_falls_back_to_the_other_backends_with_a_warning():
     model, x = _TupleOutput().eval(), torch.randn(1, 2, 6, 6)
     with pytest.warns(UserWarning, match="skipping the onnxruntime backend"):
         fast = sepconv.optimize(model, x, rounds=1)
-    assert fast.backend == "eager" and "onnxruntime" not in fast.timings_ms
+    # the other candidates are still measured; which of them wins is up to the timing
+    assert fast.backend in ("eager", "onednn") and "onnxruntime" not in fast.timings_ms
     with torch.no_grad():
         torch.testing.assert_close(fast(x)[0], model(x)[0])
     with pytest.raises(RuntimeError, match="the onnxruntime backend failed"):
