@@ -213,6 +213,7 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
     inputs: dict[int, torch.Tensor] = {}
     if measure:
         watched = [getattr(p, n) for p, n, _ in sites] + [layer for layer, _, _ in units]
+
         def record(module: nn.Module, args: tuple) -> None:  # returning a value would replace the module's input
             inputs.setdefault(id(module), args[0].detach().contiguous(memory_format=torch.channels_last))
 
@@ -239,7 +240,8 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
             packed_dw = PackedConv2d(layer.depthwise, dw_act)
             packed_pw = PackedConv2d(layer.pointwise, pw_act)
             choice = _fastest({
-                "eager": _eager_call(layer, pw_act, x),
+                # eager: the layer as it is, plus the following activation when that one sits outside the layer
+                "eager": _eager_call(layer, pw_act if pw_act is not None and pw_site[2][0] is not layer else None, x),
                 "packed": _call(nn.Sequential(layer.pad, packed_dw, packed_pw), x),
                 "fused": _call(nn.Sequential(layer.pad, fused), x),
             }, rounds)
