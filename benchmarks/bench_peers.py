@@ -184,6 +184,8 @@ def main(argv=None) -> int:
     p.add_argument("--out")
     p.add_argument("--keras-python", help="a Python with TensorFlow/Keras: time Keras' SeparableConv2D as a peer")
     args = p.parse_args(argv)
+    if args.keras_python and not Path(args.keras_python).is_file():
+        p.error(f"--keras-python must be the path of a Python executable with TensorFlow, got {args.keras_python!r}")
     torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else HERE / "results" / f"peers-cpu-{args.threads}thread"
     rows = []

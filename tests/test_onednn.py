@@ -65,6 +65,16 @@ def test_packed_conv_refuses_what_it_cannot_run():
         packed(torch.randn(1, 2, 5, 5, dtype=torch.float64))
 
 
+def test_packed_conv_keeps_only_a_few_reordered_weights():
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    packed = PackedConv2d(conv)
+    with torch.no_grad():
+        for batch in range(1, 8):  # seven input shapes
+            x = torch.randn(batch, 3, 6, 6)
+            torch.testing.assert_close(packed(x), conv(x), rtol=1e-5, atol=1e-5)
+    assert list(packed._packed) == [(b, 3, 6, 6) for b in range(4, 8)]  # the four most recent
+
+
 def test_packed_conv_survives_deepcopy_and_pickle_after_use():
     conv = nn.Conv2d(3, 4, 3, padding=1)
     packed = PackedConv2d(conv, nn.ReLU())

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sepconv.models import build_model
-from sepconv.train_engine import Pointwise1x1, _GemmConvForward, tune_training, untune_training, uses_gemm_engine
+from sepconv.train_engine import Pointwise1x1, tune_training, untune_training, use_gemm_engine, uses_gemm_engine
 
 
 @settings(max_examples=20, deadline=None)
@@ -58,7 +58,7 @@ def test_tune_training_keeps_the_model_and_can_be_undone():
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # BatchNorm stats untouched
     # force the engine everywhere, then compare a training step with eager PyTorch's
     for name in pointwise:
-        model.get_submodule(name)._conv_forward = _GemmConvForward()
+        use_gemm_engine(model.get_submodule(name))
     reference = copy.deepcopy(model)
     assert untune_training(reference) == len(pointwise)
     assert not any(uses_gemm_engine(m) for m in reference.modules())
@@ -73,3 +73,5 @@ def test_tune_training_keeps_the_model_and_can_be_undone():
         tune_training(model, [1, 2])
     with pytest.raises(ValueError, match="rounds must be >= 1"):
         tune_training(model, x, rounds=0)
+    with pytest.raises(ValueError, match="use_gemm_engine needs a 1x1"):
+        use_gemm_engine(nn.Conv2d(2, 2, 3))

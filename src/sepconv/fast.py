@@ -244,20 +244,12 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
     timings: dict[str, float] = {}
     choice = next(iter(candidates))
     if measure and len(candidates) > 1:
-        from .bench.timing import interleaved
+        from .bench.timing import inference_call, interleaved
 
         original = copy.deepcopy(model).eval()
-
-        def run(m: nn.Module, fmt: torch.memory_format):
-            x = sample_input.contiguous(memory_format=fmt)
-
-            def call():
-                with torch.no_grad():
-                    return m(x)
-            return call
-
-        fns = {"original": run(original, torch.contiguous_format)}
-        fns.update({name: run(m, fmt) for name, (m, fmt, _) in candidates.items()})
+        fns = {"original": inference_call(original, sample_input)}
+        fns.update({name: inference_call(m, sample_input.contiguous(memory_format=fmt))
+                    for name, (m, fmt, _) in candidates.items()})
         t = interleaved(fns, rounds=rounds)
         timings = {k: v.median * 1e3 for k, v in t.items()}
         ranked = sorted(candidates, key=lambda name: timings[name])

@@ -33,6 +33,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+#: How many input shapes a PackedConv2d keeps a reordered weight for (least recently used dropped first).
+_PACKED_SHAPES = 4
+
 #: Activations oneDNN can apply to a convolution's output in the same pass: class -> (attr, scalars).
 _FUSABLE = {nn.ReLU: ("relu", []), nn.ReLU6: ("hardtanh", [0.0, 6.0])}
 
@@ -68,7 +71,7 @@ class PackedConv2d(nn.Module):
     is applied first). ``activation`` (``nn.ReLU`` or ``nn.ReLU6``) is fused
     into the convolution's output. Inputs must be float32 on the CPU; they are
     made channels-last, and so are the outputs. The weight is reordered for
-    the first input size seen and again for each new one (cached).
+    the first input size seen and again for each new one (the last few cached).
     Gradients do not flow into the weights (``requires_grad`` inputs raise).
     """
 
@@ -90,11 +93,13 @@ class PackedConv2d(nn.Module):
         self._packed: dict[tuple[int, ...], torch.Tensor] = {}
 
     def _packed_weight(self, shape: tuple[int, ...]) -> torch.Tensor:
-        packed = self._packed.get(shape)
+        packed = self._packed.pop(shape, None)
         if packed is None:
             packed = torch.ops.mkldnn._reorder_convolution_weight(
                 self.weight, self.padding, self.stride, self.dilation, self.groups, list(shape))
-            self._packed[shape] = packed
+            if len(self._packed) >= _PACKED_SHAPES:  # each entry is a copy of the weight: keep the recent few
+                del self._packed[next(iter(self._packed))]
+        self._packed[shape] = packed  # most recently used last
         return packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -197,6 +202,7 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
     maps each conv's qualified name to ``'eager'``, ``'packed'`` or
     ``'fused'``, with ``'+relu'``/``'+relu6'`` where an activation was fused.
     """
+    from .bench.timing import inference_call
     from .fused import FusedSeparableConv2d, fusable, fused_available
 
     if model.training:
@@ -231,7 +237,7 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
         pw_act = getattr(*pw_site[2]) if (pw_site[2] and fuse_activations) else None
         if fusable(layer.depthwise, layer.pointwise) is not None or (dw_act is not None and not fuse_activations):
             continue
-        fused = FusedSeparableConv2d(layer.depthwise, layer.pointwise, dw_act, pw_act)
+        fused = FusedSeparableConv2d(layer.depthwise, layer.pointwise, dw_act, pw_act, pad=layer.pad)
         choice = "fused"
         if measure:
             x = inputs.get(id(layer))
@@ -242,8 +248,8 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
             choice = _fastest({
                 # eager: the layer as it is, plus the following activation when that one sits outside the layer
                 "eager": _eager_call(layer, pw_act if pw_act is not None and pw_site[2][0] is not layer else None, x),
-                "packed": _call(nn.Sequential(layer.pad, packed_dw, packed_pw), x),
-                "fused": _call(nn.Sequential(layer.pad, fused), x),
+                "packed": inference_call(nn.Sequential(layer.pad, packed_dw, packed_pw), x),
+                "fused": inference_call(fused, x),
             }, rounds)
             if choice == "packed":
                 layer.depthwise, layer.pointwise = packed_dw, packed_pw
@@ -251,10 +257,9 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
             qualified = names[id(layer)]
             if qualified:  # the whole layer becomes one module: no per-call input checks or Identity steps left
                 parent_name, _, child = qualified.rpartition(".")
-                whole = FusedSeparableConv2d(layer.depthwise, layer.pointwise, dw_act, pw_act, pad=layer.pad)
-                setattr(model.get_submodule(parent_name), child, whole)
-            else:  # the model is the layer itself
-                layer.depthwise, layer.pointwise = fused, nn.Identity()
+                setattr(model.get_submodule(parent_name), child, fused)
+            else:  # the model is the layer itself: the fused module pads, so the layer no longer does
+                layer.pad, layer.depthwise, layer.pointwise = nn.Identity(), fused, nn.Identity()
         if choice != "eager":
             if dw_act is not None:
                 layer.dw_act = nn.Identity()
@@ -280,7 +285,8 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
                 continue
             eager = copy.deepcopy(conv).to(memory_format=torch.channels_last)
             tail = act if act is not None else nn.Identity()
-            if _fastest({"eager": _call(nn.Sequential(eager, tail), x), "packed": _call(packed, x)}, rounds) == "eager":
+            candidates = {"eager": inference_call(nn.Sequential(eager, tail), x), "packed": inference_call(packed, x)}
+            if _fastest(candidates, rounds) == "eager":
                 decisions[qualified] = "eager"
                 continue
         setattr(parent, name, packed)
@@ -316,16 +322,11 @@ def _separable_units(sites: list) -> list:
     return units
 
 
-def _call(module: nn.Module, x: torch.Tensor):
-    def run():
-        with torch.no_grad():
-            return module(x)
-    return run
-
-
 def _eager_call(layer: nn.Module, tail: Optional[nn.Module], x: torch.Tensor):
+    from .bench.timing import inference_call
+
     eager = copy.deepcopy(layer).to(memory_format=torch.channels_last)
-    return _call(nn.Sequential(eager, tail if tail is not None else nn.Identity()), x)
+    return inference_call(nn.Sequential(eager, tail if tail is not None else nn.Identity()), x)
 
 
 def _fastest(calls: dict, rounds: int) -> str:

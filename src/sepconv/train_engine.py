@@ -89,6 +89,14 @@ def tunable(conv: nn.Module) -> bool:
             and not isinstance(conv.padding, str) and tuple(conv.padding) == (0, 0))
 
 
+def use_gemm_engine(conv: nn.Module) -> None:
+    """Route a :func:`tunable` convolution through :class:`Pointwise1x1` (what :func:`tune_training` does where
+    it measures faster); :func:`untune_training` undoes it."""
+    if not tunable(conv):
+        raise ValueError(f"use_gemm_engine needs a 1x1, stride-1, unpadded, ungrouped nn.Conv2d, got {conv!r}")
+    conv._conv_forward = _GemmConvForward()
+
+
 def uses_gemm_engine(conv: nn.Module) -> bool:
     """True when :func:`tune_training` routed ``conv`` through :class:`Pointwise1x1`."""
     return isinstance(conv.__dict__.get("_conv_forward"), _GemmConvForward)
@@ -149,7 +157,7 @@ def tune_training(model: nn.Module, sample_input: torch.Tensor, *, rounds: int =
         eager = copy.deepcopy(module)
         eager.__dict__.pop("_conv_forward", None)
         gemm = copy.deepcopy(eager)
-        gemm._conv_forward = _GemmConvForward()
+        use_gemm_engine(gemm)
         grad = torch.randn_like(eager(x).detach())
 
         def step(conv: nn.Module):
@@ -162,7 +170,7 @@ def tune_training(model: nn.Module, sample_input: torch.Tensor, *, rounds: int =
         t = interleaved({"eager": step(eager), "gemm": step(gemm)}, rounds=rounds, target_s=0.01, device=device)
         choice = min(t, key=lambda k: t[k].median)
         if choice == "gemm":
-            module._conv_forward = _GemmConvForward()
+            use_gemm_engine(module)
         else:
             module.__dict__.pop("_conv_forward", None)
         choices[name] = choice

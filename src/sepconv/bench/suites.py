@@ -31,7 +31,7 @@ from ..geometry import ConvSpec
 from ..layers import SeparableConv2d
 from ..layers._common import conv_module
 from .roofline import Roofline
-from .timing import Timing, interleaved
+from .timing import Timing, inference_call, interleaved
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,6 @@ def vgg_blocks_suite(batch: int = 32, resolution: int = 32) -> list[Case]:
 SUITES: dict[str, Callable[[], list[Case]]] = {"mobilenet_v1": mobilenet_v1_suite, "vgg_blocks": vgg_blocks_suite}
 
 
-def _forward(module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    def run():
-        with torch.no_grad():
-            return module(x)
-    return run
 
 
 def _train_step(module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
@@ -191,20 +186,20 @@ def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = 
     forward: dict[str, Callable[[], object]] = {}
     for layout in EAGER_LAYOUTS:
         m, xi = std[layout]
-        forward[f"standard/{layout}"] = _forward(m.eval(), xi)
+        forward[f"standard/{layout}"] = inference_call(m.eval(), xi)
         m, xi = sep[layout]
-        forward[f"separable/{layout}"] = _forward(m.eval(), xi)
+        forward[f"separable/{layout}"] = inference_call(m.eval(), xi)
         with torch.no_grad():
             mid = m.depthwise(m.pad(xi))
-        forward[f"depthwise/{layout}"] = _forward(nn.Sequential(m.pad, m.depthwise), xi)
-        forward[f"pointwise/{layout}"] = _forward(m.pointwise, mid)
+        forward[f"depthwise/{layout}"] = inference_call(nn.Sequential(m.pad, m.depthwise), xi)
+        forward[f"pointwise/{layout}"] = inference_call(m.pointwise, mid)
     if onednn:
         m, xi = sep["nhwc"]
         packed_dw, packed_pw = PackedConv2d(m.depthwise), PackedConv2d(m.pointwise)
-        forward[f"standard/{ONEDNN}"] = _forward(PackedConv2d(std["nhwc"][0]), xi)
-        forward[f"separable/{ONEDNN}"] = _forward(nn.Sequential(m.pad, packed_dw, packed_pw), xi)
-        forward[f"depthwise/{ONEDNN}"] = _forward(nn.Sequential(m.pad, packed_dw), xi)
-        forward[f"pointwise/{ONEDNN}"] = _forward(packed_pw, mid)
+        forward[f"standard/{ONEDNN}"] = inference_call(PackedConv2d(std["nhwc"][0]), xi)
+        forward[f"separable/{ONEDNN}"] = inference_call(nn.Sequential(m.pad, packed_dw, packed_pw), xi)
+        forward[f"depthwise/{ONEDNN}"] = inference_call(nn.Sequential(m.pad, packed_dw), xi)
+        forward[f"pointwise/{ONEDNN}"] = inference_call(packed_pw, mid)
     if fused is None:
         from ..fused import fused_available
 
@@ -213,7 +208,7 @@ def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = 
         from ..fused import FusedSeparableConv2d
 
         m, xi = sep["nhwc"]
-        forward[f"separable/{FUSED}"] = _forward(FusedSeparableConv2d(m.depthwise, m.pointwise, pad=m.pad), xi)
+        forward[f"separable/{FUSED}"] = inference_call(FusedSeparableConv2d(m.depthwise, m.pointwise, pad=m.pad), xi)
     fwd = interleaved(forward, rounds=rounds, target_s=target_s)
     bwd = None
     if backward:
@@ -222,11 +217,11 @@ def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = 
             for label, pair in (("standard", std), ("separable", sep)):
                 m, xi = pair[layout]
                 train[f"{label}/{layout}"] = _train_step(m.train(), xi.detach().clone().requires_grad_(True))
-        from ..train_engine import _GemmConvForward
+        from ..train_engine import use_gemm_engine
 
         m, xi = sep["nhwc"]
         gemm = copy.deepcopy(m)
-        gemm.pointwise._conv_forward = _GemmConvForward()
+        use_gemm_engine(gemm.pointwise)
         train[f"separable/{GEMM}"] = _train_step(gemm.train(), xi.detach().clone().requires_grad_(True))
         bwd = interleaved(train, rounds=rounds, target_s=target_s)
     std_cost = conv_cost(spec, case.size, batch=case.batch)

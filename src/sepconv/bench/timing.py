@@ -76,6 +76,14 @@ def interleaved(candidates: dict[str, Callable[[], object]], rounds: int = 15, t
     return result
 
 
+def inference_call(module: Callable[..., object], x: torch.Tensor) -> Callable[[], object]:
+    """A zero-argument callable running ``module(x)`` under ``torch.no_grad()``: what timing loops call."""
+    def run():
+        with torch.no_grad():
+            return module(x)
+    return run
+
+
 def machine_info() -> dict:
     """What a recorded benchmark must say about where it ran."""
     cpu = platform.processor() or ""
