@@ -2,6 +2,7 @@
 
 import copy
 import pickle
+import platform
 
 import pytest
 import torch
@@ -10,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from sepconv import _kernels
 from sepconv.models import build_model
-from sepconv.train_engine import Pointwise1x1, tune_training, untune_training, use_gemm_engine, uses_gemm_engine
+from sepconv.train_engine import (ENGINES, FlippedDepthwise, Pointwise1x1, engine_applies, engine_of, matmul_at_b,
+                                  tunable, tune_training, untune_training, use_engine)
 
 
 @settings(max_examples=20, deadline=None)
@@ -31,6 +34,92 @@ def test_pointwise_gradients_match_conv2d(batch, cin, cout, h, w, bias, channels
     ref = torch.autograd.grad(F.conv2d(x, weight, b), [t for t in inputs if t is not None], gy)
     for g, r in zip(got, ref):
         torch.testing.assert_close(g, r)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 300), st.integers(1, 70), st.integers(1, 70), st.booleans(), st.integers(1, 3),
+       st.integers(0, 999))
+def test_matmul_at_b_matches_float64(p, m, n, strided, threads, seed):
+    """The kernel's register blocks (12 x 32), their ragged edges, the transposed orientation for few columns,
+    strided inputs and the thread splits (by blocks, or by pixels when blocks are few) against float64."""
+    torch.manual_seed(seed)
+    a, b = torch.randn(p, m + 3 * strided), torch.randn(p, n + 2 * strided)
+    a, b = a[:, :m], b[:, :n]  # strided: rows longer than the matrix
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = matmul_at_b(a, b)
+    finally:
+        torch.set_num_threads(before)
+    ref = a.double().t() @ b.double()
+    assert got.shape == (m, n) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * max(1.0, p ** 0.5))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_matmul_at_b_over_many_pixel_chunks(threads):
+    """Enough pixels that the kernel streams them in several cache-sized chunks (about 700 here)."""
+    torch.manual_seed(2)
+    a, b = torch.randn(5000, 50), torch.randn(5000, 90)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = matmul_at_b(a, b)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(got.double(), a.double().t() @ b.double(), rtol=1e-5, atol=1e-3)
+
+
+def test_matmul_at_b_portable_build_and_fallbacks(monkeypatch):
+    torch.manual_seed(1)
+    a, b = torch.randn(500, 37), torch.randn(500, 45)
+    ref = a.double().t() @ b.double()
+    monkeypatch.setattr(_kernels, "MARCH", "x86-64-v2")  # the kernel's plain loops (no AVX-512)
+    if _kernels.available() and platform.machine() in ("x86_64", "AMD64"):
+        assert not _kernels.load()[0].sepconv_atb_has_avx512()
+        torch.testing.assert_close(matmul_at_b(a, b).double(), ref, rtol=1e-5, atol=1e-4)
+    monkeypatch.setattr(_kernels, "load", lambda: (None, "no kernels"))  # torch.mm
+    torch.testing.assert_close(matmul_at_b(a, b).double(), ref, rtol=1e-5, atol=1e-4)
+    # float64 always goes to torch.mm
+    torch.testing.assert_close(matmul_at_b(a.double(), b.double()), ref)
+    with pytest.raises(ValueError, match="matmul_at_b needs"):
+        matmul_at_b(a, b[:10])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 2), st.integers(1, 4), st.integers(1, 2), st.integers(1, 2), st.sampled_from([1, 2, 3, 5]),
+       st.integers(1, 2), st.integers(0, 4), st.integers(0, 4), st.booleans(), st.integers(0, 999))
+def test_flipped_depthwise_gradients_match_conv2d(batch, groups, in_per_group, multiplier, k, dilation, ph, pw,
+                                                  bias, seed):
+    """Depthwise (and any grouped) stride-1 convolutions, with dilation and padding up to dilation * (k - 1)."""
+    torch.manual_seed(seed)
+    ph, pw = min(ph, dilation * (k - 1)), min(pw, dilation * (k - 1))
+    cin, cout = groups * in_per_group, groups * multiplier
+    size = dilation * (k - 1) + 2
+    x = torch.randn(batch, cin, size, size + 1, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(cout, in_per_group, k, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(cout, dtype=torch.float64, requires_grad=True) if bias else None
+    args = ((ph, pw), (dilation, dilation), groups)
+    assert torch.autograd.gradcheck(lambda *t: FlippedDepthwise.apply(*t, *args), (x, weight, b))
+    y = FlippedDepthwise.apply(x, weight, b, *args)
+    ref = F.conv2d(x, weight, b, 1, (ph, pw), dilation, groups)
+    torch.testing.assert_close(y, ref)
+    gy = torch.randn_like(y)
+    leaves = [t for t in (x, weight, b) if t is not None]
+    for g, r in zip(torch.autograd.grad(y, leaves, gy), torch.autograd.grad(ref, leaves, gy)):
+        torch.testing.assert_close(g, r)
+
+
+def test_engine_applies_to_the_right_convolutions():
+    assert engine_applies(nn.Conv2d(8, 8, 3, padding=1, groups=8), "flip")
+    assert engine_applies(nn.Conv2d(8, 16, 5, padding=4, dilation=2, groups=4), "flip")
+    assert not engine_applies(nn.Conv2d(8, 8, 3, padding=3, groups=8), "flip")  # padding > k - 1
+    assert not engine_applies(nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), "flip")
+    assert not engine_applies(nn.Conv2d(8, 8, 3, padding="same", groups=8), "flip")
+    assert not engine_applies(nn.Conv2d(8, 8, 3, padding=1, groups=8, padding_mode="reflect"), "flip")
+    assert not engine_applies(nn.Conv2d(8, 8, 3, padding=1), "flip")  # ungrouped: eager's own path
+    assert engine_applies(nn.Conv2d(8, 4, 1), "gemm") and not engine_applies(nn.Conv2d(8, 4, 1, groups=2), "gemm")
+    assert set(ENGINES) == {"gemm", "flip"}
 
 
 def test_float32_cpu_path_matches_conv2d():
@@ -53,25 +142,31 @@ def test_tune_training_keeps_the_model_and_can_be_undone():
     x = torch.randn(2, 3, 32, 32)
     before = copy.deepcopy(model.state_dict())
     choices = tune_training(model, x, rounds=1)
-    pointwise = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
-    assert set(choices) == set(pointwise) and set(choices.values()) <= {"eager", "gemm"}
+    tuned = [n for n, m in model.named_modules() if tunable(m)]
+    kinds = {n: "gemm" if model.get_submodule(n).kernel_size == (1, 1) else "flip" for n in tuned}
+    assert "flip" in kinds.values() and "gemm" in kinds.values()  # both steps of the separable blocks
+    assert set(choices) == set(tuned) and all(choices[n] in ("eager", kinds[n]) for n in tuned)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # BatchNorm stats untouched
-    # force the engine everywhere, then compare a training step with eager PyTorch's
-    for name in pointwise:
-        use_gemm_engine(model.get_submodule(name))
+    # force the engines everywhere, then compare a training step with eager PyTorch's
+    for name in tuned:
+        use_engine(model.get_submodule(name), kinds[name])
     reference = copy.deepcopy(model)
-    assert untune_training(reference) == len(pointwise)
-    assert not any(uses_gemm_engine(m) for m in reference.modules())
+    assert untune_training(reference) == len(tuned)
+    assert all(engine_of(m) == "eager" for m in reference.modules())
     for m in (model, reference):  # eval: no dropout randomness between the two (gradients still flow)
         m.eval()(x).square().mean().backward()
     torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=name)
     clone = pickle.loads(pickle.dumps(model))  # a tuned model still pickles
-    assert sum(uses_gemm_engine(m) for m in clone.modules()) == len(pointwise)
+    assert [engine_of(clone.get_submodule(n)) for n in tuned] == [kinds[n] for n in tuned]
     with pytest.raises(TypeError, match="sample_input must be a torch.Tensor"):
         tune_training(model, [1, 2])
     with pytest.raises(ValueError, match="rounds must be >= 1"):
         tune_training(model, x, rounds=0)
-    with pytest.raises(ValueError, match="use_gemm_engine needs a 1x1"):
-        use_gemm_engine(nn.Conv2d(2, 2, 3))
+    with pytest.raises(ValueError, match="engine 'gemm' runs a 1x1"):
+        use_engine(nn.Conv2d(2, 2, 3), "gemm")
+    with pytest.raises(ValueError, match="engine 'flip' runs a stride-1 grouped"):
+        use_engine(nn.Conv2d(2, 2, 3, stride=2, groups=2), "flip")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        engine_applies(nn.Conv2d(2, 2, 1), "fast")

@@ -8,19 +8,12 @@ the pointwise weight at once (a register-blocked GEMM, AVX-512 where the CPU
 has it), so that traffic disappears. It is an inference engine: weights are
 copied in at construction, no autograd.
 
-The kernel is plain C (``csrc/fused_dwpw.c``), compiled on first use with
-the machine's C compiler (``$CC``, else ``cc``/``gcc``/``clang``) for this
-CPU (``-march=native``), cached under ``$SEPCONV_CACHE_DIR`` (default
-``~/.cache/sepconv``) and loaded with :mod:`ctypes`. Where no compiler is
-found or the build fails, :func:`fused_available` is False and
-:func:`fused_unavailable_reason` says why; :func:`sepconv.optimize` then
-uses the other engines (nothing requires this one). Threads: the kernel is
-built with OpenMP when the compiler supports it and runs on
-``torch.get_num_threads()`` threads; with PyTorch's Linux wheels, which
-bundle ``libgomp.so.1``, the process has one OpenMP runtime, PyTorch's, so
-the kernel shares PyTorch's worker threads rather than competing with them
-for the cores (a build of PyTorch on another OpenMP runtime would get a
-second thread pool).
+The kernel is plain C (``csrc/fused_dwpw.c``), built on first use with the
+machine's C compiler and cached (:mod:`sepconv._kernels` says how and where).
+Where no compiler is found or the build fails, :func:`fused_available` is
+False and :func:`fused_unavailable_reason` says why; :func:`sepconv.optimize`
+then uses the other engines (nothing requires this one). It runs on
+``torch.get_num_threads()`` OpenMP threads, PyTorch's own.
 
 Whether it is faster than the two oneDNN convolutions depends on the shape
 and the machine: :func:`sepconv.onednn.pack_convolutions` measures both per
@@ -29,124 +22,32 @@ layer and keeps the faster (``benchmarks/README.md`` has the numbers).
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
 
+from . import _kernels
 from .geometry import output_size_1d
 
-_SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_dwpw.c"
 _NR = 32  # output channels per packed weight panel (the kernel's NR)
 _ACTS = {None: 0, nn.ReLU: 1, nn.ReLU6: 2}
 _TILE_BYTES = 256 * 1024  # depthwise tile buffer: about half of a 1-2 MiB L2 cache
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("SEPCONV_CACHE_DIR")
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sepconv"
-
-
-def _cpu_key() -> str:
-    """What ``-march=native`` depends on: the CPU's model and feature flags (a shared cache must not mix them)."""
-    text = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith(("model name", "flags", "Features", "cpu family", "model\t")):
-                    text += line
-                if not line.strip():
-                    break
-    except OSError:
-        text += platform.processor()
-    return text
-
-
-def _compiler() -> Optional[str]:
-    for candidate in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if candidate and shutil.which(candidate):
-            return candidate
-    return None
-
-
-#: The ``-march`` the kernel is built for. ``native``: this CPU's vector width (AVX-512 where it has it). Tests
-#: set a portable target (e.g. ``x86-64-v2``) to exercise the kernel's non-AVX-512 code path on any machine.
-MARCH = "native"
-_FLAGS = ("-O3", "-std=c11", "-shared", "-fPIC")
-_OPENMP = ("-fopenmp",)  # tried first; without it the kernel runs on one thread
-
-
-def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
-    """The kernel for :data:`MARCH`: (library, None) or (None, why not)."""
-    return _load_for(MARCH)
-
-
-@functools.lru_cache(maxsize=None)
-def _load_for(march: str) -> tuple[Optional[ctypes.CDLL], Optional[str]]:
-    """Build (once per source, compiler, target and CPU) and load the kernel: (library, None) or (None, why not)."""
-    if platform.system() == "Windows":
-        return None, "the fused kernel is built with a Unix C compiler; not supported on Windows"
-    cc = _compiler()
-    if cc is None:
-        return None, "no C compiler found (set $CC or install gcc or clang)"
-    source = _SOURCE.read_bytes()
-    flags = (f"-march={march}",) + _FLAGS
-    key = hashlib.sha256(source + cc.encode() + " ".join(flags + _OPENMP).encode() + _cpu_key().encode()).hexdigest()
-    cache = _cache_dir()
-    path = cache / f"fused_dwpw-{key[:16]}.so"
-    if not path.exists():
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cache) as tmp:
-                built = Path(tmp) / path.name
-                for extra in (_OPENMP, ()):  # OpenMP shares PyTorch's threads (its libgomp.so.1 is the one loaded)
-                    result = subprocess.run([cc, *flags, *extra, "-o", str(built), str(_SOURCE)],
-                                            capture_output=True, text=True, timeout=120)
-                    if result.returncode == 0:
-                        break
-                else:
-                    return None, f"building the fused kernel with {cc} failed: {result.stderr.strip()[-500:]}"
-                os.replace(built, path)  # atomic: a concurrent build never leaves a half-written library
-        except (OSError, subprocess.SubprocessError) as error:
-            return None, f"building the fused kernel failed: {error}"
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as error:
-        return None, f"loading the fused kernel failed: {error}"
-    i, p, long = ctypes.c_int, ctypes.c_void_p, ctypes.c_long
-    lib.sepconv_fused_dwpw_f32.argtypes = [p, i, i, i, i, p, p, i, i, i, i, i, i, i, i, i, p, p, i, i, p, i, i, i, i,
-                                           long, long, i]
-    lib.sepconv_fused_dwpw_f32.restype = i
-    lib.sepconv_fused_jobs.argtypes = [i, i, i, i, i]
-    lib.sepconv_fused_jobs.restype = long
-    lib.sepconv_fused_has_avx512.restype = i
-    return lib, None
-
-
 def fused_available() -> bool:
     """True when the fused kernel is built (or builds now) and loads on this machine."""
-    return _load()[0] is not None
+    return _kernels.available()
 
 
 def fused_unavailable_reason() -> Optional[str]:
     """Why :func:`fused_available` is False (None when it is available)."""
-    return _load()[1]
+    return _kernels.unavailable_reason()
 
 
 def fused_uses_avx512() -> bool:
     """Whether the loaded kernel was compiled with its AVX-512 path (else portable, compiler-vectorized loops)."""
-    lib = _load()[0]
+    lib = _kernels.load()[0]
     return bool(lib is not None and lib.sepconv_fused_has_avx512())
 
 
@@ -238,7 +139,7 @@ class FusedSeparableConv2d(nn.Module):
             raise ValueError(f"input {tuple(x.shape)} is smaller than the {kh}x{kw} kernel (dilation {self.dilation}, "
                              f"padding {self.padding}): no output pixel")
         y = torch.empty((n, self.out_channels, ho, wo), memory_format=torch.channels_last)
-        lib = _load()[0]
+        lib = _kernels.load()[0]
         threads = max(1, torch.get_num_threads())
         tiles = n * -(-(ho * wo) // self.tile)
         groups = min(threads, self.pw_panels.shape[0]) if tiles < threads else 1

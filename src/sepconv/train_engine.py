@@ -1,16 +1,28 @@
-"""A training engine for 1x1 convolutions, chosen per layer by measurement (``tune_training``).
+"""Training engines for the two steps of a separable layer, chosen per convolution by measurement (``tune_training``).
 
-Why (measured on this project's CPU, ``benchmarks/README.md``): a separable
-layer's training step is dominated by its pointwise (1x1) step's backward
-pass, which eager PyTorch runs poorly on some shapes: at batch 1 on one
-thread it takes the ``_slow_conv2d`` path (im2col + a oneMKL GEMM at the
-AVX2 rate on this AMD CPU); at batch 32 oneDNN's backward-weights kernel ran
-at 58 GFLOP/s. A 1x1 convolution is a matrix product, so :class:`Pointwise1x1`
-computes it as one: forward and input gradient as oneDNN 1x1 convolutions in
-channels-last (``torch.mkldnn_convolution``), weight gradient as one
-``torch.mm`` over all pixels. That is faster on some layers and slower on
-others, so :func:`tune_training` times both on each layer's own input shape
-and keeps the faster; nothing changes where eager PyTorch wins.
+Why (measured on this project's CPU, ``benchmarks/README.md``):
+
+* ``'gemm'``, for 1x1 convolutions: a separable layer's training step is
+  dominated by its pointwise step's backward pass, which eager PyTorch runs
+  poorly on some shapes (at batch 1 on one thread the ``_slow_conv2d`` path:
+  im2col + a oneMKL GEMM at the AVX2 rate on this AMD CPU; at batch 32
+  oneDNN's backward-weights kernel at 58 GFLOP/s). A 1x1 convolution is a
+  matrix product, so :class:`Pointwise1x1` computes it as one: forward and
+  input gradient as oneDNN 1x1 convolutions in channels-last
+  (``torch.mkldnn_convolution``), weight gradient as one matrix product over
+  all pixels (:func:`matmul_at_b`: sepconv's AVX-512 C kernel where it
+  builds, else ``torch.mm``).
+* ``'flip'``, for stride-1 depthwise (grouped) convolutions:
+  :class:`FlippedDepthwise` computes the input gradient as a forward
+  convolution of the output gradient with the spatially flipped kernel
+  (the adjoint of a stride-1 convolution). oneDNN's depthwise
+  backward-data kernel ran 3-8x slower than its forward kernel on
+  channels-last batch-32 inputs of 8 MiB (64 channels at 32x32), the same
+  as the forward elsewhere.
+
+Each is faster on some layers and slower on others, so :func:`tune_training`
+times eager PyTorch and the engine on each convolution's own input shape and
+keeps the faster; nothing changes where eager PyTorch wins.
 """
 
 from __future__ import annotations
@@ -29,6 +41,37 @@ def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
         x = x.contiguous(memory_format=torch.channels_last)
         return torch.mkldnn_convolution(x, weight.contiguous(), bias, [0, 0], [1, 1], [1, 1], 1)
     return F.conv2d(x, weight, bias)
+
+
+def matmul_at_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a.T @ b`` for ``a``: (P, M) and ``b``: (P, N), the weight gradient of a 1x1 convolution over P pixels.
+
+    float32 CPU matrices with unit column stride go to sepconv's C kernel
+    (``csrc/gemm_atb.c``: AVX-512 register blocks, the pixels in cache-sized
+    chunks, on ``torch.get_num_threads()`` threads) when it is built
+    (:mod:`sepconv._kernels`); everything else to ``torch.mm``. Why a kernel:
+    on this project's AMD CPU ``torch.mm`` runs oneMKL's AVX2 code, about 2.2x
+    slower on these shapes (``benchmarks/README.md``).
+    """
+    if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(f"matmul_at_b needs (P, M) and (P, N) matrices, got {tuple(a.shape)} and {tuple(b.shape)}")
+    lib = None
+    if a.dtype == b.dtype == torch.float32 and a.device.type == b.device.type == "cpu":
+        from . import _kernels
+
+        lib = _kernels.load()[0]
+    if lib is None:
+        return torch.mm(a.t(), b)
+    a, b = a.contiguous(), b.contiguous()  # no copy for the pixels of channels-last tensors
+    (p, m), n = a.shape, b.shape[1]
+    if n < 16 <= m:  # the kernel vectorizes along the columns: compute the transpose when they are few
+        return matmul_at_b(b, a).t()
+    out = torch.empty(m, n)
+    code = lib.sepconv_gemm_atb_f32(p, m, n, a.data_ptr(), m, b.data_ptr(), n, out.data_ptr(),
+                                    n, max(1, torch.get_num_threads()))
+    if code:
+        raise RuntimeError(f"the matmul_at_b kernel failed with code {code} (-1: out of memory)")
+    return out
 
 
 def _pixels(t: torch.Tensor) -> torch.Tensor:
@@ -61,66 +104,135 @@ class Pointwise1x1(torch.autograd.Function):
         if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
             gy = _pixels(grad_y.contiguous(memory_format=torch.channels_last))
             if ctx.needs_input_grad[1]:
-                grad_w = torch.mm(gy.t(), _pixels(x.contiguous(memory_format=torch.channels_last)))
+                grad_w = matmul_at_b(gy, _pixels(x.contiguous(memory_format=torch.channels_last)))
                 grad_w = grad_w.reshape(weight.shape)
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 grad_b = gy.sum(0)
         return grad_x, grad_w, grad_b
 
 
-class _GemmConvForward:
-    """Placed on a 1x1 ``nn.Conv2d`` as its ``_conv_forward``: routes it through :class:`Pointwise1x1`.
+class FlippedDepthwise(torch.autograd.Function):
+    """A stride-1 grouped convolution (depthwise: ``groups = in_channels``) whose input gradient is a forward one.
+
+    ``y = conv2d(x, weight, bias, stride 1, padding, dilation, groups)``. The
+    adjoint of a stride-1 convolution is a convolution with the kernel
+    flipped in space and each group's input/output channels swapped:
+    ``grad_x = conv2d(grad_y, flip(weight), padding = dilation * (k - 1) -
+    padding, dilation, groups)``; it needs ``padding <= dilation * (k - 1)``
+    (what :func:`engine_applies` checks). Weight and bias gradients are
+    PyTorch's own (``aten.convolution_backward``). Checked with
+    ``gradcheck`` in float64 and against ``F.conv2d``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: tuple[int, int],
+                dilation: tuple[int, int], groups: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (padding, dilation, groups, bias is not None)
+        return F.conv2d(x, weight, bias, 1, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        (ph, pw), dilation, groups, has_bias = ctx.conf
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            cout, cin_g, kh, kw = weight.shape
+            # [groups * out_per_group, in_per_group] -> [groups * in_per_group, out_per_group], flipped in space
+            adjoint = (weight.reshape(groups, cout // groups, cin_g, kh, kw).transpose(1, 2)
+                       .reshape(groups * cin_g, cout // groups, kh, kw).flip(2, 3))
+            pad = (dilation[0] * (kh - 1) - ph, dilation[1] * (kw - 1) - pw)
+            grad_x = F.conv2d(grad_y, adjoint, None, 1, pad, dilation, groups)
+        if ctx.needs_input_grad[1] or (has_bias and ctx.needs_input_grad[2]):
+            _, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                grad_y, x, weight, [weight.shape[0]] if has_bias else None, [1, 1], [ph, pw], list(dilation), False,
+                [0, 0], groups, [False, ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]])
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+class _EngineForward:
+    """Placed on an ``nn.Conv2d`` as its ``_conv_forward``: routes it through one engine's autograd Function.
 
     A module-level class (not a closure) so that the tuned model still
     deep-copies and pickles; ``untune_training`` removes it.
     """
 
+    def __init__(self, engine: str, padding: tuple[int, int] = (0, 0), dilation: tuple[int, int] = (1, 1),
+                 groups: int = 1) -> None:
+        self.engine, self.padding, self.dilation, self.groups = engine, padding, dilation, groups
+
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        return Pointwise1x1.apply(x, weight, bias)
+        if self.engine == "gemm":
+            return Pointwise1x1.apply(x, weight, bias)
+        return FlippedDepthwise.apply(x, weight, bias, self.padding, self.dilation, self.groups)
 
     def __repr__(self) -> str:
-        return "sepconv.train_engine.Pointwise1x1"
+        return f"sepconv.train_engine engine {self.engine!r}"
+
+
+#: The engines :func:`tune_training` chooses among, besides eager PyTorch, and what each computes.
+ENGINES = {"gemm": "1x1, stride-1, unpadded, ungrouped nn.Conv2d (Pointwise1x1)",
+           "flip": "stride-1 grouped nn.Conv2d (groups > 1, e.g. depthwise) with integer zero padding "
+                   "<= dilation * (kernel - 1) (FlippedDepthwise)"}
+
+
+def _plain_conv2d(conv: nn.Module) -> bool:
+    return (isinstance(conv, nn.Conv2d) and not isinstance(conv, nn.ConvTranspose2d)
+            and not isinstance(conv.padding, str) and conv.padding_mode == "zeros")
+
+
+def engine_applies(conv: nn.Module, engine: str) -> bool:
+    """Whether ``engine`` (a key of :data:`ENGINES`) can run ``conv``."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}")
+    if not _plain_conv2d(conv) or tuple(conv.stride) != (1, 1):
+        return False
+    if engine == "gemm":
+        return tuple(conv.kernel_size) == (1, 1) and conv.groups == 1 and tuple(conv.padding) == (0, 0)
+    return conv.groups > 1 and all(0 <= p <= d * (k - 1) for p, d, k in
+                                   zip(conv.padding, conv.dilation, conv.kernel_size))
 
 
 def tunable(conv: nn.Module) -> bool:
-    """Whether ``conv`` is a 1x1, stride-1, unpadded, ungrouped ``nn.Conv2d`` (what :class:`Pointwise1x1` computes)."""
-    return (isinstance(conv, nn.Conv2d) and not isinstance(conv, nn.ConvTranspose2d)
-            and tuple(conv.kernel_size) == (1, 1) and tuple(conv.stride) == (1, 1) and conv.groups == 1
-            and not isinstance(conv.padding, str) and tuple(conv.padding) == (0, 0))
+    """Whether some engine of :data:`ENGINES` can run ``conv`` (what :func:`tune_training` times)."""
+    return any(engine_applies(conv, engine) for engine in ENGINES)
 
 
-def use_gemm_engine(conv: nn.Module) -> None:
-    """Route a :func:`tunable` convolution through :class:`Pointwise1x1` (what :func:`tune_training` does where
-    it measures faster); :func:`untune_training` undoes it."""
-    if not tunable(conv):
-        raise ValueError(f"use_gemm_engine needs a 1x1, stride-1, unpadded, ungrouped nn.Conv2d, got {conv!r}")
-    conv._conv_forward = _GemmConvForward()
+def use_engine(conv: nn.Module, engine: str) -> None:
+    """Route ``conv`` through ``engine`` (a key of :data:`ENGINES`; what :func:`tune_training` does where it
+    measures faster); :func:`untune_training` undoes it."""
+    if not engine_applies(conv, engine):
+        raise ValueError(f"engine {engine!r} runs a {ENGINES[engine]}, got {conv!r}")
+    conv._conv_forward = _EngineForward(engine, tuple(conv.padding), tuple(conv.dilation), conv.groups)
 
 
-def uses_gemm_engine(conv: nn.Module) -> bool:
-    """True when :func:`tune_training` routed ``conv`` through :class:`Pointwise1x1`."""
-    return isinstance(conv.__dict__.get("_conv_forward"), _GemmConvForward)
+def engine_of(conv: nn.Module) -> str:
+    """The engine ``conv`` runs on: a key of :data:`ENGINES`, or ``'eager'``."""
+    routed = conv.__dict__.get("_conv_forward")
+    return routed.engine if isinstance(routed, _EngineForward) else "eager"
 
 
 def untune_training(model: nn.Module) -> int:
     """Put every convolution :func:`tune_training` changed back on eager PyTorch; returns how many."""
     count = 0
     for module in model.modules():
-        if uses_gemm_engine(module):
+        if engine_of(module) != "eager":
             del module.__dict__["_conv_forward"]
             count += 1
     return count
 
 
 def tune_training(model: nn.Module, sample_input: torch.Tensor, *, rounds: int = 5) -> dict[str, str]:
-    """Choose, per 1x1 convolution of ``model``, the faster training engine; in place. Returns the choices.
+    """Choose, per convolution of ``model``, the fastest training engine; in place. Returns the choices.
 
-    Each :func:`tunable` convolution is timed forward+backward on random
-    data of its own input shape and memory format (taken from one forward
-    pass of ``sample_input`` through a copy of the model, so BatchNorm
-    statistics are untouched), as eager PyTorch (``'eager'``) and as
-    :class:`Pointwise1x1` (``'gemm'``), in ``rounds`` interleaved rounds;
-    where ``'gemm'`` is faster the convolution is routed through it. The
+    Each :func:`tunable` convolution (1x1 and stride-1 grouped ones, e.g. the
+    two steps of a separable layer) is timed forward+backward on random data
+    of its own input shape and memory format (taken from one forward pass of
+    ``sample_input`` through a copy of the model, so BatchNorm statistics are
+    untouched), as eager PyTorch (``'eager'``) and on each engine of
+    :data:`ENGINES` that applies (``'gemm'``: :class:`Pointwise1x1`;
+    ``'flip'``: :class:`FlippedDepthwise`), in ``rounds`` interleaved rounds;
+    the convolution is routed through the fastest. The
     parameters, ``state_dict`` and outputs are unchanged (to float
     tolerance); :func:`untune_training` undoes it. Choices hold for the
     measured shapes and thread count.
@@ -156,8 +268,11 @@ def tune_training(model: nn.Module, sample_input: torch.Tensor, *, rounds: int =
         x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt).requires_grad_(True)
         eager = copy.deepcopy(module)
         eager.__dict__.pop("_conv_forward", None)
-        gemm = copy.deepcopy(eager)
-        use_gemm_engine(gemm)
+        candidates = {"eager": eager}
+        for engine in ENGINES:
+            if engine_applies(eager, engine):
+                candidates[engine] = copy.deepcopy(eager)
+                use_engine(candidates[engine], engine)
         grad = torch.randn_like(eager(x).detach())
 
         def step(conv: nn.Module):
@@ -167,11 +282,11 @@ def tune_training(model: nn.Module, sample_input: torch.Tensor, *, rounds: int =
                 conv(x).backward(grad)
             return run
 
-        t = interleaved({"eager": step(eager), "gemm": step(gemm)}, rounds=rounds, target_s=0.01, device=device)
+        t = interleaved({name: step(conv) for name, conv in candidates.items()}, rounds=rounds, target_s=0.01,
+                        device=device)
         choice = min(t, key=lambda k: t[k].median)
-        if choice == "gemm":
-            use_gemm_engine(module)
-        else:
-            module.__dict__.pop("_conv_forward", None)
+        module.__dict__.pop("_conv_forward", None)
+        if choice != "eager":
+            use_engine(module, choice)
         choices[name] = choice
     return choices

@@ -106,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
           "(NCHW or channels-last); theory = MAC ratio; roofline = the speedup the two roofline bounds allow; "
           "realized = speedup / theory; oneDNN = both sides as packed oneDNN convolutions (sepconv.onednn, "
           "inference); best = each side on its fastest engine (standard/separable; 'fused' = sepconv.fused's "
-          "depthwise->pointwise kernel); train best = forward+backward with the separable layer's 1x1 step on "
-          "eager or sepconv.train_engine's GEMM engine, whichever is faster; DW/PW roofline = bound time / measured time of the "
+          "depthwise->pointwise kernel); train best = forward+backward of the separable layer on eager "
+          "PyTorch or after sepconv.tune_training (per step: eager, 'gemm' or 'flip' engine), whichever is faster; DW/PW roofline = bound time / measured time of the "
           "eager stage (over 100%: the stage ran from cache, faster than the DRAM bandwidth measured by a large copy "
           "allows)")
     if args.out:

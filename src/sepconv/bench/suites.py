@@ -99,7 +99,7 @@ def _layouts(module_factory: Callable[[], nn.Module], x: torch.Tensor) -> dict[s
 EAGER_LAYOUTS = ("nchw", "nhwc")
 ONEDNN = "onednn"
 FUSED = "fused"  # sepconv.fused.FusedSeparableConv2d: the separable layer only
-GEMM = "gemm"  # training: the separable layer (channels-last) with its 1x1 step on sepconv.train_engine
+TUNED = "tuned"  # training: the separable layer (channels-last) after sepconv.tune_training
 
 
 @dataclass(frozen=True)
@@ -156,9 +156,9 @@ class CaseResult:
             _, b_sep = self._best(self.backward, "separable", EAGER_LAYOUTS)
             out.update({"train_standard_ms": 1e3 * b_std, "train_separable_ms": 1e3 * b_sep,
                         "train_speedup": b_std / b_sep, "train_realized": (b_std / b_sep) * self.mac_ratio})
-            if f"separable/{GEMM}" in self.backward:  # the pointwise step on sepconv.train_engine's engine
+            if f"separable/{TUNED}" in self.backward:  # the steps on the engines sepconv.tune_training chose
                 sep_engine, t_sep = self._best(self.backward, "separable")
-                out.update({"train_gemm_separable_ms": 1e3 * self.backward[f"separable/{GEMM}"].median,
+                out.update({"train_tuned_separable_ms": 1e3 * self.backward[f"separable/{TUNED}"].median,
                             "train_best_separable_engine": sep_engine,
                             "train_realized_best": (b_std / t_sep) * self.mac_ratio})
         return out
@@ -217,12 +217,12 @@ def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = 
             for label, pair in (("standard", std), ("separable", sep)):
                 m, xi = pair[layout]
                 train[f"{label}/{layout}"] = _train_step(m.train(), xi.detach().clone().requires_grad_(True))
-        from ..train_engine import use_gemm_engine
+        from ..train_engine import tune_training
 
         m, xi = sep["nhwc"]
-        gemm = copy.deepcopy(m)
-        use_gemm_engine(gemm.pointwise)
-        train[f"separable/{GEMM}"] = _train_step(gemm.train(), xi.detach().clone().requires_grad_(True))
+        tuned = copy.deepcopy(m).train()
+        tune_training(tuned, xi)
+        train[f"separable/{TUNED}"] = _train_step(tuned, xi.detach().clone().requires_grad_(True))
         bwd = interleaved(train, rounds=rounds, target_s=target_s)
     std_cost = conv_cost(spec, case.size, batch=case.batch)
     sep_cost = separable_cost(spec, case.size, batch=case.batch)

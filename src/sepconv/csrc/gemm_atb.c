@@ -1,0 +1,158 @@
+/* out[M][N] = A^T B for A: [P][M] and B: [P][N], float32, row-major with leading dimensions (sepconv.train_engine).
+ *
+ * The weight gradient of a 1x1 convolution in channels-last memory: A = the output gradient's pixels (P x Cout),
+ * B = the input's pixels (P x Cin), out = grad_weight (Cout x Cin). P (all pixels of the batch) is large and M, N
+ * are channel counts, so the reduction runs over the long dimension. Register blocks of MB rows x 32 columns of
+ * `out` (24 AVX-512 accumulators) are kept in registers while a chunk of PC pixels streams past: per pixel two
+ * vector loads of B and MB broadcasts of A feed 2 * MB FMAs. Chunks of pixels are sized so that A's and B's rows
+ * for the chunk stay in the L2 cache while every register block of `out` sweeps them. Threads (OpenMP, PyTorch's
+ * libgomp when built by sepconv) own disjoint register blocks of `out`, so no reduction is needed; when there
+ * are fewer blocks than threads the pixels are split instead and the partial sums added.
+ * AVX-512 intrinsics where the compiler targets AVX-512F; portable loops elsewhere.
+ */
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#define MB 12 /* rows of out per register block */
+#define NB 32 /* columns of out per register block (two AVX-512 vectors) */
+
+/* out[m0 : m0 + mr][n0 : n0 + nc] += sum over p in [p0, p1) of A[p][m] B[p][n] */
+static void atb_block(const float *A, long lda, const float *B, long ldb, float *out, long ldo, long p0, long p1,
+                      int m0, int mr, int n0, int nc) {
+#ifdef __AVX512F__
+    __m512 acc[MB][2];
+    __mmask16 k0 = nc >= 16 ? 0xFFFF : (__mmask16)((1u << nc) - 1);
+    __mmask16 k1 = nc >= 32 ? 0xFFFF : (nc > 16 ? (__mmask16)((1u << (nc - 16)) - 1) : 0);
+    float *o = out + (size_t)m0 * ldo + n0;
+    if (mr == MB && nc == NB) {
+        for (int r = 0; r < MB; ++r) {
+            acc[r][0] = _mm512_loadu_ps(o + (size_t)r * ldo);
+            acc[r][1] = _mm512_loadu_ps(o + (size_t)r * ldo + 16);
+        }
+        for (long p = p0; p < p1; ++p) {
+            const float *b = B + (size_t)p * ldb + n0, *a = A + (size_t)p * lda + m0;
+            __m512 v0 = _mm512_loadu_ps(b), v1 = _mm512_loadu_ps(b + 16);
+#pragma GCC unroll 12
+            for (int r = 0; r < MB; ++r) {
+                __m512 s = _mm512_set1_ps(a[r]);
+                acc[r][0] = _mm512_fmadd_ps(s, v0, acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(s, v1, acc[r][1]);
+            }
+        }
+        for (int r = 0; r < MB; ++r) {
+            _mm512_storeu_ps(o + (size_t)r * ldo, acc[r][0]);
+            _mm512_storeu_ps(o + (size_t)r * ldo + 16, acc[r][1]);
+        }
+        return;
+    }
+    for (int r = 0; r < mr; ++r) {
+        acc[r][0] = _mm512_maskz_loadu_ps(k0, o + (size_t)r * ldo);
+        acc[r][1] = _mm512_maskz_loadu_ps(k1, o + (size_t)r * ldo + 16);
+    }
+    for (long p = p0; p < p1; ++p) {
+        const float *b = B + (size_t)p * ldb + n0, *a = A + (size_t)p * lda + m0;
+        __m512 v0 = _mm512_maskz_loadu_ps(k0, b), v1 = _mm512_maskz_loadu_ps(k1, b + 16);
+        for (int r = 0; r < mr; ++r) {
+            __m512 s = _mm512_set1_ps(a[r]);
+            acc[r][0] = _mm512_fmadd_ps(s, v0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(s, v1, acc[r][1]);
+        }
+    }
+    for (int r = 0; r < mr; ++r) {
+        _mm512_mask_storeu_ps(o + (size_t)r * ldo, k0, acc[r][0]);
+        _mm512_mask_storeu_ps(o + (size_t)r * ldo + 16, k1, acc[r][1]);
+    }
+#else
+    for (int r = 0; r < mr; ++r) {
+        float *o = out + (size_t)(m0 + r) * ldo + n0;
+        for (long p = p0; p < p1; ++p) {
+            float s = A[(size_t)p * lda + m0 + r];
+            const float *b = B + (size_t)p * ldb + n0;
+            for (int j = 0; j < nc; ++j) o[j] += s * b[j];
+        }
+    }
+#endif
+}
+
+/* Blocks [blk_begin, blk_end) of out (numbered m-block-minor within each n-block) over pixels [p0, p1), in
+ * chunks of pc pixels. */
+static void atb_range(const float *A, long lda, const float *B, long ldb, float *out, long ldo, int M, int N,
+                      long p0, long p1, long pc, long blk_begin, long blk_end) {
+    int mblocks = (M + MB - 1) / MB;
+    for (long c0 = p0; c0 < p1; c0 += pc) {
+        long c1 = p1 - c0 < pc ? p1 : c0 + pc;
+        for (long blk = blk_begin; blk < blk_end; ++blk) {
+            int m0 = (int)(blk % mblocks) * MB, n0 = (int)(blk / mblocks) * NB;
+            int mr = M - m0 < MB ? M - m0 : MB, nc = N - n0 < NB ? N - n0 : NB;
+            atb_block(A, lda, B, ldb, out, ldo, c0, c1, m0, mr, n0, nc);
+        }
+    }
+}
+
+int sepconv_atb_has_avx512(void) {
+#ifdef __AVX512F__
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* out = A^T B (overwritten). Returns 0, or -1 when a partial-sum buffer could not be allocated. */
+int sepconv_gemm_atb_f32(long P, int M, int N, const float *A, long lda, const float *B, long ldb, float *out,
+                         long ldo, int threads) {
+    long blocks = (long)((M + MB - 1) / MB) * ((N + NB - 1) / NB);
+    /* pixels per chunk: A's and B's rows of one chunk in about 384 KiB (an L2 cache is 512 KiB to 2 MiB) */
+    long pc = (384L * 1024) / (4L * (M + N));
+    if (pc < 64) pc = 64; /* fewer pixels per chunk would reload and store the accumulators too often */
+    if (P < 2 * pc) pc = P; /* one pass over `out` when a second chunk would be short */
+    for (int r = 0; r < M; ++r) memset(out + (size_t)r * ldo, 0, sizeof(float) * N);
+    if (threads < 1) threads = 1;
+#ifndef _OPENMP
+    threads = 1;
+#endif
+    if (threads == 1 || P == 0) {
+        atb_range(A, lda, B, ldb, out, ldo, M, N, 0, P, pc, 0, blocks);
+        return 0;
+    }
+    if (blocks >= 2L * threads) { /* each thread owns whole register blocks of out */
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+        {
+            int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            long b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
+            atb_range(A, lda, B, ldb, out, ldo, M, N, 0, P, pc, b0, b1);
+        }
+#endif
+        return 0;
+    }
+    /* few blocks: split the pixels, each thread sums into its own buffer, then add */
+    float *partial = (float *)calloc((size_t)(threads - 1) * M * N, sizeof(float));
+    if (!partial) return -1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        long q0 = P * t / nt, q1 = P * (t + 1) / nt;
+        if (t == 0)
+            atb_range(A, lda, B, ldb, out, ldo, M, N, q0, q1, pc, 0, blocks);
+        else
+            atb_range(A, lda, B, ldb, partial + (size_t)(t - 1) * M * N, N, M, N, q0, q1, pc, 0, blocks);
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (int r = 0; r < M; ++r)
+            for (int u = 1; u < nt; ++u) {
+                const float *src = partial + (size_t)(u - 1) * M * N + (size_t)r * N;
+                float *dst = out + (size_t)r * ldo;
+                for (int j = 0; j < N; ++j) dst[j] += src[j];
+            }
+    }
+#endif
+    free(partial);
+    return 0;
+}
