@@ -1,6 +1,9 @@
 """Benchmark harness: correctness of what it computes (no timing assertions), and a CLI smoke run."""
 
 import json
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,6 +12,7 @@ from sepconv.bench import Roofline, interleaved, mobilenet_v1_suite, run_case, v
 from sepconv.bench.cli import parse_case
 from sepconv.cli import main
 from sepconv.cost import conv_cost, separable_cost
+from sepconv.train_engine import freed_memory_kept
 
 
 def test_interleaved_times_every_candidate():
@@ -87,7 +91,18 @@ def test_bench_cli_smoke(tmp_path, capsys):
                  "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "bench.json").read_text())
     assert record["machine"]["torch"] == torch.__version__ and len(record["cases"]) == 1
+    # the process's allocator state (False unless something in this process, e.g. `sepconv compare`, applied it)
+    assert record["machine"]["freed_memory_kept"] is freed_memory_kept()
     assert (tmp_path / "bench.png").stat().st_size > 0
     assert main(["bench", "--suite", "none", "--shape", "4x8"]) == 2
     assert "--shape must be CINxCOUTxSIZE" in capsys.readouterr().err
     assert main(["bench", "--suite", "none"]) == 2
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc malloc only")
+def test_bench_keep_freed_memory_is_applied_and_recorded(tmp_path):
+    """In its own process: the setting is process-wide and permanent."""
+    subprocess.run([sys.executable, "-m", "sepconv", "bench", "--suite", "none", "--shape", "4x8x8", "--rounds", "1",
+                    "--no-backward", "--quick", "--keep-freed-memory", "--out", str(tmp_path)],
+                   check=True, capture_output=True, timeout=300)
+    assert json.loads((tmp_path / "bench.json").read_text())["machine"]["freed_memory_kept"] is True

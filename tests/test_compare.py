@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import platform
 import re
 
 import pytest
@@ -49,6 +50,9 @@ def test_cli_writes_every_output(cli_run, capsys):
     assert results["status"] == "complete"
     assert [r["variant"] for r in results["table"]] == ["standard", "separable"]
     assert results["data"]["train_size"] + results["data"]["val_size"] == 1797
+    # the CLI's training process keeps freed memory (sepconv.keep_freed_memory), and says so
+    expect_kept = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert results["environment"]["freed_memory_kept"] is expect_kept
     with open(out / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["variant"], r["epoch"]) for r in rows] == [("standard", "1"), ("separable", "1")]

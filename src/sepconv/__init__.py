@@ -2,7 +2,7 @@
 
 from .fast import OnnxRuntimeModel, OptimizedModel, fold_batchnorm, optimize, to_onnxruntime
 from .geometry import ConvSpec
-from .train_engine import tune_training, untune_training
+from .train_engine import keep_freed_memory, tune_training, untune_training
 from .layers import (
     BlueprintSeparableConv1d, BlueprintSeparableConv2d, BlueprintSeparableConv3d,
     CPConv2d,
@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConvSpec", "OnnxRuntimeModel", "OptimizedModel", "Pad", "fold_batchnorm", "optimize", "to_onnxruntime",
-    "tune_training", "untune_training",
+    "keep_freed_memory", "tune_training", "untune_training",
     "DepthwiseConv1d", "DepthwiseConv2d", "DepthwiseConv3d",
     "PointwiseConv1d", "PointwiseConv2d", "PointwiseConv3d",
     "SeparableConv1d", "SeparableConv2d", "SeparableConv3d",

@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", default=None, help="directory for bench.json and bench.png")
     p.add_argument("--quick", action="store_true", help="tiny run (3 rounds, first case of each suite): a smoke test")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="call sepconv.keep_freed_memory() first (glibc malloc keeps freed memory: no page faults on "
+                        "each step's fresh tensors); default: the process's allocator as PyTorch users get it")
     p.set_defaults(func=run)
 
 
@@ -59,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        from ..train_engine import keep_freed_memory
+
+        if not keep_freed_memory():
+            raise ValueError("--keep-freed-memory needs glibc's malloc (Linux); this C library is another")
     cases = []
     for name in (SUITES if args.suite == "all" else [] if args.suite == "none" else [args.suite]):
         suite = SUITES[name]()
@@ -73,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{info['cpu']}, {info['torch_threads']} threads, torch {info['torch']}; measured peak "
           f"{roof.peak_flops / 1e9:.1f} GFLOP/s"
           + (f" (torch.mm: {roof.torch_peak_flops / 1e9:.1f})" if roof.torch_peak_flops is not None else "")
-          + f", bandwidth {roof.bandwidth / 1e9:.1f} GB/s (float32)")
+          + f", bandwidth {roof.bandwidth / 1e9:.1f} GB/s (float32)"
+          + ("; freed memory kept (sepconv.keep_freed_memory)" if info["freed_memory_kept"] else ""))
     info["engines"] = engines_info()
     print("engines: " + "; ".join(f"{k}: {v}" for k, v in info["engines"].items()))
     rows = []

@@ -18,6 +18,8 @@ from typing import Callable
 
 import torch
 
+from ..train_engine import freed_memory_kept
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -111,6 +113,7 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "freed_memory_kept": freed_memory_kept(),  # sepconv.keep_freed_memory (glibc malloc settings)
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()

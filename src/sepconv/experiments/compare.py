@@ -142,6 +142,7 @@ def environment() -> dict[str, Any]:
     import torch
 
     from .. import __version__
+    from ..train_engine import freed_memory_kept
 
     env = {
         "sepconv": __version__,
@@ -155,6 +156,7 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "freed_memory_kept": freed_memory_kept(),  # sepconv.keep_freed_memory: glibc malloc keeps freed memory
     }
     try:
         with open("/proc/cpuinfo") as handle:
@@ -654,6 +656,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"compare-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}"
     quiet = bool(args.quiet)
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    from ..train_engine import keep_freed_memory
+
+    keep_freed_memory()  # this process trains: reuse freed tensor memory instead of page-faulting fresh memory
     try:
         results = run_compare(config, out, resume=args.resume, overwrite=args.overwrite,
                               progress=not quiet and sys.stderr.isatty(), log=log,

@@ -1,0 +1,125 @@
+"""Whole networks, training: theoretical vs realized saving of the separable variant per training set-up.
+
+    python benchmarks/bench_train.py [--threads 1] [--rounds 5] [--keep-freed-memory] [--out DIR]
+
+One training step (forward, cross-entropy, backward, Adam step; train mode with
+BatchNorm; float32) of the standard and separable variants of the seed's
+VGG-block network (CIFAR-10 shape 3x32x32, batch 64) and MobileNetV1
+(3x128x128, batch 8, 10 classes), timed in interleaved rounds under:
+
+* `nchw`: eager PyTorch as built (contiguous NCHW);
+* `channels_last`: model and input converted to channels-last;
+* `tuned`: channels-last after `sepconv.tune_training(model, x)` (per
+  convolution: eager, the 'gemm' 1x1 engine or the 'flip' depthwise engine,
+  whichever timed fastest).
+
+With `--keep-freed-memory` the process calls `sepconv.keep_freed_memory()`
+first (glibc malloc keeps freed memory; it cannot be undone, so each setting
+gets its own process and record). realized = (standard ms / separable ms) /
+(standard MACs / separable MACs), the standard variant on its own fastest
+set-up. Writes `train.json` (with the machine) into --out (default
+`benchmarks/results/train-cpu-<threads>thread[-keepmem]`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import sepconv
+from sepconv._io import atomic_write_bytes
+from sepconv.bench.timing import interleaved, machine_info
+from sepconv.cost import profile
+from sepconv.models import build_model
+
+HERE = Path(__file__).resolve().parent
+NETWORKS = (
+    ("vgg_blocks", {"num_classes": 10}, (64, 3, 32, 32)),
+    ("mobilenet_v1", {"num_classes": 10}, (8, 3, 128, 128)),
+)
+SETUPS = ("nchw", "channels_last", "tuned")
+
+
+def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def run():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return run
+
+
+def _candidates(name: str, kwargs: dict, shape: tuple[int, ...]) -> tuple[dict, dict, dict]:
+    """Training-step closures per 'variant/setup', MACs per sample, and tune_training's choices."""
+    steps, macs, choices = {}, {}, {}
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    y = torch.randint(0, kwargs["num_classes"], (shape[0],))
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    for variant in ("standard", "separable"):
+        torch.manual_seed(0)
+        model = build_model(name, variant, **kwargs)
+        macs[variant] = profile(model, shape[1:]).total_macs
+        cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        tuned = copy.deepcopy(cl)
+        picked = sepconv.tune_training(tuned, x_cl)
+        choices[variant] = {k: v for k, v in picked.items() if v != "eager"}
+        for setup, m, xi in (("nchw", model, x), ("channels_last", cl, x_cl), ("tuned", tuned, x_cl)):
+            steps[f"{variant}/{setup}"] = _step(m.train(), xi, y)
+    return steps, macs, choices
+
+
+def _phase(steps: dict, macs: dict, rounds: int) -> dict:
+    t = interleaved(steps, rounds=rounds, target_s=0.2)
+    ms = {k: 1e3 * v.median for k, v in t.items()}
+    iqr = {k: 1e3 * v.iqr for k, v in t.items()}
+    std_setup = min(SETUPS, key=lambda s: ms[f"standard/{s}"])
+    theory = macs["standard"] / macs["separable"]
+    std_ms = ms[f"standard/{std_setup}"]
+    return {"median_ms": ms, "iqr_ms": iqr, "standard_setup": std_setup,
+            "separable": {s: {"ms": ms[f"separable/{s}"], "speedup": std_ms / ms[f"separable/{s}"],
+                              "realized": std_ms / ms[f"separable/{s}"] / theory} for s in SETUPS}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--keep-freed-memory", action="store_true", help="call sepconv.keep_freed_memory() first")
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore")
+    if args.keep_freed_memory and not sepconv.keep_freed_memory():
+        p.error("--keep-freed-memory needs glibc's malloc (Linux)")
+    suffix = "-keepmem" if args.keep_freed_memory else ""
+    out = Path(args.out) if args.out else HERE / "results" / f"train-cpu-{args.threads}thread{suffix}"
+    rows = {}
+    for name, kwargs, shape in NETWORKS:
+        steps, macs, choices = _candidates(name, kwargs, shape)
+        result = _phase(steps, macs, args.rounds)
+        rows[name] = {"input": list(shape), "macs_per_sample": macs,
+                      "theoretical_speedup": macs["standard"] / macs["separable"], "tuned_engines": choices, **result}
+        std_setup = result["standard_setup"]
+        print(f"{name}: theoretical {rows[name]['theoretical_speedup']:.2f}x; standard "
+              f"{result['median_ms']['standard/' + std_setup]:.1f} ms ({std_setup}); "
+              + "; ".join(f"separable {s} {v['ms']:.1f} ms = {v['speedup']:.2f}x (realized {v['realized']:.2f})"
+                          for s, v in result["separable"].items()), flush=True)
+    record = {"machine": machine_info(), "threads": args.threads, "dtype": "float32",
+              "mode": "training step (forward, cross-entropy, backward, Adam step)", "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "train.json", json.dumps(record, indent=1).encode())
+    print(f"wrote {out / 'train.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
