@@ -1,6 +1,8 @@
 """Record `sepconv bench` (all suites) at 1 and 2 threads into benchmarks/results/.
 
-    python benchmarks/bench_layers.py            # about 2 minutes on a 2-core CPU
+    python benchmarks/bench_layers.py            # about 4 minutes on a 2-core CPU
+
+The third record (`cpu-1thread-keepmem`) is taken after `sepconv.keep_freed_memory()`.
 
 Run it on a quiet machine: with other processes busy, 2-thread timings of small
 operators suffer from OpenMP oversubscription (seen here: up to 10x slower, in
@@ -17,7 +19,9 @@ from sepconv.cli import main
 HERE = Path(__file__).resolve().parent
 
 if __name__ == "__main__":
-    for threads, name in ((1, "cpu-1thread"), (2, "cpu-2threads")):
-        code = main(["bench", "--threads", str(threads), "--out", str(HERE / "results" / name)])
+    # the --keep-freed-memory run last: sepconv.keep_freed_memory() cannot be undone within the process
+    for threads, name, extra in ((1, "cpu-1thread", []), (2, "cpu-2threads", []),
+                                 (1, "cpu-1thread-keepmem", ["--keep-freed-memory"])):
+        code = main(["bench", "--threads", str(threads), *extra, "--out", str(HERE / "results" / name)])
         if code:
             sys.exit(code)

@@ -1,24 +1,28 @@
 """Whole networks, training: theoretical vs realized saving of the separable variant per training set-up.
 
-    python benchmarks/bench_train.py [--threads 1] [--rounds 5] [--keep-freed-memory] [--out DIR]
+    python benchmarks/bench_train.py [--threads 1] [--rounds 5] [--out DIR]     # about 3 minutes
 
 One training step (forward, cross-entropy, backward, Adam step; train mode with
 BatchNorm; float32) of the standard and separable variants of the seed's
 VGG-block network (CIFAR-10 shape 3x32x32, batch 64) and MobileNetV1
-(3x128x128, batch 8, 10 classes), timed in interleaved rounds under:
+(3x128x128, batch 8, 10 classes). Two measurements:
 
-* `nchw`: eager PyTorch as built (contiguous NCHW);
-* `channels_last`: model and input converted to channels-last;
-* `tuned`: channels-last after `sepconv.tune_training(model, x)` (per
-  convolution: eager, the 'gemm' 1x1 engine or the 'flip' depthwise engine,
-  whichever timed fastest).
+1. `engines`: interleaved rounds in one process (ratios robust to load) of
+   * `nchw`: eager PyTorch as built (contiguous NCHW);
+   * `channels_last`: model and input converted to channels-last;
+   * `tuned`: channels-last after `sepconv.tune_training(model, x)` (per
+     convolution: eager, the 'gemm' 1x1 engine or the 'flip' depthwise
+     engine, whichever timed fastest).
+2. `loop`: a plain training loop of one model (the `tuned` set-up) alone in a
+   fresh process, as a user runs it, with the C library's default malloc and
+   after `sepconv.keep_freed_memory()` (process-wide and permanent, hence one
+   process each): ms per step, page faults and system time per step. This
+   is separate because the allocator's behaviour depends on the process's
+   allocation history: interleaving several models changes it.
 
-With `--keep-freed-memory` the process calls `sepconv.keep_freed_memory()`
-first (glibc malloc keeps freed memory; it cannot be undone, so each setting
-gets its own process and record). realized = (standard ms / separable ms) /
-(standard MACs / separable MACs), the standard variant on its own fastest
-set-up. Writes `train.json` (with the machine) into --out (default
-`benchmarks/results/train-cpu-<threads>thread[-keepmem]`).
+realized = (standard ms / separable ms) / (standard MACs / separable MACs),
+the standard variant on its own fastest set-up. Writes `train.json` (with the
+machine) into --out (default `benchmarks/results/train-cpu-<threads>thread`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import resource
+import statistics
+import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -89,30 +97,79 @@ def _phase(steps: dict, macs: dict, rounds: int) -> dict:
                               "realized": std_ms / ms[f"separable/{s}"] / theory} for s in SETUPS}}
 
 
+def _loop(name: str, variant: str, steps: int) -> dict:
+    """In this process: the tuned channels-last model's training loop; ms, page faults and system ms per step."""
+    kwargs, shape = next((k, s) for n, k, s in NETWORKS if n == name)
+    torch.manual_seed(0)
+    model = build_model(name, variant, **kwargs).to(memory_format=torch.channels_last)
+    x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, kwargs["num_classes"], (shape[0],))
+    sepconv.tune_training(model, x)
+    step = _step(model.train(), x, y)
+    for _ in range(3):
+        step()
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    return {"ms": 1e3 * seconds / steps, "page_faults": (after.ru_minflt - before.ru_minflt) / steps,
+            "system_ms": 1e3 * (after.ru_stime - before.ru_stime) / steps}
+
+
+def _isolated(name: str, variant: str, keep: bool, threads: int, steps: int) -> dict:
+    argv = [sys.executable, __file__, "--loop", name, variant, "--threads", str(threads), "--steps", str(steps)]
+    done = subprocess.run(argv + (["--keep-freed-memory"] if keep else []), capture_output=True, text=True,
+                          check=True, timeout=600)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--keep-freed-memory", action="store_true", help="call sepconv.keep_freed_memory() first")
+    p.add_argument("--steps", type=int, default=8, help="steps per isolated training loop")
+    p.add_argument("--repeats", type=int, default=3, help="isolated loops per network, variant and malloc setting")
     p.add_argument("--out")
+    p.add_argument("--loop", nargs=2, metavar=("NETWORK", "VARIANT"), help=argparse.SUPPRESS)  # one isolated loop
+    p.add_argument("--keep-freed-memory", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
-    if args.keep_freed_memory and not sepconv.keep_freed_memory():
-        p.error("--keep-freed-memory needs glibc's malloc (Linux)")
-    suffix = "-keepmem" if args.keep_freed_memory else ""
-    out = Path(args.out) if args.out else HERE / "results" / f"train-cpu-{args.threads}thread{suffix}"
+    if args.loop:
+        if args.keep_freed_memory and not sepconv.keep_freed_memory():
+            p.error("--keep-freed-memory needs glibc's malloc (Linux)")
+        print(json.dumps(_loop(*args.loop, args.steps)))
+        return 0
+    out = Path(args.out) if args.out else HERE / "results" / f"train-cpu-{args.threads}thread"
     rows = {}
     for name, kwargs, shape in NETWORKS:
         steps, macs, choices = _candidates(name, kwargs, shape)
+        theory = macs["standard"] / macs["separable"]
         result = _phase(steps, macs, args.rounds)
-        rows[name] = {"input": list(shape), "macs_per_sample": macs,
-                      "theoretical_speedup": macs["standard"] / macs["separable"], "tuned_engines": choices, **result}
+        del steps
+        loops = {}
+        for keep in (False, True):
+            runs = {v: [] for v in ("standard", "separable")}
+            for _ in range(args.repeats):  # alternate, so a burst of load hits both variants
+                for variant in runs:
+                    runs[variant].append(_isolated(name, variant, keep, args.threads, args.steps))
+            med = {v: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for v, rs in runs.items()}
+            speedup = med["standard"]["ms"] / med["separable"]["ms"]
+            loops["freed_memory_kept" if keep else "default_malloc"] = {
+                **med, "runs": runs, "speedup": speedup, "realized": speedup / theory}
+        rows[name] = {"input": list(shape), "macs_per_sample": macs, "theoretical_speedup": theory,
+                      "tuned_engines": choices, "engines": result, "loop": loops}
         std_setup = result["standard_setup"]
-        print(f"{name}: theoretical {rows[name]['theoretical_speedup']:.2f}x; standard "
-              f"{result['median_ms']['standard/' + std_setup]:.1f} ms ({std_setup}); "
-              + "; ".join(f"separable {s} {v['ms']:.1f} ms = {v['speedup']:.2f}x (realized {v['realized']:.2f})"
-                          for s, v in result["separable"].items()), flush=True)
+        print(f"{name}: theoretical {theory:.2f}x; standard {result['median_ms']['standard/' + std_setup]:.1f} ms "
+              f"({std_setup}); " + "; ".join(
+                  f"separable {s} {v['ms']:.1f} ms = {v['speedup']:.2f}x (realized {v['realized']:.2f})"
+                  for s, v in result["separable"].items()), flush=True)
+        for setting, v in loops.items():
+            print(f"  loop, tuned, {setting}: standard {v['standard']['ms']:.1f} ms "
+                  f"({v['standard']['page_faults']:.0f} faults, {v['standard']['system_ms']:.1f} ms system), "
+                  f"separable {v['separable']['ms']:.1f} ms ({v['separable']['page_faults']:.0f} faults, "
+                  f"{v['separable']['system_ms']:.1f} ms system) = {v['speedup']:.2f}x (realized {v['realized']:.2f})",
+                  flush=True)
     record = {"machine": machine_info(), "threads": args.threads, "dtype": "float32",
               "mode": "training step (forward, cross-entropy, backward, Adam step)", "rows": rows}
     out.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,22 @@ def check_against_reference(batch, cin, cout, k, stride, padding, dilation, bias
 
 
 @needs_kernel
+def test_float32_output_whatever_the_default_dtype():
+    dw, pw = nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 16, 1)
+    layer, x = FusedSeparableConv2d(dw, pw), torch.randn(2, 8, 9, 9)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the output buffer must still be float32: the kernel writes float32
+    try:
+        with torch.no_grad():
+            got = layer(x)
+    finally:
+        torch.set_default_dtype(previous)
+    assert got.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(got, pw(dw(x)), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
 def test_fused_separable_layer_with_same_padding_and_stride():
     layer = sepconv.SeparableConv2d(12, 40, 3, stride=2, padding="same", dw_act="relu6").eval()  # dynamic 'same' pad
     x = torch.randn(2, 12, 15, 16)

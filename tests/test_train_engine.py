@@ -86,6 +86,18 @@ def test_matmul_at_b_portable_build_and_fallbacks(monkeypatch):
         matmul_at_b(a, b[:10])
 
 
+def test_matmul_at_b_float32_whatever_the_default_dtype():
+    a, b = torch.randn(300, 20), torch.randn(300, 40)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the kernel writes float32 into the buffer it is given
+    try:
+        got = matmul_at_b(a, b)
+    finally:
+        torch.set_default_dtype(previous)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), a.double().t() @ b.double(), rtol=1e-5, atol=1e-4)
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.integers(1, 2), st.integers(1, 4), st.integers(1, 2), st.integers(1, 2), st.sampled_from([1, 2, 3, 5]),
        st.integers(1, 2), st.integers(0, 4), st.integers(0, 4), st.booleans(), st.integers(0, 999))

@@ -138,7 +138,7 @@ class FusedSeparableConv2d(nn.Module):
         if ho < 1 or wo < 1:
             raise ValueError(f"input {tuple(x.shape)} is smaller than the {kh}x{kw} kernel (dilation {self.dilation}, "
                              f"padding {self.padding}): no output pixel")
-        y = torch.empty((n, self.out_channels, ho, wo), memory_format=torch.channels_last)
+        y = torch.empty((n, self.out_channels, ho, wo), dtype=torch.float32, memory_format=torch.channels_last)
         lib = _kernels.load()[0]
         threads = max(1, torch.get_num_threads())
         tiles = n * -(-(ho * wo) // self.tile)

@@ -68,7 +68,7 @@ def matmul_at_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     (p, m), n = a.shape, b.shape[1]
     if n < 16 <= m:  # the kernel vectorizes along the columns: compute the transpose when they are few
         return matmul_at_b(b, a).t()
-    out = torch.empty(m, n)
+    out = torch.empty(m, n, dtype=torch.float32)  # explicit: the default dtype may be float64
     code = lib.sepconv_gemm_atb_f32(p, m, n, a.data_ptr(), m, b.data_ptr(), n, out.data_ptr(),
                                     n, max(1, torch.get_num_threads()))
     if code:
