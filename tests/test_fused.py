@@ -21,9 +21,9 @@ ACTS = {None: (None, lambda y: y), "relu": (nn.ReLU(), F.relu), "relu6": (nn.ReL
 @needs_kernel
 @settings(max_examples=60, deadline=None)
 @given(
-    st.integers(1, 3), st.integers(1, 70), st.integers(1, 80), st.sampled_from([1, 3, 5]), st.sampled_from([1, 2]),
-    st.integers(0, 2), st.sampled_from([1, 2]), st.booleans(), st.sampled_from([None, "relu", "relu6"]),
-    st.sampled_from([None, "relu", "relu6"]), st.integers(3, 13), st.integers(3, 13), st.sampled_from([1, 2]),
+    st.integers(1, 3), st.integers(1, 70), st.integers(1, 80), st.sampled_from([1, 3, 5, 7]), st.sampled_from([1, 2]),
+    st.integers(0, 3), st.sampled_from([1, 2]), st.booleans(), st.sampled_from([None, "relu", "relu6"]),
+    st.sampled_from([None, "relu", "relu6"]), st.integers(3, 13), st.integers(3, 30), st.sampled_from([1, 2]),
     st.integers(0, 9999),
 )
 def test_fused_equals_depthwise_then_pointwise(batch, cin, cout, k, stride, padding, dilation, bias, dw_act, pw_act,
@@ -33,12 +33,15 @@ def test_fused_equals_depthwise_then_pointwise(batch, cin, cout, k, stride, padd
     check_against_reference(batch, cin, cout, k, stride, padding, dilation, bias, dw_act, pw_act, h, w, threads, seed)
 
 
-def check_against_reference(batch, cin, cout, k, stride, padding, dilation, bias, dw_act, pw_act, h, w, threads, seed):
+def check_against_reference(batch, cin, cout, k, stride, padding, dilation, bias, dw_act, pw_act, h, w, threads, seed,
+                            tile=None):
     torch.manual_seed(seed)
     dw = nn.Conv2d(cin, cin, k, stride, padding, dilation, groups=cin, bias=bias)
     pw = nn.Conv2d(cin, cout, 1, bias=bias)
     x = 2 * torch.randn(batch, cin, h, w)
     layer = FusedSeparableConv2d(dw, pw, ACTS[dw_act][0], ACTS[pw_act][0])
+    if tile is not None:
+        layer.tile = tile  # small tiles: tile edges fall inside rows and inside the 8-pixel depthwise blocks
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)  # 2 threads: jobs split over a pool (and over output channels for one tile)
     try:
@@ -52,6 +55,17 @@ def check_against_reference(batch, cin, cout, k, stride, padding, dilation, bias
         torch.set_num_threads(previous)
     assert got.shape == ref.shape and got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernel
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 2), st.integers(1, 40), st.integers(1, 40), st.sampled_from([3, 5, 7]), st.integers(0, 3),
+       st.integers(5, 40), st.integers(1, 50), st.sampled_from([1, 2]), st.integers(0, 9999))
+def test_fused_with_small_tiles_and_wide_rows(batch, cin, cout, k, padding, w, tile, threads, seed):
+    """Stride 1, dilation 1: the depthwise step's 8-pixel sliding-window blocks, cut by tile edges anywhere."""
+    if w + 2 * padding < k:
+        return
+    check_against_reference(batch, cin, cout, k, 1, padding, 1, True, "relu", None, 9, w, threads, seed, tile=tile)
 
 
 @needs_kernel

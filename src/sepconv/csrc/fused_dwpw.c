@@ -41,6 +41,57 @@ int sepconv_fused_has_avx512(void) {
 #endif
 }
 
+#ifdef __AVX512F__
+#define SLIDE 8 /* output pixels per sliding-window block (stride 1, dilation 1) */
+
+/* SLIDE adjacent interior output pixels of one row, stride 1 and dilation 1, kernel width KWC (a constant after
+ * inlining, so the window stays in registers): each kernel row's SLIDE + KWC - 1 input vectors are loaded once and
+ * shared by the SLIDE outputs (KWC taps each), instead of loaded once per tap; SLIDE independent accumulators. */
+static inline __attribute__((always_inline)) void depthwise_slide(const float *x, int W, int C, const float *wdw,
+                                                                  const float *bdw, int KH, int KWC, int ih0,
+                                                                  int iw0, int dh, int act, float *out, int cp,
+                                                                  const float *prefetch_row) {
+    for (int c = 0; c < C; c += 16) {
+        int nc = C - c < 16 ? C - c : 16;
+        __mmask16 k = nc >= 16 ? 0xFFFF : (__mmask16)((1u << nc) - 1);
+        __m512 b = bdw ? _mm512_maskz_loadu_ps(k, bdw + c) : _mm512_setzero_ps();
+        __m512 acc[SLIDE];
+        for (int j = 0; j < SLIDE; ++j) acc[j] = b;
+        if (prefetch_row) { /* the input row the next output row adds: fetched while this one computes */
+            const float *next = prefetch_row + (size_t)iw0 * C + c;
+#pragma GCC unroll 8
+            for (int j = 0; j < SLIDE; ++j) _mm_prefetch((const char *)(next + (size_t)j * C), _MM_HINT_T0);
+        }
+        for (int kh = 0; kh < KH; ++kh) {
+            const float *row = x + ((size_t)(ih0 + kh * dh) * W + iw0) * C + c;
+            const float *wrow = wdw + (size_t)kh * KWC * C + c;
+            __m512 in[SLIDE + 6];
+            if (nc == 16) { /* plain loads: masked ones cost more on AMD Zen even with a full mask */
+#pragma GCC unroll 16
+                for (int q = 0; q < SLIDE + KWC - 1; ++q) in[q] = _mm512_loadu_ps(row + (size_t)q * C);
+            } else {
+#pragma GCC unroll 16
+                for (int q = 0; q < SLIDE + KWC - 1; ++q) in[q] = _mm512_maskz_loadu_ps(k, row + (size_t)q * C);
+            }
+#pragma GCC unroll 8
+            for (int kw = 0; kw < KWC; ++kw) {
+                __m512 wv = _mm512_maskz_loadu_ps(k, wrow + (size_t)kw * C);
+#pragma GCC unroll 16
+                for (int j = 0; j < SLIDE; ++j) acc[j] = _mm512_fmadd_ps(in[j + kw], wv, acc[j]);
+            }
+        }
+        for (int j = 0; j < SLIDE; ++j) {
+            __m512 v = acc[j];
+            if (act != ACT_NONE) {
+                v = _mm512_max_ps(v, _mm512_setzero_ps());
+                if (act == ACT_RELU6) v = _mm512_min_ps(v, _mm512_set1_ps(6.f));
+            }
+            _mm512_store_ps(out + (size_t)j * cp + c, v);
+        }
+    }
+}
+#endif
+
 /* Depthwise output for pixels [p0, p0 + m) of image n into t[m][cp] (row stride cp >= C, a multiple of 16). */
 static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int KW,
                            int sh, int sw, int ph, int pw, int dh, int dw, int act, int Wo, int p0, int m,
@@ -48,14 +99,29 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
 #ifdef __AVX512F__
     /* Pixels outer, blocks of 16 channels inner, so each pixel's input is read as contiguous runs of C floats
      * (the other order, channel block outer, read the input in 64-byte pieces at a stride of C floats and ran
-     * up to 4x slower once the input no longer fitted in the cache). Four adjacent interior pixels of a row are
-     * computed together: each weight vector is loaded once for the four, and the four accumulators are
-     * independent chains of FMAs (one pixel at a time waited on the FMA latency). */
+     * up to 4x slower once the input no longer fitted in the cache). Stride 1, dilation 1 and a 3/5/7-wide kernel
+     * (the common case): eight adjacent interior pixels share each kernel row's input vectors (depthwise_slide).
+     * Otherwise four adjacent interior pixels of a row are computed together: each weight vector is loaded once
+     * for the four, and the four accumulators are independent chains of FMAs (one pixel at a time waited on the
+     * FMA latency). */
     int oh = p0 / Wo, ow = p0 % Wo;
     int i = 0;
     while (i < m) {
         int ih0 = oh * sh - ph, iw0 = ow * sw - pw;
         int rows_in = ih0 >= 0 && ih0 + (KH - 1) * dh < H;
+        if (sw == 1 && dw == 1 && (KW == 3 || KW == 5 || KW == 7) && rows_in && i + SLIDE <= m
+            && ow + SLIDE <= Wo && iw0 >= 0 && iw0 + SLIDE - 1 + KW - 1 < W) {
+            float *out = t + (size_t)i * cp;
+            int ihn = ih0 + sh + (KH - 1) * dh; /* the last input row of the next output row */
+            const float *pf = ihn < H ? x + (size_t)ihn * W * C : NULL;
+            if (KW == 3) depthwise_slide(x, W, C, wdw, bdw, KH, 3, ih0, iw0, dh, act, out, cp, pf);
+            else if (KW == 5) depthwise_slide(x, W, C, wdw, bdw, KH, 5, ih0, iw0, dh, act, out, cp, pf);
+            else depthwise_slide(x, W, C, wdw, bdw, KH, 7, ih0, iw0, dh, act, out, cp, pf);
+            i += SLIDE;
+            ow += SLIDE;
+            if (ow == Wo) { ow = 0; ++oh; }
+            continue;
+        }
         if (rows_in && i + 4 <= m && ow + 4 <= Wo && iw0 >= 0 && iw0 + 3 * sw + (KW - 1) * dw < W) {
             float *out = t + (size_t)i * cp;
             for (int c = 0; c < C; c += 16) {
