@@ -1,8 +1,9 @@
-"""sepconv.train_engine: the 1x1 training engine computes the same values and gradients as nn.Conv2d."""
+"""sepconv.train_engine: the training engines compute the same values and gradients as nn.Conv2d; the allocator."""
 
 import copy
 import pickle
 import platform
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -15,6 +16,16 @@ from sepconv import _kernels
 from sepconv.models import build_model
 from sepconv.train_engine import (ENGINES, FlippedDepthwise, Pointwise1x1, engine_applies, engine_of, matmul_at_b,
                                   tunable, tune_training, untune_training, use_engine)
+
+
+@contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @settings(max_examples=20, deadline=None)
@@ -45,12 +56,8 @@ def test_matmul_at_b_matches_float64(p, m, n, strided, threads, seed):
     torch.manual_seed(seed)
     a, b = torch.randn(p, m + 3 * strided), torch.randn(p, n + 2 * strided)
     a, b = a[:, :m], b[:, :n]  # strided: rows longer than the matrix
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         got = matmul_at_b(a, b)
-    finally:
-        torch.set_num_threads(before)
     ref = a.double().t() @ b.double()
     assert got.shape == (m, n) and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * max(1.0, p ** 0.5))
@@ -61,12 +68,8 @@ def test_matmul_at_b_over_many_pixel_chunks(threads):
     """Enough pixels that the kernel streams them in several cache-sized chunks (about 700 here)."""
     torch.manual_seed(2)
     a, b = torch.randn(5000, 50), torch.randn(5000, 90)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         got = matmul_at_b(a, b)
-    finally:
-        torch.set_num_threads(before)
     torch.testing.assert_close(got.double(), a.double().t() @ b.double(), rtol=1e-5, atol=1e-3)
 
 
