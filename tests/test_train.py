@@ -73,6 +73,37 @@ def test_training_learns_and_seed_matters(tmp_path):
     assert metrics(other.history) != metrics(run.history[:1])  # a different data order
 
 
+def test_cpu_training_is_channels_last_and_matches_nchw(monkeypatch):
+    """fit trains 4D batches on the CPU in channels-last memory; the same run in NCHW agrees to float rounding."""
+    from sepconv.train import loop
+
+    assert loop.memory_format_for("cpu", torch.zeros(2, 1, 4, 4)) == torch.channels_last
+    assert loop.memory_format_for("cpu", torch.zeros(2, 8)) == torch.contiguous_format
+    assert loop.memory_format_for("meta", torch.zeros(2, 1, 4, 4)) == torch.contiguous_format
+    data = tiny_data()
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=1e-2, seed=0)
+    fast = fit(tiny_model(dropout=0.0), data, cfg)  # no dropout: its mask follows the memory order
+    assert fast.model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(loop, "memory_format_for", lambda device, x: torch.contiguous_format)
+    plain = fit(tiny_model(dropout=0.0), data, cfg)
+    assert plain.model[0].weight.is_contiguous()
+    # the epoch's training loss averages the 4 steps' losses, each after the previous updates: same to rounding.
+    # (Weights are not compared: Adam's first steps move a parameter by about lr whatever its gradient's size,
+    # so a gradient that is ~0 and rounds to the other sign moves it 2 * lr apart.)
+    assert fast.history[0]["train_loss"] == pytest.approx(plain.history[0]["train_loss"], rel=1e-6)
+    assert fast.history[0]["val_loss"] == pytest.approx(plain.history[0]["val_loss"], rel=1e-2)  # after 4 Adam steps
+
+
+def test_evaluate_runs_without_autograd():
+    class NoGrad(nn.Module):
+        def forward(self, x):
+            assert not torch.is_grad_enabled(), "evaluate must not build an autograd graph"
+            return x.flatten(1)[:, :4]
+
+    loss, acc = evaluate(NoGrad(), torch.randn(10, 1, 6, 6), torch.randint(0, 4, (10,)))
+    assert loss > 0 and 0 <= acc <= 1
+
+
 def test_resume_refuses_other_settings(tmp_path):
     data = tiny_data()
     fit(tiny_model(), data, TrainConfig(epochs=1, batch_size=16), checkpoint_path=tmp_path / "c.pt")
@@ -113,6 +144,49 @@ def test_ctrl_c_keeps_last_epoch_and_resumes(tmp_path):
     save_checkpoint(ckpt, {k: v for k, v in state.items() if k != "format"})
     resumed = fit(tiny_model(), data, cfg, checkpoint_path=ckpt, resume=True)
     assert metrics(resumed.history) == metrics(full.history) and same_weights(resumed.model, full.model)
+
+
+class SignalAt(nn.Module):
+    """Wraps a model and sends this process a real SIGINT on the ``at``-th training forward calls."""
+
+    def __init__(self, inner: nn.Module, at: tuple[int, ...]):
+        super().__init__()
+        self.inner, self.at, self.calls = inner, at, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls in self.at:
+                import signal
+
+                signal.raise_signal(signal.SIGINT)
+        return self.inner(x)
+
+
+def test_real_sigint_stops_at_the_next_step_and_restores_the_handler(tmp_path):
+    import signal
+
+    data = tiny_data()
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=1e-2)
+    model = SignalAt(tiny_model(), at=(4 + 2,))  # 4 batches/epoch: mid epoch 2
+    with pytest.raises(TrainingInterrupted) as info:
+        fit(model, data, cfg, checkpoint_path=tmp_path / "s.pt")
+    assert info.value.completed_epochs == 1 and load_checkpoint(tmp_path / "s.pt")["epoch"] == 1
+    assert model.calls == 6  # the step that was running finished; the next one did not start
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own handler is back
+    # the handler itself: the first Ctrl-C only sets the flag, a second one stops at once
+    from sepconv.train.loop import _CtrlC
+
+    stop = _CtrlC()
+    stop.install()
+    try:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        stop.uninstall()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_divergence_stops_with_message():

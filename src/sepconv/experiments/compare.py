@@ -174,13 +174,18 @@ def measure_latency(model: "torch.nn.Module", input_shape: tuple[int, ...], batc
 
     Uses ``torch.utils.benchmark.Timer.blocked_autorange`` (which warms up,
     then times blocks of calls for at least ``min_run_time`` seconds) with the
-    current ``torch.get_num_threads()``. The model's train/eval mode is restored.
+    current ``torch.get_num_threads()``, on an input in the memory layout
+    :func:`sepconv.train.fit` trains in (channels-last for images on the CPU).
+    The model's train/eval mode is restored.
     """
     import torch
     from torch.utils import benchmark
 
+    from ..train.loop import memory_format_for
+
     device = torch.device(device)
     x = torch.randn(batch_size, *input_shape, device=device)
+    x = x.contiguous(memory_format=memory_format_for(device, x))  # the layout the model was trained in
     was_training = model.training
     model.eval()
     try:
