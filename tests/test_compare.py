@@ -272,7 +272,10 @@ def test_real_sigint_saves_checkpoint_and_resumes(tmp_path):
     out = tmp_path / "sig"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "sepconv", "compare", *TINY, "--variants", "standard", "--epochs", "500", "--out", str(out)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT with its default action in the child, as in an interactive terminal: a test run started as a
+    # background job (`cmd &`) has SIGINT ignored, which the child would inherit (and Python then leaves alone)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     checkpoint = out / "checkpoints" / "standard.pt"
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -166,6 +166,19 @@ class SignalAt(nn.Module):
 def test_real_sigint_stops_at_the_next_step_and_restores_the_handler(tmp_path):
     import signal
 
+    # as in an interactive terminal: Python's own handler (a test run started as a background job, `cmd &`, has
+    # SIGINT ignored, and then so does fit, by design)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _check_real_sigint(tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert fit(SignalAt(tiny_model(), at=()), tiny_data(), TrainConfig(epochs=1, batch_size=16)).history
+
+
+def _check_real_sigint(tmp_path):
+    import signal
+
     data = tiny_data()
     cfg = TrainConfig(epochs=3, batch_size=16, lr=1e-2)
     model = SignalAt(tiny_model(), at=(4 + 2,))  # 4 batches/epoch: mid epoch 2

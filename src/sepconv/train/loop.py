@@ -114,13 +114,14 @@ class _CtrlC:
     """Ctrl-C (SIGINT) during :func:`fit` as a flag checked between steps; a second Ctrl-C stops at once.
 
     Python turns SIGINT into a ``KeyboardInterrupt`` raised wherever the
-    interpreter happens to be, and C code that calls back into Python and
-    clears errors can swallow it: a real Ctrl-C on ``sepconv compare`` was
-    once lost that way under load (the run went on to finish). A handler that
-    only sets a flag cannot be swallowed; the loop raises ``KeyboardInterrupt``
-    itself at the next step boundary. Installed only in the main thread and
-    only over Python's default handler (a program's own handler, or SIGINT
-    ignored, is left alone).
+    interpreter happens to be: inside an optimizer update, a BatchNorm
+    statistics update or a ``__del__`` (where it is printed and ignored). With
+    a handler that only sets a flag, the loop raises ``KeyboardInterrupt``
+    itself at the next step boundary, so the model is never left half-updated.
+    Installed only in the main thread and only over Python's default handler:
+    a program's own handler is left alone, and so is SIGINT ignored (as POSIX
+    shells start background jobs, ``cmd &``: such a run cannot be stopped with
+    SIGINT, by design).
     """
 
     def __init__(self) -> None:
