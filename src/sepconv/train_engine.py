@@ -48,10 +48,12 @@ def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
 def matmul_at_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a.T @ b`` for ``a``: (P, M) and ``b``: (P, N), the weight gradient of a 1x1 convolution over P pixels.
 
-    float32 CPU matrices with unit column stride go to sepconv's C kernel
-    (``csrc/gemm_atb.c``: AVX-512 register blocks, the pixels in cache-sized
-    chunks, on ``torch.get_num_threads()`` threads) when it is built
-    (:mod:`sepconv._kernels`); everything else to ``torch.mm``. Why a kernel:
+    float32 CPU matrices go to sepconv's C kernel (``csrc/gemm_atb.c``:
+    AVX-512 register blocks, the pixels in cache-sized chunks, on
+    ``torch.get_num_threads()`` threads; inputs made contiguous first, no copy
+    for the pixels of channels-last tensors) when it is built
+    (:mod:`sepconv._kernels`); everything else to ``torch.mm``. The kernel's
+    result is not tracked by autograd (it serves inside a backward pass). Why a kernel:
     on this project's AMD CPU ``torch.mm`` runs oneMKL's AVX2 code, about 2.2x
     slower on these shapes (``benchmarks/README.md``).
     """
