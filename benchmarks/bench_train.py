@@ -133,6 +133,9 @@ def main(argv=None) -> int:
     p.add_argument("--loop", nargs=2, metavar=("NETWORK", "VARIANT"), help=argparse.SUPPRESS)  # one isolated loop
     p.add_argument("--keep-freed-memory", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    for name in ("threads", "rounds", "steps", "repeats"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     if args.loop:
@@ -172,7 +175,6 @@ def main(argv=None) -> int:
                   flush=True)
     record = {"machine": machine_info(), "threads": args.threads, "dtype": "float32",
               "mode": "training step (forward, cross-entropy, backward, Adam step)", "rows": rows}
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "train.json", json.dumps(record, indent=1).encode())
     print(f"wrote {out / 'train.json'}")
     return 0

@@ -202,7 +202,7 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
     maps each conv's qualified name to ``'eager'``, ``'packed'`` or
     ``'fused'``, with ``'+relu'``/``'+relu6'`` where an activation was fused.
     """
-    from .bench.timing import inference_call
+    from .bench.timing import first_inputs, inference_call
     from .fused import FusedSeparableConv2d, fusable, fused_available
 
     if model.training:
@@ -219,17 +219,8 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
     inputs: dict[int, torch.Tensor] = {}
     if measure:
         watched = [getattr(p, n) for p, n, _ in sites] + [layer for layer, _, _ in units]
-
-        def record(module: nn.Module, args: tuple) -> None:  # returning a value would replace the module's input
-            inputs.setdefault(id(module), args[0].detach().contiguous(memory_format=torch.channels_last))
-
-        hooks = [m.register_forward_pre_hook(record) for m in watched]
-        try:
-            with torch.no_grad():
-                model(sample_input)
-        finally:
-            for h in hooks:
-                h.remove()
+        inputs = first_inputs(model, watched, sample_input,
+                              keep=lambda x: x.detach().contiguous(memory_format=torch.channels_last))
     decisions: dict[str, str] = {}
     done: set[tuple[int, str]] = set()  # (parent, name) sites already decided as part of a separable layer
     for layer, dw_site, pw_site in units:

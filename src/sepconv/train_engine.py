@@ -16,9 +16,9 @@ Why (measured on this project's CPU, ``benchmarks/README.md``):
   :class:`FlippedDepthwise` computes the input gradient as a forward
   convolution of the output gradient with the spatially flipped kernel
   (the adjoint of a stride-1 convolution). oneDNN's depthwise
-  backward-data kernel ran 3-8x slower than its forward kernel on
-  channels-last batch-32 inputs of 8 MiB (64 channels at 32x32), the same
-  as the forward elsewhere.
+  backward-data kernel ran 2-8x slower (varying between runs) than its forward kernel on
+  channels-last batch-32 inputs of 8 MiB (64 channels at 32x32), and up
+  to 40 % slower on the other suite shapes (``benchmarks/bench_kernels.py``).
 
 Each is faster on some layers and slower on others, so :func:`tune_training`
 times eager PyTorch and the engine on each convolution's own input shape and
@@ -54,7 +54,7 @@ def matmul_at_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     for the pixels of channels-last tensors) when it is built
     (:mod:`sepconv._kernels`); everything else to ``torch.mm``. The kernel's
     result is not tracked by autograd (it serves inside a backward pass). Why a kernel:
-    on this project's AMD CPU ``torch.mm`` runs oneMKL's AVX2 code, about 2.2x
+    on this project's AMD CPU ``torch.mm`` runs oneMKL's AVX2 code, about 2x
     slower on these shapes (``benchmarks/README.md``).
     """
     if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[0]:
@@ -241,27 +241,17 @@ def tune_training(model: nn.Module, sample_input: torch.Tensor, *, rounds: int =
     tolerance); :func:`untune_training` undoes it. Choices hold for the
     measured shapes and thread count.
     """
-    from .bench.timing import interleaved
+    from .bench.timing import first_inputs, interleaved
 
     if not isinstance(sample_input, torch.Tensor):
         raise TypeError(f"sample_input must be a torch.Tensor, got {type(sample_input).__name__}")
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     probe = copy.deepcopy(model).eval()
-    names = {id(m): n for n, m in probe.named_modules()}
-    shapes: dict[str, tuple[torch.Size, bool]] = {}
-    def record(module: nn.Module, args: tuple) -> None:  # a pre-hook that returned a value would replace the input
-        x = args[0]
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        shapes.setdefault(names[id(module)], (x.shape, channels_last))
-
-    hooks = [m.register_forward_pre_hook(record) for m in probe.modules() if tunable(m)]
-    try:
-        with torch.no_grad():
-            probe(sample_input)
-    finally:
-        for h in hooks:
-            h.remove()
+    seen = first_inputs(probe, [m for m in probe.modules() if tunable(m)], sample_input,
+                        keep=lambda x: (x.shape, x.is_contiguous(memory_format=torch.channels_last)
+                                        and not x.is_contiguous()))
+    shapes: dict[str, tuple[torch.Size, bool]] = {n: seen[id(m)] for n, m in probe.named_modules() if id(m) in seen}
     choices: dict[str, str] = {}
     for name, module in model.named_modules():
         if not tunable(module) or name not in shapes:

@@ -86,6 +86,29 @@ def inference_call(module: Callable[..., object], x: torch.Tensor) -> Callable[[
     return run
 
 
+def first_inputs(model: torch.nn.Module, modules, sample_input: torch.Tensor,
+                 keep: Callable[[torch.Tensor], object] = lambda x: x.detach()) -> dict[int, object]:
+    """``keep(x)`` of the first input each of ``modules`` sees in one no-grad forward pass of ``sample_input``.
+
+    Keyed by ``id(module)``; modules that do not run are absent. Per-layer
+    timing uses it to time each layer on its own input shape.
+    """
+    seen: dict[int, object] = {}
+
+    def record(module: torch.nn.Module, args: tuple) -> None:  # a pre-hook returning a value would replace the input
+        if id(module) not in seen:
+            seen[id(module)] = keep(args[0])
+
+    hooks = [m.register_forward_pre_hook(record) for m in modules]
+    try:
+        with torch.no_grad():
+            model(sample_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
 def machine_info() -> dict:
     """What a recorded benchmark must say about where it ran."""
     cpu = platform.processor() or ""

@@ -1,0 +1,84 @@
+"""The training engines' pieces against PyTorch's, on the suite shapes: what `tune_training` builds on.
+
+    python benchmarks/bench_kernels.py [--threads 1] [--rounds 7] [--out DIR]     # about a minute
+
+For every shape of `sepconv bench`'s suites (float32, channels-last), side by side in
+interleaved rounds:
+
+* the 1x1 step's weight gradient, grad_y^T x over all pixels: `sepconv.train_engine.matmul_at_b`
+  (sepconv's C kernel where it builds) against `torch.mm`, in GFLOP/s;
+* the depthwise step's input gradient (stride-1 shapes): PyTorch's own
+  (`aten.convolution_backward`, input only) against the 'flip' engine's (a forward
+  convolution of the output gradient with the flipped kernel), in ms.
+
+Writes `kernels.json` (with the machine) into --out (default
+`benchmarks/results/kernels-cpu-<threads>thread`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from sepconv._io import atomic_write_bytes
+from sepconv.bench import mobilenet_v1_suite, vgg_blocks_suite
+from sepconv.bench.timing import interleaved, machine_info
+from sepconv.geometry import output_size_1d
+from sepconv.train_engine import matmul_at_b
+
+HERE = Path(__file__).resolve().parent
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    if args.threads < 1 or args.rounds < 1:
+        p.error(f"--threads and --rounds must be >= 1, got {args.threads} and {args.rounds}")
+    torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else HERE / "results" / f"kernels-cpu-{args.threads}thread"
+    rows = []
+    for case in mobilenet_v1_suite() + vgg_blocks_suite():
+        spec, (h, w) = case.spec, case.size
+        cin, cout, (sh, sw) = spec.in_channels, spec.out_channels, spec.stride
+        (pads_h, pads_w), (ph, pw) = spec.padding, (spec.padding[0][0], spec.padding[1][0])
+        ho, wo = output_size_1d(h, 3, sh, 1, pads_h), output_size_1d(w, 3, sw, 1, pads_w)
+        torch.manual_seed(0)
+        pixels = case.batch * ho * wo
+        x, gy = torch.randn(pixels, cin), torch.randn(pixels, cout)  # the 1x1 step's input and output gradient
+        t = interleaved({"matmul_at_b": lambda: matmul_at_b(gy, x), "torch_mm": lambda: torch.mm(gy.t(), x)},
+                        rounds=args.rounds, target_s=0.02)
+        gflop = 2 * pixels * cin * cout / 1e9
+        row = {"case": case.name, "weight_grad_gflops": {k: gflop / v.median for k, v in t.items()}}
+        if sh == 1:
+            weight = torch.randn(cin, 1, 3, 3)
+            g = torch.randn(case.batch, cin, ho, wo).contiguous(memory_format=torch.channels_last)
+            xin = torch.randn(case.batch, cin, h, w).contiguous(memory_format=torch.channels_last)
+            flipped = weight.flip(2, 3)
+            t = interleaved({
+                "pytorch": lambda: torch.ops.aten.convolution_backward(
+                    g, xin, weight, None, [1, 1], [ph, pw], [1, 1], False, [0, 0], cin, [True, False, False]),
+                "flip": lambda: F.conv2d(g, flipped, None, 1, (2 - ph, 2 - pw), 1, cin),
+            }, rounds=args.rounds, target_s=0.02)
+            row["depthwise_input_grad_ms"] = {k: 1e3 * v.median for k, v in t.items()}
+        rows.append(row)
+        dw = row.get("depthwise_input_grad_ms")
+        print(f"{case.name:24s} weight grad GFLOP/s: matmul_at_b {row['weight_grad_gflops']['matmul_at_b']:6.1f}, "
+              f"torch.mm {row['weight_grad_gflops']['torch_mm']:6.1f}"
+              + (f"; depthwise input grad ms: pytorch {dw['pytorch']:.3f}, flip {dw['flip']:.3f}" if dw else ""),
+              flush=True)
+    record = {"machine": machine_info(), "threads": args.threads, "dtype": "float32", "rows": rows}
+    atomic_write_bytes(out / "kernels.json", json.dumps(record, indent=1).encode())
+    print(f"wrote {out / 'kernels.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
