@@ -20,6 +20,14 @@ Why (measured on this project's CPU, ``benchmarks/README.md``):
   channels-last batch-32 inputs of 8 MiB (64 channels at 32x32), and up
   to 40 % slower on the other suite shapes (``benchmarks/bench_kernels.py``).
 
+* ``'depthwise'``, for stride-1 depthwise convolutions (one filter per
+  channel), float32 on the CPU: forward pass, input gradient (the flipped
+  kernel again) and weight gradient in sepconv's own channels-last C kernels
+  (:class:`DepthwiseKernels`; ``csrc/fused_dwpw.c`` and
+  ``csrc/depthwise_wgrad.c``), each reading its two tensors once. On
+  batch-32 inputs of several MiB oneDNN's depthwise kernels ran at a third
+  of the memory bandwidth's bound (``benchmarks/bench_kernels.py``).
+
 Each is faster on some layers and slower on others, so :func:`tune_training`
 times eager PyTorch and the engine on each convolution's own input shape and
 keeps the faster; nothing changes where eager PyTorch wins.
@@ -154,6 +162,117 @@ class FlippedDepthwise(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None
 
 
+def _kernel_library(*tensors: torch.Tensor):
+    """sepconv's C kernels when every tensor is float32 on the CPU and they build here, else None."""
+    if all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
+        from . import _kernels
+
+        return _kernels.load()[0]
+    return None
+
+
+def _out_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                     stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
+                     dilation: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    """A depthwise convolution (``weight``: ``(C, 1, kh, kw)``, one filter per channel of ``x``: ``(N, C, H, W)``).
+
+    float32 CPU tensors run in sepconv's C kernel (``csrc/fused_dwpw.c``,
+    channels-last, on ``torch.get_num_threads()`` threads; the result is
+    channels-last and not tracked by autograd: it serves inside
+    :class:`DepthwiseKernels`) when it builds; everything else runs
+    ``F.conv2d``. Integer zero padding.
+    """
+    if x.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[:2]) != (x.shape[1], 1):
+        raise ValueError(f"depthwise_conv2d needs x (N, C, H, W) and weight (C, 1, kh, kw), got {tuple(x.shape)} "
+                         f"and {tuple(weight.shape)}")
+    c, kh, kw = x.shape[1], weight.shape[2], weight.shape[3]
+    lib = _kernel_library(x, weight, *([bias] if bias is not None else []))
+    if lib is None:
+        return F.conv2d(x, weight, bias, stride, padding, dilation, c)
+    n, _, h, w = x.shape
+    ho, wo = (_out_size(h, kh, stride[0], padding[0], dilation[0]), _out_size(w, kw, stride[1], padding[1], dilation[1]))
+    if ho < 1 or wo < 1:
+        raise ValueError(f"depthwise_conv2d: input {h}x{w} too small for a {kh}x{kw} kernel with padding {padding}, "
+                         f"dilation {dilation}")
+    x = x.contiguous(memory_format=torch.channels_last)
+    taps = weight.reshape(c, kh * kw).t().contiguous()  # [kh][kw][C]
+    b = bias.contiguous() if bias is not None else None
+    out = torch.empty(n, c, ho, wo, dtype=torch.float32, memory_format=torch.channels_last)
+    lib.sepconv_depthwise_f32(x.data_ptr(), n, h, w, c, taps.data_ptr(), b.data_ptr() if b is not None else None,
+                              kh, kw, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+                              out.data_ptr(), ho, wo, max(1, torch.get_num_threads()))
+    return out
+
+
+def depthwise_weight_grad(x: torch.Tensor, grad_y: torch.Tensor, kernel_size: tuple[int, int],
+                          stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
+                          dilation: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    """The weight gradient ``(C, 1, kh, kw)`` of :func:`depthwise_conv2d` for output gradient ``grad_y``.
+
+    float32 CPU tensors run in sepconv's C kernel (``csrc/depthwise_wgrad.c``:
+    both tensors read once in channels-last, the threads' partial sums added
+    in a fixed order); everything else runs
+    ``aten.convolution_backward``. Not tracked by autograd.
+    """
+    c, (kh, kw) = x.shape[1], kernel_size
+    lib = _kernel_library(x, grad_y) if kh <= 16 else None
+    if lib is None:
+        weight = torch.empty(c, 1, kh, kw, dtype=x.dtype, device=x.device)
+        return torch.ops.aten.convolution_backward(grad_y, x, weight, None, list(stride), list(padding),
+                                                   list(dilation), False, [0, 0], c, [False, True, False])[1]
+    n, _, h, w = x.shape
+    ho, wo = grad_y.shape[2:]
+    x = x.contiguous(memory_format=torch.channels_last)
+    grad_y = grad_y.contiguous(memory_format=torch.channels_last)
+    taps = torch.empty(kh * kw, c, dtype=torch.float32)
+    code = lib.sepconv_depthwise_wgrad_f32(x.data_ptr(), n, h, w, c, grad_y.data_ptr(), ho, wo, kh, kw, stride[0],
+                                           stride[1], padding[0], padding[1], dilation[0], dilation[1],
+                                           taps.data_ptr(), max(1, torch.get_num_threads()))
+    if code:
+        raise RuntimeError(f"the depthwise weight-gradient kernel failed with code {code} (-1: out of memory)")
+    return taps.t().reshape(c, 1, kh, kw)
+
+
+class DepthwiseKernels(torch.autograd.Function):
+    """A stride-1 depthwise convolution (one filter per channel) computed by sepconv's own kernels.
+
+    Forward: :func:`depthwise_conv2d`; input gradient: the same kernel on
+    ``grad_y`` with the filters flipped in space and padding ``dilation *
+    (k - 1) - padding`` (the adjoint of a stride-1 convolution, as in
+    :class:`FlippedDepthwise`); weight gradient: :func:`depthwise_weight_grad`;
+    bias gradient: ``grad_y`` summed over batch and pixels. Tensors other than
+    float32 on the CPU take PyTorch's path for each step (so ``gradcheck`` in
+    float64 checks the formulas; the float32 kernels are tested against a
+    float64 reference).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: tuple[int, int],
+                dilation: tuple[int, int]) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (padding, dilation, bias is not None)
+        return depthwise_conv2d(x, weight, bias, (1, 1), padding, dilation)
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        (ph, pw), dilation, has_bias = ctx.conf
+        kh, kw = weight.shape[2:]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            pad = (dilation[0] * (kh - 1) - ph, dilation[1] * (kw - 1) - pw)
+            grad_x = depthwise_conv2d(grad_y, weight.flip(2, 3), None, (1, 1), pad, dilation)
+        if ctx.needs_input_grad[1]:
+            grad_w = depthwise_weight_grad(x, grad_y, (kh, kw), (1, 1), (ph, pw), dilation)
+        if has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_y.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None
+
+
 class _EngineForward:
     """Placed on an ``nn.Conv2d`` as its ``_conv_forward``: routes it through one engine's autograd Function.
 
@@ -168,6 +287,8 @@ class _EngineForward:
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         if self.engine == "gemm":
             return Pointwise1x1.apply(x, weight, bias)
+        if self.engine == "depthwise":
+            return DepthwiseKernels.apply(x, weight, bias, self.padding, self.dilation)
         return FlippedDepthwise.apply(x, weight, bias, self.padding, self.dilation, self.groups)
 
     def __repr__(self) -> str:
@@ -177,7 +298,10 @@ class _EngineForward:
 #: The engines :func:`tune_training` chooses among, besides eager PyTorch, and what each computes.
 ENGINES = {"gemm": "1x1, stride-1, unpadded, ungrouped nn.Conv2d (Pointwise1x1)",
            "flip": "stride-1 grouped nn.Conv2d (groups > 1, e.g. depthwise) with integer zero padding "
-                   "<= dilation * (kernel - 1) (FlippedDepthwise)"}
+                   "<= dilation * (kernel - 1) (FlippedDepthwise)",
+           "depthwise": "stride-1 depthwise nn.Conv2d (groups = in_channels = out_channels) with integer zero "
+                        "padding <= dilation * (kernel - 1), float32 on the CPU, where sepconv's C kernels build "
+                        "(DepthwiseKernels)"}
 
 
 def _plain_conv2d(conv: nn.Module) -> bool:
@@ -193,6 +317,9 @@ def engine_applies(conv: nn.Module, engine: str) -> bool:
         return False
     if engine == "gemm":
         return tuple(conv.kernel_size) == (1, 1) and conv.groups == 1 and tuple(conv.padding) == (0, 0)
+    if engine == "depthwise" and not (conv.groups == conv.in_channels == conv.out_channels
+                                      and conv.kernel_size[0] <= 16 and _kernel_library(conv.weight) is not None):
+        return False
     return conv.groups > 1 and all(0 <= p <= d * (k - 1) for p, d, k in
                                    zip(conv.padding, conv.dilation, conv.kernel_size))
 
@@ -235,7 +362,8 @@ def tune_training(model: nn.Module, sample_input: torch.Tensor, *, rounds: int =
     ``sample_input`` through a copy of the model, so BatchNorm statistics are
     untouched), as eager PyTorch (``'eager'``) and on each engine of
     :data:`ENGINES` that applies (``'gemm'``: :class:`Pointwise1x1`;
-    ``'flip'``: :class:`FlippedDepthwise`), in ``rounds`` interleaved rounds;
+    ``'flip'``: :class:`FlippedDepthwise`; ``'depthwise'``:
+    :class:`DepthwiseKernels`), in ``rounds`` interleaved rounds;
     the convolution is routed through the fastest. The
     parameters, ``state_dict`` and outputs are unchanged (to float
     tolerance); :func:`untune_training` undoes it. Choices hold for the

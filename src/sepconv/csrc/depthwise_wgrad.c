@@ -1,0 +1,146 @@
+/* Weight gradient of a depthwise convolution (channel multiplier 1), float32, NHWC (sepconv.train_engine).
+ *
+ *   gw[kh][kw][c] = sum over n, oh, ow of gy[n][oh][ow][c] * x[n][oh*sh - ph + kh*dh][ow*sw - pw + kw*dw][c]
+ *
+ * (x read as zero outside the image). Both tensors are read once, as contiguous runs of C floats per pixel; each
+ * thread sums its output rows into its own KH*KW*C buffer (small: in L1/L2), and the buffers are added at the end.
+ * Stride 1, dilation 1, a 3/5/7-wide kernel and AVX-512: eight adjacent output pixels at a time share each kernel
+ * row's input vectors (sliding window; vectors outside the image and pixels past the row's end read as zero), and
+ * every tap's eight products are summed in registers before one add to the buffer. Otherwise one pixel at a
+ * time, or portable loops without AVX-512. Plain C with optional OpenMP, loaded with ctypes.
+ */
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#define WG_SLIDE 8
+
+#ifdef __AVX512F__
+/* Eight output pixels [ow0, ow0 + 8) of one row (those >= Wo count as zero), stride 1, dilation 1, kernel width KWC
+ * (a constant after inlining). rows[kh]: the input row of kernel row kh, or NULL when it lies in the zero padding. */
+static inline __attribute__((always_inline)) void wgrad_slide(const float *const *rows, const float *g, int W, int C,
+                                                              int Cp, int KH, int KWC, int iw0, int nvalid,
+                                                              float *part, const float *prefetch_row) {
+    for (int c = 0; c < C; c += 16) {
+        int nc = C - c < 16 ? C - c : 16;
+        __mmask16 k = nc >= 16 ? 0xFFFF : (__mmask16)((1u << nc) - 1);
+        __m512 gv[WG_SLIDE];
+#pragma GCC unroll 8
+        for (int j = 0; j < WG_SLIDE; ++j)
+            gv[j] = j < nvalid ? _mm512_maskz_loadu_ps(k, g + (size_t)j * C + c) : _mm512_setzero_ps();
+        if (prefetch_row) { /* the input row the next output row adds: fetched while this one computes */
+#pragma GCC unroll 8
+            for (int j = 0; j < WG_SLIDE; ++j)
+                if (iw0 + j >= 0 && iw0 + j < W)
+                    _mm_prefetch((const char *)(prefetch_row + (size_t)(iw0 + j) * C + c), _MM_HINT_T0);
+        }
+        for (int kh = 0; kh < KH; ++kh) {
+            if (!rows[kh]) continue;
+            const float *row = rows[kh] + c;
+            __m512 in[WG_SLIDE + 6];
+#pragma GCC unroll 16
+            for (int q = 0; q < WG_SLIDE + KWC - 1; ++q) {
+                int iw = iw0 + q;
+                in[q] = (iw >= 0 && iw < W) ? _mm512_maskz_loadu_ps(k, row + (size_t)iw * C) : _mm512_setzero_ps();
+            }
+            float *acc = part + (size_t)kh * KWC * Cp + c;
+#pragma GCC unroll 8
+            for (int kw = 0; kw < KWC; ++kw) {
+                /* two chains of four products: the FMA latency is not waited on eight times in a row */
+                __m512 s0 = _mm512_mul_ps(gv[0], in[kw]), s1 = _mm512_mul_ps(gv[1], in[kw + 1]);
+                s0 = _mm512_fmadd_ps(gv[2], in[kw + 2], s0);
+                s1 = _mm512_fmadd_ps(gv[3], in[kw + 3], s1);
+                s0 = _mm512_fmadd_ps(gv[4], in[kw + 4], s0);
+                s1 = _mm512_fmadd_ps(gv[5], in[kw + 5], s1);
+                s0 = _mm512_fmadd_ps(gv[6], in[kw + 6], s0);
+                s1 = _mm512_fmadd_ps(gv[7], in[kw + 7], s1);
+                float *a = acc + (size_t)kw * Cp;
+                _mm512_store_ps(a, _mm512_add_ps(_mm512_load_ps(a), _mm512_add_ps(s0, s1)));
+            }
+        }
+    }
+}
+#endif
+
+/* One output row (image n, row oh) added into part[KH][KW][Cp]. */
+static void wgrad_row(const float *x, int H, int W, int C, const float *g, int Wo, int KH, int KW, int sh, int sw,
+                      int ph, int pw, int dh, int dw, int oh, int Cp, float *part) {
+    const float *rows[16];
+    for (int kh = 0; kh < KH; ++kh) {
+        int ih = oh * sh - ph + kh * dh;
+        rows[kh] = (ih >= 0 && ih < H) ? x + (size_t)ih * W * C : NULL;
+    }
+#ifdef __AVX512F__
+    if (sw == 1 && dw == 1 && KH <= 16 && (KW == 3 || KW == 5 || KW == 7)) {
+        int ihn = (oh + 1) * sh - ph + (KH - 1) * dh; /* the last input row of the next output row */
+        const float *pf = ihn >= 0 && ihn < H ? x + (size_t)ihn * W * C : NULL;
+        for (int ow0 = 0; ow0 < Wo; ow0 += WG_SLIDE) {
+            int nvalid = Wo - ow0 < WG_SLIDE ? Wo - ow0 : WG_SLIDE;
+            const float *gp = g + (size_t)ow0 * C;
+            if (KW == 3) wgrad_slide(rows, gp, W, C, Cp, KH, 3, ow0 - pw, nvalid, part, pf);
+            else if (KW == 5) wgrad_slide(rows, gp, W, C, Cp, KH, 5, ow0 - pw, nvalid, part, pf);
+            else wgrad_slide(rows, gp, W, C, Cp, KH, 7, ow0 - pw, nvalid, part, pf);
+        }
+        return;
+    }
+#endif
+    for (int ow = 0; ow < Wo; ++ow) {
+        const float *gp = g + (size_t)ow * C;
+        for (int kh = 0; kh < KH; ++kh) {
+            if (!rows[kh]) continue;
+            for (int kw = 0; kw < KW; ++kw) {
+                int iw = ow * sw - pw + kw * dw;
+                if (iw < 0 || iw >= W) continue;
+                const float *xp = rows[kh] + (size_t)iw * C;
+                float *a = part + ((size_t)kh * KW + kw) * Cp;
+                for (int c = 0; c < C; ++c) a[c] += gp[c] * xp[c];
+            }
+        }
+    }
+}
+
+/* x: [N][H][W][C]; gy: [N][Ho][Wo][C]; gw: [KH][KW][C] (overwritten). KH <= 16 (the kernel rows are looked up in a
+ * fixed table). Rows are split statically among the threads and the threads' sums added in thread order, so the
+ * result does not depend on timing. Returns 0, -1 if the buffers could not be allocated, -2 for KH > 16. */
+int sepconv_depthwise_wgrad_f32(const float *x, int N, int H, int W, int C, const float *gy, int Ho, int Wo, int KH,
+                                int KW, int sh, int sw, int ph, int pw, int dh, int dw, float *gw, int threads) {
+    if (KH > 16) return -2;
+    if (threads < 1) threads = 1;
+    int Cp = (C + 15) / 16 * 16;
+    size_t taps = (size_t)KH * KW, per = taps * Cp;
+    long rows = (long)N * Ho;
+    float *parts = (float *)aligned_alloc(64, ((size_t)threads * per * sizeof(float) + 63) / 64 * 64);
+    if (!parts) return -1;
+    memset(parts, 0, (size_t)threads * per * sizeof(float));
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1 && rows > 1)
+#endif
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *part = parts + (size_t)tid * per;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (long r = 0; r < rows; ++r) {
+            int n = (int)(r / Ho), oh = (int)(r % Ho);
+            wgrad_row(x + (size_t)n * H * W * C, H, W, C, gy + ((size_t)n * Ho + oh) * Wo * C, Wo, KH, KW, sh, sw,
+                      ph, pw, dh, dw, oh, Cp, part);
+        }
+    }
+    for (size_t t = 0; t < taps; ++t)
+        for (int c = 0; c < C; ++c) {
+            float s = 0.f;
+            for (int i = 0; i < threads; ++i) s += parts[(size_t)i * per + t * Cp + c];
+            gw[t * C + c] = s;
+        }
+    free(parts);
+    return 0;
+}
