@@ -129,6 +129,23 @@ def one_line_error(capsys, argv, *fragments):
     return err
 
 
+def test_tune_training_records_the_engines(tmp_path):
+    """--tune-training: each variant's engine choices are in results.json; it may change on --resume."""
+    out = tmp_path / "tuned"
+    assert main(["compare", *TINY, "--tune-training", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["tune_training"] is True
+    separable = results["variants"]["separable"]["training_engines"]
+    assert any(name.endswith("pointwise") for name in separable) and any(name.endswith("depthwise") for name in separable)
+    assert set(separable.values()) <= {"eager", "gemm", "flip", "depthwise"}
+    assert main(["compare", "--out", str(out), "--resume", "--epochs", "2", "--no-tune-training", "--quiet",
+                 "--latency-time", "0.02"]) == 0
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["config"]["tune_training"] is False and "training_engines" not in resumed["variants"]["separable"]
+    with pytest.raises(ValueError, match="tune_training must be True or False"):
+        run_compare(tiny_config(tune_training="yes"), tmp_path / "bad")
+
+
 def test_bad_names_and_numbers(tmp_path, capsys):
     one_line_error(capsys, ["--model", "resnet9000", "--out", str(tmp_path / "a")], "resnet9000", "vgg_blocks")
     one_line_error(capsys, ["--variants", "standard,octonion", "--out", str(tmp_path / "a")], "octonion", "separable")

@@ -94,6 +94,27 @@ def test_cpu_training_is_channels_last_and_matches_nchw(monkeypatch):
     assert fast.history[0]["val_loss"] == pytest.approx(plain.history[0]["val_loss"], rel=1e-2)  # after 4 Adam steps
 
 
+def test_fit_can_tune_training_engines_first():
+    """tune_training=True routes the separable model's convolutions by timing, reports the choices, leaves the
+    random stream alone (same dropout masks: the first epoch's loss equals the untuned run's to float rounding)."""
+    from sepconv import SeparableConv2d
+    from sepconv.train_engine import ENGINES, engine_of, tunable
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), SeparableConv2d(4, 8, 3, padding=1), nn.ReLU(),
+                             nn.Dropout(0.3), nn.Flatten(), nn.Linear(8 * 36, 4))
+
+    data, cfg = tiny_data(), TrainConfig(epochs=1, batch_size=16, lr=1e-2, seed=0)
+    tuned = fit(model(), data, cfg, tune_training=True)
+    plain = fit(model(), data, cfg)
+    engines = tuned.extra["training_engines"]
+    assert set(engines) == {n for n, m in tuned.model.named_modules() if tunable(m)} == {"1.depthwise", "1.pointwise"}
+    assert all(engine_of(tuned.model.get_submodule(n)) == e and e in {"eager", *ENGINES} for n, e in engines.items())
+    assert "training_engines" not in plain.extra
+    assert tuned.history[0]["train_loss"] == pytest.approx(plain.history[0]["train_loss"], rel=1e-5)
+
+
 def test_evaluate_runs_without_autograd():
     class NoGrad(nn.Module):
         def forward(self, x):

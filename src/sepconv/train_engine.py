@@ -367,14 +367,22 @@ def tune_training(model: nn.Module, sample_input: torch.Tensor, *, rounds: int =
     the convolution is routed through the fastest. The
     parameters, ``state_dict`` and outputs are unchanged (to float
     tolerance); :func:`untune_training` undoes it. Choices hold for the
-    measured shapes and thread count.
+    measured shapes and thread count. The random data is drawn on a forked
+    random stream: the caller's (CPU and the model's CUDA device) is as it
+    was.
     """
-    from .bench.timing import first_inputs, interleaved
-
     if not isinstance(sample_input, torch.Tensor):
         raise TypeError(f"sample_input must be a torch.Tensor, got {type(sample_input).__name__}")
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):
+        return _tune(model, sample_input, rounds)
+
+
+def _tune(model: nn.Module, sample_input: torch.Tensor, rounds: int) -> dict[str, str]:
+    from .bench.timing import first_inputs, interleaved
+
     probe = copy.deepcopy(model).eval()
     seen = first_inputs(probe, [m for m in probe.modules() if tunable(m)], sample_input,
                         keep=lambda x: (x.shape, x.is_contiguous(memory_format=torch.channels_last)

@@ -71,11 +71,12 @@ DEFAULTS: dict[str, Any] = {
     "finetune_epochs": 5,  # the 'converted' variant only
     "finetune_lr": None,  # the 'converted' variant only; None: lr / 3 (best of lr, lr/3, lr/10 on digits)
     "convert_to": "separable",  # the 'converted' variant only: sepconv.factorize.convert's target
+    "tune_training": False,  # sepconv.tune_training per variant before training (engines chosen by timing)
 }
 #: Pseudo-variant: the run's trained 'standard' network converted to depthwise separable, then fine-tuned.
 CONVERTED = "converted"
 #: Options that may differ between a run and its ``--resume`` (the others must match).
-RESUMABLE_CHANGES = ("epochs", "device", "download", "data_dir", "threads")
+RESUMABLE_CHANGES = ("epochs", "device", "download", "data_dir", "threads", "tune_training")
 #: File written first into an output directory; marks it as a sepconv run.
 RUN_MARKER = "run.json"
 #: What ``--overwrite`` removes from a previous run's directory (nothing else is touched).
@@ -105,6 +106,7 @@ class CompareConfig:
     finetune_epochs: int = DEFAULTS["finetune_epochs"]
     finetune_lr: Optional[float] = DEFAULTS["finetune_lr"]
     convert_to: str = DEFAULTS["convert_to"]
+    tune_training: bool = DEFAULTS["tune_training"]
 
     def conversion(self) -> dict[str, Any]:
         """The options :func:`sepconv.factorize.convert` gets for the ``converted`` variant (M = 1, default ranks)."""
@@ -275,6 +277,8 @@ def validate_config(config: CompareConfig) -> tuple[Any, list[str]]:
 
     if config.convert_to not in TARGETS:
         raise ValueError(f"--convert-to must be one of {', '.join(TARGETS)}; got {config.convert_to!r}")
+    if not isinstance(config.tune_training, bool):
+        raise ValueError(f"tune_training must be True or False, got {config.tune_training!r}")
     if config.width is not None and (isinstance(config.width, bool) or not config.width > 0):
         raise ValueError(f"--width must be a number > 0 (a channel multiplier), got {config.width!r}")
     if config.threads is not None and (isinstance(config.threads, bool) or not isinstance(config.threads, int)
@@ -529,8 +533,16 @@ def run_compare(
         checkpoint = out / "checkpoints" / f"{variant}.pt"
         try:
             run = fit(model, data, train_cfg(variant), checkpoint_path=checkpoint, resume=resume,
-                      progress=progress, desc=variant, on_epoch=on_epoch, stop_after_epoch=stop_after_epoch)
+                      progress=progress, desc=variant, on_epoch=on_epoch, stop_after_epoch=stop_after_epoch,
+                      tune_training=config.tune_training)
             entry["history"] = run.history
+            if "training_engines" in run.extra:
+                engines = run.extra["training_engines"]
+                entry["training_engines"] = engines
+                if main:
+                    routed = {e: sum(v == e for v in engines.values()) for e in sorted(set(engines.values()))}
+                    log(f"[{variant}] training engines (sepconv.tune_training) of its {len(engines)} tunable "
+                        f"convolution(s): " + ", ".join(f"{e} {n}" for e, n in routed.items()))
             if distributed:
                 entry["ranks_agree"] = dist_utils.weights_agree(run.model)
             latency = throughput = None
@@ -610,6 +622,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's, one per core; "
                    "use 1 on a machine shared with other jobs, see docs/compare.md)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto: CUDA when available)")
+    p.add_argument("--tune-training", action=argparse.BooleanOptionalAction, default=None,
+                   help="before training each variant, route each convolution through its fastest training engine, "
+                        "timed on a batch (sepconv.tune_training; pays on larger images, e.g. CIFAR-10 size; "
+                        "default off)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision with torch.autocast (default: on for CUDA, off on CPU)")
     p.add_argument("--out", help="output directory (default runs/compare-<UTC time>)")
@@ -622,7 +638,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 _ARG_NAMES = {"threads", "data_dir", "download", "image_size", "val_fraction", "model", "variants", "width", "epochs",
-              "batch_size", "lr", "seed", "device", "amp", "dataset", "finetune_epochs", "finetune_lr", "convert_to"}
+              "batch_size", "lr", "seed", "device", "amp", "dataset", "finetune_epochs", "finetune_lr", "convert_to",
+              "tune_training"}
 
 
 def config_from_args(args: argparse.Namespace) -> CompareConfig:

@@ -207,6 +207,7 @@ def fit(
     desc: str = "",
     on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
     stop_after_epoch: Optional[int] = None,
+    tune_training: bool = False,
 ) -> TrainResult:
     """Train ``model`` on ``data`` (an :class:`~sepconv.data.ImageDataset`) with Adam and cross-entropy.
 
@@ -218,7 +219,11 @@ def fit(
     is wrapped in ``DistributedDataParallel`` and each rank trains on an equal
     shard of every batch. Raises :class:`TrainingDiverged` on a NaN/inf loss
     and :class:`TrainingInterrupted` on Ctrl-C (after the last completed
-    epoch's checkpoint is on disk).
+    epoch's checkpoint is on disk). ``tune_training=True`` first routes each
+    convolution through its fastest training engine
+    (:func:`sepconv.tune_training`, timed on a batch of this run's shape and
+    layout; the random stream is left as it was); the choices are returned in
+    ``TrainResult.extra["training_engines"]``.
     """
     from tqdm.auto import tqdm
 
@@ -254,6 +259,12 @@ def fit(
     per_rank_batch = config.batch_size // world
     if per_rank_batch < 1:
         raise ValueError(f"batch_size={config.batch_size} is smaller than the {world} distributed processes")
+    extra: dict[str, Any] = {}
+    if tune_training:
+        from ..train_engine import tune_training as tune
+
+        sample = data.train_x[:per_rank_batch].to(device).contiguous(memory_format=layout)
+        extra["training_engines"] = tune(model, sample)
     net: nn.Module = model
     if dist_utils.is_distributed():
         from torch.nn.parallel import DistributedDataParallel
@@ -350,4 +361,4 @@ def fit(
         stop.uninstall()
     if stop.requested:  # Ctrl-C after the last check: still a stop
         raise TrainingInterrupted(len(history), path)
-    return TrainResult(history=history, model=model, start_epoch=start_epoch)
+    return TrainResult(history=history, model=model, start_epoch=start_epoch, extra=extra)
