@@ -9,7 +9,13 @@ interleaved rounds:
   (sepconv's C kernel where it builds) against `torch.mm`, in GFLOP/s;
 * the depthwise step's input gradient (stride-1 shapes): PyTorch's own
   (`aten.convolution_backward`, input only) against the 'flip' engine's (a forward
-  convolution of the output gradient with the flipped kernel), in ms.
+  convolution of the output gradient with the flipped kernel) and the 'depthwise'
+  engine's (sepconv's own depthwise kernel on the flipped kernel), in ms;
+* the depthwise step's forward pass and weight gradient (stride-1 shapes): PyTorch's
+  (oneDNN) against the 'depthwise' engine's kernels, in ms.
+
+Each step allocates its output, as in a training step; the inputs are reused, so a
+shape whose tensors fit the last-level cache runs from it.
 
 Writes `kernels.json` (with the machine) into --out (default
 `benchmarks/results/kernels-cpu-<threads>thread`).
@@ -29,7 +35,7 @@ from sepconv._io import atomic_write_bytes
 from sepconv.bench import mobilenet_v1_suite, vgg_blocks_suite
 from sepconv.bench.timing import interleaved, machine_info
 from sepconv.geometry import output_size_1d
-from sepconv.train_engine import matmul_at_b
+from sepconv.train_engine import depthwise_conv2d, depthwise_weight_grad, matmul_at_b
 
 HERE = Path(__file__).resolve().parent
 
@@ -62,17 +68,29 @@ def main(argv=None) -> int:
             g = torch.randn(case.batch, cin, ho, wo).contiguous(memory_format=torch.channels_last)
             xin = torch.randn(case.batch, cin, h, w).contiguous(memory_format=torch.channels_last)
             flipped = weight.flip(2, 3)
+            backward = torch.ops.aten.convolution_backward
             t = interleaved({
-                "pytorch": lambda: torch.ops.aten.convolution_backward(
-                    g, xin, weight, None, [1, 1], [ph, pw], [1, 1], False, [0, 0], cin, [True, False, False]),
-                "flip": lambda: F.conv2d(g, flipped, None, 1, (2 - ph, 2 - pw), 1, cin),
+                "input_grad/pytorch": lambda: backward(g, xin, weight, None, [1, 1], [ph, pw], [1, 1], False, [0, 0],
+                                                       cin, [True, False, False]),
+                "input_grad/flip": lambda: F.conv2d(g, flipped, None, 1, (2 - ph, 2 - pw), 1, cin),
+                "input_grad/depthwise": lambda: depthwise_conv2d(g, flipped, None, (1, 1), (2 - ph, 2 - pw)),
+                "forward/pytorch": lambda: F.conv2d(xin, weight, None, 1, (ph, pw), 1, cin),
+                "forward/depthwise": lambda: depthwise_conv2d(xin, weight, None, (1, 1), (ph, pw)),
+                "weight_grad/pytorch": lambda: backward(g, xin, weight, None, [1, 1], [ph, pw], [1, 1], False,
+                                                        [0, 0], cin, [False, True, False]),
+                "weight_grad/depthwise": lambda: depthwise_weight_grad(xin, g, (3, 3), (1, 1), (ph, pw)),
             }, rounds=args.rounds, target_s=0.02)
-            row["depthwise_input_grad_ms"] = {k: 1e3 * v.median for k, v in t.items()}
+            for step in ("input_grad", "forward", "weight_grad"):
+                row[f"depthwise_{step}_ms"] = {k.split("/")[1]: 1e3 * v.median for k, v in t.items()
+                                               if k.startswith(step + "/")}
         rows.append(row)
         dw = row.get("depthwise_input_grad_ms")
         print(f"{case.name:24s} weight grad GFLOP/s: matmul_at_b {row['weight_grad_gflops']['matmul_at_b']:6.1f}, "
               f"torch.mm {row['weight_grad_gflops']['torch_mm']:6.1f}"
-              + (f"; depthwise input grad ms: pytorch {dw['pytorch']:.3f}, flip {dw['flip']:.3f}" if dw else ""),
+              + (f"; depthwise ms (pytorch/sepconv): forward {row['depthwise_forward_ms']['pytorch']:.3f}/"
+                 f"{row['depthwise_forward_ms']['depthwise']:.3f}, input grad {dw['pytorch']:.3f}/{dw['depthwise']:.3f}"
+                 f" (flip {dw['flip']:.3f}), weight grad {row['depthwise_weight_grad_ms']['pytorch']:.3f}/"
+                 f"{row['depthwise_weight_grad_ms']['depthwise']:.3f}" if dw else ""),
               flush=True)
     record = {"machine": machine_info(), "threads": args.threads, "dtype": "float32", "rows": rows}
     atomic_write_bytes(out / "kernels.json", json.dumps(record, indent=1).encode())

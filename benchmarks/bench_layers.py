@@ -1,6 +1,9 @@
 """Record `sepconv bench` (all suites) at 1 and 2 threads into benchmarks/results/.
 
-    python benchmarks/bench_layers.py            # about 4 minutes on a 2-core CPU
+    python benchmarks/bench_layers.py [--suffix NAME]   # about 4 minutes on a 2-core CPU
+
+--suffix records into `results/cpu-1thread-NAME/` etc. (another machine's records beside
+the ones the README summarizes).
 
 The third record (`cpu-1thread-keepmem`) is taken after `sepconv.keep_freed_memory()`.
 
@@ -11,6 +14,7 @@ each result (`machine.loadavg_1_5_15`). Results are summarized by hand in
 benchmarks/README.md.
 """
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -19,9 +23,15 @@ from sepconv.cli import main
 HERE = Path(__file__).resolve().parent
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suffix", default="", help="record into results/<name>-SUFFIX/ (letters, digits, -)")
+    args = parser.parse_args()
+    if args.suffix and not args.suffix.replace("-", "").isalnum():
+        parser.error(f"--suffix must be letters, digits and '-', got {args.suffix!r}")
+    tail = f"-{args.suffix}" if args.suffix else ""
     # the --keep-freed-memory run last: sepconv.keep_freed_memory() cannot be undone within the process
     for threads, name, extra in ((1, "cpu-1thread", []), (2, "cpu-2threads", []),
                                  (1, "cpu-1thread-keepmem", ["--keep-freed-memory"])):
-        code = main(["bench", "--threads", str(threads), *extra, "--out", str(HERE / "results" / name)])
+        code = main(["bench", "--threads", str(threads), *extra, "--out", str(HERE / "results" / (name + tail))])
         if code:
             sys.exit(code)
