@@ -9,10 +9,10 @@ interleaved rounds:
   (sepconv's C kernel where it builds) against `torch.mm`, in GFLOP/s;
 * the depthwise step's input gradient (stride-1 shapes): PyTorch's own
   (`aten.convolution_backward`, input only) against the 'flip' engine's (a forward
-  convolution of the output gradient with the flipped kernel) and the 'depthwise'
-  engine's (sepconv's own depthwise kernel on the flipped kernel), in ms;
-* the depthwise step's forward pass and weight gradient (stride-1 shapes): PyTorch's
-  (oneDNN) against the 'depthwise' engine's kernels, in ms.
+  convolution of the output gradient with the flipped kernel), in ms;
+* the depthwise step's weight gradient (stride-1 shapes): PyTorch's (oneDNN) against
+  sepconv's kernel (`depthwise_weight_grad`, the 'dwgrad' engine's), in ms; PyTorch's
+  forward pass beside them for scale.
 
 Each step allocates its output, as in a training step; the inputs are reused, so a
 shape whose tensors fit the last-level cache runs from it.
@@ -35,7 +35,7 @@ from sepconv._io import atomic_write_bytes
 from sepconv.bench import mobilenet_v1_suite, vgg_blocks_suite
 from sepconv.bench.timing import interleaved, machine_info
 from sepconv.geometry import output_size_1d
-from sepconv.train_engine import depthwise_conv2d, depthwise_weight_grad, matmul_at_b
+from sepconv.train_engine import depthwise_weight_grad, matmul_at_b
 
 HERE = Path(__file__).resolve().parent
 
@@ -73,12 +73,10 @@ def main(argv=None) -> int:
                 "input_grad/pytorch": lambda: backward(g, xin, weight, None, [1, 1], [ph, pw], [1, 1], False, [0, 0],
                                                        cin, [True, False, False]),
                 "input_grad/flip": lambda: F.conv2d(g, flipped, None, 1, (2 - ph, 2 - pw), 1, cin),
-                "input_grad/depthwise": lambda: depthwise_conv2d(g, flipped, None, (1, 1), (2 - ph, 2 - pw)),
                 "forward/pytorch": lambda: F.conv2d(xin, weight, None, 1, (ph, pw), 1, cin),
-                "forward/depthwise": lambda: depthwise_conv2d(xin, weight, None, (1, 1), (ph, pw)),
                 "weight_grad/pytorch": lambda: backward(g, xin, weight, None, [1, 1], [ph, pw], [1, 1], False,
                                                         [0, 0], cin, [False, True, False]),
-                "weight_grad/depthwise": lambda: depthwise_weight_grad(xin, g, (3, 3), (1, 1), (ph, pw)),
+                "weight_grad/sepconv": lambda: depthwise_weight_grad(xin, g, (3, 3), (1, 1), (ph, pw)),
             }, rounds=args.rounds, target_s=0.02)
             for step in ("input_grad", "forward", "weight_grad"):
                 row[f"depthwise_{step}_ms"] = {k.split("/")[1]: 1e3 * v.median for k, v in t.items()
@@ -87,10 +85,10 @@ def main(argv=None) -> int:
         dw = row.get("depthwise_input_grad_ms")
         print(f"{case.name:24s} weight grad GFLOP/s: matmul_at_b {row['weight_grad_gflops']['matmul_at_b']:6.1f}, "
               f"torch.mm {row['weight_grad_gflops']['torch_mm']:6.1f}"
-              + (f"; depthwise ms (pytorch/sepconv): forward {row['depthwise_forward_ms']['pytorch']:.3f}/"
-                 f"{row['depthwise_forward_ms']['depthwise']:.3f}, input grad {dw['pytorch']:.3f}/{dw['depthwise']:.3f}"
-                 f" (flip {dw['flip']:.3f}), weight grad {row['depthwise_weight_grad_ms']['pytorch']:.3f}/"
-                 f"{row['depthwise_weight_grad_ms']['depthwise']:.3f}" if dw else ""),
+              + (f"; depthwise ms: forward {row['depthwise_forward_ms']['pytorch']:.3f}, input grad pytorch "
+                 f"{dw['pytorch']:.3f} flip {dw['flip']:.3f}, weight grad pytorch "
+                 f"{row['depthwise_weight_grad_ms']['pytorch']:.3f} sepconv "
+                 f"{row['depthwise_weight_grad_ms']['sepconv']:.3f}" if dw else ""),
               flush=True)
     record = {"machine": machine_info(), "threads": args.threads, "dtype": "float32", "rows": rows}
     atomic_write_bytes(out / "kernels.json", json.dumps(record, indent=1).encode())

@@ -14,9 +14,8 @@ from torch import nn
 
 from sepconv import _kernels
 from sepconv.models import build_model
-from sepconv.train_engine import (ENGINES, DepthwiseKernels, FlippedDepthwise, Pointwise1x1, depthwise_conv2d,
-                                  depthwise_weight_grad, engine_applies, engine_of, matmul_at_b, tunable,
-                                  tune_training, untune_training, use_engine)
+from sepconv.train_engine import (ENGINES, FlippedDepthwise, Pointwise1x1, depthwise_weight_grad, engine_applies,
+                                  engine_of, matmul_at_b, tunable, tune_training, untune_training, use_engine)
 
 needs_kernels = pytest.mark.skipif(not _kernels.available(), reason=f"sepconv's C kernels: {_kernels.unavailable_reason()}")
 
@@ -137,13 +136,13 @@ def test_engine_applies_to_the_right_convolutions():
     assert not engine_applies(nn.Conv2d(8, 8, 3, padding=1, groups=8, padding_mode="reflect"), "flip")
     assert not engine_applies(nn.Conv2d(8, 8, 3, padding=1), "flip")  # ungrouped: eager's own path
     assert engine_applies(nn.Conv2d(8, 4, 1), "gemm") and not engine_applies(nn.Conv2d(8, 4, 1, groups=2), "gemm")
-    assert set(ENGINES) == {"gemm", "flip", "depthwise"}
+    assert set(ENGINES) == {"gemm", "flip", "dwgrad"}
     depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
-    assert engine_applies(depthwise, "depthwise") == _kernels.available()
-    assert not engine_applies(nn.Conv2d(8, 16, 3, padding=1, groups=8), "depthwise")  # channel multiplier 2
-    assert not engine_applies(nn.Conv2d(8, 8, 3, padding=1, groups=4), "depthwise")  # grouped, not depthwise
-    assert not engine_applies(nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), "depthwise")
-    assert not engine_applies(depthwise.double(), "depthwise")  # the kernels are float32
+    assert engine_applies(depthwise, "dwgrad") == _kernels.available()
+    assert not engine_applies(nn.Conv2d(8, 16, 3, padding=1, groups=8), "dwgrad")  # channel multiplier 2
+    assert not engine_applies(nn.Conv2d(8, 8, 3, padding=1, groups=4), "dwgrad")  # grouped, not depthwise
+    assert not engine_applies(nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), "dwgrad")
+    assert not engine_applies(depthwise.double(), "dwgrad")  # the kernel is float32
 
 
 def test_float32_cpu_path_matches_conv2d():
@@ -169,7 +168,7 @@ def test_tune_training_keeps_the_model_and_can_be_undone():
     tuned = [n for n, m in model.named_modules() if tunable(m)]
     kinds = {n: "gemm" if model.get_submodule(n).kernel_size == (1, 1) else "flip" for n in tuned}
     assert "flip" in kinds.values() and "gemm" in kinds.values()  # both steps of the separable blocks
-    allowed = {n: {"eager", kinds[n]} | ({"depthwise"} if kinds[n] == "flip" and _kernels.available() else set())
+    allowed = {n: {"eager", kinds[n]} | ({"dwgrad"} if kinds[n] == "flip" and _kernels.available() else set())
                for n in tuned}
     assert set(choices) == set(tuned) and all(choices[n] in allowed[n] for n in tuned)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # BatchNorm stats untouched
@@ -200,29 +199,24 @@ def test_tune_training_keeps_the_model_and_can_be_undone():
 
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 2), st.integers(1, 40), st.integers(1, 12), st.integers(1, 40), st.sampled_from([1, 2, 3, 4, 5, 7]),
-       st.integers(1, 2), st.integers(1, 2), st.integers(0, 3), st.booleans(), st.integers(1, 2), st.integers(0, 999))
+       st.integers(1, 2), st.integers(1, 2), st.integers(0, 3), st.integers(1, 2), st.integers(0, 999))
 @needs_kernels
-def test_depthwise_kernels_match_float64(batch, channels, h, w, k, stride, dilation, pad, bias, threads, seed):
-    """Forward and weight-gradient kernels against float64 PyTorch: ragged channel blocks, rows cut anywhere by the
-    8-pixel sliding windows, borders, strides and dilations (the general paths), 1 or 2 threads."""
+def test_depthwise_weight_grad_matches_float64(batch, channels, h, w, k, stride, dilation, pad, threads, seed):
+    """The kernel against float64 PyTorch: ragged channel blocks, rows cut anywhere by the 8-pixel sliding windows,
+    borders, strides and dilations (the general path), 1 or 2 threads."""
     torch.manual_seed(seed)
     pad = min(pad, dilation * (k - 1))
     h, w = max(h, dilation * (k - 1) + 1 - 2 * pad), max(w, dilation * (k - 1) + 1 - 2 * pad)
     x = torch.randn(batch, channels, h, w)
     weight = torch.randn(channels, 1, k, k)
-    b = torch.randn(channels) if bias else None
     conf = ((stride, stride), (pad, pad), (dilation, dilation))
-    ref = F.conv2d(x.double(), weight.double(), b.double() if bias else None, *conf, channels)
-    gy = torch.randn(ref.shape)
-    ref_gw = torch.ops.aten.convolution_backward(gy.double(), x.double(), weight.double(), None, *map(list, conf),
-                                                 False, [0, 0], channels, [False, True, False])[1]
+    gy = torch.randn(F.conv2d(x, weight, None, *conf, channels).shape)
+    ref = torch.ops.aten.convolution_backward(gy.double(), x.double(), weight.double(), None, *map(list, conf),
+                                              False, [0, 0], channels, [False, True, False])[1]
     with torch_threads(threads):
-        y = depthwise_conv2d(x, weight, b, *conf)
-        gw = depthwise_weight_grad(x, gy, (k, k), *conf)
-    assert y.dtype == gw.dtype == torch.float32 and y.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * k)
-    assert gw.shape == weight.shape
-    torch.testing.assert_close(gw.double(), ref_gw, rtol=1e-5, atol=1e-5 * (gy.numel() / channels) ** 0.5)
+        got = depthwise_weight_grad(x, gy, (k, k), *conf)
+    assert got.dtype == torch.float32 and got.shape == weight.shape
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * (gy.numel() / channels) ** 0.5)
 
 
 @needs_kernels
@@ -235,60 +229,57 @@ def test_depthwise_weight_grad_is_the_same_on_every_run():
     assert all(torch.equal(runs[0], r) for r in runs[1:])
 
 
-def test_depthwise_kernel_functions_fall_back_and_check_their_input(monkeypatch):
+def test_depthwise_weight_grad_portable_build_and_fallback(monkeypatch):
     torch.manual_seed(4)
     x, weight = torch.randn(2, 6, 9, 9), torch.randn(6, 1, 3, 3)
-    ref = F.conv2d(x, weight, None, 1, 1, 1, 6)
-    gy = torch.randn_like(ref)
-    ref_gw = torch.ops.aten.convolution_backward(gy, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 6,
-                                                 [False, True, False])[1]
+    gy = torch.randn(2, 6, 9, 9)
+    ref = torch.ops.aten.convolution_backward(gy, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 6,
+                                              [False, True, False])[1]
     if _kernels.available() and platform.machine() in ("x86_64", "AMD64"):
-        monkeypatch.setattr(_kernels, "MARCH", "x86-64-v2")  # the kernels' portable loops (no AVX-512)
+        monkeypatch.setattr(_kernels, "MARCH", "x86-64-v2")  # the kernel's portable loops (no AVX-512)
         assert not _kernels.load()[0].sepconv_fused_has_avx512()
-        torch.testing.assert_close(depthwise_conv2d(x, weight, None, (1, 1), (1, 1)), ref, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(depthwise_weight_grad(x, gy, (3, 3), (1, 1), (1, 1)), ref_gw, rtol=1e-5,
-                                   atol=1e-4)
+        torch.testing.assert_close(depthwise_weight_grad(x, gy, (3, 3), (1, 1), (1, 1)), ref, rtol=1e-5, atol=1e-4)
     monkeypatch.setattr(_kernels, "load", lambda: (None, "no kernels"))  # PyTorch's path
-    torch.testing.assert_close(depthwise_conv2d(x, weight, None, (1, 1), (1, 1)), ref)
-    torch.testing.assert_close(depthwise_weight_grad(x, gy, (3, 3), (1, 1), (1, 1)), ref_gw)
-    with pytest.raises(ValueError, match="depthwise_conv2d needs"):
-        depthwise_conv2d(x, torch.randn(6, 2, 3, 3))
+    torch.testing.assert_close(depthwise_weight_grad(x, gy, (3, 3), (1, 1), (1, 1)), ref)
+    ref64 = torch.ops.aten.convolution_backward(gy.double(), x.double(), weight.double(), None, [1, 1], [1, 1],
+                                                [1, 1], False, [0, 0], 6, [False, True, False])[1]
+    torch.testing.assert_close(depthwise_weight_grad(x.double(), gy.double(), (3, 3), (1, 1), (1, 1)), ref64)
 
 
 @settings(max_examples=15, deadline=None)
 @given(st.integers(1, 2), st.integers(1, 5), st.sampled_from([1, 2, 3, 5]), st.integers(1, 2), st.integers(0, 4),
        st.integers(0, 4), st.booleans(), st.integers(0, 999))
-def test_depthwise_kernels_function_gradients(batch, channels, k, dilation, ph, pw, bias, seed):
-    """gradcheck in float64 (PyTorch's path for each step), then the float32 kernels' gradients against F.conv2d."""
+def test_flipped_depthwise_with_the_kernel_weight_gradient(batch, channels, k, dilation, ph, pw, bias, seed):
+    """gradcheck in float64 (the fallback path), then float32 gradients (the kernel) against F.conv2d's."""
     torch.manual_seed(seed)
     ph, pw = min(ph, dilation * (k - 1)), min(pw, dilation * (k - 1))
     size = dilation * (k - 1) + 2
     x = torch.randn(batch, channels, size, size + 1, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(channels, 1, k, k, dtype=torch.float64, requires_grad=True)
     b = torch.randn(channels, dtype=torch.float64, requires_grad=True) if bias else None
-    args = ((ph, pw), (dilation, dilation))
-    assert torch.autograd.gradcheck(lambda *t: DepthwiseKernels.apply(*t, *args), (x, weight, b))
-    leaves32 = [t.detach().float().requires_grad_() for t in (x, weight, b) if t is not None]
-    x32, w32, b32 = leaves32[0], leaves32[1], leaves32[2] if bias else None
-    y = DepthwiseKernels.apply(x32, w32, b32, *args)
+    args = ((ph, pw), (dilation, dilation), channels, True)
+    assert torch.autograd.gradcheck(lambda *t: FlippedDepthwise.apply(*t, *args), (x, weight, b))
+    leaves = [t.detach().float().requires_grad_() for t in (x, weight, b) if t is not None]
+    x32, w32, b32 = leaves[0], leaves[1], leaves[2] if bias else None
+    y = FlippedDepthwise.apply(x32, w32, b32, *args)
     ref = F.conv2d(x32, w32, b32, 1, (ph, pw), dilation, channels)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
     gy = torch.randn_like(ref)
-    for g, r in zip(torch.autograd.grad(y, leaves32, gy), torch.autograd.grad(ref, leaves32, gy)):
+    for g, r in zip(torch.autograd.grad(y, leaves, gy), torch.autograd.grad(ref, leaves, gy)):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
 
 
 @needs_kernels
-def test_depthwise_engine_in_a_model_matches_eager():
+def test_dwgrad_engine_in_a_model_matches_eager():
     torch.manual_seed(5)
     model = build_model("mobilenet_v1", "separable", alpha=0.25, num_classes=5).eval()
     x = torch.randn(2, 3, 32, 32)
     reference = copy.deepcopy(model)
-    convs = [m for m in model.modules() if engine_applies(m, "depthwise")]
+    convs = [m for m in model.modules() if engine_applies(m, "dwgrad")]
     assert len(convs) >= 5
     for conv in convs:
-        use_engine(conv, "depthwise")
-    assert {engine_of(c) for c in convs} == {"depthwise"}
+        use_engine(conv, "dwgrad")
+    assert {engine_of(c) for c in convs} == {"dwgrad"}
     model(x).square().mean().backward()
     reference(x).square().mean().backward()
     torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)

@@ -1,9 +1,8 @@
 """Build and load sepconv's C kernels (``csrc/*.c``): one shared library, compiled on first use.
 
 The kernels are plain C (no Python or PyTorch headers): the fused
-depthwise -> pointwise inference kernel and the standalone depthwise
-convolution (``csrc/fused_dwpw.c``, :mod:`sepconv.fused`,
-:mod:`sepconv.train_engine`), the depthwise weight gradient
+depthwise -> pointwise inference kernel (``csrc/fused_dwpw.c``,
+:mod:`sepconv.fused`), the depthwise weight gradient
 (``csrc/depthwise_wgrad.c``) and the 1x1-convolution weight-gradient GEMM
 (``csrc/gemm_atb.c``, :mod:`sepconv.train_engine`). They are compiled
 together with the machine's C compiler (``$CC``, else ``cc``/``gcc``/``clang``)
@@ -117,8 +116,6 @@ def load_for(march: str) -> tuple[Optional[ctypes.CDLL], Optional[str]]:
     lib.sepconv_gemm_atb_f32.argtypes = [long, i, i, p, long, p, long, p, long, i]
     lib.sepconv_gemm_atb_f32.restype = i
     lib.sepconv_atb_has_avx512.restype = i
-    lib.sepconv_depthwise_f32.argtypes = [p, i, i, i, i, p, p, i, i, i, i, i, i, i, i, p, i, i, i]
-    lib.sepconv_depthwise_f32.restype = i
     lib.sepconv_depthwise_wgrad_f32.argtypes = [p, i, i, i, i, p, i, i, i, i, i, i, i, i, i, i, p, i]
     lib.sepconv_depthwise_wgrad_f32.restype = i
     return lib, None

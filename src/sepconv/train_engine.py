@@ -20,13 +20,14 @@ Why (measured on this project's CPU, ``benchmarks/README.md``):
   channels-last batch-32 inputs of 8 MiB (64 channels at 32x32), and up
   to 40 % slower on the other suite shapes (``benchmarks/bench_kernels.py``).
 
-* ``'depthwise'``, for stride-1 depthwise convolutions (one filter per
-  channel), float32 on the CPU: forward pass, input gradient (the flipped
-  kernel again) and weight gradient in sepconv's own channels-last C kernels
-  (:class:`DepthwiseKernels`; ``csrc/fused_dwpw.c`` and
-  ``csrc/depthwise_wgrad.c``), each reading its two tensors once. On
-  batch-32 inputs of several MiB oneDNN's depthwise kernels ran at a third
-  of the memory bandwidth's bound (``benchmarks/bench_kernels.py``).
+* ``'dwgrad'``, for stride-1 depthwise convolutions (one filter per
+  channel), float32 on the CPU: ``'flip'`` with the weight gradient in
+  sepconv's C kernel (:func:`depthwise_weight_grad`,
+  ``csrc/depthwise_wgrad.c``), which took 0.43-0.90 of PyTorch's time on
+  14 of the 15 suite shapes' depthwise steps (``benchmarks/bench_kernels.py``,
+  AMD Zen 4). (A standalone depthwise forward kernel was also tried as the
+  forward and input-gradient steps: 1.06-1.7x oneDNN's time at 1 thread, so
+  not kept.)
 
 Each is faster on some layers and slower on others, so :func:`tune_training`
 times eager PyTorch and the engine on each convolution's own input shape and
@@ -132,21 +133,24 @@ class FlippedDepthwise(torch.autograd.Function):
     ``grad_x = conv2d(grad_y, flip(weight), padding = dilation * (k - 1) -
     padding, dilation, groups)``; it needs ``padding <= dilation * (k - 1)``
     (what :func:`engine_applies` checks). Weight and bias gradients are
-    PyTorch's own (``aten.convolution_backward``). Checked with
-    ``gradcheck`` in float64 and against ``F.conv2d``.
+    PyTorch's own (``aten.convolution_backward``), or with
+    ``kernel_weight_grad=True`` (depthwise convolutions: one filter per
+    channel) :func:`depthwise_weight_grad`'s and ``grad_y`` summed over batch
+    and pixels. Checked with ``gradcheck`` in float64 and against
+    ``F.conv2d``.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: tuple[int, int],
-                dilation: tuple[int, int], groups: int) -> torch.Tensor:
+                dilation: tuple[int, int], groups: int, kernel_weight_grad: bool = False) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.conf = (padding, dilation, groups, bias is not None)
+        ctx.conf = (padding, dilation, groups, bias is not None, kernel_weight_grad)
         return F.conv2d(x, weight, bias, 1, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         x, weight = ctx.saved_tensors
-        (ph, pw), dilation, groups, has_bias = ctx.conf
+        (ph, pw), dilation, groups, has_bias, kernel_weight_grad = ctx.conf
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             cout, cin_g, kh, kw = weight.shape
@@ -155,11 +159,16 @@ class FlippedDepthwise(torch.autograd.Function):
                        .reshape(groups * cin_g, cout // groups, kh, kw).flip(2, 3))
             pad = (dilation[0] * (kh - 1) - ph, dilation[1] * (kw - 1) - pw)
             grad_x = F.conv2d(grad_y, adjoint, None, 1, pad, dilation, groups)
-        if ctx.needs_input_grad[1] or (has_bias and ctx.needs_input_grad[2]):
+        if kernel_weight_grad:
+            if ctx.needs_input_grad[1]:
+                grad_w = depthwise_weight_grad(x, grad_y, tuple(weight.shape[2:]), (1, 1), (ph, pw), dilation)
+            if has_bias and ctx.needs_input_grad[2]:
+                grad_b = grad_y.sum((0, 2, 3))
+        elif ctx.needs_input_grad[1] or (has_bias and ctx.needs_input_grad[2]):
             _, grad_w, grad_b = torch.ops.aten.convolution_backward(
                 grad_y, x, weight, [weight.shape[0]] if has_bias else None, [1, 1], [ph, pw], list(dilation), False,
                 [0, 0], groups, [False, ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]])
-        return grad_x, grad_w, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 def _kernel_library(*tensors: torch.Tensor):
@@ -171,52 +180,16 @@ def _kernel_library(*tensors: torch.Tensor):
     return None
 
 
-def _out_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-
-
-def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                     stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
-                     dilation: tuple[int, int] = (1, 1)) -> torch.Tensor:
-    """A depthwise convolution (``weight``: ``(C, 1, kh, kw)``, one filter per channel of ``x``: ``(N, C, H, W)``).
-
-    float32 CPU tensors run in sepconv's C kernel (``csrc/fused_dwpw.c``,
-    channels-last, on ``torch.get_num_threads()`` threads; the result is
-    channels-last and not tracked by autograd: it serves inside
-    :class:`DepthwiseKernels`) when it builds; everything else runs
-    ``F.conv2d``. Integer zero padding.
-    """
-    if x.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[:2]) != (x.shape[1], 1):
-        raise ValueError(f"depthwise_conv2d needs x (N, C, H, W) and weight (C, 1, kh, kw), got {tuple(x.shape)} "
-                         f"and {tuple(weight.shape)}")
-    c, kh, kw = x.shape[1], weight.shape[2], weight.shape[3]
-    lib = _kernel_library(x, weight, *([bias] if bias is not None else []))
-    if lib is None:
-        return F.conv2d(x, weight, bias, stride, padding, dilation, c)
-    n, _, h, w = x.shape
-    ho, wo = (_out_size(h, kh, stride[0], padding[0], dilation[0]), _out_size(w, kw, stride[1], padding[1], dilation[1]))
-    if ho < 1 or wo < 1:
-        raise ValueError(f"depthwise_conv2d: input {h}x{w} too small for a {kh}x{kw} kernel with padding {padding}, "
-                         f"dilation {dilation}")
-    x = x.contiguous(memory_format=torch.channels_last)
-    taps = weight.reshape(c, kh * kw).t().contiguous()  # [kh][kw][C]
-    b = bias.contiguous() if bias is not None else None
-    out = torch.empty(n, c, ho, wo, dtype=torch.float32, memory_format=torch.channels_last)
-    lib.sepconv_depthwise_f32(x.data_ptr(), n, h, w, c, taps.data_ptr(), b.data_ptr() if b is not None else None,
-                              kh, kw, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-                              out.data_ptr(), ho, wo, max(1, torch.get_num_threads()))
-    return out
-
-
 def depthwise_weight_grad(x: torch.Tensor, grad_y: torch.Tensor, kernel_size: tuple[int, int],
                           stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
                           dilation: tuple[int, int] = (1, 1)) -> torch.Tensor:
-    """The weight gradient ``(C, 1, kh, kw)`` of :func:`depthwise_conv2d` for output gradient ``grad_y``.
+    """The weight gradient ``(C, 1, kh, kw)`` of a depthwise convolution of ``x`` (``(N, C, H, W)``, one filter
+    per channel) for output gradient ``grad_y``.
 
     float32 CPU tensors run in sepconv's C kernel (``csrc/depthwise_wgrad.c``:
-    both tensors read once in channels-last, the threads' partial sums added
-    in a fixed order); everything else runs
-    ``aten.convolution_backward``. Not tracked by autograd.
+    both tensors read once in channels-last, 8-pixel sliding windows, the
+    threads' partial sums added in a fixed order) when it builds; everything
+    else runs ``aten.convolution_backward``. Not tracked by autograd.
     """
     c, (kh, kw) = x.shape[1], kernel_size
     lib = _kernel_library(x, grad_y) if kh <= 16 else None
@@ -237,42 +210,6 @@ def depthwise_weight_grad(x: torch.Tensor, grad_y: torch.Tensor, kernel_size: tu
     return taps.t().reshape(c, 1, kh, kw)
 
 
-class DepthwiseKernels(torch.autograd.Function):
-    """A stride-1 depthwise convolution (one filter per channel) computed by sepconv's own kernels.
-
-    Forward: :func:`depthwise_conv2d`; input gradient: the same kernel on
-    ``grad_y`` with the filters flipped in space and padding ``dilation *
-    (k - 1) - padding`` (the adjoint of a stride-1 convolution, as in
-    :class:`FlippedDepthwise`); weight gradient: :func:`depthwise_weight_grad`;
-    bias gradient: ``grad_y`` summed over batch and pixels. Tensors other than
-    float32 on the CPU take PyTorch's path for each step (so ``gradcheck`` in
-    float64 checks the formulas; the float32 kernels are tested against a
-    float64 reference).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: tuple[int, int],
-                dilation: tuple[int, int]) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.conf = (padding, dilation, bias is not None)
-        return depthwise_conv2d(x, weight, bias, (1, 1), padding, dilation)
-
-    @staticmethod
-    def backward(ctx, grad_y: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        (ph, pw), dilation, has_bias = ctx.conf
-        kh, kw = weight.shape[2:]
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            pad = (dilation[0] * (kh - 1) - ph, dilation[1] * (kw - 1) - pw)
-            grad_x = depthwise_conv2d(grad_y, weight.flip(2, 3), None, (1, 1), pad, dilation)
-        if ctx.needs_input_grad[1]:
-            grad_w = depthwise_weight_grad(x, grad_y, (kh, kw), (1, 1), (ph, pw), dilation)
-        if has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_y.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None
-
-
 class _EngineForward:
     """Placed on an ``nn.Conv2d`` as its ``_conv_forward``: routes it through one engine's autograd Function.
 
@@ -287,9 +224,8 @@ class _EngineForward:
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         if self.engine == "gemm":
             return Pointwise1x1.apply(x, weight, bias)
-        if self.engine == "depthwise":
-            return DepthwiseKernels.apply(x, weight, bias, self.padding, self.dilation)
-        return FlippedDepthwise.apply(x, weight, bias, self.padding, self.dilation, self.groups)
+        return FlippedDepthwise.apply(x, weight, bias, self.padding, self.dilation, self.groups,
+                                      self.engine == "dwgrad")
 
     def __repr__(self) -> str:
         return f"sepconv.train_engine engine {self.engine!r}"
@@ -299,9 +235,9 @@ class _EngineForward:
 ENGINES = {"gemm": "1x1, stride-1, unpadded, ungrouped nn.Conv2d (Pointwise1x1)",
            "flip": "stride-1 grouped nn.Conv2d (groups > 1, e.g. depthwise) with integer zero padding "
                    "<= dilation * (kernel - 1) (FlippedDepthwise)",
-           "depthwise": "stride-1 depthwise nn.Conv2d (groups = in_channels = out_channels) with integer zero "
-                        "padding <= dilation * (kernel - 1), float32 on the CPU, where sepconv's C kernels build "
-                        "(DepthwiseKernels)"}
+           "dwgrad": "stride-1 depthwise nn.Conv2d (groups = in_channels = out_channels) with integer zero "
+                     "padding <= dilation * (kernel - 1), float32 on the CPU, where sepconv's C kernels build "
+                     "(FlippedDepthwise with the weight gradient in sepconv's kernel)"}
 
 
 def _plain_conv2d(conv: nn.Module) -> bool:
@@ -317,7 +253,7 @@ def engine_applies(conv: nn.Module, engine: str) -> bool:
         return False
     if engine == "gemm":
         return tuple(conv.kernel_size) == (1, 1) and conv.groups == 1 and tuple(conv.padding) == (0, 0)
-    if engine == "depthwise" and not (conv.groups == conv.in_channels == conv.out_channels
+    if engine == "dwgrad" and not (conv.groups == conv.in_channels == conv.out_channels
                                       and conv.kernel_size[0] <= 16 and _kernel_library(conv.weight) is not None):
         return False
     return conv.groups > 1 and all(0 <= p <= d * (k - 1) for p, d, k in
@@ -362,8 +298,8 @@ def tune_training(model: nn.Module, sample_input: torch.Tensor, *, rounds: int =
     ``sample_input`` through a copy of the model, so BatchNorm statistics are
     untouched), as eager PyTorch (``'eager'``) and on each engine of
     :data:`ENGINES` that applies (``'gemm'``: :class:`Pointwise1x1`;
-    ``'flip'``: :class:`FlippedDepthwise`; ``'depthwise'``:
-    :class:`DepthwiseKernels`), in ``rounds`` interleaved rounds;
+    ``'flip'``: :class:`FlippedDepthwise`; ``'dwgrad'``: the same with
+    :func:`depthwise_weight_grad`), in ``rounds`` interleaved rounds;
     the convolution is routed through the fastest. The
     parameters, ``state_dict`` and outputs are unchanged (to float
     tolerance); :func:`untune_training` undoes it. Choices hold for the

@@ -33,16 +33,6 @@ static inline float act1(float v, int act) {
     return v;
 }
 
-#ifdef __AVX512F__
-/* Store the first nc (1..16) lanes of v: a plain store for a full vector (masked stores are slow on AMD Zen even
- * with a full mask), a masked one at the channel tail, so that rows of exactly C floats (the standalone depthwise
- * kernel writes its output tensor directly) are never written past their end. */
-static inline void store_lanes(float *p, __mmask16 k, int nc, __m512 v) {
-    if (nc == 16) _mm512_storeu_ps(p, v);
-    else _mm512_mask_storeu_ps(p, k, v);
-}
-#endif
-
 int sepconv_fused_has_avx512(void) {
 #ifdef __AVX512F__
     return 1;
@@ -96,14 +86,13 @@ static inline __attribute__((always_inline)) void depthwise_slide(const float *x
                 v = _mm512_max_ps(v, _mm512_setzero_ps());
                 if (act == ACT_RELU6) v = _mm512_min_ps(v, _mm512_set1_ps(6.f));
             }
-            store_lanes(out + (size_t)j * cp + c, k, nc, v);
+            _mm512_store_ps(out + (size_t)j * cp + c, v);
         }
     }
 }
 #endif
 
-/* Depthwise output for pixels [p0, p0 + m) of image n into t[m][cp] (row stride cp >= C; only the first C floats
- * of a row are written, except by the portable path, which zeroes the rest). */
+/* Depthwise output for pixels [p0, p0 + m) of image n into t[m][cp] (row stride cp >= C, a multiple of 16). */
 static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int KW,
                            int sh, int sw, int ph, int pw, int dh, int dw, int act, int Wo, int p0, int m,
                            float *t, int cp) {
@@ -173,10 +162,10 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
                         a2 = _mm512_min_ps(a2, six); a3 = _mm512_min_ps(a3, six);
                     }
                 }
-                store_lanes(out + c, k, nc, a0);
-                store_lanes(out + cp + c, k, nc, a1);
-                store_lanes(out + 2 * (size_t)cp + c, k, nc, a2);
-                store_lanes(out + 3 * (size_t)cp + c, k, nc, a3);
+                _mm512_store_ps(out + c, a0);
+                _mm512_store_ps(out + cp + c, a1);
+                _mm512_store_ps(out + 2 * (size_t)cp + c, a2);
+                _mm512_store_ps(out + 3 * (size_t)cp + c, a3);
             }
             i += 4;
             ow += 4;
@@ -209,7 +198,7 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
                 acc = _mm512_max_ps(acc, _mm512_setzero_ps());
                 if (act == ACT_RELU6) acc = _mm512_min_ps(acc, _mm512_set1_ps(6.f));
             }
-            store_lanes(out + c, k, nc, acc);
+            _mm512_store_ps(out + c, acc);
         }
         ++i;
         if (++ow == Wo) { ow = 0; ++oh; }
@@ -374,23 +363,4 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
         free(t);
     }
     return failed ? -1 : 0;
-}
-
-/* The depthwise convolution alone (channel multiplier 1), written straight to its output tensor:
- * x: [N][H][W][C]; w: [KH][KW][C]; b: [C] or NULL; y: [N][Ho][Wo][C]. One job per output row, on `threads` OpenMP
- * threads. sepconv.train_engine runs a depthwise layer's forward pass and, with the kernel flipped in space, its
- * input gradient (the adjoint of a stride-1 convolution) through it. Returns 0. */
-int sepconv_depthwise_f32(const float *x, int N, int H, int W, int C, const float *w, const float *b, int KH, int KW,
-                          int sh, int sw, int ph, int pw, int dh, int dw, float *y, int Ho, int Wo, int threads) {
-    long rows = (long)N * Ho;
-    (void)threads;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && rows > 1)
-#endif
-    for (long r = 0; r < rows; ++r) {
-        int n = (int)(r / Ho), oh = (int)(r % Ho);
-        depthwise_tile(x + (size_t)n * H * W * C, H, W, C, w, b, KH, KW, sh, sw, ph, pw, dh, dw, ACT_NONE, Wo,
-                       oh * Wo, Wo, y + ((size_t)n * Ho + oh) * Wo * C, C);
-    }
-    return 0;
 }
