@@ -84,6 +84,14 @@ def test_run_case_reports_consistent_ratios():
     stages = separable_cost(case.spec, case.size, batch=2).stages
     sep_bound = sum(max(st.flops / 1e10, st.bytes / 1e9) for st in stages)
     assert s["roofline_speedup"] == pytest.approx(std_bound / sep_bound)
+    # the GEMM ceiling: the fastest 1x1 step's MAC rate over the fastest standard convolution's, times the
+    # separable layer's MACs per 1x1 MAC, recomputed from the raw timings and the cost module's counts
+    stage = {st.name: st.macs for st in stages}
+    t_pw = min(t.median for k, t in result.forward.items() if k.startswith("pointwise/"))
+    t_std = min(t.median for k, t in result.forward.items() if k.startswith("standard/"))
+    rate = (stage["pointwise"] / t_pw) / (conv_cost(case.spec, case.size, batch=2).macs / t_std)
+    assert s["pointwise_rate_vs_standard"] == pytest.approx(rate)
+    assert s["gemm_ceiling"] == pytest.approx(rate * (stage["depthwise"] + stage["pointwise"]) / stage["pointwise"])
 
 
 def test_bench_cli_smoke(tmp_path, capsys):

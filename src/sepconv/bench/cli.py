@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     header = ("case", "MAC ratio", "std ms", "sep ms", "speedup", "theory", "roofline", "realized", "train realized",
               "train best",
-              "oneDNN realized", "best realized", "best engines", "DW %MACs", "DW %time", "DW roofline", "PW roofline")
+              "oneDNN realized", "best realized", "best engines", "GEMM ceiling", "DW %MACs", "DW %time",
+              "DW roofline", "PW roofline")
     for case in cases:
         result = run_case(case, roof, rounds=rounds, backward=not args.no_backward)
         s = result.summary()
@@ -106,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         "-" if "realized_onednn" not in r else f"{r['realized_onednn']:.2f}",
         "-" if "realized_best" not in r else f"{r['realized_best']:.2f}",
         "-" if "realized_best" not in r else f"{r['best_standard_engine']}/{r['best_separable_engine']}",
+        "-" if "gemm_ceiling" not in r else f"{r['gemm_ceiling']:.2f}",
         f"{100 * r['dw_mac_share']:.1f}", f"{100 * r['dw_time_share']:.1f}",
         f"{100 * r['dw_roofline_fraction']:.0f}%", f"{100 * r['pw_roofline_fraction']:.0f}%") for r in rows]
     widths = [max(len(t[i]) for t in table) for i in range(len(header))]
@@ -116,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
           "realized = speedup / theory; oneDNN = both sides as packed oneDNN convolutions (sepconv.onednn, "
           "inference); best = each side on its fastest engine (standard/separable; 'fused' = sepconv.fused's "
           "depthwise->pointwise kernel); train best = forward+backward of the separable layer on eager "
-          "PyTorch or after sepconv.tune_training (per step: eager, 'gemm' or 'flip' engine), whichever is faster; DW/PW roofline = bound time / measured time of the "
+          "PyTorch or after sepconv.tune_training (per step: eager, 'gemm', 'flip' or 'dwgrad' engine), whichever is "
+          "faster; GEMM ceiling = the realized ratio if the depthwise step took no time and the 1x1 step ran at its "
+          "measured (fastest) rate: 1x1 FLOP rate / standard FLOP rate x separable MACs / 1x1 MACs; DW/PW roofline = "
+          "bound time / measured time of the "
           "eager stage (over 100%: the stage ran from cache, faster than the DRAM bandwidth measured by a large copy "
           "allows)")
     if args.out:
@@ -171,6 +176,9 @@ def _plot(rows: list[dict], path) -> None:
         ax.bar([x - 0.4 + width * (i + 0.5) for x in xs], [r[key] for r in rows], width=width, label=label)
     ax.plot(list(xs), [r["roofline_speedup"] * r["mac_ratio"] for r in rows], "k_", markersize=14, mew=2,
             label="roofline ceiling (roofline speedup / MAC ratio)")
+    if all("gemm_ceiling" in r for r in rows):
+        ax.plot(list(xs), [r["gemm_ceiling"] for r in rows], "rx", markersize=7, mew=1.5,
+                label="GEMM ceiling (1x1 step at its measured rate, depthwise step free)")
     ax.axhline(1.0, color="k", lw=0.8)
     for goal in (0.9, 0.7):
         ax.axhline(goal, color="grey", lw=0.8, ls="--")
