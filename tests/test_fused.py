@@ -24,17 +24,18 @@ ACTS = {None: (None, lambda y: y), "relu": (nn.ReLU(), F.relu), "relu6": (nn.ReL
     st.integers(1, 3), st.integers(1, 70), st.integers(1, 80), st.sampled_from([1, 3, 5, 7]), st.sampled_from([1, 2]),
     st.integers(0, 3), st.sampled_from([1, 2]), st.booleans(), st.sampled_from([None, "relu", "relu6"]),
     st.sampled_from([None, "relu", "relu6"]), st.integers(3, 13), st.integers(3, 30), st.sampled_from([1, 2]),
-    st.integers(0, 9999),
+    st.integers(0, 9999), st.booleans(),
 )
 def test_fused_equals_depthwise_then_pointwise(batch, cin, cout, k, stride, padding, dilation, bias, dw_act, pw_act,
-                                               h, w, threads, seed):
+                                               h, w, threads, seed, stream):
     if h + 2 * padding < dilation * (k - 1) + 1 or w + 2 * padding < dilation * (k - 1) + 1:
         return  # no output pixel
-    check_against_reference(batch, cin, cout, k, stride, padding, dilation, bias, dw_act, pw_act, h, w, threads, seed)
+    check_against_reference(batch, cin, cout, k, stride, padding, dilation, bias, dw_act, pw_act, h, w, threads, seed,
+                            stream=stream)
 
 
 def check_against_reference(batch, cin, cout, k, stride, padding, dilation, bias, dw_act, pw_act, h, w, threads, seed,
-                            tile=None):
+                            tile=None, stream=False):
     torch.manual_seed(seed)
     dw = nn.Conv2d(cin, cin, k, stride, padding, dilation, groups=cin, bias=bias)
     pw = nn.Conv2d(cin, cout, 1, bias=bias)
@@ -42,8 +43,10 @@ def check_against_reference(batch, cin, cout, k, stride, padding, dilation, bias
     layer = FusedSeparableConv2d(dw, pw, ACTS[dw_act][0], ACTS[pw_act][0])
     if tile is not None:
         layer.tile = tile  # small tiles: tile edges fall inside rows and inside the 8-pixel depthwise blocks
-    previous = torch.get_num_threads()
+    previous, previous_stream = torch.get_num_threads(), fused_module.STREAM_MIN_BYTES
     torch.set_num_threads(threads)  # 2 threads: jobs split over a pool (and over output channels for one tile)
+    # stream: every output written with non-temporal stores where the kernel can (Cout a multiple of 16)
+    fused_module.STREAM_MIN_BYTES = 0 if stream else 2**62
     try:
         with torch.no_grad():
             got = layer(x)
@@ -53,6 +56,7 @@ def check_against_reference(batch, cin, cout, k, stride, padding, dilation, bias
                 dilation, cin)), pw.weight.double(), None if pw.bias is None else pw.bias.double()))
     finally:
         torch.set_num_threads(previous)
+        fused_module.STREAM_MIN_BYTES = previous_stream
     assert got.shape == ref.shape and got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-4)
 
@@ -60,12 +64,32 @@ def check_against_reference(batch, cin, cout, k, stride, padding, dilation, bias
 @needs_kernel
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 2), st.integers(1, 40), st.integers(1, 40), st.sampled_from([3, 5, 7]), st.integers(0, 3),
-       st.integers(5, 40), st.integers(1, 50), st.sampled_from([1, 2]), st.integers(0, 9999))
-def test_fused_with_small_tiles_and_wide_rows(batch, cin, cout, k, padding, w, tile, threads, seed):
+       st.integers(5, 40), st.integers(1, 50), st.sampled_from([1, 2]), st.integers(0, 9999), st.booleans())
+def test_fused_with_small_tiles_and_wide_rows(batch, cin, cout, k, padding, w, tile, threads, seed, stream):
     """Stride 1, dilation 1: the depthwise step's 8-pixel sliding-window blocks, cut by tile edges anywhere."""
     if w + 2 * padding < k:
         return
-    check_against_reference(batch, cin, cout, k, 1, padding, 1, True, "relu", None, 9, w, threads, seed, tile=tile)
+    check_against_reference(batch, cin, cout, k, 1, padding, 1, True, "relu", None, 9, w, threads, seed, tile=tile,
+                            stream=stream)
+
+
+@needs_kernel
+@pytest.mark.parametrize("cout", [16, 32, 48, 64, 96])
+def test_streamed_output_equals_the_cached_one(cout):
+    """Non-temporal stores (outputs of STREAM_MIN_BYTES or more) write the same bits as plain stores."""
+    torch.manual_seed(cout)
+    layer = FusedSeparableConv2d(nn.Conv2d(24, 24, 3, padding=1, groups=24), nn.Conv2d(24, cout, 1))
+    x = torch.randn(3, 24, 20, 21)
+    previous = fused_module.STREAM_MIN_BYTES
+    try:
+        with torch.no_grad():
+            fused_module.STREAM_MIN_BYTES = 2**62
+            plain = layer(x)
+            fused_module.STREAM_MIN_BYTES = 0
+            streamed = layer(x)
+    finally:
+        fused_module.STREAM_MIN_BYTES = previous
+    assert torch.equal(plain, streamed)
 
 
 @needs_kernel

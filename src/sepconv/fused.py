@@ -35,6 +35,15 @@ _ACTS = {None: 0, nn.ReLU: 1, nn.ReLU6: 2}
 _TILE_BYTES = 256 * 1024  # depthwise tile buffer: about half of a 1-2 MiB L2 cache
 
 
+#: Outputs of at least this many bytes are written with non-temporal stores (around the caches: their lines are
+#: not read in before being overwritten); smaller ones, which the next layer may still find in cache, with plain
+#: stores. Read at each call. Measured on AMD Zen 4 (benchmarks/README.md, "A second machine"): 10-13 % off the
+#: layer alone at batch 32 (8 MiB outputs) and at 56x56 / 112x112 batch 1; in whole networks through
+#: sepconv.optimize about 3 % off the VGG-block network at batch 32 and nothing measurable on MobileNetV1 at
+#: batch 1 (its outputs are at most 3.2 MB), so only large outputs stream.
+STREAM_MIN_BYTES = 4 * 2**20
+
+
 def fused_available() -> bool:
     """True when the fused kernel is built (or builds now) and loads on this machine."""
     return _kernels.available()
@@ -147,7 +156,8 @@ class FusedSeparableConv2d(nn.Module):
         args = (x.data_ptr(), n, h, w, c, self.dw_weight.data_ptr(),
                 None if self.dw_bias is None else self.dw_bias.data_ptr(), kh, kw, sh, sw, ph, pw, dh, dw,
                 self.dw_act, self.pw_panels.data_ptr(), None if self.pw_bias is None else self.pw_bias.data_ptr(),
-                self.out_channels, self.pw_act, y.data_ptr(), ho, wo, self.tile, groups)
+                self.out_channels, self.pw_act, y.data_ptr(), ho, wo, self.tile, groups,
+                int(y.numel() * 4 >= STREAM_MIN_BYTES))
         code = lib.sepconv_fused_dwpw_f32(*args, 0, jobs, threads)
         if code:
             raise RuntimeError(f"the fused kernel failed with code {code} (-1: out of memory)")

@@ -10,6 +10,7 @@
  * PyTorch headers: built by sepconv.fused with the system C compiler and
  * loaded with ctypes.
  */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -235,9 +236,10 @@ static inline __m512 act16(__m512 v, int act) {
 }
 
 /* y[mr][j0 : j0 + ncols] = t[mr][:C] @ panel[:C][:ncols] + bias[j0:], masked at the last columns.
- * panel: the NR = 32 columns of the pointwise weight starting at j0, packed [C][32]. */
+ * panel: the NR = 32 columns of the pointwise weight starting at j0, packed [C][32]. stream: full blocks are
+ * written with non-temporal stores (y and ldy 64-byte aligned; see sepconv_fused_dwpw_f32). */
 static inline void gemm_block(const float *t, int cp, int C, const float *bp, const float *bias, int j0,
-                              int ncols, int mr, int act, float *y, int ldy) {
+                              int ncols, int mr, int act, float *y, int ldy, int stream) {
     __m512 acc[MR][2];
     int nv = ncols > 16 ? 2 : 1;
     __mmask16 k0 = ncols >= 16 ? 0xFFFF : (__mmask16)((1u << ncols) - 1);
@@ -266,6 +268,13 @@ static inline void gemm_block(const float *t, int cp, int C, const float *bp, co
             }
         }
     }
+    if (ncols == NR && stream) { /* around the cache: no read-for-ownership of the output's lines */
+        for (int r = 0; r < mr; ++r) {
+            _mm512_stream_ps(y + (size_t)r * ldy + j0, act16(acc[r][0], act));
+            _mm512_stream_ps(y + (size_t)r * ldy + j0 + 16, act16(acc[r][1], act));
+        }
+        return;
+    }
     if (ncols == NR) { /* full block: plain stores (masked stores are slow on some CPUs, AMD Zen among them) */
         for (int r = 0; r < mr; ++r) {
             _mm512_storeu_ps(y + (size_t)r * ldy + j0, act16(acc[r][0], act));
@@ -282,17 +291,19 @@ static inline void gemm_block(const float *t, int cp, int C, const float *bp, co
 
 /* y[m][Cout] = t[m][:C] @ B + bias, B packed in column panels: b[j / NR][c][j % NR] (zero padded). */
 static void pointwise_tile(const float *t, int m, int cp, int C, const float *b, const float *bias, int Cout,
-                           int j_begin, int j_end, int act, float *y) {
+                           int j_begin, int j_end, int act, float *y, int stream) {
 #ifdef __AVX512F__
     for (int j0 = j_begin; j0 < j_end; j0 += NR) {
         int ncols = j_end - j0 < NR ? j_end - j0 : NR;
         const float *panel = b + (size_t)(j0 / NR) * C * NR;
         for (int i0 = 0; i0 < m; i0 += MR) {
             int mr = m - i0 < MR ? m - i0 : MR;
-            gemm_block(t + (size_t)i0 * cp, cp, C, panel, bias, j0, ncols, mr, act, y + (size_t)i0 * Cout, Cout);
+            gemm_block(t + (size_t)i0 * cp, cp, C, panel, bias, j0, ncols, mr, act, y + (size_t)i0 * Cout, Cout,
+                       stream);
         }
     }
 #else
+    (void)stream;
     for (int i = 0; i < m; ++i) {
         float *yi = y + (size_t)i * Cout;
         for (int j = j_begin; j < j_end; ++j) yi[j] = bias ? bias[j] : 0.f;
@@ -313,8 +324,11 @@ static void pointwise_tile(const float *t, int m, int cp, int C, const float *b,
  * in that order; a call runs jobs [job_begin, job_end) on `threads` OpenMP threads (built with -fopenmp, the
  * process's OpenMP runtime is PyTorch's own libgomp.so.1, so the kernel shares PyTorch's worker threads
  * instead of competing with them). `groups` > 1 splits the output channels when there are fewer tiles than
- * threads (each group recomputes its tile's depthwise step). Returns 0, or -1 if the tile buffer
- * could not be allocated, -2 for a job range outside [0, sepconv_fused_jobs()). */
+ * threads (each group recomputes its tile's depthwise step). stream != 0 writes y with non-temporal stores
+ * where it can (AVX-512, y 64-byte aligned, Cout a multiple of 16): an output larger than the caches is then
+ * not read into them before it is written (the caller decides by size: for an output that the next layer
+ * would find in cache, plain stores are better). Returns 0, or -1 if the tile buffer could not be allocated,
+ * -2 for a job range outside [0, sepconv_fused_jobs()). */
 long sepconv_fused_jobs(int N, int Ho, int Wo, int tile, int groups) {
     return (long)N * ((Ho * Wo + tile - 1) / tile) * groups;
 }
@@ -322,10 +336,11 @@ long sepconv_fused_jobs(int N, int Ho, int Wo, int tile, int groups) {
 int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const float *wdw, const float *bdw, int KH,
                            int KW, int sh, int sw, int ph, int pw, int dh, int dw, int dw_act, const float *wpw,
                            const float *bpw, int Cout, int pw_act, float *y, int Ho, int Wo, int tile, int groups,
-                           long job_begin, long job_end, int threads) {
+                           int stream, long job_begin, long job_end, int threads) {
     /* row stride of the depthwise tile: C rounded up to 16, plus 16 so that consecutive rows do not sit at the
      * input's stride modulo 4 KiB (4K aliasing between the tile's stores and the input's loads; a precaution,
      * no effect measured on this project's CPU) */
+    stream = stream && Cout % 16 == 0 && ((uintptr_t)y & 63) == 0;
     int cp = (C + 15) / 16 * 16 + 16;
     int P = Ho * Wo;
     if (job_begin < 0 || job_end > sepconv_fused_jobs(N, Ho, Wo, tile, groups)) return -2;
@@ -358,9 +373,13 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
             if (j_begin >= j_end) continue;
             depthwise_tile(x + (size_t)n * H * W * C, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, dw_act, Wo,
                            p0, m, t, cp);
-            pointwise_tile(t, m, cp, C, wpw, bpw, Cout, j_begin, j_end, pw_act, y + ((size_t)n * P + p0) * Cout);
+            pointwise_tile(t, m, cp, C, wpw, bpw, Cout, j_begin, j_end, pw_act, y + ((size_t)n * P + p0) * Cout,
+                           stream);
         }
         free(t);
+#ifdef __AVX512F__
+        if (stream) _mm_sfence(); /* the streamed stores are visible before the caller reads y */
+#endif
     }
     return failed ? -1 : 0;
 }
