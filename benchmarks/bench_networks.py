@@ -16,6 +16,10 @@ record holds every candidate's median, the theoretical speedup (MAC ratio from
 * `compile`: both variants under `torch.compile` (inductor, BatchNorm folded first);
 * `optimize`: each variant on the path `sepconv.optimize` picked for it.
 
+Where the picked path runs layers on the fused kernel, the picked model is also timed with
+the kernel's large outputs on non-temporal stores (`sepconv.fused.STREAM_MIN_BYTES`, the
+default) against all outputs on plain stores (`fused_output_stores_ms`).
+
 Writes `networks.json` (with the machine) into --out (default
 `benchmarks/results/networks-cpu-<threads>thread`).
 """
@@ -32,7 +36,8 @@ import torch
 
 import sepconv
 from sepconv._io import atomic_write_bytes
-from sepconv.bench.timing import machine_info
+import sepconv.fused
+from sepconv.bench.timing import interleaved, machine_info
 from sepconv.cost import profile
 from sepconv.onednn import onednn_available
 from sepconv.models import build_model
@@ -42,6 +47,25 @@ NETWORKS = (
     ("mobilenet_v1", {"num_classes": 1000}, (1, 3, 224, 224)),
     ("vgg_blocks", {"num_classes": 10}, (32, 3, 32, 32)),
 )
+
+
+def _stores_ab(fast, x: torch.Tensor, rounds: int) -> dict[str, float]:
+    """The picked model with the fused kernel's large outputs streamed (the default) vs all on plain stores."""
+    default = sepconv.fused.STREAM_MIN_BYTES
+
+    def run(limit: int):
+        def call():
+            sepconv.fused.STREAM_MIN_BYTES = limit
+            with torch.inference_mode():
+                fast(x)
+        return call
+
+    try:
+        t = interleaved({f"streamed_from_{default}_bytes": run(default), "plain_stores": run(2**62)}, rounds=rounds,
+                        target_s=0.05)
+    finally:
+        sepconv.fused.STREAM_MIN_BYTES = default
+    return {k: 1e3 * v.median for k, v in t.items()}
 
 
 def main(argv=None) -> int:
@@ -69,6 +93,8 @@ def main(argv=None) -> int:
                                         "layer_choices": fast.layer_choices,
                                         "picked_layout": "channels_last" if fast.memory_format == torch.channels_last
                                         else "contiguous"}
+            if fast.backend == "onednn" and any("fused" in str(v) for v in fast.layer_choices.values()):
+                row["variants"][variant]["fused_output_stores_ms"] = _stores_ab(fast, x, args.rounds)
         std, sep = row["variants"]["standard"], row["variants"]["separable"]
         theory = std["macs_per_sample"] / sep["macs_per_sample"]
 
