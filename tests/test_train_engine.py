@@ -244,6 +244,11 @@ def test_depthwise_weight_grad_portable_build_and_fallback(monkeypatch):
     ref64 = torch.ops.aten.convolution_backward(gy.double(), x.double(), weight.double(), None, [1, 1], [1, 1],
                                                 [1, 1], False, [0, 0], 6, [False, True, False])[1]
     torch.testing.assert_close(depthwise_weight_grad(x.double(), gy.double(), (3, 3), (1, 1), (1, 1)), ref64)
+    # shapes that do not belong together are refused before any kernel reads memory
+    with pytest.raises(ValueError, match="needs x"):
+        depthwise_weight_grad(x, gy[:, :4], (3, 3), (1, 1), (1, 1))
+    with pytest.raises(ValueError, match="grad_y is"):
+        depthwise_weight_grad(x, gy, (3, 3), (1, 1), (0, 0))
 
 
 @settings(max_examples=15, deadline=None)

@@ -191,7 +191,18 @@ def depthwise_weight_grad(x: torch.Tensor, grad_y: torch.Tensor, kernel_size: tu
     threads' partial sums added in a fixed order) when it builds; everything
     else runs ``aten.convolution_backward``. Not tracked by autograd.
     """
+    from .geometry import output_size_1d
+
+    if x.dim() != 4 or grad_y.dim() != 4 or grad_y.shape[:2] != x.shape[:2]:
+        raise ValueError(f"depthwise_weight_grad needs x (N, C, H, W) and grad_y (N, C, Ho, Wo), got "
+                         f"{tuple(x.shape)} and {tuple(grad_y.shape)}")
     c, (kh, kw) = x.shape[1], kernel_size
+    expected = tuple(output_size_1d(size, k, s, d, (p, p)) for size, k, s, d, p in
+                     zip(x.shape[2:], kernel_size, stride, dilation, padding))
+    if tuple(grad_y.shape[2:]) != expected:
+        raise ValueError(f"depthwise_weight_grad: grad_y is {tuple(grad_y.shape[2:])} pixels, the convolution of a "
+                         f"{tuple(x.shape[2:])} input with kernel {tuple(kernel_size)}, stride {tuple(stride)}, "
+                         f"padding {tuple(padding)}, dilation {tuple(dilation)} gives {expected}")
     lib = _kernel_library(x, grad_y) if kh <= 16 else None
     if lib is None:
         weight = torch.empty(c, 1, kh, kw, dtype=x.dtype, device=x.device)
