@@ -157,7 +157,7 @@ class FusedSeparableConv2d(nn.Module):
                 None if self.dw_bias is None else self.dw_bias.data_ptr(), kh, kw, sh, sw, ph, pw, dh, dw,
                 self.dw_act, self.pw_panels.data_ptr(), None if self.pw_bias is None else self.pw_bias.data_ptr(),
                 self.out_channels, self.pw_act, y.data_ptr(), ho, wo, self.tile, groups,
-                int(y.numel() * 4 >= STREAM_MIN_BYTES))
+                int(y.numel() * y.element_size() >= STREAM_MIN_BYTES))
         code = lib.sepconv_fused_dwpw_f32(*args, 0, jobs, threads)
         if code:
             raise RuntimeError(f"the fused kernel failed with code {code} (-1: out of memory)")

@@ -54,6 +54,15 @@ def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     return F.conv2d(x, weight, bias)
 
 
+def _kernel_library(*tensors: torch.Tensor):
+    """sepconv's C kernels when every tensor is float32 on the CPU and they build here, else None."""
+    if all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
+        from . import _kernels
+
+        return _kernels.load()[0]
+    return None
+
+
 def matmul_at_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a.T @ b`` for ``a``: (P, M) and ``b``: (P, N), the weight gradient of a 1x1 convolution over P pixels.
 
@@ -68,11 +77,7 @@ def matmul_at_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[0]:
         raise ValueError(f"matmul_at_b needs (P, M) and (P, N) matrices, got {tuple(a.shape)} and {tuple(b.shape)}")
-    lib = None
-    if a.dtype == b.dtype == torch.float32 and a.device.type == b.device.type == "cpu":
-        from . import _kernels
-
-        lib = _kernels.load()[0]
+    lib = _kernel_library(a, b)
     if lib is None:
         return torch.mm(a.t(), b)
     a, b = a.contiguous(), b.contiguous()  # no copy for the pixels of channels-last tensors
@@ -169,15 +174,6 @@ class FlippedDepthwise(torch.autograd.Function):
                 grad_y, x, weight, [weight.shape[0]] if has_bias else None, [1, 1], [ph, pw], list(dilation), False,
                 [0, 0], groups, [False, ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]])
         return grad_x, grad_w, grad_b, None, None, None, None
-
-
-def _kernel_library(*tensors: torch.Tensor):
-    """sepconv's C kernels when every tensor is float32 on the CPU and they build here, else None."""
-    if all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
-        from . import _kernels
-
-        return _kernels.load()[0]
-    return None
 
 
 def depthwise_weight_grad(x: torch.Tensor, grad_y: torch.Tensor, kernel_size: tuple[int, int],
