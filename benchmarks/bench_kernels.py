@@ -12,7 +12,11 @@ interleaved rounds:
   convolution of the output gradient with the flipped kernel), in ms;
 * the depthwise step's weight gradient (stride-1 shapes): PyTorch's (oneDNN) against
   sepconv's kernel (`depthwise_weight_grad`, the 'dwgrad' engine's), in ms; PyTorch's
-  forward pass beside them for scale.
+  forward pass beside them for scale;
+* the fused inference kernel (`FusedSeparableConv2d`, every shape) writing its output with
+  non-temporal stores against plain stores (`sepconv.fused.STREAM_MIN_BYTES` set to 0 and
+  to never), in ms: what the 4 MiB threshold is chosen from, with `bench_networks.py`'s
+  whole-network A/B.
 
 Each step allocates its output, as in a training step; the inputs are reused, so a
 shape whose tensors fit the last-level cache runs from it.
@@ -35,9 +39,34 @@ from sepconv._io import atomic_write_bytes
 from sepconv.bench import mobilenet_v1_suite, vgg_blocks_suite
 from sepconv.bench.timing import interleaved, machine_info
 from sepconv.geometry import output_size_1d
+import sepconv.fused
+from sepconv.layers import SeparableConv2d
 from sepconv.train_engine import depthwise_weight_grad, matmul_at_b
 
 HERE = Path(__file__).resolve().parent
+
+
+def _stores_ab(case, rounds: int) -> dict[str, float]:
+    """The case's separable layer on the fused kernel, output on non-temporal vs plain stores (ms)."""
+    spec = case.spec
+    layer = SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
+                            bias=False)
+    fused = sepconv.fused.FusedSeparableConv2d(layer.depthwise, layer.pointwise, pad=layer.pad)
+    x = torch.randn(case.batch, spec.in_channels, *case.size).contiguous(memory_format=torch.channels_last)
+    default = sepconv.fused.STREAM_MIN_BYTES
+
+    def run(limit: int):
+        def call():
+            sepconv.fused.STREAM_MIN_BYTES = limit
+            with torch.inference_mode():
+                fused(x)
+        return call
+
+    try:
+        t = interleaved({"streamed": run(0), "plain": run(2**62)}, rounds=rounds, target_s=0.02)
+    finally:
+        sepconv.fused.STREAM_MIN_BYTES = default
+    return {k: 1e3 * v.median for k, v in t.items()}
 
 
 def main(argv=None) -> int:
@@ -81,6 +110,8 @@ def main(argv=None) -> int:
             for step in ("input_grad", "forward", "weight_grad"):
                 row[f"depthwise_{step}_ms"] = {k.split("/")[1]: 1e3 * v.median for k, v in t.items()
                                                if k.startswith(step + "/")}
+        if sepconv.fused.fused_available():
+            row["fused_output_stores_ms"] = _stores_ab(case, args.rounds)
         rows.append(row)
         dw = row.get("depthwise_input_grad_ms")
         print(f"{case.name:24s} weight grad GFLOP/s: matmul_at_b {row['weight_grad_gflops']['matmul_at_b']:6.1f}, "
@@ -88,7 +119,9 @@ def main(argv=None) -> int:
               + (f"; depthwise ms: forward {row['depthwise_forward_ms']['pytorch']:.3f}, input grad pytorch "
                  f"{dw['pytorch']:.3f} flip {dw['flip']:.3f}, weight grad pytorch "
                  f"{row['depthwise_weight_grad_ms']['pytorch']:.3f} sepconv "
-                 f"{row['depthwise_weight_grad_ms']['sepconv']:.3f}" if dw else ""),
+                 f"{row['depthwise_weight_grad_ms']['sepconv']:.3f}" if dw else "")
+              + (f"; fused kernel ms: streamed {row['fused_output_stores_ms']['streamed']:.3f}, plain "
+                 f"{row['fused_output_stores_ms']['plain']:.3f}" if "fused_output_stores_ms" in row else ""),
               flush=True)
     record = {"machine": machine_info(), "threads": args.threads, "dtype": "float32", "rows": rows}
     atomic_write_bytes(out / "kernels.json", json.dumps(record, indent=1).encode())

@@ -37,10 +37,10 @@ _TILE_BYTES = 256 * 1024  # depthwise tile buffer: about half of a 1-2 MiB L2 ca
 
 #: Outputs of at least this many bytes are written with non-temporal stores (around the caches: their lines are
 #: not read in before being overwritten); smaller ones, which the next layer may still find in cache, with plain
-#: stores. Read at each call. Measured on AMD Zen 4 (benchmarks/README.md, "A second machine"): 10-13 % off the
-#: layer alone at batch 32 (8 MiB outputs) and at 56x56 / 112x112 batch 1; in whole networks through
-#: sepconv.optimize about 3 % off the VGG-block network at batch 32 and nothing measurable on MobileNetV1 at
-#: batch 1 (its outputs are at most 3.2 MB), so only large outputs stream.
+#: stores. Read at each call. Measured on AMD Zen 4 (benchmarks/bench_kernels.py and bench_networks.py, summarized
+#: in benchmarks/README.md, "A second machine"): 7-10 % off the layer alone at batch 32 (4-8 MiB outputs), 0-8 %
+#: at batch 1; in whole networks through sepconv.optimize about 3 % off the VGG-block network at batch 32 and
+#: nothing measurable on MobileNetV1 at batch 1 (its outputs are at most 3.2 MB), so only large outputs stream.
 STREAM_MIN_BYTES = 4 * 2**20
 
 
