@@ -46,6 +46,27 @@ from sepconv.train_engine import depthwise_weight_grad, matmul_at_b
 HERE = Path(__file__).resolve().parent
 
 
+def time_output_stores(module, x: torch.Tensor, limits: dict[str, int], rounds: int,
+                       target_s: float) -> dict[str, float]:
+    """``module(x)`` (inference) in interleaved rounds with ``sepconv.fused.STREAM_MIN_BYTES`` set to each of
+    ``limits`` (name -> bytes; 0: every fused output streamed, 2**62: none), median ms per name; the
+    threshold is restored afterwards. Also used by bench_networks.py."""
+    default = sepconv.fused.STREAM_MIN_BYTES
+
+    def run(limit: int):
+        def call():
+            sepconv.fused.STREAM_MIN_BYTES = limit
+            with torch.inference_mode():
+                module(x)
+        return call
+
+    try:
+        t = interleaved({name: run(limit) for name, limit in limits.items()}, rounds=rounds, target_s=target_s)
+    finally:
+        sepconv.fused.STREAM_MIN_BYTES = default
+    return {k: 1e3 * v.median for k, v in t.items()}
+
+
 def _stores_ab(case, rounds: int) -> dict[str, float]:
     """The case's separable layer on the fused kernel, output on non-temporal vs plain stores (ms)."""
     spec = case.spec
@@ -53,20 +74,7 @@ def _stores_ab(case, rounds: int) -> dict[str, float]:
                             bias=False)
     fused = sepconv.fused.FusedSeparableConv2d(layer.depthwise, layer.pointwise, pad=layer.pad)
     x = torch.randn(case.batch, spec.in_channels, *case.size).contiguous(memory_format=torch.channels_last)
-    default = sepconv.fused.STREAM_MIN_BYTES
-
-    def run(limit: int):
-        def call():
-            sepconv.fused.STREAM_MIN_BYTES = limit
-            with torch.inference_mode():
-                fused(x)
-        return call
-
-    try:
-        t = interleaved({"streamed": run(0), "plain": run(2**62)}, rounds=rounds, target_s=0.02)
-    finally:
-        sepconv.fused.STREAM_MIN_BYTES = default
-    return {k: 1e3 * v.median for k, v in t.items()}
+    return time_output_stores(fused, x, {"streamed": 0, "plain": 2**62}, rounds, 0.02)
 
 
 def main(argv=None) -> int:

@@ -37,7 +37,8 @@ import torch
 import sepconv
 from sepconv._io import atomic_write_bytes
 import sepconv.fused
-from sepconv.bench.timing import interleaved, machine_info
+from bench_kernels import time_output_stores  # this directory's script (sys.path[0] when run as a script)
+from sepconv.bench.timing import machine_info
 from sepconv.cost import profile
 from sepconv.onednn import onednn_available
 from sepconv.models import build_model
@@ -52,20 +53,8 @@ NETWORKS = (
 def _stores_ab(fast, x: torch.Tensor, rounds: int) -> dict[str, float]:
     """The picked model with the fused kernel's large outputs streamed (the default) vs all on plain stores."""
     default = sepconv.fused.STREAM_MIN_BYTES
-
-    def run(limit: int):
-        def call():
-            sepconv.fused.STREAM_MIN_BYTES = limit
-            with torch.inference_mode():
-                fast(x)
-        return call
-
-    try:
-        t = interleaved({f"streamed_from_{default}_bytes": run(default), "plain_stores": run(2**62)}, rounds=rounds,
-                        target_s=0.05)
-    finally:
-        sepconv.fused.STREAM_MIN_BYTES = default
-    return {k: 1e3 * v.median for k, v in t.items()}
+    return time_output_stores(fast, x, {f"streamed_from_{default}_bytes": default, "plain_stores": 2**62}, rounds,
+                              0.05)
 
 
 def main(argv=None) -> int:
