@@ -118,6 +118,32 @@ def test_fused_separable_layer_with_same_padding_and_stride():
 
 
 @needs_kernel
+def test_one_layer_called_on_changing_sizes_threads_and_tiles():
+    """The per-size plan cache: a layer reused on other input sizes, thread counts, tiles and streaming
+    thresholds computes each call from that call's own geometry."""
+    torch.manual_seed(5)
+    dw, pw = nn.Conv2d(20, 20, 3, stride=2, padding=1, groups=20), nn.Conv2d(20, 32, 1)
+    layer = FusedSeparableConv2d(dw, pw)
+    previous, previous_stream = torch.get_num_threads(), fused_module.STREAM_MIN_BYTES
+    try:
+        for (n, h, w), threads, tile, stream in [((2, 9, 9), 1, None, False), ((2, 12, 8), 1, None, False),
+                                                 ((2, 9, 9), 1, None, False), ((1, 16, 7), 2, None, True),
+                                                 ((1, 16, 7), 2, None, False), ((2, 9, 9), 2, 12, False),
+                                                 ((3, 5, 12), 1, 6, True), ((2, 9, 9), 1, 12, True),
+                                                 ((1, 16, 7), 1, 30, False)]:
+            torch.set_num_threads(threads)
+            if tile is not None:
+                layer.tile = tile
+            fused_module.STREAM_MIN_BYTES = 0 if stream else 2**62
+            x = torch.randn(n, 20, h, w)
+            with torch.no_grad():
+                torch.testing.assert_close(layer(x), pw(dw(x)), rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(previous)
+        fused_module.STREAM_MIN_BYTES = previous_stream
+
+
+@needs_kernel
 def test_fused_refuses_what_it_cannot_run():
     dw, pw = nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 6, 1)
     assert fusable(dw, pw) is None
