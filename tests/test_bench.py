@@ -92,6 +92,13 @@ def test_run_case_reports_consistent_ratios():
     rate = (stage["pointwise"] / t_pw) / (conv_cost(case.spec, case.size, batch=2).macs / t_std)
     assert s["pointwise_rate_vs_standard"] == pytest.approx(rate)
     assert s["gemm_ceiling"] == pytest.approx(rate * (stage["depthwise"] + stage["pointwise"]) / stage["pointwise"])
+    # the training GEMM ceiling: the fastest standard step over the fastest 1x1 step alone, times the MAC ratio
+    t_std_train = min(t.median for k, t in result.backward.items() if k in ("standard/nchw", "standard/nhwc"))
+    t_pw_train = min(t.median for k, t in result.backward.items() if k.startswith("pointwise/"))
+    assert {k for k in result.backward if k.startswith("pointwise/")} == {"pointwise/nchw", "pointwise/nhwc",
+                                                                           "pointwise/tuned"}
+    assert s["train_gemm_ceiling"] == pytest.approx(t_std_train / t_pw_train * s["mac_ratio"])
+    assert s["train_pw_ms"] == pytest.approx(1e3 * t_pw_train)
 
 
 def test_bench_cli_smoke(tmp_path, capsys):

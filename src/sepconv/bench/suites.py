@@ -20,7 +20,10 @@ realized ratio the separable layer would reach if its depthwise step took no
 time and its 1x1 step ran at its measured rate, i.e. (1x1 step's FLOP rate /
 standard convolution's FLOP rate) x (separable MACs / 1x1 MACs). A 1x1
 convolution is a GEMM whose inner dimension is C_in where the standard
-convolution's is 9 C_in, and it can run at a lower rate.
+convolution's is 9 C_in, and it can run at a lower rate. ``train_gemm_ceiling``
+is the same for a training step: the realized ratio if the depthwise step's
+forward and backward took no time and the 1x1 step's (forward, input and
+weight gradients; its fastest engine) took what it takes alone.
 """
 
 from __future__ import annotations
@@ -174,6 +177,10 @@ class CaseResult:
                 out.update({"train_tuned_separable_ms": 1e3 * self.backward[f"separable/{TUNED}"].median,
                             "train_best_separable_engine": sep_engine,
                             "train_realized_best": (b_std / t_sep) * self.mac_ratio})
+            if any(k.startswith("pointwise/") for k in self.backward):
+                pw_engine, t_pw = self._best(self.backward, "pointwise")
+                out.update({"train_pw_ms": 1e3 * t_pw, "train_pw_engine": pw_engine,
+                            "train_gemm_ceiling": (b_std / t_pw) * self.mac_ratio})
         return out
 
 
@@ -236,6 +243,14 @@ def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = 
         tuned = copy.deepcopy(m).train()
         tune_training(tuned, xi)
         train[f"separable/{TUNED}"] = _train_step(tuned, xi.detach().clone().requires_grad_(True))
+        # the 1x1 step's forward+backward alone, on the depthwise output (its input gradient included, as in the
+        # layer): what training would cost if the depthwise step were free (train_gemm_ceiling)
+        for layout, pointwise in (("nchw", sep["nchw"][0].pointwise), ("nhwc", m.pointwise),
+                                  (TUNED, tuned.pointwise)):
+            src = sep["nchw" if layout == "nchw" else "nhwc"]
+            with torch.no_grad():
+                mid = src[0].depthwise(src[0].pad(src[1]))
+            train[f"pointwise/{layout}"] = _train_step(pointwise.train(), mid.requires_grad_(True))
         bwd = interleaved(train, rounds=rounds, target_s=target_s)
     std_cost = conv_cost(spec, case.size, batch=case.batch)
     sep_cost = separable_cost(spec, case.size, batch=case.batch)
