@@ -16,7 +16,13 @@ interleaved rounds:
 * the fused inference kernel (`FusedSeparableConv2d`, every shape) writing its output with
   non-temporal stores against plain stores (`sepconv.fused.STREAM_MIN_BYTES` set to 0 and
   to never), in ms: what the 4 MiB threshold is chosen from, with `bench_networks.py`'s
-  whole-network A/B.
+  whole-network A/B;
+* the fused kernel's two parts apart (default stores): the whole layer, its depthwise step
+  alone (into the tile buffer, no output written) and its 1x1 step alone (the GEMM on a
+  zero tile, output written), in ms, and the 1x1 part's GFLOP/s: where a fused layer's
+  time goes. The depthwise part alone reads its input without the kernel's prefetch of the
+  next tile's input (issued during the 1x1 part), so it is the part as a separate pass
+  would run it.
 
 Each step allocates its output, as in a training step; the inputs are reused, so a
 shape whose tensors fit the last-level cache runs from it.
@@ -67,14 +73,35 @@ def time_output_stores(module, x: torch.Tensor, limits: dict[str, int], rounds: 
     return {k: 1e3 * v.median for k, v in t.items()}
 
 
-def _stores_ab(case, rounds: int) -> dict[str, float]:
-    """The case's separable layer on the fused kernel, output on non-temporal vs plain stores (ms)."""
+def _fused_layer(case):
     spec = case.spec
     layer = SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
                             bias=False)
     fused = sepconv.fused.FusedSeparableConv2d(layer.depthwise, layer.pointwise, pad=layer.pad)
     x = torch.randn(case.batch, spec.in_channels, *case.size).contiguous(memory_format=torch.channels_last)
+    return fused, x
+
+
+def _stores_ab(case, rounds: int) -> dict[str, float]:
+    """The case's separable layer on the fused kernel, output on non-temporal vs plain stores (ms)."""
+    fused, x = _fused_layer(case)
     return time_output_stores(fused, x, {"streamed": 0, "plain": 2**62}, rounds, 0.02)
+
+
+def _fused_parts(case, rounds: int) -> dict[str, float]:
+    """The fused kernel on the case's layer: whole, depthwise part alone, 1x1 part alone (ms, interleaved)."""
+    fused, x = _fused_layer(case)
+    if fused.pad is not None:
+        raise ValueError(f"{case.name}: the suites' layers pad inside the depthwise step, got {fused.pad}")
+
+    def part(parts: int):
+        def call():
+            with torch.inference_mode():
+                fused._run(x, parts)
+        return call
+
+    t = interleaved({"layer": part(3), "depthwise": part(1), "pointwise": part(2)}, rounds=rounds, target_s=0.02)
+    return {k: 1e3 * v.median for k, v in t.items()}
 
 
 def main(argv=None) -> int:
@@ -120,6 +147,8 @@ def main(argv=None) -> int:
                                                if k.startswith(step + "/")}
         if sepconv.fused.fused_available():
             row["fused_output_stores_ms"] = _stores_ab(case, args.rounds)
+            row["fused_parts_ms"] = _fused_parts(case, args.rounds)
+            row["fused_pointwise_part_gflops"] = gflop / (1e-3 * row["fused_parts_ms"]["pointwise"])
         rows.append(row)
         dw = row.get("depthwise_input_grad_ms")
         print(f"{case.name:24s} weight grad GFLOP/s: matmul_at_b {row['weight_grad_gflops']['matmul_at_b']:6.1f}, "
@@ -129,7 +158,10 @@ def main(argv=None) -> int:
                  f"{row['depthwise_weight_grad_ms']['pytorch']:.3f} sepconv "
                  f"{row['depthwise_weight_grad_ms']['sepconv']:.3f}" if dw else "")
               + (f"; fused kernel ms: streamed {row['fused_output_stores_ms']['streamed']:.3f}, plain "
-                 f"{row['fused_output_stores_ms']['plain']:.3f}" if "fused_output_stores_ms" in row else ""),
+                 f"{row['fused_output_stores_ms']['plain']:.3f}; layer {row['fused_parts_ms']['layer']:.3f} = "
+                 f"depthwise part {row['fused_parts_ms']['depthwise']:.3f} + 1x1 part "
+                 f"{row['fused_parts_ms']['pointwise']:.3f} ({row['fused_pointwise_part_gflops']:.0f} GFLOP/s)"
+                 if "fused_output_stores_ms" in row else ""),
               flush=True)
     record = {"machine": machine_info(), "threads": args.threads, "dtype": "float32", "rows": rows}
     atomic_write_bytes(out / "kernels.json", json.dumps(record, indent=1).encode())

@@ -144,6 +144,23 @@ def test_one_layer_called_on_changing_sizes_threads_and_tiles():
 
 
 @needs_kernel
+def test_the_parts_benchmarks_time_apart():
+    """_run(x, 2): the 1x1 part alone on a zero tile gives act(pointwise bias) everywhere; _run(x, 3) is the
+    layer; parts outside 1-3 are refused by the kernel."""
+    torch.manual_seed(2)
+    dw, pw = nn.Conv2d(12, 12, 3, padding=1, groups=12), nn.Conv2d(12, 40, 1)
+    layer = FusedSeparableConv2d(dw, pw, pw_activation=nn.ReLU())
+    x = torch.randn(2, 12, 10, 11).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(layer._run(x, 3), F.relu(pw(dw(x))), rtol=1e-5, atol=1e-5)
+        layer._run(x, 1)  # depthwise part alone: runs, writes no output
+        expected = F.relu(pw.bias).reshape(1, 40, 1, 1).expand(2, 40, 10, 11)
+        torch.testing.assert_close(layer._run(x, 2), expected, rtol=0, atol=0)
+        with pytest.raises(RuntimeError, match="code -2"):
+            layer._run(x, 4)
+
+
+@needs_kernel
 def test_fused_refuses_what_it_cannot_run():
     dw, pw = nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 6, 1)
     assert fusable(dw, pw) is None

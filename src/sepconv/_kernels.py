@@ -108,7 +108,7 @@ def load_for(march: str) -> tuple[Optional[ctypes.CDLL], Optional[str]]:
         return None, f"loading the kernels failed: {error}"
     i, p, long = ctypes.c_int, ctypes.c_void_p, ctypes.c_long
     lib.sepconv_fused_dwpw_f32.argtypes = [p, i, i, i, i, p, p, i, i, i, i, i, i, i, i, i, p, p, i, i, p, i, i, i, i, i,
-                                           long, long, i]
+                                           i, long, long, i]
     lib.sepconv_fused_dwpw_f32.restype = i
     lib.sepconv_fused_jobs.argtypes = [i, i, i, i, i]
     lib.sepconv_fused_jobs.restype = long

@@ -147,7 +147,7 @@ class FusedSeparableConv2d(nn.Module):
             jobs = lib.sepconv_fused_jobs(n, ho, wo, self.tile, groups)
             stream = n * self.out_channels * ho * wo * 4 >= STREAM_MIN_BYTES
             plan = (ho, wo, (n, h, w, self.in_channels), (kh, kw, sh, sw, ph, pw, dh, dw, self.dw_act),
-                    (self.out_channels, self.pw_act), (ho, wo, self.tile, groups, int(stream), 0, jobs, threads))
+                    (self.out_channels, self.pw_act), (ho, wo, self.tile, groups, int(stream)), (0, jobs, threads))
             if len(self._plans) >= 16:  # many input sizes: keep the cache small
                 self._plans.clear()
             self._plans[key] = plan
@@ -164,16 +164,20 @@ class FusedSeparableConv2d(nn.Module):
                              f"{tuple(x.shape)}")
         if self.pad is not None:
             x = self.pad(x)
-        x = x.contiguous(memory_format=torch.channels_last)
+        return self._run(x.contiguous(memory_format=torch.channels_last))
+
+    def _run(self, x: torch.Tensor, parts: int = 3) -> torch.Tensor:
+        """The kernel on a channels-last, padded input. ``parts``: 3 the layer, 1 the depthwise step alone (the
+        returned tensor is not written), 2 the pointwise step alone on a zero tile (benchmarks time them apart)."""
         n, _, h, w = x.shape
-        ho, wo, xdims, dwargs, pwargs, rest = self._plan(n, h, w, max(1, torch.get_num_threads()))
+        ho, wo, xdims, dwargs, pwargs, geometry, jobs = self._plan(n, h, w, max(1, torch.get_num_threads()))
         y = torch.empty((n, self.out_channels, ho, wo), dtype=torch.float32, memory_format=torch.channels_last)
         buffers = self._buffers  # direct access: nn.Module's attribute lookup costs ~0.5 us per buffer
         dw_bias, pw_bias = buffers["dw_bias"], buffers["pw_bias"]
         code = _kernels.load()[0].sepconv_fused_dwpw_f32(
             x.data_ptr(), *xdims, buffers["dw_weight"].data_ptr(), None if dw_bias is None else dw_bias.data_ptr(),
             *dwargs, buffers["pw_panels"].data_ptr(), None if pw_bias is None else pw_bias.data_ptr(), *pwargs,
-            y.data_ptr(), *rest)
+            y.data_ptr(), *geometry, parts, *jobs)
         if code:
             raise RuntimeError(f"the fused kernel failed with code {code} (-1: out of memory)")
         return y

@@ -415,8 +415,10 @@ static void pointwise_tile(const float *t, int m, int cp, int C, const float *b,
  * threads (each group recomputes its tile's depthwise step). stream != 0 writes y with non-temporal stores
  * where it can (AVX-512, y 64-byte aligned, Cout a multiple of 16): an output larger than the caches is then
  * not read into them before it is written (the caller decides by size: for an output that the next layer
- * would find in cache, plain stores are better). Returns 0, or -1 if the tile buffer could not be allocated,
- * -2 for a job range outside [0, sepconv_fused_jobs()). */
+ * would find in cache, plain stores are better). parts: 3 computes the layer; 1 only the depthwise step (into the
+ * tile buffer: y is not written), 2 only the pointwise step (on a zero tile): benchmarks/bench_kernels.py times the
+ * two parts apart. Returns 0, or -1 if the tile buffer could not be allocated, -2 for a job range outside
+ * [0, sepconv_fused_jobs()) or parts outside 1-3. */
 long sepconv_fused_jobs(int N, int Ho, int Wo, int tile, int groups) {
     return (long)N * ((Ho * Wo + tile - 1) / tile) * groups;
 }
@@ -424,14 +426,14 @@ long sepconv_fused_jobs(int N, int Ho, int Wo, int tile, int groups) {
 int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const float *wdw, const float *bdw, int KH,
                            int KW, int sh, int sw, int ph, int pw, int dh, int dw, int dw_act, const float *wpw,
                            const float *bpw, int Cout, int pw_act, float *y, int Ho, int Wo, int tile, int groups,
-                           int stream, long job_begin, long job_end, int threads) {
+                           int stream, int parts, long job_begin, long job_end, int threads) {
     /* row stride of the depthwise tile: C rounded up to 16, plus 16 so that consecutive rows do not sit at the
      * input's stride modulo 4 KiB (4K aliasing between the tile's stores and the input's loads; a precaution,
      * no effect measured on this project's CPU) */
     stream = stream && Cout % 16 == 0 && ((uintptr_t)y & 63) == 0;
     int cp = (C + 15) / 16 * 16 + 16;
     int P = Ho * Wo;
-    if (job_begin < 0 || job_end > sepconv_fused_jobs(N, Ho, Wo, tile, groups)) return -2;
+    if (job_begin < 0 || job_end > sepconv_fused_jobs(N, Ho, Wo, tile, groups) || parts < 1 || parts > 3) return -2;
     int tiles_per_image = (P + tile - 1) / tile;
     int panels = (Cout + NR - 1) / NR;
     int per_group = (panels + groups - 1) / groups;
@@ -440,7 +442,9 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
 #pragma omp parallel num_threads(threads) if (threads > 1 && job_end - job_begin > 1)
 #endif
     {
-        float *t = (float *)aligned_alloc(64, ((size_t)tile * cp * sizeof(float) + 63) / 64 * 64);
+        size_t tile_bytes = ((size_t)tile * cp * sizeof(float) + 63) / 64 * 64;
+        float *t = (float *)aligned_alloc(64, tile_bytes);
+        if (t && !(parts & 1)) memset(t, 0, tile_bytes); /* the pointwise part alone: on zeros, not on garbage */
         if (!t) {
 #ifdef _OPENMP
 #pragma omp atomic write
@@ -459,8 +463,10 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
             int j_begin = g * per_group * NR, j_end = (g + 1) * per_group * NR;
             if (j_end > Cout) j_end = Cout;
             if (j_begin >= j_end) continue;
-            depthwise_tile(x + (size_t)n * H * W * C, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, dw_act, Wo,
-                           p0, m, t, cp);
+            if (parts & 1)
+                depthwise_tile(x + (size_t)n * H * W * C, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, dw_act,
+                               Wo, p0, m, t, cp);
+            if (!(parts & 2)) continue;
             /* the input rows of the next job's tile (unless it is this tile for another channel group), fetched
              * into L2 during this GEMM: without it the depthwise step waited on DRAM whenever the input was not
              * in cache already, as in a network, where the previous layer has just written it */
