@@ -1,11 +1,15 @@
 """Record `sepconv bench` (all suites) at 1 and 2 threads into benchmarks/results/.
 
-    python benchmarks/bench_layers.py [--suffix NAME]   # about 4 minutes on a 2-core CPU
+    python benchmarks/bench_layers.py [--suffix NAME]   # about 8 minutes on a 2-core CPU
 
 --suffix records into `results/cpu-1thread-NAME/` etc. (another machine's records beside
 the ones the README summarizes).
 
-The third record (`cpu-1thread-keepmem`) is taken after `sepconv.keep_freed_memory()`.
+The last two records (`cpu-1thread-keepmem`, `cpu-2threads-keepmem`) are taken after
+`sepconv.keep_freed_memory()`: without it, a candidate timed right after another can pay
+for fresh pages (seen on Zen 4 with 2 threads: the fused 64 -> 64 @32 layer took 4.3 ms
+for its first two calls after a standard convolution, then 1.6-1.7 ms: its 8 MiB output on
+newly mapped pages).
 
 Run it on a quiet machine: with other processes busy, 2-thread timings of small
 operators suffer from OpenMP oversubscription (seen here: up to 10x slower, in
@@ -31,7 +35,8 @@ if __name__ == "__main__":
     tail = f"-{args.suffix}" if args.suffix else ""
     # the --keep-freed-memory run last: sepconv.keep_freed_memory() cannot be undone within the process
     for threads, name, extra in ((1, "cpu-1thread", []), (2, "cpu-2threads", []),
-                                 (1, "cpu-1thread-keepmem", ["--keep-freed-memory"])):
+                                 (1, "cpu-1thread-keepmem", ["--keep-freed-memory"]),
+                                 (2, "cpu-2threads-keepmem", ["--keep-freed-memory"])):
         code = main(["bench", "--threads", str(threads), *extra, "--out", str(HERE / "results" / (name + tail))])
         if code:
             sys.exit(code)
