@@ -144,6 +144,18 @@ def test_one_layer_called_on_changing_sizes_threads_and_tiles():
 
 
 @needs_kernel
+@pytest.mark.parametrize("cin", [3, 20])  # 3: the flat path (<= 4 channels, stride 1 both ways); 20: channel vectors
+@pytest.mark.parametrize("stride", [(1, 2), (2, 1)])
+def test_fused_with_different_strides_across_and_down(cin, stride):
+    torch.manual_seed(cin)
+    dw, pw = nn.Conv2d(cin, cin, 3, stride, 1, groups=cin), nn.Conv2d(cin, 24, 1)
+    layer = FusedSeparableConv2d(dw, pw, nn.ReLU())
+    x = torch.randn(2, cin, 11, 13)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), pw(F.relu(dw(x))), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
 def test_the_parts_benchmarks_time_apart():
     """_run(x, 2): the 1x1 part alone on a zero tile gives act(pointwise bias) everywhere; _run(x, 3) is the
     layer; parts outside 1-3 are refused by the kernel."""
