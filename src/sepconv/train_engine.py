@@ -23,9 +23,9 @@ Why (measured on this project's CPU, ``benchmarks/README.md``):
 * ``'dwgrad'``, for stride-1 depthwise convolutions (one filter per
   channel), float32 on the CPU: ``'flip'`` with the weight gradient in
   sepconv's C kernel (:func:`depthwise_weight_grad`,
-  ``csrc/depthwise_wgrad.c``), which took 0.54-0.90 and 0.66-0.90 of
-  PyTorch's time on the 11 stride-1 suite shapes in two runs, but for 1.19
-  at 64 channels 32x32 batch 32 in the second (``benchmarks/bench_kernels.py``,
+  ``csrc/depthwise_wgrad.c``), which took 0.54-0.91 of PyTorch's time on
+  10-11 of the 11 stride-1 suite shapes in three runs, but 1.19-1.30 at 64
+  channels 32x32 batch 32 in two of them (``benchmarks/bench_kernels.py``,
   AMD Zen 4, 1 thread). (A standalone depthwise forward kernel was also tried as the
   forward and input-gradient steps: 1.06-1.7x oneDNN's time at 1 thread, so
   not kept.)

@@ -105,18 +105,19 @@ static inline __attribute__((always_inline)) void depthwise_slide(const float *x
     }
 }
 
-/* At most FLAT_MAX_C channels, stride 1 both ways (the flat path): a vector of 16 channels would hold C useful lanes (3 of 16
- * for an RGB input). In channels-last, the output pixels [ow0, ow0 + cnt) of one row are the contiguous floats
- * [ow0 C, (ow0 + cnt) C), and tap (kh, kw) reads the input floats at the same positions shifted by
- * (kw dw - pw) C in input row oh - ph + kh dh: a 1D convolution over the flat row whose weight repeats with
+/* At most FLAT_MAX_C channels, stride 1 both ways (the flat path): a vector of 16 channels would hold C useful
+ * lanes (3 of 16 for an RGB input). In channels-last, the output pixels [ow0, ow0 + cnt) of one row are the
+ * contiguous floats [ow0 C, (ow0 + cnt) C), and tap (kh, kw) reads the input floats at the same positions shifted
+ * by (kw dw - pw) C in input row oh - ph + kh dh: a 1D convolution over the flat row whose weight repeats with
  * period C. So 16 consecutive output floats take one vector per tap, with the tap's weights laid out for the
  * vector's first channel (its phase): wpat[kh][kw][phase][16] and bpat[phase][16] (the bias), prepared once per
  * call by flat_patterns. The tile's input rows are first copied with zero margins (flat_pad_rows), so no tap
- * needs a bounds check (with checks and masked loads at the row ends the step took 1.3-2x as long). The tile is
- * then packed (row stride cp = C). Each tap costs a weight load and an unaligned input load per FMA (the channel-vector
- * path shares its loads across 8 pixels), so the flat path wins only where the channel vectors are mostly empty:
- * on AMD Zen 4, batch-32 32x32 layers to 64 outputs, fused layer 0.44 -> 0.32 ms with 1 channel, 0.48 -> 0.43 with
- * 3, 0.55 -> 0.50 with 4, equal with 6, 0.69 -> 0.77 with 8 and 0.85 -> 1.07 with 12 (C-level A/B, best of 8). */
+ * needs a bounds check (with checks and masked loads at the row ends the step took 1.5-1.6x as long). The tile
+ * is then packed (row stride cp = C). Each tap costs a weight load and an unaligned input load per FMA (the
+ * channel-vector path shares its loads across 8 pixels), so the flat path pays only where the channel vectors
+ * are mostly empty. On AMD Zen 4, batch-32 32x32 layers to 64 outputs, fused layer (C-level A/B, best of 8):
+ * 0.44 -> 0.30 ms with 1 channel, 0.48 -> 0.39 with 3, 0.54 -> 0.45 with 4; the first version (with checks)
+ * was even with 6 channels, slower with 8 (0.69 -> 0.77) and 12 (0.85 -> 1.07). */
 #ifndef FLAT_MAX_C
 #define FLAT_MAX_C 4
 #endif
