@@ -88,6 +88,21 @@ def test_onnxruntime_backend_computes_the_same_function_at_any_batch():
         fast(torch.randn(1, 3, 64, 64, requires_grad=True))
 
 
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnx/onnxruntime not installed (pip install 'sepconv[onnx]')")
+def test_onnxruntime_sessions_sleep_between_runs_unless_asked_to_spin():
+    """Idle ONNX Runtime threads that spin slow the PyTorch work that follows: off by default, on when asked."""
+    model, x = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval(), torch.randn(1, 3, 8, 8)
+    key = "session.intra_op.allow_spinning"
+    default = sepconv.to_onnxruntime(model, x, threads=2)
+    assert default.session.get_session_options().get_session_config_entry(key) == "0"
+    spinning = sepconv.to_onnxruntime(model, x, threads=2, spinning=True)
+    assert spinning.session.get_session_options().get_session_config_entry(key) == "1"
+    with torch.no_grad():
+        torch.testing.assert_close(spinning(x), default(x))
+    fast = sepconv.optimize(model, x, backends=("onnxruntime",))
+    assert fast.model.session.get_session_options().get_session_config_entry(key) == "0"
+
+
 def test_optimize_backend_bad_input():
     with pytest.raises(ValueError, match="backends must be a non-empty subset"):
         sepconv.optimize(nn.Conv2d(1, 1, 1), torch.randn(1, 1, 4, 4), backends=("tvm",))
