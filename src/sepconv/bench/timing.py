@@ -56,16 +56,27 @@ def calls_for(fn: Callable[[], object], target_s: float = 0.02, device: torch.de
 
 
 def interleaved(candidates: dict[str, Callable[[], object]], rounds: int = 15, target_s: float = 0.02,
-                device: torch.device = torch.device("cpu")) -> dict[str, Timing]:
-    """Time every candidate in ``rounds`` interleaved rounds; returns a :class:`Timing` per name."""
+                device: torch.device = torch.device("cpu"), settle_s: float = 0.0) -> dict[str, Timing]:
+    """Time every candidate in ``rounds`` interleaved rounds; returns a :class:`Timing` per name.
+
+    ``settle_s``: an untimed pause before each sample, so that worker threads
+    another runtime left spinning (ONNX Runtime's, PyTorch's OpenMP pool) go
+    to sleep before the next candidate is timed; with several threads they
+    otherwise take cores from it (``sepconv.optimize`` pauses when timing
+    with more than one thread).
+    """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if settle_s < 0:
+        raise ValueError(f"settle_s must be >= 0, got {settle_s}")
     numbers = {name: calls_for(fn, target_s, device) for name, fn in candidates.items()}
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, fn in candidates.items():
             n = numbers[name]
             _sync(device)
+            if settle_s:
+                time.sleep(settle_s)
             start = time.perf_counter()
             for _ in range(n):
                 fn()
