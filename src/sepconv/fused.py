@@ -40,8 +40,8 @@ _TILE_BYTES = 256 * 1024  # depthwise tile buffer: about half of a 1-2 MiB L2 ca
 #: stores. Read at each call. Measured on AMD Zen 4 (benchmarks/bench_kernels.py and bench_networks.py, summarized
 #: in benchmarks/README.md, "A second machine"): 5-13 % off the layer alone at batch 32 with 64-128 channels
 #: (4-8 MiB outputs), 0-8 % at batch 1; in whole networks through sepconv.optimize 3 % and 19 % off the VGG-block
-#: network at batch 32 (2 threads, two sessions' records) and nothing measurable on MobileNetV1 at batch 1 (its
-#: outputs are at most 3.2 MB), so only large outputs stream.
+#: network at batch 32 (2 threads; networks records of commits e7a0f8e and fb9d153) and nothing measurable on
+#: MobileNetV1 at batch 1 (its outputs are at most 3.2 MB), so only large outputs stream.
 STREAM_MIN_BYTES = 4 * 2**20
 
 
