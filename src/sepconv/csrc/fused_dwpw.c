@@ -207,6 +207,40 @@ static inline __attribute__((always_inline)) void depthwise_slide_any(const floa
     else if (KW == 5) depthwise_slide(x, W, C, wdw, bdw, kh_lo, kh_hi, 5, ih0, iw0, dh, q_lo, q_hi, cnt, act, out, cp, pf);
     else depthwise_slide(x, W, C, wdw, bdw, kh_lo, kh_hi, 7, ih0, iw0, dh, q_lo, q_hi, cnt, act, out, cp, pf);
 }
+
+/* One output pixel's channel blocks [c, c + 16 nb) (nb <= 4, independent chains of FMAs), any position: the taps
+ * that fall in the zero padding are skipped. full: all nb blocks hold 16 channels (plain loads: masked ones cost
+ * more on AMD Zen even with a full mask); else the last is masked. out: the pixel's tile row (stride >= C rounded
+ * up to 16; masked-off lanes are stored as 0 or act(0)). */
+static inline __attribute__((always_inline)) void depthwise_pixel(const float *x, int H, int W, int C,
+                                                                  const float *wdw, const float *bdw, int KH, int KW,
+                                                                  int dh, int dw, int ih0, int iw0, int c, int nb,
+                                                                  int full, int act, float *out) {
+    __m512 acc[4];
+    __mmask16 km[4];
+    for (int q = 0; q < nb; ++q) {
+        int nc = C - c - 16 * q;
+        km[q] = nc >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nc) - 1);
+        acc[q] = bdw ? (full ? _mm512_loadu_ps(bdw + c + 16 * q) : _mm512_maskz_loadu_ps(km[q], bdw + c + 16 * q))
+                     : _mm512_setzero_ps();
+    }
+    for (int kh = 0; kh < KH; ++kh) {
+        int ih = ih0 + kh * dh;
+        if (ih < 0 || ih >= H) continue;
+        const float *row = x + (size_t)ih * W * C + c;
+        const float *wrow = wdw + (size_t)kh * KW * C + c;
+        for (int kw = 0; kw < KW; ++kw) {
+            int iw = iw0 + kw * dw;
+            if (iw < 0 || iw >= W) continue;
+            const float *xp = row + (size_t)iw * C, *wp = wrow + (size_t)kw * C;
+            for (int q = 0; q < nb; ++q)
+                acc[q] = full ? _mm512_fmadd_ps(_mm512_loadu_ps(xp + 16 * q), _mm512_loadu_ps(wp + 16 * q), acc[q])
+                              : _mm512_fmadd_ps(_mm512_maskz_loadu_ps(km[q], xp + 16 * q),
+                                                _mm512_maskz_loadu_ps(km[q], wp + 16 * q), acc[q]);
+        }
+    }
+    for (int q = 0; q < nb; ++q) _mm512_store_ps(out + c + 16 * q, act16(acc[q], act));
+}
 #endif
 
 /* Depthwise output for pixels [p0, p0 + m) of image n into t[m][cp] (row stride cp >= C, a multiple of 16). */
@@ -324,65 +358,13 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
             if (ow == Wo) { ow = 0; ++oh; }
             continue;
         }
-        /* one pixel, any position (border pixels skip the taps that fall in the zero padding) */
+        /* one pixel, any position (border pixels skip the taps that fall in the zero padding), four channel blocks
+         * at once: four independent chains of FMAs (one chain waits on the FMA latency, which made these pixels ~4x
+         * slower than interior ones; they are 18 % of a 32x32 image's) */
         float *out = t + (size_t)i * cp;
         int c = 0;
-        /* four channel blocks at once: four independent chains of FMAs (one chain waits on the FMA latency, which
-         * made these pixels ~4x slower than interior ones; they are 18 % of a 32x32 image's) */
-        for (; c + 64 <= C; c += 64) {
-            __m512 a0, a1, a2, a3;
-            if (bdw) {
-                a0 = _mm512_loadu_ps(bdw + c); a1 = _mm512_loadu_ps(bdw + c + 16);
-                a2 = _mm512_loadu_ps(bdw + c + 32); a3 = _mm512_loadu_ps(bdw + c + 48);
-            } else {
-                a0 = a1 = a2 = a3 = _mm512_setzero_ps();
-            }
-            for (int kh = 0; kh < KH; ++kh) {
-                int ih = ih0 + kh * dh;
-                if (ih < 0 || ih >= H) continue;
-                const float *row = x + (size_t)ih * W * C + c;
-                const float *wrow = wdw + (size_t)kh * KW * C + c;
-                for (int kw = 0; kw < KW; ++kw) {
-                    int iw = iw0 + kw * dw;
-                    if (iw < 0 || iw >= W) continue;
-                    const float *xp = row + (size_t)iw * C, *wp = wrow + (size_t)kw * C;
-                    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xp), _mm512_loadu_ps(wp), a0);
-                    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 16), _mm512_loadu_ps(wp + 16), a1);
-                    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 32), _mm512_loadu_ps(wp + 32), a2);
-                    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 48), _mm512_loadu_ps(wp + 48), a3);
-                }
-            }
-            _mm512_store_ps(out + c, act16(a0, act));
-            _mm512_store_ps(out + c + 16, act16(a1, act));
-            _mm512_store_ps(out + c + 32, act16(a2, act));
-            _mm512_store_ps(out + c + 48, act16(a3, act));
-        }
-        for (; c < C; c += 16) {
-            int nc = C - c < 16 ? C - c : 16;
-            __mmask16 k = nc >= 16 ? 0xFFFF : (__mmask16)((1u << nc) - 1);
-            __m512 acc = bdw ? _mm512_maskz_loadu_ps(k, bdw + c) : _mm512_setzero_ps();
-            for (int kh = 0; kh < KH; ++kh) {
-                int ih = ih0 + kh * dh;
-                if (ih < 0 || ih >= H) continue;
-                const float *row = x + (size_t)ih * W * C + c;
-                const float *wrow = wdw + (size_t)kh * KW * C + c;
-                for (int kw = 0; kw < KW; ++kw) {
-                    int iw = iw0 + kw * dw;
-                    if (iw < 0 || iw >= W) continue;
-                    if (nc == 16) /* masked loads are slower than plain ones on AMD Zen, even with a full mask */
-                        acc = _mm512_fmadd_ps(_mm512_loadu_ps(row + (size_t)iw * C), _mm512_loadu_ps(wrow + (size_t)kw * C),
-                                              acc);
-                    else
-                        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, row + (size_t)iw * C),
-                                              _mm512_maskz_loadu_ps(k, wrow + (size_t)kw * C), acc);
-                }
-            }
-            if (act != ACT_NONE) {
-                acc = _mm512_max_ps(acc, _mm512_setzero_ps());
-                if (act == ACT_RELU6) acc = _mm512_min_ps(acc, _mm512_set1_ps(6.f));
-            }
-            _mm512_store_ps(out + c, acc);
-        }
+        for (; c + 64 <= C; c += 64) depthwise_pixel(x, H, W, C, wdw, bdw, KH, KW, dh, dw, ih0, iw0, c, 4, 1, act, out);
+        if (c < C) depthwise_pixel(x, H, W, C, wdw, bdw, KH, KW, dh, dw, ih0, iw0, c, (C - c + 15) / 16, 0, act, out);
         ++i;
         if (++ow == Wo) { ow = 0; ++oh; }
     }
