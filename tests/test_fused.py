@@ -12,7 +12,7 @@ from torch import nn
 import sepconv
 from sepconv import _kernels
 import sepconv.fused as fused_module
-from sepconv.fused import FusedSeparableConv2d, fusable, fused_available, fused_unavailable_reason
+from sepconv.fused import FusedSeparableConv2d, balanced_tile, fusable, fused_available, fused_unavailable_reason
 
 needs_kernel = pytest.mark.skipif(not fused_available(), reason=f"fused kernel unavailable: {fused_unavailable_reason()}")
 ACTS = {None: (None, lambda y: y), "relu": (nn.ReLU(), F.relu), "relu6": (nn.ReLU6(), lambda y: y.clamp(0, 6))}
@@ -153,6 +153,29 @@ def test_fused_with_different_strides_across_and_down(cin, stride):
     x = torch.randn(2, cin, 11, 13)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), pw(F.relu(dw(x))), rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 20000), st.integers(1, 2000), st.integers(1, 8))
+def test_balanced_tiles_split_the_jobs_evenly(batch, pixels, tile, threads):
+    size = balanced_tile(batch, pixels, tile, threads)
+    assert 1 <= size <= tile  # never over the tile buffer's budget
+    count = -(-pixels // tile)
+    if threads == 1 or batch * count >= 16 * threads:
+        assert size == tile  # one thread or many jobs: unchanged
+    elif size != tile or (batch * count) % threads == 0:
+        tiles = -(-pixels // size)
+        assert (batch * tiles) % threads == 0 and count <= tiles <= count + threads
+        assert pixels - (tiles - 1) * size >= 1  # every tile has pixels
+    else:  # left alone only where no count up to `threads` more tiles divides evenly
+        assert all((batch * t) % threads or -(-pixels // -(-pixels // t)) != t
+                   for t in range(count, min(count + threads, pixels) + 1))
+
+
+def test_balanced_tiles_on_the_layers_that_called_for_them():
+    assert balanced_tile(1, 56 * 56, 678, 2) == 528  # 64 -> 128 @112 stride 2: 5 tiles -> 6
+    assert -(-(112 * 112) // balanced_tile(1, 112 * 112, 1020, 2)) == 14  # 32 -> 64 @112: 13 tiles -> 14
+    assert balanced_tile(32, 32 * 32, 678, 2) == 678  # batch 32: 64 jobs, left alone
 
 
 @needs_kernel
