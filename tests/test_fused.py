@@ -161,8 +161,8 @@ def test_balanced_tiles_split_the_jobs_evenly(batch, pixels, tile, threads):
     size = balanced_tile(batch, pixels, tile, threads)
     assert 1 <= size <= tile  # never over the tile buffer's budget
     count = -(-pixels // tile)
-    if threads == 1 or batch * count >= 16 * threads:
-        assert size == tile  # one thread or many jobs: unchanged
+    if threads == 1 or batch * count >= 16 * threads or batch * count < threads:
+        assert size == tile  # one thread, many jobs, or fewer tiles than threads (output channels split): unchanged
     elif size != tile or (batch * count) % threads == 0:
         tiles = -(-pixels // size)
         assert (batch * tiles) % threads == 0 and count <= tiles <= count + threads
@@ -176,6 +176,7 @@ def test_balanced_tiles_on_the_layers_that_called_for_them():
     assert balanced_tile(1, 56 * 56, 678, 2) == 528  # 64 -> 128 @112 stride 2: 5 tiles -> 6
     assert -(-(112 * 112) // balanced_tile(1, 112 * 112, 1020, 2)) == 14  # 32 -> 64 @112: 13 tiles -> 14
     assert balanced_tile(32, 32 * 32, 678, 2) == 678  # batch 32: 64 jobs, left alone
+    assert balanced_tile(1, 7 * 7, 60, 2) == 60  # 1024 -> 1024 @7: one tile, the output channels are split
 
 
 @needs_kernel

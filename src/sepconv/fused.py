@@ -52,15 +52,19 @@ def balanced_tile(batch: int, pixels: int, tile: int, threads: int) -> int:
     contiguous chunks. With few jobs, a count that ``threads`` does not divide,
     or a short last tile, leaves a thread idle at the end: with 2 threads the
     64 -> 128 @112 stride-2 layer (5 tiles of 678 pixels) took 0.419 ms against
-    0.347 ms with 6 tiles of 528 (AMD Zen 4). So while there are fewer than 16
-    jobs per thread, this returns the largest size (a multiple of 6, the
-    kernel's register block, where that keeps the count) of at most ``tile``
-    whose tile count per image times ``batch`` is a multiple of ``threads``,
-    the tiles of an image then being equal but for rounding. Otherwise (one
-    thread, many jobs, or too few pixels for such a count), ``tile``.
+    0.347 ms with 6 tiles of 528 (AMD Zen 4). So while there are at least one
+    and fewer than 16 jobs per thread, this returns the largest size (a
+    multiple of 6, the kernel's register block, where that keeps the count) of
+    at most ``tile`` whose tile count per image times ``batch`` is a multiple
+    of ``threads``, the tiles of an image then being equal but for rounding.
+    Otherwise (one thread, many jobs, or too few pixels for such a count),
+    ``tile``. With fewer tiles than threads the kernel splits the output
+    channels among the threads instead, which reads each thread's half of the
+    pointwise weight only: splitting such layers' pixels made the 512 -> 1024
+    @14 stride-2 and 1024 -> 1024 @7 layers 17-30 % slower with 2 threads.
     """
     count = -(-pixels // tile)
-    if threads <= 1 or batch * count >= 16 * threads:
+    if threads <= 1 or batch * count >= 16 * threads or batch * count < threads:
         return tile
     for tiles in range(count, min(count + threads, pixels) + 1):
         if (batch * tiles) % threads == 0:
