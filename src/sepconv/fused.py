@@ -179,7 +179,7 @@ class FusedSeparableConv2d(nn.Module):
             tiles = n * -(-(ho * wo) // tile)
             groups = min(threads, self.pw_panels.shape[0]) if tiles < threads else 1
             jobs = lib.sepconv_fused_jobs(n, ho, wo, tile, groups)
-            stream = n * self.out_channels * ho * wo * 4 >= STREAM_MIN_BYTES
+            stream = n * self.out_channels * ho * wo * 4 >= STREAM_MIN_BYTES  # the float32 output's bytes
             plan = (ho, wo, (n, h, w, self.in_channels), (kh, kw, sh, sw, ph, pw, dh, dw, self.dw_act),
                     (self.out_channels, self.pw_act), (ho, wo, tile, groups, int(stream)), (0, jobs, threads))
             if len(self._plans) >= 16:  # many input sizes: keep the cache small
@@ -213,7 +213,8 @@ class FusedSeparableConv2d(nn.Module):
             *dwargs, buffers["pw_panels"].data_ptr(), None if pw_bias is None else pw_bias.data_ptr(), *pwargs,
             y.data_ptr(), *geometry, parts, *jobs)
         if code:
-            raise RuntimeError(f"the fused kernel failed with code {code} (-1: out of memory)")
+            raise RuntimeError(f"the fused kernel failed with code {code} (-1: out of memory, -2: a job range or "
+                               f"parts outside what the kernel accepts)")
         return y
 
     def extra_repr(self) -> str:
