@@ -177,6 +177,10 @@ def test_balanced_tiles_on_the_layers_that_called_for_them():
     assert -(-(112 * 112) // balanced_tile(1, 112 * 112, 1020, 2)) == 14  # 32 -> 64 @112: 13 tiles -> 14
     assert balanced_tile(32, 32 * 32, 678, 2) == 678  # batch 32: 64 jobs, left alone
     assert balanced_tile(1, 7 * 7, 60, 2) == 60  # 1024 -> 1024 @7: one tile, the output channels are split
+    with pytest.raises(ValueError, match="tile must be an integer >= 1, got 0"):
+        balanced_tile(1, 49, 0, 2)
+    with pytest.raises(ValueError, match="threads must be an integer >= 1, got 2.0"):
+        balanced_tile(1, 49, 60, 2.0)
 
 
 @needs_kernel

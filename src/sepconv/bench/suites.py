@@ -204,13 +204,14 @@ def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = 
     sep = _layouts(lambda: SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride,
                                            spec.padding, bias=False), x)
     forward: dict[str, Callable[[], object]] = {}
+    mids: dict[str, torch.Tensor] = {}  # the depthwise output per layout: the 1x1 step's input
     for layout in EAGER_LAYOUTS:
         m, xi = std[layout]
         forward[f"standard/{layout}"] = inference_call(m.eval(), xi)
         m, xi = sep[layout]
         forward[f"separable/{layout}"] = inference_call(m.eval(), xi)
         with torch.no_grad():
-            mid = m.depthwise(m.pad(xi))
+            mid = mids[layout] = m.depthwise(m.pad(xi))
         forward[f"depthwise/{layout}"] = inference_call(nn.Sequential(m.pad, m.depthwise), xi)
         forward[f"pointwise/{layout}"] = inference_call(m.pointwise, mid)
     if onednn:
@@ -245,12 +246,9 @@ def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = 
         train[f"separable/{TUNED}"] = _train_step(tuned, xi.detach().clone().requires_grad_(True))
         # the 1x1 step's forward+backward alone, on the depthwise output (its input gradient included, as in the
         # layer): what training would cost if the depthwise step were free (train_gemm_ceiling)
-        for layout, pointwise in (("nchw", sep["nchw"][0].pointwise), ("nhwc", m.pointwise),
-                                  (TUNED, tuned.pointwise)):
-            src = sep["nchw" if layout == "nchw" else "nhwc"]
-            with torch.no_grad():
-                mid = src[0].depthwise(src[0].pad(src[1]))
-            train[f"pointwise/{layout}"] = _train_step(pointwise.train(), mid.requires_grad_(True))
+        for layout, pointwise, mid in (("nchw", sep["nchw"][0].pointwise, mids["nchw"]),
+                                       ("nhwc", m.pointwise, mids["nhwc"]), (TUNED, tuned.pointwise, mids["nhwc"])):
+            train[f"pointwise/{layout}"] = _train_step(pointwise.train(), mid.detach().clone().requires_grad_(True))
         bwd = interleaved(train, rounds=rounds, target_s=target_s)
     std_cost = conv_cost(spec, case.size, batch=case.batch)
     sep_cost = separable_cost(spec, case.size, batch=case.batch)
