@@ -14,7 +14,15 @@ record holds every candidate's median, the theoretical speedup (MAC ratio from
 * `eager`: best eager layout of each variant;
 * `onnxruntime`: both variants in ONNX Runtime;
 * `compile`: both variants under `torch.compile` (inductor, BatchNorm folded first);
-* `optimize`: each variant on the path `sepconv.optimize` picked for it.
+* `optimize`: each variant on the path `sepconv.optimize` picked for it (its median in the
+  first timing round; the picked path can differ from the fastest of that round where the
+  two fastest were close and timed again).
+
+With more than one thread, the separable variant's oneDNN/fused model and two ONNX Runtime
+sessions (idle threads spinning, ONNX Runtime's default, and sleeping, sepconv's) are also
+timed alone and interleaved with each other without pauses (`runtime_interference_ms`):
+what one runtime's spinning idle workers cost the next, the reason `optimize` pauses
+between samples when timing with several threads.
 
 Where the picked path runs layers on the fused kernel, the picked model is also timed with
 the kernel's large outputs on non-temporal stores (`sepconv.fused.STREAM_MIN_BYTES`, the
@@ -38,7 +46,7 @@ import sepconv
 from sepconv._io import atomic_write_bytes
 import sepconv.fused
 from bench_kernels import time_output_stores  # this directory's script (sys.path[0] when run as a script)
-from sepconv.bench.timing import machine_info
+from sepconv.bench.timing import inference_call, interleaved, machine_info
 from sepconv.cost import profile
 from sepconv.onednn import onednn_available
 from sepconv.models import build_model
@@ -55,6 +63,35 @@ def _stores_ab(fast, x: torch.Tensor, rounds: int) -> dict[str, float]:
     default = sepconv.fused.STREAM_MIN_BYTES
     return time_output_stores(fast, x, {f"streamed_from_{default}_bytes": default, "plain_stores": 2**62}, rounds,
                               0.05)
+
+
+def _picked(fast) -> str:
+    """The name under which optimize timed the candidate it picked."""
+    if fast.backend == "eager":
+        return "channels_last" if fast.memory_format == torch.channels_last else "nchw"
+    return fast.backend
+
+
+def _runtime_interference(model, x: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Median ms of the oneDNN/fused model and of ONNX Runtime sessions whose idle threads spin or sleep, each
+    alone and interleaved with the other runtime (no pause between samples): what one runtime's spinning idle
+    workers cost the next with several threads."""
+    import copy
+
+    fast = sepconv.optimize(model, x, backends=("onednn",))
+    folded = copy.deepcopy(model).eval()
+    sepconv.fold_batchnorm(folded)
+    spinning = sepconv.to_onnxruntime(folded, x, spinning=True)
+    sleeping = sepconv.to_onnxruntime(folded, x, spinning=False)
+    calls = {"onednn": inference_call(fast, x), "ort_spinning": inference_call(spinning, x),
+             "ort_sleeping": inference_call(sleeping, x)}
+    out = {}
+    for name in calls:
+        out[f"{name} alone"] = 1e3 * interleaved({name: calls[name]}, rounds=rounds, target_s=0.05)[name].median
+    for other in ("ort_spinning", "ort_sleeping"):
+        t = interleaved({"onednn": calls["onednn"], other: calls[other]}, rounds=rounds, target_s=0.05)
+        out[f"onednn with {other}"], out[f"{other} with onednn"] = 1e3 * t["onednn"].median, 1e3 * t[other].median
+    return out
 
 
 def main(argv=None) -> int:
@@ -82,8 +119,12 @@ def main(argv=None) -> int:
                                         "layer_choices": fast.layer_choices,
                                         "picked_layout": "channels_last" if fast.memory_format == torch.channels_last
                                         else "contiguous"}
+            row["variants"][variant]["picked_ms"] = fast.timings_ms.get(_picked(fast))
             if fast.backend == "onednn" and any("fused" in str(v) for v in fast.layer_choices.values()):
                 row["variants"][variant]["fused_output_stores_ms"] = _stores_ab(fast, x, args.rounds)
+            if (variant == "separable" and args.threads > 1 and onednn_available()
+                    and sepconv.fast.onnxruntime_available()):
+                row["variants"][variant]["runtime_interference_ms"] = _runtime_interference(model, x, args.rounds)
         std, sep = row["variants"]["standard"], row["variants"]["separable"]
         theory = std["macs_per_sample"] / sep["macs_per_sample"]
 
@@ -97,8 +138,7 @@ def main(argv=None) -> int:
         paths["compile"] = (std["median_ms"]["compile"], sep["median_ms"]["compile"])
         if "onednn" in std["median_ms"]:
             paths["onednn"] = (std["median_ms"]["onednn"], sep["median_ms"]["onednn"])
-        keys = eager + ("compile",) + tuple(k for k in ("onednn", "onnxruntime") if k in std["median_ms"])
-        paths["optimize"] = (best(std["median_ms"], keys), best(sep["median_ms"], keys))
+        paths["optimize"] = (std["picked_ms"], sep["picked_ms"])  # the candidate optimize kept, as first timed
         row["theoretical_speedup"] = theory
         row["paths"] = {k: {"standard_ms": a, "separable_ms": b, "speedup": a / b, "realized": a / b / theory}
                         for k, (a, b) in paths.items()}

@@ -181,6 +181,7 @@ def test_balanced_tiles_on_the_layers_that_called_for_them():
         balanced_tile(1, 49, 0, 2)
     with pytest.raises(ValueError, match="threads must be an integer >= 1, got 2.0"):
         balanced_tile(1, 49, 60, 2.0)
+    assert balanced_tile(0, 49, 60, 2) == 60  # an empty batch: nothing to balance
 
 
 @needs_kernel
