@@ -144,6 +144,31 @@ def test_one_layer_called_on_changing_sizes_threads_and_tiles():
 
 
 @needs_kernel
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 2), st.integers(5, 40), st.sampled_from([1, 2, 3, 5, 7]), st.sampled_from([3, 5]),
+       st.integers(0, 3), st.integers(0, 3), st.integers(1, 14), st.integers(1, 30), st.integers(1, 120),
+       st.booleans(), st.integers(0, 9999))
+def test_fused_row_pairs_with_any_kernel_height_padding_and_tile(batch, cin, kh, kw, ph, pw_, h, w, tile, bias, seed):
+    """Stride 1, dilation 1, kernel width 3 or 5: the depthwise step computes two output rows at once (sharing
+    their input rows) for the whole rows of a tile. Non-square kernels, padding above, below or beyond the kernel's
+    reach, images of one or two rows, tiles that hold no, one or several whole rows and start or end mid-row."""
+    if h + 2 * ph < kh or w + 2 * pw_ < kw:
+        return  # no output pixel
+    torch.manual_seed(seed)
+    dw = nn.Conv2d(cin, cin, (kh, kw), 1, (ph, pw_), groups=cin, bias=bias)
+    pw = nn.Conv2d(cin, 24, 1, bias=bias)
+    layer = FusedSeparableConv2d(dw, pw, nn.ReLU6())
+    layer.tile = tile
+    x = 2 * torch.randn(batch, cin, h, w)
+    with torch.no_grad():
+        got = layer(x)
+        ref = F.conv2d(F.conv2d(x.double(), dw.weight.double(), None if dw.bias is None else dw.bias.double(), 1,
+                                (ph, pw_), 1, cin).clamp(0, 6), pw.weight.double(),
+                       None if pw.bias is None else pw.bias.double())
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernel
 @pytest.mark.parametrize("cin", [3, 20])  # 3: the flat path (<= 4 channels, stride 1 both ways); 20: channel vectors
 @pytest.mark.parametrize("stride", [(1, 2), (2, 1)])
 def test_fused_with_different_strides_across_and_down(cin, stride):

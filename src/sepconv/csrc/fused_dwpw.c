@@ -241,28 +241,122 @@ static inline __attribute__((always_inline)) void depthwise_pixel(const float *x
     }
     for (int q = 0; q < nb; ++q) _mm512_store_ps(out + c + 16 * q, act16(acc[q], act));
 }
-#endif
-
-/* Depthwise output for pixels [p0, p0 + m) of image n into t[m][cp] (row stride cp >= C, a multiple of 16). */
-static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int KW,
-                           int sh, int sw, int ph, int pw, int dh, int dw, int act, int Wo, int p0, int m,
-                           float *t, int cp, const float *wpat, const float *bpat, float *padded) {
-#ifdef __AVX512F__
-    if (wpat) { /* the flat path (at most FLAT_MAX_C channels, stride 1 both ways): row segments of the tile, packed rows */
-        int ih_lo = p0 / Wo - ph, ih_hi = (p0 + m - 1) / Wo - ph + (KH - 1) * dh;
-        ih_lo = ih_lo < 0 ? 0 : ih_lo;
-        ih_hi = ih_hi >= H ? H - 1 : ih_hi;
-        long prow = flat_row_floats(W, C, KW, pw, dw);
-        if (ih_lo <= ih_hi) flat_pad_rows(x, W, C, pw, ih_lo, ih_hi, prow, padded);
-        for (int i = 0, p = p0; i < m;) {
-            int oh = p / Wo, ow = p % Wo, cnt = Wo - ow < m - i ? Wo - ow : m - i;
-            depthwise_flat_row(padded, ih_lo, prow, H, C, wpat, bpat, KH, KW, ph, pw, dh, dw, act, oh, ow, cnt,
-                               t + (size_t)i * cp);
-            i += cnt;
-            p += cnt;
+/* Two adjacent output rows oh, oh + 1 at once (stride 1 and dilation 1 both ways, kernel width KWC a constant
+ * after inlining), SLIDE pixels each: the KH + 1 input rows [ih0, ih0 + KH] are loaded once per channel block and
+ * feed both rows (input row r is kernel row r of the upper output row and kernel row r - 1 of the lower one). One
+ * row at a time loads 3 input rows per output row for a 3x3 kernel, two at a time 2: per 8 pixels x 16 channels,
+ * 30 -> 20 input vectors and 39 -> 29 loads for the 72 FMAs, and a third less traffic from L2 into L1. Input rows
+ * outside [r_lo, r_hi) are zero padding (skipped); window columns outside [q_lo, q_hi) are zero; the first cnt
+ * pixels of each row are stored at out0 and out1 (row stride cp). pf0, pf1: the two input rows the next pair adds
+ * (prefetched) or NULL. 16 accumulators and SLIDE + KWC - 1 input vectors: kernel widths 3 and 5 (27 and 29 of
+ * the 32 vector registers). */
+static inline __attribute__((always_inline)) void depthwise_slide2(const float *x, int W, int C, const float *wdw,
+                                                                   const float *bdw, int KH, int r_lo, int r_hi,
+                                                                   int KWC, int ih0, int iw0, int q_lo, int q_hi,
+                                                                   int cnt, int act, float *out0, float *out1,
+                                                                   int cp, const float *pf0, const float *pf1) {
+    for (int c = 0; c < C; c += 16) {
+        int nc = C - c < 16 ? C - c : 16;
+        __mmask16 k = nc >= 16 ? 0xFFFF : (__mmask16)((1u << nc) - 1);
+        __m512 b = bdw ? _mm512_maskz_loadu_ps(k, bdw + c) : _mm512_setzero_ps();
+        __m512 a0[SLIDE], a1[SLIDE];
+        for (int j = 0; j < SLIDE; ++j) a0[j] = a1[j] = b;
+        if (pf0) {
+            const float *next = pf0 + (size_t)iw0 * C + c;
+#pragma GCC unroll 8
+            for (int j = 0; j < SLIDE; ++j) _mm_prefetch((const char *)(next + (size_t)j * C), _MM_HINT_T0);
         }
-        return;
+        if (pf1) {
+            const float *next = pf1 + (size_t)iw0 * C + c;
+#pragma GCC unroll 8
+            for (int j = 0; j < SLIDE; ++j) _mm_prefetch((const char *)(next + (size_t)j * C), _MM_HINT_T0);
+        }
+        for (int r = r_lo; r < r_hi; ++r) {
+            const float *row = x + (size_t)(ih0 + r) * W * C + c;
+            __m512 in[SLIDE + 4];
+            if (nc == 16) { /* plain loads: masked ones cost more on AMD Zen even with a full mask */
+#pragma GCC unroll 16
+                for (int q = 0; q < SLIDE + KWC - 1; ++q)
+                    in[q] = q >= q_lo && q < q_hi ? _mm512_loadu_ps(row + (ptrdiff_t)(iw0 + q) * C)
+                                                  : _mm512_setzero_ps();
+            } else {
+#pragma GCC unroll 16
+                for (int q = 0; q < SLIDE + KWC - 1; ++q)
+                    in[q] = q >= q_lo && q < q_hi ? _mm512_maskz_loadu_ps(k, row + (ptrdiff_t)(iw0 + q) * C)
+                                                  : _mm512_setzero_ps();
+            }
+            if (r < KH) {
+                const float *wrow = wdw + (size_t)r * KWC * C + c;
+#pragma GCC unroll 8
+                for (int kw = 0; kw < KWC; ++kw) {
+                    __m512 wv = _mm512_maskz_loadu_ps(k, wrow + (size_t)kw * C);
+#pragma GCC unroll 16
+                    for (int j = 0; j < SLIDE; ++j) a0[j] = _mm512_fmadd_ps(in[j + kw], wv, a0[j]);
+                }
+            }
+            if (r >= 1) {
+                const float *wrow = wdw + (size_t)(r - 1) * KWC * C + c;
+#pragma GCC unroll 8
+                for (int kw = 0; kw < KWC; ++kw) {
+                    __m512 wv = _mm512_maskz_loadu_ps(k, wrow + (size_t)kw * C);
+#pragma GCC unroll 16
+                    for (int j = 0; j < SLIDE; ++j) a1[j] = _mm512_fmadd_ps(in[j + kw], wv, a1[j]);
+                }
+            }
+        }
+#pragma GCC unroll 8
+        for (int j = 0; j < SLIDE; ++j)
+            if (j < cnt) {
+                _mm512_store_ps(out0 + (size_t)j * cp + c, act16(a0[j], act));
+                _mm512_store_ps(out1 + (size_t)j * cp + c, act16(a1[j], act));
+            }
     }
+}
+
+/* Whether a layer takes depthwise_row_pair: stride 1 and dilation 1 both ways, kernel width 3 or 5. */
+static inline int pairs_apply(int KW, int sh, int sw, int dh, int dw) {
+    return sh == 1 && sw == 1 && dh == 1 && dw == 1 && (KW == 3 || KW == 5);
+}
+
+/* Output rows oh and oh + 1 (whole rows, oh + 1 < Ho) into t0 and t1 (row stride cp), for a layer that
+ * pairs_apply: blocks of SLIDE pixels through depthwise_slide2 (interior ones with constant bounds, so their
+ * loops have no checks); a last block shorter than EDGE_MIN pixels one pixel at a time. */
+static void depthwise_row_pair(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH,
+                               int KW, int ph, int pw, int act, int Wo, int oh, float *t0, float *t1, int cp) {
+    int ih0 = oh - ph;
+    int r_lo = ih0 < 0 ? -ih0 : 0, r_hi = H - ih0 < KH + 1 ? H - ih0 : KH + 1;
+    int ihn = ih0 + KH + 1; /* the input rows the next pair adds */
+    const float *pf0 = ihn < H ? x + (size_t)ihn * W * C : NULL, *pf1 = ihn + 1 < H ? x + (size_t)(ihn + 1) * W * C : NULL;
+    for (int ow = 0; ow < Wo; ow += SLIDE) {
+        int cnt = Wo - ow < SLIDE ? Wo - ow : SLIDE, iw0 = ow - pw;
+        float *o0 = t0 + (size_t)ow * cp, *o1 = t1 + (size_t)ow * cp;
+        if (cnt == SLIDE && iw0 >= 0 && iw0 + SLIDE + KW - 1 <= W) {
+            if (KW == 3) depthwise_slide2(x, W, C, wdw, bdw, KH, r_lo, r_hi, 3, ih0, iw0, 0, SLIDE + 2, SLIDE, act, o0, o1, cp, pf0, pf1);
+            else depthwise_slide2(x, W, C, wdw, bdw, KH, r_lo, r_hi, 5, ih0, iw0, 0, SLIDE + 4, SLIDE, act, o0, o1, cp, pf0, pf1);
+        } else if (cnt >= EDGE_MIN) {
+            int q_lo = iw0 < 0 ? -iw0 : 0, q_hi = W - iw0 < SLIDE + KW - 1 ? W - iw0 : SLIDE + KW - 1;
+            if (KW == 3) depthwise_slide2(x, W, C, wdw, bdw, KH, r_lo, r_hi, 3, ih0, iw0, q_lo, q_hi, cnt, act, o0, o1, cp, NULL, NULL);
+            else depthwise_slide2(x, W, C, wdw, bdw, KH, r_lo, r_hi, 5, ih0, iw0, q_lo, q_hi, cnt, act, o0, o1, cp, NULL, NULL);
+        } else {
+            for (int j = 0; j < cnt; ++j)
+                for (int row = 0; row < 2; ++row) {
+                    float *out = (row ? o1 : o0) + (size_t)j * cp;
+                    int c = 0;
+                    for (; c + 64 <= C; c += 64)
+                        depthwise_pixel(x, H, W, C, wdw, bdw, KH, KW, 1, 1, ih0 + row, iw0 + j, c, 4, 1, act, out);
+                    if (c < C)
+                        depthwise_pixel(x, H, W, C, wdw, bdw, KH, KW, 1, 1, ih0 + row, iw0 + j, c, (C - c + 15) / 16, 0,
+                                        act, out);
+                }
+        }
+    }
+}
+
+/* Depthwise output for pixels [p0, p0 + m) of one image (any span of its output pixels) into t[m][cp]: the
+ * channel-vector path (more than FLAT_MAX_C channels, or a stride other than 1). */
+static void depthwise_run(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int KW,
+                          int sh, int sw, int ph, int pw, int dh, int dw, int act, int Wo, int p0, int m, float *t,
+                          int cp) {
     /* Pixels outer, blocks of 16 channels inner, so each pixel's input is read as contiguous runs of C floats
      * (the other order, channel block outer, read the input in 64-byte pieces at a stride of C floats and ran
      * up to 4x slower once the input no longer fitted in the cache). Stride 1, dilation 1 and a 3/5/7-wide kernel
@@ -368,6 +462,40 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
         ++i;
         if (++ow == Wo) { ow = 0; ++oh; }
     }
+}
+#endif
+
+/* Depthwise output for pixels [p0, p0 + m) of image n into t[m][cp] (row stride cp >= C, a multiple of 16). */
+static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int KW,
+                           int sh, int sw, int ph, int pw, int dh, int dw, int act, int Wo, int p0, int m,
+                           float *t, int cp, const float *wpat, const float *bpat, float *padded) {
+#ifdef __AVX512F__
+    if (wpat) { /* the flat path (at most FLAT_MAX_C channels, stride 1 both ways): row segments of the tile, packed rows */
+        int ih_lo = p0 / Wo - ph, ih_hi = (p0 + m - 1) / Wo - ph + (KH - 1) * dh;
+        ih_lo = ih_lo < 0 ? 0 : ih_lo;
+        ih_hi = ih_hi >= H ? H - 1 : ih_hi;
+        long prow = flat_row_floats(W, C, KW, pw, dw);
+        if (ih_lo <= ih_hi) flat_pad_rows(x, W, C, pw, ih_lo, ih_hi, prow, padded);
+        for (int i = 0, p = p0; i < m;) {
+            int oh = p / Wo, ow = p % Wo, cnt = Wo - ow < m - i ? Wo - ow : m - i;
+            depthwise_flat_row(padded, ih_lo, prow, H, C, wpat, bpat, KH, KW, ph, pw, dh, dw, act, oh, ow, cnt,
+                               t + (size_t)i * cp);
+            i += cnt;
+            p += cnt;
+        }
+        return;
+    }
+    int i = 0;
+    if (pairs_apply(KW, sh, sw, dh, dw)) { /* the tile's whole rows two at a time; a partial row at either end and
+                                            * an odd last row through depthwise_run */
+        int head = p0 % Wo ? (Wo - p0 % Wo < m ? Wo - p0 % Wo : m) : 0;
+        if (head) depthwise_run(x, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, act, Wo, p0, head, t, cp);
+        for (i = head; m - i >= 2 * Wo; i += 2 * Wo)
+            depthwise_row_pair(x, H, W, C, wdw, bdw, KH, KW, ph, pw, act, Wo, (p0 + i) / Wo, t + (size_t)i * cp,
+                               t + (size_t)(i + Wo) * cp, cp);
+    }
+    if (i < m) depthwise_run(x, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, act, Wo, p0 + i, m - i,
+                             t + (size_t)i * cp, cp);
     return;
 #endif
     (void)wpat; (void)bpat; (void)padded;
