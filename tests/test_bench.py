@@ -138,3 +138,23 @@ def test_bench_keep_freed_memory_is_applied_and_recorded(tmp_path):
                     "--no-backward", "--quick", "--keep-freed-memory", "--out", str(tmp_path)],
                    check=True, capture_output=True, timeout=300)
     assert json.loads((tmp_path / "bench.json").read_text())["machine"]["freed_memory_kept"] is True
+
+
+def test_the_training_step_timed_is_one_layer_step_and_hands_the_input_gradient_on():
+    """The timed step computes a fresh gradient for the input and weights each call (nothing accumulates)."""
+    from torch import nn
+
+    from sepconv.bench.suites import _train_step
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    x = torch.randn(2, 3, 5, 5, requires_grad=True)
+    step = _train_step(conv, x)
+    step()
+    first_x, first_w = x.grad.clone(), conv.weight.grad.clone()
+    step()
+    torch.testing.assert_close(x.grad, first_x)
+    torch.testing.assert_close(conv.weight.grad, first_w)
+    # the gradient of sum(conv(x)) with respect to x: the adjoint convolution of ones
+    expected = torch.nn.functional.conv_transpose2d(torch.ones(2, 4, 5, 5), conv.weight.detach(), padding=1)
+    torch.testing.assert_close(x.grad, expected)
