@@ -23,10 +23,10 @@ Why (measured on this project's CPU, ``benchmarks/README.md``):
 * ``'dwgrad'``, for stride-1 depthwise convolutions (one filter per
   channel), float32 on the CPU: ``'flip'`` with the weight gradient in
   sepconv's C kernel (:func:`depthwise_weight_grad`,
-  ``csrc/depthwise_wgrad.c``), which took 0.54-0.91 of PyTorch's time on
-  10-11 of the 11 stride-1 suite shapes in three runs, but 1.19-1.30 at 64
-  channels 32x32 batch 32 in two of them (``benchmarks/bench_kernels.py``,
-  AMD Zen 4, 1 thread). (A standalone depthwise forward kernel was also tried as the
+  ``csrc/depthwise_wgrad.c``), which took 0.66-0.93 of PyTorch's time on
+  all 11 stride-1 suite shapes (``benchmarks/bench_kernels.py``, AMD Zen 4,
+  1 thread) since it prefetches the next row's input and gradient into L2;
+  before, 1.19-1.30 at 64 channels 32x32 batch 32 in two of three runs. (A standalone depthwise forward kernel was also tried as the
   forward and input-gradient steps: 1.06-1.7x oneDNN's time at 1 thread, so
   not kept.)
 
@@ -184,9 +184,10 @@ def depthwise_weight_grad(x: torch.Tensor, grad_y: torch.Tensor, kernel_size: tu
     per channel) for output gradient ``grad_y``.
 
     float32 CPU tensors run in sepconv's C kernel (``csrc/depthwise_wgrad.c``:
-    both tensors read once in channels-last, 8-pixel sliding windows, the
-    threads' partial sums added in a fixed order) when it builds; everything
-    else runs ``aten.convolution_backward``. Not tracked by autograd.
+    both tensors read once in channels-last, 8-pixel sliding windows, the next
+    row of each prefetched into L2, the threads' partial sums added in a fixed
+    order) when it builds; everything else runs ``aten.convolution_backward``.
+    Not tracked by autograd.
     """
     from .geometry import output_size_1d
 
