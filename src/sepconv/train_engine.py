@@ -26,9 +26,11 @@ Why (measured on this project's CPU, ``benchmarks/README.md``):
   ``csrc/depthwise_wgrad.c``), which took 0.66-0.93 of PyTorch's time on
   all 11 stride-1 suite shapes (``benchmarks/bench_kernels.py``, AMD Zen 4,
   1 thread) since it prefetches the next row's input and gradient into L2;
-  before, 1.19-1.30 at 64 channels 32x32 batch 32 in two of three runs. (A standalone depthwise forward kernel was also tried as the
-  forward and input-gradient steps: 1.06-1.7x oneDNN's time at 1 thread, so
-  not kept.)
+  before, 1.19-1.30 at 64 channels 32x32 batch 32 in two of three runs. (A
+  standalone depthwise forward kernel was also tried as the forward and
+  input-gradient steps: 1.06-1.7x oneDNN's time at 1 thread, and again after
+  the fused kernel's two-row window: 0.87-1.23x warm, a few per cent of a
+  training step at best; not kept, ``benchmarks/README.md``.)
 
 Each is faster on some layers and slower on others, so :func:`tune_training`
 times eager PyTorch and the engine on each convolution's own input shape and

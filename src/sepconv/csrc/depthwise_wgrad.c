@@ -36,8 +36,8 @@ static inline __attribute__((always_inline)) void wgrad_slide(const float *const
             gv[j] = j < nvalid ? _mm512_maskz_loadu_ps(k, g + (size_t)j * C + c) : _mm512_setzero_ps();
         /* the input row the next output row adds and that row's gradient, fetched into L2 while this row
          * computes: without the gradient's, and with the input's into L1 (T0), the kernel read its operands from
-         * DRAM at 8 GB/s (a third of a copy's bandwidth) and took 1.08 ms instead of 0.59 on a batch-32 16x16x128
-         * input (AMD Zen 4, caches flushed before each call; with the operands in cache 0.48 -> 0.27 ms) */
+         * DRAM at 8 GB/s (a third of a copy's bandwidth) and took 0.92 ms instead of 0.60 on a batch-32 16x16x128
+         * input (AMD Zen 4, caches flushed before each call; with the operands in cache 0.49 -> 0.27 ms) */
         if (prefetch_row) {
 #pragma GCC unroll 8
             for (int j = 0; j < WG_SLIDE; ++j)
