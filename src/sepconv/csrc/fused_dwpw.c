@@ -55,6 +55,41 @@ static inline __m512 act16(__m512 v, int act) {
 #define EDGE_MIN 2 /* border blocks of at least this many pixels take the sliding window */
 #endif
 
+/* The sliding window's shared pieces (always inlined: with a constant kernel width the arrays stay in registers).
+ * window_row: input vectors q = 0 .. SLIDE + KWC - 2 of one input row at columns iw0 + q, channels [c, c + 16) (row
+ * points at column 0, channel c), zero outside [q_lo, q_hi); nc == 16 takes plain loads (masked ones cost more on AMD
+ * Zen even with a full mask). window_fma: one kernel row's KWC taps (wrow: its weights at channel c) into SLIDE
+ * accumulators. prefetch_window: the SLIDE pixels from column iw0 of another row. */
+static inline __attribute__((always_inline)) void window_row(const float *row, int iw0, int C, int KWC, int q_lo,
+                                                             int q_hi, int nc, __mmask16 k, __m512 *in) {
+    if (nc == 16) {
+#pragma GCC unroll 16
+        for (int q = 0; q < SLIDE + KWC - 1; ++q)
+            in[q] = q >= q_lo && q < q_hi ? _mm512_loadu_ps(row + (ptrdiff_t)(iw0 + q) * C) : _mm512_setzero_ps();
+    } else {
+#pragma GCC unroll 16
+        for (int q = 0; q < SLIDE + KWC - 1; ++q)
+            in[q] = q >= q_lo && q < q_hi ? _mm512_maskz_loadu_ps(k, row + (ptrdiff_t)(iw0 + q) * C)
+                                          : _mm512_setzero_ps();
+    }
+}
+
+static inline __attribute__((always_inline)) void window_fma(const __m512 *in, const float *wrow, int C, int KWC,
+                                                             __mmask16 k, __m512 *acc) {
+#pragma GCC unroll 8
+    for (int kw = 0; kw < KWC; ++kw) {
+        __m512 wv = _mm512_maskz_loadu_ps(k, wrow + (size_t)kw * C);
+#pragma GCC unroll 16
+        for (int j = 0; j < SLIDE; ++j) acc[j] = _mm512_fmadd_ps(in[j + kw], wv, acc[j]);
+    }
+}
+
+static inline __attribute__((always_inline)) void prefetch_window(const float *row, int iw0, int C, int c) {
+    const float *next = row + (size_t)iw0 * C + c;
+#pragma GCC unroll 8
+    for (int j = 0; j < SLIDE; ++j) _mm_prefetch((const char *)(next + (size_t)j * C), _MM_HINT_T0);
+}
+
 /* SLIDE adjacent output pixels of one row, stride 1 and dilation 1, kernel width KWC (a constant after inlining,
  * so the window stays in registers): each kernel row's SLIDE + KWC - 1 input vectors are loaded once and shared by
  * the SLIDE outputs (KWC taps each), instead of loaded once per tap; SLIDE independent accumulators. Kernel rows
@@ -72,32 +107,11 @@ static inline __attribute__((always_inline)) void depthwise_slide(const float *x
         __m512 b = bdw ? _mm512_maskz_loadu_ps(k, bdw + c) : _mm512_setzero_ps();
         __m512 acc[SLIDE];
         for (int j = 0; j < SLIDE; ++j) acc[j] = b;
-        if (prefetch_row) { /* the input row the next output row adds: fetched while this one computes */
-            const float *next = prefetch_row + (size_t)iw0 * C + c;
-#pragma GCC unroll 8
-            for (int j = 0; j < SLIDE; ++j) _mm_prefetch((const char *)(next + (size_t)j * C), _MM_HINT_T0);
-        }
+        if (prefetch_row) prefetch_window(prefetch_row, iw0, C, c); /* the row the next output row adds */
         for (int kh = kh_lo; kh < kh_hi; ++kh) {
-            const float *row = x + (size_t)(ih0 + kh * dh) * W * C + c; /* input column 0 of this kernel row */
-            const float *wrow = wdw + (size_t)kh * KWC * C + c;
             __m512 in[SLIDE + 6];
-            if (nc == 16) { /* plain loads: masked ones cost more on AMD Zen even with a full mask */
-#pragma GCC unroll 16
-                for (int q = 0; q < SLIDE + KWC - 1; ++q)
-                    in[q] = q >= q_lo && q < q_hi ? _mm512_loadu_ps(row + (ptrdiff_t)(iw0 + q) * C)
-                                                  : _mm512_setzero_ps();
-            } else {
-#pragma GCC unroll 16
-                for (int q = 0; q < SLIDE + KWC - 1; ++q)
-                    in[q] = q >= q_lo && q < q_hi ? _mm512_maskz_loadu_ps(k, row + (ptrdiff_t)(iw0 + q) * C)
-                                                  : _mm512_setzero_ps();
-            }
-#pragma GCC unroll 8
-            for (int kw = 0; kw < KWC; ++kw) {
-                __m512 wv = _mm512_maskz_loadu_ps(k, wrow + (size_t)kw * C);
-#pragma GCC unroll 16
-                for (int j = 0; j < SLIDE; ++j) acc[j] = _mm512_fmadd_ps(in[j + kw], wv, acc[j]);
-            }
+            window_row(x + (size_t)(ih0 + kh * dh) * W * C + c, iw0, C, KWC, q_lo, q_hi, nc, k, in);
+            window_fma(in, wdw + (size_t)kh * KWC * C + c, C, KWC, k, acc);
         }
 #pragma GCC unroll 8
         for (int j = 0; j < SLIDE; ++j)
@@ -261,48 +275,13 @@ static inline __attribute__((always_inline)) void depthwise_slide2(const float *
         __m512 b = bdw ? _mm512_maskz_loadu_ps(k, bdw + c) : _mm512_setzero_ps();
         __m512 a0[SLIDE], a1[SLIDE];
         for (int j = 0; j < SLIDE; ++j) a0[j] = a1[j] = b;
-        if (pf0) {
-            const float *next = pf0 + (size_t)iw0 * C + c;
-#pragma GCC unroll 8
-            for (int j = 0; j < SLIDE; ++j) _mm_prefetch((const char *)(next + (size_t)j * C), _MM_HINT_T0);
-        }
-        if (pf1) {
-            const float *next = pf1 + (size_t)iw0 * C + c;
-#pragma GCC unroll 8
-            for (int j = 0; j < SLIDE; ++j) _mm_prefetch((const char *)(next + (size_t)j * C), _MM_HINT_T0);
-        }
+        if (pf0) prefetch_window(pf0, iw0, C, c);
+        if (pf1) prefetch_window(pf1, iw0, C, c);
         for (int r = r_lo; r < r_hi; ++r) {
-            const float *row = x + (size_t)(ih0 + r) * W * C + c;
             __m512 in[SLIDE + 4];
-            if (nc == 16) { /* plain loads: masked ones cost more on AMD Zen even with a full mask */
-#pragma GCC unroll 16
-                for (int q = 0; q < SLIDE + KWC - 1; ++q)
-                    in[q] = q >= q_lo && q < q_hi ? _mm512_loadu_ps(row + (ptrdiff_t)(iw0 + q) * C)
-                                                  : _mm512_setzero_ps();
-            } else {
-#pragma GCC unroll 16
-                for (int q = 0; q < SLIDE + KWC - 1; ++q)
-                    in[q] = q >= q_lo && q < q_hi ? _mm512_maskz_loadu_ps(k, row + (ptrdiff_t)(iw0 + q) * C)
-                                                  : _mm512_setzero_ps();
-            }
-            if (r < KH) {
-                const float *wrow = wdw + (size_t)r * KWC * C + c;
-#pragma GCC unroll 8
-                for (int kw = 0; kw < KWC; ++kw) {
-                    __m512 wv = _mm512_maskz_loadu_ps(k, wrow + (size_t)kw * C);
-#pragma GCC unroll 16
-                    for (int j = 0; j < SLIDE; ++j) a0[j] = _mm512_fmadd_ps(in[j + kw], wv, a0[j]);
-                }
-            }
-            if (r >= 1) {
-                const float *wrow = wdw + (size_t)(r - 1) * KWC * C + c;
-#pragma GCC unroll 8
-                for (int kw = 0; kw < KWC; ++kw) {
-                    __m512 wv = _mm512_maskz_loadu_ps(k, wrow + (size_t)kw * C);
-#pragma GCC unroll 16
-                    for (int j = 0; j < SLIDE; ++j) a1[j] = _mm512_fmadd_ps(in[j + kw], wv, a1[j]);
-                }
-            }
+            window_row(x + (size_t)(ih0 + r) * W * C + c, iw0, C, KWC, q_lo, q_hi, nc, k, in);
+            if (r < KH) window_fma(in, wdw + (size_t)r * KWC * C + c, C, KWC, k, a0);
+            if (r >= 1) window_fma(in, wdw + (size_t)(r - 1) * KWC * C + c, C, KWC, k, a1);
         }
 #pragma GCC unroll 8
         for (int j = 0; j < SLIDE; ++j)
