@@ -226,10 +226,10 @@ static inline __attribute__((always_inline)) void depthwise_slide_any(const floa
  * that fall in the zero padding are skipped. full: all nb blocks hold 16 channels (plain loads: masked ones cost
  * more on AMD Zen even with a full mask); else the last is masked. out: the pixel's tile row (stride >= C rounded
  * up to 16; masked-off lanes are stored as 0 or act(0)). */
-static inline __attribute__((always_inline)) void depthwise_pixel(const float *x, int H, int W, int C,
-                                                                  const float *wdw, const float *bdw, int KH, int KW,
-                                                                  int dh, int dw, int ih0, int iw0, int c, int nb,
-                                                                  int full, int act, float *out) {
+static inline __attribute__((always_inline)) void pixel_blocks(const float *x, int H, int W, int C,
+                                                               const float *wdw, const float *bdw, int KH, int KW,
+                                                               int dh, int dw, int ih0, int iw0, int c, int nb,
+                                                               int full, int act, float *out) {
     __m512 acc[4];
     __mmask16 km[4];
     for (int q = 0; q < nb; ++q) {
@@ -254,6 +254,15 @@ static inline __attribute__((always_inline)) void depthwise_pixel(const float *x
         }
     }
     for (int q = 0; q < nb; ++q) _mm512_store_ps(out + c + 16 * q, act16(acc[q], act));
+}
+
+/* One output pixel, all channels, any position (the taps in the zero padding skipped), four channel blocks at a
+ * time (pixel_blocks). */
+static inline void depthwise_pixel(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH,
+                                   int KW, int dh, int dw, int ih0, int iw0, int act, float *out) {
+    int c = 0;
+    for (; c + 64 <= C; c += 64) pixel_blocks(x, H, W, C, wdw, bdw, KH, KW, dh, dw, ih0, iw0, c, 4, 1, act, out);
+    if (c < C) pixel_blocks(x, H, W, C, wdw, bdw, KH, KW, dh, dw, ih0, iw0, c, (C - c + 15) / 16, 0, act, out);
 }
 /* Two adjacent output rows oh, oh + 1 at once (stride 1 and dilation 1 both ways, kernel width KWC a constant
  * after inlining), SLIDE pixels each: the KH + 1 input rows [ih0, ih0 + KH] are loaded once per channel block and
@@ -317,16 +326,10 @@ static void depthwise_row_pair(const float *x, int H, int W, int C, const float 
             if (KW == 3) depthwise_slide2(x, W, C, wdw, bdw, KH, r_lo, r_hi, 3, ih0, iw0, q_lo, q_hi, cnt, act, o0, o1, cp, NULL, NULL);
             else depthwise_slide2(x, W, C, wdw, bdw, KH, r_lo, r_hi, 5, ih0, iw0, q_lo, q_hi, cnt, act, o0, o1, cp, NULL, NULL);
         } else {
-            for (int j = 0; j < cnt; ++j)
-                for (int row = 0; row < 2; ++row) {
-                    float *out = (row ? o1 : o0) + (size_t)j * cp;
-                    int c = 0;
-                    for (; c + 64 <= C; c += 64)
-                        depthwise_pixel(x, H, W, C, wdw, bdw, KH, KW, 1, 1, ih0 + row, iw0 + j, c, 4, 1, act, out);
-                    if (c < C)
-                        depthwise_pixel(x, H, W, C, wdw, bdw, KH, KW, 1, 1, ih0 + row, iw0 + j, c, (C - c + 15) / 16, 0,
-                                        act, out);
-                }
+            for (int j = 0; j < cnt; ++j) {
+                depthwise_pixel(x, H, W, C, wdw, bdw, KH, KW, 1, 1, ih0, iw0 + j, act, o0 + (size_t)j * cp);
+                depthwise_pixel(x, H, W, C, wdw, bdw, KH, KW, 1, 1, ih0 + 1, iw0 + j, act, o1 + (size_t)j * cp);
+            }
         }
     }
 }
@@ -434,10 +437,7 @@ static void depthwise_run(const float *x, int H, int W, int C, const float *wdw,
         /* one pixel, any position (border pixels skip the taps that fall in the zero padding), four channel blocks
          * at once: four independent chains of FMAs (one chain waits on the FMA latency, which made these pixels ~4x
          * slower than interior ones; they are 18 % of a 32x32 image's) */
-        float *out = t + (size_t)i * cp;
-        int c = 0;
-        for (; c + 64 <= C; c += 64) depthwise_pixel(x, H, W, C, wdw, bdw, KH, KW, dh, dw, ih0, iw0, c, 4, 1, act, out);
-        if (c < C) depthwise_pixel(x, H, W, C, wdw, bdw, KH, KW, dh, dw, ih0, iw0, c, (C - c + 15) / 16, 0, act, out);
+        depthwise_pixel(x, H, W, C, wdw, bdw, KH, KW, dh, dw, ih0, iw0, act, t + (size_t)i * cp);
         ++i;
         if (++ow == Wo) { ow = 0; ++oh; }
     }
