@@ -129,6 +129,35 @@ def test_bench_cli_smoke(tmp_path, capsys):
     assert main(["bench", "--suite", "none", "--shape", "4x8"]) == 2
     assert "--shape must be CINxCOUTxSIZE" in capsys.readouterr().err
     assert main(["bench", "--suite", "none"]) == 2
+    assert main(["bench", "--suite", "vgg_blocks", "--suite-batch", "0"]) == 2
+    assert "--suite-batch must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_bench_device_and_dtype_errors(capsys):
+    assert main(["bench", "--suite", "none", "--shape", "4x8x8", "--device", "gpu"]) == 2
+    assert "--device must be cpu, cuda or cuda:N, got 'gpu'" in capsys.readouterr().err
+    assert main(["bench", "--suite", "none", "--shape", "4x8x8", "--dtype", "float16"]) == 2
+    assert "--dtype float16 needs --device cuda" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "--suite", "none", "--shape", "4x8x8", "--device", "cuda"]) == 2
+        assert "no CUDA device is available" in capsys.readouterr().err
+    else:
+        assert main(["bench", "--suite", "none", "--shape", "4x8x8", "--device", "cuda:99"]) == 2
+        assert "CUDA device(s)" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bench_on_cuda_times_the_triton_kernel_as_the_fused_engine(tmp_path):
+    from sepconv.fused_triton import triton_fused_available
+
+    assert main(["bench", "--suite", "none", "--shape", "32x64x28", "--batch", "8", "--rounds", "2", "--quick",
+                 "--device", "cuda", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "bench.json").read_text())
+    assert record["machine"]["device"] == "cuda" and record["machine"]["gpu"]
+    case = record["cases"][0]
+    assert case["train_realized"] > 0 and "train_realized_best" not in case  # no CPU training engines on CUDA
+    if triton_fused_available():
+        assert case["fused_separable_ms"] > 0 and "realized_best" in case
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc malloc only")

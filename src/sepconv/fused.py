@@ -105,6 +105,19 @@ def _activation_code(activation: Optional[nn.Module], name: str) -> int:
 
 def fusable(depthwise: nn.Module, pointwise: nn.Module) -> Optional[str]:
     """None if :class:`FusedSeparableConv2d` can run this pair, else the reason it cannot."""
+    reason = fusable_pair(depthwise, pointwise)
+    if reason is not None:
+        return reason
+    for conv in (depthwise, pointwise):
+        if conv.weight.dtype != torch.float32 or conv.weight.device.type != "cpu":
+            return f"float32 CPU weights only, got {conv.weight.dtype} on {conv.weight.device}"
+    return None
+
+
+def fusable_pair(depthwise: nn.Module, pointwise: nn.Module) -> Optional[str]:
+    """None if the two convolutions have the structure a fused depthwise -> pointwise kernel computes (this
+    module's for the CPU, :mod:`sepconv.fused_triton`'s for CUDA), else the reason they have not; dtype and
+    device are each engine's own check."""
     if not (isinstance(depthwise, nn.Conv2d) and isinstance(pointwise, nn.Conv2d)):
         return "both steps must be nn.Conv2d"
     c = depthwise.in_channels
@@ -116,9 +129,6 @@ def fusable(depthwise: nn.Module, pointwise: nn.Module) -> Optional[str]:
     if (pointwise.kernel_size != (1, 1) or pointwise.stride != (1, 1) or pointwise.groups != 1
             or pointwise.in_channels != c or tuple(pointwise.padding) != (0, 0)):
         return f"the pointwise step must be a 1x1, stride-1, ungrouped, unpadded conv from {c} channels, got {pointwise}"
-    for conv in (depthwise, pointwise):
-        if conv.weight.dtype != torch.float32 or conv.weight.device.type != "cpu":
-            return f"float32 CPU weights only, got {conv.weight.dtype} on {conv.weight.device}"
     return None
 
 

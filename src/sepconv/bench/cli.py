@@ -6,6 +6,25 @@ import argparse
 import re
 
 
+#: ``--dtype`` names.
+DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def parse_device(name: str):
+    """``--device``: ``cpu``, ``cuda`` or ``cuda:N``, the CUDA ones only where a CUDA device is present."""
+    import torch
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA device is available here (torch {torch.__version__})")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def parse_case(text: str, batch: int):
     """``CINxCOUTxSIZE[xK[xSTRIDE]]`` (e.g. ``64x128x56x3x2``) -> a benchmark Case."""
     from .suites import _case
@@ -32,9 +51,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="built-in shapes: MobileNetV1 body at 224x224 batch 1, the seeds' VGG-block layers at batch 32")
     p.add_argument("--shape", action="append", default=[], help="extra shape CINxCOUTxSIZE[xK[xSTRIDE]] (repeatable)")
     p.add_argument("--batch", type=int, default=1, help="batch size of --shape cases (default 1)")
+    p.add_argument("--suite-batch", type=int, default=None,
+                   help="batch size of the built-in suites (default: theirs, 1 for MobileNetV1 and 32 for the VGG "
+                        "blocks; a GPU needs larger batches to be busy)")
     p.add_argument("--rounds", type=int, default=11, help="interleaved timing rounds (default 11)")
     p.add_argument("--no-backward", action="store_true", help="forward only")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda or cuda:N; on CUDA cuDNN picks its fastest algorithm per shape "
+                        "(torch.backends.cudnn.benchmark) and the fused engine is sepconv.fused_triton's kernel")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                   help="float32 (default; on CUDA with TF32 as PyTorch's convolutions use it by default), "
+                        "or float16/bfloat16 (CUDA only)")
     p.add_argument("--out", default=None, help="directory for bench.json and bench.png")
     p.add_argument("--quick", action="store_true", help="tiny run (3 rounds, first case of each suite): a smoke test")
     p.add_argument("--keep-freed-memory", action="store_true",
@@ -58,10 +86,19 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if args.suite_batch is not None and args.suite_batch < 1:
+        raise ValueError(f"--suite-batch must be >= 1, got {args.suite_batch}")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    device = parse_device(args.device)
+    dtype = getattr(torch, DTYPES[args.dtype])
+    if dtype != torch.float32 and device.type != "cuda":
+        raise ValueError(f"--dtype {args.dtype} needs --device cuda (on the CPU the suite times float32)")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # the standard convolution at cuDNN's fastest algorithm, as users run it
     if args.keep_freed_memory:
         from ..train_engine import keep_freed_memory
 
@@ -69,21 +106,29 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--keep-freed-memory needs glibc's malloc (Linux); this C library is another")
     cases = []
     for name in (SUITES if args.suite == "all" else [] if args.suite == "none" else [args.suite]):
-        suite = SUITES[name]()
+        suite = SUITES[name]() if args.suite_batch is None else SUITES[name](batch=args.suite_batch)
         cases += suite[:1] if args.quick else suite
     cases += [parse_case(s, args.batch) for s in args.shape]
     if not cases:
         raise ValueError("nothing to measure: choose a --suite or give --shape")
     rounds = 3 if args.quick else args.rounds
-    roof = measure_roofline(rounds=3 if args.quick else 7, matmul_n=1024 if args.quick else 2048,
-                            copy_mib=64 if args.quick else 256)
+    roof = measure_roofline(device, rounds=3 if args.quick else 7,
+                            matmul_n=1024 if args.quick else (8192 if device.type == "cuda" else 2048),
+                            copy_mib=64 if args.quick else (1024 if device.type == "cuda" else 256), dtype=dtype)
     info = machine_info()
-    print(f"{info['cpu']}, {info['torch_threads']} threads, torch {info['torch']}; measured peak "
+    info.update(device=str(device), dtype=args.dtype)
+    if device.type == "cuda":
+        info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version(), tf32=bool(torch.backends.cudnn.allow_tf32))
+    where = (f"{info['gpu']} (CUDA {info['cuda']}, cuDNN {info['cudnn']}, {args.dtype}"
+             + (", TF32 allowed" if dtype == torch.float32 and info["tf32"] else "") + ")"
+             if device.type == "cuda" else f"{info['cpu']}, {info['torch_threads']} threads")
+    print(f"{where}, torch {info['torch']}; measured peak "
           f"{roof.peak_flops / 1e9:.1f} GFLOP/s"
           + (f" (torch.mm: {roof.torch_peak_flops / 1e9:.1f})" if roof.torch_peak_flops is not None else "")
-          + f", bandwidth {roof.bandwidth / 1e9:.1f} GB/s (float32)"
+          + f", bandwidth {roof.bandwidth / 1e9:.1f} GB/s"
           + ("; freed memory kept (sepconv.keep_freed_memory)" if info["freed_memory_kept"] else ""))
-    info["engines"] = engines_info()
+    info["engines"] = engines_info(device)
     print("engines: " + "; ".join(f"{k}: {v}" for k, v in info["engines"].items()))
     rows = []
     header = ("case", "MAC ratio", "std ms", "sep ms", "speedup", "theory", "roofline", "realized", "train realized",
@@ -91,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
               "oneDNN realized", "best realized", "best engines", "GEMM ceiling", "train GEMM ceiling", "DW %MACs", "DW %time",
               "DW roofline", "PW roofline")
     for case in cases:
-        result = run_case(case, roof, rounds=rounds, backward=not args.no_backward)
+        result = run_case(case, roof, rounds=rounds, backward=not args.no_backward, device=device, dtype=dtype)
         s = result.summary()
         dw_macs = separable_dw_share(case)
         s["dw_mac_share"] = dw_macs
@@ -135,8 +180,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def engines_info() -> dict:
-    """Which of sepconv's engines this run could time, and why not where it could not."""
+def engines_info(device=None) -> dict:
+    """Which of sepconv's engines this run could time on ``device`` (default CPU), and why not where it could not."""
+    if device is not None and device.type == "cuda":
+        from ..fused_triton import triton_fused_unavailable_reason
+
+        reason = triton_fused_unavailable_reason()
+        return {"fused": "available, Triton" if reason is None else f"unavailable: {reason}",
+                "onednn": "unavailable: CPU only"}
     from ..fused import fused_available, fused_unavailable_reason, fused_uses_avx512
     from ..onednn import onednn_available
 

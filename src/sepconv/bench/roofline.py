@@ -44,18 +44,31 @@ class Roofline:
 
 
 def measure_roofline(device: torch.device = torch.device("cpu"), matmul_n: int = 2048,
-                     copy_mib: int = 256, rounds: int = 7) -> Roofline:
-    """Measure peak float32 FLOP/s (``matmul_n``-square matmul) and bandwidth (copy of ``copy_mib`` MiB)."""
-    a = torch.randn(matmul_n, matmul_n, device=device)
-    b = torch.randn(matmul_n, matmul_n, device=device)
-    out = torch.empty(matmul_n, matmul_n, device=device)
+                     copy_mib: int = 256, rounds: int = 7, dtype: torch.dtype = torch.float32) -> Roofline:
+    """Measure peak FLOP/s (``matmul_n``-square matmul in ``dtype``) and bandwidth (copy of ``copy_mib`` MiB).
+
+    On CUDA a float32 matmul is timed with TF32 tensor cores exactly when
+    ``torch.backends.cudnn.allow_tf32`` is True (PyTorch's default for
+    convolutions, not for matmuls): the compute roof is then the one the
+    convolutions being compared can reach.
+    """
+    device = torch.device(device)
+    a = torch.randn(matmul_n, matmul_n, device=device, dtype=dtype)
+    b = torch.randn(matmul_n, matmul_n, device=device, dtype=dtype)
+    out = torch.empty(matmul_n, matmul_n, device=device, dtype=dtype)
     src = torch.empty(copy_mib * 2**20 // 4, device=device).fill_(1.0)
     dst = torch.empty_like(src)
     candidates = {"matmul": lambda: torch.mm(a, b, out=out), "copy": lambda: dst.copy_(src)}
-    ort = _onnxruntime_matmul(a, b) if device.type == "cpu" else None
+    ort = _onnxruntime_matmul(a, b) if device.type == "cpu" and dtype == torch.float32 else None
     if ort is not None:
         candidates["ort_matmul"] = ort
-    t = interleaved(candidates, rounds=rounds, target_s=0.05, device=device)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
+        t = interleaved(candidates, rounds=rounds, target_s=0.05, device=device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     flops = 2 * matmul_n**3
     moved = 2 * src.numel() * src.element_size()  # read + write
     torch_peak = flops / t["matmul"].median

@@ -157,20 +157,23 @@ class CaseResult:
         if f"standard/{ONEDNN}" in self.forward:
             o_std, o_sep = self.forward[f"standard/{ONEDNN}"].median, self.forward[f"separable/{ONEDNN}"].median
             o_dw, o_pw = self.forward[f"depthwise/{ONEDNN}"].median, self.forward[f"pointwise/{ONEDNN}"].median
-            best_std_engine, b_std = self._best(self.forward, "standard")
-            best_sep_engine, b_sep = self._best(self.forward, "separable")
             out.update({
                 "onednn_standard_ms": 1e3 * o_std, "onednn_separable_ms": 1e3 * o_sep,
                 "onednn_speedup": o_std / o_sep, "realized_onednn": (o_std / o_sep) * self.mac_ratio,
                 "onednn_dw_ms": 1e3 * o_dw, "onednn_pw_ms": 1e3 * o_pw,
                 "onednn_dw_roofline_fraction": self.stage_bounds_s["depthwise"] / o_dw,
                 "onednn_pw_roofline_fraction": self.stage_bounds_s["pointwise"] / o_pw,
+            })
+        if f"separable/{FUSED}" in self.forward:
+            out["fused_separable_ms"] = 1e3 * self.forward[f"separable/{FUSED}"].median
+        if f"standard/{ONEDNN}" in self.forward or f"separable/{FUSED}" in self.forward:
+            best_std_engine, b_std = self._best(self.forward, "standard")
+            best_sep_engine, b_sep = self._best(self.forward, "separable")
+            out.update({
                 "best_standard_ms": 1e3 * b_std, "best_standard_engine": best_std_engine,
                 "best_separable_ms": 1e3 * b_sep, "best_separable_engine": best_sep_engine,
                 "best_speedup": b_std / b_sep, "realized_best": (b_std / b_sep) * self.mac_ratio,
             })
-        if f"separable/{FUSED}" in self.forward:
-            out["fused_separable_ms"] = 1e3 * self.forward[f"separable/{FUSED}"].median
         if self.macs:
             _, t_pw = self._best(self.forward, "pointwise")
             _, t_std_best = self._best(self.forward, "standard")
@@ -195,24 +198,32 @@ class CaseResult:
 
 
 def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = True, target_s: float = 0.02,
-             onednn: Optional[bool] = None, fused: Optional[bool] = None) -> CaseResult:
-    """Time the standard and separable convolutions of ``case`` side by side (CPU, float32).
+             onednn: Optional[bool] = None, fused: Optional[bool] = None, device: torch.device | str = "cpu",
+             dtype: torch.dtype = torch.float32) -> CaseResult:
+    """Time the standard and separable convolutions of ``case`` side by side on ``device`` in ``dtype``.
 
     ``onednn`` adds the packed-oneDNN inference engine to the forward timings
-    (default: when :func:`sepconv.onednn.onednn_available`), ``fused`` the
-    fused depthwise->pointwise kernel for the separable layer (default: when
-    :func:`sepconv.fused.fused_available`).
+    (CPU only; default: when :func:`sepconv.onednn.onednn_available`),
+    ``fused`` the fused depthwise->pointwise kernel for the separable layer
+    (default: when available: on the CPU :func:`sepconv.fused.fused_available`,
+    on CUDA the Triton kernel, :func:`sepconv.fused_triton.triton_fused_available`).
+    On CUDA the training step is timed on eager PyTorch only
+    (:func:`sepconv.tune_training`'s engines are CPU kernels).
     """
     from ..onednn import PackedConv2d, onednn_available
 
+    device = torch.device(device)
+    cpu = device.type == "cpu"
     if onednn is None:
-        onednn = onednn_available()
+        onednn = cpu and onednn_available()
+    if onednn and not (cpu and dtype == torch.float32):
+        raise ValueError(f"run_case: the onednn engine needs float32 on the CPU, got {dtype} on {device}")
     spec = case.spec
     torch.manual_seed(0)
-    x = torch.randn(case.batch, spec.in_channels, *case.size)
-    std = _layouts(lambda: conv_module(spec)[0], x)
+    x = torch.randn(case.batch, spec.in_channels, *case.size).to(device, dtype)
+    std = _layouts(lambda: conv_module(spec)[0].to(device, dtype), x)
     sep = _layouts(lambda: SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride,
-                                           spec.padding, bias=False), x)
+                                           spec.padding, bias=False).to(device, dtype), x)
     forward: dict[str, Callable[[], object]] = {}
     mids: dict[str, torch.Tensor] = {}  # the depthwise output per layout: the 1x1 step's input
     for layout in EAGER_LAYOUTS:
@@ -231,16 +242,16 @@ def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = 
         forward[f"separable/{ONEDNN}"] = inference_call(nn.Sequential(m.pad, packed_dw, packed_pw), xi)
         forward[f"depthwise/{ONEDNN}"] = inference_call(nn.Sequential(m.pad, packed_dw), xi)
         forward[f"pointwise/{ONEDNN}"] = inference_call(packed_pw, mid)
+    if cpu:
+        from ..fused import FusedSeparableConv2d as Fused, fused_available as fused_here
+    else:
+        from ..fused_triton import TritonFusedSeparableConv2d as Fused, triton_fused_available as fused_here
     if fused is None:
-        from ..fused import fused_available
-
-        fused = fused_available()
+        fused = fused_here() and (not cpu or dtype == torch.float32)
     if fused:
-        from ..fused import FusedSeparableConv2d
-
         m, xi = sep["nhwc"]
-        forward[f"separable/{FUSED}"] = inference_call(FusedSeparableConv2d(m.depthwise, m.pointwise, pad=m.pad), xi)
-    fwd = interleaved(forward, rounds=rounds, target_s=target_s)
+        forward[f"separable/{FUSED}"] = inference_call(Fused(m.depthwise, m.pointwise, pad=m.pad), xi)
+    fwd = interleaved(forward, rounds=rounds, target_s=target_s, device=device)
     bwd = None
     if backward:
         train: dict[str, Callable[[], object]] = {}
@@ -248,20 +259,22 @@ def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = 
             for label, pair in (("standard", std), ("separable", sep)):
                 m, xi = pair[layout]
                 train[f"{label}/{layout}"] = _train_step(m.train(), xi.detach().clone().requires_grad_(True))
-        from ..train_engine import tune_training
-
         m, xi = sep["nhwc"]
-        tuned = copy.deepcopy(m).train()
-        tune_training(tuned, xi)
-        train[f"separable/{TUNED}"] = _train_step(tuned, xi.detach().clone().requires_grad_(True))
+        pointwise_steps = [("nchw", sep["nchw"][0].pointwise, mids["nchw"]), ("nhwc", m.pointwise, mids["nhwc"])]
+        if cpu:
+            from ..train_engine import tune_training
+
+            tuned = copy.deepcopy(m).train()
+            tune_training(tuned, xi)
+            train[f"separable/{TUNED}"] = _train_step(tuned, xi.detach().clone().requires_grad_(True))
+            pointwise_steps.append((TUNED, tuned.pointwise, mids["nhwc"]))
         # the 1x1 step's forward+backward alone, on the depthwise output (its input gradient included, as in the
         # layer): what training would cost if the depthwise step were free (train_gemm_ceiling)
-        for layout, pointwise, mid in (("nchw", sep["nchw"][0].pointwise, mids["nchw"]),
-                                       ("nhwc", m.pointwise, mids["nhwc"]), (TUNED, tuned.pointwise, mids["nhwc"])):
+        for layout, pointwise, mid in pointwise_steps:
             train[f"pointwise/{layout}"] = _train_step(pointwise.train(), mid.detach().clone().requires_grad_(True))
-        bwd = interleaved(train, rounds=rounds, target_s=target_s)
-    std_cost = conv_cost(spec, case.size, batch=case.batch)
-    sep_cost = separable_cost(spec, case.size, batch=case.batch)
+        bwd = interleaved(train, rounds=rounds, target_s=target_s, device=device)
+    std_cost = conv_cost(spec, case.size, batch=case.batch, dtype=dtype)
+    sep_cost = separable_cost(spec, case.size, batch=case.batch, dtype=dtype)
     bounds = {stage.name: roofline.bound_s(stage.flops, stage.bytes) for stage in sep_cost.stages}
     std_bound = roofline.bound_s(std_cost.flops, std_cost.bytes)
     macs = {"standard": std_cost.macs, **{stage.name: stage.macs for stage in sep_cost.stages}}
