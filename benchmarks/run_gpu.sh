@@ -13,7 +13,7 @@ LOG="$OUT/log.txt"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv
     python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'triton', triton.__version__)"
     echo "== tests on CUDA"
-    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_fused_triton.py \
+    timeout 150 python3 -m pytest -q -p no:cacheprovider ${SEPCONV_GPU_TESTS-tests/test_fused_triton.py} \
         tests/test_bench.py::test_bench_on_cuda_times_the_triton_kernel_as_the_fused_engine \
         tests/test_bench.py::test_bench_device_and_dtype_errors tests/test_compare.py::test_cuda_mixed_precision_run
     echo "== bench float32 (TF32 as PyTorch's convolutions default to), the suites at their batch sizes"

@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     if dtype != torch.float32 and device.type != "cuda":
         raise ValueError(f"--dtype {args.dtype} needs --device cuda (on the CPU the suite times float32)")
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        if device.index is not None:
+            torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # the standard convolution at cuDNN's fastest algorithm, as users run it
     if args.keep_freed_memory:
         from ..train_engine import keep_freed_memory
