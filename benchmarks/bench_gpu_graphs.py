@@ -1,0 +1,127 @@
+"""GPU-side time of the standard, separable and fused layers: each timed as a CUDA graph of repeated calls.
+
+``sepconv bench --device cuda`` times calls as a PyTorch user makes them; on
+a large GPU the suite's layers (batch 1-32) take 20-100 us per call, which
+is the host's launch and dispatch cost more than the GPU's work. Here each
+candidate's forward is captured ``--repeat`` times into one CUDA graph and
+the graph's replay is timed (interleaved rounds, medians), so the launch
+cost is paid once per ``--repeat`` calls: what is left is the GPU's time per
+call. Forward only (inference), float32 (TF32 as PyTorch's convolutions
+default to) or ``--dtype bfloat16``.
+
+    python benchmarks/bench_gpu_graphs.py --batch 32 --batch 256 --out results/gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import traceback
+
+import torch
+
+from sepconv.bench import mobilenet_v1_suite, vgg_blocks_suite
+from sepconv.bench.roofline import measure_roofline
+from sepconv.bench.timing import interleaved, machine_info
+from sepconv.cost import conv_cost, separable_cost
+from sepconv.fused_triton import TritonFusedSeparableConv2d
+from sepconv.layers import SeparableConv2d
+from sepconv.layers._common import conv_module
+
+
+def graphed(fn, repeat: int):
+    """``fn`` run ``repeat`` times, captured in one CUDA graph; returns the graph's replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(3):  # warm-up outside the capture: cuDNN's algorithm search, Triton's block-shape choice
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        for _ in range(repeat):
+            fn()
+    return graph.replay
+
+
+def fused_bound_s(case, roof, dtype) -> float:
+    """Roofline bound of a fused separable layer: the separable FLOPs, and only the input, output and weights moved."""
+    sep = separable_cost(case.spec, case.size, batch=case.batch, dtype=dtype)
+    dw, pw = sep.stages
+    moved = dw.input_bytes + pw.output_bytes + dw.weight_bytes + pw.weight_bytes
+    return roof.bound_s(sep.flops, moved)
+
+
+def run(case, roof, dtype, repeat, rounds):
+    spec = case.spec
+    torch.manual_seed(0)
+    x = torch.randn(case.batch, spec.in_channels, *case.size, device="cuda", dtype=dtype)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    std = conv_module(spec)[0].to("cuda", dtype).eval()
+    sep = SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
+                          bias=False).to("cuda", dtype).eval()
+    std_l = conv_module(spec)[0].to("cuda", dtype).to(memory_format=torch.channels_last).eval()
+    sep_l = SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
+                            bias=False).to("cuda", dtype).to(memory_format=torch.channels_last).eval()
+    fused = TritonFusedSeparableConv2d(sep_l.depthwise, sep_l.pointwise, pad=sep_l.pad)
+    fns = {"standard/nchw": lambda: std(x), "standard/nhwc": lambda: std_l(xl),
+           "separable/nchw": lambda: sep(x), "separable/nhwc": lambda: sep_l(xl), "separable/fused": lambda: fused(xl)}
+    replays = {name: graphed(fn, repeat) for name, fn in fns.items()}
+    t = interleaved(replays, rounds=rounds, target_s=0.02, device=torch.device("cuda"))
+    ms = {name: 1e3 * v.median / repeat for name, v in t.items()}
+    std_cost = conv_cost(spec, case.size, batch=case.batch, dtype=dtype)
+    sep_cost = separable_cost(spec, case.size, batch=case.batch, dtype=dtype)
+    mac_ratio = sep_cost.macs / std_cost.macs
+    best_std = min(ms["standard/nchw"], ms["standard/nhwc"])
+    eager_sep = min(ms["separable/nchw"], ms["separable/nhwc"])
+    std_bound = roof.bound_s(std_cost.flops, std_cost.bytes)
+    sep_bound = sum(roof.bound_s(s.flops, s.bytes) for s in sep_cost.stages)
+    return {"case": case.name, "batch": case.batch, "mac_ratio": mac_ratio, "ms": ms,
+            "realized_eager": best_std / eager_sep * mac_ratio,
+            "realized_fused": best_std / ms["separable/fused"] * mac_ratio,
+            "fused_vs_eager_separable": eager_sep / ms["separable/fused"],
+            "roofline_realized_unfused": std_bound / sep_bound * mac_ratio,
+            "roofline_realized_fused": std_bound / fused_bound_s(case, roof, dtype) * mac_ratio,
+            "fused_config": [list(c) for c in fused.configs.values()]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, action="append", help="suite batch sizes (repeatable; default 32)")
+    p.add_argument("--suite", choices=("vgg_blocks", "mobilenet_v1", "all"), default="all")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--repeat", type=int, default=20, help="calls per graph (default 20)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        p.error("needs a CUDA device")
+    torch.backends.cudnn.benchmark = True
+    dtype = getattr(torch, args.dtype)
+    roof = measure_roofline(torch.device("cuda"), matmul_n=8192, copy_mib=1024, rounds=5, dtype=dtype)
+    info = machine_info()
+    info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                dtype=args.dtype, tf32=bool(torch.backends.cudnn.allow_tf32), repeat=args.repeat)
+    rows = []
+    for batch in args.batch or [32]:
+        cases = ((vgg_blocks_suite(batch=batch) if args.suite in ("vgg_blocks", "all") else [])
+                 + (mobilenet_v1_suite(batch=batch) if args.suite in ("mobilenet_v1", "all") else []))
+        for case in cases:
+            try:
+                r = run(case, roof, dtype, args.repeat, args.rounds)
+            except Exception:  # one case failing leaves the others' numbers
+                traceback.print_exc()
+                continue
+            rows.append(r)
+            ms = r["ms"]
+            print(f"{case.name:24s} b{batch:<4d} std {min(ms['standard/nchw'], ms['standard/nhwc']):8.4f} ms  "
+                  f"sep {min(ms['separable/nchw'], ms['separable/nhwc']):8.4f}  fused {ms['separable/fused']:8.4f}  "
+                  f"realized eager {r['realized_eager']:.2f} fused {r['realized_fused']:.2f}  roofline ceiling "
+                  f"unfused {r['roofline_realized_unfused']:.2f} fused {r['roofline_realized_fused']:.2f}", flush=True)
+            if args.out:  # after each case: a run stopped early keeps what it measured
+                with open(args.out, "w") as handle:
+                    json.dump({"machine": info, "roofline": roof.as_dict(), "cases": rows}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
