@@ -21,6 +21,7 @@ import traceback
 import torch
 
 from sepconv.bench import mobilenet_v1_suite, vgg_blocks_suite
+from sepconv.bench.suites import fused_bound_s
 from sepconv.bench.roofline import measure_roofline
 from sepconv.bench.timing import interleaved, machine_info
 from sepconv.cost import conv_cost, separable_cost
@@ -42,14 +43,6 @@ def graphed(fn, repeat: int):
         for _ in range(repeat):
             fn()
     return graph.replay
-
-
-def fused_bound_s(case, roof, dtype) -> float:
-    """Roofline bound of a fused separable layer: the separable FLOPs, and only the input, output and weights moved."""
-    sep = separable_cost(case.spec, case.size, batch=case.batch, dtype=dtype)
-    dw, pw = sep.stages
-    moved = dw.input_bytes + pw.output_bytes + dw.weight_bytes + pw.weight_bytes
-    return roof.bound_s(sep.flops, moved)
 
 
 def run(case, roof, dtype, repeat, rounds):

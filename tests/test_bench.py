@@ -101,6 +101,12 @@ def test_run_case_reports_consistent_ratios():
     stages = separable_cost(case.spec, case.size, batch=2).stages
     sep_bound = sum(max(st.flops / 1e10, st.bytes / 1e9) for st in stages)
     assert s["roofline_speedup"] == pytest.approx(std_bound / sep_bound)
+    # a fused kernel's bound: all the FLOPs, but only the input, output and weights moved (float32)
+    spec = case.spec
+    moved = 4 * (2 * 4 * 8 * 8 + 4 * 9 + 8 * 4 + 2 * 8 * 4 * 4)  # input 2x4x8x8, dw 4x3x3, pw 8x4, output 2x8x4x4
+    fused_bound = max(2 * sum(st.macs for st in stages) / 1e10, moved / 1e9)
+    assert (spec.in_channels, spec.out_channels, case.size) == (4, 8, (8, 8))
+    assert s["fused_roofline_ceiling"] == pytest.approx(std_bound / fused_bound * s["mac_ratio"])
     # the GEMM ceiling: the fastest 1x1 step's MAC rate over the fastest standard convolution's, times the
     # separable layer's MACs per 1x1 MAC, recomputed from the raw timings and the cost module's counts
     stage = {st.name: st.macs for st in stages}

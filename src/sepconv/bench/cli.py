@@ -132,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     info["engines"] = engines_info(device)
     print("engines: " + "; ".join(f"{k}: {v}" for k, v in info["engines"].items()))
     rows = []
-    header = ("case", "MAC ratio", "std ms", "sep ms", "speedup", "theory", "roofline", "realized", "train realized",
+    header = ("case", "MAC ratio", "std ms", "sep ms", "speedup", "theory", "roofline", "fused roofline", "realized",
+              "train realized",
               "train best",
               "oneDNN realized", "best realized", "best engines", "GEMM ceiling", "train GEMM ceiling", "DW %MACs", "DW %time",
               "DW roofline", "PW roofline")
@@ -148,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     table = [header] + [(
         r["case"], f"{r['mac_ratio']:.3f}", f"{r['standard_ms']:.3f}", f"{r['separable_ms']:.3f}",
         f"{r['speedup']:.2f}x", f"{r['theoretical_speedup']:.2f}x", f"{r['roofline_speedup']:.2f}x",
+        f"{r['fused_roofline_ceiling']:.2f}",
         f"{r['realized']:.2f}", "-" if "train_realized" not in r else f"{r['train_realized']:.2f}",
         "-" if "train_realized_best" not in r else f"{r['train_realized_best']:.2f}",
         "-" if "realized_onednn" not in r else f"{r['realized_onednn']:.2f}",
@@ -162,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(t, widths))))
     print("medians of interleaved rounds; std/sep ms, speedup, realized: eager PyTorch, each side at its faster layout "
           "(NCHW or channels-last); theory = MAC ratio; roofline = the speedup the two roofline bounds allow; "
+          "fused roofline = the realized ratio a fused depthwise->pointwise kernel could reach at its roofline bound "
+          "(its FLOPs; input, output and weights through memory) against the standard convolution's; "
           "realized = speedup / theory; oneDNN = both sides as packed oneDNN convolutions (sepconv.onednn, "
           "inference); best = each side on its fastest engine (standard/separable; 'fused' = sepconv.fused's "
           "depthwise->pointwise kernel); train best = forward+backward of the separable layer on eager "
