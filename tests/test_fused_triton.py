@@ -38,6 +38,7 @@ def ieee_float32():
         torch.backends.cudnn.allow_tf32 = previous
 
 
+@torch.no_grad()
 def reference(x, dw, pw, dw_act, pw_act):
     d = lambda t: None if t is None else t.double()  # noqa: E731
     mid = ACTS[dw_act][1](F.conv2d(x.double(), d(dw.weight), d(dw.bias), dw.stride, dw.padding, dw.dilation, dw.groups))
