@@ -132,7 +132,57 @@ def fusable_pair(depthwise: nn.Module, pointwise: nn.Module) -> Optional[str]:
     return None
 
 
-class FusedSeparableConv2d(nn.Module):
+class FusedPair(nn.Module):
+    """What the fused engines share (this module's CPU kernel, :mod:`sepconv.fused_triton`'s GPU one): the pair's
+    geometry and activations, the ``pad`` module, the depthwise weight as ``[KH][KW][C]`` (one tap's weights for a
+    run of channels contiguous), the biases, the output size and the checks of an input."""
+
+    def __init__(self, depthwise: nn.Conv2d, pointwise: nn.Conv2d, dw_activation: Optional[nn.Module],
+                 pw_activation: Optional[nn.Module], pad: Optional[nn.Module]) -> None:
+        super().__init__()
+        c, cout = depthwise.in_channels, pointwise.out_channels
+        kh, kw = depthwise.kernel_size
+        self.in_channels, self.out_channels = c, cout
+        self.kernel_size, self.stride = (kh, kw), tuple(depthwise.stride)
+        self.padding, self.dilation = tuple(depthwise.padding), tuple(depthwise.dilation)
+        self.dw_act = _activation_code(dw_activation, "dw_activation")
+        self.pw_act = _activation_code(pw_activation, "pw_activation")
+        self.pad = pad if pad is not None and not isinstance(pad, nn.Identity) else None
+        with torch.no_grad():
+            self.register_buffer("dw_weight", depthwise.weight.detach().reshape(c, kh, kw).permute(1, 2, 0).contiguous())
+            self.register_buffer("dw_bias", None if depthwise.bias is None else depthwise.bias.detach().clone())
+            self.register_buffer("pw_bias", None if pointwise.bias is None else pointwise.bias.detach().clone())
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """Output rows and columns for an already padded ``h`` x ``w`` input (``ValueError`` when there are none)."""
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        ho, wo = output_size_1d(h, kh, sh, dh, (ph, ph)), output_size_1d(w, kw, sw, dw, (pw, pw))
+        if ho < 1 or wo < 1:
+            raise ValueError(f"input of {h}x{w} pixels is smaller than the {kh}x{kw} kernel (dilation "
+                             f"{self.dilation}, padding {self.padding}): no output pixel")
+        return ho, wo
+
+    def _checked_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` padded by ``pad``, after checking it is a no-grad 4D input of the weights' dtype and device."""
+        name = type(self).__name__
+        if x.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(f"{name} is inference-only: call it under torch.no_grad() or torch.inference_mode()")
+        weight = self.dw_weight
+        if x.dim() != 4 or x.dtype != weight.dtype or x.device != weight.device:
+            raise ValueError(f"{name} needs a 4D {weight.dtype} input on {weight.device}, got {x.dim()}D {x.dtype} "
+                             f"on {x.device}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"{name} expects {self.in_channels} input channels, got input shape {tuple(x.shape)}")
+        return x if self.pad is None else self.pad(x)
+
+    def extra_repr(self) -> str:
+        names = {0: None, 1: "ReLU", 2: "ReLU6"}
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, dw_act={names[self.dw_act]}, "
+                f"pw_act={names[self.pw_act]}")
+
+
+class FusedSeparableConv2d(FusedPair):
     """Inference-only depthwise -> pointwise convolution computed by one fused CPU kernel.
 
     Built from the two steps of a depthwise separable layer (``depthwise``: a
@@ -149,29 +199,19 @@ class FusedSeparableConv2d(nn.Module):
 
     def __init__(self, depthwise: nn.Conv2d, pointwise: nn.Conv2d, dw_activation: Optional[nn.Module] = None,
                  pw_activation: Optional[nn.Module] = None, pad: Optional[nn.Module] = None) -> None:
-        super().__init__()
         reason = fusable(depthwise, pointwise)
         if reason is not None:
             raise ValueError(f"FusedSeparableConv2d: {reason}")
         if not fused_available():
             raise RuntimeError(f"FusedSeparableConv2d: {fused_unavailable_reason()}")
-        c, cout = depthwise.in_channels, pointwise.out_channels
-        kh, kw = depthwise.kernel_size
-        self.in_channels, self.out_channels = c, cout
-        self.kernel_size, self.stride = (kh, kw), tuple(depthwise.stride)
-        self.padding, self.dilation = tuple(depthwise.padding), tuple(depthwise.dilation)
-        self.dw_act = _activation_code(dw_activation, "dw_activation")
-        self.pw_act = _activation_code(pw_activation, "pw_activation")
-        self.pad = pad if pad is not None and not isinstance(pad, nn.Identity) else None
+        super().__init__(depthwise, pointwise, dw_activation, pw_activation, pad)
+        c, cout = self.in_channels, self.out_channels
         with torch.no_grad():
-            self.register_buffer("dw_weight", depthwise.weight.detach().reshape(c, kh, kw).permute(1, 2, 0).contiguous())
-            self.register_buffer("dw_bias", None if depthwise.bias is None else depthwise.bias.detach().clone())
             panels = -(-cout // _NR)
             packed = torch.zeros(panels * _NR, c)
             packed[:cout] = pointwise.weight.detach().reshape(cout, c)
             # [panel][c][32]: each 32-column panel contiguous, as the kernel's register blocks read it
             self.register_buffer("pw_panels", packed.reshape(panels, _NR, c).permute(0, 2, 1).contiguous())
-            self.register_buffer("pw_bias", None if pointwise.bias is None else pointwise.bias.detach().clone())
         self.tile = max(6, (_TILE_BYTES // (4 * (c + 32))) // 6 * 6)
         self._plans: dict[tuple, tuple] = {}  # see _plan
 
@@ -182,11 +222,7 @@ class FusedSeparableConv2d(nn.Module):
         plan = self._plans.get(key)
         if plan is None:
             (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-            ho = output_size_1d(h, kh, sh, dh, (ph, ph))
-            wo = output_size_1d(w, kw, sw, dw, (pw, pw))
-            if ho < 1 or wo < 1:
-                raise ValueError(f"input {(n, self.in_channels, h, w)} is smaller than the {kh}x{kw} kernel "
-                                 f"(dilation {self.dilation}, padding {self.padding}): no output pixel")
+            ho, wo = self.output_size(h, w)
             lib = _kernels.load()[0]
             tile = balanced_tile(n, ho * wo, self.tile, threads)
             tiles = n * -(-(ho * wo) // tile)
@@ -201,17 +237,7 @@ class FusedSeparableConv2d(nn.Module):
         return plan
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError("FusedSeparableConv2d is inference-only: call it under torch.no_grad() or "
-                               "torch.inference_mode()")
-        if x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu":
-            raise ValueError(f"FusedSeparableConv2d needs a 4D float32 CPU input, got {x.dim()}D {x.dtype} on {x.device}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"FusedSeparableConv2d expects {self.in_channels} input channels, got input shape "
-                             f"{tuple(x.shape)}")
-        if self.pad is not None:
-            x = self.pad(x)
-        return self._run(x.contiguous(memory_format=torch.channels_last))
+        return self._run(self._checked_input(x).contiguous(memory_format=torch.channels_last))
 
     def _run(self, x: torch.Tensor, parts: int = 3) -> torch.Tensor:
         """The kernel on a channels-last, padded input. ``parts``: 3 the layer, 1 the depthwise step alone (the
@@ -231,7 +257,4 @@ class FusedSeparableConv2d(nn.Module):
         return y
 
     def extra_repr(self) -> str:
-        names = {0: None, 1: "ReLU", 2: "ReLU6"}
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, dw_act={names[self.dw_act]}, "
-                f"pw_act={names[self.pw_act]}, tile={self.tile}")
+        return f"{super().extra_repr()}, tile={self.tile}"

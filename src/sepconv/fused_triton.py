@@ -37,8 +37,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from .fused import _activation_code, fusable_pair
-from .geometry import output_size_1d
+from .fused import FusedPair, fusable_pair
 
 try:  # Triton ships with CUDA builds of PyTorch; CPU builds lack it
     import triton
@@ -112,6 +111,15 @@ def candidates_for(in_channels: int, out_channels: int) -> list[BlockConfig]:
 if triton is not None:
 
     @triton.jit
+    def _activate(v, ACT: tl.constexpr):
+        """sepconv.fused's activation codes: 0 none, 1 ReLU, 2 ReLU6."""
+        if ACT == 1:
+            v = tl.maximum(v, 0.0)
+        elif ACT == 2:
+            v = tl.minimum(tl.maximum(v, 0.0), 6.0)
+        return v
+
+    @triton.jit
     def _fused_dwpw_kernel(
         x_ptr, dw_w_ptr, dw_b_ptr, pw_w_ptr, pw_b_ptr, y_ptr,
         n_pixels, H, W, C, HO, WO, COUT,
@@ -151,18 +159,12 @@ if triton is not None:
                     mid += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
             if HAS_DW_BIAS:
                 mid += tl.load(dw_b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-            if DW_ACT == 1:
-                mid = tl.maximum(mid, 0.0)
-            elif DW_ACT == 2:
-                mid = tl.minimum(tl.maximum(mid, 0.0), 6.0)
+            mid = _activate(mid, DW_ACT)
             w = tl.load(pw_w_ptr + c[:, None] * COUT + co[None, :], mask=c_ok[:, None] & co_ok[None, :], other=0.0)
             acc = tl.dot(mid.to(w.dtype), w, acc, input_precision=PRECISION)
         if HAS_PW_BIAS:
             acc += tl.load(pw_b_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
-        if PW_ACT == 1:
-            acc = tl.maximum(acc, 0.0)
-        elif PW_ACT == 2:
-            acc = tl.minimum(tl.maximum(acc, 0.0), 6.0)
+        acc = _activate(acc, PW_ACT)
         out = y_ptr + img[:, None] * syn + (oh.to(tl.int64) * syh + ow.to(tl.int64) * syw)[:, None] + co[None, :] * syc
         tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=p_ok[:, None] & co_ok[None, :])
 
@@ -170,7 +172,7 @@ if triton is not None:
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-class TritonFusedSeparableConv2d(nn.Module):
+class TritonFusedSeparableConv2d(FusedPair):
     """Inference-only depthwise -> pointwise convolution computed by one fused Triton kernel on a CUDA GPU.
 
     Takes the same arguments as :class:`sepconv.fused.FusedSeparableConv2d`
@@ -185,7 +187,6 @@ class TritonFusedSeparableConv2d(nn.Module):
 
     def __init__(self, depthwise: nn.Conv2d, pointwise: nn.Conv2d, dw_activation: Optional[nn.Module] = None,
                  pw_activation: Optional[nn.Module] = None, pad: Optional[nn.Module] = None) -> None:
-        super().__init__()
         reason = fusable_pair(depthwise, pointwise)
         if reason is not None:
             raise ValueError(f"TritonFusedSeparableConv2d: {reason}")
@@ -200,37 +201,14 @@ class TritonFusedSeparableConv2d(nn.Module):
                                  f"{pointwise.weight.dtype} on {pointwise.weight.device}")
             if w.device.type != "cuda" and not interpreting():
                 raise ValueError(f"TritonFusedSeparableConv2d: weights must be on a CUDA device, got {w.device}")
-        c, cout = depthwise.in_channels, pointwise.out_channels
-        kh, kw = depthwise.kernel_size
-        self.in_channels, self.out_channels = c, cout
-        self.kernel_size, self.stride = (kh, kw), tuple(depthwise.stride)
-        self.padding, self.dilation = tuple(depthwise.padding), tuple(depthwise.dilation)
-        self.dw_act = _activation_code(dw_activation, "dw_activation")
-        self.pw_act = _activation_code(pw_activation, "pw_activation")
-        self.pad = pad if pad is not None and not isinstance(pad, nn.Identity) else None
-        with torch.no_grad():
-            # [KH][KW][C]: one tap's weights for a block of channels contiguous; pointwise as [C][COUT]
-            self.register_buffer("dw_weight", depthwise.weight.detach().reshape(c, kh, kw).permute(1, 2, 0).contiguous())
-            self.register_buffer("dw_bias", None if depthwise.bias is None else depthwise.bias.detach().clone())
-            self.register_buffer("pw_weight", pointwise.weight.detach().reshape(cout, c).t().contiguous())
-            self.register_buffer("pw_bias", None if pointwise.bias is None else pointwise.bias.detach().clone())
+        super().__init__(depthwise, pointwise, dw_activation, pw_activation, pad)
+        with torch.no_grad():  # [C][COUT]: a block of input channels' rows of output-channel weights
+            self.register_buffer("pw_weight", pointwise.weight.detach().reshape(self.out_channels, -1).t().contiguous())
         #: The block shape chosen per (input shape, dtype, TF32 setting): filled on first calls.
         self.configs: dict[tuple, BlockConfig] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError("TritonFusedSeparableConv2d is inference-only: call it under torch.no_grad() or "
-                               "torch.inference_mode()")
-        weight = self.dw_weight
-        if x.dim() != 4 or x.dtype != weight.dtype or x.device != weight.device:
-            raise ValueError(f"TritonFusedSeparableConv2d needs a 4D {weight.dtype} input on {weight.device}, got "
-                             f"{x.dim()}D {x.dtype} on {x.device}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"TritonFusedSeparableConv2d expects {self.in_channels} input channels, got input shape "
-                             f"{tuple(x.shape)}")
-        if self.pad is not None:
-            x = self.pad(x)
-        return self.run(x)
+        return self.run(self._checked_input(x))
 
     def _precision(self) -> Optional[str]:
         """``tl.dot``'s input precision for float32 (TF32 as cuDNN's convolutions are allowed it); None (Triton's
@@ -238,14 +216,6 @@ class TritonFusedSeparableConv2d(nn.Module):
         if self.dw_weight.dtype != torch.float32:
             return None
         return "tf32" if torch.backends.cudnn.allow_tf32 and not interpreting() else "ieee"
-
-    def output_size(self, h: int, w: int) -> tuple[int, int]:
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        ho, wo = output_size_1d(h, kh, sh, dh, (ph, ph)), output_size_1d(w, kw, sw, dw, (pw, pw))
-        if ho < 1 or wo < 1:
-            raise ValueError(f"input of {h}x{w} pixels is smaller than the {kh}x{kw} kernel (dilation "
-                             f"{self.dilation}, padding {self.padding}): no output pixel")
-        return ho, wo
 
     def run(self, x: torch.Tensor, config: Optional[BlockConfig] = None,
             out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -303,9 +273,3 @@ class TritonFusedSeparableConv2d(nn.Module):
         if not times:
             raise RuntimeError("TritonFusedSeparableConv2d: no block shape compiled and ran on this device")
         return min(times, key=times.get)
-
-    def extra_repr(self) -> str:
-        names = {0: None, 1: "ReLU", 2: "ReLU6"}
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, dw_act={names[self.dw_act]}, "
-                f"pw_act={names[self.pw_act]}")
