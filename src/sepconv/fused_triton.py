@@ -8,8 +8,13 @@ registers and feeds it straight into a matrix product with the pointwise
 weight (``tl.dot``: the tensor cores), accumulating the output block over
 all input channels; the intermediate never reaches device memory. Where a
 program covers fewer output channels than the layer has, the depthwise
-block is recomputed per output-channel block (cheap: it reads the input
-from L2).
+block is recomputed per output-channel block.
+
+Status: correct (tested on an NVIDIA H100 and under Triton's interpreter)
+but not yet fast: on the H100 it took 1.0-2.5x the time of eager PyTorch's
+two convolutions (``benchmarks/README.md``, "A GPU: NVIDIA H100"), so
+nothing selects it automatically; ``sepconv bench --device cuda`` times it
+as the ``fused`` engine.
 
 It is the GPU sibling of :class:`sepconv.fused.FusedSeparableConv2d` (the
 CPU kernel) and, like it, an inference engine: weights copied in at
@@ -237,6 +242,8 @@ class TritonFusedSeparableConv2d(FusedPair):
             key = (tuple(x.shape), x.stride(), x.dtype, self._precision())
             config = self.configs.get(key)
             if config is None:
+                if len(self.configs) >= 16:  # many input sizes: keep the cache small
+                    self.configs.clear()
                 config = self.configs[key] = self._choose(x, y)
         self._launch(x, y, config)
         return y
@@ -264,12 +271,13 @@ class TritonFusedSeparableConv2d(FusedPair):
             return options[0]
         from triton.testing import do_bench
 
-        times = {}
+        times, errors = {}, []
         for config in options:
             try:
                 times[config] = do_bench(lambda: self._launch(x, y, config), warmup=5, rep=20, return_mode="median")
-            except Exception:  # a block shape this GPU cannot run (e.g. out of shared memory): not a candidate
-                continue
+            except Exception as error:  # a block shape this GPU cannot run (e.g. out of shared memory): skipped
+                errors.append(f"{config}: {type(error).__name__}: {error}")
         if not times:
-            raise RuntimeError("TritonFusedSeparableConv2d: no block shape compiled and ran on this device")
+            raise RuntimeError("TritonFusedSeparableConv2d: no block shape compiled and ran on this device: "
+                               + "; ".join(errors))
         return min(times, key=times.get)

@@ -6,8 +6,8 @@ import argparse
 import re
 
 
-#: ``--dtype`` names.
-DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+#: ``--dtype`` choices (torch dtype names).
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 def parse_device(name: str):
@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu",
                    help="cpu (default), cuda or cuda:N; on CUDA cuDNN picks its fastest algorithm per shape "
                         "(torch.backends.cudnn.benchmark) and the fused engine is sepconv.fused_triton's kernel")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="float32 (default; on CUDA with TF32 as PyTorch's convolutions use it by default), "
                         "or float16/bfloat16 (CUDA only)")
     p.add_argument("--out", default=None, help="directory for bench.json and bench.png")
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     device = parse_device(args.device)
-    dtype = getattr(torch, DTYPES[args.dtype])
+    dtype = getattr(torch, args.dtype)
     if dtype != torch.float32 and device.type != "cuda":
         raise ValueError(f"--dtype {args.dtype} needs --device cuda (on the CPU the suite times float32)")
     if device.type == "cuda":
@@ -167,8 +167,8 @@ def run(args: argparse.Namespace) -> int:
           "fused roofline = the realized ratio a fused depthwise->pointwise kernel could reach at its roofline bound "
           "(its FLOPs; input, output and weights through memory) against the standard convolution's; "
           "realized = speedup / theory; oneDNN = both sides as packed oneDNN convolutions (sepconv.onednn, "
-          "inference); best = each side on its fastest engine (standard/separable; 'fused' = sepconv.fused's "
-          "depthwise->pointwise kernel); train best = forward+backward of the separable layer on eager "
+          "inference); best = each side on its fastest engine (standard/separable; 'fused' = the fused "
+          "depthwise->pointwise kernel: sepconv.fused's on the CPU, sepconv.fused_triton's on CUDA); train best = forward+backward of the separable layer on eager "
           "PyTorch or after sepconv.tune_training (per step: eager, 'gemm', 'flip' or 'dwgrad' engine), whichever is "
           "faster; GEMM ceiling = the realized ratio if the depthwise step took no time and the 1x1 step ran at its "
           "measured (fastest) rate: 1x1 FLOP rate / standard FLOP rate x separable MACs / 1x1 MACs; train GEMM ceiling = "
