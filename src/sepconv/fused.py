@@ -164,15 +164,16 @@ class FusedPair(nn.Module):
 
     def _checked_input(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` padded by ``pad``, after checking it is a no-grad 4D input of the weights' dtype and device."""
-        name = type(self).__name__
         if x.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError(f"{name} is inference-only: call it under torch.no_grad() or torch.inference_mode()")
-        weight = self.dw_weight
+            raise RuntimeError(f"{type(self).__name__} is inference-only: call it under torch.no_grad() or "
+                               "torch.inference_mode()")
+        weight = self._buffers["dw_weight"]  # direct access: nn.Module's attribute lookup costs ~0.5 us
         if x.dim() != 4 or x.dtype != weight.dtype or x.device != weight.device:
-            raise ValueError(f"{name} needs a 4D {weight.dtype} input on {weight.device}, got {x.dim()}D {x.dtype} "
-                             f"on {x.device}")
+            raise ValueError(f"{type(self).__name__} needs a 4D {weight.dtype} input on {weight.device}, got "
+                             f"{x.dim()}D {x.dtype} on {x.device}")
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"{name} expects {self.in_channels} input channels, got input shape {tuple(x.shape)}")
+            raise ValueError(f"{type(self).__name__} expects {self.in_channels} input channels, got input shape "
+                             f"{tuple(x.shape)}")
         return x if self.pad is None else self.pad(x)
 
     def extra_repr(self) -> str:
