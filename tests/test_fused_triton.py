@@ -71,6 +71,23 @@ def test_triton_kernel_equals_depthwise_then_pointwise(batch, cin, cout, kh, kw,
     torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("cin,cout,config", [(16, 16, BlockConfig(16, 16, 16)), (32, 64, BlockConfig(32, 32, 16)),
+                                             (32, 40, BlockConfig(16, 32, 32)), (24, 64, BlockConfig(16, 64, 16)),
+                                             (48, 48, BlockConfig(16, 16, 32))])
+def test_channel_counts_that_fill_the_blocks_and_that_do_not(cin, cout, config):
+    """Channel counts that are multiples of the block widths take the unmasked loads (EVEN_K / EVEN_N), others the
+    masked ones; dilation 2 and stride 2 move the taps' offsets."""
+    torch.manual_seed(cin + cout)
+    for stride, dilation in [(1, 1), (2, 2)]:
+        dw = nn.Conv2d(cin, cin, 3, stride, 2, dilation, groups=cin, bias=True).to(DEVICE)
+        pw = nn.Conv2d(cin, cout, 1, bias=True).to(DEVICE)
+        x = 4 * torch.randn(2, cin, 9, 11, device=DEVICE).contiguous(memory_format=torch.channels_last)
+        layer = TritonFusedSeparableConv2d(dw, pw, nn.ReLU6())
+        with torch.no_grad(), ieee_float32():
+            got = layer.run(x, config)
+        torch.testing.assert_close(got.double(), reference(x, dw, pw, "relu6", None), rtol=1e-4, atol=1e-4)
+
+
 def test_the_layer_pads_and_matches_the_separable_module():
     """A sepconv layer whose 'same' padding is a pad module (even kernel) and that has biases."""
     from sepconv import SeparableConv2d

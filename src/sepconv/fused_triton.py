@@ -12,9 +12,12 @@ block is recomputed per output-channel block.
 
 Status: correct (tested on an NVIDIA H100 and under Triton's interpreter)
 but not yet fast: on the H100 it took 1.0-2.5x the time of eager PyTorch's
-two convolutions (``benchmarks/README.md``, "A GPU: NVIDIA H100"), so
-nothing selects it automatically; ``sepconv bench --device cuda`` times it
-as the ``fused`` engine.
+two convolutions (``benchmarks/README.md``, "A GPU: NVIDIA H100"; that
+version computed every tap's addresses per element and masked every
+channel; each pixel's base address is now computed once and full channel
+blocks load unmasked, not yet measured on a GPU), so nothing selects it
+automatically; ``sepconv bench --device cuda`` times it as the ``fused``
+engine.
 
 It is the GPU sibling of :class:`sepconv.fused.FusedSeparableConv2d` (the
 CPU kernel) and, like it, an inference engine: weights copied in at
@@ -133,44 +136,55 @@ if triton is not None:
         KH: tl.constexpr, KW: tl.constexpr, DW_ACT: tl.constexpr, PW_ACT: tl.constexpr,
         HAS_DW_BIAS: tl.constexpr, HAS_PW_BIAS: tl.constexpr, PRECISION: tl.constexpr,
         BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
     ):
-        # one program: BLOCK_P output pixels (flat over batch, rows, columns) x BLOCK_N output channels
+        # one program: BLOCK_P output pixels (flat over batch, rows, columns) x BLOCK_N output channels.
+        # EVEN_K / EVEN_N: C / COUT are multiples of BLOCK_K / BLOCK_N, so no channel needs a mask.
         pid_p = tl.program_id(0)
         pid_n = tl.program_id(1)
         p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
         p_ok = p < n_pixels
         img = (p // (HO * WO)).to(tl.int64)
         rest = p % (HO * WO)
-        oh = rest // WO
-        ow = rest % WO
+        ih0 = (rest // WO) * SH - PH  # the top-left tap's input row and column of each output pixel
+        iw0 = (rest % WO) * SW - PW
+        # each pixel's top-left tap address, once: a tap's address is it plus a scalar offset
+        base = x_ptr + img * sxn + ih0.to(tl.int64) * sxh + iw0.to(tl.int64) * sxw
         co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         co_ok = co < COUT
-        x_img = x_ptr + img * sxn
         acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
         for c0 in range(0, C, BLOCK_K):
             c = c0 + tl.arange(0, BLOCK_K)
             c_ok = c < C
+            taps = base[:, None] + c[None, :] * sxc
             mid = tl.zeros((BLOCK_P, BLOCK_K), dtype=tl.float32)
             for i in tl.static_range(KH):
-                ih = oh * SH - PH + i * DH
+                ih = ih0 + i * DH
                 row_ok = p_ok & (ih >= 0) & (ih < H)
                 for j in tl.static_range(KW):
-                    iw = ow * SW - PW + j * DW
+                    iw = iw0 + j * DW
                     ok = row_ok & (iw >= 0) & (iw < W)
-                    offset = ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
-                    xv = tl.load(x_img[:, None] + offset[:, None] + c[None, :] * sxc,
-                                 mask=ok[:, None] & c_ok[None, :], other=0.0)
-                    wv = tl.load(dw_w_ptr + (i * KW + j) * C + c, mask=c_ok, other=0.0)
+                    if EVEN_K:
+                        xv = tl.load(taps + (i * DH * sxh + j * DW * sxw), mask=ok[:, None], other=0.0)
+                        wv = tl.load(dw_w_ptr + (i * KW + j) * C + c)
+                    else:
+                        xv = tl.load(taps + (i * DH * sxh + j * DW * sxw), mask=ok[:, None] & c_ok[None, :],
+                                     other=0.0)
+                        wv = tl.load(dw_w_ptr + (i * KW + j) * C + c, mask=c_ok, other=0.0)
                     mid += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
             if HAS_DW_BIAS:
                 mid += tl.load(dw_b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
             mid = _activate(mid, DW_ACT)
-            w = tl.load(pw_w_ptr + c[:, None] * COUT + co[None, :], mask=c_ok[:, None] & co_ok[None, :], other=0.0)
+            if EVEN_K and EVEN_N:
+                w = tl.load(pw_w_ptr + c[:, None] * COUT + co[None, :])
+            else:
+                w = tl.load(pw_w_ptr + c[:, None] * COUT + co[None, :], mask=c_ok[:, None] & co_ok[None, :], other=0.0)
             acc = tl.dot(mid.to(w.dtype), w, acc, input_precision=PRECISION)
         if HAS_PW_BIAS:
             acc += tl.load(pw_b_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
         acc = _activate(acc, PW_ACT)
-        out = y_ptr + img[:, None] * syn + (oh.to(tl.int64) * syh + ow.to(tl.int64) * syw)[:, None] + co[None, :] * syc
+        out = (y_ptr + img[:, None] * syn + ((rest // WO).to(tl.int64) * syh + (rest % WO).to(tl.int64) * syw)[:, None]
+               + co[None, :] * syc)
         tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=p_ok[:, None] & co_ok[None, :])
 
 
@@ -262,6 +276,7 @@ class TritonFusedSeparableConv2d(FusedPair):
             KH=self.kernel_size[0], KW=self.kernel_size[1], DW_ACT=self.dw_act, PW_ACT=self.pw_act,
             HAS_DW_BIAS=dw_bias is not None, HAS_PW_BIAS=pw_bias is not None, PRECISION=self._precision(),
             BLOCK_P=config.pixels, BLOCK_N=config.out_channels, BLOCK_K=config.in_channels,
+            EVEN_K=c % config.in_channels == 0, EVEN_N=cout % config.out_channels == 0,
             num_warps=config.warps, num_stages=config.stages,
         )
 
