@@ -156,6 +156,9 @@ def test_refuses_what_it_cannot_run():
     with pytest.raises(ValueError, match="smaller than the 3x3 kernel"):
         with torch.no_grad():
             layer(torch.randn(1, 8, 2, 5, device=DEVICE))
+    with pytest.raises(ValueError, match="expects 8 input channels"):
+        with torch.no_grad():
+            layer.run(torch.randn(1, 9, 5, 5, device=DEVICE))
     with pytest.raises(ValueError, match="out must be"):
         with torch.no_grad():
             layer.run(torch.randn(1, 8, 5, 5, device=DEVICE), out=torch.empty(1, 4, 3, 3, device=DEVICE))

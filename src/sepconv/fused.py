@@ -163,7 +163,12 @@ class FusedPair(nn.Module):
         return ho, wo
 
     def _checked_input(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` padded by ``pad``, after checking it is a no-grad 4D input of the weights' dtype and device."""
+        """``x`` padded by ``pad``, after :meth:`_check_input`."""
+        self._check_input(x)
+        return x if self.pad is None else self.pad(x)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Raise unless ``x`` is a no-grad 4D input of the weights' dtype and device with ``in_channels`` channels."""
         if x.requires_grad and torch.is_grad_enabled():
             raise RuntimeError(f"{type(self).__name__} is inference-only: call it under torch.no_grad() or "
                                "torch.inference_mode()")
@@ -174,7 +179,6 @@ class FusedPair(nn.Module):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"{type(self).__name__} expects {self.in_channels} input channels, got input shape "
                              f"{tuple(x.shape)}")
-        return x if self.pad is None else self.pad(x)
 
     def extra_repr(self) -> str:
         names = {0: None, 1: "ReLU", 2: "ReLU6"}

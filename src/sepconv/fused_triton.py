@@ -227,7 +227,7 @@ class TritonFusedSeparableConv2d(FusedPair):
         self.configs: dict[tuple, BlockConfig] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(self._checked_input(x))
+        return self._run(self._checked_input(x))
 
     def _precision(self) -> Optional[str]:
         """``tl.dot``'s input precision for float32 (TF32 as cuDNN's convolutions are allowed it); None (Triton's
@@ -241,6 +241,11 @@ class TritonFusedSeparableConv2d(FusedPair):
         """The kernel on an already padded input; ``config`` forces a block shape (default: chosen by measurement
         on the first call for this input shape, the first candidate under the interpreter); ``out``: a
         channels-last tensor of the output's shape, dtype and device to write into (default: a new one)."""
+        self._check_input(x)
+        return self._run(x, config, out)
+
+    def _run(self, x: torch.Tensor, config: Optional[BlockConfig] = None,
+             out: Optional[torch.Tensor] = None) -> torch.Tensor:
         n, _, h, w = x.shape
         ho, wo = self.output_size(h, w)
         shape = (n, self.out_channels, ho, wo)
