@@ -21,7 +21,7 @@ import traceback
 import torch
 
 from sepconv.bench import mobilenet_v1_suite, vgg_blocks_suite
-from sepconv.bench.suites import fused_bound_s
+from sepconv.bench.suites import _layouts, fused_bound_s
 from sepconv.bench.roofline import measure_roofline
 from sepconv.bench.timing import interleaved, machine_info
 from sepconv.cost import conv_cost, separable_cost
@@ -49,16 +49,15 @@ def run(case, roof, dtype, repeat, rounds):
     spec = case.spec
     torch.manual_seed(0)
     x = torch.randn(case.batch, spec.in_channels, *case.size, device="cuda", dtype=dtype)
-    xl = x.contiguous(memory_format=torch.channels_last)
-    std = conv_module(spec)[0].to("cuda", dtype).eval()
-    sep = SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
-                          bias=False).to("cuda", dtype).eval()
-    std_l = conv_module(spec)[0].to("cuda", dtype).to(memory_format=torch.channels_last).eval()
-    sep_l = SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
-                            bias=False).to("cuda", dtype).to(memory_format=torch.channels_last).eval()
+    # the suite's modules: NCHW and channels-last copies with the same weights (sepconv bench builds the same)
+    std = _layouts(lambda: conv_module(spec)[0].to("cuda", dtype).eval(), x)
+    sep = _layouts(lambda: SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride,
+                                           spec.padding, bias=False).to("cuda", dtype).eval(), x)
+    fns = {f"{label}/{layout}": (lambda m=m, xi=xi: m(xi))
+           for label, pair in (("standard", std), ("separable", sep)) for layout, (m, xi) in pair.items()}
+    sep_l, xl = sep["nhwc"]
     fused = TritonFusedSeparableConv2d(sep_l.depthwise, sep_l.pointwise, pad=sep_l.pad)
-    fns = {"standard/nchw": lambda: std(x), "standard/nhwc": lambda: std_l(xl),
-           "separable/nchw": lambda: sep(x), "separable/nhwc": lambda: sep_l(xl), "separable/fused": lambda: fused(xl)}
+    fns["separable/fused"] = lambda: fused(xl)
     replays = {name: graphed(fn, repeat) for name, fn in fns.items()}
     t = interleaved(replays, rounds=rounds, target_s=0.02, device=torch.device("cuda"))
     ms = {name: 1e3 * v.median / repeat for name, v in t.items()}
@@ -87,6 +86,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    for name, values in (("--batch", args.batch or [32]), ("--repeat", [args.repeat]), ("--rounds", [args.rounds])):
+        if min(values) < 1:
+            p.error(f"{name} must be >= 1, got {min(values)}")
     if not torch.cuda.is_available():
         p.error("needs a CUDA device")
     torch.backends.cudnn.benchmark = True

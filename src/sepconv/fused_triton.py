@@ -257,17 +257,18 @@ class TritonFusedSeparableConv2d(FusedPair):
                              f"{tuple(out.shape)} {out.dtype} on {out.device}")
         else:
             y = out
+        precision = self._precision()
         if config is None:
-            key = (tuple(x.shape), x.stride(), x.dtype, self._precision())
+            key = (tuple(x.shape), x.stride(), x.dtype, precision)
             config = self.configs.get(key)
             if config is None:
                 if len(self.configs) >= 16:  # many input sizes: keep the cache small
                     self.configs.clear()
-                config = self.configs[key] = self._choose(x, y)
-        self._launch(x, y, config)
+                config = self.configs[key] = self._choose(x, y, precision)
+        self._launch(x, y, config, precision)
         return y
 
-    def _launch(self, x: torch.Tensor, y: torch.Tensor, config: BlockConfig) -> None:
+    def _launch(self, x: torch.Tensor, y: torch.Tensor, config: BlockConfig, precision: Optional[str]) -> None:
         n, c, h, w = x.shape
         _, cout, ho, wo = y.shape
         pixels = n * ho * wo
@@ -279,13 +280,13 @@ class TritonFusedSeparableConv2d(FusedPair):
             pixels, h, w, c, ho, wo, cout, *x.stride(), *y.stride(),
             *self.stride, *self.padding, *self.dilation,
             KH=self.kernel_size[0], KW=self.kernel_size[1], DW_ACT=self.dw_act, PW_ACT=self.pw_act,
-            HAS_DW_BIAS=dw_bias is not None, HAS_PW_BIAS=pw_bias is not None, PRECISION=self._precision(),
+            HAS_DW_BIAS=dw_bias is not None, HAS_PW_BIAS=pw_bias is not None, PRECISION=precision,
             BLOCK_P=config.pixels, BLOCK_N=config.out_channels, BLOCK_K=config.in_channels,
             EVEN_K=c % config.in_channels == 0, EVEN_N=cout % config.out_channels == 0,
             num_warps=config.warps, num_stages=config.stages,
         )
 
-    def _choose(self, x: torch.Tensor, y: torch.Tensor) -> BlockConfig:
+    def _choose(self, x: torch.Tensor, y: torch.Tensor, precision: Optional[str]) -> BlockConfig:
         options = candidates_for(self.in_channels, self.out_channels)
         if interpreting() or len(options) == 1:
             return options[0]
@@ -294,7 +295,7 @@ class TritonFusedSeparableConv2d(FusedPair):
         times, errors = {}, []
         for config in options:
             try:
-                times[config] = do_bench(lambda: self._launch(x, y, config), warmup=5, rep=20, return_mode="median")
+                times[config] = do_bench(lambda: self._launch(x, y, config, precision), warmup=5, rep=20, return_mode="median")
             except Exception as error:  # a block shape this GPU cannot run (e.g. out of shared memory): skipped
                 errors.append(f"{config}: {type(error).__name__}: {error}")
         if not times:
