@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import traceback
+from pathlib import Path
 
 import torch
 
+from sepconv._io import atomic_write_bytes
 from sepconv.bench import mobilenet_v1_suite, vgg_blocks_suite
-from sepconv.bench.suites import _layouts, fused_bound_s
 from sepconv.bench.roofline import measure_roofline
+from sepconv.bench.suites import _layouts, fused_bound_s
 from sepconv.bench.timing import interleaved, machine_info
 from sepconv.cost import conv_cost, separable_cost
 from sepconv.fused_triton import TritonFusedSeparableConv2d
@@ -113,9 +115,9 @@ def main() -> None:
                   f"sep {min(ms['separable/nchw'], ms['separable/nhwc']):8.4f}  fused {ms['separable/fused']:8.4f}  "
                   f"realized eager {r['realized_eager']:.2f} fused {r['realized_fused']:.2f}  roofline ceiling "
                   f"unfused {r['roofline_realized_unfused']:.2f} fused {r['roofline_realized_fused']:.2f}", flush=True)
-            if args.out:  # after each case: a run stopped early keeps what it measured
-                with open(args.out, "w") as handle:
-                    json.dump({"machine": info, "roofline": roof.as_dict(), "cases": rows}, handle, indent=2)
+            if args.out:  # after each case, atomically: a run stopped early keeps what it measured
+                record = {"machine": info, "roofline": roof.as_dict(), "cases": rows}
+                atomic_write_bytes(Path(args.out), json.dumps(record, indent=2).encode())
 
 
 if __name__ == "__main__":
