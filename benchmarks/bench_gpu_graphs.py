@@ -27,23 +27,15 @@ from sepconv.bench.roofline import measure_roofline
 from sepconv.bench.suites import _layouts, fused_bound_s
 from sepconv.bench.timing import interleaved, machine_info
 from sepconv.cost import conv_cost, separable_cost
+from sepconv.cuda_graph import capture
 from sepconv.fused_triton import TritonFusedSeparableConv2d
 from sepconv.layers import SeparableConv2d
 from sepconv.layers._common import conv_module
 
 
 def graphed(fn, repeat: int):
-    """``fn`` run ``repeat`` times, captured in one CUDA graph; returns the graph's replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), torch.no_grad():
-        for _ in range(3):  # warm-up outside the capture: cuDNN's algorithm search, Triton's block-shape choice
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.no_grad():
-        for _ in range(repeat):
-            fn()
+    """``fn`` run ``repeat`` times, captured in one CUDA graph (after warm-up calls); returns the graph's replay."""
+    graph, _ = capture(fn, repeat=repeat)
     return graph.replay
 
 

@@ -1,6 +1,7 @@
 """Whole networks: theoretical vs realized saving of the separable variant, per execution path.
 
     python benchmarks/bench_networks.py [--threads 1] [--rounds 7] [--out DIR]
+    python benchmarks/bench_networks.py --device cuda [--out DIR]
 
 For MobileNetV1 (224x224, batch 1; the paper's "Conv MobileNet" as the standard
 variant) and the seed's VGG-block network (32x32x3, batch 32, 10 classes), the
@@ -28,8 +29,14 @@ Where the picked path runs layers on the fused kernel, the picked model is also 
 the kernel's large outputs on non-temporal stores (`sepconv.fused.STREAM_MIN_BYTES`, the
 default) against all outputs on plain stores (`fused_output_stores_ms`).
 
+With `--device cuda` the candidates are eager PyTorch (NCHW, channels-last) and the
+forward pass replayed from a CUDA graph (`cudagraph`, both layouts; float32 with cuDNN's
+algorithm search on and TF32 as PyTorch's convolutions default to): at these batch sizes a
+large GPU finishes each layer faster than the host launches it, so eager time is mostly
+launch cost and the graph shows what the separable network's smaller arithmetic buys.
+
 Writes `networks.json` (with the machine) into --out (default
-`benchmarks/results/networks-cpu-<threads>thread`).
+`benchmarks/results/networks-cpu-<threads>thread`, or `networks-cuda`).
 """
 
 from __future__ import annotations
@@ -42,14 +49,16 @@ from pathlib import Path
 
 import torch
 
+# this directory's script (sys.path[0] when run as a script)
+from bench_kernels import time_output_stores
+
 import sepconv
-from sepconv._io import atomic_write_bytes
 import sepconv.fused
-from bench_kernels import time_output_stores  # this directory's script (sys.path[0] when run as a script)
+from sepconv._io import atomic_write_bytes
 from sepconv.bench.timing import inference_call, interleaved, machine_info
 from sepconv.cost import profile
-from sepconv.onednn import onednn_available
 from sepconv.models import build_model
+from sepconv.onednn import onednn_available
 
 HERE = Path(__file__).resolve().parent
 NETWORKS = (
@@ -98,20 +107,28 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--out")
     args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
     torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = True
     warnings.simplefilter("ignore")
-    out = Path(args.out) if args.out else HERE / "results" / f"networks-cpu-{args.threads}thread"
+    on_cuda = args.device == "cuda"
+    out = (Path(args.out) if args.out else
+           HERE / "results" / ("networks-cuda" if on_cuda else f"networks-cpu-{args.threads}thread"))
     rows = []
     for name, kwargs, shape in NETWORKS:
         torch.manual_seed(0)
-        x = torch.randn(*shape)
+        x = torch.randn(*shape, device=args.device)
         row = {"network": name, "input": list(shape), "variants": {}}
         for variant in ("standard", "separable"):
             model = build_model(name, variant, **kwargs).eval()
             macs = profile(model, shape[1:]).total_macs
-            backends = (("eager", "compile") + (("onednn",) if onednn_available() else ())
+            model = model.to(args.device)
+            backends = (("eager", "cudagraph") if on_cuda else
+                        ("eager", "compile") + (("onednn",) if onednn_available() else ())
                         + (("onnxruntime",) if sepconv.fast.onnxruntime_available() else ()))
             torch._dynamo.reset()
             fast = sepconv.optimize(model, x, rounds=args.rounds, backends=backends)
@@ -135,7 +152,11 @@ def main(argv=None) -> int:
         paths = {"eager": (best(std["median_ms"], eager), best(sep["median_ms"], eager))}
         if "onnxruntime" in std["median_ms"]:
             paths["onnxruntime"] = (std["median_ms"]["onnxruntime"], sep["median_ms"]["onnxruntime"])
-        paths["compile"] = (std["median_ms"]["compile"], sep["median_ms"]["compile"])
+        if "compile" in std["median_ms"]:
+            paths["compile"] = (std["median_ms"]["compile"], sep["median_ms"]["compile"])
+        graphs = ("cudagraph", "cudagraph_channels_last")
+        if "cudagraph" in std["median_ms"]:
+            paths["cudagraph"] = (best(std["median_ms"], graphs), best(sep["median_ms"], graphs))
         if "onednn" in std["median_ms"]:
             paths["onednn"] = (std["median_ms"]["onednn"], sep["median_ms"]["onednn"])
         paths["optimize"] = (std["picked_ms"], sep["picked_ms"])  # the candidate optimize kept, as first timed
@@ -146,8 +167,12 @@ def main(argv=None) -> int:
         print(f"{name}: theoretical {theory:.2f}x; " + "; ".join(
             f"{k} {v['standard_ms']:.2f} -> {v['separable_ms']:.2f} ms = {v['speedup']:.2f}x (realized {v['realized']:.2f})"
             for k, v in row["paths"].items()), flush=True)
-    record = {"machine": machine_info(), "threads": args.threads, "dtype": "float32", "mode": "inference forward",
-              "rows": rows}
+    machine = machine_info()
+    if on_cuda:
+        machine.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
+                       cudnn=torch.backends.cudnn.version(), tf32=bool(torch.backends.cudnn.allow_tf32))
+    record = {"machine": machine, "threads": args.threads, "device": args.device, "dtype": "float32",
+              "mode": "inference forward", "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "networks.json", json.dumps(record, indent=1).encode())
     print(f"wrote {out / 'networks.json'}")

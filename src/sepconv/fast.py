@@ -167,7 +167,7 @@ CLOSE_CALL = 1.2
 SETTLE_S = 0.01
 
 #: Backends :func:`optimize` can measure; ``compile`` is opt-in (compiling takes tens of seconds).
-BACKENDS = ("eager", "onednn", "onnxruntime", "compile")
+BACKENDS = ("eager", "onednn", "onnxruntime", "compile", "cudagraph")
 
 
 def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = True, rounds: int = 7,
@@ -189,12 +189,19 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
       On the CPU this project measures, ONNX Runtime runs 1x1 convolutions
       about twice as fast as PyTorch (``benchmarks/README.md``);
     * ``compile``: ``torch.compile`` of the folded model (NCHW) with inductor's
-      ``freezing`` on, compiled for the sample's shape; opt-in.
+      ``freezing`` on, compiled for the sample's shape; opt-in;
+    * ``cudagraph`` (CUDA inputs): the folded model's forward recorded as a
+      CUDA graph for the sample's shape, in NCHW (``cudagraph``) and, for 4D
+      inputs, channels-last (``cudagraph_channels_last``), replayed per call
+      (:class:`~sepconv.cuda_graph.CudaGraphModel`: one launch per call
+      instead of one per kernel; other input shapes run eagerly).
 
     ``backends`` restricts the candidates (default: ``eager``, plus
     ``onednn`` and ``onnxruntime`` when available and the sample is float32
-    on the CPU; if the model cannot be exported or its ONNX Runtime outputs
-    differ, a warning says so and the other candidates are used). The fastest is kept;
+    on the CPU, plus ``cudagraph`` when the sample is on a CUDA device; if
+    the model cannot be exported or recorded, or its ONNX Runtime or graph
+    outputs differ, a warning says so and the other candidates are used).
+    On CUDA every timing sample ends with a device synchronization. The fastest is kept;
     when the runner-up is within 20 % (``CLOSE_CALL``), the two are timed
     again with twice the rounds and longer samples before choosing (recorded
     in ``timings_ms`` as ``'<name> (confirmation)'``). ``measure=False`` keeps
@@ -205,11 +212,13 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
     if not isinstance(sample_input, torch.Tensor):
         raise TypeError(f"sample_input must be a torch.Tensor, got {type(sample_input).__name__}")
     cpu_float = sample_input.device.type == "cpu" and sample_input.dtype == torch.float32
+    cuda = sample_input.device.type == "cuda"
     ort_usable = onnxruntime_available() and cpu_float
     onednn_usable = cpu_float and sample_input.dim() == 4 and onednn_available()
     explicit = backends is not None
     if backends is None:
-        backends = ("eager",) + (("onednn",) if onednn_usable else ()) + (("onnxruntime",) if ort_usable else ())
+        backends = (("eager",) + (("onednn",) if onednn_usable else ()) + (("onnxruntime",) if ort_usable else ())
+                    + (("cudagraph",) if cuda else ()))
     backends = tuple(backends)
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
@@ -220,6 +229,9 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
     if "onednn" in backends and not onednn_usable:
         raise ValueError("backends includes 'onednn', which needs a 4D float32 CPU sample_input and a PyTorch build "
                          "with oneDNN (sepconv.onednn.onednn_available())")
+    if "cudagraph" in backends and not cuda:
+        raise ValueError(f"backends includes 'cudagraph', which needs a sample_input on a CUDA device, got one on "
+                         f"{sample_input.device}")
     base = copy.deepcopy(model).eval()
     folded = fold_batchnorm(base)
     layer_choices: dict[str, str] = {}
@@ -243,6 +255,31 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
             import warnings
 
             warnings.warn(f"optimize: skipping the onnxruntime backend ({type(error).__name__}: {error})", stacklevel=2)
+    if "cudagraph" in backends:
+        from .cuda_graph import CudaGraphModel
+
+        layouts = [("cudagraph", torch.contiguous_format)]
+        if measure and sample_input.dim() == 4:
+            layouts.append(("cudagraph_channels_last", torch.channels_last))
+        for name, fmt in layouts:
+            try:
+                eager, x = copy.deepcopy(base).to(memory_format=fmt), sample_input.contiguous(memory_format=fmt)
+                graphed = CudaGraphModel(eager, x)
+                with torch.no_grad():  # against eager in the same layout: the same kernels (TF32 or not)
+                    expected, got = eager(x), graphed(x)
+                tol = 1e-3 if sample_input.dtype in (torch.float32, torch.float64) else 2e-2
+                if not torch.allclose(got.float(), expected.float(), rtol=tol, atol=tol):
+                    raise RuntimeError(f"the replayed graph's output differs from eager's (max abs difference "
+                                       f"{float((got.float() - expected.float()).abs().max()):.3g})")
+            except Exception as error:  # recording failed (host sync, data-dependent shapes) or outputs differ
+                if explicit:
+                    raise RuntimeError(f"optimize: the cudagraph backend failed for this model: {error}") from error
+                import warnings
+
+                warnings.warn(f"optimize: skipping the {name} candidate ({type(error).__name__}: {error})",
+                              stacklevel=2)
+                break
+            candidates[name] = (graphed, fmt, "cudagraph")
     if "compile" in backends:
         import torch._inductor.config as inductor_config
 
@@ -268,14 +305,15 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
         # with several threads, pause before each sample: runtimes' idle workers spinning from the previous
         # candidate (ONNX Runtime's, PyTorch's OpenMP pool) otherwise take cores from the next one
         settle = SETTLE_S if torch.get_num_threads() > 1 else 0.0
-        t = interleaved(fns, rounds=rounds, settle_s=settle)
+        device = sample_input.device  # on CUDA, each sample ends with a synchronization
+        t = interleaved(fns, rounds=rounds, settle_s=settle, device=device)
         timings = {k: v.median * 1e3 for k, v in t.items()}
         ranked = sorted(candidates, key=lambda name: timings[name])
         choice = ranked[0]
         if len(ranked) > 1 and timings[ranked[1]] < CLOSE_CALL * timings[ranked[0]]:
             # a close call on a noisy machine: time the two front-runners again, longer, before choosing
             again = interleaved({name: fns[name] for name in ranked[:2]}, rounds=2 * rounds, target_s=0.05,
-                                settle_s=settle)
+                                settle_s=settle, device=device)
             choice = min(ranked[:2], key=lambda name: again[name].median)
             timings.update({f"{name} (confirmation)": again[name].median * 1e3 for name in ranked[:2]})
     module, fmt, backend = candidates[choice]
