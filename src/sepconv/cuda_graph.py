@@ -18,6 +18,7 @@ CUDA inputs and keeps it where it times fastest.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -26,6 +27,12 @@ from torch import nn
 #: Calls before recording, on a side stream: cuDNN's algorithm search, Triton's autotuning and lazy
 #: initializations run there, not inside the graph.
 WARMUP_CALLS = 3
+
+
+def _set_sync_debug_mode(mode: int | str) -> None:
+    with warnings.catch_warnings():  # setting it warns that the mode is a prototype, on every call
+        warnings.simplefilter("ignore", UserWarning)
+        torch.cuda.set_sync_debug_mode(mode)
 
 
 def capture(fn: Callable[[], torch.Tensor], repeat: int = 1,
@@ -49,11 +56,11 @@ def capture(fn: Callable[[], torch.Tensor], repeat: int = 1,
         for _ in range(warmup):  # first calls may synchronize (algorithm searches); later ones must not
             fn()
         previous = torch.cuda.get_sync_debug_mode()
-        torch.cuda.set_sync_debug_mode("error")
+        _set_sync_debug_mode("error")
         try:
             fn()
         finally:
-            torch.cuda.set_sync_debug_mode(previous)
+            _set_sync_debug_mode(previous)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph), torch.no_grad():
