@@ -76,8 +76,11 @@ def _stores_ab(fast, x: torch.Tensor, rounds: int) -> dict[str, float]:
 
 def _picked(fast) -> str:
     """The name under which optimize timed the candidate it picked."""
+    channels_last = fast.memory_format == torch.channels_last
     if fast.backend == "eager":
-        return "channels_last" if fast.memory_format == torch.channels_last else "nchw"
+        return "channels_last" if channels_last else "nchw"
+    if fast.backend == "cudagraph":
+        return "cudagraph_channels_last" if channels_last else "cudagraph"
     return fast.backend
 
 
