@@ -15,7 +15,13 @@ For every shape of `sepconv bench`'s suites (forward, inference, float32), one
                     timed as the layer runs inside an optimized network (input already in the
                     layout it chose);
 
-and the standard convolution it replaces, at its faster eager layout, in ONNX
+and, from ONNX Runtime's profiler, `onnxruntime_in_graph`: the sum of the
+separable layer's node kernel times without the `ReorderInput`/`ReorderOutput`
+nodes that convert to and from its blocked NCHWc layout at the graph's edges,
+i.e. what the layer costs ONNX Runtime inside a network, which converts once
+(no call overhead either; `sepconv_vs_onnxruntime_in_graph`; not a peer in
+`best_peer`, since no caller can run one layer that way); and the standard
+convolution it replaces, at its faster eager layout, in ONNX
 Runtime and packed for oneDNN, for the realized ratios (`realized_best_path`
 against the faster eager standard convolution, `realized_best_engines` against
 the standard convolution's fastest engine, `realized_onnxruntime` with both in
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -68,6 +75,32 @@ def onnx_runner(module: nn.Module, x: torch.Tensor, threads: int):
     runner = to_onnxruntime(module, x, threads=threads)
     feed = {runner.input_name: x.numpy()}
     return lambda: runner.session.run(None, feed)
+
+
+def onnx_kernels(module: nn.Module, x: torch.Tensor, threads: int, runs: int) -> dict[str, float]:
+    """Median microseconds per node of ``module``'s ONNX Runtime graph over ``runs`` runs (its profiler's kernel times).
+
+    ONNX Runtime runs convolutions in its blocked NCHWc layout and converts at the graph's edges
+    (``ReorderInput``/``ReorderOutput`` nodes); inside a network it converts once, so the sum of the other nodes
+    is the layer's cost there.
+    """
+    import os
+
+    runner = to_onnxruntime(module, x, threads=threads, profile=True)
+    feed = {runner.input_name: x.numpy()}
+    for _ in range(runs):
+        runner.session.run(None, feed)
+    path = runner.session.end_profiling()
+    try:
+        events = json.loads(Path(path).read_text())
+    finally:
+        os.unlink(path)
+    per_node: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            name = f"{e['args'].get('op_name', '?')}:{e['name'][:-len('_kernel_time')]}"
+            per_node.setdefault(name, []).append(e["dur"])
+    return {name: statistics.median(durations[-runs:]) for name, durations in per_node.items()}
 
 
 class KerasPeer:
@@ -143,6 +176,10 @@ def run_shape(case, threads: int, rounds: int, keras: "KerasPeer | None" = None)
     candidates["sepconv"] = no_grad(fast.model, x.contiguous(memory_format=fast.memory_format))
     timings = interleaved(candidates, rounds=rounds)
     ms = {k: 1e3 * v.median for k, v in timings.items()}
+    nodes_us = {}
+    if "onnxruntime" in ms:  # ONNX Runtime's nodes without the layout conversions: its cost inside a network
+        nodes_us = onnx_kernels(sep, x, threads, runs=20 * rounds)
+        ms["onnxruntime_in_graph"] = 1e-3 * sum(v for k, v in nodes_us.items() if not k.startswith("Reorder"))
     versions = {}
     if keras is not None:  # right after the others, in its own process (not interleaved with them)
         reply = keras.time(case, rounds)
@@ -173,6 +210,10 @@ def run_shape(case, threads: int, rounds: int, keras: "KerasPeer | None" = None)
         # both convolutions in Keras (TensorFlow backend)
         "realized_keras": (ms["standard_keras"] / ms["keras"]) / theoretical if "keras" in ms else None,
         "keras_versions": versions,
+        "onnxruntime_nodes_us": nodes_us,
+        # against ONNX Runtime's nodes alone (profiler kernel times, no call overhead, input already in its layout)
+        "sepconv_vs_onnxruntime_in_graph": (ms["sepconv"] / ms["onnxruntime_in_graph"]
+                                            if "onnxruntime_in_graph" in ms else None),
     }
 
 
@@ -198,6 +239,8 @@ def main(argv=None) -> int:
             ms = row["median_ms"]
             print(f"{suite:13s} {case.name:28s} " + "  ".join(f"{k} {v:8.3f}" for k, v in ms.items())
                   + f"  best peer {row['best_peer']}  sepconv/best {row['sepconv_vs_best_peer']:.2f}"
+                  + (f"  sepconv/onnxruntime in graph {row['sepconv_vs_onnxruntime_in_graph']:.2f}"
+                     if row["sepconv_vs_onnxruntime_in_graph"] else "")
                   + (f"  skipped {list(row['skipped'])}" if row["skipped"] else ""), flush=True)
     if keras is not None:
         keras.close()

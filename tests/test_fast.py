@@ -145,3 +145,23 @@ def test_compile_backend_is_measured_when_asked():
     assert {"nchw", "channels_last", "compile"} <= set(fast.timings_ms)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnx/onnxruntime not installed (pip install 'sepconv[onnx]')")
+def test_onnxruntime_profile_records_every_node():
+    import json
+    import os
+
+    model, x = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval(), torch.randn(1, 3, 8, 8)
+    runner = sepconv.to_onnxruntime(model, x, profile=True)
+    runner(x)
+    path = runner.session.end_profiling()
+    try:
+        with open(path) as f:
+            events = json.load(f)
+    finally:
+        os.unlink(path)
+    ops = {e["args"].get("op_name") for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")}
+    assert "Conv" in ops
+    plain = sepconv.to_onnxruntime(model, x)
+    assert not plain.session.end_profiling()  # no profile without the flag

@@ -84,7 +84,8 @@ def onnxruntime_available() -> bool:
 
 
 def to_onnxruntime(model: nn.Module, sample_input: torch.Tensor, *, threads: Optional[int] = None,
-                   rtol: float = 1e-3, atol: float = 1e-4, spinning: bool = False) -> OnnxRuntimeModel:
+                   rtol: float = 1e-3, atol: float = 1e-4, spinning: bool = False,
+                   profile: bool = False) -> OnnxRuntimeModel:
     """Export ``model`` (eval mode, batch dimension dynamic) to ONNX and load it into an ONNX Runtime session.
 
     The session uses all graph optimizations and ``threads`` intra-op threads
@@ -101,6 +102,10 @@ def to_onnxruntime(model: nn.Module, sample_input: torch.Tensor, *, threads: Opt
     itself took 5.9 ms spinning and 6.3 ms sleeping alone
     (``benchmarks/bench_networks.py``, ``runtime_interference_ms``). A process
     that runs nothing but the session can ask for ``spinning=True``.
+
+    ``profile``: ONNX Runtime records every node's time on every run;
+    ``runner.session.end_profiling()`` writes them to a JSON file (in the
+    temporary directory) and returns its path.
     """
     if not onnxruntime_available():
         raise ImportError("to_onnxruntime needs onnx and onnxruntime: pip install 'sepconv[onnx]'")
@@ -123,6 +128,12 @@ def to_onnxruntime(model: nn.Module, sample_input: torch.Tensor, *, threads: Opt
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if profile:
+        import os
+        import tempfile
+
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(tempfile.gettempdir(), "sepconv_onnxruntime")
     session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
     runner = OnnxRuntimeModel(session, "x", threads)
     with torch.no_grad():
