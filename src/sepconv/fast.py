@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, Optional, Sequence
 
 import torch
@@ -110,7 +111,6 @@ def to_onnxruntime(model: nn.Module, sample_input: torch.Tensor, *, threads: Opt
     if not onnxruntime_available():
         raise ImportError("to_onnxruntime needs onnx and onnxruntime: pip install 'sepconv[onnx]'")
     import io
-    import warnings
 
     import onnxruntime as ort
 
@@ -263,18 +263,19 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
         except Exception as error:  # export or session failed, or outputs differ: an explicit request fails loudly
             if explicit:
                 raise RuntimeError(f"optimize: the onnxruntime backend failed for this model: {error}") from error
-            import warnings
-
             warnings.warn(f"optimize: skipping the onnxruntime backend ({type(error).__name__}: {error})", stacklevel=2)
     if "cudagraph" in backends:
         from .cuda_graph import CudaGraphModel
 
-        layouts = [("cudagraph", torch.contiguous_format)]
+        layouts = [("cudagraph", "nchw", torch.contiguous_format)]
         if measure and sample_input.dim() == 4:
-            layouts.append(("cudagraph_channels_last", torch.channels_last))
-        for name, fmt in layouts:
+            layouts.append(("cudagraph_channels_last", "channels_last", torch.channels_last))
+        for name, eager_name, fmt in layouts:
             try:
-                eager, x = copy.deepcopy(base).to(memory_format=fmt), sample_input.contiguous(memory_format=fmt)
+                # the eager candidate of the same layout when there is one: the graph reads its parameters in place
+                eager = (candidates[eager_name][0] if eager_name in candidates
+                         else copy.deepcopy(base).to(memory_format=fmt))
+                x = sample_input.contiguous(memory_format=fmt)
                 graphed = CudaGraphModel(eager, x)
                 with torch.no_grad():  # against eager in the same layout: the same kernels (TF32 or not)
                     expected, got = eager(x), graphed(x)
@@ -285,8 +286,6 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
             except Exception as error:  # recording failed (host sync, data-dependent shapes) or outputs differ
                 if explicit:
                     raise RuntimeError(f"optimize: the cudagraph backend failed for this model: {error}") from error
-                import warnings
-
                 warnings.warn(f"optimize: skipping the {name} candidate ({type(error).__name__}: {error})",
                               stacklevel=2)
                 break
