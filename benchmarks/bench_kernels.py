@@ -41,11 +41,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import sepconv.fused
 from sepconv._io import atomic_write_bytes
 from sepconv.bench import mobilenet_v1_suite, vgg_blocks_suite
 from sepconv.bench.timing import interleaved, machine_info
 from sepconv.geometry import output_size_1d
-import sepconv.fused
 from sepconv.layers import SeparableConv2d
 from sepconv.train_engine import depthwise_weight_grad, matmul_at_b
 

@@ -1,7 +1,7 @@
 """Whole networks: theoretical vs realized saving of the separable variant, per execution path.
 
     python benchmarks/bench_networks.py [--threads 1] [--rounds 7] [--out DIR]
-    python benchmarks/bench_networks.py --device cuda [--out DIR]
+    python benchmarks/bench_networks.py --device cuda [--batch N] [--network NAME] [--dtype bfloat16] [--out DIR]
 
 For MobileNetV1 (224x224, batch 1; the paper's "Conv MobileNet" as the standard
 variant) and the seed's VGG-block network (32x32x3, batch 32, 10 classes), the
@@ -29,11 +29,15 @@ Where the picked path runs layers on the fused kernel, the picked model is also 
 the kernel's large outputs on non-temporal stores (`sepconv.fused.STREAM_MIN_BYTES`, the
 default) against all outputs on plain stores (`fused_output_stores_ms`).
 
-With `--device cuda` the candidates are eager PyTorch (NCHW, channels-last) and the
-forward pass replayed from a CUDA graph (`cudagraph`, both layouts; float32 with cuDNN's
-algorithm search on and TF32 as PyTorch's convolutions default to): at these batch sizes a
-large GPU finishes each layer faster than the host launches it, so eager time is mostly
-launch cost and the graph shows what the separable network's smaller arithmetic buys.
+With `--device cuda` the candidates are eager PyTorch (NCHW, channels-last), the same with
+each non-depthwise convolution's ReLU fused into cuDNN's convolution (`cudnn_relu`) and
+each of these replayed from a CUDA graph (`cudagraph...`; float32 with cuDNN's algorithm
+search on and TF32 as PyTorch's convolutions default to): at these batch sizes a large GPU
+finishes each layer faster than the host launches it, so eager time is mostly launch cost
+and the graph shows what the separable network's smaller arithmetic buys.
+`--batch N` runs every network at batch N instead (the GPU busy for longer per layer),
+`--network NAME` (repeatable) only the named networks, `--dtype bfloat16`/`float16` (CUDA
+only) the models and input in that precision.
 
 Writes `networks.json` (with the machine) into --out (default
 `benchmarks/results/networks-cpu-<threads>thread`, or `networks-cuda`).
@@ -74,16 +78,6 @@ def _stores_ab(fast, x: torch.Tensor, rounds: int) -> dict[str, float]:
                               0.05)
 
 
-def _picked(fast) -> str:
-    """The name under which optimize timed the candidate it picked."""
-    channels_last = fast.memory_format == torch.channels_last
-    if fast.backend == "eager":
-        return "channels_last" if channels_last else "nchw"
-    if fast.backend == "cudagraph":
-        return "cudagraph_channels_last" if channels_last else "cudagraph"
-    return fast.backend
-
-
 def _runtime_interference(model, x: torch.Tensor, rounds: int) -> dict[str, float]:
     """Median ms of the oneDNN/fused model and of ONNX Runtime sessions whose idle threads spin or sleep, each
     alone and interleaved with the other runtime (no pause between samples): what one runtime's spinning idle
@@ -111,10 +105,20 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--batch", type=int, help="batch size for every network (default: each network's own)")
+    p.add_argument("--network", action="append", choices=[n for n, _, _ in NETWORKS],
+                   help="only this network (repeatable; default: all)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="precision of models and input (half precisions on CUDA only)")
     p.add_argument("--out")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
+    if args.batch is not None and args.batch < 1:
+        p.error(f"--batch: must be at least 1, got {args.batch}")
+    if args.dtype != "float32" and args.device != "cuda":
+        p.error(f"--dtype {args.dtype}: half precision is timed on CUDA only (use --device cuda)")
+    dtype = getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True
     warnings.simplefilter("ignore")
@@ -123,23 +127,27 @@ def main(argv=None) -> int:
            HERE / "results" / ("networks-cuda" if on_cuda else f"networks-cpu-{args.threads}thread"))
     rows = []
     for name, kwargs, shape in NETWORKS:
+        if args.network and name not in args.network:
+            continue
+        if args.batch is not None:
+            shape = (args.batch, *shape[1:])
         torch.manual_seed(0)
-        x = torch.randn(*shape, device=args.device)
+        x = torch.randn(*shape, device=args.device, dtype=dtype)
         row = {"network": name, "input": list(shape), "variants": {}}
         for variant in ("standard", "separable"):
             model = build_model(name, variant, **kwargs).eval()
             macs = profile(model, shape[1:]).total_macs
-            model = model.to(args.device)
-            backends = (("eager", "cudagraph") if on_cuda else
+            model = model.to(args.device, dtype)
+            backends = (("eager", "cudnn_relu", "cudagraph") if on_cuda else
                         ("eager", "compile") + (("onednn",) if onednn_available() else ())
                         + (("onnxruntime",) if sepconv.fast.onnxruntime_available() else ()))
             torch._dynamo.reset()
             fast = sepconv.optimize(model, x, rounds=args.rounds, backends=backends)
-            row["variants"][variant] = {"macs_per_sample": macs, "median_ms": fast.timings_ms, "picked": fast.backend,
+            row["variants"][variant] = {"macs_per_sample": macs, "median_ms": fast.timings_ms, "picked": fast.candidate,
                                         "layer_choices": fast.layer_choices,
                                         "picked_layout": "channels_last" if fast.memory_format == torch.channels_last
                                         else "contiguous"}
-            row["variants"][variant]["picked_ms"] = fast.timings_ms.get(_picked(fast))
+            row["variants"][variant]["picked_ms"] = fast.timings_ms.get(fast.candidate)
             if fast.backend == "onednn" and any("fused" in str(v) for v in fast.layer_choices.values()):
                 row["variants"][variant]["fused_output_stores_ms"] = _stores_ab(fast, x, args.rounds)
             if (variant == "separable" and args.threads > 1 and onednn_available()
@@ -157,9 +165,11 @@ def main(argv=None) -> int:
             paths["onnxruntime"] = (std["median_ms"]["onnxruntime"], sep["median_ms"]["onnxruntime"])
         if "compile" in std["median_ms"]:
             paths["compile"] = (std["median_ms"]["compile"], sep["median_ms"]["compile"])
-        graphs = ("cudagraph", "cudagraph_channels_last")
-        if "cudagraph" in std["median_ms"]:
-            paths["cudagraph"] = (best(std["median_ms"], graphs), best(sep["median_ms"], graphs))
+        for path, keys in (("cudnn_relu", ("cudnn_relu", "cudnn_relu_channels_last")),
+                           ("cudagraph", ("cudagraph", "cudagraph_channels_last")),
+                           ("cudagraph_cudnn_relu", ("cudagraph_cudnn_relu", "cudagraph_cudnn_relu_channels_last"))):
+            if any(k in std["median_ms"] for k in keys) and any(k in sep["median_ms"] for k in keys):
+                paths[path] = (best(std["median_ms"], keys), best(sep["median_ms"], keys))
         if "onednn" in std["median_ms"]:
             paths["onednn"] = (std["median_ms"]["onednn"], sep["median_ms"]["onednn"])
         paths["optimize"] = (std["picked_ms"], sep["picked_ms"])  # the candidate optimize kept, as first timed
@@ -174,7 +184,7 @@ def main(argv=None) -> int:
     if on_cuda:
         machine.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
                        cudnn=torch.backends.cudnn.version(), tf32=bool(torch.backends.cudnn.allow_tf32))
-    record = {"machine": machine, "threads": args.threads, "device": args.device, "dtype": "float32",
+    record = {"machine": machine, "threads": args.threads, "device": args.device, "dtype": args.dtype,
               "mode": "inference forward", "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "networks.json", json.dumps(record, indent=1).encode())

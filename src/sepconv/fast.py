@@ -149,8 +149,11 @@ class OptimizedModel(nn.Module):
     """A model prepared for inference: BatchNorm folded, run by the backend and memory format that measured fastest."""
 
     def __init__(self, model: nn.Module, memory_format: torch.memory_format, timings_ms: dict[str, float], folded: int,
-                 backend: str = "eager", layer_choices: Optional[dict[str, str]] = None):
+                 backend: str = "eager", layer_choices: Optional[dict[str, str]] = None,
+                 candidate: Optional[str] = None):
         super().__init__()
+        #: The name under which :func:`optimize` timed the kept candidate (a key of ``timings_ms`` when measured).
+        self.candidate = candidate if candidate is not None else backend
         #: For the ``onednn`` backend: per convolution, ``packed[+activation]`` or ``eager`` (what measured faster).
         self.layer_choices = dict(layer_choices or {})
         self.model = model
@@ -178,7 +181,9 @@ CLOSE_CALL = 1.2
 SETTLE_S = 0.01
 
 #: Backends :func:`optimize` can measure; ``compile`` is opt-in (compiling takes tens of seconds).
-BACKENDS = ("eager", "onednn", "onnxruntime", "compile", "cudagraph")
+BACKENDS = ("eager", "onednn", "onnxruntime", "compile", "cudnn_relu", "cudagraph")
+#: Sample dtypes for which ``cudnn_relu`` is a default candidate on CUDA.
+_CUDNN_RELU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = True, rounds: int = 7,
@@ -201,17 +206,26 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
       about twice as fast as PyTorch (``benchmarks/README.md``);
     * ``compile``: ``torch.compile`` of the folded model (NCHW) with inductor's
       ``freezing`` on, compiled for the sample's shape; opt-in;
-    * ``cudagraph`` (CUDA inputs): the folded model's forward recorded as a
-      CUDA graph for the sample's shape, in NCHW (``cudagraph``) and, for 4D
-      inputs, channels-last (``cudagraph_channels_last``), replayed per call
+    * ``cudnn_relu`` (CUDA inputs): eager PyTorch with each non-depthwise
+      ``Conv2d`` that a ReLU directly follows replaced by cuDNN's fused
+      convolution + ReLU (:func:`~sepconv.cudnn.fuse_conv_relu`), in NCHW
+      (``cudnn_relu``) and channels-last (``cudnn_relu_channels_last``);
+      skipped when the model has no such pair;
+    * ``cudagraph`` (CUDA inputs): the forward of each eager candidate above
+      (``nchw``, ``channels_last`` and the ``cudnn_relu`` ones when timed)
+      recorded as a CUDA graph for the sample's shape (``cudagraph``,
+      ``cudagraph_channels_last``, ``cudagraph_cudnn_relu``,
+      ``cudagraph_cudnn_relu_channels_last``), replayed per call
       (:class:`~sepconv.cuda_graph.CudaGraphModel`: one launch per call
       instead of one per kernel; other input shapes run eagerly).
 
     ``backends`` restricts the candidates (default: ``eager``, plus
     ``onednn`` and ``onnxruntime`` when available and the sample is float32
-    on the CPU, plus ``cudagraph`` when the sample is on a CUDA device; if
-    the model cannot be exported or recorded, or its ONNX Runtime or graph
-    outputs differ, a warning says so and the other candidates are used).
+    on the CPU, plus ``cudnn_relu`` (float32/16, bfloat16) and ``cudagraph``
+    when the sample is on a CUDA device; if the model cannot be exported or
+    recorded, or its ONNX Runtime, cuDNN-fused or graph outputs differ, a
+    warning says so and the other candidates are used). The kept candidate's
+    name is the result's ``candidate``.
     On CUDA every timing sample ends with a device synchronization. The fastest is kept;
     when the runner-up is within 20 % (``CLOSE_CALL``), the two are timed
     again with twice the rounds and longer samples before choosing (recorded
@@ -229,6 +243,7 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
     explicit = backends is not None
     if backends is None:
         backends = (("eager",) + (("onednn",) if onednn_usable else ()) + (("onnxruntime",) if ort_usable else ())
+                    + (("cudnn_relu",) if cuda and sample_input.dtype in _CUDNN_RELU_DTYPES else ())
                     + (("cudagraph",) if cuda else ()))
     backends = tuple(backends)
     unknown = [b for b in backends if b not in BACKENDS]
@@ -240,9 +255,10 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
     if "onednn" in backends and not onednn_usable:
         raise ValueError("backends includes 'onednn', which needs a 4D float32 CPU sample_input and a PyTorch build "
                          "with oneDNN (sepconv.onednn.onednn_available())")
-    if "cudagraph" in backends and not cuda:
-        raise ValueError(f"backends includes 'cudagraph', which needs a sample_input on a CUDA device, got one on "
-                         f"{sample_input.device}")
+    for needs_cuda in ("cudnn_relu", "cudagraph"):
+        if needs_cuda in backends and not cuda:
+            raise ValueError(f"backends includes {needs_cuda!r}, which needs a sample_input on a CUDA device, got "
+                             f"one on {sample_input.device}")
     base = copy.deepcopy(model).eval()
     folded = fold_batchnorm(base)
     layer_choices: dict[str, str] = {}
@@ -264,25 +280,45 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
             if explicit:
                 raise RuntimeError(f"optimize: the onnxruntime backend failed for this model: {error}") from error
             warnings.warn(f"optimize: skipping the onnxruntime backend ({type(error).__name__}: {error})", stacklevel=2)
+    if "cudnn_relu" in backends:
+        from .cudnn import fuse_conv_relu
+
+        layouts = [("cudnn_relu", "nchw", torch.contiguous_format)]
+        if measure and sample_input.dim() == 4:
+            layouts.append(("cudnn_relu_channels_last", "channels_last", torch.channels_last))
+        for name, eager_name, fmt in layouts:
+            fused = copy.deepcopy(base)
+            if not fuse_conv_relu(fused):
+                break  # no Conv2d + ReLU pair: the candidate would be eager's
+            fused = fused.to(memory_format=fmt)
+            x = sample_input.contiguous(memory_format=fmt)
+            try:
+                with torch.no_grad():
+                    _check_close(fused(x), candidates.get(eager_name, (base,))[0](x), sample_input, "cuDNN's fused")
+            except Exception as error:  # the operator is missing, refuses the dtype, or its output differs
+                if explicit:
+                    raise RuntimeError(f"optimize: the cudnn_relu backend failed for this model: {error}") from error
+                warnings.warn(f"optimize: skipping the {name} candidate ({type(error).__name__}: {error})",
+                              stacklevel=2)
+                break
+            candidates[name] = (fused, fmt, "cudnn_relu")
     if "cudagraph" in backends:
         from .cuda_graph import CudaGraphModel
 
-        layouts = [("cudagraph", "nchw", torch.contiguous_format)]
+        sources = [("nchw", "cudagraph", torch.contiguous_format)]
         if measure and sample_input.dim() == 4:
-            layouts.append(("cudagraph_channels_last", "channels_last", torch.channels_last))
-        for name, eager_name, fmt in layouts:
+            sources.append(("channels_last", "cudagraph_channels_last", torch.channels_last))
+        sources += [(name, f"cudagraph_{name}", fmt) for name, (_, fmt, kind) in list(candidates.items())
+                    if kind == "cudnn_relu"]
+        for eager_name, name, fmt in sources:
             try:
                 # the eager candidate of the same layout when there is one: the graph reads its parameters in place
                 eager = (candidates[eager_name][0] if eager_name in candidates
                          else copy.deepcopy(base).to(memory_format=fmt))
                 x = sample_input.contiguous(memory_format=fmt)
                 graphed = CudaGraphModel(eager, x)
-                with torch.no_grad():  # against eager in the same layout: the same kernels (TF32 or not)
-                    expected, got = eager(x), graphed(x)
-                tol = 1e-3 if sample_input.dtype in (torch.float32, torch.float64) else 2e-2
-                if not torch.allclose(got.float(), expected.float(), rtol=tol, atol=tol):
-                    raise RuntimeError(f"the replayed graph's output differs from eager's (max abs difference "
-                                       f"{float((got.float() - expected.float()).abs().max()):.3g})")
+                with torch.no_grad():  # against the same eager model: the same kernels
+                    _check_close(graphed(x), eager(x), sample_input, "the replayed graph's")
             except Exception as error:  # recording failed (host sync, data-dependent shapes) or outputs differ
                 if explicit:
                     raise RuntimeError(f"optimize: the cudagraph backend failed for this model: {error}") from error
@@ -327,4 +363,29 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
             choice = min(ranked[:2], key=lambda name: again[name].median)
             timings.update({f"{name} (confirmation)": again[name].median * 1e3 for name in ranked[:2]})
     module, fmt, backend = candidates[choice]
-    return OptimizedModel(module, fmt, timings, folded, backend, layer_choices if backend == "onednn" else {})
+    return OptimizedModel(module, fmt, timings, folded, backend, layer_choices if backend == "onednn" else {},
+                          candidate=choice)
+
+
+def _check_close(got: torch.Tensor, expected: torch.Tensor, sample_input: torch.Tensor, what: str) -> None:
+    """Raise RuntimeError when a candidate's output differs from eager's by more than the sample's precision allows.
+
+    The largest difference is taken relative to the largest output magnitude:
+    1e-2 in half precision and in float32 on CUDA with TF32 convolutions
+    allowed (PyTorch's default; different algorithms round differently),
+    1e-4 in float32 otherwise, 1e-8 in float64.
+    """
+    dtype = sample_input.dtype
+    if dtype == torch.float64:
+        tol = 1e-8
+    elif dtype == torch.float32 and not (sample_input.is_cuda and torch.backends.cudnn.allow_tf32):
+        tol = 1e-4
+    else:
+        tol = 1e-2
+    if got.shape != expected.shape:
+        raise RuntimeError(f"{what} output differs from eager's in shape: {tuple(got.shape)} vs {tuple(expected.shape)}")
+    scale = float(expected.detach().abs().max().float()) if expected.numel() else 0.0
+    err = float((got.detach().float() - expected.detach().float()).abs().max()) if got.numel() else 0.0
+    if not err <= tol * max(scale, 1e-30):
+        raise RuntimeError(f"{what} output differs from eager's (max abs difference {err:.3g}, largest output "
+                           f"{scale:.3g}, tolerance {tol:g} of it)")

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -136,8 +136,10 @@ def _next_activation(parent: nn.Sequential, name: str) -> Optional[tuple[nn.Modu
     return (parent, following[0]) if following and type(parent._modules[following[0]]) in _FUSABLE else None
 
 
-def _conv_sites(model: nn.Module) -> list[tuple[nn.Module, str, Optional[tuple[nn.Module, str]]]]:
-    """Every packable conv as (parent, name, activation site or None), the activation being one that can be fused.
+def _conv_sites(model: nn.Module, usable: Callable[[nn.Module], bool] = packable
+                ) -> list[tuple[nn.Module, str, Optional[tuple[nn.Module, str]]]]:
+    """Every conv ``usable`` accepts (default: :func:`packable`) as (parent, name, activation site or None), the
+    activation being a ReLU or ReLU6 that can be fused.
 
     An activation is fusable when it directly follows the convolution: the next
     non-Identity module of an ``nn.Sequential``; a separable layer's
@@ -161,7 +163,7 @@ def _conv_sites(model: nn.Module) -> list[tuple[nn.Module, str, Optional[tuple[n
             continue
         for conv_name, norm_name, act_name in (("depthwise", "dw_norm", "dw_act"), ("pointwise", "pw_norm", "pw_act")):
             conv, norm, act = (getattr(parent, n) for n in (conv_name, norm_name, act_name))
-            if not packable(conv):
+            if not usable(conv):
                 continue
             site = None
             if _is_identity(norm) and type(act) in _FUSABLE:
@@ -171,7 +173,7 @@ def _conv_sites(model: nn.Module) -> list[tuple[nn.Module, str, Optional[tuple[n
             sites.append((parent, conv_name, site))
             seen.add(id(conv))
     for name, conv in model.named_modules():
-        if name and id(conv) not in seen and packable(conv):
+        if name and id(conv) not in seen and usable(conv):
             parent_name, _, child = name.rpartition(".")
             sites.append((model.get_submodule(parent_name), child, after.get(id(conv))))
             seen.add(id(conv))

@@ -1,0 +1,95 @@
+"""cuDNN convolutions with their ReLU applied in the same kernel: the engine behind ``optimize``'s ``cudnn_relu``.
+
+Why this exists (measured, ``benchmarks/README.md``, "A GPU: NVIDIA H200"):
+at batch 32-256 a separable network on a large GPU is bound by memory
+traffic, not arithmetic. Eager PyTorch writes each convolution's output to
+device memory and then an in-place ReLU reads and writes it again;
+``torch.cudnn_convolution_relu`` (cuDNN's fused convolution + bias +
+activation) writes it once. Replacing every non-depthwise ``Conv2d`` + ReLU
+this way ran whole networks (MobileNetV1 and the VGG-block network, both
+variants, forward replayed from CUDA graphs, float32 with TF32) in 0.58-0.79
+of their time on an NVIDIA H200 with cuDNN 9.19. The same fusion on the
+depthwise convolutions made the separable MobileNetV1 2.7-3.0x *slower*
+(cuDNN runs a grouped convolution with a fused activation on a much slower
+engine), so :func:`fuse_conv_relu` leaves depthwise convolutions alone
+unless asked.
+
+:class:`CudnnConvReLU` calls cuDNN's operator for CUDA inputs in inference
+(it has no backward); for CPU inputs, or when autograd needs gradients, it
+computes the same function as ``relu(conv2d(x))`` with PyTorch's ordinary
+operators, so a fused model still trains and runs anywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .onednn import _conv_sites
+
+
+def cudnn_fusable(conv: nn.Module) -> bool:
+    """Whether :class:`CudnnConvReLU` can take ``conv``: an ``nn.Conv2d`` with integer, zero padding."""
+    return (isinstance(conv, nn.Conv2d) and not isinstance(conv.padding, str)
+            and conv.padding_mode == "zeros")
+
+
+def _is_depthwise(conv: nn.Conv2d) -> bool:
+    return conv.groups > 1 and conv.groups == conv.in_channels
+
+
+class CudnnConvReLU(nn.Module):
+    """``relu(conv(x))`` for an ``nn.Conv2d`` ``conv``, as one cuDNN kernel on CUDA in inference.
+
+    Shares ``conv``'s ``weight`` and ``bias`` parameters (same names, so a
+    state dict loads into either). On CUDA with no gradient needed it calls
+    ``torch.cudnn_convolution_relu``; otherwise ``F.relu(F.conv2d(...))``.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if not cudnn_fusable(conv):
+            raise ValueError(f"CudnnConvReLU needs an nn.Conv2d with integer zero padding, got {conv!r}")
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.stride, self.padding = list(conv.stride), list(conv.padding)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
+                                                  or (self.bias is not None and self.bias.requires_grad))
+        if x.is_cuda and not needs_grad:
+            return torch.cudnn_convolution_relu(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                                self.groups)
+        return F.relu(F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups))
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[2:])}, "
+                f"stride={tuple(self.stride)}, padding={tuple(self.padding)}, dilation={tuple(self.dilation)}, "
+                f"groups={self.groups}, bias={self.bias is not None}")
+
+
+def fuse_conv_relu(model: nn.Module, *, depthwise: bool = False) -> list[str]:
+    """Replace, in place, each ``nn.Conv2d`` directly followed by an ``nn.ReLU`` by a :class:`CudnnConvReLU`.
+
+    "Directly followed" is what :mod:`sepconv.onednn` fuses on the CPU: the
+    next non-Identity module of an ``nn.Sequential``, or a separable layer's
+    ``dw_act``/``pw_act`` with an Identity norm between (fold BatchNorm first
+    with :func:`sepconv.fold_batchnorm`: an unfolded BatchNorm in between
+    leaves the pair alone). The ReLU becomes ``nn.Identity``. Depthwise
+    convolutions are skipped unless ``depthwise=True`` (slower fused on the
+    GPU measured, see the module's docstring); ReLU6 and other activations are
+    not fused (cuDNN's operator applies ReLU only). Returns the qualified names
+    of the convolutions replaced.
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    fused = []
+    for parent, name, site in _conv_sites(model, cudnn_fusable):
+        conv = getattr(parent, name)
+        if site is None or type(getattr(*site)) is not nn.ReLU or (_is_depthwise(conv) and not depthwise):
+            continue
+        setattr(parent, name, CudnnConvReLU(conv))
+        setattr(site[0], site[1], nn.Identity())
+        fused.append(names.get(id(conv), name))
+    return fused
