@@ -39,7 +39,12 @@ and the graph shows what the separable network's smaller arithmetic buys.
 `--network NAME` (repeatable) only the named networks, `--dtype bfloat16`/`float16` (CUDA
 only) the models and input in that precision.
 
-Writes `networks.json` (with the machine) into --out (default
+Each network's record also holds its roofline bound (`roofline_bound`, from this machine's
+measured peak compute and bandwidth, `sepconv.bench.model_bound_s`): both variants' forward
+passes with every layer at its bound, the separable one also with its depthwise -> pointwise
+pairs fused perfectly, and the realized ratios these bounds allow.
+
+Writes `networks.json` (with the machine and its roofline) into --out (default
 `benchmarks/results/networks-cpu-<threads>thread`, or `networks-cuda`).
 """
 
@@ -59,6 +64,7 @@ from bench_kernels import time_output_stores
 import sepconv
 import sepconv.fused
 from sepconv._io import atomic_write_bytes
+from sepconv.bench.roofline import measure_roofline, model_bound_s
 from sepconv.bench.timing import inference_call, interleaved, machine_info
 from sepconv.cost import profile
 from sepconv.models import build_model
@@ -69,6 +75,18 @@ NETWORKS = (
     ("mobilenet_v1", {"num_classes": 1000}, (1, 3, 224, 224)),
     ("vgg_blocks", {"num_classes": 10}, (32, 3, 32, 32)),
 )
+
+
+def roofline_bounds(name: str, kwargs: dict, shape: tuple[int, ...], roof, dtype: torch.dtype = torch.float32) -> dict:
+    """Roofline lower bounds (ms) of both variants' forward pass (``sepconv.bench.model_bound_s``), the separable one
+    also with each depthwise -> pointwise pair as one perfect fused kernel, and the realized ratios they cap."""
+    prof = {v: profile(build_model(name, v, **kwargs).eval(), shape[1:]) for v in ("standard", "separable")}
+    size = torch.empty((), dtype=dtype).element_size()
+    std, sep, fused = (1e3 * model_bound_s(prof[v], roof, batch=shape[0], dtype_bytes=size, fuse_separable=f)
+                       for v, f in (("standard", False), ("separable", False), ("separable", True)))
+    theory = prof["standard"].total_macs / prof["separable"].total_macs
+    return {"standard_ms": std, "separable_ms": sep, "separable_fused_ms": fused,
+            "realized_ceiling_unfused": std / sep / theory, "realized_ceiling_fused": std / fused / theory}
 
 
 def _stores_ab(fast, x: torch.Tensor, rounds: int) -> dict[str, float]:
@@ -125,6 +143,8 @@ def main(argv=None) -> int:
     on_cuda = args.device == "cuda"
     out = (Path(args.out) if args.out else
            HERE / "results" / ("networks-cuda" if on_cuda else f"networks-cpu-{args.threads}thread"))
+    roof = (measure_roofline(torch.device("cuda"), matmul_n=8192, copy_mib=1024, rounds=5, dtype=dtype) if on_cuda
+            else measure_roofline())
     rows = []
     for name, kwargs, shape in NETWORKS:
         if args.network and name not in args.network:
@@ -174,6 +194,7 @@ def main(argv=None) -> int:
             paths["onednn"] = (std["median_ms"]["onednn"], sep["median_ms"]["onednn"])
         paths["optimize"] = (std["picked_ms"], sep["picked_ms"])  # the candidate optimize kept, as first timed
         row["theoretical_speedup"] = theory
+        row["roofline_bound"] = roofline_bounds(name, kwargs, shape, roof, dtype)
         row["paths"] = {k: {"standard_ms": a, "separable_ms": b, "speedup": a / b, "realized": a / b / theory}
                         for k, (a, b) in paths.items()}
         rows.append(row)
@@ -184,7 +205,8 @@ def main(argv=None) -> int:
     if on_cuda:
         machine.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
                        cudnn=torch.backends.cudnn.version(), tf32=bool(torch.backends.cudnn.allow_tf32))
-    record = {"machine": machine, "threads": args.threads, "device": args.device, "dtype": args.dtype,
+    record = {"machine": machine, "roofline": roof.as_dict(), "threads": args.threads, "device": args.device,
+              "dtype": args.dtype,
               "mode": "inference forward", "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "networks.json", json.dumps(record, indent=1).encode())

@@ -56,6 +56,39 @@ def test_roofline_bound():
     assert roof.bound_s(1e6, 1e9) == pytest.approx(1e-1)  # memory-bound
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_model_bound_sums_each_layers_roofline_bound(batch):
+    """Against the layer formulas: a conv (+ReLU), a separable layer, a pool and a linear layer, counted by hand."""
+    from torch import nn
+
+    import sepconv
+    from sepconv.bench.roofline import model_bound_s
+    from sepconv.cost import profile
+    from sepconv.geometry import ConvSpec
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), sepconv.SeparableConv2d(8, 16, 3, padding=1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    prof = profile(model, (3, 8, 8))
+    conv = conv_cost(ConvSpec.make(3, 8, 3, padding=1), (8, 8), batch=batch)
+    dw, pw = separable_cost(ConvSpec.make(8, 16, 3, padding=1), (8, 8), batch=batch).stages
+    pool_bytes = 4 * batch * (16 * 8 * 8 + 16)
+    fc_flops, fc_bytes = 2 * batch * 16 * 10, 4 * (batch * (16 + 10) + 16 * 10 + 10)
+    for roof in (Roofline(peak_flops=1e9, bandwidth=1e18), Roofline(peak_flops=1e18, bandwidth=1e9),
+                 Roofline(peak_flops=3e9, bandwidth=1e10)):
+        unfused = sum(roof.bound_s(f, b) for f, b in [(conv.flops, conv.bytes), (dw.flops, dw.bytes),
+                                                     (pw.flops, pw.bytes), (0, pool_bytes), (fc_flops, fc_bytes)])
+        fused_pair = roof.bound_s(dw.flops + pw.flops, dw.bytes + pw.bytes - dw.output_bytes - pw.input_bytes)
+        fused = unfused - roof.bound_s(dw.flops, dw.bytes) - roof.bound_s(pw.flops, pw.bytes) + fused_pair
+        assert model_bound_s(prof, roof, batch=batch) == pytest.approx(unfused, rel=1e-12)
+        assert model_bound_s(prof, roof, batch=batch, fuse_separable=True) == pytest.approx(fused, rel=1e-12)
+    memory_bound = Roofline(peak_flops=1e18, bandwidth=1e9)  # fusing saves exactly the intermediate's round trip
+    saved = model_bound_s(prof, memory_bound, batch=batch) - model_bound_s(prof, memory_bound, batch=batch,
+                                                                             fuse_separable=True)
+    assert saved == pytest.approx(2 * 4 * batch * 8 * 8 * 8 / 1e9, rel=1e-9)
+    with pytest.raises(ValueError, match="batch and dtype_bytes must be >= 1, got batch=0"):
+        model_bound_s(prof, memory_bound, batch=0)
+
+
 def test_measured_roofline_takes_the_faster_gemm_and_records_torchs():
     from sepconv.bench import measure_roofline
     from sepconv.fast import onnxruntime_available

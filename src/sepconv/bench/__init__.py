@@ -1,8 +1,8 @@
 """Speed: timing harness, measured roofline, and standard-vs-separable suites (``sepconv bench``)."""
 
-from .roofline import Roofline, measure_roofline
+from .roofline import Roofline, measure_roofline, model_bound_s
 from .suites import SUITES, Case, CaseResult, mobilenet_v1_suite, run_case, vgg_blocks_suite
 from .timing import Timing, interleaved, machine_info
 
 __all__ = ["SUITES", "Case", "CaseResult", "Roofline", "Timing", "interleaved", "machine_info", "measure_roofline",
-           "mobilenet_v1_suite", "run_case", "vgg_blocks_suite"]
+           "mobilenet_v1_suite", "model_bound_s", "run_case", "vgg_blocks_suite"]

@@ -98,3 +98,56 @@ def _onnxruntime_matmul(a: torch.Tensor, b: torch.Tensor):
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     feed = {"a": a.numpy(), "b": b.numpy()}
     return lambda: session.run(None, feed)
+
+
+def model_bound_s(model_profile, roofline: Roofline, *, batch: int = 1, dtype_bytes: int = 4,
+                  fuse_separable: bool = False) -> float:
+    """Roofline lower bound (s) of one forward pass of a whole model, from its :func:`sepconv.cost.profile`.
+
+    Each counted layer (convolutions, ``nn.Linear``) costs
+    ``roofline.bound_s(FLOPs, bytes)`` with its input and output activations
+    and its parameters through memory once (``dtype_bytes`` per element,
+    ``batch`` samples; the profile's rows are scaled per sample). Pooling
+    layers move their input and output; other leaves (activations,
+    flattening) cost nothing, as if applied in the producing layer's pass.
+    With ``fuse_separable``, each depthwise -> pointwise pair of a sepconv
+    separable layer (rows ``<layer>.depthwise`` then ``<layer>.pointwise``)
+    counts as one kernel whose depthwise output never reaches memory: the
+    bound of a perfect fused kernel.
+    """
+    if batch < 1 or dtype_bytes < 1:
+        raise ValueError(f"batch and dtype_bytes must be >= 1, got batch={batch}, dtype_bytes={dtype_bytes}")
+
+    def per_sample(shape: tuple[int, ...]) -> int:
+        n = 1
+        for d in shape[1:]:
+            n *= d
+        return n
+
+    pending = None  # a depthwise row waiting for its pointwise partner: (prefix, flops, bytes without its output)
+    total = 0.0
+    for row in model_profile.rows:
+        if row.macs is None:
+            if "Pool" in row.kind:
+                total += roofline.bound_s(0, batch * (per_sample(row.input_shape) + per_sample(row.output_shape))
+                                          * dtype_bytes)
+            continue
+        flops = 2 * row.macs * batch
+        in_bytes = batch * per_sample(row.input_shape) * dtype_bytes
+        out_bytes = batch * per_sample(row.output_shape) * dtype_bytes
+        weight_bytes = row.params * dtype_bytes
+        prefix, _, leaf = row.name.rpartition(".")
+        if fuse_separable and leaf == "depthwise":
+            pending = (prefix, flops, in_bytes + weight_bytes, out_bytes)
+            continue
+        if pending is not None:
+            if leaf == "pointwise" and prefix == pending[0]:  # one kernel: the depthwise output stays on chip
+                total += roofline.bound_s(pending[1] + flops, pending[2] + weight_bytes + out_bytes)
+                pending = None
+                continue
+            total += roofline.bound_s(pending[1], pending[2] + pending[3])  # no partner: on its own
+            pending = None
+        total += roofline.bound_s(flops, in_bytes + weight_bytes + out_bytes)
+    if pending is not None:
+        total += roofline.bound_s(pending[1], pending[2] + pending[3])
+    return total
