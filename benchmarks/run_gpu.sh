@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of issue 6, for a lent CUDA machine whose python3 has PyTorch and Triton (no install: the
-# package runs from src/). Writes a log, records and plots under $OUT (default /tmp/sepconv-gpu); about 6 minutes
-# on an H100 (the first Triton compiles included), at most 520 s. Each step has its own time limit, so one that hangs
+# package runs from src/). Writes a log, records and plots under $OUT (default /tmp/sepconv-gpu); about 5 minutes
+# on an H200 (the first Triton compiles included), at most 560 s. Each step has its own time limit, so one that hangs
 # or fails leaves the others' results. SEPCONV_GPU_TESTS= (empty) skips the Triton kernel's tests. The per-call
 # `sepconv bench --device cuda --suite mobilenet_v1 --suite-batch 32` of earlier leases is left out (launch-bound,
 # recorded in results/gpu-h100/).
@@ -17,11 +17,13 @@ mkdir -p "$OUT"
     python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'triton', triton.__version__)"
     echo "== tests on CUDA"
     timeout 150 python3 -m pytest -q -p no:cacheprovider ${SEPCONV_GPU_TESTS-tests/test_fused_triton.py} \
-        tests/test_cuda_graph.py \
+        tests/test_cuda_graph.py tests/test_cudnn.py \
         tests/test_bench.py::test_bench_on_cuda_times_the_triton_kernel_as_the_fused_engine \
         tests/test_bench.py::test_bench_device_and_dtype_errors tests/test_compare.py::test_cuda_mixed_precision_run
-    echo "== whole networks on CUDA: eager vs replayed from a CUDA graph (sepconv.optimize's cudagraph backend)"
+    echo "== whole networks on CUDA through sepconv.optimize: eager, cuDNN-fused ReLUs, replayed from CUDA graphs"
     timeout 90 python3 benchmarks/bench_networks.py --device cuda --out "$OUT/networks"
+    echo "== whole networks on CUDA: cuDNN's fused convolution + ReLU vs the separate ReLU (graphs)"
+    timeout 60 python3 benchmarks/bench_gpu_conv_relu.py --batch 32 --batch 256 --out "$OUT/conv-relu.json"
     echo "== GPU-side time (CUDA graphs): VGG blocks at batch 32 and 256, MobileNetV1 at batch 32"
     timeout 100 python3 benchmarks/bench_gpu_graphs.py --suite vgg_blocks --batch 32 --batch 256 --out "$OUT/graphs-vgg.json"
     timeout 100 python3 benchmarks/bench_gpu_graphs.py --suite mobilenet_v1 --batch 32 --out "$OUT/graphs-mbv1.json"
