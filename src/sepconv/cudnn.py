@@ -43,8 +43,9 @@ class CudnnConvReLU(nn.Module):
     """``relu(conv(x))`` for an ``nn.Conv2d`` ``conv``, as one cuDNN kernel on CUDA in inference.
 
     Shares ``conv``'s ``weight`` and ``bias`` parameters (same names, so a
-    state dict loads into either). On CUDA with no gradient needed it calls
-    ``torch.cudnn_convolution_relu``; otherwise ``F.relu(F.conv2d(...))``.
+    state dict loads into either). On CUDA with no gradient needed and the
+    input in the weight's dtype it calls ``torch.cudnn_convolution_relu``;
+    otherwise (CPU, autograd, autocast) ``F.relu(F.conv2d(...))``.
     """
 
     def __init__(self, conv: nn.Conv2d) -> None:
@@ -59,7 +60,7 @@ class CudnnConvReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
                                                   or (self.bias is not None and self.bias.requires_grad))
-        if x.is_cuda and not needs_grad:
+        if x.is_cuda and not needs_grad and x.dtype == self.weight.dtype:  # (under autocast they differ)
             return torch.cudnn_convolution_relu(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
                                                 self.groups)
         return F.relu(F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups))
