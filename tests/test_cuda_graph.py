@@ -116,7 +116,9 @@ def test_optimize_on_cuda_measures_graphs(dtype):
     net = small_net().cuda().to(dtype)
     x = torch.randn(2, 4, 16, 16, device="cuda", dtype=dtype)
     fast = sepconv.optimize(net, x, rounds=2)
-    assert {"nchw", "channels_last", "cudagraph", "cudagraph_channels_last"} <= set(fast.timings_ms)
+    assert {"nchw", "channels_last", "cudagraph", "cudagraph_channels_last", "cudnn_relu", "cudnn_relu_channels_last",
+            "cudagraph_cudnn_relu", "cudagraph_cudnn_relu_channels_last"} <= set(fast.timings_ms)  # a ReLU to fuse
+    assert fast.candidate in fast.timings_ms
     with torch.no_grad():  # against the unfolded float32 model (BatchNorm folded in bfloat16 rounds differently)
         tol = 1e-3 if dtype == torch.float32 else 5e-2
         torch.testing.assert_close(fast(x).float(), small_net().cuda()(x.float()), rtol=tol, atol=tol)

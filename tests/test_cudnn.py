@@ -142,16 +142,11 @@ def test_the_cudnn_operator_runs_in_inference_and_autograd_otherwise(monkeypatch
 
 
 @cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_optimize_on_cuda_times_the_cudnn_fused_candidates(dtype):
-    model = net().cuda().to(dtype)
-    x = torch.randn(2, 3, 9, 9, device="cuda", dtype=dtype)
-    fast = sepconv.optimize(model, x, rounds=2)
-    assert {"cudnn_relu", "cudnn_relu_channels_last", "cudagraph_cudnn_relu",
-            "cudagraph_cudnn_relu_channels_last"} <= set(fast.timings_ms)
-    assert fast.candidate in fast.timings_ms
-    with torch.no_grad():
-        tol = 1e-3 if dtype == torch.float32 else 5e-2
-        torch.testing.assert_close(fast(x).float(), net().cuda()(x.float()), rtol=tol, atol=tol)
+def test_optimize_with_only_the_cudnn_backend():
+    """(optimize's default candidates on CUDA, the cuDNN-fused ones among them: tests/test_cuda_graph.py)"""
+    model = net().cuda()
+    x = torch.randn(2, 3, 9, 9, device="cuda")
     only = sepconv.optimize(model, x, backends=("cudnn_relu",), measure=False)
-    assert only.backend == "cudnn_relu" and isinstance(only.model[0], CudnnConvReLU)
+    assert only.backend == "cudnn_relu" and only.candidate == "cudnn_relu" and isinstance(only.model[0], CudnnConvReLU)
+    with torch.no_grad():
+        torch.testing.assert_close(only(x), model(x), rtol=1e-4, atol=1e-4)

@@ -277,9 +277,7 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
         try:
             candidates["onnxruntime"] = (to_onnxruntime(base, sample_input), torch.contiguous_format, "onnxruntime")
         except Exception as error:  # export or session failed, or outputs differ: an explicit request fails loudly
-            if explicit:
-                raise RuntimeError(f"optimize: the onnxruntime backend failed for this model: {error}") from error
-            warnings.warn(f"optimize: skipping the onnxruntime backend ({type(error).__name__}: {error})", stacklevel=2)
+            _skip_or_raise("onnxruntime", "onnxruntime backend", error, explicit)
     if "cudnn_relu" in backends:
         from .cudnn import fuse_conv_relu
 
@@ -296,10 +294,7 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
                 with torch.no_grad():
                     _check_close(fused(x), candidates.get(eager_name, (base,))[0](x), sample_input, "cuDNN's fused")
             except Exception as error:  # the operator is missing, refuses the dtype, or its output differs
-                if explicit:
-                    raise RuntimeError(f"optimize: the cudnn_relu backend failed for this model: {error}") from error
-                warnings.warn(f"optimize: skipping the {name} candidate ({type(error).__name__}: {error})",
-                              stacklevel=2)
+                _skip_or_raise("cudnn_relu", f"{name} candidate", error, explicit)
                 break
             candidates[name] = (fused, fmt, "cudnn_relu")
     if "cudagraph" in backends:
@@ -320,10 +315,7 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
                 with torch.no_grad():  # against the same eager model: the same kernels
                     _check_close(graphed(x), eager(x), sample_input, "the replayed graph's")
             except Exception as error:  # recording failed (host sync, data-dependent shapes) or outputs differ
-                if explicit:
-                    raise RuntimeError(f"optimize: the cudagraph backend failed for this model: {error}") from error
-                warnings.warn(f"optimize: skipping the {name} candidate ({type(error).__name__}: {error})",
-                              stacklevel=2)
+                _skip_or_raise("cudagraph", f"{name} candidate", error, explicit)
                 break
             candidates[name] = (graphed, fmt, "cudagraph")
     if "compile" in backends:
@@ -365,6 +357,14 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
     module, fmt, backend = candidates[choice]
     return OptimizedModel(module, fmt, timings, folded, backend, layer_choices if backend == "onednn" else {},
                           candidate=choice)
+
+
+def _skip_or_raise(backend: str, what: str, error: Exception, explicit: bool) -> None:
+    """A candidate could not be built: raise when its backend was asked for explicitly, else warn (naming ``what``
+    was skipped, and why) and let :func:`optimize` go on with the others."""
+    if explicit:
+        raise RuntimeError(f"optimize: the {backend} backend failed for this model: {error}") from error
+    warnings.warn(f"optimize: skipping the {what} ({type(error).__name__}: {error})", stacklevel=3)
 
 
 def _check_close(got: torch.Tensor, expected: torch.Tensor, sample_input: torch.Tensor, what: str) -> None:
