@@ -87,7 +87,8 @@ def main() -> None:
         p.error("needs a CUDA device")
     torch.backends.cudnn.benchmark = True
     dtype = getattr(torch, args.dtype)
-    roof = measure_roofline(torch.device("cuda"), matmul_n=8192, copy_mib=1024, rounds=5, dtype=dtype)
+    roof = measure_roofline(torch.device("cuda"), matmul_n=8192, copy_mib=1024, rounds=5, dtype=dtype,
+                            conv_batch=32)
     info = machine_info()
     info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
                 dtype=args.dtype, tf32=bool(torch.backends.cudnn.allow_tf32), repeat=args.repeat)

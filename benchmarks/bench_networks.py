@@ -143,7 +143,8 @@ def main(argv=None) -> int:
     on_cuda = args.device == "cuda"
     out = (Path(args.out) if args.out else
            HERE / "results" / ("networks-cuda" if on_cuda else f"networks-cpu-{args.threads}thread"))
-    roof = (measure_roofline(torch.device("cuda"), matmul_n=8192, copy_mib=1024, rounds=5, dtype=dtype) if on_cuda
+    roof = (measure_roofline(torch.device("cuda"), matmul_n=8192, copy_mib=1024, rounds=5, dtype=dtype,
+                             conv_batch=32) if on_cuda
             else measure_roofline())
     rows = []
     for name, kwargs, shape in NETWORKS:

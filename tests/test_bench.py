@@ -89,18 +89,26 @@ def test_model_bound_sums_each_layers_roofline_bound(batch):
         model_bound_s(prof, memory_bound, batch=0)
 
 
-def test_measured_roofline_takes_the_faster_gemm_and_records_torchs():
+def test_measured_roofline_takes_the_fastest_engine_and_records_each():
     from sepconv.bench import measure_roofline
     from sepconv.fast import onnxruntime_available
 
     roof = measure_roofline(matmul_n=256, copy_mib=8, rounds=2)
     assert roof.peak_flops > 0 and roof.bandwidth > 0
     record = roof.as_dict()
-    if onnxruntime_available():  # ONNX Runtime's MatMul is a candidate: the peak is the faster of the two
-        assert roof.torch_peak_flops is not None and roof.peak_flops >= roof.torch_peak_flops
-        assert record["torch_peak_gflops"] == pytest.approx(roof.torch_peak_flops / 1e9)
-    else:
-        assert roof.torch_peak_flops is None and "torch_peak_gflops" not in record
+    # torch.mm and the 3x3 convolution (and ONNX Runtime's MatMul when installed) are candidates: the fastest is the peak
+    assert roof.torch_peak_flops is not None and roof.conv_peak_flops is not None
+    assert roof.peak_flops >= max(roof.torch_peak_flops, roof.conv_peak_flops)
+    assert record["torch_peak_gflops"] == pytest.approx(roof.torch_peak_flops / 1e9)
+    assert record["conv_peak_gflops"] == pytest.approx(roof.conv_peak_flops / 1e9)
+    if not onnxruntime_available():
+        assert roof.peak_flops == max(roof.torch_peak_flops, roof.conv_peak_flops)
+    gemm_only = measure_roofline(matmul_n=256, copy_mib=8, rounds=2, conv_batch=0)
+    assert gemm_only.conv_peak_flops is None and "conv_peak_gflops" not in gemm_only.as_dict()
+    if not onnxruntime_available():
+        assert gemm_only.torch_peak_flops is None and gemm_only.peak_flops > 0
+    with pytest.raises(ValueError, match="conv_batch must be >= 0, got -1"):
+        measure_roofline(matmul_n=16, copy_mib=1, rounds=1, conv_batch=-1)
 
 
 def test_suites_follow_the_zoo():

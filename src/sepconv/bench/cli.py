@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     rounds = 3 if args.quick else args.rounds
     roof = measure_roofline(device, rounds=3 if args.quick else 7,
                             matmul_n=1024 if args.quick else (8192 if device.type == "cuda" else 2048),
-                            copy_mib=64 if args.quick else (1024 if device.type == "cuda" else 256), dtype=dtype)
+                            copy_mib=64 if args.quick else (1024 if device.type == "cuda" else 256), dtype=dtype,
+                            conv_batch=32 if device.type == "cuda" and not args.quick else 1)
     info = machine_info()
     info.update(device=str(device), dtype=args.dtype)
     if device.type == "cuda":

@@ -3,11 +3,16 @@
 The roofline model (Williams, Waterman & Patterson, 2009) bounds the time of
 a kernel by ``max(FLOPs / peak_flops, bytes / bandwidth)``. sepconv measures
 both ceilings instead of taking them from a data sheet, with the thread count
-in use. The compute peak is the faster of ``torch.mm`` and, when installed,
-ONNX Runtime's MatMul of the same size: on this project's AMD Zen 5 CPU
-PyTorch's GEMM (oneMKL) runs at half the rate ONNX Runtime's reaches, so
-``torch.mm`` alone would draw the compute roof at PyTorch's level, not the
-machine's. Both are recorded (``torch_peak_gflops``).
+in use. The compute peak is the fastest of ``torch.mm``, ONNX Runtime's
+MatMul of the same size (when installed) and a large 3x3 convolution
+(channels-last, 256 channels at 56x56: oneDNN's kernels on the CPU,
+cuDNN's on CUDA). One GEMM library alone draws the roof too low: on this
+project's AMD Zen 5 CPU PyTorch's GEMM (oneMKL) runs at half the rate ONNX
+Runtime's reaches, and on its AMD Zen 4 CPU oneDNN's 3x3 convolution ran at
+113 GFLOP/s against 93 for ``torch.mm`` (so whole networks measured
+"faster than their bound" before the convolution was a candidate). The
+rates of ``torch.mm`` and of the convolution are recorded too
+(``torch_peak_gflops``, ``conv_peak_gflops``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ class Roofline:
 
     peak_flops: float
     bandwidth: float
-    torch_peak_flops: float | None = None  # torch.mm's rate, when the peak came from another engine
+    torch_peak_flops: float | None = None  # torch.mm's rate, when other engines were timed too
+    conv_peak_flops: float | None = None  # the 3x3 convolution's rate, when it was timed
 
     def bound_s(self, flops: float, nbytes: float) -> float:
         """Lower bound on the time (s) of a kernel doing ``flops`` FLOPs and moving ``nbytes`` bytes."""
@@ -40,18 +46,28 @@ class Roofline:
                "ridge_flops_per_byte": self.ridge()}
         if self.torch_peak_flops is not None:
             out["torch_peak_gflops"] = self.torch_peak_flops / 1e9
+        if self.conv_peak_flops is not None:
+            out["conv_peak_gflops"] = self.conv_peak_flops / 1e9
         return out
 
 
 def measure_roofline(device: torch.device = torch.device("cpu"), matmul_n: int = 2048,
-                     copy_mib: int = 256, rounds: int = 7, dtype: torch.dtype = torch.float32) -> Roofline:
-    """Measure peak FLOP/s (``matmul_n``-square matmul in ``dtype``) and bandwidth (copy of ``copy_mib`` MiB).
+                     copy_mib: int = 256, rounds: int = 7, dtype: torch.dtype = torch.float32,
+                     conv_batch: int = 1) -> Roofline:
+    """Measure peak FLOP/s and bandwidth (copy of ``copy_mib`` MiB, read + write).
+
+    The peak is the fastest of a ``matmul_n``-square matmul in ``dtype``
+    (``torch.mm``; ONNX Runtime's too on the CPU in float32, when installed)
+    and a 3x3 convolution of 256 -> 256 channels on ``conv_batch`` 56x56
+    channels-last maps (0 leaves it out).
 
     On CUDA a float32 matmul is timed with TF32 tensor cores exactly when
     ``torch.backends.cudnn.allow_tf32`` is True (PyTorch's default for
     convolutions, not for matmuls): the compute roof is then the one the
     convolutions being compared can reach.
     """
+    if conv_batch < 0:
+        raise ValueError(f"conv_batch must be >= 0, got {conv_batch}")
     device = torch.device(device)
     a = torch.randn(matmul_n, matmul_n, device=device, dtype=dtype)
     b = torch.randn(matmul_n, matmul_n, device=device, dtype=dtype)
@@ -59,6 +75,15 @@ def measure_roofline(device: torch.device = torch.device("cpu"), matmul_n: int =
     src = torch.empty(copy_mib * 2**20 // 4, device=device).fill_(1.0)
     dst = torch.empty_like(src)
     candidates = {"matmul": lambda: torch.mm(a, b, out=out), "copy": lambda: dst.copy_(src)}
+    if conv_batch:
+        x = torch.randn(conv_batch, 256, 56, 56, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(256, 256, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+        def conv():
+            with torch.no_grad():
+                return torch.nn.functional.conv2d(x, w, padding=1)
+
+        candidates["conv3x3"] = conv
     ort = _onnxruntime_matmul(a, b) if device.type == "cpu" and dtype == torch.float32 else None
     if ort is not None:
         candidates["ort_matmul"] = ort
@@ -72,9 +97,12 @@ def measure_roofline(device: torch.device = torch.device("cpu"), matmul_n: int =
     flops = 2 * matmul_n**3
     moved = 2 * src.numel() * src.element_size()  # read + write
     torch_peak = flops / t["matmul"].median
-    best = max(torch_peak, flops / t["ort_matmul"].median) if ort is not None else torch_peak
-    return Roofline(peak_flops=best, bandwidth=moved / t["copy"].median,
-                    torch_peak_flops=torch_peak if ort is not None else None)
+    rates = [torch_peak] + ([flops / t["ort_matmul"].median] if ort is not None else [])
+    conv_peak = 2 * conv_batch * 256 * 256 * 9 * 56 * 56 / t["conv3x3"].median if conv_batch else None
+    if conv_peak is not None:
+        rates.append(conv_peak)
+    return Roofline(peak_flops=max(rates), bandwidth=moved / t["copy"].median,
+                    torch_peak_flops=torch_peak if len(rates) > 1 else None, conv_peak_flops=conv_peak)
 
 
 def _onnxruntime_matmul(a: torch.Tensor, b: torch.Tensor):
