@@ -98,7 +98,13 @@ def measure_roofline(device: torch.device = torch.device("cpu"), matmul_n: int =
     moved = 2 * src.numel() * src.element_size()  # read + write
     torch_peak = flops / t["matmul"].median
     rates = [torch_peak] + ([flops / t["ort_matmul"].median] if ort is not None else [])
-    conv_peak = 2 * conv_batch * 256 * 256 * 9 * 56 * 56 / t["conv3x3"].median if conv_batch else None
+    conv_peak = None
+    if conv_batch:
+        from ..cost import conv_cost
+        from ..geometry import ConvSpec
+
+        spec = ConvSpec.make(256, 256, 3, padding=1, bias=False)
+        conv_peak = conv_cost(spec, (56, 56), batch=conv_batch).flops / t["conv3x3"].median
     if conv_peak is not None:
         rates.append(conv_peak)
     return Roofline(peak_flops=max(rates), bandwidth=moved / t["copy"].median,
