@@ -27,15 +27,15 @@ from pathlib import Path
 
 import torch
 
+# this directory's script (sys.path[0] when run as a script)
+from bench_networks import NETWORKS
+
 import sepconv
 import sepconv.cuda_graph
 from sepconv._io import atomic_write_bytes
 from sepconv.bench.timing import inference_call, interleaved, machine_info
 from sepconv.cudnn import fuse_conv_relu
 from sepconv.models import build_model
-
-NETWORKS = (("mobilenet_v1", {"num_classes": 1000}), ("vgg_blocks", {"num_classes": 10}))
-SIZE = {"mobilenet_v1": 224, "vgg_blocks": 32}
 
 
 def main(argv=None) -> int:
@@ -48,10 +48,13 @@ def main(argv=None) -> int:
     on_cuda = args.device == "cuda"
     if on_cuda and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
+    for flag, values in (("--batch", args.batch or []), ("--rounds", [args.rounds])):
+        if any(v < 1 for v in values):
+            p.error(f"{flag}: must be at least 1, got {min(values)}")
     torch.backends.cudnn.benchmark = True
     rows = []
     for batch in args.batch or [32, 256]:
-        for name, kwargs in NETWORKS:
+        for name, kwargs, shape in NETWORKS:
             for variant in ("standard", "separable"):
                 torch.manual_seed(0)
                 model = build_model(name, variant, **kwargs).eval()
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
                 n = len(fuse_conv_relu(fusedm, depthwise=True))
                 pwm = copy.deepcopy(model)
                 fuse_conv_relu(pwm)
-                x = torch.randn(batch, 3, SIZE[name], SIZE[name], device=args.device).to(
+                x = torch.randn(batch, *shape[1:], device=args.device).to(
                     memory_format=torch.channels_last)
                 models = {}
                 try:
@@ -84,10 +87,7 @@ def main(argv=None) -> int:
                 print(f"{name:13s} {variant:9s} b{batch:<4d} {n:2d} sites  separate ReLU {ms['separate_relu']:.3f} ms"
                       f"  conv+ReLU {ms['conv_relu']:.3f} ms  ratio {rows[-1]['ratio']:.2f}  not depthwise {rows[-1]['ratio_not_depthwise']:.2f}  rel diff {diff:.1e}",
                       flush=True)
-    machine = machine_info()
-    if on_cuda:
-        machine.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
-                       cudnn=torch.backends.cudnn.version(), tf32=bool(torch.backends.cudnn.allow_tf32))
+    machine = machine_info(args.device)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -89,9 +89,8 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     roof = measure_roofline(torch.device("cuda"), matmul_n=8192, copy_mib=1024, rounds=5, dtype=dtype,
                             conv_batch=32)
-    info = machine_info()
-    info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                dtype=args.dtype, tf32=bool(torch.backends.cudnn.allow_tf32), repeat=args.repeat)
+    info = machine_info("cuda")
+    info.update(dtype=args.dtype, repeat=args.repeat)
     rows = []
     for batch in args.batch or [32]:
         cases = ((vgg_blocks_suite(batch=batch) if args.suite in ("vgg_blocks", "all") else [])

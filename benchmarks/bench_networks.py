@@ -202,10 +202,7 @@ def main(argv=None) -> int:
         print(f"{name}: theoretical {theory:.2f}x; " + "; ".join(
             f"{k} {v['standard_ms']:.2f} -> {v['separable_ms']:.2f} ms = {v['speedup']:.2f}x (realized {v['realized']:.2f})"
             for k, v in row["paths"].items()), flush=True)
-    machine = machine_info()
-    if on_cuda:
-        machine.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
-                       cudnn=torch.backends.cudnn.version(), tf32=bool(torch.backends.cudnn.allow_tf32))
+    machine = machine_info(args.device)
     record = {"machine": machine, "roofline": roof.as_dict(), "threads": args.threads, "device": args.device,
               "dtype": args.dtype,
               "mode": "inference forward", "rows": rows}

@@ -34,14 +34,26 @@ def main(argv=None) -> int:
     p.add_argument("--networks", required=True, type=Path, action="append")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
-    source = json.loads(args.roofline_from.read_text())
+
+    def load(path: Path, key: str) -> dict:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            p.error(f"cannot read {path}: {error}")
+        if not isinstance(record, dict) or key not in record:
+            p.error(f"{path}: not a record with a top-level {key!r}")
+        return record
+
+    source = load(args.roofline_from, "roofline")
     r = source["roofline"]
     roof_dtype = source.get("dtype", source.get("machine", {}).get("dtype", "float32"))
     roof = Roofline(peak_flops=r["peak_gflops"] * 1e9, bandwidth=r["bandwidth_gbs"] * 1e9)
     kwargs = {name: kw for name, kw, _ in NETWORKS}
     rows = []
     for path in args.networks:
-        record = json.loads(path.read_text())
+        record = load(path, "rows")
+        if not all(isinstance(r, dict) and {"network", "input", "variants"} <= set(r) for r in record["rows"]):
+            p.error(f"{path}: not a bench_networks.py record (rows need network, input and variants)")
         if record.get("dtype", "float32") != roof_dtype:  # the compute peak depends on the precision
             print(f"skipping {path}: {record.get('dtype', 'float32')}, the roofline was measured in {roof_dtype}")
             continue

@@ -10,8 +10,8 @@ this way ran whole networks (MobileNetV1 and the VGG-block network, both
 variants, forward replayed from CUDA graphs, float32 with TF32) in 0.58-0.79
 of their time on an NVIDIA H200 with cuDNN 9.19. The same fusion on the
 depthwise convolutions made the separable MobileNetV1 2.7-3.0x *slower*
-(cuDNN runs a grouped convolution with a fused activation on a much slower
-engine), so :func:`fuse_conv_relu` leaves depthwise convolutions alone
+(not profiled: cuDNN apparently picks a much slower engine for a grouped
+convolution with a fused activation), so :func:`fuse_conv_relu` leaves depthwise convolutions alone
 unless asked.
 
 :class:`CudnnConvReLU` calls cuDNN's operator for CUDA inputs in inference

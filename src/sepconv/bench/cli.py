@@ -117,11 +117,8 @@ def run(args: argparse.Namespace) -> int:
                             matmul_n=1024 if args.quick else (8192 if device.type == "cuda" else 2048),
                             copy_mib=64 if args.quick else (1024 if device.type == "cuda" else 256), dtype=dtype,
                             conv_batch=32 if device.type == "cuda" and not args.quick else 1)
-    info = machine_info()
+    info = machine_info(device)
     info.update(device=str(device), dtype=args.dtype)
-    if device.type == "cuda":
-        info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version(), tf32=bool(torch.backends.cudnn.allow_tf32))
     where = (f"{info['gpu']} (CUDA {info['cuda']}, cuDNN {info['cudnn']}, {args.dtype}"
              + (", TF32 allowed" if dtype == torch.float32 and info["tf32"] else "") + ")"
              if device.type == "cuda" else f"{info['cpu']}, {info['torch_threads']} threads")

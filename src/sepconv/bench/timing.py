@@ -120,8 +120,12 @@ def first_inputs(model: torch.nn.Module, modules, sample_input: torch.Tensor,
     return seen
 
 
-def machine_info() -> dict:
-    """What a recorded benchmark must say about where it ran."""
+def machine_info(device: torch.device | str | None = None) -> dict:
+    """What a recorded benchmark must say about where it ran.
+
+    Where CUDA is available it adds the GPU (``device``'s, else the current
+    one), the CUDA and cuDNN versions and whether cuDNN may use TF32.
+    """
     cpu = platform.processor() or ""
     fields: dict[str, str] = {}
     try:
@@ -150,5 +154,7 @@ def machine_info() -> dict:
         "freed_memory_kept": freed_memory_kept(),  # sepconv.keep_freed_memory (glibc malloc settings)
     }
     if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
+        cuda = device is not None and torch.device(device).type == "cuda"
+        info.update(gpu=torch.cuda.get_device_name(device if cuda else None), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version(), tf32=bool(torch.backends.cudnn.allow_tf32))
     return info
