@@ -71,14 +71,17 @@ def test_model_bound_sums_each_layers_roofline_bound(batch):
     prof = profile(model, (3, 8, 8))
     conv = conv_cost(ConvSpec.make(3, 8, 3, padding=1), (8, 8), batch=batch)
     dw, pw = separable_cost(ConvSpec.make(8, 16, 3, padding=1), (8, 8), batch=batch).stages
+    # bounds count in-bounds FLOPs: a 3x3 kernel with padding 1 on 8 pixels has 8 * 3 - 2 = 22 taps per row
+    # inside the input, 22 * 22 per channel pair in 2D (the 1x1 step reads no padding)
+    conv_flops, dw_flops = 2 * batch * 8 * 3 * 22 * 22, 2 * batch * 8 * 22 * 22
     pool_bytes = 4 * batch * (16 * 8 * 8 + 16)
     fc_flops, fc_bytes = 2 * batch * 16 * 10, 4 * (batch * (16 + 10) + 16 * 10 + 10)
     for roof in (Roofline(peak_flops=1e9, bandwidth=1e18), Roofline(peak_flops=1e18, bandwidth=1e9),
                  Roofline(peak_flops=3e9, bandwidth=1e10)):
-        unfused = sum(roof.bound_s(f, b) for f, b in [(conv.flops, conv.bytes), (dw.flops, dw.bytes),
+        unfused = sum(roof.bound_s(f, b) for f, b in [(conv_flops, conv.bytes), (dw_flops, dw.bytes),
                                                      (pw.flops, pw.bytes), (0, pool_bytes), (fc_flops, fc_bytes)])
-        fused_pair = roof.bound_s(dw.flops + pw.flops, dw.bytes + pw.bytes - dw.output_bytes - pw.input_bytes)
-        fused = unfused - roof.bound_s(dw.flops, dw.bytes) - roof.bound_s(pw.flops, pw.bytes) + fused_pair
+        fused_pair = roof.bound_s(dw_flops + pw.flops, dw.bytes + pw.bytes - dw.output_bytes - pw.input_bytes)
+        fused = unfused - roof.bound_s(dw_flops, dw.bytes) - roof.bound_s(pw.flops, pw.bytes) + fused_pair
         assert model_bound_s(prof, roof, batch=batch) == pytest.approx(unfused, rel=1e-12)
         assert model_bound_s(prof, roof, batch=batch, fuse_separable=True) == pytest.approx(fused, rel=1e-12)
     memory_bound = Roofline(peak_flops=1e18, bandwidth=1e9)  # fusing saves exactly the intermediate's round trip
@@ -136,26 +139,32 @@ def test_run_case_reports_consistent_ratios():
     # training: the best of eager and the layer after tune_training, never worse than eager's
     assert s["train_realized_best"] >= s["train_realized"] - 1e-12
     assert s["train_best_separable_engine"] in ("nchw", "nhwc", "tuned")
-    # the roofline speedup: standard conv's bound over the sum of the separable stages' bounds
-    std_bound = max(2 * conv_cost(case.spec, case.size, batch=2).macs / 1e10,
-                    conv_cost(case.spec, case.size, batch=2).bytes / 1e9)
+    # the roofline speedup: standard conv's bound over the sum of the separable stages' bounds, each with the
+    # FLOPs of the taps inside the input: 3x3, stride 2, padding 1 on 8 pixels gives 4 outputs whose taps read
+    # 2 + 3 + 3 + 3 = 11 input pixels per row, 11 * 11 per channel pair in 2D
     stages = separable_cost(case.spec, case.size, batch=2).stages
-    sep_bound = sum(max(st.flops / 1e10, st.bytes / 1e9) for st in stages)
+    in_bounds_flops = {"standard": 2 * 2 * 8 * 4 * 121, "depthwise": 2 * 2 * 4 * 121, "pointwise": stages[1].flops}
+    std_bound = max(in_bounds_flops["standard"] / 1e10, conv_cost(case.spec, case.size, batch=2).bytes / 1e9)
+    sep_bound = sum(max(in_bounds_flops[st.name] / 1e10, st.bytes / 1e9) for st in stages)
     assert s["roofline_speedup"] == pytest.approx(std_bound / sep_bound)
     # a fused kernel's bound: all the FLOPs, but only the input, output and weights moved (float32)
     spec = case.spec
     moved = 4 * (2 * 4 * 8 * 8 + 4 * 9 + 8 * 4 + 2 * 8 * 4 * 4)  # input 2x4x8x8, dw 4x3x3, pw 8x4, output 2x8x4x4
-    fused_bound = max(2 * sum(st.macs for st in stages) / 1e10, moved / 1e9)
+    fused_bound = max((in_bounds_flops["depthwise"] + in_bounds_flops["pointwise"]) / 1e10, moved / 1e9)
     assert (spec.in_channels, spec.out_channels, case.size) == (4, 8, (8, 8))
     assert s["fused_roofline_ceiling"] == pytest.approx(std_bound / fused_bound * s["mac_ratio"])
-    # the GEMM ceiling: the fastest 1x1 step's MAC rate over the fastest standard convolution's, times the
-    # separable layer's MACs per 1x1 MAC, recomputed from the raw timings and the cost module's counts
+    # the GEMM ceiling: the fastest 1x1 step's MAC rate over the fastest standard convolution's (on its in-bounds
+    # MACs), times the separable layer's MACs per 1x1 MAC and the standard's in-bounds share, recomputed from the
+    # raw timings and the counts above
     stage = {st.name: st.macs for st in stages}
     t_pw = min(t.median for k, t in result.forward.items() if k.startswith("pointwise/"))
     t_std = min(t.median for k, t in result.forward.items() if k.startswith("standard/"))
-    rate = (stage["pointwise"] / t_pw) / (conv_cost(case.spec, case.size, batch=2).macs / t_std)
+    rate = (stage["pointwise"] / t_pw) / (in_bounds_flops["standard"] / 2 / t_std)
+    share = in_bounds_flops["standard"] / 2 / conv_cost(case.spec, case.size, batch=2).macs
     assert s["pointwise_rate_vs_standard"] == pytest.approx(rate)
-    assert s["gemm_ceiling"] == pytest.approx(rate * (stage["depthwise"] + stage["pointwise"]) / stage["pointwise"])
+    assert s["standard_in_bounds_share"] == pytest.approx(share) and share == pytest.approx(121 / 144)
+    assert s["gemm_ceiling"] == pytest.approx(rate * share * (stage["depthwise"] + stage["pointwise"])
+                                              / stage["pointwise"])
     # the training GEMM ceiling: the fastest standard step over the fastest 1x1 step alone, times the MAC ratio
     t_std_train = min(t.median for k, t in result.backward.items() if k in ("standard/nchw", "standard/nhwc"))
     t_pw_train = min(t.median for k, t in result.backward.items() if k.startswith("pointwise/"))

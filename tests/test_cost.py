@@ -22,19 +22,22 @@ from reference import tf_same_pads
 
 
 def brute_force_counts(cin, cout, size, kernel, stride, dilation, pads, groups, bias):
-    """Walk a loop-based convolution, counting each multiplication and addition it performs."""
+    """Walk a loop-based convolution, counting each multiplication and addition it performs, and the
+    multiplications whose input value lies inside the input (not on the zero padding)."""
     padded = [n + a + b for n, (a, b) in zip(size, pads)]
     out = [(p - (k - 1) * d - 1) // s + 1 for p, k, d, s in zip(padded, kernel, dilation, stride)]
-    mults = adds = 0
+    mults = adds = inside = 0
     for _o in range(cout):
-        for _pos in itertools.product(*[range(o) for o in out]):
+        for pos in itertools.product(*[range(o) for o in out]):
             terms = 0
             for _c in range(cin // groups):
-                for _tap in itertools.product(*[range(k) for k in kernel]):
+                for tap in itertools.product(*[range(k) for k in kernel]):
                     mults += 1
                     terms += 1
+                    index = [p * s - lo + t * d for p, s, (lo, _), t, d in zip(pos, stride, pads, tap, dilation)]
+                    inside += all(0 <= i < n for i, n in zip(index, size))
             adds += terms - 1 + (1 if bias else 0)
-    return mults, adds, tuple(out)
+    return mults, adds, tuple(out), inside
 
 
 @settings(max_examples=60, deadline=None)
@@ -47,16 +50,19 @@ def test_conv_cost_matches_brute_force(data):
     stride = tuple(data.draw(st.integers(1, 2)) for _ in range(nd))
     dilation = tuple(data.draw(st.integers(1, 2)) for _ in range(nd))
     size = tuple(data.draw(st.integers(5, 7)) for _ in range(nd))
-    same = data.draw(st.booleans())
+    padding = data.draw(st.sampled_from(["same", 0, 1, 2]))
     bias = data.draw(st.booleans())
-    spec = ConvSpec.make(cin, cout, kernel, stride, "same" if same else 1, dilation, groups=groups, bias=bias, ndim=nd)
-    pads = [tf_same_pads(n, k, s, d) for n, k, s, d in zip(size, kernel, stride, dilation)] if same else [(1, 1)] * nd
-    mults, adds, out = brute_force_counts(cin, cout, size, kernel, stride, dilation, pads, groups, bias)
+    spec = ConvSpec.make(cin, cout, kernel, stride, padding, dilation, groups=groups, bias=bias, ndim=nd)
+    pads = ([tf_same_pads(n, k, s, d) for n, k, s, d in zip(size, kernel, stride, dilation)] if padding == "same"
+            else [(padding, padding)] * nd)
+    mults, adds, out, inside = brute_force_counts(cin, cout, size, kernel, stride, dilation, pads, groups, bias)
     cost = conv_cost(spec, size, batch=3)
     assert cost.output_size == out
     assert cost.macs == cost.multiplications == 3 * mults
     assert cost.additions == 3 * adds
     assert cost.flops == 2 * cost.macs
+    assert cost.in_bounds_macs == 3 * inside and cost.in_bounds_flops == 2 * cost.in_bounds_macs
+    assert cost.as_dict()["in_bounds_macs"] == cost.in_bounds_macs
     assert cost.params == sum(p.numel() for p in nn.Conv1d(cin, cout, 1, groups=groups, bias=bias).parameters()) - cin // groups * cout + spec.weight_count
     assert cost.bytes == 4 * (3 * cin * math.prod(size) + spec.param_count + 3 * cout * math.prod(out))
 
@@ -74,6 +80,12 @@ def test_composite_costs_equal_what_the_layers_compute(cin, cout, k, m, s, paddi
     for layer, cost in [(sep, sep_cost), (spa, spa_cost)]:
         prof = profile(layer, (cin, *size))
         assert prof.total_macs == cost.macs
+        in_bounds = sum(r.in_bounds_macs for r in prof.rows if r.macs is not None)
+        if all(lo == hi for lo, hi in spec.pads(size)):
+            assert in_bounds == cost.in_bounds_macs
+        else:  # asymmetric 'same' padding is a separate module: the convolution counts its zeros as input
+            assert cost.in_bounds_macs <= in_bounds <= cost.macs
+        assert cost.in_bounds_macs == sum(stage.in_bounds_macs for stage in cost.stages) <= cost.macs
         assert prof.total_params == cost.params == sum(p.numel() for p in layer.parameters())
         assert tuple(layer(torch.zeros(1, cin, *size)).shape[2:]) == cost.output_size
     if m == 1:  # the closed form is exact for a multiplier of 1, whatever the padding and stride

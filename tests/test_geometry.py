@@ -38,6 +38,29 @@ def test_output_size_matches_pytorch(nd, data):
             F_CONV[nd](x, w, stride=s, padding=p, dilation=d)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 3), st.data())
+def test_in_bounds_taps_count_what_a_convolution_of_ones_sums(nd, data):
+    """A convolution of an all-ones input, zero padded, with an all-ones kernel sums to the in-bounds taps."""
+    k = tuple(data.draw(st.integers(1, 4)) for _ in range(nd))
+    s = tuple(data.draw(st.integers(1, 3)) for _ in range(nd))
+    d = tuple(data.draw(st.integers(1, 3)) for _ in range(nd))
+    size = tuple(data.draw(st.integers(1, 10)) for _ in range(nd))
+    padding = data.draw(st.one_of(st.just("same"), st.tuples(*[st.tuples(st.integers(0, 3), st.integers(0, 3))
+                                                             for _ in range(nd)])))
+    spec = ConvSpec.make(1, 1, k, s, padding, d, ndim=nd)
+    try:
+        out = spec.output_size(size)
+    except ValueError:
+        return
+    x = F.pad(torch.ones(1, 1, *size, dtype=torch.float64), torch_pad_arg(spec.pads(size)))
+    y = F_CONV[nd](x, torch.ones(1, 1, *k, dtype=torch.float64), stride=s, dilation=d)
+    assert spec.in_bounds_taps(size) == int(y.sum().item())
+    assert spec.in_bounds_taps(size) <= math.prod(out) * spec.kernel_volume
+    if all(p == (0, 0) for p in spec.pads(size)):
+        assert spec.in_bounds_taps(size) == math.prod(out) * spec.kernel_volume
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.integers(1, 20), st.integers(1, 6), st.integers(1, 4), st.integers(1, 3))
 def test_same_padding_follows_tensorflow(size, k, s, d):

@@ -267,6 +267,29 @@ class ConvSpec:
         """``(C_out, *spatial_out)`` for one sample."""
         return (self.out_channels, *self.output_size(input_size))
 
+    def in_bounds_taps(self, input_size: Sequence[int]) -> int:
+        """How many (output position, kernel tap) pairs read an input position rather than zero padding.
+
+        Per pair of input and output channel, for an input of spatial size
+        ``input_size``: ``prod(output_size) * kernel_volume`` when there is no
+        padding, fewer when taps fall on the padding. A tap is in bounds exactly
+        when it is in bounds in every dimension, so the count is the product of
+        one sum per dimension. Kernels that skip the padding (oneDNN's direct
+        convolutions do) compute only these taps.
+        """
+        size = self._check_size(input_size)
+        out = self.output_size(size)
+        total = 1
+        for n, k, s, d, (lo, _), o in zip(size, self.kernel_size, self.stride, self.dilation, self.pads(size), out):
+            taps = 0
+            for tap in range(k):
+                # output j reads input j * s - lo + tap * d: count j in [0, o) with that index in [0, n)
+                shift = tap * d - lo
+                first, last = max(0, -(shift // s)), min(o - 1, (n - 1 - shift) // s)  # floor division
+                taps += max(0, last - first + 1)
+            total *= taps
+        return total
+
     def _check_size(self, input_size: Sequence[int]) -> tuple[int, ...]:
         size = tuple(int(n) for n in input_size)
         if len(size) != self.ndim:

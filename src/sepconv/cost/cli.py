@@ -112,7 +112,8 @@ def run_cost(args: argparse.Namespace) -> int:
     rows = [("output (HxWxC)",
              *["x".join(map(str, (*c.output_size, args.filters))) for c in costs.values()])]
     for label, attr in [("multiplications", "multiplications"), ("additions", "additions"), ("MACs", "macs"),
-                        ("FLOPs (2 x MACs)", "flops"), ("weights", "weights"), ("biases", "biases"),
+                        ("FLOPs (2 x MACs)", "flops"), ("MACs off the padding", "in_bounds_macs"),
+                        ("weights", "weights"), ("biases", "biases"),
                         ("parameters", "params"), ("bytes moved", "bytes"),
                         ("FLOPs per byte", "arithmetic_intensity")]:
         rows.append((label, *[stages(c, attr) for c in costs.values()]))
@@ -126,6 +127,8 @@ def run_cost(args: argparse.Namespace) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     print(f"closed form for depthwise separable: M x (1/C_out + 1/k^2) = {args.depth_multiplier} x (1/{args.filters} + "
           f"1/{math.prod(spec.kernel_size)}) = {closed:.4f} (exact above: {costs['depthwise separable'].macs / base:.4f})")
+    print("MACs off the padding: the taps that read the input, not its zero padding (kernels such as oneDNN's "
+          "skip the rest)")
     return 0
 
 

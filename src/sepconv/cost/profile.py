@@ -46,7 +46,11 @@ def spec_from_conv(module: nn.Module) -> ConvSpec:
 
 @dataclass(frozen=True)
 class ProfileRow:
-    """One leaf module. ``macs`` is per sample; None means "not counted" (see module docstring)."""
+    """One leaf module. ``macs`` is per sample; None means "not counted" (see module docstring).
+
+    ``in_bounds_macs``: the MACs on taps inside the input (zero padding left out, see
+    :mod:`sepconv.cost.formulas`; padding applied by a separate module before the
+    convolution counts as input); equal to ``macs`` for ``nn.Linear``."""
 
     name: str
     kind: str
@@ -54,6 +58,7 @@ class ProfileRow:
     output_shape: tuple[int, ...]
     params: int
     macs: Optional[int]
+    in_bounds_macs: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,7 @@ class ModelProfile:
             rows.append({
                 "name": r.name, "kind": r.kind, "input_shape": list(r.input_shape),
                 "output_shape": list(r.output_shape), "params": r.params, "macs": r.macs,
-                "macs_share": mac_share, "params_share": param_share,
+                "in_bounds_macs": r.in_bounds_macs, "macs_share": mac_share, "params_share": param_share,
             })
         return {
             "input_shape": list(self.input_shape),
@@ -139,18 +144,19 @@ class ModelProfile:
         return "\n".join(out)
 
 
-def _leaf_cost(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> Optional[int]:
-    """MACs per sample of one leaf call, or None if its arithmetic is not counted."""
+def _leaf_cost(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> tuple[Optional[int], Optional[int]]:
+    """(MACs, in-bounds MACs) per sample of one leaf call, or (None, None) if its arithmetic is not counted."""
     if isinstance(module, CONV_TYPES):
         spec = spec_from_conv(module)
         cost = conv_cost(spec, inp.shape[-spec.ndim :], batch=1)
         if tuple(out.shape[-spec.ndim :]) != cost.output_size:  # a bug in geometry: fail loudly
             raise RuntimeError(f"geometry predicted {cost.output_size}, {type(module).__name__} produced {tuple(out.shape)}")
-        return cost.macs
+        return cost.macs, cost.in_bounds_macs
     if isinstance(module, nn.Linear):
         rows_per_sample = inp.numel() // inp.shape[-1] // (inp.shape[0] if inp.dim() > 1 else 1)
-        return rows_per_sample * module.in_features * module.out_features
-    return None
+        macs = rows_per_sample * module.in_features * module.out_features
+        return macs, macs
+    return None, None
 
 
 def profile(model: nn.Module, input_size: Sequence[int]) -> ModelProfile:
@@ -178,11 +184,12 @@ def profile(model: nn.Module, input_size: Sequence[int]) -> ModelProfile:
         out = output if isinstance(output, torch.Tensor) else None
         if inp is None or out is None:
             return
+        macs, in_bounds = _leaf_cost(module, inp, out)
         rows.append(ProfileRow(
             name=names.get(module, "?") or type(module).__name__, kind=type(module).__name__,
             input_shape=tuple(inp.shape), output_shape=tuple(out.shape),
             params=sum(p.numel() for p in module.parameters(recurse=False)),
-            macs=_leaf_cost(module, inp, out),
+            macs=macs, in_bounds_macs=in_bounds,
         ))
 
     leaves = [m for m in model.modules() if not list(m.children()) and not isinstance(m, nn.Identity)]
