@@ -174,6 +174,11 @@ def test_cost_cli_table_and_json(capsys):
     assert data["standard"]["macs"] == conv_cost(spec, (15, 15)).macs
     assert data["depthwise separable"]["macs"] == separable_cost(spec, (15, 15)).macs
     assert data["spatially separable (rank 3)"]["macs"] == spatial_cost(spec, (15, 15), rank=3).macs
+    # with padding, the taps on it are left out of "MACs off the padding": 3x3, padding 1 on 8x8 -> 22 * 22 taps
+    # per channel pair inside the input, here 4 -> 2 channels; the 1x1 step reads no padding
+    code, out, _ = run_cli(capsys, "cost", "--input", "8x8x4", "--kernel", "3", "--filters", "2", "--padding", "1")
+    line = next(row for row in out.splitlines() if row.startswith("MACs off the padding "))
+    assert line.split()[4:6] == [f"{2 * 4 * 22 * 22:,}", f"{4 * 22 * 22 + 2 * 4 * 64:,}"]
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ MatMul of the same size (when installed) and a large 3x3 convolution
 cuDNN's on CUDA). One GEMM library alone draws the roof too low: on this
 project's AMD Zen 5 CPU PyTorch's GEMM (oneMKL) runs at half the rate ONNX
 Runtime's reaches, and on its AMD Zen 4 CPU oneDNN's 3x3 convolution ran at
-113 GFLOP/s against 93 for ``torch.mm`` (so whole networks measured
+113 GFLOP/s (counting every tap; 110 in-bounds) against 93 for ``torch.mm`` (so whole networks measured
 "faster than their bound" before the convolution was a candidate). The
 rates of ``torch.mm`` and of the convolution are recorded too
 (``torch_peak_gflops``, ``conv_peak_gflops``).
@@ -104,7 +104,9 @@ def measure_roofline(device: torch.device = torch.device("cpu"), matmul_n: int =
         from ..geometry import ConvSpec
 
         spec = ConvSpec.make(256, 256, 3, padding=1, bias=False)
-        # the FLOPs oneDNN and cuDNN compute: taps on the zero padding skipped (2.4 % of them here)
+        # in-bounds FLOPs (the taps on zero padding, 2.4 % of them here, left out) as everywhere a bound is drawn:
+        # oneDNN skips them (benchmarks/bench_padding.py); cuDNN was not measured, and if it computes them its
+        # peak is 2.4 % above this
         conv_peak = conv_cost(spec, (56, 56), batch=conv_batch).in_bounds_flops / t["conv3x3"].median
     if conv_peak is not None:
         rates.append(conv_peak)

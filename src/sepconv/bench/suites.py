@@ -181,7 +181,7 @@ class CaseResult:
             _, t_std_best = self._best(self.forward, "standard")
             # rates of the work each computes: the standard convolution's taps on zero padding are skipped by
             # oneDNN (benchmarks/bench_padding.py), so its in-bounds MACs (those of the 1x1 step are all of them)
-            std_work = self.macs.get("standard_in_bounds", self.macs["standard"])
+            std_work = self.macs["standard_in_bounds"]
             out["pointwise_rate_vs_standard"] = (self.macs["pointwise"] / t_pw) / (std_work / t_std_best)
             out["standard_in_bounds_share"] = std_work / self.macs["standard"]
             out["gemm_ceiling"] = (t_std_best / t_pw) * self.mac_ratio

@@ -17,7 +17,7 @@ Units
   what dense implementations compute. **in-bounds MACs** leave those taps
   out: what kernels that skip the padding compute (oneDNN's direct
   convolutions on the CPU do: its 3x3 convolution with padding 1 on an 8x8
-  map takes 0.86 of the time of the same MACs on a 10x10 map without
+  map takes 0.85 of the time of the same MACs on a 10x10 map without
   padding, ``benchmarks/bench_padding.py``). Roofline bounds use them, since
   a lower bound counts only the work a kernel cannot avoid.
 * **bytes**: a lower bound on memory traffic: the input read once, the
