@@ -501,11 +501,50 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
 
 #ifdef __AVX512F__
 
+/* A full register block, MR pixels x NR columns (see gemm_block). Its own function, with accumulators indexed only
+ * by unrolled constants: inside gemm_block, whose other paths index the accumulators by a runtime row count, the
+ * compiler kept them in memory and spilled all twelve after the loop over C. */
+static inline __attribute__((always_inline)) void gemm_block_full(const float *t, int cp, int C, const float *bp,
+                                                                  const float *bias, int j0, int act, float *y,
+                                                                  int ldy, int stream) {
+    __m512 acc[MR][2];
+    __m512 b0 = bias ? _mm512_loadu_ps(bias + j0) : _mm512_setzero_ps();
+    __m512 b1 = bias ? _mm512_loadu_ps(bias + j0 + 16) : _mm512_setzero_ps();
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) { acc[r][0] = b0; acc[r][1] = b1; }
+    for (int c = 0; c < C; ++c) {
+        __m512 v0 = _mm512_loadu_ps(bp + (size_t)c * NR), v1 = _mm512_loadu_ps(bp + (size_t)c * NR + 16);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+            __m512 a = _mm512_set1_ps(t[(size_t)r * cp + c]);
+            acc[r][0] = _mm512_fmadd_ps(a, v0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(a, v1, acc[r][1]);
+        }
+    }
+    if (stream) { /* around the cache: no read-for-ownership of the output's lines */
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+            _mm512_stream_ps(y + (size_t)r * ldy + j0, act16(acc[r][0], act));
+            _mm512_stream_ps(y + (size_t)r * ldy + j0 + 16, act16(acc[r][1], act));
+        }
+    } else {
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+            _mm512_storeu_ps(y + (size_t)r * ldy + j0, act16(acc[r][0], act));
+            _mm512_storeu_ps(y + (size_t)r * ldy + j0 + 16, act16(acc[r][1], act));
+        }
+    }
+}
+
 /* y[mr][j0 : j0 + ncols] = t[mr][:C] @ panel[:C][:ncols] + bias[j0:], masked at the last columns.
  * panel: the NR = 32 columns of the pointwise weight starting at j0, packed [C][32]. stream: full blocks are
  * written with non-temporal stores (y and ldy 64-byte aligned; see sepconv_fused_dwpw_f32). */
 static inline void gemm_block(const float *t, int cp, int C, const float *bp, const float *bias, int j0,
                               int ncols, int mr, int act, float *y, int ldy, int stream) {
+    if (mr == MR && ncols == NR) {
+        gemm_block_full(t, cp, C, bp, bias, j0, act, y, ldy, stream);
+        return;
+    }
     __m512 acc[MR][2];
     int nv = ncols > 16 ? 2 : 1;
     __mmask16 k0 = ncols >= 16 ? 0xFFFF : (__mmask16)((1u << ncols) - 1);
