@@ -74,6 +74,17 @@ def test_fused_with_small_tiles_and_wide_rows(batch, cin, cout, k, padding, w, t
 
 
 @needs_kernel
+@pytest.mark.parametrize("cout", [20, 32, 52, 64])
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_register_block_kind(cout, stream):
+    """Tiles of 18 pixels (three full 6-row register blocks) and of 16 (a partial block), with a full last weight
+    panel (32, 64 outputs) and a partial one of 20 columns (20, 52 outputs): each register block path."""
+    for tile in (18, 16):
+        check_against_reference(2, 40, cout, 3, 1, 1, 1, True, None, "relu6", 9, 12, 1, cout, tile=tile,
+                                stream=stream)
+
+
+@needs_kernel
 @pytest.mark.parametrize("cout", [16, 32, 48, 64, 96])
 def test_streamed_output_equals_the_cached_one(cout):
     """Non-temporal stores (outputs of STREAM_MIN_BYTES or more) write the same bits as plain stores."""

@@ -501,6 +501,20 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
 
 #ifdef __AVX512F__
 
+/* acc[r][:] += t[r][:C] @ panel[:C][0:32] for the MR rows of a register block (two AVX-512 vectors per row). */
+static inline __attribute__((always_inline)) void fma_rows(const float *t, int cp, int C, const float *bp,
+                                                           __m512 acc[MR][2]) {
+    for (int c = 0; c < C; ++c) {
+        __m512 v0 = _mm512_loadu_ps(bp + (size_t)c * NR), v1 = _mm512_loadu_ps(bp + (size_t)c * NR + 16);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+            __m512 a = _mm512_set1_ps(t[(size_t)r * cp + c]);
+            acc[r][0] = _mm512_fmadd_ps(a, v0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(a, v1, acc[r][1]);
+        }
+    }
+}
+
 /* A full register block, MR pixels x NR columns (see gemm_block). Its own function, with accumulators indexed only
  * by unrolled constants: inside gemm_block, whose other paths index the accumulators by a runtime row count, the
  * compiler kept them in memory and spilled all twelve after the loop over C. */
@@ -512,15 +526,7 @@ static inline __attribute__((always_inline)) void gemm_block_full(const float *t
     __m512 b1 = bias ? _mm512_loadu_ps(bias + j0 + 16) : _mm512_setzero_ps();
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) { acc[r][0] = b0; acc[r][1] = b1; }
-    for (int c = 0; c < C; ++c) {
-        __m512 v0 = _mm512_loadu_ps(bp + (size_t)c * NR), v1 = _mm512_loadu_ps(bp + (size_t)c * NR + 16);
-#pragma GCC unroll 16
-        for (int r = 0; r < MR; ++r) {
-            __m512 a = _mm512_set1_ps(t[(size_t)r * cp + c]);
-            acc[r][0] = _mm512_fmadd_ps(a, v0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(a, v1, acc[r][1]);
-        }
-    }
+    fma_rows(t, cp, C, bp, acc);
     if (stream) { /* around the cache: no read-for-ownership of the output's lines */
 #pragma GCC unroll 16
         for (int r = 0; r < MR; ++r) {
@@ -552,16 +558,8 @@ static inline void gemm_block(const float *t, int cp, int C, const float *bp, co
     __m512 b0init = bias ? _mm512_maskz_loadu_ps(k0, bias + j0) : _mm512_setzero_ps();
     __m512 b1init = (bias && nv == 2) ? _mm512_maskz_loadu_ps(k1, bias + j0 + 16) : _mm512_setzero_ps();
     for (int r = 0; r < MR; ++r) { acc[r][0] = b0init; acc[r][1] = b1init; }
-    if (mr == MR && nv == 2) {
-        for (int c = 0; c < C; ++c) {
-            __m512 v0 = _mm512_loadu_ps(bp + (size_t)c * NR), v1 = _mm512_loadu_ps(bp + (size_t)c * NR + 16);
-#pragma GCC unroll 16
-            for (int r = 0; r < MR; ++r) {
-                __m512 a = _mm512_set1_ps(t[(size_t)r * cp + c]);
-                acc[r][0] = _mm512_fmadd_ps(a, v0, acc[r][0]);
-                acc[r][1] = _mm512_fmadd_ps(a, v1, acc[r][1]);
-            }
-        }
+    if (mr == MR && nv == 2) { /* the last, partial panel (17-31 columns; the packed weight is zero padded) */
+        fma_rows(t, cp, C, bp, acc);
     } else {
         for (int c = 0; c < C; ++c) {
             __m512 v0 = _mm512_loadu_ps(bp + (size_t)c * NR);
