@@ -1,0 +1,81 @@
+/* The fused kernel's 1x1 step (its register-blocked GEMM) alone, in C, against a loop of nothing but FMAs.
+ *
+ *     cc -O3 -march=native -std=c11 benchmarks/fused_gemm_harness.c -o /tmp/fused_gemm_harness
+ *     /tmp/fused_gemm_harness [Cout] [tile]            # default 64 output channels, a 222-pixel tile
+ *
+ * For 32, 64, 128 and 256 input channels it runs pointwise_tile (from src/sepconv/csrc/fused_dwpw.c, included
+ * here) over 12432 pixels, one tile of the depthwise output (in cache) at a time, the output either rewritten in
+ * place (warm) or written through a 3-12 MB buffer; best of 7, GFLOP/s. The FMA loop (24 independent AVX-512
+ * accumulators) is the core's peak for this kind of code. Used in the seventh session of 2026-11-27 to find that
+ * the compiler spilled the register block's accumulators (benchmarks/README.md, "Zero padding"). One thread.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "../src/sepconv/csrc/fused_dwpw.c"
+#include <stdio.h>
+#include <time.h>
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+#ifdef __AVX512F__
+static double fma_peak(void) {
+    __m512 acc[24], b = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-9f);
+    for (int i = 0; i < 24; ++i) acc[i] = _mm512_set1_ps((float)i);
+    long n = 20000000;
+    double t = now();
+    for (long k = 0; k < n; ++k) {
+#pragma GCC unroll 24
+        for (int i = 0; i < 24; ++i) acc[i] = _mm512_fmadd_ps(acc[i], b, c);
+    }
+    t = now() - t;
+    float sink = 0;
+    for (int i = 0; i < 24; ++i) sink += _mm512_reduce_add_ps(acc[i]);
+    if (sink == 12345.f) printf("%f\n", sink); /* keeps the loop */
+    return n * 24.0 * 32 / t / 1e9;
+}
+#endif
+
+int main(int argc, char **argv) {
+    int cout = argc > 1 ? atoi(argv[1]) : 64, tile = argc > 2 ? atoi(argv[2]) : 222;
+    long pixels = 12432;
+    if (cout < 1 || tile < 1) {
+        fprintf(stderr, "usage: %s [Cout >= 1] [tile >= 1], got %d %d\n", argv[0], cout, tile);
+        return 2;
+    }
+#ifdef __AVX512F__
+    printf("FMA loop: %.1f GFLOP/s\n", fma_peak());
+#else
+    printf("not built for AVX-512: the kernel's portable loops are timed\n");
+#endif
+    for (int cin = 32; cin <= 256; cin *= 2) {
+        int cp = (cin + 15) / 16 * 16 + 16, panels = (cout + NR - 1) / NR;
+        float *t = aligned_alloc(64, sizeof(float) * (size_t)tile * cp);
+        float *b = aligned_alloc(64, sizeof(float) * (size_t)panels * NR * cin);
+        float *y = aligned_alloc(64, sizeof(float) * (size_t)pixels * cout + 64);
+        if (!t || !b || !y) return 1;
+        for (long i = 0; i < (long)tile * cp; ++i) t[i] = (float)(i % 7) * 0.1f;
+        for (long i = 0; i < (long)panels * NR * cin; ++i) b[i] = (float)(i % 5) * 0.1f;
+        memset(y, 0, sizeof(float) * (size_t)pixels * cout);
+        for (int through = 0; through < 2; ++through) {
+            double best = 1e9;
+            long tiles = pixels / tile;
+            for (int rep = 0; rep < 7; ++rep) {
+                double t0 = now();
+                for (long k = 0; k < tiles; ++k)
+                    pointwise_tile(t, tile, cp, cin, b, NULL, cout, 0, cout, ACT_NONE,
+                                   through ? y + (size_t)k * tile * cout : y, 0, NULL, NULL);
+                double dt = now() - t0;
+                if (dt < best) best = dt;
+            }
+            printf("%4d -> %d channels, %s: %.1f GFLOP/s\n", cin, cout, through ? "output written through" : "warm",
+                   2.0 * tiles * tile * cin * cout / best / 1e9);
+        }
+        free(t);
+        free(b);
+        free(y);
+    }
+    return 0;
+}
