@@ -104,8 +104,11 @@ def _fused_parts(case, rounds: int) -> dict[str, float]:
     return {k: 1e3 * v.median for k, v in t.items()}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def cpu_args(description: str, record: str, argv=None) -> tuple[argparse.Namespace, Path]:
+    """``--threads``, ``--rounds`` and ``--out`` of a CPU benchmark (values below 1: exit 2), with torch's thread
+    count set; returns the arguments and the record's directory (default ``results/<record>-cpu-<threads>thread``).
+    Also used by bench_padding.py."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--out")
@@ -113,7 +116,11 @@ def main(argv=None) -> int:
     if args.threads < 1 or args.rounds < 1:
         p.error(f"--threads and --rounds must be >= 1, got {args.threads} and {args.rounds}")
     torch.set_num_threads(args.threads)
-    out = Path(args.out) if args.out else HERE / "results" / f"kernels-cpu-{args.threads}thread"
+    return args, Path(args.out) if args.out else HERE / "results" / f"{record}-cpu-{args.threads}thread"
+
+
+def main(argv=None) -> int:
+    args, out = cpu_args(__doc__.split("\n\n")[0], "kernels", argv)
     rows = []
     for case in mobilenet_v1_suite() + vgg_blocks_suite():
         spec, (h, w) = case.spec, case.size

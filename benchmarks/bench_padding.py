@@ -19,13 +19,14 @@ Writes `padding.json` (with the machine) into --out (default
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
-from pathlib import Path
 
 import torch
+
+# this directory's script (sys.path[0] when run as a script)
+from bench_kernels import cpu_args
 from torch import nn
 
 from sepconv._io import atomic_write_bytes
@@ -34,19 +35,9 @@ from sepconv.bench.timing import inference_call, interleaved, machine_info
 from sepconv.cost import conv_cost
 from sepconv.onednn import PackedConv2d, onednn_available
 
-HERE = Path(__file__).resolve().parent
-
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--out")
-    args = p.parse_args(argv)
-    if args.threads < 1 or args.rounds < 1:
-        p.error(f"--threads and --rounds must be >= 1, got {args.threads} and {args.rounds}")
-    torch.set_num_threads(args.threads)
-    out = Path(args.out) if args.out else HERE / "results" / f"padding-cpu-{args.threads}thread"
+    args, out = cpu_args(__doc__.split("\n\n")[0], "padding", argv)
     engines = ["eager"] + (["onednn"] if onednn_available() else [])
     rows = []
     for case in mobilenet_v1_suite() + vgg_blocks_suite():
