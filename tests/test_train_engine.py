@@ -65,6 +65,15 @@ def test_matmul_at_b_matches_float64(p, m, n, strided, threads, seed):
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * max(1.0, p ** 0.5))
 
 
+@pytest.mark.parametrize("m", range(1, 26))
+def test_matmul_at_b_every_register_block_height(m):
+    """Full-width register blocks (32 columns) of every height 1-12 (m = 12 q + r rows: q full blocks, then r),
+    each compiled as its own loop."""
+    torch.manual_seed(m)
+    a, b = torch.randn(97, m), torch.randn(97, 64)
+    torch.testing.assert_close(matmul_at_b(a, b).double(), a.double().t() @ b.double(), rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_matmul_at_b_over_many_pixel_chunks(threads):
     """Enough pixels that the kernel streams them in several cache-sized chunks (about 700 here)."""

@@ -22,6 +22,38 @@
 #define MB 12 /* rows of out per register block */
 #define NB 32 /* columns of out per register block (two AVX-512 vectors) */
 
+#ifdef __AVX512F__
+/* out[m0 : m0 + R][n0 : n0 + NB] += sum over p in [p0, p1) of A[p][m] B[p][n], for R <= MB rows known at compile
+ * time (every call passes a constant): the accumulators are then indexed by constants only and stay in registers.
+ * With R a runtime value the compiler kept them in memory, so a partial block (64 = 5 x 12 + 4 rows of out) cost
+ * as much as several full ones. */
+static inline __attribute__((always_inline)) void atb_rows(const float *A, long lda, const float *B, long ldb,
+                                                           float *o, long ldo, long p0, long p1, int m0, int n0,
+                                                           const int R) {
+    __m512 acc[MB][2];
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+        acc[r][0] = _mm512_loadu_ps(o + (size_t)r * ldo);
+        acc[r][1] = _mm512_loadu_ps(o + (size_t)r * ldo + 16);
+    }
+    for (long p = p0; p < p1; ++p) {
+        const float *b = B + (size_t)p * ldb + n0, *a = A + (size_t)p * lda + m0;
+        __m512 v0 = _mm512_loadu_ps(b), v1 = _mm512_loadu_ps(b + 16);
+#pragma GCC unroll 12
+        for (int r = 0; r < R; ++r) {
+            __m512 s = _mm512_set1_ps(a[r]);
+            acc[r][0] = _mm512_fmadd_ps(s, v0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(s, v1, acc[r][1]);
+        }
+    }
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+        _mm512_storeu_ps(o + (size_t)r * ldo, acc[r][0]);
+        _mm512_storeu_ps(o + (size_t)r * ldo + 16, acc[r][1]);
+    }
+}
+#endif
+
 /* out[m0 : m0 + mr][n0 : n0 + nc] += sum over p in [p0, p1) of A[p][m] B[p][n] */
 static void atb_block(const float *A, long lda, const float *B, long ldb, float *out, long ldo, long p0, long p1,
                       int m0, int mr, int n0, int nc) {
@@ -30,26 +62,14 @@ static void atb_block(const float *A, long lda, const float *B, long ldb, float 
     __mmask16 k0 = nc >= 16 ? 0xFFFF : (__mmask16)((1u << nc) - 1);
     __mmask16 k1 = nc >= 32 ? 0xFFFF : (nc > 16 ? (__mmask16)((1u << (nc - 16)) - 1) : 0);
     float *o = out + (size_t)m0 * ldo + n0;
-    if (mr == MB && nc == NB) {
-        for (int r = 0; r < MB; ++r) {
-            acc[r][0] = _mm512_loadu_ps(o + (size_t)r * ldo);
-            acc[r][1] = _mm512_loadu_ps(o + (size_t)r * ldo + 16);
+    if (nc == NB) { /* full columns: one specialized loop per row count */
+        switch (mr) {
+#define ATB_ROWS(R) case R: atb_rows(A, lda, B, ldb, o, ldo, p0, p1, m0, n0, R); return;
+            ATB_ROWS(12) ATB_ROWS(11) ATB_ROWS(10) ATB_ROWS(9) ATB_ROWS(8) ATB_ROWS(7) ATB_ROWS(6) ATB_ROWS(5)
+            ATB_ROWS(4) ATB_ROWS(3) ATB_ROWS(2) ATB_ROWS(1)
+#undef ATB_ROWS
+            default: break;
         }
-        for (long p = p0; p < p1; ++p) {
-            const float *b = B + (size_t)p * ldb + n0, *a = A + (size_t)p * lda + m0;
-            __m512 v0 = _mm512_loadu_ps(b), v1 = _mm512_loadu_ps(b + 16);
-#pragma GCC unroll 12
-            for (int r = 0; r < MB; ++r) {
-                __m512 s = _mm512_set1_ps(a[r]);
-                acc[r][0] = _mm512_fmadd_ps(s, v0, acc[r][0]);
-                acc[r][1] = _mm512_fmadd_ps(s, v1, acc[r][1]);
-            }
-        }
-        for (int r = 0; r < MB; ++r) {
-            _mm512_storeu_ps(o + (size_t)r * ldo, acc[r][0]);
-            _mm512_storeu_ps(o + (size_t)r * ldo + 16, acc[r][1]);
-        }
-        return;
     }
     for (int r = 0; r < mr; ++r) {
         acc[r][0] = _mm512_maskz_loadu_ps(k0, o + (size_t)r * ldo);
