@@ -10,13 +10,13 @@ all input channels; the intermediate never reaches device memory. Where a
 program covers fewer output channels than the layer has, the depthwise
 block is recomputed per output-channel block.
 
-Status: correct (tested on an NVIDIA H100 and under Triton's interpreter)
-but not yet fast: on the H100 it took 1.0-2.5x the time of eager PyTorch's
-two convolutions (``benchmarks/README.md``, "A GPU: NVIDIA H100"; that
-version computed every tap's addresses per element and masked every
-channel; each pixel's base address is now computed once and full channel
-blocks load unmasked, not yet measured on a GPU), so nothing selects it
-automatically; ``sepconv bench --device cuda`` times it as the ``fused``
+Status: correct (tested on an NVIDIA H100, an NVIDIA H200 and under
+Triton's interpreter) but not fast: on the H100 it took 1.0-2.5x the time of
+eager PyTorch's two convolutions, and on the H200, after each pixel's base
+address was computed once and full channel blocks loaded unmasked,
+1.2-5.6x, worst at 512-1024 channels where the depthwise block is recomputed
+per output-channel block (``benchmarks/README.md``, "A GPU: NVIDIA H100" and
+"A GPU: NVIDIA H200"). So nothing selects it automatically; ``sepconv bench --device cuda`` times it as the ``fused``
 engine.
 
 It is the GPU sibling of :class:`sepconv.fused.FusedSeparableConv2d` (the

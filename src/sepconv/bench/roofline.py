@@ -17,6 +17,7 @@ rates of ``torch.mm`` and of the convolution are recorded too
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -108,7 +109,6 @@ def measure_roofline(device: torch.device = torch.device("cpu"), matmul_n: int =
         # oneDNN skips them (benchmarks/bench_padding.py); cuDNN was not measured, and if it computes them its
         # peak is 2.4 % above this
         conv_peak = conv_cost(spec, (56, 56), batch=conv_batch).in_bounds_flops / t["conv3x3"].median
-    if conv_peak is not None:
         rates.append(conv_peak)
     return Roofline(peak_flops=max(rates), bandwidth=moved / t["copy"].median,
                     torch_peak_flops=torch_peak if len(rates) > 1 else None, conv_peak_flops=conv_peak)
@@ -157,10 +157,7 @@ def model_bound_s(model_profile, roofline: Roofline, *, batch: int = 1, dtype_by
         raise ValueError(f"batch and dtype_bytes must be >= 1, got batch={batch}, dtype_bytes={dtype_bytes}")
 
     def per_sample(shape: tuple[int, ...]) -> int:
-        n = 1
-        for d in shape[1:]:
-            n *= d
-        return n
+        return math.prod(shape[1:])
 
     pending = None  # a depthwise row waiting for its pointwise partner: (prefix, flops, bytes without its output)
     total = 0.0
