@@ -104,14 +104,16 @@ def _fused_parts(case, rounds: int) -> dict[str, float]:
     return {k: 1e3 * v.median for k, v in t.items()}
 
 
-def cpu_args(description: str, record: str, argv=None) -> tuple[argparse.Namespace, Path]:
+def cpu_args(description: str, record: str, argv=None, more=None) -> tuple[argparse.Namespace, Path]:
     """``--threads``, ``--rounds`` and ``--out`` of a CPU benchmark (values below 1: exit 2), with torch's thread
     count set; returns the arguments and the record's directory (default ``results/<record>-cpu-<threads>thread``).
-    Also used by bench_padding.py."""
+    ``more(parser)`` adds a script's own arguments (it checks them after parsing). Also used by bench_padding.py."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--out")
+    if more is not None:
+        more(p)
     args = p.parse_args(argv)
     if args.threads < 1 or args.rounds < 1:
         p.error(f"--threads and --rounds must be >= 1, got {args.threads} and {args.rounds}")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements of issue 6, for a lent CUDA machine whose python3 has PyTorch and Triton (no install: the
-# package runs from src/). Writes a log, records and plots under $OUT (default /tmp/sepconv-gpu); about 5 minutes
-# on an H200 (the first Triton compiles included), at most 560 s. Each step has its own time limit, so one that hangs
-# or fails leaves the others' results. SEPCONV_GPU_TESTS= (empty) skips the Triton kernel's tests. The per-call
+# package runs from src/). Writes a log, records and plots under $OUT (default /tmp/sepconv-gpu); about 6 minutes
+# on an H200 (the first Triton compiles included), at most 625 s (under a 600 s limit the last step is cut short).
+# Each step has its own time limit, so one that hangs or fails leaves the others' results. SEPCONV_GPU_TESTS= (empty) skips the Triton kernel's tests. The per-call
 # `sepconv bench --device cuda --suite mobilenet_v1 --suite-batch 32` of earlier leases is left out (launch-bound,
 # recorded in results/gpu-h100/).
 set -uo pipefail
@@ -20,13 +20,15 @@ mkdir -p "$OUT"
         tests/test_cuda_graph.py tests/test_cudnn.py \
         tests/test_bench.py::test_bench_on_cuda_times_the_triton_kernel_as_the_fused_engine \
         tests/test_bench.py::test_bench_device_and_dtype_errors tests/test_compare.py::test_cuda_mixed_precision_run
+    echo "== GPU-side time (CUDA graphs): VGG blocks at batch 32 and 256, MobileNetV1 at batch 32"
+    timeout 100 python3 benchmarks/bench_gpu_graphs.py --suite vgg_blocks --batch 32 --batch 256 --out "$OUT/graphs-vgg.json"
+    timeout 100 python3 benchmarks/bench_gpu_graphs.py --suite mobilenet_v1 --batch 32 --out "$OUT/graphs-mbv1.json"
+    echo "== does cuDNN compute the taps on zero padding? (CUDA graphs, batch 32)"
+    timeout 45 python3 benchmarks/bench_padding.py --device cuda --batch 32 --out "$OUT/padding"
     echo "== whole networks on CUDA through sepconv.optimize: eager, cuDNN-fused ReLUs, replayed from CUDA graphs"
     timeout 90 python3 benchmarks/bench_networks.py --device cuda --out "$OUT/networks"
     echo "== whole networks on CUDA: cuDNN's fused convolution + ReLU vs the separate ReLU (graphs)"
     timeout 60 python3 benchmarks/bench_gpu_conv_relu.py --batch 32 --batch 256 --out "$OUT/conv-relu.json"
-    echo "== GPU-side time (CUDA graphs): VGG blocks at batch 32 and 256, MobileNetV1 at batch 32"
-    timeout 100 python3 benchmarks/bench_gpu_graphs.py --suite vgg_blocks --batch 32 --batch 256 --out "$OUT/graphs-vgg.json"
-    timeout 100 python3 benchmarks/bench_gpu_graphs.py --suite mobilenet_v1 --batch 32 --out "$OUT/graphs-mbv1.json"
     echo "== sepconv bench, per call as users call: VGG blocks at batch 32 (float32/TF32)"
     timeout 80 python3 -m sepconv bench --device cuda --suite vgg_blocks --rounds 5 --out "$OUT/vgg"
     date -u
