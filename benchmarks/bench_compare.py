@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -24,30 +23,19 @@ import time
 from pathlib import Path
 
 from sepconv._io import atomic_write_bytes
+from sepconv.bench.timing import machine_info
 
 
 def machine() -> dict:
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-    }
-    try:
-        with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-        info["cpu_model"] = names[0] if names else None
-    except OSError:
-        pass
+    """``sepconv.bench.timing.machine_info`` (CPU family/model and vector ISA included) plus the cores this process
+    may use and the memory size. Its ``torch_threads`` is this parent's; the run's own is in ``run_environment``."""
+    info = machine_info()
+    info["affinity"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     try:
         with open("/proc/meminfo") as handle:
             info["mem_total"] = handle.readline().split(":", 1)[1].strip()
     except OSError:
         pass
-    import torch
-
-    info["torch"] = torch.__version__
-    info["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return info
 
 
