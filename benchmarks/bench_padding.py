@@ -1,7 +1,7 @@
 """Do convolution kernels compute the taps that fall on zero padding? Timed on the suite's standard convolutions.
 
     python benchmarks/bench_padding.py [--threads 1] [--rounds 7] [--out DIR]     # about a minute
-    python benchmarks/bench_padding.py --device cuda [--batch 32] --out DIR       # cuDNN, 20 s on an H100
+    python benchmarks/bench_padding.py --device cuda [--batch 32] --out DIR       # cuDNN, under 45 s on an H100
 
 `sepconv.cost` counts every tap (`macs`), as the seeds and most tools do, and also the taps that
 read the input rather than its zero padding (`in_bounds_macs`). Which of the two a kernel

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurements of issue 6, for a lent CUDA machine whose python3 has PyTorch and Triton (no install: the
-# package runs from src/). Writes a log, records and plots under $OUT (default /tmp/sepconv-gpu); about 6 minutes
-# on an H200 (the first Triton compiles included), at most 625 s (under a 600 s limit the last step is cut short).
-# Each step has its own time limit, so one that hangs or fails leaves the others' results. SEPCONV_GPU_TESTS= (empty) skips the Triton kernel's tests. The per-call
+# package runs from src/). Writes a log, records and plots under $OUT (default /tmp/sepconv-gpu); 307 s on an H100
+# at 8daf747 (the first Triton compiles included), at most 625 s (under a 600 s limit the last step is cut short).
+# Each step has its own time limit, so one that hangs or fails leaves the others' results. SEPCONV_GPU_TESTS=
+# (empty) skips the Triton kernel's tests. The per-call
 # `sepconv bench --device cuda --suite mobilenet_v1 --suite-batch 32` of earlier leases is left out (launch-bound,
 # recorded in results/gpu-h100/).
 set -uo pipefail
