@@ -15,9 +15,10 @@ Triton's interpreter) but not fast: on the H100 it took 1.0-2.5x the time of
 eager PyTorch's two convolutions, and on the H200, after each pixel's base
 address was computed once and full channel blocks loaded unmasked,
 1.2-5.6x, worst at 512-1024 channels where the depthwise block is recomputed
-per output-channel block (``benchmarks/README.md``, "A GPU: NVIDIA H100" and
-"A GPU: NVIDIA H200"). So nothing selects it automatically; ``sepconv bench --device cuda`` times it as the ``fused``
-engine.
+per output-channel block; this version on an H100 again, 1.06-5.4x
+(``benchmarks/README.md``, "A GPU: NVIDIA H100", "A GPU: NVIDIA H200" and
+"A GPU again"). So nothing selects it automatically; ``sepconv bench
+--device cuda`` times it as the ``fused`` engine.
 
 It is the GPU sibling of :class:`sepconv.fused.FusedSeparableConv2d` (the
 CPU kernel) and, like it, an inference engine: weights copied in at

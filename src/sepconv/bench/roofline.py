@@ -106,8 +106,8 @@ def measure_roofline(device: torch.device = torch.device("cpu"), matmul_n: int =
 
         spec = ConvSpec.make(256, 256, 3, padding=1, bias=False)
         # in-bounds FLOPs (the taps on zero padding, 2.4 % of them here, left out) as everywhere a bound is drawn:
-        # oneDNN skips them (benchmarks/bench_padding.py); cuDNN was not measured, and if it computes them its
-        # peak is 2.4 % above this
+        # oneDNN skips them; cuDNN computes them (benchmarks/bench_padding.py, --device cuda), so its arithmetic
+        # rate is 2.4 % above this
         conv_peak = conv_cost(spec, (56, 56), batch=conv_batch).in_bounds_flops / t["conv3x3"].median
         rates.append(conv_peak)
     return Roofline(peak_flops=max(rates), bandwidth=moved / t["copy"].median,
