@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from sepconv._io import atomic_write_bytes
-from sepconv.bench.timing import machine_info
+from sepconv.utils.io import atomic_write_bytes
+from sepconv.utils.machine import machine_info
 from sepconv.cli import main as cli
 from sepconv.data import load_dataset
 from sepconv.factorize import calibrate, convert

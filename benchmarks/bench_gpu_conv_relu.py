@@ -6,12 +6,12 @@ On a large GPU the separable networks are bound by memory traffic, not arithmeti
 (``bench_networks.py --device cuda``): every convolution writes its output, and a
 separate in-place ReLU reads and writes it again. ``torch.cudnn_convolution_relu``
 applies the ReLU inside cuDNN's convolution (one write). This measurement replaces
-every Conv2d followed by a ReLU (BatchNorm folded first; ``sepconv.cudnn.fuse_conv_relu``)
+every Conv2d followed by a ReLU (BatchNorm folded first; ``sepconv.backends.cudnn.fuse_conv_relu``)
 by that operator, depthwise convolutions included (``conv_relu``) or left alone
 (``conv_relu_not_depthwise``, what ``sepconv.optimize``'s ``cudnn_relu`` backend does),
 and times MobileNetV1 and the VGG-block network, standard and separable, channels-last,
 float32 with TF32, each forward replayed from a CUDA graph
-(``sepconv.cuda_graph.CudaGraphModel``), the three versions in interleaved rounds. Prints
+(``sepconv.backends.cuda_graph.CudaGraphModel``), the three versions in interleaved rounds. Prints
 and writes (JSON) the medians, their ratios to the separate-ReLU network and the largest
 output difference. ``--device cpu`` checks the script (the fused modules run PyTorch's
 operators there; no timing meaning).
@@ -31,10 +31,10 @@ import torch
 from bench_networks import NETWORKS
 
 import sepconv
-import sepconv.cuda_graph
-from sepconv._io import atomic_write_bytes
-from sepconv.bench.timing import inference_call, interleaved, machine_info
-from sepconv.cudnn import fuse_conv_relu
+import sepconv.backends.cuda_graph
+from sepconv.utils.io import atomic_write_bytes
+from sepconv.utils.timing import inference_call, interleaved, machine_info
+from sepconv.backends.cudnn import fuse_conv_relu
 from sepconv.models import build_model
 
 
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
                 try:
                     for key, m in (("separate_relu", model), ("conv_relu", fusedm), ("conv_relu_not_depthwise", pwm)):
                         m = m.to(args.device, memory_format=torch.channels_last)
-                        models[key] = sepconv.cuda_graph.CudaGraphModel(m, x) if on_cuda else m
+                        models[key] = sepconv.backends.cuda_graph.CudaGraphModel(m, x) if on_cuda else m
                     with torch.no_grad():
                         ref, out = models["separate_relu"](x), models["conv_relu"](x)
                 except Exception as error:  # one failing configuration leaves the others' results

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from sepconv._io import atomic_write_bytes
+from sepconv.utils.io import atomic_write_bytes
 from sepconv.bench import mobilenet_v1_suite, vgg_blocks_suite
 from sepconv.bench.roofline import measure_roofline
 from sepconv.bench.suites import _layouts, fused_bound_s
-from sepconv.bench.timing import interleaved, machine_info
+from sepconv.utils.timing import interleaved, machine_info
 from sepconv.cost import conv_cost, separable_cost
-from sepconv.cuda_graph import capture
-from sepconv.fused_triton import TritonFusedSeparableConv2d
+from sepconv.backends.cuda_graph import capture
+from triton_fused import TritonFusedSeparableConv2d
 from sepconv.layers import SeparableConv2d
 from sepconv.layers._common import conv_module
 

@@ -5,7 +5,7 @@
 For every shape of `sepconv bench`'s suites (float32, channels-last), side by side in
 interleaved rounds:
 
-* the 1x1 step's weight gradient, grad_y^T x over all pixels: `sepconv.train_engine.matmul_at_b`
+* the 1x1 step's weight gradient, grad_y^T x over all pixels: `sepconv.backends.training.matmul_at_b`
   (sepconv's C kernel where it builds) against `torch.mm`, in GFLOP/s;
 * the depthwise step's input gradient (stride-1 shapes): PyTorch's own
   (`aten.convolution_backward`, input only) against the 'flip' engine's (a forward
@@ -14,7 +14,7 @@ interleaved rounds:
   sepconv's kernel (`depthwise_weight_grad`, the 'dwgrad' engine's), in ms; PyTorch's
   forward pass beside them for scale;
 * the fused inference kernel (`FusedSeparableConv2d`, every shape) writing its output with
-  non-temporal stores against plain stores (`sepconv.fused.STREAM_MIN_BYTES` set to 0 and
+  non-temporal stores against plain stores (`sepconv.backends.fused.STREAM_MIN_BYTES` set to 0 and
   to never), in ms: what the 4 MiB threshold is chosen from, with `bench_networks.py`'s
   whole-network A/B;
 * the fused kernel's two parts apart (default stores): the whole layer, its depthwise step
@@ -41,27 +41,27 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import sepconv.fused
-from sepconv._io import atomic_write_bytes
+import sepconv.backends.fused
+from sepconv.utils.io import atomic_write_bytes
 from sepconv.bench import mobilenet_v1_suite, vgg_blocks_suite
-from sepconv.bench.timing import interleaved, machine_info
+from sepconv.utils.timing import interleaved, machine_info
 from sepconv.geometry import output_size_1d
 from sepconv.layers import SeparableConv2d
-from sepconv.train_engine import depthwise_weight_grad, matmul_at_b
+from sepconv.backends.training import depthwise_weight_grad, matmul_at_b
 
 HERE = Path(__file__).resolve().parent
 
 
 def time_output_stores(module, x: torch.Tensor, limits: dict[str, int], rounds: int,
                        target_s: float) -> dict[str, float]:
-    """``module(x)`` (inference) in interleaved rounds with ``sepconv.fused.STREAM_MIN_BYTES`` set to each of
+    """``module(x)`` (inference) in interleaved rounds with ``sepconv.backends.fused.STREAM_MIN_BYTES`` set to each of
     ``limits`` (name -> bytes; 0: every fused output streamed, 2**62: none), median ms per name; the
     threshold is restored afterwards. Also used by bench_networks.py."""
-    default = sepconv.fused.STREAM_MIN_BYTES
+    default = sepconv.backends.fused.STREAM_MIN_BYTES
 
     def run(limit: int):
         def call():
-            sepconv.fused.STREAM_MIN_BYTES = limit
+            sepconv.backends.fused.STREAM_MIN_BYTES = limit
             with torch.inference_mode():
                 module(x)
         return call
@@ -69,7 +69,7 @@ def time_output_stores(module, x: torch.Tensor, limits: dict[str, int], rounds: 
     try:
         t = interleaved({name: run(limit) for name, limit in limits.items()}, rounds=rounds, target_s=target_s)
     finally:
-        sepconv.fused.STREAM_MIN_BYTES = default
+        sepconv.backends.fused.STREAM_MIN_BYTES = default
     return {k: 1e3 * v.median for k, v in t.items()}
 
 
@@ -77,7 +77,7 @@ def _fused_layer(case):
     spec = case.spec
     layer = SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
                             bias=False)
-    fused = sepconv.fused.FusedSeparableConv2d(layer.depthwise, layer.pointwise, pad=layer.pad)
+    fused = sepconv.backends.fused.FusedSeparableConv2d(layer.depthwise, layer.pointwise, pad=layer.pad)
     x = torch.randn(case.batch, spec.in_channels, *case.size).contiguous(memory_format=torch.channels_last)
     return fused, x
 
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
             for step in ("input_grad", "forward", "weight_grad"):
                 row[f"depthwise_{step}_ms"] = {k.split("/")[1]: 1e3 * v.median for k, v in t.items()
                                                if k.startswith(step + "/")}
-        if sepconv.fused.fused_available():
+        if sepconv.backends.fused.fused_available():
             row["fused_output_stores_ms"] = _stores_ab(case, args.rounds)
             row["fused_parts_ms"] = _fused_parts(case, args.rounds)
             row["fused_pointwise_part_gflops"] = gflop / (1e-3 * row["fused_parts_ms"]["pointwise"])

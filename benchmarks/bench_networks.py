@@ -26,7 +26,7 @@ what one runtime's spinning idle workers cost the next, the reason `optimize` pa
 between samples when timing with several threads.
 
 Where the picked path runs layers on the fused kernel, the picked model is also timed with
-the kernel's large outputs on non-temporal stores (`sepconv.fused.STREAM_MIN_BYTES`, the
+the kernel's large outputs on non-temporal stores (`sepconv.backends.fused.STREAM_MIN_BYTES`, the
 default) against all outputs on plain stores (`fused_output_stores_ms`).
 
 With `--device cuda` the candidates are eager PyTorch (NCHW, channels-last), the same with
@@ -62,13 +62,13 @@ import torch
 from bench_kernels import time_output_stores
 
 import sepconv
-import sepconv.fused
-from sepconv._io import atomic_write_bytes
+import sepconv.backends.fused
+from sepconv.utils.io import atomic_write_bytes
 from sepconv.bench.roofline import measure_roofline, model_bound_s
-from sepconv.bench.timing import inference_call, interleaved, machine_info
+from sepconv.utils.timing import inference_call, interleaved, machine_info
 from sepconv.cost import profile
 from sepconv.models import build_model
-from sepconv.onednn import onednn_available
+from sepconv.backends.onednn import onednn_available
 
 HERE = Path(__file__).resolve().parent
 NETWORKS = (
@@ -91,7 +91,7 @@ def roofline_bounds(name: str, kwargs: dict, shape: tuple[int, ...], roof, dtype
 
 def _stores_ab(fast, x: torch.Tensor, rounds: int) -> dict[str, float]:
     """The picked model with the fused kernel's large outputs streamed (the default) vs all on plain stores."""
-    default = sepconv.fused.STREAM_MIN_BYTES
+    default = sepconv.backends.fused.STREAM_MIN_BYTES
     return time_output_stores(fast, x, {f"streamed_from_{default}_bytes": default, "plain_stores": 2**62}, rounds,
                               0.05)
 
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
             model = model.to(args.device, dtype)
             backends = (("eager", "cudnn_relu", "cudagraph") if on_cuda else
                         ("eager", "compile") + (("onednn",) if onednn_available() else ())
-                        + (("onnxruntime",) if sepconv.fast.onnxruntime_available() else ()))
+                        + (("onnxruntime",) if sepconv.backends.optimize.onnxruntime_available() else ()))
             torch._dynamo.reset()
             fast = sepconv.optimize(model, x, rounds=args.rounds, backends=backends)
             row["variants"][variant] = {"macs_per_sample": macs, "median_ms": fast.timings_ms, "picked": fast.candidate,
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
             if fast.backend == "onednn" and any("fused" in str(v) for v in fast.layer_choices.values()):
                 row["variants"][variant]["fused_output_stores_ms"] = _stores_ab(fast, x, args.rounds)
             if (variant == "separable" and args.threads > 1 and onednn_available()
-                    and sepconv.fast.onnxruntime_available()):
+                    and sepconv.backends.optimize.onnxruntime_available()):
                 row["variants"][variant]["runtime_interference_ms"] = _runtime_interference(model, x, args.rounds)
         std, sep = row["variants"]["standard"], row["variants"]["separable"]
         theory = std["macs_per_sample"] / sep["macs_per_sample"]

@@ -9,7 +9,7 @@ computes decides what its roofline bound is. For each standard 3x3 convolution o
 bench`'s suites (float32, channels-last) this times, side by side in interleaved rounds, the
 convolution as the network runs it (padding 1 on an HxW map) and the same number of MACs with
 no padding at all (padding 0 on an (H+2)x(W+2) map: same output size, same weight, every tap
-in bounds), on two engines: oneDNN with the weight packed once (`sepconv.onednn.PackedConv2d`,
+in bounds), on two engines: oneDNN with the weight packed once (`sepconv.backends.onednn.PackedConv2d`,
 what `sepconv.optimize` runs) and eager PyTorch (`nn.Conv2d`, which reorders the weight on every call);
 with `--device cuda`, cuDNN (`nn.Conv2d` with `cudnn.benchmark`, TF32 as PyTorch's convolutions
 default to), each candidate captured as a CUDA graph of 20 calls and timed by its replay (the
@@ -33,11 +33,11 @@ import torch
 from bench_kernels import cpu_args
 from torch import nn
 
-from sepconv._io import atomic_write_bytes
+from sepconv.utils.io import atomic_write_bytes
 from sepconv.bench import mobilenet_v1_suite, vgg_blocks_suite
-from sepconv.bench.timing import inference_call, interleaved, machine_info
+from sepconv.utils.timing import inference_call, interleaved, machine_info
 from sepconv.cost import conv_cost
-from sepconv.onednn import PackedConv2d, onednn_available
+from sepconv.backends.onednn import PackedConv2d, onednn_available
 
 GRAPH_CALLS = 20  # calls per CUDA graph on --device cuda
 
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         print("bench_padding.py: error: --device cuda: no CUDA device here", file=sys.stderr)
         return 2
     if cuda:
-        from sepconv.cuda_graph import capture
+        from sepconv.backends.cuda_graph import capture
         torch.backends.cudnn.benchmark = True
         engines = ["cudnn"]
         out = out if args.out else out.parent / "padding-cuda"

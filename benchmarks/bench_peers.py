@@ -51,13 +51,13 @@ import torch
 from torch import nn
 
 from sepconv import SeparableConv2d
-from sepconv._io import atomic_write_bytes
+from sepconv.utils.io import atomic_write_bytes
 from sepconv.bench.suites import mobilenet_v1_suite, vgg_blocks_suite
-from sepconv.bench.timing import interleaved, machine_info
+from sepconv.utils.timing import interleaved, machine_info
 from sepconv.cost import conv_cost, separable_cost
-from sepconv.fast import optimize, to_onnxruntime
+from sepconv.backends.optimize import optimize, to_onnxruntime
 from sepconv.layers._common import conv_module
-from sepconv.onednn import PackedConv2d, onednn_available
+from sepconv.backends.onednn import PackedConv2d, onednn_available
 
 HERE = Path(__file__).resolve().parent
 SUITES = {"mobilenet_v1": mobilenet_v1_suite, "vgg_blocks": vgg_blocks_suite}

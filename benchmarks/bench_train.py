@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 
 import sepconv
-from sepconv._io import atomic_write_bytes
-from sepconv.bench.timing import interleaved, machine_info
+from sepconv.utils.io import atomic_write_bytes
+from sepconv.utils.timing import interleaved, machine_info
 from sepconv.cost import profile
 from sepconv.models import build_model
 

@@ -24,7 +24,7 @@ import torch
 # this directory's script (sys.path[0] when run as a script)
 from bench_networks import NETWORKS, roofline_bounds
 
-from sepconv._io import atomic_write_bytes
+from sepconv.utils.io import atomic_write_bytes
 from sepconv.bench.roofline import Roofline
 
 

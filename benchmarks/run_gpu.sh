@@ -17,9 +17,9 @@ mkdir -p "$OUT"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv
     python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'triton', triton.__version__)"
     echo "== tests on CUDA"
-    timeout 150 python3 -m pytest -q -p no:cacheprovider ${SEPCONV_GPU_TESTS-tests/test_fused_triton.py} \
+    timeout 150 python3 -m pytest -q -p no:cacheprovider ${SEPCONV_GPU_TESTS-benchmarks/test_triton_fused.py} \
         tests/test_cuda_graph.py tests/test_cudnn.py \
-        tests/test_bench.py::test_bench_on_cuda_times_the_triton_kernel_as_the_fused_engine \
+        tests/test_bench.py::test_bench_on_cuda_records_the_gpu_and_times_training_on_eager \
         tests/test_bench.py::test_bench_device_and_dtype_errors tests/test_compare.py::test_cuda_mixed_precision_run
     echo "== GPU-side time (CUDA graphs): VGG blocks at batch 32 and 256, MobileNetV1 at batch 32"
     timeout 100 python3 benchmarks/bench_gpu_graphs.py --suite vgg_blocks --batch 32 --batch 256 --out "$OUT/graphs-vgg.json"

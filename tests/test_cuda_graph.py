@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import sepconv
-import sepconv.bench.timing
+import sepconv.utils.timing
 from sepconv import SeparableConv2d
-from sepconv.cuda_graph import CudaGraphModel, capture
+from sepconv.backends.cuda_graph import CudaGraphModel, capture
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -50,13 +50,15 @@ def test_bad_arguments_are_named():
 def test_optimize_times_on_the_sample_device(monkeypatch, device):
     """On CUDA a sample that does not synchronize times only the launches: optimize must pass its device."""
     seen = []
-    real = sepconv.bench.timing.interleaved
+    from sepconv.backends import optimize as optimize_module
+
+    real = optimize_module.interleaved
 
     def spy(candidates, **kwargs):
         seen.append(kwargs.get("device"))
         return real(candidates, **kwargs)
 
-    monkeypatch.setattr(sepconv.bench.timing, "interleaved", spy)
+    monkeypatch.setattr(optimize_module, "interleaved", spy)
     x = torch.randn(2, 4, 8, 8, device=device)
     sepconv.optimize(small_net().to(device), x, rounds=1, backends=("eager",))
     assert seen and all(d == x.device for d in seen)

@@ -1,4 +1,4 @@
-"""sepconv.cudnn: Conv2d + ReLU pairs as cuDNN's fused convolution, and optimize's cudnn_relu backend.
+"""sepconv.backends.cudnn: Conv2d + ReLU pairs as cuDNN's fused convolution, and optimize's cudnn_relu backend.
 
 The fused operator exists on CUDA only; on the CPU the module computes the
 same function with PyTorch's operators, so the site selection, the argument
@@ -17,8 +17,8 @@ from torch import nn
 
 import sepconv
 from sepconv import SeparableConv2d
-from sepconv.cudnn import CudnnConvReLU, fuse_conv_relu
-from sepconv.fast import _check_close
+from sepconv.backends.cudnn import CudnnConvReLU, fuse_conv_relu
+from sepconv.backends.optimize import _check_close
 
 from reference import np_conv
 

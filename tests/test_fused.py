@@ -1,4 +1,4 @@
-"""sepconv.fused: the fused depthwise -> pointwise kernel computes what the two convolutions compute."""
+"""sepconv.backends.fused: the fused depthwise -> pointwise kernel computes what the two convolutions compute."""
 
 import platform
 
@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import sepconv
-from sepconv import _kernels
-import sepconv.fused as fused_module
-from sepconv.fused import FusedSeparableConv2d, balanced_tile, fusable, fused_available, fused_unavailable_reason
+from sepconv.backends import native
+import sepconv.backends.fused as fused_module
+from sepconv.backends.fused import FusedSeparableConv2d, balanced_tile, fusable, fused_available, fused_unavailable_reason
 
 needs_kernel = pytest.mark.skipif(not fused_available(), reason=f"fused kernel unavailable: {fused_unavailable_reason()}")
 ACTS = {None: (None, lambda y: y), "relu": (nn.ReLU(), F.relu), "relu6": (nn.ReLU6(), lambda y: y.clamp(0, 6))}
@@ -261,13 +261,13 @@ def test_fused_refuses_what_it_cannot_run():
 def test_a_failed_build_is_reported_and_the_engines_fall_back(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
     monkeypatch.setenv("SEPCONV_CACHE_DIR", str(tmp_path))
-    _kernels.load_for.cache_clear()
+    native.load_for.cache_clear()
     try:
         assert not fused_available()
         assert "building the kernels with false failed" in fused_unavailable_reason()
         with pytest.raises(RuntimeError, match="building the kernels"):
             FusedSeparableConv2d(nn.Conv2d(4, 4, 3, groups=4), nn.Conv2d(4, 6, 1))
-        from sepconv.onednn import onednn_available, pack_convolutions
+        from sepconv.backends.onednn import onednn_available, pack_convolutions
 
         if onednn_available():  # without the kernel, separable layers get packed oneDNN convolutions
             model = nn.Sequential(sepconv.SeparableConv2d(4, 6, 3, padding=1)).eval()
@@ -276,13 +276,13 @@ def test_a_failed_build_is_reported_and_the_engines_fall_back(monkeypatch, tmp_p
         assert not list(tmp_path.glob("*.so"))  # nothing half-built left in the cache
     finally:
         monkeypatch.undo()
-        _kernels.load_for.cache_clear()
+        native.load_for.cache_clear()
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the portable target is named for x86-64")
 def test_the_portable_code_path_computes_the_same(monkeypatch):
     """The kernel built without AVX-512 (as on older CPUs) runs its plain loops; same results."""
-    monkeypatch.setattr(_kernels, "MARCH", "x86-64-v2")
+    monkeypatch.setattr(native, "MARCH", "x86-64-v2")
     if not fused_available():
         pytest.skip(f"fused kernel unavailable: {fused_unavailable_reason()}")
     assert not fused_module.fused_uses_avx512()

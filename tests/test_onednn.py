@@ -1,4 +1,4 @@
-"""sepconv.onednn: packed oneDNN convolutions compute what nn.Conv2d (+ ReLU/ReLU6) computes."""
+"""sepconv.backends.onednn: packed oneDNN convolutions compute what nn.Conv2d (+ ReLU/ReLU6) computes."""
 
 import copy
 import pickle
@@ -12,8 +12,8 @@ from torch import nn
 
 import sepconv
 from sepconv.models import build_model
-from sepconv.fused import fused_available
-from sepconv.onednn import PackedConv2d, onednn_available, pack_convolutions
+from sepconv.backends.fused import fused_available
+from sepconv.backends.onednn import PackedConv2d, onednn_available, pack_convolutions
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build lacks the oneDNN (mkldnn) operators")
 

@@ -98,7 +98,7 @@ def test_fit_can_tune_training_engines_first():
     """tune_training=True routes the separable model's convolutions by timing, reports the choices, leaves the
     random stream alone (same dropout masks: the first epoch's loss equals the untuned run's to float rounding)."""
     from sepconv import SeparableConv2d
-    from sepconv.train_engine import ENGINES, engine_of, tunable
+    from sepconv.backends.training import ENGINES, engine_of, tunable
 
     def model():
         torch.manual_seed(0)

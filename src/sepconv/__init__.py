@@ -1,8 +1,10 @@
 """sepconv: separable convolutions for PyTorch, with exact costs, factorization and experiments."""
 
-from .fast import OnnxRuntimeModel, OptimizedModel, fold_batchnorm, optimize, to_onnxruntime
+from .backends.fold import fold_batchnorm
+from .backends.onnxruntime import OnnxRuntimeModel, to_onnxruntime
+from .backends.optimize import OptimizedModel, optimize
+from .backends.training import tune_training, untune_training
 from .geometry import ConvSpec
-from .train_engine import keep_freed_memory, tune_training, untune_training
 from .layers import (
     BlueprintSeparableConv1d, BlueprintSeparableConv2d, BlueprintSeparableConv3d,
     CPConv2d,
@@ -12,6 +14,7 @@ from .layers import (
     SeparableConv1d, SeparableConv2d, SeparableConv3d,
     SpatiallySeparableConv2d,
 )
+from .utils.memory import keep_freed_memory
 
 __version__ = "0.1.0"
 

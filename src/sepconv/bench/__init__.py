@@ -2,7 +2,8 @@
 
 from .roofline import Roofline, measure_roofline, model_bound_s
 from .suites import SUITES, Case, CaseResult, mobilenet_v1_suite, run_case, vgg_blocks_suite
-from .timing import Timing, interleaved, machine_info
+from ..utils.machine import machine_info
+from ..utils.timing import Timing, interleaved
 
 __all__ = ["SUITES", "Case", "CaseResult", "Roofline", "Timing", "interleaved", "machine_info", "measure_roofline",
            "mobilenet_v1_suite", "model_bound_s", "run_case", "vgg_blocks_suite"]

@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--device", default="cpu",
                    help="cpu (default), cuda or cuda:N; on CUDA cuDNN picks its fastest algorithm per shape "
-                        "(torch.backends.cudnn.benchmark) and the fused engine is sepconv.fused_triton's kernel")
+                        "(torch.backends.cudnn.benchmark); the fused kernel is CPU-only")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="float32 (default; on CUDA with TF32 as PyTorch's convolutions use it by default), "
                         "or float16/bfloat16 (CUDA only)")
@@ -77,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .._io import atomic_write_bytes
+    from ..utils.io import atomic_write_bytes
     from .roofline import measure_roofline
     from .suites import SUITES, run_case
-    from .timing import machine_info
+    from ..utils.machine import machine_info
 
     if args.rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # the standard convolution at cuDNN's fastest algorithm, as users run it
     if args.keep_freed_memory:
-        from ..train_engine import keep_freed_memory
+        from ..utils.memory import keep_freed_memory
 
         if not keep_freed_memory():
             raise ValueError("--keep-freed-memory needs glibc's malloc (Linux); this C library is another")
@@ -164,9 +164,9 @@ def run(args: argparse.Namespace) -> int:
           "(NCHW or channels-last); theory = MAC ratio; roofline = the speedup the two roofline bounds allow; "
           "fused roofline = the realized ratio a fused depthwise->pointwise kernel could reach at its roofline bound "
           "(its FLOPs; input, output and weights through memory) against the standard convolution's; "
-          "realized = speedup / theory; oneDNN = both sides as packed oneDNN convolutions (sepconv.onednn, "
+          "realized = speedup / theory; oneDNN = both sides as packed oneDNN convolutions (sepconv.backends.onednn, "
           "inference); best = each side on its fastest engine (standard/separable; 'fused' = the fused "
-          "depthwise->pointwise kernel: sepconv.fused's on the CPU, sepconv.fused_triton's on CUDA); train best = forward+backward of the separable layer on eager "
+          "depthwise->pointwise CPU kernel, sepconv.backends.fused); train best = forward+backward of the separable layer on eager "
           "PyTorch or after sepconv.tune_training (per step: eager, 'gemm', 'flip' or 'dwgrad' engine), whichever is "
           "faster; GEMM ceiling = the realized ratio if the depthwise step took no time and the 1x1 step ran at its "
           "measured (fastest) rate: 1x1 FLOP rate / standard FLOP rate x separable MACs / 1x1 MACs; train GEMM ceiling = "
@@ -186,13 +186,9 @@ def run(args: argparse.Namespace) -> int:
 def engines_info(device=None) -> dict:
     """Which of sepconv's engines this run could time on ``device`` (default CPU), and why not where it could not."""
     if device is not None and device.type == "cuda":
-        from ..fused_triton import triton_fused_unavailable_reason
-
-        reason = triton_fused_unavailable_reason()
-        return {"fused": "available, Triton" if reason is None else f"unavailable: {reason}",
-                "onednn": "unavailable: CPU only"}
-    from ..fused import fused_available, fused_unavailable_reason, fused_uses_avx512
-    from ..onednn import onednn_available
+        return {"fused": "unavailable: CPU only", "onednn": "unavailable: CPU only"}
+    from ..backends.fused import fused_available, fused_unavailable_reason, fused_uses_avx512
+    from ..backends.onednn import onednn_available
 
     fused = (("available, AVX-512" if fused_uses_avx512() else "available, portable loops (no AVX-512)")
              if fused_available() else f"unavailable: {fused_unavailable_reason()}")
@@ -219,7 +215,7 @@ def _plot(rows: list[dict], path) -> None:
         return
     import io
 
-    from .._io import atomic_write_bytes
+    from ..utils.io import atomic_write_bytes
 
     series = [("realized", "forward, eager"), ("train_realized", "forward+backward, eager"),
               ("train_realized_best", "forward+backward, best training engine"),

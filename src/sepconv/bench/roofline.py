@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .timing import interleaved
+from ..utils.timing import interleaved
 
 
 @dataclass(frozen=True)

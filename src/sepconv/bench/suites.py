@@ -7,9 +7,9 @@ layout, so the speedup is honest. The depthwise and pointwise stages are
 also timed alone, and each is compared with its roofline bound.
 
 Forward passes are also timed on the ``onednn`` engine (both convolutions as
-:class:`~sepconv.onednn.PackedConv2d`, the path ``sepconv.optimize`` can
+:class:`~sepconv.backends.onednn.PackedConv2d`, the path ``sepconv.optimize`` can
 choose) and, for the separable layer, on the ``fused`` kernel
-(:class:`~sepconv.fused.FusedSeparableConv2d`), so three realized ratios
+(:class:`~sepconv.backends.fused.FusedSeparableConv2d`), so three realized ratios
 come out: eager PyTorch against itself,
 oneDNN-packed against itself, and the best engine of each (what a user of
 ``sepconv.optimize`` gets). The roofline gives one more yardstick: the
@@ -35,12 +35,15 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ..backends.fused import FusedSeparableConv2d, fused_available
+from ..backends.onednn import PackedConv2d, onednn_available
+from ..backends.training import tune_training
 from ..cost import conv_cost, separable_cost
 from ..geometry import ConvSpec
 from ..layers import SeparableConv2d
 from ..layers._common import conv_module
 from .roofline import Roofline
-from .timing import Timing, inference_call, interleaved
+from ..utils.timing import Timing, inference_call, interleaved
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ def _layouts(module_factory: Callable[[], nn.Module], x: torch.Tensor) -> dict[s
 #: Eager PyTorch layouts, and the inference engine of packed oneDNN convolutions (forward only).
 EAGER_LAYOUTS = ("nchw", "nhwc")
 ONEDNN = "onednn"
-FUSED = "fused"  # sepconv.fused.FusedSeparableConv2d: the separable layer only
+FUSED = "fused"  # sepconv.backends.fused.FusedSeparableConv2d: the separable layer only
 TUNED = "tuned"  # training: the separable layer (channels-last) after sepconv.tune_training
 
 
@@ -208,15 +211,12 @@ def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = 
     """Time the standard and separable convolutions of ``case`` side by side on ``device`` in ``dtype``.
 
     ``onednn`` adds the packed-oneDNN inference engine to the forward timings
-    (CPU only; default: when :func:`sepconv.onednn.onednn_available`),
-    ``fused`` the fused depthwise->pointwise kernel for the separable layer
-    (default: when available: on the CPU :func:`sepconv.fused.fused_available`,
-    on CUDA the Triton kernel, :func:`sepconv.fused_triton.triton_fused_available`).
+    (CPU only; default: when :func:`sepconv.backends.onednn.onednn_available`),
+    ``fused`` the fused depthwise->pointwise CPU kernel for the separable layer
+    (default: on the CPU in float32 when :func:`sepconv.backends.fused.fused_available`).
     On CUDA the training step is timed on eager PyTorch only
     (:func:`sepconv.tune_training`'s engines are CPU kernels).
     """
-    from ..onednn import PackedConv2d, onednn_available
-
     device = torch.device(device)
     cpu = device.type == "cpu"
     if onednn is None:
@@ -247,15 +247,13 @@ def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = 
         forward[f"separable/{ONEDNN}"] = inference_call(nn.Sequential(m.pad, packed_dw, packed_pw), xi)
         forward[f"depthwise/{ONEDNN}"] = inference_call(nn.Sequential(m.pad, packed_dw), xi)
         forward[f"pointwise/{ONEDNN}"] = inference_call(packed_pw, mid)
-    if cpu:
-        from ..fused import FusedSeparableConv2d as Fused, fused_available as fused_here
-    else:
-        from ..fused_triton import TritonFusedSeparableConv2d as Fused, triton_fused_available as fused_here
     if fused is None:
-        fused = fused_here() and (not cpu or dtype == torch.float32)
+        fused = cpu and dtype == torch.float32 and fused_available()
     if fused:
+        if not cpu:
+            raise ValueError("fused=True needs a CPU device: the fused depthwise->pointwise kernel is a CPU kernel")
         m, xi = sep["nhwc"]
-        forward[f"separable/{FUSED}"] = inference_call(Fused(m.depthwise, m.pointwise, pad=m.pad), xi)
+        forward[f"separable/{FUSED}"] = inference_call(FusedSeparableConv2d(m.depthwise, m.pointwise, pad=m.pad), xi)
     fwd = interleaved(forward, rounds=rounds, target_s=target_s, device=device)
     bwd = None
     if backward:
@@ -267,8 +265,6 @@ def run_case(case: Case, roofline: Roofline, rounds: int = 11, backward: bool = 
         m, xi = sep["nhwc"]
         pointwise_steps = [("nchw", sep["nchw"][0].pointwise, mids["nchw"]), ("nhwc", m.pointwise, mids["nhwc"])]
         if cpu:
-            from ..train_engine import tune_training
-
             tuned = copy.deepcopy(m).train()
             tune_training(tuned, xi)
             train[f"separable/{TUNED}"] = _train_step(tuned, xi.detach().clone().requires_grad_(True))

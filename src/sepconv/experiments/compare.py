@@ -144,7 +144,8 @@ def environment() -> dict[str, Any]:
     import torch
 
     from .. import __version__
-    from ..train_engine import freed_memory_kept
+    from ..utils.machine import cpu_fields
+    from ..utils.memory import freed_memory_kept
 
     env = {
         "sepconv": __version__,
@@ -160,13 +161,8 @@ def environment() -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "freed_memory_kept": freed_memory_kept(),  # sepconv.keep_freed_memory: glibc malloc keeps freed memory
     }
-    try:
-        with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-        if names:
-            env["cpu_model"] = names[0]
-    except OSError:
-        pass
+    if "model name" in cpu_fields():
+        env["cpu_model"] = cpu_fields()["model name"]
     return env
 
 
@@ -678,7 +674,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"compare-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}"
     quiet = bool(args.quiet)
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    from ..train_engine import keep_freed_memory
+    from ..utils.memory import keep_freed_memory
 
     keep_freed_memory()  # this process trains: reuse freed tensor memory instead of page-faulting fresh memory
     try:

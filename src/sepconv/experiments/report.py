@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_bytes
+from ..utils.io import atomic_write_bytes
 
 #: Columns of metrics.csv, one row per (variant, epoch).
 CSV_COLUMNS = ("variant", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "train_time_s", "val_time_s")

@@ -23,7 +23,7 @@ from ._common import (
 )
 
 
-class _SeparableConvNd(ComposedConvMixin, nn.Module):
+class SeparableConvNd(ComposedConvMixin, nn.Module):
     """Shared implementation of :class:`SeparableConv1d`, ``2d`` and ``3d``.
 
     ``input -> [pad] -> depthwise -> dw_norm -> dw_act -> pointwise -> pw_norm -> pw_act``
@@ -157,13 +157,13 @@ class _SeparableConvNd(ComposedConvMixin, nn.Module):
         )
 
 
-class SeparableConv1d(_SeparableConvNd):
+class SeparableConv1d(SeparableConvNd):
     """Depthwise separable 1D convolution. ``(N, C_in, L)`` -> ``(N, C_out, L_out)``."""
 
     _ndim = 1
 
 
-class SeparableConv2d(_SeparableConvNd):
+class SeparableConv2d(SeparableConvNd):
     """Depthwise separable 2D convolution. ``(N, C_in, H, W)`` -> ``(N, C_out, H_out, W_out)``.
 
     Example (the seeds' 64-filter layer on an RGB image: 286 parameters
@@ -178,7 +178,7 @@ class SeparableConv2d(_SeparableConvNd):
     _ndim = 2
 
 
-class SeparableConv3d(_SeparableConvNd):
+class SeparableConv3d(SeparableConvNd):
     """Depthwise separable 3D convolution. ``(N, C_in, D, H, W)`` -> ``(N, C_out, D', H', W')``."""
 
     _ndim = 3

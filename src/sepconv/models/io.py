@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from .._io import atomic_write_bytes
+from ..utils.io import atomic_write_bytes
 
 #: Metadata key holding the JSON recipe ``{"name", "variant", "kwargs"}``.
 RECIPE_KEY = "sepconv_model"

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_write_bytes
+from ..utils.io import atomic_write_bytes
 
 #: Bumped when the layout of the checkpoint dict changes.
 CHECKPOINT_FORMAT = 1

@@ -261,7 +261,7 @@ def fit(
         raise ValueError(f"batch_size={config.batch_size} is smaller than the {world} distributed processes")
     extra: dict[str, Any] = {}
     if tune_training:
-        from ..train_engine import tune_training as tune
+        from ..backends.training import tune_training as tune
 
         sample = data.train_x[:per_rank_batch].to(device).contiguous(memory_format=layout)
         extra["training_engines"] = tune(model, sample)

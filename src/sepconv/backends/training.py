@@ -40,13 +40,16 @@ keeps the faster; nothing changes where eager PyTorch wins.
 from __future__ import annotations
 
 import copy
-import ctypes
-import platform
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..geometry import output_size_1d
+from ..utils.timing import first_inputs, interleaved
+from . import native
+from .sites import plain_conv2d
 
 
 def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -60,9 +63,7 @@ def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
 def _kernel_library(*tensors: torch.Tensor):
     """sepconv's C kernels when every tensor is float32 on the CPU and they build here, else None."""
     if all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
-        from . import _kernels
-
-        return _kernels.load()[0]
+        return native.load()[0]
     return None
 
 
@@ -73,7 +74,7 @@ def matmul_at_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     AVX-512 register blocks, the pixels in cache-sized chunks, on
     ``torch.get_num_threads()`` threads; inputs made contiguous first, no copy
     for the pixels of channels-last tensors) when it is built
-    (:mod:`sepconv._kernels`); everything else to ``torch.mm``. The kernel's
+    (:mod:`sepconv.backends.native`); everything else to ``torch.mm``. The kernel's
     result is not tracked by autograd (it serves inside a backward pass). Why a kernel:
     on this project's AMD CPU ``torch.mm`` runs oneMKL's AVX2 code, about 2x
     slower on these shapes (``benchmarks/README.md``).
@@ -191,7 +192,6 @@ def depthwise_weight_grad(x: torch.Tensor, grad_y: torch.Tensor, kernel_size: tu
     order) when it builds; everything else runs ``aten.convolution_backward``.
     Not tracked by autograd.
     """
-    from .geometry import output_size_1d
 
     if x.dim() != 4 or grad_y.dim() != 4 or grad_y.shape[:2] != x.shape[:2]:
         raise ValueError(f"depthwise_weight_grad needs x (N, C, H, W) and grad_y (N, C, Ho, Wo), got "
@@ -239,7 +239,7 @@ class _EngineForward:
                                       self.engine == "dwgrad")
 
     def __repr__(self) -> str:
-        return f"sepconv.train_engine engine {self.engine!r}"
+        return f"sepconv.backends.training engine {self.engine!r}"
 
 
 #: The engines :func:`tune_training` chooses among, besides eager PyTorch, and what each computes.
@@ -251,16 +251,11 @@ ENGINES = {"gemm": "1x1, stride-1, unpadded, ungrouped nn.Conv2d (Pointwise1x1)"
                      "(FlippedDepthwise with the weight gradient in sepconv's kernel)"}
 
 
-def _plain_conv2d(conv: nn.Module) -> bool:
-    return (isinstance(conv, nn.Conv2d) and not isinstance(conv, nn.ConvTranspose2d)
-            and not isinstance(conv.padding, str) and conv.padding_mode == "zeros")
-
-
 def engine_applies(conv: nn.Module, engine: str) -> bool:
     """Whether ``engine`` (a key of :data:`ENGINES`) can run ``conv``."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}")
-    if not _plain_conv2d(conv) or tuple(conv.stride) != (1, 1):
+    if not plain_conv2d(conv) or tuple(conv.stride) != (1, 1):
         return False
     if engine == "gemm":
         return tuple(conv.kernel_size) == (1, 1) and conv.groups == 1 and tuple(conv.padding) == (0, 0)
@@ -328,7 +323,6 @@ def tune_training(model: nn.Module, sample_input: torch.Tensor, *, rounds: int =
 
 
 def _tune(model: nn.Module, sample_input: torch.Tensor, rounds: int) -> dict[str, str]:
-    from .bench.timing import first_inputs, interleaved
 
     probe = copy.deepcopy(model).eval()
     seen = first_inputs(probe, [m for m in probe.modules() if tunable(m)], sample_input,
@@ -367,49 +361,3 @@ def _tune(model: nn.Module, sample_input: torch.Tensor, rounds: int) -> dict[str
             use_engine(module, choice)
         choices[name] = choice
     return choices
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, glibc's <malloc.h>
-_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # the largest mmap threshold glibc accepts on 64-bit
-_memory_kept = False
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory for reuse, so training steps stop page-faulting fresh pages.
-
-    PyTorch's CPU tensors come from ``malloc``. glibc serves large blocks
-    with fresh ``mmap`` pages and returns freed memory at the top of the heap
-    to the OS, so a training step that allocates activations and gradients
-    of several MiB and frees them again touches new pages every step: one
-    page fault per 4 KiB, often more time than the layer's arithmetic
-    (measured in ``benchmarks/README.md``: a depthwise training step on a
-    batch-32 64x32x32 input took 10.8 ms with 4064 page faults per step,
-    3.6 ms without). This sets ``M_MMAP_THRESHOLD`` to 32 MiB (glibc's
-    maximum: blocks up to that size come from the heap) and
-    ``M_TRIM_THRESHOLD`` to 2 GiB (freed heap memory stays with the process).
-
-    Process-wide and permanent: the process keeps its peak heap size, and
-    glibc's adaptive threshold cannot be switched back on. Blocks over 32 MiB
-    are still mapped fresh; a caching allocator loaded with ``LD_PRELOAD``
-    (jemalloc or tcmalloc, as PyTorch's performance tuning guide suggests)
-    avoids that too. Returns True when applied, False where the C library is
-    not glibc (nothing is changed).
-    """
-    global _memory_kept
-    if platform.system() != "Linux":
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # glibc only: musl's mallopt does nothing
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
-    _memory_kept = _memory_kept or ok
-    return ok
-
-
-def freed_memory_kept() -> bool:
-    """Whether :func:`keep_freed_memory` has been applied in this process."""
-    return _memory_kept

@@ -1,4 +1,4 @@
-"""sepconv.fused_triton: the Triton kernel computes what the two convolutions compute.
+"""triton_fused: the Triton kernel computes what the two convolutions compute.
 
 On a machine with a CUDA device the compiled kernel runs; without one,
 ``conftest.py`` turns Triton's interpreter on and the same kernel runs on CPU
@@ -16,7 +16,7 @@ from torch import nn
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (CUDA builds of PyTorch bring it)")
 
-from sepconv.fused_triton import (  # noqa: E402
+from triton_fused import (  # noqa: E402
     BlockConfig, TritonFusedSeparableConv2d, candidates_for, interpreting, triton_fused_available,
     triton_fused_unavailable_reason)
 

@@ -1,4 +1,4 @@
-"""sepconv.train_engine: the training engines compute the same values and gradients as nn.Conv2d; the allocator."""
+"""sepconv.backends.training: the training engines compute the same values and gradients as nn.Conv2d; the allocator."""
 
 import copy
 import pickle
@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from sepconv import _kernels
+from sepconv.backends import native
 from sepconv.models import build_model
-from sepconv.train_engine import (ENGINES, FlippedDepthwise, Pointwise1x1, depthwise_weight_grad, engine_applies,
+from sepconv.backends.training import (ENGINES, FlippedDepthwise, Pointwise1x1, depthwise_weight_grad, engine_applies,
                                   engine_of, matmul_at_b, tunable, tune_training, untune_training, use_engine)
 
-needs_kernels = pytest.mark.skipif(not _kernels.available(), reason=f"sepconv's C kernels: {_kernels.unavailable_reason()}")
+needs_kernels = pytest.mark.skipif(not native.available(), reason=f"sepconv's C kernels: {native.unavailable_reason()}")
 
 
 @contextmanager
@@ -88,11 +88,11 @@ def test_matmul_at_b_portable_build_and_fallbacks(monkeypatch):
     torch.manual_seed(1)
     a, b = torch.randn(500, 37), torch.randn(500, 45)
     ref = a.double().t() @ b.double()
-    monkeypatch.setattr(_kernels, "MARCH", "x86-64-v2")  # the kernel's plain loops (no AVX-512)
-    if _kernels.available() and platform.machine() in ("x86_64", "AMD64"):
-        assert not _kernels.load()[0].sepconv_atb_has_avx512()
+    monkeypatch.setattr(native, "MARCH", "x86-64-v2")  # the kernel's plain loops (no AVX-512)
+    if native.available() and platform.machine() in ("x86_64", "AMD64"):
+        assert not native.load()[0].sepconv_atb_has_avx512()
         torch.testing.assert_close(matmul_at_b(a, b).double(), ref, rtol=1e-5, atol=1e-4)
-    monkeypatch.setattr(_kernels, "load", lambda: (None, "no kernels"))  # torch.mm
+    monkeypatch.setattr(native, "load", lambda: (None, "no kernels"))  # torch.mm
     torch.testing.assert_close(matmul_at_b(a, b).double(), ref, rtol=1e-5, atol=1e-4)
     # float64 always goes to torch.mm
     torch.testing.assert_close(matmul_at_b(a.double(), b.double()), ref)
@@ -147,7 +147,7 @@ def test_engine_applies_to_the_right_convolutions():
     assert engine_applies(nn.Conv2d(8, 4, 1), "gemm") and not engine_applies(nn.Conv2d(8, 4, 1, groups=2), "gemm")
     assert set(ENGINES) == {"gemm", "flip", "dwgrad"}
     depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
-    assert engine_applies(depthwise, "dwgrad") == _kernels.available()
+    assert engine_applies(depthwise, "dwgrad") == native.available()
     assert not engine_applies(nn.Conv2d(8, 16, 3, padding=1, groups=8), "dwgrad")  # channel multiplier 2
     assert not engine_applies(nn.Conv2d(8, 8, 3, padding=1, groups=4), "dwgrad")  # grouped, not depthwise
     assert not engine_applies(nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), "dwgrad")
@@ -177,7 +177,7 @@ def test_tune_training_keeps_the_model_and_can_be_undone():
     tuned = [n for n, m in model.named_modules() if tunable(m)]
     kinds = {n: "gemm" if model.get_submodule(n).kernel_size == (1, 1) else "flip" for n in tuned}
     assert "flip" in kinds.values() and "gemm" in kinds.values()  # both steps of the separable blocks
-    allowed = {n: {"eager", kinds[n]} | ({"dwgrad"} if kinds[n] == "flip" and _kernels.available() else set())
+    allowed = {n: {"eager", kinds[n]} | ({"dwgrad"} if kinds[n] == "flip" and native.available() else set())
                for n in tuned}
     assert set(choices) == set(tuned) and all(choices[n] in allowed[n] for n in tuned)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # BatchNorm stats untouched
@@ -244,11 +244,11 @@ def test_depthwise_weight_grad_portable_build_and_fallback(monkeypatch):
     gy = torch.randn(2, 6, 9, 9)
     ref = torch.ops.aten.convolution_backward(gy, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 6,
                                               [False, True, False])[1]
-    if _kernels.available() and platform.machine() in ("x86_64", "AMD64"):
-        monkeypatch.setattr(_kernels, "MARCH", "x86-64-v2")  # the kernel's portable loops (no AVX-512)
-        assert not _kernels.load()[0].sepconv_fused_has_avx512()
+    if native.available() and platform.machine() in ("x86_64", "AMD64"):
+        monkeypatch.setattr(native, "MARCH", "x86-64-v2")  # the kernel's portable loops (no AVX-512)
+        assert not native.load()[0].sepconv_fused_has_avx512()
         torch.testing.assert_close(depthwise_weight_grad(x, gy, (3, 3), (1, 1), (1, 1)), ref, rtol=1e-5, atol=1e-4)
-    monkeypatch.setattr(_kernels, "load", lambda: (None, "no kernels"))  # PyTorch's path
+    monkeypatch.setattr(native, "load", lambda: (None, "no kernels"))  # PyTorch's path
     torch.testing.assert_close(depthwise_weight_grad(x, gy, (3, 3), (1, 1), (1, 1)), ref)
     ref64 = torch.ops.aten.convolution_backward(gy.double(), x.double(), weight.double(), None, [1, 1], [1, 1],
                                                 [1, 1], False, [0, 0], 6, [False, True, False])[1]
@@ -319,7 +319,7 @@ def faults_per_step():
 
 default = faults_per_step()
 applied = sepconv.keep_freed_memory()
-print(default, applied, sepconv.train_engine.freed_memory_kept(), faults_per_step())
+print(default, applied, sepconv.utils.memory.freed_memory_kept(), faults_per_step())
 """
 
 

@@ -28,16 +28,20 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
+from ..layers.separable import SeparableConvNd
+from ..utils.timing import first_inputs, inference_call, interleaved
+from .sites import FUSABLE_ACTIVATIONS, conv_sites, is_identity, plain_conv2d
+
 #: How many input shapes a PackedConv2d keeps a reordered weight for (least recently used dropped first).
 _PACKED_SHAPES = 4
 
-#: Activations oneDNN can apply to a convolution's output in the same pass: class -> (attr, scalars).
-_FUSABLE = {nn.ReLU: ("relu", []), nn.ReLU6: ("hardtanh", [0.0, 6.0])}
+#: Activations oneDNN applies to a convolution's output in the same pass: class -> (attr, scalars).
+_ONEDNN_ATTRS = {nn.ReLU: ("relu", []), nn.ReLU6: ("hardtanh", [0.0, 6.0])}
 
 
 @functools.lru_cache(maxsize=None)
@@ -58,9 +62,7 @@ def onednn_available() -> bool:
 
 def packable(conv: nn.Module) -> bool:
     """Whether :class:`PackedConv2d` can run ``conv``: a float32 CPU ``nn.Conv2d`` with integer, zero padding."""
-    return (isinstance(conv, nn.Conv2d) and not isinstance(conv, nn.ConvTranspose2d)
-            and not isinstance(conv.padding, str) and conv.padding_mode == "zeros"
-            and conv.weight.dtype == torch.float32 and conv.weight.device.type == "cpu")
+    return plain_conv2d(conv) and conv.weight.dtype == torch.float32 and conv.weight.device.type == "cpu"
 
 
 class PackedConv2d(nn.Module):
@@ -79,8 +81,8 @@ class PackedConv2d(nn.Module):
         super().__init__()
         if not packable(conv):
             raise ValueError(f"PackedConv2d needs a float32 CPU nn.Conv2d with integer zero padding, got {conv!r}")
-        if activation is not None and type(activation) not in _FUSABLE:
-            raise ValueError(f"activation must be one of {[c.__name__ for c in _FUSABLE]} or None, got {activation!r}")
+        if activation is not None and type(activation) not in FUSABLE_ACTIVATIONS:
+            raise ValueError(f"activation must be one of {[c.__name__ for c in FUSABLE_ACTIVATIONS]} or None, got {activation!r}")
         self.pad = getattr(conv, "pad", None)  # sepconv's Depthwise layers pad outside the conv
         self.register_buffer("weight", conv.weight.detach().clone())
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
@@ -89,7 +91,7 @@ class PackedConv2d(nn.Module):
         self.stride, self.dilation = list(conv.stride), list(conv.dilation)
         self.padding, self.groups = list(conv.padding), conv.groups
         self.activation = None if activation is None else type(activation).__name__
-        self._attr, self._scalars = ("none", []) if activation is None else _FUSABLE[type(activation)]
+        self._attr, self._scalars = ("none", []) if activation is None else _ONEDNN_ATTRS[type(activation)]
         self._packed: dict[tuple[int, ...], torch.Tensor] = {}
 
     def _packed_weight(self, shape: tuple[int, ...]) -> torch.Tensor:
@@ -125,61 +127,6 @@ class PackedConv2d(nn.Module):
                 f"bias={self.bias is not None}, fused_activation={self.activation}")
 
 
-def _is_identity(module: nn.Module) -> bool:
-    return isinstance(module, nn.Identity)
-
-
-def _next_activation(parent: nn.Sequential, name: str) -> Optional[tuple[nn.Module, str]]:
-    """The fusable activation right after ``parent.name`` (Identity modules skipped), as (parent, name), or None."""
-    names = list(parent._modules)
-    following = [n for n in names[names.index(name) + 1:] if not _is_identity(parent._modules[n])]
-    return (parent, following[0]) if following and type(parent._modules[following[0]]) in _FUSABLE else None
-
-
-def _conv_sites(model: nn.Module, usable: Callable[[nn.Module], bool] = packable
-                ) -> list[tuple[nn.Module, str, Optional[tuple[nn.Module, str]]]]:
-    """Every conv ``usable`` accepts (default: :func:`packable`) as (parent, name, activation site or None), the
-    activation being a ReLU or ReLU6 that can be fused.
-
-    An activation is fusable when it directly follows the convolution: the next
-    non-Identity module of an ``nn.Sequential``; a separable layer's
-    ``dw_act``/``pw_act`` with an Identity norm between (BatchNorm folded);
-    or, for a separable layer whose ``pw_norm`` and ``pw_act`` are Identity,
-    the activation that follows the layer in its ``nn.Sequential``.
-    """
-    from .layers.separable import _SeparableConvNd
-
-    after: dict[int, tuple[nn.Module, str]] = {}  # id(module) -> the activation following it in a Sequential
-    for parent in model.modules():
-        if isinstance(parent, nn.Sequential):
-            for name in parent._modules:
-                site = _next_activation(parent, name)
-                if site is not None:
-                    after[id(parent._modules[name])] = site
-    sites: list = []
-    seen: set[int] = set()
-    for parent in model.modules():
-        if not isinstance(parent, _SeparableConvNd):
-            continue
-        for conv_name, norm_name, act_name in (("depthwise", "dw_norm", "dw_act"), ("pointwise", "pw_norm", "pw_act")):
-            conv, norm, act = (getattr(parent, n) for n in (conv_name, norm_name, act_name))
-            if not usable(conv):
-                continue
-            site = None
-            if _is_identity(norm) and type(act) in _FUSABLE:
-                site = (parent, act_name)
-            elif conv_name == "pointwise" and _is_identity(norm) and _is_identity(act):
-                site = after.get(id(parent))
-            sites.append((parent, conv_name, site))
-            seen.add(id(conv))
-    for name, conv in model.named_modules():
-        if name and id(conv) not in seen and usable(conv):
-            parent_name, _, child = name.rpartition(".")
-            sites.append((model.get_submodule(parent_name), child, after.get(id(conv))))
-            seen.add(id(conv))
-    return sites
-
-
 def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = None, *, measure: bool = True,
                       rounds: int = 5, fuse_activations: bool = True,
                       fuse_separable: Optional[bool] = None) -> dict[str, str]:
@@ -189,10 +136,10 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
     :func:`sepconv.fold_batchnorm`). Engines:
 
     * :class:`PackedConv2d` for any 2D convolution with integer zero padding;
-    * :class:`~sepconv.fused.FusedSeparableConv2d` for the depthwise and
+    * :class:`~sepconv.backends.fused.FusedSeparableConv2d` for the depthwise and
       pointwise steps of a sepconv separable layer together
       (``fuse_separable``, default: when the fused kernel builds here,
-      :func:`sepconv.fused.fused_available`).
+      :func:`sepconv.backends.fused.fused_available`).
 
     With ``measure`` (needs ``sample_input``), every convolution (or
     separable layer) is timed on its own input from the sample, in
@@ -204,7 +151,6 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
     maps each conv's qualified name to ``'eager'``, ``'packed'`` or
     ``'fused'``, with ``'+relu'``/``'+relu6'`` where an activation was fused.
     """
-    from .bench.timing import first_inputs, inference_call
     from .fused import FusedSeparableConv2d, fusable, fused_available
 
     if model.training:
@@ -215,7 +161,7 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
         raise ValueError("pack_convolutions(measure=True) needs a sample_input to time each convolution on")
     if fuse_separable is None:
         fuse_separable = fused_available()
-    sites = _conv_sites(model)
+    sites = conv_sites(model, packable)
     names = {id(m): n for n, m in model.named_modules()}
     units = _separable_units(sites) if fuse_separable else []
     inputs: dict[int, torch.Tensor] = {}
@@ -226,7 +172,7 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
     decisions: dict[str, str] = {}
     done: set[tuple[int, str]] = set()  # (parent, name) sites already decided as part of a separable layer
     for layer, dw_site, pw_site in units:
-        dw_act = layer.dw_act if not _is_identity(layer.dw_act) else None
+        dw_act = layer.dw_act if not is_identity(layer.dw_act) else None
         pw_act = getattr(*pw_site[2]) if (pw_site[2] and fuse_activations) else None
         if fusable(layer.depthwise, layer.pointwise) is not None or (dw_act is not None and not fuse_activations):
             continue
@@ -296,34 +242,28 @@ def _separable_units(sites: list) -> list:
     Identity (folded) on both steps, and the depthwise activation fusable or
     Identity.
     """
-    from .layers.separable import _SeparableConvNd
-
     by_layer: dict[int, dict] = {}
     for parent, name, act_site in sites:
-        if isinstance(parent, _SeparableConvNd) and parent._ndim == 2:
+        if isinstance(parent, SeparableConvNd) and parent._ndim == 2:
             by_layer.setdefault(id(parent), {"layer": parent})[name] = (getattr(parent, name), name, act_site)
     units = []
     for entry in by_layer.values():
         layer = entry["layer"]
         if "depthwise" not in entry or "pointwise" not in entry:
             continue
-        if not (_is_identity(layer.dw_norm) and _is_identity(layer.pw_norm)):
+        if not (is_identity(layer.dw_norm) and is_identity(layer.pw_norm)):
             continue
-        if not (_is_identity(layer.dw_act) or type(layer.dw_act) in _FUSABLE):
+        if not (is_identity(layer.dw_act) or type(layer.dw_act) in FUSABLE_ACTIVATIONS):
             continue
         units.append((layer, entry["depthwise"], entry["pointwise"]))
     return units
 
 
 def _eager_call(layer: nn.Module, tail: Optional[nn.Module], x: torch.Tensor):
-    from .bench.timing import inference_call
-
     eager = copy.deepcopy(layer).to(memory_format=torch.channels_last)
     return inference_call(nn.Sequential(eager, tail if tail is not None else nn.Identity()), x)
 
 
 def _fastest(calls: dict, rounds: int) -> str:
-    from .bench.timing import interleaved
-
     t = interleaved(calls, rounds=rounds, target_s=0.005)
     return min(t, key=lambda name: t[name].median)

@@ -2,9 +2,9 @@
 
 The kernels are plain C (no Python or PyTorch headers): the fused
 depthwise -> pointwise inference kernel (``csrc/fused_dwpw.c``,
-:mod:`sepconv.fused`), the depthwise weight gradient
+:mod:`sepconv.backends.fused`), the depthwise weight gradient
 (``csrc/depthwise_wgrad.c``) and the 1x1-convolution weight-gradient GEMM
-(``csrc/gemm_atb.c``, :mod:`sepconv.train_engine`). They are compiled
+(``csrc/gemm_atb.c``, :mod:`sepconv.backends.training`). They are compiled
 together with the machine's C compiler (``$CC``, else ``cc``/``gcc``/``clang``)
 for this CPU (``-march=native``), cached under ``$SEPCONV_CACHE_DIR``
 (default ``~/.cache/sepconv``) by source, compiler, flags and CPU, and
@@ -29,6 +29,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from ...utils.machine import cpu_fields
+
 _SOURCES = tuple(Path(__file__).resolve().parent / "csrc" / name for name in ("fused_dwpw.c", "gemm_atb.c",
                                                                                   "depthwise_wgrad.c"))
 
@@ -49,17 +51,9 @@ def cache_dir() -> Path:
 
 def _cpu_key() -> str:
     """What ``-march=native`` depends on: the CPU's model and feature flags (a shared cache must not mix them)."""
-    text = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith(("model name", "flags", "Features", "cpu family", "model\t")):
-                    text += line
-                if not line.strip():
-                    break
-    except OSError:
-        text += platform.processor()
-    return text
+    fields = cpu_fields()
+    return platform.machine() + platform.processor() + "".join(
+        f"{key}:{fields.get(key, '')}\n" for key in ("model name", "cpu family", "model", "flags", "Features"))
 
 
 def _compiler() -> Optional[str]:

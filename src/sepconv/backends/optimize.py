@@ -4,145 +4,15 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .layers.separable import _SeparableConvNd
+from ..utils.timing import inference_call, interleaved
+from .fold import fold_batchnorm
 from .onednn import onednn_available, pack_convolutions
-
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
-def fold_batchnorm(model: nn.Module) -> int:
-    """Fold eval-mode BatchNorm layers into the convolution before them, in place; returns how many.
-
-    Handles the normalizations inside sepconv's separable layers (``dw_norm``
-    into ``depthwise``, ``pw_norm`` into ``pointwise``) and a convolution
-    directly followed by a BatchNorm in an ``nn.Sequential``. The model must
-    be in eval mode (the folded layer uses the running statistics).
-    """
-    if model.training:
-        raise ValueError("fold_batchnorm needs a model in eval mode (call model.eval()); training BatchNorm cannot be folded")
-    folded = 0
-    for module in model.modules():
-        if isinstance(module, _SeparableConvNd):
-            for conv_name, norm_name in (("depthwise", "dw_norm"), ("pointwise", "pw_norm")):
-                conv, norm = getattr(module, conv_name), getattr(module, norm_name)
-                if isinstance(norm, _NORMS) and norm.track_running_stats:
-                    setattr(module, conv_name, fuse_conv_bn_eval(conv, norm))
-                    setattr(module, norm_name, nn.Identity())
-                    folded += 1
-        elif isinstance(module, nn.Sequential):
-            names = list(module._modules)
-            for first, second in zip(names, names[1:]):
-                conv, norm = module._modules[first], module._modules[second]
-                if isinstance(conv, _CONVS) and isinstance(norm, _NORMS) and norm.track_running_stats:
-                    module._modules[first] = fuse_conv_bn_eval(conv, norm)
-                    module._modules[second] = nn.Identity()
-                    folded += 1
-    return folded
-
-
-class OnnxRuntimeModel(nn.Module):
-    """A model exported to ONNX and run by ONNX Runtime on the CPU: inference only, one input, one output.
-
-    Built by :func:`to_onnxruntime`. ``forward`` takes and returns CPU float
-    tensors; there is no autograd through it (an input that requires grad
-    raises ``RuntimeError``).
-    """
-
-    def __init__(self, session: Any, input_name: str, threads: int) -> None:
-        super().__init__()
-        self.session = session
-        self.input_name = input_name
-        self.threads = threads
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError("OnnxRuntimeModel is inference-only: call it under torch.no_grad() or on a "
-                               "tensor that does not require grad")
-        if x.device.type != "cpu":
-            raise ValueError(f"OnnxRuntimeModel runs on the CPU; got an input on {x.device}")
-        (out,) = self.session.run(None, {self.input_name: x.detach().contiguous().numpy()})
-        return torch.from_numpy(out)
-
-    def extra_repr(self) -> str:
-        return f"onnxruntime CPUExecutionProvider, intra_op_num_threads={self.threads}"
-
-
-def onnxruntime_available() -> bool:
-    """True when both ``onnx`` export support and ``onnxruntime`` are importable (``pip install 'sepconv[onnx]'``)."""
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def to_onnxruntime(model: nn.Module, sample_input: torch.Tensor, *, threads: Optional[int] = None,
-                   rtol: float = 1e-3, atol: float = 1e-4, spinning: bool = False,
-                   profile: bool = False) -> OnnxRuntimeModel:
-    """Export ``model`` (eval mode, batch dimension dynamic) to ONNX and load it into an ONNX Runtime session.
-
-    The session uses all graph optimizations and ``threads`` intra-op threads
-    (default ``torch.get_num_threads()``). Its output on ``sample_input`` is
-    checked against PyTorch's (``rtol``/``atol``); a mismatch raises
-    ``RuntimeError``. Needs ``pip install 'sepconv[onnx]'``.
-
-    ``spinning``: whether ONNX Runtime's idle intra-op threads spin-wait for
-    work (its own default) or sleep (sepconv's default). Spinning threads keep
-    a core busy after each run and slow whatever PyTorch runs next in the
-    process: on a 2-core AMD Zen 4 with 2 threads the oneDNN/fused separable
-    MobileNetV1 took 13.7 ms in rounds interleaved with a spinning session
-    against 7.0 ms alone and 7.5 ms beside a sleeping one, while the session
-    itself took 5.9 ms spinning and 6.3 ms sleeping alone
-    (``benchmarks/bench_networks.py``, ``runtime_interference_ms``). A process
-    that runs nothing but the session can ask for ``spinning=True``.
-
-    ``profile``: ONNX Runtime records every node's time on every run;
-    ``runner.session.end_profiling()`` writes them to a JSON file (in the
-    temporary directory) and returns its path.
-    """
-    if not onnxruntime_available():
-        raise ImportError("to_onnxruntime needs onnx and onnxruntime: pip install 'sepconv[onnx]'")
-    import io
-
-    import onnxruntime as ort
-
-    if sample_input.device.type != "cpu" or sample_input.dtype != torch.float32:
-        raise ValueError(f"to_onnxruntime needs a float32 CPU sample_input, got {sample_input.dtype} on {sample_input.device}")
-    model = model.eval()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (sample_input,), buffer, dynamo=False, opset_version=17, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
-    options = ort.SessionOptions()
-    threads = torch.get_num_threads() if threads is None else threads
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    if profile:
-        import os
-        import tempfile
-
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(tempfile.gettempdir(), "sepconv_onnxruntime")
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    runner = OnnxRuntimeModel(session, "x", threads)
-    with torch.no_grad():
-        expected = model(sample_input)
-        got = runner(sample_input)
-    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=rtol, atol=atol):
-        raise RuntimeError(f"ONNX Runtime's output differs from PyTorch's (max abs difference "
-                           f"{float((got - expected).abs().max()) if got.shape == expected.shape else 'shape ' + str(tuple(got.shape))})")
-    return runner
+from .onnxruntime import onnxruntime_available, to_onnxruntime
 
 
 class OptimizedModel(nn.Module):
@@ -196,9 +66,9 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
 
     * ``eager``: PyTorch in NCHW (``nchw``) and, for 4D inputs, channels-last;
     * ``onednn``: PyTorch in channels-last with each 2D convolution that
-      measures faster that way replaced by a :class:`~sepconv.onednn.PackedConv2d`
+      measures faster that way replaced by a :class:`~sepconv.backends.onednn.PackedConv2d`
       (oneDNN with the weight reordered once and a following ReLU/ReLU6 fused;
-      :func:`~sepconv.onednn.pack_convolutions`). Still a PyTorch module, so
+      :func:`~sepconv.backends.onednn.pack_convolutions`). Still a PyTorch module, so
       it runs any model eager runs; 4D float32 CPU inputs only;
     * ``onnxruntime``: the folded model exported to ONNX and run by ONNX
       Runtime (:func:`to_onnxruntime`; inference only, float32 on the CPU).
@@ -208,7 +78,7 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
       ``freezing`` on, compiled for the sample's shape; opt-in;
     * ``cudnn_relu`` (CUDA inputs): eager PyTorch with each non-depthwise
       ``Conv2d`` that a ReLU directly follows replaced by cuDNN's fused
-      convolution + ReLU (:func:`~sepconv.cudnn.fuse_conv_relu`), in NCHW
+      convolution + ReLU (:func:`~sepconv.backends.cudnn.fuse_conv_relu`), in NCHW
       (``cudnn_relu``) and channels-last (``cudnn_relu_channels_last``);
       skipped when the model has no such pair;
     * ``cudagraph`` (CUDA inputs): the forward of each eager candidate above
@@ -216,7 +86,7 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
       recorded as a CUDA graph for the sample's shape (``cudagraph``,
       ``cudagraph_channels_last``, ``cudagraph_cudnn_relu``,
       ``cudagraph_cudnn_relu_channels_last``), replayed per call
-      (:class:`~sepconv.cuda_graph.CudaGraphModel`: one launch per call
+      (:class:`~sepconv.backends.cuda_graph.CudaGraphModel`: one launch per call
       instead of one per kernel; other input shapes run eagerly).
 
     ``backends`` restricts the candidates (default: ``eager``, plus
@@ -254,7 +124,7 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
                          "(pip install 'sepconv[onnx]') and a float32 CPU sample_input")
     if "onednn" in backends and not onednn_usable:
         raise ValueError("backends includes 'onednn', which needs a 4D float32 CPU sample_input and a PyTorch build "
-                         "with oneDNN (sepconv.onednn.onednn_available())")
+                         "with oneDNN (sepconv.backends.onednn.onednn_available())")
     for needs_cuda in ("cudnn_relu", "cudagraph"):
         if needs_cuda in backends and not cuda:
             raise ValueError(f"backends includes {needs_cuda!r}, which needs a sample_input on a CUDA device, got "
@@ -334,8 +204,6 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
     timings: dict[str, float] = {}
     choice = next(iter(candidates))
     if measure and len(candidates) > 1:
-        from .bench.timing import inference_call, interleaved
-
         original = copy.deepcopy(model).eval()
         fns = {"original": inference_call(original, sample_input)}
         fns.update({name: inference_call(m, sample_input.contiguous(memory_format=fmt))

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import sepconv
-from sepconv.fast import onnxruntime_available
-from sepconv.onednn import onednn_available
+from sepconv.backends.optimize import onnxruntime_available
+from sepconv.backends.onednn import onednn_available
 from sepconv.models import build_model
 
 
@@ -56,10 +56,10 @@ def test_optimize_measures_and_keeps_mobilenet_v2_outputs():
     confirmed = {k[: -len(" (confirmation)")]: v for k, v in fast.timings_ms.items() if k.endswith(" (confirmation)")}
     if confirmed:  # ...unless the runner-up was within CLOSE_CALL and won the longer second timing
         ranked = sorted(candidates, key=candidates.get)
-        assert set(confirmed) == set(ranked[:2]) and candidates[ranked[1]] < sepconv.fast.CLOSE_CALL * candidates[ranked[0]]
+        assert set(confirmed) == set(ranked[:2]) and candidates[ranked[1]] < sepconv.backends.optimize.CLOSE_CALL * candidates[ranked[0]]
         chosen = min(confirmed, key=confirmed.get)
     else:
-        assert sorted(candidates.values())[1] >= sepconv.fast.CLOSE_CALL * candidates[chosen]
+        assert sorted(candidates.values())[1] >= sepconv.backends.optimize.CLOSE_CALL * candidates[chosen]
     assert fast.backend == (chosen if chosen in ("onnxruntime", "onednn") else "eager")
     assert fast.memory_format == (torch.channels_last if chosen in ("channels_last", "onednn") else torch.contiguous_format)
     with torch.no_grad():

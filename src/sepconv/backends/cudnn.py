@@ -26,13 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .onednn import _conv_sites
+from .sites import conv_sites, plain_conv2d
 
 
 def cudnn_fusable(conv: nn.Module) -> bool:
     """Whether :class:`CudnnConvReLU` can take ``conv``: an ``nn.Conv2d`` with integer, zero padding."""
-    return (isinstance(conv, nn.Conv2d) and not isinstance(conv.padding, str)
-            and conv.padding_mode == "zeros")
+    return plain_conv2d(conv)
 
 
 def _is_depthwise(conv: nn.Conv2d) -> bool:
@@ -74,7 +73,7 @@ class CudnnConvReLU(nn.Module):
 def fuse_conv_relu(model: nn.Module, *, depthwise: bool = False) -> list[str]:
     """Replace, in place, each ``nn.Conv2d`` directly followed by an ``nn.ReLU`` by a :class:`CudnnConvReLU`.
 
-    "Directly followed" is what :mod:`sepconv.onednn` fuses on the CPU: the
+    "Directly followed" is what :mod:`sepconv.backends.onednn` fuses on the CPU: the
     next non-Identity module of an ``nn.Sequential``, or a separable layer's
     ``dw_act``/``pw_act`` with an Identity norm between (fold BatchNorm first
     with :func:`sepconv.fold_batchnorm`: an unfolded BatchNorm in between
@@ -86,7 +85,7 @@ def fuse_conv_relu(model: nn.Module, *, depthwise: bool = False) -> list[str]:
     """
     names = {id(m): n for n, m in model.named_modules()}
     fused = []
-    for parent, name, site in _conv_sites(model, cudnn_fusable):
+    for parent, name, site in conv_sites(model):
         conv = getattr(parent, name)
         if site is None or type(getattr(*site)) is not nn.ReLU or (_is_depthwise(conv) and not depthwise):
             continue

@@ -20,7 +20,7 @@ per output-channel block; this version on an H100 again, 1.06-5.4x
 "A GPU again"). So nothing selects it automatically; ``sepconv bench
 --device cuda`` times it as the ``fused`` engine.
 
-It is the GPU sibling of :class:`sepconv.fused.FusedSeparableConv2d` (the
+It is the GPU sibling of :class:`sepconv.backends.fused.FusedSeparableConv2d` (the
 CPU kernel) and, like it, an inference engine: weights copied in at
 construction, no autograd, channels-last output. Inputs may be float32,
 float16 or bfloat16; products accumulate in float32. For float32 the 1x1
@@ -46,7 +46,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from .fused import FusedPair, fusable_pair
+from sepconv.backends.fused import FusedPair, fusable_pair
 
 try:  # Triton ships with CUDA builds of PyTorch; CPU builds lack it
     import triton
@@ -121,7 +121,7 @@ if triton is not None:
 
     @triton.jit
     def _activate(v, ACT: tl.constexpr):
-        """sepconv.fused's activation codes: 0 none, 1 ReLU, 2 ReLU6."""
+        """sepconv.backends.fused's activation codes: 0 none, 1 ReLU, 2 ReLU6."""
         if ACT == 1:
             v = tl.maximum(v, 0.0)
         elif ACT == 2:
@@ -195,7 +195,7 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 class TritonFusedSeparableConv2d(FusedPair):
     """Inference-only depthwise -> pointwise convolution computed by one fused Triton kernel on a CUDA GPU.
 
-    Takes the same arguments as :class:`sepconv.fused.FusedSeparableConv2d`
+    Takes the same arguments as :class:`sepconv.backends.fused.FusedSeparableConv2d`
     (the two convolutions of a depthwise separable layer, depth multiplier 1,
     any kernel size, stride, dilation and integer zero padding; ReLU/ReLU6
     after either step; an optional ``pad`` module applied first) and computes

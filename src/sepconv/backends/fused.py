@@ -9,14 +9,14 @@ has it), so that traffic disappears. It is an inference engine: weights are
 copied in at construction, no autograd.
 
 The kernel is plain C (``csrc/fused_dwpw.c``), built on first use with the
-machine's C compiler and cached (:mod:`sepconv._kernels` says how and where).
+machine's C compiler and cached (:mod:`sepconv.backends.native` says how and where).
 Where no compiler is found or the build fails, :func:`fused_available` is
 False and :func:`fused_unavailable_reason` says why; :func:`sepconv.optimize`
 then uses the other engines (nothing requires this one). It runs on
 ``torch.get_num_threads()`` OpenMP threads, PyTorch's own.
 
 Whether it is faster than the two oneDNN convolutions depends on the shape
-and the machine: :func:`sepconv.onednn.pack_convolutions` measures both per
+and the machine: :func:`sepconv.backends.onednn.pack_convolutions` measures both per
 layer and keeps the faster (``benchmarks/README.md`` has the numbers).
 """
 
@@ -27,8 +27,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import _kernels
-from .geometry import output_size_1d
+from ..geometry import output_size_1d
+from . import native
 
 _NR = 32  # output channels per packed weight panel (the kernel's NR)
 _ACTS = {None: 0, nn.ReLU: 1, nn.ReLU6: 2}
@@ -37,7 +37,7 @@ _TILE_BYTES = 256 * 1024  # depthwise tile buffer: about half of a 1-2 MiB L2 ca
 
 #: Outputs of at least this many bytes are written with non-temporal stores (around the caches: their lines are
 #: not read in before being overwritten); smaller ones, which the next layer may still find in cache, with plain
-#: stores. Read at each call. Measured on AMD Zen 4 (benchmarks/bench_kernels.py and bench_networks.py, summarized
+#: stores. Read at each call. Measured on AMD Zen 4 (benchmarks/benchnative.py and bench_networks.py, summarized
 #: in benchmarks/README.md, "A second machine"): 5-13 % off the layer alone at batch 32 with 64-128 channels
 #: (4-8 MiB outputs), 0-8 % at batch 1; in whole networks through sepconv.optimize 3 % and 19 % off the VGG-block
 #: network at batch 32 (2 threads; networks records of commits e7a0f8e and fb9d153) and nothing measurable on
@@ -82,17 +82,17 @@ def balanced_tile(batch: int, pixels: int, tile: int, threads: int) -> int:
 
 def fused_available() -> bool:
     """True when the fused kernel is built (or builds now) and loads on this machine."""
-    return _kernels.available()
+    return native.available()
 
 
 def fused_unavailable_reason() -> Optional[str]:
     """Why :func:`fused_available` is False (None when it is available)."""
-    return _kernels.unavailable_reason()
+    return native.unavailable_reason()
 
 
 def fused_uses_avx512() -> bool:
     """Whether the loaded kernel was compiled with its AVX-512 path (else portable, compiler-vectorized loops)."""
-    lib = _kernels.load()[0]
+    lib = native.load()[0]
     return bool(lib is not None and lib.sepconv_fused_has_avx512())
 
 
@@ -116,7 +116,7 @@ def fusable(depthwise: nn.Module, pointwise: nn.Module) -> Optional[str]:
 
 def fusable_pair(depthwise: nn.Module, pointwise: nn.Module) -> Optional[str]:
     """None if the two convolutions have the structure a fused depthwise -> pointwise kernel computes (this
-    module's for the CPU, :mod:`sepconv.fused_triton`'s for CUDA), else the reason they have not; dtype and
+    module's for the CPU, :mod:`triton_fused`'s for CUDA), else the reason they have not; dtype and
     device are each engine's own check."""
     if not (isinstance(depthwise, nn.Conv2d) and isinstance(pointwise, nn.Conv2d)):
         return "both steps must be nn.Conv2d"
@@ -133,7 +133,7 @@ def fusable_pair(depthwise: nn.Module, pointwise: nn.Module) -> Optional[str]:
 
 
 class FusedPair(nn.Module):
-    """What the fused engines share (this module's CPU kernel, :mod:`sepconv.fused_triton`'s GPU one): the pair's
+    """What the fused engines share (this module's CPU kernel, :mod:`triton_fused`'s GPU one): the pair's
     geometry and activations, the ``pad`` module, the depthwise weight as ``[KH][KW][C]`` (one tap's weights for a
     run of channels contiguous), the biases, the output size and the checks of an input."""
 
@@ -228,7 +228,7 @@ class FusedSeparableConv2d(FusedPair):
         if plan is None:
             (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
             ho, wo = self.output_size(h, w)
-            lib = _kernels.load()[0]
+            lib = native.load()[0]
             tile = balanced_tile(n, ho * wo, self.tile, threads)
             tiles = n * -(-(ho * wo) // tile)
             groups = min(threads, self.pw_panels.shape[0]) if tiles < threads else 1
@@ -252,7 +252,7 @@ class FusedSeparableConv2d(FusedPair):
         y = torch.empty((n, self.out_channels, ho, wo), dtype=torch.float32, memory_format=torch.channels_last)
         buffers = self._buffers  # direct access: nn.Module's attribute lookup costs ~0.5 us per buffer
         dw_bias, pw_bias = buffers["dw_bias"], buffers["pw_bias"]
-        code = _kernels.load()[0].sepconv_fused_dwpw_f32(
+        code = native.load()[0].sepconv_fused_dwpw_f32(
             x.data_ptr(), *xdims, buffers["dw_weight"].data_ptr(), None if dw_bias is None else dw_bias.data_ptr(),
             *dwargs, buffers["pw_panels"].data_ptr(), None if pw_bias is None else pw_bias.data_ptr(), *pwargs,
             y.data_ptr(), *geometry, parts, *jobs)

@@ -1,0 +1,1 @@
+"""Execution engines for inference and training, chosen per model or per layer by measurement."""

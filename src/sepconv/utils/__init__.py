@@ -1,0 +1,1 @@
+"""Low-level helpers that import nothing else from sepconv: timing, machine description, atomic files, memory."""
