@@ -27,7 +27,7 @@ from sepconv.utils.machine import machine_info
 
 
 def machine() -> dict:
-    """``sepconv.utils.timing.machine_info`` (CPU family/model and vector ISA included) plus the cores this process
+    """``sepconv.utils.machine.machine_info`` (CPU family/model and vector ISA included) plus the cores this process
     may use and the memory size. Its ``torch_threads`` is this parent's; the run's own is in ``run_environment``."""
     info = machine_info()
     info["affinity"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None

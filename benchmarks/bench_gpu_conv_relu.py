@@ -33,7 +33,8 @@ from bench_networks import NETWORKS
 import sepconv
 import sepconv.backends.cuda_graph
 from sepconv.utils.io import atomic_write_bytes
-from sepconv.utils.timing import inference_call, interleaved, machine_info
+from sepconv.utils.machine import machine_info
+from sepconv.utils.timing import inference_call, interleaved
 from sepconv.backends.cudnn import fuse_conv_relu
 from sepconv.models import build_model
 

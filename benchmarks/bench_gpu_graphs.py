@@ -25,7 +25,8 @@ from sepconv.utils.io import atomic_write_bytes
 from sepconv.bench import mobilenet_v1_suite, vgg_blocks_suite
 from sepconv.bench.roofline import measure_roofline
 from sepconv.bench.suites import _layouts, fused_bound_s
-from sepconv.utils.timing import interleaved, machine_info
+from sepconv.utils.machine import machine_info
+from sepconv.utils.timing import interleaved
 from sepconv.cost import conv_cost, separable_cost
 from sepconv.backends.cuda_graph import capture
 from triton_fused import TritonFusedSeparableConv2d

@@ -44,7 +44,8 @@ import torch.nn.functional as F
 import sepconv.backends.fused
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.bench import mobilenet_v1_suite, vgg_blocks_suite
-from sepconv.utils.timing import interleaved, machine_info
+from sepconv.utils.machine import machine_info
+from sepconv.utils.timing import interleaved
 from sepconv.geometry import output_size_1d
 from sepconv.layers import SeparableConv2d
 from sepconv.backends.training import depthwise_weight_grad, matmul_at_b

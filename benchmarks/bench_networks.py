@@ -65,7 +65,8 @@ import sepconv
 import sepconv.backends.fused
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.bench.roofline import measure_roofline, model_bound_s
-from sepconv.utils.timing import inference_call, interleaved, machine_info
+from sepconv.utils.machine import machine_info
+from sepconv.utils.timing import inference_call, interleaved
 from sepconv.cost import profile
 from sepconv.models import build_model
 from sepconv.backends.onednn import onednn_available
@@ -161,7 +162,7 @@ def main(argv=None) -> int:
             model = model.to(args.device, dtype)
             backends = (("eager", "cudnn_relu", "cudagraph") if on_cuda else
                         ("eager", "compile") + (("onednn",) if onednn_available() else ())
-                        + (("onnxruntime",) if sepconv.backends.optimize.onnxruntime_available() else ()))
+                        + (("onnxruntime",) if sepconv.backends.onnxruntime.onnxruntime_available() else ()))
             torch._dynamo.reset()
             fast = sepconv.optimize(model, x, rounds=args.rounds, backends=backends)
             row["variants"][variant] = {"macs_per_sample": macs, "median_ms": fast.timings_ms, "picked": fast.candidate,
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
             if fast.backend == "onednn" and any("fused" in str(v) for v in fast.layer_choices.values()):
                 row["variants"][variant]["fused_output_stores_ms"] = _stores_ab(fast, x, args.rounds)
             if (variant == "separable" and args.threads > 1 and onednn_available()
-                    and sepconv.backends.optimize.onnxruntime_available()):
+                    and sepconv.backends.onnxruntime.onnxruntime_available()):
                 row["variants"][variant]["runtime_interference_ms"] = _runtime_interference(model, x, args.rounds)
         std, sep = row["variants"]["standard"], row["variants"]["separable"]
         theory = std["macs_per_sample"] / sep["macs_per_sample"]

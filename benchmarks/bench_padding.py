@@ -35,7 +35,8 @@ from torch import nn
 
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.bench import mobilenet_v1_suite, vgg_blocks_suite
-from sepconv.utils.timing import inference_call, interleaved, machine_info
+from sepconv.utils.machine import machine_info
+from sepconv.utils.timing import inference_call, interleaved
 from sepconv.cost import conv_cost
 from sepconv.backends.onednn import PackedConv2d, onednn_available
 

@@ -53,9 +53,10 @@ from torch import nn
 from sepconv import SeparableConv2d
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.bench.suites import mobilenet_v1_suite, vgg_blocks_suite
-from sepconv.utils.timing import interleaved, machine_info
+from sepconv.utils.machine import machine_info
+from sepconv.utils.timing import interleaved
 from sepconv.cost import conv_cost, separable_cost
-from sepconv.backends.optimize import optimize, to_onnxruntime
+from sepconv import optimize, to_onnxruntime
 from sepconv.layers._common import conv_module
 from sepconv.backends.onednn import PackedConv2d, onednn_available
 

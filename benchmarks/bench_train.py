@@ -43,7 +43,8 @@ import torch.nn.functional as F
 
 import sepconv
 from sepconv.utils.io import atomic_write_bytes
-from sepconv.utils.timing import interleaved, machine_info
+from sepconv.utils.machine import machine_info
+from sepconv.utils.timing import interleaved
 from sepconv.cost import profile
 from sepconv.models import build_model
 

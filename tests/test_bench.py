@@ -94,7 +94,7 @@ def test_model_bound_sums_each_layers_roofline_bound(batch):
 
 def test_measured_roofline_takes_the_fastest_engine_and_records_each():
     from sepconv.bench import measure_roofline
-    from sepconv.backends.optimize import onnxruntime_available
+    from sepconv.backends.onnxruntime import onnxruntime_available
 
     roof = measure_roofline(matmul_n=256, copy_mib=8, rounds=2)
     assert roof.peak_flops > 0 and roof.bandwidth > 0

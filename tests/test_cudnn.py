@@ -18,7 +18,7 @@ from torch import nn
 import sepconv
 from sepconv import SeparableConv2d
 from sepconv.backends.cudnn import CudnnConvReLU, fuse_conv_relu
-from sepconv.backends.optimize import _check_close
+from sepconv.backends.engine import check_close
 
 from reference import np_conv
 
@@ -112,14 +112,14 @@ def test_fuse_conv_relu_picks_the_pairs_and_keeps_the_function():
 def test_check_close_is_relative_to_the_output_scale():
     x32 = torch.zeros(1)
     big = torch.full((3,), 1000.0)
-    _check_close(big + 0.05, big, x32, "a")  # 5e-5 of the largest output
+    check_close(big + 0.05, big, x32, "a")  # 5e-5 of the largest output
     with pytest.raises(RuntimeError, match="a output differs.*tolerance 0.0001"):
-        _check_close(big + 0.5, big, x32, "a")
-    _check_close(big + 5.0, big, x32.bfloat16(), "b")  # half precision: 1e-2 of the largest output
+        check_close(big + 0.5, big, x32, "a")
+    check_close(big + 5.0, big, x32.bfloat16(), "b")  # half precision: 1e-2 of the largest output
     with pytest.raises(RuntimeError, match="shape"):
-        _check_close(big[:2], big, x32, "c")
+        check_close(big[:2], big, x32, "c")
     with pytest.raises(RuntimeError, match="differs"):
-        _check_close(big * float("nan"), big, x32, "d")
+        check_close(big * float("nan"), big, x32, "d")
 
 
 @cuda

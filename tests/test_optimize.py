@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import sepconv
-from sepconv.backends.optimize import onnxruntime_available
+from sepconv.backends.onnxruntime import onnxruntime_available
 from sepconv.backends.onednn import onednn_available
 from sepconv.models import build_model
 

@@ -15,10 +15,10 @@ from .layers import (
     SpatiallySeparableConv2d,
 )
 from .utils.memory import keep_freed_memory
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
+    "__version__",
     "ConvSpec", "OnnxRuntimeModel", "OptimizedModel", "Pad", "fold_batchnorm", "optimize", "to_onnxruntime",
     "keep_freed_memory", "tune_training", "untune_training",
     "DepthwiseConv1d", "DepthwiseConv2d", "DepthwiseConv3d",

@@ -18,11 +18,14 @@ CUDA inputs and keeps it where it times fastest.
 
 from __future__ import annotations
 
+import copy
 import warnings
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
+
+from .engine import BuildContext, Candidate, InferenceEngine, applies_to_any_model, check_close
 
 #: Calls before recording, on a side stream: cuDNN's algorithm search, Triton's autotuning and lazy
 #: initializations run there, not inside the graph.
@@ -125,3 +128,33 @@ class CudaGraphModel(nn.Module):
     def extra_repr(self) -> str:
         return (f"recorded_for=(shape={tuple(self._static_input.shape)}, dtype={self._static_input.dtype}, "
                 f"stride={self._static_input.stride()}), clone_output={self.clone_output}")
+
+
+def _unavailable(sample: torch.Tensor) -> Optional[str]:
+    if sample.device.type != "cuda":
+        return f"needs a sample_input on a CUDA device, got one on {sample.device}"
+    return None
+
+
+def _build(context: BuildContext) -> dict[str, Candidate]:
+    """A graph of each eager-module candidate built so far (eager layouts, cuDNN-fused), checked against it."""
+    sources = [("nchw", torch.contiguous_format)]
+    if context.measure and context.sample.dim() == 4:
+        sources.append(("channels_last", torch.channels_last))
+    sources += [(name, c.memory_format) for name, c in context.candidates.items() if c.engine == "cudnn_relu"]
+    built = {}
+    for eager_name, fmt in sources:
+        # the eager candidate of the same layout when there is one: the graph reads its parameters in place
+        eager = (context.candidates[eager_name].module if eager_name in context.candidates
+                 else copy.deepcopy(context.base).to(memory_format=fmt))
+        x = context.sample.contiguous(memory_format=fmt)
+        graphed = CudaGraphModel(eager, x)
+        with torch.no_grad():  # against the same eager model: the same kernels
+            check_close(graphed(x), eager(x), context.sample, "the replayed graph's")
+        built[f"cudagraph_{eager_name}" if eager_name != "nchw" else "cudagraph"] = Candidate(graphed, fmt, "cudagraph")
+    return built
+
+
+ENGINE = InferenceEngine(
+    name="cudagraph", summary="each eager candidate's forward recorded as a CUDA graph and replayed per call (CUDA)",
+    default=True, unavailable=_unavailable, applies=applies_to_any_model, build=_build)

@@ -22,10 +22,14 @@ operators, so a fused model still trains and runs anywhere.
 
 from __future__ import annotations
 
+import copy
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .engine import BuildContext, Candidate, InferenceEngine, check_close
 from .sites import conv_sites, plain_conv2d
 
 
@@ -93,3 +97,43 @@ def fuse_conv_relu(model: nn.Module, *, depthwise: bool = False) -> list[str]:
         setattr(site[0], site[1], nn.Identity())
         fused.append(names.get(id(conv), name))
     return fused
+
+
+#: Sample dtypes cuDNN's fused convolution + ReLU is offered for.
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _unavailable(sample: torch.Tensor) -> Optional[str]:
+    if sample.device.type != "cuda":
+        return f"needs a sample_input on a CUDA device, got one on {sample.device}"
+    if sample.dtype not in _DTYPES:
+        return f"needs a float32, float16 or bfloat16 sample_input, got {sample.dtype}"
+    return None
+
+
+def _applies(model: nn.Module) -> bool:
+    return any(site is not None and type(getattr(*site)) is nn.ReLU and not _is_depthwise(getattr(parent, name))
+               for parent, name, site in conv_sites(model))
+
+
+def _build(context: BuildContext) -> dict[str, Candidate]:
+    """Fused copies in NCHW and (measuring 4D inputs) channels-last, each checked against eager."""
+    layouts = [("cudnn_relu", "nchw", torch.contiguous_format)]
+    if context.measure and context.sample.dim() == 4:
+        layouts.append(("cudnn_relu_channels_last", "channels_last", torch.channels_last))
+    built = {}
+    for name, eager_name, fmt in layouts:
+        fused = copy.deepcopy(context.base)
+        fuse_conv_relu(fused)
+        fused = fused.to(memory_format=fmt)
+        x = context.sample.contiguous(memory_format=fmt)
+        eager = context.candidates[eager_name].module if eager_name in context.candidates else context.base
+        with torch.no_grad():
+            check_close(fused(x), eager(x), context.sample, "cuDNN's fused")
+        built[name] = Candidate(fused, fmt, "cudnn_relu")
+    return built
+
+
+ENGINE = InferenceEngine(
+    name="cudnn_relu", summary="each non-depthwise Conv2d + ReLU as cuDNN's fused convolution (CUDA)",
+    default=True, unavailable=_unavailable, applies=_applies, build=_build)

@@ -35,6 +35,8 @@ from torch import nn
 
 from ..layers.separable import SeparableConvNd
 from ..utils.timing import first_inputs, inference_call, interleaved
+from .engine import BuildContext, Candidate, InferenceEngine
+from .fused import FusedSeparableConv2d, fusable, fused_available
 from .sites import FUSABLE_ACTIVATIONS, conv_sites, is_identity, plain_conv2d
 
 #: How many input shapes a PackedConv2d keeps a reordered weight for (least recently used dropped first).
@@ -149,10 +151,10 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
     or ReLU6 that directly follows a replaced convolution is fused into it
     and replaced by ``nn.Identity`` (``fuse_activations``). The returned dict
     maps each conv's qualified name to ``'eager'``, ``'packed'`` or
-    ``'fused'``, with ``'+relu'``/``'+relu6'`` where an activation was fused.
+    ``'fused'`` or ``'dense'`` (a separable layer merged into one packed
+    standard convolution, where that measured fastest), with
+    ``'+relu'``/``'+relu6'`` where an activation was fused.
     """
-    from .fused import FusedSeparableConv2d, fusable, fused_available
-
     if model.training:
         raise ValueError("pack_convolutions needs a model in eval mode (call model.eval()): packed weights are a snapshot")
     if not onednn_available():
@@ -171,44 +173,16 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
                               keep=lambda x: x.detach().contiguous(memory_format=torch.channels_last))
     decisions: dict[str, str] = {}
     done: set[tuple[int, str]] = set()  # (parent, name) sites already decided as part of a separable layer
-    for layer, dw_site, pw_site in units:
-        dw_act = layer.dw_act if not is_identity(layer.dw_act) else None
-        pw_act = getattr(*pw_site[2]) if (pw_site[2] and fuse_activations) else None
-        if fusable(layer.depthwise, layer.pointwise) is not None or (dw_act is not None and not fuse_activations):
+    for layer, _, pw_site in units:
+        pw_act_site = pw_site[2] if fuse_activations else None
+        choice = _replace_separable(model, names[id(layer)], layer, pw_act_site, inputs, measure, rounds,
+                                    fuse_activations)
+        if choice is None:
             continue
-        fused = FusedSeparableConv2d(layer.depthwise, layer.pointwise, dw_act, pw_act, pad=layer.pad)
-        choice = "fused"
-        if measure:
-            x = inputs.get(id(layer))
-            if x is None:
-                continue
-            packed_dw = PackedConv2d(layer.depthwise, dw_act)
-            packed_pw = PackedConv2d(layer.pointwise, pw_act)
-            choice = _fastest({
-                # eager: the layer as it is, plus the following activation when that one sits outside the layer
-                "eager": _eager_call(layer, pw_act if pw_act is not None and pw_site[2][0] is not layer else None, x),
-                "packed": inference_call(nn.Sequential(layer.pad, packed_dw, packed_pw), x),
-                "fused": inference_call(fused, x),
-            }, rounds)
-            if choice == "packed":
-                layer.depthwise, layer.pointwise = packed_dw, packed_pw
-        if choice == "fused":
-            qualified = names[id(layer)]
-            if qualified:  # the whole layer becomes one module: no per-call input checks or Identity steps left
-                parent_name, _, child = qualified.rpartition(".")
-                setattr(model.get_submodule(parent_name), child, fused)
-            else:  # the model is the layer itself: the fused module pads, so the layer no longer does
-                layer.pad, layer.depthwise, layer.pointwise = nn.Identity(), fused, nn.Identity()
-        if choice != "eager":
-            if dw_act is not None:
-                layer.dw_act = nn.Identity()
-            if pw_act is not None:
-                setattr(pw_site[2][0], pw_site[2][1], nn.Identity())
-        suffix = "" if choice == "eager" or pw_act is None else "+" + type(pw_act).__name__.lower()
-        dw_suffix = "" if choice == "eager" or dw_act is None else "+" + type(dw_act).__name__.lower()
+        dw_choice, pw_choice = choice
         prefix = names[id(layer)] + "." if names[id(layer)] else ""
-        decisions[prefix + "depthwise"] = choice + dw_suffix
-        decisions[prefix + "pointwise"] = choice + suffix
+        decisions[prefix + "depthwise"] = dw_choice
+        decisions[prefix + "pointwise"] = pw_choice
         done.update({(id(layer), "depthwise"), (id(layer), "pointwise")})
     for parent, name, act_site in sites:
         if (id(parent), name) in done:
@@ -233,6 +207,66 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
             setattr(act_site[0], act_site[1], nn.Identity())
         decisions[qualified] = "packed" + ("" if act is None else "+" + type(act).__name__.lower())
     return decisions
+
+
+def _dense_module(layer: nn.Module, activation: Optional[nn.Module]) -> nn.Module:
+    """The separable layer merged into one standard convolution (``to_conv``), packed, ``activation`` fused."""
+    dense = layer.to_conv().eval()
+    if isinstance(dense, nn.Sequential):  # (pad, conv): padding oneDNN cannot express
+        return nn.Sequential(dense[0], PackedConv2d(dense[1], activation))
+    return PackedConv2d(dense, activation)
+
+
+def _replace_separable(model: nn.Module, qualified: str, layer: nn.Module, pw_act_site: Optional[tuple],
+                       inputs: dict[int, torch.Tensor], measure: bool, rounds: int,
+                       fuse_activations: bool) -> Optional[tuple[str, str]]:
+    """Run one separable layer on its fastest engine, in place; (depthwise, pointwise) choices, or None if skipped.
+
+    Engines: ``eager`` (as it is), ``packed`` (each step a :class:`PackedConv2d`),
+    ``fused`` (:class:`~sepconv.backends.fused.FusedSeparableConv2d`) and, when
+    nothing nonlinear sits between the steps, ``dense``: the layer merged into
+    one standard convolution, which is faster where the depthwise step's fixed
+    costs outweigh the MACs saved (few input channels). Without ``measure``
+    the fused kernel is used.
+    """
+    dw_act = layer.dw_act if not is_identity(layer.dw_act) else None
+    pw_act = getattr(*pw_act_site) if pw_act_site else None
+    if fusable(layer.depthwise, layer.pointwise) is not None or (dw_act is not None and not fuse_activations):
+        return None
+    whole = {"fused": FusedSeparableConv2d(layer.depthwise, layer.pointwise, dw_act, pw_act, pad=layer.pad)}
+    choice = "fused"
+    if measure:
+        x = inputs.get(id(layer))
+        if x is None:
+            return None
+        packed_dw, packed_pw = PackedConv2d(layer.depthwise, dw_act), PackedConv2d(layer.pointwise, pw_act)
+        calls = {
+            # eager: the layer as it is, plus the following activation when that one sits outside the layer
+            "eager": _eager_call(layer, pw_act if pw_act is not None and pw_act_site[0] is not layer else None, x),
+            "packed": inference_call(nn.Sequential(layer.pad, packed_dw, packed_pw), x),
+            "fused": inference_call(whole["fused"], x),
+        }
+        if dw_act is None and hasattr(layer, "to_conv"):
+            whole["dense"] = _dense_module(layer, pw_act)
+            calls["dense"] = inference_call(whole["dense"], x)
+        choice = _fastest(calls, rounds)
+        if choice == "packed":
+            layer.depthwise, layer.pointwise = packed_dw, packed_pw
+    if choice in whole:
+        if qualified:  # the whole layer becomes one module: no per-call input checks or Identity steps left
+            parent_name, _, child = qualified.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, whole[choice])
+        else:  # the model is the layer itself: the new module pads, so the layer no longer does
+            layer.pad, layer.depthwise, layer.pointwise = nn.Identity(), whole[choice], nn.Identity()
+    if choice == "eager":
+        return "eager", "eager"
+    if dw_act is not None:
+        layer.dw_act = nn.Identity()
+    if pw_act is not None:
+        setattr(pw_act_site[0], pw_act_site[1], nn.Identity())
+    dw_suffix = "" if dw_act is None else "+" + type(dw_act).__name__.lower()
+    pw_suffix = "" if pw_act is None else "+" + type(pw_act).__name__.lower()
+    return choice + dw_suffix, choice + pw_suffix
 
 
 def _separable_units(sites: list) -> list:
@@ -267,3 +301,28 @@ def _eager_call(layer: nn.Module, tail: Optional[nn.Module], x: torch.Tensor):
 def _fastest(calls: dict, rounds: int) -> str:
     t = interleaved(calls, rounds=rounds, target_s=0.005)
     return min(t, key=lambda name: t[name].median)
+
+
+def _unavailable(sample: torch.Tensor) -> Optional[str]:
+    if sample.device.type != "cpu" or sample.dtype != torch.float32 or sample.dim() != 4:
+        return f"needs a 4D float32 CPU sample_input, got a {sample.dim()}D {sample.dtype} one on {sample.device}"
+    if not onednn_available():
+        return "this PyTorch build lacks the oneDNN (mkldnn) convolution operators"
+    return None
+
+
+def _applies(model: nn.Module) -> bool:
+    return any(packable(m) for m in model.modules())
+
+
+def _build(context: BuildContext) -> dict[str, Candidate]:
+    packed = copy.deepcopy(context.base).to(memory_format=torch.channels_last)
+    choices = pack_convolutions(packed, context.sample.contiguous(memory_format=torch.channels_last),
+                                measure=context.measure)
+    return {"onednn": Candidate(packed, torch.channels_last, "onednn", choices)}
+
+
+ENGINE = InferenceEngine(
+    name="onednn", summary="PyTorch in channels-last with each 2D convolution (or separable layer) on the fastest of "
+                           "eager, packed oneDNN, the fused CPU kernel and the merged dense convolution",
+    default=True, unavailable=_unavailable, applies=_applies, build=_build)

@@ -8,6 +8,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from .engine import BuildContext, Candidate, InferenceEngine, applies_to_any_model
+
 
 class OnnxRuntimeModel(nn.Module):
     """A model exported to ONNX and run by ONNX Runtime on the CPU: inference only, one input, one output.
@@ -107,3 +109,21 @@ def to_onnxruntime(model: nn.Module, sample_input: torch.Tensor, *, threads: Opt
     return runner
 
 
+
+
+def _unavailable(sample: torch.Tensor) -> Optional[str]:
+    if not onnxruntime_available():
+        return "needs onnx and onnxruntime installed (pip install 'sepconv[onnx]')"
+    if sample.device.type != "cpu" or sample.dtype != torch.float32:
+        return f"needs a float32 CPU sample_input, got {sample.dtype} on {sample.device}"
+    return None
+
+
+def _build(context: BuildContext) -> dict[str, Candidate]:
+    runner = to_onnxruntime(context.base, context.sample)
+    return {"onnxruntime": Candidate(runner, torch.contiguous_format, "onnxruntime")}
+
+
+ENGINE = InferenceEngine(
+    name="onnxruntime", summary="the model exported to ONNX and run by ONNX Runtime (CPU, float32, inference only)",
+    default=True, unavailable=_unavailable, applies=applies_to_any_model, build=_build)

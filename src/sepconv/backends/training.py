@@ -40,6 +40,7 @@ keeps the faster; nothing changes where eager PyTorch wins.
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Optional
 
 import torch
@@ -49,6 +50,7 @@ from torch import nn
 from ..geometry import output_size_1d
 from ..utils.timing import first_inputs, interleaved
 from . import native
+from .engine import TrainingEngine, always_available
 from .sites import plain_conv2d
 
 
@@ -279,6 +281,19 @@ def use_engine(conv: nn.Module, engine: str) -> None:
     conv._conv_forward = _EngineForward(engine, tuple(conv.padding), tuple(conv.dilation), conv.groups)
 
 
+def _engine(name: str) -> TrainingEngine:
+    return TrainingEngine(
+        name=name, summary=ENGINES[name],
+        unavailable=(lambda: None if native.available() else native.unavailable_reason()) if name == "dwgrad"
+        else always_available,
+        applies=functools.partial(engine_applies, engine=name),
+        build=functools.partial(use_engine, engine=name))
+
+
+#: The training engines, in the order :func:`tune_training` times them (after eager PyTorch).
+TRAINING_ENGINES = tuple(_engine(name) for name in ENGINES)
+
+
 def engine_of(conv: nn.Module) -> str:
     """The engine ``conv`` runs on: a key of :data:`ENGINES`, or ``'eager'``."""
     routed = conv.__dict__.get("_conv_forward")
@@ -340,10 +355,10 @@ def _tune(model: nn.Module, sample_input: torch.Tensor, rounds: int) -> dict[str
         eager = copy.deepcopy(module)
         eager.__dict__.pop("_conv_forward", None)
         candidates = {"eager": eager}
-        for engine in ENGINES:
-            if engine_applies(eager, engine):
-                candidates[engine] = copy.deepcopy(eager)
-                use_engine(candidates[engine], engine)
+        for engine in TRAINING_ENGINES:
+            if engine.unavailable() is None and engine.applies(eager):
+                candidates[engine.name] = copy.deepcopy(eager)
+                engine.build(candidates[engine.name])
         grad = torch.randn_like(eager(x).detach())
 
         def step(conv: nn.Module):

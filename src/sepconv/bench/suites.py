@@ -40,8 +40,7 @@ from ..backends.onednn import PackedConv2d, onednn_available
 from ..backends.training import tune_training
 from ..cost import conv_cost, separable_cost
 from ..geometry import ConvSpec
-from ..layers import SeparableConv2d
-from ..layers._common import conv_module
+from ..layers import SeparableConv2d, conv_module
 from .roofline import Roofline
 from ..utils.timing import Timing, inference_call, interleaved
 

@@ -143,7 +143,7 @@ def environment() -> dict[str, Any]:
     import numpy
     import torch
 
-    from .. import __version__
+    from ..version import __version__
     from ..utils.machine import cpu_fields
     from ..utils.memory import freed_memory_kept
 

@@ -1,7 +1,7 @@
 """sepconv layers: depthwise, pointwise, depthwise separable and spatially separable convolutions,
 and the pointwise-depthwise (blueprint) and CP-decomposed factorizations."""
 
-from ._common import Pad
+from ._common import Pad, conv_module
 from .blueprint import BlueprintSeparableConv1d, BlueprintSeparableConv2d, BlueprintSeparableConv3d
 from .cp import CPConv2d
 from .depthwise import DepthwiseConv1d, DepthwiseConv2d, DepthwiseConv3d
@@ -10,7 +10,7 @@ from .separable import SeparableConv1d, SeparableConv2d, SeparableConv3d
 from .spatial import SpatiallySeparableConv2d
 
 __all__ = [
-    "Pad",
+    "Pad", "conv_module",
     "DepthwiseConv1d", "DepthwiseConv2d", "DepthwiseConv3d",
     "PointwiseConv1d", "PointwiseConv2d", "PointwiseConv3d",
     "SeparableConv1d", "SeparableConv2d", "SeparableConv3d",

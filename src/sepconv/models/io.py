@@ -76,7 +76,7 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     recipe naming an unknown model, or weights that do not fit it, raise
     ``ValueError``.
     """
-    from . import build_model
+    from .zoo import build_model
 
     recipe = read_recipe(path)
     model = build_model(recipe["name"], recipe["variant"], **recipe["kwargs"])
