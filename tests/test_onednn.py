@@ -174,3 +174,17 @@ def test_a_separable_layer_as_the_whole_model_is_fused_in_place():
     with torch.no_grad():
         torch.testing.assert_close(packed(x), layer(x), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(packed(x[:0]), layer(x[:0]))  # an empty batch too
+
+
+@pytest.mark.parametrize("stride,act", [(1, None), (2, nn.ReLU()), (2, nn.ReLU6())])
+def test_a_separable_layer_merged_into_one_packed_convolution_computes_the_layer(stride, act):
+    """optimize's 'dense' choice: the layer's to_conv(), packed, with the following activation fused."""
+    from sepconv.backends.onednn import _dense_module
+
+    torch.manual_seed(0)
+    layer = sepconv.SeparableConv2d(5, 7, 3, stride=stride, padding="same").eval()
+    x = torch.randn(2, 5, 11, 10)
+    with torch.no_grad():
+        expected = layer(x) if act is None else act(layer(x))
+        got = _dense_module(layer, act)(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
