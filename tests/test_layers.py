@@ -460,3 +460,20 @@ def test_composed_layers_init_gives_unit_fan_in_variance(make):
     torch.manual_seed(0)
     layer = make()
     assert float(layer.to_dense_weight().detach().double().var()) == pytest.approx(1.0 / (64 * 9), rel=0.15)
+
+
+@settings(max_examples=40, deadline=None)
+@given(mode=st.sampled_from(["reflect", "circular", "replicate", "zeros"]), size=st.integers(1, 5),
+       pad=st.integers(0, 6), kind=st.sampled_from(["separable", "depthwise", "spatial"]))
+def test_padding_wider_than_the_input_is_a_value_error_naming_the_mode(mode, size, pad, kind):
+    """Reflect/circular padding that does not fit the input: a ValueError, never PyTorch's RuntimeError."""
+    layer = {"separable": lambda: sepconv.SeparableConv2d(2, 3, 3, padding=pad, padding_mode=mode),
+             "depthwise": lambda: sepconv.DepthwiseConv2d(2, 3, padding=pad, padding_mode=mode),
+             "spatial": lambda: sepconv.SpatiallySeparableConv2d(2, 3, (3, 3), padding=pad, padding_mode=mode)}[kind]()
+    x = torch.randn(1, 2, size, size + 1)
+    fits = {"reflect": pad < size, "circular": pad <= size}.get(mode, True) and size + 2 * pad >= 3
+    if fits:
+        assert layer(x).shape[-2:] == (size + 2 * pad - 2, size + 2 * pad - 1)
+    else:
+        with pytest.raises(ValueError, match="padding|kernel|input"):
+            layer(x)

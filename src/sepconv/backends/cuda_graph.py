@@ -1,12 +1,10 @@
 """Replaying a model's forward pass from a CUDA graph: one launch per call instead of one per kernel.
 
-On a large GPU the layers of a small-batch network finish faster than the host
-can launch them: on an NVIDIA H100 every layer of the benchmark suites took
-20-100 us per eager call (batch 1-32) while the GPU's own time per call, with
-the launches captured in a CUDA graph, was 8-14 us for the separable VGG-block
-layers at batch 32 (``benchmarks/README.md``, "A GPU: NVIDIA H100"). A graph
-replays a recorded sequence of kernels with one launch, so the separable
-layers' smaller arithmetic shows up in the wall-clock time.
+On a large GPU the layers of a small-batch network can finish faster than the
+host launches them, so eager time is launch time whatever the layer's
+arithmetic (``docs/design-notes.md``). A graph replays a recorded sequence of
+kernels with one launch, so the separable layers' smaller arithmetic shows up
+in the wall-clock time.
 
 A graph is recorded for one input shape, dtype, device and memory layout and
 reads its input from, and writes its output to, fixed memory. :class:`CudaGraphModel`

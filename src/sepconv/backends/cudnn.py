@@ -1,18 +1,12 @@
 """cuDNN convolutions with their ReLU applied in the same kernel: the engine behind ``optimize``'s ``cudnn_relu``.
 
-Why this exists (measured, ``benchmarks/README.md``, "A GPU: NVIDIA H200"):
-at batch 32-256 a separable network on a large GPU is bound by memory
-traffic, not arithmetic. Eager PyTorch writes each convolution's output to
-device memory and then an in-place ReLU reads and writes it again;
-``torch.cudnn_convolution_relu`` (cuDNN's fused convolution + bias +
-activation) writes it once. Replacing every non-depthwise ``Conv2d`` + ReLU
-this way ran whole networks (MobileNetV1 and the VGG-block network, both
-variants, forward replayed from CUDA graphs, float32 with TF32) in 0.58-0.79
-of their time on an NVIDIA H200 with cuDNN 9.19. The same fusion on the
-depthwise convolutions made the separable MobileNetV1 2.7-3.0x *slower*
-(not profiled: cuDNN apparently picks a much slower engine for a grouped
-convolution with a fused activation), so :func:`fuse_conv_relu` leaves depthwise convolutions alone
-unless asked.
+Why it exists: at moderate batch sizes a separable network on a large GPU
+is bound by memory traffic, not arithmetic. Eager PyTorch writes each
+convolution's output to device memory and then an in-place ReLU reads and
+writes it again; ``torch.cudnn_convolution_relu`` (cuDNN's fused convolution
++ bias + activation) writes it once. On depthwise convolutions the same
+fusion was slower in the GPU records (``docs/design-notes.md``), so
+:func:`fuse_conv_relu` leaves depthwise convolutions alone unless asked.
 
 :class:`CudnnConvReLU` calls cuDNN's operator for CUDA inputs in inference
 (it has no backward); for CPU inputs, or when autograd needs gradients, it
@@ -82,8 +76,8 @@ def fuse_conv_relu(model: nn.Module, *, depthwise: bool = False) -> list[str]:
     ``dw_act``/``pw_act`` with an Identity norm between (fold BatchNorm first
     with :func:`sepconv.fold_batchnorm`: an unfolded BatchNorm in between
     leaves the pair alone). The ReLU becomes ``nn.Identity``. Depthwise
-    convolutions are skipped unless ``depthwise=True`` (slower fused on the
-    GPU measured, see the module's docstring); ReLU6 and other activations are
+    convolutions are skipped unless ``depthwise=True`` (see the module's
+    docstring); ReLU6 and other activations are
     not fused (cuDNN's operator applies ReLU only). Returns the qualified names
     of the convolutions replaced.
     """

@@ -1,15 +1,13 @@
 """Inference convolutions through oneDNN with prepacked weights: the engine behind ``optimize``'s ``onednn`` backend.
 
-Why this exists (measured, ``benchmarks/README.md``): eager PyTorch on the
-CPU leaves much of a separable layer's saving on the table in two ways.
+Why it exists: eager PyTorch on the CPU can leave much of a separable
+layer's saving on the table in two ways (``docs/design-notes.md``).
 
-* On one thread and small batches it runs a 1x1 convolution as a oneMKL
-  GEMM, which on the AMD Zen 5 CPU measured here takes the AVX2 code path:
-  half the rate oneDNN's AVX-512 kernels reach on the same layer.
-* Every call reorders the weight into oneDNN's blocked layout. For a large
-  standard convolution that reorder costs more than the convolution itself
-  (1024 -> 1024 channels, 3x3, 7x7 map: 62 ms per call in channels-last
-  against 6.4 ms with the weight reordered once).
+* On one thread and small batches it may run a 1x1 convolution as a
+  oneMKL GEMM, whose code path depends on the CPU vendor, where oneDNN's
+  convolution kernels use the widest vector ISA the CPU has.
+* Every call reorders the weight into oneDNN's blocked layout; for a large
+  standard convolution that reorder can cost more than the convolution.
 
 :class:`PackedConv2d` calls oneDNN directly (PyTorch's ``mkldnn``
 operators, the ones ``torch.compile``'s CPU freezing pass uses) with the

@@ -6,13 +6,11 @@ both ceilings instead of taking them from a data sheet, with the thread count
 in use. The compute peak is the fastest of ``torch.mm``, ONNX Runtime's
 MatMul of the same size (when installed) and a large 3x3 convolution
 (channels-last, 256 channels at 56x56: oneDNN's kernels on the CPU,
-cuDNN's on CUDA). One GEMM library alone draws the roof too low: on this
-project's AMD Zen 5 CPU PyTorch's GEMM (oneMKL) runs at half the rate ONNX
-Runtime's reaches, and on its AMD Zen 4 CPU oneDNN's 3x3 convolution ran at
-113 GFLOP/s (counting every tap; 110 in-bounds) against 93 for ``torch.mm`` (so whole networks measured
-"faster than their bound" before the convolution was a candidate). The
-rates of ``torch.mm`` and of the convolution are recorded too
-(``torch_peak_gflops``, ``conv_peak_gflops``).
+cuDNN's on CUDA). One library alone can draw the roof too low: which of
+them reaches the core's peak depends on the CPU (``docs/design-notes.md``),
+and a roof below what a kernel achieves makes layers look "faster than
+their bound". The rates of ``torch.mm`` and of the convolution are recorded
+too (``torch_peak_gflops``, ``conv_peak_gflops``).
 """
 
 from __future__ import annotations

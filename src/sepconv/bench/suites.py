@@ -94,9 +94,8 @@ SUITES: dict[str, Callable[[], list[Case]]] = {"mobilenet_v1": mobilenet_v1_suit
 def _train_step(module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     """One forward+backward of ``module`` on ``x`` (which requires grad), as the layer runs inside a network: the
     output gradient is made once (a next layer would supply it) and the input gradient is handed on, not added
-    into ``x.grad`` (each was a pass over a tensor the size of the output or input that the layer does not make:
-    0.43 ms of a 13 ms separable step on a batch-32 16x16x128 input by torch.profiler, AMD Zen 4: a tax on the
-    faster side)."""
+    into ``x.grad`` (either would be a pass over a tensor the size of the output or input that the layer itself
+    does not make: a fixed tax that hides the faster side's saving)."""
     upstream: list[torch.Tensor] = []
 
     def run():

@@ -25,6 +25,22 @@ def check_padding_mode(padding_mode: str) -> str:
     return padding_mode
 
 
+#: Padding modes that read the input itself, and how large a pad they allow: reflect needs pad < size,
+#: circular pad <= size (it wraps around at most once).
+_PAD_LIMITS = {"reflect": 1, "circular": 0}
+
+
+def _check_pad_fits(shape: torch.Size, flat: tuple[int, ...], mode: str) -> None:
+    """Raise ``ValueError`` when ``flat`` (``F.pad`` order: last dimension first) is too large for ``mode``."""
+    slack = _PAD_LIMITS[mode]
+    for i in range(len(flat) // 2):
+        size, before, after = int(shape[-1 - i]), flat[2 * i], flat[2 * i + 1]
+        if max(before, after) > size - slack:
+            raise ValueError(f"padding_mode={mode!r} pads ({before}, {after}) along a dimension of size {size} of input "
+                             f"{tuple(shape)}; {mode} padding must be {'smaller than' if slack else 'at most'} the "
+                             f"input size: use a larger input, less padding, or padding_mode='zeros'")
+
+
 class Pad(nn.Module):
     """Pads the spatial dimensions of its input for a following convolution.
 
@@ -53,6 +69,8 @@ class Pad(nn.Module):
             )
         if not any(flat):
             return x
+        if self.mode in _PAD_LIMITS:
+            _check_pad_fits(x.shape, flat, self.mode)
         return F.pad(x, flat, mode=self.mode)
 
     def extra_repr(self) -> str:
@@ -210,13 +228,19 @@ def grouped_to_dense(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return dense
 
 
-def raise_if_kernel_too_large(spec: ConvSpec, input_shape: Any, error: RuntimeError) -> None:
+def raise_if_kernel_too_large(spec: ConvSpec, input_shape: Any, error: RuntimeError,
+                              padding_mode: str = "zeros") -> None:
     """Turn PyTorch's RuntimeError for a too-small input into a clear ValueError, else re-raise.
 
+    Two causes are named: a (padded, dilated) kernel larger than the input,
+    and reflect/circular padding wider than the input it reflects or wraps.
     Called only after a convolution failed, so the check costs nothing on
     the normal path.
     """
-    spec.output_size(tuple(input_shape)[-spec.ndim :])  # raises ValueError naming the sizes
+    spatial = tuple(input_shape)[-spec.ndim :]
+    spec.output_size(spatial)  # raises ValueError naming the sizes
+    if padding_mode in _PAD_LIMITS:
+        _check_pad_fits(torch.Size(input_shape), tuple(torch_pad_arg(spec.pads(spatial))), padding_mode)
     raise error
 
 

@@ -80,7 +80,7 @@ class _BlueprintSeparableConvNd(ComposedConvMixin, nn.Module):
         try:
             return self.depthwise(self.pad(self.pointwise(x)))
         except RuntimeError as error:
-            raise_if_kernel_too_large(self.spec, x.shape, error)
+            raise_if_kernel_too_large(self.spec, x.shape, error, self.padding_mode)
             raise
 
     def to_dense_weight(self) -> torch.Tensor:

@@ -71,7 +71,7 @@ class CPConv2d(ComposedConvMixin, nn.Module):
             y = self.vertical(self.pad_h(self.first(x)))
             return self.last(self.horizontal(self.pad_w(y)))
         except RuntimeError as error:
-            raise_if_kernel_too_large(self.spec, x.shape, error)
+            raise_if_kernel_too_large(self.spec, x.shape, error, self.padding_mode)
             raise
 
     def to_dense_weight(self) -> torch.Tensor:

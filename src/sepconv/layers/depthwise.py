@@ -80,7 +80,7 @@ class _DepthwiseConvNd:
         try:
             return self._conv_forward(padded, self.weight, self.bias)  # type: ignore[attr-defined]
         except RuntimeError as error:
-            raise_if_kernel_too_large(self.spec, x.shape, error)
+            raise_if_kernel_too_large(self.spec, x.shape, error, self.spatial_padding_mode)
             raise
 
     def to_dense_weight(self) -> torch.Tensor:

@@ -115,7 +115,7 @@ class SeparableConvNd(ComposedConvMixin, nn.Module):
         try:
             y = self.depthwise(self.pad(x))
         except RuntimeError as error:
-            raise_if_kernel_too_large(self.spec, x.shape, error)
+            raise_if_kernel_too_large(self.spec, x.shape, error, self.padding_mode)
             raise
         y = self.dw_act(self.dw_norm(y))
         return self.pw_act(self.pw_norm(self.pointwise(y)))

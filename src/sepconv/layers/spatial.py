@@ -97,7 +97,7 @@ class SpatiallySeparableConv2d(ComposedConvMixin, nn.Module):
             y = self.mid_act(self.mid_norm(y))
             return self.horizontal(self.pad_w(y))
         except RuntimeError as error:
-            raise_if_kernel_too_large(self.spec, x.shape, error)
+            raise_if_kernel_too_large(self.spec, x.shape, error, self.padding_mode)
             raise
 
     def to_dense_weight(self) -> torch.Tensor:

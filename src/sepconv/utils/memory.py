@@ -17,10 +17,8 @@ def keep_freed_memory() -> bool:
     with fresh ``mmap`` pages and returns freed memory at the top of the heap
     to the OS, so a training step that allocates activations and gradients
     of several MiB and frees them again touches new pages every step: one
-    page fault per 4 KiB, often more time than the layer's arithmetic
-    (measured in ``benchmarks/README.md``: a depthwise training step on a
-    batch-32 64x32x32 input took 10.8 ms with 4064 page faults per step,
-    3.6 ms without). This sets ``M_MMAP_THRESHOLD`` to 32 MiB (glibc's
+    page fault per 4 KiB, which can take longer than the layer's arithmetic
+    (``docs/design-notes.md``). This sets ``M_MMAP_THRESHOLD`` to 32 MiB (glibc's
     maximum: blocks up to that size come from the heap) and
     ``M_TRIM_THRESHOLD`` to 2 GiB (freed heap memory stays with the process).
 
