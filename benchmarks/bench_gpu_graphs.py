@@ -9,7 +9,9 @@ cost is paid once per ``--repeat`` calls: what is left is the GPU's time per
 call. Forward only (inference), float32 (TF32 as PyTorch's convolutions
 default to) or ``--dtype bfloat16``.
 
-    python benchmarks/bench_gpu_graphs.py --batch 32 --batch 256 --out results/gpu.json
+    python benchmarks/bench_gpu_graphs.py --suite vgg_blocks --batch 32 --batch 256 --out FILE.json
+
+(records: ``results/gpu-<card>/graphs-vgg-fp32-b32-b256.json`` and ``graphs-mbv1-fp32-b32.json``)
 """
 
 from __future__ import annotations
