@@ -5,7 +5,7 @@ functions (a function-level import hides a cycle; it does not remove it).
 Layers, lowest first (a module may import from its own layer or below):
 
     utils, version < geometry < layers < cost, factorize, backends < models, data
-    < train < bench, experiments, quantize, interop < the CLI (cli.py, every */cli.py, __init__, __main__)
+    < train < bench, experiments, quantization, interop < the CLI (cli.py, every */cli.py, __init__, __main__)
 
 A sub-command module (``<package>/cli.py``) sits with the CLI: it parses and
 prints, and may read any package.
@@ -29,7 +29,7 @@ RANKS = {
     "cost": 3, "factorize": 3, "backends": 3,
     "models": 4, "data": 4,
     "train": 5,
-    "bench": 6, "experiments": 6, "quantize": 6, "interop": 6,
+    "bench": 6, "experiments": 6, "quantization": 6, "interop": 6,
 }
 CLI_RANK = 7
 

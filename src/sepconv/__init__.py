@@ -1,29 +1,50 @@
-"""sepconv: separable convolutions for PyTorch, with exact costs, factorization and experiments."""
+"""sepconv: separable convolutions for PyTorch, with exact costs, factorization and experiments.
 
-from .backends.fold import fold_batchnorm
-from .backends.onnxruntime import OnnxRuntimeModel, to_onnxruntime
-from .backends.optimize import OptimizedModel, optimize
-from .backends.training import tune_training, untune_training
-from .geometry import ConvSpec
-from .layers import (
-    BlueprintSeparableConv1d, BlueprintSeparableConv2d, BlueprintSeparableConv3d,
-    CPConv2d,
-    DepthwiseConv1d, DepthwiseConv2d, DepthwiseConv3d,
-    Pad,
-    PointwiseConv1d, PointwiseConv2d, PointwiseConv3d,
-    SeparableConv1d, SeparableConv2d, SeparableConv3d,
-    SpatiallySeparableConv2d,
-)
-from .utils.memory import keep_freed_memory
+The public names below are imported on first use (PEP 562), so that
+``import sepconv`` and ``sepconv --help`` do not pay for torch and the
+engines until a name is used. ``from sepconv import X`` works as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .version import __version__
 
-__all__ = [
-    "__version__",
-    "ConvSpec", "OnnxRuntimeModel", "OptimizedModel", "Pad", "fold_batchnorm", "optimize", "to_onnxruntime",
-    "keep_freed_memory", "tune_training", "untune_training",
-    "DepthwiseConv1d", "DepthwiseConv2d", "DepthwiseConv3d",
-    "PointwiseConv1d", "PointwiseConv2d", "PointwiseConv3d",
-    "SeparableConv1d", "SeparableConv2d", "SeparableConv3d",
-    "SpatiallySeparableConv2d",
-    "BlueprintSeparableConv1d", "BlueprintSeparableConv2d", "BlueprintSeparableConv3d", "CPConv2d",
-]
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    # layers
+    "DepthwiseConv1d": "sepconv.layers", "DepthwiseConv2d": "sepconv.layers", "DepthwiseConv3d": "sepconv.layers",
+    "PointwiseConv1d": "sepconv.layers", "PointwiseConv2d": "sepconv.layers", "PointwiseConv3d": "sepconv.layers",
+    "SeparableConv1d": "sepconv.layers", "SeparableConv2d": "sepconv.layers", "SeparableConv3d": "sepconv.layers",
+    "SpatiallySeparableConv2d": "sepconv.layers",
+    "BlueprintSeparableConv1d": "sepconv.layers", "BlueprintSeparableConv2d": "sepconv.layers",
+    "BlueprintSeparableConv3d": "sepconv.layers",
+    "CPConv2d": "sepconv.layers", "Pad": "sepconv.layers",
+    "ConvSpec": "sepconv.geometry",
+    # cost and factorization
+    "profile": "sepconv.cost",
+    "convert": "sepconv.factorize",
+    # engines
+    "fold_batchnorm": "sepconv.backends.fold",
+    "OnnxRuntimeModel": "sepconv.backends.onnxruntime", "to_onnxruntime": "sepconv.backends.onnxruntime",
+    "OptimizedModel": "sepconv.backends.optimize", "optimize": "sepconv.backends.optimize",
+    "tune_training": "sepconv.backends.training", "untune_training": "sepconv.backends.training",
+    "keep_freed_memory": "sepconv.utils.memory",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sepconv' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

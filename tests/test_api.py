@@ -1,0 +1,31 @@
+"""The top-level package: every public name resolves, and importing it stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import sepconv
+
+
+@pytest.mark.parametrize("name", sorted(set(sepconv.__all__) - {"__version__"}))
+def test_public_name_resolves_to_its_defining_module(name):
+    value = getattr(sepconv, name)
+    assert getattr(value, "__name__", name).split(".")[-1] == name
+
+
+def test_unknown_name_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no_such_name"):
+        sepconv.no_such_name  # noqa: B018
+
+
+def test_import_sepconv_does_not_import_torch():
+    code = "import sys, sepconv; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_dir_lists_lazy_names():
+    assert {"optimize", "profile", "convert", "SeparableConv2d"} <= set(dir(sepconv))
