@@ -48,9 +48,9 @@ class SpatiallySeparableConv2d(ComposedConvMixin, nn.Module):
     so the composed kernel has variance ``1 / (C_in k_h k_w)``; the bias as
     PyTorch's default for the horizontal ``nn.Conv2d``. PyTorch's default
     for each stage (variance ``1 / (3 fan_in)``) would pass only 1/9 of the
-    input variance through the layer where a standard convolution passes 1/3;
-    stacked in ``vgg_blocks`` that left the network at chance for epochs in
-    6 of 8 seeds, against none of 8 with this initialization (``docs/compare.md``).
+    input variance through the layer where a standard convolution passes 1/3,
+    which can leave a deep stack at chance for its first epochs
+    (see "initialization" in ``docs/compare.md``).
     """
 
     def __init__(
