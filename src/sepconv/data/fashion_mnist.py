@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._common import ImageDataset, check_labels, standardize
+from ._common import ImageDataset, check_data_dir, check_labels, standardize
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the four files (gzip-compressed).
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -143,11 +143,7 @@ def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> dict[str, t
     how to get them.
     """
     if data_dir is not None:
-        root = Path(data_dir)
-        if not root.exists():
-            raise FileNotFoundError(f"--data-dir {str(root)!r} does not exist")
-        if not root.is_dir():
-            raise NotADirectoryError(f"--data-dir {str(root)!r} is not a directory")
+        root = check_data_dir(data_dir)
         folders = [root, root / "fashion-mnist"]
     else:
         folders = [DEBIAN_DIR]
