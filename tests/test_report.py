@@ -170,6 +170,8 @@ document.getElementById("report").addEventListener("load", () => {
     accuracyCells: cells.length,
     accuracyReachable: reachable,
     accuracyInView: cells.every(c => rect(c).right <= width + 1 && rect(c).left >= 0),
+    accuracyOneLine: cells.every(c => { const r = doc.createRange(); r.selectNodeContents(c);
+                                        return r.getClientRects().length === 1; }),
     images: [...doc.images].map(i => ({right: rect(i).right, width: rect(i).width,
                                        natural: i.naturalWidth, complete: i.complete})),
     warnings: !!box,
@@ -222,6 +224,7 @@ def test_report_fits_the_screen(rendered, width):
     assert layout["pageScrollWidth"] <= layout["viewport"], layout
     # every accuracy cell of the summary table can be reached
     assert layout["accuracyCells"] == 2 * len(VARIANTS) and layout["accuracyReachable"], layout
+    assert layout["accuracyOneLine"], layout  # numbers are not broken across lines to squeeze the table
     # every figure loaded, fits the width and stays legible (at least 45 % of its native size)
     assert len(layout["images"]) == 8
     for image in layout["images"]:

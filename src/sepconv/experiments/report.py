@@ -501,6 +501,7 @@ p, li, td, th, summary {{ overflow-wrap: anywhere; }}
 table {{ border-collapse: collapse; margin: 0.5rem 0; }}
 th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; font-variant-numeric: tabular-nums; }}
 thead th {{ background: #f2f2f2; }}
+.summary th, .summary td {{ white-space: nowrap; overflow-wrap: normal; }}
 .summary th:first-child, .summary td:first-child {{ text-align: left; position: sticky; left: 0; background: #fff; }}
 .summary thead th:first-child {{ background: #f2f2f2; }}
 table.kv th, table.classes th {{ text-align: left; font-weight: 600; background: #fafafa; }}
