@@ -4,6 +4,7 @@ files), image folders, the split."""
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import pickle
 import struct
@@ -445,3 +446,26 @@ def test_fashion_mnist_real_files():
     # the published pixel statistics of the training set (scaled to [0, 1])
     assert d.info["normalization"]["mean"][0] == pytest.approx(0.2860, abs=1e-4)
     assert d.info["normalization"]["std"][0] == pytest.approx(0.3530, abs=1e-4)
+
+
+def test_compare_runs_on_fashion_mnist_files(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="compare's report needs matplotlib")
+    from sepconv.cli import main
+
+    _write_fashion(tmp_path / "fm", 40, 20, np.random.default_rng(3), compress=False)
+    out = tmp_path / "run"
+    rc = main(["compare", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "fm"), "--variants",
+               "standard,separable", "--width", "0.25", "--epochs", "1", "--threads", "1", "--quiet",
+               "--latency-time", "0.02", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    data = json.loads((out / "results.json").read_text())["data"]
+    assert data["name"] == "fashion-mnist" and data["input_shape"] == [1, 28, 28]
+    assert (data["train_size"], data["val_size"]) == (40, 20)
+    # missing files: one line saying how to get them, exit status 2
+    (tmp_path / "empty").mkdir()
+    capsys.readouterr()
+    rc = main(["compare", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "empty"), "--out",
+               str(tmp_path / "run2")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("sepconv compare: error: Fashion-MNIST not found") and "\n" not in err
+    assert "apt-get install dataset-fashion-mnist" in err
