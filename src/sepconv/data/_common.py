@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -100,3 +103,30 @@ def standardize(train_x: torch.Tensor, *others: torch.Tensor) -> tuple[list[torc
     std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     out = [(t - mean) / std for t in (train_x, *others)]
     return out, {"mean": mean.flatten().tolist(), "std": std.flatten().tolist()}
+
+
+def check_data_dir(path: str | os.PathLike, what: str = "--data-dir") -> Path:
+    """``path`` as a :class:`~pathlib.Path` after checking that it is an existing, reachable directory.
+
+    Raises ``FileNotFoundError`` (missing), ``NotADirectoryError`` (a file) or
+    ``ValueError`` when the path cannot even be looked up (a component longer
+    than the file system allows, no permission on a parent, ...), each naming
+    ``what`` and the path, instead of an ``OSError`` from deep inside a loader.
+    """
+    root = Path(path)
+    try:
+        exists = root.exists()
+        is_dir = exists and root.is_dir()
+    except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:
+            longest = max((len(os.fsencode(part)) for part in root.parts), default=0)
+            raise ValueError(
+                f"{what} {str(root)!r} cannot be looked up: a path component is {longest} bytes long, more than "
+                "the file system allows (usually 255 bytes per component)"
+            ) from error
+        raise ValueError(f"{what} {str(root)!r} cannot be looked up: {error.strerror or error}") from error
+    if not exists:
+        raise FileNotFoundError(f"{what} {str(root)!r} does not exist")
+    if not is_dir:
+        raise NotADirectoryError(f"{what} {str(root)!r} is not a directory")
+    return root

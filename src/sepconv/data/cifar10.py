@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._common import ImageDataset, check_labels, standardize
+from ._common import ImageDataset, check_data_dir, check_labels, standardize
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -168,10 +168,12 @@ def load_cifar10(data_dir: str | os.PathLike, download: bool = False) -> ImageDa
     ``FileNotFoundError``/``ValueError`` naming the directory and what was expected.
     """
     root = Path(data_dir)
-    if not root.exists() and not download:
-        raise FileNotFoundError(f"--data-dir {str(root)!r} does not exist (for CIFAR-10 give the folder holding cifar-10-batches-py, or add --download)")
-    if root.exists() and not root.is_dir():
-        raise NotADirectoryError(f"--data-dir {str(root)!r} is not a directory")
+    try:
+        check_data_dir(root)
+    except FileNotFoundError:
+        if not download:
+            raise FileNotFoundError(f"--data-dir {str(root)!r} does not exist (for CIFAR-10 give the folder holding "
+                                    "cifar-10-batches-py, or add --download)") from None
     found = _find_batches(root) if root.exists() else None
     if found is None and download:
         download_cifar10(root)

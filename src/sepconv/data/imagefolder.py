@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ._common import ImageDataset, standardize, stratified_split
+from ._common import ImageDataset, check_data_dir, standardize, stratified_split
 
 #: File name endings read as images (case-insensitive); other files are skipped.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -43,18 +44,15 @@ def load_imagefolder(
     :data:`IMAGE_EXTENSIONS`, in sorted name order (label 0 is the first).
     Hidden files and other endings are skipped. The validation split is
     :func:`~sepconv.data.stratified_split`. A missing directory, no images,
-    a single class, a class with one image, or an image Pillow cannot decode
-    raise an error naming the path. Needs Pillow.
+    a single class, a class with one image, an image Pillow cannot decode or
+    one larger than ``PIL.Image.MAX_IMAGE_PIXELS`` (a possible decompression
+    bomb) raise an error naming the path. Needs Pillow.
     """
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive int (pixels), got {image_size!r}")
-    root = Path(data_dir)
-    if not root.exists():
-        raise FileNotFoundError(f"--data-dir {str(root)!r} does not exist")
-    if not root.is_dir():
-        raise NotADirectoryError(f"--data-dir {str(root)!r} is not a directory")
+    root = check_data_dir(data_dir)
     classes, files = _scan(root)
     if not files:
         raise ValueError(
@@ -68,9 +66,17 @@ def load_imagefolder(
     images = np.empty((len(files), 3, image_size, image_size), dtype=np.uint8)
     for i, (path, _) in enumerate(files):
         try:
-            with Image.open(path) as img:
-                img = img.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
-                images[i] = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+            with warnings.catch_warnings():
+                # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse those too
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    img = img.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
+                    images[i] = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise ValueError(
+                f"image {str(path)!r} is too large to decode safely (Pillow's limit is "
+                f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,} pixels; possible decompression bomb): {error}"
+            ) from error
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
             if isinstance(error, PermissionError):
                 raise

@@ -245,7 +245,7 @@ def validate_config(config: CompareConfig) -> tuple[Any, list[str]]:
 
     if config.dataset not in DATASETS:
         raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}; got {config.dataset!r}")
-    if config.dataset != "digits" and not config.data_dir:
+    if config.dataset not in ("digits", "fashion-mnist") and not config.data_dir:
         raise ValueError(f"--dataset {config.dataset} needs --data-dir DIR")
     info = _model_info(config.model)
     available = list(info.variants)
@@ -596,7 +596,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     d = DEFAULTS
-    p.add_argument("--dataset", choices=("digits", "cifar10", "imagefolder"),
+    p.add_argument("--dataset", choices=("digits", "cifar10", "fashion-mnist", "imagefolder"),
                    help=f"data set (default {d['dataset']}: 1797 8x8 digits shipped with scikit-learn)")
     p.add_argument("--data-dir", help="folder with the CIFAR-10 batches, or with one sub-folder of images per class")
     p.add_argument("--download", action="store_true", default=None, help="cifar10: download the archive if missing (needs network)")
