@@ -28,6 +28,8 @@ class Candidate:
     memory_format: torch.memory_format
     engine: str
     layer_choices: dict[str, str] = field(default_factory=dict)
+    #: How the engine configured the candidate, for the record (e.g. ONNX Runtime's session options).
+    settings: dict = field(default_factory=dict)
 
 
 @dataclass

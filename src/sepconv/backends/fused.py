@@ -4,8 +4,8 @@ A depthwise separable layer run as two convolutions writes the depthwise
 output (as large as the input) to memory and reads it back for the pointwise
 step. :class:`FusedSeparableConv2d` computes the depthwise result for a tile
 of output pixels into a buffer sized for the L2 cache and multiplies it by
-the pointwise weight at once (a register-blocked GEMM, AVX-512 where the CPU
-has it), so that traffic disappears. It is an inference engine: weights are
+the pointwise weight at once (a register-blocked GEMM in AVX-512, AVX2 + FMA
+or ARM NEON vectors, whichever the CPU has), so that traffic disappears. It is an inference engine: weights are
 copied in at construction, no autograd.
 
 The kernel is plain C (``csrc/fused_dwpw.c``), built on first use with the
@@ -91,9 +91,15 @@ def fused_unavailable_reason() -> Optional[str]:
 
 
 def fused_uses_avx512() -> bool:
-    """Whether the loaded kernel was compiled with its AVX-512 path (else portable, compiler-vectorized loops)."""
+    """Whether the loaded kernel was compiled with its AVX-512 path (:func:`fused_isa` names the path taken)."""
     lib = native.load()[0]
     return bool(lib is not None and lib.sepconv_fused_has_avx512())
+
+
+def fused_isa() -> Optional[str]:
+    """The vector instruction set the loaded kernel uses (``avx512``, ``avx2``, ``neon`` or ``scalar``; see
+    :func:`sepconv.backends.native.isa`), or None when it is unavailable."""
+    return native.isa()
 
 
 def _activation_code(activation: Optional[nn.Module], name: str) -> int:

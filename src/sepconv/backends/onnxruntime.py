@@ -8,7 +8,11 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ..utils.timing import inference_call, interleaved
 from .engine import BuildContext, Candidate, InferenceEngine, applies_to_any_model
+
+#: Rounds each session variant is timed alone when :func:`fastest_session_options` compares them.
+ALONE_ROUNDS = 5
 
 
 class OnnxRuntimeModel(nn.Module):
@@ -19,11 +23,12 @@ class OnnxRuntimeModel(nn.Module):
     raises ``RuntimeError``).
     """
 
-    def __init__(self, session: Any, input_name: str, threads: int) -> None:
+    def __init__(self, session: Any, input_name: str, threads: int, spinning: bool = False) -> None:
         super().__init__()
         self.session = session
         self.input_name = input_name
         self.threads = threads
+        self.spinning = spinning
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad and torch.is_grad_enabled():
@@ -35,7 +40,13 @@ class OnnxRuntimeModel(nn.Module):
         return torch.from_numpy(out)
 
     def extra_repr(self) -> str:
-        return f"onnxruntime CPUExecutionProvider, intra_op_num_threads={self.threads}"
+        return (f"onnxruntime CPUExecutionProvider, intra_op_num_threads={self.threads}, "
+                f"allow_spinning={int(self.spinning)}")
+
+    @property
+    def session_options(self) -> dict[str, Any]:
+        """The session options that matter for speed: intra-op threads and whether idle threads spin."""
+        return {"intra_op_num_threads": self.threads, "inter_op_num_threads": 1, "allow_spinning": self.spinning}
 
 
 def onnxruntime_available() -> bool:
@@ -74,20 +85,32 @@ def to_onnxruntime(model: nn.Module, sample_input: torch.Tensor, *, threads: Opt
     """
     if not onnxruntime_available():
         raise ImportError("to_onnxruntime needs onnx and onnxruntime: pip install 'sepconv[onnx]'")
-    import io
-
-    import onnxruntime as ort
-
     if sample_input.device.type != "cpu" or sample_input.dtype != torch.float32:
         raise ValueError(f"to_onnxruntime needs a float32 CPU sample_input, got {sample_input.dtype} on {sample_input.device}")
     model = model.eval()
+    threads = torch.get_num_threads() if threads is None else threads
+    runner = _session(_export(model, sample_input), threads, spinning, profile)
+    _check_output(model, runner, sample_input, rtol, atol)
+    return runner
+
+
+def _export(model: nn.Module, sample_input: torch.Tensor) -> bytes:
+    """``model`` as ONNX (opset 17, batch dimension dynamic), in memory."""
+    import io
+
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (sample_input,), buffer, dynamo=False, opset_version=17, input_names=["x"],
                           output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    return buffer.getvalue()
+
+
+def _session(onnx_bytes: bytes, threads: int, spinning: bool, profile: bool = False) -> OnnxRuntimeModel:
+    """A CPU session for an exported model: all graph optimizations, ``threads`` intra-op threads, one inter-op."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
-    threads = torch.get_num_threads() if threads is None else threads
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -98,15 +121,61 @@ def to_onnxruntime(model: nn.Module, sample_input: torch.Tensor, *, threads: Opt
 
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(tempfile.gettempdir(), "sepconv_onnxruntime")
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    runner = OnnxRuntimeModel(session, "x", threads)
+    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    return OnnxRuntimeModel(session, "x", threads, spinning)
+
+
+def _check_output(model: nn.Module, runner: OnnxRuntimeModel, sample_input: torch.Tensor, rtol: float,
+                  atol: float) -> None:
     with torch.no_grad():
         expected = model(sample_input)
         got = runner(sample_input)
     if got.shape != expected.shape or not torch.allclose(got, expected, rtol=rtol, atol=atol):
         raise RuntimeError(f"ONNX Runtime's output differs from PyTorch's (max abs difference "
                            f"{float((got - expected).abs().max()) if got.shape == expected.shape else 'shape ' + str(tuple(got.shape))})")
-    return runner
+
+
+def fastest_session_options(model: nn.Module, sample_input: torch.Tensor, *, threads: Optional[int] = None,
+                            rounds: int = ALONE_ROUNDS, rtol: float = 1e-3,
+                            atol: float = 1e-4) -> tuple[OnnxRuntimeModel, dict[str, Any]]:
+    """ONNX Runtime configured as a user running it alone would: the session options that are fastest for
+    ``model`` on ``sample_input``, and a record of how they were chosen.
+
+    Intra-op threads: ``threads`` (default ``torch.get_num_threads()``, the
+    caller's). Spinning (idle intra-op threads spin-wait for the next run, or
+    sleep) matters only with more than one thread: then a spinning and a
+    sleeping session are each timed alone, ``rounds`` medians of about 20 ms
+    of calls each (the spinning one after the sleeping one, so its spinning
+    threads never slow the other), and the faster is returned. With one
+    thread there are no worker threads: sleeping, not timed. The record:
+    ``intra_op_num_threads``, ``inter_op_num_threads``, ``allow_spinning``,
+    ``chosen_by`` (``"timed alone"`` or why not timed) and, when timed,
+    ``alone_ms`` (median ms per call of each variant). A spinning session
+    keeps its threads busy after each run, which slows other work in the
+    process (see :func:`to_onnxruntime`); the record says which was kept.
+    """
+    if not onnxruntime_available():
+        raise ImportError("fastest_session_options needs onnx and onnxruntime: pip install 'sepconv[onnx]'")
+    if sample_input.device.type != "cpu" or sample_input.dtype != torch.float32:
+        raise ValueError(f"fastest_session_options needs a float32 CPU sample_input, got {sample_input.dtype} on "
+                         f"{sample_input.device}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"fastest_session_options: rounds must be an integer >= 1, got {rounds!r}")
+    model = model.eval()
+    threads = torch.get_num_threads() if threads is None else threads
+    onnx_bytes = _export(model, sample_input)
+    sleeping = _session(onnx_bytes, threads, spinning=False)
+    _check_output(model, sleeping, sample_input, rtol, atol)
+    if threads <= 1:
+        return sleeping, {**sleeping.session_options, "chosen_by": "one intra-op thread: no idle threads to spin"}
+    spinning = _session(onnx_bytes, threads, spinning=True)
+    alone = {}
+    for name, runner in (("sleeping", sleeping), ("spinning", spinning)):
+        alone[name] = interleaved({name: inference_call(runner, sample_input)}, rounds=rounds)[name].median * 1e3
+    kept = spinning if alone["spinning"] < alone["sleeping"] else sleeping
+    if kept is sleeping:
+        del spinning
+    return kept, {**kept.session_options, "chosen_by": "timed alone", "alone_ms": alone}
 
 
 
@@ -120,8 +189,12 @@ def _unavailable(sample: torch.Tensor) -> Optional[str]:
 
 
 def _build(context: BuildContext) -> dict[str, Candidate]:
-    runner = to_onnxruntime(context.base, context.sample)
-    return {"onnxruntime": Candidate(runner, torch.contiguous_format, "onnxruntime")}
+    if not context.measure:
+        runner = to_onnxruntime(context.base, context.sample)
+        settings = {**runner.session_options, "chosen_by": "not measured (measure=False): sleeping"}
+    else:
+        runner, settings = fastest_session_options(context.base, context.sample)
+    return {"onnxruntime": Candidate(runner, torch.contiguous_format, "onnxruntime", settings=settings)}
 
 
 ENGINE = InferenceEngine(

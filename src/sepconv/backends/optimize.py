@@ -21,8 +21,11 @@ class OptimizedModel(nn.Module):
 
     def __init__(self, model: nn.Module, memory_format: torch.memory_format, timings_ms: dict[str, float], folded: int,
                  backend: str = "eager", layer_choices: Optional[dict[str, str]] = None,
-                 candidate: Optional[str] = None):
+                 candidate: Optional[str] = None, candidate_settings: Optional[dict[str, dict]] = None):
         super().__init__()
+        #: Per candidate built, how its engine configured it (e.g. ``"onnxruntime"``: its session options and
+        #: how they were chosen, :func:`~sepconv.backends.onnxruntime.fastest_session_options`).
+        self.candidate_settings = {name: dict(v) for name, v in (candidate_settings or {}).items()}
         #: The name under which :func:`optimize` timed the kept candidate (a key of ``timings_ms`` when measured).
         self.candidate = candidate if candidate is not None else backend
         #: For the ``onednn`` backend: per convolution, ``packed[+activation]`` or ``eager`` (what measured faster).
@@ -32,6 +35,12 @@ class OptimizedModel(nn.Module):
         self.timings_ms = timings_ms
         self.folded = folded
         self.backend = backend
+
+    @property
+    def session_options(self) -> Optional[dict]:
+        """ONNX Runtime's candidate's session options and how they were chosen (None when it was not built),
+        whether or not that candidate was kept."""
+        return self.candidate_settings.get("onnxruntime")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.contiguous(memory_format=self.memory_format))
@@ -72,8 +81,10 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
       (:func:`~sepconv.backends.onednn.pack_convolutions`; per-layer choices
       in ``layer_choices``); 4D float32 CPU inputs;
     * ``onnxruntime``: the folded model exported to ONNX and run by ONNX
-      Runtime (:func:`~sepconv.backends.onnxruntime.to_onnxruntime`;
-      inference only, float32 on the CPU);
+      Runtime as a user would run it alone: the caller's thread count, and
+      spinning or sleeping idle threads, whichever is faster timed alone
+      (:func:`~sepconv.backends.onnxruntime.fastest_session_options`;
+      recorded in ``session_options``); inference only, float32 on the CPU;
     * ``cudnn_relu`` (CUDA): each non-depthwise ``Conv2d`` followed by a
       ReLU as cuDNN's fused convolution + ReLU, NCHW and channels-last;
     * ``cudagraph`` (CUDA): each eager candidate recorded as a CUDA graph for
@@ -119,8 +130,9 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
             print(f"sepconv.optimize: timing {len(candidates)} candidates ...", file=sys.stderr, flush=True)
         choice, timings = _fastest_candidate(model, sample_input, candidates, rounds)
     kept = candidates[choice]
+    settings = {name: c.settings for name, c in candidates.items() if c.settings}
     return OptimizedModel(kept.module, kept.memory_format, timings, folded, kept.engine, kept.layer_choices,
-                          candidate=choice)
+                          candidate=choice, candidate_settings=settings)
 
 
 def _engines(backends: Optional[Sequence[str]], sample: torch.Tensor) -> list[InferenceEngine]:

@@ -6,21 +6,19 @@
  * thread sums its output rows into its own KH*KW*C buffer (small: in L1/L2), and the buffers are added at the end.
  * Stride 1, dilation 1, a 3/5/7-wide kernel and AVX-512: eight adjacent output pixels at a time share each kernel
  * row's input vectors (sliding window; vectors outside the image and pixels past the row's end read as zero), and
- * every tap's eight products are summed in registers before one add to the buffer. Otherwise one pixel at a
- * time, or portable loops without AVX-512. Plain C with optional OpenMP, loaded with ctypes.
+ * every tap's eight products are summed in registers before one add to the buffer; the same with AVX2 + FMA or
+ * NEON vectors (simd.h: 4 or 8 pixels). Otherwise one pixel at a time, portable loops. Plain C with optional OpenMP, loaded with ctypes.
  */
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
+#include "simd.h"
 
 #define WG_SLIDE 8
 
-#ifdef __AVX512F__
+#ifdef SEPCONV_AVX512
 /* Eight output pixels [ow0, ow0 + 8) of one row (those >= Wo count as zero), stride 1, dilation 1, kernel width KWC
  * (a constant after inlining). rows[kh]: the input row of kernel row kh, or NULL when it lies in the zero padding. */
 static inline __attribute__((always_inline)) void wgrad_slide(const float *const *rows, const float *g, int W, int C,
@@ -77,6 +75,48 @@ static inline __attribute__((always_inline)) void wgrad_slide(const float *const
 }
 #endif
 
+#ifdef SEPCONV_VEC
+#if VREGS >= 32
+#define WG_SLIDE_V 8
+#else
+#define WG_SLIDE_V 4
+#endif
+/* wgrad_slide with VW-float vectors and WG_SLIDE_V pixels (AVX2: 4 gradient vectors, up to 10 input vectors and two
+ * partial sums in its 16 registers; NEON: 8). part's rows are Cp >= C rounded up to 16 floats, so a whole vector
+ * fits; a partial channel block reads zeros past C and adds them there. */
+SEPCONV_INLINE void wgrad_slide_v(const float *const *rows, const float *g, int W, int C, int Cp, int KH, int KWC,
+                                  int iw0, int nvalid, float *part) {
+    for (int c = 0; c < C; c += VW) {
+        int nc = C - c < VW ? C - c : VW;
+        vf gv[WG_SLIDE_V];
+#pragma GCC unroll 8
+        for (int j = 0; j < WG_SLIDE_V; ++j) gv[j] = j < nvalid ? vload_n(g + (size_t)j * C + c, nc) : vzero();
+        for (int kh = 0; kh < KH; ++kh) {
+            if (!rows[kh]) continue;
+            const float *row = rows[kh] + c;
+            vf in[WG_SLIDE_V + 6];
+#pragma GCC unroll 16
+            for (int q = 0; q < WG_SLIDE_V + KWC - 1; ++q) {
+                int iw = iw0 + q;
+                in[q] = (iw >= 0 && iw < W) ? vload_n(row + (size_t)iw * C, nc) : vzero();
+            }
+            float *acc = part + (size_t)kh * KWC * Cp + c;
+#pragma GCC unroll 8
+            for (int kw = 0; kw < KWC; ++kw) {
+                vf s0 = vmul(gv[0], in[kw]), s1 = vmul(gv[1], in[kw + 1]);
+#pragma GCC unroll 8
+                for (int j = 2; j < WG_SLIDE_V; j += 2) {
+                    s0 = vfma(gv[j], in[kw + j], s0);
+                    s1 = vfma(gv[j + 1], in[kw + j + 1], s1);
+                }
+                float *a = acc + (size_t)kw * Cp;
+                vstore(a, vadd(vload(a), vadd(s0, s1)));
+            }
+        }
+    }
+}
+#endif
+
 /* One output row (image n, row oh) added into part[KH][KW][Cp]. g_next_row: the gradient row this thread takes next
  * (prefetched), or NULL. */
 static void wgrad_row(const float *x, int H, int W, int C, const float *g, int Wo, int KH, int KW, int sh, int sw,
@@ -86,7 +126,7 @@ static void wgrad_row(const float *x, int H, int W, int C, const float *g, int W
         int ih = oh * sh - ph + kh * dh;
         rows[kh] = (ih >= 0 && ih < H) ? x + (size_t)ih * W * C : NULL;
     }
-#ifdef __AVX512F__
+#ifdef SEPCONV_AVX512
     if (sw == 1 && dw == 1 && KH <= 16 && (KW == 3 || KW == 5 || KW == 7)) {
         int ihn = (oh + 1) * sh - ph + (KH - 1) * dh; /* the last input row of the next output row */
         const float *pf = ihn >= 0 && ihn < H ? x + (size_t)ihn * W * C : NULL;
@@ -99,6 +139,20 @@ static void wgrad_row(const float *x, int H, int W, int C, const float *g, int W
         }
         return;
     }
+#elif defined(SEPCONV_VEC)
+    (void)g_next_row;
+    if (sw == 1 && dw == 1 && KH <= 16 && (KW == 3 || KW == 5 || KW == 7)) {
+        for (int ow0 = 0; ow0 < Wo; ow0 += WG_SLIDE_V) {
+            int nvalid = Wo - ow0 < WG_SLIDE_V ? Wo - ow0 : WG_SLIDE_V;
+            const float *gp = g + (size_t)ow0 * C;
+            if (KW == 3) wgrad_slide_v(rows, gp, W, C, Cp, KH, 3, ow0 - pw, nvalid, part);
+            else if (KW == 5) wgrad_slide_v(rows, gp, W, C, Cp, KH, 5, ow0 - pw, nvalid, part);
+            else wgrad_slide_v(rows, gp, W, C, Cp, KH, 7, ow0 - pw, nvalid, part);
+        }
+        return;
+    }
+#else
+    (void)g_next_row;
 #endif
     for (int ow = 0; ow < Wo; ++ow) {
         const float *gp = g + (size_t)ow * C;

@@ -5,8 +5,8 @@
  * pointwise weight, so the intermediate tensor never goes to DRAM. The
  * pointwise product is a register-blocked GEMM: MR pixels x NR output
  * channels of accumulators, the pointwise weight packed as [C][Cout_padded].
- * AVX-512 intrinsics where the compiler targets AVX-512F; portable loops
- * (auto-vectorized) elsewhere. Plain C with optional OpenMP, no Python or
+ * AVX-512 intrinsics where the compiler targets AVX-512F, else AVX2 + FMA or
+ * NEON vectors (simd.h), else portable loops (auto-vectorized). Plain C with optional OpenMP, no Python or
  * PyTorch headers: built by sepconv.fused with the system C compiler and
  * loaded with ctypes.
  */
@@ -17,9 +17,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
+#include "simd.h"
 
 #ifndef MR
 #define MR 6  /* pixels per register block */
@@ -35,15 +33,52 @@ static inline float act1(float v, int act) {
     return v;
 }
 
+/* The vector instruction set the library was built with: "avx512", "avx2", "neon" or "scalar" (simd.h). */
+const char *sepconv_isa(void) { return SEPCONV_ISA_NAME; }
+
 int sepconv_fused_has_avx512(void) {
-#ifdef __AVX512F__
+#ifdef SEPCONV_AVX512
     return 1;
 #else
     return 0;
 #endif
 }
 
-#ifdef __AVX512F__
+#if defined(SEPCONV_AVX512) || defined(SEPCONV_VEC)
+#ifndef FLAT_MAX_C
+#define FLAT_MAX_C 4
+#endif
+static void flat_patterns(const float *wdw, const float *bdw, int KH, int KW, int C, float *wpat, float *bpat) {
+    for (int tap = 0; tap < KH * KW; ++tap)
+        for (int phase = 0; phase < C; ++phase)
+            for (int lane = 0; lane < 16; ++lane)
+                wpat[((size_t)tap * C + phase) * 16 + lane] = wdw[(size_t)tap * C + (phase + lane) % C];
+    for (int phase = 0; phase < C; ++phase)
+        for (int lane = 0; lane < 16; ++lane) bpat[phase * 16 + lane] = bdw ? bdw[(phase + lane) % C] : 0.f;
+}
+
+/* The flat path's zero-padded input rows: margins of the floats the taps reach left and right of a row, plus 16 on
+ * the right for the last, partial vector (its extra lanes are computed and not stored). */
+static inline long flat_left(int pw, int C) { return (long)pw * C; }
+static inline long flat_row_floats(int W, int C, int KW, int pw, int dw) {
+    long right = (long)((KW - 1) * dw - pw) * C;
+    return (flat_left(pw, C) + (long)W * C + (right > 0 ? right : 0) + 16 + 15) / 16 * 16;
+}
+
+/* Input rows [ih_lo, ih_hi] of one image into rows (stride prow), zero-padded at both ends. */
+static void flat_pad_rows(const float *x, int W, int C, int pw, int ih_lo, int ih_hi, long prow, float *rows) {
+    long left = flat_left(pw, C), width = (long)W * C;
+    for (int ih = ih_lo; ih <= ih_hi; ++ih) {
+        float *dst = rows + (long)(ih - ih_lo) * prow;
+        memset(dst, 0, sizeof(float) * left);
+        memcpy(dst + left, x + (size_t)ih * width, sizeof(float) * width);
+        memset(dst + left + width, 0, sizeof(float) * (prow - left - width));
+    }
+}
+
+#endif
+
+#ifdef SEPCONV_AVX512
 static inline __m512 act16(__m512 v, int act) {
     if (act == ACT_NONE) return v;
     v = _mm512_max_ps(v, _mm512_setzero_ps());
@@ -132,18 +167,6 @@ static inline __attribute__((always_inline)) void depthwise_slide(const float *x
  * are mostly empty. On AMD Zen 4, batch-32 32x32 layers to 64 outputs, fused layer (C-level A/B, best of 8):
  * 0.44 -> 0.30 ms with 1 channel, 0.48 -> 0.39 with 3, 0.54 -> 0.45 with 4; the first version (with checks)
  * was even with 6 channels, slower with 8 (0.69 -> 0.77) and 12 (0.85 -> 1.07). */
-#ifndef FLAT_MAX_C
-#define FLAT_MAX_C 4
-#endif
-static void flat_patterns(const float *wdw, const float *bdw, int KH, int KW, int C, float *wpat, float *bpat) {
-    for (int tap = 0; tap < KH * KW; ++tap)
-        for (int phase = 0; phase < C; ++phase)
-            for (int lane = 0; lane < 16; ++lane)
-                wpat[((size_t)tap * C + phase) * 16 + lane] = wdw[(size_t)tap * C + (phase + lane) % C];
-    for (int phase = 0; phase < C; ++phase)
-        for (int lane = 0; lane < 16; ++lane) bpat[phase * 16 + lane] = bdw ? bdw[(phase + lane) % C] : 0.f;
-}
-
 /* lanes [0, n) of a 16-lane mask */
 static inline __mmask16 first_lanes(long n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
 
@@ -176,25 +199,6 @@ static inline __attribute__((always_inline)) void flat_block(const float *rows, 
             _mm512_storeu_ps(out + at, act16(acc[q], act));
         else
             _mm512_mask_storeu_ps(out + at, first_lanes(n - at), act16(acc[q], act));
-    }
-}
-
-/* The flat path's zero-padded input rows: margins of the floats the taps reach left and right of a row, plus 16 on
- * the right for the last, partial vector (its extra lanes are computed and not stored). */
-static inline long flat_left(int pw, int C) { return (long)pw * C; }
-static inline long flat_row_floats(int W, int C, int KW, int pw, int dw) {
-    long right = (long)((KW - 1) * dw - pw) * C;
-    return (flat_left(pw, C) + (long)W * C + (right > 0 ? right : 0) + 16 + 15) / 16 * 16;
-}
-
-/* Input rows [ih_lo, ih_hi] of one image into rows (stride prow), zero-padded at both ends. */
-static void flat_pad_rows(const float *x, int W, int C, int pw, int ih_lo, int ih_hi, long prow, float *rows) {
-    long left = flat_left(pw, C), width = (long)W * C;
-    for (int ih = ih_lo; ih <= ih_hi; ++ih) {
-        float *dst = rows + (long)(ih - ih_lo) * prow;
-        memset(dst, 0, sizeof(float) * left);
-        memcpy(dst + left, x + (size_t)ih * width, sizeof(float) * width);
-        memset(dst + left + width, 0, sizeof(float) * (prow - left - width));
     }
 }
 
@@ -444,11 +448,202 @@ static void depthwise_run(const float *x, int H, int W, int C, const float *wdw,
 }
 #endif
 
+#ifdef SEPCONV_VEC
+/* The portable-SIMD paths (AVX2 + FMA, NEON; simd.h): the AVX-512 paths' structure with VW-float vectors. A
+ * sliding window of SLIDE_V pixels keeps its accumulators, the window's input vectors and a weight vector in
+ * registers: 4 pixels with AVX2's 16 registers (4 + 10 + 1 for a 7-wide kernel), 8 with NEON's 32. */
+#if VREGS >= 32
+#define SLIDE_V 8
+#else
+#define SLIDE_V 4
+#endif
+#define MR_V 6           /* pixels per pointwise register block */
+#define NSUB (16 / VW)   /* vectors per 16-column sub-block of a 32-column weight panel */
+
+/* SLIDE_V adjacent output pixels of one row, stride 1 and dilation 1, kernel width KWC (a constant after
+ * inlining): each kernel row's SLIDE_V + KWC - 1 input vectors are loaded once and shared by the pixels' taps.
+ * Kernel rows [kh_lo, kh_hi) and window columns [q_lo, q_hi) are inside the input (the rest is zero padding); the
+ * first cnt outputs are stored (tile row stride cp >= C rounded up to 16, so a whole vector fits). */
+SEPCONV_INLINE void vdw_slide(const float *x, int W, int C, const float *wdw, const float *bdw, int kh_lo,
+                              int kh_hi, int KWC, int ih0, int iw0, int dh, int q_lo, int q_hi, int cnt, int act,
+                              float *out, int cp) {
+    for (int c = 0; c < C; c += VW) {
+        int nc = C - c < VW ? C - c : VW;
+        vf b = bdw ? vload_n(bdw + c, nc) : vzero();
+        vf acc[SLIDE_V];
+#pragma GCC unroll 8
+        for (int j = 0; j < SLIDE_V; ++j) acc[j] = b;
+        for (int kh = kh_lo; kh < kh_hi; ++kh) {
+            const float *row = x + (size_t)(ih0 + kh * dh) * W * C + c;
+            const float *wrow = wdw + (size_t)kh * KWC * C + c;
+            vf in[SLIDE_V + 6];
+            if (nc == VW) {
+#pragma GCC unroll 16
+                for (int q = 0; q < SLIDE_V + KWC - 1; ++q)
+                    in[q] = q >= q_lo && q < q_hi ? vload(row + (ptrdiff_t)(iw0 + q) * C) : vzero();
+            } else {
+#pragma GCC unroll 16
+                for (int q = 0; q < SLIDE_V + KWC - 1; ++q)
+                    in[q] = q >= q_lo && q < q_hi ? vload_n(row + (ptrdiff_t)(iw0 + q) * C, nc) : vzero();
+            }
+#pragma GCC unroll 8
+            for (int kw = 0; kw < KWC; ++kw) {
+                vf wv = vload_n(wrow + (size_t)kw * C, nc);
+#pragma GCC unroll 8
+                for (int j = 0; j < SLIDE_V; ++j) acc[j] = vfma(in[j + kw], wv, acc[j]);
+            }
+        }
+#pragma GCC unroll 8
+        for (int j = 0; j < SLIDE_V; ++j)
+            if (j < cnt) vstore(out + (size_t)j * cp + c, vact(acc[j], act));
+    }
+}
+
+/* One output pixel, all channels, any position, stride and dilation (taps in the zero padding skipped), up to four
+ * channel vectors at once (independent chains of FMAs). */
+static void vdw_pixel(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int KW,
+                      int dh, int dw, int ih0, int iw0, int act, float *out) {
+    for (int c = 0; c < C; c += 4 * VW) {
+        int nb = (C - c + VW - 1) / VW;
+        nb = nb < 4 ? nb : 4;
+        vf acc[4];
+        for (int q = 0; q < nb; ++q) acc[q] = bdw ? vload_n(bdw + c + q * VW, C - c - q * VW) : vzero();
+        for (int kh = 0; kh < KH; ++kh) {
+            int ih = ih0 + kh * dh;
+            if (ih < 0 || ih >= H) continue;
+            for (int kw = 0; kw < KW; ++kw) {
+                int iw = iw0 + kw * dw;
+                if (iw < 0 || iw >= W) continue;
+                const float *xp = x + ((size_t)ih * W + iw) * C + c, *wp = wdw + ((size_t)kh * KW + kw) * C + c;
+                for (int q = 0; q < nb; ++q) {
+                    int n = C - c - q * VW;
+                    acc[q] = vfma(vload_n(xp + q * VW, n), vload_n(wp + q * VW, n), acc[q]);
+                }
+            }
+        }
+        for (int q = 0; q < nb; ++q) vstore(out + c + q * VW, vact(acc[q], act));
+    }
+}
+
+#define VDW_SLIDE_K(K, kl, kh, qlo, qhi, n) \
+    vdw_slide(x, W, C, wdw, bdw, kl, kh, K, ih0, iw0, dh, qlo, qhi, n, act, t + (size_t)i * cp, cp)
+
+/* Depthwise output for pixels [p0, p0 + m) of one image into t[m][cp] (channel vectors). */
+static void depthwise_run_v(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH,
+                            int KW, int sh, int sw, int ph, int pw, int dh, int dw, int act, int Wo, int p0, int m,
+                            float *t, int cp) {
+    int oh = p0 / Wo, ow = p0 % Wo, i = 0;
+    int slide = sw == 1 && dw == 1 && (KW == 3 || KW == 5 || KW == 7);
+    while (i < m) {
+        int ih0 = oh * sh - ph, iw0 = ow * sw - pw;
+        int cnt = m - i < Wo - ow ? m - i : Wo - ow;
+        cnt = cnt < SLIDE_V ? cnt : SLIDE_V;
+        if (slide && cnt >= 2) {
+            int kh_lo = 0, kh_hi = KH;
+            while (kh_lo < KH && ih0 + kh_lo * dh < 0) ++kh_lo;
+            while (kh_hi > kh_lo && ih0 + (kh_hi - 1) * dh >= H) --kh_hi;
+            int q_lo = iw0 < 0 ? -iw0 : 0, q_hi = W - iw0 < SLIDE_V + KW - 1 ? W - iw0 : SLIDE_V + KW - 1;
+            if (kh_lo == 0 && kh_hi == KH && q_lo == 0 && q_hi == SLIDE_V + KW - 1 && cnt == SLIDE_V) {
+                /* interior: constant bounds, so the inlined loops have no checks */
+                if (KW == 3) VDW_SLIDE_K(3, 0, KH, 0, SLIDE_V + 2, SLIDE_V);
+                else if (KW == 5) VDW_SLIDE_K(5, 0, KH, 0, SLIDE_V + 4, SLIDE_V);
+                else VDW_SLIDE_K(7, 0, KH, 0, SLIDE_V + 6, SLIDE_V);
+            } else {
+                if (KW == 3) VDW_SLIDE_K(3, kh_lo, kh_hi, q_lo, q_hi, cnt);
+                else if (KW == 5) VDW_SLIDE_K(5, kh_lo, kh_hi, q_lo, q_hi, cnt);
+                else VDW_SLIDE_K(7, kh_lo, kh_hi, q_lo, q_hi, cnt);
+            }
+        } else {
+            cnt = 1;
+            vdw_pixel(x, H, W, C, wdw, bdw, KH, KW, dh, dw, ih0, iw0, act, t + (size_t)i * cp);
+        }
+        i += cnt;
+        ow += cnt;
+        if (ow == Wo) { ow = 0; ++oh; }
+    }
+}
+
+/* The flat path (few channels, stride 1; see depthwise_flat_row) with VW-float vectors: output vectors
+ * [k0, k0 + nv) of a row segment, nv <= 4. The patterns hold 16 lanes per phase; the first VW are this vector's. */
+SEPCONV_INLINE void vflat_block(const float *rows, int ih_lo, long prow, int C, const float *wpat,
+                                const float *bpat, int kh_lo, int kh_hi, int KW, int oh, int ph, int pw, int dh,
+                                int dw, int act, long f0, long k0, int nv, long n, float *out) {
+    vf acc[4];
+    int phase[4];
+    for (int q = 0; q < nv; ++q) {
+        phase[q] = (VW * (int)(k0 + q)) % C;
+        acc[q] = vload(bpat + phase[q] * 16);
+    }
+    for (int kh = kh_lo; kh < kh_hi; ++kh) {
+        const float *row = rows + (oh - ph + kh * dh - ih_lo) * prow + f0 + VW * k0;
+        for (int kw = 0; kw < KW; ++kw) {
+            const float *in = row + (long)(kw * dw - pw) * C;
+            const float *wp = wpat + (size_t)(kh * KW + kw) * C * 16;
+            for (int q = 0; q < nv; ++q) acc[q] = vfma(vload(in + VW * q), vload(wp + phase[q] * 16), acc[q]);
+        }
+    }
+    for (int q = 0; q < nv; ++q) {
+        long at = VW * (k0 + q);
+        vstore_n(out + at, vact(acc[q], act), (int)(n - at < VW ? n - at : VW));
+    }
+}
+
+static void vflat_row(const float *rows, int ih_lo, long prow, int H, int C, const float *wpat, const float *bpat,
+                      int KH, int KW, int ph, int pw, int dh, int dw, int act, int oh, int ow0, int cnt,
+                      float *out) {
+    int kh_lo = 0, kh_hi = KH;
+    while (kh_lo < KH && oh - ph + kh_lo * dh < 0) ++kh_lo;
+    while (kh_hi > kh_lo && oh - ph + (kh_hi - 1) * dh >= H) --kh_hi;
+    long f0 = (long)ow0 * C, n = (long)cnt * C, nvec = (n + VW - 1) / VW;
+    const float *base = rows + flat_left(pw, C);
+    for (long k = 0; k < nvec; k += 4)
+        vflat_block(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k,
+                    (int)(nvec - k < 4 ? nvec - k : 4), n, out);
+}
+
+/* y[r][0 : ncols] = t[r][:C] @ panel[:C][0 : ncols] + bias for r < mr <= MR_V, ncols <= 16: MR_V x NSUB vector
+ * accumulators (12 of AVX2's 16 registers, 24 of NEON's 32). Rows past mr repeat the last row (computed, not
+ * stored), so the loop has constant bounds; the panel is zero padded to 32 columns, so whole vectors are read. */
+SEPCONV_INLINE void vgemm_block(const float *t, int cp, int C, const float *bp, const float *bias, int ncols,
+                                int mr, int act, float *y, int ldy) {
+    const float *rows[MR_V];
+    for (int r = 0; r < MR_V; ++r) rows[r] = t + (size_t)(r < mr ? r : mr - 1) * cp;
+    vf acc[MR_V][NSUB];
+#pragma GCC unroll 4
+    for (int s = 0; s < NSUB; ++s) {
+        vf b = bias ? vload_n(bias + s * VW, ncols - s * VW) : vzero();
+#pragma GCC unroll 8
+        for (int r = 0; r < MR_V; ++r) acc[r][s] = b;
+    }
+    for (int c = 0; c < C; ++c) {
+        vf w[NSUB];
+#pragma GCC unroll 4
+        for (int s = 0; s < NSUB; ++s) w[s] = vload(bp + (size_t)c * NR + s * VW);
+#pragma GCC unroll 8
+        for (int r = 0; r < MR_V; ++r) {
+            vf a = vset1(rows[r][c]);
+#pragma GCC unroll 4
+            for (int s = 0; s < NSUB; ++s) acc[r][s] = vfma(a, w[s], acc[r][s]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR_V; ++r) {
+        if (r >= mr) break;
+#pragma GCC unroll 4
+        for (int s = 0; s < NSUB; ++s) {
+            int n = ncols - s * VW;
+            if (n >= VW) vstore(y + (size_t)r * ldy + s * VW, vact(acc[r][s], act));
+            else if (n > 0) vstore_n(y + (size_t)r * ldy + s * VW, vact(acc[r][s], act), n);
+        }
+    }
+}
+#endif
+
 /* Depthwise output for pixels [p0, p0 + m) of image n into t[m][cp] (row stride cp >= C, a multiple of 16). */
 static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int KW,
                            int sh, int sw, int ph, int pw, int dh, int dw, int act, int Wo, int p0, int m,
                            float *t, int cp, const float *wpat, const float *bpat, float *padded) {
-#ifdef __AVX512F__
+#ifdef SEPCONV_AVX512
     if (wpat) { /* the flat path (at most FLAT_MAX_C channels, stride 1 both ways): row segments of the tile, packed rows */
         int ih_lo = p0 / Wo - ph, ih_hi = (p0 + m - 1) / Wo - ph + (KH - 1) * dh;
         ih_lo = ih_lo < 0 ? 0 : ih_lo;
@@ -476,6 +671,24 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
     if (i < m) depthwise_run(x, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, act, Wo, p0 + i, m - i,
                              t + (size_t)i * cp, cp);
     return;
+#elif defined(SEPCONV_VEC)
+    if (wpat) { /* the flat path, as above */
+        int ih_lo = p0 / Wo - ph, ih_hi = (p0 + m - 1) / Wo - ph + (KH - 1) * dh;
+        ih_lo = ih_lo < 0 ? 0 : ih_lo;
+        ih_hi = ih_hi >= H ? H - 1 : ih_hi;
+        long prow = flat_row_floats(W, C, KW, pw, dw);
+        if (ih_lo <= ih_hi) flat_pad_rows(x, W, C, pw, ih_lo, ih_hi, prow, padded);
+        for (int i = 0, p = p0; i < m;) {
+            int oh = p / Wo, ow = p % Wo, cnt = Wo - ow < m - i ? Wo - ow : m - i;
+            vflat_row(padded, ih_lo, prow, H, C, wpat, bpat, KH, KW, ph, pw, dh, dw, act, oh, ow, cnt,
+                      t + (size_t)i * cp);
+            i += cnt;
+            p += cnt;
+        }
+        return;
+    }
+    depthwise_run_v(x, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, act, Wo, p0, m, t, cp);
+    return;
 #endif
     (void)wpat; (void)bpat; (void)padded;
     for (int i = 0; i < m; ++i) {
@@ -499,7 +712,7 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
     }
 }
 
-#ifdef __AVX512F__
+#ifdef SEPCONV_AVX512
 
 /* acc[r][:] += t[r][:C] @ panel[:C][0:32] for the MR rows of a register block (two AVX-512 vectors per row). */
 static inline __attribute__((always_inline)) void fma_rows(const float *t, int cp, int C, const float *bp,
@@ -612,7 +825,7 @@ static void pointwise_tile(const float *t, int m, int cp, int C, const float *b,
     long blocks = (long)((j_end - j_begin + NR - 1) / NR) * ((m + MR - 1) / MR);
     long lines = pf < pf_end ? (long)((pf_end - pf + 63) / 64) : 0;
     long per_block = (lines + blocks - 1) / blocks;
-#ifdef __AVX512F__
+#ifdef SEPCONV_AVX512
     for (int j0 = j_begin; j0 < j_end; j0 += NR) {
         int ncols = j_end - j0 < NR ? j_end - j0 : NR;
         const float *panel = b + (size_t)(j0 / NR) * C * NR;
@@ -621,6 +834,19 @@ static void pointwise_tile(const float *t, int m, int cp, int C, const float *b,
             if (per_block) prefetch_lines(&pf, pf_end, per_block);
             gemm_block(t + (size_t)i0 * cp, cp, C, panel, bias, j0, ncols, mr, act, y + (size_t)i0 * Cout, Cout,
                        stream);
+        }
+    }
+#elif defined(SEPCONV_VEC)
+    (void)stream;
+    for (int j0 = j_begin; j0 < j_end; j0 += NR) {
+        int ncols = j_end - j0 < NR ? j_end - j0 : NR;
+        const float *panel = b + (size_t)(j0 / NR) * C * NR;
+        for (int i0 = 0; i0 < m; i0 += MR_V) {
+            int mr = m - i0 < MR_V ? m - i0 : MR_V;
+            if (per_block) prefetch_lines(&pf, pf_end, per_block);
+            for (int sub = 0; sub < ncols; sub += 16)
+                vgemm_block(t + (size_t)i0 * cp, cp, C, panel + sub, bias ? bias + j0 + sub : NULL,
+                            ncols - sub < 16 ? ncols - sub : 16, mr, act, y + (size_t)i0 * Cout + j0 + sub, Cout);
         }
     }
 #else
@@ -670,8 +896,12 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
     if (job_begin < 0 || job_end > sepconv_fused_jobs(N, Ho, Wo, tile, groups) || parts < 1 || parts > 3) return -2;
     float *wpat = NULL, *bpat = NULL;
     size_t pad_bytes = 0;
-#ifdef __AVX512F__
-    if (C <= FLAT_MAX_C && sh == 1 && sw == 1) { /* the flat path (see depthwise_flat_row): packed tile rows */
+#if defined(SEPCONV_AVX512) || defined(SEPCONV_VEC)
+#ifdef SEPCONV_AVX512
+    if (C <= FLAT_MAX_C && sh == 1 && sw == 1) {
+#else
+    if (C <= FLAT_MAX_C && C < VW && sh == 1 && sw == 1) {
+#endif /* the flat path (see depthwise_flat_row): packed tile rows */
         cp = C;
         wpat = (float *)aligned_alloc(64, sizeof(float) * ((size_t)KH * KW * C * 16 + (size_t)C * 16)); /* C * 16 floats: whole lines */
         if (!wpat) return -1;
@@ -736,7 +966,7 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
                            stream, pf, pf_end);
         }
         free(t);
-#ifdef __AVX512F__
+#ifdef SEPCONV_AVX512
         if (stream) _mm_sfence(); /* the streamed stores are visible before the caller reads y */
 #endif
     }

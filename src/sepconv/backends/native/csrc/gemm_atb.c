@@ -8,21 +8,20 @@
  * for the chunk stay in the L2 cache while every register block of `out` sweeps them. Threads (OpenMP, PyTorch's
  * libgomp when built by sepconv) own disjoint register blocks of `out`, so no reduction is needed; when there
  * are fewer blocks than threads the pixels are split instead and the partial sums added.
- * AVX-512 intrinsics where the compiler targets AVX-512F; portable loops elsewhere.
+ * AVX-512 intrinsics where the compiler targets AVX-512F, else AVX2 + FMA or NEON vectors (simd.h: 16-column
+ * blocks of 6 rows), else portable loops.
  */
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
+#include "simd.h"
 
 #define MB 12 /* rows of out per register block */
 #define NB 32 /* columns of out per register block (two AVX-512 vectors) */
 
-#ifdef __AVX512F__
+#ifdef SEPCONV_AVX512
 /* out[m0 : m0 + R][n0 : n0 + NB] += sum over p in [p0, p1) of A[p][m] B[p][n], for R <= MB rows known at compile
  * time (every call passes a constant): the accumulators are then indexed by constants only and stay in registers.
  * With R a runtime value the compiler kept them in memory, so a partial block (64 = 5 x 12 + 4 rows of out) cost
@@ -54,10 +53,41 @@ static inline __attribute__((always_inline)) void atb_rows(const float *A, long 
 }
 #endif
 
+#ifdef SEPCONV_VEC
+#define MB_V 6           /* rows of out per vector register block */
+#define NSUB_A (16 / VW) /* vectors per 16-column sub-block */
+/* out[m0 : m0 + R][n0 : n0 + 16] += sum over p in [p0, p1) of A[p][m] B[p][n], R <= MB_V a constant after
+ * inlining: MB_V x NSUB_A accumulators (12 of AVX2's 16 registers, 24 of NEON's 32) stay in registers. */
+SEPCONV_INLINE void atb_rows_v(const float *A, long lda, const float *B, long ldb, float *o, long ldo, long p0,
+                               long p1, int m0, int n0, const int R) {
+    vf acc[MB_V][NSUB_A];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int s = 0; s < NSUB_A; ++s) acc[r][s] = vload(o + (size_t)r * ldo + s * VW);
+    for (long p = p0; p < p1; ++p) {
+        const float *b = B + (size_t)p * ldb + n0, *a = A + (size_t)p * lda + m0;
+        vf v[NSUB_A];
+#pragma GCC unroll 4
+        for (int s = 0; s < NSUB_A; ++s) v[s] = vload(b + s * VW);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+            vf x = vset1(a[r]);
+#pragma GCC unroll 4
+            for (int s = 0; s < NSUB_A; ++s) acc[r][s] = vfma(x, v[s], acc[r][s]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int s = 0; s < NSUB_A; ++s) vstore(o + (size_t)r * ldo + s * VW, acc[r][s]);
+}
+#endif
+
 /* out[m0 : m0 + mr][n0 : n0 + nc] += sum over p in [p0, p1) of A[p][m] B[p][n] */
 static void atb_block(const float *A, long lda, const float *B, long ldb, float *out, long ldo, long p0, long p1,
                       int m0, int mr, int n0, int nc) {
-#ifdef __AVX512F__
+#ifdef SEPCONV_AVX512
     __m512 acc[MB][2];
     __mmask16 k0 = nc >= 16 ? 0xFFFF : (__mmask16)((1u << nc) - 1);
     __mmask16 k1 = nc >= 32 ? 0xFFFF : (nc > 16 ? (__mmask16)((1u << (nc - 16)) - 1) : 0);
@@ -89,6 +119,22 @@ static void atb_block(const float *A, long lda, const float *B, long ldb, float 
         _mm512_mask_storeu_ps(o + (size_t)r * ldo + 16, k1, acc[r][1]);
     }
 #else
+#ifdef SEPCONV_VEC
+    /* whole 16-column sub-blocks in vector registers, MB_V rows at a time; the columns past them below */
+    int nv = nc / 16 * 16;
+    for (int j = 0; j < nv; j += 16)
+        for (int r0 = 0; r0 < mr; r0 += MB_V) {
+            float *o = out + (size_t)(m0 + r0) * ldo + n0 + j;
+            switch (mr - r0 < MB_V ? mr - r0 : MB_V) {
+#define ATB_ROWS_V(R) case R: atb_rows_v(A, lda, B, ldb, o, ldo, p0, p1, m0 + r0, n0 + j, R); break;
+                ATB_ROWS_V(6) ATB_ROWS_V(5) ATB_ROWS_V(4) ATB_ROWS_V(3) ATB_ROWS_V(2) ATB_ROWS_V(1)
+#undef ATB_ROWS_V
+                default: break;
+            }
+        }
+    n0 += nv;
+    nc -= nv;
+#endif
     for (int r = 0; r < mr; ++r) {
         float *o = out + (size_t)(m0 + r) * ldo + n0;
         for (long p = p0; p < p1; ++p) {
@@ -116,7 +162,7 @@ static void atb_range(const float *A, long lda, const float *B, long ldb, float 
 }
 
 int sepconv_atb_has_avx512(void) {
-#ifdef __AVX512F__
+#ifdef SEPCONV_AVX512
     return 1;
 #else
     return 0;

@@ -1,0 +1,91 @@
+/* The vector instruction set sepconv's kernels use, chosen at compile time from what the target has, and a small
+ * vector abstraction for the portable-SIMD paths (AVX2 + FMA and ARM NEON).
+ *
+ *   SEPCONV_AVX512  AVX-512F: the kernels' own AVX-512 intrinsics (16 floats, masked loads and stores).
+ *   SEPCONV_VEC     AVX2 + FMA (8 floats) or AArch64 NEON (4 floats): the paths written against `vf` below.
+ *   neither         portable C loops (the compiler may still vectorize them).
+ *
+ * -DSEPCONV_SCALAR forces the portable loops on any target (to test them, or compare against them).
+ * In the `vf` paths a block of channels that is not a whole vector is loaded and stored through a small buffer
+ * (vload_n / vstore_n), so no lane outside [0, n) is read or written.
+ */
+#ifndef SEPCONV_SIMD_H
+#define SEPCONV_SIMD_H
+
+#include <string.h>
+
+#if defined(SEPCONV_SCALAR)
+#define SEPCONV_ISA_NAME "scalar"
+#elif defined(__AVX512F__)
+#define SEPCONV_AVX512 1
+#define SEPCONV_ISA_NAME "avx512"
+#include <immintrin.h>
+#elif defined(__AVX2__) && defined(__FMA__)
+#define SEPCONV_VEC 1
+#define SEPCONV_VEC_AVX2 1
+#define SEPCONV_ISA_NAME "avx2"
+#include <immintrin.h>
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#define SEPCONV_VEC 1
+#define SEPCONV_VEC_NEON 1
+#define SEPCONV_ISA_NAME "neon"
+#include <arm_neon.h>
+#else
+#define SEPCONV_ISA_NAME "scalar"
+#endif
+
+#define SEPCONV_INLINE static inline __attribute__((always_inline))
+
+#if defined(SEPCONV_VEC_AVX2)
+typedef __m256 vf;
+#define VW 8      /* floats per vector */
+#define VREGS 16  /* vector registers: sizes the register blocks */
+SEPCONV_INLINE vf vzero(void) { return _mm256_setzero_ps(); }
+SEPCONV_INLINE vf vset1(float a) { return _mm256_set1_ps(a); }
+SEPCONV_INLINE vf vload(const float *p) { return _mm256_loadu_ps(p); }
+SEPCONV_INLINE void vstore(float *p, vf v) { _mm256_storeu_ps(p, v); }
+SEPCONV_INLINE vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); } /* a * b + c */
+SEPCONV_INLINE vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
+SEPCONV_INLINE vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+SEPCONV_INLINE vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
+SEPCONV_INLINE vf vmin(vf a, vf b) { return _mm256_min_ps(a, b); }
+#elif defined(SEPCONV_VEC_NEON)
+typedef float32x4_t vf;
+#define VW 4
+#define VREGS 32
+SEPCONV_INLINE vf vzero(void) { return vdupq_n_f32(0.f); }
+SEPCONV_INLINE vf vset1(float a) { return vdupq_n_f32(a); }
+SEPCONV_INLINE vf vload(const float *p) { return vld1q_f32(p); }
+SEPCONV_INLINE void vstore(float *p, vf v) { vst1q_f32(p, v); }
+SEPCONV_INLINE vf vfma(vf a, vf b, vf c) { return vfmaq_f32(c, a, b); }
+SEPCONV_INLINE vf vadd(vf a, vf b) { return vaddq_f32(a, b); }
+SEPCONV_INLINE vf vmul(vf a, vf b) { return vmulq_f32(a, b); }
+SEPCONV_INLINE vf vmax(vf a, vf b) { return vmaxq_f32(a, b); }
+SEPCONV_INLINE vf vmin(vf a, vf b) { return vminq_f32(a, b); }
+#endif
+
+#ifdef SEPCONV_VEC
+/* lanes [0, n) from p, the others zero (0 <= n <= VW) */
+SEPCONV_INLINE vf vload_n(const float *p, int n) {
+    if (n >= VW) return vload(p);
+    float buf[VW] = {0.f};
+    memcpy(buf, p, sizeof(float) * (size_t)(n > 0 ? n : 0));
+    return vload(buf);
+}
+/* lanes [0, n) to p; nothing past them is written */
+SEPCONV_INLINE void vstore_n(float *p, vf v, int n) {
+    if (n >= VW) { vstore(p, v); return; }
+    float buf[VW];
+    vstore(buf, v);
+    memcpy(p, buf, sizeof(float) * (size_t)(n > 0 ? n : 0));
+}
+/* act 0: none, 1: ReLU, 2: ReLU6 */
+SEPCONV_INLINE vf vact(vf v, int act) {
+    if (act == 0) return v;
+    v = vmax(v, vzero());
+    if (act == 2) v = vmin(v, vset1(6.f));
+    return v;
+}
+#endif
+
+#endif

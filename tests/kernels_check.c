@@ -1,0 +1,179 @@
+/* Checks sepconv's C kernels (src/sepconv/backends/native/csrc) against plain double-precision references, for
+ * whichever instruction set the compiler targets (simd.h picks AVX-512, AVX2 + FMA, NEON or portable loops).
+ * Built and run by tests/test_native_isa.py once per ISA (natively, or cross-compiled and run under qemu):
+ *
+ *   D=src/sepconv/backends/native/csrc
+ *   cc -O2 -std=c11 [ISA flags] -I$D tests/kernels_check.c $D/fused_dwpw.c $D/gemm_atb.c $D/depthwise_wgrad.c \
+ *      -o kernels_check -lm && ./kernels_check
+ *
+ * Prints "isa=<name> checks=<n> failures=<k>" and exits 0 only when every check passes. The shapes cover whole and
+ * partial channel vectors, the few-channel (flat) path, strides, dilations, kernel widths 1/3/5/7, padding,
+ * output-channel counts that are not a whole panel, activations, with and without biases. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *sepconv_isa(void);
+long sepconv_fused_jobs(int N, int Ho, int Wo, int tile, int groups);
+int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const float *wdw, const float *bdw, int KH,
+                           int KW, int sh, int sw, int ph, int pw, int dh, int dw, int dw_act, const float *wpw,
+                           const float *bpw, int Cout, int pw_act, float *y, int Ho, int Wo, int tile, int groups,
+                           int stream, int parts, long job_begin, long job_end, int threads);
+int sepconv_gemm_atb_f32(long P, int M, int N, const float *A, long lda, const float *B, long ldb, float *out,
+                         long ldo, int threads);
+int sepconv_depthwise_wgrad_f32(const float *x, int N, int H, int W, int C, const float *gy, int Ho, int Wo, int KH,
+                                int KW, int sh, int sw, int ph, int pw, int dh, int dw, float *gw, int threads);
+
+static unsigned long long state = 88172645463325252ULL;
+static float uniform(void) { /* xorshift64: in [-1, 1) */
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return (float)((state >> 40) * (1.0 / 8388608.0)) - 1.f;
+}
+static float *randoms(size_t n) {
+    float *p = (float *)malloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; ++i) p[i] = uniform();
+    return p;
+}
+static double act(double v, int a) { return a == 0 ? v : (a == 1 ? (v > 0 ? v : 0) : (v < 0 ? 0 : (v > 6 ? 6 : v))); }
+
+static int checks = 0, failures = 0;
+static void expect_close(const char *what, int index, double got, double want, double scale) {
+    ++checks;
+    if (!(fabs(got - want) <= 1e-5 * scale + 1e-6)) {
+        if (failures < 20) fprintf(stderr, "FAIL %s [%d]: got %.7g, want %.7g\n", what, index, got, want);
+        ++failures;
+    }
+}
+
+static void check_fused(int N, int H, int W, int C, int K, int s, int pad, int d, int Cout, int bias, int dw_act,
+                        int pw_act, int tile, int groups, int stream) {
+    char what[160];
+    snprintf(what, sizeof what, "fused N%d %dx%dx%d k%d s%d p%d d%d ->%d b%d a%d/%d t%d g%d s%d", N, H, W, C, K, s,
+             pad, d, Cout, bias, dw_act, pw_act, tile, groups, stream);
+    int Ho = (H + 2 * pad - d * (K - 1) - 1) / s + 1, Wo = (W + 2 * pad - d * (K - 1) - 1) / s + 1;
+    float *x = randoms((size_t)N * H * W * C), *wdw = randoms((size_t)K * K * C), *bdw = randoms(C);
+    float *wpw = randoms((size_t)C * Cout), *bpw = randoms(Cout); /* wpw: [c][j] */
+    int panels = (Cout + 31) / 32;
+    float *packed = (float *)aligned_alloc(64, ((size_t)panels * C * 32 * sizeof(float) + 63) / 64 * 64);
+    memset(packed, 0, (size_t)panels * C * 32 * sizeof(float));
+    for (int c = 0; c < C; ++c)
+        for (int j = 0; j < Cout; ++j) packed[((size_t)(j / 32) * C + c) * 32 + j % 32] = wpw[(size_t)c * Cout + j];
+    size_t ny = (size_t)N * Ho * Wo * Cout;
+    float *y = (float *)aligned_alloc(64, (ny * sizeof(float) + 63) / 64 * 64);
+    for (size_t i = 0; i < ny; ++i) y[i] = NAN;
+    long jobs = sepconv_fused_jobs(N, Ho, Wo, tile, groups);
+    int code = sepconv_fused_dwpw_f32(x, N, H, W, C, wdw, bias ? bdw : NULL, K, K, s, s, pad, pad, d, d, dw_act,
+                                      packed, bias ? bpw : NULL, Cout, pw_act, y, Ho, Wo, tile, groups, stream, 3, 0,
+                                      jobs, 1);
+    ++checks;
+    if (code != 0) { fprintf(stderr, "FAIL %s: returned %d\n", what, code); ++failures; }
+    double *dv = (double *)malloc(sizeof(double) * C), *da = (double *)malloc(sizeof(double) * C);
+    for (int n = 0; n < N; ++n)
+        for (int oh = 0; oh < Ho; ++oh)
+            for (int ow = 0; ow < Wo; ++ow) {
+                for (int c = 0; c < C; ++c) {
+                    double v = bias ? bdw[c] : 0, a = fabs(v);
+                    for (int kh = 0; kh < K; ++kh)
+                        for (int kw = 0; kw < K; ++kw) {
+                            int ih = oh * s - pad + kh * d, iw = ow * s - pad + kw * d;
+                            if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                            double t = (double)x[(((size_t)n * H + ih) * W + iw) * C + c] * wdw[((size_t)kh * K + kw) * C + c];
+                            v += t;
+                            a += fabs(t);
+                        }
+                    dv[c] = act(v, dw_act);
+                    da[c] = a;
+                }
+                for (int j = 0; j < Cout; ++j) {
+                    double v = bias ? bpw[j] : 0, a = fabs(v) + 1;
+                    for (int c = 0; c < C; ++c) {
+                        v += dv[c] * wpw[(size_t)c * Cout + j];
+                        a += (fabs(dv[c]) + da[c]) * fabs(wpw[(size_t)c * Cout + j]);
+                    }
+                    size_t at = (((size_t)n * Ho + oh) * Wo + ow) * Cout + j;
+                    expect_close(what, (int)at, y[at], act(v, pw_act), a);
+                }
+            }
+    free(x); free(wdw); free(bdw); free(wpw); free(bpw); free(packed); free(y); free(dv); free(da);
+}
+
+static void check_atb(long P, int M, int N, int threads) {
+    char what[64];
+    snprintf(what, sizeof what, "atb P%ld M%d N%d threads%d", P, M, N, threads);
+    float *A = randoms((size_t)P * (M + 3)), *B = randoms((size_t)P * (N + 5));
+    long ldo = N + 2;
+    float *out = randoms((size_t)M * ldo);
+    ++checks;
+    if (sepconv_gemm_atb_f32(P, M, N, A, M + 3, B, N + 5, out, ldo, threads) != 0) { ++failures; return; }
+    for (int m = 0; m < M; ++m)
+        for (int n = 0; n < N; ++n) {
+            double v = 0, a = 1;
+            for (long p = 0; p < P; ++p) {
+                double t = (double)A[(size_t)p * (M + 3) + m] * B[(size_t)p * (N + 5) + n];
+                v += t;
+                a += fabs(t);
+            }
+            expect_close(what, m * N + n, out[(size_t)m * ldo + n], v, a);
+        }
+    free(A); free(B); free(out);
+}
+
+static void check_wgrad(int N, int H, int W, int C, int K, int s, int pad, int d, int threads) {
+    char what[96];
+    snprintf(what, sizeof what, "wgrad N%d %dx%dx%d k%d s%d p%d d%d threads%d", N, H, W, C, K, s, pad, d, threads);
+    int Ho = (H + 2 * pad - d * (K - 1) - 1) / s + 1, Wo = (W + 2 * pad - d * (K - 1) - 1) / s + 1;
+    float *x = randoms((size_t)N * H * W * C), *gy = randoms((size_t)N * Ho * Wo * C), *gw = randoms((size_t)K * K * C);
+    ++checks;
+    if (sepconv_depthwise_wgrad_f32(x, N, H, W, C, gy, Ho, Wo, K, K, s, s, pad, pad, d, d, gw, threads) != 0) {
+        ++failures;
+        return;
+    }
+    for (int kh = 0; kh < K; ++kh)
+        for (int kw = 0; kw < K; ++kw)
+            for (int c = 0; c < C; ++c) {
+                double v = 0, a = 1;
+                for (int n = 0; n < N; ++n)
+                    for (int oh = 0; oh < Ho; ++oh)
+                        for (int ow = 0; ow < Wo; ++ow) {
+                            int ih = oh * s - pad + kh * d, iw = ow * s - pad + kw * d;
+                            if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                            double t = (double)gy[(((size_t)n * Ho + oh) * Wo + ow) * C + c] *
+                                       x[(((size_t)n * H + ih) * W + iw) * C + c];
+                            v += t;
+                            a += fabs(t);
+                        }
+                int at = (kh * K + kw) * C + c;
+                expect_close(what, at, gw[at], v, a);
+            }
+    free(x); free(gy); free(gw);
+}
+
+int main(void) {
+    static const int channels[] = {1, 3, 4, 5, 8, 13, 16, 20, 32, 37, 64};
+    static const int couts[] = {1, 7, 16, 24, 32, 33, 70};
+    int i = 0;
+    for (size_t ci = 0; ci < sizeof channels / sizeof *channels; ++ci)
+        for (int K = 1; K <= 7; K += 2)
+            for (int s = 1; s <= 2; ++s) {
+                int C = channels[ci], Cout = couts[(ci + K + s) % (sizeof couts / sizeof *couts)];
+                int d = (i % 5 == 4) ? 2 : 1, pad = (i % 3 == 0) ? 0 : (K / 2) * d;
+                int H = 5 + (i * 7) % 14, W = 4 + (i * 5) % 17;
+                if (H + 2 * pad < d * (K - 1) + 1 || W + 2 * pad < d * (K - 1) + 1) { ++i; continue; }
+                int tile = 6 + (i * 11) % 60, groups = 1 + (Cout > 32 && i % 2);
+                check_fused(1 + i % 2, H, W, C, K, s, pad, d, Cout, i % 4 != 1, i % 3, (i + 1) % 3, tile, groups,
+                            i % 2);
+                if (C <= 37) check_wgrad(1 + i % 2, H, W, C, K, s, pad, d, 1 + i % 2);
+                ++i;
+            }
+    check_fused(2, 32, 32, 32, 3, 1, 1, 1, 64, 1, 1, 1, 96, 1, 1); /* a CIFAR-like layer, several tiles */
+    check_fused(1, 15, 15, 64, 3, 2, 1, 1, 128, 1, 2, 0, 30, 2, 0);
+    static const int dims[][3] = {{1, 1, 1}, {7, 3, 5}, {50, 16, 16}, {300, 12, 32}, {129, 24, 48}, {700, 64, 40},
+                                  {65, 33, 70}, {1000, 6, 17}};
+    for (size_t k = 0; k < sizeof dims / sizeof *dims; ++k)
+        for (int threads = 1; threads <= 2; ++threads) check_atb(dims[k][0], dims[k][1], dims[k][2], threads);
+    printf("isa=%s checks=%d failures=%d\n", sepconv_isa(), checks, failures);
+    return failures ? 1 : 0;
+}
