@@ -271,6 +271,47 @@ def test_rescaling_cropping_upsampling_and_1d(tmp_path):
     check_import(model, tmp_path, x)
 
 
+def seed_network():
+    """The seed article's VGG-block network with Keras' SeparableConv2D (as reconstructed in docs/models.md)."""
+    inputs = keras.Input((32, 32, 3))
+    x = inputs
+    for filters in (64, 128, 256):
+        x = L.SeparableConv2D(filters, 3, padding="same", activation="relu")(x)
+        x = L.SeparableConv2D(filters, 3, padding="same", activation="relu")(x)
+        x = L.MaxPooling2D(2)(x)
+    return keras.Model(inputs, L.Dense(10)(L.Flatten()(x)))
+
+
+def test_seed_network_matches_keras_and_the_zoo(tmp_path):
+    """The imported seed network computes what Keras computes, with the zoo's parameter count and MACs."""
+    import sepconv
+    from sepconv.models import build_model
+
+    model = seed_network()
+    randomize(model, 7)
+    x = np.random.default_rng(7).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    check_import(model, tmp_path, x, formats=(".keras",))
+    imported = from_keras(tmp_path / "model.keras")
+    zoo = build_model("vgg_blocks", "separable")
+    count = sum(p.numel() for p in imported.parameters())
+    assert count == sum(p.numel() for p in zoo.parameters()) == 174_821
+    assert sepconv.profile(imported, (3, 32, 32)).total_macs == sepconv.profile(zoo, (3, 32, 32)).total_macs
+
+
+def test_same_average_pooling_leaves_the_padding_out():
+    """Against a direct NumPy loop: TF's 'same' average pooling divides by the in-bounds count."""
+    from sepconv.interop.modules import KerasPool
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 2, 6, 5)).astype(np.float32)
+    out = KerasPool("avg", (3, 2), (2, 2), "same")(torch.from_numpy(x)).numpy()
+    ref = np.zeros((1, 2, 3, 3), np.float32)
+    for i in range(3):  # 'same' pads (0, 1) along H ((3-1)*2+3-6 = 1) and along W ((3-1)*2+2-5 = 1)
+        for j in range(3):
+            ref[0, :, i, j] = x[0, :, 2 * i:2 * i + 3, 2 * j:2 * j + 2].mean(axis=(1, 2))
+    np.testing.assert_allclose(out, ref, rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- Keras Applications
 
 
@@ -322,8 +363,10 @@ def test_imported_models_work_with_profile_and_convert(tmp_path):
     model.save(tmp_path / "m.keras")
     imported = from_keras(tmp_path / "m.keras")
     prof = sepconv.profile(imported, (3, 12, 12))
-    assert prof.total_macs > 0 if hasattr(prof, "total_macs") else prof
+    # 3x3 conv 3->8 at 12x12, then depthwise 3x3 on 8 channels and pointwise 8->8 at 6x6
+    assert prof.total_macs == 12 * 12 * 8 * 27 + 6 * 6 * 8 * 9 + 6 * 6 * 8 * 8
     converted, report = sepconv.convert(imported)
+    assert any(isinstance(m, SeparableConv2d) for m in converted.modules())
     x = torch.randn(1, 3, 12, 12)
     with torch.no_grad():
         assert converted(x).shape == imported(x).shape == (1, 8)
@@ -469,6 +512,28 @@ def test_malformed_config_is_refused(saved, tmp_path):
         z.writestr("model.weights.h5", b"")
     with pytest.raises(ValueError, match="has no config.json"):
         from_keras(tmp_path / "b.keras")
+
+
+def test_legacy_config_format(tmp_path):
+    """A .h5 whose config lists inbound nodes the Keras 2 way, [[[layer, node, tensor, kwargs], ...]]."""
+    inp = keras.Input((6, 6, 2))
+    a = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2)(inp)
+    y = L.Concatenate()([a, L.Conv2D(3, 1)(inp)])
+    model = keras.Model(inp, L.GlobalAveragePooling2D()(y))
+    randomize(model, 9)
+    model.save(tmp_path / "m.h5")
+    with h5py.File(tmp_path / "m.h5", "r+") as h5:
+        cfg = json.loads(h5.attrs["model_config"])
+        for layer in cfg["config"]["layers"]:
+            layer["inbound_nodes"] = [
+                [[*arg["config"]["keras_history"], {}] for arg in
+                 (node["args"][0] if isinstance(node["args"][0], list) else [node["args"][0]])]
+                for node in layer["inbound_nodes"]]
+            layer["config"]["batch_input_shape"] = layer["config"].pop("batch_shape", None)
+        cfg["config"]["input_layers"] = [cfg["config"]["input_layers"]]
+        h5.attrs["model_config"] = json.dumps(cfg)
+    x = np.random.default_rng(9).standard_normal((2, 6, 6, 2)).astype(np.float32)
+    assert_close(torch_output(from_keras(tmp_path / "m.h5"), x, False), keras_output(model, x))
 
 
 def test_weights_only_h5_is_refused(tmp_path):

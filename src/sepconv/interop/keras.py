@@ -364,7 +364,7 @@ def _parse_model(config: Any) -> tuple[list[_Layer], list, list, str]:
             first, rest = layers[0], layers[1:]
         else:
             cfg = layers[0].config if layers else {}
-            shape = cfg.get("batch_shape", cfg.get("batch_input_shape"))
+            shape = cfg.get("batch_shape", cfg.get("batch_input_shape", body.get("build_input_shape")))
             if shape is None:
                 raise ValueError("model config: the Sequential model has no input shape (it was never built)")
             first, rest = _Layer("input_layer", "InputLayer", {"batch_shape": shape}), layers
