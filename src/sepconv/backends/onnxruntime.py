@@ -48,6 +48,47 @@ def onnxruntime_available() -> bool:
     return True
 
 
+def export_onnx(model: nn.Module, sample_input: torch.Tensor) -> bytes:
+    """The ONNX bytes (opset 17) of ``model`` in eval mode traced on ``sample_input``: input ``x``, output ``y``, batch dynamic.
+
+    Needs ``onnx`` (``pip install 'sepconv[onnx]'``) and a float32 CPU ``sample_input``.
+    """
+    if sample_input.device.type != "cpu" or sample_input.dtype != torch.float32:
+        raise ValueError(f"export_onnx needs a float32 CPU sample_input, got {sample_input.dtype} on {sample_input.device}")
+    import io
+
+    model = model.eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (sample_input,), buffer, dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    return buffer.getvalue()
+
+
+def onnxruntime_session(model_bytes: bytes, *, threads: Optional[int] = None, spinning: bool = False,
+                        profile: bool = False) -> tuple[Any, int]:
+    """An ONNX Runtime CPU session of a serialized ONNX model, set up as :func:`to_onnxruntime` describes.
+
+    Returns ``(session, threads)``; ``threads`` defaults to ``torch.get_num_threads()``.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    threads = torch.get_num_threads() if threads is None else threads
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if profile:
+        import os
+        import tempfile
+
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(tempfile.gettempdir(), "sepconv_onnxruntime")
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"]), threads
+
+
 def to_onnxruntime(model: nn.Module, sample_input: torch.Tensor, *, threads: Optional[int] = None,
                    rtol: float = 1e-3, atol: float = 1e-4, spinning: bool = False,
                    profile: bool = False) -> OnnxRuntimeModel:
@@ -74,31 +115,9 @@ def to_onnxruntime(model: nn.Module, sample_input: torch.Tensor, *, threads: Opt
     """
     if not onnxruntime_available():
         raise ImportError("to_onnxruntime needs onnx and onnxruntime: pip install 'sepconv[onnx]'")
-    import io
-
-    import onnxruntime as ort
-
-    if sample_input.device.type != "cpu" or sample_input.dtype != torch.float32:
-        raise ValueError(f"to_onnxruntime needs a float32 CPU sample_input, got {sample_input.dtype} on {sample_input.device}")
     model = model.eval()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (sample_input,), buffer, dynamo=False, opset_version=17, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
-    options = ort.SessionOptions()
-    threads = torch.get_num_threads() if threads is None else threads
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    if profile:
-        import os
-        import tempfile
-
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(tempfile.gettempdir(), "sepconv_onnxruntime")
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    session, threads = onnxruntime_session(export_onnx(model, sample_input), threads=threads, spinning=spinning,
+                                           profile=profile)
     runner = OnnxRuntimeModel(session, "x", threads)
     with torch.no_grad():
         expected = model(sample_input)
