@@ -32,6 +32,8 @@ _EXPORTS = {
     "OptimizedModel": "sepconv.backends.optimize", "optimize": "sepconv.backends.optimize",
     "tune_training": "sepconv.backends.training", "untune_training": "sepconv.backends.training",
     "keep_freed_memory": "sepconv.utils.memory",
+    # int8
+    "quantize": "sepconv.quantization",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
