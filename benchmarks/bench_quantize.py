@@ -29,12 +29,12 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from sepconv.data import load_dataset  # noqa: E402
-from sepconv.models import MobileNetV1, VGGBlocks  # noqa: E402
-from sepconv.quantization import compare_schemes, schemes_table  # noqa: E402
-from sepconv.train import TrainConfig, evaluate, fit  # noqa: E402
-from sepconv.utils.io import atomic_write_bytes  # noqa: E402
-from sepconv.utils.machine import machine_info  # noqa: E402
+from sepconv.data import load_dataset
+from sepconv.models import MobileNetV1, VGGBlocks
+from sepconv.quantization import compare_schemes, schemes_table
+from sepconv.train import TrainConfig, evaluate, fit
+from sepconv.utils.io import atomic_write_bytes
+from sepconv.utils.machine import machine_info
 
 
 def upsampled(data, size: int):

@@ -15,7 +15,13 @@ from torch import nn
 from sepconv.cli import main
 from sepconv.layers import SeparableConv2d
 from sepconv.models import MobileNetV1
-from sepconv.quantization import absorb_high_biases, correct_bias, equalize, find_pairs, fold_batchnorm
+from sepconv.quantization import (
+    absorb_high_biases,
+    correct_bias,
+    equalize,
+    find_pairs,
+    fold_batchnorm,
+)
 from sepconv.quantization.transforms import fake_quantize_weight
 
 SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -195,7 +201,7 @@ def test_bias_correction_restores_channel_means(per_channel):
     x = torch.randn(64, 3, 7, 7, dtype=torch.float64) + 2.0  # a non-zero mean input, so rounding biases outputs
     w, b = conv.weight.detach().clone(), conv.bias.detach().clone()
     wq = fake_quantize_weight(w, per_channel=per_channel)
-    means = lambda y: y.transpose(0, 1).flatten(1).mean(1)  # noqa: E731
+    means = lambda y: y.transpose(0, 1).flatten(1).mean(1)
     float_means = means(F.conv2d(x, w, b, padding=1))
     before = means(F.conv2d(x, wq, b, padding=1))
     assert float((before - float_means).abs().max()) > 1e-6  # there is something to correct
@@ -335,7 +341,7 @@ def test_bad_input_errors(monkeypatch):
         quantize(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), torch.randn(4, 1, 8, 8))
     with pytest.raises(ValueError, match="relu6 must be one of"):
         quantize(model, torch.randn(4, 1, 8, 8), relu6="clip")
-    import sepconv.quantization.engine as engine
+    from sepconv.quantization import engine
 
     monkeypatch.setattr(engine, "onnxruntime_available", lambda: False)
     with pytest.raises(ImportError, match=r"pip install 'sepconv\[onnx\]'"):

@@ -6,8 +6,21 @@ high-bias absorption, bias correction) and ONNX Runtime's static QDQ quantizatio
 per-tensor int8. See ``docs/quantize.md``.
 """
 
-from .engine import QuantizationReport, QuantizedModel, calibration_batches, compare_schemes, quantize, schemes_table
-from .transforms import absorb_high_biases, correct_bias, equalize, find_pairs, fold_batchnorm
+from .engine import (
+           QuantizationReport,
+           QuantizedModel,
+           calibration_batches,
+           compare_schemes,
+           quantize,
+           schemes_table,
+)
+from .transforms import (
+           absorb_high_biases,
+           correct_bias,
+           equalize,
+           find_pairs,
+           fold_batchnorm,
+)
 
 __all__ = ["QuantizationReport", "QuantizedModel", "absorb_high_biases", "calibration_batches", "compare_schemes",
            "correct_bias", "equalize", "find_pairs", "fold_batchnorm", "quantize", "schemes_table"]

@@ -14,8 +14,9 @@ import copy
 import math
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -133,7 +134,7 @@ class QuantizedModel(OnnxRuntimeModel):
         super().__init__(session, input_name, threads)
         self.onnx = onnx_bytes
 
-    def save(self, path: Union[str, os.PathLike]) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write the quantized ONNX model to ``path`` (atomically)."""
         atomic_write_bytes(path, self.onnx)
 
@@ -180,7 +181,7 @@ class _Reader:
     def __init__(self, batches: Sequence[torch.Tensor]) -> None:
         self._items = iter([{"x": b.numpy()} for b in batches])
 
-    def get_next(self) -> Optional[dict]:
+    def get_next(self) -> dict | None:
         return next(self._items, None)
 
     def rewind(self) -> None:  # pragma: no cover - called by some calibrators
@@ -188,7 +189,7 @@ class _Reader:
 
 
 def prepare(model: nn.Module, calibration_data: CalibrationData, *, per_channel: bool = True,
-            equalize: bool = True, high_bias_absorption: Optional[bool] = None, bias_correction: bool = True,
+            equalize: bool = True, high_bias_absorption: bool | None = None, bias_correction: bool = True,
             relu6: str = "relu") -> tuple[nn.Module, dict[str, int], dict[str, dict], list[torch.Tensor]]:
     """The float half of :func:`quantize`: a transformed copy of ``model`` (the input is left as it is).
 
@@ -213,8 +214,8 @@ def prepare(model: nn.Module, calibration_data: CalibrationData, *, per_channel:
 
 
 def quantize(model: nn.Module, calibration_data: CalibrationData, *, per_channel: bool = True,
-             equalize: bool = True, high_bias_absorption: Optional[bool] = None, bias_correction: bool = True,
-             relu6: str = "relu", threads: Optional[int] = None) -> tuple[QuantizedModel, QuantizationReport]:
+             equalize: bool = True, high_bias_absorption: bool | None = None, bias_correction: bool = True,
+             relu6: str = "relu", threads: int | None = None) -> tuple[QuantizedModel, QuantizationReport]:
     """Quantize ``model`` to int8 with ONNX Runtime; returns ``(int8 model, report)``.
 
     ``model`` (left unchanged) is copied to the CPU in eval mode and transformed in float
@@ -265,7 +266,12 @@ def _quantize_onnx(float_bytes: bytes, batches: Sequence[torch.Tensor], per_chan
     import logging
 
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     proto = onnx.load_from_string(float_bytes)
     quiet = logging.getLogger().level
@@ -298,8 +304,8 @@ def _predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.
 
 
 def compare_schemes(model: nn.Module, calibration: CalibrationData, test_inputs: torch.Tensor,
-                    test_labels: Optional[torch.Tensor] = None, *, latency_input: Optional[torch.Tensor] = None,
-                    threads: Optional[int] = 1, rounds: int = 15, relu6: str = "relu") -> list[dict[str, Any]]:
+                    test_labels: torch.Tensor | None = None, *, latency_input: torch.Tensor | None = None,
+                    threads: int | None = 1, rounds: int = 15, relu6: str = "relu") -> list[dict[str, Any]]:
     """The float model and three int8 schemes of ``model``, side by side; one dict per scheme.
 
     Every model runs in ONNX Runtime on the CPU with ``threads`` intra-op threads (default 1), the float

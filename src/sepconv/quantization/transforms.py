@@ -20,7 +20,7 @@ branch (a residual) or reorder them. ``conv2`` may be grouped, in particular dep
 from __future__ import annotations
 
 import math
-from typing import Iterable, Iterator, Optional, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -29,8 +29,17 @@ from ..backends.fold import fold_batchnorm
 from ..layers import Pad
 from ..layers.separable import SeparableConvNd
 
-__all__ = ["fold_batchnorm", "find_pairs", "equalize", "absorb_high_biases", "correct_bias",
-           "fake_quantize_weight", "channel_ranges", "input_channel_ranges", "RELU6_POLICIES"]
+__all__ = [
+    "RELU6_POLICIES",
+    "absorb_high_biases",
+    "channel_ranges",
+    "correct_bias",
+    "equalize",
+    "fake_quantize_weight",
+    "find_pairs",
+    "fold_batchnorm",
+    "input_channel_ranges",
+]
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6)
@@ -80,7 +89,7 @@ def _chains(module: nn.Module) -> Iterator[list[Slot]]:
     """The plain chains of layers in ``module``: runs whose forward pass applies them one after another."""
     current: list[Slot] = []
 
-    def visit(parent: Optional[nn.Module], name: str, m: nn.Module) -> Iterator[list[Slot]]:
+    def visit(parent: nn.Module | None, name: str, m: nn.Module) -> Iterator[list[Slot]]:
         nonlocal current
         if isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward:
             for child_name, child in m.named_children():
