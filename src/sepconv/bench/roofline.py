@@ -14,9 +14,9 @@ too (``torch_peak_gflops``, ``conv_peak_gflops``).
 
 int8 (``sepconv.quantize``): a depthwise stage does ``2 k^2`` FLOPs per output
 value and moves about one input and one output value for it (about 2
-FLOPs per byte in float32 for 3x3, 9 in int8, ``conv_cost(..., dtype=torch.int8)``),
-far below any CPU's ridge, so it is memory-bound and int8 can gain at most
-the 4x fewer bytes. A pointwise stage with ``C`` input channels does ``2C``
+FLOPs per byte in float32 for 3x3, 9 in int8, ``conv_cost(..., dtype=torch.int8)``):
+memory-bound wherever the ridge (:meth:`Roofline.ridge`) lies above that, and
+there int8 gains at most its 4x fewer bytes. A pointwise stage with ``C`` input channels does ``2C``
 FLOPs per output value and is compute-bound once ``C`` is a few hundred: int8
 gains there only what the int8 compute peak has over the float32 one (dot
 products of four int8 pairs per 32-bit lane with AVX-512 VNNI), less the
