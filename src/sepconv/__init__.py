@@ -34,6 +34,8 @@ _EXPORTS = {
     "keep_freed_memory": "sepconv.utils.memory",
     # interop
     "from_keras": "sepconv.interop",
+    # int8
+    "quantize": "sepconv.quantization",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "sepconv.factorize.cli",
     "sepconv.bench.cli",
     "sepconv.interop.cli",
+    "sepconv.quantization.cli",
 )
 
 # ImportError: an optional extra is missing (the message names the pip command), e.g. `sepconv convert --to cp`

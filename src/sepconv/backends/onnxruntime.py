@@ -200,3 +200,23 @@ def _build(context: BuildContext) -> dict[str, Candidate]:
 ENGINE = InferenceEngine(
     name="onnxruntime", summary="the model exported to ONNX and run by ONNX Runtime (CPU, float32, inference only)",
     default=True, unavailable=_unavailable, applies=applies_to_any_model, build=_build)
+
+
+def export_onnx(model: nn.Module, sample_input: torch.Tensor) -> bytes:
+    """The ONNX bytes (opset 17) of ``model`` in eval mode traced on ``sample_input``: input ``x``, output ``y``, batch dynamic.
+
+    Needs ``onnx`` (``pip install 'sepconv[onnx]'``) and a float32 CPU ``sample_input``.
+    """
+    if sample_input.device.type != "cpu" or sample_input.dtype != torch.float32:
+        raise ValueError(f"export_onnx needs a float32 CPU sample_input, got {sample_input.dtype} on {sample_input.device}")
+    return _export(model.eval(), sample_input)
+
+
+def onnxruntime_session(model_bytes: bytes, *, threads: Optional[int] = None, spinning: bool = False,
+                        profile: bool = False) -> tuple[Any, int]:
+    """An ONNX Runtime CPU session of a serialized ONNX model, set up as :func:`to_onnxruntime` describes.
+
+    Returns ``(session, threads)``; ``threads`` defaults to ``torch.get_num_threads()``.
+    """
+    threads = torch.get_num_threads() if threads is None else threads
+    return _session(model_bytes, threads, spinning, profile).session, threads

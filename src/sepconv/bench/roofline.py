@@ -11,6 +11,18 @@ them reaches the core's peak depends on the CPU (``docs/design-notes.md``),
 and a roof below what a kernel achieves makes layers look "faster than
 their bound". The rates of ``torch.mm`` and of the convolution are recorded
 too (``torch_peak_gflops``, ``conv_peak_gflops``).
+
+int8 (``sepconv.quantize``): a depthwise stage does ``2 k^2`` FLOPs per output
+value and moves about one input and one output value for it (about 2
+FLOPs per byte in float32 for 3x3, 9 in int8, ``conv_cost(..., dtype=torch.int8)``):
+memory-bound wherever the ridge (:meth:`Roofline.ridge`) lies above that, and
+there int8 gains at most its 4x fewer bytes. A pointwise stage with ``C`` input channels does ``2C``
+FLOPs per output value and is compute-bound once ``C`` is a few hundred: int8
+gains there only what the int8 compute peak has over the float32 one (dot
+products of four int8 pairs per 32-bit lane with AVX-512 VNNI), less the
+quantize/requantize work around each kernel. ``model_bound_s(...,
+dtype_bytes=1)`` gives the memory side of that bound; the roofline measured
+here is a float32 one, so its compute side stays float32's.
 """
 
 from __future__ import annotations

@@ -40,6 +40,9 @@ class SeparableConvNd(ComposedConvMixin, nn.Module):
       ``Input -> DW -> BN -> ReLU -> PW -> BN -> ReLU`` is
       ``dw_norm='batchnorm', dw_act='relu', pw_norm='batchnorm', pw_act='relu'``;
       MobileNetV2's linear bottleneck is the same with ``pw_act=None``.
+      The default, nothing between the two steps, is the quantization-friendly
+      block of Sheng et al. 2018 (a BatchNorm there stretches the depthwise
+      channels' ranges apart, which per-tensor int8 cannot follow).
 
     Bias: ``bias`` is the pointwise bias (Keras' ``SeparableConv2D`` has this
     single bias after the pointwise step); ``depthwise_bias`` adds one after

@@ -54,22 +54,31 @@ V1_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
 
 
 class MobileNetV1(nn.Module):
-    """MobileNetV1 with width multiplier ``alpha``; ``variant`` 'separable' (the paper) or 'standard'."""
+    """MobileNetV1 with width multiplier ``alpha``; ``variant`` 'separable' (the paper) or 'standard'.
+
+    ``quantization_friendly`` (separable variant): Sheng et al. 2018's block for int8 ("A
+    Quantization-Friendly Separable Convolution for MobileNets"), depthwise -> pointwise -> BN -> ReLU with
+    no BatchNorm, bias or activation after the depthwise step, so the depthwise output's range is not
+    stretched per channel by a BatchNorm; the activations are ReLU (not ReLU6), as in this model already.
+    """
 
     def __init__(self, variant: str = "separable", num_classes: int = 1000, in_channels: int = 3, alpha: float = 1.0,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, quantization_friendly: bool = False) -> None:
         super().__init__()
         if variant not in ("separable", "standard"):
             raise ValueError(f"variant must be 'separable' or 'standard', got {variant!r}")
         if not (isinstance(alpha, (int, float)) and 0 < alpha):
             raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+        if quantization_friendly and variant != "separable":
+            raise ValueError(f"quantization_friendly applies to the separable variant, got variant={variant!r}")
         ch = lambda c: max(1, int(c * alpha))  # noqa: E731
+        between = dict(dw_norm=None, dw_act=None) if quantization_friendly else dict(dw_norm="batchnorm", dw_act="relu")
         layers: list[nn.Module] = [conv_bn_act(in_channels, ch(32), 3, 2)]
         cin = ch(32)
         for cout, stride in V1_BLOCKS:
             if variant == "separable":
                 layers.append(SeparableConv2d(cin, ch(cout), 3, stride=stride, padding=1, bias=False,
-                                              dw_norm="batchnorm", dw_act="relu", pw_norm="batchnorm", pw_act="relu"))
+                                              pw_norm="batchnorm", pw_act="relu", **between))
             else:
                 layers.append(conv_bn_act(cin, ch(cout), 3, stride))
             cin = ch(cout)
