@@ -1,0 +1,373 @@
+"""Models by reference: a zoo name, ``package.module:factory``, ``path/to/file.py:factory``, a sepconv model file,
+``torchvision:name`` or ``timm:name``, with weights from a state_dict file.
+
+Nothing that is *loaded* can execute code: weights come from safetensors, or
+from ``.pt``/``.pth`` files read by ``torch.load(weights_only=True)``, which
+refuses pickled Python objects. The one piece of code that runs is the
+factory the user names on purpose (importing its module or file, then
+calling it).
+
+Every bad reference or weights file raises ``ValueError`` with a one-line
+message (the CLI prints it and exits with status 2).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+#: Extensions read as weights files.
+WEIGHTS_EXTENSIONS = (".safetensors", ".pt", ".pth", ".bin")
+#: How many mismatched keys an error message lists.
+SHOWN_KEYS = 4
+
+
+@dataclass
+class ModelSource:
+    """Where a model came from: what is needed to rebuild it and to describe it.
+
+    ``kind`` is ``"zoo"``, ``"file"`` (a sepconv model file), ``"factory"``, ``"torchvision"`` or ``"timm"``;
+    ``recipe`` is the zoo recipe (``name``, ``variant``, ``kwargs``, maybe ``conversion``) for zoo models
+    and sepconv files, else None; ``default_input`` is ``(C, H, W)`` where known.
+    """
+
+    reference: str
+    kind: str
+    kwargs: dict = field(default_factory=dict)
+    recipe: Optional[dict] = None
+    default_input: Optional[tuple[int, ...]] = None
+    weights: Optional[str] = None
+
+    def describe(self) -> dict:
+        """A JSON-ready summary (for reports and file metadata)."""
+        return {"reference": self.reference, "kind": self.kind, "kwargs": self.kwargs, "weights": self.weights,
+                "recipe": self.recipe}
+
+
+def one_line(error: BaseException) -> str:
+    """``error`` as one line, without torch's advice to load with ``weights_only=False``."""
+    text = str(error).strip().splitlines()
+    first = next((line.strip() for line in text if line.strip()), type(error).__name__)
+    first = re.sub(r"(?i)[^.;]*weights_only\s*=\s*False[^.;]*[.;]?", "", first).strip() or type(error).__name__
+    return first if len(first) <= 300 else first[:297] + "..."
+
+
+def parse_kwargs(text: Optional[str], name: str = "--kwargs") -> dict:
+    """``--kwargs`` JSON text -> a dict with string keys (None or '' -> {})."""
+    if text is None or text == "":
+        return {}
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"{name} must be a JSON object such as '{{\"num_classes\": 10}}', got {text!r}: "
+                         f"{one_line(error)}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object (name: value), got {type(value).__name__} {text!r}")
+    return value
+
+
+def resolve_model(reference: str, *, kwargs: Optional[dict] = None, variant: Optional[str] = None,
+                  num_classes: Optional[int] = None, in_channels: Optional[int] = None,
+                  image_size: Optional[Sequence[int]] = None, device: Any = None) -> tuple[nn.Module, ModelSource]:
+    """Build the model ``reference`` names; returns ``(model, source)``.
+
+    Forms: a zoo name (``vgg_blocks``; ``variant``, ``num_classes``, ``in_channels``, ``image_size`` apply),
+    a sepconv model file (``*.safetensors`` written by :func:`sepconv.models.save_model`, weights included),
+    ``package.module:factory``, ``path/to/file.py:factory`` (``factory`` may be dotted: ``Net.small``),
+    ``torchvision:name`` and ``timm:name``. ``kwargs`` go to the factory. ``device='meta'`` builds
+    without allocating (for estimates); sepconv model files are then built from their recipe only.
+    """
+    kwargs = dict(kwargs or {})
+    if not isinstance(reference, str) or not reference.strip():
+        raise ValueError(f"MODEL must be a zoo name, package.module:factory or path/to/file.py:factory, got "
+                         f"{reference!r}")
+    from .zoo import list_models
+
+    zoo = list_models()
+    if reference in zoo:
+        return _zoo(reference, zoo[reference], kwargs, variant, num_classes, in_channels, image_size, device)
+    if reference.endswith(".safetensors") and ":" not in reference:
+        return _sepconv_file(reference, kwargs, device)
+    module_name, sep, attr = reference.rpartition(":")
+    if not sep:
+        raise ValueError(f"unknown model {reference!r}: not a zoo name ({', '.join(zoo)}), and not "
+                         f"package.module:factory or path/to/file.py:factory")
+    if not module_name or not re.fullmatch(r"[A-Za-z_][\w.-]*", attr) or attr.startswith(".") or attr.endswith("."):
+        raise ValueError(f"model reference {reference!r} must be package.module:factory or path/to/file.py:factory")
+    if module_name in ("torchvision", "timm"):
+        return _hub(module_name, attr, reference, kwargs, num_classes, device)
+    module = _import(module_name, reference)
+    factory = module
+    for part in attr.split("."):
+        if not hasattr(factory, part):
+            raise ValueError(f"{module_name!r} has no attribute {attr!r} (model reference {reference!r})")
+        factory = getattr(factory, part)
+    if num_classes is not None:
+        kwargs.setdefault("num_classes", num_classes)
+    model = _call(factory, kwargs, reference, device)
+    return model, ModelSource(reference, "factory", kwargs)
+
+
+def _zoo(name, info, kwargs, variant, num_classes, in_channels, image_size, device):
+    from .zoo import build_model
+
+    opts = dict(kwargs)
+    variant = opts.pop("variant", variant)
+    if num_classes is not None:
+        opts["num_classes"] = num_classes
+    if in_channels is not None:
+        opts["in_channels"] = in_channels
+    if image_size is not None and "image_size" in info.options:
+        opts.setdefault("image_size", list(image_size))
+    with _on(device):
+        try:
+            model = build_model(name, variant, **opts)
+        except TypeError as error:
+            raise ValueError(f"{name}: bad --kwargs {kwargs!r}: {one_line(error)}") from None
+    variant = variant or info.variants[0]
+    c, h, w = info.default_input
+    if in_channels is not None:
+        c = in_channels
+    if image_size is not None:
+        h, w = image_size
+    recipe = {"name": name, "variant": variant, "kwargs": {k: v for k, v in opts.items()}}
+    return model, ModelSource(name, "zoo", dict(kwargs), recipe, (c, h, w))
+
+
+def _sepconv_file(path, kwargs, device):
+    from .io import load_model, model_on_meta
+
+    if kwargs:
+        raise ValueError(f"--kwargs does not apply to a sepconv model file ({path!r} holds its own recipe)")
+    if device is not None and torch.device(device).type == "meta":
+        model, recipe = model_on_meta(path)
+    else:
+        model, recipe = load_model(path)
+    source = ModelSource(path, "file", {}, recipe, weights=path)
+    return model, source
+
+
+def _hub(library, name, reference, kwargs, num_classes, device):
+    try:
+        lib = importlib.import_module(library)
+    except ImportError:
+        raise ValueError(f"model reference {reference!r} needs {library}, which is not installed "
+                         f"(pip install {library})") from None
+    if num_classes is not None:
+        kwargs.setdefault("num_classes", num_classes)
+    if library == "torchvision":
+        try:
+            factory = lib.models.get_model_builder(name)
+        except (ValueError, KeyError, AttributeError):
+            raise ValueError(f"torchvision has no model {name!r} (see torchvision.models.list_models())") from None
+    else:
+        if name not in lib.list_models():
+            raise ValueError(f"timm has no model {name!r} (see timm.list_models())")
+        factory = lambda **kw: lib.create_model(name, pretrained=False, **kw)  # noqa: E731
+    model = _call(factory, kwargs, reference, device)
+    return model, ModelSource(reference, library, kwargs, default_input=(3, 224, 224))
+
+
+def _import(module_name: str, reference: str):
+    """Import ``module_name``: a dotted module, or a ``.py`` file path (the code the user asks to run)."""
+    if module_name.endswith(".py") or os.sep in module_name or "/" in module_name:
+        path = Path(module_name)
+        if path.suffix != ".py":
+            raise ValueError(f"model file {module_name!r} must be a .py file (model reference {reference!r})")
+        if not path.is_file():
+            raise ValueError(f"model file {module_name!r} does not exist (model reference {reference!r})")
+        unique = "sepconv_user_" + re.sub(r"\W", "_", str(path.resolve()))
+        spec = importlib.util.spec_from_file_location(unique, path)
+        if spec is None or spec.loader is None:
+            raise ValueError(f"cannot import {module_name!r} as a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[unique] = module  # dataclasses and pickling look modules up by name
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:  # the user's code: any failure is reported, in one line
+            sys.modules.pop(unique, None)
+            raise ValueError(f"importing {module_name!r} failed: {type(error).__name__}: {one_line(error)}") from None
+        return module
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module_name):
+        raise ValueError(f"{module_name!r} is not a module name (model reference {reference!r})")
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise ValueError(f"cannot import {module_name!r} for model reference {reference!r}: {one_line(error)}") from None
+    except Exception as error:
+        raise ValueError(f"importing {module_name!r} failed: {type(error).__name__}: {one_line(error)}") from None
+
+
+class _on:
+    """``with _on(device):`` builds modules on ``device`` (None: the default)."""
+
+    def __init__(self, device):
+        self.context = torch.device(device) if device is not None else None
+
+    def __enter__(self):
+        if self.context is not None:
+            self.context.__enter__()
+
+    def __exit__(self, *exc):
+        if self.context is not None:
+            self.context.__exit__(*exc)
+        return False
+
+
+def _call(factory, kwargs: dict, reference: str, device) -> nn.Module:
+    if not callable(factory):
+        raise ValueError(f"{reference!r} names a {type(factory).__name__}, not a callable that returns an nn.Module")
+    try:
+        with _on(device):
+            model = factory(**kwargs)
+    except Exception as error:  # the user's factory: report any failure in one line
+        raise ValueError(f"calling {reference!r} with {kwargs or 'no arguments'} failed: {type(error).__name__}: "
+                         f"{one_line(error)}") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{reference!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+# ------------------------------------------------------------------ weights
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state_dict from ``path``: ``.safetensors``, or ``.pt``/``.pth``/``.bin`` via ``torch.load(weights_only=True)``.
+
+    A ``.pt`` holding ``{"state_dict": ...}`` or ``{"model": ...}`` (a training checkpoint, such as sepconv's)
+    gives that inner dict. Anything that is not a mapping of names to tensors is refused (``ValueError``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights file {str(path)!r} does not exist")
+    if path.suffix not in WEIGHTS_EXTENSIONS:
+        raise ValueError(f"weights file {str(path)!r} must end in {', '.join(WEIGHTS_EXTENSIONS)}")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise ValueError("reading .safetensors weights needs safetensors: pip install safetensors") from None
+        try:
+            state = load_file(str(path))
+        except Exception as error:  # truncated, not safetensors, ...
+            raise ValueError(f"{str(path)!r} is not a readable safetensors file: {one_line(error)}") from None
+    else:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as error:
+            if "Weights only load failed" in str(error) or "Unsupported global" in str(error):
+                raise ValueError(f"{str(path)!r} holds Python objects, not only tensors; sepconv loads weights "
+                                 f"without executing code: save model.state_dict() instead") from None
+            raise ValueError(f"{str(path)!r} is not a readable PyTorch weights file: {one_line(error)}") from None
+    return _state_dict_of(state, path)
+
+
+def _state_dict_of(state: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"{str(path)!r} does not hold a state_dict (a mapping of parameter names to tensors)")
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"{str(path)!r} is not a state_dict: {len(bad)} entries are not name -> tensor, "
+                         f"e.g. {bad[0]!r}")
+    if all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel / DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def check_fit(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """``ValueError`` listing the first few missing, unexpected and mis-shaped keys if ``state`` does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} (file {_fmt(state[k].shape)}, model {_fmt(own[k].shape)})" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+        if items:
+            more = f", ... {len(items) - SHOWN_KEYS} more" if len(items) > SHOWN_KEYS else ""
+            parts.append(f"{len(items)} {label}: {', '.join(items[:SHOWN_KEYS])}{more}")
+    raise ValueError(f"the weights in {what} do not fit the model: {'; '.join(parts)}")
+
+
+def _fmt(shape) -> str:
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load the state_dict in ``path`` into ``model`` (strict, after :func:`check_fit`); returns ``model``."""
+    state = read_weights(path)
+    check_fit(model, state, repr(str(path)))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"the weights in {str(path)!r} hold NaN or inf values in {', '.join(bad[:SHOWN_KEYS])}")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+# ------------------------------------------------------------------ estimates before allocating
+
+
+def memory_limit() -> int:
+    """Bytes a command may plan to allocate: the machine's physical memory (``SEPCONV_MAX_BYTES`` overrides)."""
+    override = os.environ.get("SEPCONV_MAX_BYTES")
+    if override and override.isdigit():
+        return int(override)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 16 << 30
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+def estimate_bytes(model: nn.Module, input_shape: Optional[Sequence[int]], batch: int = 1) -> dict:
+    """Bytes that running ``model`` (built on the meta device) on ``batch`` inputs of ``input_shape`` takes.
+
+    ``params``: parameters and buffers; ``activation``: the largest input + output of one leaf module for
+    the batch, from :func:`sepconv.cost.profile` (shapes only, nothing allocated on ``meta``).
+    """
+    from ..cost import profile
+
+    params = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    activation = 0
+    result = None
+    if input_shape is not None:
+        result = profile(model, tuple(input_shape))
+        for row in result.rows:
+            per_sample = (math.prod(row.input_shape[1:]) + math.prod(row.output_shape[1:])) * 4
+            activation = max(activation, per_sample * batch)
+    return {"params": params, "activation": activation, "total": params + activation, "profile": result}
+
+
+def refuse_if_too_big(estimate: dict, what: str, limit: Optional[int] = None) -> None:
+    """``ValueError`` with the estimate when ``estimate['total']`` exceeds ``limit`` (default :func:`memory_limit`)."""
+    limit = memory_limit() if limit is None else limit
+    if estimate["total"] > limit:
+        raise ValueError(
+            f"{what} would need about {human_bytes(estimate['total'])} (parameters {human_bytes(estimate['params'])}"
+            f", largest activation {human_bytes(estimate['activation'])}; estimated by sepconv.cost without "
+            f"allocating), more than the {human_bytes(limit)} this machine has; refusing")
