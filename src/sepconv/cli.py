@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "sepconv.cost.cli",
     "sepconv.factorize.cli",
     "sepconv.bench.cli",
+    "sepconv.models.cli",
 )
 
 # ImportError: an optional extra is missing (the message names the pip command), e.g. `sepconv convert --to cp`

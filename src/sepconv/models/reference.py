@@ -188,6 +188,8 @@ def _import(module_name: str, reference: str):
         if not path.is_file():
             raise ValueError(f"model file {module_name!r} does not exist (model reference {reference!r})")
         unique = "sepconv_user_" + re.sub(r"\W", "_", str(path.resolve()))
+        if unique in sys.modules:  # imported once per process (the meta-device estimate builds the model first)
+            return sys.modules[unique]
         spec = importlib.util.spec_from_file_location(unique, path)
         if spec is None or spec.loader is None:
             raise ValueError(f"cannot import {module_name!r} as a Python file")
