@@ -124,7 +124,6 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import warnings
 
-    import torch
 
     from ..cost.shapes import parse_shape
     from ..models.cli import model_spatial_dims, resolve_from_args

@@ -104,10 +104,10 @@ def check_recipe(recipe: object, path: str | os.PathLike = "<recipe>") -> dict:
 
 def _build(recipe: dict, device=None) -> nn.Module:
     """The architecture ``recipe`` describes (weights uninitialized on ``device='meta'``)."""
-    from .reference import _on
+    from .weights import on_device
     from .zoo import build_model
 
-    with _on(device):
+    with on_device(device):
         try:
             model = build_model(recipe["name"], recipe["variant"], **recipe["kwargs"])
         except TypeError as error:
@@ -148,7 +148,7 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     a model too large for this machine (estimated on the meta device before
     anything is allocated), or weights that do not fit it, raise ``ValueError``.
     """
-    from .reference import check_fit, estimate_bytes, refuse_if_too_big
+    from .weights import check_fit, estimate_bytes, refuse_if_too_big
 
     recipe = read_recipe(path)
     meta = _build(recipe, "meta")  # the recipe is untrusted: check its size and fit before allocating
