@@ -166,17 +166,20 @@ def run_cli(capsys, *args):
 
 
 def test_cost_cli_table_and_json(capsys):
-    code, out, _ = run_cli(capsys, "cost", "--input", "15x15x3", "--kernel", "3", "--filters", "10", "--padding", "valid")
+    code, out, _ = run_cli(capsys, "cost", "--input", "3x15x15", "--kernel", "3", "--filters", "10", "--padding", "valid")
     assert code == 0 and "45,630" in out and "9,633 (4,563 + 5,070)" in out and "0.2111" in out
-    code, out, _ = run_cli(capsys, "cost", "--input", "15x15x3", "--kernel", "3", "--filters", "10", "--json")
+    code, out, _ = run_cli(capsys, "cost", "--input", "hwc:15x15x3", "--kernel", "3", "--filters", "10", "--json")
     data = json.loads(out)
+    assert data["input_shape"] == [1, 3, 15, 15] and data["standard"]["output_shape"] == [1, 10, 13, 13]
+    for keras in (["hwc:15x15x3"], ["15x15x3", "--channels-last"]):  # the seeds' H x W x C, asked for explicitly
+        assert run_cli(capsys, "cost", "--input", *keras, "--kernel", "3", "--filters", "10", "--json")[1] == out
     spec = ConvSpec.make(3, 10, 3, padding="valid")
     assert data["standard"]["macs"] == conv_cost(spec, (15, 15)).macs
     assert data["depthwise separable"]["macs"] == separable_cost(spec, (15, 15)).macs
     assert data["spatially separable (rank 3)"]["macs"] == spatial_cost(spec, (15, 15), rank=3).macs
     # with padding, the taps on it are left out of "MACs off the padding": 3x3, padding 1 on 8x8 -> 22 * 22 taps
     # per channel pair inside the input, here 4 -> 2 channels; the 1x1 step reads no padding
-    code, out, _ = run_cli(capsys, "cost", "--input", "8x8x4", "--kernel", "3", "--filters", "2", "--padding", "1")
+    code, out, _ = run_cli(capsys, "cost", "--input", "4x8x8", "--kernel", "3", "--filters", "2", "--padding", "1")
     line = next(row for row in out.splitlines() if row.startswith("MACs off the padding "))
     assert line.split()[4:6] == [f"{2 * 4 * 22 * 22:,}", f"{4 * 22 * 22 + 2 * 4 * 64:,}"]
 
@@ -184,14 +187,16 @@ def test_cost_cli_table_and_json(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--input", "15x15", "--kernel", "3", "--filters", "1"], "--input must be 3 positive integers"),
-        (["--input", "0x15x3", "--kernel", "3", "--filters", "1"], "--input must be positive"),
-        (["--input=-1x15x3", "--kernel", "3", "--filters", "1"], "--input must be 3 positive integers"),
-        (["--input", "axbxc", "--kernel", "3", "--filters", "1"], "--input must be 3 positive integers"),
-        (["--input", "2x2x3", "--kernel", "3", "--filters", "1"], "does not fit input size"),
-        (["--input", "8x8x3", "--kernel", "3", "--filters", "1", "--padding", "full"], "--padding must be"),
-        (["--input", "8x8x3", "--kernel", "3", "--filters", "0"], "--filters: must be a positive integer"),
-        (["--input", "8x8x3", "--kernel", "3", "--filters", "2", "--dtype", "float99"], "dtype must be a torch dtype"),
+        (["--input", "15x15", "--kernel", "3", "--filters", "1"], "--input must be 3 sizes C x H x W"),
+        (["--input", "3x0x15", "--kernel", "3", "--filters", "1"], "--input sizes must lie in"),
+        (["--input=-1x15x3", "--kernel", "3", "--filters", "1"], "--input must be sizes joined by 'x'"),
+        (["--input", "axbxc", "--kernel", "3", "--filters", "1"], "--input must be sizes joined by 'x'"),
+        (["--input", "15x15x3", "--kernel", "3", "--filters", "1"], "is ambiguous"),
+        (["--input", "chw:3x3x8", "--kernel", "3", "--filters", "1", "--channels-last"], "use one of them"),
+        (["--input", "3x2x2", "--kernel", "3", "--filters", "1"], "does not fit input size"),
+        (["--input", "3x8x8", "--kernel", "3", "--filters", "1", "--padding", "full"], "--padding must be"),
+        (["--input", "3x8x8", "--kernel", "3", "--filters", "0"], "--filters: must be a positive integer"),
+        (["--input", "3x8x8", "--kernel", "3", "--filters", "2", "--dtype", "float99"], "dtype must be a torch dtype"),
     ],
 )
 def test_cost_cli_bad_input_exits_2(capsys, args, message):
@@ -210,9 +215,93 @@ def test_profile_cli(capsys):
     from sepconv.models import build_model
 
     assert code == 0 and data["total_params"] == sum(p.numel() for p in build_model("mobilenet_v2").parameters())
-    code, out, _ = run_cli(capsys, "profile", "vgg_blocks", "--variant", "separable", "--input", "8x8x1")
+    code, out, _ = run_cli(capsys, "profile", "vgg_blocks", "--variant", "separable", "--input", "1x8x8")
     assert code == 0 and "features.0.depthwise" in out and "input 1x1x8x8" in out
     code, _, err = run_cli(capsys, "profile", "vgg_blocks", "--variant", "bogus")
     assert code == 2 and "unknown variant 'bogus' of vgg_blocks" in err
-    code, _, err = run_cli(capsys, "profile", "vgg_blocks", "--input", "4x4x3")
+    code, _, err = run_cli(capsys, "profile", "vgg_blocks", "--input", "3x4x4")
     assert code == 2 and "too small" in err
+
+
+# ------------------------------------------------------------------ one shape convention (C x H x W)
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from sepconv.cost.shapes import parse_shape  # noqa: E402
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 64), st.integers(1, 64), st.integers(1, 64), st.integers(1, 9))
+def test_parse_shape_reads_chw_and_asks_for_hwc(c, h, w, n):
+    """C x H x W by default, H x W x C with hwc: or channels_last; an A x A x B text is refused unprefixed."""
+    text = f"{c}x{h}x{w}"
+    if c == h != w:
+        with pytest.raises(ValueError, match="ambiguous"):
+            parse_shape(text)
+    else:
+        assert parse_shape(text) == (c, h, w)
+    assert parse_shape(f"chw:{text}") == (c, h, w)
+    assert parse_shape(f"hwc:{h}x{w}x{c}") == (c, h, w) == parse_shape(f"{h}x{w}x{c}", channels_last=True)
+    assert parse_shape(f"chw:{n}x{text}", batch=True) == (n, c, h, w)
+    assert parse_shape(f"hwc:{n}x{h}x{w}x{c}", batch=True) == (n, c, h, w)
+    with pytest.raises(ValueError, match="--input must be 3 sizes C x H x W"):
+        parse_shape(f"{n}x{text}")  # a batch where none is taken
+    with pytest.raises(ValueError, match="must be 3 sizes H x W x C"):
+        parse_shape(f"hwc:{h}x{w}")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "sizes joined by 'x'"), ("3x", "sizes joined by 'x'"), ("3x-1x4", "sizes joined by 'x'"),
+    ("nhwc:3x4x5", "unknown order prefix"), ("3x4x5x6x7", "must be 3 sizes"), ("3x0x4", "must lie in"),
+    ("3x4x" + "9" * 30, "sizes joined by 'x'"), ("224x224x3", "ambiguous"),
+])
+def test_parse_shape_refuses_bad_text(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_shape(text)
+
+
+def test_profile_totals_equal_flop_counter_over_two():
+    """MACs from sepconv.cost equal torch.utils.flop_counter's FLOPs / 2 (convolutions and linear layers)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sepconv.models import build_model
+
+    for name, variant, shape in [("vgg_blocks", "separable", (3, 32, 32)), ("vgg_blocks", "standard", (3, 32, 32)),
+                                 ("mobilenet_v2", "separable", (3, 64, 64))]:
+        kwargs = {"image_size": 32} if name == "vgg_blocks" else {"alpha": 0.5}
+        model = build_model(name, variant, **kwargs).eval()
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model(torch.zeros(1, *shape))
+        assert profile(model, shape).total_macs * 2 == counter.get_total_flops(), name
+
+
+def test_print_profile_shows_a_table(capsys):
+    from sepconv.models import build_model
+
+    print(profile(build_model("vgg_blocks", image_size=8), (3, 8, 8)))
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["layer", "kind", "output"] and "total" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["profile", "vgg_blocks", "--num-classes", "100000000"], "would need about 1.5 TiB"),
+    (["profile", "vgg_blocks", "--input", "hwc:20000x20000x3"], "estimated by sepconv.cost without allocating"),
+    (["profile", "vgg_blocks", "--input", "15x15"], "--input must be 3 sizes C x H x W, got '15x15'"),
+    (["profile", "vgg_blocks", "--input", "15x15x3"], "ambiguous"),
+    (["profile", "vgg_blocks", "--input", "chw:32x32x3"], "image_size=[32, 3] is too small"),
+    (["profile"], "give a MODEL"),
+])
+def test_profile_refuses_absurd_and_inconsistent_input(capsys, args, message, monkeypatch):
+    monkeypatch.setenv("SEPCONV_MAX_BYTES", str(16 << 30))  # the same limit on every machine
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not out, err
+
+
+def test_profile_reads_keras_order_only_when_asked(capsys):
+    runs = [run_cli(capsys, "profile", "vgg_blocks", "--input", text, *extra, "--format", "json")
+            for text, extra in [("3x16x16", []), ("hwc:16x16x3", []), ("16x16x3", ["--channels-last"])]]
+    assert all(code == 0 for code, _, _ in runs) and runs[0][1] == runs[1][1] == runs[2][1]
+    data = json.loads(runs[0][1])
+    assert data["input_shape"] == [1, 3, 16, 16] and data["rows"][0]["output_shape"] == [1, 64, 16, 16]

@@ -363,7 +363,7 @@ def test_calibration_bad_input():
         convert(model, calibrate=True)
     with pytest.raises(ValueError, match="calibrate=True needs sample_input"):
         convert(model, calibrate=True, sample_input=torch.randn(1, 3, 5, 5), init="fresh")
-    with pytest.raises(ValueError, match="ridge must be a number >= 0"):
+    with pytest.raises(ValueError, match="ridge must be a finite number >= 0"):
         convert(model, ridge=-1.0)
 
 
@@ -501,7 +501,7 @@ def test_calibrate_after_convert_equals_convert_with_calibrate():
         torch.testing.assert_close(apart.state_dict()[key], value)
     with pytest.raises(ValueError, match="no layer that replaced a convolution"):
         calibrate(model, model, x)
-    with pytest.raises(ValueError, match="ridge must be a number >= 0"):
+    with pytest.raises(ValueError, match="ridge must be a finite number >= 0"):
         calibrate(model, apart, x, ridge=-1)
     with pytest.raises(TypeError, match="sample_input must be a torch.Tensor"):
         calibrate(model, apart, [1, 2])

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "sepconv.bench.cli",
     "sepconv.interop.cli",
     "sepconv.quantization.cli",
+    "sepconv.models.cli",
 )
 
 # ImportError: an optional extra is missing (the message names the pip command), e.g. `sepconv convert --to cp`

@@ -46,7 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Multiplications, additions, MACs, FLOPs (= 2 x MACs), parameters and bytes of one "
                     "convolution and of its depthwise separable and spatially separable replacements.",
     )
-    p.add_argument("--input", required=True, help="input size, channels last: HxWxC (1D and 3D: use sepconv.cost from Python)")
+    p.add_argument("--input", required=True, help="input size C x H x W, e.g. 3x15x15 (Keras order: hwc:15x15x3 or "
+                                                  "--channels-last; 1D and 3D: use sepconv.cost from Python)")
+    p.add_argument("--channels-last", action="store_true", help="read --input as H x W x C (Keras order)")
     p.add_argument("--kernel", required=True, help="kernel size: K or KhxKw")
     p.add_argument("--filters", required=True, type=_positive_int, help="number of output channels (filters)")
     p.add_argument("--stride", default="1", help="stride: S or ShxSw (default 1)")
@@ -62,14 +64,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_cost)
 
     q = subparsers.add_parser(
-        "profile", help="per-layer parameters and MACs of a zoo model",
-        description="Per-layer parameters and MACs (per sample; FLOPs = 2 x MACs) of a model from sepconv's zoo.",
+        "profile", help="per-layer parameters and MACs of a model (zoo, your factory or file)",
+        description="Per-layer parameters and MACs (per sample; FLOPs = 2 x MACs) of a model: from sepconv's zoo, "
+                    "package.module:factory, path/to/file.py:factory, torchvision:NAME or timm:NAME. Counted from "
+                    "shapes on PyTorch's meta device: nothing is allocated, and sizes beyond this machine are refused.",
     )
-    q.add_argument("model", help="zoo model name (see `sepconv profile --list`)", nargs="?")
+    from ..models.cli import add_model_arguments
+
+    add_model_arguments(q)
     q.add_argument("--list", action="store_true", help="list the zoo's models and variants")
-    q.add_argument("--variant", default=None, help="model variant (default: the model's first, see --list)")
-    q.add_argument("--input", default=None, help="input size HxWxC (default: the model's own)")
-    q.add_argument("--num-classes", type=int, default=None, help="number of classes (default: the model's own)")
     q.add_argument("--format", choices=("table", "json", "csv"), default="table")
     q.set_defaults(func=run_profile)
 
@@ -78,8 +81,9 @@ def run_cost(args: argparse.Namespace) -> int:
     from ..geometry import ConvSpec
     from .formulas import closed_form_ratio, conv_cost, separable_cost, spatial_cost
 
-    dims = parse_dims(args.input, "--input", min_len=3, max_len=3)  # HxWxC; 1D/3D from Python
-    *spatial, channels = dims
+    from .shapes import format_shape, parse_shape
+
+    channels, *spatial = parse_shape(args.input, "--input", spatial_dims=2, channels_last=args.channels_last)
     nd = len(spatial)
     kernel = parse_dims(args.kernel, "--kernel", max_len=nd)
     stride = parse_dims(args.stride, "--stride", max_len=nd)
@@ -99,6 +103,8 @@ def run_cost(args: argparse.Namespace) -> int:
         out = {name: c.as_dict() for name, c in costs.items()}
         for name, c in costs.items():
             out[name]["mac_ratio_vs_standard"] = c.macs / base
+        out["input_shape"] = [args.batch, channels, *spatial]
+        out["shape_convention"] = "N x C x H x W (input_shape, output_shape); input_size/output_size are H x W"
         out["closed_form_ratio"] = {"formula": "M * (1/C_out + 1/prod(k))", "value": closed}
         out["units"] = "macs = multiply-accumulates; flops = 2 x macs; bytes = input + weights + output (+ intermediates)"
         print(json.dumps(out, indent=2))
@@ -109,8 +115,8 @@ def run_cost(args: argparse.Namespace) -> int:
         parts = getattr(c, "stages", ())
         return total if not parts else f"{total} ({' + '.join(_fmt(getattr(s, attr)) for s in parts)})"
 
-    rows = [("output (HxWxC)",
-             *["x".join(map(str, (*c.output_size, args.filters))) for c in costs.values()])]
+    rows = [("output (C x H x W)",
+             *[format_shape((args.filters, *c.output_size)) for c in costs.values()])]
     for label, attr in [("multiplications", "multiplications"), ("additions", "additions"), ("MACs", "macs"),
                         ("FLOPs (2 x MACs)", "flops"), ("MACs off the padding", "in_bounds_macs"),
                         ("weights", "weights"), ("biases", "biases"),
@@ -121,7 +127,7 @@ def run_cost(args: argparse.Namespace) -> int:
     rows.append(("MAC saving", *[f"{base / c.macs:.2f}x" for c in costs.values()]))
     header = ("", *costs.keys())
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print(f"input {args.input} (channels last), {args.filters} filters of {'x'.join(map(str, spec.kernel_size))}, "
+    print(f"input {format_shape((channels, *spatial))} (C x H x W), {args.filters} filters of {'x'.join(map(str, spec.kernel_size))}, "
           f"stride {'x'.join(map(str, spec.stride))}, padding {args.padding}, batch {args.batch}, {args.dtype}")
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -133,29 +139,17 @@ def run_cost(args: argparse.Namespace) -> int:
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    from .. import models
-    from .profile import profile
+    from ..models import list_models
+    from ..models.cli import resolve_from_args
+    from ..models.reference import estimate_bytes
 
     if args.list:
-        for name, info in models.list_models().items():
-            c, h, w = info.default_input
-            print(f"{name:14s} variants: {', '.join(info.variants):38s} input {h}x{w}x{c} (HxWxC)  {info.description}")
+        for name, info in list_models().items():
+            shape = "x".join(map(str, info.default_input))
+            print(f"{name:14s} variants: {', '.join(info.variants):38s} input {shape} (C x H x W)  {info.description}")
         return 0
-    if not args.model:
-        raise ValueError("give a MODEL name, or --list to see them")
-    zoo = models.list_models()
-    if args.model not in zoo:
-        raise ValueError(f"unknown model {args.model!r}; valid: {', '.join(zoo)}")
-    info = zoo[args.model]
-    c, h, w = info.default_input
-    if args.input:
-        *spatial, c = parse_dims(args.input, "--input", min_len=2, max_len=4)
-    else:
-        spatial = [h, w]
-    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    if "image_size" in info.options:  # models that end in Flatten + Linear are built for one input size
-        kwargs["image_size"] = tuple(spatial)
-    model = models.build_model(args.model, args.variant, in_channels=c, **kwargs)
-    result = profile(model, (c, *spatial))
+    # without --weights only shapes matter: the model stays on the meta device, nothing is allocated
+    model, _, shape = resolve_from_args(args, what=f"profiling {args.model}", meta_only=not args.weights)
+    result = estimate_bytes(model.to("meta"), shape)["profile"]
     print({"table": result.to_table, "json": result.to_json, "csv": result.to_csv}[args.format]())
     return 0

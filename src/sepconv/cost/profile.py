@@ -99,6 +99,7 @@ class ModelProfile:
             })
         return {
             "input_shape": list(self.input_shape),
+            "shape_convention": "N x C x H x W (input_shape, each row's input_shape and output_shape)",
             "units": "macs are multiply-accumulates per sample; FLOPs = 2 x MACs",
             "total_params": self.total_params,
             "total_macs": self.total_macs,
@@ -108,6 +109,10 @@ class ModelProfile:
 
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
+
+    def __str__(self) -> str:
+        """The plain-text table (:meth:`to_table`), so ``print(profile(...))`` shows it."""
+        return self.to_table()
 
     def to_csv(self) -> str:
         buf = io.StringIO()

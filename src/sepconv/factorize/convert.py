@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -215,39 +216,9 @@ def convert(
     energy; calibration corrects both (see ``docs/factorize.md`` for the
     measured effect). Report errors are then those of the calibrated weights.
     """
-    if to not in TARGETS:
-        raise ValueError(f"to must be one of {TARGETS}, got {to!r}")
-    if init not in ("factorize", "fresh"):
-        raise ValueError(f"init must be 'factorize' or 'fresh', got {init!r}")
-    if isinstance(depth_multiplier, bool) or not isinstance(depth_multiplier, int) or depth_multiplier < 1:
-        raise ValueError(f"depth_multiplier must be a positive int, got {depth_multiplier!r}")
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise ValueError(f"rank must be a positive int or None, got {rank!r}")
-    if calibrate and (sample_input is None or init != "factorize"):
-        raise ValueError(f"calibrate=True needs sample_input and init='factorize' (got sample_input="
-                         f"{'None' if sample_input is None else 'a tensor'}, init={init!r})")
-    if not (isinstance(ridge, (int, float)) and ridge >= 0):
-        raise ValueError(f"ridge must be a number >= 0, got {ridge!r}")
-    for pattern, label in ((include, "include"), (exclude, "exclude")):
-        if pattern is not None:
-            try:
-                re.compile(pattern)
-            except re.error as error:
-                raise ValueError(f"{label}={pattern!r} is not a valid regular expression: {error}") from error
-
+    _check_options(to, init, depth_multiplier, rank, calibrate, sample_input, ridge, include, exclude)
     new = copy.deepcopy(model)
-    skipped: dict[str, str] = {}
-    chosen: list[str] = []
-    for name, module in new.named_modules():
-        if not isinstance(module, _CONVS) or _inside_sepconv_layer(new, name):
-            continue
-        reason = _eligible(name, module, to, include, exclude, min_kernel)
-        if reason is None and not torch.isfinite(module.weight).all():
-            raise ValueError(f"convolution {name!r} has NaN or inf weights; refusing to convert it")
-        if reason is None:
-            chosen.append(name)
-        else:
-            skipped[name] = reason
+    chosen, skipped = _choose(new, to, include, exclude, min_kernel, check_finite=init == "factorize")
     if calibrate and to == "blueprint" and any(len(new.get_submodule(name).kernel_size) == 3 for name in chosen):
         raise ValueError("calibrate=True is not available for to='blueprint' with 3D convolutions (the last stage "
                          "would need 3D patches); use 'separable', or calibrate=False")
@@ -259,54 +230,110 @@ def convert(
     inputs = _capture_inputs(new, chosen, sample_input) if sample_input is not None else {}
     originals = {name: new.get_submodule(name) for name in chosen}
     weight_errors = {}
-    items = originals.items()
-    if progress:  # tqdm comes with the experiments extra; without it, no bar
-        try:
-            from tqdm.auto import tqdm
-
-            items = tqdm(items, desc=f"factorizing ({to})", unit="conv", leave=False)
-        except ImportError:
-            pass
-    for name, conv in items:
+    for name, conv in _progress(originals.items(), progress, f"factorizing ({to})"):
         replacement, weight_errors[name] = _replacement(conv, to, depth_multiplier, rank, init)
         replacement.train(conv.training)
         _set_submodule(new, name, replacement)
     fitted = _calibrate(model, new, chosen, sample_input, ridge) if calibrate else {}
-    reports = []
-    for name, conv in originals.items():
-        replacement = new.get_submodule(name)
-        weight_error = weight_errors[name]
-        if calibrate:
-            with torch.no_grad():
-                w = conv.weight.double()
-                weight_error = float((replacement.to_dense_weight().double() - w).norm() / w.norm().clamp_min(1e-300))
-        macs_before = macs_after = output_error = None
-        if name in inputs:
-            x = inputs[name]
-            spec = spec_from_conv(conv)
-            size = x.shape[-spec.ndim:]
-            macs_before = conv_cost(spec, size).macs
-            if to == "separable":
-                after = separable_cost(spec, size, depth_multiplier=depth_multiplier)
-            elif to == "spatial":
-                after = spatial_cost(spec, size, rank=replacement.rank)
-            elif to == "blueprint":
-                after = blueprint_cost(spec, size, depth_multiplier=depth_multiplier)
-            else:
-                after = cp_cost(spec, size, rank=replacement.rank)
-            macs_after = after.macs
+    reports = [_layer_report(name, conv, new.get_submodule(name), to, depth_multiplier, inputs.get(name),
+                             weight_errors[name], calibrate, fitted.get(name)) for name, conv in originals.items()]
+    return new, ConversionReport(tuple(reports), skipped)
+
+
+def _check_options(to, init, depth_multiplier, rank, calibrate, sample_input, ridge, include, exclude) -> None:
+    """``ValueError`` naming the first bad option of :func:`convert`."""
+    if to not in TARGETS:
+        raise ValueError(f"to must be one of {TARGETS}, got {to!r}")
+    if init not in ("factorize", "fresh"):
+        raise ValueError(f"init must be 'factorize' or 'fresh', got {init!r}")
+    if isinstance(depth_multiplier, bool) or not isinstance(depth_multiplier, int) or depth_multiplier < 1:
+        raise ValueError(f"depth_multiplier must be a positive int, got {depth_multiplier!r}")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"rank must be a positive int or None, got {rank!r}")
+    if calibrate and (sample_input is None or init != "factorize"):
+        raise ValueError(f"calibrate=True needs sample_input and init='factorize' (got sample_input="
+                         f"{'None' if sample_input is None else 'a tensor'}, init={init!r})")
+    if sample_input is not None:
+        if not isinstance(sample_input, torch.Tensor):
+            raise ValueError(f"sample_input must be a torch.Tensor, got {type(sample_input).__name__}")
+        if sample_input.numel() == 0:
+            raise ValueError(f"sample_input is empty (shape {tuple(sample_input.shape)})")
+        if sample_input.is_floating_point() and sample_input.device.type != "meta" and not torch.isfinite(sample_input).all():
+            raise ValueError("sample_input holds NaN or inf values")
+    if isinstance(ridge, bool) or not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and ridge >= 0):
+        raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
+    for pattern, label in ((include, "include"), (exclude, "exclude")):
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as error:
+                raise ValueError(f"{label}={pattern!r} is not a valid regular expression: {error}") from error
+
+
+def _choose(model: nn.Module, to: str, include, exclude, min_kernel: int, check_finite: bool) -> tuple[list, dict]:
+    """The names of the convolutions to convert, and the skipped ones with the reason."""
+    skipped: dict[str, str] = {}
+    chosen: list[str] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, _CONVS) or _inside_sepconv_layer(model, name):
+            continue
+        reason = _eligible(name, module, to, include, exclude, min_kernel)
+        if reason is not None:
+            skipped[name] = reason
+            continue
+        if check_finite:  # a factorization of NaN/inf weights is garbage that looks like a result
+            for label, tensor in (("weights", module.weight), ("bias", module.bias)):
+                if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                    raise ValueError(f"convolution {name!r} has NaN or inf {label}; refusing to convert it")
+        chosen.append(name)
+    return chosen, skipped
+
+
+def _progress(items, progress: bool, desc: str):
+    if progress:  # tqdm comes with the experiments extra; without it, no bar
+        try:
+            from tqdm.auto import tqdm
+
+            return tqdm(items, desc=desc, unit="conv", leave=False)
+        except ImportError:
+            pass
+    return items
+
+
+def _layer_report(name: str, conv: nn.Module, replacement: nn.Module, to: str, depth_multiplier: int,
+                  x: Optional[torch.Tensor], weight_error: Optional[float], calibrated: bool,
+                  target: Optional[str]) -> LayerReport:
+    """The report row of one converted layer (MACs and output error on ``x``, its input in the sample run)."""
+    if calibrated:
+        with torch.no_grad():
+            w = conv.weight.double()
+            weight_error = float((replacement.to_dense_weight().double() - w).norm() / w.norm().clamp_min(1e-300))
+    macs_before = macs_after = output_error = None
+    if x is not None:
+        spec = spec_from_conv(conv)
+        size = x.shape[-spec.ndim:]
+        macs_before = conv_cost(spec, size).macs
+        if to == "separable":
+            after = separable_cost(spec, size, depth_multiplier=depth_multiplier)
+        elif to == "spatial":
+            after = spatial_cost(spec, size, rank=replacement.rank)
+        elif to == "blueprint":
+            after = blueprint_cost(spec, size, depth_multiplier=depth_multiplier)
+        else:
+            after = cp_cost(spec, size, rank=replacement.rank)
+        macs_after = after.macs
+        if x.device.type != "meta":
             with torch.no_grad():
                 ref, out = conv(x), replacement(x)
             denom = float(ref.norm())
             output_error = float((out - ref).norm()) / denom if denom else float((out - ref).norm())
-        reports.append(LayerReport(
-            name=name, kernel_size=tuple(conv.kernel_size),
-            params_before=sum(p.numel() for p in conv.parameters()),
-            params_after=sum(p.numel() for p in replacement.parameters()),
-            macs_before=macs_before, macs_after=macs_after, weight_error=weight_error, output_error=output_error,
-            calibrated=calibrate, calibration_target=fitted.get(name),
-        ))
-    return new, ConversionReport(tuple(reports), skipped)
+    return LayerReport(
+        name=name, kernel_size=tuple(conv.kernel_size),
+        params_before=sum(p.numel() for p in conv.parameters()),
+        params_after=sum(p.numel() for p in replacement.parameters()),
+        macs_before=macs_before, macs_after=macs_after, weight_error=weight_error, output_error=output_error,
+        calibrated=calibrated, calibration_target=target,
+    )
 
 
 def calibrate(original: nn.Module, converted: nn.Module, sample_input: torch.Tensor, *, ridge: float = 1e-3,
@@ -321,8 +348,7 @@ def calibrate(original: nn.Module, converted: nn.Module, sample_input: torch.Ten
     """
     if not isinstance(sample_input, torch.Tensor):
         raise TypeError(f"sample_input must be a torch.Tensor, got {type(sample_input).__name__}")
-    if not (isinstance(ridge, (int, float)) and ridge >= 0):
-        raise ValueError(f"ridge must be a number >= 0, got {ridge!r}")
+    _check_options("separable", "factorize", 1, None, True, sample_input, ridge, None, None)
     if names is None:
         originals = dict(original.named_modules())
         names = [name for name, module in converted.named_modules()
@@ -450,7 +476,12 @@ def _calibrate(original: nn.Module, new: nn.Module, names: Sequence[str], sample
                 if stage.bias is not None:
                     a = torch.cat([a, a.new_ones(a.shape[0], 1)], 1)
                     w0 = torch.cat([w0, stage.bias.detach().double()[rows][None]], 0)
-                solution = _fit(a, y, w0, ridge, name in relu_after)
+                if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(y).all())):
+                    raise ValueError(f"calibration of {name!r}: the activations on the sample input hold NaN or inf")
+                try:
+                    solution = _fit(a, y, w0, ridge, name in relu_after)
+                except torch.linalg.LinAlgError as error:
+                    raise ValueError(f"calibration of {name!r} failed: {str(error).splitlines()[0]}") from None
                 if stage.bias is not None:
                     stage.bias[rows] = solution[-1]
                     solution = solution[:-1]

@@ -8,10 +8,37 @@ zoo and never executes anything from the file.
 
 from __future__ import annotations
 
-from .io import load_model, save_model
-from .mobilenet import MobileNetV1, MobileNetV2
-from .vgg import VGGBlocks
-from .xception import Xception
-from .zoo import ModelInfo, build_model, list_models
+#: Public name -> the submodule that defines it.
+_EXPORTS = {
+    "load_model": ".io",
+    "save_model": ".io",
+    "MobileNetV1": ".mobilenet",
+    "MobileNetV2": ".mobilenet",
+    "VGGBlocks": ".vgg",
+    "Xception": ".xception",
+    "ModelInfo": ".zoo",
+    "build_model": ".zoo",
+    "list_models": ".zoo",
+    "ModelSource": ".reference",
+    "load_weights": ".weights",
+    "read_weights": ".weights",
+    "resolve_model": ".reference",
+}
 
-__all__ = ["ModelInfo", "MobileNetV1", "MobileNetV2", "VGGBlocks", "Xception", "build_model", "list_models", "load_model", "save_model"]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """Import the public names on first use (PEP 562): ``sepconv --help`` must not import torch."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..utils.io import atomic_write_bytes
@@ -60,10 +61,80 @@ def read_recipe(path: str | os.PathLike) -> dict:
         raise ValueError(f"{str(path)!r} has no sepconv model recipe in its metadata (was it written by save_model?)")
     try:
         recipe = json.loads(meta[RECIPE_KEY])
-        assert isinstance(recipe, dict) and {"name", "variant", "kwargs"} <= set(recipe)
-    except (ValueError, AssertionError) as error:
-        raise ValueError(f"{str(path)!r} has a malformed model recipe: {meta[RECIPE_KEY]!r}") from error
+    except (ValueError, RecursionError):
+        raise ValueError(f"{str(path)!r} has a malformed model recipe (not JSON): {meta[RECIPE_KEY][:80]!r}") from None
+    check_recipe(recipe, path)
     return recipe
+
+
+#: Conversion options a recipe may hold, and the type each must have.
+CONVERSION_KEYS = {"to": str, "depth_multiplier": int, "rank": (int, type(None)), "include": (str, type(None)),
+                   "exclude": (str, type(None)), "min_kernel": int}
+
+
+def check_recipe(recipe: object, path: str | os.PathLike = "<recipe>") -> dict:
+    """Validate a recipe's types (``name``/``variant`` str, ``kwargs`` dict, known ``conversion`` options); returns it.
+
+    File metadata is untrusted input: anything else raises ``ValueError`` naming the file and the field.
+    """
+    where = repr(str(path))
+    if not isinstance(recipe, dict) or not {"name", "variant", "kwargs"} <= set(recipe):
+        raise ValueError(f"{where} has a malformed model recipe: expected an object with name, variant and kwargs")
+    unknown = sorted(set(recipe) - {"name", "variant", "kwargs", "conversion"})
+    if unknown:
+        raise ValueError(f"{where}: unknown recipe field(s) {', '.join(map(repr, unknown))}")
+    for key in ("name", "variant"):
+        if not isinstance(recipe[key], str):
+            raise ValueError(f"{where}: recipe {key} must be a string, got {type(recipe[key]).__name__}")
+    if not isinstance(recipe["kwargs"], dict):
+        raise ValueError(f"{where}: recipe kwargs must be an object, got {type(recipe['kwargs']).__name__}")
+    conversion = recipe.get("conversion")
+    if conversion is not None:
+        if not isinstance(conversion, dict):
+            raise ValueError(f"{where}: recipe conversion must be an object, got {type(conversion).__name__}")
+        for key, value in conversion.items():
+            if key not in CONVERSION_KEYS:
+                raise ValueError(f"{where}: unknown conversion option {key!r}; valid: {', '.join(CONVERSION_KEYS)}")
+            if isinstance(value, bool) or not isinstance(value, CONVERSION_KEYS[key]):
+                raise ValueError(f"{where}: conversion option {key} has the wrong type ({type(value).__name__})")
+            if isinstance(value, int) and value < 1:
+                raise ValueError(f"{where}: conversion option {key} must be >= 1, got {value}")
+    return recipe
+
+
+def _build(recipe: dict, device=None) -> nn.Module:
+    """The architecture ``recipe`` describes (weights uninitialized on ``device='meta'``)."""
+    from .weights import on_device
+    from .zoo import build_model
+
+    with on_device(device):
+        try:
+            model = build_model(recipe["name"], recipe["variant"], **recipe["kwargs"])
+        except TypeError as error:
+            raise ValueError(f"the recipe {recipe} does not build: {error}") from None
+        if recipe.get("conversion") is not None:  # rebuild the converted structure, then load its weights
+            import warnings
+
+            from ..factorize import convert
+
+            options = dict(recipe["conversion"], init="fresh")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model, _ = convert(model, **options)
+    return model
+
+
+def model_on_meta(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """The model a sepconv file describes, built on the meta device (nothing allocated), and its recipe."""
+    recipe = read_recipe(path)
+    return _build(recipe, "meta"), recipe
+
+
+def _header_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
 
 
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
@@ -73,22 +144,18 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     (structure only) before the weights are loaded.
 
     The architecture comes from the zoo (nothing in the file is executed); a
-    recipe naming an unknown model, or weights that do not fit it, raise
-    ``ValueError``.
+    recipe naming an unknown model, with fields of the wrong type, describing
+    a model too large for this machine (estimated on the meta device before
+    anything is allocated), or weights that do not fit it, raise ``ValueError``.
     """
-    from .zoo import build_model
+    from .weights import check_fit, estimate_bytes, refuse_if_too_big
 
     recipe = read_recipe(path)
-    model = build_model(recipe["name"], recipe["variant"], **recipe["kwargs"])
-    if recipe.get("conversion") is not None:  # rebuild the converted structure, then load its weights
-        import warnings
-
-        from ..factorize import convert
-
-        options = dict(recipe["conversion"], init="fresh")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model, _ = convert(model, **options)
+    meta = _build(recipe, "meta")  # the recipe is untrusted: check its size and fit before allocating
+    refuse_if_too_big(estimate_bytes(meta, None), f"the model in {str(path)!r}")
+    shapes = {k: torch.empty(s, device="meta") for k, s in _header_shapes(path).items()}
+    check_fit(meta, shapes, repr(str(path)))
+    model = _build(recipe)
     state = _safetensors().load_file(str(path))
     try:
         model.load_state_dict(state, strict=True)
