@@ -182,28 +182,27 @@ def estimate(config: CompareConfig, variants: list[str], shape: tuple[int, int, 
 
 
 def probe_costs(config: CompareConfig, variants: list[str], shape: tuple[int, int, int], num_classes: int,
-                kwargs: dict[str, Any], convert: Any) -> dict[str, tuple[int, int]]:
-    """(params, MACs per image) of each variant, from :func:`sepconv.cost.profile` on the real model.
+                kwargs: dict[str, Any], sizes: dict[str, Estimate], convert: Any) -> dict[str, tuple[int, int]]:
+    """(params, MACs per image) of each variant, from :func:`sepconv.cost.profile`.
 
-    Every variant must build and run on this input before anything is
-    written; ``convert(model, init=...)`` converts for the ``converted`` one.
+    The built variants' figures are those of :func:`estimate` (the same
+    profile, run on the meta device); ``converted`` is built for real from a
+    fresh standard network with ``convert(model, init="fresh")``, so a
+    conversion that cannot apply fails here, before anything is written.
     """
     import torch
 
     from ..cost import profile
     from ..models import build_model
 
-    costs: dict[str, tuple[int, int]] = {}
-    for variant in variants:
+    costs = {v: (sizes[v].params, sizes[v].macs) for v in variants if v != CONVERTED}
+    if CONVERTED in variants:
         with torch.random.fork_rng(devices=[]):
             try:
-                probe = build_model(config.model, "standard" if variant == CONVERTED else variant,
-                                    num_classes=num_classes, in_channels=shape[0], **kwargs)
-                if variant == CONVERTED:
-                    probe = convert(probe, init="fresh")[0]
-                prof = profile(probe.eval(), shape)
+                probe = build_model(config.model, "standard", num_classes=num_classes, in_channels=shape[0], **kwargs)
+                prof = profile(convert(probe, init="fresh")[0].eval(), shape)
             except (RuntimeError, TypeError, ValueError) as error:
-                raise ValueError(f"--model {config.model} (variant {variant}, {kwargs}) cannot be built for "
+                raise ValueError(f"--model {config.model} (variant {CONVERTED}, {kwargs}) cannot be built for "
                                  f"{'x'.join(map(str, shape))} inputs of --dataset {config.dataset}: {error}") from None
-        costs[variant] = (int(prof.total_params), int(prof.total_macs))
+        costs[CONVERTED] = (int(prof.total_params), int(prof.total_macs))
     return costs

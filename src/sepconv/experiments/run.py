@@ -141,7 +141,7 @@ def _setup(config: CompareConfig, out: Path, *, resume: bool, overwrite: bool, l
     kwargs = build_kwargs(config, info, data.input_shape)
     shape = tuple(data.input_shape)
     sizes = estimate(config, variants, shape, data.num_classes, int(data.train_x.shape[0]), kwargs)
-    costs = probe_costs(config, variants, shape, data.num_classes, kwargs,
+    costs = probe_costs(config, variants, shape, data.num_classes, kwargs, sizes,
                         lambda model, **kw: _convert(model, config.conversion(), **kw))
     return _Run(config, out, variants, device, amp, data, kwargs, costs, sizes, main, distributed, log)
 
