@@ -142,7 +142,7 @@ def test_tune_training_records_the_engines(tmp_path):
                  "--latency-time", "0.02"]) == 0
     resumed = json.loads((out / "results.json").read_text())
     assert resumed["config"]["tune_training"] is False and "training_engines" not in resumed["variants"]["separable"]
-    with pytest.raises(ValueError, match="tune_training must be True or False"):
+    with pytest.raises(ValueError, match="--tune-training must be true or false"):
         run_compare(tiny_config(tune_training="yes"), tmp_path / "bad")
 
 
@@ -370,3 +370,249 @@ def test_converted_variant_to_another_target(tmp_path, capsys):
     assert row["macs"] == cost.profile(model, tuple(results["data"]["input_shape"])).total_macs
     one_line_error(capsys, ["--variants", "standard,converted", "--convert-to", "tucker", "--out", str(tmp_path / "b")],
                    "--convert-to", "tucker")
+
+
+# ------------------------------------------------------------------ the split: one declaration, checks at entry
+
+def test_every_config_field_is_an_option_and_round_trips():
+    """CompareConfig and RunOptions are declared once: each field is a CLI option with its default in --help,
+    and a config written to run.json reads back equal."""
+    import argparse
+    from dataclasses import fields
+
+    from sepconv.experiments.cli import register
+    from sepconv.experiments.config import RunOptions, config_from_record, record_of
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    register(sub)
+    parser = sub.choices["compare"]
+    flags = {a.dest: a for a in parser._actions}
+    for cls in (CompareConfig, RunOptions):
+        for f in fields(cls):
+            assert f.name in flags and "default:" in flags[f.name].help, f.name
+    config = tiny_config(variants=["standard", "converted"], finetune_lr=0.01, threads=1)
+    assert config_from_record(json.loads(json.dumps(record_of(config))), "x") == config
+    import sepconv.experiments.compare as compare  # the old module still exports the public names
+
+    assert compare.run_compare is run_compare and compare.DEFAULTS["epochs"] == CompareConfig().epochs
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["--latency-time", "inf"], ["--latency-time", "inf"]),
+    (["--latency-time", "nan"], ["--latency-time"]),
+    (["--width", "inf"], ["--width", "inf"]),
+    (["--width", "1e400"], ["--width"]),
+    (["--width", "1000"], ["--width", "64"]),
+    (["--lr", "nan"], ["--lr"]),
+    (["--image-size", "0"], ["--image-size", "0"]),
+    (["--image-size", "16"], ["--image-size", "does not apply", "digits"]),
+    (["--val-fraction", "0.3", "--dataset", "cifar10", "--data-dir", "x"], ["--val-fraction", "cifar10"]),
+    (["--finetune-lr", "inf", "--variants", "standard,converted"], ["--finetune-lr", "inf"]),
+    (["--finetune-epochs", "3"], ["--finetune-epochs", "converted"]),
+    (["--seed", "99999999999999999999999"], ["--seed", "99999999999999999999999"]),
+    (["--seed", "-1"], ["--seed"]),
+    (["--threads", "100000"], ["--threads"]),
+    (["--device", "cuda:x"], ["--device", "cuda:x"]),
+    (["--variants", ","], ["--variants"]),
+    (["--model", ""], ["--model"]),
+    (["--data-dir", "a" * 300, "--dataset", "imagefolder"], ["--data-dir", "255 bytes"]),
+])
+def test_every_value_is_checked_at_entry(tmp_path, capsys, argv, fragments):
+    """Type, finiteness, bounds and applicability, refused in one line before anything is loaded or trained."""
+    one_line_error(capsys, ["--out", str(tmp_path / "a"), *argv], *fragments)
+    assert not (tmp_path / "a").exists()
+
+
+def test_empty_out_is_refused(capsys):
+    one_line_error(capsys, ["--out", ""], "--out", "non-empty")
+
+
+def test_absurd_sizes_are_refused_with_the_estimate(tmp_path, capsys, monkeypatch):
+    import sepconv.experiments.plan as plan
+
+    monkeypatch.setattr(plan, "_memory_total", lambda: 2**30)
+    err = one_line_error(capsys, ["--width", "16", "--out", str(tmp_path / "a")], "GiB", "parameters", "--width")
+    assert re.search(r"about \d+\.\d GiB", err)
+    monkeypatch.setattr(plan, "MAX_TRAINING_MACS", 10**9)
+    one_line_error(capsys, ["--out", str(tmp_path / "a")], "multiply-accumulates", "--epochs")
+    assert not (tmp_path / "a").exists()
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["compare", *TINY, "--dry-run", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "dry run" in text and "standard" in text and "separable" in text and not out.exists()
+
+
+# ------------------------------------------------------------------ resume: bad run.json and checkpoints
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("resume") / "r"
+    assert main(["compare", *TINY, "--variants", "standard", "--no-optimized-latency", "--out", str(out)]) == 0
+    return out
+
+
+def copy_run(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda r: r["config"].update(variants="standard"), "--variants"),
+    (lambda r: r["config"].update(bogus=1), "unknown key"),
+    (lambda r: r["config"].pop("seed"), "seed"),
+    (lambda r: r["config"].update(epochs="2"), "--epochs"),
+    (lambda r: r["config"].update(width=float("inf")), "--width"),
+    (lambda r: r.update(config=[1, 2]), "JSON object"),
+    (lambda r: r.pop("config"), "no 'config'"),
+])
+def test_bad_run_json_is_one_line(one_epoch_run, tmp_path, capsys, edit, fragment):
+    out = copy_run(one_epoch_run, tmp_path / "r")
+    record = json.loads((out / "run.json").read_text())
+    edit(record)
+    (out / "run.json").write_text(json.dumps(record))
+    one_line_error(capsys, ["--resume", "--out", str(out), "--quiet"], "run.json", fragment)
+
+
+def test_unreadable_run_json_is_one_line(one_epoch_run, tmp_path, capsys):
+    out = copy_run(one_epoch_run, tmp_path / "r")
+    (out / "run.json").write_bytes(b"\xff\x00{not json")
+    one_line_error(capsys, ["--resume", "--out", str(out), "--quiet"], "run.json")
+
+
+def _edit_checkpoint(path, edit):
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda s: s["model"].update({k: torch.zeros(3) for k in list(s["model"])[:1]}), "model weights"),
+    (lambda s: s["model"].pop(next(iter(s["model"]))), "model weights"),
+    (lambda s: s.pop("order_rng"), "order_rng"),
+    (lambda s: s.update(surprise=1), "surprise"),
+    (lambda s: s.update(epoch="1"), "'epoch'"),
+    (lambda s: s.update(history=[{"epoch": 1}]), "history"),
+    (lambda s: s.update(torch_rng=torch.zeros(3, dtype=torch.uint8)), "random number generator"),
+    (lambda s: s["optimizer"]["state"][0].update(exp_avg=torch.zeros(2)), "optimizer state"),
+])
+def test_bad_checkpoint_is_one_line(one_epoch_run, tmp_path, capsys, edit, fragment):
+    out = copy_run(one_epoch_run, tmp_path / "r")
+    _edit_checkpoint(out / "checkpoints" / "standard.pt", edit)
+    err = one_line_error(capsys, ["--resume", "--out", str(out), "--epochs", "2", "--quiet"], "standard.pt", fragment)
+    assert "weights_only=False" not in err
+
+
+def test_checkpoint_with_code_is_refused(one_epoch_run, tmp_path, capsys):
+    import pickle
+
+    out = copy_run(one_epoch_run, tmp_path / "r")
+    (out / "checkpoints" / "standard.pt").write_bytes(pickle.dumps(print))
+    err = one_line_error(capsys, ["--resume", "--out", str(out), "--epochs", "2", "--quiet"], "cannot be read safely")
+    assert "weights_only" not in err
+
+
+# ------------------------------------------------------------------ locking, threads, optimized latency, tensorboard
+
+def test_directory_lock_is_exclusive_and_breaks_when_stale(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from sepconv.utils.lock import LOCK_NAME, DirectoryBusy, DirectoryLock
+
+    with DirectoryLock(tmp_path, "t") as lock:
+        assert (tmp_path / LOCK_NAME).is_file() and lock.held
+        code = ("import sys; from sepconv.utils.lock import DirectoryLock\n"
+                "try:\n    DirectoryLock(sys.argv[1]).acquire()\nexcept ValueError as e:\n    print(e); sys.exit(3)")
+        other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                               env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+        assert other.returncode == 3 and f"pid {os.getpid()}" in other.stdout
+    assert not (tmp_path / LOCK_NAME).exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = {"pid": int(dead.stdout), "host": socket.gethostname(), "started": 0.0, "what": "t"}
+    (tmp_path / LOCK_NAME).write_text(json.dumps(stale))
+    with DirectoryLock(tmp_path) as lock:  # the owner is gone: taken over
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    (tmp_path / LOCK_NAME).write_text(json.dumps(dict(stale, host="elsewhere.invalid")))
+    with pytest.raises(DirectoryBusy, match="elsewhere.invalid"):
+        DirectoryLock(tmp_path).acquire()
+
+
+def test_concurrent_compare_on_one_out_is_refused(tmp_path, capsys):
+    """A second compare on the --out a running one writes to fails with one line; after the first is killed
+    (SIGKILL: no clean-up), its lock is stale and --resume takes over."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "busy"
+    cmd = [sys.executable, "-m", "sepconv", "compare", *TINY, "--variants", "standard", "--epochs", "500",
+           "--threads", "1", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "run.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (out / "run.json").exists(), proc.stderr.read()[-2000:] if proc.poll() is not None else "timeout"
+        one_line_error(capsys, ["--resume", "--out", str(out), "--quiet"], "in use by another", str(proc.pid))
+        one_line_error(capsys, [*TINY, "--variants", "standard", "--overwrite", "--out", str(out)], "in use")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert main(["compare", "--resume", "--out", str(out), "--epochs", "1", "--quiet", "--latency-time", "0.02",
+                 "--no-optimized-latency"]) == 0
+
+
+def test_threads_default_to_physical_cores_and_contention_warns_first(tmp_path, monkeypatch):
+    import os
+
+    from sepconv.experiments.measure import contention, physical_cores
+
+    cores = physical_cores()
+    assert 1 <= cores <= (os.cpu_count() or 1)
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    assert "--threads 1" in contention(2) and contention(1) is None
+    lines: list[str] = []
+    results = run_compare(tiny_config(epochs=1, variants=["standard"]), tmp_path / "t", log=lines.append,
+                          latency_min_run_time=0.01, optimized_latency=False)
+    assert results["measurement"]["torch_threads"] == cores
+    if cores > 1:
+        first_epoch = next(i for i, line in enumerate(lines) if "epoch 1/1" in line)
+        warned = next(i for i, line in enumerate(lines) if "--threads 1" in line)
+        assert warned < first_epoch
+    assert results["measurement"]["load_average_before_training"] == [64.0, 64.0, 64.0]
+
+
+def test_latency_is_measured_eager_and_optimized(cli_run):
+    _, out = cli_run
+    results = json.loads((out / "results.json").read_text())
+    for row in results["table"]:
+        assert row["latency_optimized_ms"] > 0 and row["latency_ms"] > 0
+        optimized = results["variants"][row["variant"]]["optimized"]
+        assert optimized["latency_ms"] == row["latency_optimized_ms"] and isinstance(optimized["engine"], str)
+    assert "sepconv.optimize" in results["measurement"]["latency_optimized_ms"]
+
+
+def test_tensorboard_scalars_per_epoch(tmp_path):
+    pytest.importorskip("tensorboard", reason="the 'tensorboard' extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logdir = tmp_path / "tb"
+    assert main(["compare", *TINY, "--variants", "separable", "--epochs", "2", "--no-optimized-latency",
+                 "--tensorboard", str(logdir), "--out", str(tmp_path / "o")]) == 0
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    assert {"separable/val_acc", "separable/train_loss"} <= set(events.Tags()["scalars"])
+    values = events.Scalars("separable/val_acc")
+    assert [v.step for v in values] == [1, 2]
+    history = json.loads((tmp_path / "o" / "results.json").read_text())["variants"]["separable"]["history"]
+    assert [v.value for v in values] == pytest.approx([h["val_acc"] for h in history])

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 #: Modules that each register one sub-command, in the order ``--help`` lists them.
 COMMAND_MODULES = (
-    "sepconv.experiments.compare",
+    "sepconv.experiments.cli",
     "sepconv.cost.cli",
     "sepconv.factorize.cli",
     "sepconv.bench.cli",

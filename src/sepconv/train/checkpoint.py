@@ -43,8 +43,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # corrupt zip, refused global, ...
-        raise ValueError(f"checkpoint {str(path)!r} cannot be read safely: {error}") from error
+    except Exception as error:  # corrupt zip, refused global, ...: one line, and never torch's weights_only advice
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read safely ({type(error).__name__}): it is damaged "
+                         "or was not written by sepconv") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{str(path)!r} is not a sepconv checkpoint (format {CHECKPOINT_FORMAT})")
     return state

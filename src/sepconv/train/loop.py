@@ -24,9 +24,7 @@ Memory layout
 -------------
 On the CPU, image batches (4D) and the model are put in channels-last memory
 (:func:`memory_format_for`): PyTorch's depthwise and 1x1 convolutions run
-much faster there on CPUs (measured: a separable VGG-block training step
-142 -> 92 ms at CIFAR-10 size, 16.1 -> 9.9 ms on 8x8 digits; the standard
-network within about 10 % either way; ``benchmarks/README.md``). Results
+faster there on CPUs (records under ``benchmarks/results/train-*``). Results
 match the NCHW computation to float rounding, not bit for bit.
 """
 
@@ -196,6 +194,165 @@ def _check_resume(state: dict[str, Any], config: TrainConfig, path: Path) -> Non
         )
 
 
+#: Keys of a checkpoint written by :func:`fit`, with their types; ``scaler`` and ``cuda_rng`` are optional.
+CHECKPOINT_KEYS: dict[str, type] = {"model": dict, "optimizer": dict, "epoch": int, "history": list,
+                                    "torch_rng": torch.Tensor, "order_rng": torch.Tensor, "config": dict}
+OPTIONAL_CHECKPOINT_KEYS: dict[str, type] = {"format": int, "scaler": dict, "cuda_rng": torch.Tensor}
+#: Entries of each epoch's record in ``history``.
+RECORD_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "train_time_s", "val_time_s")
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_state(state: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint whose keys or types are not the ones :func:`fit` writes (``ValueError`` naming it)."""
+    where = f"cannot resume from {str(path)!r}"
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    unknown = sorted(str(k) for k in state if k not in CHECKPOINT_KEYS and k not in OPTIONAL_CHECKPOINT_KEYS)
+    if missing or unknown:
+        raise ValueError(f"{where}: it lacks {missing} and has unknown key(s) {unknown}; not a checkpoint of this run")
+    for key, kind in {**CHECKPOINT_KEYS, **OPTIONAL_CHECKPOINT_KEYS}.items():
+        value = state.get(key)
+        if key in state and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            raise ValueError(f"{where}: {key!r} must be a {kind.__name__}, got {type(value).__name__}")
+    epoch, history = state["epoch"], state["history"]
+    if epoch < 0 or len(history) != epoch:
+        raise ValueError(f"{where}: it records epoch {epoch} but a history of {len(history)} epoch(s)")
+    for i, record in enumerate(history):
+        good = isinstance(record, dict) and all(
+            isinstance(record.get(k), (int, float)) and not isinstance(record.get(k), bool)
+            and math.isfinite(record[k]) for k in RECORD_KEYS)
+        if not good or record["epoch"] != i + 1:
+            raise ValueError(f"{where}: history entry {i} is not an epoch record with {', '.join(RECORD_KEYS)}")
+
+
+def _restore(state: dict[str, Any], path: Path, config: TrainConfig, model: nn.Module,
+             optimizer: torch.optim.Optimizer, scaler: Any, order: torch.Generator,
+             device: torch.device) -> tuple[list[dict[str, float]], int]:
+    """Load a checkpoint's weights, optimizer, RNG states and history into the run; ``(history, epoch)``.
+
+    Every part is checked against this run (keys, types, tensor shapes) and a
+    mismatch is a one-line ``ValueError`` naming the file.
+    """
+    _check_state(state, path)
+    _check_resume(state, config, path)
+    step = "model weights"
+    try:
+        model.load_state_dict(state["model"])
+        step = "optimizer state"
+        optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                for name, value in optimizer.state.get(p, {}).items():
+                    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                        raise ValueError(f"{name} has shape {tuple(value.shape)}, its parameter {tuple(p.shape)}")
+        if "scaler" in state:
+            step = "gradient scaler state"
+            scaler.load_state_dict(state["scaler"])
+        step = "random number generator states"
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        order.set_state(state["order_rng"])
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+        raise ValueError(f"cannot resume from {str(path)!r}: its {step} do not fit this run: "
+                         f"{type(error).__name__}: {_one_line(error)}") from None
+    return [dict(h) for h in state["history"]], int(state["epoch"])
+
+
+@dataclass
+class _Step:
+    """What one epoch of :func:`fit` needs besides the model and data."""
+
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    order: torch.Generator
+    device: torch.device
+    layout: torch.memory_format
+    amp_dtype: Optional[torch.dtype]
+    per_rank_batch: int
+    stop: "_CtrlC"
+
+
+def _train_epoch(step: _Step, model: nn.Module, data: Any, config: TrainConfig, epoch: int, desc: str,
+                 show: bool) -> dict[str, float]:
+    """One epoch of optimization steps, then validation; the epoch's record (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    device, world, rank = step.device, dist_utils.world_size(), dist_utils.rank()
+    step.net.train()
+    perm = torch.randperm(int(data.train_x.shape[0]), generator=step.order)
+    if world > 1:
+        perm = perm[: perm.numel() - perm.numel() % world][rank::world]
+    steps = math.ceil(perm.numel() / step.per_rank_batch)
+    sums = [0.0, 0.0, 0.0]  # loss * samples, correct, samples
+    bar = tqdm(total=steps, desc=f"{desc} epoch {epoch + 1}/{config.epochs}".strip(), leave=False,
+               disable=not show, unit="batch")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step.stop.check()
+        idx = perm[i * step.per_rank_batch:(i + 1) * step.per_rank_batch]
+        xb = data.train_x[idx].to(device, non_blocking=True).contiguous(memory_format=step.layout)
+        yb = data.train_y[idx].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=step.amp_dtype, enabled=step.amp_dtype is not None):
+            logits = step.net(xb)
+            loss = F.cross_entropy(logits.float(), yb)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value) and world == 1:
+            raise TrainingDiverged(
+                f"{desc or 'training'} diverged: loss is {loss_value} at epoch {epoch + 1}, batch {i + 1}; "
+                f"try a smaller learning rate (lr={config.lr:g})"
+            )
+        step.optimizer.zero_grad(set_to_none=True)
+        step.scaler.scale(loss).backward()
+        step.scaler.step(step.optimizer)
+        step.scaler.update()
+        sums[0] += loss_value * idx.numel()
+        sums[1] += float((logits.argmax(1) == yb).sum().item())
+        sums[2] += idx.numel()
+        bar.update(1)
+        if show:
+            bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}", refresh=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    train_time = time.perf_counter() - t0
+    bar.close()
+    sums = dist_utils.all_reduce_sum(sums, device if device.type == "cuda" else None)
+    train_loss = sums[0] / sums[2]
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(
+            f"{desc or 'training'} diverged: mean loss is {train_loss} in epoch {epoch + 1}; "
+            f"try a smaller learning rate (lr={config.lr:g})"
+        )
+    t1 = time.perf_counter()
+    val_loss, val_acc = evaluate(model, data.val_x, data.val_y, max(step.per_rank_batch, 256), device, config.amp)
+    return {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": sums[1] / sums[2], "val_loss": val_loss,
+            "val_acc": val_acc, "train_time_s": train_time, "val_time_s": time.perf_counter() - t1}
+
+
+def _save_state(path: Path, step: _Step, model: nn.Module, config: TrainConfig, epoch: int,
+                history: list[dict[str, float]]) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": step.optimizer.state_dict(),
+        "scaler": step.scaler.state_dict(),
+        "epoch": epoch,
+        "history": history,
+        "torch_rng": torch.get_rng_state(),
+        "order_rng": step.order.get_state(),
+        "config": asdict(config),
+    }
+    if step.device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(step.device)
+    save_checkpoint(path, state)
+
+
 def fit(
     model: nn.Module,
     data: Any,
@@ -214,19 +371,19 @@ def fit(
     A checkpoint is written atomically to ``checkpoint_path`` after every
     epoch. With ``resume=True`` and an existing checkpoint, training continues
     from it (its settings must match ``config``, except ``epochs`` which may
-    grow). ``stop_after_epoch`` ends the call early, as an interruption after
-    that epoch would. Under a ``torch.distributed`` process group the model
-    is wrapped in ``DistributedDataParallel`` and each rank trains on an equal
-    shard of every batch. Raises :class:`TrainingDiverged` on a NaN/inf loss
-    and :class:`TrainingInterrupted` on Ctrl-C (after the last completed
-    epoch's checkpoint is on disk). ``tune_training=True`` first routes each
+    grow; a checkpoint whose keys, types or tensor shapes do not fit this run
+    is refused with a ``ValueError``). ``stop_after_epoch`` ends the call
+    early, as an interruption after that epoch would. Under a
+    ``torch.distributed`` process group the model is wrapped in
+    ``DistributedDataParallel`` and each rank trains on an equal shard of
+    every batch. Raises :class:`TrainingDiverged` on a NaN/inf loss and
+    :class:`TrainingInterrupted` on Ctrl-C (after the last completed epoch's
+    checkpoint is on disk). ``tune_training=True`` first routes each
     convolution through its fastest training engine
     (:func:`sepconv.tune_training`, timed on a batch of this run's shape and
     layout; the random stream is left as it was); the choices are returned in
     ``TrainResult.extra["training_engines"]``.
     """
-    from tqdm.auto import tqdm
-
     device = torch.device(config.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
@@ -240,22 +397,10 @@ def fit(
     history: list[dict[str, float]] = []
     start_epoch = 0
     path = Path(checkpoint_path) if checkpoint_path is not None else None
-
     if resume and path is not None and path.exists():
-        state = load_checkpoint(path)
-        _check_resume(state, config, path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        order.set_state(state["order_rng"])
-        history = [dict(h) for h in state["history"]]
-        start_epoch = int(state["epoch"])
+        history, start_epoch = _restore(load_checkpoint(path), path, config, model, optimizer, scaler, order, device)
 
-    world, rank = dist_utils.world_size(), dist_utils.rank()
+    world = dist_utils.world_size()
     per_rank_batch = config.batch_size // world
     if per_rank_batch < 1:
         raise ValueError(f"batch_size={config.batch_size} is smaller than the {world} distributed processes")
@@ -270,95 +415,24 @@ def fit(
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    n = int(data.train_x.shape[0])
+    step = _Step(net, optimizer, scaler, order, device, layout, amp_dtype, per_rank_batch, _CtrlC())
     last_epoch = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
     show = progress and dist_utils.is_main_process()
-    epoch = start_epoch
-    stop = _CtrlC()
     try:
-        stop.install()
+        step.stop.install()
         for epoch in range(start_epoch, last_epoch):
-            net.train()
-            perm = torch.randperm(n, generator=order)
-            if world > 1:
-                perm = perm[: n - n % world][rank::world]
-            steps = math.ceil(perm.numel() / per_rank_batch)
-            sums = [0.0, 0.0, 0.0]  # loss * samples, correct, samples
-            bar = tqdm(total=steps, desc=f"{desc} epoch {epoch + 1}/{config.epochs}".strip(),
-                       leave=False, disable=not show, unit="batch")
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            for step in range(steps):
-                stop.check()
-                idx = perm[step * per_rank_batch:(step + 1) * per_rank_batch]
-                xb = data.train_x[idx].to(device, non_blocking=True).contiguous(memory_format=layout)
-                yb = data.train_y[idx].to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = net(xb)
-                    loss = F.cross_entropy(logits.float(), yb)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value) and world == 1:
-                    raise TrainingDiverged(
-                        f"{desc or 'training'} diverged: loss is {loss_value} at epoch {epoch + 1}, batch {step + 1}; "
-                        f"try a smaller learning rate (lr={config.lr:g})"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                sums[0] += loss_value * idx.numel()
-                sums[1] += float((logits.argmax(1) == yb).sum().item())
-                sums[2] += idx.numel()
-                bar.update(1)
-                if show:
-                    bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}", refresh=False)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            train_time = time.perf_counter() - t0
-            bar.close()
-            sums = dist_utils.all_reduce_sum(sums, device if device.type == "cuda" else None)
-            train_loss = sums[0] / sums[2]
-            if not math.isfinite(train_loss):
-                raise TrainingDiverged(
-                    f"{desc or 'training'} diverged: mean loss is {train_loss} in epoch {epoch + 1}; "
-                    f"try a smaller learning rate (lr={config.lr:g})"
-                )
-            t1 = time.perf_counter()
-            val_loss, val_acc = evaluate(model, data.val_x, data.val_y, max(per_rank_batch, 256), device, config.amp)
-            record = {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                "train_acc": sums[1] / sums[2],
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "train_time_s": train_time,
-                "val_time_s": time.perf_counter() - t1,
-            }
+            record = _train_epoch(step, model, data, config, epoch, desc, show)
             history.append(record)
             if path is not None and dist_utils.is_main_process():
-                state = {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch + 1,
-                    "history": history,
-                    "torch_rng": torch.get_rng_state(),
-                    "order_rng": order.get_state(),
-                    "config": asdict(config),
-                }
-                if device.type == "cuda":
-                    state["cuda_rng"] = torch.cuda.get_rng_state(device)
-                save_checkpoint(path, state)
+                _save_state(path, step, model, config, epoch + 1, history)
             dist_utils.barrier()
             if on_epoch is not None and dist_utils.is_main_process():
                 on_epoch(record)
-            stop.check()
+            step.stop.check()
     except KeyboardInterrupt:
         raise TrainingInterrupted(len(history), path) from None
     finally:
-        stop.uninstall()
-    if stop.requested:  # Ctrl-C after the last check: still a stop
+        step.stop.uninstall()
+    if step.stop.requested:  # Ctrl-C after the last check: still a stop
         raise TrainingInterrupted(len(history), path)
     return TrainResult(history=history, model=model, start_epoch=start_epoch, extra=extra)
