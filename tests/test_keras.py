@@ -298,6 +298,25 @@ def test_seed_network_matches_keras_and_the_zoo(tmp_path):
     assert sepconv.profile(imported, (3, 32, 32)).total_macs == sepconv.profile(zoo, (3, 32, 32)).total_macs
 
 
+def test_docs_examples_run_and_print_what_they_claim(tmp_path, monkeypatch):
+    """docs/keras.md: its Python blocks run in order (one namespace) and print what their comments say."""
+    import contextlib
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "keras.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 3
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(block, "docs/keras.md", "exec"), namespace)
+        claims = [m.group(1).strip() for m in re.finditer(r"^print\(.*\)\s+# (.+)$", block, flags=re.M)]
+        assert out.getvalue().strip().split("\n") == claims
+
+
 def test_same_average_pooling_leaves_the_padding_out():
     """Against a direct NumPy loop: TF's 'same' average pooling divides by the in-bounds count."""
     from sepconv.interop.modules import KerasPool
