@@ -195,6 +195,25 @@ def test_random_functional_graphs_match_keras(merge, stride, mult, size, seed, t
         assert_close(outs[1].movedim(1, -1).numpy(), refs[1])
 
 
+def test_several_inputs_and_outputs(tmp_path):
+    img, vec = keras.Input((8, 8, 3), name="img"), keras.Input((5,), name="vec")
+    feat = L.SeparableConv2D(4, 3, strides=2, padding="same", activation="relu6")(img)
+    joined = L.Concatenate()([L.GlobalAveragePooling2D()(feat), L.Dense(4, activation="tanh")(vec)])
+    model = keras.Model([img, vec], [L.Dense(3)(joined), feat])
+    randomize(model, 10)
+    rng = np.random.default_rng(10)
+    x_img, x_vec = rng.standard_normal((2, 8, 8, 3)).astype(np.float32), rng.standard_normal((2, 5)).astype(np.float32)
+    refs = [np.asarray(keras.ops.convert_to_numpy(r)) for r in model([x_img, x_vec])]
+    model.save(tmp_path / "m.keras")
+    imported = from_keras(tmp_path / "m.keras", channels_last=True)
+    with torch.no_grad():
+        outs = imported(torch.from_numpy(x_img), torch.from_numpy(x_vec))
+    for out, ref in zip(outs, refs):
+        assert_close(out.numpy(), ref)
+    with pytest.raises(ValueError, match="takes 2 input tensor"):
+        imported(torch.from_numpy(x_img))
+
+
 def test_same_padding_follows_the_input_size(tmp_path):
     """Free spatial dimensions: TF 'same' at stride 2 pads by the actual input size (odd and even)."""
     inp = keras.Input((None, None, 2))
