@@ -518,6 +518,22 @@ def test_custom_activation_and_custom_model_are_refused(saved, tmp_path):
         from_keras(tmp_path / "b.keras")
 
 
+def test_config_asking_for_huge_or_malformed_layers_is_refused(saved, tmp_path):
+    """A config is checked before anything is allocated: a 10^12-weight layer is refused, not built."""
+    base = json.loads(zipfile.ZipFile(saved).read("config.json"))
+    huge = {**layer_entry(base, "conv")["config"], "filters": 10**11}
+    rewrite_archive(saved, tmp_path / "huge.keras", config=edit_layer("conv", config=huge))
+    with pytest.raises(ValueError, match=r"layer 'conv' \(Conv2D\) brings the model's weights past"):
+        from_keras(tmp_path / "huge.keras")
+    bad = {**layer_entry(base, "conv")["config"], "kernel_size": {"a": 1}}
+    rewrite_archive(saved, tmp_path / "bad.keras", config=edit_layer("conv", config=bad))
+    with pytest.raises(ValueError, match="layer 'conv'"):
+        from_keras(tmp_path / "bad.keras")
+    rewrite_archive(saved, tmp_path / "bad2.keras", config=lambda cfg: {**cfg, "config": {**cfg["config"], "layers": 3}})
+    with pytest.raises(ValueError, match="'layers' must be a list"):
+        from_keras(tmp_path / "bad2.keras")
+
+
 def test_zip_bomb_and_size_limits(saved, tmp_path):
     bomb = tmp_path / "bomb.keras"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
