@@ -274,6 +274,31 @@ def test_flatten_before_dense_permutes_the_rows(tmp_path):
         assert_close(out.numpy(), np.asarray(ref))
 
 
+def test_flatten_into_a_shared_dense_keeps_keras_order(tmp_path):
+    """A Dense also called on another input cannot have its rows permuted: the Flatten permutes instead."""
+    img, vec = keras.Input((2, 3, 4)), keras.Input((24,))
+    dense = L.Dense(5)
+    model = keras.Model([img, vec], [dense(L.Flatten()(img)), dense(vec)])
+    randomize(model, 11)
+    rng = np.random.default_rng(11)
+    xs = [rng.standard_normal((2, 2, 3, 4)).astype(np.float32), rng.standard_normal((2, 24)).astype(np.float32)]
+    refs = [np.asarray(keras.ops.convert_to_numpy(r)) for r in model(xs)]
+    model.save(tmp_path / "m.keras")
+    with torch.no_grad():
+        outs = from_keras(tmp_path / "m.keras", channels_last=True)(*map(torch.from_numpy, xs))
+    for out, ref in zip(outs, refs):
+        assert_close(out.numpy(), ref)
+
+
+def test_3d_and_grouped_convolutions(tmp_path):
+    model = keras.Sequential([keras.Input((5, 6, 7, 4)), L.Conv3D(6, (2, 3, 3), strides=2, padding="same", groups=2),
+                              L.BatchNormalization(), L.MaxPooling3D(2, padding="same"), L.ZeroPadding3D(1),
+                              L.GlobalAveragePooling3D(keepdims=True), L.Flatten(), L.Dense(2)])
+    randomize(model, 12)
+    x = np.random.default_rng(12).standard_normal((2, 5, 6, 7, 4)).astype(np.float32)
+    check_import(model, tmp_path, x)
+
+
 def test_rescaling_cropping_upsampling_and_1d(tmp_path):
     inp = keras.Input((10, 10, 3))
     y = L.Rescaling(1 / 127.5, offset=-1)(inp)

@@ -941,7 +941,7 @@ def build_from_config(config: Any, store: Optional[_WeightStore] = None, *, chan
     consumers: dict[tuple[str, int], list[str]] = {}
     for layer, k, call in pending:
         for ref in call:
-            consumers.setdefault((ref[0], ref[1]), []).append(layer.cls)
+            consumers.setdefault((ref[0], ref[1]), []).append(layer)
     output_keys = {(ref[0], ref[1]) for ref in output_refs}
     # Flatten feeding only Dense layers: a plain nn.Flatten, and the Dense rows are permuted instead
     flatten_plain: set = set()
@@ -969,7 +969,9 @@ def build_from_config(config: Any, store: Optional[_WeightStore] = None, *, chan
                 raise ValueError(f"model config: layer {layer.name!r} ({layer.cls}) takes one input, got {len(call)}")
             if layer.cls == "Flatten" and len(shapes[0]) >= 2 and all(map(_known, shapes[0])):
                 users = consumers.get((layer.name, k), [])
-                if users and all(u == "Dense" for u in users) and (layer.name, k) not in output_keys \
+                # a Dense called elsewhere too would see its rows permuted for the other input as well
+                if users and all(u.cls == "Dense" and len(u.calls) == 1 for u in users) \
+                        and (layer.name, k) not in output_keys \
                         and len(layer.calls) == 1:
                     flatten_plain.add(layer.name)
             built = _build_layer(layer, shapes, flatten_plain, flat_source.get(slots[0]), budget)
