@@ -195,6 +195,25 @@ def test_random_functional_graphs_match_keras(merge, stride, mult, size, seed, t
         assert_close(outs[1].movedim(1, -1).numpy(), refs[1])
 
 
+def test_several_inputs_and_outputs(tmp_path):
+    img, vec = keras.Input((8, 8, 3), name="img"), keras.Input((5,), name="vec")
+    feat = L.SeparableConv2D(4, 3, strides=2, padding="same", activation="relu6")(img)
+    joined = L.Concatenate()([L.GlobalAveragePooling2D()(feat), L.Dense(4, activation="tanh")(vec)])
+    model = keras.Model([img, vec], [L.Dense(3)(joined), feat])
+    randomize(model, 10)
+    rng = np.random.default_rng(10)
+    x_img, x_vec = rng.standard_normal((2, 8, 8, 3)).astype(np.float32), rng.standard_normal((2, 5)).astype(np.float32)
+    refs = [np.asarray(keras.ops.convert_to_numpy(r)) for r in model([x_img, x_vec])]
+    model.save(tmp_path / "m.keras")
+    imported = from_keras(tmp_path / "m.keras", channels_last=True)
+    with torch.no_grad():
+        outs = imported(torch.from_numpy(x_img), torch.from_numpy(x_vec))
+    for out, ref in zip(outs, refs):
+        assert_close(out.numpy(), ref)
+    with pytest.raises(ValueError, match="takes 2 input tensor"):
+        imported(torch.from_numpy(x_img))
+
+
 def test_same_padding_follows_the_input_size(tmp_path):
     """Free spatial dimensions: TF 'same' at stride 2 pads by the actual input size (odd and even)."""
     inp = keras.Input((None, None, 2))
@@ -255,6 +274,31 @@ def test_flatten_before_dense_permutes_the_rows(tmp_path):
         assert_close(out.numpy(), np.asarray(ref))
 
 
+def test_flatten_into_a_shared_dense_keeps_keras_order(tmp_path):
+    """A Dense also called on another input cannot have its rows permuted: the Flatten permutes instead."""
+    img, vec = keras.Input((2, 3, 4)), keras.Input((24,))
+    dense = L.Dense(5)
+    model = keras.Model([img, vec], [dense(L.Flatten()(img)), dense(vec)])
+    randomize(model, 11)
+    rng = np.random.default_rng(11)
+    xs = [rng.standard_normal((2, 2, 3, 4)).astype(np.float32), rng.standard_normal((2, 24)).astype(np.float32)]
+    refs = [np.asarray(keras.ops.convert_to_numpy(r)) for r in model(xs)]
+    model.save(tmp_path / "m.keras")
+    with torch.no_grad():
+        outs = from_keras(tmp_path / "m.keras", channels_last=True)(*map(torch.from_numpy, xs))
+    for out, ref in zip(outs, refs):
+        assert_close(out.numpy(), ref)
+
+
+def test_3d_and_grouped_convolutions(tmp_path):
+    model = keras.Sequential([keras.Input((5, 6, 7, 4)), L.Conv3D(6, (2, 3, 3), strides=2, padding="same", groups=2),
+                              L.BatchNormalization(), L.MaxPooling3D(2, padding="same"), L.ZeroPadding3D(1),
+                              L.GlobalAveragePooling3D(keepdims=True), L.Flatten(), L.Dense(2)])
+    randomize(model, 12)
+    x = np.random.default_rng(12).standard_normal((2, 5, 6, 7, 4)).astype(np.float32)
+    check_import(model, tmp_path, x)
+
+
 def test_rescaling_cropping_upsampling_and_1d(tmp_path):
     inp = keras.Input((10, 10, 3))
     y = L.Rescaling(1 / 127.5, offset=-1)(inp)
@@ -296,6 +340,25 @@ def test_seed_network_matches_keras_and_the_zoo(tmp_path):
     count = sum(p.numel() for p in imported.parameters())
     assert count == sum(p.numel() for p in zoo.parameters()) == 174_821
     assert sepconv.profile(imported, (3, 32, 32)).total_macs == sepconv.profile(zoo, (3, 32, 32)).total_macs
+
+
+def test_docs_examples_run_and_print_what_they_claim(tmp_path, monkeypatch):
+    """docs/keras.md: its Python blocks run in order (one namespace) and print what their comments say."""
+    import contextlib
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "keras.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 3
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(block, "docs/keras.md", "exec"), namespace)
+        claims = [m.group(1).strip() for m in re.finditer(r"^print\(.*\)\s+# (.+)$", block, flags=re.M)]
+        assert out.getvalue().strip().split("\n") == claims
 
 
 def test_same_average_pooling_leaves_the_padding_out():
@@ -478,6 +541,22 @@ def test_custom_activation_and_custom_model_are_refused(saved, tmp_path):
     rewrite_archive(saved, tmp_path / "b.keras", config=model_class)
     with pytest.raises(ValueError, match="the model class is 'MyModel'"):
         from_keras(tmp_path / "b.keras")
+
+
+def test_config_asking_for_huge_or_malformed_layers_is_refused(saved, tmp_path):
+    """A config is checked before anything is allocated: a 10^12-weight layer is refused, not built."""
+    base = json.loads(zipfile.ZipFile(saved).read("config.json"))
+    huge = {**layer_entry(base, "conv")["config"], "filters": 10**11}
+    rewrite_archive(saved, tmp_path / "huge.keras", config=edit_layer("conv", config=huge))
+    with pytest.raises(ValueError, match=r"layer 'conv' \(Conv2D\) brings the model's weights past"):
+        from_keras(tmp_path / "huge.keras")
+    bad = {**layer_entry(base, "conv")["config"], "kernel_size": {"a": 1}}
+    rewrite_archive(saved, tmp_path / "bad.keras", config=edit_layer("conv", config=bad))
+    with pytest.raises(ValueError, match="layer 'conv'"):
+        from_keras(tmp_path / "bad.keras")
+    rewrite_archive(saved, tmp_path / "bad2.keras", config=lambda cfg: {**cfg, "config": {**cfg["config"], "layers": 3}})
+    with pytest.raises(ValueError, match="'layers' must be a list"):
+        from_keras(tmp_path / "bad2.keras")
 
 
 def test_zip_bomb_and_size_limits(saved, tmp_path):

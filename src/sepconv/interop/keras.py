@@ -398,6 +398,22 @@ def _assign_paths(layers: Sequence[_Layer]) -> None:
 # ----------------------------------------------------------------------------- layer builders
 
 
+class _Budget:
+    """How many more weights the config may ask for: a hostile config must not allocate more than the file can hold."""
+
+    def __init__(self, elements: Optional[int]):
+        self.left = elements
+
+    def reserve(self, layer: _Layer, weights: Sequence[tuple[str, tuple]]) -> None:
+        if self.left is None:
+            return
+        count = sum(math.prod(int(n) for n in shape) for _, shape in weights)
+        self.left -= count
+        if self.left < 0:
+            raise ValueError(f"layer {layer.name!r} ({layer.cls}) brings the model's weights past what a weights "
+                             f"file within max_bytes can hold; the config asks for more than the file can fill")
+
+
 class _Built:
     """What a layer builder returns: the module, the output shape and how to fill its weights."""
 
@@ -507,16 +523,17 @@ def _copy(param: torch.Tensor, value: torch.Tensor) -> None:
         param.copy_(value.reshape(param.shape))
 
 
-def _build_conv(layer: _Layer, shape: Shape, nd: int) -> _Built:
+def _build_conv(layer: _Layer, shape: Shape, nd: int, budget: _Budget) -> _Built:
     cfg, name = layer.config, layer.name
     _check_channels_last(cfg, name)
     cin = _need_rank(shape, nd + 1, name, layer.cls)
     kernel, stride, dilation, pads = _conv_geometry(cfg, name, nd)
     filters, groups, use_bias = int(cfg.get("filters")), int(cfg.get("groups", 1) or 1), bool(cfg.get("use_bias", True))
     spec = ConvSpec.make(cin, filters, kernel, stride, pads, dilation, groups=groups, bias=use_bias, ndim=nd)
+    weights = [("kernel", (*kernel, cin // groups, filters))] + ([("bias", (filters,))] if use_bias else [])
+    budget.reserve(layer, weights)
     conv, pad = conv_module(spec)
     module = _with_activation(conv if pad is None else nn.Sequential(pad, conv), cfg, name)
-    weights = [("kernel", (*kernel, cin // groups, filters))] + ([("bias", (filters,))] if use_bias else [])
     perm = (nd + 1, nd, *range(nd))
 
     def assign(arrays: list) -> None:
@@ -534,15 +551,16 @@ def _depthwise_to_torch(kernel: np.ndarray, nd: int) -> torch.Tensor:
     return _t(np.moveaxis(flat, -1, 0)).unsqueeze(1)
 
 
-def _build_depthwise(layer: _Layer, shape: Shape, nd: int) -> _Built:
+def _build_depthwise(layer: _Layer, shape: Shape, nd: int, budget: _Budget) -> _Built:
     cfg, name = layer.config, layer.name
     _check_channels_last(cfg, name)
     cin = _need_rank(shape, nd + 1, name, layer.cls)
     kernel, stride, dilation, pads = _conv_geometry(cfg, name, nd)
     mult, use_bias = int(cfg.get("depth_multiplier", 1)), bool(cfg.get("use_bias", True))
     cls = DepthwiseConv1d if nd == 1 else DepthwiseConv2d
-    conv = cls(cin, kernel, stride, pads, dilation, depth_multiplier=mult, bias=use_bias)
     weights = [("kernel", (*kernel, cin, mult))] + ([("bias", (cin * mult,))] if use_bias else [])
+    budget.reserve(layer, weights)
+    conv = cls(cin, kernel, stride, pads, dilation, depth_multiplier=mult, bias=use_bias)
 
     def assign(arrays: list) -> None:
         _copy(conv.weight, _depthwise_to_torch(arrays[0], nd))
@@ -553,7 +571,7 @@ def _build_depthwise(layer: _Layer, shape: Shape, nd: int) -> _Built:
     return _Built(_with_activation(conv, cfg, name), out, weights, assign)
 
 
-def _build_separable(layer: _Layer, shape: Shape, nd: int) -> _Built:
+def _build_separable(layer: _Layer, shape: Shape, nd: int, budget: _Budget) -> _Built:
     cfg, name = layer.config, layer.name
     _check_channels_last(cfg, name)
     cin = _need_rank(shape, nd + 1, name, layer.cls)
@@ -561,9 +579,10 @@ def _build_separable(layer: _Layer, shape: Shape, nd: int) -> _Built:
     filters, mult = int(cfg.get("filters")), int(cfg.get("depth_multiplier", 1))
     use_bias = bool(cfg.get("use_bias", True))
     cls = SeparableConv1d if nd == 1 else SeparableConv2d
-    conv = cls(cin, filters, kernel, stride, pads, dilation, bias=use_bias, depth_multiplier=mult)
     weights = [("depthwise_kernel", (*kernel, cin, mult)), ("pointwise_kernel", (*(1,) * nd, cin * mult, filters))]
     weights += [("bias", (filters,))] if use_bias else []
+    budget.reserve(layer, weights)
+    conv = cls(cin, filters, kernel, stride, pads, dilation, bias=use_bias, depth_multiplier=mult)
     perm = (nd + 1, nd, *range(nd))
 
     def assign(arrays: list) -> None:
@@ -576,13 +595,14 @@ def _build_separable(layer: _Layer, shape: Shape, nd: int) -> _Built:
     return _Built(_with_activation(conv, cfg, name), out, weights, assign)
 
 
-def _build_dense(layer: _Layer, shape: Shape, flattened_from: Optional[Shape] = None) -> _Built:
+def _build_dense(layer: _Layer, shape: Shape, flattened_from: Optional[Shape], budget: _Budget) -> _Built:
     """``Dense``; ``flattened_from`` is the channels-last shape a plain ``nn.Flatten`` flattened (rows are permuted)."""
     cfg, name = layer.config, layer.name
     if not shape or shape[-1] is None:
         raise ValueError(f"layer {name!r} (Dense): the last dimension of its input is unknown")
     cin, units, use_bias = int(shape[-1]), int(cfg.get("units")), bool(cfg.get("use_bias", True))
     weights = [("kernel", (cin, units))] + ([("bias", (units,))] if use_bias else [])
+    budget.reserve(layer, weights)
     if len(shape) == 1:
         linear: nn.Module = nn.Linear(cin, units, bias=use_bias)
     else:  # Dense on the channel axis of a (N, C, *spatial) tensor is a pointwise convolution
@@ -605,7 +625,7 @@ def _build_dense(layer: _Layer, shape: Shape, flattened_from: Optional[Shape] = 
     return _Built(_with_activation(linear, cfg, name), (*shape[:-1], units), weights, assign)
 
 
-def _build_batchnorm(layer: _Layer, shape: Shape) -> _Built:
+def _build_batchnorm(layer: _Layer, shape: Shape, budget: _Budget) -> _Built:
     cfg, name = layer.config, layer.name
     axis = cfg.get("axis", -1)
     if isinstance(axis, (list, tuple)) and len(axis) == 1:
@@ -622,6 +642,7 @@ def _build_batchnorm(layer: _Layer, shape: Shape) -> _Built:
     if nd > 3:
         raise ValueError(f"layer {name!r} (BatchNormalization): input rank {len(shape) + 1} is not supported")
     cls = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[nd]
+    budget.reserve(layer, [("statistics", (4, int(channels)))])
     # Keras updates moving = m * moving + (1 - m) * batch; torch uses (1 - momentum) * moving + momentum * batch
     bn = cls(int(channels), eps=float(cfg.get("epsilon", 1e-3)), momentum=1.0 - float(cfg.get("momentum", 0.99)))
     scale, center = bool(cfg.get("scale", True)), bool(cfg.get("center", True))
@@ -875,15 +896,22 @@ def _read_weights(store: _WeightStore, layer: _Layer, built: _Built) -> list:
     return arrays
 
 
-def build_from_config(config: Any, store: Optional[_WeightStore] = None, *, channels_last: bool = False) -> KerasGraph:
+def build_from_config(config: Any, store: Optional[_WeightStore] = None, *, channels_last: bool = False,
+                      max_weights: Optional[int] = None) -> KerasGraph:
     """Build the :class:`KerasGraph` for a Keras model config (the parsed ``config.json``).
 
     With ``store`` the weights are copied from it (every expected weight must
     be there with its exact shape); without, the modules keep their initial
     values (used to rebuild a model before loading a saved state dict).
-    Raises ``ValueError`` listing unsupported layers before building anything.
+    ``max_weights`` caps the number of weight elements the config may ask
+    for (checked before each layer is allocated). Raises ``ValueError``
+    listing unsupported layers before building anything.
     """
-    layers, input_refs, output_refs, _ = _parse_model(config)
+    budget = _Budget(max_weights)
+    try:
+        layers, input_refs, output_refs, _ = _parse_model(config)
+    except (TypeError, KeyError, AttributeError, IndexError) as error:
+        raise ValueError(f"model config is malformed: {error}") from None
     _check_supported(layers)
     by_name = {layer.name: layer for layer in layers}
     for ref in [*input_refs, *output_refs]:
@@ -913,7 +941,7 @@ def build_from_config(config: Any, store: Optional[_WeightStore] = None, *, chan
     consumers: dict[tuple[str, int], list[str]] = {}
     for layer, k, call in pending:
         for ref in call:
-            consumers.setdefault((ref[0], ref[1]), []).append(layer.cls)
+            consumers.setdefault((ref[0], ref[1]), []).append(layer)
     output_keys = {(ref[0], ref[1]) for ref in output_refs}
     # Flatten feeding only Dense layers: a plain nn.Flatten, and the Dense rows are permuted instead
     flatten_plain: set = set()
@@ -941,10 +969,12 @@ def build_from_config(config: Any, store: Optional[_WeightStore] = None, *, chan
                 raise ValueError(f"model config: layer {layer.name!r} ({layer.cls}) takes one input, got {len(call)}")
             if layer.cls == "Flatten" and len(shapes[0]) >= 2 and all(map(_known, shapes[0])):
                 users = consumers.get((layer.name, k), [])
-                if users and all(u == "Dense" for u in users) and (layer.name, k) not in output_keys \
+                # a Dense called elsewhere too would see its rows permuted for the other input as well
+                if users and all(u.cls == "Dense" and len(u.calls) == 1 for u in users) \
+                        and (layer.name, k) not in output_keys \
                         and len(layer.calls) == 1:
                     flatten_plain.add(layer.name)
-            built = _build_layer(layer, shapes, flatten_plain, flat_source.get(slots[0]))
+            built = _build_layer(layer, shapes, flatten_plain, flat_source.get(slots[0]), budget)
             if layer.name in built_of:  # a shared layer called again: same module, same weights
                 if built_of[layer.name].weights != built.weights:
                     raise ValueError(f"model config: shared layer {layer.name!r} is called on inputs of "
@@ -985,19 +1015,23 @@ def build_from_config(config: Any, store: Optional[_WeightStore] = None, *, chan
     return model.eval()
 
 
-def _build_layer(layer: _Layer, shapes: list[Shape], flatten_plain: set, flattened_from: Optional[Shape]) -> _Built:
+def _build_layer(layer: _Layer, shapes: list[Shape], flatten_plain: set, flattened_from: Optional[Shape],
+                 budget: _Budget) -> _Built:
     cls, shape = layer.cls, shapes[0]
-    if cls in _CONV_LAYERS:
-        return _build_conv(layer, shape, _CONV_LAYERS[cls])
-    if cls in _DEPTHWISE_LAYERS:
-        return _build_depthwise(layer, shape, _DEPTHWISE_LAYERS[cls])
-    if cls in _SEPARABLE_LAYERS:
-        return _build_separable(layer, shape, _SEPARABLE_LAYERS[cls])
-    if cls == "Dense":
-        return _build_dense(layer, shape, flattened_from)
-    if cls == "BatchNormalization":
-        return _build_batchnorm(layer, shape)
-    return _build_simple(layer, shapes, flatten_plain)
+    try:
+        if cls in _CONV_LAYERS:
+            return _build_conv(layer, shape, _CONV_LAYERS[cls], budget)
+        if cls in _DEPTHWISE_LAYERS:
+            return _build_depthwise(layer, shape, _DEPTHWISE_LAYERS[cls], budget)
+        if cls in _SEPARABLE_LAYERS:
+            return _build_separable(layer, shape, _SEPARABLE_LAYERS[cls], budget)
+        if cls == "Dense":
+            return _build_dense(layer, shape, flattened_from, budget)
+        if cls == "BatchNormalization":
+            return _build_batchnorm(layer, shape, budget)
+        return _build_simple(layer, shapes, flatten_plain)
+    except (TypeError, KeyError, AttributeError, IndexError, OverflowError) as error:  # a malformed config entry
+        raise ValueError(f"layer {layer.name!r} ({cls}) has a malformed config: {error}") from None
 
 
 # ----------------------------------------------------------------------------- public entry points
@@ -1033,7 +1067,8 @@ def from_keras(path_or_model: Any, *, channels_last: bool = False, max_bytes: in
         raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
     if isinstance(path_or_model, (str, os.PathLike)):
         with _open(Path(path_or_model), max_bytes) as (config, store):
-            return build_from_config(config, store, channels_last=channels_last)
+            # float16 weights take 2 bytes: a file within max_bytes holds at most max_bytes // 2 of them
+            return build_from_config(config, store, channels_last=channels_last, max_weights=max_bytes // 2)
     if hasattr(path_or_model, "save") and hasattr(path_or_model, "get_config"):
         tmp = tempfile.mkdtemp(prefix="sepconv-keras-")
         try:
