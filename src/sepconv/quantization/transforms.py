@@ -200,11 +200,6 @@ def equalize(model: nn.Module, *, relu6: str = "relu", max_iterations: int = 50,
     return len(pairs)
 
 
-def _batches(data: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
-    for batch in data:
-        yield batch
-
-
 @torch.no_grad()
 def _output_extremes(model: nn.Module, convs: Sequence[nn.Module],
                      data: Iterable[torch.Tensor]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -220,7 +215,7 @@ def _output_extremes(model: nn.Module, convs: Sequence[nn.Module],
 
     hooks = [c.register_forward_hook(record) for c in convs]
     try:
-        for batch in _batches(data):
+        for batch in data:
             model(batch)
     finally:
         for h in hooks:
@@ -332,7 +327,7 @@ def correct_bias(model: nn.Module, calibration_data: Iterable[torch.Tensor], *, 
 
     hooks = [m.register_forward_pre_hook(record) for m in layers]
     try:
-        for batch in _batches(calibration_data):
+        for batch in calibration_data:
             model(batch)
     finally:
         for h in hooks:
