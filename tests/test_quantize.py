@@ -14,7 +14,7 @@ from torch import nn
 
 from sepconv.cli import main
 from sepconv.layers import SeparableConv2d
-from sepconv.models import MobileNetV1
+from sepconv.models import MobileNetV1, MobileNetV2
 from sepconv.quantization import (
     absorb_high_biases,
     correct_bias,
@@ -234,6 +234,20 @@ def test_pairs_cross_separable_layers_not_residuals():
             return x + self.b(self.a(x))
 
     assert find_pairs(Residual()) == []
+    v2 = MobileNetV2(num_classes=10, alpha=0.25).eval()
+    fold_batchnorm(v2)
+    # per inverted residual block: expansion -> depthwise (16 of 17 blocks expand) and depthwise -> projection
+    assert len(find_pairs(v2)) == 16 + 17
+    for parent in list(v2.modules()):  # ReLU everywhere: equalizing all 33 pairs must leave the function alone
+        for name, child in parent.named_children():
+            if isinstance(child, nn.ReLU6):
+                setattr(parent, name, nn.ReLU())
+    v2.double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        expected = v2(x)
+        assert equalize(v2) == 33
+        _close(v2(x), expected)
 
 
 # ---------------------------------------------------------------- int8 through ONNX Runtime

@@ -114,6 +114,7 @@ def _session(onnx_bytes: bytes, threads: int, spinning: bool, profile: bool = Fa
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: the optimizer warns about every constant it drops
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if profile:
         import os

@@ -12,7 +12,8 @@ folded BatchNorm), ``nn.ReLU``, ``nn.ReLU6`` (see ``relu6``), max and average po
 (``sepconv.layers.Pad``, ``nn.ZeroPad*``, any mode) and dropout (eval mode). Pairs are found inside
 ``nn.Sequential`` containers and sepconv's separable layers (``depthwise -> [dw_norm, dw_act] ->
 pointwise``, and a pointwise step -> the next layer's depthwise step), whose forward passes are a plain
-chain; any other module is a barrier: its children are searched on their own, since its forward pass may
+chain, and inside MobileNetV2's inverted residual blocks (expansion -> depthwise -> projection, the
+residual added after); any other module is a barrier: its children are searched on their own, since its forward pass may
 branch (a residual) or reorder them. ``conv2`` may be grouped, in particular depthwise, which
 ``torch.ao.quantization``'s equalization refuses.
 """
@@ -28,6 +29,7 @@ from torch import nn
 from ..backends.fold import fold_batchnorm
 from ..layers import Pad
 from ..layers.separable import SeparableConvNd
+from ..models.mobilenet import InvertedResidual
 
 __all__ = [
     "RELU6_POLICIES",
@@ -97,6 +99,16 @@ def _chains(module: nn.Module) -> Iterator[list[Slot]]:
         elif isinstance(m, SeparableConvNd) and type(m).forward is SeparableConvNd.forward:
             for child_name in ("pad", "depthwise", "dw_norm", "dw_act", "pointwise", "pw_norm", "pw_act"):
                 yield from visit(m, child_name, getattr(m, child_name))
+        elif isinstance(m, InvertedResidual) and type(m).forward is InvertedResidual.forward:
+            # expand -> separable is a plain chain; the residual adds the block's input, so it ends here
+            if current:
+                yield current
+            current = []
+            for child_name in ("expand", "separable"):
+                yield from visit(m, child_name, getattr(m, child_name))
+            if current:
+                yield current
+            current = []
         elif isinstance(m, CONVS + _ACTIVATIONS + _PASS_THROUGH + _PADS) and parent is not None:
             current.append((parent, name, m))
         else:  # a barrier: its children form chains of their own
@@ -160,7 +172,7 @@ def _scale_inputs(conv: nn.Module, factor: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def equalize(model: nn.Module, *, relu6: str = "relu", max_iterations: int = 50, tolerance: float = 1e-6) -> int:
+def equalize(model: nn.Module, *, relu6: str = "relu", max_iterations: int = 100, tolerance: float = 1e-6) -> int:
     """Cross-layer equalization (Nagel et al. 2019, section 4.1) of every pair of ``model``, in place.
 
     For a pair with per-channel ranges ``r1[i]`` (output channel ``i`` of conv1) and ``r2[i]`` (input channel
@@ -200,11 +212,6 @@ def equalize(model: nn.Module, *, relu6: str = "relu", max_iterations: int = 50,
     return len(pairs)
 
 
-def _batches(data: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
-    for batch in data:
-        yield batch
-
-
 @torch.no_grad()
 def _output_extremes(model: nn.Module, convs: Sequence[nn.Module],
                      data: Iterable[torch.Tensor]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -220,7 +227,7 @@ def _output_extremes(model: nn.Module, convs: Sequence[nn.Module],
 
     hooks = [c.register_forward_hook(record) for c in convs]
     try:
-        for batch in _batches(data):
+        for batch in data:
             model(batch)
     finally:
         for h in hooks:
@@ -332,7 +339,7 @@ def correct_bias(model: nn.Module, calibration_data: Iterable[torch.Tensor], *, 
 
     hooks = [m.register_forward_pre_hook(record) for m in layers]
     try:
-        for batch in _batches(calibration_data):
+        for batch in calibration_data:
             model(batch)
     finally:
         for h in hooks:
