@@ -577,6 +577,7 @@ def test_threads_default_to_physical_cores_and_contention_warns_first(tmp_path, 
 
     from sepconv.experiments.measure import contention, physical_cores
 
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cores = physical_cores()
     assert 1 <= cores <= (os.cpu_count() or 1)
     monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
@@ -590,6 +591,8 @@ def test_threads_default_to_physical_cores_and_contention_warns_first(tmp_path, 
         warned = next(i for i, line in enumerate(lines) if "--threads 1" in line)
         assert warned < first_epoch
     assert results["measurement"]["load_average_before_training"] == [64.0, 64.0, 64.0]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert run_compare(tiny_config(variants=["standard"]), tmp_path / "u", dry_run=True)["torch_threads"] == 1
 
 
 def test_latency_is_measured_eager_and_optimized(cli_run):
