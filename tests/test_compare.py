@@ -21,13 +21,14 @@ from sepconv.experiments import CompareConfig, run_compare  # noqa: E402
 from sepconv.experiments.report import format_table  # noqa: E402
 from sepconv.train import load_checkpoint  # noqa: E402
 
+# one thread: on a shared machine, two threads per small operator wait on each other (see docs/compare.md)
 TINY = ["--epochs", "1", "--variants", "standard,separable", "--width", "0.125", "--batch-size", "128", "--quiet",
-        "--latency-time", "0.02"]
+        "--latency-time", "0.02", "--threads", "1"]
 METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
 
 
 def tiny_config(**kw) -> CompareConfig:
-    base = dict(epochs=2, variants=["standard", "separable"], width=0.125, batch_size=128)
+    base = dict(epochs=2, variants=["standard", "separable"], width=0.125, batch_size=128, threads=1)
     base.update(kw)
     return CompareConfig(**base)
 
@@ -555,7 +556,7 @@ def test_concurrent_compare_on_one_out_is_refused(tmp_path, capsys):
 
     out = tmp_path / "busy"
     cmd = [sys.executable, "-m", "sepconv", "compare", *TINY, "--variants", "standard", "--epochs", "500",
-           "--threads", "1", "--out", str(out)]
+           "--out", str(out)]
     proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -577,12 +578,13 @@ def test_threads_default_to_physical_cores_and_contention_warns_first(tmp_path, 
 
     from sepconv.experiments.measure import contention, physical_cores
 
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cores = physical_cores()
     assert 1 <= cores <= (os.cpu_count() or 1)
     monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
     assert "--threads 1" in contention(2) and contention(1) is None
     lines: list[str] = []
-    results = run_compare(tiny_config(epochs=1, variants=["standard"]), tmp_path / "t", log=lines.append,
+    results = run_compare(tiny_config(epochs=1, variants=["standard"], threads=None), tmp_path / "t", log=lines.append,
                           latency_min_run_time=0.01, optimized_latency=False)
     assert results["measurement"]["torch_threads"] == cores
     if cores > 1:
@@ -590,6 +592,9 @@ def test_threads_default_to_physical_cores_and_contention_warns_first(tmp_path, 
         warned = next(i for i, line in enumerate(lines) if "--threads 1" in line)
         assert warned < first_epoch
     assert results["measurement"]["load_average_before_training"] == [64.0, 64.0, 64.0]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert run_compare(tiny_config(variants=["standard"], threads=None), tmp_path / "u",
+                       dry_run=True)["torch_threads"] == 1
 
 
 def test_latency_is_measured_eager_and_optimized(cli_run):

@@ -80,7 +80,7 @@ class CompareConfig:
     val_fraction: float = option(0.2, "held-out fraction of each class (CIFAR-10 uses its test batch)", "float",
                                  low=0, high=1, low_open=True)
     threads: Optional[int] = option(None, "torch CPU threads; use 1 on a machine shared with other jobs", "int",
-                                    low=1, high=4096, nullable=True, default_text="the physical cores")
+                                    low=1, high=4096, nullable=True, default_text="OMP_NUM_THREADS if set, else the physical cores")
     finetune_epochs: int = option(5, "epochs of fine-tuning for the 'converted' variant", "int", low=1, high=100_000)
     finetune_lr: Optional[float] = option(None, "learning rate of the 'converted' variant's fine-tuning", "float",
                                           low=0, high=100, low_open=True, nullable=True, default_text="--lr / 3")

@@ -31,6 +31,15 @@ def physical_cores() -> int:
     return max(1, logical * per_package // siblings)
 
 
+def default_threads() -> int:
+    """Threads a run uses when ``--threads`` is not given: ``OMP_NUM_THREADS`` when set to a positive int,
+    else :func:`physical_cores` (PyTorch's own default counts hyper-threads too)."""
+    text = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    return physical_cores()
+
+
 def contention(threads: int) -> Optional[str]:
     """A warning when the 1-minute load average plus ``threads`` exceeds the cores by more than half a core."""
     if not hasattr(os, "getloadavg") or threads <= 1:

@@ -42,7 +42,7 @@ from typing import Any, Callable, Optional
 
 from ..utils.lock import DirectoryLock
 from .config import CONVERTED, CompareConfig, record_of
-from .measure import contention, environment, measure_latency, measure_optimized_latency, physical_cores
+from .measure import contention, default_threads, environment, measure_latency, measure_optimized_latency
 from .outdir import RUN_MARKER, prepare_out_dir
 from .plan import build_kwargs, estimate, probe_costs, resolve_device, validate_config
 
@@ -131,7 +131,7 @@ def _setup(config: CompareConfig, out: Path, *, resume: bool, overwrite: bool, l
     amp = (device.type == "cuda") if config.amp is None else bool(config.amp)
     if amp and device.type != "cuda":
         raise ValueError("--amp (mixed precision) needs a CUDA device; on CPU leave it off")
-    torch.set_num_threads(config.threads if config.threads is not None else physical_cores())
+    torch.set_num_threads(config.threads if config.threads is not None else default_threads())
     distributed = dist_utils.init_from_env(device)
     main = dist_utils.is_main_process()
     # read-only checks (on every rank, so all ranks fail alike) before the data is loaded
@@ -384,25 +384,41 @@ def run_compare(
     batch-1 latency through :func:`sepconv.optimize`; ``tensorboard`` is a
     directory for per-epoch scalars. Raises
     :class:`~sepconv.train.TrainingDiverged` / :class:`~sepconv.train.TrainingInterrupted`
-    after saving the partial results. Threads default to the physical cores.
+    after saving the partial results. Threads default to
+    :func:`~sepconv.experiments.measure.default_threads` (the physical cores); the caller's thread count is
+    restored on return.
     """
     import math
 
-    from ..train import distributed as dist_utils
+    import torch
 
     if not (isinstance(latency_min_run_time, (int, float)) and math.isfinite(latency_min_run_time)
             and latency_min_run_time > 0):
         raise ValueError(f"--latency-time must be a finite number of seconds > 0, got {latency_min_run_time!r}")
     if tensorboard is not None:
         _require_tensorboard()
-    run = _setup(config, Path(out), resume=resume, overwrite=overwrite, log=log)
+    threads = torch.get_num_threads()
+    try:
+        return _run(config, Path(out), resume=resume, overwrite=overwrite, progress=progress, log=log,
+                    stop_after_epoch=stop_after_epoch, latency_time=latency_min_run_time,
+                    optimized_latency=optimized_latency, tensorboard=tensorboard, dry_run=dry_run)
+    finally:
+        torch.set_num_threads(threads)  # the caller's thread count, as it was
+
+
+def _run(config: CompareConfig, out: Path, *, resume: bool, overwrite: bool, progress: bool,
+         log: Callable[[str], None], stop_after_epoch: Optional[int], latency_time: float, optimized_latency: bool,
+         tensorboard: Optional[str | Path], dry_run: bool) -> dict[str, Any]:
+    from ..train import distributed as dist_utils
+
+    run = _setup(config, out, resume=resume, overwrite=overwrite, log=log)
     if dry_run:
         return plan_of(run)
     lock = _start(run, resume=resume, overwrite=overwrite, tensorboard=None if tensorboard is None else str(tensorboard))
     try:
         for variant in run.variants:
             _train_variant(run, variant, resume=resume, progress=progress, stop_after_epoch=stop_after_epoch,
-                           latency_time=latency_min_run_time, optimized_latency=optimized_latency)
+                           latency_time=latency_time, optimized_latency=optimized_latency)
         _finish(run)
     finally:
         if run.writer is not None:
