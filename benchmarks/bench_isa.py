@@ -98,12 +98,12 @@ def run_shape(case, roofline, variants, rounds: int, threads: int) -> dict:
     candidates["sepconv"] = no_grad(fast.model, x.contiguous(memory_format=fast.memory_format), isa="native")
     timings = interleaved(candidates, rounds=rounds, target_s=0.01)
     ms = {k: 1e3 * v.median for k, v in timings.items()}
-    mac_ratio = conv_cost(spec, case.size).macs / separable_cost(spec, case.size).macs
+    std_cost = conv_cost(spec, case.size, batch=case.batch)
+    mac_ratio = std_cost.macs / separable_cost(spec, case.size, batch=case.batch).macs
     t_std = min(v for k, v in ms.items() if k.startswith("standard_"))
-    std_cost = conv_cost(spec, case.size)
     ceiling = (roofline.bound_s(std_cost.in_bounds_flops, std_cost.bytes) / fused_bound_s(case, roofline)) / mac_ratio
     realized = {k: (t_std / v) / mac_ratio for k, v in ms.items() if not k.startswith("standard_")}
-    best = min(realized, key=realized.get, default=None) and max(realized, key=realized.get)
+    best = max(realized, key=realized.get)
     return {
         "shape": case.name, "batch": case.batch, "size": list(case.size), "in": spec.in_channels,
         "out": spec.out_channels, "stride": list(spec.stride), "median_ms": ms,

@@ -6,9 +6,11 @@ For a few suite shapes, one `SeparableConv2d` (channels-last, float32) after `se
 steps (forward, backward of a fixed output gradient); for each kernel variant this CPU runs (`SEPCONV_ISA`: the
 native build, and `avx2` where narrower) the profiler's self CPU time per operator is summed into:
 
-* `depthwise_weight_grad`: sepconv's kernel (`sepconv::depthwise_wgrad`) or oneDNN's depthwise backward;
-* `pointwise_weight_grad`: sepconv's GEMM (`sepconv::gemm_atb`) or `aten::mm` in the 1x1 backward;
-* `convolutions`: the forward convolutions and the depthwise input gradient (`mkldnn_convolution` et al.);
+* `depthwise_forward`, `pointwise_forward`: the forward convolutions (told apart by the weight's shape);
+* `depthwise_backward`: sepconv's weight-gradient kernel (`sepconv::depthwise_wgrad`), oneDNN's depthwise
+  backward, and the 'flip' engine's input gradient (a convolution run inside the backward pass);
+* `pointwise_backward`: the 1x1 step's gradients: sepconv's GEMM (`sepconv::gemm_atb`, weight gradient),
+  `aten::mm` or oneDNN's convolution backward;
 * `elementwise`: copies, adds, fills, reductions, layout conversions;
 * `allocation`: `aten::empty*` (tensor allocation and the page faults it takes);
 * `autograd_and_other`: the rest (autograd bookkeeping, Python-side dispatch).
@@ -41,17 +43,41 @@ from sepconv.utils.timing import interleaved
 HERE = Path(__file__).resolve().parent
 
 
-def category(name: str) -> str:
+ELEMENTWISE = ("copy", "add", "mul", "fill", "zero", "sum", "relu", "contiguous", "clone", "to", "div", "cat",
+               "threshold", "as_strided", "view", "reshape", "t", "transpose", "permute")
+
+
+def _stage(event) -> str:
+    """``depthwise`` or ``pointwise`` from a convolution's weight shape (C, 1, kh, kw) / (Cout, Cin, 1, 1)."""
+    for shape in event.input_shapes or []:
+        if len(shape) == 4 and shape[1] == 1 and shape[2] * shape[3] > 1:
+            return "depthwise"
+    return "pointwise"
+
+
+def _in_backward(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if "evaluate_function" in parent.name or "Backward" in parent.name:
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+def category(event) -> str:
+    """The kind of work an operator event is (see the module docstring)."""
+    name = event.name
     if name == "sepconv::depthwise_wgrad":
-        return "depthwise_weight_grad"
-    if name == "sepconv::gemm_atb" or name in ("aten::mm", "aten::addmm", "aten::bmm"):
-        return "pointwise_weight_grad"
-    if "convolution" in name or "conv2d" in name or "mkldnn" in name:
-        return "convolutions"
+        return "depthwise_backward"
+    if name == "sepconv::gemm_atb":
+        return "pointwise_backward"
+    if "conv" in name or "mkldnn" in name:
+        return f"{_stage(event)}_{'backward' if _in_backward(event) or 'backward' in name else 'forward'}"
+    if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul"):
+        return "pointwise_backward" if _in_backward(event) else "pointwise_forward"
     if name.startswith("aten::empty") or name in ("aten::resize_",):
         return "allocation"
-    if name.startswith("aten::") and any(k in name for k in ("copy", "add", "mul", "fill", "zero", "sum", "relu",
-                                                                 "contiguous", "clone", "to", "div", "cat")):
+    if name.startswith("aten::") and any(name[6:].startswith(k) or name[6:].endswith(k) for k in ELEMENTWISE):
         return "elementwise"
     return "autograd_and_other"
 
@@ -67,15 +93,16 @@ def step_fn(module, x, gy):
 def profile_step(step, steps: int) -> dict:
     for _ in range(3):
         step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(steps):
             step()
-    per_op = {}
-    for event in prof.key_averages():
-        per_op[event.key] = per_op.get(event.key, 0.0) + event.self_cpu_time_total / 1e3 / steps  # ms per step
+    per_op: dict[str, float] = {}
     groups: dict[str, float] = {}
-    for name, ms in per_op.items():
-        groups[category(name)] = groups.get(category(name), 0.0) + ms
+    for event in prof.events():
+        ms = event.self_cpu_time_total / 1e3 / steps  # ms per step
+        per_op[event.name] = per_op.get(event.name, 0.0) + ms
+        kind = category(event)
+        groups[kind] = groups.get(kind, 0.0) + ms
     top = dict(sorted(per_op.items(), key=lambda kv: -kv[1])[:12])
     return {"ms_per_step_by_kind": groups, "top_ops_ms_per_step": top, "profiled_ms_per_step": sum(per_op.values())}
 
