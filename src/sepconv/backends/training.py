@@ -73,7 +73,7 @@ def matmul_at_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a.T @ b`` for ``a``: (P, M) and ``b``: (P, N), the weight gradient of a 1x1 convolution over P pixels.
 
     float32 CPU matrices go to sepconv's C kernel (``csrc/gemm_atb.c``:
-    AVX-512 register blocks, the pixels in cache-sized chunks, on
+    AVX-512, AVX2 or NEON register blocks, the pixels in cache-sized chunks, on
     ``torch.get_num_threads()`` threads; inputs made contiguous first, no copy
     for the pixels of channels-last tensors) when it is built
     (:mod:`sepconv.backends.native`); everything else to ``torch.mm``. The kernel's
@@ -91,8 +91,9 @@ def matmul_at_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if n < 16 <= m:  # the kernel vectorizes along the columns: compute the transpose when they are few
         return matmul_at_b(b, a).t()
     out = torch.empty(m, n, dtype=torch.float32)  # explicit: the default dtype may be float64
-    code = lib.sepconv_gemm_atb_f32(p, m, n, a.data_ptr(), m, b.data_ptr(), n, out.data_ptr(),
-                                    n, max(1, torch.get_num_threads()))
+    with torch.profiler.record_function("sepconv::gemm_atb"):  # named in profiles (a ctypes call is no aten op)
+        code = lib.sepconv_gemm_atb_f32(p, m, n, a.data_ptr(), m, b.data_ptr(), n, out.data_ptr(),
+                                        n, max(1, torch.get_num_threads()))
     if code:
         raise RuntimeError(f"the matmul_at_b kernel failed with code {code} (-1: out of memory)")
     return out
@@ -215,9 +216,10 @@ def depthwise_weight_grad(x: torch.Tensor, grad_y: torch.Tensor, kernel_size: tu
     x = x.contiguous(memory_format=torch.channels_last)
     grad_y = grad_y.contiguous(memory_format=torch.channels_last)
     taps = torch.empty(kh * kw, c, dtype=torch.float32)
-    code = lib.sepconv_depthwise_wgrad_f32(x.data_ptr(), n, h, w, c, grad_y.data_ptr(), ho, wo, kh, kw, stride[0],
-                                           stride[1], padding[0], padding[1], dilation[0], dilation[1],
-                                           taps.data_ptr(), max(1, torch.get_num_threads()))
+    with torch.profiler.record_function("sepconv::depthwise_wgrad"):
+        code = lib.sepconv_depthwise_wgrad_f32(x.data_ptr(), n, h, w, c, grad_y.data_ptr(), ho, wo, kh, kw,
+                                               stride[0], stride[1], padding[0], padding[1], dilation[0],
+                                               dilation[1], taps.data_ptr(), max(1, torch.get_num_threads()))
     if code:
         raise RuntimeError(f"the depthwise weight-gradient kernel failed with code {code} (-1: out of memory)")
     return taps.t().reshape(c, 1, kh, kw)

@@ -603,9 +603,10 @@ static void vflat_row(const float *rows, int ih_lo, long prow, int H, int C, con
 
 /* y[r][0 : ncols] = t[r][:C] @ panel[:C][0 : ncols] + bias for r < mr <= MR_V, ncols <= 16: MR_V x NSUB vector
  * accumulators (12 of AVX2's 16 registers, 24 of NEON's 32). Rows past mr repeat the last row (computed, not
- * stored), so the loop has constant bounds; the panel is zero padded to 32 columns, so whole vectors are read. */
+ * stored), so the loop has constant bounds; the panel is zero padded to 32 columns, so whole vectors are read.
+ * stream: whole vectors are written around the caches (y and ldy 64-byte aligned, see sepconv_fused_dwpw_f32). */
 SEPCONV_INLINE void vgemm_block(const float *t, int cp, int C, const float *bp, const float *bias, int ncols,
-                                int mr, int act, float *y, int ldy) {
+                                int mr, int act, float *y, int ldy, int stream) {
     const float *rows[MR_V];
     for (int r = 0; r < MR_V; ++r) rows[r] = t + (size_t)(r < mr ? r : mr - 1) * cp;
     vf acc[MR_V][NSUB];
@@ -632,7 +633,8 @@ SEPCONV_INLINE void vgemm_block(const float *t, int cp, int C, const float *bp, 
 #pragma GCC unroll 4
         for (int s = 0; s < NSUB; ++s) {
             int n = ncols - s * VW;
-            if (n >= VW) vstore(y + (size_t)r * ldy + s * VW, vact(acc[r][s], act));
+            if (n >= VW && stream) vstream(y + (size_t)r * ldy + s * VW, vact(acc[r][s], act));
+            else if (n >= VW) vstore(y + (size_t)r * ldy + s * VW, vact(acc[r][s], act));
             else if (n > 0) vstore_n(y + (size_t)r * ldy + s * VW, vact(acc[r][s], act), n);
         }
     }
@@ -837,7 +839,6 @@ static void pointwise_tile(const float *t, int m, int cp, int C, const float *b,
         }
     }
 #elif defined(SEPCONV_VEC)
-    (void)stream;
     for (int j0 = j_begin; j0 < j_end; j0 += NR) {
         int ncols = j_end - j0 < NR ? j_end - j0 : NR;
         const float *panel = b + (size_t)(j0 / NR) * C * NR;
@@ -846,7 +847,8 @@ static void pointwise_tile(const float *t, int m, int cp, int C, const float *b,
             if (per_block) prefetch_lines(&pf, pf_end, per_block);
             for (int sub = 0; sub < ncols; sub += 16)
                 vgemm_block(t + (size_t)i0 * cp, cp, C, panel + sub, bias ? bias + j0 + sub : NULL,
-                            ncols - sub < 16 ? ncols - sub : 16, mr, act, y + (size_t)i0 * Cout + j0 + sub, Cout);
+                            ncols - sub < 16 ? ncols - sub : 16, mr, act, y + (size_t)i0 * Cout + j0 + sub, Cout,
+                            stream);
         }
     }
 #else
@@ -873,7 +875,7 @@ static void pointwise_tile(const float *t, int m, int cp, int C, const float *b,
  * process's OpenMP runtime is PyTorch's own libgomp.so.1, so the kernel shares PyTorch's worker threads
  * instead of competing with them). `groups` > 1 splits the output channels when there are fewer tiles than
  * threads (each group recomputes its tile's depthwise step). stream != 0 writes y with non-temporal stores
- * where it can (AVX-512, y 64-byte aligned, Cout a multiple of 16): an output larger than the caches is then
+ * where it can (AVX-512 or AVX2, y 64-byte aligned, Cout a multiple of 16): an output larger than the caches is then
  * not read into them before it is written (the caller decides by size: for an output that the next layer
  * would find in cache, plain stores are better). parts: 3 computes the layer; 1 only the depthwise step (into the
  * tile buffer: y is not written), 2 only the pointwise step (on a zero tile): benchmarks/bench_kernels.py times the
@@ -891,6 +893,7 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
      * input's stride modulo 4 KiB (4K aliasing between the tile's stores and the input's loads; a precaution,
      * no effect measured on this project's CPU) */
     stream = stream && Cout % 16 == 0 && ((uintptr_t)y & 63) == 0;
+    (void)threads; /* used by the OpenMP pragma only */
     int cp = (C + 15) / 16 * 16 + 16;
     int P = Ho * Wo;
     if (job_begin < 0 || job_end > sepconv_fused_jobs(N, Ho, Wo, tile, groups) || parts < 1 || parts > 3) return -2;
@@ -968,6 +971,8 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
         free(t);
 #ifdef SEPCONV_AVX512
         if (stream) _mm_sfence(); /* the streamed stores are visible before the caller reads y */
+#elif defined(SEPCONV_VEC)
+        if (stream) vstream_fence();
 #endif
     }
     free(wpat);

@@ -49,6 +49,9 @@ SEPCONV_INLINE vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
 SEPCONV_INLINE vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 SEPCONV_INLINE vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
 SEPCONV_INLINE vf vmin(vf a, vf b) { return _mm256_min_ps(a, b); }
+/* a store around the caches (p 32-byte aligned), and the fence that orders such stores before later reads */
+SEPCONV_INLINE void vstream(float *p, vf v) { _mm256_stream_ps(p, v); }
+SEPCONV_INLINE void vstream_fence(void) { _mm_sfence(); }
 #elif defined(SEPCONV_VEC_NEON)
 typedef float32x4_t vf;
 #define VW 4
@@ -62,6 +65,9 @@ SEPCONV_INLINE vf vadd(vf a, vf b) { return vaddq_f32(a, b); }
 SEPCONV_INLINE vf vmul(vf a, vf b) { return vmulq_f32(a, b); }
 SEPCONV_INLINE vf vmax(vf a, vf b) { return vmaxq_f32(a, b); }
 SEPCONV_INLINE vf vmin(vf a, vf b) { return vminq_f32(a, b); }
+/* NEON has no non-temporal store for a vector register: plain stores */
+SEPCONV_INLINE void vstream(float *p, vf v) { vst1q_f32(p, v); }
+SEPCONV_INLINE void vstream_fence(void) {}
 #endif
 
 #ifdef SEPCONV_VEC

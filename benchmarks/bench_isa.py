@@ -1,0 +1,149 @@
+"""The fused kernel per vector ISA, the separable layer's forward against its roofline ceiling, and ONNX Runtime
+run alone against `sepconv.optimize`, on `sepconv bench`'s suite shapes, in one run.
+
+    python benchmarks/bench_isa.py [--threads 1] [--rounds 5] [--suite mobilenet_v1,vgg_blocks] [--out DIR]
+
+For every shape (float32, inference, one `SeparableConv2d` without bias), in the same interleaved rounds:
+
+* `fused_<isa>`: `FusedSeparableConv2d` with the kernels built for each ISA this CPU can run
+  (`SEPCONV_ISA`: the native build, `avx2` = `-mavx2 -mfma -mno-avx512f`; on an AVX-512 host the AVX2 build
+  runs the AVX2 code path on an AVX-512 core: its kernel time, not an AVX2 machine's);
+* `eager_nhwc`: plain PyTorch, channels-last;
+* `onnxruntime_alone`: ONNX Runtime with the session options fastest alone
+  (`sepconv.backends.onnxruntime.fastest_session_options`; raw `session.run`);
+* `sepconv`: `sepconv.optimize(layer, x)`'s choice, input already in its layout;
+* the standard convolution it replaces: eager NCHW, channels-last, and packed for oneDNN.
+
+realized = (t_standard / t_separable) / (standard MACs / separable MACs), the standard convolution at its fastest of
+the three; `ceiling` = the fused-layer roofline ceiling (`sepconv.bench.suites.fused_bound_s` against the standard
+convolution's bound, with this machine's measured roofline); `of_ceiling` = realized / ceiling. Writes
+`isa.json` (with the machine) into --out (default `benchmarks/results/isa-cpu-<threads>thread`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from sepconv import SeparableConv2d, optimize
+from sepconv.backends import native
+from sepconv.backends.fused import FusedSeparableConv2d
+from sepconv.backends.onednn import PackedConv2d, onednn_available
+from sepconv.backends.onnxruntime import fastest_session_options, onnxruntime_available
+from sepconv.bench.roofline import measure_roofline
+from sepconv.bench.suites import fused_bound_s, mobilenet_v1_suite, vgg_blocks_suite
+from sepconv.cost import conv_cost, separable_cost
+from sepconv.layers._common import conv_module
+from sepconv.utils.io import atomic_write_bytes
+from sepconv.utils.machine import machine_info
+from sepconv.utils.timing import interleaved
+
+HERE = Path(__file__).resolve().parent
+SUITES = {"mobilenet_v1": mobilenet_v1_suite, "vgg_blocks": vgg_blocks_suite}
+
+
+def no_grad(fn, *args, isa: str | None = None):
+    def call():
+        if isa is not None:
+            os.environ["SEPCONV_ISA"] = isa  # read by the fused layer at each call
+        with torch.no_grad():
+            return fn(*args)
+    return call
+
+
+def isas() -> list[str]:
+    """The kernel variants this CPU can run: the native build and, when narrower and different, avx2."""
+    found = []
+    for isa in ("native", "avx2"):
+        os.environ["SEPCONV_ISA"] = isa
+        name = native.isa()
+        if name is not None and name not in [n for _, n in found]:
+            found.append((isa, name))
+    os.environ["SEPCONV_ISA"] = "native"
+    return found
+
+
+def run_shape(case, roofline, variants, rounds: int, threads: int) -> dict:
+    torch.manual_seed(0)
+    spec = case.spec
+    x = torch.randn(case.batch, spec.in_channels, *case.size)
+    x_nhwc = x.contiguous(memory_format=torch.channels_last)
+    sep = SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
+                          bias=False).eval()
+    std = conv_module(spec)[0].eval()
+    std_nhwc = conv_module(spec)[0].eval().to(memory_format=torch.channels_last)
+    candidates = {"standard_nchw": no_grad(std, x), "standard_nhwc": no_grad(std_nhwc, x_nhwc),
+                  "eager_nhwc": no_grad(sep.to(memory_format=torch.channels_last), x_nhwc)}
+    if onednn_available():
+        candidates["standard_onednn"] = no_grad(PackedConv2d(std_nhwc), x_nhwc)
+    for request, name in variants:
+        os.environ["SEPCONV_ISA"] = request
+        fused = FusedSeparableConv2d(sep.depthwise, sep.pointwise)
+        candidates[f"fused_{name}"] = no_grad(fused, x_nhwc, isa=request)
+    os.environ["SEPCONV_ISA"] = "native"
+    session_options = None
+    if onnxruntime_available():
+        runner, session_options = fastest_session_options(sep, x, threads=threads)
+        feed = {runner.input_name: x.numpy()}
+        candidates["onnxruntime_alone"] = lambda: runner.session.run(None, feed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = optimize(sep, x)
+    candidates["sepconv"] = no_grad(fast.model, x.contiguous(memory_format=fast.memory_format), isa="native")
+    timings = interleaved(candidates, rounds=rounds, target_s=0.01)
+    ms = {k: 1e3 * v.median for k, v in timings.items()}
+    std_cost = conv_cost(spec, case.size, batch=case.batch)
+    mac_ratio = std_cost.macs / separable_cost(spec, case.size, batch=case.batch).macs
+    t_std = min(v for k, v in ms.items() if k.startswith("standard_"))
+    ceiling = (roofline.bound_s(std_cost.in_bounds_flops, std_cost.bytes) / fused_bound_s(case, roofline)) / mac_ratio
+    realized = {k: (t_std / v) / mac_ratio for k, v in ms.items() if not k.startswith("standard_")}
+    best = max(realized, key=realized.get)
+    return {
+        "shape": case.name, "batch": case.batch, "size": list(case.size), "in": spec.in_channels,
+        "out": spec.out_channels, "stride": list(spec.stride), "median_ms": ms,
+        "iqr_ms": {k: 1e3 * v.iqr for k, v in timings.items()},
+        "theoretical_speedup": mac_ratio, "realized": realized, "fused_roofline_ceiling": ceiling,
+        "of_ceiling": {k: v / ceiling for k, v in realized.items()}, "best_path": best,
+        "sepconv_backend": fast.backend, "sepconv_candidate": fast.candidate,
+        "sepconv_layer_choices": fast.layer_choices, "onnxruntime_session_options": session_options,
+        "sepconv_vs_onnxruntime_alone": ms["sepconv"] / ms["onnxruntime_alone"] if "onnxruntime_alone" in ms else None,
+        "avx2_vs_avx512_fused": (ms["fused_avx2"] / ms["fused_avx512"]
+                                 if "fused_avx2" in ms and "fused_avx512" in ms else None),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--suite", default="mobilenet_v1,vgg_blocks")
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else HERE / "results" / f"isa-cpu-{args.threads}thread"
+    variants = isas()
+    roofline = measure_roofline(rounds=3)
+    rows = []
+    for suite in args.suite.split(","):
+        for case in SUITES[suite]():
+            row = run_shape(case, roofline, variants, args.rounds, args.threads)
+            rows.append(row)
+            print(f"{row['shape']:>28}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["median_ms"].items())
+                  + f" | sepconv/ort {row['sepconv_vs_onnxruntime_alone']}", flush=True)
+    record = {"machine": machine_info(), "kernel_isas": [name for _, name in variants],
+              "roofline": {"peak_gflops": roofline.peak_flops / 1e9, "bandwidth_gbs": roofline.bandwidth / 1e9},
+              "threads": args.threads, "rounds": args.rounds, "shapes": rows,
+              "machine_after": {"loadavg_1_5_15": list(os.getloadavg())}}
+    atomic_write_bytes(out / "isa.json", (json.dumps(record, indent=1) + "\n").encode())
+    print(f"wrote {out / 'isa.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
