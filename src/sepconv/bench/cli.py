@@ -165,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
         record = {"machine": info, "roofline": roof.as_dict(), "rounds": rounds, "cases": rows}
         atomic_write_bytes(out / "bench.json", json.dumps(record, indent=2).encode())
         _plot(rows, out / "bench.png")
-        print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+        where_to = sys.stderr if args.format != "table" else sys.stdout
+        print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}", file=where_to)
     return 0
 
 
@@ -279,13 +280,15 @@ def separable_dw_share(case) -> float:
 
 
 def _plot(rows: list[dict], path) -> None:
+    import sys
+
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:  # plots are optional
-        print("matplotlib is not installed: no plot (pip install 'sepconv[experiments]')")
+        print("matplotlib is not installed: no plot (pip install 'sepconv[experiments]')", file=sys.stderr)
         return
     import io
 
