@@ -180,3 +180,38 @@ def refuse_if_too_big(estimate: dict, what: str, limit: Optional[int] = None) ->
             f"{what} would need about {human_bytes(estimate['total'])} (parameters {human_bytes(estimate['params'])}"
             f", largest activation {human_bytes(estimate['activation'])}; estimated by sepconv.cost without "
             f"allocating), more than the {human_bytes(limit)} this machine has; refusing")
+
+
+#: Metadata key under which ``sepconv convert`` records the source and conversion of a model built by reference.
+SOURCE_KEY = "sepconv_source"
+
+
+def conversion_of(path: str | os.PathLike) -> Optional[dict]:
+    """The conversion options recorded in a ``.safetensors`` weights file by ``sepconv convert`` (None if none).
+
+    The options are validated like a model file's recipe (known keys, types), since file metadata is untrusted.
+    """
+    import json
+
+    if Path(path).suffix != ".safetensors" or not Path(path).is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+    except Exception as error:
+        raise ValueError(f"{str(path)!r} is not a readable safetensors file: {one_line(error)}") from None
+    if SOURCE_KEY not in meta:
+        return None
+    try:
+        record = json.loads(meta[SOURCE_KEY])
+    except (ValueError, RecursionError):
+        raise ValueError(f"{str(path)!r} has malformed {SOURCE_KEY} metadata (not JSON)") from None
+    conversion = record.get("conversion") if isinstance(record, dict) else None
+    if conversion is None:
+        return None
+    from .io import check_recipe
+
+    check_recipe({"name": "", "variant": "", "kwargs": {}, "conversion": conversion}, path)
+    return conversion
