@@ -184,10 +184,11 @@ def test_hub_references_when_installed(capsys):
     ("{root}/broken.py:f", [], "importing"),
     ("{root}/my_models.py:tiny_resnet", ["--kwargs", "[1, 2]"], "--kwargs must be a JSON object"),
     ("{root}/my_models.py:tiny_resnet", ["--kwargs", '{"depth": 3}'], "unexpected keyword argument 'depth'"),
-    ("{root}/my_models.py:tiny_resnet", ["--weights", "{root}/other.pt"], "do not fit the model: 1 shape mismatch: "
-                                                                          "fc.weight (file 3x16, model 10x16)"),
-    ("{root}/my_models.py:tiny_resnet", ["--weights", "{root}/pickle.pt"], "holds Python objects"),
-    ("{root}/my_models.py:tiny_resnet", ["--weights", "{root}/junk.safetensors"], "not a readable safetensors"),
+    ("{root}/my_models.py:tiny_resnet", ["--weights", "{root}/other.pt", "--input", "1x8x8"],
+     "do not fit the model: 1 shape mismatch: fc.weight (file 3x16, model 10x16)"),
+    ("{root}/my_models.py:tiny_resnet", ["--weights", "{root}/pickle.pt", "--input", "1x8x8"], "holds Python objects"),
+    ("{root}/my_models.py:tiny_resnet", ["--weights", "{root}/junk.safetensors", "--input", "1x8x8"],
+     "not a readable safetensors"),
     ("{root}/my_models.py:tiny_resnet", ["--input", "3x8x8"], "has 3 channels, but the model's first convolution "
                                                               "takes 1"),
     ("{root}/my_models.py:tiny_resnet", [], "its input size is not known; give --input"),
@@ -201,7 +202,7 @@ def test_bad_references_exit_2_with_one_line(user, capsys, ref, extra, message):
     torch.save({k: (torch.zeros(3, 16) if k == "fc.weight" else v) for k, v in trained.state_dict().items()},
                root / "other.pt")
     torch.save({"model": torch.nn.Linear(2, 2)}, root / "pickle.pt")  # a pickled module, not a state_dict
-    args = ["profile", ref.format(root=root), *[a.format(root=root) for a in extra]]
+    args = ["profile", ref.replace("{root}", str(root)), *[a.replace("{root}", str(root)) for a in extra]]
     code, out, err = run(capsys, *args)
     assert code == 2, (args, out, err)
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
