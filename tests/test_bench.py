@@ -240,3 +240,26 @@ def test_the_training_step_timed_is_one_layer_step_and_hands_the_input_gradient_
     # the gradient of sum(conv(x)) with respect to x: the adjoint convolution of ones
     expected = torch.nn.functional.conv_transpose2d(torch.ones(2, 4, 5, 5), conv.weight.detach(), padding=1)
     torch.testing.assert_close(x.grad, expected)
+
+
+def test_bench_table_fits_100_columns_formats_and_model_cases(tmp_path, capsys):
+    """One quick run (a layer and a model's convolutions) as JSON; the table and CSV are formatted from its rows."""
+    from sepconv.bench.cli import format_table, rows_csv
+
+    assert main(["bench", "--suite", "none", "--shape", "3x5x9x3x2", "--model", "vgg_blocks", "--kwargs",
+                 '{"width": 0.125}', "--model-input", "3x8x8", "--rounds", "1", "--no-backward", "--quick",
+                 "--format", "json", "--out", str(tmp_path)]) == 0
+    rows = json.loads(capsys.readouterr().out)["cases"]
+    assert rows[0]["input_shape"] == [1, 3, 9, 9]  # N x C x H x W
+    assert [c["case"].split()[0] for c in rows[1:]] == ["features.0", "features.2", "features.5", "features.7",
+                                                       "features.10", "features.12"]
+    assert rows[1]["input_shape"] == [1, 3, 8, 8] and rows[3]["input_shape"] == [1, 8, 4, 4]
+    assert rows[0]["roofline_ceiling"] == pytest.approx(rows[0]["roofline_speedup"] * rows[0]["mac_ratio"])
+    rows[0]["case"] = "a very long case name " * 5
+    table = format_table(rows)
+    assert max(len(line) for line in table.splitlines()) <= 100
+    assert table.splitlines()[0].split()[1:] == ["std", "ms", "sep", "ms", "speedup", "MAC", "ratio", "realized",
+                                                 "roofline", "ceiling"]
+    assert "GEMM ceiling" in format_table(rows, verbose=True) and "GEMM ceiling" not in table
+    lines = rows_csv(rows).splitlines()
+    assert len(lines) == len(rows) + 1 and "realized" in lines[0].split(",")

@@ -147,7 +147,7 @@ def test_load_rejects_bad_files(tmp_path):
     tampered = tmp_path / "tampered.safetensors"
     save_file(state, tampered, metadata={"sepconv_model": json.dumps({"name": "vgg_blocks", "variant": "separable",
                                                                        "kwargs": {"in_channels": 1, "image_size": 8, "width": 0.25}})})
-    with pytest.raises(ValueError, match="do not fit the recipe"):
+    with pytest.raises(ValueError, match="do not fit the model: .*missing: features.0.depthwise.weight"):
         load_model(tampered)
     unknown = tmp_path / "unknown.safetensors"
     save_file(state, unknown, metadata={"sepconv_model": json.dumps({"name": "resnet", "variant": "x", "kwargs": {}})})
@@ -163,6 +163,34 @@ def test_load_rejects_bad_files(tmp_path):
         load_model(junk)
     with pytest.raises(FileNotFoundError):
         load_model(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("recipe, match", [
+    ({"name": "vgg_blocks", "variant": "standard", "kwargs": [1, 2]}, "recipe kwargs must be an object, got list"),
+    ({"name": ["x"], "variant": "standard", "kwargs": {}}, "recipe name must be a string, got list"),
+    ({"name": "vgg_blocks", "variant": 3, "kwargs": {}}, "recipe variant must be a string, got int"),
+    ({"name": "vgg_blocks", "variant": "standard", "kwargs": {}, "extra": 1}, "unknown recipe field"),
+    ({"name": "vgg_blocks", "variant": "standard", "kwargs": {}, "conversion": {"to": "cp", "bogus": 1}},
+     "unknown conversion option 'bogus'"),
+    ({"name": "vgg_blocks", "variant": "standard", "kwargs": {}, "conversion": {"rank": "9"}}, "wrong type"),
+    ({"name": "vgg_blocks", "variant": "standard", "kwargs": {}, "conversion": [1]}, "conversion must be an object"),
+    ({"name": "vgg_blocks", "variant": "standard", "kwargs": {"image_size": 8, "width": 0.25},
+      "conversion": {"to": "spatial", "rank": 1000000000}}, "would need about .* estimated by sepconv.cost"),
+    ({"name": "vgg_blocks", "variant": "standard", "kwargs": {"image_size": 8, "width": 0.25},
+      "conversion": {"to": "separable", "depth_multiplier": 10000000}}, "would need about"),
+    ({"name": "vgg_blocks", "variant": "standard", "kwargs": {"num_classes": 100000000}}, "would need about"),
+    ({"name": "vgg_blocks", "variant": "standard", "kwargs": {"image_size": 8, "width": 0.25},
+      "conversion": {"to": "separable", "depth_multiplier": 2}}, "do not fit the model"),
+])
+def test_crafted_recipes_are_refused_before_allocating(tmp_path, recipe, match, monkeypatch):
+    """Metadata is untrusted: types are checked, and sizes estimated on the meta device, before anything is built."""
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("SEPCONV_MAX_BYTES", str(8 << 30))
+    path = tmp_path / "crafted.safetensors"
+    save_file({"w": torch.zeros(1)}, path, metadata={"sepconv_model": json.dumps(recipe)})
+    with pytest.raises(ValueError, match=match):
+        load_model(path)
 
 
 @pytest.mark.parametrize(

@@ -29,8 +29,10 @@ COMMAND_MODULES = (
 )
 
 # ImportError: an optional extra is missing (the message names the pip command), e.g. `sepconv convert --to cp`
+# OverflowError, TypeError: a number or value torch cannot take (``--seed 99999999999999999999999``), named by the
+# library's message
 USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
-                ImportError)
+                ImportError, OverflowError, TypeError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,8 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(error: BaseException) -> str:
+    """The first non-empty line of ``error``'s message (its type's name if it has none)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``sepconv`` console script; returns the exit status."""
+    import logging
+
+    # torch.utils.cpp_extension (imported by torch.utils.benchmark) logs "No CUDA runtime is found" on CPU-only
+    # machines that have a CUDA toolkit; sepconv needs no CUDA runtime there
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
@@ -57,7 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except USAGE_ERRORS as error:
-        print(f"sepconv {args.command}: error: {error}", file=sys.stderr)
+        print(f"sepconv {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sepconv {args.command}: interrupted", file=sys.stderr)

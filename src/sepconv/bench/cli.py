@@ -49,7 +49,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--suite", choices=("mobilenet_v1", "vgg_blocks", "all", "none"), default="all",
                    help="built-in shapes: MobileNetV1 body at 224x224 batch 1, the seeds' VGG-block layers at batch 32")
-    p.add_argument("--shape", action="append", default=[], help="extra shape CINxCOUTxSIZE[xK[xSTRIDE]] (repeatable)")
+    p.add_argument("--shape", action="append", default=[], help="extra layer CINxCOUTxSIZE[xK[xSTRIDE]]: C_in -> C_out "
+                                                                 "channels on SIZE x SIZE inputs (repeatable)")
+    p.add_argument("--model", default=None, help="also time each standard 2D convolution (kernel > 1, groups 1) of "
+                                                 "this model: a zoo name, package.module:factory or "
+                                                 "path/to/file.py:factory, at --model-input, batch --batch")
+    p.add_argument("--kwargs", default=None, help="keyword arguments of --model's factory as JSON")
+    p.add_argument("--model-input", default=None, help="--model's input C x H x W (default: the model's own)")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                   help="table (default: the main columns, fits 100 columns), json or csv (every field)")
+    p.add_argument("--verbose", action="store_true", help="the table with every column, and the full legend")
     p.add_argument("--batch", type=int, default=1, help="batch size of --shape cases (default 1)")
     p.add_argument("--suite-batch", type=int, default=None,
                    help="batch size of the built-in suites (default: theirs, 1 for MobileNetV1 and 32 for the VGG "
@@ -73,6 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import sys
     from pathlib import Path
 
     import torch
@@ -110,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         suite = SUITES[name]() if args.suite_batch is None else SUITES[name](batch=args.suite_batch)
         cases += suite[:1] if args.quick else suite
     cases += [parse_case(s, args.batch) for s in args.shape]
+    if args.model:
+        cases += model_cases(args, args.batch)
     if not cases:
         raise ValueError("nothing to measure: choose a --suite or give --shape")
     rounds = 3 if args.quick else args.rounds
@@ -122,65 +134,128 @@ def run(args: argparse.Namespace) -> int:
     where = (f"{info['gpu']} (CUDA {info['cuda']}, cuDNN {info['cudnn']}, {args.dtype}"
              + (", TF32 allowed" if dtype == torch.float32 and info["tf32"] else "") + ")"
              if device.type == "cuda" else f"{info['cpu']}, {info['torch_threads']} threads")
-    print(f"{where}, torch {info['torch']}; measured peak "
+    import textwrap
+
+    print(textwrap.fill(f"{where}, torch {info['torch']}; measured peak "
           f"{roof.peak_flops / 1e9:.1f} GFLOP/s"
           + (f" (torch.mm: {roof.torch_peak_flops / 1e9:.1f})" if roof.torch_peak_flops is not None else "")
           + f", bandwidth {roof.bandwidth / 1e9:.1f} GB/s"
-          + ("; freed memory kept (sepconv.keep_freed_memory)" if info["freed_memory_kept"] else ""))
+          + ("; freed memory kept (sepconv.keep_freed_memory)" if info["freed_memory_kept"] else ""), width=100),
+          file=sys.stderr if args.format != "table" else sys.stdout)
     info["engines"] = engines_info(device)
-    print("engines: " + "; ".join(f"{k}: {v}" for k, v in info["engines"].items()))
+    print("engines: " + "; ".join(f"{k}: {v}" for k, v in info["engines"].items()), file=sys.stderr)
     rows = []
-    header = ("case", "MAC ratio", "std ms", "sep ms", "speedup", "theory", "roofline", "fused roofline", "realized",
-              "train realized",
-              "train best",
-              "oneDNN realized", "best realized", "best engines", "GEMM ceiling", "train GEMM ceiling", "DW %MACs", "DW %time",
-              "DW roofline", "PW roofline")
     for case in cases:
         result = run_case(case, roof, rounds=rounds, backward=not args.no_backward, device=device, dtype=dtype)
         s = result.summary()
-        dw_macs = separable_dw_share(case)
-        s["dw_mac_share"] = dw_macs
+        s["dw_mac_share"] = separable_dw_share(case)
+        s["input_shape"] = [case.batch, case.spec.in_channels, *case.size]
+        s["roofline_ceiling"] = s["roofline_speedup"] * s["mac_ratio"]
         rows.append(s)
-        print(f"  {case.name}: speedup {s['speedup']:.2f}x of {s['theoretical_speedup']:.2f}x (realized {s['realized']:.2f}"
-              + (f"; best engines {s['best_speedup']:.2f}x, realized {s['realized_best']:.2f}" if "realized_best" in s else "")
-              + ")", flush=True)
-    table = [header] + [(
-        r["case"], f"{r['mac_ratio']:.3f}", f"{r['standard_ms']:.3f}", f"{r['separable_ms']:.3f}",
-        f"{r['speedup']:.2f}x", f"{r['theoretical_speedup']:.2f}x", f"{r['roofline_speedup']:.2f}x",
-        f"{r['fused_roofline_ceiling']:.2f}",
-        f"{r['realized']:.2f}", "-" if "train_realized" not in r else f"{r['train_realized']:.2f}",
-        "-" if "train_realized_best" not in r else f"{r['train_realized_best']:.2f}",
-        "-" if "realized_onednn" not in r else f"{r['realized_onednn']:.2f}",
-        "-" if "realized_best" not in r else f"{r['realized_best']:.2f}",
-        "-" if "realized_best" not in r else f"{r['best_standard_engine']}/{r['best_separable_engine']}",
-        "-" if "gemm_ceiling" not in r else f"{r['gemm_ceiling']:.2f}",
-        "-" if "train_gemm_ceiling" not in r else f"{r['train_gemm_ceiling']:.2f}",
-        f"{100 * r['dw_mac_share']:.1f}", f"{100 * r['dw_time_share']:.1f}",
-        f"{100 * r['dw_roofline_fraction']:.0f}%", f"{100 * r['pw_roofline_fraction']:.0f}%") for r in rows]
-    widths = [max(len(t[i]) for t in table) for i in range(len(header))]
-    for t in table:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(t, widths))))
-    print("medians of interleaved rounds; std/sep ms, speedup, realized: eager PyTorch, each side at its faster layout "
-          "(NCHW or channels-last); theory = MAC ratio; roofline = the speedup the two roofline bounds allow; "
-          "fused roofline = the realized ratio a fused depthwise->pointwise kernel could reach at its roofline bound "
-          "(its FLOPs; input, output and weights through memory) against the standard convolution's; "
-          "realized = speedup / theory; oneDNN = both sides as packed oneDNN convolutions (sepconv.backends.onednn, "
-          "inference); best = each side on its fastest engine (standard/separable; 'fused' = the fused "
-          "depthwise->pointwise CPU kernel, sepconv.backends.fused); train best = forward+backward of the separable layer on eager "
-          "PyTorch or after sepconv.tune_training (per step: eager, 'gemm', 'flip' or 'dwgrad' engine), whichever is "
-          "faster; GEMM ceiling = the realized ratio if the depthwise step took no time and the 1x1 step ran at its "
-          "measured (fastest) rate: 1x1 FLOP rate / standard FLOP rate x separable MACs / 1x1 MACs; train GEMM ceiling = "
-          "the same for a training step (the 1x1 step's forward+backward alone, its fastest engine); DW/PW roofline = "
-          "bound time / measured time of the "
-          "eager stage (over 100%: the stage ran from cache, faster than the DRAM bandwidth measured by a large copy "
-          "allows)")
+        print(f"  {case.name}: speedup {s['speedup']:.2f}x of {s['theoretical_speedup']:.2f}x", file=sys.stderr,
+              flush=True)
+    if args.format == "json":
+        print(json.dumps({"machine": info, "roofline": roof.as_dict(), "rounds": rounds, "cases": rows}, indent=2))
+    elif args.format == "csv":
+        print(rows_csv(rows), end="")
+    else:
+        print(format_table(rows, verbose=args.verbose))
     if args.out:
         out = Path(args.out)
         record = {"machine": info, "roofline": roof.as_dict(), "rounds": rounds, "cases": rows}
         atomic_write_bytes(out / "bench.json", json.dumps(record, indent=2).encode())
         _plot(rows, out / "bench.png")
-        print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+        where_to = sys.stderr if args.format != "table" else sys.stdout
+        print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}", file=where_to)
     return 0
+
+
+#: The default table: (header, summary key, format).
+MAIN_COLUMNS = (("std ms", "standard_ms", "{:.3f}"), ("sep ms", "separable_ms", "{:.3f}"),
+                ("speedup", "speedup", "{:.2f}x"), ("MAC ratio", "mac_ratio", "{:.3f}"),
+                ("realized", "realized", "{:.2f}"), ("roofline ceiling", "roofline_ceiling", "{:.2f}"))
+#: The rest, with --verbose.
+MORE_COLUMNS = (("theory", "theoretical_speedup", "{:.2f}x"), ("roofline", "roofline_speedup", "{:.2f}x"),
+                ("fused roofline", "fused_roofline_ceiling", "{:.2f}"), ("train realized", "train_realized", "{:.2f}"),
+                ("train best", "train_realized_best", "{:.2f}"), ("oneDNN realized", "realized_onednn", "{:.2f}"),
+                ("best realized", "realized_best", "{:.2f}"), ("GEMM ceiling", "gemm_ceiling", "{:.2f}"),
+                ("train GEMM ceiling", "train_gemm_ceiling", "{:.2f}"), ("DW %MACs", "dw_mac_share", "{:.1%}"),
+                ("DW %time", "dw_time_share", "{:.1%}"), ("DW roofline", "dw_roofline_fraction", "{:.0%}"),
+                ("PW roofline", "pw_roofline_fraction", "{:.0%}"))
+LEGEND = ("std/sep ms: medians of interleaved rounds, eager PyTorch, each side at its faster layout; speedup = std / "
+          "sep; MAC ratio = separable / standard MACs; realized = speedup x MAC ratio (1 = the full theoretical "
+          "saving); roofline ceiling = the realized ratio the two roofline bounds allow. More: --verbose, "
+          "--format json|csv, --out (plot).")
+VERBOSE_LEGEND = (
+    "theory = 1 / MAC ratio; roofline = the speedup the two roofline bounds allow; fused roofline = the realized ratio "
+    "a fused depthwise->pointwise kernel could reach at its roofline bound; oneDNN = both sides as packed oneDNN "
+    "convolutions (inference); best = each side on its fastest engine (sepconv.optimize); train best = "
+    "forward+backward of the separable layer on eager PyTorch or after sepconv.tune_training, whichever is faster; "
+    "GEMM ceiling = the realized ratio if the depthwise step took no time and the 1x1 step ran at its measured rate; "
+    "train GEMM ceiling = the same for a training step; DW/PW roofline = bound time / measured time of the eager "
+    "stage (over 100%: the stage ran from cache)")
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    return "-" if row.get(key) is None else fmt.format(row[key])
+
+
+def format_table(rows: list[dict], verbose: bool = False, width: int = 100) -> str:
+    """The per-case table: the main columns (within ``width`` characters), or every column with ``verbose``."""
+    import textwrap
+
+    columns = MAIN_COLUMNS + (MORE_COLUMNS if verbose else ())
+    body = [[_cell(r, key, fmt) for _, key, fmt in columns] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, (h, _, _) in enumerate(columns)]
+    room = max(12, width - sum(w + 2 for w in widths)) if not verbose else 10 ** 6
+    names = [r["case"] if len(r["case"]) <= room else r["case"][:room - 1] + "~" for r in rows]
+    first = max(len("case"), *(len(n) for n in names))
+    lines = ["  ".join(["case".ljust(first)] + [h.rjust(w) for (h, _, _), w in zip(columns, widths)])]
+    lines += ["  ".join([n.ljust(first)] + [c.rjust(w) for c, w in zip(b, widths)]) for n, b in zip(names, body)]
+    legend = LEGEND + (" " + VERBOSE_LEGEND if verbose else "")
+    return "\n".join(lines + textwrap.wrap(legend, width=width))
+
+
+def rows_csv(rows: list[dict]) -> str:
+    """Every field of every case as CSV (nested values as JSON)."""
+    import csv
+    import io
+    import json
+
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(keys)
+    for r in rows:
+        writer.writerow([json.dumps(r[k]) if isinstance(r.get(k), (list, dict)) else r.get(k, "") for k in keys])
+    return buf.getvalue()
+
+
+def model_cases(args: argparse.Namespace, batch: int) -> list:
+    """A benchmark case per standard 2D convolution of ``--model`` (groups 1, a kernel > 1, no dilation)."""
+    from ..cost import spec_from_conv
+    from ..geometry import ConvSpec
+    from ..models.cli import resolve_from_args
+    from .suites import Case
+
+    margs = argparse.Namespace(model=args.model, kwargs=args.kwargs, variant=None, num_classes=None,
+                               input=args.model_input, channels_last=False, weights=None)
+    meta, _, shape = resolve_from_args(margs, what=f"benchmarking {args.model}", meta_only=True)
+    from ..cost import profile
+
+    rows = {r.name: r for r in profile(meta, shape).rows}
+    cases = []
+    for name, m in meta.named_modules():
+        if (type(m).__name__ == "Conv2d" and m.groups == 1 and max(m.kernel_size) > 1 and set(m.dilation) == {1}
+                and name in rows and m.padding_mode == "zeros"):
+            spec = spec_from_conv(m)
+            size = tuple(rows[name].input_shape[-2:])
+            spec = ConvSpec.make(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
+                                 bias=False)
+            cases.append(Case(f"{name} {spec.in_channels}->{spec.out_channels} @{size[0]}x{size[1]}", spec, size, batch))
+    if not cases:
+        raise ValueError(f"--model {args.model} has no standard 2D convolution with a kernel > 1 to time")
+    return cases
 
 
 def engines_info(device=None) -> dict:
@@ -205,13 +280,15 @@ def separable_dw_share(case) -> float:
 
 
 def _plot(rows: list[dict], path) -> None:
+    import sys
+
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:  # plots are optional
-        print("matplotlib is not installed: no plot (pip install 'sepconv[experiments]')")
+        print("matplotlib is not installed: no plot (pip install 'sepconv[experiments]')", file=sys.stderr)
         return
     import io
 
@@ -235,11 +312,9 @@ def _plot(rows: list[dict], path) -> None:
         ax.plot(list(xs), [r["train_gemm_ceiling"] for r in rows], "b+", markersize=8, mew=1.5,
                 label="training GEMM ceiling (1x1 forward+backward alone, depthwise free)")
     ax.axhline(1.0, color="k", lw=0.8)
-    for goal in (0.9, 0.7):
-        ax.axhline(goal, color="grey", lw=0.8, ls="--")
     ax.set_xticks(list(xs), [r["case"] for r in rows], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("realized = measured speedup / MAC ratio")
-    ax.set_title("Separable vs standard 3x3 convolution on this machine (dashed: goals 0.9 median, 0.7 each)")
+    ax.set_title("Separable vs standard convolution: realized share of the MAC saving", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -64,6 +64,7 @@ def resolve_from_args(args: argparse.Namespace, *, input_shape=None, need_input:
     """
     from ..cost.shapes import format_shape, parse_shape
     from .reference import estimate_bytes, load_weights, parse_kwargs, refuse_if_too_big, resolve_model
+    from .weights import conversion_of
 
     if not args.model:
         raise ValueError("give a MODEL (" + MODEL_HELP + ")")
@@ -91,6 +92,9 @@ def resolve_from_args(args: argparse.Namespace, *, input_shape=None, need_input:
         hint = f"; in C x H x W order that is {format_shape((shape[-1], *shape[:-1]))}" if shape[-1] == channels else ""
         raise ValueError(f"--input {format_shape(shape)} (C x H x W) has {shape[0]} channels, but the model's first "
                          f"convolution takes {channels}{hint}")
+    conversion = conversion_of(args.weights) if getattr(args, "weights", None) else None
+    if conversion is not None:  # weights written by `sepconv convert`: rebuild the converted architecture
+        meta = converted_architecture(meta, conversion)
     refuse_if_too_big(estimate_bytes(meta, shape, batch), what)
     if meta_only:
         return meta, source, (tuple(shape) if shape is not None else None)
@@ -99,10 +103,23 @@ def resolve_from_args(args: argparse.Namespace, *, input_shape=None, need_input:
     else:
         extra = {} if shape is None or source.kind != "zoo" else dict(in_channels=shape[0], image_size=shape[1:])
         model, source = resolve_model(args.model, **common, **extra)
+    if conversion is not None:
+        model = converted_architecture(model, conversion)
     if getattr(args, "weights", None):
         load_weights(model, args.weights)
         source.weights = args.weights
     return model.float().cpu(), source, (tuple(shape) if shape is not None else None)
+
+
+def converted_architecture(model, conversion: dict):
+    """``model`` with the structure ``sepconv convert`` gave it (``convert(init='fresh')``; weights to be loaded)."""
+    import warnings
+
+    from ..factorize import convert
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert(model, init="fresh", **conversion)[0]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .weights import CONVERSION_KEYS, check_recipe  # noqa: F401  (part of this module's API)
+
 from ..utils.io import atomic_write_bytes
 
 #: Metadata key holding the JSON recipe ``{"name", "variant", "kwargs"}``.
@@ -64,41 +66,6 @@ def read_recipe(path: str | os.PathLike) -> dict:
     except (ValueError, RecursionError):
         raise ValueError(f"{str(path)!r} has a malformed model recipe (not JSON): {meta[RECIPE_KEY][:80]!r}") from None
     check_recipe(recipe, path)
-    return recipe
-
-
-#: Conversion options a recipe may hold, and the type each must have.
-CONVERSION_KEYS = {"to": str, "depth_multiplier": int, "rank": (int, type(None)), "include": (str, type(None)),
-                   "exclude": (str, type(None)), "min_kernel": int}
-
-
-def check_recipe(recipe: object, path: str | os.PathLike = "<recipe>") -> dict:
-    """Validate a recipe's types (``name``/``variant`` str, ``kwargs`` dict, known ``conversion`` options); returns it.
-
-    File metadata is untrusted input: anything else raises ``ValueError`` naming the file and the field.
-    """
-    where = repr(str(path))
-    if not isinstance(recipe, dict) or not {"name", "variant", "kwargs"} <= set(recipe):
-        raise ValueError(f"{where} has a malformed model recipe: expected an object with name, variant and kwargs")
-    unknown = sorted(set(recipe) - {"name", "variant", "kwargs", "conversion"})
-    if unknown:
-        raise ValueError(f"{where}: unknown recipe field(s) {', '.join(map(repr, unknown))}")
-    for key in ("name", "variant"):
-        if not isinstance(recipe[key], str):
-            raise ValueError(f"{where}: recipe {key} must be a string, got {type(recipe[key]).__name__}")
-    if not isinstance(recipe["kwargs"], dict):
-        raise ValueError(f"{where}: recipe kwargs must be an object, got {type(recipe['kwargs']).__name__}")
-    conversion = recipe.get("conversion")
-    if conversion is not None:
-        if not isinstance(conversion, dict):
-            raise ValueError(f"{where}: recipe conversion must be an object, got {type(conversion).__name__}")
-        for key, value in conversion.items():
-            if key not in CONVERSION_KEYS:
-                raise ValueError(f"{where}: unknown conversion option {key!r}; valid: {', '.join(CONVERSION_KEYS)}")
-            if isinstance(value, bool) or not isinstance(value, CONVERSION_KEYS[key]):
-                raise ValueError(f"{where}: conversion option {key} has the wrong type ({type(value).__name__})")
-            if isinstance(value, int) and value < 1:
-                raise ValueError(f"{where}: conversion option {key} must be >= 1, got {value}")
     return recipe
 
 

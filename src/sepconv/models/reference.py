@@ -146,8 +146,16 @@ def _sepconv_file(path, kwargs, device):
         model, recipe = model_on_meta(path)
     else:
         model, recipe = load_model(path)
-    source = ModelSource(path, "file", {}, recipe, weights=path)
-    return model, source
+    from .zoo import list_models
+
+    info = list_models().get(recipe["name"])
+    default = None
+    if info is not None:
+        c, h, w = info.default_input
+        size = recipe["kwargs"].get("image_size", (h, w))
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        default = (recipe["kwargs"].get("in_channels", c), *size)
+    return model, ModelSource(path, "file", {}, recipe, default, weights=path)
 
 
 def _hub(library, name, reference, kwargs, num_classes, device):

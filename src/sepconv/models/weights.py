@@ -180,3 +180,71 @@ def refuse_if_too_big(estimate: dict, what: str, limit: Optional[int] = None) ->
             f"{what} would need about {human_bytes(estimate['total'])} (parameters {human_bytes(estimate['params'])}"
             f", largest activation {human_bytes(estimate['activation'])}; estimated by sepconv.cost without "
             f"allocating), more than the {human_bytes(limit)} this machine has; refusing")
+
+
+#: Metadata key under which ``sepconv convert`` records the source and conversion of a model built by reference.
+SOURCE_KEY = "sepconv_source"
+
+
+def conversion_of(path: str | os.PathLike) -> Optional[dict]:
+    """The conversion options recorded in a ``.safetensors`` weights file by ``sepconv convert`` (None if none).
+
+    The options are validated like a model file's recipe (known keys, types), since file metadata is untrusted.
+    """
+    import json
+
+    if Path(path).suffix != ".safetensors" or not Path(path).is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+    except Exception as error:
+        raise ValueError(f"{str(path)!r} is not a readable safetensors file: {one_line(error)}") from None
+    if SOURCE_KEY not in meta:
+        return None
+    try:
+        record = json.loads(meta[SOURCE_KEY])
+    except (ValueError, RecursionError):
+        raise ValueError(f"{str(path)!r} has malformed {SOURCE_KEY} metadata (not JSON)") from None
+    conversion = record.get("conversion") if isinstance(record, dict) else None
+    if conversion is None:
+        return None
+    check_recipe({"name": "", "variant": "", "kwargs": {}, "conversion": conversion}, path)
+    return conversion
+
+
+#: Conversion options a recipe may hold, and the type each must have.
+CONVERSION_KEYS = {"to": str, "depth_multiplier": int, "rank": (int, type(None)), "include": (str, type(None)),
+                   "exclude": (str, type(None)), "min_kernel": int}
+
+
+def check_recipe(recipe: object, path: str | os.PathLike = "<recipe>") -> dict:
+    """Validate a recipe's types (``name``/``variant`` str, ``kwargs`` dict, known ``conversion`` options); returns it.
+
+    File metadata is untrusted input: anything else raises ``ValueError`` naming the file and the field.
+    """
+    where = repr(str(path))
+    if not isinstance(recipe, dict) or not {"name", "variant", "kwargs"} <= set(recipe):
+        raise ValueError(f"{where} has a malformed model recipe: expected an object with name, variant and kwargs")
+    unknown = sorted(set(recipe) - {"name", "variant", "kwargs", "conversion"})
+    if unknown:
+        raise ValueError(f"{where}: unknown recipe field(s) {', '.join(map(repr, unknown))}")
+    for key in ("name", "variant"):
+        if not isinstance(recipe[key], str):
+            raise ValueError(f"{where}: recipe {key} must be a string, got {type(recipe[key]).__name__}")
+    if not isinstance(recipe["kwargs"], dict):
+        raise ValueError(f"{where}: recipe kwargs must be an object, got {type(recipe['kwargs']).__name__}")
+    conversion = recipe.get("conversion")
+    if conversion is not None:
+        if not isinstance(conversion, dict):
+            raise ValueError(f"{where}: recipe conversion must be an object, got {type(conversion).__name__}")
+        for key, value in conversion.items():
+            if key not in CONVERSION_KEYS:
+                raise ValueError(f"{where}: unknown conversion option {key!r}; valid: {', '.join(CONVERSION_KEYS)}")
+            if isinstance(value, bool) or not isinstance(value, CONVERSION_KEYS[key]):
+                raise ValueError(f"{where}: conversion option {key} has the wrong type ({type(value).__name__})")
+            if isinstance(value, int) and value < 1:
+                raise ValueError(f"{where}: conversion option {key} must be >= 1, got {value}")
+    return recipe
