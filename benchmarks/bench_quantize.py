@@ -116,8 +116,16 @@ def main() -> int:
     torch.manual_seed(args.seed)
     for friendly in (False, True):
         name = f"mobilenet_v1-separable{'-quantization-friendly' if friendly else ''}-{args.latency_size}px"
-        model = MobileNetV1("separable", 1000, 3, alpha=args.latency_alpha, quantization_friendly=friendly).eval()
+        model = MobileNetV1("separable", 1000, 3, alpha=args.latency_alpha, quantization_friendly=friendly)
         x = torch.randn(8, 3, args.latency_size, args.latency_size)
+        # BatchNorm statistics from these images, so that activations keep their scale through the
+        # network as in a trained one instead of fading towards zero (and float32 subnormals)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None
+        with torch.no_grad():
+            model.train()(x)
+        model.eval()
         rows = compare_schemes(model, x, x[:2], threads=args.threads, rounds=args.rounds)
         print(f"\n{name} (random weights, latency only):")
         print(schemes_table(rows), flush=True)

@@ -324,6 +324,25 @@ def test_quantize_returns_runnable_model_and_report(tmp_path):
     assert (tmp_path / "m.onnx").read_bytes() == qmodel.onnx
 
 
+def test_shared_constants_do_not_keep_convolutions_in_float():
+    """Equal biases are exported once and read through Identity nodes; every convolution must still get
+    an int32 bias (a DequantizeLinear of its own) and with it an int8 kernel."""
+    quantize = _engine()
+    import onnx
+
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1)).eval()
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.Conv2d):
+                m.bias.zero_()
+    qmodel, _ = quantize(model, torch.randn(16, 2, 8, 8), equalize=False, bias_correction=False, threads=1)
+    graph = onnx.load_from_string(qmodel.onnx).graph
+    assert not [n for n in graph.node if n.op_type == "Identity"]
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) == 3 and all(len(n.input) == 3 and set(n.input) <= dequantized for n in convs)
+
+
 def test_compare_schemes_rows():
     _engine()
     from sepconv.quantization import compare_schemes

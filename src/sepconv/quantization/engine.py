@@ -262,6 +262,31 @@ def quantize(model: nn.Module, calibration_data: CalibrationData, *, per_channel
     return qmodel, report
 
 
+def _inline_shared_initializers(proto: Any) -> Any:
+    """``proto`` with each ``Identity`` of an initializer replaced by a copy of the initializer.
+
+    The exporter stores equal constants once and reads the others through ``Identity`` nodes (e.g.
+    the zero biases of freshly folded BatchNorms). ONNX Runtime's quantizer sees such a bias as an
+    activation, not a constant: it cannot make it int32 and the convolution stays float.
+    """
+    import onnx
+
+    initializers = {t.name: t for t in proto.graph.initializer}
+    outputs = {o.name for o in proto.graph.output}
+    kept = []
+    for node in proto.graph.node:
+        if node.op_type == "Identity" and node.input[0] in initializers and node.output[0] not in outputs:
+            copy_ = onnx.TensorProto()
+            copy_.CopyFrom(initializers[node.input[0]])
+            copy_.name = node.output[0]
+            proto.graph.initializer.append(copy_)
+        else:
+            kept.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(kept)
+    return proto
+
+
 def _quantize_onnx(float_bytes: bytes, batches: Sequence[torch.Tensor], per_channel: bool) -> bytes:
     import logging
 
@@ -273,7 +298,7 @@ def _quantize_onnx(float_bytes: bytes, batches: Sequence[torch.Tensor], per_chan
         quantize_static,
     )
 
-    proto = onnx.load_from_string(float_bytes)
+    proto = _inline_shared_initializers(onnx.load_from_string(float_bytes))
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # ONNX Runtime's quantizer logs advice on every call
     try:
