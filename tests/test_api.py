@@ -29,3 +29,22 @@ def test_import_sepconv_does_not_import_torch():
 
 def test_dir_lists_lazy_names():
     assert {"optimize", "profile", "convert", "SeparableConv2d"} <= set(dir(sepconv))
+
+
+def test_cli_help_does_not_import_torch():
+    # `sepconv --help` builds every sub-command's parser; none of them may pull in torch to do so
+    code = "import sys, sepconv.cli as c; c.build_parser(); print(sorted(m for m in ('torch', 'onnxruntime', 'matplotlib') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("package", ["sepconv.quantization", "sepconv.interop"])
+def test_subpackage_lazy_names_resolve(package):
+    import importlib
+
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        assert getattr(module, name) is not None
+    assert set(module.__all__) <= set(dir(module))
+    with pytest.raises(AttributeError, match="nope"):
+        module.nope  # noqa: B018

@@ -7,9 +7,7 @@ engines until a name is used. ``from sepconv import X`` works as usual.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from .utils.lazy import lazy_exports
 from .version import __version__
 
 #: Public name -> the module that defines it.
@@ -41,14 +39,4 @@ _EXPORTS = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sepconv' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

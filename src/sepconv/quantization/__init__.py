@@ -4,23 +4,29 @@ high-bias absorption, bias correction) and ONNX Runtime's static QDQ quantizatio
 ``sepconv.quantize(model, calibration_data)`` returns ``(int8 model, report)``;
 :func:`compare_schemes` measures the float model against naive per-tensor, per-channel and equalized
 per-tensor int8. See ``docs/quantize.md``.
+
+The names are imported on first use, so ``sepconv quantize --help`` does not load torch.
 """
 
-from .engine import (
-           QuantizationReport,
-           QuantizedModel,
-           calibration_batches,
-           compare_schemes,
-           quantize,
-           schemes_table,
-)
-from .transforms import (
-           absorb_high_biases,
-           correct_bias,
-           equalize,
-           find_pairs,
-           fold_batchnorm,
-)
+from __future__ import annotations
 
-__all__ = ["QuantizationReport", "QuantizedModel", "absorb_high_biases", "calibration_batches", "compare_schemes",
-           "correct_bias", "equalize", "find_pairs", "fold_batchnorm", "quantize", "schemes_table"]
+from ..utils.lazy import lazy_exports
+
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "QuantizationReport": "sepconv.quantization.engine",
+    "QuantizedModel": "sepconv.quantization.engine",
+    "calibration_batches": "sepconv.quantization.engine",
+    "compare_schemes": "sepconv.quantization.engine",
+    "quantize": "sepconv.quantization.engine",
+    "schemes_table": "sepconv.quantization.engine",
+    "absorb_high_biases": "sepconv.quantization.transforms",
+    "correct_bias": "sepconv.quantization.transforms",
+    "equalize": "sepconv.quantization.transforms",
+    "find_pairs": "sepconv.quantization.transforms",
+    "fold_batchnorm": "sepconv.quantization.transforms",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
