@@ -18,8 +18,9 @@ realized = (t_standard / t_separable) / (standard MACs / separable MACs), the st
 the three; `ceiling` = the fused-layer roofline ceiling (`sepconv.bench.suites.fused_bound_s` against the standard
 convolution's bound, with this machine's measured roofline); `of_ceiling` = realized / ceiling. Medians and, for
 a loaded machine, the same from each candidate's fastest round (`*_min`); `--clock cpu` times the calling
-thread's CPU time instead of wall time (one thread only), so time preempted by other processes is not counted
-(the roofline is still measured in wall time). Writes
+thread's CPU time instead of wall time (one thread only; `sepconv.backends.optimize.cpu_time_interleaved`), so
+time preempted by other processes is not counted (the roofline is still measured in wall time; `optimize` itself
+times on CPU time with one thread). Writes
 `isa.json` (with the machine) into --out (default `benchmarks/results/isa-cpu-<threads>thread`).
 """
 
@@ -39,6 +40,7 @@ from sepconv.backends import native
 from sepconv.backends.fused import FusedSeparableConv2d
 from sepconv.backends.onednn import PackedConv2d, onednn_available
 from sepconv.backends.onnxruntime import fastest_session_options, onnxruntime_available
+from sepconv.backends.optimize import cpu_time_interleaved
 from sepconv.bench.roofline import measure_roofline
 from sepconv.bench.suites import fused_bound_s, mobilenet_v1_suite, vgg_blocks_suite
 from sepconv.cost import conv_cost, separable_cost
@@ -70,38 +72,6 @@ def isas() -> list[str]:
             found.append((isa, name))
     os.environ["SEPCONV_ISA"] = "native"
     return found
-
-
-def cpu_time_interleaved(fns: dict, rounds: int, target_s: float = 0.01) -> dict:
-    """Like ``sepconv.utils.timing.interleaved`` but on this thread's CPU time (``time.thread_time``): time the
-    thread spent preempted by other processes is not counted. Valid with one thread only (every candidate then
-    runs on the calling thread: PyTorch, the fused kernel's serial OpenMP region, ONNX Runtime with one intra-op
-    thread)."""
-    import time
-
-    from sepconv.utils.timing import Timing
-
-    calls = {}
-    for name, fn in fns.items():
-        fn()
-        start, n = time.thread_time(), 0
-        while time.thread_time() - start < target_s / 4 or n < 1:
-            fn()
-            n += 1
-        calls[name] = max(1, int(n * target_s / max(time.thread_time() - start, 1e-9)))
-    samples = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.thread_time()
-            for _ in range(calls[name]):
-                fn()
-            samples[name].append((time.thread_time() - start) / calls[name])
-    out = {}
-    for name, values in samples.items():
-        ordered = sorted(values)
-        q = lambda f: ordered[min(len(ordered) - 1, int(f * (len(ordered) - 1) + 0.5))]  # noqa: E731
-        out[name] = Timing(q(0.5), q(0.25), q(0.75), tuple(values))
-    return out
 
 
 def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = "wall") -> dict:

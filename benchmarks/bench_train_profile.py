@@ -34,6 +34,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from sepconv import SeparableConv2d, tune_training
 from sepconv.backends import native
+from sepconv.backends.optimize import cpu_time_interleaved
 from sepconv.bench.suites import mobilenet_v1_suite, vgg_blocks_suite
 from sepconv.cost import conv_cost, separable_cost
 from sepconv.layers._common import conv_module
@@ -132,8 +133,6 @@ def run_case(case, variants, steps: int, rounds: int, clock: str = "wall") -> di
             step()
         fns[f"separable_{name}"] = timed
     if clock == "cpu":
-        from bench_isa import cpu_time_interleaved  # this directory: run as a script
-
         timings = cpu_time_interleaved(fns, rounds=rounds, target_s=0.05)
     else:
         timings = interleaved(fns, rounds=rounds, target_s=0.02)

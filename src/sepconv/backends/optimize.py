@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import copy
+import statistics
 import sys
+import time
 import warnings
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
-from ..utils.timing import inference_call, interleaved
+from ..utils.timing import Timing, calls_for, inference_call, interleaved
 from .engine import BuildContext, Candidate, InferenceEngine
 from .fold import fold_batchnorm
 from .registry import INFERENCE_ENGINES
@@ -21,11 +23,15 @@ class OptimizedModel(nn.Module):
 
     def __init__(self, model: nn.Module, memory_format: torch.memory_format, timings_ms: dict[str, float], folded: int,
                  backend: str = "eager", layer_choices: Optional[dict[str, str]] = None,
-                 candidate: Optional[str] = None, candidate_settings: Optional[dict[str, dict]] = None):
+                 candidate: Optional[str] = None, candidate_settings: Optional[dict[str, dict]] = None,
+                 timing_clock: Optional[str] = None):
         super().__init__()
         #: Per candidate built, how its engine configured it (e.g. ``"onnxruntime"``: its session options and
         #: how they were chosen, :func:`~sepconv.backends.onnxruntime.fastest_session_options`).
         self.candidate_settings = {name: dict(v) for name, v in (candidate_settings or {}).items()}
+        #: What ``timings_ms`` were measured on: ``"wall"`` or ``"cpu"`` (the calling thread's CPU time; see
+        #: :func:`timing_clock`), None when nothing was timed.
+        self.timing_clock = timing_clock
         #: The name under which :func:`optimize` timed the kept candidate (a key of ``timings_ms`` when measured).
         self.candidate = candidate if candidate is not None else backend
         #: For the ``onednn`` backend: per convolution, ``packed[+activation]`` or ``eager`` (what measured faster).
@@ -58,6 +64,10 @@ CLOSE_CALL = 1.2
 #: Untimed pause (seconds) before each timing sample when timing with more than one thread: worker threads another
 #: runtime left spinning (ONNX Runtime's, PyTorch's OpenMP pool) otherwise take cores from the next candidate.
 SETTLE_S = 0.01
+
+#: With one thread on the CPU, :func:`optimize` times candidates on the calling thread's CPU time
+#: (:func:`cpu_time_interleaved`): time the process spends preempted by other processes then does not count.
+CPU_CLOCK_WITH_ONE_THREAD = True
 
 #: Names of the engines :func:`optimize` can measure, in registry order; ``compile`` is opt-in.
 BACKENDS = tuple(engine.name for engine in INFERENCE_ENGINES)
@@ -98,7 +108,10 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
     explicitly. The fastest candidate is kept; when the runner-up is within
     ``CLOSE_CALL`` of it, the two are timed again with twice the rounds
     before choosing (``'<name> (confirmation)'`` in ``timings_ms``). On CUDA
-    each timing sample ends with a device synchronization. ``measure=False``
+    each timing sample ends with a device synchronization. With one thread on
+    the CPU the candidates are timed on the calling thread's CPU time, so
+    other processes on a busy machine do not decide the choice
+    (:func:`timing_clock`; recorded in ``timing_clock``). ``measure=False``
     keeps the first candidate (eager NCHW). ``verbose`` prints one line
     before building and one before timing. The result computes the same
     function as ``model.eval()`` to float tolerance; ``model`` is not
@@ -132,7 +145,8 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
     kept = candidates[choice]
     settings = {name: c.settings for name, c in candidates.items() if c.settings}
     return OptimizedModel(kept.module, kept.memory_format, timings, folded, kept.engine, kept.layer_choices,
-                          candidate=choice, candidate_settings=settings)
+                          candidate=choice, candidate_settings=settings,
+                          timing_clock=timing_clock(sample_input) if timings else None)
 
 
 def _engines(backends: Optional[Sequence[str]], sample: torch.Tensor) -> list[InferenceEngine]:
@@ -151,6 +165,49 @@ def _engines(backends: Optional[Sequence[str]], sample: torch.Tensor) -> list[In
     return chosen
 
 
+def cpu_time_interleaved(candidates: dict[str, Callable[[], object]], rounds: int = 15,
+                         target_s: float = 0.02) -> dict[str, Timing]:
+    """:func:`sepconv.utils.timing.interleaved` on the calling thread's CPU time (``time.thread_time``, user and
+    system) instead of wall time: seconds per call, median and quartiles of ``rounds`` interleaved rounds of
+    about ``target_s`` CPU seconds each.
+
+    Only meaningful when all the work runs on the calling thread: one thread on the CPU (PyTorch with
+    ``torch.get_num_threads() == 1``, sepconv's kernels with one thread, ONNX Runtime with one intra-op thread
+    all do). Then other processes on a busy machine delay a candidate without adding to its time, where a
+    wall-clock sample that was preempted can be several times too long.
+    """
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"cpu_time_interleaved: rounds must be an integer >= 1, got {rounds!r}")
+    if not target_s > 0 or target_s == float("inf"):
+        raise ValueError(f"cpu_time_interleaved: target_s must be a finite number > 0, got {target_s!r}")
+    numbers = {}
+    for name, fn in candidates.items():
+        calls_for(fn, target_s)  # warm-up
+        start = time.thread_time()
+        fn()
+        numbers[name] = max(1, int(target_s / max(time.thread_time() - start, 1e-7)))
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            n = numbers[name]
+            start = time.thread_time()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.thread_time() - start) / n)
+    result = {}
+    for name, xs in samples.items():
+        qs = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+        result[name] = Timing(statistics.median(xs), qs[0], qs[2], tuple(xs))
+    return result
+
+
+def timing_clock(sample: torch.Tensor) -> str:
+    """The clock :func:`optimize` times candidates on for ``sample``: ``"cpu"`` (the calling thread's CPU time)
+    with one thread on the CPU and :data:`CPU_CLOCK_WITH_ONE_THREAD` set, else ``"wall"``."""
+    one_thread = sample.device.type == "cpu" and torch.get_num_threads() == 1
+    return "cpu" if one_thread and CPU_CLOCK_WITH_ONE_THREAD else "wall"
+
+
 def _fastest_candidate(model: nn.Module, sample: torch.Tensor, candidates: dict[str, Candidate],
                        rounds: int) -> tuple[str, dict[str, float]]:
     """Time the candidates (and the original model) in interleaved rounds; the fastest's name and the medians (ms)."""
@@ -159,14 +216,19 @@ def _fastest_candidate(model: nn.Module, sample: torch.Tensor, candidates: dict[
     fns.update({name: inference_call(c.module, sample.contiguous(memory_format=c.memory_format))
                 for name, c in candidates.items()})
     settle = SETTLE_S if torch.get_num_threads() > 1 else 0.0
-    t = interleaved(fns, rounds=rounds, settle_s=settle, device=sample.device)
+    if timing_clock(sample) == "cpu":
+        def timer(chosen, rounds, target_s=0.02):
+            return cpu_time_interleaved(chosen, rounds=rounds, target_s=target_s)
+    else:
+        def timer(chosen, rounds, target_s=0.02):
+            return interleaved(chosen, rounds=rounds, target_s=target_s, settle_s=settle, device=sample.device)
+    t = timer(fns, rounds)
     timings = {k: v.median * 1e3 for k, v in t.items()}
     ranked = sorted(candidates, key=lambda name: timings[name])
     choice = ranked[0]
     if len(ranked) > 1 and timings[ranked[1]] < CLOSE_CALL * timings[ranked[0]]:
         # a close call on a noisy machine: time the two front-runners again, longer, before choosing
-        again = interleaved({name: fns[name] for name in ranked[:2]}, rounds=2 * rounds, target_s=0.05,
-                            settle_s=settle, device=sample.device)
+        again = timer({name: fns[name] for name in ranked[:2]}, rounds=2 * rounds, target_s=0.05)
         choice = min(ranked[:2], key=lambda name: again[name].median)
         timings.update({f"{name} (confirmation)": again[name].median * 1e3 for name in ranked[:2]})
     return choice, timings
