@@ -18,7 +18,7 @@ realized = (t_standard / t_separable) / (standard MACs / separable MACs), the st
 the three; `ceiling` = the fused-layer roofline ceiling (`sepconv.bench.suites.fused_bound_s` against the standard
 convolution's bound, with this machine's measured roofline); `of_ceiling` = realized / ceiling. Medians and, for
 a loaded machine, the same from each candidate's fastest round (`*_min`); `--clock cpu` times the calling
-thread's CPU time instead of wall time (one thread only; `sepconv.backends.optimize.cpu_time_interleaved`), so
+thread's CPU time instead of wall time (one thread only; `sepconv.backends.clock.cpu_time_interleaved`), so
 time preempted by other processes is not counted (the roofline is still measured in wall time; `optimize` itself
 times on CPU time with one thread). Writes
 `isa.json` (with the machine) into --out (default `benchmarks/results/isa-cpu-<threads>thread`).
@@ -40,7 +40,7 @@ from sepconv.backends import native
 from sepconv.backends.fused import FusedSeparableConv2d
 from sepconv.backends.onednn import PackedConv2d, onednn_available
 from sepconv.backends.onnxruntime import fastest_session_options, onnxruntime_available
-from sepconv.backends.optimize import cpu_time_interleaved
+from sepconv.backends.clock import cpu_time_interleaved
 from sepconv.bench.roofline import measure_roofline
 from sepconv.bench.suites import fused_bound_s, mobilenet_v1_suite, vgg_blocks_suite
 from sepconv.cost import conv_cost, separable_cost

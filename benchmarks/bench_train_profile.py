@@ -34,7 +34,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from sepconv import SeparableConv2d, tune_training
 from sepconv.backends import native
-from sepconv.backends.optimize import cpu_time_interleaved
+from sepconv.backends.clock import cpu_time_interleaved
 from sepconv.bench.suites import mobilenet_v1_suite, vgg_blocks_suite
 from sepconv.cost import conv_cost, separable_cost
 from sepconv.layers._common import conv_module

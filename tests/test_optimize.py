@@ -172,7 +172,7 @@ def test_onnxruntime_profile_records_every_node():
 def test_cpu_time_interleaved_counts_work_not_waiting():
     import time
 
-    from sepconv.backends.optimize import cpu_time_interleaved
+    from sepconv.backends.clock import cpu_time_interleaved
 
     def busy():
         end = time.thread_time() + 0.002

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import copy
-import statistics
 import sys
-import time
 import warnings
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from ..utils.timing import Timing, calls_for, inference_call, interleaved
+from ..utils.timing import inference_call, interleaved
+from .clock import cpu_time_interleaved, timing_clock
 from .engine import BuildContext, Candidate, InferenceEngine
 from .fold import fold_batchnorm
 from .registry import INFERENCE_ENGINES
@@ -30,7 +29,7 @@ class OptimizedModel(nn.Module):
         #: how they were chosen, :func:`~sepconv.backends.onnxruntime.fastest_session_options`).
         self.candidate_settings = {name: dict(v) for name, v in (candidate_settings or {}).items()}
         #: What ``timings_ms`` were measured on: ``"wall"`` or ``"cpu"`` (the calling thread's CPU time; see
-        #: :func:`timing_clock`), None when nothing was timed.
+        #: :func:`sepconv.backends.clock.timing_clock`), None when nothing was timed.
         self.timing_clock = timing_clock
         #: The name under which :func:`optimize` timed the kept candidate (a key of ``timings_ms`` when measured).
         self.candidate = candidate if candidate is not None else backend
@@ -64,10 +63,6 @@ CLOSE_CALL = 1.2
 #: Untimed pause (seconds) before each timing sample when timing with more than one thread: worker threads another
 #: runtime left spinning (ONNX Runtime's, PyTorch's OpenMP pool) otherwise take cores from the next candidate.
 SETTLE_S = 0.01
-
-#: With one thread on the CPU, :func:`optimize` times candidates on the calling thread's CPU time
-#: (:func:`cpu_time_interleaved`): time the process spends preempted by other processes then does not count.
-CPU_CLOCK_WITH_ONE_THREAD = True
 
 #: Names of the engines :func:`optimize` can measure, in registry order; ``compile`` is opt-in.
 BACKENDS = tuple(engine.name for engine in INFERENCE_ENGINES)
@@ -111,7 +106,7 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
     each timing sample ends with a device synchronization. With one thread on
     the CPU the candidates are timed on the calling thread's CPU time, so
     other processes on a busy machine do not decide the choice
-    (:func:`timing_clock`; recorded in ``timing_clock``). ``measure=False``
+    (:func:`sepconv.backends.clock.timing_clock`; recorded in ``timing_clock``). ``measure=False``
     keeps the first candidate (eager NCHW). ``verbose`` prints one line
     before building and one before timing. The result computes the same
     function as ``model.eval()`` to float tolerance; ``model`` is not
@@ -163,49 +158,6 @@ def _engines(backends: Optional[Sequence[str]], sample: torch.Tensor) -> list[In
         if reason is not None:
             raise ValueError(f"backends includes {engine.name!r}, which {reason}")
     return chosen
-
-
-def cpu_time_interleaved(candidates: dict[str, Callable[[], object]], rounds: int = 15,
-                         target_s: float = 0.02) -> dict[str, Timing]:
-    """:func:`sepconv.utils.timing.interleaved` on the calling thread's CPU time (``time.thread_time``, user and
-    system) instead of wall time: seconds per call, median and quartiles of ``rounds`` interleaved rounds of
-    about ``target_s`` CPU seconds each.
-
-    Only meaningful when all the work runs on the calling thread: one thread on the CPU (PyTorch with
-    ``torch.get_num_threads() == 1``, sepconv's kernels with one thread, ONNX Runtime with one intra-op thread
-    all do). Then other processes on a busy machine delay a candidate without adding to its time, where a
-    wall-clock sample that was preempted can be several times too long.
-    """
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"cpu_time_interleaved: rounds must be an integer >= 1, got {rounds!r}")
-    if not target_s > 0 or target_s == float("inf"):
-        raise ValueError(f"cpu_time_interleaved: target_s must be a finite number > 0, got {target_s!r}")
-    numbers = {}
-    for name, fn in candidates.items():
-        calls_for(fn, target_s)  # warm-up
-        start = time.thread_time()
-        fn()
-        numbers[name] = max(1, int(target_s / max(time.thread_time() - start, 1e-7)))
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, fn in candidates.items():
-            n = numbers[name]
-            start = time.thread_time()
-            for _ in range(n):
-                fn()
-            samples[name].append((time.thread_time() - start) / n)
-    result = {}
-    for name, xs in samples.items():
-        qs = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
-        result[name] = Timing(statistics.median(xs), qs[0], qs[2], tuple(xs))
-    return result
-
-
-def timing_clock(sample: torch.Tensor) -> str:
-    """The clock :func:`optimize` times candidates on for ``sample``: ``"cpu"`` (the calling thread's CPU time)
-    with one thread on the CPU and :data:`CPU_CLOCK_WITH_ONE_THREAD` set, else ``"wall"``."""
-    one_thread = sample.device.type == "cpu" and torch.get_num_threads() == 1
-    return "cpu" if one_thread and CPU_CLOCK_WITH_ONE_THREAD else "wall"
 
 
 def _fastest_candidate(model: nn.Module, sample: torch.Tensor, candidates: dict[str, Candidate],
