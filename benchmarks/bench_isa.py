@@ -1,7 +1,7 @@
 """The fused kernel per vector ISA, the separable layer's forward against its roofline ceiling, and ONNX Runtime
 run alone against `sepconv.optimize`, on `sepconv bench`'s suite shapes, in one run.
 
-    python benchmarks/bench_isa.py [--threads 1] [--rounds 5] [--suite mobilenet_v1,vgg_blocks] [--out DIR]
+    python benchmarks/bench_isa.py [--threads 1] [--rounds 5] [--clock wall|cpu] [--suite ...] [--out DIR]
 
 For every shape (float32, inference, one `SeparableConv2d` without bias), in the same interleaved rounds:
 
@@ -16,7 +16,11 @@ For every shape (float32, inference, one `SeparableConv2d` without bias), in the
 
 realized = (t_standard / t_separable) / (standard MACs / separable MACs), the standard convolution at its fastest of
 the three; `ceiling` = the fused-layer roofline ceiling (`sepconv.bench.suites.fused_bound_s` against the standard
-convolution's bound, with this machine's measured roofline); `of_ceiling` = realized / ceiling. Writes
+convolution's bound, with this machine's measured roofline); `of_ceiling` = realized / ceiling. Medians and, for
+a loaded machine, the same from each candidate's fastest round (`*_min`); `--clock cpu` times the calling
+thread's CPU time instead of wall time (one thread only; `sepconv.backends.clock.cpu_time_interleaved`), so
+time preempted by other processes is not counted (the roofline is still measured in wall time; `optimize` itself
+times on CPU time with one thread). Writes
 `isa.json` (with the machine) into --out (default `benchmarks/results/isa-cpu-<threads>thread`).
 """
 
@@ -36,6 +40,7 @@ from sepconv.backends import native
 from sepconv.backends.fused import FusedSeparableConv2d
 from sepconv.backends.onednn import PackedConv2d, onednn_available
 from sepconv.backends.onnxruntime import fastest_session_options, onnxruntime_available
+from sepconv.backends.clock import cpu_time_interleaved
 from sepconv.bench.roofline import measure_roofline
 from sepconv.bench.suites import fused_bound_s, mobilenet_v1_suite, vgg_blocks_suite
 from sepconv.cost import conv_cost, separable_cost
@@ -69,7 +74,7 @@ def isas() -> list[str]:
     return found
 
 
-def run_shape(case, roofline, variants, rounds: int, threads: int) -> dict:
+def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = "wall") -> dict:
     torch.manual_seed(0)
     spec = case.spec
     x = torch.randn(case.batch, spec.in_channels, *case.size)
@@ -96,7 +101,10 @@ def run_shape(case, roofline, variants, rounds: int, threads: int) -> dict:
         warnings.simplefilter("ignore")
         fast = optimize(sep, x)
     candidates["sepconv"] = no_grad(fast.model, x.contiguous(memory_format=fast.memory_format), isa="native")
-    timings = interleaved(candidates, rounds=rounds, target_s=0.01)
+    if clock == "cpu":
+        timings = cpu_time_interleaved(candidates, rounds=rounds)
+    else:
+        timings = interleaved(candidates, rounds=rounds, target_s=0.01)
     ms = {k: 1e3 * v.median for k, v in timings.items()}
     std_cost = conv_cost(spec, case.size, batch=case.batch)
     mac_ratio = std_cost.macs / separable_cost(spec, case.size, batch=case.batch).macs
@@ -104,10 +112,20 @@ def run_shape(case, roofline, variants, rounds: int, threads: int) -> dict:
     ceiling = (roofline.bound_s(std_cost.in_bounds_flops, std_cost.bytes) / fused_bound_s(case, roofline)) / mac_ratio
     realized = {k: (t_std / v) / mac_ratio for k, v in ms.items() if not k.startswith("standard_")}
     best = max(realized, key=realized.get)
+    mins = {k: 1e3 * min(v.samples) for k, v in timings.items()}
+    t_std_min = min(v for k, v in mins.items() if k.startswith("standard_"))
+    realized_min = {k: (t_std_min / v) / mac_ratio for k, v in mins.items() if not k.startswith("standard_")}
     return {
         "shape": case.name, "batch": case.batch, "size": list(case.size), "in": spec.in_channels,
         "out": spec.out_channels, "stride": list(spec.stride), "median_ms": ms,
         "iqr_ms": {k: 1e3 * v.iqr for k, v in timings.items()},
+        # the fastest round: on a loaded machine the least disturbed one (a preempted round only gets slower)
+        "min_ms": {k: 1e3 * min(v.samples) for k, v in timings.items()},
+        "realized_min": realized_min, "of_ceiling_min": {k: v / ceiling for k, v in realized_min.items()},
+        "sepconv_vs_onnxruntime_alone_min": (min(timings["sepconv"].samples) / min(timings["onnxruntime_alone"].samples)
+                                             if "onnxruntime_alone" in timings else None),
+        "avx2_vs_avx512_fused_min": (min(timings["fused_avx2"].samples) / min(timings["fused_avx512"].samples)
+                                     if "fused_avx2" in timings and "fused_avx512" in timings else None),
         "theoretical_speedup": mac_ratio, "realized": realized, "fused_roofline_ceiling": ceiling,
         "of_ceiling": {k: v / ceiling for k, v in realized.items()}, "best_path": best,
         "sepconv_backend": fast.backend, "sepconv_candidate": fast.candidate,
@@ -123,8 +141,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--suite", default="mobilenet_v1,vgg_blocks")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: this thread's CPU time (one thread only), for a machine other processes load")
     p.add_argument("--out")
     args = p.parse_args(argv)
+    if args.clock == "cpu" and args.threads != 1:
+        p.error(f"--clock cpu needs --threads 1 (got {args.threads}): other threads' time is not on this thread")
     torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else HERE / "results" / f"isa-cpu-{args.threads}thread"
     variants = isas()
@@ -132,13 +154,13 @@ def main(argv=None) -> int:
     rows = []
     for suite in args.suite.split(","):
         for case in SUITES[suite]():
-            row = run_shape(case, roofline, variants, args.rounds, args.threads)
+            row = run_shape(case, roofline, variants, args.rounds, args.threads, args.clock)
             rows.append(row)
             print(f"{row['shape']:>28}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["median_ms"].items())
                   + f" | sepconv/ort {row['sepconv_vs_onnxruntime_alone']}", flush=True)
     record = {"machine": machine_info(), "kernel_isas": [name for _, name in variants],
               "roofline": {"peak_gflops": roofline.peak_flops / 1e9, "bandwidth_gbs": roofline.bandwidth / 1e9},
-              "threads": args.threads, "rounds": args.rounds, "shapes": rows,
+              "threads": args.threads, "rounds": args.rounds, "clock": args.clock, "shapes": rows,
               "machine_after": {"loadavg_1_5_15": list(os.getloadavg())}}
     atomic_write_bytes(out / "isa.json", (json.dumps(record, indent=1) + "\n").encode())
     print(f"wrote {out / 'isa.json'}")

@@ -1,6 +1,6 @@
 """Where a separable layer's training step spends its time, per kernel ISA: torch.profiler, grouped by kind of work.
 
-    python benchmarks/bench_train_profile.py [--threads 1] [--steps 10] [--out DIR]
+    python benchmarks/bench_train_profile.py [--threads 1] [--steps 10] [--clock wall|cpu] [--out DIR]
 
 For a few suite shapes, one `SeparableConv2d` (channels-last, float32) after `sepconv.tune_training` takes training
 steps (forward, backward of a fixed output gradient); for each kernel variant this CPU runs (`SEPCONV_ISA`: the
@@ -16,7 +16,8 @@ native build, and `avx2` where narrower) the profiler's self CPU time per operat
 * `autograd_and_other`: the rest (autograd bookkeeping, Python-side dispatch).
 
 The standard convolution's step (eager, channels-last) is timed beside it for the realized ratio
-((t_standard / t_separable) / MAC ratio). Writes `train_profile.json` (with the machine) into --out (default
+((t_standard / t_separable) / MAC ratio); `--clock cpu` times the steps on the calling thread's CPU time (one
+thread: PyTorch's CPU backward runs on the thread that calls it). The profiler's operator times are wall time. Writes `train_profile.json` (with the machine) into --out (default
 `benchmarks/results/trainprofile-cpu-<threads>thread`).
 """
 
@@ -33,6 +34,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from sepconv import SeparableConv2d, tune_training
 from sepconv.backends import native
+from sepconv.backends.clock import cpu_time_interleaved
 from sepconv.bench.suites import mobilenet_v1_suite, vgg_blocks_suite
 from sepconv.cost import conv_cost, separable_cost
 from sepconv.layers._common import conv_module
@@ -107,7 +109,7 @@ def profile_step(step, steps: int) -> dict:
     return {"ms_per_step_by_kind": groups, "top_ops_ms_per_step": top, "profiled_ms_per_step": sum(per_op.values())}
 
 
-def run_case(case, variants, steps: int, rounds: int) -> dict:
+def run_case(case, variants, steps: int, rounds: int, clock: str = "wall") -> dict:
     torch.manual_seed(0)
     spec = case.spec
     x = torch.randn(case.batch, spec.in_channels, *case.size).contiguous(memory_format=torch.channels_last)
@@ -130,7 +132,10 @@ def run_case(case, variants, steps: int, rounds: int) -> dict:
             os.environ["SEPCONV_ISA"] = request
             step()
         fns[f"separable_{name}"] = timed
-    timings = interleaved(fns, rounds=rounds, target_s=0.02)
+    if clock == "cpu":
+        timings = cpu_time_interleaved(fns, rounds=rounds, target_s=0.05)
+    else:
+        timings = interleaved(fns, rounds=rounds, target_s=0.02)
     os.environ["SEPCONV_ISA"] = "native"
     ms = {k: 1e3 * v.median for k, v in timings.items()}
     mac_ratio = conv_cost(spec, case.size).macs / separable_cost(spec, case.size).macs
@@ -145,8 +150,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: the step times on this thread's CPU time (one thread only; see bench_isa.py)")
     p.add_argument("--out")
     args = p.parse_args(argv)
+    if args.clock == "cpu" and args.threads != 1:
+        p.error(f"--clock cpu needs --threads 1 (got {args.threads})")
     torch.set_num_threads(args.threads)
     variants = []
     for request in ("native", "avx2"):
@@ -159,12 +168,12 @@ def main(argv=None) -> int:
     cases = [mb[2], vgg[1], vgg[3]]  # 128->128 @56 batch 1; 64->64 @32 and 128->128 @16 batch 32
     rows = []
     for case in cases:
-        row = run_case(case, variants, args.steps, args.rounds)
+        row = run_case(case, variants, args.steps, args.rounds, args.clock)
         rows.append(row)
         print(case.name, json.dumps({k: {g: round(v, 3) for g, v in r["ms_per_step_by_kind"].items()}
                                      for k, r in row["variants"].items()}), row["median_ms"], flush=True)
     out = Path(args.out) if args.out else HERE / "results" / f"trainprofile-cpu-{args.threads}thread"
-    record = {"machine": machine_info(), "threads": args.threads, "steps": args.steps,
+    record = {"machine": machine_info(), "threads": args.threads, "steps": args.steps, "clock": args.clock,
               "kernel_isas": [n for _, n in variants], "shapes": rows,
               "machine_after": {"loadavg_1_5_15": list(os.getloadavg())}}
     atomic_write_bytes(out / "train_profile.json", (json.dumps(record, indent=1) + "\n").encode())

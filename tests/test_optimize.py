@@ -167,3 +167,34 @@ def test_onnxruntime_profile_records_every_node():
     assert "Conv" in ops
     plain = sepconv.to_onnxruntime(model, x)
     assert not plain.session.end_profiling()  # no profile without the flag
+
+
+def test_cpu_time_interleaved_counts_work_not_waiting():
+    import time
+
+    from sepconv.backends.clock import cpu_time_interleaved
+
+    def busy():
+        end = time.thread_time() + 0.002
+        while time.thread_time() < end:
+            pass
+
+    timings = cpu_time_interleaved({"sleeps": lambda: time.sleep(0.004), "busy": busy}, rounds=3, target_s=0.01)
+    assert timings["sleeps"].median < 0.001 < 0.0015 < timings["busy"].median
+    with pytest.raises(ValueError, match="rounds must be an integer >= 1, got 0"):
+        cpu_time_interleaved({"busy": busy}, rounds=0)
+    with pytest.raises(ValueError, match="target_s must be a finite number > 0, got inf"):
+        cpu_time_interleaved({"busy": busy}, target_s=float("inf"))
+
+
+@pytest.mark.parametrize("threads, clock", [(1, "cpu"), (2, "wall")])
+def test_optimize_times_one_thread_on_cpu_time(threads, clock):
+    model, x = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval(), torch.randn(1, 3, 8, 8)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fast = sepconv.optimize(model, x, rounds=2, backends=("eager",))
+        assert fast.timing_clock == clock
+    finally:
+        torch.set_num_threads(before)
+    assert sepconv.optimize(model, x, measure=False).timing_clock is None

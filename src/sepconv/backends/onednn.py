@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from ..layers.separable import SeparableConvNd
-from ..utils.timing import first_inputs, inference_call, interleaved
+from ..utils.timing import first_inputs, inference_call
+from .clock import time_candidates
 from .engine import BuildContext, Candidate, InferenceEngine
 from .fused import FusedSeparableConv2d, fusable, fused_available
 from .sites import FUSABLE_ACTIVATIONS, conv_sites, is_identity, plain_conv2d
@@ -143,7 +144,8 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
 
     With ``measure`` (needs ``sample_input``), every convolution (or
     separable layer) is timed on its own input from the sample, in
-    ``rounds`` interleaved rounds, as it is (eager PyTorch, channels-last)
+    ``rounds`` interleaved rounds (on the calling thread's CPU time with one
+    thread: :func:`sepconv.backends.clock.timing_clock`), as it is (eager PyTorch, channels-last)
     and on each engine, and the fastest is kept. Without it, separable layers
     are fused where possible and every other convolution is packed. A ReLU
     or ReLU6 that directly follows a replaced convolution is fused into it
@@ -197,7 +199,7 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
             eager = copy.deepcopy(conv).to(memory_format=torch.channels_last)
             tail = act if act is not None else nn.Identity()
             candidates = {"eager": inference_call(nn.Sequential(eager, tail), x), "packed": inference_call(packed, x)}
-            if _fastest(candidates, rounds) == "eager":
+            if _fastest(candidates, rounds, x) == "eager":
                 decisions[qualified] = "eager"
                 continue
         setattr(parent, name, packed)
@@ -247,7 +249,7 @@ def _replace_separable(model: nn.Module, qualified: str, layer: nn.Module, pw_ac
         if dw_act is None and hasattr(layer, "to_conv"):
             whole["dense"] = _dense_module(layer, pw_act)
             calls["dense"] = inference_call(whole["dense"], x)
-        choice = _fastest(calls, rounds)
+        choice = _fastest(calls, rounds, x)
         if choice == "packed":
             layer.depthwise, layer.pointwise = packed_dw, packed_pw
     if choice in whole:
@@ -296,8 +298,8 @@ def _eager_call(layer: nn.Module, tail: Optional[nn.Module], x: torch.Tensor):
     return inference_call(nn.Sequential(eager, tail if tail is not None else nn.Identity()), x)
 
 
-def _fastest(calls: dict, rounds: int) -> str:
-    t = interleaved(calls, rounds=rounds, target_s=0.005)
+def _fastest(calls: dict, rounds: int, sample: torch.Tensor) -> str:
+    t = time_candidates(calls, sample, rounds=rounds, target_s=0.005)
     return min(t, key=lambda name: t[name].median)
 
 

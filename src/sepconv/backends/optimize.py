@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..utils.timing import inference_call, interleaved
+from .clock import cpu_time_interleaved, timing_clock
 from .engine import BuildContext, Candidate, InferenceEngine
 from .fold import fold_batchnorm
 from .registry import INFERENCE_ENGINES
@@ -21,11 +22,15 @@ class OptimizedModel(nn.Module):
 
     def __init__(self, model: nn.Module, memory_format: torch.memory_format, timings_ms: dict[str, float], folded: int,
                  backend: str = "eager", layer_choices: Optional[dict[str, str]] = None,
-                 candidate: Optional[str] = None, candidate_settings: Optional[dict[str, dict]] = None):
+                 candidate: Optional[str] = None, candidate_settings: Optional[dict[str, dict]] = None,
+                 timing_clock: Optional[str] = None):
         super().__init__()
         #: Per candidate built, how its engine configured it (e.g. ``"onnxruntime"``: its session options and
         #: how they were chosen, :func:`~sepconv.backends.onnxruntime.fastest_session_options`).
         self.candidate_settings = {name: dict(v) for name, v in (candidate_settings or {}).items()}
+        #: What ``timings_ms`` were measured on: ``"wall"`` or ``"cpu"`` (the calling thread's CPU time; see
+        #: :func:`sepconv.backends.clock.timing_clock`), None when nothing was timed.
+        self.timing_clock = timing_clock
         #: The name under which :func:`optimize` timed the kept candidate (a key of ``timings_ms`` when measured).
         self.candidate = candidate if candidate is not None else backend
         #: For the ``onednn`` backend: per convolution, ``packed[+activation]`` or ``eager`` (what measured faster).
@@ -98,7 +103,10 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
     explicitly. The fastest candidate is kept; when the runner-up is within
     ``CLOSE_CALL`` of it, the two are timed again with twice the rounds
     before choosing (``'<name> (confirmation)'`` in ``timings_ms``). On CUDA
-    each timing sample ends with a device synchronization. ``measure=False``
+    each timing sample ends with a device synchronization. With one thread on
+    the CPU the candidates are timed on the calling thread's CPU time, so
+    other processes on a busy machine do not decide the choice
+    (:func:`sepconv.backends.clock.timing_clock`; recorded in ``timing_clock``). ``measure=False``
     keeps the first candidate (eager NCHW). ``verbose`` prints one line
     before building and one before timing. The result computes the same
     function as ``model.eval()`` to float tolerance; ``model`` is not
@@ -132,7 +140,8 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
     kept = candidates[choice]
     settings = {name: c.settings for name, c in candidates.items() if c.settings}
     return OptimizedModel(kept.module, kept.memory_format, timings, folded, kept.engine, kept.layer_choices,
-                          candidate=choice, candidate_settings=settings)
+                          candidate=choice, candidate_settings=settings,
+                          timing_clock=timing_clock(sample_input) if timings else None)
 
 
 def _engines(backends: Optional[Sequence[str]], sample: torch.Tensor) -> list[InferenceEngine]:
@@ -159,14 +168,19 @@ def _fastest_candidate(model: nn.Module, sample: torch.Tensor, candidates: dict[
     fns.update({name: inference_call(c.module, sample.contiguous(memory_format=c.memory_format))
                 for name, c in candidates.items()})
     settle = SETTLE_S if torch.get_num_threads() > 1 else 0.0
-    t = interleaved(fns, rounds=rounds, settle_s=settle, device=sample.device)
+    if timing_clock(sample) == "cpu":
+        def timer(chosen, rounds, target_s=0.02):
+            return cpu_time_interleaved(chosen, rounds=rounds, target_s=target_s)
+    else:
+        def timer(chosen, rounds, target_s=0.02):
+            return interleaved(chosen, rounds=rounds, target_s=target_s, settle_s=settle, device=sample.device)
+    t = timer(fns, rounds)
     timings = {k: v.median * 1e3 for k, v in t.items()}
     ranked = sorted(candidates, key=lambda name: timings[name])
     choice = ranked[0]
     if len(ranked) > 1 and timings[ranked[1]] < CLOSE_CALL * timings[ranked[0]]:
         # a close call on a noisy machine: time the two front-runners again, longer, before choosing
-        again = interleaved({name: fns[name] for name in ranked[:2]}, rounds=2 * rounds, target_s=0.05,
-                            settle_s=settle, device=sample.device)
+        again = timer({name: fns[name] for name in ranked[:2]}, rounds=2 * rounds, target_s=0.05)
         choice = min(ranked[:2], key=lambda name: again[name].median)
         timings.update({f"{name} (confirmation)": again[name].median * 1e3 for name in ranked[:2]})
     return choice, timings
