@@ -37,11 +37,8 @@ _TILE_BYTES = 256 * 1024  # depthwise tile buffer: about half of a 1-2 MiB L2 ca
 
 #: Outputs of at least this many bytes are written with non-temporal stores (around the caches: their lines are
 #: not read in before being overwritten); smaller ones, which the next layer may still find in cache, with plain
-#: stores. Read at each call. Measured on AMD Zen 4 (benchmarks/benchnative.py and bench_networks.py, summarized
-#: in benchmarks/README.md, "A second machine"): 5-13 % off the layer alone at batch 32 with 64-128 channels
-#: (4-8 MiB outputs), 0-8 % at batch 1; in whole networks through sepconv.optimize 3 % and 19 % off the VGG-block
-#: network at batch 32 (2 threads; networks records of commits e7a0f8e and fb9d153) and nothing measurable on
-#: MobileNetV1 at batch 1 (its outputs are at most 3.2 MB), so only large outputs stream.
+#: stores. Read at each call. Streaming pays for outputs of several MiB and not for the outputs of a network at
+#: batch 1, which the next layer may still find in cache (``networks-*`` records, ``docs/design-notes.md``).
 STREAM_MIN_BYTES = 4 * 2**20
 
 
@@ -50,9 +47,7 @@ def balanced_tile(batch: int, pixels: int, tile: int, threads: int) -> int:
 
     The kernel's jobs are (image, tile) pairs, dealt to the threads in
     contiguous chunks. With few jobs, a count that ``threads`` does not divide,
-    or a short last tile, leaves a thread idle at the end: with 2 threads the
-    64 -> 128 @112 stride-2 layer (5 tiles of 678 pixels) took 0.419 ms against
-    0.347 ms with 6 tiles of 528 (AMD Zen 4). So while there are at least one
+    or a short last tile, leaves a thread idle at the end. So while there are at least one
     and fewer than 16 jobs per thread, this returns the largest size (a
     multiple of 6, the kernel's register block, where that keeps the count) of
     at most ``tile`` whose tile count per image times ``batch`` is a multiple
@@ -60,8 +55,8 @@ def balanced_tile(batch: int, pixels: int, tile: int, threads: int) -> int:
     Otherwise (one thread, many jobs, or too few pixels for such a count),
     ``tile``. With fewer tiles than threads the kernel splits the output
     channels among the threads instead, which reads each thread's half of the
-    pointwise weight only: splitting such layers' pixels made the 512 -> 1024
-    @14 stride-2 and 1024 -> 1024 @7 layers 17-30 % slower with 2 threads.
+    pointwise weight only, where splitting their few pixels would make each
+    thread read the whole weight.
     """
     for name, value, least in (("batch", batch, 0), ("pixels", pixels, 1), ("tile", tile, 1), ("threads", threads, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -178,7 +173,7 @@ class FusedPair(nn.Module):
         if x.requires_grad and torch.is_grad_enabled():
             raise RuntimeError(f"{type(self).__name__} is inference-only: call it under torch.no_grad() or "
                                "torch.inference_mode()")
-        weight = self._buffers["dw_weight"]  # direct access: nn.Module's attribute lookup costs ~0.5 us
+        weight = self._buffers["dw_weight"]  # direct access: nn.Module's __getattr__ is slow on the per-call path
         if x.dim() != 4 or x.dtype != weight.dtype or x.device != weight.device:
             raise ValueError(f"{type(self).__name__} needs a 4D {weight.dtype} input on {weight.device}, got "
                              f"{x.dim()}D {x.dtype} on {x.device}")
@@ -228,7 +223,7 @@ class FusedSeparableConv2d(FusedPair):
 
     def _plan(self, n: int, h: int, w: int, threads: int) -> tuple:
         """The kernel's arguments other than pointers, computed once per input size, thread count, tile and
-        streaming threshold (the Python work of a call was ~17 us, 3 % of a 0.5 ms layer)."""
+        streaming threshold, so that a call does little Python work besides the kernel."""
         key = (n, h, w, threads, self.tile, STREAM_MIN_BYTES)
         plan = self._plans.get(key)
         if plan is None:
@@ -256,7 +251,7 @@ class FusedSeparableConv2d(FusedPair):
         n, _, h, w = x.shape
         ho, wo, xdims, dwargs, pwargs, geometry, jobs = self._plan(n, h, w, max(1, torch.get_num_threads()))
         y = torch.empty((n, self.out_channels, ho, wo), dtype=torch.float32, memory_format=torch.channels_last)
-        buffers = self._buffers  # direct access: nn.Module's attribute lookup costs ~0.5 us per buffer
+        buffers = self._buffers  # direct access: nn.Module's __getattr__ is slow on the per-call path
         dw_bias, pw_bias = buffers["dw_bias"], buffers["pw_bias"]
         code = native.load()[0].sepconv_fused_dwpw_f32(
             x.data_ptr(), *xdims, buffers["dw_weight"].data_ptr(), None if dw_bias is None else dw_bias.data_ptr(),

@@ -1,36 +1,27 @@
 """Training engines for the two steps of a separable layer, chosen per convolution by measurement (``tune_training``).
 
-Why (measured on this project's CPU, ``benchmarks/README.md``):
+Why (the measurements are in ``benchmarks/results/kernels-*`` and ``docs/design-notes.md``):
 
 * ``'gemm'``, for 1x1 convolutions: a separable layer's training step is
   dominated by its pointwise step's backward pass, which eager PyTorch runs
-  poorly on some shapes (at batch 1 on one thread the ``_slow_conv2d`` path:
-  im2col + a oneMKL GEMM at the AVX2 rate on this AMD CPU; at batch 32
-  oneDNN's backward-weights kernel at 58 GFLOP/s). A 1x1 convolution is a
-  matrix product, so :class:`Pointwise1x1` computes it as one: forward and
-  input gradient as oneDNN 1x1 convolutions in channels-last
+  poorly on some shapes (at batch 1 on one thread it takes the
+  ``_slow_conv2d`` path, im2col + a GEMM). A 1x1 convolution is a matrix
+  product, so :class:`Pointwise1x1` computes it as one: forward and input
+  gradient as oneDNN 1x1 convolutions in channels-last
   (``torch.mkldnn_convolution``), weight gradient as one matrix product over
-  all pixels (:func:`matmul_at_b`: sepconv's AVX-512 C kernel where it
-  builds, else ``torch.mm``).
+  all pixels (:func:`matmul_at_b`: sepconv's C kernel where it builds, else
+  ``torch.mm``).
 * ``'flip'``, for stride-1 depthwise (grouped) convolutions:
   :class:`FlippedDepthwise` computes the input gradient as a forward
   convolution of the output gradient with the spatially flipped kernel
-  (the adjoint of a stride-1 convolution). oneDNN's depthwise
-  backward-data kernel ran 2-8x slower (varying between runs) than its forward kernel on
-  channels-last batch-32 inputs of 8 MiB (64 channels at 32x32), and up
-  to 40 % slower on the other suite shapes (``benchmarks/bench_kernels.py``).
-
+  (the adjoint of a stride-1 convolution), because oneDNN's depthwise
+  backward-data kernel is slower than its forward kernel on channels-last
+  inputs (``benchmarks/bench_kernels.py``).
 * ``'dwgrad'``, for stride-1 depthwise convolutions (one filter per
   channel), float32 on the CPU: ``'flip'`` with the weight gradient in
   sepconv's C kernel (:func:`depthwise_weight_grad`,
-  ``csrc/depthwise_wgrad.c``), which took 0.66-0.93 of PyTorch's time on
-  all 11 stride-1 suite shapes (``benchmarks/bench_kernels.py``, AMD Zen 4,
-  1 thread) since it prefetches the next row's input and gradient into L2;
-  before, 1.19-1.30 at 64 channels 32x32 batch 32 in two of three runs. (A
-  standalone depthwise forward kernel was also tried as the forward and
-  input-gradient steps: 1.06-1.7x oneDNN's time at 1 thread, and again after
-  the fused kernel's two-row window: 0.87-1.23x warm, a few per cent of a
-  training step at best; not kept, ``benchmarks/README.md``.)
+  ``csrc/depthwise_wgrad.c``), which prefetches the next row's input and
+  gradient into L2 (``benchmarks/bench_kernels.py``).
 
 Each is faster on some layers and slower on others, so :func:`tune_training`
 times eager PyTorch and the engine on each convolution's own input shape and

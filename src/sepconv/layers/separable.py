@@ -58,9 +58,8 @@ class SeparableConvNd(ComposedConvMixin, nn.Module):
     ``SeparableConv2D`` (Glorot-uniform for both kernels) gives when
     ``C_in ~ C_out``; biases and norms keep PyTorch's defaults. PyTorch's
     default for each step would pass 1/9 of the input variance where a
-    standard convolution passes 1/3: the seed's VGG-block network then sat at
-    chance for its first epoch in 5 of 6 seeds on digits, against none with
-    this initialization (``docs/compare.md``).
+    standard convolution passes 1/3, which can leave a deep stack at chance for
+    its first epochs (see "initialization" in ``docs/compare.md``).
     """
 
     _ndim: int
