@@ -127,10 +127,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..cost.shapes import parse_shape
     from ..models.cli import model_spatial_dims, resolve_from_args
+    from ..models.weights import conversion_of
     from .convert import convert
     from .evaluate import compare_networks, warnings_for
 
     _check_args(args)
+    if args.weights and conversion_of(args.weights) is not None:
+        raise ValueError(f"--weights {args.weights!r} holds an already converted network; convert the original weights")
     data, labelled, shape = None, False, None
     if args.data:
         asked = parse_shape(args.input, spatial_dims=None, channels_last=args.channels_last) if args.input else None
