@@ -82,7 +82,7 @@ def run(argv: list[str]) -> None:
     assert elapsed < BOUND_S, (argv, elapsed)
 
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                          HealthCheck.too_slow])
 
 

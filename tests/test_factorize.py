@@ -227,7 +227,7 @@ def test_convert_cli_round_trip(tmp_path, capsys):
     model = build_model("vgg_blocks", "standard", in_channels=1, image_size=8, width=0.25).eval()
     src, dst = tmp_path / "std.safetensors", tmp_path / "sep.safetensors"
     save_model(src, model, "vgg_blocks", "standard", in_channels=1, image_size=8, width=0.25)
-    assert main(["convert", str(src), str(dst), "--depth-multiplier", "9", "--input", "8x8x1"]) == 0
+    assert main(["convert", str(src), str(dst), "--depth-multiplier", "9", "--input", "1x8x8"]) == 0
     out = capsys.readouterr().out
     assert "converted 6 convolution(s)" in out and "features.0" in out
     converted, recipe = load_model(dst)
@@ -253,6 +253,47 @@ def test_convert_cli_round_trip(tmp_path, capsys):
         assert recipe["conversion"]["to"] == to and isinstance(rebuilt.features[0], cls)
         direct, _ = convert(model, to=to)
         torch.testing.assert_close(rebuilt.eval()(x), direct.eval()(x))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--depth-multiplier", "100000000"], "would need about"),
+    (["--rank", "3"], "--rank applies to --to spatial or cp"),
+    (["--input", ""], "--input must be sizes joined by 'x'"),
+    (["--input", "8x8x1"], "is ambiguous"),
+    (["--calibrate"], "need --data"),
+    (["--finetune-lr", "inf"], "--finetune-lr must be a finite number"),
+    (["--seed", "99999999999999999999999"], "--seed must be in"),
+    (["--data", "digits", "--input", "3x8x8"], "does not match the --data inputs, 1x8x8"),
+])
+def test_convert_cli_refuses_bad_options_before_work(tmp_path, capsys, extra, message, monkeypatch):
+    from sepconv.cli import main
+    from sepconv.models import save_model
+
+    monkeypatch.setenv("SEPCONV_MAX_BYTES", str(8 << 30))
+    model = build_model("vgg_blocks", "standard", in_channels=1, image_size=8, width=0.25)
+    save_model(tmp_path / "m.safetensors", model, "vgg_blocks", "standard", in_channels=1, image_size=8, width=0.25)
+    assert main(["convert", str(tmp_path / "m.safetensors"), str(tmp_path / "o.safetensors"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_convert_refuses_nan_biases_and_nan_calibration_samples():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+    with torch.no_grad():
+        model[2].bias[1] = float("nan")
+    with pytest.raises(ValueError, match="convolution '2' has NaN or inf bias"):
+        convert(model)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    x = torch.randn(4, 3, 6, 6)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="sample_input holds NaN or inf"):
+        convert(model, sample_input=x, calibrate=True)
+    from sepconv.factorize import calibrate
+
+    plain, _ = convert(model)
+    with pytest.raises(ValueError, match="sample_input holds NaN or inf"):
+        calibrate(model, plain, x)
 
 
 def _stage_input_and_target(original, new, name, x):

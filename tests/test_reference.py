@@ -139,6 +139,8 @@ def test_profile_convert_finetune_optimize_a_user_model_from_the_cli(user, capsy
     assert "kept:" in out
     code, out, err = run(capsys, "profile", ref, "--weights", out_file, "--input", "1x8x8")
     assert code == 0 and "block.conv1.depthwise" in out
+    code, out, err = run(capsys, "convert", ref, root / "again.safetensors", "--weights", out_file)
+    assert code == 2 and "already converted" in err
 
 
 def test_each_reference_form_and_weights_format(user, capsys, monkeypatch):

@@ -71,10 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    bounds = (("--depth-multiplier", args.depth_multiplier, 1, 1 << 20), ("--min-kernel", args.min_kernel, 1, 1 << 20),
+    bounds = (("--depth-multiplier", args.depth_multiplier, 1, 1 << 40), ("--min-kernel", args.min_kernel, 1, 1 << 20),
               ("--samples", args.samples, 1, 1 << 20), ("--finetune-epochs", args.finetune_epochs, 0, 10000),
               ("--batch-size", args.batch_size, 1, 1 << 16), ("--seed", args.seed, 0, (1 << 63) - 1))
-    for name, value, low, high in bounds + ((("--rank", args.rank, 1, 1 << 20),) if args.rank is not None else ()):
+    for name, value, low, high in bounds + ((("--rank", args.rank, 1, 1 << 40),) if args.rank is not None else ()):
         if not low <= value <= high:
             raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
     if args.rank is not None and args.to not in ("spatial", "cp"):
@@ -127,15 +127,21 @@ def run(args: argparse.Namespace) -> int:
 
     from ..cost.shapes import parse_shape
     from ..models.cli import model_spatial_dims, resolve_from_args
+    from ..models.weights import conversion_of
     from .convert import convert
     from .evaluate import compare_networks, warnings_for
 
     _check_args(args)
+    if args.weights and conversion_of(args.weights) is not None:
+        raise ValueError(f"--weights {args.weights!r} holds an already converted network; convert the original weights")
     data, labelled, shape = None, False, None
     if args.data:
-        size = parse_shape(args.input, channels_last=args.channels_last)[-1] if args.input else 32
-        data, labelled = load_samples(args, size)
+        asked = parse_shape(args.input, spatial_dims=None, channels_last=args.channels_last) if args.input else None
+        data, labelled = load_samples(args, asked[-1] if asked else 32)
         shape = tuple(data.val_x.shape[1:])
+        if asked is not None and tuple(asked) != shape:
+            raise ValueError(f"--input {args.input} does not match the --data inputs, "
+                             f"{'x'.join(map(str, shape))} (C x H x W)")
     model, source, shape = resolve_from_args(args, input_shape=shape, need_input=False, what=f"converting {args.model}")
     if source.weights is None:
         print(f"note: no --weights given: converting the initial (untrained) weights of {args.model}", file=sys.stderr)
