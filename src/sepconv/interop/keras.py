@@ -24,6 +24,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
@@ -34,6 +35,7 @@ from torch import nn
 
 from ..geometry import ConvSpec, effective_kernel
 from ..layers import DepthwiseConv1d, DepthwiseConv2d, SeparableConv1d, SeparableConv2d, conv_module
+from ..layers.separable import SeparableConvNd
 from .modules import (
     ChannelsLastFlatten,
     Concatenate,
@@ -835,6 +837,49 @@ def _module_key(name: str, used: set) -> str:
     return key
 
 
+#: Layers that open a group: a convolution without a fused activation followed by BatchNormalization.
+_GROUP_CONVS = {*_CONV_LAYERS, *_DEPTHWISE_LAYERS, *_SEPARABLE_LAYERS}
+#: Layers that may close a group after its BatchNormalization.
+_GROUP_ACTIVATIONS = ("Activation", "ReLU", "LeakyReLU", "ELU")
+
+
+class _Group:
+    """A convolution, the BatchNormalization after it and optionally the activation after that, as one node.
+
+    A Conv/DepthwiseConv becomes ``nn.Sequential([pad,] conv, norm[, act])`` whose children are named
+    after the Keras layers, so BatchNorm folding and int8 pair finding see the convolution and its
+    normalization as neighbours; a SeparableConv takes them as its ``pw_norm`` and ``pw_act``, which
+    apply after its pointwise step and its bias, where Keras applies them.
+    """
+
+    def __init__(self, key: str, module: nn.Module, used_keys: set):
+        self.key, self.stage = key, "conv"
+        self.separable = module if isinstance(module, SeparableConvNd) else None
+        self.parts: list[tuple[str, nn.Module]] = []
+        if isinstance(module, nn.Sequential):  # (pad, conv): a Conv with TF 'same' padding
+            pad, conv = module
+            self.parts = [(_module_key(f"{key}_pad", used_keys), pad), (key, conv)]
+        elif self.separable is None:
+            self.parts = [(key, module)]
+
+    def accepts(self, layer: _Layer, built: "_Built") -> bool:
+        if len(layer.calls) != 1:
+            return False
+        if self.stage == "conv":
+            return layer.cls == "BatchNormalization" and isinstance(built.module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))
+        return self.stage == "norm" and layer.cls in _GROUP_ACTIVATIONS
+
+    def add(self, key: str, module: nn.Module) -> None:
+        if self.separable is not None:
+            setattr(self.separable, "pw_norm" if self.stage == "conv" else "pw_act", module)
+        else:
+            self.parts.append((key, module))
+        self.stage = "norm" if self.stage == "conv" else "act"
+
+    def module(self) -> nn.Module:
+        return self.separable if self.separable is not None else nn.Sequential(OrderedDict(self.parts))
+
+
 def _input_shape(layer: _Layer) -> Shape:
     cfg = layer.config
     shape = cfg.get("batch_shape", cfg.get("batch_input_shape"))
@@ -946,12 +991,19 @@ def build_from_config(config: Any, store: Optional[_WeightStore] = None, *, chan
     # Flatten feeding only Dense layers: a plain nn.Flatten, and the Dense rows are permuted instead
     flatten_plain: set = set()
 
+    def sole_consumer(key: tuple[str, int], classes: Any) -> bool:
+        """Whether the output ``key`` is read once, by a single-call layer of one of ``classes``, and is no model output."""
+        users = consumers.get(key, [])
+        return (len(users) == 1 and users[0].cls in classes and len(users[0].calls) == 1
+                and key not in output_keys)
+
     modules: dict[str, nn.Module] = {}
     module_key: dict[str, str] = {}
     used_keys: set = set()
     nodes: list[tuple[str, list[int]]] = []
     built_of: dict[str, _Built] = {}
     flat_source: dict[int, Shape] = {}
+    open_groups: dict[int, _Group] = {}  # slot -> the conv group whose last output it holds
     while pending:
         progress = False
         remaining = []
@@ -975,6 +1027,18 @@ def build_from_config(config: Any, store: Optional[_WeightStore] = None, *, chan
                         and len(layer.calls) == 1:
                     flatten_plain.add(layer.name)
             built = _build_layer(layer, shapes, flatten_plain, flat_source.get(slots[0]), budget)
+            group = open_groups.pop(slots[0], None)
+            if group is not None and group.accepts(layer, built):
+                # the layer joins the convolution's node: its output takes over the conv's slot,
+                # which nothing else reads (checked when the group was opened)
+                built_of[layer.name] = built
+                group.add(_module_key(layer.name, used_keys), built.module)
+                modules[group.key] = group.module()
+                slot_of[(layer.name, k)] = slots[0]
+                shape_of[slots[0]] = built.out_shape
+                if group.stage == "norm" and sole_consumer((layer.name, k), _GROUP_ACTIVATIONS):
+                    open_groups[slots[0]] = group
+                continue
             if layer.name in built_of:  # a shared layer called again: same module, same weights
                 if built_of[layer.name].weights != built.weights:
                     raise ValueError(f"model config: shared layer {layer.name!r} is called on inputs of "
@@ -989,6 +1053,10 @@ def build_from_config(config: Any, store: Optional[_WeightStore] = None, *, chan
             shape_of[slot] = built.out_shape
             if layer.name in flatten_plain:
                 flat_source[slot] = shapes[0]
+            if (layer.cls in _GROUP_CONVS and len(layer.calls) == 1
+                    and _activation(layer.config.get("activation"), layer.name) is None
+                    and sole_consumer((layer.name, k), ("BatchNormalization",))):
+                open_groups[slot] = _Group(module_key[layer.name], built.module, used_keys)
         if not progress:
             names = sorted({layer.name for layer, _, _ in remaining})
             raise ValueError(f"model config: layers {names[:10]} cannot be reached from the model inputs "
