@@ -837,47 +837,79 @@ def _module_key(name: str, used: set) -> str:
     return key
 
 
-#: Layers that open a group: a convolution without a fused activation followed by BatchNormalization.
+#: Convolution layers: a group opens at one followed by BatchNormalization, and may take in the next one.
 _GROUP_CONVS = {*_CONV_LAYERS, *_DEPTHWISE_LAYERS, *_SEPARABLE_LAYERS}
-#: Layers that may close a group after its BatchNormalization.
-_GROUP_ACTIVATIONS = ("Activation", "ReLU", "LeakyReLU", "ELU")
+#: Layers that may follow a group's BatchNormalization.
+_GROUP_ACTIVATIONS = {"Activation", "ReLU", "LeakyReLU", "ELU"}
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 class _Group:
-    """A convolution, the BatchNormalization after it and optionally the activation after that, as one node.
+    """A run of imported layers that becomes one node: ``conv -> BatchNorm [-> activation] [-> conv -> ...]``.
 
-    A Conv/DepthwiseConv becomes ``nn.Sequential([pad,] conv, norm[, act])`` whose children are named
-    after the Keras layers, so BatchNorm folding and int8 pair finding see the convolution and its
-    normalization as neighbours; a SeparableConv takes them as its ``pw_norm`` and ``pw_act``, which
-    apply after its pointwise step and its bias, where Keras applies them.
+    It opens at a convolution (Conv, DepthwiseConv, SeparableConv) without a fused activation whose
+    only reader is a BatchNormalization; the BatchNorm, then an activation layer, then the next
+    convolution join it while each output in between has exactly one reader. The node is an
+    ``nn.Sequential`` whose children are named after the Keras layers (a convolution's TF 'same'
+    padding as ``<conv>_pad``), so BatchNorm folding and int8 pair finding see each convolution, its
+    normalization and the next convolution as neighbours. A SeparableConv takes its BatchNorm and
+    activation as ``pw_norm`` and ``pw_act``, which apply after the pointwise step and its bias, where
+    Keras applies them; a group of one SeparableConv is that layer itself.
     """
 
-    def __init__(self, key: str, module: nn.Module, used_keys: set):
-        self.key, self.stage = key, "conv"
-        self.separable = module if isinstance(module, SeparableConvNd) else None
+    def __init__(self, layer: _Layer, key: str, module: nn.Module, used_keys: set):
+        self.key, self.used_keys = key, used_keys
         self.parts: list[tuple[str, nn.Module]] = []
+        self.separable: Optional[SeparableConvNd] = None
+        self.stage = ""
+        self._add_conv(layer, key, module)
+
+    def _add_conv(self, layer: _Layer, key: str, module: nn.Module) -> None:
+        act = None
+        if _activation(layer.config.get("activation"), layer.name) is not None:
+            module, act = module[0], module[1]  # _with_activation's (conv, activation)
         if isinstance(module, nn.Sequential):  # (pad, conv): a Conv with TF 'same' padding
-            pad, conv = module
-            self.parts = [(_module_key(f"{key}_pad", used_keys), pad), (key, conv)]
-        elif self.separable is None:
-            self.parts = [(key, module)]
+            pad, module = module
+            self.parts.append((_module_key(f"{key}_pad", self.used_keys), pad))
+        self.parts.append((key, module))
+        self.separable = module if isinstance(module, SeparableConvNd) else None
+        self.stage = "conv"
+        if act is not None:
+            self._add_act(_module_key(f"{key}_act", self.used_keys), act)
+
+    def _add_act(self, key: str, act: nn.Module) -> None:
+        if self.separable is not None and isinstance(self.separable.pw_act, nn.Identity):
+            self.separable.pw_act = act
+        else:
+            self.parts.append((key, act))
+        self.stage = "act"
+
+    def next_classes(self) -> set:
+        """Keras classes the group can take in next."""
+        return {"conv": {"BatchNormalization"}, "norm": _GROUP_ACTIVATIONS | _GROUP_CONVS,
+                "act": _GROUP_CONVS}.get(self.stage, set())
 
     def accepts(self, layer: _Layer, built: "_Built") -> bool:
-        if len(layer.calls) != 1:
+        if len(layer.calls) != 1 or layer.cls not in self.next_classes():
             return False
-        if self.stage == "conv":
-            return layer.cls == "BatchNormalization" and isinstance(built.module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))
-        return self.stage == "norm" and layer.cls in _GROUP_ACTIVATIONS
+        return layer.cls != "BatchNormalization" or isinstance(built.module, _BATCHNORMS)
 
-    def add(self, key: str, module: nn.Module) -> None:
-        if self.separable is not None:
-            setattr(self.separable, "pw_norm" if self.stage == "conv" else "pw_act", module)
+    def add(self, layer: _Layer, key: str, module: nn.Module) -> None:
+        if layer.cls in _GROUP_CONVS:
+            self._add_conv(layer, key, module)
+        elif layer.cls == "BatchNormalization":
+            if self.separable is not None:
+                self.separable.pw_norm = module
+            else:
+                self.parts.append((key, module))
+            self.stage = "norm"
         else:
-            self.parts.append((key, module))
-        self.stage = "norm" if self.stage == "conv" else "act"
+            self._add_act(key, module)
 
     def module(self) -> nn.Module:
-        return self.separable if self.separable is not None else nn.Sequential(OrderedDict(self.parts))
+        if len(self.parts) == 1 and isinstance(self.parts[0][1], SeparableConvNd):
+            return self.parts[0][1]
+        return nn.Sequential(OrderedDict(self.parts))
 
 
 def _input_shape(layer: _Layer) -> Shape:
@@ -1029,14 +1061,15 @@ def build_from_config(config: Any, store: Optional[_WeightStore] = None, *, chan
             built = _build_layer(layer, shapes, flatten_plain, flat_source.get(slots[0]), budget)
             group = open_groups.pop(slots[0], None)
             if group is not None and group.accepts(layer, built):
-                # the layer joins the convolution's node: its output takes over the conv's slot,
-                # which nothing else reads (checked when the group was opened)
+                # the layer joins the group's node: its output takes over the group's slot,
+                # which nothing else reads (checked when the group was left open for it)
                 built_of[layer.name] = built
-                group.add(_module_key(layer.name, used_keys), built.module)
+                module_key[layer.name] = _module_key(layer.name, used_keys)
+                group.add(layer, module_key[layer.name], built.module)
                 modules[group.key] = group.module()
                 slot_of[(layer.name, k)] = slots[0]
                 shape_of[slots[0]] = built.out_shape
-                if group.stage == "norm" and sole_consumer((layer.name, k), _GROUP_ACTIVATIONS):
+                if sole_consumer((layer.name, k), group.next_classes()):
                     open_groups[slots[0]] = group
                 continue
             if layer.name in built_of:  # a shared layer called again: same module, same weights
@@ -1056,7 +1089,7 @@ def build_from_config(config: Any, store: Optional[_WeightStore] = None, *, chan
             if (layer.cls in _GROUP_CONVS and len(layer.calls) == 1
                     and _activation(layer.config.get("activation"), layer.name) is None
                     and sole_consumer((layer.name, k), ("BatchNormalization",))):
-                open_groups[slot] = _Group(module_key[layer.name], built.module, used_keys)
+                open_groups[slot] = _Group(layer, module_key[layer.name], built.module, used_keys)
         if not progress:
             names = sorted({layer.name for layer, _, _ in remaining})
             raise ValueError(f"model config: layers {names[:10]} cannot be reached from the model inputs "
