@@ -350,7 +350,7 @@ def test_docs_examples_run_and_print_what_they_claim(tmp_path, monkeypatch):
 
     text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "keras.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for block in blocks:

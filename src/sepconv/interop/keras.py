@@ -11,7 +11,10 @@ convolutions are sepconv layers (:class:`~sepconv.layers.SeparableConv2d`,
 already follow Keras: TF-style 'same' padding for every stride, depthwise
 output channel ``c*M + m`` and a single bias after the pointwise step.
 Tensors of rank >= 3 are channels-first inside the model; ``channels_last``
-chooses the layout at its boundary.
+chooses the layout at its boundary. A convolution followed by its
+BatchNormalization (and activation, and the next convolution) becomes one
+node (see :class:`_Group`), so ``sepconv.fold_batchnorm`` and
+``sepconv.quantize`` see them as neighbours.
 """
 
 from __future__ import annotations
@@ -1151,6 +1154,13 @@ def from_keras(path_or_model: Any, *, channels_last: bool = False, max_bytes: in
     model file, or an in-memory Keras model (saved to a temporary ``.keras``
     file with its own ``save`` method, then read like any file). The file is
     read as data (JSON config and HDF5 weights); nothing in it is executed.
+
+    Each Keras layer is one node of the graph, except that a convolution
+    followed by a BatchNormalization that alone reads it, and the activation
+    and next convolution after that (each the only reader of the one
+    before), form one ``nn.Sequential`` node named after its first layer,
+    its children named after the Keras layers; BatchNorm folding and int8
+    quantization then treat them as neighbours.
 
     The result is in eval mode. It takes NCHW (channels-first) inputs and
     returns channels-first outputs for tensors of rank >= 3; with

@@ -250,6 +250,10 @@ class UpsampleNearest(nn.Module):
 class KerasGraph(nn.Module):
     """An imported Keras model: its layers in ``self.layers`` and the calls between them in a static list.
 
+    A node is one Keras layer, or a run of them grouped by the importer (a
+    convolution, its BatchNormalization, activation, next convolution, ...)
+    as an ``nn.Sequential``.
+
     ``nodes`` holds ``(layer_key, input_slots)`` in execution order; slot
     ``i < n_inputs`` is the ``i``-th model input, slot ``n_inputs + j`` the
     output of node ``j``. ``outputs`` lists the slots returned. With
