@@ -508,6 +508,26 @@ def test_fold_batchnorm_folds_every_imported_batchnorm(mobilenet_import):
     assert_close(torch_output(folded, x, False), ref)
 
 
+def test_chains_with_fused_activations_group_and_fold_where_keras_order_allows(tmp_path):
+    """A BN after a fused activation cannot fold; the rest of the chain still groups and folds."""
+    import sepconv
+
+    model = build([(10, 10, 3), ("Conv2D", (6, 3), dict(strides=2, padding="same")), ("BatchNormalization", (), {}),
+                   ("ReLU", (), {}), ("SeparableConv2D", (8, 3), dict(padding="same", activation="relu")),
+                   ("DepthwiseConv2D", (3,), dict(strides=2, padding="same", activation="relu")),
+                   ("BatchNormalization", (), {}), ("Conv2D", (4, 1), {}), ("BatchNormalization", (), {}),
+                   ("Activation", ("swish",), {})])
+    randomize(model, 13)
+    x = np.random.default_rng(13).standard_normal((3, 10, 10, 3)).astype(np.float32)
+    check_import(model, tmp_path, x)
+    imported = from_keras(tmp_path / "model.h5")
+    assert [type(m).__name__ for m in imported.layers.values()] == ["Sequential", "BatchNorm2d", "Sequential"]
+    sep = next(m for m in imported.modules() if isinstance(m, SeparableConv2d))
+    assert isinstance(sep.pw_act, torch.nn.ReLU)
+    assert sepconv.fold_batchnorm(imported) == 2 and count_batchnorms(imported) == 1
+    assert_close(torch_output(imported, x, False), keras_output(model, x))
+
+
 def test_a_conv_output_read_elsewhere_keeps_its_batchnorm_apart(tmp_path):
     """Folding would change the conv output the Add also reads: that BN stays its own node, unfolded."""
     import sepconv
