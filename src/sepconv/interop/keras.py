@@ -11,7 +11,10 @@ convolutions are sepconv layers (:class:`~sepconv.layers.SeparableConv2d`,
 already follow Keras: TF-style 'same' padding for every stride, depthwise
 output channel ``c*M + m`` and a single bias after the pointwise step.
 Tensors of rank >= 3 are channels-first inside the model; ``channels_last``
-chooses the layout at its boundary.
+chooses the layout at its boundary. A convolution followed by its
+BatchNormalization (and activation, and the next convolution) becomes one
+node (see :class:`_Group`), so ``sepconv.fold_batchnorm`` and
+``sepconv.quantize`` see them as neighbours.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
@@ -34,6 +38,7 @@ from torch import nn
 
 from ..geometry import ConvSpec, effective_kernel
 from ..layers import DepthwiseConv1d, DepthwiseConv2d, SeparableConv1d, SeparableConv2d, conv_module
+from ..layers.separable import SeparableConvNd
 from .modules import (
     ChannelsLastFlatten,
     Concatenate,
@@ -835,6 +840,81 @@ def _module_key(name: str, used: set) -> str:
     return key
 
 
+#: Convolution layers: a group opens at one followed by BatchNormalization, and may take in the next one.
+_GROUP_CONVS = {*_CONV_LAYERS, *_DEPTHWISE_LAYERS, *_SEPARABLE_LAYERS}
+#: Layers that may follow a group's BatchNormalization.
+_GROUP_ACTIVATIONS = {"Activation", "ReLU", "LeakyReLU", "ELU"}
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class _Group:
+    """A run of imported layers that becomes one node: ``conv -> BatchNorm [-> activation] [-> conv -> ...]``.
+
+    It opens at a convolution (Conv, DepthwiseConv, SeparableConv) without a fused activation whose
+    only reader is a BatchNormalization; the BatchNorm, then an activation layer, then the next
+    convolution join it while each output in between has exactly one reader. The node is an
+    ``nn.Sequential`` whose children are named after the Keras layers (a convolution's TF 'same'
+    padding as ``<conv>_pad``), so BatchNorm folding and int8 pair finding see each convolution, its
+    normalization and the next convolution as neighbours. A SeparableConv takes its BatchNorm and
+    activation as ``pw_norm`` and ``pw_act``, which apply after the pointwise step and its bias, where
+    Keras applies them; a group of one SeparableConv is that layer itself.
+    """
+
+    def __init__(self, layer: _Layer, key: str, module: nn.Module, used_keys: set):
+        self.key, self.used_keys = key, used_keys
+        self.parts: list[tuple[str, nn.Module]] = []
+        self.separable: Optional[SeparableConvNd] = None
+        self.stage = ""
+        self._add_conv(layer, key, module)
+
+    def _add_conv(self, layer: _Layer, key: str, module: nn.Module) -> None:
+        act = None
+        if _activation(layer.config.get("activation"), layer.name) is not None:
+            module, act = module[0], module[1]  # _with_activation's (conv, activation)
+        if isinstance(module, nn.Sequential):  # (pad, conv): a Conv with TF 'same' padding
+            pad, module = module
+            self.parts.append((_module_key(f"{key}_pad", self.used_keys), pad))
+        self.parts.append((key, module))
+        self.separable = module if isinstance(module, SeparableConvNd) else None
+        self.stage = "conv"
+        if act is not None:
+            self._add_act(_module_key(f"{key}_act", self.used_keys), act)
+
+    def _add_act(self, key: str, act: nn.Module) -> None:
+        if self.separable is not None and isinstance(self.separable.pw_act, nn.Identity):
+            self.separable.pw_act = act
+        else:
+            self.parts.append((key, act))
+        self.stage = "act"
+
+    def next_classes(self) -> set:
+        """Keras classes the group can take in next."""
+        return {"conv": {"BatchNormalization"}, "norm": _GROUP_ACTIVATIONS | _GROUP_CONVS,
+                "act": _GROUP_CONVS}.get(self.stage, set())
+
+    def accepts(self, layer: _Layer, built: "_Built") -> bool:
+        if len(layer.calls) != 1 or layer.cls not in self.next_classes():
+            return False
+        return layer.cls != "BatchNormalization" or isinstance(built.module, _BATCHNORMS)
+
+    def add(self, layer: _Layer, key: str, module: nn.Module) -> None:
+        if layer.cls in _GROUP_CONVS:
+            self._add_conv(layer, key, module)
+        elif layer.cls == "BatchNormalization":
+            if self.separable is not None:
+                self.separable.pw_norm = module
+            else:
+                self.parts.append((key, module))
+            self.stage = "norm"
+        else:
+            self._add_act(key, module)
+
+    def module(self) -> nn.Module:
+        if len(self.parts) == 1 and isinstance(self.parts[0][1], SeparableConvNd):
+            return self.parts[0][1]
+        return nn.Sequential(OrderedDict(self.parts))
+
+
 def _input_shape(layer: _Layer) -> Shape:
     cfg = layer.config
     shape = cfg.get("batch_shape", cfg.get("batch_input_shape"))
@@ -946,12 +1026,19 @@ def build_from_config(config: Any, store: Optional[_WeightStore] = None, *, chan
     # Flatten feeding only Dense layers: a plain nn.Flatten, and the Dense rows are permuted instead
     flatten_plain: set = set()
 
+    def sole_consumer(key: tuple[str, int], classes: Any) -> bool:
+        """Whether the output ``key`` is read once, by a single-call layer of one of ``classes``, and is no model output."""
+        users = consumers.get(key, [])
+        return (len(users) == 1 and users[0].cls in classes and len(users[0].calls) == 1
+                and key not in output_keys)
+
     modules: dict[str, nn.Module] = {}
     module_key: dict[str, str] = {}
     used_keys: set = set()
     nodes: list[tuple[str, list[int]]] = []
     built_of: dict[str, _Built] = {}
     flat_source: dict[int, Shape] = {}
+    open_groups: dict[int, _Group] = {}  # slot -> the conv group whose last output it holds
     while pending:
         progress = False
         remaining = []
@@ -975,6 +1062,19 @@ def build_from_config(config: Any, store: Optional[_WeightStore] = None, *, chan
                         and len(layer.calls) == 1:
                     flatten_plain.add(layer.name)
             built = _build_layer(layer, shapes, flatten_plain, flat_source.get(slots[0]), budget)
+            group = open_groups.pop(slots[0], None)
+            if group is not None and group.accepts(layer, built):
+                # the layer joins the group's node: its output takes over the group's slot,
+                # which nothing else reads (checked when the group was left open for it)
+                built_of[layer.name] = built
+                module_key[layer.name] = _module_key(layer.name, used_keys)
+                group.add(layer, module_key[layer.name], built.module)
+                modules[group.key] = group.module()
+                slot_of[(layer.name, k)] = slots[0]
+                shape_of[slots[0]] = built.out_shape
+                if sole_consumer((layer.name, k), group.next_classes()):
+                    open_groups[slots[0]] = group
+                continue
             if layer.name in built_of:  # a shared layer called again: same module, same weights
                 if built_of[layer.name].weights != built.weights:
                     raise ValueError(f"model config: shared layer {layer.name!r} is called on inputs of "
@@ -989,6 +1089,10 @@ def build_from_config(config: Any, store: Optional[_WeightStore] = None, *, chan
             shape_of[slot] = built.out_shape
             if layer.name in flatten_plain:
                 flat_source[slot] = shapes[0]
+            if (layer.cls in _GROUP_CONVS and len(layer.calls) == 1
+                    and _activation(layer.config.get("activation"), layer.name) is None
+                    and sole_consumer((layer.name, k), ("BatchNormalization",))):
+                open_groups[slot] = _Group(layer, module_key[layer.name], built.module, used_keys)
         if not progress:
             names = sorted({layer.name for layer, _, _ in remaining})
             raise ValueError(f"model config: layers {names[:10]} cannot be reached from the model inputs "
@@ -1050,6 +1154,13 @@ def from_keras(path_or_model: Any, *, channels_last: bool = False, max_bytes: in
     model file, or an in-memory Keras model (saved to a temporary ``.keras``
     file with its own ``save`` method, then read like any file). The file is
     read as data (JSON config and HDF5 weights); nothing in it is executed.
+
+    Each Keras layer is one node of the graph, except that a convolution
+    followed by a BatchNormalization that alone reads it, and the activation
+    and next convolution after that (each the only reader of the one
+    before), form one ``nn.Sequential`` node named after its first layer,
+    its children named after the Keras layers; BatchNorm folding and int8
+    quantization then treat them as neighbours.
 
     The result is in eval mode. It takes NCHW (channels-first) inputs and
     returns channels-first outputs for tensors of rank >= 3; with

@@ -22,14 +22,15 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     """``(N, C, *spatial)`` -> ``(N, *spatial, C)``; rank-2 tensors are returned as they are."""
     if x.dim() < 3:
         return x
-    return x.movedim(1, -1)
+    # an explicit permutation: movedim's negative target is exported to ONNX as an invalid Transpose perm
+    return x.permute(0, *range(2, x.dim()), 1)
 
 
 def to_channels_first(x: torch.Tensor) -> torch.Tensor:
     """``(N, *spatial, C)`` -> ``(N, C, *spatial)``; rank-2 tensors are returned as they are."""
     if x.dim() < 3:
         return x
-    return x.movedim(-1, 1)
+    return x.permute(0, x.dim() - 1, *range(1, x.dim() - 1))
 
 
 class ChannelsLastFlatten(nn.Module):
@@ -248,6 +249,10 @@ class UpsampleNearest(nn.Module):
 
 class KerasGraph(nn.Module):
     """An imported Keras model: its layers in ``self.layers`` and the calls between them in a static list.
+
+    A node is one Keras layer, or a run of them grouped by the importer (a
+    convolution, its BatchNormalization, activation, next convolution, ...)
+    as an ``nn.Sequential``.
 
     ``nodes`` holds ``(layer_key, input_slots)`` in execution order; slot
     ``i < n_inputs`` is the ``i``-th model input, slot ``n_inputs + j`` the
