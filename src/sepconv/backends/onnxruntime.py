@@ -18,9 +18,11 @@ ALONE_ROUNDS = 5
 class OnnxRuntimeModel(nn.Module):
     """A model exported to ONNX and run by ONNX Runtime on the CPU: inference only, one input, one output.
 
-    Built by :func:`to_onnxruntime`. ``forward`` takes and returns CPU float
-    tensors; there is no autograd through it (an input that requires grad
-    raises ``RuntimeError``).
+    Built by :func:`to_onnxruntime`. ``forward`` takes and returns CPU float32
+    tensors (any batch size; other dtypes or devices raise ``ValueError``);
+    there is no autograd through it (an input that requires grad raises
+    ``RuntimeError`` while grad is enabled). Each call returns a tensor of its
+    own: no later call writes into it.
     """
 
     def __init__(self, session: Any, input_name: str, threads: int, spinning: bool = False) -> None:
@@ -46,6 +48,8 @@ class OnnxRuntimeModel(nn.Module):
             x = x.detach()
         if x.device.type != "cpu":
             raise ValueError(f"OnnxRuntimeModel runs on the CPU; got an input on {x.device}")
+        if x.dtype is not torch.float32:
+            raise ValueError(f"OnnxRuntimeModel takes float32 input; got x of dtype {x.dtype}")
         if not x.is_contiguous():
             x = x.contiguous()
         (out,) = self.session.run(self._output_names, {self.input_name: x.numpy()})

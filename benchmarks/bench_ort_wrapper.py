@@ -1,0 +1,131 @@
+"""What `OnnxRuntimeModel` costs over a raw `session.run`, per suite shape, on the calling thread's CPU time.
+
+    python benchmarks/bench_ort_wrapper.py [--rounds 21] [--suite mobilenet_v1] [--out DIR]
+
+For every shape (one `SeparableConv2d` without bias, float32, batch and size from the suite, one intra-op thread,
+the session from `sepconv.backends.onnxruntime.fastest_session_options`), in the same interleaved rounds:
+
+* `raw`: `session.run(None, feed)` on a prepared feed, the result discarded (what `bench_isa.py` calls ONNX
+  Runtime alone); `raw_again`: the same call a second time, the noise floor of the comparison;
+* `wrapper`: `OnnxRuntimeModel.__call__` under `torch.no_grad()`, tensor in and tensor out;
+* `wrapper_before`: the earlier forward (`x.detach().contiguous().numpy()`, `session.run(None, ...)`,
+  `torch.from_numpy`) called the same way;
+* `iobinding_ort_output`: `bind_cpu_input` on a NumPy view, `bind_output` to ONNX Runtime's CPU allocator,
+  `run_with_iobinding`, the output OrtValue's array wrapped by `torch.from_numpy`;
+* `iobinding_torch_output`: the same with the output bound to a fresh `torch.empty` tensor each call.
+
+Ratios are each candidate's median (and fastest round) over `raw`'s. Writes `ort_wrapper.json` (with the
+machine and the load average before and after) into --out
+(default `benchmarks/results/ort-wrapper-cpu-1thread-cputime`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sepconv import SeparableConv2d
+from sepconv.backends.clock import cpu_time_interleaved
+from sepconv.backends.onnxruntime import fastest_session_options
+from sepconv.bench.suites import SUITES
+from sepconv.utils.io import atomic_write_bytes
+from sepconv.utils.machine import machine_info
+from sepconv.utils.timing import inference_call
+
+HERE = Path(__file__).resolve().parent
+
+
+def candidates(runner, x: torch.Tensor, out_shape: tuple[int, ...]) -> dict:
+    session, name = runner.session, runner.input_name
+    out_name = session.get_outputs()[0].name
+    feed = {name: x.numpy()}
+    binding = session.io_binding()
+
+    def raw():
+        return session.run(None, feed)
+
+    def before(t):
+        (out,) = session.run(None, {name: t.detach().contiguous().numpy()})
+        return torch.from_numpy(out)
+
+    def iobinding_ort_output():
+        binding.bind_cpu_input(name, x.numpy())
+        binding.bind_output(out_name, "cpu")
+        session.run_with_iobinding(binding)
+        return torch.from_numpy(binding.get_outputs()[0].numpy())
+
+    def iobinding_torch_output():
+        out = torch.empty(out_shape)
+        binding.bind_cpu_input(name, x.numpy())
+        binding.bind_output(out_name, "cpu", 0, np.float32, out_shape, out.data_ptr())
+        session.run_with_iobinding(binding)
+        return out
+
+    return {"raw": raw, "raw_again": raw, "wrapper": inference_call(runner, x),
+            "wrapper_before": inference_call(before, x), "iobinding_ort_output": iobinding_ort_output,
+            "iobinding_torch_output": iobinding_torch_output}
+
+
+def run_shape(case, rounds: int) -> dict:
+    torch.manual_seed(0)
+    spec = case.spec
+    x = torch.randn(case.batch, spec.in_channels, *case.size)
+    sep = SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
+                          bias=False).eval()
+    runner, options = fastest_session_options(sep, x, threads=1)
+    with torch.no_grad():
+        expected = sep(x)
+    calls = candidates(runner, x, tuple(expected.shape))
+    for label, fn in calls.items():
+        got = fn()
+        got = torch.from_numpy(got[0]) if isinstance(got, list) else got
+        torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4, msg=lambda m, label=label: f"{label}: {m}")
+    timings = cpu_time_interleaved(calls, rounds=rounds)
+    raw, raw_min = timings["raw"].median, min(timings["raw"].samples)
+    return {"shape": case.name, "batch": case.batch, "size": list(case.size), "in": spec.in_channels,
+            "out": spec.out_channels, "stride": list(spec.stride), "session_options": options,
+            "median_ms": {k: 1e3 * v.median for k, v in timings.items()},
+            "iqr_ms": {k: 1e3 * v.iqr for k, v in timings.items()},
+            "min_ms": {k: 1e3 * min(v.samples) for k, v in timings.items()},
+            "vs_raw": {k: v.median / raw for k, v in timings.items()},
+            "vs_raw_min": {k: min(v.samples) / raw_min for k, v in timings.items()}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=21)
+    p.add_argument("--suite", default="mobilenet_v1", help=f"comma-separated, of {sorted(SUITES)}")
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)  # the CPU-time clock counts the calling thread only
+    out = Path(args.out) if args.out else HERE / "results" / "ort-wrapper-cpu-1thread-cputime"
+    load_before = list(os.getloadavg())
+    rows = []
+    for suite in args.suite.split(","):
+        for case in SUITES[suite]():
+            row = run_shape(case, args.rounds)
+            rows.append(row)
+            print(f"{row['shape']:>24}: raw {row['median_ms']['raw']:.3f} ms | "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in row["vs_raw"].items() if k != "raw"), flush=True)
+    names = [k for k in rows[0]["vs_raw"] if k != "raw"]
+    summary = {k: {"median_of_ratios": float(np.median([r["vs_raw"][k] for r in rows])),
+                   "max_ratio": max(r["vs_raw"][k] for r in rows),
+                   "median_of_min_ratios": float(np.median([r["vs_raw_min"][k] for r in rows]))} for k in names}
+    record = {"machine": machine_info(), "threads": 1, "clock": "cpu", "rounds": args.rounds, "suite": args.suite,
+              "shapes": rows, "summary_vs_raw": summary,
+              "machine_before": {"loadavg_1_5_15": load_before},
+              "machine_after": {"loadavg_1_5_15": list(os.getloadavg())}}
+    atomic_write_bytes(out / "ort_wrapper.json", (json.dumps(record, indent=1) + "\n").encode())
+    print(json.dumps(summary, indent=1))
+    print(f"wrote {out / 'ort_wrapper.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
