@@ -46,7 +46,7 @@ class OnnxRuntimeModel(nn.Module):
                 raise RuntimeError("OnnxRuntimeModel is inference-only: call it under torch.no_grad() or on a "
                                    "tensor that does not require grad")
             x = x.detach()
-        if x.device.type != "cpu":
+        if not x.is_cpu:
             raise ValueError(f"OnnxRuntimeModel runs on the CPU; got an input on {x.device}")
         if x.dtype is not torch.float32:
             raise ValueError(f"OnnxRuntimeModel takes float32 input; got x of dtype {x.dtype}")
