@@ -16,7 +16,9 @@ the session from `sepconv.backends.onnxruntime.fastest_session_options`), in the
 
 A tiny layer (8 -> 8 channels at 4x4) comes first unless `--no-tiny`: ONNX Runtime's own work there is a few
 microseconds, so each candidate's median minus `raw`'s is its fixed cost per call (`tiny_added_us_per_call`);
-the suite summary leaves it out. Ratios are each candidate's median (and fastest round) over `raw`'s. Writes `ort_wrapper.json` (with the
+the suite summary leaves it out. Ratios are each candidate's median (and fastest round) over `raw`'s. Then the same candidates again, `--calls`
+single calls each in one shuffled order, each call timed on its own (`single_*`): fixed-order rounds put each
+candidate at the same place every round, and at 1-5 % differences that place shows. Writes `ort_wrapper.json` (with the
 machine and the load average before and after) into --out
 (default `benchmarks/results/ort-wrapper-cpu-1thread-cputime`).
 """
@@ -26,7 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +80,28 @@ def candidates(runner, x: torch.Tensor, out_shape: tuple[int, ...]) -> dict:
             "iobinding_torch_output": iobinding_torch_output}
 
 
-def run_shape(case, rounds: int) -> dict:
+def shuffled_calls(calls: dict, per_candidate: int, seed: int = 0) -> dict[str, list[float]]:
+    """Seconds of the calling thread's CPU time of each single call, the candidates' calls in one shuffled order.
+
+    Shuffling call by call spreads drift and each candidate's position in a round over all candidates alike,
+    which fixed-order rounds do not; ``per_candidate`` calls each, after ten warm-up calls each.
+    """
+    for fn in calls.values():
+        for _ in range(10):
+            fn()
+    order = [name for name in calls for _ in range(per_candidate)]
+    random.Random(seed).shuffle(order)
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    clock = time.thread_time_ns
+    for name in order:
+        fn = calls[name]
+        start = clock()
+        fn()
+        samples[name].append((clock() - start) * 1e-9)
+    return samples
+
+
+def run_shape(case, rounds: int, per_call: int) -> dict:
     torch.manual_seed(0)
     spec = case.spec
     x = torch.randn(case.batch, spec.in_channels, *case.size)
@@ -90,6 +116,9 @@ def run_shape(case, rounds: int) -> dict:
         got = torch.from_numpy(got[0]) if isinstance(got, list) else got
         torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4, msg=lambda m, label=label: f"{label}: {m}")
     timings = cpu_time_interleaved(calls, rounds=rounds)
+    single = shuffled_calls(calls, per_call)
+    single_median = {k: statistics.median(v) for k, v in single.items()}
+    single_mean = {k: statistics.fmean(v) for k, v in single.items()}
     raw, raw_min = timings["raw"].median, min(timings["raw"].samples)
     return {"shape": case.name, "batch": case.batch, "size": list(case.size), "in": spec.in_channels,
             "out": spec.out_channels, "stride": list(spec.stride), "session_options": options,
@@ -97,13 +126,18 @@ def run_shape(case, rounds: int) -> dict:
             "iqr_ms": {k: 1e3 * v.iqr for k, v in timings.items()},
             "min_ms": {k: 1e3 * min(v.samples) for k, v in timings.items()},
             "vs_raw": {k: v.median / raw for k, v in timings.items()},
-            "vs_raw_min": {k: min(v.samples) / raw_min for k, v in timings.items()}}
+            "vs_raw_min": {k: min(v.samples) / raw_min for k, v in timings.items()},
+            "single_calls": per_call, "single_median_ms": {k: 1e3 * v for k, v in single_median.items()},
+            "single_mean_ms": {k: 1e3 * v for k, v in single_mean.items()},
+            "single_vs_raw": {k: v / single_median["raw"] for k, v in single_median.items()},
+            "single_mean_vs_raw": {k: v / single_mean["raw"] for k, v in single_mean.items()}}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=21)
     p.add_argument("--suite", default="mobilenet_v1", help=f"comma-separated, of {sorted(SUITES)}")
+    p.add_argument("--calls", type=int, default=300, help="single calls per candidate, in one shuffled order")
     p.add_argument("--no-tiny", dest="tiny", action="store_false",
                    help="leave out the tiny layer that measures the fixed cost per call in microseconds")
     p.add_argument("--out")
@@ -116,19 +150,27 @@ def main(argv=None) -> int:
     cases = [Case("tiny 8->8 @4 s1", ConvSpec.make(8, 8, 3, 1, 1, bias=False), (4, 4), 1)] if args.tiny else []
     cases += [case for suite in args.suite.split(",") for case in SUITES[suite]()]
     for case in cases:
-        row = run_shape(case, args.rounds)
+        row = run_shape(case, args.rounds, args.calls)
         rows.append(row)
-        print(f"{row['shape']:>24}: raw {row['median_ms']['raw']:.3f} ms | "
-              + ", ".join(f"{k} {v:.3f}" for k, v in row["vs_raw"].items() if k != "raw"), flush=True)
+        print(f"{row['shape']:>24}: raw {row['median_ms']['raw']:.3f} ms | rounds "
+              + ", ".join(f"{k} {v:.3f}" for k, v in row["vs_raw"].items() if k != "raw") + " | shuffled "
+              + ", ".join(f"{k} {v:.3f}" for k, v in row["single_vs_raw"].items() if k != "raw"), flush=True)
     suite_rows = [r for r in rows if not r["shape"].startswith("tiny")]
     names = [k for k in rows[0]["vs_raw"] if k != "raw"]
-    summary = {k: {"median_of_ratios": float(np.median([r["vs_raw"][k] for r in suite_rows])),
+    summary = {k: {"shuffled_median_of_ratios": float(np.median([r["single_vs_raw"][k] for r in suite_rows])),
+                   "shuffled_max_ratio": max(r["single_vs_raw"][k] for r in suite_rows),
+                   "shuffled_mean_median_of_ratios": float(np.median([r["single_mean_vs_raw"][k]
+                                                                      for r in suite_rows])),
+                   "median_of_ratios": float(np.median([r["vs_raw"][k] for r in suite_rows])),
                    "min_ratio": min(r["vs_raw"][k] for r in suite_rows),
                    "max_ratio": max(r["vs_raw"][k] for r in suite_rows),
                    "median_of_min_ratios": float(np.median([r["vs_raw_min"][k] for r in suite_rows]))} for k in names}
     if args.tiny:
         tiny = rows[0]["median_ms"]
         summary["tiny_added_us_per_call"] = {k: 1e3 * (v - tiny["raw"]) for k, v in tiny.items() if k != "raw"}
+        tiny = rows[0]["single_median_ms"]
+        summary["tiny_added_us_per_call_shuffled"] = {k: 1e3 * (v - tiny["raw"]) for k, v in tiny.items()
+                                                      if k != "raw"}
     record = {"machine": machine_info(), "threads": 1, "clock": "cpu", "rounds": args.rounds, "suite": args.suite,
               "shapes": rows, "summary_vs_raw": summary,
               "machine_before": {"loadavg_1_5_15": load_before},
