@@ -9,7 +9,7 @@ the session from `sepconv.backends.onnxruntime.fastest_session_options`), in the
   Runtime alone); `raw_again`: the same call a second time, the noise floor of the comparison;
 * `wrapper`: `OnnxRuntimeModel.__call__` under `torch.no_grad()`, tensor in and tensor out;
 * `wrapper_before`: the earlier forward (`x.detach().contiguous().numpy()`, `session.run(None, ...)`,
-  `torch.from_numpy`) called the same way;
+  `torch.from_numpy`) in an `OnnxRuntimeModel` subclass, called the same way;
 * `iobinding_ort_output`: `bind_cpu_input` on a NumPy view, `bind_output` to ONNX Runtime's CPU allocator,
   `run_with_iobinding`, the output OrtValue's array wrapped by `torch.from_numpy`;
 * `iobinding_torch_output`: the same with the output bound to a fresh `torch.empty` tensor each call.
@@ -39,7 +39,7 @@ import torch
 
 from sepconv import SeparableConv2d
 from sepconv.backends.clock import cpu_time_interleaved
-from sepconv.backends.onnxruntime import fastest_session_options
+from sepconv.backends.onnxruntime import OnnxRuntimeModel, fastest_session_options
 from sepconv.bench.suites import SUITES, Case
 from sepconv.geometry import ConvSpec
 from sepconv.utils.io import atomic_write_bytes
@@ -47,6 +47,18 @@ from sepconv.utils.machine import machine_info
 from sepconv.utils.timing import inference_call
 
 HERE = Path(__file__).resolve().parent
+
+
+class Before(OnnxRuntimeModel):
+    """The earlier forward, called through the same module machinery, for a like-for-like comparison."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError("inference-only")
+        if x.device.type != "cpu":
+            raise ValueError(f"runs on the CPU; got an input on {x.device}")
+        (out,) = self.session.run(None, {self.input_name: x.detach().contiguous().numpy()})
+        return torch.from_numpy(out)
 
 
 def candidates(runner, x: torch.Tensor, out_shape: tuple[int, ...]) -> dict:
@@ -58,9 +70,6 @@ def candidates(runner, x: torch.Tensor, out_shape: tuple[int, ...]) -> dict:
     def raw():
         return session.run(None, feed)
 
-    def before(t):
-        (out,) = session.run(None, {name: t.detach().contiguous().numpy()})
-        return torch.from_numpy(out)
 
     def iobinding_ort_output():
         binding.bind_cpu_input(name, x.numpy())
@@ -76,7 +85,7 @@ def candidates(runner, x: torch.Tensor, out_shape: tuple[int, ...]) -> dict:
         return out
 
     return {"raw": raw, "raw_again": raw, "wrapper": inference_call(runner, x),
-            "wrapper_before": inference_call(before, x), "iobinding_ort_output": iobinding_ort_output,
+            "wrapper_before": inference_call(Before(session, name, runner.threads), x), "iobinding_ort_output": iobinding_ort_output,
             "iobinding_torch_output": iobinding_torch_output}
 
 
