@@ -86,3 +86,88 @@ def test_bad_arguments_name_the_argument():
         ort_engine.fastest_session_options(model, x, rounds=0)
     with pytest.raises(ValueError, match="float32 CPU sample_input"):
         ort_engine.fastest_session_options(model.double(), x.double())
+
+
+# --- the OnnxRuntimeModel call path: numerics, ownership of outputs, layouts, threads ---
+
+@pytest.fixture(scope="module")
+def runners():
+    """Two exported layers (stride 1 and 2, channels not multiples of 8) with their eager references."""
+    torch.manual_seed(1)
+    built = []
+    for model, shape in ((nn.Sequential(sepconv.SeparableConv2d(5, 7, 3, padding=1), nn.ReLU()), (1, 5, 9, 11)),
+                         (sepconv.SeparableConv2d(6, 4, 3, stride=2, padding=1), (2, 6, 8, 8))):
+        model.eval()
+        built.append((model, ort_engine.to_onnxruntime(model, torch.randn(*shape), threads=1), shape))
+    return built
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+@pytest.mark.parametrize("which", [0, 1])
+def test_outputs_match_eager_for_any_batch(runners, which, batch):
+    model, runner, shape = runners[which]
+    x = torch.randn(batch, *shape[1:])
+    with torch.no_grad():
+        got, expected = runner(x), model(x)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_each_call_returns_a_tensor_no_later_call_overwrites(runners):
+    model, runner, shape = runners[0]
+    x1, x2 = torch.randn(*shape), torch.randn(*shape)
+    with torch.no_grad():
+        y1 = runner(x1)
+        kept = y1.clone()
+        y2 = runner(x2)  # same shape: the case a cached output buffer would get wrong
+        torch.testing.assert_close(y2, model(x2), rtol=1e-4, atol=1e-5)
+        assert torch.equal(y1, kept)
+        assert y1.untyped_storage().data_ptr() != y2.untyped_storage().data_ptr()
+        y2.fill_(float("nan"))  # writing into a result changes neither the input nor the next call
+        torch.testing.assert_close(runner(x2), model(x2), rtol=1e-4, atol=1e-5)
+        assert torch.equal(y1, kept) and not x2.isnan().any()
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided_slice", "expanded_batch"])
+def test_non_contiguous_input_is_handled(runners, layout):
+    model, runner, shape = runners[0]
+    base = torch.randn(*shape)
+    if layout == "channels_last":
+        x = base.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided_slice":
+        x = torch.randn(shape[0], shape[1], shape[2], 2 * shape[3])[..., ::2]
+    else:
+        x = base.expand(3, *shape[1:])  # batch stride 0
+    assert not x.is_contiguous()
+    before = x.clone()
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), model(x.contiguous()), rtol=1e-4, atol=1e-5)
+    assert torch.equal(x, before)
+
+
+def test_an_input_that_requires_grad_runs_under_no_grad_only(runners):
+    model, runner, shape = runners[0]
+    x = torch.randn(*shape, requires_grad=True)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        runner(x)
+    with torch.no_grad():
+        got = runner(x)
+        torch.testing.assert_close(got, model(x), rtol=1e-4, atol=1e-5)
+    assert not got.requires_grad
+
+
+@pytest.mark.parametrize("x, match", [(torch.randn(1, 5, 9, 11, dtype=torch.float64), "float32 input; got x of dtype"),
+                                      (torch.empty(1, 5, 9, 11, device="meta"), "runs on the CPU")])
+def test_bad_input_raises_value_error(runners, x, match):
+    with torch.no_grad(), pytest.raises(ValueError, match=match):
+        runners[0][1](x)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_thread_count_asked_for_is_the_sessions(threads):
+    model, x = _model_and_input()
+    runner = ort_engine.to_onnxruntime(model, x, threads=threads)
+    assert runner.session.get_session_options().intra_op_num_threads == threads == runner.threads
+    assert runner.session.get_session_options().inter_op_num_threads == 1
+    assert f"intra_op_num_threads={threads}" in repr(runner)
+    assert runner.session_options["intra_op_num_threads"] == threads

@@ -18,9 +18,11 @@ ALONE_ROUNDS = 5
 class OnnxRuntimeModel(nn.Module):
     """A model exported to ONNX and run by ONNX Runtime on the CPU: inference only, one input, one output.
 
-    Built by :func:`to_onnxruntime`. ``forward`` takes and returns CPU float
-    tensors; there is no autograd through it (an input that requires grad
-    raises ``RuntimeError``).
+    Built by :func:`to_onnxruntime`. ``forward`` takes and returns CPU float32
+    tensors (any batch size; other dtypes or devices raise ``ValueError``);
+    there is no autograd through it (an input that requires grad raises
+    ``RuntimeError`` while grad is enabled). Each call returns a tensor of its
+    own: no later call writes into it.
     """
 
     def __init__(self, session: Any, input_name: str, threads: int, spinning: bool = False) -> None:
@@ -29,14 +31,28 @@ class OnnxRuntimeModel(nn.Module):
         self.input_name = input_name
         self.threads = threads
         self.spinning = spinning
+        # Resolved once: forward then does one ``session.run`` and no per-call look-ups of the output names.
+        self._output_names = [session.get_outputs()[0].name]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError("OnnxRuntimeModel is inference-only: call it under torch.no_grad() or on a "
-                               "tensor that does not require grad")
-        if x.device.type != "cpu":
+        """``x`` through the session: a new tensor every call, never a buffer a later call overwrites.
+
+        A contiguous ``x`` is handed to ONNX Runtime as a NumPy view of its memory (no copy); any other layout
+        is copied to contiguous first. The output is the array ONNX Runtime allocated for this call, wrapped
+        without a copy.
+        """
+        if x.requires_grad:
+            if torch.is_grad_enabled():
+                raise RuntimeError("OnnxRuntimeModel is inference-only: call it under torch.no_grad() or on a "
+                                   "tensor that does not require grad")
+            x = x.detach()
+        if not x.is_cpu:
             raise ValueError(f"OnnxRuntimeModel runs on the CPU; got an input on {x.device}")
-        (out,) = self.session.run(None, {self.input_name: x.detach().contiguous().numpy()})
+        if x.dtype is not torch.float32:
+            raise ValueError(f"OnnxRuntimeModel takes float32 input; got x of dtype {x.dtype}")
+        if not x.is_contiguous():
+            x = x.contiguous()
+        (out,) = self.session.run(self._output_names, {self.input_name: x.numpy()})
         return torch.from_numpy(out)
 
     def extra_repr(self) -> str:
