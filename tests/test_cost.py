@@ -305,3 +305,18 @@ def test_profile_reads_keras_order_only_when_asked(capsys):
     assert all(code == 0 for code, _, _ in runs) and runs[0][1] == runs[1][1] == runs[2][1]
     data = json.loads(runs[0][1])
     assert data["input_shape"] == [1, 3, 16, 16] and data["rows"][0]["output_shape"] == [1, 64, 16, 16]
+
+
+@pytest.mark.parametrize("layer", [
+    lambda: sepconv.DepthwiseConv2d(4, 3, stride=2, padding="same"),  # uneven TF 'same': a Pad child
+    lambda: sepconv.DepthwiseConv2d(4, 3, padding=1, padding_mode="reflect"),
+    lambda: sepconv.SeparableConv2d(4, 6, 3, stride=2, padding="same"),
+])
+def test_profile_counts_convolutions_that_pad_in_a_child(layer):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = torch.nn.Sequential(layer())
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 4, 9, 9))
+    assert 2 * sepconv.profile(model, (4, 9, 9)).total_macs == counter.get_total_flops() > 0

@@ -562,8 +562,6 @@ def test_imported_model_optimizes_and_profiles(mobilenet_import):
     assert sepconv.profile(imported, (3, 16, 16)).total_macs * 2 == counter.get_total_flops()
 
 
-@pytest.mark.xfail(strict=True, reason="sepconv.profile counts leaf modules only; a DepthwiseConv2d whose TF 'same' "
-                   "padding is asymmetric holds a Pad child, so its MACs are left out (sepconv.cost, not the importer)")
 def test_profile_counts_a_depthwise_with_asymmetric_same_padding(tmp_path):
     import sepconv
     from torch.utils.flop_counter import FlopCounterMode

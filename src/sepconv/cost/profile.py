@@ -152,7 +152,10 @@ class ModelProfile:
 def _leaf_cost(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> tuple[Optional[int], Optional[int]]:
     """(MACs, in-bounds MACs) per sample of one leaf call, or (None, None) if its arithmetic is not counted."""
     if isinstance(module, CONV_TYPES):
-        spec = spec_from_conv(module)
+        own = getattr(module, "spec", None)
+        # a sepconv conv that pads in a child module (TF 'same' with uneven padding, reflect, ...) is called on the
+        # unpadded input: its full spec, padding included, describes that call
+        spec = own if isinstance(own, ConvSpec) and any(True for _ in module.children()) else spec_from_conv(module)
         cost = conv_cost(spec, inp.shape[-spec.ndim :], batch=1)
         if tuple(out.shape[-spec.ndim :]) != cost.output_size:  # a bug in geometry: fail loudly
             raise RuntimeError(f"geometry predicted {cost.output_size}, {type(module).__name__} produced {tuple(out.shape)}")
@@ -169,7 +172,8 @@ def profile(model: nn.Module, input_size: Sequence[int]) -> ModelProfile:
 
     Runs one forward pass in eval mode under ``torch.no_grad()`` (the mode is
     restored afterwards) on zeros of the model's dtype and device, and returns
-    a :class:`ModelProfile` with one row per leaf module that ran, in call
+    a :class:`ModelProfile` with one row per leaf module (and per convolution
+    that pads in a child module) that ran, in call
     order (a module called twice gives two rows; ``nn.Identity`` placeholders
     are left out). MACs are per sample.
     Raises ``ValueError`` naming the shape if the model fails on it.
@@ -197,7 +201,9 @@ def profile(model: nn.Module, input_size: Sequence[int]) -> ModelProfile:
             macs=macs, in_bounds_macs=in_bounds,
         ))
 
-    leaves = [m for m in model.modules() if not list(m.children()) and not isinstance(m, nn.Identity)]
+    # leaves, and convolutions that hold a padding child (their arithmetic is theirs, not the child's)
+    leaves = [m for m in model.modules()
+              if (not list(m.children()) or isinstance(m, CONV_TYPES)) and not isinstance(m, nn.Identity)]
     handles = [m.register_forward_hook(hook) for m in leaves]
     was_training = model.training
     used = (1, *shape) if _looks_unbatched(model, shape) else shape
