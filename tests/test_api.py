@@ -38,7 +38,7 @@ def test_cli_help_does_not_import_torch():
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("package", ["sepconv.quantization", "sepconv.interop"])
+@pytest.mark.parametrize("package", ["sepconv.quantization", "sepconv.interop", "sepconv.cost", "sepconv.factorize", "sepconv.bench", "sepconv.models"])
 def test_subpackage_lazy_names_resolve(package):
     import importlib
 
@@ -48,3 +48,11 @@ def test_subpackage_lazy_names_resolve(package):
     assert set(module.__all__) <= set(dir(module))
     with pytest.raises(AttributeError, match="nope"):
         module.nope  # noqa: B018
+
+
+@pytest.mark.parametrize(("package", "name"), [("sepconv.cost", "profile"), ("sepconv.factorize", "convert")])
+def test_submodule_import_does_not_replace_the_function_of_the_same_name(package, name):
+    import importlib
+
+    importlib.import_module(f"{package}.{name}")
+    assert callable(getattr(importlib.import_module(package), name))

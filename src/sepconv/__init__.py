@@ -7,7 +7,7 @@ engines until a name is used. ``from sepconv import X`` works as usual.
 
 from __future__ import annotations
 
-from .utils.lazy import lazy_exports
+from .utils.lazy import lazy_package
 from .version import __version__
 
 #: Public name -> the module that defines it.
@@ -39,4 +39,4 @@ _EXPORTS = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+lazy_package(__name__, _EXPORTS)

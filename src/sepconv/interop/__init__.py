@@ -11,7 +11,7 @@ does not load torch.
 
 from __future__ import annotations
 
-from ..utils.lazy import lazy_exports
+from ..utils.lazy import lazy_package
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
@@ -25,4 +25,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+lazy_package(__name__, _EXPORTS)

@@ -8,6 +8,8 @@ zoo and never executes anything from the file.
 
 from __future__ import annotations
 
+from ..utils.lazy import lazy_package
+
 #: Public name -> the submodule that defines it.
 _EXPORTS = {
     "load_model": ".io",
@@ -27,18 +29,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    """Import the public names on first use (PEP 562): ``sepconv --help`` must not import torch."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+lazy_package(__name__, _EXPORTS)
