@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..models.cli import add_model_arguments
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -13,14 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "static QDQ quantization calibrated on training images; print the per-layer report and the "
                     "float and int8 accuracy on the validation split. Needs pip install 'sepconv[onnx]'.",
     )
-    p.add_argument("model", help="a .safetensors model file written by sepconv (e.g. by `sepconv compare`), or a zoo "
-                                 "model name (then --weights is required)")
-    p.add_argument("--variant", default=None, help="zoo model variant (with a zoo name; default: the model's first)")
-    p.add_argument("--weights", default=None,
-                   help="safetensors state dict to load (required with a zoo name; replaces a model file's weights)")
-    p.add_argument("--data", default="digits", choices=("digits", "cifar10", "imagefolder"),
+    add_model_arguments(p)
+    p.add_argument("--data", default="digits", choices=("digits", "fashion-mnist", "cifar10", "imagefolder"),
                    help="data set for calibration (training split) and scoring (validation split); default digits")
-    p.add_argument("--data-dir", default=None, help="folder of cifar10 or imagefolder data")
+    p.add_argument("--data-dir", default=None, help="folder of the fashion-mnist, cifar10 or imagefolder data")
     p.add_argument("--image-size", type=int, default=32, help="imagefolder: resize images to this side (default 32)")
     p.add_argument("--calibration", type=int, default=256,
                    help="number of training images used to calibrate activation ranges (default 256)")
@@ -37,34 +35,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace, data):
-    from pathlib import Path
+    """The model MODEL names, built for ``data``'s images and classes, with --weights loaded, in eval mode."""
+    from ..models.cli import resolve_from_args
 
-    from ..models import build_model, list_models, load_model
-
-    zoo = list_models()
-    if args.model in zoo:
-        if args.weights is None:
-            raise ValueError(f"MODEL {args.model!r} is a zoo name: pass --weights (a safetensors state dict) "
-                             "or a model file written by sepconv")
-        info = zoo[args.model]
-        c, h, w = data.input_shape
-        kwargs = {"image_size": [h, w]} if "image_size" in info.options else {}
-        model = build_model(args.model, args.variant, num_classes=data.num_classes, in_channels=c, **kwargs)
-    elif Path(args.model).suffix == ".safetensors" or Path(args.model).exists():
-        if args.variant is not None:
-            raise ValueError(f"--variant applies to a zoo name; {args.model!r} is a model file")
-        model, _ = load_model(args.model)
-    else:
-        raise ValueError(f"MODEL must be a zoo name ({', '.join(zoo)}) or a .safetensors model file; got {args.model!r}")
-    if args.weights is not None:
-        import safetensors.torch
-
-        if not Path(args.weights).is_file():
-            raise FileNotFoundError(f"--weights file {args.weights!r} does not exist")
-        try:
-            model.load_state_dict(safetensors.torch.load_file(args.weights), strict=True)
-        except Exception as error:  # not safetensors, or weights of another model
-            raise ValueError(f"--weights {args.weights!r} does not fit the model: {error}") from error
+    if args.num_classes is None:
+        args.num_classes = data.num_classes
+    model, source, _ = resolve_from_args(args, input_shape=tuple(data.input_shape), what="the model to quantize")
+    if source.kind != "file" and not args.weights:
+        raise ValueError(f"MODEL {args.model!r} is built untrained: pass --weights (its trained state dict), or a "
+                         "model file written by sepconv")
     return model.eval()
 
 
