@@ -262,11 +262,23 @@ def engines_info(device=None) -> dict:
     """Which of sepconv's engines this run could time on ``device`` (default CPU), and why not where it could not."""
     if device is not None and device.type == "cuda":
         return {"fused": "unavailable: CPU only", "onednn": "unavailable: CPU only"}
-    from ..backends.fused import fused_available, fused_unavailable_reason, fused_uses_avx512
+    import os
+
+    from ..backends.fused import fused_available, fused_isa, fused_unavailable_reason
+    from ..backends.native import build_note
     from ..backends.onednn import onednn_available
 
-    fused = (("available, AVX-512" if fused_uses_avx512() else "available, portable loops (no AVX-512)")
-             if fused_available() else f"unavailable: {fused_unavailable_reason()}")
+    names = {"avx512": "AVX-512", "avx2": "AVX2 + FMA", "neon": "ARM NEON", "scalar": "portable loops"}
+    if fused_available():
+        isa = fused_isa()
+        fused = f"available, {names.get(isa, isa)}"
+        if os.environ.get("SEPCONV_ISA"):
+            fused += f" (SEPCONV_ISA={os.environ['SEPCONV_ISA']})"
+        note = build_note()
+        if note:
+            fused += f"; cache entry rebuilt: {note}"
+    else:
+        fused = f"unavailable: {fused_unavailable_reason()}"
     return {"onednn": "available" if onednn_available() else "unavailable: no torch.ops.mkldnn convolution operators",
             "fused": fused}
 
