@@ -88,11 +88,8 @@ def to_onnxruntime(model: nn.Module, sample_input: torch.Tensor, *, threads: Opt
     ``spinning``: whether ONNX Runtime's idle intra-op threads spin-wait for
     work (its own default) or sleep (sepconv's default). Spinning threads keep
     a core busy after each run and slow whatever PyTorch runs next in the
-    process: on a 2-core AMD Zen 4 with 2 threads the oneDNN/fused separable
-    MobileNetV1 took 13.7 ms in rounds interleaved with a spinning session
-    against 7.0 ms alone and 7.5 ms beside a sleeping one, while the session
-    itself took 5.9 ms spinning and 6.3 ms sleeping alone
-    (``benchmarks/bench_networks.py``, ``runtime_interference_ms``). A process
+    process (``runtime_interference_ms`` in the ``networks-*`` records of
+    ``benchmarks/bench_networks.py``; ``docs/design-notes.md``). A process
     that runs nothing but the session can ask for ``spinning=True``.
 
     ``profile``: ONNX Runtime records every node's time on every run;
