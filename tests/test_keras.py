@@ -426,6 +426,34 @@ def test_in_memory_model_reload_and_cli(tmp_path, capsys):
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_imported_file_goes_through_profile_convert_and_optimize_from_the_cli(tmp_path, capsys):
+    import safetensors.torch
+
+    from sepconv.cli import main
+
+    model = keras.Sequential([keras.Input((12, 12, 3)), L.Conv2D(8, 3, padding="same"), L.BatchNormalization(),
+                              L.ReLU(), L.Conv2D(8, 3, padding="same"), L.GlobalAveragePooling2D(), L.Dense(4)])
+    randomize(model, 3)
+    model.save(tmp_path / "m.keras")
+    imported = tmp_path / "m.safetensors"
+    assert main(["import-keras", str(tmp_path / "m.keras"), str(imported)]) == 0
+    capsys.readouterr()
+    # the input size comes from the Keras config; MACs as counted by hand
+    assert main(["profile", str(imported), "--format", "json"]) == 0
+    macs = json.loads(capsys.readouterr().out)["total_macs"]
+    assert macs == 12 * 12 * 8 * 27 + 12 * 12 * 8 * 72 + 8 * 4
+    converted = tmp_path / "converted.safetensors"
+    assert main(["convert", str(imported), str(converted)]) == 0
+    state = safetensors.torch.load_file(str(converted))
+    assert any("depthwise" in key for key in state)  # the second 3x3 conv became separable
+    capsys.readouterr()
+    assert main(["profile", str(imported), "--weights", str(converted), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_macs"] < macs
+    assert main(["optimize", str(imported), "--weights", str(converted)]) == 0
+    assert main(["profile", str(imported), "--variant", "separable"]) == 2
+    assert "does not apply to an imported Keras model" in capsys.readouterr().err
+
+
 def test_imported_models_work_with_profile_and_convert(tmp_path):
     import sepconv
 

@@ -9,6 +9,8 @@ nothing in the file is executed.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import json
 import os
 from pathlib import Path
@@ -72,3 +74,20 @@ def load_imported(path: str | os.PathLike) -> KerasGraph:
     except RuntimeError as error:
         raise ValueError(f"the weights in {str(path)!r} do not fit its Keras config: {error}") from None
     return model.eval()
+
+
+def input_shape_of(model: KerasGraph) -> Optional[tuple[int, ...]]:
+    """The ``(C, *spatial)`` input shape (PyTorch order) the Keras config of ``model`` declares, or None.
+
+    None when the model has several inputs or leaves a size open (``None`` in Keras' ``batch_shape``).
+    """
+    config = getattr(model, "keras_config", None)
+    layers = (config or {}).get("config", {}).get("layers", []) if isinstance(config, dict) else []
+    shapes = [layer.get("config", {}).get("batch_shape") or layer.get("config", {}).get("batch_input_shape")
+              for layer in layers if isinstance(layer, dict) and layer.get("class_name") == "InputLayer"]
+    if len(shapes) != 1 or not isinstance(shapes[0], (list, tuple)) or len(shapes[0]) < 3:
+        return None
+    dims = list(shapes[0][1:])
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+        return None
+    return (dims[-1], *dims[:-1])

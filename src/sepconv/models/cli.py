@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 MODEL_HELP = ("zoo name (see `sepconv profile --list`), package.module:factory, path/to/file.py:factory, "
-              "a sepconv .safetensors model file, torchvision:NAME or timm:NAME")
+              "a sepconv .safetensors model file (sepconv import-keras output too), torchvision:NAME or timm:NAME")
 
 
 def add_model_arguments(p: argparse.ArgumentParser, *, positional: bool = True, weights: bool = True) -> None:
@@ -68,6 +68,9 @@ def resolve_from_args(args: argparse.Namespace, *, input_shape=None, need_input:
 
     if not args.model:
         raise ValueError("give a MODEL (" + MODEL_HELP + ")")
+    imported = keras_file(args.model)
+    if imported is not None:
+        return _from_keras_file(args, imported, input_shape, need_input)
     kwargs = parse_kwargs(args.kwargs)
     num_classes = args.num_classes
     if num_classes is not None and not 1 <= num_classes <= 1 << 40:
@@ -104,6 +107,51 @@ def resolve_from_args(args: argparse.Namespace, *, input_shape=None, need_input:
         extra = {} if shape is None or source.kind != "zoo" else dict(in_channels=shape[0], image_size=shape[1:])
         model, source = resolve_model(args.model, **common, **extra)
     if conversion is not None:
+        model = converted_architecture(model, conversion)
+    if getattr(args, "weights", None):
+        load_weights(model, args.weights)
+        source.weights = args.weights
+    return model.float().cpu(), source, (tuple(shape) if shape is not None else None)
+
+
+def keras_file(reference):
+    """The model in ``reference`` if it is a file written by ``sepconv import-keras``, else None."""
+    import os
+
+    if not isinstance(reference, str) or not reference.endswith(".safetensors") or not os.path.isfile(reference):
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(reference, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception:  # not readable as safetensors: resolve_model reports it
+        return None
+    from ..interop.io import KERAS_KEY, load_imported
+
+    return load_imported(reference) if KERAS_KEY in metadata else None
+
+
+def _from_keras_file(args: argparse.Namespace, model, input_shape, need_input: bool):
+    """``resolve_from_args`` for a Keras model imported by ``sepconv import-keras`` (weights in the file)."""
+    from ..cost.shapes import parse_shape
+    from ..interop.io import input_shape_of
+    from .reference import ModelSource, load_weights
+    from .weights import conversion_of
+
+    for flag, value in (("--kwargs", args.kwargs), ("--variant", args.variant), ("--num-classes", args.num_classes)):
+        if value not in (None, ""):
+            raise ValueError(f"{flag} does not apply to an imported Keras model ({args.model!r} holds its own config)")
+    shape = input_shape
+    if shape is None and args.input is not None:
+        shape = parse_shape(args.input, "--input", spatial_dims=model_spatial_dims(model),
+                            channels_last=args.channels_last)
+    shape = shape if shape is not None else input_shape_of(model)
+    if shape is None and need_input:
+        raise ValueError(f"{args.model!r}: its Keras config leaves the input size open; give --input C x H x W")
+    source = ModelSource(args.model, "file", {}, None, shape, weights=args.model)
+    conversion = conversion_of(args.weights) if getattr(args, "weights", None) else None
+    if conversion is not None:  # weights written by `sepconv convert` from this file
         model = converted_architecture(model, conversion)
     if getattr(args, "weights", None):
         load_weights(model, args.weights)
