@@ -199,7 +199,7 @@ def _fuzz_checkpoint(data, trained, capsys):
             assert "weights_only=False" not in err
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(data=st.data())
 def test_fuzz_checkpoint(data, trained, capsys):
     _fuzz_checkpoint(data, trained, capsys)

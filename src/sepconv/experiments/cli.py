@@ -11,8 +11,9 @@ from pathlib import Path
 from .config import CompareConfig, RunOptions, add_options, given_options, run_options_from_args
 
 #: The default run's wall time, quoted in ``--help`` and docs/compare.md (record in benchmarks/results/).
-DEFAULT_RUN_TIME = ("about 40 s on a 2-core AMD EPYC (Zen 3, AVX2) at 2 threads "
-                    "(benchmarks/results/compare-default-zen3-avx2-2thread)")
+DEFAULT_RUN_TIME = ("168 s on a 2-core AMD EPYC (Zen 4, AVX-512) at its default 2 threads, shared with another "
+                    "job (1-minute load average 2.4); use --threads 1 on a shared machine "
+                    "(record: benchmarks/results/compare-default-zen4-avx512-2thread/compare.json)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "spatially separable) with identical seeds, data order and schedule; print and save a table of "
             "parameters, MACs, train time per epoch, inference latency (eager and through sepconv.optimize), "
             "best/final validation accuracy and train/val gap, with plots and an HTML report. With no arguments: "
-            f"scikit-learn's digits (no download), vgg_blocks in all its variants, {DEFAULT_RUN_TIME}."
+            f"scikit-learn's digits (no download), vgg_blocks in all its variants: {DEFAULT_RUN_TIME}."
         ),
     )
     add_options(parser.add_argument_group("what to compare (recorded in run.json; --resume reuses it)"),

@@ -39,6 +39,8 @@ def resolve_device(name: str) -> "torch.device":  # noqa: F821
         raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
     if not torch.cuda.is_available():
         raise ValueError(f"--device {name} requested but CUDA is not available (use --device cpu or auto)")
     if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():

@@ -46,6 +46,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as error:  # corrupt zip, refused global, ...: one line, and never torch's weights_only advice
         raise ValueError(f"checkpoint {str(path)!r} cannot be read safely ({type(error).__name__}): it is damaged "
                          "or was not written by sepconv") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    fmt = state.get("format") if isinstance(state, dict) else None
+    if not (type(fmt) is int and fmt == CHECKPOINT_FORMAT):  # a tensor or a list here must not be compared
         raise ValueError(f"{str(path)!r} is not a sepconv checkpoint (format {CHECKPOINT_FORMAT})")
     return state

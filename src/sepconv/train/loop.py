@@ -183,9 +183,12 @@ def evaluate(
 def _check_resume(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
     saved = state.get("config", {})
     for key in RESUME_KEYS:
-        if saved.get(key) != getattr(config, key):
+        value = saved.get(key)
+        plain = isinstance(value, (bool, int, float, str)) or value is None  # a tensor must not be compared
+        if not plain or type(value) is not type(getattr(config, key)) or value != getattr(config, key):
+            shown = repr(value) if plain else f"<a {type(value).__name__}>"
             raise ValueError(
-                f"cannot resume from {str(path)!r}: it was trained with {key}={saved.get(key)!r}, this run has "
+                f"cannot resume from {str(path)!r}: it was trained with {key}={shown}, this run has "
                 f"{key}={getattr(config, key)!r}; use the same settings, or --overwrite to start over"
             )
     if state["epoch"] > config.epochs:
