@@ -619,3 +619,30 @@ def test_tensorboard_scalars_per_epoch(tmp_path):
     assert [v.step for v in values] == [1, 2]
     history = json.loads((tmp_path / "o" / "results.json").read_text())["variants"]["separable"]["history"]
     assert [v.value for v in values] == pytest.approx([h["val_acc"] for h in history])
+
+
+def test_quantize_adds_int8_schemes_to_results_and_report(tmp_path):
+    pytest.importorskip("onnxruntime", reason="--quantize runs ONNX Runtime: pip install 'sepconv[onnx]'")
+    pytest.importorskip("onnx", reason="--quantize exports to ONNX: pip install 'sepconv[onnx]'")
+    results = run_compare(tiny_config(variants=["separable"]), tmp_path / "q", log=lambda m: None,
+                          latency_min_run_time=0.01, optimized_latency=False, quantize=True)
+    rows = results["variants"]["separable"]["int8"]
+    assert [r["scheme"] for r in rows] == ["float", "per-tensor", "per-channel", "per-tensor+equalize+bias-correction"]
+    float_row = rows[0]
+    assert float_row["agreement"] == 1.0 and float_row["latency_ratio"] == 1.0
+    # the float row scores the trained network itself: its accuracy is the run's final validation accuracy
+    assert float_row["accuracy"] == pytest.approx(results["variants"]["separable"]["history"][-1]["val_acc"], abs=1e-6)
+    for r in rows:
+        assert r["size_ratio"] == pytest.approx(r["model_bytes"] / float_row["model_bytes"])
+        assert 0 <= r["agreement"] <= 1 and r["latency_ms"] > 0
+    assert "report" not in float_row
+    saved = json.loads((tmp_path / "q" / "results.json").read_text())
+    assert saved["variants"]["separable"]["int8"][1]["scheme"] == "per-tensor"
+    page = (tmp_path / "q" / "report.html").read_text()
+    assert "<h2>int8</h2>" in page and "per-tensor+equalize+bias-correction" in page
+
+
+def test_without_quantize_the_report_has_no_int8_section(tmp_path):
+    run_compare(tiny_config(variants=["separable"]), tmp_path / "p", log=lambda m: None, latency_min_run_time=0.01,
+                optimized_latency=False)
+    assert "<h2>int8</h2>" not in (tmp_path / "p" / "report.html").read_text()

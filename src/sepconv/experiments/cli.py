@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         results = run_compare(config, out, resume=options.resume, overwrite=options.overwrite,
                               progress=not options.quiet and sys.stderr.isatty(), log=log,
                               latency_min_run_time=options.latency_time, optimized_latency=options.optimized_latency,
-                              tensorboard=options.tensorboard, dry_run=options.dry_run)
+                              tensorboard=options.tensorboard, dry_run=options.dry_run,
+                              quantize=options.quantize)
     except TrainingDiverged as error:
         print(f"sepconv compare: error: {error}; partial results in {out}", file=sys.stderr)
         return 1
@@ -86,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
     if not main_process:
         return 0
     print(format_table(results["table"]))
+    for variant, entry in results["variants"].items():
+        if entry.get("int8"):
+            from ..quantization import schemes_table
+
+            print(f"\nint8, {variant}:\n{schemes_table(entry['int8'])}")
     if options.dry_run:
         sizes = results["variants"]
         print("dry run: nothing trained or written; estimated training memory per variant: "

@@ -119,6 +119,9 @@ class RunOptions:
                                  low=0, high=60, low_open=True)
     optimized_latency: bool = option(True, "also measure batch-1 latency through sepconv.optimize (what a "
                                      "deployment gets) beside eager PyTorch", "bool")
+    quantize: bool = option(False, "also quantize each trained network to int8 with sepconv.quantize (ONNX Runtime; "
+                            "needs the 'onnx' extra) and report naive per-tensor, per-channel and equalized "
+                            "per-tensor int8 beside float: accuracy, agreement, size, batch-1 latency", "bool")
     tensorboard: Optional[str] = option(None, "also write per-epoch scalars for TensorBoard into DIR (needs the "
                                         "'tensorboard' extra)", "path", nullable=True, metavar="DIR",
                                         default_text="off")

@@ -420,6 +420,30 @@ def _details(title: str, content: str) -> str:
     return f"<details><summary>{html.escape(title)}</summary>{content}</details>"
 
 
+def _int8_section(results: dict[str, Any]) -> str:
+    """The int8 schemes of ``compare --quantize`` as one table (empty when the run did not quantize)."""
+    rows = [(variant, row) for variant, entry in (results.get("variants") or {}).items()
+            for row in (entry.get("int8") or [])]
+    if not rows:
+        return ""
+    esc = lambda v: html.escape(str(v))  # noqa: E731
+    headers = ("variant", "scheme", "val acc", "agreement", "size (bytes)", "size vs float", "latency ms",
+               "latency vs float")
+    body = []
+    for variant, r in rows:
+        cells = (variant, r["scheme"], "-" if r.get("accuracy") is None else f"{r['accuracy']:.4f}",
+                 f"{r['agreement']:.4f}", f"{r['model_bytes']:,}", f"{r['size_ratio']:.2f}",
+                 f"{r['latency_ms']:.3f}", f"{r['latency_ratio']:.2f}")
+        body.append("<tr>" + "".join(f'<td data-label="{esc(h)}">{esc(c)}</td>' for h, c in zip(headers, cells))
+                    + "</tr>")
+    head = "".join(f'<th scope="col">{esc(h)}</th>' for h in headers)
+    return ('<h2>int8</h2><p>Each trained network quantized by <code>sepconv.quantize</code> (ONNX Runtime, '
+            'calibrated on training images), scored on the validation split; latency at batch 1 in ONNX Runtime, '
+            'float32 and int8 side by side.</p>'
+            f'<div class="scroll"><table class="summary"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
 def render_html(results: dict[str, Any], figures: list[tuple[str, str, bytes]]) -> str:
     """A self-contained HTML page: warnings, the summary table, the figures (embedded PNGs) and
     configuration, data, measurement and environment as compact tables in collapsible sections.
@@ -532,6 +556,7 @@ Measurement). The train-val gap is final train accuracy (averaged over the last 
 validation accuracy.</p>
 <h2>Summary</h2>
 {summary}
+{_int8_section(results)}
 <h2>Figures</h2>
 <div class="figures">{images}</div>
 <h2>Details</h2>

@@ -117,6 +117,7 @@ class _Run:
     results: dict[str, Any] = field(default_factory=dict)
     trained_standard: Any = None
     writer: Any = None
+    quantize: bool = False
 
 
 def _setup(config: CompareConfig, out: Path, *, resume: bool, overwrite: bool, log: Callable[[str], None]) -> _Run:
@@ -274,6 +275,8 @@ def _measure(run: _Run, variant: str, model: Any, entry: dict[str, Any], latency
     entry["latency_ms"] = measure_latency(model, shape, 1, device, latency_time) * 1e3
     if optimized_latency:
         entry["optimized"] = measure_optimized_latency(model, shape, device, latency_time)
+    if run.quantize:
+        entry["int8"] = _int8_schemes(run, model)
     entry["throughput_img_s"] = THROUGHPUT_BATCH / measure_latency(model, shape, THROUGHPUT_BATCH, device,
                                                                    latency_time)
     config = run.config
@@ -281,6 +284,25 @@ def _measure(run: _Run, variant: str, model: Any, entry: dict[str, Any], latency
                "standard" if variant == CONVERTED else variant,
                conversion=config.conversion() if variant == CONVERTED else None,
                num_classes=run.data.num_classes, in_channels=shape[0], **run.kwargs)
+
+
+#: Training images that calibrate the activation ranges of ``--quantize``'s int8 models.
+CALIBRATION_IMAGES = 256
+
+
+def _int8_schemes(run: _Run, model: Any) -> list[dict[str, Any]]:
+    """:func:`sepconv.quantization.compare_schemes` rows of the trained ``model`` (float and three int8 schemes),
+    calibrated on training images and scored on the validation split; the per-layer reports left out."""
+    import torch
+
+    from ..quantization import compare_schemes
+
+    data = run.data
+    order = torch.randperm(data.train_x.shape[0], generator=torch.Generator().manual_seed(run.config.seed))
+    calibration = data.train_x[order[:CALIBRATION_IMAGES]].contiguous()
+    model = copy.deepcopy(model).to("cpu").float().eval().to(memory_format=torch.contiguous_format)
+    rows = compare_schemes(model, calibration, data.val_x.contiguous(), data.val_y, threads=torch.get_num_threads())
+    return [{key: value for key, value in row.items() if key != "report"} for row in rows]
 
 
 def _train_variant(run: _Run, variant: str, *, resume: bool, progress: bool, stop_after_epoch: Optional[int],
@@ -366,6 +388,7 @@ def run_compare(
     optimized_latency: bool = True,
     tensorboard: Optional[str | Path] = None,
     dry_run: bool = False,
+    quantize: bool = False,
 ) -> dict[str, Any]:
     """Run the comparison described by ``config`` and write its results into ``out``.
 
@@ -381,7 +404,9 @@ def run_compare(
     run writes; a second run on it fails with a ``ValueError``.
     ``stop_after_epoch`` stops every variant after that epoch, like an
     interruption (used to test ``resume``). ``optimized_latency`` adds the
-    batch-1 latency through :func:`sepconv.optimize`; ``tensorboard`` is a
+    batch-1 latency through :func:`sepconv.optimize`; ``quantize`` adds each
+    variant's int8 schemes (``variants[v]['int8']``, rows of
+    :func:`sepconv.quantization.compare_schemes`); ``tensorboard`` is a
     directory for per-epoch scalars. Raises
     :class:`~sepconv.train.TrainingDiverged` / :class:`~sepconv.train.TrainingInterrupted`
     after saving the partial results. Threads default to
@@ -397,21 +422,25 @@ def run_compare(
         raise ValueError(f"--latency-time must be a finite number of seconds > 0, got {latency_min_run_time!r}")
     if tensorboard is not None:
         _require_tensorboard()
+    if quantize:
+        _require_onnxruntime()
     threads = torch.get_num_threads()
     try:
         return _run(config, Path(out), resume=resume, overwrite=overwrite, progress=progress, log=log,
                     stop_after_epoch=stop_after_epoch, latency_time=latency_min_run_time,
-                    optimized_latency=optimized_latency, tensorboard=tensorboard, dry_run=dry_run)
+                    optimized_latency=optimized_latency, tensorboard=tensorboard, dry_run=dry_run,
+                    quantize=quantize)
     finally:
         torch.set_num_threads(threads)  # the caller's thread count, as it was
 
 
 def _run(config: CompareConfig, out: Path, *, resume: bool, overwrite: bool, progress: bool,
          log: Callable[[str], None], stop_after_epoch: Optional[int], latency_time: float, optimized_latency: bool,
-         tensorboard: Optional[str | Path], dry_run: bool) -> dict[str, Any]:
+         tensorboard: Optional[str | Path], dry_run: bool, quantize: bool = False) -> dict[str, Any]:
     from ..train import distributed as dist_utils
 
     run = _setup(config, out, resume=resume, overwrite=overwrite, log=log)
+    run.quantize = quantize
     if dry_run:
         return plan_of(run)
     lock = _start(run, resume=resume, overwrite=overwrite, tensorboard=None if tensorboard is None else str(tensorboard))
@@ -435,3 +464,10 @@ def _require_tensorboard() -> None:
         import tensorboard  # noqa: F401
     except ImportError:
         raise ImportError("--tensorboard needs the tensorboard package: pip install 'sepconv[tensorboard]'") from None
+
+
+def _require_onnxruntime() -> None:
+    from ..backends.onnxruntime import onnxruntime_available
+
+    if not onnxruntime_available():
+        raise ImportError("--quantize needs onnx and onnxruntime: pip install 'sepconv[onnx]'")
