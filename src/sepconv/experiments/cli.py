@@ -11,9 +11,8 @@ from pathlib import Path
 from .config import CompareConfig, RunOptions, add_options, given_options, run_options_from_args
 
 #: The default run's wall time, quoted in ``--help`` and docs/compare.md (record in benchmarks/results/).
-DEFAULT_RUN_TIME = ("168 s on a 2-core AMD EPYC (Zen 4, AVX-512) at its default 2 threads, shared with another "
-                    "job (1-minute load average 2.4); use --threads 1 on a shared machine "
-                    "(record: benchmarks/results/compare-default-zen4-avx512-2thread/compare.json)")
+DEFAULT_RUN_TIME = ("55 s on an idle 2-core AMD EPYC (Zen 4, AVX-512) at its default 2 threads; use --threads 1 on a "
+                    "shared machine (record: benchmarks/results/compare-default-zen4-avx512-2thread/compare.json)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
