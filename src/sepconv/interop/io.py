@@ -13,9 +13,8 @@ from typing import Optional
 
 import json
 import os
-from pathlib import Path
 
-from ..utils.io import atomic_write_bytes
+from ..utils.io import read_metadata, write_state_dict
 from .keras import build_from_config
 from .modules import KerasGraph
 
@@ -40,25 +39,13 @@ def save_imported(path: str | os.PathLike, model: KerasGraph) -> None:
     """
     if not isinstance(model, KerasGraph) or not hasattr(model, "keras_config"):
         raise ValueError(f"model must be a model returned by from_keras, got {type(model).__name__}")
-    st = _safetensors()
     recipe = {"format": FORMAT, "channels_last": model.channels_last, "keras_config": model.keras_config}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write_bytes(path, st.save(tensors, metadata={KERAS_KEY: json.dumps(recipe)}))
+    write_state_dict(path, model.state_dict(), {KERAS_KEY: json.dumps(recipe)}, extra="keras")
 
 
 def load_imported(path: str | os.PathLike) -> KerasGraph:
     """Rebuild a model written by :func:`save_imported` (or ``sepconv import-keras``); returns it in eval mode."""
-    st = _safetensors()
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-    except Exception as error:  # not a safetensors file, truncated, ...
-        raise ValueError(f"{str(path)!r} is not a readable safetensors file: {error}") from None
+    meta = read_metadata(path, extra="keras")
     if KERAS_KEY not in meta:
         raise ValueError(f"{str(path)!r} has no imported Keras model in its metadata (was it written by "
                          "sepconv import-keras?)")
@@ -68,7 +55,7 @@ def load_imported(path: str | os.PathLike) -> KerasGraph:
     except (ValueError, AssertionError, RecursionError):
         raise ValueError(f"{str(path)!r} has a malformed imported-model recipe") from None
     model = build_from_config(recipe["keras_config"], channels_last=bool(recipe.get("channels_last", False)))
-    state = st.load_file(str(path))
+    state = _safetensors().load_file(str(path))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:

@@ -120,14 +120,13 @@ def keras_file(reference):
 
     if not isinstance(reference, str) or not reference.endswith(".safetensors") or not os.path.isfile(reference):
         return None
-    try:
-        from safetensors import safe_open
-
-        with safe_open(reference, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except Exception:  # not readable as safetensors: resolve_model reports it
-        return None
     from ..interop.io import KERAS_KEY, load_imported
+    from ..utils.io import read_metadata
+
+    try:
+        metadata = read_metadata(reference)
+    except (ValueError, ImportError):  # not readable as safetensors: resolve_model reports it
+        return None
 
     return load_imported(reference) if KERAS_KEY in metadata else None
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,7 +11,7 @@ from torch import nn
 
 from .weights import CONVERSION_KEYS, check_recipe  # noqa: F401  (part of this module's API)
 
-from ..utils.io import atomic_write_bytes
+from ..utils.io import read_metadata, write_state_dict
 
 #: Metadata key holding the JSON recipe ``{"name", "variant", "kwargs"}``.
 RECIPE_KEY = "sepconv_model"
@@ -34,7 +33,6 @@ def save_model(path: str | os.PathLike, model: nn.Module, name: str, variant: st
     ``conversion`` holds the options of :func:`sepconv.factorize.convert` if the model was converted
     after being built. All must be JSON-serializable.
     """
-    st = _safetensors()
     recipe: dict[str, Any] = {"name": name, "variant": variant, "kwargs": build_kwargs}
     if conversion is not None:
         recipe["conversion"] = conversion
@@ -42,23 +40,12 @@ def save_model(path: str | os.PathLike, model: nn.Module, name: str, variant: st
         meta = json.dumps(recipe)
     except TypeError as error:
         raise ValueError(f"build_kwargs must be JSON-serializable, got {build_kwargs!r}") from error
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write_bytes(path, st.save(tensors, metadata={RECIPE_KEY: meta}))
+    write_state_dict(path, model.state_dict(), {RECIPE_KEY: meta})
 
 
 def read_recipe(path: str | os.PathLike) -> dict:
     """The build recipe stored in a model file (without loading the weights)."""
-    _safetensors()  # a clear ImportError if safetensors is missing
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-    except Exception as error:  # not a safetensors file, truncated, ...
-        raise ValueError(f"{str(path)!r} is not a readable safetensors file: {error}") from error
+    meta = read_metadata(path)
     if RECIPE_KEY not in meta:
         raise ValueError(f"{str(path)!r} has no sepconv model recipe in its metadata (was it written by save_model?)")
     try:

@@ -42,3 +42,39 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _safetensors_torch(extra: str):
+    try:
+        import safetensors.torch
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(f"reading and writing model files needs safetensors: pip install 'sepconv[{extra}]'") from error
+    return safetensors.torch
+
+
+def write_state_dict(path: str | os.PathLike, state_dict: dict, metadata: dict[str, str], *,
+                     extra: str = "experiments") -> None:
+    """Write ``state_dict`` (tensors, detached to the CPU) and string ``metadata`` to ``path`` as safetensors,
+    atomically. ``extra`` names the pip extra that brings safetensors, for the ``ImportError`` without it."""
+    st = _safetensors_torch(extra)
+    tensors = {key: value.detach().contiguous().cpu() for key, value in state_dict.items()}
+    atomic_write_bytes(path, st.save(tensors, metadata=metadata))
+
+
+def read_metadata(path: str | os.PathLike, *, extra: str = "experiments") -> dict[str, str]:
+    """The string metadata of the safetensors file ``path``, without reading its tensors.
+
+    ``FileNotFoundError`` when there is no such file; ``ValueError`` naming the file when it is not a
+    readable safetensors file (truncated, another format, ...).
+    """
+    _safetensors_torch(extra)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as error:  # not a safetensors file, truncated, ...
+        raise ValueError(f"{str(path)!r} is not a readable safetensors file: {error}") from None
