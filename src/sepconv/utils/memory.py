@@ -22,6 +22,11 @@ def keep_freed_memory() -> bool:
     maximum: blocks up to that size come from the heap) and
     ``M_TRIM_THRESHOLD`` to 2 GiB (freed heap memory stays with the process).
 
+    The heap still grows for the first few steps after the call: PyTorch
+    asks for 64-byte aligned blocks, and glibc's aligned allocation needs a
+    little more than a freed block of the same size, so reuse settles only
+    once the heap holds enough free blocks (``docs/design-notes.md``).
+
     Process-wide and permanent: the process keeps its peak heap size, and
     glibc's adaptive threshold cannot be switched back on. Blocks over 32 MiB
     are still mapped fresh; a caching allocator loaded with ``LD_PRELOAD``
