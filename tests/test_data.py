@@ -251,6 +251,25 @@ def test_imagefolder_bad_inputs(tmp_path):
         load_dataset("imagefolder", str(corrupt), image_size=0)
 
 
+def test_imagefolder_is_sized_before_decoding(tmp_path):
+    from sepconv.data.imagefolder import PEAK_BYTES_PER_VALUE, load_imagefolder
+
+    _write_images(tmp_path, {"a": 3, "b": 3}, np.random.default_rng(4), size=(8, 8))
+    (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")  # never reached when refused
+    need = 7 * 3 * 16 * 16 * PEAK_BYTES_PER_VALUE
+    with pytest.raises(ValueError, match=r"holds 7 images; at --image-size 16 .* use --image-size 15 or less") as info:
+        load_imagefolder(tmp_path, image_size=16, max_bytes=need - 1)
+    assert "broken.png" not in str(info.value)
+    with pytest.raises(ValueError, match="use fewer images"):
+        load_imagefolder(tmp_path, image_size=16, max_bytes=7 * 3 * PEAK_BYTES_PER_VALUE - 1)
+    with pytest.raises(ValueError, match="broken.png"):  # within the limit: decoding starts
+        load_imagefolder(tmp_path, image_size=16, max_bytes=need)
+    (tmp_path / "b" / "broken.png").unlink()
+    d = load_imagefolder(tmp_path, image_size=16, max_bytes=6 * 3 * 16 * 16 * PEAK_BYTES_PER_VALUE)
+    # the estimate covers what the loader returns (float32 train and val images)
+    assert (d.train_x.numel() + d.val_x.numel()) * 4 <= 6 * 3 * 16 * 16 * PEAK_BYTES_PER_VALUE
+
+
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="digits, cifar10, fashion-mnist, imagefolder"):
         load_dataset("mnist")

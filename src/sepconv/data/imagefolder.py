@@ -14,6 +14,23 @@ from ._common import ImageDataset, check_data_dir, standardize, stratified_split
 #: File name endings read as images (case-insensitive); other files are skipped.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
+#: Bytes held at the loader's peak per pixel value (image x channel x row x column): the
+#: uint8 array (1), its float32 copy (4), the train/val index copies (4) and their
+#: standardized results (4).
+PEAK_BYTES_PER_VALUE = 13
+
+
+def _available_memory() -> int | None:
+    """Bytes the kernel reports as available (``MemAvailable``), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
 
 def _scan(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     classes: list[str] = []
@@ -37,6 +54,7 @@ def load_imagefolder(
     image_size: int = 32,
     val_fraction: float = 0.2,
     split_seed: int = 0,
+    max_bytes: int | None = None,
 ) -> ImageDataset:
     """Load ``data_dir/<class>/**/<image>`` as RGB images resized to ``image_size`` x ``image_size`` pixels.
 
@@ -47,6 +65,12 @@ def load_imagefolder(
     a single class, a class with one image, an image Pillow cannot decode or
     one larger than ``PIL.Image.MAX_IMAGE_PIXELS`` (a possible decompression
     bomb) raise an error naming the path. Needs Pillow.
+
+    The folder is sized before any image is decoded: ``images x 3 x
+    image_size**2 x`` :data:`PEAK_BYTES_PER_VALUE` bytes must fit in
+    ``max_bytes`` (default: the memory the kernel reports as available,
+    no limit where that cannot be read), else ``ValueError`` with the
+    estimate and the largest ``image_size`` that fits.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -62,6 +86,16 @@ def load_imagefolder(
     if len(classes) < 2:
         raise ValueError(
             f"--data-dir {str(root)!r} has a single class ({classes[0]!r}); a classifier needs at least 2 class folders"
+        )
+    limit = _available_memory() if max_bytes is None else max_bytes
+    need = len(files) * 3 * image_size**2 * PEAK_BYTES_PER_VALUE
+    if limit is not None and need > limit:
+        fits = int((limit / (len(files) * 3 * PEAK_BYTES_PER_VALUE)) ** 0.5)
+        where = "available memory" if max_bytes is None else "max_bytes"
+        raise ValueError(
+            f"--data-dir {str(root)!r} holds {len(files):,} images; at --image-size {image_size} loading them needs "
+            f"about {need / 2**30:.1f} GiB, more than the {limit / 2**30:.1f} GiB of {where}; "
+            + (f"use --image-size {fits} or less, or fewer images" if fits >= 1 else "use fewer images")
         )
     images = np.empty((len(files), 3, image_size, image_size), dtype=np.uint8)
     for i, (path, _) in enumerate(files):
