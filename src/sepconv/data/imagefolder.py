@@ -14,9 +14,9 @@ from ._common import ImageDataset, check_data_dir, standardize, stratified_split
 #: File name endings read as images (case-insensitive); other files are skipped.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
-#: Bytes held at the loader's peak per pixel value (image x channel x row x column): the
-#: uint8 array (1), its float32 copy (4), the train/val index copies (4) and their
-#: standardized results (4).
+#: Estimated bytes the loader holds at once per pixel value (image x channel x row x
+#: column): the uint8 array (1), its float32 copy (4), the train/val index copies (4) and
+#: their standardized results (4). Short-lived temporaries come on top of it.
 PEAK_BYTES_PER_VALUE = 13
 
 
