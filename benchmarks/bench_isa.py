@@ -1,7 +1,7 @@
 """The fused kernel per vector ISA, the separable layer's forward against its roofline ceiling, and ONNX Runtime
 run alone against `sepconv.optimize`, on `sepconv bench`'s suite shapes, in one run.
 
-    python benchmarks/bench_isa.py [--threads 1] [--rounds 5] [--clock wall|cpu] [--suite ...] [--out DIR]
+    python benchmarks/bench_isa.py [--threads 1] [--rounds 5] [--clock wall|cpu] [--keep-freed-memory] [--suite ...] [--out DIR]
 
 For every shape (float32, inference, one `SeparableConv2d` without bias), in the same interleaved rounds:
 
@@ -20,7 +20,9 @@ convolution's bound, with this machine's measured roofline); `of_ceiling` = real
 a loaded machine, the same from each candidate's fastest round (`*_min`); `--clock cpu` times the calling
 thread's CPU time instead of wall time (one thread only; `sepconv.backends.clock.cpu_time_interleaved`), so
 time preempted by other processes is not counted (the roofline is still measured in wall time; `optimize` itself
-times on CPU time with one thread). Writes
+times on CPU time with one thread). `--keep-freed-memory` calls `sepconv.keep_freed_memory()` first: without it a
+candidate timed right after another that freed a large output can page-fault its own output in fresh (recorded
+as `freed_memory_kept` in the machine). Writes
 `isa.json` (with the machine) into --out (default `benchmarks/results/isa-cpu-<threads>thread`).
 """
 
@@ -47,6 +49,7 @@ from sepconv.cost import conv_cost, separable_cost
 from sepconv.layers._common import conv_module
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
+from sepconv.utils.memory import keep_freed_memory
 from sepconv.utils.timing import interleaved
 
 HERE = Path(__file__).resolve().parent
@@ -143,10 +146,14 @@ def main(argv=None) -> int:
     p.add_argument("--suite", default="mobilenet_v1,vgg_blocks")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="cpu: this thread's CPU time (one thread only), for a machine other processes load")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="call sepconv.keep_freed_memory() first, so candidates reuse freed memory instead of faulting")
     p.add_argument("--out")
     args = p.parse_args(argv)
     if args.clock == "cpu" and args.threads != 1:
         p.error(f"--clock cpu needs --threads 1 (got {args.threads}): other threads' time is not on this thread")
+    if args.keep_freed_memory and not keep_freed_memory():
+        p.error("--keep-freed-memory needs glibc's malloc; this C library is not glibc")
     torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else HERE / "results" / f"isa-cpu-{args.threads}thread"
     variants = isas()
