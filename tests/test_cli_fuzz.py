@@ -113,7 +113,8 @@ def test_fuzz_profile(model, args, monkeypatch):
                     "--rank": NUMBERS, "--input": SHAPES, "--include": ["(", "features", ""], "--min-kernel": NUMBERS,
                     "--data": ["digits", "cifar10", "imagefolder", "nope.safetensors", ""], "--data-dir": ["", "/nope"],
                     "--calibrate": None, "--samples": NUMBERS, "--finetune-epochs": NUMBERS,
-                    "--finetune-lr": NUMBERS, "--seed": NUMBERS, "--kwargs": KWARGS, "--batch-size": NUMBERS}))
+                    "--finetune-lr": NUMBERS, "--distill-temperature": NUMBERS, "--hard-labels": None,
+                    "--seed": NUMBERS, "--kwargs": KWARGS, "--batch-size": NUMBERS}))
 def test_fuzz_convert(model, output, args, monkeypatch, tmp_path):
     monkeypatch.setenv("SEPCONV_MAX_BYTES", str(4 << 30))
     monkeypatch.chdir(tmp_path)

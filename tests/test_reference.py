@@ -132,6 +132,7 @@ def test_profile_convert_finetune_optimize_a_user_model_from_the_cli(user, capsy
     tune = report["finetune"]
     assert tune["accuracy_after"] == pytest.approx(figures["accuracy_converted"])
     assert 0 <= tune["scratch_accuracy"] <= 1 and tune["epochs"] == 2
+    assert tune["temperature"] == 1.0 and "temperature 1" in tune["method"]  # soft targets by default
 
     # the converted file's metadata says how to rebuild it: optimize and profile take it as --weights
     code, out, err = run(capsys, "optimize", ref, "--weights", out_file, "--input", "1x8x8", "--rounds", "1")
@@ -141,6 +142,17 @@ def test_profile_convert_finetune_optimize_a_user_model_from_the_cli(user, capsy
     assert code == 0 and "block.conv1.depthwise" in out
     code, out, err = run(capsys, "convert", ref, root / "again.safetensors", "--weights", out_file)
     assert code == 2 and "already converted" in err
+
+    # the top-1 method, and a temperature the CLI refuses
+    hard_file = root / "hard.safetensors"
+    code, out, err = run(capsys, "convert", ref, hard_file, "--weights", root / "w.safetensors", "--data", "digits",
+                         "--finetune-epochs", "1", "--hard-labels", "--no-scratch")
+    assert code == 0, err
+    tune = json.loads((root / "hard.report.json").read_text())["finetune"]
+    assert tune["temperature"] is None and tune["method"].startswith("hard-label")
+    code, out, err = run(capsys, "convert", ref, root / "t0.safetensors", "--weights", root / "w.safetensors",
+                         "--data", "digits", "--finetune-epochs", "1", "--distill-temperature", "0")
+    assert code == 2 and "--distill-temperature" in err and not (root / "t0.safetensors").exists()
 
 
 def test_each_reference_form_and_weights_format(user, capsys, monkeypatch):

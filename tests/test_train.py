@@ -315,3 +315,75 @@ def test_ddp_two_processes_agree_with_single_process(tmp_path):
     for a, b in zip(r0["history"], metrics(single.history)):
         assert a["epoch"] == b["epoch"]
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-4 and abs(a["val_acc"] - b["val_acc"]) < 1e-9
+
+
+# ---------------------------------------------------------------- soft targets and distillation
+
+def test_one_hot_soft_targets_train_as_class_indices():
+    """Cross-entropy against one-hot probability rows is cross-entropy against the indices: same run."""
+    data = tiny_data()
+    soft = ImageDataset("tiny", data.train_x, torch.nn.functional.one_hot(data.train_y, 4).float(),
+                        data.val_x, data.val_y, data.classes)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-2, seed=3)
+    hard_run, soft_run = fit(tiny_model(), data, cfg), fit(tiny_model(), soft, cfg)
+    for h, s in zip(hard_run.history, soft_run.history):
+        # the two losses round differently in the last bits, so allow one image of 64 to flip on a near-tie
+        assert abs(s["train_acc"] - h["train_acc"]) <= 1 / 64 + 1e-9
+        assert s["train_loss"] == pytest.approx(h["train_loss"], rel=1e-4)
+    for (name, a), b in zip(hard_run.model.state_dict().items(), soft_run.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_soft_targets_pull_the_student_towards_the_teacher():
+    """Trained on a teacher's softened outputs at temperature 3, a student's softened outputs approach them."""
+    from sepconv.train import Tempered, distillation_targets
+
+    data = tiny_data(n_train=128)
+    teacher = fit(tiny_model(seed=5), data, TrainConfig(epochs=4, batch_size=16, lr=1e-2, seed=0)).model.eval()
+    with torch.no_grad():
+        targets = distillation_targets(teacher(data.train_x), temperature=3.0)
+    kd = ImageDataset("tiny", data.train_x, targets, data.val_x, data.val_y, data.classes)
+    student = Tempered(tiny_model(seed=1, norm=False, dropout=0.0), 3.0)
+
+    def gap():  # mean KL(teacher || student) at temperature 3
+        with torch.no_grad():
+            log_s = torch.log_softmax(student.eval()(data.train_x), 1)
+        return float((targets * (targets.clamp_min(1e-12).log() - log_s)).sum(1).mean())
+
+    before = gap()
+    fit(student, kd, TrainConfig(epochs=8, batch_size=16, lr=1e-2, seed=0))
+    assert gap() < 0.5 * before
+
+
+def test_distillation_targets_and_tempered():
+    from sepconv.train import Tempered, distillation_targets
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]])
+    assert distillation_targets(logits, hard=True).tolist() == [0, 1]
+    t1, t4 = distillation_targets(logits), distillation_targets(logits, temperature=4.0)
+    torch.testing.assert_close(t1.sum(1), torch.ones(2))
+    torch.testing.assert_close(t1, torch.softmax(logits, 1))
+    assert bool((t4.max(1).values < t1.max(1).values).all())  # a higher temperature flattens the targets
+    model = nn.Linear(3, 3)
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(Tempered(model, 2.5)(x), model(x) / 2.5)
+    for bad in (0, -1.0, float("inf"), float("nan"), True):
+        with pytest.raises(ValueError, match="temperature"):
+            distillation_targets(logits, temperature=bad)
+        with pytest.raises(ValueError, match="temperature"):
+            Tempered(model, bad)
+
+
+@pytest.mark.parametrize("targets, match", [
+    (lambda y: torch.full((64, 4), 0.3), "sum to 1"),
+    (lambda y: torch.nn.functional.one_hot(y, 4).float() * 2 - 1, "non-negative"),
+    (lambda y: torch.full((64, 4), float("nan")), "finite"),
+    (lambda y: torch.full((64,), 0.5), r"\(N, num_classes >= 2\)"),
+    (lambda y: y[:10], "10 targets for 64"),
+    (lambda y: y.view(64, 1), "1-D"),
+])
+def test_fit_refuses_targets_it_cannot_use(targets, match):
+    data = tiny_data()
+    bad = ImageDataset("tiny", data.train_x, targets(data.train_y), data.val_x, data.val_y, data.classes)
+    with pytest.raises(ValueError, match=match):
+        fit(tiny_model(), bad, TrainConfig(epochs=1, batch_size=16, lr=1e-2, seed=0))

@@ -17,7 +17,10 @@ class ImageDataset:
     """A classification data set held in memory, already split.
 
     ``train_x``/``val_x`` are float32 tensors ``(N, C, H, W)``; ``train_y``/
-    ``val_y`` int64 tensors ``(N,)`` with values in ``range(len(classes))``.
+    ``val_y`` int64 tensors ``(N,)`` with values in ``range(len(classes))``
+    (:func:`sepconv.train.fit` also takes float ``(N, len(classes))`` rows of
+    class probabilities as ``train_y``, for distillation; the class counts
+    of :meth:`describe` then count each row's most likely class).
     ``info`` records where the data came from and how it was split/normalized
     (it goes into ``results.json``).
     """
@@ -48,7 +51,10 @@ class ImageDataset:
             "classes": list(self.classes),
             "train_size": int(self.train_x.shape[0]),
             "val_size": int(self.val_x.shape[0]),
-            "train_class_counts": torch.bincount(self.train_y, minlength=self.num_classes).tolist(),
+            "train_class_counts": torch.bincount(
+                self.train_y.argmax(1) if self.train_y.is_floating_point() else self.train_y,
+                minlength=self.num_classes,
+            ).tolist(),
             "val_class_counts": torch.bincount(self.val_y, minlength=self.num_classes).tolist(),
             **self.info,
         }

@@ -14,6 +14,8 @@ import math
 
 #: Calibration samples taken from the training split by default.
 CALIBRATION_SAMPLES = 512
+#: Default temperature of fine-tuning by distillation (``--distill-temperature``).
+DISTILL_TEMPERATURE = 1.0
 #: Held-out samples the whole-network figures are computed on, at most.
 EVAL_SAMPLES = 2000
 
@@ -60,6 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the converted network for N epochs by "
                                                                   "distillation from the original (needs --data)")
     p.add_argument("--finetune-lr", type=float, default=3e-4, help="Adam learning rate of fine-tuning (default 3e-4)")
+    p.add_argument("--distill-temperature", type=float, default=DISTILL_TEMPERATURE,
+                   help="fine-tune on the original's softmax at this temperature, the converted network's logits "
+                        f"divided by it too (Hinton et al. 2015; default {DISTILL_TEMPERATURE:g})")
+    p.add_argument("--hard-labels", action="store_true",
+                   help="fine-tune on the original's top-1 class instead of its softmax")
     p.add_argument("--batch-size", type=int, default=64, help="fine-tuning batch size (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of fine-tuning and of the from-scratch baseline")
     p.add_argument("--no-scratch", action="store_true", help="skip the from-scratch baseline of fine-tuning")
@@ -81,6 +88,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--rank applies to --to spatial or cp; --to {args.to} takes --depth-multiplier")
     if not (math.isfinite(args.finetune_lr) and args.finetune_lr > 0):
         raise ValueError(f"--finetune-lr must be a finite number > 0, got {args.finetune_lr}")
+    if not (math.isfinite(args.distill_temperature) and 0 < args.distill_temperature <= 1000):
+        raise ValueError(f"--distill-temperature must be a number in (0, 1000], got {args.distill_temperature}")
     if (args.calibrate or args.finetune_epochs) and not args.data:
         raise ValueError("--calibrate and --finetune-epochs need --data (samples of the model's inputs)")
     if not args.output or Path(args.output).suffix != ".safetensors":
@@ -211,9 +220,11 @@ def _layers(report) -> list[dict]:
 
 
 def _finetune(args, original, converted, data, labelled: bool, options: dict):
-    """Fine-tune ``converted`` by hard-label distillation (the original's top-1 classes as labels), with
-    :func:`sepconv.train.fit` and its checkpoints; train the converted architecture from scratch for the same
-    epochs as a baseline. Returns the fine-tuned model and the figures."""
+    """Fine-tune ``converted`` by knowledge distillation from ``original`` with :func:`sepconv.train.fit` and
+    its checkpoints: the original's softmax at ``--distill-temperature`` as soft targets, the converted network's
+    logits divided by the same temperature during fine-tuning (Hinton et al. 2015; :class:`sepconv.train.Tempered`),
+    or its top-1 classes with ``--hard-labels``. Trains the converted architecture from
+    scratch for the same epochs as a baseline. Returns the fine-tuned model and the figures."""
     import copy
     import sys
     import warnings
@@ -223,22 +234,30 @@ def _finetune(args, original, converted, data, labelled: bool, options: dict):
 
     from ..data import ImageDataset
     from ..models.reference import resolve_model
-    from ..train import TrainConfig, evaluate, fit
+    from ..train import Tempered, TrainConfig, distillation_targets, evaluate, fit
     from .convert import convert
     from .evaluate import outputs
 
-    teacher = outputs(original, data.train_x).argmax(1)
+    temperature = 1.0 if args.hard_labels else args.distill_temperature
+    teacher = distillation_targets(outputs(original, data.train_x), temperature, hard=args.hard_labels)
     kd = ImageDataset(data.name, data.train_x, teacher, data.val_x, data.val_y, data.classes, dict(data.info))
     config = TrainConfig(epochs=args.finetune_epochs, batch_size=args.batch_size, lr=args.finetune_lr,
                          seed=args.seed)
     stem = Path(args.output).with_suffix("")
     before = evaluate(converted, data.val_x, data.val_y)[1] if labelled else None
     torch.manual_seed(args.seed)
-    tuned = fit(copy.deepcopy(converted), kd, config, checkpoint_path=f"{stem}.finetune.pt", resume=args.resume,
-                progress=sys.stderr.isatty(), desc="fine-tuning").model.cpu()
+    # at temperature 1 the student is the network itself, so its checkpoints keep the network's own keys
+    student = copy.deepcopy(converted) if temperature == 1 else Tempered(copy.deepcopy(converted), temperature)
+    student = fit(student, kd, config, checkpoint_path=f"{stem}.finetune.pt", resume=args.resume,
+                  progress=sys.stderr.isatty(), desc="fine-tuning").model
+    tuned = (student.model if isinstance(student, Tempered) else student).cpu()
     figures = {"epochs": args.finetune_epochs, "lr": args.finetune_lr, "batch_size": args.batch_size,
-               "method": "hard-label knowledge distillation: the original network's top-1 class on each training "
-                         "image is the label (sepconv.train.fit, Adam, cross-entropy)",
+               "method": ("hard-label knowledge distillation: the original network's top-1 class on each "
+                          "training image is the label (sepconv.train.fit, Adam, cross-entropy)" if args.hard_labels
+                          else f"knowledge distillation at temperature {temperature:g}: cross-entropy between the "
+                               "original's and the converted network's softmax of logits / temperature "
+                               "(sepconv.train.fit, Adam)"),
+               "temperature": None if args.hard_labels else temperature,
                "accuracy_before": before,
                "accuracy_after": evaluate(tuned, data.val_x, data.val_y)[1] if labelled else None}
     if not args.no_scratch and labelled:

@@ -317,7 +317,7 @@ def _train_epoch(step: _Step, model: nn.Module, data: Any, config: TrainConfig, 
         step.scaler.step(step.optimizer)
         step.scaler.update()
         sums[0] += loss_value * idx.numel()
-        sums[1] += float((logits.argmax(1) == yb).sum().item())
+        sums[1] += float((logits.argmax(1) == (yb.argmax(1) if yb.is_floating_point() else yb)).sum().item())
         sums[2] += idx.numel()
         bar.update(1)
         if show:
@@ -356,6 +356,23 @@ def _save_state(path: Path, step: _Step, model: nn.Module, config: TrainConfig, 
     save_checkpoint(path, state)
 
 
+def _check_targets(y: torch.Tensor, n: int) -> None:
+    """Refuse training targets that are neither ``n`` class indices nor ``n`` rows of class probabilities."""
+    if y.shape[0] != n:
+        raise ValueError(f"train_y has {y.shape[0]} targets for {n} training images")
+    if not y.is_floating_point():
+        if y.dim() != 1:
+            raise ValueError(f"class-index targets must be 1-D, got train_y of shape {tuple(y.shape)}")
+        return
+    if y.dim() != 2 or y.shape[1] < 2:
+        raise ValueError(f"soft targets must be (N, num_classes >= 2) probabilities, got shape {tuple(y.shape)}")
+    if not bool(torch.isfinite(y).all()) or bool((y < 0).any()):
+        raise ValueError("soft targets must be finite and non-negative (class probabilities)")
+    worst = float((y.double().sum(1) - 1).abs().max()) if n else 0.0
+    if worst > 1e-3:
+        raise ValueError(f"each row of soft targets must sum to 1; one is off by {worst:.3g}")
+
+
 def fit(
     model: nn.Module,
     data: Any,
@@ -370,6 +387,12 @@ def fit(
     tune_training: bool = False,
 ) -> TrainResult:
     """Train ``model`` on ``data`` (an :class:`~sepconv.data.ImageDataset`) with Adam and cross-entropy.
+
+    ``data.train_y`` holds class indices (int64, ``(N,)``) or soft targets:
+    float rows of class probabilities (``(N, num_classes)``, non-negative,
+    each summing to 1), such as a teacher network's softmax for
+    distillation. The loss is the cross-entropy against them, and the
+    training accuracy counts agreement with each row's most likely class.
 
     A checkpoint is written atomically to ``checkpoint_path`` after every
     epoch. With ``resume=True`` and an existing checkpoint, training continues
@@ -387,6 +410,7 @@ def fit(
     layout; the random stream is left as it was); the choices are returned in
     ``TrainResult.extra["training_engines"]``.
     """
+    _check_targets(data.train_y, int(data.train_x.shape[0]))
     device = torch.device(config.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
