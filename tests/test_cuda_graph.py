@@ -50,15 +50,15 @@ def test_bad_arguments_are_named():
 def test_optimize_times_on_the_sample_device(monkeypatch, device):
     """On CUDA a sample that does not synchronize times only the launches: optimize must pass its device."""
     seen = []
-    from sepconv.backends import optimize as optimize_module
+    from sepconv.utils import timing
 
-    real = optimize_module.interleaved
+    real = timing.interleaved
 
     def spy(candidates, **kwargs):
         seen.append(kwargs.get("device"))
         return real(candidates, **kwargs)
 
-    monkeypatch.setattr(optimize_module, "interleaved", spy)
+    monkeypatch.setattr(timing, "interleaved", spy)  # sepconv.backends.clock.time_candidates reads it per call
     # wall-clock timing, the one that takes a device (with one CPU thread optimize times on CPU time instead)
     monkeypatch.setattr("sepconv.backends.clock.CPU_CLOCK_WITH_ONE_THREAD", False)
     x = torch.randn(2, 4, 8, 8, device=device)

@@ -354,3 +354,26 @@ def test_keep_freed_memory_serves_large_blocks_from_the_heap_and_keeps_them():
     assert applied == "True" and kept == "True"
     assert int(mapped) == 0
     assert int(free_after) >= 16 * 2**20
+
+
+def test_tune_training_times_on_the_clock_optimize_uses(monkeypatch):
+    """With one CPU thread tune_training times on the thread's CPU time, with more on the wall clock."""
+    from sepconv.backends import clock
+    from sepconv.utils import timing
+
+    used = []
+    real_cpu, real_wall = clock.cpu_time_interleaved, timing.interleaved
+    monkeypatch.setattr(clock, "cpu_time_interleaved", lambda *a, **k: used.append("cpu") or real_cpu(*a, **k))
+    monkeypatch.setattr(timing, "interleaved", lambda *a, **k: used.append("wall") or real_wall(*a, **k))
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 8, 1))
+    x = torch.randn(2, 4, 8, 8)
+    threads = torch.get_num_threads()
+    try:
+        for n, expected in ((1, "cpu"), (2, "wall")):
+            torch.set_num_threads(n)
+            used.clear()
+            tune_training(model, x, rounds=1)
+            assert used and set(used) == {expected}
+            untune_training(model)
+    finally:
+        torch.set_num_threads(threads)

@@ -10,8 +10,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..utils.timing import inference_call, interleaved
-from .clock import cpu_time_interleaved, timing_clock
+from ..utils.timing import inference_call
+from .clock import time_candidates, timing_clock
 from .engine import BuildContext, Candidate, InferenceEngine
 from .fold import fold_batchnorm
 from .registry import INFERENCE_ENGINES
@@ -168,12 +168,10 @@ def _fastest_candidate(model: nn.Module, sample: torch.Tensor, candidates: dict[
     fns.update({name: inference_call(c.module, sample.contiguous(memory_format=c.memory_format))
                 for name, c in candidates.items()})
     settle = SETTLE_S if torch.get_num_threads() > 1 else 0.0
-    if timing_clock(sample) == "cpu":
-        def timer(chosen, rounds, target_s=0.02):
-            return cpu_time_interleaved(chosen, rounds=rounds, target_s=target_s)
-    else:
-        def timer(chosen, rounds, target_s=0.02):
-            return interleaved(chosen, rounds=rounds, target_s=target_s, settle_s=settle, device=sample.device)
+
+    def timer(chosen, rounds, target_s=0.02):
+        return time_candidates(chosen, sample, rounds, target_s=target_s, settle_s=settle)
+
     t = timer(fns, rounds)
     timings = {k: v.median * 1e3 for k, v in t.items()}
     ranked = sorted(candidates, key=lambda name: timings[name])

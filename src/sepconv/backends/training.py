@@ -39,8 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..geometry import output_size_1d
-from ..utils.timing import first_inputs, interleaved
+from ..utils.timing import first_inputs
 from . import native
+from .clock import time_candidates
 from .engine import TrainingEngine, always_available
 from .sites import plain_conv2d
 
@@ -313,8 +314,10 @@ def tune_training(model: nn.Module, sample_input: torch.Tensor, *, rounds: int =
     untouched), as eager PyTorch (``'eager'``) and on each engine of
     :data:`ENGINES` that applies (``'gemm'``: :class:`Pointwise1x1`;
     ``'flip'``: :class:`FlippedDepthwise`; ``'dwgrad'``: the same with
-    :func:`depthwise_weight_grad`), in ``rounds`` interleaved rounds;
-    the convolution is routed through the fastest. The
+    :func:`depthwise_weight_grad`), in ``rounds`` interleaved rounds on the
+    clock :func:`sepconv.optimize` uses (the calling thread's CPU time with
+    one CPU thread, :func:`sepconv.backends.clock.timing_clock`); the
+    convolution is routed through the fastest. The
     parameters, ``state_dict`` and outputs are unchanged (to float
     tolerance); :func:`untune_training` undoes it. Choices hold for the
     measured shapes and thread count. The random data is drawn on a forked
@@ -361,8 +364,7 @@ def _tune(model: nn.Module, sample_input: torch.Tensor, rounds: int) -> dict[str
                 conv(x).backward(grad)
             return run
 
-        t = interleaved({name: step(conv) for name, conv in candidates.items()}, rounds=rounds, target_s=0.01,
-                        device=device)
+        t = time_candidates({name: step(conv) for name, conv in candidates.items()}, x, rounds, target_s=0.01)
         choice = min(t, key=lambda k: t[k].median)
         module.__dict__.pop("_conv_forward", None)
         if choice != "eager":
