@@ -361,6 +361,36 @@ def test_compare_schemes_rows():
     assert rows[3]["agreement"] >= rows[1]["agreement"]
 
 
+def _input_scale(onnx_bytes: bytes) -> float:
+    """The scale of the QuantizeLinear that reads the model's input ``x``."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load_from_string(onnx_bytes)
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    node = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+    return float(inits[node.input[1]])
+
+
+def test_percentile_calibration_clips_an_outlier_that_minmax_keeps(capsys):
+    """One huge input value among 200 000: min/max calibration stretches the input range over it, percentile
+    calibration does not; both give a runnable model, record their method and print nothing."""
+    quantize = _engine()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    calibration = torch.randn(256, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    calibration[0, 0, 0, 0] = 1000.0
+    scales = {}
+    for method in ("minmax", "percentile"):
+        qmodel, report = quantize(model, calibration, threads=1, calibration=method)
+        assert report.scheme["calibration"] == method and f"{method} calibration" in report.to_table()
+        assert qmodel(calibration[1:3]).shape == (2, 2, 16, 16)
+        scales[method] = _input_scale(qmodel.onnx)
+    assert scales["minmax"] > 1000 / 255 * 0.99  # the outlier sets the range
+    assert scales["percentile"] < scales["minmax"] / 10, scales
+    assert capsys.readouterr().out == ""  # ONNX Runtime's calibrators print progress; quantize keeps it quiet
+
+
 def test_bad_input_errors(monkeypatch):
     quantize = _engine()
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
@@ -374,6 +404,8 @@ def test_bad_input_errors(monkeypatch):
         quantize(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), torch.randn(4, 1, 8, 8))
     with pytest.raises(ValueError, match="relu6 must be one of"):
         quantize(model, torch.randn(4, 1, 8, 8), relu6="clip")
+    with pytest.raises(ValueError, match="calibration must be one of minmax, percentile; got 'entropy'"):
+        quantize(model, torch.randn(4, 1, 8, 8), calibration="entropy")
     from sepconv.quantization import engine
 
     monkeypatch.setattr(engine, "onnxruntime_available", lambda: False)
@@ -434,3 +466,6 @@ def test_cli_quantizes_a_saved_model(capsys, tmp_path):
     text = capsys.readouterr().out
     assert re.search(r"digits validation \(\d+ images\): float", text) and "features.0.depthwise" in text and out.is_file()
     assert main(["quantize", str(tmp_path / "m.safetensors"), "--output", str(out)]) == 2  # exists, no --overwrite
+    assert main(["quantize", str(tmp_path / "m.safetensors"), "--calibration", "32",
+                 "--calibration-method", "percentile"]) == 0
+    assert "percentile calibration on 32 samples" in capsys.readouterr().out

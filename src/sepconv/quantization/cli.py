@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", action="store_true",
                    help="also print the float, naive per-tensor, per-channel and equalized per-tensor schemes side "
                         "by side (accuracy, agreement, size, batch-1 latency)")
+    p.add_argument("--calibration-method", choices=("minmax", "percentile"), default="minmax",
+                   help="activation ranges: the observed min/max, or the 99.999th percentile, which lets rare "
+                        "outliers saturate (default minmax)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
     p.add_argument("--output", default=None, help="write the int8 ONNX model here (refused if it exists, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
@@ -74,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
                          f"{str(error).splitlines()[0]}") from None
     options = dict(per_channel=not args.per_tensor, equalize=not args.no_equalize,
                    bias_correction=not args.no_bias_correction)
-    qmodel, report = quantize(model, calibration, threads=args.threads, **options)
+    qmodel, report = quantize(model, calibration, threads=args.threads, calibration=args.calibration_method,
+                              **options)
     print(report.to_table())
     with torch.no_grad():
         ref = torch.cat([model(b) for b in data.val_x.split(256)]).argmax(1)

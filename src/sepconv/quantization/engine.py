@@ -10,7 +10,9 @@ optimizer fuses each QDQ group into an integer kernel.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import math
 import os
 import tempfile
@@ -109,7 +111,7 @@ class QuantizationReport:
         lines = [
             f"scheme: int8 weights {'per-channel' if s['per_channel'] else 'per-tensor'}, uint8 activations per-tensor; "
             f"equalize={s['equalize']} high_bias_absorption={s['high_bias_absorption']} "
-            f"bias_correction={s['bias_correction']}; {s['calibration_samples']} calibration samples",
+            f"bias_correction={s['bias_correction']}; {s['calibration']} calibration on {s['calibration_samples']} samples",
             "transforms: " + ", ".join(f"{k}={v}" for k, v in self.transforms.items()),
             f"size: {self.float_bytes} bytes float32 -> {self.int8_bytes} bytes int8 "
             f"({self.int8_bytes / self.float_bytes:.2f}x)",
@@ -213,9 +215,16 @@ def prepare(model: nn.Module, calibration_data: CalibrationData, *, per_channel:
     return work, counts, before, batches
 
 
+#: Activation-range calibrations :func:`quantize` accepts. ONNX Runtime's entropy method is left out:
+#: ``quantize_static`` builds it with as many histogram bins as quantized bins, which leaves a single
+#: candidate threshold, the min/max range (``docs/design-notes.md``).
+CALIBRATION_METHODS = ("minmax", "percentile")
+
+
 def quantize(model: nn.Module, calibration_data: CalibrationData, *, per_channel: bool = True,
              equalize: bool = True, high_bias_absorption: bool | None = None, bias_correction: bool = True,
-             relu6: str = "relu", threads: int | None = None) -> tuple[QuantizedModel, QuantizationReport]:
+             relu6: str = "relu", calibration: str = "minmax",
+             threads: int | None = None) -> tuple[QuantizedModel, QuantizationReport]:
     """Quantize ``model`` to int8 with ONNX Runtime; returns ``(int8 model, report)``.
 
     ``model`` (left unchanged) is copied to the CPU in eval mode and transformed in float
@@ -225,8 +234,10 @@ def quantize(model: nn.Module, calibration_data: CalibrationData, *, per_channel
     next layer; with ``bias_correction``, the mean shift that rounding the weights causes is subtracted
     from each layer's bias. It is then exported to ONNX and quantized by ONNX Runtime
     (``quantize_static``, QDQ format): int8 symmetric weights per output channel (``per_channel``) or per
-    tensor, uint8 asymmetric per-tensor activations whose ranges are the min/max over
-    ``calibration_data`` (a float tensor ``(N, C, ...)`` or an iterable of such batches).
+    tensor, uint8 asymmetric per-tensor activations whose ranges come from ``calibration_data`` (a float
+    tensor ``(N, C, ...)`` or an iterable of such batches) by ``calibration``: ``'minmax'`` (the observed
+    minimum and maximum) or ``'percentile'`` (ONNX Runtime's histogram percentile, 99.999 %, which lets
+    rare outliers saturate instead of stretching the range).
 
     The int8 model is an ``nn.Module`` (:class:`QuantizedModel`) taking and returning float32 CPU tensors
     with any batch size, run with ``threads`` intra-op threads (default ``torch.get_num_threads()``).
@@ -234,12 +245,14 @@ def quantize(model: nn.Module, calibration_data: CalibrationData, *, per_channel
     Raises ``ValueError`` for empty or malformed calibration data or a model without a convolution, and
     ``ImportError`` naming the pip extra when onnx/onnxruntime are not installed.
     """
+    if calibration not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration must be one of {', '.join(CALIBRATION_METHODS)}; got {calibration!r}")
     _require_engine("sepconv.quantize")
     work, counts, before, batches = prepare(model, calibration_data, per_channel=per_channel, equalize=equalize,
                                             high_bias_absorption=high_bias_absorption,
                                             bias_correction=bias_correction, relu6=relu6)
     float_bytes = export_onnx(work, batches[0][:1])
-    int8_bytes = _quantize_onnx(float_bytes, batches, per_channel)
+    int8_bytes = _quantize_onnx(float_bytes, batches, per_channel, calibration)
     session, threads = onnxruntime_session(int8_bytes, threads=threads)
     qmodel = QuantizedModel(session, "x", threads, int8_bytes)
     after = _layer_stats(work)
@@ -255,7 +268,7 @@ def quantize(model: nn.Module, calibration_data: CalibrationData, *, per_channel
     scheme = {"per_channel": bool(per_channel), "equalize": bool(equalize),
               "high_bias_absorption": equalize if high_bias_absorption is None else bool(high_bias_absorption),
               "bias_correction": bool(bias_correction), "relu6": relu6, "weights": "int8 symmetric",
-              "activations": "uint8 asymmetric per-tensor", "calibration": "minmax",
+              "activations": "uint8 asymmetric per-tensor", "calibration": calibration,
               "calibration_samples": sum(int(b.shape[0]) for b in batches), "format": "QDQ",
               "engine": "onnxruntime"}
     report = QuantizationReport(scheme, counts, len(float_bytes), len(int8_bytes), layers)
@@ -287,7 +300,8 @@ def _inline_shared_initializers(proto: Any) -> Any:
     return proto
 
 
-def _quantize_onnx(float_bytes: bytes, batches: Sequence[torch.Tensor], per_channel: bool) -> bytes:
+def _quantize_onnx(float_bytes: bytes, batches: Sequence[torch.Tensor], per_channel: bool,
+                   calibration: str = "minmax") -> bytes:
     import logging
 
     import onnx
@@ -302,11 +316,14 @@ def _quantize_onnx(float_bytes: bytes, batches: Sequence[torch.Tensor], per_chan
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # ONNX Runtime's quantizer logs advice on every call
     try:
-        with tempfile.TemporaryDirectory(prefix="sepconv_quantize_") as tmp:
+        # its histogram calibrators print their progress to stdout
+        with tempfile.TemporaryDirectory(prefix="sepconv_quantize_") as tmp, \
+                contextlib.redirect_stdout(io.StringIO()):
             path = os.path.join(tmp, "model_int8.onnx")
             quantize_static(proto, path, _Reader(batches), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax,
+                            calibrate_method={"minmax": CalibrationMethod.MinMax,
+                                              "percentile": CalibrationMethod.Percentile}[calibration],
                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
             with open(path, "rb") as handle:
                 return handle.read()
