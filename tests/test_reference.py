@@ -150,9 +150,13 @@ def test_profile_convert_finetune_optimize_a_user_model_from_the_cli(user, capsy
     assert code == 0, err
     tune = json.loads((root / "hard.report.json").read_text())["finetune"]
     assert tune["temperature"] is None and tune["method"].startswith("hard-label")
-    code, out, err = run(capsys, "convert", ref, root / "t0.safetensors", "--weights", root / "w.safetensors",
-                         "--data", "digits", "--finetune-epochs", "1", "--distill-temperature", "0")
-    assert code == 2 and "--distill-temperature" in err and not (root / "t0.safetensors").exists()
+    for extra, message in ((["--finetune-epochs", "1", "--distill-temperature", "0"], "must be a number in (0, 1000]"),
+                           (["--hard-labels"], "--hard-labels applies to fine-tuning"),
+                           (["--distill-temperature", "4"], "--distill-temperature applies to fine-tuning"),
+                           (["--finetune-epochs", "1", "--hard-labels", "--distill-temperature", "4"], "one of them")):
+        code, out, err = run(capsys, "convert", ref, root / "t0.safetensors", "--weights", root / "w.safetensors",
+                             "--data", "digits", *extra)
+        assert code == 2 and message in err and not (root / "t0.safetensors").exists(), (extra, err)
 
 
 def test_each_reference_form_and_weights_format(user, capsys, monkeypatch):

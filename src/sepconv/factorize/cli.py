@@ -90,6 +90,15 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--finetune-lr must be a finite number > 0, got {args.finetune_lr}")
     if not (math.isfinite(args.distill_temperature) and 0 < args.distill_temperature <= 1000):
         raise ValueError(f"--distill-temperature must be a number in (0, 1000], got {args.distill_temperature}")
+    distill_options = [name for name, given in (("--hard-labels", args.hard_labels),
+                                                ("--distill-temperature",
+                                                 args.distill_temperature != DISTILL_TEMPERATURE)) if given]
+    if distill_options and not args.finetune_epochs:
+        verb = "apply" if len(distill_options) > 1 else "applies"
+        raise ValueError(f"{' and '.join(distill_options)} {verb} to fine-tuning: pass --finetune-epochs N")
+    if len(distill_options) == 2:
+        raise ValueError("--distill-temperature softens the original's outputs; --hard-labels uses its top-1 class "
+                         "instead: pass one of them")
     if (args.calibrate or args.finetune_epochs) and not args.data:
         raise ValueError("--calibrate and --finetune-epochs need --data (samples of the model's inputs)")
     if not args.output or Path(args.output).suffix != ".safetensors":
