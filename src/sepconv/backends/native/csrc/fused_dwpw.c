@@ -641,12 +641,18 @@ SEPCONV_INLINE void vgemm_block(const float *t, int cp, int C, const float *bp, 
 }
 #endif
 
+#if defined(SEPCONV_AVX512)
+#define FLAT_ROW depthwise_flat_row
+#elif defined(SEPCONV_VEC)
+#define FLAT_ROW vflat_row
+#endif
+
 /* Depthwise output for pixels [p0, p0 + m) of image n into t[m][cp] (row stride cp >= C, a multiple of 16). */
 static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int KW,
                            int sh, int sw, int ph, int pw, int dh, int dw, int act, int Wo, int p0, int m,
                            float *t, int cp, const float *wpat, const float *bpat, float *padded) {
-#ifdef SEPCONV_AVX512
-    if (wpat) { /* the flat path (at most FLAT_MAX_C channels, stride 1 both ways): row segments of the tile, packed rows */
+#ifdef FLAT_ROW
+    if (wpat) { /* the flat path (few channels, stride 1 both ways): row segments of the tile, packed rows */
         int ih_lo = p0 / Wo - ph, ih_hi = (p0 + m - 1) / Wo - ph + (KH - 1) * dh;
         ih_lo = ih_lo < 0 ? 0 : ih_lo;
         ih_hi = ih_hi >= H ? H - 1 : ih_hi;
@@ -654,13 +660,15 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
         if (ih_lo <= ih_hi) flat_pad_rows(x, W, C, pw, ih_lo, ih_hi, prow, padded);
         for (int i = 0, p = p0; i < m;) {
             int oh = p / Wo, ow = p % Wo, cnt = Wo - ow < m - i ? Wo - ow : m - i;
-            depthwise_flat_row(padded, ih_lo, prow, H, C, wpat, bpat, KH, KW, ph, pw, dh, dw, act, oh, ow, cnt,
-                               t + (size_t)i * cp);
+            FLAT_ROW(padded, ih_lo, prow, H, C, wpat, bpat, KH, KW, ph, pw, dh, dw, act, oh, ow, cnt,
+                     t + (size_t)i * cp);
             i += cnt;
             p += cnt;
         }
         return;
     }
+#endif
+#ifdef SEPCONV_AVX512
     int i = 0;
     if (pairs_apply(KW, sh, sw, dh, dw)) { /* the tile's whole rows two at a time; a partial row at either end and
                                             * an odd last row through depthwise_run */
@@ -674,21 +682,6 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
                              t + (size_t)i * cp, cp);
     return;
 #elif defined(SEPCONV_VEC)
-    if (wpat) { /* the flat path, as above */
-        int ih_lo = p0 / Wo - ph, ih_hi = (p0 + m - 1) / Wo - ph + (KH - 1) * dh;
-        ih_lo = ih_lo < 0 ? 0 : ih_lo;
-        ih_hi = ih_hi >= H ? H - 1 : ih_hi;
-        long prow = flat_row_floats(W, C, KW, pw, dw);
-        if (ih_lo <= ih_hi) flat_pad_rows(x, W, C, pw, ih_lo, ih_hi, prow, padded);
-        for (int i = 0, p = p0; i < m;) {
-            int oh = p / Wo, ow = p % Wo, cnt = Wo - ow < m - i ? Wo - ow : m - i;
-            vflat_row(padded, ih_lo, prow, H, C, wpat, bpat, KH, KW, ph, pw, dh, dw, act, oh, ow, cnt,
-                      t + (size_t)i * cp);
-            i += cnt;
-            p += cnt;
-        }
-        return;
-    }
     depthwise_run_v(x, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, act, Wo, p0, m, t, cp);
     return;
 #endif
