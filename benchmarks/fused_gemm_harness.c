@@ -6,8 +6,8 @@
  * For 32, 64, 128 and 256 input channels it runs pointwise_tile (from src/sepconv/csrc/fused_dwpw.c, included
  * here) over 12432 pixels, one tile of the depthwise output (in cache) at a time, the output either rewritten in
  * place (warm) or written through a 3-12 MB buffer; best of 7, GFLOP/s. The FMA loop (24 independent AVX-512
- * accumulators) is the core's peak for this kind of code. Used in the seventh session of 2026-11-27 to find that
- * the compiler spilled the register block's accumulators (benchmarks/README.md, "Zero padding"). One thread.
+ * accumulators) is the core's peak for this kind of code. It shows whether the compiler keeps the register
+ * block's accumulators in registers (a spill of them is described in benchmarks/README.md, "Zero padding"). One thread.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "../src/sepconv/csrc/fused_dwpw.c"
