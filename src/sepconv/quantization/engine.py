@@ -157,24 +157,10 @@ def _layer_stats(model: nn.Module) -> dict[str, dict[str, float]]:
 
 @torch.no_grad()
 def _output_ranges(model: nn.Module, batches: Sequence[torch.Tensor]) -> dict[str, tuple[float, float]]:
-    named = {id(m): name for name, m in model.named_modules() if isinstance(m, T.CONVS + (nn.Linear,))}
-    ranges: dict[str, tuple[float, float]] = {}
-
-    def record(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        name = named[id(module)]
-        lo, hi = float(out.min()), float(out.max())
-        if name in ranges:
-            lo, hi = min(lo, ranges[name][0]), max(hi, ranges[name][1])
-        ranges[name] = (lo, hi)
-
-    hooks = [m.register_forward_hook(record) for m in model.modules() if id(m) in named]
-    try:
-        for b in batches:
-            model(b)
-    finally:
-        for h in hooks:
-            h.remove()
-    return ranges
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, T.CONVS + (nn.Linear,))}
+    extremes = T._output_extremes(model, list(layers.values()), batches)
+    return {name: (float(extremes[id(m)][0].min()), float(extremes[id(m)][1].max()))
+            for name, m in layers.items() if id(m) in extremes}
 
 
 class _Reader:

@@ -212,6 +212,16 @@ def equalize(model: nn.Module, *, relu6: str = "relu", max_iterations: int = 100
     return len(pairs)
 
 
+def _run_hooked(model: nn.Module, data: Iterable[torch.Tensor], handles: Sequence[torch.utils.hooks.RemovableHandle]) -> None:
+    """Run ``model`` on every batch of ``data``, then remove the hook ``handles`` (also on error)."""
+    try:
+        for batch in data:
+            model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def _output_extremes(model: nn.Module, convs: Sequence[nn.Module],
                      data: Iterable[torch.Tensor]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -225,13 +235,7 @@ def _output_extremes(model: nn.Module, convs: Sequence[nn.Module],
             lo, hi = torch.minimum(seen[id(module)][0], lo), torch.maximum(seen[id(module)][1], hi)
         seen[id(module)] = (lo, hi)
 
-    hooks = [c.register_forward_hook(record) for c in convs]
-    try:
-        for batch in data:
-            model(batch)
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_hooked(model, data, [c.register_forward_hook(record) for c in convs])
     return seen
 
 
@@ -337,13 +341,7 @@ def correct_bias(model: nn.Module, calibration_data: Iterable[torch.Tensor], *, 
         else:
             sums[id(module)] = [total, x.shape[0]]
 
-    hooks = [m.register_forward_pre_hook(record) for m in layers]
-    try:
-        for batch in calibration_data:
-            model(batch)
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_hooked(model, calibration_data, [m.register_forward_pre_hook(record) for m in layers])
     corrected = 0
     for m in layers:
         if id(m) not in sums:
