@@ -429,7 +429,7 @@ def test_empty_out_is_refused(capsys):
 def test_absurd_sizes_are_refused_with_the_estimate(tmp_path, capsys, monkeypatch):
     import sepconv.experiments.plan as plan
 
-    monkeypatch.setattr(plan, "_memory_total", lambda: 2**30)
+    monkeypatch.setenv("SEPCONV_MAX_BYTES", str(2**30))
     err = one_line_error(capsys, ["--width", "16", "--out", str(tmp_path / "a")], "GiB", "parameters", "--width")
     assert re.search(r"about \d+\.\d GiB", err)
     monkeypatch.setattr(plan, "MAX_TRAINING_MACS", 10**9)

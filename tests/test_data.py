@@ -251,7 +251,7 @@ def test_imagefolder_bad_inputs(tmp_path):
         load_dataset("imagefolder", str(corrupt), image_size=0)
 
 
-def test_imagefolder_is_sized_before_decoding(tmp_path):
+def test_imagefolder_is_sized_before_decoding(tmp_path, monkeypatch):
     from sepconv.data.imagefolder import PEAK_BYTES_PER_VALUE, load_imagefolder
 
     _write_images(tmp_path, {"a": 3, "b": 3}, np.random.default_rng(4), size=(8, 8))
@@ -260,6 +260,10 @@ def test_imagefolder_is_sized_before_decoding(tmp_path):
     with pytest.raises(ValueError, match=r"holds 7 images; at --image-size 16 .* use --image-size 15 or less") as info:
         load_imagefolder(tmp_path, image_size=16, max_bytes=need - 1)
     assert "broken.png" not in str(info.value)
+    monkeypatch.setenv("SEPCONV_MAX_BYTES", str(need - 1))  # the default limit: sepconv.utils.memory.memory_limit
+    with pytest.raises(ValueError, match="this machine's memory; use --image-size 15 or less"):
+        load_imagefolder(tmp_path, image_size=16)
+    monkeypatch.delenv("SEPCONV_MAX_BYTES")
     with pytest.raises(ValueError, match="use fewer images"):
         load_imagefolder(tmp_path, image_size=16, max_bytes=7 * 3 * PEAK_BYTES_PER_VALUE - 1)
     with pytest.raises(ValueError, match="broken.png"):  # within the limit: decoding starts

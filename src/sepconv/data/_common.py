@@ -111,6 +111,19 @@ def standardize(train_x: torch.Tensor, *others: torch.Tensor) -> tuple[list[torc
     return out, {"mean": mean.flatten().tolist(), "std": std.flatten().tolist()}
 
 
+def standardized_dataset(name: str, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
+                         val_y: torch.Tensor, classes: list[str], *, scale: str, info: dict[str, Any]) -> ImageDataset:
+    """The splits as an :class:`ImageDataset`, the images standardized with :func:`standardize`.
+
+    ``train_x``/``val_x`` are float pixel tensors already multiplied by
+    ``scale`` (recorded as written, e.g. ``"1/255"``); ``info`` gains
+    ``"normalization"``: the scale and the training split's statistics.
+    """
+    (train_x, val_x), stats = standardize(train_x, val_x)
+    return ImageDataset(name=name, train_x=train_x.contiguous(), train_y=train_y, val_x=val_x.contiguous(),
+                        val_y=val_y, classes=list(classes), info={**info, "normalization": {"scale": scale, **stats}})
+
+
 def check_data_dir(path: str | os.PathLike, what: str = "--data-dir") -> Path:
     """``path`` as a :class:`~pathlib.Path` after checking that it is an existing, reachable directory.
 

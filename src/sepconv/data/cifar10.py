@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._common import ImageDataset, check_data_dir, check_labels, standardize
+from ._common import ImageDataset, check_data_dir, check_labels, standardized_dataset
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -192,17 +192,11 @@ def load_cifar10(data_dir: str | os.PathLike, download: bool = False) -> ImageDa
     train_labels = check_labels(np.concatenate([p[1] for p in parts]), 10, what="CIFAR-10 training labels")
     val_images, val_labels = reader(folder / f"{TEST_BATCH}{suffix}")
     to_float = lambda a: torch.from_numpy(a.astype(np.float32) / 255.0)  # noqa: E731
-    (train_x, val_x), stats = standardize(to_float(train_images), to_float(val_images))
-    return ImageDataset(
-        name="cifar10",
-        train_x=train_x.contiguous(),
-        train_y=torch.from_numpy(train_labels),
-        val_x=val_x.contiguous(),
-        val_y=torch.from_numpy(val_labels),
-        classes=list(CLASSES),
+    return standardized_dataset(
+        "cifar10", to_float(train_images), torch.from_numpy(train_labels), to_float(val_images),
+        torch.from_numpy(val_labels), list(CLASSES), scale="1/255",
         info={
             "source": f"CIFAR-10 {fmt} version read from {folder}",
             "split": "official: data_batch_1..5 train, test_batch validation",
-            "normalization": {"scale": "1/255", **stats},
         },
     )

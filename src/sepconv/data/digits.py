@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._common import ImageDataset, standardize, stratified_split
+from ._common import ImageDataset, standardized_dataset, stratified_split
 
 
 def load_digits(val_fraction: float = 0.2, split_seed: int = 0) -> ImageDataset:
@@ -29,17 +29,10 @@ def load_digits(val_fraction: float = 0.2, split_seed: int = 0) -> ImageDataset:
     train_idx, val_idx = stratified_split(labels, val_fraction, split_seed)
     x = torch.from_numpy(images).unsqueeze(1)
     y = torch.from_numpy(labels)
-    (train_x, val_x), stats = standardize(x[train_idx], x[val_idx])
-    return ImageDataset(
-        name="digits",
-        train_x=train_x.contiguous(),
-        train_y=y[train_idx].clone(),
-        val_x=val_x.contiguous(),
-        val_y=y[val_idx].clone(),
-        classes=[str(c) for c in range(10)],
+    return standardized_dataset(
+        "digits", x[train_idx], y[train_idx], x[val_idx], y[val_idx], [str(c) for c in range(10)], scale="1/16",
         info={
             "source": "sklearn.datasets.load_digits (UCI optical recognition of handwritten digits)",
             "split": f"stratified, val_fraction={val_fraction}, split_seed={split_seed}",
-            "normalization": {"scale": "1/16", **stats},
         },
     )

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._common import ImageDataset, check_data_dir, check_labels, standardize
+from ._common import ImageDataset, check_data_dir, check_labels, standardized_dataset
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the four files (gzip-compressed).
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -201,18 +201,12 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> ImageDatase
     val_images, val_labels = read_fashion_mnist_split(*found["test"])
     check_labels(train_labels, len(CLASSES), what="Fashion-MNIST training labels")
     to_float = lambda a: torch.from_numpy(a.astype(np.float32) / 255.0).unsqueeze(1)  # noqa: E731
-    (train_x, val_x), stats = standardize(to_float(train_images), to_float(val_images))
     folder = found["train"][0].parent
-    return ImageDataset(
-        name="fashion-mnist",
-        train_x=train_x.contiguous(),
-        train_y=torch.from_numpy(train_labels),
-        val_x=val_x.contiguous(),
-        val_y=torch.from_numpy(val_labels),
-        classes=list(CLASSES),
+    return standardized_dataset(
+        "fashion-mnist", to_float(train_images), torch.from_numpy(train_labels), to_float(val_images),
+        torch.from_numpy(val_labels), list(CLASSES), scale="1/255",
         info={
             "source": f"Fashion-MNIST IDX files read from {folder}",
             "split": "official: train-* training, t10k-* (the test set) validation",
-            "normalization": {"scale": "1/255", **stats},
         },
     )

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._common import ImageDataset, check_data_dir, standardize, stratified_split
+from ..utils.memory import memory_limit
+from ._common import ImageDataset, check_data_dir, standardized_dataset, stratified_split
 
 #: File name endings read as images (case-insensitive); other files are skipped.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -18,18 +19,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 #: column): the uint8 array (1), its float32 copy (4), the train/val index copies (4) and
 #: their standardized results (4). Short-lived temporaries come on top of it.
 PEAK_BYTES_PER_VALUE = 13
-
-
-def _available_memory() -> int | None:
-    """Bytes the kernel reports as available (``MemAvailable``), or None where it cannot be read."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def _scan(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -68,9 +57,10 @@ def load_imagefolder(
 
     The folder is sized before any image is decoded: ``images x 3 x
     image_size**2 x`` :data:`PEAK_BYTES_PER_VALUE` bytes must fit in
-    ``max_bytes`` (default: the memory the kernel reports as available,
-    no limit where that cannot be read), else ``ValueError`` with the
-    estimate and the largest ``image_size`` that fits.
+    ``max_bytes`` (default: the machine's physical memory,
+    :func:`sepconv.utils.memory.memory_limit`; ``SEPCONV_MAX_BYTES``
+    overrides it), else ``ValueError`` with the estimate and the largest
+    ``image_size`` that fits.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -87,11 +77,11 @@ def load_imagefolder(
         raise ValueError(
             f"--data-dir {str(root)!r} has a single class ({classes[0]!r}); a classifier needs at least 2 class folders"
         )
-    limit = _available_memory() if max_bytes is None else max_bytes
+    limit = memory_limit() if max_bytes is None else max_bytes
     need = len(files) * 3 * image_size**2 * PEAK_BYTES_PER_VALUE
-    if limit is not None and need > limit:
+    if need > limit:
         fits = int((limit / (len(files) * 3 * PEAK_BYTES_PER_VALUE)) ** 0.5)
-        where = "available memory" if max_bytes is None else "max_bytes"
+        where = "this machine's memory" if max_bytes is None else "max_bytes"
         raise ValueError(
             f"--data-dir {str(root)!r} holds {len(files):,} images; at --image-size {image_size} loading them needs "
             f"about {need / 2**30:.1f} GiB, more than the {limit / 2**30:.1f} GiB of {where}; "
@@ -119,18 +109,11 @@ def load_imagefolder(
     train_idx, val_idx = stratified_split(labels, val_fraction, split_seed)
     x = torch.from_numpy(images.astype(np.float32) / 255.0)
     y = torch.from_numpy(labels)
-    (train_x, val_x), stats = standardize(x[train_idx], x[val_idx])
-    return ImageDataset(
-        name="imagefolder",
-        train_x=train_x.contiguous(),
-        train_y=y[train_idx].clone(),
-        val_x=val_x.contiguous(),
-        val_y=y[val_idx].clone(),
-        classes=classes,
+    return standardized_dataset(
+        "imagefolder", x[train_idx], y[train_idx], x[val_idx], y[val_idx], classes, scale="1/255",
         info={
             "source": f"image folder {root}",
             "image_size": image_size,
             "split": f"stratified, val_fraction={val_fraction}, split_seed={split_seed}",
-            "normalization": {"scale": "1/255", **stats},
         },
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..utils.memory import memory_limit
 from .config import CONVERTED, CompareConfig, check_applies, check_fields
 
 #: Largest estimated training compute accepted (3 x forward MACs x training images x epochs, all variants).
@@ -114,17 +115,6 @@ def validate_config(config: CompareConfig) -> tuple[Any, list[str]]:
     return info, _ordered_variants(config, info)
 
 
-def _memory_total() -> int | None:
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def estimate_variant(model_name: str, variant: str, shape: tuple[int, int, int], num_classes: int,
                      kwargs: dict[str, Any], batch_size: int) -> Estimate:
     """Size ``variant`` on the meta device: parameters, MACs and activation values per image, training bytes.
@@ -167,9 +157,9 @@ def estimate(config: CompareConfig, variants: list[str], shape: tuple[int, int, 
         except (RuntimeError, TypeError, ValueError) as error:
             raise ValueError(f"--model {config.model} (variant {variant}, {kwargs}) cannot be built for "
                              f"{'x'.join(map(str, shape))} inputs of --dataset {config.dataset}: {error}") from None
-    total = _memory_total()
+    total = memory_limit()
     for variant, size in sizes.items():
-        if total is not None and size.train_bytes > total:
+        if size.train_bytes > total:
             raise ValueError(
                 f"--model {config.model} variant {variant} with {kwargs} and --batch-size {config.batch_size} would "
                 f"need about {size.train_bytes / 2**30:.1f} GiB to train ({size.params:,} parameters, "

@@ -17,6 +17,8 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from ..utils.memory import memory_limit
+
 #: Extensions read as weights files.
 WEIGHTS_EXTENSIONS = (".safetensors", ".pt", ".pth", ".bin")
 #: How many mismatched keys an error message lists.
@@ -132,17 +134,6 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
 
 # ------------------------------------------------------------------ estimates before allocating
-
-
-def memory_limit() -> int:
-    """Bytes a command may plan to allocate: the machine's physical memory (``SEPCONV_MAX_BYTES`` overrides)."""
-    override = os.environ.get("SEPCONV_MAX_BYTES")
-    if override and override.isdigit():
-        return int(override)
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 16 << 30
 
 
 def human_bytes(n: float) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, glibc's <malloc.h>
@@ -52,3 +53,14 @@ def keep_freed_memory() -> bool:
 def freed_memory_kept() -> bool:
     """Whether :func:`keep_freed_memory` has been applied in this process."""
     return _memory_kept
+
+
+def memory_limit() -> int:
+    """Bytes a command may plan to allocate: the machine's physical memory (``SEPCONV_MAX_BYTES`` overrides)."""
+    override = os.environ.get("SEPCONV_MAX_BYTES")
+    if override and override.isdigit():
+        return int(override)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 16 << 30
