@@ -260,6 +260,9 @@ def test_imagefolder_is_sized_before_decoding(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"holds 7 images; at --image-size 16 .* use --image-size 15 or less") as info:
         load_imagefolder(tmp_path, image_size=16, max_bytes=need - 1)
     assert "broken.png" not in str(info.value)
+    for bad in (0, -5, 1.5, "1e9", True):
+        with pytest.raises(ValueError, match="max_bytes must be a positive int"):
+            load_imagefolder(tmp_path, image_size=16, max_bytes=bad)
     monkeypatch.setenv("SEPCONV_MAX_BYTES", str(need - 1))  # the default limit: sepconv.utils.memory.memory_limit
     with pytest.raises(ValueError, match="this machine's memory; use --image-size 15 or less"):
         load_imagefolder(tmp_path, image_size=16)

@@ -391,6 +391,30 @@ def test_percentile_calibration_clips_an_outlier_that_minmax_keeps(capsys):
     assert capsys.readouterr().out == ""  # ONNX Runtime's calibrators print progress; quantize keeps it quiet
 
 
+def test_onnxruntime_entropy_calibration_gives_the_minmax_ranges(tmp_path):
+    """Why quantize offers no entropy calibration: through quantize_static ONNX Runtime's entropy calibrator has
+    as many histogram bins as quantized bins, so its one candidate range is min/max. If this starts failing,
+    ONNX Runtime changed and entropy calibration may be worth offering."""
+    _engine()
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    from sepconv.backends.onnxruntime import export_onnx
+    from sepconv.quantization.engine import _Reader
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    batches = [torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    batches[0][0, 0, 0, 0] = 1000.0
+    proto = onnx.load_from_string(export_onnx(model, batches[0][:1]))
+    scales = {}
+    for method in (CalibrationMethod.MinMax, CalibrationMethod.Entropy):
+        path = tmp_path / f"{method.name}.onnx"
+        quantize_static(proto, str(path), _Reader(batches), quant_format=QuantFormat.QDQ, calibrate_method=method)
+        scales[method] = _input_scale(path.read_bytes())
+    assert scales[CalibrationMethod.Entropy] == scales[CalibrationMethod.MinMax]
+
+
 def test_bad_input_errors(monkeypatch):
     quantize = _engine()
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())

@@ -77,6 +77,8 @@ def load_imagefolder(
         raise ValueError(
             f"--data-dir {str(root)!r} has a single class ({classes[0]!r}); a classifier needs at least 2 class folders"
         )
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
+        raise ValueError(f"max_bytes must be a positive int (bytes) or None, got {max_bytes!r}")
     limit = memory_limit() if max_bytes is None else max_bytes
     need = len(files) * 3 * image_size**2 * PEAK_BYTES_PER_VALUE
     if need > limit:
