@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -62,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 1 or args.threads < 1 or 0 in args.temperatures:
         p.error("--epochs and --threads must be >= 1 and every temperature > 0")
     torch.set_num_threads(args.threads)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
     methods = [("hard", ["--hard-labels"])] + [(f"T={t:g}", ["--distill-temperature", str(t)])
                                                 for t in args.temperatures]
