@@ -3,14 +3,14 @@
  *     cc -O3 -march=native -std=c11 benchmarks/fused_gemm_harness.c -o /tmp/fused_gemm_harness
  *     /tmp/fused_gemm_harness [Cout] [tile]            # default 64 output channels, a 222-pixel tile
  *
- * For 32, 64, 128 and 256 input channels it runs pointwise_tile (from src/sepconv/csrc/fused_dwpw.c, included
+ * For 32, 64, 128 and 256 input channels it runs pointwise_tile (from src/sepconv/backends/native/csrc/fused_dwpw.c, included
  * here) over 12432 pixels, one tile of the depthwise output (in cache) at a time, the output either rewritten in
  * place (warm) or written through a 3-12 MB buffer; best of 7, GFLOP/s. The FMA loop (24 independent AVX-512
  * accumulators) is the core's peak for this kind of code. It shows whether the compiler keeps the register
  * block's accumulators in registers (a spill of them is described in benchmarks/README.md, "Zero padding"). One thread.
  */
 #define _POSIX_C_SOURCE 200809L
-#include "../src/sepconv/csrc/fused_dwpw.c"
+#include "../src/sepconv/backends/native/csrc/fused_dwpw.c"
 #include <stdio.h>
 #include <time.h>
 

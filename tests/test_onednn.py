@@ -176,6 +176,29 @@ def test_a_separable_layer_as_the_whole_model_is_fused_in_place():
         torch.testing.assert_close(packed(x[:0]), layer(x[:0]))  # an empty batch too
 
 
+@pytest.mark.skipif(not fused_available(), reason="the fused kernel does not build here")
+def test_optimizing_one_separable_layer_runs_the_fused_module_alone():
+    """The onednn engine on a model that is one separable layer: its candidate is the module that replaced the
+    layer's steps, not the layer with six Identity children around it."""
+    from sepconv.backends.engine import BuildContext
+    from sepconv.backends.fused import FusedSeparableConv2d
+    from sepconv.backends.onednn import ENGINE
+
+    layer = sepconv.SeparableConv2d(8, 24, 3, padding=1, pw_act="relu6").eval()
+    x = torch.randn(2, 8, 9, 9)
+    built = ENGINE.build(BuildContext(layer, x, False, {}))["onednn"]
+    assert isinstance(built.module, FusedSeparableConv2d)
+    assert built.layer_choices == {"depthwise": "fused", "pointwise": "fused+relu6"}
+    with torch.no_grad():
+        torch.testing.assert_close(built.module(x.contiguous(memory_format=torch.channels_last)), layer(x),
+                                   rtol=1e-4, atol=1e-5)
+    # a layer kept as it is (or run step by step) stays the model
+    kept = sepconv.SeparableConv2d(4, 6, 3, depth_multiplier=2).eval()  # multiplier 2: not fusable
+    stepwise = ENGINE.build(BuildContext(kept, torch.randn(1, 4, 7, 7), False, {}))["onednn"]
+    assert isinstance(stepwise.module, sepconv.SeparableConv2d)
+    assert isinstance(stepwise.module.depthwise, PackedConv2d) and isinstance(stepwise.module.pointwise, PackedConv2d)
+
+
 @pytest.mark.parametrize("stride,act", [(1, None), (2, nn.ReLU()), (2, nn.ReLU6())])
 def test_a_separable_layer_merged_into_one_packed_convolution_computes_the_layer(stride, act):
     """optimize's 'dense' choice: the layer's to_conv(), packed, with the following activation fused."""

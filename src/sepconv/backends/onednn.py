@@ -315,11 +315,23 @@ def _applies(model: nn.Module) -> bool:
     return any(packable(m) for m in model.modules())
 
 
+def _whole_layer(model: nn.Module) -> nn.Module:
+    """The module that now runs all of ``model``, when ``model`` is a separable layer whose steps
+    :func:`pack_convolutions` replaced by one module (its other children left as Identity); else ``model``.
+
+    A layer inside a network is replaced in its parent; the model itself cannot be, so without this its
+    call would still pass through the layer's input check and its six Identity children."""
+    if not isinstance(model, SeparableConvNd):
+        return model
+    rest = ("pad", "dw_norm", "dw_act", "pointwise", "pw_norm", "pw_act")
+    return model.depthwise if all(is_identity(getattr(model, name)) for name in rest) else model
+
+
 def _build(context: BuildContext) -> dict[str, Candidate]:
     packed = copy.deepcopy(context.base).to(memory_format=torch.channels_last)
     choices = pack_convolutions(packed, context.sample.contiguous(memory_format=torch.channels_last),
                                 measure=context.measure)
-    return {"onednn": Candidate(packed, torch.channels_last, "onednn", choices)}
+    return {"onednn": Candidate(_whole_layer(packed), torch.channels_last, "onednn", choices)}
 
 
 ENGINE = InferenceEngine(
