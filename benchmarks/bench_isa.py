@@ -1,7 +1,8 @@
 """The fused kernel per vector ISA, the separable layer's forward against its roofline ceiling, and ONNX Runtime
 run alone against `sepconv.optimize`, on `sepconv bench`'s suite shapes, in one run.
 
-    python benchmarks/bench_isa.py [--threads 1] [--rounds 5] [--clock wall|cpu] [--keep-freed-memory] [--suite ...] [--out DIR]
+    python benchmarks/bench_isa.py [--threads 1] [--rounds 5] [--clock wall|cpu] [--keep-freed-memory] [--parts]
+                                   [--suite ...] [--out DIR]
 
 For every shape (float32, inference, one `SeparableConv2d` without bias), in the same interleaved rounds:
 
@@ -12,6 +13,9 @@ For every shape (float32, inference, one `SeparableConv2d` without bias), in the
 * `onnxruntime_alone`: ONNX Runtime with the session options fastest alone
   (`sepconv.backends.onnxruntime.fastest_session_options`; raw `session.run`);
 * `sepconv`: `sepconv.optimize(layer, x)`'s choice, input already in its layout;
+* with `--parts`, `depthwise_part_<isa>`: each build's depthwise step alone (the kernel's `parts=1`: into its tile
+  buffer, no output written; without the prefetch the 1x1 step issues for the next tile), and its share of the
+  whole fused layer's median;
 * the standard convolution it replaces: eager NCHW, channels-last, and packed for oneDNN.
 
 realized = (t_standard / t_separable) / (standard MACs / separable MACs), the standard convolution at its fastest of
@@ -77,7 +81,7 @@ def isas() -> list[str]:
     return found
 
 
-def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = "wall") -> dict:
+def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = "wall", parts: bool = False) -> dict:
     torch.manual_seed(0)
     spec = case.spec
     x = torch.randn(case.batch, spec.in_channels, *case.size)
@@ -94,6 +98,8 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
         os.environ["SEPCONV_ISA"] = request
         fused = FusedSeparableConv2d(sep.depthwise, sep.pointwise)
         candidates[f"fused_{name}"] = no_grad(fused, x_nhwc, isa=request)
+        if parts:  # the kernel's depthwise step alone (into its tile buffer; nothing written to the output)
+            candidates[f"depthwise_part_{name}"] = no_grad(fused._run, x_nhwc, 1, isa=request)
     os.environ["SEPCONV_ISA"] = "native"
     session_options = None
     if onnxruntime_available():
@@ -113,11 +119,12 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
     mac_ratio = std_cost.macs / separable_cost(spec, case.size, batch=case.batch).macs
     t_std = min(v for k, v in ms.items() if k.startswith("standard_"))
     ceiling = (roofline.bound_s(std_cost.in_bounds_flops, std_cost.bytes) / fused_bound_s(case, roofline)) / mac_ratio
-    realized = {k: (t_std / v) / mac_ratio for k, v in ms.items() if not k.startswith("standard_")}
+    layers = [k for k in ms if not k.startswith(("standard_", "depthwise_part_"))]
+    realized = {k: (t_std / ms[k]) / mac_ratio for k in layers}
     best = max(realized, key=realized.get)
     mins = {k: 1e3 * min(v.samples) for k, v in timings.items()}
     t_std_min = min(v for k, v in mins.items() if k.startswith("standard_"))
-    realized_min = {k: (t_std_min / v) / mac_ratio for k, v in mins.items() if not k.startswith("standard_")}
+    realized_min = {k: (t_std_min / mins[k]) / mac_ratio for k in layers}
     return {
         "shape": case.name, "batch": case.batch, "size": list(case.size), "in": spec.in_channels,
         "out": spec.out_channels, "stride": list(spec.stride), "median_ms": ms,
@@ -136,6 +143,9 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
         "sepconv_vs_onnxruntime_alone": ms["sepconv"] / ms["onnxruntime_alone"] if "onnxruntime_alone" in ms else None,
         "avx2_vs_avx512_fused": (ms["fused_avx2"] / ms["fused_avx512"]
                                  if "fused_avx2" in ms and "fused_avx512" in ms else None),
+        # per ISA: the depthwise step alone over the whole fused layer (medians; with --parts)
+        "depthwise_part_share": {k[len("depthwise_part_"):]: v / ms["fused_" + k[len("depthwise_part_"):]]
+                                 for k, v in ms.items() if k.startswith("depthwise_part_")},
     }
 
 
@@ -148,6 +158,8 @@ def main(argv=None) -> int:
                    help="cpu: this thread's CPU time (one thread only), for a machine other processes load")
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="call sepconv.keep_freed_memory() first, so candidates reuse freed memory instead of faulting")
+    p.add_argument("--parts", action="store_true",
+                   help="also time each kernel build's depthwise step alone (depthwise_part_<isa>)")
     p.add_argument("--out")
     args = p.parse_args(argv)
     if args.clock == "cpu" and args.threads != 1:
@@ -161,7 +173,7 @@ def main(argv=None) -> int:
     rows = []
     for suite in args.suite.split(","):
         for case in SUITES[suite]():
-            row = run_shape(case, roofline, variants, args.rounds, args.threads, args.clock)
+            row = run_shape(case, roofline, variants, args.rounds, args.threads, args.clock, args.parts)
             rows.append(row)
             print(f"{row['shape']:>28}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["median_ms"].items())
                   + f" | sepconv/ort {row['sepconv_vs_onnxruntime_alone']}", flush=True)

@@ -3,10 +3,11 @@
  *     cc -O3 -march=native -std=c11 benchmarks/fused_gemm_harness.c -o /tmp/fused_gemm_harness
  *     /tmp/fused_gemm_harness [Cout] [tile]            # default 64 output channels, a 222-pixel tile
  *
- * For 32, 64, 128 and 256 input channels it runs pointwise_tile (from src/sepconv/backends/native/csrc/fused_dwpw.c, included
- * here) over 12432 pixels, one tile of the depthwise output (in cache) at a time, the output either rewritten in
- * place (warm) or written through a 3-12 MB buffer; best of 7, GFLOP/s. The FMA loop (24 independent AVX-512
- * accumulators) is the core's peak for this kind of code. It shows whether the compiler keeps the register
+ * For 32, 64, 128 and 256 input channels it runs pointwise_tile (src/sepconv/backends/native/csrc/fused_dwpw.c,
+ * included here) over 12432 pixels, one tile of the depthwise output (in cache) at a time, the output either rewritten in
+ * place (warm) or written through a 3-12 MB buffer; best of 7, GFLOP/s. The FMA loop (independent accumulators in
+ * the build's vectors: 24 AVX-512, 12 AVX2, 28 NEON) is the core's peak for this kind of code. Build with
+ * -mavx2 -mfma -mno-avx512f to time the AVX2 path. It shows whether the compiler keeps the register
  * block's accumulators in registers (a spill of them is described in benchmarks/README.md, "Zero padding"). One thread.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -20,21 +21,38 @@ static double now(void) {
     return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
-#ifdef __AVX512F__
+#if defined(SEPCONV_AVX512) || defined(SEPCONV_VEC)
+/* The FMA loop's vectors and independent accumulators: enough chains to cover the FMA latency, all in registers */
+#ifdef SEPCONV_AVX512
+typedef __m512 hv;
+#define HW 16
+#define HACC 24
+#define HSET1 _mm512_set1_ps
+#define HFMA _mm512_fmadd_ps
+#else
+typedef vf hv; /* simd.h's vector: AVX2 + FMA or NEON */
+#define HW VW
+#define HACC (VREGS - 4)
+#define HSET1 vset1
+#define HFMA vfma
+#endif
 static double fma_peak(void) {
-    __m512 acc[24], b = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-9f);
-    for (int i = 0; i < 24; ++i) acc[i] = _mm512_set1_ps((float)i);
+    hv acc[HACC], b = HSET1(0.9999999f), c = HSET1(1e-9f);
+    for (int i = 0; i < HACC; ++i) acc[i] = HSET1((float)i);
     long n = 20000000;
     double t = now();
     for (long k = 0; k < n; ++k) {
 #pragma GCC unroll 24
-        for (int i = 0; i < 24; ++i) acc[i] = _mm512_fmadd_ps(acc[i], b, c);
+        for (int i = 0; i < HACC; ++i) acc[i] = HFMA(acc[i], b, c);
     }
     t = now() - t;
-    float sink = 0;
-    for (int i = 0; i < 24; ++i) sink += _mm512_reduce_add_ps(acc[i]);
+    float lanes[HW], sink = 0;
+    for (int i = 0; i < HACC; ++i) {
+        memcpy(lanes, &acc[i], sizeof lanes);
+        sink += lanes[0];
+    }
     if (sink == 12345.f) printf("%f\n", sink); /* keeps the loop */
-    return n * 24.0 * 32 / t / 1e9;
+    return n * (double)HACC * HW * 2 / t / 1e9;
 }
 #endif
 
@@ -45,10 +63,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s [Cout >= 1] [tile >= 1], got %d %d\n", argv[0], cout, tile);
         return 2;
     }
-#ifdef __AVX512F__
-    printf("FMA loop: %.1f GFLOP/s\n", fma_peak());
+#if defined(SEPCONV_AVX512) || defined(SEPCONV_VEC)
+    printf("%s kernel; FMA loop: %.1f GFLOP/s\n", SEPCONV_ISA_NAME, fma_peak());
 #else
-    printf("not built for AVX-512: the kernel's portable loops are timed\n");
+    printf("%s kernel (portable loops)\n", SEPCONV_ISA_NAME);
 #endif
     for (int cin = 32; cin <= 256; cin *= 2) {
         int cp = (cin + 15) / 16 * 16 + 16, panels = (cout + NR - 1) / NR;

@@ -525,6 +525,46 @@ static void vdw_pixel(const float *x, int H, int W, int C, const float *wdw, con
     }
 }
 
+/* Four adjacent interior output pixels of a row at any stride and dilation (all taps inside the input): each
+ * weight vector is loaded once for the four pixels, whose accumulators are independent chains of FMAs (one pixel
+ * at a time loads a weight vector per FMA). */
+static void vdw_quad(const float *x, int W, int C, const float *wdw, const float *bdw, int KH, int KW, int sw,
+                     int dh, int dw, int ih0, int iw0, int act, float *out, int cp) {
+    size_t step = (size_t)sw * C;
+    for (int c = 0; c < C; c += VW) {
+        int nc = C - c < VW ? C - c : VW;
+        vf b = bdw ? vload_n(bdw + c, nc) : vzero();
+        vf a0 = b, a1 = b, a2 = b, a3 = b;
+        for (int kh = 0; kh < KH; ++kh) {
+            const float *row = x + ((size_t)(ih0 + kh * dh) * W + iw0) * C + c;
+            const float *wrow = wdw + (size_t)kh * KW * C + c;
+            if (nc == VW) {
+                for (int kw = 0; kw < KW; ++kw) {
+                    const float *xp = row + (size_t)kw * dw * C;
+                    vf wv = vload(wrow + (size_t)kw * C);
+                    a0 = vfma(vload(xp), wv, a0);
+                    a1 = vfma(vload(xp + step), wv, a1);
+                    a2 = vfma(vload(xp + 2 * step), wv, a2);
+                    a3 = vfma(vload(xp + 3 * step), wv, a3);
+                }
+                continue;
+            }
+            for (int kw = 0; kw < KW; ++kw) {
+                const float *xp = row + (size_t)kw * dw * C;
+                vf wv = vload_n(wrow + (size_t)kw * C, nc);
+                a0 = vfma(vload_n(xp, nc), wv, a0);
+                a1 = vfma(vload_n(xp + step, nc), wv, a1);
+                a2 = vfma(vload_n(xp + 2 * step, nc), wv, a2);
+                a3 = vfma(vload_n(xp + 3 * step, nc), wv, a3);
+            }
+        }
+        vstore(out + c, vact(a0, act));
+        vstore(out + cp + c, vact(a1, act));
+        vstore(out + 2 * (size_t)cp + c, vact(a2, act));
+        vstore(out + 3 * (size_t)cp + c, vact(a3, act));
+    }
+}
+
 #define VDW_SLIDE_K(K, kl, kh, qlo, qhi, n) \
     vdw_slide(x, W, C, wdw, bdw, kl, kh, K, ih0, iw0, dh, qlo, qhi, n, act, t + (size_t)i * cp, cp)
 
@@ -553,6 +593,10 @@ static void depthwise_run_v(const float *x, int H, int W, int C, const float *wd
                 else if (KW == 5) VDW_SLIDE_K(5, kh_lo, kh_hi, q_lo, q_hi, cnt);
                 else VDW_SLIDE_K(7, kh_lo, kh_hi, q_lo, q_hi, cnt);
             }
+        } else if (m - i >= 4 && Wo - ow >= 4 && ih0 >= 0 && ih0 + (KH - 1) * dh < H && iw0 >= 0
+                   && iw0 + 3 * sw + (KW - 1) * dw < W) {
+            cnt = 4; /* other strides and dilations, interior */
+            vdw_quad(x, W, C, wdw, bdw, KH, KW, sw, dh, dw, ih0, iw0, act, t + (size_t)i * cp, cp);
         } else {
             cnt = 1;
             vdw_pixel(x, H, W, C, wdw, bdw, KH, KW, dh, dw, ih0, iw0, act, t + (size_t)i * cp);
