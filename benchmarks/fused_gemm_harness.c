@@ -4,11 +4,12 @@
  *     /tmp/fused_gemm_harness [Cout] [tile]            # default 64 output channels, a 222-pixel tile
  *
  * For 32, 64, 128 and 256 input channels it runs pointwise_tile (src/sepconv/backends/native/csrc/fused_dwpw.c,
- * included here) over 12432 pixels, one tile of the depthwise output (in cache) at a time, the output either rewritten in
- * place (warm) or written through a 3-12 MB buffer; best of 7, GFLOP/s. The FMA loop (independent accumulators in
- * the build's vectors: 24 AVX-512, 12 AVX2, 28 NEON) is the core's peak for this kind of code. Build with
- * -mavx2 -mfma -mno-avx512f to time the AVX2 path. It shows whether the compiler keeps the register
- * block's accumulators in registers (a spill of them is described in benchmarks/README.md, "Zero padding"). One thread.
+ * included here) over 12432 pixels, one tile of the depthwise output (in cache) at a time, the output either
+ * rewritten in place (warm) or written through a 3-12 MB buffer; best of 7, GFLOP/s. The FMA loop (independent
+ * accumulators in the build's vectors: 24 AVX-512, 12 AVX2, 28 NEON) is the core's peak for this kind of code.
+ * Build with -mavx2 -mfma -mno-avx512f to time the AVX2 path; benchmarks/bench_gemm_harness.py builds and runs
+ * several variants alternately. It shows whether the compiler keeps the register block's accumulators in
+ * registers (a spill of them is described in benchmarks/README.md, "Zero padding"). One thread.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "../src/sepconv/backends/native/csrc/fused_dwpw.c"

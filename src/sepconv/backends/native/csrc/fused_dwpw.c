@@ -458,6 +458,13 @@ static void depthwise_run(const float *x, int H, int W, int C, const float *wdw,
 #define SLIDE_V 4
 #endif
 #define MR_V 6           /* pixels per pointwise register block */
+/* 1: a register block requests its output lines for writing before its FMAs (plain stores only), so the reads
+ * that plain stores need overlap the block's arithmetic. It pays where the 1x1 step's output goes past the L2
+ * cache and costs a little where it stays in L1/L2 (record: benchmarks/results/gemm-write-prefetch-zen4-avx512/,
+ * from benchmarks/bench_gemm_harness.py, which builds both); the AVX-512 block, twice as wide, did not gain. */
+#ifndef WRITE_PREFETCH
+#define WRITE_PREFETCH 1
+#endif
 #define NSUB (16 / VW)   /* vectors per 16-column sub-block of a 32-column weight panel */
 
 /* SLIDE_V adjacent output pixels of one row, stride 1 and dilation 1, kernel width KWC (a constant after
@@ -654,6 +661,8 @@ SEPCONV_INLINE void vgemm_block(const float *t, int cp, int C, const float *bp, 
     const float *rows[MR_V];
     for (int r = 0; r < MR_V; ++r) rows[r] = t + (size_t)(r < mr ? r : mr - 1) * cp;
     vf acc[MR_V][NSUB];
+    if (WRITE_PREFETCH && !stream) /* the output lines, requested for writing now: their reads overlap the FMAs */
+        for (int r = 0; r < mr; ++r) __builtin_prefetch(y + (size_t)r * ldy, 1, 3);
 #pragma GCC unroll 4
     for (int s = 0; s < NSUB; ++s) {
         vf b = bias ? vload_n(bias + s * VW, ncols - s * VW) : vzero();
