@@ -2,7 +2,7 @@
 run alone against `sepconv.optimize`, on `sepconv bench`'s suite shapes, in one run.
 
     python benchmarks/bench_isa.py [--threads 1] [--rounds 5] [--clock wall|cpu] [--keep-freed-memory] [--parts]
-                                   [--suite ...] [--out DIR]
+                                   [--passes N] [--suite ...] [--out DIR]
 
 For every shape (float32, inference, one `SeparableConv2d` without bias), in the same interleaved rounds:
 
@@ -26,8 +26,11 @@ thread's CPU time instead of wall time (one thread only; `sepconv.backends.clock
 time preempted by other processes is not counted (the roofline is still measured in wall time; `optimize` itself
 times on CPU time with one thread). `--keep-freed-memory` calls `sepconv.keep_freed_memory()` first: without it a
 candidate timed right after another that freed a large output can page-fault its own output in fresh (recorded
-as `freed_memory_kept` in the machine). Writes
-`isa.json` (with the machine) into --out (default `benchmarks/results/isa-cpu-<threads>thread`).
+as `freed_memory_kept` in the machine). `--passes N` runs the whole suite N times over, each pass with its own
+roofline: the first pass sits at the top level of the record, the others under `passes`, and `summary_per_pass`
+gives each pass's median realized, least fraction of the ceiling and shapes where `optimize` kept up with ONNX
+Runtime alone, so the spread between passes is in the record. Writes `isa.json` (with the machine) into --out
+(default `benchmarks/results/isa-cpu-<threads>thread`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -149,6 +153,17 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
     }
 
 
+def summarize(rows: list[dict]) -> dict:
+    """One pass over the suite in a few numbers: per candidate the median realized and the least fraction of the
+    ceiling over the shapes, and on how many shapes `optimize`'s choice took at most ONNX Runtime alone's time."""
+    names = rows[0]["realized"]
+    ort = [r["sepconv_vs_onnxruntime_alone"] for r in rows if r["sepconv_vs_onnxruntime_alone"] is not None]
+    return {"shapes": len(rows),
+            "realized_median": {k: statistics.median(r["realized"][k] for r in rows) for k in names},
+            "of_ceiling_least": {k: min(r["of_ceiling"][k] for r in rows) for k in names},
+            "sepconv_at_most_onnxruntime_alone": sum(v <= 1 for v in ort) if ort else None}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
@@ -160,8 +175,12 @@ def main(argv=None) -> int:
                    help="call sepconv.keep_freed_memory() first, so candidates reuse freed memory instead of faulting")
     p.add_argument("--parts", action="store_true",
                    help="also time each kernel build's depthwise step alone (depthwise_part_<isa>)")
+    p.add_argument("--passes", type=int, default=1,
+                   help="run the whole suite this many times (each with its own roofline): the spread between passes")
     p.add_argument("--out")
     args = p.parse_args(argv)
+    if args.passes < 1 or args.rounds < 1 or args.threads < 1:
+        p.error(f"--passes, --rounds and --threads must be >= 1, got {args.passes}, {args.rounds}, {args.threads}")
     if args.clock == "cpu" and args.threads != 1:
         p.error(f"--clock cpu needs --threads 1 (got {args.threads}): other threads' time is not on this thread")
     if args.keep_freed_memory and not keep_freed_memory():
@@ -169,18 +188,30 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else HERE / "results" / f"isa-cpu-{args.threads}thread"
     variants = isas()
-    roofline = measure_roofline(rounds=3)
-    rows = []
-    for suite in args.suite.split(","):
-        for case in SUITES[suite]():
-            row = run_shape(case, roofline, variants, args.rounds, args.threads, args.clock, args.parts)
-            rows.append(row)
-            print(f"{row['shape']:>28}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["median_ms"].items())
-                  + f" | sepconv/ort {row['sepconv_vs_onnxruntime_alone']}", flush=True)
-    record = {"machine": machine_info(), "kernel_isas": [name for _, name in variants],
-              "roofline": {"peak_gflops": roofline.peak_flops / 1e9, "bandwidth_gbs": roofline.bandwidth / 1e9},
-              "threads": args.threads, "rounds": args.rounds, "clock": args.clock, "shapes": rows,
+    passes = []
+    for number in range(1, args.passes + 1):
+        load_before = list(os.getloadavg())
+        roofline = measure_roofline(rounds=3)
+        rows = []
+        for suite in args.suite.split(","):
+            for case in SUITES[suite]():
+                row = run_shape(case, roofline, variants, args.rounds, args.threads, args.clock, args.parts)
+                rows.append(row)
+                print(f"{row['shape']:>28}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["median_ms"].items())
+                      + f" | sepconv/ort {row['sepconv_vs_onnxruntime_alone']}", flush=True)
+        summary = summarize(rows)
+        print(f"pass {number}/{args.passes}: realized median " + ", ".join(
+            f"{k} {v:.2f}" for k, v in summary["realized_median"].items()), flush=True)
+        measured = {"peak_gflops": roofline.peak_flops / 1e9, "bandwidth_gbs": roofline.bandwidth / 1e9}
+        passes.append({"loadavg_before": load_before, "roofline": measured, "summary": summary, "shapes": rows})
+    record = {"machine": machine_info(), "kernel_isas": [name for _, name in variants], "threads": args.threads,
+              "rounds": args.rounds, "clock": args.clock,
+              # the first pass at the top level, as a one-pass record has it
+              "roofline": passes[0]["roofline"], "shapes": passes[0]["shapes"],
+              "summary_per_pass": [p["summary"] for p in passes],
               "machine_after": {"loadavg_1_5_15": list(os.getloadavg())}}
+    if args.passes > 1:
+        record["passes"] = passes[1:]  # the second pass on, each as the first is at the top level
     atomic_write_bytes(out / "isa.json", (json.dumps(record, indent=1) + "\n").encode())
     print(f"wrote {out / 'isa.json'}")
     return 0
