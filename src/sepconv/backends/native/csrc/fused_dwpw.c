@@ -762,13 +762,14 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
 
 #ifdef SEPCONV_AVX512
 
-/* acc[r][:] += t[r][:C] @ panel[:C][0:32] for the MR rows of a register block (two AVX-512 vectors per row). */
+/* acc[r][:] += t[r][:C] @ panel[:C][0:32] for the R rows of a register block (two AVX-512 vectors per row; R a
+ * constant after inlining: MR, or MR + 1 for a tile's last seven rows). */
 static inline __attribute__((always_inline)) void fma_rows(const float *t, int cp, int C, const float *bp,
-                                                           __m512 acc[MR][2]) {
+                                                           __m512 acc[][2], int R) {
     for (int c = 0; c < C; ++c) {
         __m512 v0 = _mm512_loadu_ps(bp + (size_t)c * NR), v1 = _mm512_loadu_ps(bp + (size_t)c * NR + 16);
 #pragma GCC unroll 16
-        for (int r = 0; r < MR; ++r) {
+        for (int r = 0; r < R; ++r) {
             __m512 a = _mm512_set1_ps(t[(size_t)r * cp + c]);
             acc[r][0] = _mm512_fmadd_ps(a, v0, acc[r][0]);
             acc[r][1] = _mm512_fmadd_ps(a, v1, acc[r][1]);
@@ -776,27 +777,29 @@ static inline __attribute__((always_inline)) void fma_rows(const float *t, int c
     }
 }
 
-/* A full register block, MR pixels x NR columns (see gemm_block). Its own function, with accumulators indexed only
- * by unrolled constants: inside gemm_block, whose other paths index the accumulators by a runtime row count, the
- * compiler kept them in memory and spilled all twelve after the loop over C. */
+/* A full register block, R pixels x NR columns (see gemm_block; R = MR or MR + 1, a constant after inlining). Its
+ * own function, with accumulators indexed only by unrolled constants: inside gemm_block, whose other paths index
+ * the accumulators by a runtime row count, the compiler kept them in memory and spilled all twelve after the loop
+ * over C. MR + 1 rows take the place of a block of MR and a block of one: a one-row block has only two chains of
+ * FMAs, so it waits on the FMA latency at every input channel. */
 static inline __attribute__((always_inline)) void gemm_block_full(const float *t, int cp, int C, const float *bp,
                                                                   const float *bias, int j0, int act, float *y,
-                                                                  int ldy, int stream) {
-    __m512 acc[MR][2];
+                                                                  int ldy, int stream, int R) {
+    __m512 acc[MR + 1][2];
     __m512 b0 = bias ? _mm512_loadu_ps(bias + j0) : _mm512_setzero_ps();
     __m512 b1 = bias ? _mm512_loadu_ps(bias + j0 + 16) : _mm512_setzero_ps();
 #pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) { acc[r][0] = b0; acc[r][1] = b1; }
-    fma_rows(t, cp, C, bp, acc);
+    for (int r = 0; r < R; ++r) { acc[r][0] = b0; acc[r][1] = b1; }
+    fma_rows(t, cp, C, bp, acc, R);
     if (stream) { /* around the cache: no read-for-ownership of the output's lines */
 #pragma GCC unroll 16
-        for (int r = 0; r < MR; ++r) {
+        for (int r = 0; r < R; ++r) {
             _mm512_stream_ps(y + (size_t)r * ldy + j0, act16(acc[r][0], act));
             _mm512_stream_ps(y + (size_t)r * ldy + j0 + 16, act16(acc[r][1], act));
         }
     } else {
 #pragma GCC unroll 16
-        for (int r = 0; r < MR; ++r) {
+        for (int r = 0; r < R; ++r) {
             _mm512_storeu_ps(y + (size_t)r * ldy + j0, act16(acc[r][0], act));
             _mm512_storeu_ps(y + (size_t)r * ldy + j0 + 16, act16(acc[r][1], act));
         }
@@ -809,7 +812,11 @@ static inline __attribute__((always_inline)) void gemm_block_full(const float *t
 static inline void gemm_block(const float *t, int cp, int C, const float *bp, const float *bias, int j0,
                               int ncols, int mr, int act, float *y, int ldy, int stream) {
     if (mr == MR && ncols == NR) {
-        gemm_block_full(t, cp, C, bp, bias, j0, act, y, ldy, stream);
+        gemm_block_full(t, cp, C, bp, bias, j0, act, y, ldy, stream, MR);
+        return;
+    }
+    if (mr == MR + 1 && ncols == NR) {
+        gemm_block_full(t, cp, C, bp, bias, j0, act, y, ldy, stream, MR + 1);
         return;
     }
     __m512 acc[MR][2];
@@ -820,7 +827,7 @@ static inline void gemm_block(const float *t, int cp, int C, const float *bp, co
     __m512 b1init = (bias && nv == 2) ? _mm512_maskz_loadu_ps(k1, bias + j0 + 16) : _mm512_setzero_ps();
     for (int r = 0; r < MR; ++r) { acc[r][0] = b0init; acc[r][1] = b1init; }
     if (mr == MR && nv == 2) { /* the last, partial panel (17-31 columns; the packed weight is zero padded) */
-        fma_rows(t, cp, C, bp, acc);
+        fma_rows(t, cp, C, bp, acc, MR);
     } else {
         for (int c = 0; c < C; ++c) {
             __m512 v0 = _mm512_loadu_ps(bp + (size_t)c * NR);
@@ -877,11 +884,13 @@ static void pointwise_tile(const float *t, int m, int cp, int C, const float *b,
     for (int j0 = j_begin; j0 < j_end; j0 += NR) {
         int ncols = j_end - j0 < NR ? j_end - j0 : NR;
         const float *panel = b + (size_t)(j0 / NR) * C * NR;
-        for (int i0 = 0; i0 < m; i0 += MR) {
+        for (int i0 = 0; i0 < m;) {
             int mr = m - i0 < MR ? m - i0 : MR;
+            if (m - i0 == MR + 1 && ncols == NR) mr = MR + 1; /* the last seven rows: one block (gemm_block_full) */
             if (per_block) prefetch_lines(&pf, pf_end, per_block);
             gemm_block(t + (size_t)i0 * cp, cp, C, panel, bias, j0, ncols, mr, act, y + (size_t)i0 * Cout, Cout,
                        stream);
+            i0 += mr;
         }
     }
 #elif defined(SEPCONV_VEC)
