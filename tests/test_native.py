@@ -183,3 +183,11 @@ def test_an_unwritable_cache_is_a_reason_not_an_exception(monkeypatch, tmp_path)
     finally:
         monkeypatch.undo()
         native.load_for.cache_clear()
+
+
+@pytest.mark.skipif(native._compiler() is None, reason="no C compiler here: the engines run without the kernels")
+def test_the_kernels_build_wherever_a_compiler_is_found():
+    """The kernel tests skip where the kernels are unavailable, so a compile error in csrc/ must fail here
+    instead of turning those tests into skips."""
+    assert native.load()[1] is None, native.unavailable_reason()
+    assert native.available() and native.isa() in {"avx512", "avx2", "neon", "scalar"}
