@@ -450,13 +450,15 @@ static void depthwise_run(const float *x, int H, int W, int C, const float *wdw,
 
 #ifdef SEPCONV_VEC
 /* The portable-SIMD paths (AVX2 + FMA, NEON; simd.h): the AVX-512 paths' structure with VW-float vectors. A
- * sliding window of SLIDE_V pixels keeps its accumulators, the window's input vectors and a weight vector in
- * registers: 4 pixels with AVX2's 16 registers (4 + 10 + 1 for a 7-wide kernel), 8 with NEON's 32. */
+ * sliding window of SLIDE_V(K) pixels for a K-wide kernel keeps its accumulators, the window's input vectors and a
+ * weight vector in registers: with AVX2's 16 registers 6 pixels for a 3-wide kernel (6 + 8 + 1) and 4 for wider
+ * ones (4 + 10 + 1 at width 7), 8 with NEON's 32. A wider window loads each input vector for more pixels. */
 #if VREGS >= 32
-#define SLIDE_V 8
+#define SLIDE_V(K) 8
 #else
-#define SLIDE_V 4
+#define SLIDE_V(K) ((K) == 3 ? 6 : 4)
 #endif
+#define SLIDE_V_MAX 8
 #define MR_V 6           /* pixels per pointwise register block */
 /* 1: a register block requests its output lines for writing before its FMAs (plain stores only), so the reads
  * that plain stores need overlap the block's arithmetic. It pays where the 1x1 step's output goes past the L2
@@ -467,41 +469,42 @@ static void depthwise_run(const float *x, int H, int W, int C, const float *wdw,
 #endif
 #define NSUB (16 / VW)   /* vectors per 16-column sub-block of a 32-column weight panel */
 
-/* SLIDE_V adjacent output pixels of one row, stride 1 and dilation 1, kernel width KWC (a constant after
- * inlining): each kernel row's SLIDE_V + KWC - 1 input vectors are loaded once and shared by the pixels' taps.
+/* S = SLIDE_V(KWC) adjacent output pixels of one row, stride 1 and dilation 1, kernel width KWC (a constant after
+ * inlining): each kernel row's S + KWC - 1 input vectors are loaded once and shared by the pixels' taps.
  * Kernel rows [kh_lo, kh_hi) and window columns [q_lo, q_hi) are inside the input (the rest is zero padding); the
  * first cnt outputs are stored (tile row stride cp >= C rounded up to 16, so a whole vector fits). */
 SEPCONV_INLINE void vdw_slide(const float *x, int W, int C, const float *wdw, const float *bdw, int kh_lo,
                               int kh_hi, int KWC, int ih0, int iw0, int dh, int q_lo, int q_hi, int cnt, int act,
                               float *out, int cp) {
+    const int S = SLIDE_V(KWC);
     for (int c = 0; c < C; c += VW) {
         int nc = C - c < VW ? C - c : VW;
         vf b = bdw ? vload_n(bdw + c, nc) : vzero();
-        vf acc[SLIDE_V];
+        vf acc[SLIDE_V_MAX];
 #pragma GCC unroll 8
-        for (int j = 0; j < SLIDE_V; ++j) acc[j] = b;
+        for (int j = 0; j < S; ++j) acc[j] = b;
         for (int kh = kh_lo; kh < kh_hi; ++kh) {
             const float *row = x + (size_t)(ih0 + kh * dh) * W * C + c;
             const float *wrow = wdw + (size_t)kh * KWC * C + c;
-            vf in[SLIDE_V + 6];
+            vf in[SLIDE_V_MAX + 6];
             if (nc == VW) {
 #pragma GCC unroll 16
-                for (int q = 0; q < SLIDE_V + KWC - 1; ++q)
+                for (int q = 0; q < S + KWC - 1; ++q)
                     in[q] = q >= q_lo && q < q_hi ? vload(row + (ptrdiff_t)(iw0 + q) * C) : vzero();
             } else {
 #pragma GCC unroll 16
-                for (int q = 0; q < SLIDE_V + KWC - 1; ++q)
+                for (int q = 0; q < S + KWC - 1; ++q)
                     in[q] = q >= q_lo && q < q_hi ? vload_n(row + (ptrdiff_t)(iw0 + q) * C, nc) : vzero();
             }
 #pragma GCC unroll 8
             for (int kw = 0; kw < KWC; ++kw) {
                 vf wv = vload_n(wrow + (size_t)kw * C, nc);
 #pragma GCC unroll 8
-                for (int j = 0; j < SLIDE_V; ++j) acc[j] = vfma(in[j + kw], wv, acc[j]);
+                for (int j = 0; j < S; ++j) acc[j] = vfma(in[j + kw], wv, acc[j]);
             }
         }
 #pragma GCC unroll 8
-        for (int j = 0; j < SLIDE_V; ++j)
+        for (int j = 0; j < S; ++j)
             if (j < cnt) vstore(out + (size_t)j * cp + c, vact(acc[j], act));
     }
 }
@@ -581,20 +584,21 @@ static void depthwise_run_v(const float *x, int H, int W, int C, const float *wd
                             float *t, int cp) {
     int oh = p0 / Wo, ow = p0 % Wo, i = 0;
     int slide = sw == 1 && dw == 1 && (KW == 3 || KW == 5 || KW == 7);
+    int sv = SLIDE_V(KW); /* pixels per sliding window */
     while (i < m) {
         int ih0 = oh * sh - ph, iw0 = ow * sw - pw;
         int cnt = m - i < Wo - ow ? m - i : Wo - ow;
-        cnt = cnt < SLIDE_V ? cnt : SLIDE_V;
+        cnt = cnt < sv ? cnt : sv;
         if (slide && cnt >= 2) {
             int kh_lo = 0, kh_hi = KH;
             while (kh_lo < KH && ih0 + kh_lo * dh < 0) ++kh_lo;
             while (kh_hi > kh_lo && ih0 + (kh_hi - 1) * dh >= H) --kh_hi;
-            int q_lo = iw0 < 0 ? -iw0 : 0, q_hi = W - iw0 < SLIDE_V + KW - 1 ? W - iw0 : SLIDE_V + KW - 1;
-            if (kh_lo == 0 && kh_hi == KH && q_lo == 0 && q_hi == SLIDE_V + KW - 1 && cnt == SLIDE_V) {
+            int q_lo = iw0 < 0 ? -iw0 : 0, q_hi = W - iw0 < sv + KW - 1 ? W - iw0 : sv + KW - 1;
+            if (kh_lo == 0 && kh_hi == KH && q_lo == 0 && q_hi == sv + KW - 1 && cnt == sv) {
                 /* interior: constant bounds, so the inlined loops have no checks */
-                if (KW == 3) VDW_SLIDE_K(3, 0, KH, 0, SLIDE_V + 2, SLIDE_V);
-                else if (KW == 5) VDW_SLIDE_K(5, 0, KH, 0, SLIDE_V + 4, SLIDE_V);
-                else VDW_SLIDE_K(7, 0, KH, 0, SLIDE_V + 6, SLIDE_V);
+                if (KW == 3) VDW_SLIDE_K(3, 0, KH, 0, SLIDE_V(3) + 2, SLIDE_V(3));
+                else if (KW == 5) VDW_SLIDE_K(5, 0, KH, 0, SLIDE_V(5) + 4, SLIDE_V(5));
+                else VDW_SLIDE_K(7, 0, KH, 0, SLIDE_V(7) + 6, SLIDE_V(7));
             } else {
                 if (KW == 3) VDW_SLIDE_K(3, kh_lo, kh_hi, q_lo, q_hi, cnt);
                 else if (KW == 5) VDW_SLIDE_K(5, kh_lo, kh_hi, q_lo, q_hi, cnt);
