@@ -1,0 +1,139 @@
+"""The fused kernel of another git revision against the working tree's, per suite shape, in the same rounds.
+
+    python benchmarks/bench_kernel_ab.py --base REV [--isa native|avx2] [--part layer|depthwise|pointwise]
+                                         [--rounds 11] [--threads 1] [--suite ...] [--out DIR]
+
+The C sources under `src/sepconv/backends/native/csrc` at `--base` (any git revision) and in the working tree are
+built the way `sepconv.backends.native` builds them (same compiler, flags and `--isa` variant), and one process
+runs `FusedSeparableConv2d` on every suite shape with each library in turn, in interleaved rounds (the calling
+thread's CPU time with one thread, else wall time: `sepconv.backends.clock.time_candidates`). So a kernel change
+is measured side by side with what it replaces, on one machine in one run, instead of from two runs that the
+host's drift between them can swamp. `--part`: the whole layer, or the kernel's depthwise step alone (its
+`parts=1`: into the tile buffer, no output written) or its 1x1 step alone on a zero tile (`parts=2`). Both
+revisions must have the same kernel signatures (the library is bound by the working tree's
+`sepconv.backends.native`).
+
+Writes `kernel_ab.json` (with the machine, both revisions, per shape the medians in ms and head / base) into --out
+(default `benchmarks/results/kernel-ab-cpu-<threads>thread`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import torch
+
+from sepconv import SeparableConv2d
+from sepconv.backends import native
+from sepconv.backends.clock import time_candidates, timing_clock
+from sepconv.backends.fused import FusedSeparableConv2d
+from sepconv.bench.suites import mobilenet_v1_suite, vgg_blocks_suite
+from sepconv.utils.io import atomic_write_bytes
+from sepconv.utils.machine import machine_info
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CSRC = "src/sepconv/backends/native/csrc"
+SUITES = {"mobilenet_v1": mobilenet_v1_suite, "vgg_blocks": vgg_blocks_suite}
+PARTS = {"layer": 3, "depthwise": 1, "pointwise": 2}
+
+
+def git(*args: str) -> bytes:
+    done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench_kernel_ab: git {' '.join(args)} failed: {done.stderr.decode().strip()}")
+    return done.stdout
+
+
+def build(csrc: Path, isa: str):
+    """The kernels from the sources in ``csrc``, built and loaded as sepconv.backends.native does for ``isa``."""
+    saved = native._CSRC, native._SOURCES, native._HEADERS
+    native._CSRC = csrc
+    native._SOURCES = tuple(csrc / p.name for p in saved[1])
+    native._HEADERS = tuple(csrc / p.name for p in saved[2])
+    try:
+        lib, why = native.load_for.__wrapped__(native.MARCH, isa)  # not the cached working-tree build
+    finally:
+        native._CSRC, native._SOURCES, native._HEADERS = saved
+    if lib is None:
+        raise SystemExit(f"bench_kernel_ab: the kernels in {csrc} do not build or load: {why}")
+    return lib
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--base", required=True, help="the git revision to compare the working tree's kernels against")
+    p.add_argument("--isa", choices=("native", "avx2"), default="native")
+    p.add_argument("--part", choices=tuple(PARTS), default="layer")
+    p.add_argument("--rounds", type=int, default=11)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--suite", default="mobilenet_v1,vgg_blocks")
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.threads < 1:
+        p.error(f"--rounds and --threads must be >= 1, got {args.rounds} and {args.threads}")
+    unknown = [s for s in args.suite.split(",") if s not in SUITES]
+    if unknown:
+        p.error(f"--suite takes {', '.join(SUITES)}, got {', '.join(unknown)}")
+    found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", args.base + "^{commit}"],
+                           capture_output=True, text=True)
+    if found.returncode != 0:
+        p.error(f"--base must name a commit of this repository, got {args.base!r}")
+    base_commit = found.stdout.strip()
+    torch.set_num_threads(args.threads)
+    head_commit = git("rev-parse", "HEAD").decode().strip()
+    dirty = bool(git("status", "--porcelain", "--", CSRC).strip())
+    with tempfile.TemporaryDirectory() as tmp:
+        tarfile.open(fileobj=io.BytesIO(git("archive", base_commit, CSRC))).extractall(tmp, filter="data")
+        libs = {"base": build(Path(tmp) / CSRC, args.isa), "head": build(ROOT / CSRC, args.isa)}
+    current = [libs["head"]]
+    original_load = native.load
+    native.load = lambda: (current[0], None)  # what FusedSeparableConv2d calls at each call
+    out = Path(args.out) if args.out else HERE / "results" / f"kernel-ab-cpu-{args.threads}thread"
+    rows = []
+    try:
+        for suite in args.suite.split(","):
+            for case in SUITES[suite]():
+                spec = case.spec
+                torch.manual_seed(0)
+                layer = SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride,
+                                        spec.padding, bias=False).eval()
+                fused = FusedSeparableConv2d(layer.depthwise, layer.pointwise)
+                x = torch.randn(case.batch, spec.in_channels, *case.size).contiguous(memory_format=torch.channels_last)
+
+                def call(which: str):
+                    def run():
+                        current[0] = libs[which]
+                        with torch.inference_mode():
+                            fused._run(x, PARTS[args.part])
+                    return run
+
+                t = time_candidates({"base": call("base"), "head": call("head")}, x, rounds=args.rounds)
+                ms = {k: 1e3 * v.median for k, v in t.items()}
+                rows.append({"shape": case.name, "batch": case.batch, "median_ms": ms,
+                             "iqr_ms": {k: 1e3 * v.iqr for k, v in t.items()}, "head_vs_base": ms["head"] / ms["base"]})
+                print(f"{case.name:>24}: base {ms['base']:.3f} ms, head {ms['head']:.3f} ms, "
+                      f"head / base {ms['head'] / ms['base']:.2f}", flush=True)
+    finally:
+        native.load = original_load
+    ratios = [r["head_vs_base"] for r in rows]
+    print(f"head / base: median {statistics.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f}")
+    record = {"machine": machine_info(), "base": base_commit, "head": head_commit, "head_csrc_modified": dirty,
+              "isa": args.isa, "kernel_isa": libs["head"].sepconv_isa().decode(), "part": args.part,
+              "threads": args.threads, "rounds": args.rounds, "clock": timing_clock(torch.empty(0)),
+              "head_vs_base_median": statistics.median(ratios), "shapes": rows}
+    atomic_write_bytes(out / "kernel_ab.json", (json.dumps(record, indent=1) + "\n").encode())
+    print(f"wrote {out / 'kernel_ab.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
