@@ -1,4 +1,4 @@
-"""The fused kernel of another git revision against the working tree's, per suite shape, in the same rounds.
+"""The C kernels of another git revision against the working tree's, per suite shape, in the same rounds.
 
     python benchmarks/bench_kernel_ab.py --base REV [--isa native|avx2] [--part layer|depthwise|pointwise]
                                          [--rounds 11] [--threads 1] [--suite ...] [--out DIR]
@@ -9,7 +9,9 @@ runs `FusedSeparableConv2d` on every suite shape with each library in turn, in i
 thread's CPU time with one thread, else wall time: `sepconv.backends.clock.time_candidates`). So a kernel change
 is measured side by side with what it replaces, on one machine in one run, instead of from two runs that the
 host's drift between them can swamp. `--part`: the whole layer, or the kernel's depthwise step alone (its
-`parts=1`: into the tile buffer, no output written) or its 1x1 step alone on a zero tile (`parts=2`). Both
+`parts=1`: into the tile buffer, no output written) or its 1x1 step alone on a zero tile (`parts=2`); or a training
+kernel: `wgrad`, the depthwise weight gradient (`sepconv.backends.training.depthwise_weight_grad`) of each
+shape's depthwise step, or `atb`, the 1x1 step's weight-gradient GEMM (`matmul_at_b`, grad_y^T x). Both
 revisions must have the same kernel signatures (the library is bound by the working tree's
 `sepconv.backends.native`).
 
@@ -35,6 +37,7 @@ from sepconv import SeparableConv2d
 from sepconv.backends import native
 from sepconv.backends.clock import time_candidates, timing_clock
 from sepconv.backends.fused import FusedSeparableConv2d
+from sepconv.backends.training import depthwise_weight_grad, matmul_at_b
 from sepconv.bench.suites import mobilenet_v1_suite, vgg_blocks_suite
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
@@ -43,7 +46,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CSRC = "src/sepconv/backends/native/csrc"
 SUITES = {"mobilenet_v1": mobilenet_v1_suite, "vgg_blocks": vgg_blocks_suite}
-PARTS = {"layer": 3, "depthwise": 1, "pointwise": 2}
+PARTS = {"layer": 3, "depthwise": 1, "pointwise": 2}  # the fused kernel's `parts`
+TRAINING_PARTS = ("wgrad", "atb")
 
 
 def git(*args: str) -> bytes:
@@ -68,11 +72,27 @@ def build(csrc: Path, isa: str):
     return lib
 
 
+def part_call(part: str, layer: SeparableConv2d, x: torch.Tensor):
+    """The kernel work ``--part`` names, for one suite layer and its input ``x`` (channels-last)."""
+    if part in PARTS:
+        fused = FusedSeparableConv2d(layer.depthwise, layer.pointwise)
+        return lambda: fused._run(x, PARTS[part])
+    dw = layer.depthwise
+    with torch.no_grad():
+        mid = dw(x)  # the depthwise step's output: the 1x1 step's input, and the shape of its gradient
+    if part == "wgrad":
+        grad = torch.randn_like(mid).contiguous(memory_format=torch.channels_last)
+        return lambda: depthwise_weight_grad(x, grad, dw.kernel_size, dw.stride, dw.padding, dw.dilation)
+    pixels = mid.shape[0] * mid.shape[2] * mid.shape[3]
+    a, b = torch.randn(pixels, layer.out_channels), torch.randn(pixels, mid.shape[1])
+    return lambda: matmul_at_b(a, b)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--base", required=True, help="the git revision to compare the working tree's kernels against")
     p.add_argument("--isa", choices=("native", "avx2"), default="native")
-    p.add_argument("--part", choices=tuple(PARTS), default="layer")
+    p.add_argument("--part", choices=tuple(PARTS) + TRAINING_PARTS, default="layer")
     p.add_argument("--rounds", type=int, default=11)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--suite", default="mobilenet_v1,vgg_blocks")
@@ -106,14 +126,14 @@ def main(argv=None) -> int:
                 torch.manual_seed(0)
                 layer = SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride,
                                         spec.padding, bias=False).eval()
-                fused = FusedSeparableConv2d(layer.depthwise, layer.pointwise)
                 x = torch.randn(case.batch, spec.in_channels, *case.size).contiguous(memory_format=torch.channels_last)
+                work = part_call(args.part, layer, x)
 
                 def call(which: str):
                     def run():
                         current[0] = libs[which]
                         with torch.inference_mode():
-                            fused._run(x, PARTS[args.part])
+                            work()
                     return run
 
                 t = time_candidates({"base": call("base"), "head": call("head")}, x, rounds=args.rounds)
