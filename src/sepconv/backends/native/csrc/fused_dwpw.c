@@ -656,37 +656,34 @@ static void vflat_row(const float *rows, int ih_lo, long prow, int H, int C, con
                     (int)(nvec - k < 4 ? nvec - k : 4), n, out);
 }
 
-/* y[r][0 : ncols] = t[r][:C] @ panel[:C][0 : ncols] + bias for r < mr <= MR_V, ncols <= 16: MR_V x NSUB vector
- * accumulators (12 of AVX2's 16 registers, 24 of NEON's 32). Rows past mr repeat the last row (computed, not
- * stored), so the loop has constant bounds; the panel is zero padded to 32 columns, so whole vectors are read.
- * stream: whole vectors are written around the caches (y and ldy 64-byte aligned, see sepconv_fused_dwpw_f32). */
-SEPCONV_INLINE void vgemm_block(const float *t, int cp, int C, const float *bp, const float *bias, int ncols,
-                                int mr, int act, float *y, int ldy, int stream) {
-    const float *rows[MR_V];
-    for (int r = 0; r < MR_V; ++r) rows[r] = t + (size_t)(r < mr ? r : mr - 1) * cp;
+/* y[r][0 : ncols] = t[r][:C] @ panel[:C][0 : ncols] + bias for r < R <= MR_V (a constant after inlining), ncols <=
+ * 16: R x NSUB vector accumulators (at most 12 of AVX2's 16 registers, 24 of NEON's 32); the panel is zero padded to
+ * 32 columns, so whole vectors are read. stream: whole vectors are written around the caches (y and ldy 64-byte
+ * aligned, see sepconv_fused_dwpw_f32). */
+SEPCONV_INLINE void vgemm_rows(const float *t, int cp, int C, const float *bp, const float *bias, int ncols,
+                               int act, float *y, int ldy, int stream, int R) {
     vf acc[MR_V][NSUB];
     if (WRITE_PREFETCH && !stream) /* the output lines, requested for writing now: their reads overlap the FMAs */
-        for (int r = 0; r < mr; ++r) __builtin_prefetch(y + (size_t)r * ldy, 1, 3);
+        for (int r = 0; r < R; ++r) __builtin_prefetch(y + (size_t)r * ldy, 1, 3);
 #pragma GCC unroll 4
     for (int s = 0; s < NSUB; ++s) {
         vf b = bias ? vload_n(bias + s * VW, ncols - s * VW) : vzero();
 #pragma GCC unroll 8
-        for (int r = 0; r < MR_V; ++r) acc[r][s] = b;
+        for (int r = 0; r < R; ++r) acc[r][s] = b;
     }
     for (int c = 0; c < C; ++c) {
         vf w[NSUB];
 #pragma GCC unroll 4
         for (int s = 0; s < NSUB; ++s) w[s] = vload(bp + (size_t)c * NR + s * VW);
 #pragma GCC unroll 8
-        for (int r = 0; r < MR_V; ++r) {
-            vf a = vset1(rows[r][c]);
+        for (int r = 0; r < R; ++r) {
+            vf a = vset1(t[(size_t)r * cp + c]);
 #pragma GCC unroll 4
             for (int s = 0; s < NSUB; ++s) acc[r][s] = vfma(a, w[s], acc[r][s]);
         }
     }
 #pragma GCC unroll 8
-    for (int r = 0; r < MR_V; ++r) {
-        if (r >= mr) break;
+    for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
         for (int s = 0; s < NSUB; ++s) {
             int n = ncols - s * VW;
@@ -694,6 +691,21 @@ SEPCONV_INLINE void vgemm_block(const float *t, int cp, int C, const float *bp, 
             else if (n >= VW) vstore(y + (size_t)r * ldy + s * VW, vact(acc[r][s], act));
             else if (n > 0) vstore_n(y + (size_t)r * ldy + s * VW, vact(acc[r][s], act), n);
         }
+    }
+}
+
+/* vgemm_rows for the mr rows a block has (1 <= mr <= MR_V), each count a constant after inlining: a short last
+ * block computes only its own rows (with the FMA latency and two pipes, even one row's two chains take less time
+ * per input channel than a full block's twelve FMAs). */
+SEPCONV_INLINE void vgemm_block(const float *t, int cp, int C, const float *bp, const float *bias, int ncols,
+                                int mr, int act, float *y, int ldy, int stream) {
+    switch (mr) {
+    case 1: vgemm_rows(t, cp, C, bp, bias, ncols, act, y, ldy, stream, 1); break;
+    case 2: vgemm_rows(t, cp, C, bp, bias, ncols, act, y, ldy, stream, 2); break;
+    case 3: vgemm_rows(t, cp, C, bp, bias, ncols, act, y, ldy, stream, 3); break;
+    case 4: vgemm_rows(t, cp, C, bp, bias, ncols, act, y, ldy, stream, 4); break;
+    case 5: vgemm_rows(t, cp, C, bp, bias, ncols, act, y, ldy, stream, 5); break;
+    default: vgemm_rows(t, cp, C, bp, bias, ncols, act, y, ldy, stream, MR_V);
     }
 }
 #endif
