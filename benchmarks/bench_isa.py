@@ -11,7 +11,8 @@ For every shape (float32, inference, one `SeparableConv2d` without bias), in the
   runs the AVX2 code path on an AVX-512 core: its kernel time, not an AVX2 machine's);
 * `eager_nhwc`: plain PyTorch, channels-last;
 * `onnxruntime_alone`: ONNX Runtime with the session options fastest alone
-  (`sepconv.backends.onnxruntime.fastest_session_options`; raw `session.run`);
+  (`sepconv.backends.onnxruntime.fastest_session_options`; raw `session.run`); with more than one thread in rounds
+  of its own after the others, as its idle threads and PyTorch's slow each other when interleaved;
 * `sepconv`: `sepconv.optimize(layer, x)`'s choice, input already in its layout;
 * with `--parts`, `depthwise_part_<isa>`: each build's depthwise step alone (the kernel's `parts=1`: into its tile
   buffer, no output written; without the prefetch the 1x1 step issues for the next tile), and its share of the
@@ -114,10 +115,15 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
         warnings.simplefilter("ignore")
         fast = optimize(sep, x)
     candidates["sepconv"] = no_grad(fast.model, x.contiguous(memory_format=fast.memory_format), isa="native")
+    # With more than one thread ONNX Runtime alone is timed in rounds of its own: its idle threads (spinning, when
+    # that is its fastest alone) would slow whichever candidate ran next, and PyTorch's would slow it.
+    alone = {"onnxruntime_alone": candidates.pop("onnxruntime_alone")} if threads > 1 and session_options else {}
     if clock == "cpu":
         timings = cpu_time_interleaved(candidates, rounds=rounds)
     else:
         timings = interleaved(candidates, rounds=rounds, target_s=0.01)
+        if alone:
+            timings.update(interleaved(alone, rounds=rounds, target_s=0.01))
     ms = {k: 1e3 * v.median for k, v in timings.items()}
     std_cost = conv_cost(spec, case.size, batch=case.batch)
     mac_ratio = std_cost.macs / separable_cost(spec, case.size, batch=case.batch).macs

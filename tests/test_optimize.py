@@ -91,7 +91,7 @@ def test_onnxruntime_backend_computes_the_same_function_at_any_batch():
 @pytest.mark.skipif(not onnxruntime_available(), reason="onnx/onnxruntime not installed (pip install 'sepconv[onnx]')")
 def test_onnxruntime_sessions_sleep_between_runs_unless_asked_to_spin():
     """Idle ONNX Runtime threads that spin slow the PyTorch work that follows: off by default in to_onnxruntime, on
-    when asked; optimize keeps whichever is faster alone and records it."""
+    when asked; optimize keeps whichever is faster beside the model's PyTorch work and records it."""
     model, x = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval(), torch.randn(1, 3, 8, 8)
     key = "session.intra_op.allow_spinning"
     default = sepconv.to_onnxruntime(model, x, threads=2)
@@ -100,7 +100,7 @@ def test_onnxruntime_sessions_sleep_between_runs_unless_asked_to_spin():
     assert spinning.session.get_session_options().get_session_config_entry(key) == "1"
     with torch.no_grad():
         torch.testing.assert_close(spinning(x), default(x))
-    fast = sepconv.optimize(model, x, backends=("onnxruntime",))  # as fastest alone: the choice is recorded
+    fast = sepconv.optimize(model, x, backends=("onnxruntime",))  # the choice is recorded
     spins = fast.model.session.get_session_options().get_session_config_entry(key) == "1"
     assert spins == fast.session_options["allow_spinning"]
 

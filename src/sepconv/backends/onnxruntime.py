@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -150,23 +150,30 @@ def _check_output(model: nn.Module, runner: OnnxRuntimeModel, sample_input: torc
 
 
 def fastest_session_options(model: nn.Module, sample_input: torch.Tensor, *, threads: Optional[int] = None,
-                            rounds: int = ALONE_ROUNDS, rtol: float = 1e-3,
-                            atol: float = 1e-4) -> tuple[OnnxRuntimeModel, dict[str, Any]]:
-    """ONNX Runtime configured as a user running it alone would: the session options that are fastest for
-    ``model`` on ``sample_input``, and a record of how they were chosen.
+                            rounds: int = ALONE_ROUNDS, rtol: float = 1e-3, atol: float = 1e-4,
+                            alongside: Optional[Callable[[], object]] = None
+                            ) -> tuple[OnnxRuntimeModel, dict[str, Any]]:
+    """ONNX Runtime configured for how it will run: the session options that are fastest for ``model`` on
+    ``sample_input``, alone or beside PyTorch work, and a record of how they were chosen.
 
     Intra-op threads: ``threads`` (default ``torch.get_num_threads()``, the
     caller's). Spinning (idle intra-op threads spin-wait for the next run, or
     sleep) matters only with more than one thread: then a spinning and a
     sleeping session are each timed alone, ``rounds`` medians of about 20 ms
     of calls each (the spinning one after the sleeping one, so its spinning
-    threads never slow the other), and the faster is returned. With one
-    thread there are no worker threads: sleeping, not timed. The record:
+    threads never slow the other). Without ``alongside`` the faster alone is
+    returned: ONNX Runtime as a user running nothing else would configure it.
+    ``alongside`` is PyTorch work that shares the process (for
+    :func:`sepconv.optimize`, the eager model): each variant is then also timed
+    as one session run followed by one ``alongside()`` call, and the variant
+    whose pair is faster is returned, since a spinning session's idle threads
+    compete with PyTorch's for the cores right after each run. With one thread
+    there are no worker threads: sleeping, not timed. The record:
     ``intra_op_num_threads``, ``inter_op_num_threads``, ``allow_spinning``,
-    ``chosen_by`` (``"timed alone"`` or why not timed) and, when timed,
-    ``alone_ms`` (median ms per call of each variant). A spinning session
-    keeps its threads busy after each run, which slows other work in the
-    process (see :func:`to_onnxruntime`); the record says which was kept.
+    ``chosen_by`` (``"timed alone"``, ``"timed with PyTorch work after each
+    run"`` or why not timed) and, when timed, ``alone_ms`` (median ms per call
+    of each variant) and, with ``alongside``, ``with_pytorch_ms`` (median ms
+    per session run plus ``alongside()`` call).
     """
     if not onnxruntime_available():
         raise ImportError("fastest_session_options needs onnx and onnxruntime: pip install 'sepconv[onnx]'")
@@ -183,13 +190,26 @@ def fastest_session_options(model: nn.Module, sample_input: torch.Tensor, *, thr
     if threads <= 1:
         return sleeping, {**sleeping.session_options, "chosen_by": "one intra-op thread: no idle threads to spin"}
     spinning = _session(onnx_bytes, threads, spinning=True)
+    variants = (("sleeping", sleeping), ("spinning", spinning))
     alone = {}
-    for name, runner in (("sleeping", sleeping), ("spinning", spinning)):
+    for name, runner in variants:
         alone[name] = interleaved({name: inference_call(runner, sample_input)}, rounds=rounds)[name].median * 1e3
-    kept = spinning if alone["spinning"] < alone["sleeping"] else sleeping
+    record: dict[str, Any] = {"chosen_by": "timed alone", "alone_ms": alone}
+    score = alone
+    if alongside is not None:
+        score = {}
+        for name, runner in variants:  # the sleeping one first again: no spinning threads left over from before
+            session_run = inference_call(runner, sample_input)
+
+            def pair(session_run=session_run):
+                session_run()
+                alongside()
+            score[name] = interleaved({name: pair}, rounds=rounds)[name].median * 1e3
+        record = {"chosen_by": "timed with PyTorch work after each run", "alone_ms": alone, "with_pytorch_ms": score}
+    kept = spinning if score["spinning"] < score["sleeping"] else sleeping
     if kept is sleeping:
         del spinning
-    return kept, {**kept.session_options, "chosen_by": "timed alone", "alone_ms": alone}
+    return kept, {**kept.session_options, **record}
 
 
 
@@ -206,8 +226,9 @@ def _build(context: BuildContext) -> dict[str, Candidate]:
     if not context.measure:
         runner = to_onnxruntime(context.base, context.sample)
         settings = {**runner.session_options, "chosen_by": "not measured (measure=False): sleeping"}
-    else:
-        runner, settings = fastest_session_options(context.base, context.sample)
+    else:  # the candidate shares the process with PyTorch: the user's model, and the other candidates timed
+        runner, settings = fastest_session_options(context.base, context.sample,
+                                                   alongside=inference_call(context.base, context.sample))
     return {"onnxruntime": Candidate(runner, torch.contiguous_format, "onnxruntime", settings=settings)}
 
 
