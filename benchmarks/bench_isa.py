@@ -53,7 +53,7 @@ from sepconv.backends.onednn import PackedConv2d, onednn_available
 from sepconv.backends.onnxruntime import fastest_session_options, onnxruntime_available
 from sepconv.backends.clock import cpu_time_interleaved
 from sepconv.bench.roofline import measure_roofline
-from sepconv.bench.suites import fused_bound_s, mobilenet_v1_suite, vgg_blocks_suite
+from sepconv.bench.suites import SUITES, fused_bound_s
 from sepconv.cost import conv_cost, separable_cost
 from sepconv.layers._common import conv_module
 from sepconv.utils.io import atomic_write_bytes
@@ -62,7 +62,6 @@ from sepconv.utils.memory import keep_freed_memory
 from sepconv.utils.timing import interleaved
 
 HERE = Path(__file__).resolve().parent
-SUITES = {"mobilenet_v1": mobilenet_v1_suite, "vgg_blocks": vgg_blocks_suite}
 
 
 def no_grad(fn, *args, isa: str | None = None):

@@ -38,14 +38,13 @@ from sepconv.backends import native
 from sepconv.backends.clock import time_candidates, timing_clock
 from sepconv.backends.fused import FusedSeparableConv2d
 from sepconv.backends.training import depthwise_weight_grad, matmul_at_b
-from sepconv.bench.suites import mobilenet_v1_suite, vgg_blocks_suite
+from sepconv.bench.suites import SUITES
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CSRC = "src/sepconv/backends/native/csrc"
-SUITES = {"mobilenet_v1": mobilenet_v1_suite, "vgg_blocks": vgg_blocks_suite}
 PARTS = {"layer": 3, "depthwise": 1, "pointwise": 2}  # the fused kernel's `parts`
 TRAINING_PARTS = ("wgrad", "atb")
 

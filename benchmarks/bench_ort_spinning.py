@@ -30,13 +30,12 @@ import torch
 from sepconv import SeparableConv2d, to_onnxruntime
 from sepconv.backends.fused import FusedSeparableConv2d, fused_available
 from sepconv.backends.onnxruntime import onnxruntime_available
-from sepconv.bench.suites import mobilenet_v1_suite, vgg_blocks_suite
+from sepconv.bench.suites import SUITES
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 from sepconv.utils.timing import inference_call, interleaved
 
 HERE = Path(__file__).resolve().parent
-SUITES = {"mobilenet_v1": mobilenet_v1_suite, "vgg_blocks": vgg_blocks_suite}
 
 
 def run_shape(case, threads: int, rounds: int) -> dict:

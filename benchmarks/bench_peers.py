@@ -52,7 +52,7 @@ from torch import nn
 
 from sepconv import SeparableConv2d
 from sepconv.utils.io import atomic_write_bytes
-from sepconv.bench.suites import mobilenet_v1_suite, vgg_blocks_suite
+from sepconv.bench.suites import SUITES
 from sepconv.utils.machine import machine_info
 from sepconv.utils.timing import interleaved
 from sepconv.cost import conv_cost, separable_cost
@@ -61,7 +61,6 @@ from sepconv.layers._common import conv_module
 from sepconv.backends.onednn import PackedConv2d, onednn_available
 
 HERE = Path(__file__).resolve().parent
-SUITES = {"mobilenet_v1": mobilenet_v1_suite, "vgg_blocks": vgg_blocks_suite}
 
 
 def no_grad(fn, *args):

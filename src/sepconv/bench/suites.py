@@ -91,6 +91,10 @@ SUITES: dict[str, Callable[[], list[Case]]] = {"mobilenet_v1": mobilenet_v1_suit
 
 
 
+#: The built-in suites by name (what the benchmarks' ``--suite`` takes).
+SUITES: dict[str, Callable[..., list[Case]]] = {"mobilenet_v1": mobilenet_v1_suite, "vgg_blocks": vgg_blocks_suite}
+
+
 def _train_step(module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     """One forward+backward of ``module`` on ``x`` (which requires grad), as the layer runs inside a network: the
     output gradient is made once (a next layer would supply it) and the input gradient is handed on, not added
