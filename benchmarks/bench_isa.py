@@ -116,7 +116,9 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
     candidates["sepconv"] = no_grad(fast.model, x.contiguous(memory_format=fast.memory_format), isa="native")
     # With more than one thread ONNX Runtime alone is timed in rounds of its own: its idle threads (spinning, when
     # that is its fastest alone) would slow whichever candidate ran next, and PyTorch's would slow it.
-    alone = {"onnxruntime_alone": candidates.pop("onnxruntime_alone")} if threads > 1 and session_options else {}
+    alone = {}
+    if threads > 1 and "onnxruntime_alone" in candidates:
+        alone["onnxruntime_alone"] = candidates.pop("onnxruntime_alone")
     if clock == "cpu":
         timings = cpu_time_interleaved(candidates, rounds=rounds)
     else:
