@@ -86,11 +86,6 @@ def vgg_blocks_suite(batch: int = 32, resolution: int = 32) -> list[Case]:
     return cases
 
 
-SUITES: dict[str, Callable[[], list[Case]]] = {"mobilenet_v1": mobilenet_v1_suite, "vgg_blocks": vgg_blocks_suite}
-
-
-
-
 #: The built-in suites by name (what the benchmarks' ``--suite`` takes).
 SUITES: dict[str, Callable[..., list[Case]]] = {"mobilenet_v1": mobilenet_v1_suite, "vgg_blocks": vgg_blocks_suite}
 
