@@ -22,6 +22,8 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
                            int stream, int parts, long job_begin, long job_end, int threads);
 int sepconv_gemm_atb_f32(long P, int M, int N, const float *A, long lda, const float *B, long ldb, float *out,
                          long ldo, int threads);
+int sepconv_gemm_f32(long P, int K, int N, const float *a, long lda, const float *w, long w_k, long w_n,
+                     const float *bias, float *y, int chunk, int threads);
 int sepconv_depthwise_wgrad_f32(const float *x, int N, int H, int W, int C, const float *gy, int Ho, int Wo, int KH,
                                 int KW, int sh, int sw, int ph, int pw, int dh, int dw, float *gw, int threads);
 
@@ -121,6 +123,30 @@ static void check_atb(long P, int M, int N, int threads) {
     free(A); free(B); free(out);
 }
 
+/* y = a @ B + bias with B[k][j] = w[k w_k + j w_n]: the weight (N x K) read transposed (forward) or as stored. */
+static void check_gemm(long P, int K, int N, int transposed, int bias, int chunk, int threads) {
+    char what[96];
+    snprintf(what, sizeof what, "gemm P%ld K%d N%d t%d b%d chunk%d threads%d", P, K, N, transposed, bias, chunk,
+             threads);
+    long lda = K + 3;
+    float *a = randoms((size_t)P * lda), *w = randoms((size_t)K * N), *b = bias ? randoms(N) : NULL;
+    float *y = randoms((size_t)P * N);
+    long w_k = transposed ? N : 1, w_n = transposed ? 1 : K;
+    ++checks;
+    if (sepconv_gemm_f32(P, K, N, a, lda, w, w_k, w_n, b, y, chunk, threads) != 0) { ++failures; return; }
+    for (long p = 0; p < P; ++p)
+        for (int j = 0; j < N; ++j) {
+            double v = b ? b[j] : 0, s = 1 + fabs(v);
+            for (int k = 0; k < K; ++k) {
+                double t = (double)a[(size_t)p * lda + k] * w[(size_t)k * w_k + (size_t)j * w_n];
+                v += t;
+                s += fabs(t);
+            }
+            expect_close(what, (int)(p * N + j), y[(size_t)p * N + j], v, s);
+        }
+    free(a); free(w); free(b); free(y);
+}
+
 static void check_wgrad(int N, int H, int W, int C, int K, int s, int pad, int d, int threads) {
     char what[96];
     snprintf(what, sizeof what, "wgrad N%d %dx%dx%d k%d s%d p%d d%d threads%d", N, H, W, C, K, s, pad, d, threads);
@@ -174,6 +200,11 @@ int main(void) {
                                   {65, 33, 70}, {1000, 6, 17}};
     for (size_t k = 0; k < sizeof dims / sizeof *dims; ++k)
         for (int threads = 1; threads <= 2; ++threads) check_atb(dims[k][0], dims[k][1], dims[k][2], threads);
+    static const int gdims[][3] = {{1, 1, 1}, {7, 3, 5}, {13, 16, 16}, {50, 32, 64}, {97, 24, 48}, {300, 64, 40},
+                                   {65, 33, 70}, {200, 6, 17}};
+    for (size_t k = 0; k < sizeof gdims / sizeof *gdims; ++k)
+        for (int t = 0; t < 2; ++t)
+            check_gemm(gdims[k][0], gdims[k][1], gdims[k][2], t, (int)(k + t) % 2, 6 + 7 * (int)k, 1 + t);
     printf("isa=%s checks=%d failures=%d\n", sepconv_isa(), checks, failures);
     return failures ? 1 : 0;
 }

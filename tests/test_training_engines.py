@@ -15,7 +15,7 @@ from torch import nn
 from sepconv.backends import native
 from sepconv.models import build_model
 from sepconv.backends.training import (ENGINES, FlippedDepthwise, Pointwise1x1, depthwise_weight_grad, engine_applies,
-                                  engine_of, matmul_at_b, tunable, tune_training, untune_training, use_engine)
+                                  engine_of, matmul_at_b, matmul_bt, tunable, tune_training, untune_training, use_engine)
 
 needs_kernels = pytest.mark.skipif(not native.available(), reason=f"sepconv's C kernels: {native.unavailable_reason()}")
 
@@ -98,6 +98,60 @@ def test_matmul_at_b_portable_build_and_fallbacks(monkeypatch):
     torch.testing.assert_close(matmul_at_b(a.double(), b.double()), ref)
     with pytest.raises(ValueError, match="matmul_at_b needs"):
         matmul_at_b(a, b[:10])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 300), st.integers(1, 70), st.integers(1, 80), st.booleans(), st.booleans(), st.booleans(),
+       st.integers(1, 3), st.integers(0, 999))
+def test_matmul_bt_matches_float64(p, k, n, transposed, bias, strided, threads, seed):
+    """The 1x1 GEMM (forward: weight read transposed; input gradient: as stored) against float64: register blocks
+    of 6-7 rows and 32 columns and their ragged edges, rows of ``a`` longer than the matrix, biases, threads."""
+    torch.manual_seed(seed)
+    a = torch.randn(p, k + 5 * strided)[:, :k]
+    weight = torch.randn(k, n) if transposed else torch.randn(n, k)
+    b = torch.randn(n) if bias else None
+    with torch_threads(threads):
+        got = matmul_bt(a, weight, b, transposed=transposed)
+    ref = a.double() @ (weight.double() if transposed else weight.double().t())
+    if bias:
+        ref = ref + b.double()
+    assert got.shape == (p, n) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * max(1.0, k ** 0.5))
+
+
+def test_matmul_bt_fallbacks_and_bad_shapes(monkeypatch):
+    torch.manual_seed(3)
+    a, weight, b = torch.randn(50, 20), torch.randn(30, 20), torch.randn(30)
+    ref = a.double() @ weight.double().t() + b.double()
+    torch.testing.assert_close(matmul_bt(a.double(), weight.double(), b.double()), ref)  # float64: torch.addmm
+    monkeypatch.setattr(native, "load", lambda: (None, "no kernels"))
+    torch.testing.assert_close(matmul_bt(a, weight, b).double(), ref, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match=r"\(N, K\) weight, got \(50, 20\) and \(20, 30\)"):
+        matmul_bt(a, weight.t())
+    with pytest.raises(ValueError, match=r"bias must have shape \(30,\), got \(29,\)"):
+        matmul_bt(a, weight, b[:29])
+
+
+@needs_kernels
+def test_pointwise_engine_runs_the_gemm_kernel_and_matches_conv2d():
+    """float32 on the CPU: forward and input gradient in sepconv's GEMM (named in profiles), all three
+    gradients as F.conv2d's, for NCHW and channels-last inputs."""
+    torch.manual_seed(4)
+    weight = torch.randn(40, 24, 1, 1, requires_grad=True)
+    b = torch.randn(40, requires_grad=True)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 24, 9, 7).contiguous(memory_format=fmt).requires_grad_()
+        gy = torch.randn(2, 40, 9, 7)
+        with torch.profiler.profile() as prof:
+            y = Pointwise1x1.apply(x, weight, b)
+            got = torch.autograd.grad(y, (x, weight, b), gy)
+        assert sum(e.key == "sepconv::gemm" for e in prof.key_averages()) == 1
+        assert [e.count for e in prof.key_averages() if e.key == "sepconv::gemm"] == [2]
+        ref_y = F.conv2d(x, weight, b)
+        ref = torch.autograd.grad(ref_y, (x, weight, b), gy)
+        torch.testing.assert_close(y, ref_y, rtol=1e-4, atol=1e-4)
+        for g, r in zip(got, ref):
+            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-3)
 
 
 def test_matmul_at_b_float32_whatever_the_default_dtype():

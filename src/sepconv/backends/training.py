@@ -6,11 +6,14 @@ Why (the measurements are in ``benchmarks/results/kernels-*`` and ``docs/design-
   dominated by its pointwise step's backward pass, which eager PyTorch runs
   poorly on some shapes (at batch 1 on one thread it takes the
   ``_slow_conv2d`` path, im2col + a GEMM). A 1x1 convolution is a matrix
-  product, so :class:`Pointwise1x1` computes it as one: forward and input
-  gradient as oneDNN 1x1 convolutions in channels-last
-  (``torch.mkldnn_convolution``), weight gradient as one matrix product over
-  all pixels (:func:`matmul_at_b`: sepconv's C kernel where it builds, else
-  ``torch.mm``).
+  product, so :class:`Pointwise1x1` computes it as one over the pixels of
+  channels-last tensors: forward and input gradient in sepconv's C kernel
+  where it builds (:func:`matmul_bt`; oneDNN 1x1 convolutions,
+  ``torch.mkldnn_convolution``, otherwise), weight gradient as one matrix
+  product over all pixels (:func:`matmul_at_b`: sepconv's C kernel where it
+  builds, else ``torch.mm``). The C kernel reads the weight in place (oneDNN
+  reorders it on every call, which made the input gradient of the 7x7 and
+  14x14 MobileNetV1 layers 2-5x slower at batch 1: ``bench_pointwise_gemm.py``).
 * ``'flip'``, for stride-1 depthwise (grouped) convolutions:
   :class:`FlippedDepthwise` computes the input gradient as a forward
   convolution of the output gradient with the spatially flipped kernel
@@ -46,8 +49,20 @@ from .engine import TrainingEngine, always_available
 from .sites import plain_conv2d
 
 
-def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """A 1x1 convolution; float32 CPU inputs go to oneDNN in channels-last (PyTorch's own choice can be im2col)."""
+def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
+             transposed: bool = False) -> torch.Tensor:
+    """A 1x1 convolution of ``x`` by ``weight`` (Cout, Cin, 1, 1), or with ``transposed=True`` by its transpose
+    (Cin <- Cout: the input gradient), in channels-last. float32 CPU tensors go to sepconv's C kernel
+    (:func:`matmul_bt`) where it builds, else to oneDNN (PyTorch's own choice can be im2col); the rest to
+    ``F.conv2d``."""
+    cout, cin = weight.shape[:2]
+    if _kernel_library(x, weight) is not None:
+        n, _, h, w = x.shape
+        y = matmul_bt(_pixels(x.contiguous(memory_format=torch.channels_last)), weight.reshape(cout, cin), bias,
+                      transposed=transposed)
+        return y.reshape(n, h, w, y.shape[1]).permute(0, 3, 1, 2)
+    if transposed:
+        weight = weight.reshape(cout, cin).t().reshape(cin, cout, 1, 1)
     if x.dtype == torch.float32 and x.device.type == "cpu" and torch.backends.mkldnn.is_available():
         x = x.contiguous(memory_format=torch.channels_last)
         return torch.mkldnn_convolution(x, weight.contiguous(), bias, [0, 0], [1, 1], [1, 1], 1)
@@ -91,6 +106,51 @@ def matmul_at_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def matmul_bt(a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
+              transposed: bool = False) -> torch.Tensor:
+    """``a @ weight.T + bias`` for ``a``: (P, K) and ``weight``: (N, K); with ``transposed=True``, ``a @ weight``
+    for ``weight``: (K, N). A 1x1 convolution over P pixels: its forward pass (``weight``: Cout x Cin) and, with
+    ``transposed=True``, its input gradient (the same weight, read transposed; no copy is made).
+
+    float32 CPU matrices go to sepconv's C kernel where it builds (``csrc/fused_dwpw.c``,
+    ``sepconv_gemm_f32``: the fused kernel's register-blocked 1x1 step, run on the rows of ``a`` in place,
+    on ``torch.get_num_threads()`` threads; ``a`` made row-contiguous first, a view for the pixels of a
+    channels-last tensor); everything else to ``torch.addmm`` / ``torch.mm``. Returns a new (P, N) tensor, not
+    tracked by autograd.
+    """
+    if a.dim() != 2 or weight.dim() != 2 or a.shape[1] != weight.shape[0 if transposed else 1]:
+        raise ValueError(f"matmul_bt needs a (P, K) matrix and a {'(K, N)' if transposed else '(N, K)'} weight, "
+                         f"got {tuple(a.shape)} and {tuple(weight.shape)}")
+    n = weight.shape[1 if transposed else 0]
+    if bias is not None and tuple(bias.shape) != (n,):
+        raise ValueError(f"matmul_bt: bias must have shape ({n},), got {tuple(bias.shape)}")
+    lib = _kernel_library(a, weight, *(() if bias is None else (bias,)))
+    if lib is None or a.shape[0] == 0:
+        b = weight if transposed else weight.t()
+        return torch.mm(a, b) if bias is None else torch.addmm(bias, a, b)
+    if a.stride(1) != 1 or a.stride(0) < a.shape[1]:
+        a = a.contiguous()
+    weight = weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    p, k = a.shape
+    out = torch.empty(p, n, dtype=torch.float32)
+    # B[k][j] = weight[j][k] (forward) or weight[k][j] (transposed), given to the kernel as strides
+    w_k, w_n = (n, 1) if transposed else (1, k)
+    chunk = max(6, min(384, _GEMM_CHUNK_FLOATS // k) // 6 * 6)
+    with torch.profiler.record_function("sepconv::gemm"):  # named in profiles (a ctypes call is no aten op)
+        code = lib.sepconv_gemm_f32(p, k, n, a.data_ptr(), a.stride(0), weight.data_ptr(), w_k, w_n,
+                                    None if bias is None else bias.data_ptr(), out.data_ptr(), chunk,
+                                    max(1, torch.get_num_threads()))
+    if code:
+        raise RuntimeError(f"the matmul_bt kernel failed with code {code} (-1: out of memory)")
+    return out
+
+
+#: Rows of ``a`` per chunk of :func:`matmul_bt` times its columns: a chunk of about 48 KiB, read from the L1/L2
+#: caches by every 32-column panel of the weight.
+_GEMM_CHUNK_FLOATS = 12288
+
+
 def _pixels(t: torch.Tensor) -> torch.Tensor:
     """``(N, C, H, W)`` -> ``(N*H*W, C)`` (a view when ``t`` is channels-last)."""
     return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
@@ -101,8 +161,8 @@ class Pointwise1x1(torch.autograd.Function):
 
     ``grad_x = conv1x1(grad_y, weight^T)``, ``grad_weight = grad_y_pixels^T @ x_pixels``,
     ``grad_bias = sum of grad_y over pixels``. Any dtype and device (float32
-    on the CPU uses oneDNN; the rest ``F.conv2d``); checked with
-    ``gradcheck`` in float64.
+    on the CPU uses sepconv's C kernels or oneDNN; the rest ``F.conv2d``);
+    checked with ``gradcheck`` in float64.
     """
 
     @staticmethod
@@ -117,7 +177,7 @@ class Pointwise1x1(torch.autograd.Function):
         cout, cin = weight.shape[:2]
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = _conv1x1(grad_y, weight.reshape(cout, cin).t().reshape(cin, cout, 1, 1), None)
+            grad_x = _conv1x1(grad_y, weight, None, transposed=True)
         if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
             gy = _pixels(grad_y.contiguous(memory_format=torch.channels_last))
             if ctx.needs_input_grad[1]:

@@ -122,6 +122,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.sepconv_gemm_atb_f32.argtypes = [long, i, i, p, long, p, long, p, long, i]
     lib.sepconv_gemm_atb_f32.restype = i
     lib.sepconv_atb_has_avx512.restype = i
+    lib.sepconv_gemm_f32.argtypes = [long, i, i, p, long, p, long, long, p, p, i, i]
+    lib.sepconv_gemm_f32.restype = i
     lib.sepconv_depthwise_wgrad_f32.argtypes = [p, i, i, i, i, p, i, i, i, i, i, i, i, i, i, i, p, i]
     lib.sepconv_depthwise_wgrad_f32.restype = i
     lib.sepconv_isa.argtypes = []

@@ -938,6 +938,52 @@ static void pointwise_tile(const float *t, int m, int cp, int C, const float *b,
 #endif
 }
 
+/* y[P][N] = a[P][:K] @ B + bias, B[k][j] = w[k * w_k + j * w_n] (any strides: a 1x1 convolution's weight, Cout x
+ * Cin, for its forward pass, or that weight read transposed for its input gradient). a: P rows (pixels of a
+ * channels-last tensor) of row stride lda >= K; y: P rows of N floats; bias: [N] or NULL. B is packed once per call
+ * into the fused kernel's 32-column panels (zero padded), then the rows are multiplied straight from a, `chunk` rows
+ * at a time, by the fused kernel's 1x1 step (pointwise_tile), the chunks dealt to `threads` OpenMP threads. Plain
+ * stores: the result is read again soon (a training step). Returns 0, -1 if the panels could not be allocated, -2 for
+ * a size below 1. */
+int sepconv_gemm_f32(long P, int K, int N, const float *a, long lda, const float *w, long w_k, long w_n,
+                     const float *bias, float *y, int chunk, int threads) {
+    if (P < 1 || K < 1 || N < 1 || chunk < 1 || lda < K) return -2;
+    int panels = (N + NR - 1) / NR;
+    float *b = (float *)aligned_alloc(64, ((size_t)panels * K * NR * sizeof(float) + 63) / 64 * 64);
+    if (!b) return -1;
+    for (int q = 0; q < panels; ++q) {
+        float *panel = b + (size_t)q * K * NR;
+        int cols = N - q * NR < NR ? N - q * NR : NR;
+        if (cols < NR) memset(panel, 0, (size_t)K * NR * sizeof(float));
+        if (w_k == 1) { /* B's columns are w's rows (the forward pass): a transpose, in blocks of 16 rows of B so
+                         * that the lines written stay in L1 (one column of B at a time wrote K lines per column) */
+            for (int k0 = 0; k0 < K; k0 += 16) {
+                int k1 = K - k0 < 16 ? K : k0 + 16;
+                for (int jj = 0; jj < cols; ++jj) {
+                    const float *src = w + (size_t)(q * NR + jj) * w_n;
+                    for (int k = k0; k < k1; ++k) panel[(size_t)k * NR + jj] = src[k];
+                }
+            }
+        } else {
+            for (int k = 0; k < K; ++k)
+                for (int jj = 0; jj < cols; ++jj) panel[(size_t)k * NR + jj] = w[(size_t)k * w_k + (size_t)(q * NR + jj) * w_n];
+        }
+    }
+    long chunks = (P + chunk - 1) / chunk;
+    (void)threads; /* used by the OpenMP pragma only */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && chunks > 1)
+#endif
+    for (long q = 0; q < chunks; ++q) {
+        long p0 = q * chunk;
+        int m = P - p0 < chunk ? (int)(P - p0) : chunk;
+        pointwise_tile(a + (size_t)p0 * lda, m, (int)lda, K, b, bias, N, 0, N, ACT_NONE, y + (size_t)p0 * N, 0, NULL,
+                       NULL);
+    }
+    free(b);
+    return 0;
+}
+
 /* x: [N][H][W][C]; wdw: [KH][KW][C]; bdw: [C] or NULL; wpw: [ceil(Cout / NR)][C][NR] (64-byte aligned, zero
  * padded); bpw: [Cout] or NULL; y: [N][Ho][Wo][Cout]; act: 0 none, 1 ReLU, 2 ReLU6.
  *
