@@ -136,7 +136,7 @@ def matmul_bt(a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     out = torch.empty(p, n, dtype=torch.float32)
     # B[k][j] = weight[j][k] (forward) or weight[k][j] (transposed), given to the kernel as strides
     w_k, w_n = (n, 1) if transposed else (1, k)
-    chunk = max(6, min(384, _GEMM_CHUNK_FLOATS // k) // 6 * 6)
+    chunk = max(6, min(1024, _GEMM_CHUNK_FLOATS // k) // 6 * 6)
     with torch.profiler.record_function("sepconv::gemm"):  # named in profiles (a ctypes call is no aten op)
         code = lib.sepconv_gemm_f32(p, k, n, a.data_ptr(), a.stride(0), weight.data_ptr(), w_k, w_n,
                                     None if bias is None else bias.data_ptr(), out.data_ptr(), chunk,
@@ -146,9 +146,10 @@ def matmul_bt(a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     return out
 
 
-#: Rows of ``a`` per chunk of :func:`matmul_bt` times its columns: a chunk of about 48 KiB, read from the L1/L2
-#: caches by every 32-column panel of the weight.
-_GEMM_CHUNK_FLOATS = 12288
+#: Rows of ``a`` per chunk of :func:`matmul_bt` times its columns: a chunk of about 256 KiB, read from the L2 cache
+#: by every 32-column panel of the weight. Each chunk reads the whole weight once, so chunks much smaller than
+#: that read a large weight from memory many times (the 7x7 MobileNetV1 layer: 4 MiB of weight, 49 pixels).
+_GEMM_CHUNK_FLOATS = 65536
 
 
 def _pixels(t: torch.Tensor) -> torch.Tensor:

@@ -942,7 +942,8 @@ static void pointwise_tile(const float *t, int m, int cp, int C, const float *b,
  * Cin, for its forward pass, or that weight read transposed for its input gradient). a: P rows (pixels of a
  * channels-last tensor) of row stride lda >= K; y: P rows of N floats; bias: [N] or NULL. B is packed once per call
  * into the fused kernel's 32-column panels (zero padded), then the rows are multiplied straight from a, `chunk` rows
- * at a time, by the fused kernel's 1x1 step (pointwise_tile), the chunks dealt to `threads` OpenMP threads. Plain
+ * at a time, by the fused kernel's 1x1 step (pointwise_tile), the chunks dealt to `threads` OpenMP threads (with
+ * fewer chunks than threads, each chunk's panels are split among them). Plain
  * stores: the result is read again soon (a training step). Returns 0, -1 if the panels could not be allocated, -2 for
  * a size below 1. */
 int sepconv_gemm_f32(long P, int K, int N, const float *a, long lda, const float *w, long w_k, long w_n,
@@ -970,15 +971,19 @@ int sepconv_gemm_f32(long P, int K, int N, const float *a, long lda, const float
         }
     }
     long chunks = (P + chunk - 1) / chunk;
-    (void)threads; /* used by the OpenMP pragma only */
+    /* fewer chunks than threads (few pixels): each thread takes a share of the panels instead */
+    int groups = chunks < threads ? (threads < panels ? threads : panels) : 1, per_group = (panels + groups - 1) / groups;
+    long jobs = chunks * groups;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && chunks > 1)
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && jobs > 1)
 #endif
-    for (long q = 0; q < chunks; ++q) {
-        long p0 = q * chunk;
-        int m = P - p0 < chunk ? (int)(P - p0) : chunk;
-        pointwise_tile(a + (size_t)p0 * lda, m, (int)lda, K, b, bias, N, 0, N, ACT_NONE, y + (size_t)p0 * N, 0, NULL,
-                       NULL);
+    for (long job = 0; job < jobs; ++job) {
+        long p0 = job / groups * chunk;
+        int g = (int)(job % groups), m = P - p0 < chunk ? (int)(P - p0) : chunk;
+        int j_begin = g * per_group * NR, j_end = (g + 1) * per_group * NR < N ? (g + 1) * per_group * NR : N;
+        if (j_begin < j_end)
+            pointwise_tile(a + (size_t)p0 * lda, m, (int)lda, K, b, bias, N, j_begin, j_end, ACT_NONE,
+                           y + (size_t)p0 * N, 0, NULL, NULL);
     }
     free(b);
     return 0;
