@@ -938,52 +938,73 @@ static void pointwise_tile(const float *t, int m, int cp, int C, const float *b,
 #endif
 }
 
+/* Panel q of B (B[k][j] = w[k w_k + j w_n], columns [32 q, 32 q + 32) of N) into panel[K][32], zero padded. */
+static void pack_panel(const float *w, long w_k, long w_n, int K, int N, int q, float *panel) {
+    int cols = N - q * NR < NR ? N - q * NR : NR;
+    if (cols < NR) memset(panel, 0, (size_t)K * NR * sizeof(float));
+    if (w_k == 1) { /* B's columns are w's rows (the forward pass): a transpose, in blocks of 16 rows of B so that
+                     * the lines written stay in L1 (a column of B at a time wrote K lines per column) */
+        for (int k0 = 0; k0 < K; k0 += 16) {
+            int k1 = K - k0 < 16 ? K : k0 + 16;
+            for (int jj = 0; jj < cols; ++jj) {
+                const float *src = w + (size_t)(q * NR + jj) * w_n;
+                for (int k = k0; k < k1; ++k) panel[(size_t)k * NR + jj] = src[k];
+            }
+        }
+        return;
+    }
+    for (int k = 0; k < K; ++k)
+        for (int jj = 0; jj < cols; ++jj) panel[(size_t)k * NR + jj] = w[(size_t)k * w_k + (size_t)(q * NR + jj) * w_n];
+}
+
 /* y[P][N] = a[P][:K] @ B + bias, B[k][j] = w[k * w_k + j * w_n] (any strides: a 1x1 convolution's weight, Cout x
  * Cin, for its forward pass, or that weight read transposed for its input gradient). a: P rows (pixels of a
  * channels-last tensor) of row stride lda >= K; y: P rows of N floats; bias: [N] or NULL. B is packed once per call
  * into the fused kernel's 32-column panels (zero padded), then the rows are multiplied straight from a, `chunk` rows
- * at a time, by the fused kernel's 1x1 step (pointwise_tile), the chunks dealt to `threads` OpenMP threads (with
- * fewer chunks than threads, each chunk's panels are split among them). Plain
- * stores: the result is read again soon (a training step). Returns 0, -1 if the panels could not be allocated, -2 for
- * a size below 1. */
+ * at a time, by the fused kernel's 1x1 step (pointwise_tile), the chunks or the panels dealt to `threads` OpenMP
+ * threads (see below). Plain stores: the result is read again soon (a training step). Returns 0, -1 if the panels
+ * could not be allocated, -2 for a size below 1 or lda < K. */
 int sepconv_gemm_f32(long P, int K, int N, const float *a, long lda, const float *w, long w_k, long w_n,
                      const float *bias, float *y, int chunk, int threads) {
     if (P < 1 || K < 1 || N < 1 || chunk < 1 || lda < K) return -2;
     int panels = (N + NR - 1) / NR;
     float *b = (float *)aligned_alloc(64, ((size_t)panels * K * NR * sizeof(float) + 63) / 64 * 64);
     if (!b) return -1;
-    for (int q = 0; q < panels; ++q) {
-        float *panel = b + (size_t)q * K * NR;
-        int cols = N - q * NR < NR ? N - q * NR : NR;
-        if (cols < NR) memset(panel, 0, (size_t)K * NR * sizeof(float));
-        if (w_k == 1) { /* B's columns are w's rows (the forward pass): a transpose, in blocks of 16 rows of B so
-                         * that the lines written stay in L1 (one column of B at a time wrote K lines per column) */
-            for (int k0 = 0; k0 < K; k0 += 16) {
-                int k1 = K - k0 < 16 ? K : k0 + 16;
-                for (int jj = 0; jj < cols; ++jj) {
-                    const float *src = w + (size_t)(q * NR + jj) * w_n;
-                    for (int k = k0; k < k1; ++k) panel[(size_t)k * NR + jj] = src[k];
-                }
-            }
-        } else {
-            for (int k = 0; k < K; ++k)
-                for (int jj = 0; jj < cols; ++jj) panel[(size_t)k * NR + jj] = w[(size_t)k * w_k + (size_t)(q * NR + jj) * w_n];
-        }
-    }
     long chunks = (P + chunk - 1) / chunk;
-    /* fewer chunks than threads (few pixels): each thread takes a share of the panels instead */
-    int groups = chunks < threads ? (threads < panels ? threads : panels) : 1, per_group = (panels + groups - 1) / groups;
-    long jobs = chunks * groups;
+    /* Several threads share the work by panels (each thread reads its share of the weight only, and packs it) when
+     * there are fewer rows than columns or fewer chunks than threads (the weight outweighs the rows: deep layers
+     * at batch 1); else by chunks, a multiple of `threads` of them, of about equal size (a multiple of MR rows). */
+    int groups = 1;
+    if (threads > 1 && panels > 1 && (P < N || chunks < threads)) groups = threads < panels ? threads : panels;
+    else if (threads > 1 && chunks > 1) {
+        chunks = (chunks + threads - 1) / threads * threads;
+        long rows = (P + chunks - 1) / chunks;
+        chunk = (int)((rows + 5) / 6 * 6);
+        chunks = (P + chunk - 1) / chunk;
+    }
+    int per_group = (panels + groups - 1) / groups;
+    long jobs = chunks * groups; /* group-major: a static schedule gives each thread one group's panels */
+    (void)threads; /* used by the OpenMP pragma only */
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && jobs > 1)
+#pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
-    for (long job = 0; job < jobs; ++job) {
-        long p0 = job / groups * chunk;
-        int g = (int)(job % groups), m = P - p0 < chunk ? (int)(P - p0) : chunk;
-        int j_begin = g * per_group * NR, j_end = (g + 1) * per_group * NR < N ? (g + 1) * per_group * NR : N;
-        if (j_begin < j_end)
-            pointwise_tile(a + (size_t)p0 * lda, m, (int)lda, K, b, bias, N, j_begin, j_end, ACT_NONE,
-                           y + (size_t)p0 * N, 0, NULL, NULL);
+    {
+        /* the threads pack the panels (the weight can be MiBs), then multiply once all are packed */
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int q = 0; q < panels; ++q) pack_panel(w, w_k, w_n, K, N, q, b + (size_t)q * K * NR);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (long job = 0; job < jobs; ++job) {
+            long p0 = job % chunks * chunk;
+            int g = (int)(job / chunks), m = P - p0 < chunk ? (int)(P - p0) : chunk;
+            int j_begin = g * per_group * NR, j_end = (g + 1) * per_group * NR < N ? (g + 1) * per_group * NR : N;
+            if (j_begin < j_end)
+                pointwise_tile(a + (size_t)p0 * lda, m, (int)lda, K, b, bias, N, j_begin, j_end, ACT_NONE,
+                               y + (size_t)p0 * N, 0, NULL, NULL);
+        }
     }
     free(b);
     return 0;
