@@ -1,6 +1,6 @@
 """The C kernels of another git revision against the working tree's, per suite shape, in the same rounds.
 
-    python benchmarks/bench_kernel_ab.py --base REV [--isa native|avx2] [--part layer|depthwise|pointwise]
+    python benchmarks/bench_kernel_ab.py --base REV [--isa native|avx2] [--part layer|depthwise|pointwise|wgrad|atb|gemm]
                                          [--rounds 11] [--threads 1] [--suite ...] [--out DIR]
 
 The C sources under `src/sepconv/backends/native/csrc` at `--base` (any git revision) and in the working tree are
@@ -11,7 +11,8 @@ is measured side by side with what it replaces, on one machine in one run, inste
 host's drift between them can swamp. `--part`: the whole layer, or the kernel's depthwise step alone (its
 `parts=1`: into the tile buffer, no output written) or its 1x1 step alone on a zero tile (`parts=2`); or a training
 kernel: `wgrad`, the depthwise weight gradient (`sepconv.backends.training.depthwise_weight_grad`) of each
-shape's depthwise step, or `atb`, the 1x1 step's weight-gradient GEMM (`matmul_at_b`, grad_y^T x). Both
+shape's depthwise step, `atb`, the 1x1 step's weight-gradient GEMM (`matmul_at_b`, grad_y^T x), or `gemm`, the
+1x1 step's forward pass as the 'gemm' training engine runs it (`matmul_bt`, x W^T). Both
 revisions must have the same kernel signatures (the library is bound by the working tree's
 `sepconv.backends.native`).
 
@@ -37,7 +38,7 @@ from sepconv import SeparableConv2d
 from sepconv.backends import native
 from sepconv.backends.clock import time_candidates, timing_clock
 from sepconv.backends.fused import FusedSeparableConv2d
-from sepconv.backends.training import depthwise_weight_grad, matmul_at_b
+from sepconv.backends.training import depthwise_weight_grad, matmul_at_b, matmul_bt
 from sepconv.bench.suites import SUITES
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
@@ -46,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CSRC = "src/sepconv/backends/native/csrc"
 PARTS = {"layer": 3, "depthwise": 1, "pointwise": 2}  # the fused kernel's `parts`
-TRAINING_PARTS = ("wgrad", "atb")
+TRAINING_PARTS = ("wgrad", "atb", "gemm")
 
 
 def git(*args: str) -> bytes:
@@ -83,6 +84,9 @@ def part_call(part: str, layer: SeparableConv2d, x: torch.Tensor):
         grad = torch.randn_like(mid).contiguous(memory_format=torch.channels_last)
         return lambda: depthwise_weight_grad(x, grad, dw.kernel_size, dw.stride, dw.padding, dw.dilation)
     pixels = mid.shape[0] * mid.shape[2] * mid.shape[3]
+    if part == "gemm":
+        a, w = torch.randn(pixels, mid.shape[1]), torch.randn(layer.out_channels, mid.shape[1])
+        return lambda: matmul_bt(a, w)
     a, b = torch.randn(pixels, layer.out_channels), torch.randn(pixels, mid.shape[1])
     return lambda: matmul_at_b(a, b)
 
