@@ -942,13 +942,17 @@ static void pointwise_tile(const float *t, int m, int cp, int C, const float *b,
 static void pack_panel(const float *w, long w_k, long w_n, int K, int N, int q, float *panel) {
     int cols = N - q * NR < NR ? N - q * NR : NR;
     if (cols < NR) memset(panel, 0, (size_t)K * NR * sizeof(float));
-    if (w_k == 1) { /* B's columns are w's rows (the forward pass): a transpose, in blocks of 16 rows of B so that
-                     * the lines written stay in L1 (a column of B at a time wrote K lines per column) */
-        for (int k0 = 0; k0 < K; k0 += 16) {
-            int k1 = K - k0 < 16 ? K : k0 + 16;
-            for (int jj = 0; jj < cols; ++jj) {
-                const float *src = w + (size_t)(q * NR + jj) * w_n;
-                for (int k = k0; k < k1; ++k) panel[(size_t)k * NR + jj] = src[k];
+    if (w_k == 1) { /* B's columns are w's rows (the forward pass): a transpose, in blocks of 8 columns x 16 rows
+                     * of B, so that the lines it reads (8 rows of w: no more than an L1 set holds where w's rows
+                     * are 4 KiB apart) and writes (16 rows of the panel) stay in L1 */
+        for (int j0 = 0; j0 < cols; j0 += 8) {
+            int j1 = cols - j0 < 8 ? cols : j0 + 8;
+            for (int k0 = 0; k0 < K; k0 += 16) {
+                int k1 = K - k0 < 16 ? K : k0 + 16;
+                for (int jj = j0; jj < j1; ++jj) {
+                    const float *src = w + (size_t)(q * NR + jj) * w_n;
+                    for (int k = k0; k < k1; ++k) panel[(size_t)k * NR + jj] = src[k];
+                }
             }
         }
         return;
