@@ -85,7 +85,7 @@ def test_a_narrower_variant_is_built_on_request_and_computes_the_same(monkeypatc
     if not native.available():
         pytest.skip(f"sepconv's C kernels: {native.unavailable_reason()}")
     from sepconv.backends.fused import FusedSeparableConv2d, fused_isa
-    from sepconv.backends.training import depthwise_weight_grad, matmul_at_b
+    from sepconv.backends.training import depthwise_weight_grad, matmul_at_b, matmul_bt
 
     monkeypatch.setenv("SEPCONV_ISA", variant)
     assert native.isa() == variant == fused_isa()
@@ -104,3 +104,6 @@ def test_a_narrower_variant_is_built_on_request_and_computes_the_same(monkeypatc
         torch.testing.assert_close(got.double(), want, atol=1e-3, rtol=1e-4)
     a, b = torch.randn(300, 24), torch.randn(300, 40)
     torch.testing.assert_close(matmul_at_b(a, b), a.T @ b, atol=1e-4, rtol=1e-4)
+    w, bias = torch.randn(40, 24), torch.randn(40)
+    torch.testing.assert_close(matmul_bt(a, w, bias), a @ w.T + bias, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(matmul_bt(b, w, transposed=True), b @ w, atol=1e-4, rtol=1e-4)
