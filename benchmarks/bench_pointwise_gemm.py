@@ -8,11 +8,13 @@ time with one thread, else wall time), each call allocating its output as in a t
 
 * the 1x1 step's forward pass, `mid @ W^T`, and its input gradient, `grad_y @ W`: oneDNN 1x1 convolutions
   (`torch.mkldnn_convolution`, the input gradient's weight transposed into a copy, as the 'gemm' training engine
-  ran them before) against `sepconv.backends.training.matmul_bt` (`sepconv_gemm_f32`), in ms, and the kernel's
-  GFLOP/s;
+  ran them before) against sepconv's C kernel (`sepconv_gemm_f32` through
+  `sepconv.backends.training.matmul_bt`, which hands forward passes of few pixels to `torch.mm`: that hand-off is
+  switched off here), and the forward pass as `torch.mm` of the pixels, in ms, and the kernel's GFLOP/s;
 * a whole separable layer's training step (forward, backward of a fixed output gradient; depthwise step on the
-  'dwgrad' engine where it applies, else eager; 1x1 step on the 'gemm' engine) with the 1x1 forward and input
-  gradient on each of the two, in ms.
+  'dwgrad' engine where it applies, else eager), with the 1x1 step on the 'gemm' engine, its forward and input
+  gradient on oneDNN (`step_onednn`) or as shipped (`step_kernel`), and on eager PyTorch (`step_eager`: what
+  `tune_training` weighs the engine against), in ms.
 
 Writes `pointwise_gemm.json` (with the machine) into --out (default
 `benchmarks/results/pointwise-gemm-cpu-<threads>thread`).
@@ -21,6 +23,7 @@ Writes `pointwise_gemm.json` (with the machine) into --out (default
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -97,11 +100,28 @@ def main(argv=None) -> int:
                         training._conv1x1 = KERNEL_CONV1X1
                 return run
 
+            def raw_kernel(*args, **kwargs):
+                before, training._TRANSPOSE_MIN_ROWS = training._TRANSPOSE_MIN_ROWS, 0
+                try:
+                    return KERNEL_CONV1X1(*args, **kwargs)
+                finally:
+                    training._TRANSPOSE_MIN_ROWS = before
+
+            pixels, w2 = training._pixels(mid), w.reshape(cout, cin)
+            eager = copy.deepcopy(layer)
+            training.untune_training(eager.pointwise)
+
+            def eager_step():
+                eager.zero_grad(set_to_none=True)
+                x.grad = None
+                eager(x).backward(gy)
+
             calls = {"forward_onednn": lambda: onednn_conv1x1(mid, w, None),
-                     "forward_kernel": lambda: KERNEL_CONV1X1(mid, w, None),
+                     "forward_kernel": lambda: raw_kernel(mid, w, None),
+                     "forward_mm": lambda: torch.mm(pixels, w2.t()),
                      "input_grad_onednn": lambda: onednn_conv1x1(gy, w, None, transposed=True),
                      "input_grad_kernel": lambda: KERNEL_CONV1X1(gy, w, None, transposed=True),
-                     "step_onednn": step(onednn_conv1x1), "step_kernel": step(KERNEL_CONV1X1)}
+                     "step_onednn": step(onednn_conv1x1), "step_kernel": step(KERNEL_CONV1X1), "step_eager": eager_step}
             with torch.no_grad():
                 for name in ("forward", "input_grad"):
                     a, b = calls[f"{name}_onednn"](), calls[f"{name}_kernel"]()
@@ -112,16 +132,24 @@ def main(argv=None) -> int:
             ratio = {k: ms[f"{k}_kernel"] / ms[f"{k}_onednn"] for k in ("forward", "input_grad", "step")}
             rows.append({"shape": case.name, "batch": case.batch, "median_ms": ms,
                          "iqr_ms": {k: 1e3 * v.iqr for k, v in t.items()}, "kernel_vs_onednn": ratio,
+                         "forward_kernel_vs_mm": ms["forward_kernel"] / ms["forward_mm"],
+                         "step_kernel_vs_eager": ms["step_kernel"] / ms["step_eager"],
                          "kernel_gflops": {k: gflop / (ms[f"{k}_kernel"] / 1e3) for k in ("forward", "input_grad")}})
             print(f"{case.name:>24}: forward {ms['forward_onednn']:.3f} -> {ms['forward_kernel']:.3f} ms "
                   f"({ratio['forward']:.2f}x), input grad {ms['input_grad_onednn']:.3f} -> "
                   f"{ms['input_grad_kernel']:.3f} ({ratio['input_grad']:.2f}x), step {ms['step_onednn']:.2f} -> "
-                  f"{ms['step_kernel']:.2f} ({ratio['step']:.2f}x)", flush=True)
+                  f"{ms['step_kernel']:.2f} ({ratio['step']:.2f}x; eager 1x1 {ms['step_eager']:.2f}), forward "
+                  f"torch.mm {ms['forward_mm']:.3f}", flush=True)
     summary = {k: {"median": statistics.median(r["kernel_vs_onednn"][k] for r in rows),
                    "min": min(r["kernel_vs_onednn"][k] for r in rows),
                    "max": max(r["kernel_vs_onednn"][k] for r in rows)} for k in ("forward", "input_grad", "step")}
+    for key in ("forward_kernel_vs_mm", "step_kernel_vs_eager"):
+        values = [r[key] for r in rows]
+        summary[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
     print("kernel / oneDNN: " + ", ".join(f"{k} median {v['median']:.2f} ({v['min']:.2f}-{v['max']:.2f})"
-                                          for k, v in summary.items()))
+                                          for k, v in summary.items() if k in ("forward", "input_grad", "step")))
+    print(f"forward kernel / torch.mm median {summary['forward_kernel_vs_mm']['median']:.2f}, step (kernel engine) / "
+          f"step (eager 1x1) median {summary['step_kernel_vs_eager']['median']:.2f}")
     record = {"machine": machine_info(), "threads": args.threads, "rounds": args.rounds,
               "clock": timing_clock(torch.empty(0)), "kernel_isa": native.isa(), "summary": summary, "shapes": rows}
     atomic_write_bytes(out / "pointwise_gemm.json", (json.dumps(record, indent=1) + "\n").encode())
