@@ -133,20 +133,20 @@ def test_matmul_bt_fallbacks_and_bad_shapes(monkeypatch):
 
 
 @needs_kernels
-def test_pointwise_engine_runs_the_gemm_kernel_and_matches_conv2d():
-    """float32 on the CPU: forward and input gradient in sepconv's GEMM (named in profiles), all three
-    gradients as F.conv2d's, for NCHW and channels-last inputs."""
+@pytest.mark.parametrize("h, w, kernel_calls", [(16, 9, 2), (9, 7, 1)])
+def test_pointwise_engine_runs_the_gemm_kernel_and_matches_conv2d(h, w, kernel_calls):
+    """float32 on the CPU, one thread: forward and input gradient in sepconv's GEMM (named in profiles), the
+    forward of fewer than 256 pixels in torch.mm; all three gradients as F.conv2d's, NCHW and channels-last."""
     torch.manual_seed(4)
     weight = torch.randn(40, 24, 1, 1, requires_grad=True)
     b = torch.randn(40, requires_grad=True)
     for fmt in (torch.contiguous_format, torch.channels_last):
-        x = torch.randn(2, 24, 9, 7).contiguous(memory_format=fmt).requires_grad_()
-        gy = torch.randn(2, 40, 9, 7)
-        with torch.profiler.profile() as prof:
+        x = torch.randn(2, 24, h, w).contiguous(memory_format=fmt).requires_grad_()
+        gy = torch.randn(2, 40, h, w)
+        with torch_threads(1), torch.profiler.profile() as prof:
             y = Pointwise1x1.apply(x, weight, b)
             got = torch.autograd.grad(y, (x, weight, b), gy)
-        assert sum(e.key == "sepconv::gemm" for e in prof.key_averages()) == 1
-        assert [e.count for e in prof.key_averages() if e.key == "sepconv::gemm"] == [2]
+        assert [e.count for e in prof.key_averages() if e.key == "sepconv::gemm"] == [kernel_calls]
         ref_y = F.conv2d(x, weight, b)
         ref = torch.autograd.grad(ref_y, (x, weight, b), gy)
         torch.testing.assert_close(y, ref_y, rtol=1e-4, atol=1e-4)

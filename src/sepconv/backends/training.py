@@ -115,8 +115,8 @@ def matmul_bt(a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     float32 CPU matrices go to sepconv's C kernel where it builds (``csrc/fused_dwpw.c``,
     ``sepconv_gemm_f32``: the fused kernel's register-blocked 1x1 step, run on the rows of ``a`` in place,
     on ``torch.get_num_threads()`` threads; ``a`` made row-contiguous first, a view for the pixels of a
-    channels-last tensor), but for a forward pass over fewer than 128 rows (the kernel transposes the whole
-    weight at each call); everything else to ``torch.addmm`` / ``torch.mm``. Returns a new (P, N) tensor, not
+    channels-last tensor), but for a forward pass over fewer than 256 rows on one thread (the kernel transposes
+    the whole weight at each call); everything else to ``torch.addmm`` / ``torch.mm``. Returns a new (P, N) tensor, not
     tracked by autograd.
     """
     if a.dim() != 2 or weight.dim() != 2 or a.shape[1] != weight.shape[0 if transposed else 1]:
@@ -126,7 +126,8 @@ def matmul_bt(a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     if bias is not None and tuple(bias.shape) != (n,):
         raise ValueError(f"matmul_bt: bias must have shape ({n},), got {tuple(bias.shape)}")
     lib = _kernel_library(a, weight, *(() if bias is None else (bias,)))
-    if lib is None or a.shape[0] == 0 or (not transposed and a.shape[0] < _TRANSPOSE_MIN_ROWS):
+    threads = max(1, torch.get_num_threads())
+    if lib is None or a.shape[0] == 0 or (not transposed and threads == 1 and a.shape[0] < _TRANSPOSE_MIN_ROWS):
         b = weight if transposed else weight.t()
         return torch.mm(a, b) if bias is None else torch.addmm(bias, a, b)
     if a.stride(1) != 1 or a.stride(0) < a.shape[1]:
@@ -140,17 +141,17 @@ def matmul_bt(a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     chunk = max(6, min(1024, _GEMM_CHUNK_FLOATS // k) // 6 * 6)
     with torch.profiler.record_function("sepconv::gemm"):  # named in profiles (a ctypes call is no aten op)
         code = lib.sepconv_gemm_f32(p, k, n, a.data_ptr(), a.stride(0), weight.data_ptr(), w_k, w_n,
-                                    None if bias is None else bias.data_ptr(), out.data_ptr(), chunk,
-                                    max(1, torch.get_num_threads()))
+                                    None if bias is None else bias.data_ptr(), out.data_ptr(), chunk, threads)
     if code:
         raise RuntimeError(f"the matmul_bt kernel failed with code {code} (-1: out of memory)")
     return out
 
 
-#: Below this many rows, :func:`matmul_bt`'s forward pass (the weight read transposed) goes to ``torch.mm``: the
-#: kernel transposes the whole weight into its panels at every call, which outweighs the product for few pixels
+#: Below this many rows, :func:`matmul_bt`'s forward pass (the weight read transposed) on one thread goes to
+#: ``torch.mm``: the kernel transposes the whole weight into its panels at every call, which outweighs the product
+#: for few pixels; with more threads the kernel, which splits the weight among them, was the faster
 #: (``benchmarks/bench_pointwise_gemm.py``: ``forward_kernel`` against ``forward_mm``).
-_TRANSPOSE_MIN_ROWS = 128
+_TRANSPOSE_MIN_ROWS = 256
 
 #: Rows of ``a`` per chunk of :func:`matmul_bt` times its columns: a chunk of about 256 KiB, read from the L2 cache
 #: by every 32-column panel of the weight. Each chunk reads the whole weight once, so chunks much smaller than
