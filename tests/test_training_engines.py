@@ -15,7 +15,8 @@ from torch import nn
 from sepconv.backends import native
 from sepconv.models import build_model
 from sepconv.backends.training import (ENGINES, FlippedDepthwise, Pointwise1x1, depthwise_weight_grad, engine_applies,
-                                  engine_of, matmul_at_b, matmul_bt, tunable, tune_training, untune_training, use_engine)
+                                  engine_of, matmul_at_b, matmul_bt, tunable, tune_training, untune_training,
+                                  use_engine)
 
 needs_kernels = pytest.mark.skipif(not native.available(), reason=f"sepconv's C kernels: {native.unavailable_reason()}")
 

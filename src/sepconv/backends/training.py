@@ -11,9 +11,10 @@ Why (the measurements are in ``benchmarks/results/kernels-*`` and ``docs/design-
   where it builds (:func:`matmul_bt`; oneDNN 1x1 convolutions,
   ``torch.mkldnn_convolution``, otherwise), weight gradient as one matrix
   product over all pixels (:func:`matmul_at_b`: sepconv's C kernel where it
-  builds, else ``torch.mm``). The C kernel reads the weight in place (oneDNN
-  reorders it on every call, which made the input gradient of the 7x7 and
-  14x14 MobileNetV1 layers 2-5x slower at batch 1: ``bench_pointwise_gemm.py``).
+  builds, else ``torch.mm``). oneDNN reorders the weight at every call on
+  one thread, which costs most where the weight outweighs the pixels (the
+  deep MobileNetV1 layers at batch 1); the C kernel packs it with all
+  threads (``benchmarks/bench_pointwise_gemm.py``).
 * ``'flip'``, for stride-1 depthwise (grouped) convolutions:
   :class:`FlippedDepthwise` computes the input gradient as a forward
   convolution of the output gradient with the spatially flipped kernel
@@ -110,14 +111,14 @@ def matmul_bt(a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
               transposed: bool = False) -> torch.Tensor:
     """``a @ weight.T + bias`` for ``a``: (P, K) and ``weight``: (N, K); with ``transposed=True``, ``a @ weight``
     for ``weight``: (K, N). A 1x1 convolution over P pixels: its forward pass (``weight``: Cout x Cin) and, with
-    ``transposed=True``, its input gradient (the same weight, read transposed; no copy is made).
+    ``transposed=True``, its input gradient (the same weight; no transposed copy is made first).
 
     float32 CPU matrices go to sepconv's C kernel where it builds (``csrc/fused_dwpw.c``,
     ``sepconv_gemm_f32``: the fused kernel's register-blocked 1x1 step, run on the rows of ``a`` in place,
     on ``torch.get_num_threads()`` threads; ``a`` made row-contiguous first, a view for the pixels of a
     channels-last tensor), but for a forward pass over fewer than 256 rows on one thread (the kernel transposes
-    the whole weight at each call); everything else to ``torch.addmm`` / ``torch.mm``. Returns a new (P, N) tensor, not
-    tracked by autograd.
+    the whole weight at each call); everything else to ``torch.addmm`` / ``torch.mm``. Returns a new (P, N)
+    tensor, not tracked by autograd.
     """
     if a.dim() != 2 or weight.dim() != 2 or a.shape[1] != weight.shape[0 if transposed else 1]:
         raise ValueError(f"matmul_bt needs a (P, K) matrix and a {'(K, N)' if transposed else '(N, K)'} weight, "
@@ -154,8 +155,8 @@ def matmul_bt(a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
 _TRANSPOSE_MIN_ROWS = 256
 
 #: Rows of ``a`` per chunk of :func:`matmul_bt` times its columns: a chunk of about 256 KiB, read from the L2 cache
-#: by every 32-column panel of the weight. Each chunk reads the whole weight once, so chunks much smaller than
-#: that read a large weight from memory many times (the 7x7 MobileNetV1 layer: 4 MiB of weight, 49 pixels).
+#: by every 32-column panel of the weight. Each chunk reads the whole weight once; sizes of 48-512 KiB timed the
+#: same within the host's noise on the suite shapes, so this leans to few chunks.
 _GEMM_CHUNK_FLOATS = 65536
 
 
