@@ -254,6 +254,17 @@ def test_format_table_aligns_and_marks_missing():
     assert text[0].endswith("val acc converted") and text[3].endswith("0.4596") and text[2].endswith("-")
 
 
+def test_format_table_shows_the_optimized_latency_beside_eager():
+    """What a deployment gets is in the table a user reads, right of the eager latency; without the
+    measurement (--no-optimized-latency) the column is left out."""
+    row = {"variant": "separable", "params": 10, "macs": 10, "train_s_per_epoch": 0.5, "latency_ms": 1.319,
+           "best_val_acc": 0.9, "final_val_acc": 0.85, "train_val_gap": 0.1}
+    assert "optimized" not in format_table([row])
+    header, _, line = format_table([dict(row, latency_optimized_ms=0.251)]).splitlines()
+    assert header.index("latency ms (b=1)") < header.index("optimized ms (b=1)")
+    assert line.split()[4:6] == ["1.319", "0.251"]
+
+
 def test_torchrun_two_cpu_processes(tmp_path):
     """The same command under torchrun: 2 gloo processes, one set of files, replicas identical."""
     import os

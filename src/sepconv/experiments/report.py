@@ -31,6 +31,7 @@ TABLE_COLUMNS = (
     ("macs", "MACs/sample", "{:,}"),
     ("train_s_per_epoch", "train s/epoch", "{:.3f}"),
     ("latency_ms", "latency ms (b=1)", "{:.3f}"),
+    ("latency_optimized_ms", "optimized ms (b=1)", "{:.3f}"),
     ("best_val_acc", "best val acc", "{:.4f}"),
     ("final_val_acc", "final val acc", "{:.4f}"),
     ("train_val_gap", "train-val gap", "{:+.4f}"),
@@ -39,8 +40,9 @@ TABLE_COLUMNS = (
 PLOTS = ("accuracy.png", "loss.png", "costs.png")
 
 
-#: Columns shown only when some row has a value (they belong to an opt-in variant).
-OPTIONAL_COLUMNS = ("val_acc_converted",)
+#: Columns shown only when some row has a value (an opt-in variant or measurement: ``--no-optimized-latency``
+#: leaves the optimized latency out).
+OPTIONAL_COLUMNS = ("latency_optimized_ms", "val_acc_converted")
 
 
 def table_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
