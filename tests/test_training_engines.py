@@ -155,6 +155,40 @@ def test_pointwise_engine_runs_the_gemm_kernel_and_matches_conv2d(h, w, kernel_c
             torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("size", [3, 20])  # 18 and 800 pixels: the forward on torch.mm (one thread) and the kernel
+def test_pointwise_engine_output_takes_an_inplace_activation(threads, size):
+    """The engine's output is its own tensor, not a view made inside the autograd Function, so an inplace
+    activation after it (nn.ReLU(inplace=True), as in the zoo's blocks) works and gives eager's gradients."""
+    torch.manual_seed(5)
+    conv = nn.Conv2d(12, 20, 1)
+    tuned = copy.deepcopy(conv)
+    use_engine(tuned, "gemm")
+    x = torch.randn(2, 12, size, size).contiguous(memory_format=torch.channels_last)
+    grads = []
+    with torch_threads(threads):
+        for module in (conv, tuned):
+            xi = x.clone().requires_grad_()
+            y = nn.ReLU(inplace=True)(module(xi))
+            y.square().sum().backward()
+            grads.append((y.detach(), xi.grad, module.weight.grad, module.bias.grad))
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_matmul_bt_writes_into_out():
+    torch.manual_seed(6)
+    a, weight, b = torch.randn(40, 8), torch.randn(24, 8), torch.randn(24)
+    for p in (40, 300):
+        a = torch.randn(p, 8)
+        out = torch.full((p, 24), float("nan"))
+        assert matmul_bt(a, weight, b, out=out) is out
+        torch.testing.assert_close(out.double(), a.double() @ weight.double().t() + b.double(), rtol=1e-5,
+                                   atol=1e-5)
+    with pytest.raises(ValueError, match=r"out must be a contiguous \(300, 24\)"):
+        matmul_bt(a, weight, out=torch.empty(24, 300).t())
+
+
 def test_matmul_at_b_float32_whatever_the_default_dtype():
     a, b = torch.randn(300, 20), torch.randn(300, 40)
     previous = torch.get_default_dtype()

@@ -59,9 +59,13 @@ def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     cout, cin = weight.shape[:2]
     if _kernel_library(x, weight) is not None:
         n, _, h, w = x.shape
-        y = matmul_bt(_pixels(x.contiguous(memory_format=torch.channels_last)), weight.reshape(cout, cin), bias,
-                      transposed=transposed)
-        return y.reshape(n, h, w, y.shape[1]).permute(0, 3, 1, 2)
+        # the result is its own tensor, not a view (an autograd Function's output is modified in place by an
+        # inplace activation after it); the kernel writes its pixels
+        y = torch.empty((n, cin if transposed else cout, h, w), dtype=torch.float32,
+                        memory_format=torch.channels_last)
+        matmul_bt(_pixels(x.contiguous(memory_format=torch.channels_last)), weight.reshape(cout, cin), bias,
+                  transposed=transposed, out=_pixels(y))
+        return y
     if transposed:
         weight = weight.reshape(cout, cin).t().reshape(cin, cout, 1, 1)
     if x.dtype == torch.float32 and x.device.type == "cpu" and torch.backends.mkldnn.is_available():
@@ -108,7 +112,7 @@ def matmul_at_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def matmul_bt(a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
-              transposed: bool = False) -> torch.Tensor:
+              transposed: bool = False, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``a @ weight.T + bias`` for ``a``: (P, K) and ``weight``: (N, K); with ``transposed=True``, ``a @ weight``
     for ``weight``: (K, N). A 1x1 convolution over P pixels: its forward pass (``weight``: Cout x Cin) and, with
     ``transposed=True``, its input gradient (the same weight; no transposed copy is made first).
@@ -118,7 +122,8 @@ def matmul_bt(a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     on ``torch.get_num_threads()`` threads; ``a`` made row-contiguous first, a view for the pixels of a
     channels-last tensor), but for a forward pass over fewer than 256 rows on one thread (the kernel transposes
     the whole weight at each call); everything else to ``torch.addmm`` / ``torch.mm``. Returns a new (P, N)
-    tensor, not tracked by autograd.
+    tensor, or ``out`` (a contiguous (P, N) tensor of ``a``'s dtype and device) written in place; not tracked by
+    autograd.
     """
     if a.dim() != 2 or weight.dim() != 2 or a.shape[1] != weight.shape[0 if transposed else 1]:
         raise ValueError(f"matmul_bt needs a (P, K) matrix and a {'(K, N)' if transposed else '(N, K)'} weight, "
@@ -126,17 +131,24 @@ def matmul_bt(a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     n = weight.shape[1 if transposed else 0]
     if bias is not None and tuple(bias.shape) != (n,):
         raise ValueError(f"matmul_bt: bias must have shape ({n},), got {tuple(bias.shape)}")
+    if out is not None and (tuple(out.shape) != (a.shape[0], n) or out.dtype != a.dtype or out.device != a.device
+                            or not out.is_contiguous()):
+        raise ValueError(f"matmul_bt: out must be a contiguous ({a.shape[0]}, {n}) {a.dtype} tensor on "
+                         f"{a.device}, got {tuple(out.shape)} {out.dtype} on {out.device} with strides "
+                         f"{tuple(out.stride())}")
     lib = _kernel_library(a, weight, *(() if bias is None else (bias,)))
     threads = max(1, torch.get_num_threads())
     if lib is None or a.shape[0] == 0 or (not transposed and threads == 1 and a.shape[0] < _TRANSPOSE_MIN_ROWS):
         b = weight if transposed else weight.t()
-        return torch.mm(a, b) if bias is None else torch.addmm(bias, a, b)
+        if out is None:
+            return torch.mm(a, b) if bias is None else torch.addmm(bias, a, b)
+        return torch.mm(a, b, out=out) if bias is None else torch.addmm(bias, a, b, out=out)
     if a.stride(1) != 1 or a.stride(0) < a.shape[1]:
         a = a.contiguous()
     weight = weight.contiguous()
     bias = None if bias is None else bias.contiguous()
     p, k = a.shape
-    out = torch.empty(p, n, dtype=torch.float32)
+    out = torch.empty(p, n, dtype=torch.float32) if out is None else out
     # B[k][j] = weight[j][k] (forward) or weight[k][j] (transposed), given to the kernel as strides
     w_k, w_n = (n, 1) if transposed else (1, k)
     chunk = max(6, min(1024, _GEMM_CHUNK_FLOATS // k) // 6 * 6)
