@@ -53,7 +53,7 @@ from sepconv.backends.onednn import PackedConv2d, onednn_available
 from sepconv.backends.onnxruntime import fastest_session_options, onnxruntime_available
 from sepconv.backends.clock import cpu_time_interleaved
 from sepconv.bench.roofline import measure_roofline
-from sepconv.bench.suites import SUITES, fused_bound_s
+from sepconv.bench.suites import SUITES, fused_bound_s, suite_names
 from sepconv.cost import conv_cost, separable_cost
 from sepconv.layers._common import conv_module
 from sepconv.utils.io import atomic_write_bytes
@@ -186,6 +186,10 @@ def main(argv=None) -> int:
                    help="run the whole suite this many times (each with its own roofline): the spread between passes")
     p.add_argument("--out")
     args = p.parse_args(argv)
+    try:
+        suites = suite_names(args.suite)
+    except ValueError as error:
+        p.error(str(error))
     if args.passes < 1 or args.rounds < 1 or args.threads < 1:
         p.error(f"--passes, --rounds and --threads must be >= 1, got {args.passes}, {args.rounds}, {args.threads}")
     if args.clock == "cpu" and args.threads != 1:
@@ -200,7 +204,7 @@ def main(argv=None) -> int:
         load_before = list(os.getloadavg())
         roofline = measure_roofline(rounds=3)
         rows = []
-        for suite in args.suite.split(","):
+        for suite in suites:
             for case in SUITES[suite]():
                 row = run_shape(case, roofline, variants, args.rounds, args.threads, args.clock, args.parts)
                 rows.append(row)

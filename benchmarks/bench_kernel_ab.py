@@ -39,7 +39,7 @@ from sepconv.backends import native
 from sepconv.backends.clock import time_candidates, timing_clock
 from sepconv.backends.fused import FusedSeparableConv2d
 from sepconv.backends.training import depthwise_weight_grad, matmul_at_b, matmul_bt
-from sepconv.bench.suites import SUITES
+from sepconv.bench.suites import SUITES, suite_names
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 
@@ -103,9 +103,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.rounds < 1 or args.threads < 1:
         p.error(f"--rounds and --threads must be >= 1, got {args.rounds} and {args.threads}")
-    unknown = [s for s in args.suite.split(",") if s not in SUITES]
-    if unknown:
-        p.error(f"--suite takes {', '.join(SUITES)}, got {', '.join(unknown)}")
+    try:
+        suites = suite_names(args.suite)
+    except ValueError as error:
+        p.error(str(error))
     found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", args.base + "^{commit}"],
                            capture_output=True, text=True)
     if found.returncode != 0:
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else HERE / "results" / f"kernel-ab-cpu-{args.threads}thread"
     rows = []
     try:
-        for suite in args.suite.split(","):
+        for suite in suites:
             for case in SUITES[suite]():
                 spec = case.spec
                 torch.manual_seed(0)

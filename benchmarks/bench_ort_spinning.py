@@ -30,7 +30,7 @@ import torch
 from sepconv import SeparableConv2d, to_onnxruntime
 from sepconv.backends.fused import FusedSeparableConv2d, fused_available
 from sepconv.backends.onnxruntime import onnxruntime_available
-from sepconv.bench.suites import SUITES
+from sepconv.bench.suites import SUITES, suite_names
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 from sepconv.utils.timing import inference_call, interleaved
@@ -77,15 +77,16 @@ def main(argv=None) -> int:
     if args.threads < 2 or args.rounds < 1:
         p.error(f"--threads must be >= 2 (one thread has no idle threads to spin) and --rounds >= 1, got "
                 f"{args.threads} and {args.rounds}")
-    unknown = [s for s in args.suite.split(",") if s not in SUITES]
-    if unknown:
-        p.error(f"--suite takes {', '.join(SUITES)}, got {', '.join(unknown)}")
+    try:
+        suites = suite_names(args.suite)
+    except ValueError as error:
+        p.error(str(error))
     if not (onnxruntime_available() and fused_available()):
         p.error("needs onnx and onnxruntime (pip install 'sepconv[onnx]') and the fused kernel (a C compiler)")
     torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else HERE / "results" / f"ort-spinning-cpu-{args.threads}thread"
     rows = []
-    for suite in args.suite.split(","):
+    for suite in suites:
         for case in SUITES[suite]():
             row = run_shape(case, args.threads, args.rounds)
             rows.append(row)

@@ -40,7 +40,7 @@ import torch
 from sepconv import SeparableConv2d
 from sepconv.backends.clock import cpu_time_interleaved
 from sepconv.backends.onnxruntime import OnnxRuntimeModel, fastest_session_options
-from sepconv.bench.suites import SUITES, Case
+from sepconv.bench.suites import SUITES, Case, suite_names
 from sepconv.geometry import ConvSpec
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
@@ -151,13 +151,17 @@ def main(argv=None) -> int:
                    help="leave out the tiny layer that measures the fixed cost per call in microseconds")
     p.add_argument("--out")
     args = p.parse_args(argv)
+    try:
+        suites = suite_names(args.suite)
+    except ValueError as error:
+        p.error(str(error))
     torch.set_num_threads(1)  # the CPU-time clock counts the calling thread only
     out = Path(args.out) if args.out else HERE / "results" / "ort-wrapper-cpu-1thread-cputime"
     load_before = list(os.getloadavg())
     rows = []
     # a layer so small that ONNX Runtime's own work is a few microseconds: the wrapper's fixed cost per call
     cases = [Case("tiny 8->8 @4 s1", ConvSpec.make(8, 8, 3, 1, 1, bias=False), (4, 4), 1)] if args.tiny else []
-    cases += [case for suite in args.suite.split(",") for case in SUITES[suite]()]
+    cases += [case for suite in suites for case in SUITES[suite]()]
     for case in cases:
         row = run_shape(case, args.rounds, args.calls)
         rows.append(row)

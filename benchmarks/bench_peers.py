@@ -52,7 +52,7 @@ from torch import nn
 
 from sepconv import SeparableConv2d
 from sepconv.utils.io import atomic_write_bytes
-from sepconv.bench.suites import SUITES
+from sepconv.bench.suites import SUITES, suite_names
 from sepconv.utils.machine import machine_info
 from sepconv.utils.timing import interleaved
 from sepconv.cost import conv_cost, separable_cost
@@ -225,13 +225,17 @@ def main(argv=None) -> int:
     p.add_argument("--out")
     p.add_argument("--keras-python", help="a Python with TensorFlow/Keras: time Keras' SeparableConv2D as a peer")
     args = p.parse_args(argv)
+    try:
+        suites = suite_names(args.suite)
+    except ValueError as error:
+        p.error(str(error))
     if args.keras_python and not Path(args.keras_python).is_file():
         p.error(f"--keras-python must be the path of a Python executable with TensorFlow, got {args.keras_python!r}")
     torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else HERE / "results" / f"peers-cpu-{args.threads}thread"
     rows = []
     keras = KerasPeer(args.keras_python, args.threads) if args.keras_python else None
-    for suite in args.suite.split(","):
+    for suite in suites:
         for case in SUITES[suite]():
             row = run_shape(case, args.threads, args.rounds, keras)
             row["suite"] = suite

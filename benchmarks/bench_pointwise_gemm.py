@@ -35,7 +35,7 @@ import sepconv
 from sepconv import SeparableConv2d
 from sepconv.backends import native, training
 from sepconv.backends.clock import time_candidates, timing_clock
-from sepconv.bench.suites import SUITES
+from sepconv.bench.suites import SUITES, suite_names
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 
@@ -61,9 +61,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.rounds < 1 or args.threads < 1:
         p.error(f"--rounds and --threads must be >= 1, got {args.rounds} and {args.threads}")
-    unknown = [s for s in args.suite.split(",") if s not in SUITES]
-    if unknown:
-        p.error(f"--suite takes {', '.join(SUITES)}, got {', '.join(unknown)}")
+    try:
+        suites = suite_names(args.suite)
+    except ValueError as error:
+        p.error(str(error))
     if not native.available() or not torch.backends.mkldnn.is_available():
         p.exit(2, f"bench_pointwise_gemm: needs sepconv's C kernels and oneDNN "
                   f"({native.unavailable_reason() or 'PyTorch without oneDNN'})\n")
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
     sepconv.keep_freed_memory()  # every candidate allocates its output: no page faults in any of them
     out = Path(args.out) if args.out else HERE / "results" / f"pointwise-gemm-cpu-{args.threads}thread"
     rows = []
-    for suite in args.suite.split(","):
+    for suite in suites:
         for case in SUITES[suite]():
             spec = case.spec
             cin, cout = spec.in_channels, spec.out_channels

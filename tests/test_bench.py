@@ -263,3 +263,12 @@ def test_bench_table_fits_100_columns_formats_and_model_cases(tmp_path, capsys):
     assert "GEMM ceiling" in format_table(rows, verbose=True) and "GEMM ceiling" not in table
     lines = rows_csv(rows).splitlines()
     assert len(lines) == len(rows) + 1 and "realized" in lines[0].split(",")
+
+
+def test_suite_names_checks_every_name():
+    from sepconv.bench.suites import SUITES, suite_names
+
+    assert suite_names("vgg_blocks,mobilenet_v1") == ["vgg_blocks", "mobilenet_v1"]
+    assert set(suite_names(",".join(SUITES))) == set(SUITES)
+    with pytest.raises(ValueError, match=r"^--suite takes mobilenet_v1, vgg_blocks, got foo, bar$"):
+        suite_names("vgg_blocks,foo,bar")

@@ -90,6 +90,16 @@ def vgg_blocks_suite(batch: int = 32, resolution: int = 32) -> list[Case]:
 SUITES: dict[str, Callable[..., list[Case]]] = {"mobilenet_v1": mobilenet_v1_suite, "vgg_blocks": vgg_blocks_suite}
 
 
+def suite_names(text: str) -> list[str]:
+    """The suite names in ``text``, comma-separated (the benchmarks' ``--suite``); ``ValueError`` naming the unknown
+    ones and the valid names."""
+    names = text.split(",")
+    unknown = [name for name in names if name not in SUITES]
+    if unknown:
+        raise ValueError(f"--suite takes {', '.join(SUITES)}, got {', '.join(unknown)}")
+    return names
+
+
 def _train_step(module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     """One forward+backward of ``module`` on ``x`` (which requires grad), as the layer runs inside a network: the
     output gradient is made once (a next layer would supply it) and the input gradient is handed on, not added
