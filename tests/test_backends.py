@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import sepconv
+from sepconv.backends import optimize as optimize_module
 from sepconv.backends.engine import BuildContext, check_close
 from sepconv.backends.registry import INFERENCE_ENGINES, TRAINING_ENGINES, inference_engine
 
@@ -102,7 +103,7 @@ def test_every_training_engine_matches_eager_forward_and_backward(engine, kind):
 
 def test_the_registry_names_each_engine_once_and_optimize_offers_them_all():
     names = [e.name for e in INFERENCE_ENGINES]
-    assert len(names) == len(set(names)) and set(names) == set(sepconv.backends.optimize.BACKENDS)
+    assert len(names) == len(set(names)) and set(names) == set(optimize_module.BACKENDS)
     assert len({e.name for e in TRAINING_ENGINES}) == len(TRAINING_ENGINES)
     assert inference_engine("eager").default and not inference_engine("compile").default
     with pytest.raises(ValueError, match="unknown engine 'nope'; registered"):
