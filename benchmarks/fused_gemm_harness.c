@@ -13,6 +13,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "../src/sepconv/backends/native/csrc/fused_dwpw.c"
+#include "../src/sepconv/backends/native/csrc/depthwise_wgrad.c" /* the backward kernel's per-row step */
 #include <stdio.h>
 #include <time.h>
 

@@ -18,14 +18,18 @@ const char *sepconv_isa(void);
 long sepconv_fused_jobs(int N, int Ho, int Wo, int tile, int groups);
 int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const float *wdw, const float *bdw, int KH,
                            int KW, int sh, int sw, int ph, int pw, int dh, int dw, int dw_act, const float *wpw,
-                           const float *bpw, int Cout, int pw_act, float *y, int Ho, int Wo, int tile, int groups,
-                           int stream, int parts, long job_begin, long job_end, int threads);
+                           const float *bpw, int Cout, int pw_act, float *y, float *mid, int Ho, int Wo, int tile,
+                           int groups, int stream, int parts, long job_begin, long job_end, int threads);
+void sepconv_pack_panels_f32(const float *w, long w_k, long w_n, int K, int N, float *panels, int threads);
 int sepconv_gemm_atb_f32(long P, int M, int N, const float *A, long lda, const float *B, long ldb, float *out,
                          long ldo, int threads);
 int sepconv_gemm_f32(long P, int K, int N, const float *a, long lda, const float *w, long w_k, long w_n,
                      const float *bias, float *y, int chunk, int threads);
 int sepconv_depthwise_wgrad_f32(const float *x, int N, int H, int W, int C, const float *gy, int Ho, int Wo, int KH,
                                 int KW, int sh, int sw, int ph, int pw, int dh, int dw, float *gw, int threads);
+int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const float *wdw, int KH, int KW, int ph,
+                              int pw, const float *gy, int Cout, const float *wpw, float *gx, float *gwdw,
+                              float *gbdw, int band, int threads);
 
 static unsigned long long state = 88172645463325252ULL;
 static float uniform(void) { /* xorshift64: in [-1, 1) */
@@ -59,17 +63,26 @@ static void check_fused(int N, int H, int W, int C, int K, int s, int pad, int d
     float *x = randoms((size_t)N * H * W * C), *wdw = randoms((size_t)K * K * C), *bdw = randoms(C);
     float *wpw = randoms((size_t)C * Cout), *bpw = randoms(Cout); /* wpw: [c][j] */
     int panels = (Cout + 31) / 32;
-    float *packed = (float *)aligned_alloc(64, ((size_t)panels * C * 32 * sizeof(float) + 63) / 64 * 64);
-    memset(packed, 0, (size_t)panels * C * 32 * sizeof(float));
+    size_t packed_floats = (size_t)panels * C * 32;
+    float *packed = (float *)aligned_alloc(64, (packed_floats * sizeof(float) + 63) / 64 * 64);
+    for (size_t i = 0; i < packed_floats; ++i) packed[i] = NAN; /* the padding columns must be zeroed */
+    sepconv_pack_panels_f32(wpw, Cout, 1, C, Cout, packed, 1 + tile % 2); /* B[c][j] = wpw[c][j] */
     for (int c = 0; c < C; ++c)
-        for (int j = 0; j < Cout; ++j) packed[((size_t)(j / 32) * C + c) * 32 + j % 32] = wpw[(size_t)c * Cout + j];
-    size_t ny = (size_t)N * Ho * Wo * Cout;
+        for (int j = 0; j < panels * 32; ++j) {
+            float want = j < Cout ? wpw[(size_t)c * Cout + j] : 0.f;
+            ++checks;
+            if (packed[((size_t)(j / 32) * C + c) * 32 + j % 32] != want) ++failures;
+        }
+    size_t ny = (size_t)N * Ho * Wo * Cout, nmid = (size_t)N * Ho * Wo * C;
     float *y = (float *)aligned_alloc(64, (ny * sizeof(float) + 63) / 64 * 64);
     for (size_t i = 0; i < ny; ++i) y[i] = NAN;
+    /* every other case also writes the depthwise output (a training step's forward pass) */
+    float *mid = tile % 3 ? (float *)aligned_alloc(64, (nmid * sizeof(float) + 63) / 64 * 64) : NULL;
+    for (size_t i = 0; mid && i < nmid; ++i) mid[i] = NAN;
     long jobs = sepconv_fused_jobs(N, Ho, Wo, tile, groups);
     int code = sepconv_fused_dwpw_f32(x, N, H, W, C, wdw, bias ? bdw : NULL, K, K, s, s, pad, pad, d, d, dw_act,
-                                      packed, bias ? bpw : NULL, Cout, pw_act, y, Ho, Wo, tile, groups, stream, 3, 0,
-                                      jobs, 1);
+                                      packed, bias ? bpw : NULL, Cout, pw_act, y, mid, Ho, Wo, tile, groups, stream, 3,
+                                      0, jobs, 1);
     ++checks;
     if (code != 0) { fprintf(stderr, "FAIL %s: returned %d\n", what, code); ++failures; }
     double *dv = (double *)malloc(sizeof(double) * C), *da = (double *)malloc(sizeof(double) * C);
@@ -88,6 +101,7 @@ static void check_fused(int N, int H, int W, int C, int K, int s, int pad, int d
                         }
                     dv[c] = act(v, dw_act);
                     da[c] = a;
+                    if (mid) expect_close(what, c, mid[(((size_t)n * Ho + oh) * Wo + ow) * C + c], dv[c], a + 1);
                 }
                 for (int j = 0; j < Cout; ++j) {
                     double v = bias ? bpw[j] : 0, a = fabs(v) + 1;
@@ -99,7 +113,7 @@ static void check_fused(int N, int H, int W, int C, int K, int s, int pad, int d
                     expect_close(what, (int)at, y[at], act(v, pw_act), a);
                 }
             }
-    free(x); free(wdw); free(bdw); free(wpw); free(bpw); free(packed); free(y); free(dv); free(da);
+    free(x); free(wdw); free(bdw); free(wpw); free(bpw); free(packed); free(y); free(mid); free(dv); free(da);
 }
 
 static void check_atb(long P, int M, int N, int threads) {
@@ -177,6 +191,80 @@ static void check_wgrad(int N, int H, int W, int C, int K, int s, int pad, int d
     free(x); free(gy); free(gw);
 }
 
+/* The fused backward pass of a stride-1 depthwise (KH x KW, padding ph, pw) -> 1x1 (C -> Cout) pair, against gm =
+ * gy @ wpw and the two depthwise gradients computed from it in double. */
+static void check_backward(int N, int H, int W, int C, int KH, int KW, int ph, int pw, int Cout, int bias, int band,
+                           int threads) {
+    char what[128];
+    snprintf(what, sizeof what, "backward N%d %dx%dx%d k%dx%d p%d,%d ->%d b%d band%d threads%d", N, H, W, C, KH, KW,
+             ph, pw, Cout, bias, band, threads);
+    int Ho = H + 2 * ph - KH + 1, Wo = W + 2 * pw - KW + 1;
+    size_t npix = (size_t)N * Ho * Wo;
+    float *x = randoms((size_t)N * H * W * C), *wdw = randoms((size_t)KH * KW * C), *gy = randoms(npix * Cout);
+    float *wpw = randoms((size_t)Cout * C), *gx = randoms((size_t)N * H * W * C), *gw = randoms((size_t)KH * KW * C);
+    float *gb = bias ? randoms(C) : NULL;
+    double *gm = (double *)malloc(sizeof(double) * npix * C), *gma = (double *)malloc(sizeof(double) * npix * C);
+    ++checks;
+    if (sepconv_dwpw_backward_f32(x, N, H, W, C, wdw, KH, KW, ph, pw, gy, Cout, wpw, gx, gw, gb, band, threads)) {
+        ++failures;
+        return;
+    }
+    for (size_t p = 0; p < npix; ++p)
+        for (int c = 0; c < C; ++c) {
+            double v = 0, a = 0;
+            for (int j = 0; j < Cout; ++j) {
+                double t = (double)gy[p * Cout + j] * wpw[(size_t)j * C + c];
+                v += t;
+                a += fabs(t);
+            }
+            gm[p * C + c] = v;
+            gma[p * C + c] = a; /* the magnitude of the sum's terms: the float32 error scales with it */
+        }
+    for (int n = 0; n < N; ++n)
+        for (int ih = 0; ih < H; ++ih)
+            for (int iw = 0; iw < W; ++iw)
+                for (int c = 0; c < C; ++c) {
+                    double v = 0, a = 1;
+                    for (int kh = 0; kh < KH; ++kh)
+                        for (int kw = 0; kw < KW; ++kw) {
+                            int oh = ih + ph - kh, ow = iw + pw - kw;
+                            if (oh < 0 || oh >= Ho || ow < 0 || ow >= Wo) continue;
+                            size_t at = (((size_t)n * Ho + oh) * Wo + ow) * C + c;
+                            double w = wdw[((size_t)kh * KW + kw) * C + c];
+                            v += gm[at] * w;
+                            a += gma[at] * fabs(w);
+                        }
+                    size_t at = (((size_t)n * H + ih) * W + iw) * C + c;
+                    expect_close(what, (int)at, gx[at], v, a);
+                }
+    for (int kh = 0; kh < KH; ++kh)
+        for (int kw = 0; kw < KW; ++kw)
+            for (int c = 0; c < C; ++c) {
+                double v = 0, a = 1;
+                for (int n = 0; n < N; ++n)
+                    for (int oh = 0; oh < Ho; ++oh)
+                        for (int ow = 0; ow < Wo; ++ow) {
+                            int ih = oh - ph + kh, iw = ow - pw + kw;
+                            if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                            size_t at = (((size_t)n * Ho + oh) * Wo + ow) * C + c;
+                            double xv = x[(((size_t)n * H + ih) * W + iw) * C + c];
+                            v += gm[at] * xv;
+                            a += gma[at] * fabs(xv);
+                        }
+                int at = (kh * KW + kw) * C + c;
+                expect_close(what, at, gw[at], v, a);
+            }
+    for (int c = 0; bias && c < C; ++c) {
+        double v = 0, a = 1;
+        for (size_t p = 0; p < npix; ++p) {
+            v += gm[p * C + c];
+            a += gma[p * C + c];
+        }
+        expect_close(what, c, gb[c], v, a);
+    }
+    free(x); free(wdw); free(gy); free(wpw); free(gx); free(gw); free(gb); free(gm); free(gma);
+}
+
 int main(void) {
     static const int channels[] = {1, 3, 4, 5, 8, 13, 16, 20, 32, 37, 64};
     static const int couts[] = {1, 7, 16, 24, 32, 33, 70};
@@ -205,6 +293,17 @@ int main(void) {
     for (size_t k = 0; k < sizeof gdims / sizeof *gdims; ++k)
         for (int t = 0; t < 2; ++t)
             check_gemm(gdims[k][0], gdims[k][1], gdims[k][2], t, (int)(k + t) % 2, 6 + 7 * (int)k, 1 + t);
+    /* the backward kernel: kernel sizes 1-7 (odd and even, square or not), every valid padding, whole and partial
+     * channel vectors and panels, bands of 1 row to whole images, images split between threads or not */
+    for (int k = 0; k < 40; ++k) {
+        int KH = 1 + k % 7, KW = 1 + (k * 3) % 7, C = channels[k % 11], Cout = couts[(k * 5) % 7];
+        int ph = (k / 3) % KH, pw = (k / 2) % KW, H = 3 + (k * 7) % 13, W = 2 + (k * 5) % 19;
+        if (H + 2 * ph < KH || W + 2 * pw < KW) continue;
+        check_backward(1 + k % 3, H, W, C, KH, KW, ph, pw, Cout, k % 2, k % 4 == 0 ? 0 : 1 + k % 5, 1 + k % 2);
+    }
+    check_backward(3, 32, 32, 64, 3, 3, 1, 1, 64, 0, 0, 2); /* a CIFAR-like layer */
+    check_backward(1, 28, 28, 32, 3, 3, 1, 1, 48, 1, 0, 2); /* one image split between the threads */
+    check_backward(1, 9, 12, 24, 5, 5, 2, 2, 40, 1, 2, 3);
     printf("isa=%s checks=%d failures=%d\n", sepconv_isa(), checks, failures);
     return failures ? 1 : 0;
 }

@@ -77,14 +77,15 @@ def test_every_inference_engine_matches_eager(engine, model_name):
 
 
 @pytest.mark.parametrize("engine", TRAINING_ENGINES, ids=lambda e: e.name)
-@pytest.mark.parametrize("kind", ["pointwise", "depthwise", "grouped"])
+@pytest.mark.parametrize("kind", ["pointwise", "depthwise", "grouped", "separable"])
 def test_every_training_engine_matches_eager_forward_and_backward(engine, kind):
     reason = engine.unavailable()
     if reason is not None:
         pytest.skip(f"{engine.name}: {reason}")
     torch.manual_seed(0)
     conv = {"pointwise": nn.Conv2d(8, 12, 1), "depthwise": nn.Conv2d(8, 8, 3, padding=1, groups=8),
-            "grouped": nn.Conv2d(8, 8, 3, padding=1, groups=2)}[kind]
+            "grouped": nn.Conv2d(8, 8, 3, padding=1, groups=2),
+            "separable": sepconv.SeparableConv2d(8, 12, 3, padding=1, depthwise_bias=True)}[kind]
     if not engine.applies(conv):
         pytest.skip(f"{engine.name} does not run a {kind} convolution")
     routed = copy.deepcopy(conv)
@@ -96,7 +97,7 @@ def test_every_training_engine_matches_eager_forward_and_backward(engine, kind):
         xi = x.clone().requires_grad_(True)
         y = module(xi)
         y.backward(grad)
-        outs.append((y.detach(), xi.grad, module.weight.grad, module.bias.grad))
+        outs.append((y.detach(), xi.grad, *(p.grad for p in module.parameters())))
     for got, expected in zip(outs[1], outs[0]):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 

@@ -138,7 +138,7 @@ def test_tune_training_records_the_engines(tmp_path):
     assert results["config"]["tune_training"] is True
     separable = results["variants"]["separable"]["training_engines"]
     assert any(name.endswith("pointwise") for name in separable) and any(name.endswith("depthwise") for name in separable)
-    assert set(separable.values()) <= {"eager", "gemm", "flip", "dwgrad"}
+    assert set(separable.values()) <= {"eager", "gemm", "flip", "dwgrad", "fused"}
     assert main(["compare", "--out", str(out), "--resume", "--epochs", "2", "--no-tune-training", "--quiet",
                  "--latency-time", "0.02"]) == 0
     resumed = json.loads((out / "results.json").read_text())

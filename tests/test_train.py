@@ -98,7 +98,7 @@ def test_fit_can_tune_training_engines_first():
     """tune_training=True routes the separable model's convolutions by timing, reports the choices, leaves the
     random stream alone (same dropout masks: the first epoch's loss equals the untuned run's to float rounding)."""
     from sepconv import SeparableConv2d
-    from sepconv.backends.training import ENGINES, engine_of, tunable
+    from sepconv.backends.training import ENGINES, engine_applies, engine_of, tunable
 
     def model():
         torch.manual_seed(0)
@@ -109,7 +109,10 @@ def test_fit_can_tune_training_engines_first():
     tuned = fit(model(), data, cfg, tune_training=True)
     plain = fit(model(), data, cfg)
     engines = tuned.extra["training_engines"]
-    assert set(engines) == {n for n, m in tuned.model.named_modules() if tunable(m)} == {"1.depthwise", "1.pointwise"}
+    # the layer itself too where the fused engine builds (sepconv's C kernels)
+    layer = {"1"} if engine_applies(tuned.model[1], "fused") else set()
+    assert set(engines) == {n for n, m in tuned.model.named_modules() if tunable(m)} == {"1.depthwise", "1.pointwise",
+                                                                                          *layer}
     assert all(engine_of(tuned.model.get_submodule(n)) == e and e in {"eager", *ENGINES} for n, e in engines.items())
     assert "training_engines" not in plain.extra
     assert tuned.history[0]["train_loss"] == pytest.approx(plain.history[0]["train_loss"], rel=1e-5)

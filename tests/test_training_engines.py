@@ -234,7 +234,7 @@ def test_engine_applies_to_the_right_convolutions():
     assert not engine_applies(nn.Conv2d(8, 8, 3, padding=1, groups=8, padding_mode="reflect"), "flip")
     assert not engine_applies(nn.Conv2d(8, 8, 3, padding=1), "flip")  # ungrouped: eager's own path
     assert engine_applies(nn.Conv2d(8, 4, 1), "gemm") and not engine_applies(nn.Conv2d(8, 4, 1, groups=2), "gemm")
-    assert set(ENGINES) == {"gemm", "flip", "dwgrad"}
+    assert set(ENGINES) == {"gemm", "flip", "dwgrad", "fused"}
     depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
     assert engine_applies(depthwise, "dwgrad") == native.available()
     assert not engine_applies(nn.Conv2d(8, 16, 3, padding=1, groups=8), "dwgrad")  # channel multiplier 2

@@ -6,7 +6,8 @@ step. :class:`FusedSeparableConv2d` computes the depthwise result for a tile
 of output pixels into a buffer sized for the L2 cache and multiplies it by
 the pointwise weight at once (a register-blocked GEMM in AVX-512, AVX2 + FMA
 or ARM NEON vectors, whichever the CPU has), so that traffic disappears. It is an inference engine: weights are
-copied in at construction, no autograd.
+copied in at construction, no autograd. :func:`fused_forward_keeping_depthwise` runs the same kernel for a
+training step's forward pass, writing the depthwise output out as well (the 1x1 weight gradient needs it).
 
 The kernel is plain C (``csrc/fused_dwpw.c``), built on first use with the
 machine's C compiler and cached (:mod:`sepconv.backends.native` says how and where).
@@ -73,6 +74,66 @@ def balanced_tile(batch: int, pixels: int, tile: int, threads: int) -> int:
             if -(-pixels // size) == tiles:
                 return size
     return tile  # too few pixels to split so: the kernel splits the output channels instead
+
+
+def kernel_schedule(batch: int, ho: int, wo: int, out_channels: int, tile: int, threads: int) -> tuple[int, int, bool]:
+    """How the fused kernel runs an output of ``batch`` x ``ho`` x ``wo`` pixels and ``out_channels`` channels on
+    ``threads`` threads with tiles of at most ``tile`` pixels: ``(tile, groups, stream)``, the tile size
+    (:func:`balanced_tile`), the number of output-channel groups (more than one where there are fewer tiles than
+    threads) and whether the output is written with non-temporal stores (:data:`STREAM_MIN_BYTES`)."""
+    tile = balanced_tile(batch, ho * wo, tile, threads)
+    tiles = batch * -(-(ho * wo) // tile)
+    groups = min(threads, -(-out_channels // _NR)) if tiles < threads else 1
+    return tile, groups, batch * out_channels * ho * wo * 4 >= STREAM_MIN_BYTES  # the float32 output's bytes
+
+
+def default_tile(in_channels: int) -> int:
+    """The fused kernel's tile (output pixels; a multiple of 6) whose depthwise rows fill about 256 KiB."""
+    return max(6, (_TILE_BYTES // (4 * (in_channels + 32))) // 6 * 6)
+
+
+def fused_forward_keeping_depthwise(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
+                                    pw_weight: torch.Tensor, pw_bias: Optional[torch.Tensor],
+                                    padding: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A stride-1, undilated depthwise (one filter per channel, zero ``padding``) -> 1x1 pair in the fused kernel,
+    returning the layer's output and the depthwise step's output (what a training step keeps for the 1x1 weight
+    gradient), both channels-last float32 tensors.
+
+    ``x``: ``(N, C, H, W)`` float32 on the CPU; ``dw_weight``: ``(C, 1, KH, KW)``; ``pw_weight``:
+    ``(Cout, C, 1, 1)``; biases ``(C,)`` / ``(Cout,)`` or None. The weights are packed at each call (they change
+    between training steps), by the kernel's threads. Not tracked by autograd; ``RuntimeError`` where the kernel
+    does not build (:func:`fused_unavailable_reason`).
+    """
+    lib = native.load()[0]
+    if lib is None:
+        raise RuntimeError(f"fused_forward_keeping_depthwise: {fused_unavailable_reason()}")
+    n, c, h, w = x.shape
+    cout = pw_weight.shape[0]
+    kh, kw = dw_weight.shape[2:]
+    ph, pw = padding
+    ho, wo = output_size_1d(h, kh, 1, 1, (ph, ph)), output_size_1d(w, kw, 1, 1, (pw, pw))
+    if ho < 1 or wo < 1:
+        raise ValueError(f"fused_forward_keeping_depthwise: a {h}x{w} input with padding {tuple(padding)} is smaller "
+                         f"than the {kh}x{kw} kernel")
+    threads = max(1, torch.get_num_threads())
+    x = x.contiguous(memory_format=torch.channels_last)
+    taps = dw_weight.detach().reshape(c, kh * kw).t().contiguous()  # [KH * KW][C]
+    weight = pw_weight.detach().reshape(cout, c).contiguous()
+    panels = torch.empty(-(-cout // _NR), c, _NR, dtype=torch.float32)
+    lib.sepconv_pack_panels_f32(weight.data_ptr(), 1, c, c, cout, panels.data_ptr(), threads)  # B[c][j] = w[j][c]
+    tile, groups, stream = kernel_schedule(n, ho, wo, cout, default_tile(c), threads)
+    y = torch.empty((n, cout, ho, wo), dtype=torch.float32, memory_format=torch.channels_last)
+    mid = torch.empty((n, c, ho, wo), dtype=torch.float32, memory_format=torch.channels_last)
+    jobs = lib.sepconv_fused_jobs(n, ho, wo, tile, groups)
+    with torch.profiler.record_function("sepconv::fused_dwpw"):  # named in profiles (a ctypes call is no aten op)
+        code = lib.sepconv_fused_dwpw_f32(
+            x.data_ptr(), n, h, w, c, taps.data_ptr(), None if dw_bias is None else dw_bias.detach().data_ptr(),
+            kh, kw, 1, 1, ph, pw, 1, 1, 0, panels.data_ptr(),
+            None if pw_bias is None else pw_bias.detach().contiguous().data_ptr(), cout, 0, y.data_ptr(),
+            mid.data_ptr(), ho, wo, tile, groups, int(stream), 3, 0, jobs, threads)
+    if code:
+        raise RuntimeError(f"the fused kernel failed with code {code} (-1: out of memory)")
+    return y, mid
 
 
 def fused_available() -> bool:
@@ -218,7 +279,7 @@ class FusedSeparableConv2d(FusedPair):
             packed[:cout] = pointwise.weight.detach().reshape(cout, c)
             # [panel][c][32]: each 32-column panel contiguous, as the kernel's register blocks read it
             self.register_buffer("pw_panels", packed.reshape(panels, _NR, c).permute(0, 2, 1).contiguous())
-        self.tile = max(6, (_TILE_BYTES // (4 * (c + 32))) // 6 * 6)
+        self.tile = default_tile(c)
         self._plans: dict[tuple, tuple] = {}  # see _plan
 
     def _plan(self, n: int, h: int, w: int, threads: int) -> tuple:
@@ -230,11 +291,8 @@ class FusedSeparableConv2d(FusedPair):
             (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
             ho, wo = self.output_size(h, w)
             lib = native.load()[0]
-            tile = balanced_tile(n, ho * wo, self.tile, threads)
-            tiles = n * -(-(ho * wo) // tile)
-            groups = min(threads, self.pw_panels.shape[0]) if tiles < threads else 1
+            tile, groups, stream = kernel_schedule(n, ho, wo, self.out_channels, self.tile, threads)
             jobs = lib.sepconv_fused_jobs(n, ho, wo, tile, groups)
-            stream = n * self.out_channels * ho * wo * 4 >= STREAM_MIN_BYTES  # the float32 output's bytes
             plan = (ho, wo, (n, h, w, self.in_channels), (kh, kw, sh, sw, ph, pw, dh, dw, self.dw_act),
                     (self.out_channels, self.pw_act), (ho, wo, tile, groups, int(stream)), (0, jobs, threads))
             if len(self._plans) >= 16:  # many input sizes: keep the cache small
@@ -256,7 +314,7 @@ class FusedSeparableConv2d(FusedPair):
         code = native.load()[0].sepconv_fused_dwpw_f32(
             x.data_ptr(), *xdims, buffers["dw_weight"].data_ptr(), None if dw_bias is None else dw_bias.data_ptr(),
             *dwargs, buffers["pw_panels"].data_ptr(), None if pw_bias is None else pw_bias.data_ptr(), *pwargs,
-            y.data_ptr(), *geometry, parts, *jobs)
+            y.data_ptr(), None, *geometry, parts, *jobs)
         if code:
             raise RuntimeError(f"the fused kernel failed with code {code} (-1: out of memory, -2: a job range or "
                                f"parts outside what the kernel accepts)")

@@ -27,6 +27,16 @@ Why (the measurements are in ``benchmarks/results/kernels-*`` and ``docs/design-
   ``csrc/depthwise_wgrad.c``), which prefetches the next row's input and
   gradient into L2 (``benchmarks/bench_kernels.py``).
 
+* ``'fused'``, for a whole :class:`~sepconv.SeparableConv2d` whose depthwise
+  step is stride 1 with nothing between the steps, float32 on the CPU,
+  where sepconv's C kernels build: :class:`FusedSeparableStep` runs the
+  backward pass of both steps in one C kernel
+  (:func:`depthwise_pointwise_backward`): the 1x1 step's input gradient,
+  which both depthwise gradients read, is computed a band of rows at a time
+  and used while in cache, never written out; the 1x1 weight gradient is
+  :func:`matmul_at_b`'s. A separable layer's depthwise gradients are
+  memory-bound passes over that tensor (``docs/design-notes.md``).
+
 Each is faster on some layers and slower on others, so :func:`tune_training`
 times eager PyTorch and the engine on each convolution's own input shape and
 keeps the faster; nothing changes where eager PyTorch wins.
@@ -43,11 +53,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..geometry import output_size_1d
+from ..layers.separable import SeparableConv2d
 from ..utils.timing import first_inputs
 from . import native
 from .clock import time_candidates
 from .engine import TrainingEngine, always_available
-from .sites import plain_conv2d
+from .fused import fused_forward_keeping_depthwise
+from .sites import is_identity, plain_conv2d
 
 
 def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
@@ -298,6 +310,126 @@ def depthwise_weight_grad(x: torch.Tensor, grad_y: torch.Tensor, kernel_size: tu
     return taps.t().reshape(c, 1, kh, kw)
 
 
+def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor,
+                                 grad_y: torch.Tensor, padding: tuple[int, int], *, dw_bias: bool = False
+                                 ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Gradients of ``y = conv1x1(depthwise(x))`` with respect to ``x`` and the depthwise weight (and bias).
+
+    The depthwise step: stride 1, dilation 1, one filter per channel (``dw_weight``: ``(C, 1, KH, KW)``), zero
+    ``padding`` ``(ph, pw)`` with ``0 <= ph <= KH - 1`` and ``0 <= pw <= KW - 1``; the 1x1 step: ``pw_weight``
+    ``(Cout, C, 1, 1)``. ``x``: ``(N, C, H, W)``; ``grad_y``: ``(N, Cout, H + 2 ph - KH + 1, W + 2 pw - KW + 1)``.
+    Returns ``(grad_x, grad_dw_weight, grad_dw_bias)``, the last ``None`` unless ``dw_bias``; grad_x is
+    channels-last. The 1x1 weight's gradient needs the depthwise output, which this does not compute
+    (:func:`matmul_at_b` of the two).
+
+    float32 CPU tensors run in sepconv's C kernel (``sepconv_dwpw_backward_f32`` in ``csrc/fused_dwpw.c``) where
+    it builds: the 1x1 step's input gradient ``grad_y @ pw_weight`` is computed a band of rows at a time into a
+    per-thread buffer and both depthwise gradients are taken from there, so it never goes to memory. Other
+    tensors: the same three steps unfused (``F.conv2d`` and ``aten.convolution_backward``). Not tracked by
+    autograd.
+    """
+    if x.dim() != 4 or dw_weight.dim() != 4 or pw_weight.dim() != 4 or grad_y.dim() != 4:
+        raise ValueError(f"depthwise_pointwise_backward needs 4-D x, weights and grad_y, got {tuple(x.shape)}, "
+                         f"{tuple(dw_weight.shape)}, {tuple(pw_weight.shape)} and {tuple(grad_y.shape)}")
+    n, c, h, w = x.shape
+    kh, kw = dw_weight.shape[2:]
+    cout = pw_weight.shape[0]
+    if tuple(dw_weight.shape[:2]) != (c, 1) or tuple(pw_weight.shape[1:]) != (c, 1, 1):
+        raise ValueError(f"depthwise_pointwise_backward: for {c} input channels dw_weight must be ({c}, 1, KH, KW) "
+                         f"and pw_weight (Cout, {c}, 1, 1), got {tuple(dw_weight.shape)} and {tuple(pw_weight.shape)}")
+    ph, pw = padding
+    if not (0 <= ph <= kh - 1 and 0 <= pw <= kw - 1):
+        raise ValueError(f"depthwise_pointwise_backward: padding must be 0..{kh - 1} x 0..{kw - 1} for a "
+                         f"{kh}x{kw} kernel, got {tuple(padding)}")
+    expected = (n, cout, h + 2 * ph - kh + 1, w + 2 * pw - kw + 1)
+    if tuple(grad_y.shape) != expected:
+        raise ValueError(f"depthwise_pointwise_backward: grad_y must be {expected} for x {tuple(x.shape)}, "
+                         f"got {tuple(grad_y.shape)}")
+    lib = _kernel_library(x, dw_weight, pw_weight, grad_y) if kh <= 16 else None
+    if lib is None:
+        grad_mid = _conv1x1(grad_y, pw_weight, None, transposed=True)
+        grad_x = F.conv2d(grad_mid, dw_weight.flip(2, 3), None, 1, (kh - 1 - ph, kw - 1 - pw), 1, c)
+        grad_w = torch.ops.aten.convolution_backward(grad_mid, x, dw_weight, None, [1, 1], [ph, pw], [1, 1], False,
+                                                     [0, 0], c, [False, True, False])[1]
+        return (grad_x.contiguous(memory_format=torch.channels_last), grad_w,
+                grad_mid.sum((0, 2, 3)) if dw_bias else None)
+    x = x.contiguous(memory_format=torch.channels_last)
+    grad_y = grad_y.contiguous(memory_format=torch.channels_last)
+    taps = dw_weight.reshape(c, kh * kw).t().contiguous()  # [KH * KW][C], the kernel's layout
+    weight = pw_weight.reshape(cout, c).contiguous()
+    grad_x = torch.empty((n, c, h, w), dtype=torch.float32, memory_format=torch.channels_last)
+    grad_taps = torch.empty(kh * kw, c, dtype=torch.float32)
+    grad_b = torch.empty(c, dtype=torch.float32) if dw_bias else None
+    with torch.profiler.record_function("sepconv::dwpw_backward"):  # named in profiles (a ctypes call is no aten op)
+        code = lib.sepconv_dwpw_backward_f32(x.data_ptr(), n, h, w, c, taps.data_ptr(), kh, kw, ph, pw,
+                                             grad_y.data_ptr(), cout, weight.data_ptr(), grad_x.data_ptr(),
+                                             grad_taps.data_ptr(), None if grad_b is None else grad_b.data_ptr(),
+                                             0, max(1, torch.get_num_threads()))
+    if code:
+        raise RuntimeError(f"the depthwise-pointwise backward kernel failed with code {code} (-1: out of memory)")
+    return grad_x, grad_taps.t().reshape(c, 1, kh, kw), grad_b
+
+
+class FusedSeparableStep(torch.autograd.Function):
+    """``y = conv1x1(depthwise(x, dw_weight, dw_bias), pw_weight, pw_bias)`` with both steps' backward in one.
+
+    The depthwise step: stride 1, dilation 1, one filter per channel, zero
+    ``padding`` up to ``kernel - 1`` (what :func:`depthwise_pointwise_backward`
+    takes). Forward: the fused inference kernel, which also writes the
+    depthwise output out (the 1x1 weight gradient needs it;
+    :func:`~sepconv.backends.fused.fused_forward_keeping_depthwise`), where
+    sepconv's C kernels serve the tensors; else ``F.conv2d`` and
+    :func:`_conv1x1`. Backward: :func:`depthwise_pointwise_backward` for the input and depthwise
+    gradients, :func:`matmul_at_b` for the 1x1 weight gradient. Any dtype and
+    device (the C kernels serve float32 on the CPU); checked with ``gradcheck``
+    in float64 and against the two ``nn.Conv2d`` steps.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
+                pw_weight: torch.Tensor, pw_bias: Optional[torch.Tensor], padding: tuple[int, int]) -> torch.Tensor:
+        ctx.conf = (tuple(padding), dw_bias is not None, pw_bias is not None)
+        if _kernel_library(x, dw_weight, pw_weight, *(b for b in (dw_bias, pw_bias) if b is not None)) is not None:
+            y, mid = fused_forward_keeping_depthwise(x, dw_weight, dw_bias, pw_weight, pw_bias, padding)
+        else:
+            mid = F.conv2d(x, dw_weight, dw_bias, 1, padding, 1, x.shape[1])
+            y = _conv1x1(mid, pw_weight, pw_bias)
+        ctx.save_for_backward(x, mid, dw_weight, pw_weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        x, mid, dw_weight, pw_weight = ctx.saved_tensors
+        padding, has_dw_bias, has_pw_bias = ctx.conf
+        need = ctx.needs_input_grad
+        grad_x = grad_dw = grad_dwb = grad_pw = grad_pwb = None
+        grad_y = grad_y.contiguous(memory_format=torch.channels_last)
+        if need[0] or need[1] or (has_dw_bias and need[2]):
+            grad_x, grad_dw, grad_dwb = depthwise_pointwise_backward(x, dw_weight, pw_weight, grad_y, padding,
+                                                                     dw_bias=has_dw_bias and need[2])
+        gy = _pixels(grad_y)
+        if need[3]:
+            grad_pw = matmul_at_b(gy, _pixels(mid.contiguous(memory_format=torch.channels_last)))
+            grad_pw = grad_pw.reshape(pw_weight.shape)
+        if has_pw_bias and need[4]:
+            grad_pwb = gy.sum(0)
+        return (grad_x if need[0] else None, grad_dw if need[1] else None, grad_dwb, grad_pw, grad_pwb, None)
+
+
+class _StepsForward:
+    """Placed on a :class:`~sepconv.SeparableConv2d` as its ``_steps_engine``: runs its two steps as
+    :class:`FusedSeparableStep` (a module-level class, so the tuned model deep-copies and pickles)."""
+
+    engine = "fused"
+
+    def __call__(self, layer: SeparableConv2d, x: torch.Tensor) -> torch.Tensor:
+        dw, pw = layer.depthwise, layer.pointwise
+        return FusedSeparableStep.apply(x, dw.weight, dw.bias, pw.weight, pw.bias, tuple(dw.padding))
+
+    def __repr__(self) -> str:
+        return "sepconv.backends.training engine 'fused'"
+
+
 class _EngineForward:
     """Placed on an ``nn.Conv2d`` as its ``_conv_forward``: routes it through one engine's autograd Function.
 
@@ -325,13 +457,23 @@ ENGINES = {"gemm": "1x1, stride-1, unpadded, ungrouped nn.Conv2d (Pointwise1x1)"
                    "<= dilation * (kernel - 1) (FlippedDepthwise)",
            "dwgrad": "stride-1 depthwise nn.Conv2d (groups = in_channels = out_channels) with integer zero "
                      "padding <= dilation * (kernel - 1), float32 on the CPU, where sepconv's C kernels build "
-                     "(FlippedDepthwise with the weight gradient in sepconv's kernel)"}
+                     "(FlippedDepthwise with the weight gradient in sepconv's kernel)",
+           "fused": "SeparableConv2d with nothing between its steps (no pad module, norm or activation), a "
+                    "stride-1, undilated depthwise step of depth multiplier 1 and zero padding <= kernel - 1, "
+                    "float32 on the CPU, where sepconv's C kernels build (FusedSeparableStep)"}
+
+#: The engines that run a whole SeparableConv2d rather than one convolution; tuned after its convolutions.
+LAYER_ENGINES = ("fused",)
 
 
 def engine_applies(conv: nn.Module, engine: str) -> bool:
-    """Whether ``engine`` (a key of :data:`ENGINES`) can run ``conv``."""
+    """Whether ``engine`` (a key of :data:`ENGINES`) can run ``conv`` (for ``'fused'``: a layer)."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}")
+    if engine in LAYER_ENGINES:
+        return _fused_applies(conv)
+    if isinstance(conv, SeparableConv2d):
+        return False
     if not plain_conv2d(conv) or tuple(conv.stride) != (1, 1):
         return False
     if engine == "gemm":
@@ -341,6 +483,16 @@ def engine_applies(conv: nn.Module, engine: str) -> bool:
         return False
     return conv.groups > 1 and all(0 <= p <= d * (k - 1) for p, d, k in
                                    zip(conv.padding, conv.dilation, conv.kernel_size))
+
+
+def _fused_applies(layer: nn.Module) -> bool:
+    if not (isinstance(layer, SeparableConv2d) and all(map(is_identity, (layer.pad, layer.dw_norm, layer.dw_act)))):
+        return False
+    dw, pw = layer.depthwise, layer.pointwise
+    return (plain_conv2d(dw) and tuple(dw.stride) == (1, 1) and tuple(dw.dilation) == (1, 1)
+            and dw.groups == dw.in_channels == dw.out_channels and dw.kernel_size[0] <= 16
+            and all(0 <= p <= k - 1 for p, k in zip(dw.padding, dw.kernel_size))
+            and engine_applies(pw, "gemm") and _kernel_library(dw.weight, pw.weight) is not None)
 
 
 def tunable(conv: nn.Module) -> bool:
@@ -353,13 +505,17 @@ def use_engine(conv: nn.Module, engine: str) -> None:
     measures faster); :func:`untune_training` undoes it."""
     if not engine_applies(conv, engine):
         raise ValueError(f"engine {engine!r} runs a {ENGINES[engine]}, got {conv!r}")
+    if engine in LAYER_ENGINES:
+        conv.__dict__["_steps_engine"] = _StepsForward()
+        return
     conv._conv_forward = _EngineForward(engine, tuple(conv.padding), tuple(conv.dilation), conv.groups)
 
 
 def _engine(name: str) -> TrainingEngine:
     return TrainingEngine(
         name=name, summary=ENGINES[name],
-        unavailable=(lambda: None if native.available() else native.unavailable_reason()) if name == "dwgrad"
+        unavailable=(lambda: None if native.available() else native.unavailable_reason())
+        if name in ("dwgrad", "fused")
         else always_available,
         applies=functools.partial(engine_applies, engine=name),
         build=functools.partial(use_engine, engine=name))
@@ -371,8 +527,8 @@ TRAINING_ENGINES = tuple(_engine(name) for name in ENGINES)
 
 def engine_of(conv: nn.Module) -> str:
     """The engine ``conv`` runs on: a key of :data:`ENGINES`, or ``'eager'``."""
-    routed = conv.__dict__.get("_conv_forward")
-    return routed.engine if isinstance(routed, _EngineForward) else "eager"
+    routed = conv.__dict__.get("_conv_forward", conv.__dict__.get("_steps_engine"))
+    return routed.engine if isinstance(routed, (_EngineForward, _StepsForward)) else "eager"
 
 
 def untune_training(model: nn.Module) -> int:
@@ -380,7 +536,8 @@ def untune_training(model: nn.Module) -> int:
     count = 0
     for module in model.modules():
         if engine_of(module) != "eager":
-            del module.__dict__["_conv_forward"]
+            module.__dict__.pop("_conv_forward", None)
+            module.__dict__.pop("_steps_engine", None)
             count += 1
     return count
 
@@ -398,7 +555,11 @@ def tune_training(model: nn.Module, sample_input: torch.Tensor, *, rounds: int =
     :func:`depthwise_weight_grad`), in ``rounds`` interleaved rounds on the
     clock :func:`sepconv.optimize` uses (the calling thread's CPU time with
     one CPU thread, :func:`sepconv.backends.clock.timing_clock`); the
-    convolution is routed through the fastest. The
+    convolution is routed through the fastest. Then each
+    :class:`~sepconv.SeparableConv2d` that ``'fused'`` applies to
+    (:class:`FusedSeparableStep`) is timed whole, as it now runs (its
+    convolutions on their chosen engines) and on ``'fused'``, and keeps the
+    faster; the returned choices name the layer too. The
     parameters, ``state_dict`` and outputs are unchanged (to float
     tolerance); :func:`untune_training` undoes it. Choices hold for the
     measured shapes and thread count. The random data is drawn on a forked
@@ -422,15 +583,18 @@ def _tune(model: nn.Module, sample_input: torch.Tensor, rounds: int) -> dict[str
                                         and not x.is_contiguous()))
     shapes: dict[str, tuple[torch.Size, bool]] = {n: seen[id(m)] for n, m in probe.named_modules() if id(m) in seen}
     choices: dict[str, str] = {}
-    for name, module in model.named_modules():
-        if not tunable(module) or name not in shapes:
-            continue
+    # convolutions first: a layer engine is timed against its layer with the convolutions on their chosen engines
+    order = sorted((item for item in model.named_modules() if tunable(item[1]) and item[0] in shapes),
+                   key=lambda item: isinstance(item[1], SeparableConv2d))
+    for name, module in order:
         shape, channels_last = shapes[name]
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        device, dtype = module.weight.device, module.weight.dtype
+        param = next(module.parameters())
+        device, dtype = param.device, param.dtype
         x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt).requires_grad_(True)
         eager = copy.deepcopy(module)
         eager.__dict__.pop("_conv_forward", None)
+        eager.__dict__.pop("_steps_engine", None)
         candidates = {"eager": eager}
         for engine in TRAINING_ENGINES:
             if engine.unavailable() is None and engine.applies(eager):
@@ -448,6 +612,7 @@ def _tune(model: nn.Module, sample_input: torch.Tensor, rounds: int) -> dict[str
         t = time_candidates({name: step(conv) for name, conv in candidates.items()}, x, rounds, target_s=0.01)
         choice = min(t, key=lambda k: t[k].median)
         module.__dict__.pop("_conv_forward", None)
+        module.__dict__.pop("_steps_engine", None)
         if choice != "eager":
             use_engine(module, choice)
         choices[name] = choice

@@ -114,13 +114,20 @@ class SeparableConvNd(ComposedConvMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self._ndim, self.in_channels)
+        # a training engine that runs both steps as one (sepconv.tune_training's 'fused') is set on the instance
+        steps = self.__dict__.get("_steps_engine")
+        y = steps(self, x) if steps is not None else self._steps(x)
+        return self.pw_act(self.pw_norm(y))
+
+    def _steps(self, x: torch.Tensor) -> torch.Tensor:
+        """``pad -> depthwise -> dw_norm -> dw_act -> pointwise``: the layer before its pointwise norm and
+        activation."""
         try:
             y = self.depthwise(self.pad(x))
         except RuntimeError as error:
             raise_if_kernel_too_large(self.spec, x.shape, error, self.padding_mode)
             raise
-        y = self.dw_act(self.dw_norm(y))
-        return self.pw_act(self.pw_norm(self.pointwise(y)))
+        return self.pointwise(self.dw_act(self.dw_norm(y)))
 
     def _check_linear(self) -> None:
         if not (is_identity(self.dw_norm) and is_identity(self.dw_act)):

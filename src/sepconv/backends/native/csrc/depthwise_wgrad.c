@@ -15,6 +15,7 @@
 #include <omp.h>
 #endif
 #include "simd.h"
+#include "wgrad_row.h"
 
 #define WG_SLIDE 8
 
@@ -118,8 +119,8 @@ SEPCONV_INLINE void wgrad_slide_v(const float *const *rows, const float *g, int 
 #endif
 
 /* One output row (image n, row oh) added into part[KH][KW][Cp]. g_next_row: the gradient row this thread takes next
- * (prefetched), or NULL. */
-static void wgrad_row(const float *x, int H, int W, int C, const float *g, int Wo, int KH, int KW, int sh, int sw,
+ * (prefetched), or NULL. Also called by the fused backward kernel (fused_dwpw.c) on rows it holds in cache. */
+void sepconv_wgrad_row(const float *x, int H, int W, int C, const float *g, int Wo, int KH, int KW, int sh, int sw,
                       int ph, int pw, int dh, int dw, int oh, int Cp, float *part, const float *g_next_row) {
     const float *rows[16];
     for (int kh = 0; kh < KH; ++kh) {
@@ -198,7 +199,7 @@ int sepconv_depthwise_wgrad_f32(const float *x, int N, int H, int W, int C, cons
             int n = (int)(r / Ho), oh = (int)(r % Ho);
             /* gy's rows are consecutive: the next one follows this one (the next image's first after the last) */
             const float *g = gy + ((size_t)n * Ho + oh) * Wo * C;
-            wgrad_row(x + (size_t)n * H * W * C, H, W, C, g, Wo, KH, KW, sh, sw, ph, pw, dh, dw, oh, Cp, part,
+            sepconv_wgrad_row(x + (size_t)n * H * W * C, H, W, C, g, Wo, KH, KW, sh, sw, ph, pw, dh, dw, oh, Cp, part,
                       r + 1 < rows ? g + (size_t)Wo * C : NULL);
         }
     }

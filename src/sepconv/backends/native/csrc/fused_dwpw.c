@@ -18,6 +18,7 @@
 #include <omp.h>
 #endif
 #include "simd.h"
+#include "wgrad_row.h"
 
 #ifndef MR
 #define MR 6  /* pixels per register block */
@@ -1014,8 +1015,41 @@ int sepconv_gemm_f32(long P, int K, int N, const float *a, long lda, const float
     return 0;
 }
 
+/* m rows of C floats from t (row stride cp, 64-byte aligned) to dst (rows of C floats, contiguous), with
+ * non-temporal stores where dst is 64-byte aligned and C a multiple of 16 (the caller fences). */
+static void store_rows(float *dst, const float *t, int m, int C, int cp) {
+#if defined(SEPCONV_AVX512)
+    if (C % 16 == 0 && ((uintptr_t)dst & 63) == 0) {
+        for (int i = 0; i < m; ++i)
+            for (int c = 0; c < C; c += 16)
+                _mm512_stream_ps(dst + (size_t)i * C + c, _mm512_load_ps(t + (size_t)i * cp + c));
+        return;
+    }
+#elif defined(SEPCONV_VEC_AVX2)
+    if (C % 16 == 0 && ((uintptr_t)dst & 63) == 0) {
+        for (int i = 0; i < m; ++i)
+            for (int c = 0; c < C; c += VW) vstream(dst + (size_t)i * C + c, vload(t + (size_t)i * cp + c));
+        return;
+    }
+#endif
+    for (int i = 0; i < m; ++i) memcpy(dst + (size_t)i * C, t + (size_t)i * cp, sizeof(float) * C);
+}
+
+/* B[k][j] = w[k * w_k + j * w_n] (K x N) into the fused kernel's panels, [ceil(N / NR)][K][NR], zero padded (panels
+ * 64-byte aligned), on `threads` threads: the layout sepconv_fused_dwpw_f32 reads its 1x1 weight in. */
+void sepconv_pack_panels_f32(const float *w, long w_k, long w_n, int K, int N, float *panels, int threads) {
+    int count = (N + NR - 1) / NR;
+    (void)threads; /* used by the OpenMP pragma only */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && count > 1)
+#endif
+    for (int q = 0; q < count; ++q) pack_panel(w, w_k, w_n, K, N, q, panels + (size_t)q * K * NR);
+}
+
 /* x: [N][H][W][C]; wdw: [KH][KW][C]; bdw: [C] or NULL; wpw: [ceil(Cout / NR)][C][NR] (64-byte aligned, zero
- * padded); bpw: [Cout] or NULL; y: [N][Ho][Wo][Cout]; act: 0 none, 1 ReLU, 2 ReLU6.
+ * padded); bpw: [Cout] or NULL; y: [N][Ho][Wo][Cout]; act: 0 none, 1 ReLU, 2 ReLU6. mid: NULL, or [N][Ho][Wo][C]
+ * to receive the depthwise step's output as well (a training step keeps it for the 1x1 weight gradient; written
+ * with non-temporal stores where it can, as it is read only in the backward pass).
  *
  * The work is split into jobs: (image, tile of `tile` output pixels, group of output-channel panels), numbered
  * in that order; a call runs jobs [job_begin, job_end) on `threads` OpenMP threads (built with -fopenmp, the
@@ -1034,8 +1068,8 @@ long sepconv_fused_jobs(int N, int Ho, int Wo, int tile, int groups) {
 
 int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const float *wdw, const float *bdw, int KH,
                            int KW, int sh, int sw, int ph, int pw, int dh, int dw, int dw_act, const float *wpw,
-                           const float *bpw, int Cout, int pw_act, float *y, int Ho, int Wo, int tile, int groups,
-                           int stream, int parts, long job_begin, long job_end, int threads) {
+                           const float *bpw, int Cout, int pw_act, float *y, float *mid, int Ho, int Wo, int tile,
+                           int groups, int stream, int parts, long job_begin, long job_end, int threads) {
     /* row stride of the depthwise tile: C rounded up to 16, plus 16 so that consecutive rows do not sit at the
      * input's stride modulo 4 KiB (4K aliasing between the tile's stores and the input's loads; a precaution,
      * no effect measured on this project's CPU) */
@@ -1092,9 +1126,11 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
             int j_begin = g * per_group * NR, j_end = (g + 1) * per_group * NR;
             if (j_end > Cout) j_end = Cout;
             if (j_begin >= j_end) continue;
-            if (parts & 1)
+            if (parts & 1) {
                 depthwise_tile(x + (size_t)n * H * W * C, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, dw_act,
                                Wo, p0, m, t, cp, wpat, bpat, padded);
+                if (mid && g == 0) store_rows(mid + ((size_t)n * P + p0) * C, t, m, C, cp);
+            }
             if (!(parts & 2)) continue;
             /* the input rows of the next job's tile (unless it is this tile for another channel group), fetched
              * into L2 during this GEMM: without it the depthwise step waited on DRAM whenever the input was not
@@ -1117,11 +1153,166 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
         }
         free(t);
 #ifdef SEPCONV_AVX512
-        if (stream) _mm_sfence(); /* the streamed stores are visible before the caller reads y */
+        if (stream || mid) _mm_sfence(); /* the streamed stores are visible before the caller reads y */
 #elif defined(SEPCONV_VEC)
-        if (stream) vstream_fence();
+        if (stream || mid) vstream_fence();
 #endif
     }
     free(wpat);
+    return failed ? -1 : 0;
+}
+
+/* Backward pass of a depthwise -> 1x1 pair (stride 1, dilation 1, one filter per channel, zero padding ph <= KH - 1
+ * and pw <= KW - 1), float32, channels-last, for the layer's output gradient gy:
+ *
+ *   gm = gy @ wpw                              the 1x1 step's input gradient, [N][Ho][Wo][C]
+ *   gx = depthwise(gm, wdw flipped in space, padding KH - 1 - ph, KW - 1 - pw)    [N][H][W][C]
+ *   gwdw[kh][kw][c] = sum over n, oh, ow of gm[n][oh][ow][c] * x[n][oh - ph + kh][ow - pw + kw][c]
+ *   gbdw[c] = sum of gm[..][c]                 (when gbdw != NULL)
+ *
+ * x: [N][H][W][C]; wdw: [KH][KW][C]; gy: [N][Ho][Wo][Cout]; wpw: [Cout][C] (the 1x1 weight as stored); gx, gwdw,
+ * gbdw are overwritten. gm is never stored whole: each thread sweeps the rows of its images (or of its part of an
+ * image) a band of `band` gx rows at a time (band < 1: sized so that the band's gm rows fit in about 128 KiB),
+ * computing the gm rows the band needs into a buffer that keeps the last KH - 1 of them for the next band, and
+ * runs the depthwise input gradient and weight gradient on them there. Against the unfused steps (the 1x1 input
+ * gradient written out, then read by both depthwise gradients) this saves writing gm once and reading it twice.
+ * Where an image is split between threads, the KH - 1 gm rows at each split are computed by both sides (each row's
+ * weight-gradient term is added by one). The threads' weight-gradient sums are added in thread order: the result
+ * does not depend on timing. Returns 0, -1 if a buffer could not be allocated, -2 for sizes or padding outside the
+ * above, KH > 16. */
+int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const float *wdw, int KH, int KW, int ph,
+                              int pw, const float *gy, int Cout, const float *wpw, float *gx, float *gwdw,
+                              float *gbdw, int band, int threads) {
+    int Ho = H + 2 * ph - KH + 1, Wo = W + 2 * pw - KW + 1;
+    if (N < 1 || H < 1 || W < 1 || C < 1 || Cout < 1 || KH < 1 || KW < 1 || KH > 16 || ph < 0 || pw < 0
+        || ph > KH - 1 || pw > KW - 1 || Ho < 1 || Wo < 1)
+        return -2;
+    if (threads < 1) threads = 1;
+    int panels = (C + NR - 1) / NR;
+    int cp = (C + 15) / 16 * 16 + 16; /* the gx tile's row stride, as in the forward kernel */
+    int Cw = (C + 15) / 16 * 16;      /* the weight-gradient sums' row stride */
+    size_t taps = (size_t)KH * KW, per = taps * Cw + Cw; /* one thread's sums: KH * KW taps, then the bias */
+    if (band < 1) {
+        long row_floats = (long)Wo * (C > Cout ? C : Cout);
+        band = (int)(32768 / row_floats) - (KH - 1);
+        if (band < 1) band = 1;
+    }
+    if (band > H) band = H;
+    /* work units: (image, segment of its rows); an image is split only where the images cannot be dealt evenly */
+    int segs = (threads > 1 && N % threads) ? threads : 1;
+    if (segs > H) segs = H;
+    long units = (long)N * segs;
+    float *b = (float *)aligned_alloc(64, ((size_t)panels * Cout * NR * sizeof(float) + 63) / 64 * 64);
+    float *wflip = (float *)malloc(sizeof(float) * taps * C);
+    float *sums = (float *)aligned_alloc(64, ((size_t)threads * per * sizeof(float) + 63) / 64 * 64);
+    if (!b || !wflip || !sums) {
+        free(b); free(wflip); free(sums);
+        return -1;
+    }
+    memset(sums, 0, (size_t)threads * per * sizeof(float));
+    for (int kh = 0; kh < KH; ++kh)
+        for (int kw = 0; kw < KW; ++kw)
+            memcpy(wflip + ((size_t)kh * KW + kw) * C, wdw + ((size_t)(KH - 1 - kh) * KW + (KW - 1 - kw)) * C,
+                   sizeof(float) * C);
+    int failed = 0;
+    (void)threads; /* used by the OpenMP pragma only */
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1)
+#endif
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *part = sums + (size_t)tid * per, *bpart = part + taps * Cw;
+        size_t ring_bytes = ((size_t)(band + KH - 1) * Wo * C * sizeof(float) + 63) / 64 * 64;
+        float *ring = (float *)aligned_alloc(64, ring_bytes + (size_t)band * W * cp * sizeof(float));
+        float *t = ring ? ring + ring_bytes / sizeof(float) : NULL;
+        if (!ring) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            failed = 1;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int q = 0; q < panels; ++q) pack_panel(wpw, C, 1, Cout, C, q, b + (size_t)q * Cout * NR);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (long u = 0; u < units; ++u) {
+            if (!ring) continue;
+            int n = (int)(u / segs), s = (int)(u % segs);
+            int r0 = (int)((long)H * s / segs), r1 = (int)((long)H * (s + 1) / segs);
+            const float *xn = x + (size_t)n * H * W * C, *gyn = gy + (size_t)n * Ho * Wo * Cout;
+            /* the gm rows whose weight-gradient term this unit adds: consecutive units' ranges tile [0, Ho) */
+            int own_lo = r0 == 0 ? 0 : r0 + ph - KH + 1, own_hi = r1 == H ? Ho : r1 + ph - KH + 1;
+            own_lo = own_lo < 0 ? 0 : own_lo;
+            own_hi = own_hi < 0 ? 0 : own_hi;
+            int win_lo = 0, win_hi = 0; /* the gm rows held in ring[0 ..) */
+            for (int a = r0; a < r1; a += band) {
+                int e = r1 - a < band ? r1 : a + band;
+                int lo = a + ph - KH + 1, hi = e + ph; /* the gm rows gx rows [a, e) read */
+                lo = lo < 0 ? 0 : lo;
+                hi = hi > Ho ? Ho : hi;
+                int fresh = lo;
+                if (win_hi > lo && win_lo <= lo) { /* keep the rows the previous band computed */
+                    memmove(ring, ring + (size_t)(lo - win_lo) * Wo * C, sizeof(float) * (size_t)(win_hi - lo) * Wo * C);
+                    fresh = win_hi;
+                }
+                if (fresh < hi) {
+                    float *g = ring + (size_t)(fresh - lo) * Wo * C;
+                    int w0 = fresh > own_lo ? fresh : own_lo, w1 = hi < own_hi ? hi : own_hi;
+                    /* the input rows the weight gradient of rows [w0, w1) reads, fetched into L2 during the GEMM
+                     * (as the forward kernel fetches its next tile's input) */
+                    const char *pf = NULL, *pf_end = NULL;
+                    int x_lo = w0 - ph, x_hi = w1 - 1 - ph + KH - 1;
+                    x_lo = x_lo < 0 ? 0 : x_lo;
+                    x_hi = x_hi >= H ? H - 1 : x_hi;
+                    if (w0 < w1 && x_lo <= x_hi) {
+                        pf = (const char *)(xn + (size_t)x_lo * W * C);
+                        pf_end = (const char *)(xn + (size_t)(x_hi + 1) * W * C);
+                    }
+                    pointwise_tile(gyn + (size_t)fresh * Wo * Cout, (hi - fresh) * Wo, Cout, Cout, b, NULL, C, 0, C,
+                                   ACT_NONE, g, 0, pf, pf_end);
+                    for (int oh = w0; oh < w1; ++oh) {
+                        const float *go = ring + (size_t)(oh - lo) * Wo * C;
+                        sepconv_wgrad_row(xn, H, W, C, go, Wo, KH, KW, 1, 1, ph, pw, 1, 1, oh, Cw, part, NULL);
+                        if (gbdw)
+                            for (int ow = 0; ow < Wo; ++ow)
+                                for (int c = 0; c < C; ++c) bpart[c] += go[(size_t)ow * C + c];
+                    }
+                }
+                win_lo = lo;
+                win_hi = hi;
+                /* gx rows [a, e): the flipped depthwise convolution of gm rows [lo, hi), held from ring[0] (the
+                 * padding shifted by lo), through the forward kernel's depthwise step into t, then copied out */
+                int m = (e - a) * W;
+                depthwise_tile(ring, hi - lo, Wo, C, wflip, NULL, KH, KW, 1, 1, KH - 1 - ph + lo, KW - 1 - pw, 1, 1,
+                               ACT_NONE, W, a * W, m, t, cp, NULL, NULL, NULL);
+                float *out = gx + ((size_t)n * H + a) * W * C;
+                for (int i = 0; i < m; ++i) memcpy(out + (size_t)i * C, t + (size_t)i * cp, sizeof(float) * C);
+            }
+        }
+        free(ring);
+    }
+    if (!failed) {
+        for (size_t k = 0; k < taps; ++k)
+            for (int c = 0; c < C; ++c) {
+                float s = 0.f;
+                for (int i = 0; i < threads; ++i) s += sums[(size_t)i * per + k * Cw + c];
+                gwdw[k * C + c] = s;
+            }
+        if (gbdw)
+            for (int c = 0; c < C; ++c) {
+                float s = 0.f;
+                for (int i = 0; i < threads; ++i) s += sums[(size_t)i * per + taps * Cw + c];
+                gbdw[c] = s;
+            }
+    }
+    free(b);
+    free(wflip);
+    free(sums);
     return failed ? -1 : 0;
 }

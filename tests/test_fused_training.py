@@ -1,0 +1,204 @@
+"""The 'fused' training engine: a SeparableConv2d's forward and backward passes each in one C kernel.
+
+Checked against independent references: float64 autograd through ``F.conv2d`` (the kernels' gradients), the two
+``nn.Conv2d`` steps of an untuned layer (the engine), ``gradcheck`` in float64 (the autograd Function's own path).
+"""
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from sepconv import SeparableConv2d
+from sepconv.backends import native
+from sepconv.backends.fused import fused_forward_keeping_depthwise
+from sepconv.backends.training import (ENGINES, FusedSeparableStep, depthwise_pointwise_backward, engine_applies,
+                                       engine_of, tunable, tune_training, untune_training, use_engine)
+
+needs_kernels = pytest.mark.skipif(not native.available(), reason=f"sepconv's C kernels: {native.unavailable_reason()}")
+
+
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    return before
+
+
+def _reference_pair(x, dw_weight, dw_bias, pw_weight, pw_bias, padding):
+    return F.conv2d(F.conv2d(x, dw_weight, dw_bias, 1, padding, 1, x.shape[1]), pw_weight, pw_bias)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 40), st.integers(1, 12), st.integers(1, 12),
+       st.integers(1, 5), st.integers(1, 5), st.data(), st.booleans(), st.integers(1, 3), st.integers(0, 999))
+def test_backward_matches_float64_autograd(batch, channels, cout, h, w, kh, kw, data, dw_bias, threads, seed):
+    """Input, depthwise-weight and depthwise-bias gradients of the pair, every padding 0..k-1, against float64."""
+    ph, pw = data.draw(st.integers(0, kh - 1)), data.draw(st.integers(0, kw - 1))
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        return
+    torch.manual_seed(seed)
+    x = torch.randn(batch, channels, h, w)
+    dw_weight, pw_weight = torch.randn(channels, 1, kh, kw), torch.randn(cout, channels, 1, 1)
+    ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    gy = torch.randn(batch, cout, ho, wo)
+    before = _threads(threads)
+    try:
+        gx, gw, gb = depthwise_pointwise_backward(x, dw_weight, pw_weight, gy, (ph, pw), dw_bias=dw_bias)
+    finally:
+        torch.set_num_threads(before)
+    leaves = [t.double().requires_grad_() for t in (x, dw_weight)]
+    bias = torch.zeros(channels, dtype=torch.float64, requires_grad=True)
+    y = _reference_pair(leaves[0], leaves[1], bias, pw_weight.double(), None, (ph, pw))
+    rx, rw, rb = torch.autograd.grad(y, [*leaves, bias], gy.double())
+    scale = 1e-5 * (1 + gy.abs().max().item() * pw_weight.abs().sum(0).max().item() * (1 + x.abs().max().item()))
+    for got, ref in ((gx, rx), (gw, rw), (gb, rb)):
+        if got is None:
+            assert not dw_bias
+            continue
+        assert got.dtype == torch.float32 and got.shape == ref.shape
+        torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=scale * (ho * wo * batch) ** 0.5)
+    assert gx.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_kernels
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 70), st.integers(1, 14), st.integers(1, 14),
+       st.sampled_from([1, 3, 5]), st.data(), st.booleans(), st.booleans(), st.integers(1, 3), st.integers(0, 999))
+def test_forward_keeping_depthwise_matches_conv2d(batch, channels, cout, h, w, k, data, dw_bias, pw_bias, threads,
+                                                  seed):
+    pad = data.draw(st.integers(0, k - 1))
+    if h + 2 * pad < k or w + 2 * pad < k:
+        return
+    torch.manual_seed(seed)
+    x = torch.randn(batch, channels, h, w)
+    dw_weight, pw_weight = torch.randn(channels, 1, k, k), torch.randn(cout, channels, 1, 1)
+    db = torch.randn(channels) if dw_bias else None
+    pb = torch.randn(cout) if pw_bias else None
+    before = _threads(threads)
+    try:
+        y, mid = fused_forward_keeping_depthwise(x, dw_weight, db, pw_weight, pb, (pad, pad))
+    finally:
+        torch.set_num_threads(before)
+    ref_mid = F.conv2d(x.double(), dw_weight.double(), None if db is None else db.double(), 1, pad, 1, channels)
+    ref_y = F.conv2d(ref_mid, pw_weight.double(), None if pb is None else pb.double())
+    torch.testing.assert_close(mid.double(), ref_mid, rtol=1e-5, atol=1e-5 * k)
+    torch.testing.assert_close(y.double(), ref_y, rtol=1e-4, atol=1e-4 * k * channels ** 0.5)
+    assert y.is_contiguous(memory_format=torch.channels_last) and mid.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dw_bias, pw_bias", [(True, True), (False, False), (True, False)])
+def test_fused_step_gradcheck_float64(dw_bias, pw_bias):
+    """The autograd Function's own path (float64: the unfused steps) against finite differences."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    dw = torch.randn(4, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    pw = torch.randn(6, 4, 1, 1, dtype=torch.float64, requires_grad=True)
+    db = torch.randn(4, dtype=torch.float64, requires_grad=True) if dw_bias else None
+    pb = torch.randn(6, dtype=torch.float64, requires_grad=True) if pw_bias else None
+    assert torch.autograd.gradcheck(lambda *t: FusedSeparableStep.apply(t[0], t[1], db, t[2], pb, (1, 2)), (x, dw, pw))
+    if dw_bias and pw_bias:
+        assert torch.autograd.gradcheck(lambda b1, b2: FusedSeparableStep.apply(x, dw, b1, pw, b2, (1, 0)), (db, pb))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("layer_args, batch, size", [
+    ((8, 12, 3, 1, 1, 1, True, "zeros", 1, True), 2, (9, 7)),  # both biases
+    ((16, 32, 3, 1, 1), 4, (32, 32)),  # several bands per image, whole vectors
+    ((5, 7, 5, 1, 2, 1, False, "zeros", 1, True), 3, (6, 11)),  # 5x5, partial vectors, depthwise bias only
+    ((3, 9, 3, 1, 0), 1, (8, 8)),  # unpadded: the output smaller than the input
+    ((24, 40, (3, 5), 1, (2, 1)), 1, (28, 15)),  # one image split between the threads
+])
+def test_fused_engine_matches_the_untuned_layer(threads, layer_args, batch, size):
+    torch.manual_seed(2)
+    layer = SeparableConv2d(*layer_args)
+    routed = copy.deepcopy(layer)
+    if not engine_applies(routed, "fused"):
+        pytest.skip(f"the fused engine needs sepconv's C kernels: {native.unavailable_reason()}")
+    use_engine(routed, "fused")
+    assert engine_of(routed) == "fused"
+    x = torch.randn(batch, layer.in_channels, *size).contiguous(memory_format=torch.channels_last)
+    before = _threads(threads)
+    try:
+        outs = []
+        for module in (layer, routed):
+            xi = x.clone().requires_grad_(True)
+            y = module(xi)
+            y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(3)))
+            outs.append([y.detach(), xi.grad] + [p.grad for p in module.parameters()])
+    finally:
+        torch.set_num_threads(before)
+    for got, ref in zip(outs[1], outs[0]):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=2e-5 * ref.abs().max().item())
+
+
+@needs_kernels
+def test_fused_engine_runs_both_kernels_once_per_step():
+    torch.manual_seed(4)
+    layer = SeparableConv2d(16, 24, 3, padding=1, bias=True)
+    use_engine(layer, "fused")
+    x = torch.randn(2, 16, 12, 12, requires_grad=True)
+    with torch.profiler.profile() as prof:
+        layer(x).sum().backward()
+    names = [e.name for e in prof.events()]
+    assert names.count("sepconv::fused_dwpw") == 1 and names.count("sepconv::dwpw_backward") == 1
+    assert names.count("sepconv::gemm_atb") == 1  # the 1x1 weight gradient
+    assert not any(n.startswith("aten::convolution") for n in names)
+
+
+def test_fused_engine_applies_to_plain_stride_one_layers_only():
+    kernels = native.available()
+    assert "fused" in ENGINES
+    assert engine_applies(SeparableConv2d(8, 16, 3, padding=1), "fused") == kernels
+    assert engine_applies(SeparableConv2d(8, 16, (3, 5), padding=(2, 0), depthwise_bias=True), "fused") == kernels
+    for layer in (SeparableConv2d(8, 16, 3, stride=2, padding=1),
+                  SeparableConv2d(8, 16, 3, padding=2, dilation=2),
+                  SeparableConv2d(8, 16, 3, padding=1, depth_multiplier=2),
+                  SeparableConv2d(8, 16, 3, padding=1, dw_norm="batchnorm"),
+                  SeparableConv2d(8, 16, 3, padding=1, dw_act="relu"),
+                  SeparableConv2d(8, 16, 4, padding="same"),  # an even kernel: a pad module
+                  SeparableConv2d(8, 16, 3, padding=1, padding_mode="reflect"),
+                  SeparableConv2d(8, 16, 3, padding=1).double(),
+                  nn.Conv2d(8, 8, 3, padding=1, groups=8)):
+        assert not engine_applies(layer, "fused"), layer
+    # the per-convolution engines do not take a layer
+    assert not any(engine_applies(SeparableConv2d(8, 8, 1), e) for e in ("gemm", "flip", "dwgrad"))
+    with pytest.raises(ValueError, match="engine 'fused' runs a SeparableConv2d"):
+        use_engine(SeparableConv2d(8, 16, 3, stride=2, padding=1), "fused")
+
+
+@needs_kernels
+def test_tune_training_times_the_layer_after_its_convolutions_and_can_be_undone():
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), SeparableConv2d(8, 16, 3, padding=1, pw_norm="batchnorm",
+                                                                         pw_act="relu"))
+    x = torch.randn(4, 3, 16, 16)
+    choices = tune_training(model, x, rounds=1)
+    assert set(choices) == {"1", "1.depthwise", "1.pointwise"} == {n for n, m in model.named_modules() if tunable(m)}
+    assert choices["1"] in ("eager", "fused") and engine_of(model[1]) == choices["1"]
+    use_engine(model[1], "fused")
+    clone = pickle.loads(pickle.dumps(model))  # a tuned model still pickles and deep-copies
+    assert engine_of(clone[1]) == "fused" and engine_of(copy.deepcopy(model)[1]) == "fused"
+    reference = copy.deepcopy(model)
+    assert untune_training(reference) >= 1 and all(engine_of(m) == "eager" for m in reference.modules())
+    for m in (model, reference):
+        m(x).square().mean().backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_backward_refuses_shapes_that_do_not_belong_together():
+    x, dw, pw = torch.randn(2, 4, 6, 6), torch.randn(4, 1, 3, 3), torch.randn(5, 4, 1, 1)
+    gy = torch.randn(2, 5, 6, 6)
+    with pytest.raises(ValueError, match="needs 4-D"):
+        depthwise_pointwise_backward(x[0], dw, pw, gy, (1, 1))
+    with pytest.raises(ValueError, match=r"dw_weight must be \(4, 1, KH, KW\)"):
+        depthwise_pointwise_backward(x, torch.randn(4, 2, 3, 3), pw, gy, (1, 1))
+    with pytest.raises(ValueError, match=r"padding must be 0..2 x 0..2 .* got \(3, 1\)"):
+        depthwise_pointwise_backward(x, dw, pw, gy, (3, 1))
+    with pytest.raises(ValueError, match=r"grad_y must be \(2, 5, 4, 6\)"):
+        depthwise_pointwise_backward(x, dw, pw, gy, (0, 1))
