@@ -28,8 +28,8 @@ int sepconv_gemm_f32(long P, int K, int N, const float *a, long lda, const float
 int sepconv_depthwise_wgrad_f32(const float *x, int N, int H, int W, int C, const float *gy, int Ho, int Wo, int KH,
                                 int KW, int sh, int sw, int ph, int pw, int dh, int dw, float *gw, int threads);
 int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const float *wdw, int KH, int KW, int ph,
-                              int pw, const float *gy, int Cout, const float *wpw, float *gx, float *gwdw,
-                              float *gbdw, int band, int threads);
+                              int pw, const float *gy, int Cout, const float *wpw, const float *mid, float *gx,
+                              float *gwdw, float *gbdw, float *gwpw, int band, int threads);
 
 static unsigned long long state = 88172645463325252ULL;
 static float uniform(void) { /* xorshift64: in [-1, 1) */
@@ -194,18 +194,20 @@ static void check_wgrad(int N, int H, int W, int C, int K, int s, int pad, int d
 /* The fused backward pass of a stride-1 depthwise (KH x KW, padding ph, pw) -> 1x1 (C -> Cout) pair, against gm =
  * gy @ wpw and the two depthwise gradients computed from it in double. */
 static void check_backward(int N, int H, int W, int C, int KH, int KW, int ph, int pw, int Cout, int bias, int band,
-                           int threads) {
+                           int threads, int pw_grad) {
     char what[128];
-    snprintf(what, sizeof what, "backward N%d %dx%dx%d k%dx%d p%d,%d ->%d b%d band%d threads%d", N, H, W, C, KH, KW,
-             ph, pw, Cout, bias, band, threads);
+    snprintf(what, sizeof what, "backward N%d %dx%dx%d k%dx%d p%d,%d ->%d b%d band%d threads%d pw%d", N, H, W, C, KH,
+             KW, ph, pw, Cout, bias, band, threads, pw_grad);
     int Ho = H + 2 * ph - KH + 1, Wo = W + 2 * pw - KW + 1;
     size_t npix = (size_t)N * Ho * Wo;
     float *x = randoms((size_t)N * H * W * C), *wdw = randoms((size_t)KH * KW * C), *gy = randoms(npix * Cout);
     float *wpw = randoms((size_t)Cout * C), *gx = randoms((size_t)N * H * W * C), *gw = randoms((size_t)KH * KW * C);
     float *gb = bias ? randoms(C) : NULL;
+    float *mid = pw_grad ? randoms(npix * C) : NULL, *gwpw = pw_grad ? randoms((size_t)Cout * C) : NULL;
     double *gm = (double *)malloc(sizeof(double) * npix * C), *gma = (double *)malloc(sizeof(double) * npix * C);
     ++checks;
-    if (sepconv_dwpw_backward_f32(x, N, H, W, C, wdw, KH, KW, ph, pw, gy, Cout, wpw, gx, gw, gb, band, threads)) {
+    if (sepconv_dwpw_backward_f32(x, N, H, W, C, wdw, KH, KW, ph, pw, gy, Cout, wpw, mid, gx, gw, gb, gwpw, band,
+                                  threads)) {
         ++failures;
         return;
     }
@@ -262,7 +264,17 @@ static void check_backward(int N, int H, int W, int C, int KH, int KW, int ph, i
         }
         expect_close(what, c, gb[c], v, a);
     }
-    free(x); free(wdw); free(gy); free(wpw); free(gx); free(gw); free(gb); free(gm); free(gma);
+    for (int j = 0; pw_grad && j < Cout; ++j)
+        for (int c = 0; c < C; ++c) {
+            double v = 0, a = 1;
+            for (size_t p = 0; p < npix; ++p) {
+                double t = (double)gy[p * Cout + j] * mid[p * C + c];
+                v += t;
+                a += fabs(t);
+            }
+            expect_close(what, j * C + c, gwpw[(size_t)j * C + c], v, a);
+        }
+    free(x); free(wdw); free(gy); free(wpw); free(gx); free(gw); free(gb); free(gm); free(gma); free(mid); free(gwpw);
 }
 
 int main(void) {
@@ -299,11 +311,13 @@ int main(void) {
         int KH = 1 + k % 7, KW = 1 + (k * 3) % 7, C = channels[k % 11], Cout = couts[(k * 5) % 7];
         int ph = (k / 3) % KH, pw = (k / 2) % KW, H = 3 + (k * 7) % 13, W = 2 + (k * 5) % 19;
         if (H + 2 * ph < KH || W + 2 * pw < KW) continue;
-        check_backward(1 + k % 3, H, W, C, KH, KW, ph, pw, Cout, k % 2, k % 4 == 0 ? 0 : 1 + k % 5, 1 + k % 2);
+        check_backward(1 + k % 3, H, W, C, KH, KW, ph, pw, Cout, k % 2, k % 4 == 0 ? 0 : 1 + k % 5, 1 + k % 2,
+                       k % 3 != 0);
     }
-    check_backward(3, 32, 32, 64, 3, 3, 1, 1, 64, 0, 0, 2); /* a CIFAR-like layer */
-    check_backward(1, 28, 28, 32, 3, 3, 1, 1, 48, 1, 0, 2); /* one image split between the threads */
-    check_backward(1, 9, 12, 24, 5, 5, 2, 2, 40, 1, 2, 3);
+    check_backward(3, 32, 32, 64, 3, 3, 1, 1, 64, 0, 0, 2, 1); /* a CIFAR-like layer */
+    check_backward(1, 28, 28, 32, 3, 3, 1, 1, 48, 1, 0, 2, 1); /* one image split between the threads */
+    check_backward(1, 9, 12, 24, 5, 5, 2, 2, 40, 1, 2, 3, 1);
+    check_backward(2, 6, 7, 100, 3, 3, 1, 1, 45, 0, 0, 2, 1); /* several 12 x 32 blocks of the 1x1 gradient */
     printf("isa=%s checks=%d failures=%d\n", sepconv_isa(), checks, failures);
     return failures ? 1 : 0;
 }

@@ -37,8 +37,10 @@ def _reference_pair(x, dw_weight, dw_bias, pw_weight, pw_bias, padding):
 @given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 40), st.integers(1, 12), st.integers(1, 12),
        st.integers(1, 5), st.integers(1, 5), st.data(), st.booleans(), st.integers(1, 3), st.integers(0, 999))
 def test_backward_matches_float64_autograd(batch, channels, cout, h, w, kh, kw, data, dw_bias, threads, seed):
-    """Input, depthwise-weight and depthwise-bias gradients of the pair, every padding 0..k-1, against float64."""
+    """Input, depthwise-weight, depthwise-bias and 1x1-weight gradients of the pair, every padding 0..k-1, against
+    float64 autograd (the 1x1 weight's: against grad_y^T mid for a given mid)."""
     ph, pw = data.draw(st.integers(0, kh - 1)), data.draw(st.integers(0, kw - 1))
+    with_mid = data.draw(st.booleans())
     if h + 2 * ph < kh or w + 2 * pw < kw:
         return
     torch.manual_seed(seed)
@@ -46,9 +48,11 @@ def test_backward_matches_float64_autograd(batch, channels, cout, h, w, kh, kw, 
     dw_weight, pw_weight = torch.randn(channels, 1, kh, kw), torch.randn(cout, channels, 1, 1)
     ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
     gy = torch.randn(batch, cout, ho, wo)
+    mid = torch.randn(batch, channels, ho, wo) if with_mid else None
     before = _threads(threads)
     try:
-        gx, gw, gb = depthwise_pointwise_backward(x, dw_weight, pw_weight, gy, (ph, pw), dw_bias=dw_bias)
+        gx, gw, gb, gp = depthwise_pointwise_backward(x, dw_weight, pw_weight, gy, (ph, pw), dw_bias=dw_bias,
+                                                      mid=mid)
     finally:
         torch.set_num_threads(before)
     leaves = [t.double().requires_grad_() for t in (x, dw_weight)]
@@ -63,6 +67,32 @@ def test_backward_matches_float64_autograd(batch, channels, cout, h, w, kh, kw, 
         assert got.dtype == torch.float32 and got.shape == ref.shape
         torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=scale * (ho * wo * batch) ** 0.5)
     assert gx.is_contiguous(memory_format=torch.channels_last)
+    if not with_mid:
+        assert gp is None
+        return
+    rp = torch.einsum("nkhw,nchw->kc", gy.double(), mid.double()).reshape(cout, channels, 1, 1)
+    assert gp.dtype == torch.float32 and gp.shape == rp.shape
+    torch.testing.assert_close(gp.double(), rp, rtol=1e-4, atol=1e-5 * (ho * wo * batch) ** 0.5 * 5)
+
+
+def test_backward_leaves_a_large_1x1_weight_gradient_to_matmul_at_b(monkeypatch):
+    """Above _FUSED_PW_GRAD_MAX_WEIGHTS the kernel does not sum the 1x1 weight gradient; the result is the same."""
+    import sepconv.backends.training as training
+
+    torch.manual_seed(6)
+    x, dw, pw = torch.randn(2, 8, 7, 7), torch.randn(8, 1, 3, 3), torch.randn(12, 8, 1, 1)
+    gy, mid = torch.randn(2, 12, 7, 7), torch.randn(2, 8, 7, 7)
+    fused = depthwise_pointwise_backward(x, dw, pw, gy, (1, 1), mid=mid)
+    monkeypatch.setattr(training, "_FUSED_PW_GRAD_MAX_WEIGHTS", 8 * 12 - 1)
+    with torch.profiler.profile() as prof:
+        apart = depthwise_pointwise_backward(x, dw, pw, gy, (1, 1), mid=mid)
+    if native.available():
+        assert "sepconv::gemm_atb" in [e.name for e in prof.events()]
+    for a, b in zip(fused, apart):
+        if a is None:
+            assert b is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 @needs_kernels
@@ -146,7 +176,7 @@ def test_fused_engine_runs_both_kernels_once_per_step():
         layer(x).sum().backward()
     names = [e.name for e in prof.events()]
     assert names.count("sepconv::fused_dwpw") == 1 and names.count("sepconv::dwpw_backward") == 1
-    assert names.count("sepconv::gemm_atb") == 1  # the 1x1 weight gradient
+    assert "sepconv::gemm_atb" not in names  # the 1x1 weight gradient: in the backward kernel
     assert not any(n.startswith("aten::convolution") for n in names)
 
 
@@ -202,3 +232,5 @@ def test_backward_refuses_shapes_that_do_not_belong_together():
         depthwise_pointwise_backward(x, dw, pw, gy, (3, 1))
     with pytest.raises(ValueError, match=r"grad_y must be \(2, 5, 4, 6\)"):
         depthwise_pointwise_backward(x, dw, pw, gy, (0, 1))
+    with pytest.raises(ValueError, match=r"mid must be \(2, 4, 6, 6\) \(the depthwise output\), got \(2, 5, 6, 6\)"):
+        depthwise_pointwise_backward(x, dw, pw, gy, (1, 1), mid=gy)

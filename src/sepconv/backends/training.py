@@ -29,13 +29,15 @@ Why (the measurements are in ``benchmarks/results/kernels-*`` and ``docs/design-
 
 * ``'fused'``, for a whole :class:`~sepconv.SeparableConv2d` whose depthwise
   step is stride 1 with nothing between the steps, float32 on the CPU,
-  where sepconv's C kernels build: :class:`FusedSeparableStep` runs the
-  backward pass of both steps in one C kernel
-  (:func:`depthwise_pointwise_backward`): the 1x1 step's input gradient,
-  which both depthwise gradients read, is computed a band of rows at a time
-  and used while in cache, never written out; the 1x1 weight gradient is
-  :func:`matmul_at_b`'s. A separable layer's depthwise gradients are
-  memory-bound passes over that tensor (``docs/design-notes.md``).
+  where sepconv's C kernels build: :class:`FusedSeparableStep` runs each
+  pass of the layer in one C kernel. Forward: the fused inference kernel,
+  also writing the depthwise output (the 1x1 weight gradient needs it).
+  Backward (:func:`depthwise_pointwise_backward`): the 1x1 step's input
+  gradient, which both depthwise gradients read, is computed a band of
+  rows at a time and used while in cache, never written out, and the 1x1
+  weight gradient is summed from the same rows of the output gradient.
+  Unfused, a separable layer's depthwise steps are memory-bound passes
+  over tensors as large as its input (``docs/design-notes.md``).
 
 Each is faster on some layers and slower on others, so :func:`tune_training`
 times eager PyTorch and the engine on each convolution's own input shape and
@@ -311,22 +313,26 @@ def depthwise_weight_grad(x: torch.Tensor, grad_y: torch.Tensor, kernel_size: tu
 
 
 def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor,
-                                 grad_y: torch.Tensor, padding: tuple[int, int], *, dw_bias: bool = False
-                                 ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Gradients of ``y = conv1x1(depthwise(x))`` with respect to ``x`` and the depthwise weight (and bias).
+                                 grad_y: torch.Tensor, padding: tuple[int, int], *, dw_bias: bool = False,
+                                 mid: Optional[torch.Tensor] = None
+                                 ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Gradients of ``y = conv1x1(depthwise(x))`` with respect to ``x``, the depthwise weight (and bias) and, given
+    the depthwise output ``mid``, the 1x1 weight.
 
     The depthwise step: stride 1, dilation 1, one filter per channel (``dw_weight``: ``(C, 1, KH, KW)``), zero
     ``padding`` ``(ph, pw)`` with ``0 <= ph <= KH - 1`` and ``0 <= pw <= KW - 1``; the 1x1 step: ``pw_weight``
-    ``(Cout, C, 1, 1)``. ``x``: ``(N, C, H, W)``; ``grad_y``: ``(N, Cout, H + 2 ph - KH + 1, W + 2 pw - KW + 1)``.
-    Returns ``(grad_x, grad_dw_weight, grad_dw_bias)``, the last ``None`` unless ``dw_bias``; grad_x is
-    channels-last. The 1x1 weight's gradient needs the depthwise output, which this does not compute
-    (:func:`matmul_at_b` of the two).
+    ``(Cout, C, 1, 1)``. ``x``: ``(N, C, H, W)``; ``grad_y`` (and ``mid``, ``(N, C, Ho, Wo)``):
+    ``(N, Cout, Ho, Wo)`` with ``Ho = H + 2 ph - KH + 1``, ``Wo = W + 2 pw - KW + 1``. Returns ``(grad_x,
+    grad_dw_weight, grad_dw_bias, grad_pw_weight)``: grad_x channels-last, grad_dw_bias ``None`` unless
+    ``dw_bias``, grad_pw_weight ``None`` unless ``mid`` is given.
 
     float32 CPU tensors run in sepconv's C kernel (``sepconv_dwpw_backward_f32`` in ``csrc/fused_dwpw.c``) where
     it builds: the 1x1 step's input gradient ``grad_y @ pw_weight`` is computed a band of rows at a time into a
-    per-thread buffer and both depthwise gradients are taken from there, so it never goes to memory. Other
-    tensors: the same three steps unfused (``F.conv2d`` and ``aten.convolution_backward``). Not tracked by
-    autograd.
+    per-thread buffer and both depthwise gradients are taken from there, so it never goes to memory; the 1x1
+    weight gradient is summed from the same band's ``grad_y`` rows while they are in cache, where the weight is
+    small enough for one copy per thread (at most :data:`_FUSED_PW_GRAD_MAX_WEIGHTS` elements; else
+    :func:`matmul_at_b`). Other tensors: the steps unfused (``F.conv2d``, ``aten.convolution_backward``,
+    :func:`matmul_at_b`). Not tracked by autograd.
     """
     if x.dim() != 4 or dw_weight.dim() != 4 or pw_weight.dim() != 4 or grad_y.dim() != 4:
         raise ValueError(f"depthwise_pointwise_backward needs 4-D x, weights and grad_y, got {tuple(x.shape)}, "
@@ -345,29 +351,56 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
     if tuple(grad_y.shape) != expected:
         raise ValueError(f"depthwise_pointwise_backward: grad_y must be {expected} for x {tuple(x.shape)}, "
                          f"got {tuple(grad_y.shape)}")
-    lib = _kernel_library(x, dw_weight, pw_weight, grad_y) if kh <= 16 else None
+    if mid is not None and tuple(mid.shape) != (n, c, *expected[2:]):
+        raise ValueError(f"depthwise_pointwise_backward: mid must be {(n, c, *expected[2:])} (the depthwise output), "
+                         f"got {tuple(mid.shape)}")
+    lib = _kernel_library(x, dw_weight, pw_weight, grad_y, *(() if mid is None else (mid,))) if kh <= 16 else None
     if lib is None:
         grad_mid = _conv1x1(grad_y, pw_weight, None, transposed=True)
         grad_x = F.conv2d(grad_mid, dw_weight.flip(2, 3), None, 1, (kh - 1 - ph, kw - 1 - pw), 1, c)
         grad_w = torch.ops.aten.convolution_backward(grad_mid, x, dw_weight, None, [1, 1], [ph, pw], [1, 1], False,
                                                      [0, 0], c, [False, True, False])[1]
         return (grad_x.contiguous(memory_format=torch.channels_last), grad_w,
-                grad_mid.sum((0, 2, 3)) if dw_bias else None)
+                grad_mid.sum((0, 2, 3)) if dw_bias else None, _pointwise_weight_grad(grad_y, mid, pw_weight))
     x = x.contiguous(memory_format=torch.channels_last)
     grad_y = grad_y.contiguous(memory_format=torch.channels_last)
+    fuse_pw = mid is not None and cout * c <= _FUSED_PW_GRAD_MAX_WEIGHTS
+    if fuse_pw:
+        mid = mid.contiguous(memory_format=torch.channels_last)
     taps = dw_weight.reshape(c, kh * kw).t().contiguous()  # [KH * KW][C], the kernel's layout
     weight = pw_weight.reshape(cout, c).contiguous()
     grad_x = torch.empty((n, c, h, w), dtype=torch.float32, memory_format=torch.channels_last)
     grad_taps = torch.empty(kh * kw, c, dtype=torch.float32)
     grad_b = torch.empty(c, dtype=torch.float32) if dw_bias else None
+    grad_pw = torch.empty(cout, c, 1, 1, dtype=torch.float32) if fuse_pw else None
     with torch.profiler.record_function("sepconv::dwpw_backward"):  # named in profiles (a ctypes call is no aten op)
         code = lib.sepconv_dwpw_backward_f32(x.data_ptr(), n, h, w, c, taps.data_ptr(), kh, kw, ph, pw,
-                                             grad_y.data_ptr(), cout, weight.data_ptr(), grad_x.data_ptr(),
+                                             grad_y.data_ptr(), cout, weight.data_ptr(),
+                                             mid.data_ptr() if fuse_pw else None, grad_x.data_ptr(),
                                              grad_taps.data_ptr(), None if grad_b is None else grad_b.data_ptr(),
-                                             0, max(1, torch.get_num_threads()))
+                                             grad_pw.data_ptr() if fuse_pw else None, 0,
+                                             max(1, torch.get_num_threads()))
     if code:
         raise RuntimeError(f"the depthwise-pointwise backward kernel failed with code {code} (-1: out of memory)")
-    return grad_x, grad_taps.t().reshape(c, 1, kh, kw), grad_b
+    if not fuse_pw:
+        grad_pw = _pointwise_weight_grad(grad_y, mid, pw_weight)
+    return grad_x, grad_taps.t().reshape(c, 1, kh, kw), grad_b, grad_pw
+
+
+#: The largest 1x1 weight (elements) whose gradient :func:`depthwise_pointwise_backward`'s kernel sums itself:
+#: each thread keeps a copy, updated once per band of rows and added at the end; a larger one (deep layers, whose
+#: few pixels make the sum cheap anyway) is left to :func:`matmul_at_b`, which splits the weight among the threads.
+_FUSED_PW_GRAD_MAX_WEIGHTS = 65536
+
+
+def _pointwise_weight_grad(grad_y: torch.Tensor, mid: Optional[torch.Tensor],
+                           pw_weight: torch.Tensor) -> Optional[torch.Tensor]:
+    """``grad_y``'s pixels^T @ ``mid``'s pixels as a 1x1 weight's gradient, or None without ``mid``."""
+    if mid is None:
+        return None
+    cl = torch.channels_last
+    return matmul_at_b(_pixels(grad_y.contiguous(memory_format=cl)),
+                       _pixels(mid.contiguous(memory_format=cl))).reshape(pw_weight.shape)
 
 
 class FusedSeparableStep(torch.autograd.Function):
@@ -379,8 +412,8 @@ class FusedSeparableStep(torch.autograd.Function):
     depthwise output out (the 1x1 weight gradient needs it;
     :func:`~sepconv.backends.fused.fused_forward_keeping_depthwise`), where
     sepconv's C kernels serve the tensors; else ``F.conv2d`` and
-    :func:`_conv1x1`. Backward: :func:`depthwise_pointwise_backward` for the input and depthwise
-    gradients, :func:`matmul_at_b` for the 1x1 weight gradient. Any dtype and
+    :func:`_conv1x1`. Backward: :func:`depthwise_pointwise_backward` for every gradient but the
+    1x1 bias's (a sum over pixels). Any dtype and
     device (the C kernels serve float32 on the CPU); checked with ``gradcheck``
     in float64 and against the two ``nn.Conv2d`` steps.
     """
@@ -405,14 +438,13 @@ class FusedSeparableStep(torch.autograd.Function):
         grad_x = grad_dw = grad_dwb = grad_pw = grad_pwb = None
         grad_y = grad_y.contiguous(memory_format=torch.channels_last)
         if need[0] or need[1] or (has_dw_bias and need[2]):
-            grad_x, grad_dw, grad_dwb = depthwise_pointwise_backward(x, dw_weight, pw_weight, grad_y, padding,
-                                                                     dw_bias=has_dw_bias and need[2])
-        gy = _pixels(grad_y)
-        if need[3]:
-            grad_pw = matmul_at_b(gy, _pixels(mid.contiguous(memory_format=torch.channels_last)))
-            grad_pw = grad_pw.reshape(pw_weight.shape)
+            grad_x, grad_dw, grad_dwb, grad_pw = depthwise_pointwise_backward(
+                x, dw_weight, pw_weight, grad_y, padding, dw_bias=has_dw_bias and need[2],
+                mid=mid if need[3] else None)
+        elif need[3]:
+            grad_pw = _pointwise_weight_grad(grad_y, mid, pw_weight)
         if has_pw_bias and need[4]:
-            grad_pwb = gy.sum(0)
+            grad_pwb = _pixels(grad_y).sum(0)
         return (grad_x if need[0] else None, grad_dw if need[1] else None, grad_dwb, grad_pw, grad_pwb, None)
 
 

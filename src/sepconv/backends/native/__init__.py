@@ -53,7 +53,7 @@ from ...utils.machine import cpu_fields
 
 _CSRC = Path(__file__).resolve().parent / "csrc"
 _SOURCES = tuple(_CSRC / name for name in ("fused_dwpw.c", "gemm_atb.c", "depthwise_wgrad.c"))
-_HEADERS = (_CSRC / "simd.h", _CSRC / "wgrad_row.h")
+_HEADERS = (_CSRC / "simd.h", _CSRC / "wgrad_steps.h")
 
 #: The ``-march`` the kernels are built for. ``native``: this CPU's vector width (AVX-512 where it has it). Tests
 #: set a portable target (e.g. ``x86-64-v2``) to exercise the kernels' non-AVX-512 code paths on any machine.
@@ -126,7 +126,7 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.sepconv_gemm_f32.restype = i
     lib.sepconv_depthwise_wgrad_f32.argtypes = [p, i, i, i, i, p, i, i, i, i, i, i, i, i, i, i, p, i]
     lib.sepconv_depthwise_wgrad_f32.restype = i
-    lib.sepconv_dwpw_backward_f32.argtypes = [p, i, i, i, i, p, i, i, i, i, p, i, p, p, p, p, i, i]
+    lib.sepconv_dwpw_backward_f32.argtypes = [p, i, i, i, i, p, i, i, i, i, p, i, p, p, p, p, p, p, i, i]
     lib.sepconv_dwpw_backward_f32.restype = i
     lib.sepconv_pack_panels_f32.argtypes = [p, long, long, i, i, p, i]
     lib.sepconv_pack_panels_f32.restype = None

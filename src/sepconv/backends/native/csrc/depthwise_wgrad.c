@@ -15,7 +15,7 @@
 #include <omp.h>
 #endif
 #include "simd.h"
-#include "wgrad_row.h"
+#include "wgrad_steps.h"
 
 #define WG_SLIDE 8
 

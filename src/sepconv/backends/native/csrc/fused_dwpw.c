@@ -18,7 +18,7 @@
 #include <omp.h>
 #endif
 #include "simd.h"
-#include "wgrad_row.h"
+#include "wgrad_steps.h"
 
 #ifndef MR
 #define MR 6  /* pixels per register block */
@@ -1169,29 +1169,35 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
  *   gx = depthwise(gm, wdw flipped in space, padding KH - 1 - ph, KW - 1 - pw)    [N][H][W][C]
  *   gwdw[kh][kw][c] = sum over n, oh, ow of gm[n][oh][ow][c] * x[n][oh - ph + kh][ow - pw + kw][c]
  *   gbdw[c] = sum of gm[..][c]                 (when gbdw != NULL)
+ *   gwpw[j][c] = sum of gy[..][j] * mid[..][c]  the 1x1 weight gradient (when gwpw != NULL; mid: the depthwise
+ *                                              step's output, [N][Ho][Wo][C])
  *
  * x: [N][H][W][C]; wdw: [KH][KW][C]; gy: [N][Ho][Wo][Cout]; wpw: [Cout][C] (the 1x1 weight as stored); gx, gwdw,
- * gbdw are overwritten. gm is never stored whole: each thread sweeps the rows of its images (or of its part of an
+ * gbdw, gwpw are overwritten. gm is never stored whole: each thread sweeps the rows of its images (or of its part of an
  * image) a band of `band` gx rows at a time (band < 1: sized so that the band's gm rows fit in about 128 KiB),
  * computing the gm rows the band needs into a buffer that keeps the last KH - 1 of them for the next band, and
- * runs the depthwise input gradient and weight gradient on them there. Against the unfused steps (the 1x1 input
- * gradient written out, then read by both depthwise gradients) this saves writing gm once and reading it twice.
+ * runs the depthwise input gradient and weight gradient on them there, and the 1x1 weight gradient on the band's
+ * gy rows, still in cache from the GEMM. Against the unfused steps (the 1x1 input gradient written out, then read
+ * by both depthwise gradients; gy read again for the 1x1 weight gradient) this saves writing gm once and reading
+ * it twice, and reading gy once.
  * Where an image is split between threads, the KH - 1 gm rows at each split are computed by both sides (each row's
  * weight-gradient term is added by one). The threads' weight-gradient sums are added in thread order: the result
  * does not depend on timing. Returns 0, -1 if a buffer could not be allocated, -2 for sizes or padding outside the
  * above, KH > 16. */
 int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const float *wdw, int KH, int KW, int ph,
-                              int pw, const float *gy, int Cout, const float *wpw, float *gx, float *gwdw,
-                              float *gbdw, int band, int threads) {
+                              int pw, const float *gy, int Cout, const float *wpw, const float *mid, float *gx,
+                              float *gwdw, float *gbdw, float *gwpw, int band, int threads) {
     int Ho = H + 2 * ph - KH + 1, Wo = W + 2 * pw - KW + 1;
     if (N < 1 || H < 1 || W < 1 || C < 1 || Cout < 1 || KH < 1 || KW < 1 || KH > 16 || ph < 0 || pw < 0
-        || ph > KH - 1 || pw > KW - 1 || Ho < 1 || Wo < 1)
+        || ph > KH - 1 || pw > KW - 1 || Ho < 1 || Wo < 1 || (gwpw && !mid))
         return -2;
     if (threads < 1) threads = 1;
     int panels = (C + NR - 1) / NR;
     int cp = (C + 15) / 16 * 16 + 16; /* the gx tile's row stride, as in the forward kernel */
     int Cw = (C + 15) / 16 * 16;      /* the weight-gradient sums' row stride */
-    size_t taps = (size_t)KH * KW, per = taps * Cw + Cw; /* one thread's sums: KH * KW taps, then the bias */
+    /* one thread's sums: KH * KW taps, the depthwise bias, then the 1x1 weight (rows of Cw floats) */
+    size_t taps = (size_t)KH * KW, per = taps * Cw + Cw + (gwpw ? (size_t)Cout * Cw : 0);
+    long atb_blocks = (long)((Cout + 11) / 12) * ((C + 31) / 32); /* sepconv_atb_range's register blocks */
     if (band < 1) {
         long row_floats = (long)Wo * (C > Cout ? C : Cout);
         band = (int)(32768 / row_floats) - (KH - 1);
@@ -1224,7 +1230,7 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        float *part = sums + (size_t)tid * per, *bpart = part + taps * Cw;
+        float *part = sums + (size_t)tid * per, *bpart = part + taps * Cw, *wpart = bpart + Cw;
         size_t ring_bytes = ((size_t)(band + KH - 1) * Wo * C * sizeof(float) + 63) / 64 * 64;
         float *ring = (float *)aligned_alloc(64, ring_bytes + (size_t)band * W * cp * sizeof(float));
         float *t = ring ? ring + ring_bytes / sizeof(float) : NULL;
@@ -1283,6 +1289,11 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
                             for (int ow = 0; ow < Wo; ++ow)
                                 for (int c = 0; c < C; ++c) bpart[c] += go[(size_t)ow * C + c];
                     }
+                    if (gwpw && w0 < w1) {
+                        long rows = (long)(w1 - w0) * Wo;
+                        sepconv_atb_range(gyn + (size_t)w0 * Wo * Cout, Cout, mid + ((size_t)n * Ho + w0) * Wo * C, C,
+                                          wpart, Cw, Cout, C, 0, rows, rows, 0, atb_blocks);
+                    }
                 }
                 win_lo = lo;
                 win_hi = hi;
@@ -1310,6 +1321,13 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
                 for (int i = 0; i < threads; ++i) s += sums[(size_t)i * per + taps * Cw + c];
                 gbdw[c] = s;
             }
+        if (gwpw)
+            for (size_t j = 0; j < (size_t)Cout; ++j)
+                for (int c = 0; c < C; ++c) {
+                    float s = 0.f;
+                    for (int i = 0; i < threads; ++i) s += sums[(size_t)i * per + (taps + 1 + j) * Cw + c];
+                    gwpw[j * C + c] = s;
+                }
     }
     free(b);
     free(wflip);

@@ -17,6 +17,7 @@
 #include <omp.h>
 #endif
 #include "simd.h"
+#include "wgrad_steps.h"
 
 #define MB 12 /* rows of out per register block */
 #define NB 32 /* columns of out per register block (two AVX-512 vectors) */
@@ -147,8 +148,8 @@ static void atb_block(const float *A, long lda, const float *B, long ldb, float 
 }
 
 /* Blocks [blk_begin, blk_end) of out (numbered m-block-minor within each n-block) over pixels [p0, p1), in
- * chunks of pc pixels. */
-static void atb_range(const float *A, long lda, const float *B, long ldb, float *out, long ldo, int M, int N,
+ * chunks of pc pixels. Also called by the fused backward kernel (fused_dwpw.c) on the rows it holds in cache. */
+void sepconv_atb_range(const float *A, long lda, const float *B, long ldb, float *out, long ldo, int M, int N,
                       long p0, long p1, long pc, long blk_begin, long blk_end) {
     int mblocks = (M + MB - 1) / MB;
     for (long c0 = p0; c0 < p1; c0 += pc) {
@@ -183,7 +184,7 @@ int sepconv_gemm_atb_f32(long P, int M, int N, const float *A, long lda, const f
     threads = 1;
 #endif
     if (threads == 1 || P == 0) {
-        atb_range(A, lda, B, ldb, out, ldo, M, N, 0, P, pc, 0, blocks);
+        sepconv_atb_range(A, lda, B, ldb, out, ldo, M, N, 0, P, pc, 0, blocks);
         return 0;
     }
     if (blocks >= 2L * threads) { /* each thread owns whole register blocks of out */
@@ -192,7 +193,7 @@ int sepconv_gemm_atb_f32(long P, int M, int N, const float *A, long lda, const f
         {
             int t = omp_get_thread_num(), nt = omp_get_num_threads();
             long b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
-            atb_range(A, lda, B, ldb, out, ldo, M, N, 0, P, pc, b0, b1);
+            sepconv_atb_range(A, lda, B, ldb, out, ldo, M, N, 0, P, pc, b0, b1);
         }
 #endif
         return 0;
@@ -206,9 +207,9 @@ int sepconv_gemm_atb_f32(long P, int M, int N, const float *A, long lda, const f
         int t = omp_get_thread_num(), nt = omp_get_num_threads();
         long q0 = P * t / nt, q1 = P * (t + 1) / nt;
         if (t == 0)
-            atb_range(A, lda, B, ldb, out, ldo, M, N, q0, q1, pc, 0, blocks);
+            sepconv_atb_range(A, lda, B, ldb, out, ldo, M, N, q0, q1, pc, 0, blocks);
         else
-            atb_range(A, lda, B, ldb, partial + (size_t)(t - 1) * M * N, N, M, N, q0, q1, pc, 0, blocks);
+            sepconv_atb_range(A, lda, B, ldb, partial + (size_t)(t - 1) * M * N, N, M, N, q0, q1, pc, 0, blocks);
 #pragma omp barrier
 #pragma omp for schedule(static)
         for (int r = 0; r < M; ++r)
