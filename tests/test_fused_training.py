@@ -16,7 +16,7 @@ from torch import nn
 
 from sepconv import SeparableConv2d
 from sepconv.backends import native
-from sepconv.backends.fused import fused_forward_keeping_depthwise
+from sepconv.backends.fused import fused_separable_forward
 from sepconv.backends.training import (ENGINES, FusedSeparableStep, depthwise_pointwise_backward, engine_applies,
                                        engine_of, tunable, tune_training, untune_training, use_engine)
 
@@ -109,16 +109,21 @@ def test_forward_keeping_depthwise_matches_conv2d(batch, channels, cout, h, w, k
     dw_weight, pw_weight = torch.randn(channels, 1, k, k), torch.randn(cout, channels, 1, 1)
     db = torch.randn(channels) if dw_bias else None
     pb = torch.randn(cout) if pw_bias else None
+    keep = data.draw(st.booleans())
     before = _threads(threads)
     try:
-        y, mid = fused_forward_keeping_depthwise(x, dw_weight, db, pw_weight, pb, (pad, pad))
+        y, mid = fused_separable_forward(x, dw_weight, db, pw_weight, pb, (pad, pad), keep_depthwise=keep)
     finally:
         torch.set_num_threads(before)
     ref_mid = F.conv2d(x.double(), dw_weight.double(), None if db is None else db.double(), 1, pad, 1, channels)
     ref_y = F.conv2d(ref_mid, pw_weight.double(), None if pb is None else pb.double())
-    torch.testing.assert_close(mid.double(), ref_mid, rtol=1e-5, atol=1e-5 * k)
     torch.testing.assert_close(y.double(), ref_y, rtol=1e-4, atol=1e-4 * k * channels ** 0.5)
-    assert y.is_contiguous(memory_format=torch.channels_last) and mid.is_contiguous(memory_format=torch.channels_last)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    if not keep:
+        assert mid is None
+        return
+    torch.testing.assert_close(mid.double(), ref_mid, rtol=1e-5, atol=1e-5 * k)
+    assert mid.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("dw_bias, pw_bias", [(True, True), (False, False), (True, False)])
@@ -178,6 +183,15 @@ def test_fused_engine_runs_both_kernels_once_per_step():
     assert names.count("sepconv::fused_dwpw") == 1 and names.count("sepconv::dwpw_backward") == 1
     assert "sepconv::gemm_atb" not in names  # the 1x1 weight gradient: in the backward kernel
     assert not any(n.startswith("aten::convolution") for n in names)
+    # evaluation (no gradient to come): the forward kernel alone, without the autograd Function
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        y = layer(x)
+    names = [e.name for e in prof.events()]
+    assert names.count("sepconv::fused_dwpw") == 1 and "FusedSeparableStep" not in names
+    untuned = copy.deepcopy(layer)
+    untune_training(untuned)
+    with torch.no_grad():
+        torch.testing.assert_close(y, untuned(x), rtol=1e-4, atol=1e-4)
 
 
 def test_fused_engine_applies_to_plain_stride_one_layers_only():

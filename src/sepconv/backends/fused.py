@@ -6,7 +6,7 @@ step. :class:`FusedSeparableConv2d` computes the depthwise result for a tile
 of output pixels into a buffer sized for the L2 cache and multiplies it by
 the pointwise weight at once (a register-blocked GEMM in AVX-512, AVX2 + FMA
 or ARM NEON vectors, whichever the CPU has), so that traffic disappears. It is an inference engine: weights are
-copied in at construction, no autograd. :func:`fused_forward_keeping_depthwise` runs the same kernel for a
+copied in at construction, no autograd. :func:`fused_separable_forward` runs the same kernel for a
 training step's forward pass, writing the depthwise output out as well (the 1x1 weight gradient needs it).
 
 The kernel is plain C (``csrc/fused_dwpw.c``), built on first use with the
@@ -92,12 +92,12 @@ def default_tile(in_channels: int) -> int:
     return max(6, (_TILE_BYTES // (4 * (in_channels + 32))) // 6 * 6)
 
 
-def fused_forward_keeping_depthwise(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
-                                    pw_weight: torch.Tensor, pw_bias: Optional[torch.Tensor],
-                                    padding: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A stride-1, undilated depthwise (one filter per channel, zero ``padding``) -> 1x1 pair in the fused kernel,
-    returning the layer's output and the depthwise step's output (what a training step keeps for the 1x1 weight
-    gradient), both channels-last float32 tensors.
+def fused_separable_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
+                            pw_weight: torch.Tensor, pw_bias: Optional[torch.Tensor], padding: tuple[int, int], *,
+                            keep_depthwise: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """A stride-1, undilated depthwise (one filter per channel, zero ``padding``) -> 1x1 pair in the fused kernel:
+    ``(y, mid)``, the layer's output and, with ``keep_depthwise``, the depthwise step's output (what a training
+    step keeps for the 1x1 weight gradient; else None), channels-last float32 tensors.
 
     ``x``: ``(N, C, H, W)`` float32 on the CPU; ``dw_weight``: ``(C, 1, KH, KW)``; ``pw_weight``:
     ``(Cout, C, 1, 1)``; biases ``(C,)`` / ``(Cout,)`` or None. The weights are packed at each call (they change
@@ -106,14 +106,14 @@ def fused_forward_keeping_depthwise(x: torch.Tensor, dw_weight: torch.Tensor, dw
     """
     lib = native.load()[0]
     if lib is None:
-        raise RuntimeError(f"fused_forward_keeping_depthwise: {fused_unavailable_reason()}")
+        raise RuntimeError(f"fused_separable_forward: {fused_unavailable_reason()}")
     n, c, h, w = x.shape
     cout = pw_weight.shape[0]
     kh, kw = dw_weight.shape[2:]
     ph, pw = padding
     ho, wo = output_size_1d(h, kh, 1, 1, (ph, ph)), output_size_1d(w, kw, 1, 1, (pw, pw))
     if ho < 1 or wo < 1:
-        raise ValueError(f"fused_forward_keeping_depthwise: a {h}x{w} input with padding {tuple(padding)} is smaller "
+        raise ValueError(f"fused_separable_forward: a {h}x{w} input with padding {tuple(padding)} is smaller "
                          f"than the {kh}x{kw} kernel")
     threads = max(1, torch.get_num_threads())
     x = x.contiguous(memory_format=torch.channels_last)
@@ -123,14 +123,14 @@ def fused_forward_keeping_depthwise(x: torch.Tensor, dw_weight: torch.Tensor, dw
     lib.sepconv_pack_panels_f32(weight.data_ptr(), 1, c, c, cout, panels.data_ptr(), threads)  # B[c][j] = w[j][c]
     tile, groups, stream = kernel_schedule(n, ho, wo, cout, default_tile(c), threads)
     y = torch.empty((n, cout, ho, wo), dtype=torch.float32, memory_format=torch.channels_last)
-    mid = torch.empty((n, c, ho, wo), dtype=torch.float32, memory_format=torch.channels_last)
+    mid = torch.empty((n, c, ho, wo), dtype=torch.float32, memory_format=torch.channels_last) if keep_depthwise else None
     jobs = lib.sepconv_fused_jobs(n, ho, wo, tile, groups)
     with torch.profiler.record_function("sepconv::fused_dwpw"):  # named in profiles (a ctypes call is no aten op)
         code = lib.sepconv_fused_dwpw_f32(
             x.data_ptr(), n, h, w, c, taps.data_ptr(), None if dw_bias is None else dw_bias.detach().data_ptr(),
             kh, kw, 1, 1, ph, pw, 1, 1, 0, panels.data_ptr(),
             None if pw_bias is None else pw_bias.detach().contiguous().data_ptr(), cout, 0, y.data_ptr(),
-            mid.data_ptr(), ho, wo, tile, groups, int(stream), 3, 0, jobs, threads)
+            None if mid is None else mid.data_ptr(), ho, wo, tile, groups, int(stream), 3, 0, jobs, threads)
     if code:
         raise RuntimeError(f"the fused kernel failed with code {code} (-1: out of memory)")
     return y, mid

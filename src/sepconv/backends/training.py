@@ -60,7 +60,7 @@ from ..utils.timing import first_inputs
 from . import native
 from .clock import time_candidates
 from .engine import TrainingEngine, always_available
-from .fused import fused_forward_keeping_depthwise
+from .fused import fused_separable_forward
 from .sites import is_identity, plain_conv2d
 
 
@@ -410,7 +410,7 @@ class FusedSeparableStep(torch.autograd.Function):
     ``padding`` up to ``kernel - 1`` (what :func:`depthwise_pointwise_backward`
     takes). Forward: the fused inference kernel, which also writes the
     depthwise output out (the 1x1 weight gradient needs it;
-    :func:`~sepconv.backends.fused.fused_forward_keeping_depthwise`), where
+    :func:`~sepconv.backends.fused.fused_separable_forward`), where
     sepconv's C kernels serve the tensors; else ``F.conv2d`` and
     :func:`_conv1x1`. Backward: :func:`depthwise_pointwise_backward` for every gradient but the
     1x1 bias's (a sum over pixels). Any dtype and
@@ -423,7 +423,7 @@ class FusedSeparableStep(torch.autograd.Function):
                 pw_weight: torch.Tensor, pw_bias: Optional[torch.Tensor], padding: tuple[int, int]) -> torch.Tensor:
         ctx.conf = (tuple(padding), dw_bias is not None, pw_bias is not None)
         if _kernel_library(x, dw_weight, pw_weight, *(b for b in (dw_bias, pw_bias) if b is not None)) is not None:
-            y, mid = fused_forward_keeping_depthwise(x, dw_weight, dw_bias, pw_weight, pw_bias, padding)
+            y, mid = fused_separable_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, padding)
         else:
             mid = F.conv2d(x, dw_weight, dw_bias, 1, padding, 1, x.shape[1])
             y = _conv1x1(mid, pw_weight, pw_bias)
@@ -456,7 +456,12 @@ class _StepsForward:
 
     def __call__(self, layer: SeparableConv2d, x: torch.Tensor) -> torch.Tensor:
         dw, pw = layer.depthwise, layer.pointwise
-        return FusedSeparableStep.apply(x, dw.weight, dw.bias, pw.weight, pw.bias, tuple(dw.padding))
+        params = (dw.weight, dw.bias, pw.weight, pw.bias)
+        if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *params))) \
+                and _kernel_library(x, *(t for t in params if t is not None)) is not None:
+            # no backward pass to come (evaluation): the fused kernel without writing the depthwise output out
+            return fused_separable_forward(x, *params, tuple(dw.padding), keep_depthwise=False)[0]
+        return FusedSeparableStep.apply(x, *params, tuple(dw.padding))
 
     def __repr__(self) -> str:
         return "sepconv.backends.training engine 'fused'"
