@@ -1215,7 +1215,6 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
         free(b); free(wflip); free(sums);
         return -1;
     }
-    memset(sums, 0, (size_t)threads * per * sizeof(float));
     for (int kh = 0; kh < KH; ++kh)
         for (int kw = 0; kw < KW; ++kw)
             memcpy(wflip + ((size_t)kh * KW + kw) * C, wdw + ((size_t)(KH - 1 - kh) * KW + (KW - 1 - kw)) * C,
@@ -1226,11 +1225,13 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
 #pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
     {
-        int tid = 0;
+        int tid = 0, nt = 1;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
+        nt = omp_get_num_threads();
 #endif
         float *part = sums + (size_t)tid * per, *bpart = part + taps * Cw, *wpart = bpart + Cw;
+        memset(part, 0, per * sizeof(float)); /* each thread its own sums (the memory is touched first here) */
         size_t ring_bytes = ((size_t)(band + KH - 1) * Wo * C * sizeof(float) + 63) / 64 * 64;
         float *ring = (float *)aligned_alloc(64, ring_bytes + (size_t)band * W * cp * sizeof(float));
         float *t = ring ? ring + ring_bytes / sizeof(float) : NULL;
@@ -1307,27 +1308,21 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
             }
         }
         free(ring);
-    }
-    if (!failed) {
-        for (size_t k = 0; k < taps; ++k)
+        /* the threads' sums added in thread order, the rows (taps, bias, 1x1 weight rows) shared among them */
+        long rows = (long)taps + 1 + (gwpw ? Cout : 0);
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp for schedule(static)
+#endif
+        for (long r = 0; r < rows; ++r) {
+            float *dst = r < (long)taps ? gwdw + r * C : r == (long)taps ? gbdw : gwpw + (r - (long)taps - 1) * C;
+            if (failed || !dst) continue;
             for (int c = 0; c < C; ++c) {
                 float s = 0.f;
-                for (int i = 0; i < threads; ++i) s += sums[(size_t)i * per + k * Cw + c];
-                gwdw[k * C + c] = s;
+                for (int i = 0; i < nt; ++i) s += sums[(size_t)i * per + (size_t)r * Cw + c];
+                dst[c] = s;
             }
-        if (gbdw)
-            for (int c = 0; c < C; ++c) {
-                float s = 0.f;
-                for (int i = 0; i < threads; ++i) s += sums[(size_t)i * per + taps * Cw + c];
-                gbdw[c] = s;
-            }
-        if (gwpw)
-            for (size_t j = 0; j < (size_t)Cout; ++j)
-                for (int c = 0; c < C; ++c) {
-                    float s = 0.f;
-                    for (int i = 0; i < threads; ++i) s += sums[(size_t)i * per + (taps + 1 + j) * Cw + c];
-                    gwpw[j * C + c] = s;
-                }
+        }
     }
     free(b);
     free(wflip);
