@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sepconv.backends import native
@@ -84,8 +85,8 @@ def test_isa_names_the_loaded_variant():
 def test_a_narrower_variant_is_built_on_request_and_computes_the_same(monkeypatch, variant):
     if not native.available():
         pytest.skip(f"sepconv's C kernels: {native.unavailable_reason()}")
-    from sepconv.backends.fused import FusedSeparableConv2d, fused_isa
-    from sepconv.backends.training import depthwise_weight_grad, matmul_at_b, matmul_bt
+    from sepconv.backends.fused import FusedSeparableConv2d, fused_isa, fused_separable_forward
+    from sepconv.backends.training import depthwise_pointwise_backward, depthwise_weight_grad, matmul_at_b, matmul_bt
 
     monkeypatch.setenv("SEPCONV_ISA", variant)
     assert native.isa() == variant == fused_isa()
@@ -107,3 +108,14 @@ def test_a_narrower_variant_is_built_on_request_and_computes_the_same(monkeypatc
     w, bias = torch.randn(40, 24), torch.randn(40)
     torch.testing.assert_close(matmul_bt(a, w, bias), a @ w.T + bias, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(matmul_bt(b, w, transposed=True), b @ w, atol=1e-4, rtol=1e-4)
+    # the fused layer's training kernels: forward with the depthwise output kept, and the backward pass
+    x, dw_w, pw_w = torch.randn(2, 20, 9, 10), torch.randn(20, 1, 3, 3), torch.randn(36, 20, 1, 1)
+    y, mid = fused_separable_forward(x, dw_w, None, pw_w, None, (1, 1))
+    torch.testing.assert_close(mid, F.conv2d(x, dw_w, None, 1, 1, 1, 20), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(y, F.conv2d(mid, pw_w), atol=1e-4, rtol=1e-4)
+    xr, dr, pr = (t.double().requires_grad_() for t in (x, dw_w, pw_w))
+    gy = torch.randn(2, 36, 9, 10)
+    want = torch.autograd.grad(F.conv2d(F.conv2d(xr, dr, None, 1, 1, 1, 20), pr), (xr, dr, pr), gy.double())
+    gx, gd, _, gp = depthwise_pointwise_backward(x, dw_w, pw_w, gy, (1, 1), mid=mid)
+    for g, r in zip((gx, gd, gp), want):
+        torch.testing.assert_close(g.double(), r, atol=1e-3, rtol=1e-4)
