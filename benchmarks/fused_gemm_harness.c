@@ -10,10 +10,14 @@
  * Build with -mavx2 -mfma -mno-avx512f to time the AVX2 path; benchmarks/bench_gemm_harness.py builds and runs
  * several variants alternately. It shows whether the compiler keeps the register block's accumulators in
  * registers (a spill of them is described in benchmarks/README.md, "Zero padding"). One thread.
+ * It compiles its own copy of the step: GCC's register allocation can differ in the library, where the step is
+ * shared by several entry points (docs/design-notes.md), so a change is confirmed through the library's entry
+ * points with benchmarks/bench_kernel_ab.py.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "../src/sepconv/backends/native/csrc/fused_dwpw.c"
-#include "../src/sepconv/backends/native/csrc/depthwise_wgrad.c" /* the backward kernel's per-row step */
+#include "../src/sepconv/backends/native/csrc/depthwise_wgrad.c" /* the backward kernel's weight-gradient steps */
+#include "../src/sepconv/backends/native/csrc/gemm_atb.c"
 #include <stdio.h>
 #include <time.h>
 

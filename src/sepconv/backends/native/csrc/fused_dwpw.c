@@ -23,6 +23,15 @@
 #ifndef MR
 #define MR 6  /* pixels per register block */
 #endif
+/* GCC's specialized copies of a function (constant-propagation clones) get their own register allocation: the copy
+ * of pointwise_tile that sepconv_gemm_f32 called kept one of the AVX2 register block's twelve accumulators on the
+ * stack (a store and a reload on its FMA chain every input channel, with a vector register unused), and ran the
+ * 1x1 GEMM at 43-50 GFLOP/s where the shared copy runs at 83-111 (Zen 4, GCC 12, docs/design-notes.md). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define NOCLONE __attribute__((noclone))
+#else
+#define NOCLONE
+#endif
 #define NR 32 /* output channels per register block (two AVX-512 vectors) and per packed weight panel */
 #define ACT_NONE 0
 #define ACT_RELU 1
@@ -891,7 +900,7 @@ static inline void prefetch_lines(const char **next, const char *end, long count
 
 /* y[m][Cout] = t[m][:C] @ B + bias, B packed in column panels: b[j / NR][c][j % NR] (zero padded).
  * [pf, pf_end): memory to prefetch while computing (the next job's input), spread over the register blocks. */
-static void pointwise_tile(const float *t, int m, int cp, int C, const float *b, const float *bias, int Cout,
+NOCLONE static void pointwise_tile(const float *t, int m, int cp, int C, const float *b, const float *bias, int Cout,
                            int j_begin, int j_end, int act, float *y, int stream, const char *pf,
                            const char *pf_end) {
     long blocks = (long)((j_end - j_begin + NR - 1) / NR) * ((m + MR - 1) / MR);
