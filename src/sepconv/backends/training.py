@@ -404,7 +404,7 @@ def _pointwise_weight_grad(grad_y: torch.Tensor, mid: Optional[torch.Tensor],
 
 
 class FusedSeparableStep(torch.autograd.Function):
-    """``y = conv1x1(depthwise(x, dw_weight, dw_bias), pw_weight, pw_bias)`` with both steps' backward in one.
+    """``y = conv1x1(depthwise(x, dw_weight, dw_bias), pw_weight, pw_bias)``, each pass of both steps in one kernel.
 
     The depthwise step: stride 1, dilation 1, one filter per channel, zero
     ``padding`` up to ``kernel - 1`` (what :func:`depthwise_pointwise_backward`
@@ -412,10 +412,10 @@ class FusedSeparableStep(torch.autograd.Function):
     depthwise output out (the 1x1 weight gradient needs it;
     :func:`~sepconv.backends.fused.fused_separable_forward`), where
     sepconv's C kernels serve the tensors; else ``F.conv2d`` and
-    :func:`_conv1x1`. Backward: :func:`depthwise_pointwise_backward` for every gradient but the
-    1x1 bias's (a sum over pixels). Any dtype and
-    device (the C kernels serve float32 on the CPU); checked with ``gradcheck``
-    in float64 and against the two ``nn.Conv2d`` steps.
+    :func:`_conv1x1`. Backward: :func:`depthwise_pointwise_backward` for
+    every gradient but the 1x1 bias's (a sum over pixels). Any dtype and
+    device (the C kernels serve float32 on the CPU); checked with
+    ``gradcheck`` in float64 and against the two ``nn.Conv2d`` steps.
     """
 
     @staticmethod
