@@ -11,8 +11,10 @@ VGG-block network (CIFAR-10 shape 3x32x32, batch 64) and MobileNetV1
    * `nchw`: eager PyTorch as built (contiguous NCHW);
    * `channels_last`: model and input converted to channels-last;
    * `tuned`: channels-last after `sepconv.tune_training(model, x)` (per
-     convolution: eager, the 'gemm' 1x1 engine or the 'flip' depthwise
-     engine, whichever timed fastest).
+     convolution: eager or one of its engines, whichever timed fastest; per
+     plain separable layer: that, or the 'fused' layer engine);
+   * `tuned_convolutions`: the same with the layers' 'fused' choices undone
+     (each convolution on its own chosen engine).
 2. `loop`: a plain training loop of one model (the `tuned` set-up) alone in a
    fresh process, as a user runs it, with the C library's default malloc and
    after `sepconv.keep_freed_memory()` (process-wide and permanent, hence one
@@ -53,7 +55,7 @@ NETWORKS = (
     ("vgg_blocks", {"num_classes": 10}, (64, 3, 32, 32)),
     ("mobilenet_v1", {"num_classes": 10}, (8, 3, 128, 128)),
 )
-SETUPS = ("nchw", "channels_last", "tuned")
+SETUPS = ("nchw", "channels_last", "tuned", "tuned_convolutions")
 
 
 def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -81,7 +83,11 @@ def _candidates(name: str, kwargs: dict, shape: tuple[int, ...]) -> tuple[dict, 
         tuned = copy.deepcopy(cl)
         picked = sepconv.tune_training(tuned, x_cl)
         choices[variant] = {k: v for k, v in picked.items() if v != "eager"}
-        for setup, m, xi in (("nchw", model, x), ("channels_last", cl, x_cl), ("tuned", tuned, x_cl)):
+        convolutions = copy.deepcopy(tuned)
+        for module in convolutions.modules():
+            module.__dict__.pop("_steps_engine", None)  # the layer engine's choice undone, its convolutions' kept
+        for setup, m, xi in (("nchw", model, x), ("channels_last", cl, x_cl), ("tuned", tuned, x_cl),
+                             ("tuned_convolutions", convolutions, x_cl)):
             steps[f"{variant}/{setup}"] = _step(m.train(), xi, y)
     return steps, macs, choices
 
