@@ -248,3 +248,18 @@ def test_backward_refuses_shapes_that_do_not_belong_together():
         depthwise_pointwise_backward(x, dw, pw, gy, (0, 1))
     with pytest.raises(ValueError, match=r"mid must be \(2, 4, 6, 6\) \(the depthwise output\), got \(2, 5, 6, 6\)"):
         depthwise_pointwise_backward(x, dw, pw, gy, (1, 1), mid=gy)
+
+
+@pytest.mark.parametrize("engine", ["gemm", "dwgrad", "fused"])
+def test_a_second_derivative_through_an_engine_raises(engine):
+    """The engines' backward passes are first-order only; a double backward says so instead of being wrong."""
+    torch.manual_seed(7)
+    layer = SeparableConv2d(4, 6, 3, padding=1)
+    target = {"gemm": layer.pointwise, "dwgrad": layer.depthwise, "fused": layer}[engine]
+    if not engine_applies(target, engine):
+        pytest.skip(f"{engine} needs sepconv's C kernels: {native.unavailable_reason()}")
+    use_engine(target, engine)
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    (grad,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()

@@ -39,6 +39,11 @@ Why (the measurements are in ``benchmarks/results/kernels-*`` and ``docs/design-
   Unfused, a separable layer's depthwise steps are memory-bound passes
   over tensors as large as its input (``docs/design-notes.md``).
 
+The engines compute first derivatives only: their backward passes are marked
+``once_differentiable`` (the kernels' results are not tracked by autograd, so
+a second derivative through them would be silently wrong), and a double
+backward through a tuned layer raises.
+
 Each is faster on some layers and slower on others, so :func:`tune_training`
 times eager PyTorch and the engine on each convolution's own input shape and
 keeps the faster; nothing changes where eager PyTorch wins.
@@ -53,6 +58,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from ..geometry import output_size_1d
 from ..layers.separable import SeparableConv2d
@@ -207,6 +213,7 @@ class Pointwise1x1(torch.autograd.Function):
         return _conv1x1(x, weight, bias)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
         x, weight = ctx.saved_tensors
         cout, cin = weight.shape[:2]
@@ -247,6 +254,7 @@ class FlippedDepthwise(torch.autograd.Function):
         return F.conv2d(x, weight, bias, 1, padding, dilation, groups)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
         x, weight = ctx.saved_tensors
         (ph, pw), dilation, groups, has_bias, kernel_weight_grad = ctx.conf
@@ -431,6 +439,7 @@ class FusedSeparableStep(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
         x, mid, dw_weight, pw_weight = ctx.saved_tensors
         padding, has_dw_bias, has_pw_bias = ctx.conf
