@@ -263,3 +263,32 @@ def test_a_second_derivative_through_an_engine_raises(engine):
     (grad,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad.sum().backward()
+
+
+@pytest.mark.parametrize("engine", ["gemm", "flip", "dwgrad", "fused"])
+def test_a_traced_or_exported_tuned_model_computes_the_layer(engine):
+    """Tracing (TorchScript, the ONNX export sepconv.optimize uses) sees plain PyTorch operations, not the kernels'
+    outputs as constants: the traced model follows a new input."""
+    import warnings
+
+    torch.manual_seed(8)
+    model = nn.Sequential(SeparableConv2d(4, 6, 3, padding=1), nn.ReLU()).eval()
+    layer = model[0]
+    target = {"gemm": layer.pointwise, "flip": layer.depthwise, "dwgrad": layer.depthwise, "fused": layer}[engine]
+    if not engine_applies(target, engine):
+        pytest.skip(f"{engine} needs sepconv's C kernels: {native.unavailable_reason()}")
+    reference = copy.deepcopy(model)
+    use_engine(target, engine)
+    x, other = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, x)
+        torch.testing.assert_close(traced(other), reference(other), rtol=1e-4, atol=1e-5)
+    pytest.importorskip("onnxruntime", reason="the ONNX export check needs the onnx extra")
+    pytest.importorskip("onnx", reason="the ONNX export check needs the onnx extra")
+    from sepconv.backends.onnxruntime import export_onnx, onnxruntime_session
+
+    session = onnxruntime_session(export_onnx(model, x))[0]
+    got = torch.from_numpy(session.run(None, {"x": other.numpy()})[0])
+    with torch.no_grad():
+        torch.testing.assert_close(got, reference(other), rtol=1e-4, atol=1e-5)

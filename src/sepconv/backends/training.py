@@ -39,6 +39,10 @@ Why (the measurements are in ``benchmarks/results/kernels-*`` and ``docs/design-
   Unfused, a separable layer's depthwise steps are memory-bound passes
   over tensors as large as its input (``docs/design-notes.md``).
 
+While a model is traced or compiled (TorchScript or ONNX export,
+``torch.compile``) a tuned layer runs plain PyTorch operations: the kernels
+are opaque to a tracer.
+
 The engines compute first derivatives only: their backward passes are marked
 ``once_differentiable`` (the kernels' results are not tracked by autograd, so
 a second derivative through them would be silently wrong), and a double
@@ -464,6 +468,8 @@ class _StepsForward:
     engine = "fused"
 
     def __call__(self, layer: SeparableConv2d, x: torch.Tensor) -> torch.Tensor:
+        if _tracing():
+            return layer._steps(x)
         dw, pw = layer.depthwise, layer.pointwise
         params = (dw.weight, dw.bias, pw.weight, pw.bias)
         if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *params))) \
@@ -474,6 +480,14 @@ class _StepsForward:
 
     def __repr__(self) -> str:
         return "sepconv.backends.training engine 'fused'"
+
+
+def _tracing() -> bool:
+    """Whether the model is being traced or compiled (TorchScript or ONNX export, ``torch.compile``): the C kernels
+    are opaque to a tracer, which would record their output as a constant, so the engines run the plain PyTorch
+    operations there."""
+    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)  # torch >= 2.3
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or bool(compiling and compiling())
 
 
 class _EngineForward:
@@ -488,6 +502,8 @@ class _EngineForward:
         self.engine, self.padding, self.dilation, self.groups = engine, padding, dilation, groups
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        if _tracing():
+            return F.conv2d(x, weight, bias, 1, self.padding, self.dilation, self.groups)
         if self.engine == "gemm":
             return Pointwise1x1.apply(x, weight, bias)
         return FlippedDepthwise.apply(x, weight, bias, self.padding, self.dilation, self.groups,
