@@ -1,6 +1,7 @@
 """The C kernels of another git revision against the working tree's, per suite shape, in the same rounds.
 
-    python benchmarks/bench_kernel_ab.py --base REV [--isa native|avx2] [--part layer|depthwise|pointwise|wgrad|atb|gemm]
+    python benchmarks/bench_kernel_ab.py --base REV [--isa native|avx2]
+                                         [--part layer|depthwise|pointwise|wgrad|atb|gemm|backward]
                                          [--rounds 11] [--threads 1] [--suite ...] [--out DIR]
 
 The C sources under `src/sepconv/backends/native/csrc` at `--base` (any git revision) and in the working tree are
@@ -12,7 +13,8 @@ host's drift between them can swamp. `--part`: the whole layer, or the kernel's 
 `parts=1`: into the tile buffer, no output written) or its 1x1 step alone on a zero tile (`parts=2`); or a training
 kernel: `wgrad`, the depthwise weight gradient (`sepconv.backends.training.depthwise_weight_grad`) of each
 shape's depthwise step, `atb`, the 1x1 step's weight-gradient GEMM (`matmul_at_b`, grad_y^T x), or `gemm`, the
-1x1 step's forward pass as the 'gemm' training engine runs it (`matmul_bt`, x W^T). Both
+1x1 step's forward pass as the 'gemm' training engine runs it (`matmul_bt`, x W^T), or `backward`, the 'fused'
+training engine's backward kernel (`depthwise_pointwise_backward`, all four gradients; stride-1 shapes only). Both
 revisions must have the same kernel signatures (the library is bound by the working tree's
 `sepconv.backends.native`).
 
@@ -38,7 +40,8 @@ from sepconv import SeparableConv2d
 from sepconv.backends import native
 from sepconv.backends.clock import time_candidates, timing_clock
 from sepconv.backends.fused import FusedSeparableConv2d
-from sepconv.backends.training import depthwise_weight_grad, matmul_at_b, matmul_bt
+from sepconv.backends.training import (depthwise_pointwise_backward, depthwise_weight_grad, engine_applies,
+                                       matmul_at_b, matmul_bt)
 from sepconv.bench.suites import SUITES, suite_names
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
@@ -47,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CSRC = "src/sepconv/backends/native/csrc"
 PARTS = {"layer": 3, "depthwise": 1, "pointwise": 2}  # the fused kernel's `parts`
-TRAINING_PARTS = ("wgrad", "atb", "gemm")
+TRAINING_PARTS = ("wgrad", "atb", "gemm", "backward")
 
 
 def git(*args: str) -> bytes:
@@ -73,13 +76,21 @@ def build(csrc: Path, isa: str):
 
 
 def part_call(part: str, layer: SeparableConv2d, x: torch.Tensor):
-    """The kernel work ``--part`` names, for one suite layer and its input ``x`` (channels-last)."""
+    """The kernel work ``--part`` names, for one suite layer and its input ``x`` (channels-last); None where that
+    kernel does not run the layer."""
     if part in PARTS:
         fused = FusedSeparableConv2d(layer.depthwise, layer.pointwise)
         return lambda: fused._run(x, PARTS[part])
     dw = layer.depthwise
     with torch.no_grad():
         mid = dw(x)  # the depthwise step's output: the 1x1 step's input, and the shape of its gradient
+    if part == "backward":
+        if not engine_applies(layer, "fused"):
+            return None
+        grad = torch.randn(mid.shape[0], layer.out_channels, *mid.shape[2:]).contiguous(memory_format=torch.channels_last)
+        mid = mid.contiguous(memory_format=torch.channels_last)
+        dw_w, pw_w = dw.weight.detach(), layer.pointwise.weight.detach()
+        return lambda: depthwise_pointwise_backward(x, dw_w, pw_w, grad, tuple(dw.padding), mid=mid)
     if part == "wgrad":
         grad = torch.randn_like(mid).contiguous(memory_format=torch.channels_last)
         return lambda: depthwise_weight_grad(x, grad, dw.kernel_size, dw.stride, dw.padding, dw.dilation)
@@ -132,6 +143,9 @@ def main(argv=None) -> int:
                                         spec.padding, bias=False).eval()
                 x = torch.randn(case.batch, spec.in_channels, *case.size).contiguous(memory_format=torch.channels_last)
                 work = part_call(args.part, layer, x)
+                if work is None:
+                    print(f"{case.name:>24}: not run by --part {args.part}", flush=True)
+                    continue
 
                 def call(which: str):
                     def run():

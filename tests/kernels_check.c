@@ -201,7 +201,11 @@ static void check_backward(int N, int H, int W, int C, int KH, int KW, int ph, i
     int Ho = H + 2 * ph - KH + 1, Wo = W + 2 * pw - KW + 1;
     size_t npix = (size_t)N * Ho * Wo;
     float *x = randoms((size_t)N * H * W * C), *wdw = randoms((size_t)KH * KW * C), *gy = randoms(npix * Cout);
-    float *wpw = randoms((size_t)Cout * C), *gx = randoms((size_t)N * H * W * C), *gw = randoms((size_t)KH * KW * C);
+    float *wpw = randoms((size_t)Cout * C), *gw = randoms((size_t)KH * KW * C);
+    /* gx 64-byte aligned, as PyTorch allocates it, and NaN: every element must be written */
+    size_t ngx = (size_t)N * H * W * C;
+    float *gx = (float *)aligned_alloc(64, (ngx * sizeof(float) + 63) / 64 * 64);
+    for (size_t i = 0; i < ngx; ++i) gx[i] = NAN;
     float *gb = bias ? randoms(C) : NULL;
     float *mid = pw_grad ? randoms(npix * C) : NULL, *gwpw = pw_grad ? randoms((size_t)Cout * C) : NULL;
     double *gm = (double *)malloc(sizeof(double) * npix * C), *gma = (double *)malloc(sizeof(double) * npix * C);
