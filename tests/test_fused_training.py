@@ -292,3 +292,20 @@ def test_a_traced_or_exported_tuned_model_computes_the_layer(engine):
     got = torch.from_numpy(session.run(None, {"x": other.numpy()})[0])
     with torch.no_grad():
         torch.testing.assert_close(got, reference(other), rtol=1e-4, atol=1e-5)
+
+
+def test_forward_refuses_tensors_that_do_not_belong_together():
+    """Checked before the kernel reads memory: a wrong-length bias would otherwise be read past its end."""
+    x, dw, pw = torch.randn(1, 4, 5, 5), torch.randn(4, 1, 3, 3), torch.randn(6, 4, 1, 1)
+    with pytest.raises(ValueError, match=r"for 4 input channels dw_weight must be \(4, 1, KH, KW\)"):
+        fused_separable_forward(x, torch.randn(3, 1, 3, 3), None, pw, None, (1, 1))
+    with pytest.raises(ValueError, match=r"dw_bias must have shape \(4,\), got \(2,\)"):
+        fused_separable_forward(x, dw, torch.randn(2), pw, None, (1, 1))
+    with pytest.raises(ValueError, match=r"pw_bias must have shape \(6,\), got \(4,\)"):
+        fused_separable_forward(x, dw, None, pw, torch.randn(4), (1, 1))
+    with pytest.raises(ValueError, match=r"padding must be >= 0, got \(-1, 1\)"):
+        fused_separable_forward(x, dw, None, pw, None, (-1, 1))
+    with pytest.raises(ValueError, match="needs a float32 CPU x, got torch.float64"):
+        fused_separable_forward(x.double(), dw, None, pw, None, (1, 1))
+    with pytest.raises(ValueError, match="needs 4-D x and weights"):
+        fused_separable_forward(x[0], dw, None, pw, None, (1, 1))

@@ -92,6 +92,28 @@ def default_tile(in_channels: int) -> int:
     return max(6, (_TILE_BYTES // (4 * (in_channels + 32))) // 6 * 6)
 
 
+def check_pair_tensors(where: str, x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor,
+                       dw_bias: Optional[torch.Tensor] = None,
+                       pw_bias: Optional[torch.Tensor] = None) -> tuple[int, int, int, int, int, int, int]:
+    """Check a depthwise (one filter per channel) -> 1x1 pair's tensors before a kernel reads them: ``x``
+    ``(N, C, H, W)``, ``dw_weight`` ``(C, 1, KH, KW)``, ``pw_weight`` ``(Cout, C, 1, 1)``, biases ``(C,)`` and
+    ``(Cout,)`` or None. Returns ``(N, C, H, W, KH, KW, Cout)``; ``ValueError`` naming ``where``, the tensors'
+    shapes and the expected ones otherwise."""
+    if x.dim() != 4 or dw_weight.dim() != 4 or pw_weight.dim() != 4:
+        raise ValueError(f"{where} needs 4-D x and weights, got {tuple(x.shape)}, {tuple(dw_weight.shape)} and "
+                         f"{tuple(pw_weight.shape)}")
+    n, c, h, w = x.shape
+    kh, kw = dw_weight.shape[2:]
+    cout = pw_weight.shape[0]
+    if tuple(dw_weight.shape[:2]) != (c, 1) or tuple(pw_weight.shape[1:]) != (c, 1, 1):
+        raise ValueError(f"{where}: for {c} input channels dw_weight must be ({c}, 1, KH, KW) and pw_weight "
+                         f"(Cout, {c}, 1, 1), got {tuple(dw_weight.shape)} and {tuple(pw_weight.shape)}")
+    for name, bias, size in (("dw_bias", dw_bias, c), ("pw_bias", pw_bias, cout)):
+        if bias is not None and tuple(bias.shape) != (size,):
+            raise ValueError(f"{where}: {name} must have shape ({size},), got {tuple(bias.shape)}")
+    return n, c, h, w, kh, kw, cout
+
+
 def fused_separable_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
                             pw_weight: torch.Tensor, pw_bias: Optional[torch.Tensor], padding: tuple[int, int], *,
                             keep_depthwise: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -104,13 +126,16 @@ def fused_separable_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: O
     between training steps), by the kernel's threads. Not tracked by autograd; ``RuntimeError`` where the kernel
     does not build (:func:`fused_unavailable_reason`).
     """
+    n, c, h, w, kh, kw, cout = check_pair_tensors("fused_separable_forward", x, dw_weight, pw_weight, dw_bias,
+                                                  pw_bias)
+    ph, pw = padding
+    if ph < 0 or pw < 0:
+        raise ValueError(f"fused_separable_forward: padding must be >= 0, got {tuple(padding)}")
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        raise ValueError(f"fused_separable_forward needs a float32 CPU x, got {x.dtype} on {x.device}")
     lib = native.load()[0]
     if lib is None:
         raise RuntimeError(f"fused_separable_forward: {fused_unavailable_reason()}")
-    n, c, h, w = x.shape
-    cout = pw_weight.shape[0]
-    kh, kw = dw_weight.shape[2:]
-    ph, pw = padding
     ho, wo = output_size_1d(h, kh, 1, 1, (ph, ph)), output_size_1d(w, kw, 1, 1, (pw, pw))
     if ho < 1 or wo < 1:
         raise ValueError(f"fused_separable_forward: a {h}x{w} input with padding {tuple(padding)} is smaller "

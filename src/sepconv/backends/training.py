@@ -70,7 +70,7 @@ from ..utils.timing import first_inputs
 from . import native
 from .clock import time_candidates
 from .engine import TrainingEngine, always_available
-from .fused import fused_separable_forward
+from .fused import check_pair_tensors, fused_separable_forward
 from .sites import is_identity, plain_conv2d
 
 
@@ -220,17 +220,13 @@ class Pointwise1x1(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
         x, weight = ctx.saved_tensors
-        cout, cin = weight.shape[:2]
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = _conv1x1(grad_y, weight, None, transposed=True)
-        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-            gy = _pixels(grad_y.contiguous(memory_format=torch.channels_last))
-            if ctx.needs_input_grad[1]:
-                grad_w = matmul_at_b(gy, _pixels(x.contiguous(memory_format=torch.channels_last)))
-                grad_w = grad_w.reshape(weight.shape)
-            if ctx.has_bias and ctx.needs_input_grad[2]:
-                grad_b = gy.sum(0)
+        if ctx.needs_input_grad[1]:
+            grad_w = _pointwise_weight_grad(grad_y, x, weight)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = _pixels(grad_y.contiguous(memory_format=torch.channels_last)).sum(0)
         return grad_x, grad_w, grad_b
 
 
@@ -346,15 +342,7 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
     :func:`matmul_at_b`). Other tensors: the steps unfused (``F.conv2d``, ``aten.convolution_backward``,
     :func:`matmul_at_b`). Not tracked by autograd.
     """
-    if x.dim() != 4 or dw_weight.dim() != 4 or pw_weight.dim() != 4 or grad_y.dim() != 4:
-        raise ValueError(f"depthwise_pointwise_backward needs 4-D x, weights and grad_y, got {tuple(x.shape)}, "
-                         f"{tuple(dw_weight.shape)}, {tuple(pw_weight.shape)} and {tuple(grad_y.shape)}")
-    n, c, h, w = x.shape
-    kh, kw = dw_weight.shape[2:]
-    cout = pw_weight.shape[0]
-    if tuple(dw_weight.shape[:2]) != (c, 1) or tuple(pw_weight.shape[1:]) != (c, 1, 1):
-        raise ValueError(f"depthwise_pointwise_backward: for {c} input channels dw_weight must be ({c}, 1, KH, KW) "
-                         f"and pw_weight (Cout, {c}, 1, 1), got {tuple(dw_weight.shape)} and {tuple(pw_weight.shape)}")
+    n, c, h, w, kh, kw, cout = check_pair_tensors("depthwise_pointwise_backward", x, dw_weight, pw_weight)
     ph, pw = padding
     if not (0 <= ph <= kh - 1 and 0 <= pw <= kw - 1):
         raise ValueError(f"depthwise_pointwise_backward: padding must be 0..{kh - 1} x 0..{kw - 1} for a "
