@@ -519,6 +519,63 @@ SEPCONV_INLINE void vdw_slide(const float *x, int W, int C, const float *wdw, co
     }
 }
 
+/* Four adjacent output pixels of one row for a 3-wide kernel, stride 1 and dilation 1, two channel vectors at a
+ * time (NV = 2; NV = 1 for a last, partial block of channels): per kernel row the three weight vectors of each
+ * channel vector are loaded first and stay in registers, then each of the row's six input vectors per channel
+ * vector is loaded once and multiplied into the pixels whose taps it is. Eight accumulators (8 independent chains
+ * of FMAs, as in the AVX-512 window), six weights and one input: 15 of AVX2's 16 registers. vdw_slide's six-pixel
+ * window has six chains, each pixel's nine FMAs in a row, and on layers of many channels it waited on them
+ * (docs/design-notes.md). Bounds and stores as in vdw_slide. */
+SEPCONV_INLINE void vdw_quad3_nv(const float *x, int W, int C, const float *wdw, const float *bdw, int kh_lo,
+                                 int kh_hi, int ih0, int iw0, int dh, int q_lo, int q_hi, int cnt, int act,
+                                 float *out, int cp, int c, int nc, int NV) {
+    vf acc[2][4];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+        vf b = bdw ? (NV == 2 ? vload(bdw + c + v * VW) : vload_n(bdw + c, nc)) : vzero();
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) acc[v][j] = b;
+    }
+    for (int kh = kh_lo; kh < kh_hi; ++kh) {
+        const float *row = x + (size_t)(ih0 + kh * dh) * W * C + c;
+        const float *wrow = wdw + (size_t)kh * 3 * C + c;
+        vf wv[2][3];
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v)
+#pragma GCC unroll 3
+            for (int kw = 0; kw < 3; ++kw)
+                wv[v][kw] = NV == 2 ? vload(wrow + (size_t)kw * C + v * VW) : vload_n(wrow + (size_t)kw * C, nc);
+#pragma GCC unroll 6
+        for (int q = 0; q < 6; ++q) {
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; ++v) {
+                vf in = q < q_lo || q >= q_hi ? vzero()
+                        : NV == 2 ? vload(row + (ptrdiff_t)(iw0 + q) * C + v * VW)
+                                  : vload_n(row + (ptrdiff_t)(iw0 + q) * C, nc);
+#pragma GCC unroll 3
+                for (int kw = 2; kw >= 0; --kw)
+                    if (q - kw >= 0 && q - kw < 4) acc[v][q - kw] = vfma(in, wv[v][kw], acc[v][q - kw]);
+            }
+        }
+    }
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v)
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j)
+            if (j < cnt) vstore(out + (size_t)j * cp + c + v * VW, vact(acc[v][j], act));
+}
+
+/* vdw_quad3_nv over all channels: pairs of channel vectors, then a last partial block one vector at a time. */
+SEPCONV_INLINE void vdw_quad3(const float *x, int W, int C, const float *wdw, const float *bdw, int kh_lo, int kh_hi,
+                              int ih0, int iw0, int dh, int q_lo, int q_hi, int cnt, int act, float *out, int cp) {
+    int c = 0;
+    for (; c + 2 * VW <= C; c += 2 * VW)
+        vdw_quad3_nv(x, W, C, wdw, bdw, kh_lo, kh_hi, ih0, iw0, dh, q_lo, q_hi, cnt, act, out, cp, c, 2 * VW, 2);
+    for (; c < C; c += VW)
+        vdw_quad3_nv(x, W, C, wdw, bdw, kh_lo, kh_hi, ih0, iw0, dh, q_lo, q_hi, cnt, act, out, cp, c,
+                     C - c < VW ? C - c : VW, 1);
+}
+
 /* One output pixel, all channels, any position, stride and dilation (taps in the zero padding skipped), up to four
  * channel vectors at once (independent chains of FMAs). */
 static void vdw_pixel(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int KW,
@@ -594,7 +651,10 @@ static void depthwise_run_v(const float *x, int H, int W, int C, const float *wd
                             float *t, int cp) {
     int oh = p0 / Wo, ow = p0 % Wo, i = 0;
     int slide = sw == 1 && dw == 1 && (KW == 3 || KW == 5 || KW == 7);
-    int sv = SLIDE_V(KW); /* pixels per sliding window */
+    /* a 3-wide kernel on 64 channels or more with 16 vector registers: vdw_quad3 (with fewer channels its four-pixel
+     * blocks cost more per pixel than the six-pixel window: 1.28x at MobileNetV1's 32 -> 64 @112) */
+    int quad3 = VREGS < 32 && slide && KW == 3 && C >= 8 * VW;
+    int sv = quad3 ? 4 : SLIDE_V(KW); /* pixels per sliding window */
     while (i < m) {
         int ih0 = oh * sh - ph, iw0 = ow * sw - pw;
         int cnt = m - i < Wo - ow ? m - i : Wo - ow;
@@ -606,11 +666,14 @@ static void depthwise_run_v(const float *x, int H, int W, int C, const float *wd
             int q_lo = iw0 < 0 ? -iw0 : 0, q_hi = W - iw0 < sv + KW - 1 ? W - iw0 : sv + KW - 1;
             if (kh_lo == 0 && kh_hi == KH && q_lo == 0 && q_hi == sv + KW - 1 && cnt == sv) {
                 /* interior: constant bounds, so the inlined loops have no checks */
-                if (KW == 3) VDW_SLIDE_K(3, 0, KH, 0, SLIDE_V(3) + 2, SLIDE_V(3));
+                if (quad3) vdw_quad3(x, W, C, wdw, bdw, 0, KH, ih0, iw0, dh, 0, 6, 4, act, t + (size_t)i * cp, cp);
+                else if (KW == 3) VDW_SLIDE_K(3, 0, KH, 0, SLIDE_V(3) + 2, SLIDE_V(3));
                 else if (KW == 5) VDW_SLIDE_K(5, 0, KH, 0, SLIDE_V(5) + 4, SLIDE_V(5));
                 else VDW_SLIDE_K(7, 0, KH, 0, SLIDE_V(7) + 6, SLIDE_V(7));
             } else {
-                if (KW == 3) VDW_SLIDE_K(3, kh_lo, kh_hi, q_lo, q_hi, cnt);
+                if (quad3)
+                    vdw_quad3(x, W, C, wdw, bdw, kh_lo, kh_hi, ih0, iw0, dh, q_lo, q_hi, cnt, act, t + (size_t)i * cp, cp);
+                else if (KW == 3) VDW_SLIDE_K(3, kh_lo, kh_hi, q_lo, q_hi, cnt);
                 else if (KW == 5) VDW_SLIDE_K(5, kh_lo, kh_hi, q_lo, q_hi, cnt);
                 else VDW_SLIDE_K(7, kh_lo, kh_hi, q_lo, q_hi, cnt);
             }
