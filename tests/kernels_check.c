@@ -300,12 +300,13 @@ int main(void) {
             }
     check_fused(2, 32, 32, 32, 3, 1, 1, 1, 64, 1, 1, 1, 96, 1, 1); /* a CIFAR-like layer, several tiles */
     check_fused(1, 15, 15, 64, 3, 2, 1, 1, 128, 1, 2, 0, 30, 2, 0);
-    /* 3x3 stride-1 layers of 64 channels or more (the AVX2 path's four-pixel, two-vector blocks): whole, partial
-     * and single channel vectors past the pairs, rows narrower than a block, both paddings, tiles across rows */
+    /* 3x3 layers of 64 channels or more at strides 1 and 2 (the AVX2 path's four-pixel, two-vector blocks): whole,
+     * partial and single channel vectors past the pairs, rows narrower than a block, both paddings, odd and even
+     * widths, tiles across rows */
     static const int wide[] = {64, 72, 100, 128};
-    for (int k = 0; k < 16; ++k)
-        check_fused(1 + k % 2, 3 + (k * 5) % 11, 3 + (k * 7) % 13, wide[k % 4], 3, 1, k % 3 ? 1 : 0, 1,
-                    couts[k % 7], k % 2, k % 3, (k + 1) % 3, 6 + (k * 13) % 50, 1, k % 2);
+    for (int k = 0; k < 32; ++k)
+        check_fused(1 + k % 2, 3 + (k * 5) % 11, 3 + (k * 7) % 13, wide[k % 4], 3, 1 + (k / 4) % 2, k % 3 ? 1 : 0,
+                    1, couts[k % 7], k % 2, k % 3, (k + 1) % 3, 6 + (k * 13) % 50, 1, k % 2);
     static const int dims[][3] = {{1, 1, 1}, {7, 3, 5}, {50, 16, 16}, {300, 12, 32}, {129, 24, 48}, {700, 64, 40},
                                   {65, 33, 70}, {1000, 6, 17}};
     for (size_t k = 0; k < sizeof dims / sizeof *dims; ++k)

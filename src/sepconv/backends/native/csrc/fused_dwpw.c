@@ -519,16 +519,18 @@ SEPCONV_INLINE void vdw_slide(const float *x, int W, int C, const float *wdw, co
     }
 }
 
-/* Four adjacent output pixels of one row for a 3-wide kernel, stride 1 and dilation 1, two channel vectors at a
- * time (NV = 2; NV = 1 for a last, partial block of channels): per kernel row the three weight vectors of each
- * channel vector are loaded first and stay in registers, then each of the row's six input vectors per channel
- * vector is loaded once and multiplied into the pixels whose taps it is. Eight accumulators (8 independent chains
- * of FMAs, as in the AVX-512 window), six weights and one input: 15 of AVX2's 16 registers. vdw_slide's six-pixel
- * window has six chains, each pixel's nine FMAs in a row, and on layers of many channels it waited on them
- * (docs/design-notes.md). Bounds and stores as in vdw_slide. */
+/* Four adjacent output pixels of one row for a 3-wide kernel at stride SWC (1 or 2, a constant after inlining) and
+ * dilation 1 across, two channel vectors at a time (NV = 2; NV = 1 for a last, partial block of channels): per
+ * kernel row the three weight vectors of each channel vector are loaded first and stay in registers, then each of
+ * the row's 3 SWC + 3 input vectors per channel vector is loaded once and multiplied into the pixels whose taps it
+ * is. Eight accumulators (8 independent chains of FMAs, as in the AVX-512 window), six weights and one input: 15
+ * of AVX2's 16 registers. vdw_slide's six-pixel window has six chains and vdw_quad four, each pixel's nine FMAs in
+ * a row, and on layers of many channels they waited on them (docs/design-notes.md). Kernel rows [kh_lo, kh_hi)
+ * and window columns [q_lo, q_hi) are inside the input (the rest is zero padding); the first cnt outputs are
+ * stored (tile row stride cp). */
 SEPCONV_INLINE void vdw_quad3_nv(const float *x, int W, int C, const float *wdw, const float *bdw, int kh_lo,
-                                 int kh_hi, int ih0, int iw0, int dh, int q_lo, int q_hi, int cnt, int act,
-                                 float *out, int cp, int c, int nc, int NV) {
+                                 int kh_hi, int SWC, int ih0, int iw0, int dh, int q_lo, int q_hi, int cnt,
+                                 int act, float *out, int cp, int c, int nc, int NV) {
     vf acc[2][4];
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) {
@@ -545,8 +547,8 @@ SEPCONV_INLINE void vdw_quad3_nv(const float *x, int W, int C, const float *wdw,
 #pragma GCC unroll 3
             for (int kw = 0; kw < 3; ++kw)
                 wv[v][kw] = NV == 2 ? vload(wrow + (size_t)kw * C + v * VW) : vload_n(wrow + (size_t)kw * C, nc);
-#pragma GCC unroll 6
-        for (int q = 0; q < 6; ++q) {
+#pragma GCC unroll 9
+        for (int q = 0; q < 3 * SWC + 3; ++q) {
 #pragma GCC unroll 2
             for (int v = 0; v < NV; ++v) {
                 vf in = q < q_lo || q >= q_hi ? vzero()
@@ -554,7 +556,8 @@ SEPCONV_INLINE void vdw_quad3_nv(const float *x, int W, int C, const float *wdw,
                                   : vload_n(row + (ptrdiff_t)(iw0 + q) * C, nc);
 #pragma GCC unroll 3
                 for (int kw = 2; kw >= 0; --kw)
-                    if (q - kw >= 0 && q - kw < 4) acc[v][q - kw] = vfma(in, wv[v][kw], acc[v][q - kw]);
+                    if (q - kw >= 0 && (q - kw) % SWC == 0 && (q - kw) / SWC < 4)
+                        acc[v][(q - kw) / SWC] = vfma(in, wv[v][kw], acc[v][(q - kw) / SWC]);
             }
         }
     }
@@ -567,13 +570,29 @@ SEPCONV_INLINE void vdw_quad3_nv(const float *x, int W, int C, const float *wdw,
 
 /* vdw_quad3_nv over all channels: pairs of channel vectors, then a last partial block one vector at a time. */
 SEPCONV_INLINE void vdw_quad3(const float *x, int W, int C, const float *wdw, const float *bdw, int kh_lo, int kh_hi,
-                              int ih0, int iw0, int dh, int q_lo, int q_hi, int cnt, int act, float *out, int cp) {
+                              int SWC, int ih0, int iw0, int dh, int q_lo, int q_hi, int cnt, int act, float *out,
+                              int cp) {
     int c = 0;
     for (; c + 2 * VW <= C; c += 2 * VW)
-        vdw_quad3_nv(x, W, C, wdw, bdw, kh_lo, kh_hi, ih0, iw0, dh, q_lo, q_hi, cnt, act, out, cp, c, 2 * VW, 2);
+        vdw_quad3_nv(x, W, C, wdw, bdw, kh_lo, kh_hi, SWC, ih0, iw0, dh, q_lo, q_hi, cnt, act, out, cp, c, 2 * VW, 2);
     for (; c < C; c += VW)
-        vdw_quad3_nv(x, W, C, wdw, bdw, kh_lo, kh_hi, ih0, iw0, dh, q_lo, q_hi, cnt, act, out, cp, c,
+        vdw_quad3_nv(x, W, C, wdw, bdw, kh_lo, kh_hi, SWC, ih0, iw0, dh, q_lo, q_hi, cnt, act, out, cp, c,
                      C - c < VW ? C - c : VW, 1);
+}
+
+/* vdw_quad3 for the block of cnt <= 4 pixels whose first window starts at input row ih0 and column iw0: the
+ * kernel rows and window columns in the zero padding found, and the interior call made with constant bounds. */
+static void vdw_quad3_block(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int sw,
+                            int ih0, int iw0, int dh, int cnt, int act, float *out, int cp) {
+    int kh_lo = 0, kh_hi = KH, span = 3 * sw + 3;
+    while (kh_lo < KH && ih0 + kh_lo * dh < 0) ++kh_lo;
+    while (kh_hi > kh_lo && ih0 + (kh_hi - 1) * dh >= H) --kh_hi;
+    int q_lo = iw0 < 0 ? -iw0 : 0, q_hi = W - iw0 < span ? W - iw0 : span;
+    int interior = kh_lo == 0 && kh_hi == KH && q_lo == 0 && q_hi == span && cnt == 4;
+    if (sw == 1 && interior) vdw_quad3(x, W, C, wdw, bdw, 0, KH, 1, ih0, iw0, dh, 0, 6, 4, act, out, cp);
+    else if (sw == 1) vdw_quad3(x, W, C, wdw, bdw, kh_lo, kh_hi, 1, ih0, iw0, dh, q_lo, q_hi, cnt, act, out, cp);
+    else if (interior) vdw_quad3(x, W, C, wdw, bdw, 0, KH, 2, ih0, iw0, dh, 0, 9, 4, act, out, cp);
+    else vdw_quad3(x, W, C, wdw, bdw, kh_lo, kh_hi, 2, ih0, iw0, dh, q_lo, q_hi, cnt, act, out, cp);
 }
 
 /* One output pixel, all channels, any position, stride and dilation (taps in the zero padding skipped), up to four
@@ -651,29 +670,29 @@ static void depthwise_run_v(const float *x, int H, int W, int C, const float *wd
                             float *t, int cp) {
     int oh = p0 / Wo, ow = p0 % Wo, i = 0;
     int slide = sw == 1 && dw == 1 && (KW == 3 || KW == 5 || KW == 7);
-    /* a 3-wide kernel on 64 channels or more with 16 vector registers: vdw_quad3 (with fewer channels its four-pixel
-     * blocks cost more per pixel than the six-pixel window: 1.28x at MobileNetV1's 32 -> 64 @112) */
-    int quad3 = VREGS < 32 && slide && KW == 3 && C >= 8 * VW;
+    /* a 3-wide kernel at stride 1 or 2 on 64 channels or more with 16 vector registers: vdw_quad3 (with fewer
+     * channels its four-pixel blocks cost more per pixel than the six-pixel window: 1.28x at MobileNetV1's
+     * 32 -> 64 @112) */
+    int quad3 = VREGS < 32 && KW == 3 && dw == 1 && (sw == 1 || sw == 2) && C >= 8 * VW;
     int sv = quad3 ? 4 : SLIDE_V(KW); /* pixels per sliding window */
     while (i < m) {
         int ih0 = oh * sh - ph, iw0 = ow * sw - pw;
         int cnt = m - i < Wo - ow ? m - i : Wo - ow;
         cnt = cnt < sv ? cnt : sv;
-        if (slide && cnt >= 2) {
+        if (quad3 && cnt >= 2) {
+            vdw_quad3_block(x, H, W, C, wdw, bdw, KH, sw, ih0, iw0, dh, cnt, act, t + (size_t)i * cp, cp);
+        } else if (slide && cnt >= 2) {
             int kh_lo = 0, kh_hi = KH;
             while (kh_lo < KH && ih0 + kh_lo * dh < 0) ++kh_lo;
             while (kh_hi > kh_lo && ih0 + (kh_hi - 1) * dh >= H) --kh_hi;
             int q_lo = iw0 < 0 ? -iw0 : 0, q_hi = W - iw0 < sv + KW - 1 ? W - iw0 : sv + KW - 1;
             if (kh_lo == 0 && kh_hi == KH && q_lo == 0 && q_hi == sv + KW - 1 && cnt == sv) {
                 /* interior: constant bounds, so the inlined loops have no checks */
-                if (quad3) vdw_quad3(x, W, C, wdw, bdw, 0, KH, ih0, iw0, dh, 0, 6, 4, act, t + (size_t)i * cp, cp);
-                else if (KW == 3) VDW_SLIDE_K(3, 0, KH, 0, SLIDE_V(3) + 2, SLIDE_V(3));
+                if (KW == 3) VDW_SLIDE_K(3, 0, KH, 0, SLIDE_V(3) + 2, SLIDE_V(3));
                 else if (KW == 5) VDW_SLIDE_K(5, 0, KH, 0, SLIDE_V(5) + 4, SLIDE_V(5));
                 else VDW_SLIDE_K(7, 0, KH, 0, SLIDE_V(7) + 6, SLIDE_V(7));
             } else {
-                if (quad3)
-                    vdw_quad3(x, W, C, wdw, bdw, kh_lo, kh_hi, ih0, iw0, dh, q_lo, q_hi, cnt, act, t + (size_t)i * cp, cp);
-                else if (KW == 3) VDW_SLIDE_K(3, kh_lo, kh_hi, q_lo, q_hi, cnt);
+                if (KW == 3) VDW_SLIDE_K(3, kh_lo, kh_hi, q_lo, q_hi, cnt);
                 else if (KW == 5) VDW_SLIDE_K(5, kh_lo, kh_hi, q_lo, q_hi, cnt);
                 else VDW_SLIDE_K(7, kh_lo, kh_hi, q_lo, q_hi, cnt);
             }
