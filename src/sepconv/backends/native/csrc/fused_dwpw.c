@@ -462,7 +462,8 @@ static void depthwise_run(const float *x, int H, int W, int C, const float *wdw,
 /* The portable-SIMD paths (AVX2 + FMA, NEON; simd.h): the AVX-512 paths' structure with VW-float vectors. A
  * sliding window of SLIDE_V(K) pixels for a K-wide kernel keeps its accumulators, the window's input vectors and a
  * weight vector in registers: with AVX2's 16 registers 6 pixels for a 3-wide kernel (6 + 8 + 1) and 4 for wider
- * ones (4 + 10 + 1 at width 7), 8 with NEON's 32. A wider window loads each input vector for more pixels. */
+ * ones (4 + 10 + 1 at width 7), 8 with NEON's 32. A wider window loads each input vector for more pixels. With 16
+ * registers a 3-wide kernel at stride 1 or 2 takes vdw_win3 instead (eight chains of FMAs, below). */
 #if VREGS >= 32
 #define SLIDE_V(K) 8
 #else
@@ -519,24 +520,24 @@ SEPCONV_INLINE void vdw_slide(const float *x, int W, int C, const float *wdw, co
     }
 }
 
-/* Four adjacent output pixels of one row for a 3-wide kernel at stride SWC (1 or 2, a constant after inlining) and
- * dilation 1 across, two channel vectors at a time (NV = 2; NV = 1 for a last, partial block of channels): per
- * kernel row the three weight vectors of each channel vector are loaded first and stay in registers, then each of
- * the row's 3 SWC + 3 input vectors per channel vector is loaded once and multiplied into the pixels whose taps it
- * is. Eight accumulators (8 independent chains of FMAs, as in the AVX-512 window), six weights and one input: 15
- * of AVX2's 16 registers. vdw_slide's six-pixel window has six chains and vdw_quad four, each pixel's nine FMAs in
- * a row, and on layers of many channels they waited on them (docs/design-notes.md). Kernel rows [kh_lo, kh_hi)
- * and window columns [q_lo, q_hi) are inside the input (the rest is zero padding); the first cnt outputs are
- * stored (tile row stride cp). */
-SEPCONV_INLINE void vdw_quad3_nv(const float *x, int W, int C, const float *wdw, const float *bdw, int kh_lo,
-                                 int kh_hi, int SWC, int ih0, int iw0, int dh, int q_lo, int q_hi, int cnt,
+/* S adjacent output pixels of one row for a 3-wide kernel at stride SWC (1 or 2) and dilation 1 across, NV
+ * channel vectors at a time (S, SWC, NV constants after inlining): S = 4 with NV = 2 (NV = 1 for a last, partial
+ * block of channels), or S = 8 with NV = 1. Per kernel row the three weight vectors of each channel vector are
+ * loaded first and stay in registers, then each of the row's (S - 1) SWC + 3 input vectors per channel vector is
+ * loaded once and multiplied into the pixels whose taps it is. Eight accumulators either way (eight independent
+ * chains of FMAs, as in the AVX-512 window), three or six weights and one input: at most 15 of AVX2's 16
+ * registers. vdw_slide's six-pixel window has six chains and vdw_quad four, each pixel's nine FMAs in a row, and
+ * they waited on them (docs/design-notes.md). Kernel rows [kh_lo, kh_hi) and window columns [q_lo, q_hi) are
+ * inside the input (the rest is zero padding); the first cnt outputs are stored (tile row stride cp). */
+SEPCONV_INLINE void vdw_win3_nv(const float *x, int W, int C, const float *wdw, const float *bdw, int kh_lo,
+                                 int kh_hi, int SWC, int S, int ih0, int iw0, int dh, int q_lo, int q_hi, int cnt,
                                  int act, float *out, int cp, int c, int nc, int NV) {
-    vf acc[2][4];
+    vf acc[2][8];
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) {
         vf b = bdw ? (NV == 2 ? vload(bdw + c + v * VW) : vload_n(bdw + c, nc)) : vzero();
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) acc[v][j] = b;
+#pragma GCC unroll 8
+        for (int j = 0; j < S; ++j) acc[v][j] = b;
     }
     for (int kh = kh_lo; kh < kh_hi; ++kh) {
         const float *row = x + (size_t)(ih0 + kh * dh) * W * C + c;
@@ -547,8 +548,8 @@ SEPCONV_INLINE void vdw_quad3_nv(const float *x, int W, int C, const float *wdw,
 #pragma GCC unroll 3
             for (int kw = 0; kw < 3; ++kw)
                 wv[v][kw] = NV == 2 ? vload(wrow + (size_t)kw * C + v * VW) : vload_n(wrow + (size_t)kw * C, nc);
-#pragma GCC unroll 9
-        for (int q = 0; q < 3 * SWC + 3; ++q) {
+#pragma GCC unroll 17
+        for (int q = 0; q < (S - 1) * SWC + 3; ++q) {
 #pragma GCC unroll 2
             for (int v = 0; v < NV; ++v) {
                 vf in = q < q_lo || q >= q_hi ? vzero()
@@ -556,43 +557,57 @@ SEPCONV_INLINE void vdw_quad3_nv(const float *x, int W, int C, const float *wdw,
                                   : vload_n(row + (ptrdiff_t)(iw0 + q) * C, nc);
 #pragma GCC unroll 3
                 for (int kw = 2; kw >= 0; --kw)
-                    if (q - kw >= 0 && (q - kw) % SWC == 0 && (q - kw) / SWC < 4)
+                    if (q - kw >= 0 && (q - kw) % SWC == 0 && (q - kw) / SWC < S)
                         acc[v][(q - kw) / SWC] = vfma(in, wv[v][kw], acc[v][(q - kw) / SWC]);
             }
         }
     }
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v)
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j)
+#pragma GCC unroll 8
+        for (int j = 0; j < S; ++j)
             if (j < cnt) vstore(out + (size_t)j * cp + c + v * VW, vact(acc[v][j], act));
 }
 
-/* vdw_quad3_nv over all channels: pairs of channel vectors, then a last partial block one vector at a time. */
-SEPCONV_INLINE void vdw_quad3(const float *x, int W, int C, const float *wdw, const float *bdw, int kh_lo, int kh_hi,
-                              int SWC, int ih0, int iw0, int dh, int q_lo, int q_hi, int cnt, int act, float *out,
-                              int cp) {
+/* vdw_win3_nv over all channels: with S = 4 pairs of channel vectors, then what is left one vector at a time. */
+SEPCONV_INLINE void vdw_win3(const float *x, int W, int C, const float *wdw, const float *bdw, int kh_lo, int kh_hi,
+                              int SWC, int S, int ih0, int iw0, int dh, int q_lo, int q_hi, int cnt, int act,
+                              float *out, int cp) {
     int c = 0;
-    for (; c + 2 * VW <= C; c += 2 * VW)
-        vdw_quad3_nv(x, W, C, wdw, bdw, kh_lo, kh_hi, SWC, ih0, iw0, dh, q_lo, q_hi, cnt, act, out, cp, c, 2 * VW, 2);
+    if (S == 4)
+        for (; c + 2 * VW <= C; c += 2 * VW)
+            vdw_win3_nv(x, W, C, wdw, bdw, kh_lo, kh_hi, SWC, 4, ih0, iw0, dh, q_lo, q_hi, cnt, act, out, cp, c,
+                         2 * VW, 2);
     for (; c < C; c += VW)
-        vdw_quad3_nv(x, W, C, wdw, bdw, kh_lo, kh_hi, SWC, ih0, iw0, dh, q_lo, q_hi, cnt, act, out, cp, c,
+        vdw_win3_nv(x, W, C, wdw, bdw, kh_lo, kh_hi, SWC, S, ih0, iw0, dh, q_lo, q_hi, cnt, act, out, cp, c,
                      C - c < VW ? C - c : VW, 1);
 }
 
-/* vdw_quad3 for the block of cnt <= 4 pixels whose first window starts at input row ih0 and column iw0: the
+/* vdw_win3 for the block of cnt <= S pixels whose first window starts at input row ih0 and column iw0: the
  * kernel rows and window columns in the zero padding found, and the interior call made with constant bounds. */
-static void vdw_quad3_block(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int sw,
-                            int ih0, int iw0, int dh, int cnt, int act, float *out, int cp) {
-    int kh_lo = 0, kh_hi = KH, span = 3 * sw + 3;
+SEPCONV_INLINE void vdw_win3_block_s(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH,
+                                      int sw, int S, int ih0, int iw0, int dh, int cnt, int act, float *out, int cp) {
+    int kh_lo = 0, kh_hi = KH, span = (S - 1) * sw + 3;
     while (kh_lo < KH && ih0 + kh_lo * dh < 0) ++kh_lo;
     while (kh_hi > kh_lo && ih0 + (kh_hi - 1) * dh >= H) --kh_hi;
     int q_lo = iw0 < 0 ? -iw0 : 0, q_hi = W - iw0 < span ? W - iw0 : span;
-    int interior = kh_lo == 0 && kh_hi == KH && q_lo == 0 && q_hi == span && cnt == 4;
-    if (sw == 1 && interior) vdw_quad3(x, W, C, wdw, bdw, 0, KH, 1, ih0, iw0, dh, 0, 6, 4, act, out, cp);
-    else if (sw == 1) vdw_quad3(x, W, C, wdw, bdw, kh_lo, kh_hi, 1, ih0, iw0, dh, q_lo, q_hi, cnt, act, out, cp);
-    else if (interior) vdw_quad3(x, W, C, wdw, bdw, 0, KH, 2, ih0, iw0, dh, 0, 9, 4, act, out, cp);
-    else vdw_quad3(x, W, C, wdw, bdw, kh_lo, kh_hi, 2, ih0, iw0, dh, q_lo, q_hi, cnt, act, out, cp);
+    int interior = kh_lo == 0 && kh_hi == KH && q_lo == 0 && q_hi == span && cnt == S;
+#define VDW_WIN3(swc, s) \
+    (interior ? vdw_win3(x, W, C, wdw, bdw, 0, KH, swc, s, ih0, iw0, dh, 0, (s - 1) * swc + 3, s, act, out, cp) \
+              : vdw_win3(x, W, C, wdw, bdw, kh_lo, kh_hi, swc, s, ih0, iw0, dh, q_lo, q_hi, cnt, act, out, cp))
+    if (sw == 1) VDW_WIN3(1, S);
+    else VDW_WIN3(2, S);
+#undef VDW_WIN3
+}
+
+/* vdw_win3_block_s for each window width, in functions of their own */
+static void vdw_win3_block4(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int sw,
+                             int ih0, int iw0, int dh, int cnt, int act, float *out, int cp) {
+    vdw_win3_block_s(x, H, W, C, wdw, bdw, KH, sw, 4, ih0, iw0, dh, cnt, act, out, cp);
+}
+static void vdw_win3_block8(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int sw,
+                             int ih0, int iw0, int dh, int cnt, int act, float *out, int cp) {
+    vdw_win3_block_s(x, H, W, C, wdw, bdw, KH, sw, 8, ih0, iw0, dh, cnt, act, out, cp);
 }
 
 /* One output pixel, all channels, any position, stride and dilation (taps in the zero padding skipped), up to four
@@ -670,17 +685,19 @@ static void depthwise_run_v(const float *x, int H, int W, int C, const float *wd
                             float *t, int cp) {
     int oh = p0 / Wo, ow = p0 % Wo, i = 0;
     int slide = sw == 1 && dw == 1 && (KW == 3 || KW == 5 || KW == 7);
-    /* a 3-wide kernel at stride 1 or 2 on 64 channels or more with 16 vector registers: vdw_quad3 (with fewer
-     * channels its four-pixel blocks cost more per pixel than the six-pixel window: 1.28x at MobileNetV1's
-     * 32 -> 64 @112) */
-    int quad3 = VREGS < 32 && KW == 3 && dw == 1 && (sw == 1 || sw == 2) && C >= 8 * VW;
-    int sv = quad3 ? 4 : SLIDE_V(KW); /* pixels per sliding window */
+    /* a 3-wide kernel at stride 1 or 2 with 16 vector registers: vdw_win3, four pixels of two channel vectors on
+     * 64 channels or more, else eight pixels of one (with fewer channels the four-pixel blocks cost more per pixel
+     * than the six-pixel window did: 1.28x at MobileNetV1's 32 -> 64 @112) */
+    int win3 = VREGS < 32 && KW == 3 && dw == 1 && (sw == 1 || sw == 2);
+    int w3s = C >= 8 * VW ? 4 : 8; /* its pixels per block */
+    int sv = win3 ? w3s : SLIDE_V(KW); /* pixels per sliding window */
     while (i < m) {
         int ih0 = oh * sh - ph, iw0 = ow * sw - pw;
         int cnt = m - i < Wo - ow ? m - i : Wo - ow;
         cnt = cnt < sv ? cnt : sv;
-        if (quad3 && cnt >= 2) {
-            vdw_quad3_block(x, H, W, C, wdw, bdw, KH, sw, ih0, iw0, dh, cnt, act, t + (size_t)i * cp, cp);
+        if (win3 && cnt >= 2) {
+            if (w3s == 4) vdw_win3_block4(x, H, W, C, wdw, bdw, KH, sw, ih0, iw0, dh, cnt, act, t + (size_t)i * cp, cp);
+            else vdw_win3_block8(x, H, W, C, wdw, bdw, KH, sw, ih0, iw0, dh, cnt, act, t + (size_t)i * cp, cp);
         } else if (slide && cnt >= 2) {
             int kh_lo = 0, kh_hi = KH;
             while (kh_lo < KH && ih0 + kh_lo * dh < 0) ++kh_lo;
