@@ -8,7 +8,7 @@ wall time), after `sepconv.keep_freed_memory()`:
 
 * `steps`: the layer after `tune_training` with its own 'fused' choice undone: each convolution on the engine
   tuning chose for it (eager, 'gemm', 'flip', 'dwgrad'), what `tune_training` offered before the layer engine;
-* `fused`: the layer on the 'fused' engine (`FusedSeparableStep`), where it applies (stride-1 shapes);
+* `fused`: the layer on the 'fused' engine (`FusedSeparableStep`), where it applies (every suite shape: any stride);
 * `tuned`: the layer as `tune_training` leaves it (the faster of the two, by its own shorter timing);
 * `pointwise`: the 1x1 step alone on the depthwise output (input gradient included), the faster of eager and
   the 'gemm' engine: what the step would cost if the depthwise step were free.

@@ -14,7 +14,7 @@ host's drift between them can swamp. `--part`: the whole layer, or the kernel's 
 kernel: `wgrad`, the depthwise weight gradient (`sepconv.backends.training.depthwise_weight_grad`) of each
 shape's depthwise step, `atb`, the 1x1 step's weight-gradient GEMM (`matmul_at_b`, grad_y^T x), or `gemm`, the
 1x1 step's forward pass as the 'gemm' training engine runs it (`matmul_bt`, x W^T), or `backward`, the 'fused'
-training engine's backward kernel (`depthwise_pointwise_backward`, all four gradients; stride-1 shapes only). Both
+training engine's backward kernel (`depthwise_pointwise_backward`, all four gradients). Both
 revisions must have the same kernel signatures (the library is bound by the working tree's
 `sepconv.backends.native`).
 
@@ -90,7 +90,8 @@ def part_call(part: str, layer: SeparableConv2d, x: torch.Tensor):
         grad = torch.randn(mid.shape[0], layer.out_channels, *mid.shape[2:]).contiguous(memory_format=torch.channels_last)
         mid = mid.contiguous(memory_format=torch.channels_last)
         dw_w, pw_w = dw.weight.detach(), layer.pointwise.weight.detach()
-        return lambda: depthwise_pointwise_backward(x, dw_w, pw_w, grad, tuple(dw.padding), mid=mid)
+        return lambda: depthwise_pointwise_backward(x, dw_w, pw_w, grad, tuple(dw.padding), stride=tuple(dw.stride),
+                                                    mid=mid)
     if part == "wgrad":
         grad = torch.randn_like(mid).contiguous(memory_format=torch.channels_last)
         return lambda: depthwise_weight_grad(x, grad, dw.kernel_size, dw.stride, dw.padding, dw.dilation)

@@ -27,9 +27,9 @@ int sepconv_gemm_f32(long P, int K, int N, const float *a, long lda, const float
                      const float *bias, float *y, int chunk, int threads);
 int sepconv_depthwise_wgrad_f32(const float *x, int N, int H, int W, int C, const float *gy, int Ho, int Wo, int KH,
                                 int KW, int sh, int sw, int ph, int pw, int dh, int dw, float *gw, int threads);
-int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const float *wdw, int KH, int KW, int ph,
-                              int pw, const float *gy, int Cout, const float *wpw, const float *mid, float *gx,
-                              float *gwdw, float *gbdw, float *gwpw, int band, int threads);
+int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const float *wdw, int KH, int KW, int sh,
+                              int sw, int ph, int pw, const float *gy, int Cout, const float *wpw, const float *mid,
+                              float *gx, float *gwdw, float *gbdw, float *gwpw, int band, int threads);
 
 static unsigned long long state = 88172645463325252ULL;
 static float uniform(void) { /* xorshift64: in [-1, 1) */
@@ -191,14 +191,14 @@ static void check_wgrad(int N, int H, int W, int C, int K, int s, int pad, int d
     free(x); free(gy); free(gw);
 }
 
-/* The fused backward pass of a stride-1 depthwise (KH x KW, padding ph, pw) -> 1x1 (C -> Cout) pair, against gm =
- * gy @ wpw and the two depthwise gradients computed from it in double. */
-static void check_backward(int N, int H, int W, int C, int KH, int KW, int ph, int pw, int Cout, int bias, int band,
-                           int threads, int pw_grad) {
-    char what[128];
-    snprintf(what, sizeof what, "backward N%d %dx%dx%d k%dx%d p%d,%d ->%d b%d band%d threads%d pw%d", N, H, W, C, KH,
-             KW, ph, pw, Cout, bias, band, threads, pw_grad);
-    int Ho = H + 2 * ph - KH + 1, Wo = W + 2 * pw - KW + 1;
+/* The fused backward pass of a depthwise (KH x KW, stride sh x sw, padding ph, pw) -> 1x1 (C -> Cout) pair,
+ * against gm = gy @ wpw and the two depthwise gradients computed from it in double. */
+static void check_backward(int N, int H, int W, int C, int KH, int KW, int sh, int sw, int ph, int pw, int Cout,
+                           int bias, int band, int threads, int pw_grad) {
+    char what[160];
+    snprintf(what, sizeof what, "backward N%d %dx%dx%d k%dx%d s%d,%d p%d,%d ->%d b%d band%d threads%d pw%d", N, H, W,
+             C, KH, KW, sh, sw, ph, pw, Cout, bias, band, threads, pw_grad);
+    int Ho = (H + 2 * ph - KH) / sh + 1, Wo = (W + 2 * pw - KW) / sw + 1;
     size_t npix = (size_t)N * Ho * Wo;
     float *x = randoms((size_t)N * H * W * C), *wdw = randoms((size_t)KH * KW * C), *gy = randoms(npix * Cout);
     float *wpw = randoms((size_t)Cout * C), *gw = randoms((size_t)KH * KW * C);
@@ -210,8 +210,8 @@ static void check_backward(int N, int H, int W, int C, int KH, int KW, int ph, i
     float *mid = pw_grad ? randoms(npix * C) : NULL, *gwpw = pw_grad ? randoms((size_t)Cout * C) : NULL;
     double *gm = (double *)malloc(sizeof(double) * npix * C), *gma = (double *)malloc(sizeof(double) * npix * C);
     ++checks;
-    if (sepconv_dwpw_backward_f32(x, N, H, W, C, wdw, KH, KW, ph, pw, gy, Cout, wpw, mid, gx, gw, gb, gwpw, band,
-                                  threads)) {
+    if (sepconv_dwpw_backward_f32(x, N, H, W, C, wdw, KH, KW, sh, sw, ph, pw, gy, Cout, wpw, mid, gx, gw, gb, gwpw,
+                                  band, threads)) {
         ++failures;
         return;
     }
@@ -233,8 +233,8 @@ static void check_backward(int N, int H, int W, int C, int KH, int KW, int ph, i
                     double v = 0, a = 1;
                     for (int kh = 0; kh < KH; ++kh)
                         for (int kw = 0; kw < KW; ++kw) {
-                            int oh = ih + ph - kh, ow = iw + pw - kw;
-                            if (oh < 0 || oh >= Ho || ow < 0 || ow >= Wo) continue;
+                            int th = ih + ph - kh, tw = iw + pw - kw, oh = th / sh, ow = tw / sw;
+                            if (th < 0 || tw < 0 || th % sh || tw % sw || oh >= Ho || ow >= Wo) continue;
                             size_t at = (((size_t)n * Ho + oh) * Wo + ow) * C + c;
                             double w = wdw[((size_t)kh * KW + kw) * C + c];
                             v += gm[at] * w;
@@ -250,7 +250,7 @@ static void check_backward(int N, int H, int W, int C, int KH, int KW, int ph, i
                 for (int n = 0; n < N; ++n)
                     for (int oh = 0; oh < Ho; ++oh)
                         for (int ow = 0; ow < Wo; ++ow) {
-                            int ih = oh - ph + kh, iw = ow - pw + kw;
+                            int ih = oh * sh - ph + kh, iw = ow * sw - pw + kw;
                             if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
                             size_t at = (((size_t)n * Ho + oh) * Wo + ow) * C + c;
                             double xv = x[(((size_t)n * H + ih) * W + iw) * C + c];
@@ -322,13 +322,22 @@ int main(void) {
         int KH = 1 + k % 7, KW = 1 + (k * 3) % 7, C = channels[k % 11], Cout = couts[(k * 5) % 7];
         int ph = (k / 3) % KH, pw = (k / 2) % KW, H = 3 + (k * 7) % 13, W = 2 + (k * 5) % 19;
         if (H + 2 * ph < KH || W + 2 * pw < KW) continue;
-        check_backward(1 + k % 3, H, W, C, KH, KW, ph, pw, Cout, k % 2, k % 4 == 0 ? 0 : 1 + k % 5, 1 + k % 2,
+        check_backward(1 + k % 3, H, W, C, KH, KW, 1, 1, ph, pw, Cout, k % 2, k % 4 == 0 ? 0 : 1 + k % 5, 1 + k % 2,
                        k % 3 != 0);
+        /* strided: 2 (MobileNet's downsampling layers) and 3 (strides above the kernel size leave gx pixels that no
+         * tap reaches, which must be zero), the same in both directions or not */
+        int sh = 2 + k % 2, sw = 2 + (k / 2) % 2 - (k % 5 == 0);
+        check_backward(1 + k % 3, H, W, C, KH, KW, sh, sw, ph, pw, Cout, k % 2, k % 4 == 0 ? 0 : 1 + k % 5,
+                       1 + k % 2, k % 3 != 0);
     }
-    check_backward(3, 32, 32, 64, 3, 3, 1, 1, 64, 0, 0, 2, 1); /* a CIFAR-like layer */
-    check_backward(1, 28, 28, 32, 3, 3, 1, 1, 48, 1, 0, 2, 1); /* one image split between the threads */
-    check_backward(1, 9, 12, 24, 5, 5, 2, 2, 40, 1, 2, 3, 1);
-    check_backward(2, 6, 7, 100, 3, 3, 1, 1, 45, 0, 0, 2, 1); /* several 12 x 32 blocks of the 1x1 gradient */
+    check_backward(3, 32, 32, 64, 3, 3, 1, 1, 1, 1, 64, 0, 0, 2, 1); /* a CIFAR-like layer */
+    check_backward(1, 28, 28, 32, 3, 3, 1, 1, 1, 1, 48, 1, 0, 2, 1); /* one image split between the threads */
+    check_backward(1, 9, 12, 24, 5, 5, 1, 1, 2, 2, 40, 1, 2, 3, 1);
+    check_backward(2, 6, 7, 100, 3, 3, 1, 1, 1, 1, 45, 0, 0, 2, 1); /* several 12 x 32 blocks of the 1x1 gradient */
+    check_backward(1, 56, 56, 64, 3, 3, 2, 2, 1, 1, 128, 0, 0, 2, 1); /* MobileNetV1's stride-2 layers */
+    check_backward(2, 15, 15, 40, 3, 3, 2, 2, 1, 1, 24, 1, 0, 2, 1); /* an odd size: the last row has one tap row */
+    check_backward(1, 29, 14, 48, 3, 3, 2, 2, 0, 1, 32, 1, 3, 3, 1); /* one image split between three threads */
+    check_backward(2, 10, 9, 17, 4, 3, 2, 1, 3, 2, 20, 0, 1, 2, 1); /* even kernel, one-row bands */
     printf("isa=%s checks=%d failures=%d\n", sepconv_isa(), checks, failures);
     return failures ? 1 : 0;
 }

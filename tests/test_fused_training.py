@@ -29,35 +29,37 @@ def _threads(n: int):
     return before
 
 
-def _reference_pair(x, dw_weight, dw_bias, pw_weight, pw_bias, padding):
-    return F.conv2d(F.conv2d(x, dw_weight, dw_bias, 1, padding, 1, x.shape[1]), pw_weight, pw_bias)
+def _reference_pair(x, dw_weight, dw_bias, pw_weight, pw_bias, padding, stride=1):
+    return F.conv2d(F.conv2d(x, dw_weight, dw_bias, stride, padding, 1, x.shape[1]), pw_weight, pw_bias)
 
 
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 40), st.integers(1, 12), st.integers(1, 12),
        st.integers(1, 5), st.integers(1, 5), st.data(), st.booleans(), st.integers(1, 3), st.integers(0, 999))
 def test_backward_matches_float64_autograd(batch, channels, cout, h, w, kh, kw, data, dw_bias, threads, seed):
-    """Input, depthwise-weight, depthwise-bias and 1x1-weight gradients of the pair, every padding 0..k-1, against
-    float64 autograd (the 1x1 weight's: against grad_y^T mid for a given mid)."""
+    """Input, depthwise-weight, depthwise-bias and 1x1-weight gradients of the pair, every padding 0..k-1, strides
+    1-3 (above the kernel size too: input pixels no tap reaches), against float64 autograd (the 1x1 weight's: against
+    grad_y^T mid for a given mid)."""
     ph, pw = data.draw(st.integers(0, kh - 1)), data.draw(st.integers(0, kw - 1))
+    sh, sw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
     with_mid = data.draw(st.booleans())
     if h + 2 * ph < kh or w + 2 * pw < kw:
         return
     torch.manual_seed(seed)
     x = torch.randn(batch, channels, h, w)
     dw_weight, pw_weight = torch.randn(channels, 1, kh, kw), torch.randn(cout, channels, 1, 1)
-    ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     gy = torch.randn(batch, cout, ho, wo)
     mid = torch.randn(batch, channels, ho, wo) if with_mid else None
     before = _threads(threads)
     try:
-        gx, gw, gb, gp = depthwise_pointwise_backward(x, dw_weight, pw_weight, gy, (ph, pw), dw_bias=dw_bias,
-                                                      mid=mid)
+        gx, gw, gb, gp = depthwise_pointwise_backward(x, dw_weight, pw_weight, gy, (ph, pw), stride=(sh, sw),
+                                                      dw_bias=dw_bias, mid=mid)
     finally:
         torch.set_num_threads(before)
     leaves = [t.double().requires_grad_() for t in (x, dw_weight)]
     bias = torch.zeros(channels, dtype=torch.float64, requires_grad=True)
-    y = _reference_pair(leaves[0], leaves[1], bias, pw_weight.double(), None, (ph, pw))
+    y = _reference_pair(leaves[0], leaves[1], bias, pw_weight.double(), None, (ph, pw), (sh, sw))
     rx, rw, rb = torch.autograd.grad(y, [*leaves, bias], gy.double())
     scale = 1e-5 * (1 + gy.abs().max().item() * pw_weight.abs().sum(0).max().item() * (1 + x.abs().max().item()))
     for got, ref in ((gx, rx), (gw, rw), (gb, rb)):
@@ -101,7 +103,7 @@ def test_backward_leaves_a_large_1x1_weight_gradient_to_matmul_at_b(monkeypatch)
        st.sampled_from([1, 3, 5]), st.data(), st.booleans(), st.booleans(), st.integers(1, 3), st.integers(0, 999))
 def test_forward_keeping_depthwise_matches_conv2d(batch, channels, cout, h, w, k, data, dw_bias, pw_bias, threads,
                                                   seed):
-    pad = data.draw(st.integers(0, k - 1))
+    pad, stride = data.draw(st.integers(0, k - 1)), data.draw(st.integers(1, 2))
     if h + 2 * pad < k or w + 2 * pad < k:
         return
     torch.manual_seed(seed)
@@ -112,10 +114,11 @@ def test_forward_keeping_depthwise_matches_conv2d(batch, channels, cout, h, w, k
     keep = data.draw(st.booleans())
     before = _threads(threads)
     try:
-        y, mid = fused_separable_forward(x, dw_weight, db, pw_weight, pb, (pad, pad), keep_depthwise=keep)
+        y, mid = fused_separable_forward(x, dw_weight, db, pw_weight, pb, (pad, pad), stride=(stride, stride),
+                                         keep_depthwise=keep)
     finally:
         torch.set_num_threads(before)
-    ref_mid = F.conv2d(x.double(), dw_weight.double(), None if db is None else db.double(), 1, pad, 1, channels)
+    ref_mid = F.conv2d(x.double(), dw_weight.double(), None if db is None else db.double(), stride, pad, 1, channels)
     ref_y = F.conv2d(ref_mid, pw_weight.double(), None if pb is None else pb.double())
     torch.testing.assert_close(y.double(), ref_y, rtol=1e-4, atol=1e-4 * k * channels ** 0.5)
     assert y.is_contiguous(memory_format=torch.channels_last)
@@ -136,6 +139,8 @@ def test_fused_step_gradcheck_float64(dw_bias, pw_bias):
     db = torch.randn(4, dtype=torch.float64, requires_grad=True) if dw_bias else None
     pb = torch.randn(6, dtype=torch.float64, requires_grad=True) if pw_bias else None
     assert torch.autograd.gradcheck(lambda *t: FusedSeparableStep.apply(t[0], t[1], db, t[2], pb, (1, 2)), (x, dw, pw))
+    assert torch.autograd.gradcheck(lambda *t: FusedSeparableStep.apply(t[0], t[1], db, t[2], pb, (1, 1), (2, 3)),
+                                    (x, dw, pw))
     if dw_bias and pw_bias:
         assert torch.autograd.gradcheck(lambda b1, b2: FusedSeparableStep.apply(x, dw, b1, pw, b2, (1, 0)), (db, pb))
 
@@ -147,6 +152,8 @@ def test_fused_step_gradcheck_float64(dw_bias, pw_bias):
     ((5, 7, 5, 1, 2, 1, False, "zeros", 1, True), 3, (6, 11)),  # 5x5, partial vectors, depthwise bias only
     ((3, 9, 3, 1, 0), 1, (8, 8)),  # unpadded: the output smaller than the input
     ((24, 40, (3, 5), 1, (2, 1)), 1, (28, 15)),  # one image split between the threads
+    ((32, 64, 3, 2, 1), 1, (28, 28)),  # stride 2 (MobileNetV1's downsampling layers), one image split
+    ((6, 10, 3, (2, 1), (0, 1), 1, True), 2, (13, 8)),  # unequal strides, an odd size, a depthwise bias
 ])
 def test_fused_engine_matches_the_untuned_layer(threads, layer_args, batch, size):
     torch.manual_seed(2)
@@ -194,13 +201,13 @@ def test_fused_engine_runs_both_kernels_once_per_step():
         torch.testing.assert_close(y, untuned(x), rtol=1e-4, atol=1e-4)
 
 
-def test_fused_engine_applies_to_plain_stride_one_layers_only():
+def test_fused_engine_applies_to_plain_undilated_layers_only():
     kernels = native.available()
     assert "fused" in ENGINES
     assert engine_applies(SeparableConv2d(8, 16, 3, padding=1), "fused") == kernels
     assert engine_applies(SeparableConv2d(8, 16, (3, 5), padding=(2, 0), depthwise_bias=True), "fused") == kernels
-    for layer in (SeparableConv2d(8, 16, 3, stride=2, padding=1),
-                  SeparableConv2d(8, 16, 3, padding=2, dilation=2),
+    assert engine_applies(SeparableConv2d(8, 16, 3, stride=2, padding=1), "fused") == kernels
+    for layer in (SeparableConv2d(8, 16, 3, padding=2, dilation=2),
                   SeparableConv2d(8, 16, 3, padding=1, depth_multiplier=2),
                   SeparableConv2d(8, 16, 3, padding=1, dw_norm="batchnorm"),
                   SeparableConv2d(8, 16, 3, padding=1, dw_act="relu"),
@@ -212,7 +219,7 @@ def test_fused_engine_applies_to_plain_stride_one_layers_only():
     # the per-convolution engines do not take a layer
     assert not any(engine_applies(SeparableConv2d(8, 8, 1), e) for e in ("gemm", "flip", "dwgrad"))
     with pytest.raises(ValueError, match="engine 'fused' runs a SeparableConv2d"):
-        use_engine(SeparableConv2d(8, 16, 3, stride=2, padding=1), "fused")
+        use_engine(SeparableConv2d(8, 16, 3, padding=2, dilation=2), "fused")
 
 
 @needs_kernels
@@ -248,6 +255,10 @@ def test_backward_refuses_shapes_that_do_not_belong_together():
         depthwise_pointwise_backward(x, dw, pw, gy, (0, 1))
     with pytest.raises(ValueError, match=r"mid must be \(2, 4, 6, 6\) \(the depthwise output\), got \(2, 5, 6, 6\)"):
         depthwise_pointwise_backward(x, dw, pw, gy, (1, 1), mid=gy)
+    with pytest.raises(ValueError, match=r"stride must be >= 1, got \(0, 1\)"):
+        depthwise_pointwise_backward(x, dw, pw, gy, (1, 1), stride=(0, 1))
+    with pytest.raises(ValueError, match=r"grad_y must be \(2, 5, 3, 6\)"):
+        depthwise_pointwise_backward(x, dw, pw, gy, (1, 1), stride=(2, 1))
 
 
 @pytest.mark.parametrize("engine", ["gemm", "dwgrad", "fused"])
@@ -305,6 +316,8 @@ def test_forward_refuses_tensors_that_do_not_belong_together():
         fused_separable_forward(x, dw, None, pw, torch.randn(4), (1, 1))
     with pytest.raises(ValueError, match=r"padding must be >= 0, got \(-1, 1\)"):
         fused_separable_forward(x, dw, None, pw, None, (-1, 1))
+    with pytest.raises(ValueError, match=r"stride must be >= 1, got \(1, 0\)"):
+        fused_separable_forward(x, dw, None, pw, None, (1, 1), stride=(1, 0))
     with pytest.raises(ValueError, match="needs a float32 CPU x, got torch.float64"):
         fused_separable_forward(x.double(), dw, None, pw, None, (1, 1))
     with pytest.raises(ValueError, match="needs 4-D x and weights"):

@@ -119,3 +119,9 @@ def test_a_narrower_variant_is_built_on_request_and_computes_the_same(monkeypatc
     gx, gd, _, gp = depthwise_pointwise_backward(x, dw_w, pw_w, gy, (1, 1), mid=mid)
     for g, r in zip((gx, gd, gp), want):
         torch.testing.assert_close(g.double(), r, atol=1e-3, rtol=1e-4)
+    y, mid = fused_separable_forward(x, dw_w, None, pw_w, None, (1, 1), stride=(2, 2))  # a downsampling layer
+    gy = torch.randn_like(y)
+    want = torch.autograd.grad(F.conv2d(F.conv2d(xr, dr, None, 2, 1, 1, 20), pr), (xr, dr, pr), gy.double())
+    gx, gd, _, gp = depthwise_pointwise_backward(x, dw_w, pw_w, gy, (1, 1), stride=(2, 2), mid=mid)
+    for g, r in zip((gx, gd, gp), want):
+        torch.testing.assert_close(g.double(), r, atol=1e-3, rtol=1e-4)

@@ -116,10 +116,11 @@ def check_pair_tensors(where: str, x: torch.Tensor, dw_weight: torch.Tensor, pw_
 
 def fused_separable_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
                             pw_weight: torch.Tensor, pw_bias: Optional[torch.Tensor], padding: tuple[int, int], *,
+                            stride: tuple[int, int] = (1, 1),
                             keep_depthwise: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """A stride-1, undilated depthwise (one filter per channel, zero ``padding``) -> 1x1 pair in the fused kernel:
-    ``(y, mid)``, the layer's output and, with ``keep_depthwise``, the depthwise step's output (what a training
-    step keeps for the 1x1 weight gradient; else None), channels-last float32 tensors.
+    """An undilated depthwise (one filter per channel, zero ``padding``, ``stride``) -> 1x1 pair in the fused
+    kernel: ``(y, mid)``, the layer's output and, with ``keep_depthwise``, the depthwise step's output (what a
+    training step keeps for the 1x1 weight gradient; else None), channels-last float32 tensors.
 
     ``x``: ``(N, C, H, W)`` float32 on the CPU; ``dw_weight``: ``(C, 1, KH, KW)``; ``pw_weight``:
     ``(Cout, C, 1, 1)``; biases ``(C,)`` / ``(Cout,)`` or None. The weights are packed at each call (they change
@@ -128,15 +129,17 @@ def fused_separable_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: O
     """
     n, c, h, w, kh, kw, cout = check_pair_tensors("fused_separable_forward", x, dw_weight, pw_weight, dw_bias,
                                                   pw_bias)
-    ph, pw = padding
+    (ph, pw), (sh, sw) = padding, stride
     if ph < 0 or pw < 0:
         raise ValueError(f"fused_separable_forward: padding must be >= 0, got {tuple(padding)}")
+    if sh < 1 or sw < 1:
+        raise ValueError(f"fused_separable_forward: stride must be >= 1, got {tuple(stride)}")
     if x.dtype != torch.float32 or x.device.type != "cpu":
         raise ValueError(f"fused_separable_forward needs a float32 CPU x, got {x.dtype} on {x.device}")
     lib = native.load()[0]
     if lib is None:
         raise RuntimeError(f"fused_separable_forward: {fused_unavailable_reason()}")
-    ho, wo = output_size_1d(h, kh, 1, 1, (ph, ph)), output_size_1d(w, kw, 1, 1, (pw, pw))
+    ho, wo = output_size_1d(h, kh, sh, 1, (ph, ph)), output_size_1d(w, kw, sw, 1, (pw, pw))
     if ho < 1 or wo < 1:
         raise ValueError(f"fused_separable_forward: a {h}x{w} input with padding {tuple(padding)} is smaller "
                          f"than the {kh}x{kw} kernel")
@@ -153,7 +156,7 @@ def fused_separable_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: O
     with torch.profiler.record_function("sepconv::fused_dwpw"):  # named in profiles (a ctypes call is no aten op)
         code = lib.sepconv_fused_dwpw_f32(
             x.data_ptr(), n, h, w, c, taps.data_ptr(), None if dw_bias is None else dw_bias.detach().data_ptr(),
-            kh, kw, 1, 1, ph, pw, 1, 1, 0, panels.data_ptr(),
+            kh, kw, sh, sw, ph, pw, 1, 1, 0, panels.data_ptr(),
             None if pw_bias is None else pw_bias.detach().contiguous().data_ptr(), cout, 0, y.data_ptr(),
             None if mid is None else mid.data_ptr(), ho, wo, tile, groups, int(stream), 3, 0, jobs, threads)
     if code:

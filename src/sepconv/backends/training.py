@@ -28,7 +28,7 @@ Why (the measurements are in ``benchmarks/results/kernels-*`` and ``docs/design-
   gradient into L2 (``benchmarks/bench_kernels.py``).
 
 * ``'fused'``, for a whole :class:`~sepconv.SeparableConv2d` whose depthwise
-  step is stride 1 with nothing between the steps, float32 on the CPU,
+  step is undilated with nothing between the steps, float32 on the CPU,
   where sepconv's C kernels build: :class:`FusedSeparableStep` runs each
   pass of the layer in one C kernel. Forward: the fused inference kernel,
   also writing the depthwise output (the 1x1 weight gradient needs it).
@@ -321,16 +321,16 @@ def depthwise_weight_grad(x: torch.Tensor, grad_y: torch.Tensor, kernel_size: tu
 
 
 def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor,
-                                 grad_y: torch.Tensor, padding: tuple[int, int], *, dw_bias: bool = False,
-                                 mid: Optional[torch.Tensor] = None
+                                 grad_y: torch.Tensor, padding: tuple[int, int], *, stride: tuple[int, int] = (1, 1),
+                                 dw_bias: bool = False, mid: Optional[torch.Tensor] = None
                                  ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Gradients of ``y = conv1x1(depthwise(x))`` with respect to ``x``, the depthwise weight (and bias) and, given
     the depthwise output ``mid``, the 1x1 weight.
 
-    The depthwise step: stride 1, dilation 1, one filter per channel (``dw_weight``: ``(C, 1, KH, KW)``), zero
-    ``padding`` ``(ph, pw)`` with ``0 <= ph <= KH - 1`` and ``0 <= pw <= KW - 1``; the 1x1 step: ``pw_weight``
-    ``(Cout, C, 1, 1)``. ``x``: ``(N, C, H, W)``; ``grad_y`` (and ``mid``, ``(N, C, Ho, Wo)``):
-    ``(N, Cout, Ho, Wo)`` with ``Ho = H + 2 ph - KH + 1``, ``Wo = W + 2 pw - KW + 1``. Returns ``(grad_x,
+    The depthwise step: ``stride`` ``(sh, sw)``, dilation 1, one filter per channel (``dw_weight``:
+    ``(C, 1, KH, KW)``), zero ``padding`` ``(ph, pw)`` with ``0 <= ph <= KH - 1`` and ``0 <= pw <= KW - 1``; the 1x1
+    step: ``pw_weight`` ``(Cout, C, 1, 1)``. ``x``: ``(N, C, H, W)``; ``grad_y`` (and ``mid``, ``(N, C, Ho, Wo)``):
+    ``(N, Cout, Ho, Wo)`` with ``Ho = (H + 2 ph - KH) // sh + 1``, ``Wo = (W + 2 pw - KW) // sw + 1``. Returns ``(grad_x,
     grad_dw_weight, grad_dw_bias, grad_pw_weight)``: grad_x channels-last, grad_dw_bias ``None`` unless
     ``dw_bias``, grad_pw_weight ``None`` unless ``mid`` is given.
 
@@ -343,11 +343,16 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
     :func:`matmul_at_b`). Not tracked by autograd.
     """
     n, c, h, w, kh, kw, cout = check_pair_tensors("depthwise_pointwise_backward", x, dw_weight, pw_weight)
-    ph, pw = padding
+    (ph, pw), (sh, sw) = padding, stride
     if not (0 <= ph <= kh - 1 and 0 <= pw <= kw - 1):
         raise ValueError(f"depthwise_pointwise_backward: padding must be 0..{kh - 1} x 0..{kw - 1} for a "
                          f"{kh}x{kw} kernel, got {tuple(padding)}")
-    expected = (n, cout, h + 2 * ph - kh + 1, w + 2 * pw - kw + 1)
+    if sh < 1 or sw < 1:
+        raise ValueError(f"depthwise_pointwise_backward: stride must be >= 1, got {tuple(stride)}")
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        raise ValueError(f"depthwise_pointwise_backward: a {h}x{w} input with padding {tuple(padding)} is smaller "
+                         f"than the {kh}x{kw} kernel")
+    expected = (n, cout, output_size_1d(h, kh, sh, 1, (ph, ph)), output_size_1d(w, kw, sw, 1, (pw, pw)))
     if tuple(grad_y.shape) != expected:
         raise ValueError(f"depthwise_pointwise_backward: grad_y must be {expected} for x {tuple(x.shape)}, "
                          f"got {tuple(grad_y.shape)}")
@@ -357,9 +362,8 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
     lib = _kernel_library(x, dw_weight, pw_weight, grad_y, *(() if mid is None else (mid,))) if kh <= 16 else None
     if lib is None:
         grad_mid = _conv1x1(grad_y, pw_weight, None, transposed=True)
-        grad_x = F.conv2d(grad_mid, dw_weight.flip(2, 3), None, 1, (kh - 1 - ph, kw - 1 - pw), 1, c)
-        grad_w = torch.ops.aten.convolution_backward(grad_mid, x, dw_weight, None, [1, 1], [ph, pw], [1, 1], False,
-                                                     [0, 0], c, [False, True, False])[1]
+        grad_x, grad_w = torch.ops.aten.convolution_backward(grad_mid, x, dw_weight, None, [sh, sw], [ph, pw],
+                                                             [1, 1], False, [0, 0], c, [True, True, False])[:2]
         return (grad_x.contiguous(memory_format=torch.channels_last), grad_w,
                 grad_mid.sum((0, 2, 3)) if dw_bias else None, _pointwise_weight_grad(grad_y, mid, pw_weight))
     x = x.contiguous(memory_format=torch.channels_last)
@@ -374,7 +378,7 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
     grad_b = torch.empty(c, dtype=torch.float32) if dw_bias else None
     grad_pw = torch.empty(cout, c, 1, 1, dtype=torch.float32) if fuse_pw else None
     with torch.profiler.record_function("sepconv::dwpw_backward"):  # named in profiles (a ctypes call is no aten op)
-        code = lib.sepconv_dwpw_backward_f32(x.data_ptr(), n, h, w, c, taps.data_ptr(), kh, kw, ph, pw,
+        code = lib.sepconv_dwpw_backward_f32(x.data_ptr(), n, h, w, c, taps.data_ptr(), kh, kw, sh, sw, ph, pw,
                                              grad_y.data_ptr(), cout, weight.data_ptr(),
                                              mid.data_ptr() if fuse_pw else None, grad_x.data_ptr(),
                                              grad_taps.data_ptr(), None if grad_b is None else grad_b.data_ptr(),
@@ -406,9 +410,9 @@ def _pointwise_weight_grad(grad_y: torch.Tensor, mid: Optional[torch.Tensor],
 class FusedSeparableStep(torch.autograd.Function):
     """``y = conv1x1(depthwise(x, dw_weight, dw_bias), pw_weight, pw_bias)``, each pass of both steps in one kernel.
 
-    The depthwise step: stride 1, dilation 1, one filter per channel, zero
-    ``padding`` up to ``kernel - 1`` (what :func:`depthwise_pointwise_backward`
-    takes). Forward: the fused inference kernel, which also writes the
+    The depthwise step: any ``stride``, dilation 1, one filter per channel,
+    zero ``padding`` up to ``kernel - 1`` (what
+    :func:`depthwise_pointwise_backward` takes). Forward: the fused inference kernel, which also writes the
     depthwise output out (the 1x1 weight gradient needs it;
     :func:`~sepconv.backends.fused.fused_separable_forward`), where
     sepconv's C kernels serve the tensors; else ``F.conv2d`` and
@@ -420,12 +424,13 @@ class FusedSeparableStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
-                pw_weight: torch.Tensor, pw_bias: Optional[torch.Tensor], padding: tuple[int, int]) -> torch.Tensor:
-        ctx.conf = (tuple(padding), dw_bias is not None, pw_bias is not None)
+                pw_weight: torch.Tensor, pw_bias: Optional[torch.Tensor], padding: tuple[int, int],
+                stride: tuple[int, int] = (1, 1)) -> torch.Tensor:
+        ctx.conf = (tuple(padding), tuple(stride), dw_bias is not None, pw_bias is not None)
         if _kernel_library(x, dw_weight, pw_weight, *(b for b in (dw_bias, pw_bias) if b is not None)) is not None:
-            y, mid = fused_separable_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, padding)
+            y, mid = fused_separable_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, padding, stride=stride)
         else:
-            mid = F.conv2d(x, dw_weight, dw_bias, 1, padding, 1, x.shape[1])
+            mid = F.conv2d(x, dw_weight, dw_bias, stride, padding, 1, x.shape[1])
             y = _conv1x1(mid, pw_weight, pw_bias)
         ctx.save_for_backward(x, mid, dw_weight, pw_weight)
         return y
@@ -434,19 +439,19 @@ class FusedSeparableStep(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
         x, mid, dw_weight, pw_weight = ctx.saved_tensors
-        padding, has_dw_bias, has_pw_bias = ctx.conf
+        padding, stride, has_dw_bias, has_pw_bias = ctx.conf
         need = ctx.needs_input_grad
         grad_x = grad_dw = grad_dwb = grad_pw = grad_pwb = None
         grad_y = grad_y.contiguous(memory_format=torch.channels_last)
         if need[0] or need[1] or (has_dw_bias and need[2]):
             grad_x, grad_dw, grad_dwb, grad_pw = depthwise_pointwise_backward(
-                x, dw_weight, pw_weight, grad_y, padding, dw_bias=has_dw_bias and need[2],
+                x, dw_weight, pw_weight, grad_y, padding, stride=stride, dw_bias=has_dw_bias and need[2],
                 mid=mid if need[3] else None)
         elif need[3]:
             grad_pw = _pointwise_weight_grad(grad_y, mid, pw_weight)
         if has_pw_bias and need[4]:
             grad_pwb = _pixels(grad_y).sum(0)
-        return (grad_x if need[0] else None, grad_dw if need[1] else None, grad_dwb, grad_pw, grad_pwb, None)
+        return (grad_x if need[0] else None, grad_dw if need[1] else None, grad_dwb, grad_pw, grad_pwb, None, None)
 
 
 class _StepsForward:
@@ -463,8 +468,9 @@ class _StepsForward:
         if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *params))) \
                 and _kernel_library(x, *(t for t in params if t is not None)) is not None:
             # no backward pass to come (evaluation): the fused kernel without writing the depthwise output out
-            return fused_separable_forward(x, *params, tuple(dw.padding), keep_depthwise=False)[0]
-        return FusedSeparableStep.apply(x, *params, tuple(dw.padding))
+            return fused_separable_forward(x, *params, tuple(dw.padding), stride=tuple(dw.stride),
+                                           keep_depthwise=False)[0]
+        return FusedSeparableStep.apply(x, *params, tuple(dw.padding), tuple(dw.stride))
 
     def __repr__(self) -> str:
         return "sepconv.backends.training engine 'fused'"
@@ -508,8 +514,8 @@ ENGINES = {"gemm": "1x1, stride-1, unpadded, ungrouped nn.Conv2d (Pointwise1x1)"
            "dwgrad": "stride-1 depthwise nn.Conv2d (groups = in_channels = out_channels) with integer zero "
                      "padding <= dilation * (kernel - 1), float32 on the CPU, where sepconv's C kernels build "
                      "(FlippedDepthwise with the weight gradient in sepconv's kernel)",
-           "fused": "SeparableConv2d with nothing between its steps (no pad module, norm or activation), a "
-                    "stride-1, undilated depthwise step of depth multiplier 1 and zero padding <= kernel - 1, "
+           "fused": "SeparableConv2d with nothing between its steps (no pad module, norm or activation), an "
+                    "undilated depthwise step (any stride) of depth multiplier 1 and zero padding <= kernel - 1, "
                     "float32 on the CPU, where sepconv's C kernels build (FusedSeparableStep)"}
 
 #: The engines that run a whole SeparableConv2d rather than one convolution; tuned after its convolutions.
@@ -539,7 +545,7 @@ def _fused_applies(layer: nn.Module) -> bool:
     if not (isinstance(layer, SeparableConv2d) and all(map(is_identity, (layer.pad, layer.dw_norm, layer.dw_act)))):
         return False
     dw, pw = layer.depthwise, layer.pointwise
-    return (plain_conv2d(dw) and tuple(dw.stride) == (1, 1) and tuple(dw.dilation) == (1, 1)
+    return (plain_conv2d(dw) and tuple(dw.dilation) == (1, 1)
             and dw.groups == dw.in_channels == dw.out_channels and dw.kernel_size[0] <= 16
             and all(0 <= p <= k - 1 for p, k in zip(dw.padding, dw.kernel_size))
             and engine_applies(pw, "gemm") and _kernel_library(dw.weight, pw.weight) is not None)

@@ -1270,35 +1270,91 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
     return failed ? -1 : 0;
 }
 
-/* Backward pass of a depthwise -> 1x1 pair (stride 1, dilation 1, one filter per channel, zero padding ph <= KH - 1
- * and pw <= KW - 1), float32, channels-last, for the layer's output gradient gy:
+/* gx rows [a, e) of one image (W pixels each, written from gx) of a depthwise step of stride (sh, sw): the adjoint,
+ *   gx[ih][iw][c] = sum over the taps (kh, kw) with ih + ph - kh = oh * sh, iw + pw - kw = ow * sw, 0 <= ow < Wo,
+ *                   lo <= oh < hi, of wdw[kh][kw][c] * gm[oh][ow][c]
+ * (zero where no tap lands), from gm rows [lo, hi) held from gm[0]. A gather: each gx pixel's taps (1-4 of a 3x3
+ * kernel at stride 2) are summed in registers, a block of VB channels at a time, and the pixel written once.
+ * tap_g, tap_w: room for KH * KW pointers. */
+static void depthwise_adjoint_rows(const float *gm, int lo, int hi, int Wo, int C, const float *wdw, int KH, int KW,
+                                   int sh, int sw, int ph, int pw, int a, int e, int W, float *gx,
+                                   const float **tap_g, const float **tap_w) {
+    for (int ih = a; ih < e; ++ih) {
+        /* the kernel rows that reach this row and their gm rows: looked up once per row (divisions are slow) */
+        const float *grow[16];
+        int krow[16], nk = 0;
+        for (int kh = (ih + ph) % sh; kh < KH && kh <= ih + ph; kh += sh) {
+            int oh = (ih + ph - kh) / sh;
+            if (oh >= lo && oh < hi) {
+                grow[nk] = gm + (size_t)(oh - lo) * Wo * C;
+                krow[nk++] = kh;
+            }
+        }
+        /* iw + pw = q * sw + r, stepped along the row */
+        int q = pw / sw, r = pw % sw;
+        for (int iw = 0; iw < W; ++iw) {
+            int nt = 0;
+            for (int i = 0; i < nk; ++i)
+                for (int kw = r, ow = q; kw < KW && ow >= 0; kw += sw, --ow) /* iw + pw - kw = ow * sw */
+                    if (ow < Wo) {
+                        tap_g[nt] = grow[i] + (size_t)ow * C;
+                        tap_w[nt++] = wdw + ((size_t)krow[i] * KW + kw) * C;
+                    }
+            float *o = gx + ((size_t)(ih - a) * W + iw) * C;
+            int c = 0;
+            for (; c + VB <= C; c += VB) {
+                vb s = {0};
+                for (int t = 0; t < nt; ++t) s += vb_load(tap_w[t] + c) * vb_load(tap_g[t] + c);
+                vb_store(o + c, s);
+            }
+            for (; c < C; ++c) {
+                float s = 0.f;
+                for (int t = 0; t < nt; ++t) s += tap_w[t][c] * tap_g[t][c];
+                o[c] = s;
+            }
+            if (++r == sw) {
+                r = 0;
+                ++q;
+            }
+        }
+    }
+}
+
+/* ceil(a / b) for b > 0 and any a (C's division truncates toward zero) */
+static inline int ceil_div(int a, int b) { return a > 0 ? (a + b - 1) / b : -((-a) / b); }
+
+/* Backward pass of a depthwise -> 1x1 pair (stride sh x sw, dilation 1, one filter per channel, zero padding
+ * ph <= KH - 1 and pw <= KW - 1), float32, channels-last, for the layer's output gradient gy:
  *
  *   gm = gy @ wpw                              the 1x1 step's input gradient, [N][Ho][Wo][C]
- *   gx = depthwise(gm, wdw flipped in space, padding KH - 1 - ph, KW - 1 - pw)    [N][H][W][C]
- *   gwdw[kh][kw][c] = sum over n, oh, ow of gm[n][oh][ow][c] * x[n][oh - ph + kh][ow - pw + kw][c]
+ *   gx = the depthwise step's adjoint on gm    [N][H][W][C]; at stride 1 a depthwise convolution of gm with wdw
+ *                                              flipped in space, padding KH - 1 - ph, KW - 1 - pw
+ *   gwdw[kh][kw][c] = sum over n, oh, ow of gm[n][oh][ow][c] * x[n][oh * sh - ph + kh][ow * sw - pw + kw][c]
  *   gbdw[c] = sum of gm[..][c]                 (when gbdw != NULL)
  *   gwpw[j][c] = sum of gy[..][j] * mid[..][c]  the 1x1 weight gradient (when gwpw != NULL; mid: the depthwise
  *                                              step's output, [N][Ho][Wo][C])
  *
- * x: [N][H][W][C]; wdw: [KH][KW][C]; gy: [N][Ho][Wo][Cout]; wpw: [Cout][C] (the 1x1 weight as stored); gx, gwdw,
- * gbdw, gwpw are overwritten. gm is never stored whole: each thread sweeps the rows of its images (or of its part of an
- * image) a band of `band` gx rows at a time (band < 1: sized so that the band's gm rows fit in about 128 KiB),
- * computing the gm rows the band needs into a buffer that keeps the last KH - 1 of them for the next band, and
- * runs the depthwise input gradient and weight gradient on them there, and the 1x1 weight gradient on the band's
- * gy rows, still in cache from the GEMM. Against the unfused steps (the 1x1 input gradient written out, then read
+ * x: [N][H][W][C]; wdw: [KH][KW][C]; gy: [N][Ho][Wo][Cout] with Ho = (H + 2 ph - KH) / sh + 1, Wo likewise; wpw:
+ * [Cout][C] (the 1x1 weight as stored); gx, gwdw, gbdw, gwpw are overwritten. gm is never stored whole: each thread
+ * sweeps the rows of its images (or of its part of an image) a band of `band` gx rows at a time (band < 1: sized so
+ * that the band's gm rows fit in about 128 KiB), computing the gm rows the band needs into a buffer that keeps the
+ * ones the next band reads too, and runs the depthwise input gradient (stride 1: the forward kernel's depthwise step
+ * with the flipped kernel; else depthwise_adjoint_rows) and weight gradient on them there, and the 1x1 weight
+ * gradient on the band's gy rows, still in cache from the GEMM. Against the unfused steps (the 1x1 input gradient written out, then read
  * by both depthwise gradients; gy read again for the 1x1 weight gradient) this saves writing gm once and reading
  * it twice, and reading gy once.
- * Where an image is split between threads, the KH - 1 gm rows at each split are computed by both sides (each row's
- * weight-gradient term is added by one). The threads' weight-gradient sums are added in thread order: the result
- * does not depend on timing. Returns 0, -1 if a buffer could not be allocated, -2 for sizes or padding outside the
- * above, KH > 16. */
-int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const float *wdw, int KH, int KW, int ph,
-                              int pw, const float *gy, int Cout, const float *wpw, const float *mid, float *gx,
-                              float *gwdw, float *gbdw, float *gwpw, int band, int threads) {
-    int Ho = H + 2 * ph - KH + 1, Wo = W + 2 * pw - KW + 1;
-    if (N < 1 || H < 1 || W < 1 || C < 1 || Cout < 1 || KH < 1 || KW < 1 || KH > 16 || ph < 0 || pw < 0
-        || ph > KH - 1 || pw > KW - 1 || Ho < 1 || Wo < 1 || (gwpw && !mid))
+ * Where an image is split between threads, the gm rows both sides read at each split are computed by both (each
+ * row's weight-gradient term is added by one). The threads' weight-gradient sums are added in thread order: the
+ * result does not depend on timing. Returns 0, -1 if a buffer could not be allocated, -2 for sizes, strides or
+ * padding outside the above, KH > 16. */
+int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const float *wdw, int KH, int KW, int sh,
+                              int sw, int ph, int pw, const float *gy, int Cout, const float *wpw, const float *mid,
+                              float *gx, float *gwdw, float *gbdw, float *gwpw, int band, int threads) {
+    if (N < 1 || H < 1 || W < 1 || C < 1 || Cout < 1 || KH < 1 || KW < 1 || KH > 16 || sh < 1 || sw < 1 || ph < 0
+        || pw < 0 || ph > KH - 1 || pw > KW - 1 || H + 2 * ph < KH || W + 2 * pw < KW || (gwpw && !mid))
         return -2;
+    int Ho = (H + 2 * ph - KH) / sh + 1, Wo = (W + 2 * pw - KW) / sw + 1;
+    int unit = sh == 1 && sw == 1; /* the adjoint is a depthwise convolution, run by the forward kernel's code */
     if (threads < 1) threads = 1;
     int panels = (C + NR - 1) / NR;
     int cp = (C + 15) / 16 * 16 + 16; /* the gx tile's row stride, as in the forward kernel */
@@ -1308,7 +1364,7 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
     long atb_blocks = (long)((Cout + 11) / 12) * ((C + 31) / 32); /* sepconv_atb_range's register blocks */
     if (band < 1) {
         long row_floats = (long)Wo * (C > Cout ? C : Cout);
-        band = (int)(32768 / row_floats) - (KH - 1);
+        band = (int)(32768 / row_floats) * sh - (KH - 1); /* a band of gx rows reads about band / sh gm rows */
         if (band < 1) band = 1;
     }
     if (band > H) band = H;
@@ -1317,7 +1373,7 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
     if (segs > H) segs = H;
     long units = (long)N * segs;
     float *b = (float *)aligned_alloc(64, ((size_t)panels * Cout * NR * sizeof(float) + 63) / 64 * 64);
-    float *wflip = (float *)malloc(sizeof(float) * taps * C);
+    float *wflip = (float *)malloc(sizeof(float) * taps * C); /* stride 1: the kernel flipped in space */
     float *sums = (float *)aligned_alloc(64, ((size_t)threads * per * sizeof(float) + 63) / 64 * 64);
     if (!b || !wflip || !sums) {
         free(b); free(wflip); free(sums);
@@ -1341,9 +1397,12 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
         float *part = sums + (size_t)tid * per, *bpart = part + taps * Cw, *wpart = bpart + Cw;
         memset(part, 0, per * sizeof(float)); /* each thread its own sums (the memory is touched first here) */
         size_t ring_bytes = ((size_t)(band + KH - 1) * Wo * C * sizeof(float) + 63) / 64 * 64;
-        float *ring = (float *)aligned_alloc(64, ring_bytes + (size_t)band * W * cp * sizeof(float));
-        float *t = ring ? ring + ring_bytes / sizeof(float) : NULL;
-        if (!ring) {
+        float *ring = (float *)aligned_alloc(64, ring_bytes + (unit ? (size_t)band * W * cp * sizeof(float) : 0));
+        float *t = ring && unit ? ring + ring_bytes / sizeof(float) : NULL;
+        const float **taps_g = (const float **)malloc(sizeof(float *) * 2 * taps), **taps_w = taps_g + taps;
+        if (!ring || !taps_g) {
+            free(ring);
+            ring = NULL;
 #ifdef _OPENMP
 #pragma omp atomic write
 #endif
@@ -1361,14 +1420,16 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
             int n = (int)(u / segs), s = (int)(u % segs);
             int r0 = (int)((long)H * s / segs), r1 = (int)((long)H * (s + 1) / segs);
             const float *xn = x + (size_t)n * H * W * C, *gyn = gy + (size_t)n * Ho * Wo * Cout;
-            /* the gm rows whose weight-gradient term this unit adds: consecutive units' ranges tile [0, Ho) */
-            int own_lo = r0 == 0 ? 0 : r0 + ph - KH + 1, own_hi = r1 == H ? Ho : r1 + ph - KH + 1;
-            own_lo = own_lo < 0 ? 0 : own_lo;
-            own_hi = own_hi < 0 ? 0 : own_hi;
+            /* the gm rows whose weight-gradient term this unit adds: consecutive units' ranges tile [0, Ho), and
+             * each lies within the rows the unit computes (the first its first band reads, up to the last its last
+             * band reads) */
+            int own_lo = r0 == 0 ? 0 : ceil_div(r0 + ph - KH + 1, sh), own_hi = r1 == H ? Ho : ceil_div(r1 + ph - KH + 1, sh);
+            own_lo = own_lo < 0 ? 0 : own_lo > Ho ? Ho : own_lo;
+            own_hi = own_hi < 0 ? 0 : own_hi > Ho ? Ho : own_hi;
             int win_lo = 0, win_hi = 0; /* the gm rows held in ring[0 ..) */
             for (int a = r0; a < r1; a += band) {
                 int e = r1 - a < band ? r1 : a + band;
-                int lo = a + ph - KH + 1, hi = e + ph; /* the gm rows gx rows [a, e) read */
+                int lo = ceil_div(a + ph - KH + 1, sh), hi = (e - 1 + ph) / sh + 1; /* the gm rows gx rows [a, e) read */
                 lo = lo < 0 ? 0 : lo;
                 hi = hi > Ho ? Ho : hi;
                 int fresh = lo;
@@ -1382,7 +1443,7 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
                     /* the input rows the weight gradient of rows [w0, w1) reads, fetched into L2 during the GEMM
                      * (as the forward kernel fetches its next tile's input) */
                     const char *pf = NULL, *pf_end = NULL;
-                    int x_lo = w0 - ph, x_hi = w1 - 1 - ph + KH - 1;
+                    int x_lo = w0 * sh - ph, x_hi = (w1 - 1) * sh - ph + KH - 1;
                     x_lo = x_lo < 0 ? 0 : x_lo;
                     x_hi = x_hi >= H ? H - 1 : x_hi;
                     if (w0 < w1 && x_lo <= x_hi) {
@@ -1393,7 +1454,7 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
                                    ACT_NONE, g, 0, pf, pf_end);
                     for (int oh = w0; oh < w1; ++oh) {
                         const float *go = ring + (size_t)(oh - lo) * Wo * C;
-                        sepconv_wgrad_row(xn, H, W, C, go, Wo, KH, KW, 1, 1, ph, pw, 1, 1, oh, Cw, part, NULL);
+                        sepconv_wgrad_row(xn, H, W, C, go, Wo, KH, KW, sh, sw, ph, pw, 1, 1, oh, Cw, part, NULL);
                         if (gbdw)
                             for (int ow = 0; ow < Wo; ++ow)
                                 for (int c = 0; c < C; ++c) bpart[c] += go[(size_t)ow * C + c];
@@ -1406,16 +1467,23 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
                 }
                 win_lo = lo;
                 win_hi = hi;
-                /* gx rows [a, e): the flipped depthwise convolution of gm rows [lo, hi), held from ring[0] (the
-                 * padding shifted by lo), through the forward kernel's depthwise step into t, then copied out */
+                /* gx rows [a, e) from gm rows [lo, hi), held from ring[0]. Stride 1: the flipped depthwise
+                 * convolution (the padding shifted by lo) through the forward kernel's depthwise step into t, then
+                 * copied out */
+                float *out = gx + ((size_t)n * H + a) * W * C;
+                if (!unit) {
+                    depthwise_adjoint_rows(ring, lo, hi, Wo, C, wdw, KH, KW, sh, sw, ph, pw, a, e, W, out, taps_g,
+                                           taps_w);
+                    continue;
+                }
                 int m = (e - a) * W;
                 depthwise_tile(ring, hi - lo, Wo, C, wflip, NULL, KH, KW, 1, 1, KH - 1 - ph + lo, KW - 1 - pw, 1, 1,
                                ACT_NONE, W, a * W, m, t, cp, NULL, NULL, NULL);
-                float *out = gx + ((size_t)n * H + a) * W * C;
                 for (int i = 0; i < m; ++i) memcpy(out + (size_t)i * C, t + (size_t)i * cp, sizeof(float) * C);
             }
         }
         free(ring);
+        free(taps_g);
         /* the threads' sums added in thread order, the rows (taps, bias, 1x1 weight rows) shared among them */
         long rows = (long)taps + 1 + (gwpw ? Cout : 0);
 #ifdef _OPENMP

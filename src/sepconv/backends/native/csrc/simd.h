@@ -94,4 +94,22 @@ SEPCONV_INLINE vf vact(vf v, int act) {
 }
 #endif
 
+/* A block of VB floats as a GCC vector, on every target (AVX-512: one register; AVX2, NEON: one `vf`; otherwise
+ * lowered to what the target has): for the few loops written once for all ISAs. Unaligned access through vb_load /
+ * vb_store (memcpy, compiled to one vector load or store). */
+#if defined(SEPCONV_AVX512)
+#define VB 16
+#elif defined(SEPCONV_VEC)
+#define VB VW
+#else
+#define VB 4
+#endif
+typedef float vb __attribute__((vector_size(VB * sizeof(float))));
+SEPCONV_INLINE vb vb_load(const float *p) {
+    vb v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+SEPCONV_INLINE void vb_store(float *p, vb v) { memcpy(p, &v, sizeof v); }
+
 #endif
