@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from sepconv.utils.io import atomic_write_bytes, current_umask
-from sepconv.utils.machine import cpu_fields, machine_info
+from sepconv.utils.machine import ISA_CAPS, cpu_fields, machine_info
 
 
 @pytest.fixture
@@ -51,3 +51,12 @@ def test_machine_info_names_the_cpu_isa_and_threads():
     assert info["cpu_isa"] and info["torch_threads"] >= 1 and info["cores"] >= 1
     if os.path.exists("/proc/cpuinfo"):
         assert cpu_fields() and info["cpu"] == cpu_fields().get("model name", info["cpu"])
+
+
+def test_machine_info_names_the_isa_caps_a_record_ran_under(monkeypatch):
+    for name in ISA_CAPS:
+        monkeypatch.delenv(name, raising=False)
+    assert machine_info()["isa_caps"] == {}
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("SEPCONV_ISA", "avx2")
+    assert machine_info()["isa_caps"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "SEPCONV_ISA": "avx2"}

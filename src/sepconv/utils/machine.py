@@ -27,11 +27,19 @@ def cpu_fields() -> dict[str, str]:
     return fields
 
 
+#: Environment variables that cap the vector ISA of the libraries a benchmark runs (PyTorch's own kernels, oneDNN,
+#: oneMKL, sepconv's C kernels): set together they run the AVX2 code paths on an AVX-512 host
+#: (``benchmarks/README.md``), and a record made so must say it.
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "SEPCONV_ISA")
+
+
 def machine_info(device: torch.device | str | None = None) -> dict:
     """What a recorded benchmark must say about where it ran.
 
-    Where CUDA is available it adds the GPU (``device``'s, else the current
-    one), the CUDA and cuDNN versions and whether cuDNN may use TF32.
+    ``isa_caps`` names the variables of :data:`ISA_CAPS` that are set, with
+    their values (empty: every library runs the CPU's widest ISA). Where CUDA
+    is available it adds the GPU (``device``'s, else the current one), the
+    CUDA and cuDNN versions and whether cuDNN may use TF32.
     """
     fields = cpu_fields()
     cpu = fields.get("model name", platform.processor() or "")
@@ -49,6 +57,7 @@ def machine_info(device: torch.device | str | None = None) -> dict:
         "platform": platform.platform(),
         "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "freed_memory_kept": freed_memory_kept(),  # sepconv.keep_freed_memory (glibc malloc settings)
+        "isa_caps": {name: os.environ[name] for name in ISA_CAPS if os.environ.get(name)},
     }
     if torch.cuda.is_available():
         cuda = device is not None and torch.device(device).type == "cuda"
