@@ -318,6 +318,13 @@ int main(void) {
                                   {65, 33, 70}, {1000, 6, 17}};
     for (size_t k = 0; k < sizeof dims / sizeof *dims; ++k)
         for (int threads = 1; threads <= 2; ++threads) check_atb(dims[k][0], dims[k][1], dims[k][2], threads);
+    /* no pixels (out written as zeros), and several chunks of pixels (the first writes out, the rest add), with
+     * blocks or pixels split between the threads */
+    for (int threads = 1; threads <= 2; ++threads) {
+        check_atb(0, 5, 7, threads);
+        check_atb(2000, 100, 200, threads);
+        check_atb(5000, 12, 32, threads);
+    }
     static const int gdims[][3] = {{1, 1, 1}, {7, 3, 5}, {13, 16, 16}, {50, 32, 64}, {97, 24, 48}, {300, 64, 40},
                                    {65, 33, 70}, {200, 6, 17}};
     for (size_t k = 0; k < sizeof gdims / sizeof *gdims; ++k)

@@ -1462,7 +1462,7 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
                     if (gwpw && w0 < w1) {
                         long rows = (long)(w1 - w0) * Wo;
                         sepconv_atb_range(gyn + (size_t)w0 * Wo * Cout, Cout, mid + ((size_t)n * Ho + w0) * Wo * C, C,
-                                          wpart, Cw, Cout, C, 0, rows, rows, 0, atb_blocks);
+                                          wpart, Cw, Cout, C, 0, rows, rows, 0, atb_blocks, 0);
                     }
                 }
                 win_lo = lo;

@@ -13,9 +13,10 @@ __attribute__((visibility("hidden"))) void sepconv_wgrad_row(const float *x, int
                                                              const float *g_next_row);
 
 /* out[M][N] (row stride ldo) += A^T B over pixels [p0, p1) of A: [P][M] (row stride lda) and B: [P][N] (ldb), for
- * the register blocks [blk_begin, blk_end) of out (12 x 32, m-block-minor), the pixels in chunks of pc. */
+ * the register blocks [blk_begin, blk_end) of out (12 x 32, m-block-minor), the pixels in chunks of pc; with
+ * fresh != 0, = instead of += (those blocks of out are not read first). */
 __attribute__((visibility("hidden"))) void sepconv_atb_range(const float *A, long lda, const float *B, long ldb,
                                                              float *out, long ldo, int M, int N, long p0, long p1,
-                                                             long pc, long blk_begin, long blk_end);
+                                                             long pc, long blk_begin, long blk_end, int fresh);
 
 #endif
