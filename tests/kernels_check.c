@@ -298,13 +298,14 @@ int main(void) {
                 if (C <= 37) check_wgrad(1 + i % 2, H, W, C, K, s, pad, d, 1 + i % 2);
                 ++i;
             }
-    /* 3x3 weight gradients at stride 1: rows narrower than the kernel up to wide ones, paddings 0-2, whole and partial
-     * channel vectors (the AVX2/NEON row-at-a-time step keeps the nine sums in registers) */
+    /* 3x3 weight gradients at strides 1-3: rows narrower than the kernel up to wide ones, paddings 0-2, whole and
+     * partial channel vectors (the row-at-a-time step keeps the nine sums in registers) */
     static const int wg_channels[] = {8, 19, 40, 64};
-    for (int W = 1; W <= 12; W += (W < 4 ? 1 : 8))
-        for (int pad = 0; pad <= 2; ++pad)
-            for (size_t ci = 0; ci < sizeof wg_channels / sizeof *wg_channels; ++ci)
-                if (W + 2 * pad >= 3) check_wgrad(2, 7, W, wg_channels[ci], 3, 1, pad, 1, 1 + (int)ci % 2);
+    for (int s = 1; s <= 3; ++s)
+        for (int W = 1; W <= 13; W += (W < 5 ? 1 : 8))
+            for (int pad = 0; pad <= 2; ++pad)
+                for (size_t ci = 0; ci < sizeof wg_channels / sizeof *wg_channels; ++ci)
+                    if (W + 2 * pad >= 3) check_wgrad(2, 7, W, wg_channels[ci], 3, s, pad, 1, 1 + (int)ci % 2);
     check_fused(2, 32, 32, 32, 3, 1, 1, 1, 64, 1, 1, 1, 96, 1, 1); /* a CIFAR-like layer, several tiles */
     check_fused(1, 15, 15, 64, 3, 2, 1, 1, 128, 1, 2, 0, 30, 2, 0);
     /* 3x3 layers of 64 channels or more at strides 1 and 2 (the AVX2 path's four-pixel, two-vector blocks): whole,

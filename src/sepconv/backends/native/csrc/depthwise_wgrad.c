@@ -118,21 +118,24 @@ SEPCONV_INLINE void wgrad_slide_v(const float *const *rows, const float *g, int 
 }
 #endif
 
-#ifdef SEPCONV_VEC
-/* One output row of a 3x3, stride-1, undilated kernel whose three input rows lie in the image (AVX2, NEON): a block
- * of VB channels at a time, the nine taps' sums held in registers over the whole row and added into part once
- * (wgrad_slide_v adds into part once per 4 pixels). Channels past the last whole block: plain loops. On AVX-512
- * this form was not faster than the eight-pixel window above (docs/design-notes.md). */
-static void wgrad_row3(const float *const *rows, const float *g, int W, int C, int Cp, int Wo, int pw, float *part,
-                       const float *x_next_row, const float *g_next_row) {
+#if defined(SEPCONV_AVX512) || defined(SEPCONV_VEC)
+/* One output row of a 3x3 undilated kernel, column stride sw, whose three input rows lie in the image: a block of VB
+ * channels at a time, the nine taps' sums held in registers over the whole row and added into part once. AVX2 and
+ * NEON at every stride (wgrad_slide_v adds into part once per 4 pixels), AVX-512 at strides above 1 (at stride 1
+ * its eight-pixel window was not slower: docs/design-notes.md); elsewhere one pixel at a time. Channels past the
+ * last whole block: plain loops. */
+static void wgrad_row3(const float *const *rows, const float *g, int W, int C, int Cp, int Wo, int sw, int pw,
+                       float *part, const float *x_next_row, const float *g_next_row) {
     /* the input row the next output row adds and that row's gradient, fetched into L2 while this row computes (as
      * the AVX-512 window does per block) */
     if (x_next_row)
         for (size_t i = 0; i < (size_t)W * C; i += 16) __builtin_prefetch(x_next_row + i, 0, 2);
     if (g_next_row)
         for (size_t i = 0; i < (size_t)Wo * C; i += 16) __builtin_prefetch(g_next_row + i, 0, 2);
-    /* output pixels whose three taps all lie in the row: iw = ow - pw + kw in [0, W) for kw = 0..2 */
-    int lo = pw < Wo ? pw : Wo, hi = W + pw - 2 < Wo ? W + pw - 2 : Wo;
+    /* output pixels whose three taps all lie in the row: iw = ow sw - pw + kw in [0, W) for kw = 0..2 */
+    int lo = (pw + sw - 1) / sw, hi = W + pw - 3 < 0 ? 0 : (W + pw - 3) / sw + 1;
+    lo = lo < Wo ? lo : Wo;
+    hi = hi < Wo ? hi : Wo;
     if (hi < lo) hi = lo;
     int c = 0;
     for (; c + VB <= C; c += VB) {
@@ -145,7 +148,7 @@ static void wgrad_row3(const float *const *rows, const float *g, int W, int C, i
                     vb gv = vb_load(g + (size_t)ow * C + c);
 #pragma GCC unroll 3
                     for (int kh = 0; kh < 3; ++kh) {
-                        const float *xp = rows[kh] + (size_t)(ow - pw) * C + c;
+                        const float *xp = rows[kh] + ((size_t)ow * sw - pw) * C + c;
                         a[3 * kh] += gv * vb_load(xp);
                         a[3 * kh + 1] += gv * vb_load(xp + C);
                         a[3 * kh + 2] += gv * vb_load(xp + 2 * (size_t)C);
@@ -158,7 +161,7 @@ static void wgrad_row3(const float *const *rows, const float *g, int W, int C, i
             for (int kh = 0; kh < 3; ++kh)
 #pragma GCC unroll 3
                 for (int kw = 0; kw < 3; ++kw) {
-                    int iw = ow - pw + kw;
+                    int iw = ow * sw - pw + kw;
                     if (iw >= 0 && iw < W) a[3 * kh + kw] += gv * vb_load(rows[kh] + (size_t)iw * C + c);
                 }
         }
@@ -169,7 +172,7 @@ static void wgrad_row3(const float *const *rows, const float *g, int W, int C, i
         for (int ow = 0; ow < Wo; ++ow)
             for (int kh = 0; kh < 3; ++kh)
                 for (int kw = 0; kw < 3; ++kw) {
-                    int iw = ow - pw + kw;
+                    int iw = ow * sw - pw + kw;
                     if (iw >= 0 && iw < W) part[(size_t)(3 * kh + kw) * Cp + c] += g[(size_t)ow * C + c] * rows[kh][(size_t)iw * C + c];
                 }
 }
@@ -184,6 +187,20 @@ void sepconv_wgrad_row(const float *x, int H, int W, int C, const float *g, int 
         int ih = oh * sh - ph + kh * dh;
         rows[kh] = (ih >= 0 && ih < H) ? x + (size_t)ih * W * C : NULL;
     }
+#if defined(SEPCONV_AVX512) || defined(SEPCONV_VEC)
+    /* C * sw <= 512: with wider pixels (512 channels at stride 2) the AVX2 build took 1.2-1.35x the time of the
+     * loops below (bench_kernel_ab.py --part wgrad, one-off); a block's loads then step 4 KiB from pixel to pixel */
+    if (KH == 3 && KW == 3 && dw == 1 && (long)C * sw <= 512 && rows[0] && rows[1] && rows[2]
+#ifdef SEPCONV_AVX512
+        && sw > 1
+#endif
+    ) {
+        int ihn = (oh + 1) * sh - ph + 2 * dh; /* the last input row of the next output row */
+        wgrad_row3(rows, g, W, C, Cp, Wo, sw, pw, part, ihn >= 0 && ihn < H ? x + (size_t)ihn * W * C : NULL,
+                   g_next_row);
+        return;
+    }
+#endif
 #ifdef SEPCONV_AVX512
     if (sw == 1 && dw == 1 && KH <= 16 && (KW == 3 || KW == 5 || KW == 7)) {
         int ihn = (oh + 1) * sh - ph + (KH - 1) * dh; /* the last input row of the next output row */
@@ -198,11 +215,6 @@ void sepconv_wgrad_row(const float *x, int H, int W, int C, const float *g, int 
         return;
     }
 #elif defined(SEPCONV_VEC)
-    if (KH == 3 && KW == 3 && sw == 1 && dw == 1 && rows[0] && rows[1] && rows[2]) {
-        int ihn = (oh + 1) * sh - ph + 2 * dh; /* the last input row of the next output row */
-        wgrad_row3(rows, g, W, C, Cp, Wo, pw, part, ihn >= 0 && ihn < H ? x + (size_t)ihn * W * C : NULL, g_next_row);
-        return;
-    }
     if (sw == 1 && dw == 1 && KH <= 16 && (KW == 3 || KW == 5 || KW == 7)) {
         for (int ow0 = 0; ow0 < Wo; ow0 += WG_SLIDE_V) {
             int nvalid = Wo - ow0 < WG_SLIDE_V ? Wo - ow0 : WG_SLIDE_V;
