@@ -1,6 +1,6 @@
 """A separable layer's training step on the 'fused' engine against its steps on their own engines, per suite shape.
 
-    python benchmarks/bench_fused_training.py [--threads 1] [--rounds 11] [--suite ...] [--out DIR]
+    python benchmarks/bench_fused_training.py [--threads 1] [--rounds 11] [--passes 1] [--suite ...] [--out DIR]
 
 For every suite shape (float32, channels-last input, no biases, a fixed output gradient), side by side in
 interleaved rounds (`sepconv.backends.clock.time_candidates`: the calling thread's CPU time with one thread, else
@@ -15,8 +15,10 @@ wall time), after `sepconv.keep_freed_memory()`:
 
 `pointwise / <layer>` is the layer's training realized ratio against its training GEMM ceiling (what
 `sepconv bench` reports as `train_realized_best / train_gemm_ceiling`, both sides measured here in one process).
-Writes `fused_training.json` (with the machine) into --out (default
-`benchmarks/results/fused-training-cpu-<threads>thread`).
+`--passes N` runs the whole suite N times over (each layer tuned again): the first pass sits at the top level of
+the record, the others under `passes`, and `summary_per_pass` has each pass's medians, so the spread between
+passes (on a shared host, several hundredths of the medians) is in the record. Writes `fused_training.json` (with
+the machine) into --out (default `benchmarks/results/fused-training-cpu-<threads>thread`).
 """
 
 from __future__ import annotations
@@ -53,11 +55,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=11)
+    p.add_argument("--passes", type=int, default=1, help="run the whole suite this many times: the spread between "
+                                                           "passes")
     p.add_argument("--suite", default="mobilenet_v1,vgg_blocks")
     p.add_argument("--out")
     args = p.parse_args(argv)
-    if args.rounds < 1 or args.threads < 1:
-        p.error(f"--rounds and --threads must be >= 1, got {args.rounds} and {args.threads}")
+    if args.rounds < 1 or args.threads < 1 or args.passes < 1:
+        p.error(f"--rounds, --threads and --passes must be >= 1, got {args.rounds}, {args.threads} and {args.passes}")
     try:
         suites = suite_names(args.suite)
     except ValueError as error:
@@ -67,6 +71,25 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     sepconv.keep_freed_memory()  # every candidate allocates its activations: no page faults in any of them
     out = Path(args.out) if args.out else HERE / "results" / f"fused-training-cpu-{args.threads}thread"
+    passes = []
+    for number in range(1, args.passes + 1):
+        if args.passes > 1:
+            print(f"pass {number}/{args.passes}", flush=True)
+        rows = _suite_rows(suites, args.rounds)
+        summary = _summary(rows)
+        passes.append({"summary": summary, "shapes": rows})
+    record = {"machine": machine_info(), "threads": args.threads, "rounds": args.rounds,
+              "clock": timing_clock(torch.empty(0)), "kernel_isa": native.isa(), "summary": passes[0]["summary"],
+              "shapes": passes[0]["shapes"], "summary_per_pass": [p["summary"] for p in passes]}
+    if args.passes > 1:
+        record["passes"] = passes[1:]  # the second pass on, each as the first is at the top level
+    atomic_write_bytes(out / "fused_training.json", (json.dumps(record, indent=1) + "\n").encode())
+    print(f"wrote {out / 'fused_training.json'}")
+    return 0
+
+
+def _suite_rows(suites: list, rounds: int) -> list:
+    """One pass over the suites: per shape, the candidates' medians and their ratios to the ceiling."""
     rows = []
     for suite in suites:
         for case in SUITES[suite]():
@@ -94,7 +117,7 @@ def main(argv=None) -> int:
                 fused = copy.deepcopy(layer)
                 training.use_engine(fused, "fused")
                 calls["fused"] = _step(fused, x, grad)
-            t = time_candidates(calls, x, rounds=args.rounds)
+            t = time_candidates(calls, x, rounds=rounds)
             ms = {k: 1e3 * v.median for k, v in t.items()}
             ms.setdefault("fused", ms["steps"])  # where the engine does not apply the layer runs as its steps
             pointwise = min(ms["pointwise_eager"], ms["pointwise_gemm"])
@@ -106,6 +129,12 @@ def main(argv=None) -> int:
             print(f"{case.name:>24}: steps {ms['steps']:.2f} fused {ms['fused']:.2f} tuned {ms['tuned']:.2f} ms "
                   f"(layer: {choices.get('', 'eager')}), 1x1 step {pointwise:.2f}; vs ceiling: steps "
                   f"{ratios['steps']:.2f} fused {ratios['fused']:.2f} tuned {ratios['tuned']:.2f}", flush=True)
+    return rows
+
+
+def _summary(rows: list) -> dict:
+    """Medians (min, max) over the shapes of each set-up's ratio to the ceiling, and of fused / steps where the
+    engine applies; printed as well."""
     summary = {}
     for key in ("steps", "fused", "tuned"):
         values = [r["vs_ceiling"][key] for r in rows]
@@ -119,11 +148,7 @@ def main(argv=None) -> int:
         if k.endswith("_vs_ceiling")))
     if applied:
         print(f"fused / steps where it applies ({len(applied)} shapes): median {summary['fused_vs_steps']['median']:.2f}")
-    record = {"machine": machine_info(), "threads": args.threads, "rounds": args.rounds,
-              "clock": timing_clock(torch.empty(0)), "kernel_isa": native.isa(), "summary": summary, "shapes": rows}
-    atomic_write_bytes(out / "fused_training.json", (json.dumps(record, indent=1) + "\n").encode())
-    print(f"wrote {out / 'fused_training.json'}")
-    return 0
+    return summary
 
 
 if __name__ == "__main__":
