@@ -13,7 +13,8 @@ For every shape (float32, inference, one `SeparableConv2d` without bias), in the
 * `onnxruntime_alone`: ONNX Runtime with the session options fastest alone
   (`sepconv.backends.onnxruntime.fastest_session_options`; raw `session.run`); with more than one thread in rounds
   of its own after the others, as its idle threads and PyTorch's slow each other when interleaved;
-* `sepconv`: `sepconv.optimize(layer, x)`'s choice, input already in its layout;
+* `sepconv`: `sepconv.optimize(layer, x)`'s choice, input already in its layout, with the kernel variant the
+  caller's `SEPCONV_ISA` names (the native build by default);
 * with `--parts`, `depthwise_part_<isa>`: each build's depthwise step alone (the kernel's `parts=1`: into its tile
   buffer, no output written; without the prefetch the 1x1 step issues for the next tile), and its share of the
   whole fused layer's median;
@@ -62,6 +63,9 @@ from sepconv.utils.memory import keep_freed_memory
 from sepconv.utils.timing import interleaved
 
 HERE = Path(__file__).resolve().parent
+#: The kernel variant the caller asked for (``SEPCONV_ISA``; e.g. ``avx2`` with the other libraries capped at AVX2,
+#: benchmarks/README.md): what the candidates other than the per-build ones run, and what is set back after them.
+CALLER_ISA = os.environ.get("SEPCONV_ISA") or "native"
 
 
 def no_grad(fn, *args, isa: str | None = None):
@@ -81,7 +85,7 @@ def isas() -> list[str]:
         name = native.isa()
         if name is not None and name not in [n for _, n in found]:
             found.append((isa, name))
-    os.environ["SEPCONV_ISA"] = "native"
+    os.environ["SEPCONV_ISA"] = CALLER_ISA
     return found
 
 
@@ -104,7 +108,7 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
         candidates[f"fused_{name}"] = no_grad(fused, x_nhwc, isa=request)
         if parts:  # the kernel's depthwise step alone (into its tile buffer; nothing written to the output)
             candidates[f"depthwise_part_{name}"] = no_grad(fused._run, x_nhwc, 1, isa=request)
-    os.environ["SEPCONV_ISA"] = "native"
+    os.environ["SEPCONV_ISA"] = CALLER_ISA
     session_options = None
     if onnxruntime_available():
         runner, session_options = fastest_session_options(sep, x, threads=threads)
@@ -113,7 +117,7 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fast = optimize(sep, x)
-    candidates["sepconv"] = no_grad(fast.model, x.contiguous(memory_format=fast.memory_format), isa="native")
+    candidates["sepconv"] = no_grad(fast.model, x.contiguous(memory_format=fast.memory_format), isa=CALLER_ISA)
     # With more than one thread ONNX Runtime alone is timed in rounds of its own: its idle threads (spinning, when
     # that is its fastest alone) would slow whichever candidate ran next, and PyTorch's would slow it.
     alone = {}
@@ -125,6 +129,7 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
         timings = interleaved(candidates, rounds=rounds, target_s=0.01)
         if alone:
             timings.update(interleaved(alone, rounds=rounds, target_s=0.01))
+    os.environ["SEPCONV_ISA"] = CALLER_ISA  # the candidates set their own variant at each call
     ms = {k: 1e3 * v.median for k, v in timings.items()}
     std_cost = conv_cost(spec, case.size, batch=case.batch)
     mac_ratio = std_cost.macs / separable_cost(spec, case.size, batch=case.batch).macs

@@ -43,6 +43,9 @@ from sepconv.utils.machine import machine_info
 from sepconv.utils.timing import interleaved
 
 HERE = Path(__file__).resolve().parent
+#: The kernel variant the caller asked for (``SEPCONV_ISA``; e.g. ``avx2`` with the other libraries capped at AVX2,
+#: benchmarks/README.md): what the candidates other than the per-build ones run, and what is set back after them.
+CALLER_ISA = os.environ.get("SEPCONV_ISA") or "native"
 
 
 ELEMENTWISE = ("copy", "add", "mul", "fill", "zero", "sum", "relu", "contiguous", "clone", "to", "div", "cat",
@@ -136,7 +139,7 @@ def run_case(case, variants, steps: int, rounds: int, clock: str = "wall") -> di
         timings = cpu_time_interleaved(fns, rounds=rounds, target_s=0.05)
     else:
         timings = interleaved(fns, rounds=rounds, target_s=0.02)
-    os.environ["SEPCONV_ISA"] = "native"
+    os.environ["SEPCONV_ISA"] = CALLER_ISA
     ms = {k: 1e3 * v.median for k, v in timings.items()}
     mac_ratio = conv_cost(spec, case.size).macs / separable_cost(spec, case.size).macs
     out["median_ms"] = ms
@@ -163,7 +166,7 @@ def main(argv=None) -> int:
         name = native.isa()
         if name is not None and name not in [n for _, n in variants]:
             variants.append((request, name))
-    os.environ["SEPCONV_ISA"] = "native"
+    os.environ["SEPCONV_ISA"] = CALLER_ISA
     mb, vgg = mobilenet_v1_suite(), vgg_blocks_suite()
     cases = [mb[2], vgg[1], vgg[3]]  # 128->128 @56 batch 1; 64->64 @32 and 128->128 @16 batch 32
     rows = []
