@@ -1373,13 +1373,13 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
     if (segs > H) segs = H;
     long units = (long)N * segs;
     float *b = (float *)aligned_alloc(64, ((size_t)panels * Cout * NR * sizeof(float) + 63) / 64 * 64);
-    float *wflip = (float *)malloc(sizeof(float) * taps * C); /* stride 1: the kernel flipped in space */
+    float *wflip = unit ? (float *)malloc(sizeof(float) * taps * C) : NULL; /* stride 1: the kernel flipped */
     float *sums = (float *)aligned_alloc(64, ((size_t)threads * per * sizeof(float) + 63) / 64 * 64);
-    if (!b || !wflip || !sums) {
+    if (!b || (unit && !wflip) || !sums) {
         free(b); free(wflip); free(sums);
         return -1;
     }
-    for (int kh = 0; kh < KH; ++kh)
+    for (int kh = 0; unit && kh < KH; ++kh)
         for (int kw = 0; kw < KW; ++kw)
             memcpy(wflip + ((size_t)kh * KW + kw) * C, wdw + ((size_t)(KH - 1 - kh) * KW + (KW - 1 - kw)) * C,
                    sizeof(float) * C);

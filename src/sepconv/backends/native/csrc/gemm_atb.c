@@ -12,7 +12,6 @@
  * blocks of 6 rows), else portable loops.
  */
 #include <stdlib.h>
-#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
