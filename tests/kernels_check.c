@@ -325,6 +325,12 @@ int main(void) {
         check_atb(0, 5, 7, threads);
         check_atb(2000, 100, 200, threads);
         check_atb(5000, 12, 32, threads);
+        /* A's rows 256 floats or more apart (the vector path packs A too) with a partial last row block, partial
+         * column slivers, several packed chunks, and block ranges that split an n-block between the threads */
+        check_atb(600, 253, 50, threads);
+        check_atb(300, 270, 70, threads);
+        check_atb(257, 252, 9, threads);
+        check_atb(300, 260, 20, threads); /* one n-block: the second thread's rows start past row 0 */
     }
     static const int gdims[][3] = {{1, 1, 1}, {7, 3, 5}, {13, 16, 16}, {50, 32, 64}, {97, 24, 48}, {300, 64, 40},
                                    {65, 33, 70}, {200, 6, 17}};
@@ -353,6 +359,7 @@ int main(void) {
     check_backward(2, 15, 15, 40, 3, 3, 2, 2, 1, 1, 24, 1, 0, 2, 1); /* an odd size: the last row has one tap row */
     check_backward(1, 29, 14, 48, 3, 3, 2, 2, 0, 1, 32, 1, 3, 3, 1); /* one image split between three threads */
     check_backward(2, 10, 9, 17, 4, 3, 2, 1, 3, 2, 20, 0, 1, 2, 1); /* even kernel, one-row bands */
+    check_backward(1, 12, 11, 40, 3, 3, 1, 1, 1, 1, 260, 1, 0, 2, 1); /* 1x1 gradient rows 260 floats apart */
     printf("isa=%s checks=%d failures=%d\n", sepconv_isa(), checks, failures);
     return failures ? 1 : 0;
 }

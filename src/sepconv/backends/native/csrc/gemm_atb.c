@@ -12,6 +12,7 @@
  * blocks of 6 rows), else portable loops.
  */
 #include <stdlib.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -81,6 +82,147 @@ SEPCONV_INLINE void atb_rows_v(const float *A, long lda, const float *B, long ld
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
         for (int s = 0; s < NSUB_A; ++s) vstore(o + (size_t)r * ldo + s * VW, acc[r][s]);
+}
+#endif
+
+#ifdef SEPCONV_VEC
+#define PC_V 256        /* pixels per packed chunk: a packed 16-column sliver of B (16 KiB) stays in L1 */
+#define PACK_A_MIN 256  /* A's row stride (floats) from which its columns are packed too (see atb_range_packed) */
+
+/* out[0 : R][0 : nc] (+)= sum over n pixels of a[p * sa + r] b[p][0 : 16], b a packed sliver ([n][16], zero padded
+ * past nc columns), a either packed ([n][MB_V], sa = MB_V) or A itself (sa = lda). R <= MB_V is a constant after
+ * inlining, so only R rows of a are read and the accumulators are indexed by constants (they stay in registers);
+ * nc <= 16 is a runtime value: columns past it are computed on the padding and not stored. */
+SEPCONV_INLINE void atb_packed_rows(const float *a, long sa, const float *b, long n, float *o, long ldo, int nc,
+                                    int fresh, const int R) {
+    vf acc[MB_V][NSUB_A];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int s = 0; s < NSUB_A; ++s) acc[r][s] = fresh ? vzero() : vload_n(o + (size_t)r * ldo + s * VW, nc - s * VW);
+    for (long p = 0; p < n; ++p) {
+        vf v[NSUB_A];
+#pragma GCC unroll 4
+        for (int s = 0; s < NSUB_A; ++s) v[s] = vload(b + (size_t)p * 16 + s * VW);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+            vf x = vset1(a[(size_t)p * sa + r]);
+#pragma GCC unroll 4
+            for (int s = 0; s < NSUB_A; ++s) acc[r][s] = vfma(x, v[s], acc[r][s]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int s = 0; s < NSUB_A; ++s) vstore_n(o + (size_t)r * ldo + s * VW, acc[r][s], nc - s * VW);
+}
+
+static void atb_packed_block(const float *a, long sa, const float *b, long n, float *o, long ldo, int R, int nc,
+                             int fresh) {
+    switch (R) {
+#define ATB_PACKED(K) case K: atb_packed_rows(a, sa, b, n, o, ldo, nc, fresh, K); break;
+        ATB_PACKED(6) ATB_PACKED(5) ATB_PACKED(4) ATB_PACKED(3) ATB_PACKED(2) ATB_PACKED(1)
+#undef ATB_PACKED
+        default: break;
+    }
+}
+
+/* The vector path of sepconv_atb_range. For each chunk of at most PC_V pixels, B's columns [na, nb) (those of the
+ * blocks) are packed into slivers of 16 ([n][16] each, zero padded), and where A's rows are PACK_A_MIN floats or
+ * more apart its columns [ma, mb) into slivers of MB_V ([n][MB_V]); then each sliver of B, held in L1, meets every
+ * row sliver of A the blocks pair it with, while the next chunk's rows are fetched into L2. Unpacked, each 6 x 16
+ * register block read a line of B per pixel from L2, four times per 12 x 32 block and chunk; A's rows, when 1 KiB
+ * or more apart, fall into few L1 sets, so that each sliver's pass reloads them from L2 (packing A costs more than
+ * it saves where its rows are shorter). Returns 0, or -1 (nothing written) when the packing buffer could not be
+ * allocated or the blocks are better run unpacked. */
+static int atb_range_packed(const float *A, long lda, const float *B, long ldb, float *out, long ldo, int M, int N,
+                            long p0, long p1, long pc, long blk_begin, long blk_end, int fresh) {
+    if (p1 <= p0 && !fresh) return 0;
+    int mblocks = (M + MB - 1) / MB;
+    /* the rows and columns of out the blocks touch */
+    long nb_first = blk_begin / mblocks, nb_last = (blk_end - 1) / mblocks;
+    int ma = nb_first == nb_last ? (int)(blk_begin % mblocks) * MB : 0;
+    int mb = nb_first == nb_last ? (int)((blk_end - 1) % mblocks) * MB + MB : M;
+    mb = mb < M ? mb : M;
+    int na = (int)nb_first * NB, nb = (int)nb_last * NB + NB < N ? (int)nb_last * NB + NB : N;
+    int pack_a = lda >= PACK_A_MIN;
+    int aslivers = (mb - ma + MB_V - 1) / MB_V, bslivers = (nb - na + 15) / 16;
+    /* whole slivers of B, A unpacked, and B's slivers few or met by few row slivers: packing B costs more than the
+     * unpacked blocks' extra reads of it (it did on 64 x 32 with two threads, each packing the same B, and on
+     * 3 x 64, where the copy of B took as long as the products) */
+    if (!pack_a && (nb - na) % 16 == 0 && (bslivers <= 2 || aslivers < 4)) return -1;
+    long n_all = p1 - p0, chunks = 1;
+    if (pc > PC_V || n_all > pc) { /* chunks of at most min(pc, PC_V) pixels, of equal size */
+        long cap = pc < PC_V ? pc : PC_V;
+        chunks = (n_all + cap - 1) / cap;
+    }
+    long csize = n_all > 0 ? (n_all + chunks - 1) / chunks : 0;
+    size_t afl = (size_t)csize * MB_V, bfl = (size_t)csize * 16; /* floats per sliver (multiples of 16) */
+    size_t afloats = pack_a ? aslivers * afl : 0;
+    float *buf = (float *)aligned_alloc(64, ((afloats + bslivers * bfl) * sizeof(float) + 63) / 64 * 64 + 64);
+    if (!buf) return -1;
+    float *pa = buf, *pb = buf + afloats;
+    for (long c0 = p0, k = 0; k < chunks; ++k, c0 += csize) {
+        long n = p1 - c0 < csize ? p1 - c0 : csize;
+        n = n > 0 ? n : 0;
+        for (long p = 0; p < n; ++p) { /* pack the chunk's rows of A and B */
+            const float *ar = A + (size_t)(c0 + p) * lda, *br = B + (size_t)(c0 + p) * ldb;
+            for (int s = 0; pack_a && s < aslivers; ++s) {
+                float *d = pa + s * afl + (size_t)p * MB_V;
+                int m = ma + s * MB_V;
+                if (mb - m >= MB_V) memcpy(d, ar + m, sizeof(float) * MB_V);
+                else
+                    for (int r = 0; r < MB_V; ++r) d[r] = m + r < mb ? ar[m + r] : 0.f;
+            }
+            for (int s = 0; s < bslivers; ++s) {
+                float *d = pb + s * bfl + (size_t)p * 16;
+                int j = na + s * 16, w = nb - j < 16 ? nb - j : 16;
+                if (w == 16)
+                    for (int q = 0; q < 16; q += VW) vstore(d + q, vload(br + j + q));
+                else
+                    for (int q = 0; q < 16; ++q) d[q] = q < w ? br[j + q] : 0.f;
+            }
+        }
+        /* the next chunk's rows of A and B, fetched into L2 while this one computes (spread over its blocks) */
+        const char *pfa = NULL, *pfa_end = NULL, *pfb = NULL, *pfb_end = NULL;
+        long pf_per = 0;
+        if (k + 1 < chunks) {
+            long c1 = c0 + csize, n1 = p1 - c1 < csize ? p1 - c1 : csize;
+            pfa = (const char *)(A + (size_t)c1 * lda + ma);
+            pfa_end = (const char *)(A + (size_t)(c1 + n1 - 1) * lda + mb);
+            pfb = (const char *)(B + (size_t)c1 * ldb + na);
+            pfb_end = (const char *)(B + (size_t)(c1 + n1 - 1) * ldb + nb);
+            pf_per = ((pfa_end - pfa) + (pfb_end - pfb)) / 64 / ((long)aslivers * bslivers) + 1;
+        }
+        int first = fresh && k == 0;
+        for (long nbk = nb_first; nbk <= nb_last; ++nbk) { /* each n-block's run of m-blocks in [blk_begin, blk_end) */
+            long b0 = nbk * mblocks > blk_begin ? nbk * mblocks : blk_begin;
+            long b1 = (nbk + 1) * mblocks < blk_end ? (nbk + 1) * mblocks : blk_end;
+            int r_lo = (int)(b0 % mblocks) * MB, r_hi = (int)((b1 - 1) % mblocks) * MB + MB;
+            r_hi = r_hi < M ? r_hi : M;
+            int c_lo = (int)nbk * NB, c_hi = c_lo + NB < N ? c_lo + NB : N;
+            for (int j = c_lo; j < c_hi; j += 16) {
+                const float *bs = pb + (size_t)((j - na) / 16) * bfl;
+                int nc = c_hi - j < 16 ? c_hi - j : 16;
+                for (int m = r_lo; m < r_hi; m += MB_V) {
+                    for (long q = 0; q < pf_per; ++q) {
+                        if (pfa < pfa_end) {
+                            __builtin_prefetch(pfa, 0, 2);
+                            pfa += 64;
+                        } else if (pfb < pfb_end) {
+                            __builtin_prefetch(pfb, 0, 2);
+                            pfb += 64;
+                        }
+                    }
+                    const float *a = pack_a ? pa + (size_t)((m - ma) / MB_V) * afl : A + (size_t)c0 * lda + m;
+                    atb_packed_block(a, pack_a ? MB_V : lda, bs, n, out + (size_t)m * ldo + j, ldo,
+                                     r_hi - m < MB_V ? r_hi - m : MB_V, nc, first);
+                }
+            }
+        }
+    }
+    free(buf);
+    return 0;
 }
 #endif
 
@@ -154,6 +296,11 @@ static void atb_block(const float *A, long lda, const float *B, long ldb, float 
  * when p0 == p1). Also called by the fused backward kernel (fused_dwpw.c) on the rows it holds in cache. */
 void sepconv_atb_range(const float *A, long lda, const float *B, long ldb, float *out, long ldo, int M, int N,
                       long p0, long p1, long pc, long blk_begin, long blk_end, int fresh) {
+    if (blk_end <= blk_begin) return;
+#ifdef SEPCONV_VEC
+    if (atb_range_packed(A, lda, B, ldb, out, ldo, M, N, p0, p1 > p0 ? p1 : p0, pc, blk_begin, blk_end, fresh) == 0)
+        return;
+#endif
     int mblocks = (M + MB - 1) / MB;
     if (p1 <= p0) {
         if (!fresh) return;
