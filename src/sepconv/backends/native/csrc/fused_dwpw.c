@@ -1270,6 +1270,21 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
     return failed ? -1 : 0;
 }
 
+/* o[0 : C] = sum over the NT taps of tap_w[t][c] * tap_g[t][c] (one gx pixel of depthwise_adjoint_rows) */
+SEPCONV_INLINE void adjoint_pixel(float *o, int C, const float **tap_g, const float **tap_w, const int NT) {
+    int c = 0;
+    for (; c + VB <= C; c += VB) {
+        vb s = vb_load(tap_w[0] + c) * vb_load(tap_g[0] + c);
+        for (int t = 1; t < NT; ++t) s += vb_load(tap_w[t] + c) * vb_load(tap_g[t] + c);
+        vb_store(o + c, s);
+    }
+    for (; c < C; ++c) {
+        float s = tap_w[0][c] * tap_g[0][c];
+        for (int t = 1; t < NT; ++t) s += tap_w[t][c] * tap_g[t][c];
+        o[c] = s;
+    }
+}
+
 /* gx rows [a, e) of one image (W pixels each, written from gx) of a depthwise step of stride (sh, sw): the adjoint,
  *   gx[ih][iw][c] = sum over the taps (kh, kw) with ih + ph - kh = oh * sh, iw + pw - kw = ow * sw, 0 <= ow < Wo,
  *                   lo <= oh < hi, of wdw[kh][kw][c] * gm[oh][ow][c]
@@ -1301,16 +1316,13 @@ static void depthwise_adjoint_rows(const float *gm, int lo, int hi, int Wo, int 
                         tap_w[nt++] = wdw + ((size_t)krow[i] * KW + kw) * C;
                     }
             float *o = gx + ((size_t)(ih - a) * W + iw) * C;
-            int c = 0;
-            for (; c + VB <= C; c += VB) {
-                vb s = {0};
-                for (int t = 0; t < nt; ++t) s += vb_load(tap_w[t] + c) * vb_load(tap_g[t] + c);
-                vb_store(o + c, s);
-            }
-            for (; c < C; ++c) {
-                float s = 0.f;
-                for (int t = 0; t < nt; ++t) s += tap_w[t][c] * tap_g[t][c];
-                o[c] = s;
+            switch (nt) { /* a constant tap count: the taps' pointers stay in registers */
+            case 0: memset(o, 0, sizeof(float) * C); break;
+            case 1: adjoint_pixel(o, C, tap_g, tap_w, 1); break;
+            case 2: adjoint_pixel(o, C, tap_g, tap_w, 2); break;
+            case 3: adjoint_pixel(o, C, tap_g, tap_w, 3); break;
+            case 4: adjoint_pixel(o, C, tap_g, tap_w, 4); break;
+            default: adjoint_pixel(o, C, tap_g, tap_w, nt);
             }
             if (++r == sw) {
                 r = 0;
