@@ -149,9 +149,9 @@ static void wgrad_row3(const float *const *rows, const float *g, int W, int C, i
 #pragma GCC unroll 3
                     for (int kh = 0; kh < 3; ++kh) {
                         const float *xp = rows[kh] + ((size_t)ow * sw - pw) * C + c;
-                        a[3 * kh] += gv * vb_load(xp);
-                        a[3 * kh + 1] += gv * vb_load(xp + C);
-                        a[3 * kh + 2] += gv * vb_load(xp + 2 * (size_t)C);
+                        a[3 * kh] = vb_fma(gv, vb_load(xp), a[3 * kh]);
+                        a[3 * kh + 1] = vb_fma(gv, vb_load(xp + C), a[3 * kh + 1]);
+                        a[3 * kh + 2] = vb_fma(gv, vb_load(xp + 2 * (size_t)C), a[3 * kh + 2]);
                     }
                 }
                 if (ow >= Wo) break;
@@ -162,7 +162,8 @@ static void wgrad_row3(const float *const *rows, const float *g, int W, int C, i
 #pragma GCC unroll 3
                 for (int kw = 0; kw < 3; ++kw) {
                     int iw = ow * sw - pw + kw;
-                    if (iw >= 0 && iw < W) a[3 * kh + kw] += gv * vb_load(rows[kh] + (size_t)iw * C + c);
+                    if (iw >= 0 && iw < W)
+                        a[3 * kh + kw] = vb_fma(gv, vb_load(rows[kh] + (size_t)iw * C + c), a[3 * kh + kw]);
                 }
         }
 #pragma GCC unroll 9

@@ -1275,7 +1275,7 @@ SEPCONV_INLINE void adjoint_pixel(float *o, int C, const float **tap_g, const fl
     int c = 0;
     for (; c + VB <= C; c += VB) {
         vb s = vb_load(tap_w[0] + c) * vb_load(tap_g[0] + c);
-        for (int t = 1; t < NT; ++t) s += vb_load(tap_w[t] + c) * vb_load(tap_g[t] + c);
+        for (int t = 1; t < NT; ++t) s = vb_fma(vb_load(tap_w[t] + c), vb_load(tap_g[t] + c), s);
         vb_store(o + c, s);
     }
     for (; c < C; ++c) {

@@ -111,5 +111,16 @@ SEPCONV_INLINE vb vb_load(const float *p) {
     return v;
 }
 SEPCONV_INLINE void vb_store(float *p, vb v) { memcpy(p, &v, sizeof v); }
+/* a * b + c, one fused multiply-add where the target has it: the kernels are built as ISO C (-std=c11), in which
+ * GCC does not contract a * b + c written with vector operators into an FMA */
+SEPCONV_INLINE vb vb_fma(vb a, vb b, vb c) {
+#if defined(SEPCONV_AVX512)
+    return (vb)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(SEPCONV_VEC)
+    return (vb)vfma((vf)a, (vf)b, (vf)c);
+#else
+    return a * b + c;
+#endif
+}
 
 #endif
