@@ -99,7 +99,8 @@ SEPCONV_INLINE void atb_packed_rows(const float *a, long sa, const float *b, lon
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-        for (int s = 0; s < NSUB_A; ++s) acc[r][s] = fresh ? vzero() : vload_n(o + (size_t)r * ldo + s * VW, nc - s * VW);
+        for (int s = 0; s < NSUB_A; ++s)
+            acc[r][s] = fresh ? vzero() : vload_n(o + (size_t)r * ldo + s * VW, nc - s * VW);
     for (long p = 0; p < n; ++p) {
         vf v[NSUB_A];
 #pragma GCC unroll 4
@@ -130,11 +131,11 @@ static void atb_packed_block(const float *a, long sa, const float *b, long n, fl
 /* The vector path of sepconv_atb_range. For each chunk of at most PC_V pixels, B's columns [na, nb) (those of the
  * blocks) are packed into slivers of 16 ([n][16] each, zero padded), and where A's rows are PACK_A_MIN floats or
  * more apart its columns [ma, mb) into slivers of MB_V ([n][MB_V]); then each sliver of B, held in L1, meets every
- * row sliver of A the blocks pair it with, while the next chunk's rows are fetched into L2. Unpacked, each 6 x 16
- * register block read a line of B per pixel from L2, four times per 12 x 32 block and chunk; A's rows, when 1 KiB
- * or more apart, fall into few L1 sets, so that each sliver's pass reloads them from L2 (packing A costs more than
- * it saves where its rows are shorter). Returns 0, or -1 (nothing written) when the packing buffer could not be
- * allocated or the blocks are better run unpacked. */
+ * row sliver of A the blocks pair it with, while the next chunk's rows are fetched into L2. Unpacked (atb_block),
+ * each 6 x 16 register block reads a line of B per pixel from L2, four times per 12 x 32 block and chunk; A's rows,
+ * when 1 KiB or more apart, fall into few L1 sets, so that each sliver's pass reloads them from L2 (packing A costs
+ * more than it saves where its rows are shorter). Returns 0, or -1 (nothing written) when the packing buffer could
+ * not be allocated or the blocks are better run unpacked. */
 static int atb_range_packed(const float *A, long lda, const float *B, long ldb, float *out, long ldo, int M, int N,
                             long p0, long p1, long pc, long blk_begin, long blk_end, int fresh) {
     if (p1 <= p0 && !fresh) return 0;
@@ -148,8 +149,8 @@ static int atb_range_packed(const float *A, long lda, const float *B, long ldb, 
     int pack_a = lda >= PACK_A_MIN;
     int aslivers = (mb - ma + MB_V - 1) / MB_V, bslivers = (nb - na + 15) / 16;
     /* whole slivers of B, A unpacked, and B's slivers few or met by few row slivers: packing B costs more than the
-     * unpacked blocks' extra reads of it (it did on 64 x 32 with two threads, each packing the same B, and on
-     * 3 x 64, where the copy of B took as long as the products) */
+     * unpacked blocks' extra reads of it (docs/design-notes.md: 64 x 32 with two threads, each packing the same B;
+     * 3 x 64, where copying B takes as long as the products) */
     if (!pack_a && (nb - na) % 16 == 0 && (bslivers <= 2 || aslivers < 4)) return -1;
     long n_all = p1 - p0, chunks = 1;
     if (pc > PC_V || n_all > pc) { /* chunks of at most min(pc, PC_V) pixels, of equal size */
