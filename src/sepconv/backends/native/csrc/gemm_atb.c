@@ -57,15 +57,18 @@ static inline __attribute__((always_inline)) void atb_rows(const float *A, long 
 #ifdef SEPCONV_VEC
 #define MB_V 6           /* rows of out per vector register block */
 #define NSUB_A (16 / VW) /* vectors per 16-column sub-block */
-/* out[m0 : m0 + R][n0 : n0 + 16] += sum over p in [p0, p1) of A[p][m] B[p][n], R <= MB_V a constant after
- * inlining: MB_V x NSUB_A accumulators (12 of AVX2's 16 registers, 24 of NEON's 32) stay in registers. */
+/* out[m0 : m0 + R][n0 : n0 + nc] (+)= sum over p in [p0, p1) of A[p][m] B[p][n] (= with `fresh`), R <= MB_V a
+ * constant after inlining: MB_V x NSUB_A accumulators (12 of AVX2's 16 registers, 24 of NEON's 32) stay in
+ * registers. nc <= 16: whole vectors of B are read (its rows hold 16 columns from n0, or it is a packed sliver,
+ * zero padded), columns past nc are computed and not stored. Only R columns of A are read. */
 SEPCONV_INLINE void atb_rows_v(const float *A, long lda, const float *B, long ldb, float *o, long ldo, long p0,
-                               long p1, int m0, int n0, int fresh, const int R) {
+                               long p1, int m0, int n0, int nc, int fresh, const int R) {
     vf acc[MB_V][NSUB_A];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-        for (int s = 0; s < NSUB_A; ++s) acc[r][s] = fresh ? vzero() : vload(o + (size_t)r * ldo + s * VW);
+        for (int s = 0; s < NSUB_A; ++s)
+            acc[r][s] = fresh ? vzero() : vload_n(o + (size_t)r * ldo + s * VW, nc - s * VW);
     for (long p = p0; p < p1; ++p) {
         const float *b = B + (size_t)p * ldb + n0, *a = A + (size_t)p * lda + m0;
         vf v[NSUB_A];
@@ -81,7 +84,7 @@ SEPCONV_INLINE void atb_rows_v(const float *A, long lda, const float *B, long ld
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-        for (int s = 0; s < NSUB_A; ++s) vstore(o + (size_t)r * ldo + s * VW, acc[r][s]);
+        for (int s = 0; s < NSUB_A; ++s) vstore_n(o + (size_t)r * ldo + s * VW, acc[r][s], nc - s * VW);
 }
 #endif
 
@@ -89,39 +92,12 @@ SEPCONV_INLINE void atb_rows_v(const float *A, long lda, const float *B, long ld
 #define PC_V 256        /* pixels per packed chunk: a packed 16-column sliver of B (16 KiB) stays in L1 */
 #define PACK_A_MIN 256  /* A's row stride (floats) from which its columns are packed too (see atb_range_packed) */
 
-/* out[0 : R][0 : nc] (+)= sum over n pixels of a[p * sa + r] b[p][0 : 16], b a packed sliver ([n][16], zero padded
- * past nc columns), a either packed ([n][MB_V], sa = MB_V) or A itself (sa = lda). R <= MB_V is a constant after
- * inlining, so only R rows of a are read and the accumulators are indexed by constants (they stay in registers);
- * nc <= 16 is a runtime value: columns past it are computed on the padding and not stored. */
-SEPCONV_INLINE void atb_packed_rows(const float *a, long sa, const float *b, long n, float *o, long ldo, int nc,
-                                    int fresh, const int R) {
-    vf acc[MB_V][NSUB_A];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-        for (int s = 0; s < NSUB_A; ++s)
-            acc[r][s] = fresh ? vzero() : vload_n(o + (size_t)r * ldo + s * VW, nc - s * VW);
-    for (long p = 0; p < n; ++p) {
-        vf v[NSUB_A];
-#pragma GCC unroll 4
-        for (int s = 0; s < NSUB_A; ++s) v[s] = vload(b + (size_t)p * 16 + s * VW);
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-            vf x = vset1(a[(size_t)p * sa + r]);
-#pragma GCC unroll 4
-            for (int s = 0; s < NSUB_A; ++s) acc[r][s] = vfma(x, v[s], acc[r][s]);
-        }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-        for (int s = 0; s < NSUB_A; ++s) vstore_n(o + (size_t)r * ldo + s * VW, acc[r][s], nc - s * VW);
-}
-
+/* out[0 : R][0 : nc] (+)= sum over n pixels of a[p * sa + r] b[p][0 : 16]: a packed sliver of B ([n][16]) against
+ * a packed sliver of A ([n][MB_V], sa = MB_V) or A itself (sa = lda), R <= MB_V and nc <= 16 */
 static void atb_packed_block(const float *a, long sa, const float *b, long n, float *o, long ldo, int R, int nc,
                              int fresh) {
     switch (R) {
-#define ATB_PACKED(K) case K: atb_packed_rows(a, sa, b, n, o, ldo, nc, fresh, K); break;
+#define ATB_PACKED(K) case K: atb_rows_v(a, sa, b, 16, o, ldo, 0, n, 0, 0, nc, fresh, K); break;
         ATB_PACKED(6) ATB_PACKED(5) ATB_PACKED(4) ATB_PACKED(3) ATB_PACKED(2) ATB_PACKED(1)
 #undef ATB_PACKED
         default: break;
@@ -270,7 +246,7 @@ static void atb_block(const float *A, long lda, const float *B, long ldb, float 
         for (int r0 = 0; r0 < mr; r0 += MB_V) {
             float *o = out + (size_t)(m0 + r0) * ldo + n0 + j;
             switch (mr - r0 < MB_V ? mr - r0 : MB_V) {
-#define ATB_ROWS_V(R) case R: atb_rows_v(A, lda, B, ldb, o, ldo, p0, p1, m0 + r0, n0 + j, fresh, R); break;
+#define ATB_ROWS_V(R) case R: atb_rows_v(A, lda, B, ldb, o, ldo, p0, p1, m0 + r0, n0 + j, 16, fresh, R); break;
                 ATB_ROWS_V(6) ATB_ROWS_V(5) ATB_ROWS_V(4) ATB_ROWS_V(3) ATB_ROWS_V(2) ATB_ROWS_V(1)
 #undef ATB_ROWS_V
                 default: break;
