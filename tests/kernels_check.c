@@ -324,6 +324,8 @@ int main(void) {
     for (int threads = 1; threads <= 2; ++threads) {
         check_atb(0, 5, 7, threads);
         check_atb(2000, 100, 200, threads);
+        check_atb(2100, 100, 200, threads); /* enough pixels that two threads split them, not out's blocks */
+        check_atb(4100, 64, 64, threads);
         check_atb(5000, 12, 32, threads);
         /* A's rows 256 floats or more apart (the vector path packs A too) with a partial last row block, partial
          * column slivers, several packed chunks, and block ranges that split an n-block between the threads */

@@ -6,8 +6,8 @@
  * `out` (24 AVX-512 accumulators) are kept in registers while a chunk of PC pixels streams past: per pixel two
  * vector loads of B and MB broadcasts of A feed 2 * MB FMAs. Chunks of pixels are sized so that A's and B's rows
  * for the chunk stay in the L2 cache while every register block of `out` sweeps them. Threads (OpenMP, PyTorch's
- * libgomp when built by sepconv) own disjoint register blocks of `out`, so no reduction is needed; when there
- * are fewer blocks than threads the pixels are split instead and the partial sums added.
+ * libgomp when built by sepconv) split the pixels, each summing into its own copy of `out`, and the copies are
+ * added; where the pixels are few and the blocks many they own disjoint register blocks of `out` instead.
  * AVX-512 intrinsics where the compiler targets AVX-512F, else AVX2 + FMA or NEON vectors (simd.h: 16-column
  * blocks of 6 rows), else portable loops.
  */
@@ -21,6 +21,9 @@
 
 #define MB 12 /* rows of out per register block */
 #define NB 32 /* columns of out per register block (two AVX-512 vectors) */
+#ifndef ATB_SPLIT_PIXELS
+#define ATB_SPLIT_PIXELS 1024 /* pixels per thread from which threads split the pixels, not out's blocks */
+#endif
 
 #ifdef SEPCONV_AVX512
 /* out[m0 : m0 + R][n0 : n0 + NB] += sum over p in [p0, p1) of A[p][m] B[p][n], for R <= MB rows known at compile
@@ -325,7 +328,12 @@ int sepconv_gemm_atb_f32(long P, int M, int N, const float *A, long lda, const f
         sepconv_atb_range(A, lda, B, ldb, out, ldo, M, N, 0, P, pc, 0, blocks, 1);
         return 0;
     }
-    if (blocks >= 2L * threads) { /* each thread owns whole register blocks of out */
+    /* Each thread owns whole register blocks of out where the pixels are few (summing per-thread copies of out would
+     * cost as much as the products); else each thread sums its share of the pixels into all of out, its own copy,
+     * and the copies are added. Owning blocks, every thread reads all of A, and its one or two 32-column blocks are
+     * too narrow to be worth packing (atb_range_packed); with its share of the pixels it reads half of A and B
+     * and packs as one thread does. */
+    if (blocks >= 2L * threads && P < ATB_SPLIT_PIXELS * threads) {
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
         {
@@ -336,7 +344,7 @@ int sepconv_gemm_atb_f32(long P, int M, int N, const float *A, long lda, const f
 #endif
         return 0;
     }
-    /* few blocks: split the pixels, each thread sums into its own buffer, then add */
+    /* split the pixels, each thread sums into its own buffer, then add */
     float *partial = (float *)malloc((size_t)(threads - 1) * M * N * sizeof(float));
     if (!partial) return -1;
 #ifdef _OPENMP
