@@ -1409,12 +1409,8 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
         float *part = sums + (size_t)tid * per, *bpart = part + taps * Cw, *wpart = bpart + Cw;
         memset(part, 0, per * sizeof(float)); /* each thread its own sums (the memory is touched first here) */
         size_t ring_bytes = ((size_t)(band + KH - 1) * Wo * C * sizeof(float) + 63) / 64 * 64;
-        /* stride 1: the adjoint's tile; none where it is written into gx directly (whole vectors of channels, gx
-         * aligned for the tile's aligned stores) */
-        int direct = C % 16 == 0 && ((uintptr_t)gx & 63) == 0;
-        size_t t_bytes = unit && !direct ? (size_t)band * W * cp * sizeof(float) : 0;
-        float *ring = (float *)aligned_alloc(64, ring_bytes + t_bytes);
-        float *t = ring && t_bytes ? ring + ring_bytes / sizeof(float) : NULL;
+        float *ring = (float *)aligned_alloc(64, ring_bytes + (unit ? (size_t)band * W * cp * sizeof(float) : 0));
+        float *t = ring && unit ? ring + ring_bytes / sizeof(float) : NULL;
         const float **taps_g = (const float **)malloc(sizeof(float *) * 2 * taps), **taps_w = taps_g + taps;
         if (!ring || !taps_g) {
             free(ring);
@@ -1484,8 +1480,8 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
                 win_lo = lo;
                 win_hi = hi;
                 /* gx rows [a, e) from gm rows [lo, hi), held from ring[0]. Stride 1: the flipped depthwise
-                 * convolution (the padding shifted by lo) through the forward kernel's depthwise step, into gx or
-                 * into t and copied out */
+                 * convolution (the padding shifted by lo) through the forward kernel's depthwise step into t, then
+                 * copied out */
                 float *out = gx + ((size_t)n * H + a) * W * C;
                 if (!unit) {
                     depthwise_adjoint_rows(ring, lo, hi, Wo, C, wdw, KH, KW, sh, sw, ph, pw, a, e, W, out, taps_g,
@@ -1494,9 +1490,8 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
                 }
                 int m = (e - a) * W;
                 depthwise_tile(ring, hi - lo, Wo, C, wflip, NULL, KH, KW, 1, 1, KH - 1 - ph + lo, KW - 1 - pw, 1, 1,
-                               ACT_NONE, W, a * W, m, direct ? out : t, direct ? C : cp, NULL, NULL, NULL);
-                for (int i = 0; !direct && i < m; ++i)
-                    memcpy(out + (size_t)i * C, t + (size_t)i * cp, sizeof(float) * C);
+                               ACT_NONE, W, a * W, m, t, cp, NULL, NULL, NULL);
+                for (int i = 0; i < m; ++i) memcpy(out + (size_t)i * C, t + (size_t)i * cp, sizeof(float) * C);
             }
         }
         free(ring);
