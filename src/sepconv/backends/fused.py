@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..geometry import output_size_1d
+from ..utils.timing import profiled
 from . import native
 
 _NR = 32  # output channels per packed weight panel (the kernel's NR)
@@ -153,7 +154,7 @@ def fused_separable_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: O
     y = torch.empty((n, cout, ho, wo), dtype=torch.float32, memory_format=torch.channels_last)
     mid = torch.empty((n, c, ho, wo), dtype=torch.float32, memory_format=torch.channels_last) if keep_depthwise else None
     jobs = lib.sepconv_fused_jobs(n, ho, wo, tile, groups)
-    with torch.profiler.record_function("sepconv::fused_dwpw"):  # named in profiles (a ctypes call is no aten op)
+    with profiled("sepconv::fused_dwpw"):
         code = lib.sepconv_fused_dwpw_f32(
             x.data_ptr(), n, h, w, c, taps.data_ptr(), None if dw_bias is None else dw_bias.detach().data_ptr(),
             kh, kw, sh, sw, ph, pw, 1, 1, 0, panels.data_ptr(),

@@ -66,7 +66,7 @@ from torch.autograd.function import once_differentiable
 
 from ..geometry import output_size_1d
 from ..layers.separable import SeparableConv2d
-from ..utils.timing import first_inputs
+from ..utils.timing import first_inputs, profiled
 from . import native
 from .clock import time_candidates
 from .engine import TrainingEngine, always_available
@@ -127,7 +127,7 @@ def matmul_at_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if n < 16 <= m:  # the kernel vectorizes along the columns: compute the transpose when they are few
         return matmul_at_b(b, a).t()
     out = torch.empty(m, n, dtype=torch.float32)  # explicit: the default dtype may be float64
-    with torch.profiler.record_function("sepconv::gemm_atb"):  # named in profiles (a ctypes call is no aten op)
+    with profiled("sepconv::gemm_atb"):
         code = lib.sepconv_gemm_atb_f32(p, m, n, a.data_ptr(), m, b.data_ptr(), n, out.data_ptr(),
                                         n, max(1, torch.get_num_threads()))
     if code:
@@ -176,7 +176,7 @@ def matmul_bt(a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     # B[k][j] = weight[j][k] (forward) or weight[k][j] (transposed), given to the kernel as strides
     w_k, w_n = (n, 1) if transposed else (1, k)
     chunk = max(6, min(1024, _GEMM_CHUNK_FLOATS // k) // 6 * 6)
-    with torch.profiler.record_function("sepconv::gemm"):  # named in profiles (a ctypes call is no aten op)
+    with profiled("sepconv::gemm"):
         code = lib.sepconv_gemm_f32(p, k, n, a.data_ptr(), a.stride(0), weight.data_ptr(), w_k, w_n,
                                     None if bias is None else bias.data_ptr(), out.data_ptr(), chunk, threads)
     if code:
@@ -311,7 +311,7 @@ def depthwise_weight_grad(x: torch.Tensor, grad_y: torch.Tensor, kernel_size: tu
     x = x.contiguous(memory_format=torch.channels_last)
     grad_y = grad_y.contiguous(memory_format=torch.channels_last)
     taps = torch.empty(kh * kw, c, dtype=torch.float32)
-    with torch.profiler.record_function("sepconv::depthwise_wgrad"):
+    with profiled("sepconv::depthwise_wgrad"):
         code = lib.sepconv_depthwise_wgrad_f32(x.data_ptr(), n, h, w, c, grad_y.data_ptr(), ho, wo, kh, kw,
                                                stride[0], stride[1], padding[0], padding[1], dilation[0],
                                                dilation[1], taps.data_ptr(), max(1, torch.get_num_threads()))
@@ -377,7 +377,7 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
     grad_taps = torch.empty(kh * kw, c, dtype=torch.float32)
     grad_b = torch.empty(c, dtype=torch.float32) if dw_bias else None
     grad_pw = torch.empty(cout, c, 1, 1, dtype=torch.float32) if fuse_pw else None
-    with torch.profiler.record_function("sepconv::dwpw_backward"):  # named in profiles (a ctypes call is no aten op)
+    with profiled("sepconv::dwpw_backward"):
         code = lib.sepconv_dwpw_backward_f32(x.data_ptr(), n, h, w, c, taps.data_ptr(), kh, kw, sh, sw, ph, pw,
                                              grad_y.data_ptr(), cout, weight.data_ptr(),
                                              mid.data_ptr() if fuse_pw else None, grad_x.data_ptr(),

@@ -1,0 +1,147 @@
+"""A design choice of the 'fused' training engine against its alternative, in the layer's training step, per shape.
+
+    python benchmarks/bench_step_options.py --option profiler-scope
+                                            [--threads 1] [--rounds 21] [--suite ...] [--out DIR]
+
+`--option`:
+
+* `profiler-scope`: sepconv's C kernels are called through ctypes, which no profiler sees, so each call sits in a
+  named scope (`sepconv.utils.timing.profiled`) entered only while a PyTorch profiler runs (`shipped`), against
+  entering `torch.profiler.record_function` at every call (`alternative`).
+
+For every suite shape the engine takes (float32, channels-last, no biases, a fixed output gradient, after
+`sepconv.keep_freed_memory()`), the layer's training step (forward and backward) runs both ways side by side in
+interleaved rounds (`sepconv.backends.clock.time_candidates`: the calling thread's CPU time with one thread, else
+wall time). Also recorded: the bytes each way keeps for the backward pass (`torch.autograd.graph.saved_tensors_hooks`).
+
+Writes `step_options.json` (with the machine, per shape the medians in ms, shipped / alternative and the bytes kept)
+into --out (default `benchmarks/results/step-<option>-cpu-<threads>thread`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+import sepconv
+from sepconv import SeparableConv2d
+from sepconv.backends import fused, native, training
+from sepconv.backends.clock import time_candidates, timing_clock
+from sepconv.bench.suites import SUITES, suite_names
+from sepconv.utils.io import atomic_write_bytes
+from sepconv.utils.machine import machine_info
+
+HERE = Path(__file__).resolve().parent
+
+#: per option: the module attributes it sets and their values for the alternative
+OPTIONS = {
+    "profiler-scope": [(m, "profiled", torch.profiler.record_function) for m in (fused, training)],
+}
+
+
+class Switch:
+    """Sets an option's module attributes to the alternative's values or back to the shipped ones."""
+
+    def __init__(self, option: str) -> None:
+        self.targets = OPTIONS[option]
+        self.shipped = [getattr(module, name) for module, name, _ in self.targets]
+
+    def __call__(self, alternative: bool) -> None:
+        for (module, name, value), shipped in zip(self.targets, self.shipped):
+            setattr(module, name, value if alternative else shipped)
+
+
+def saved_bytes(run) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass during ``run()``'s forward pass (each counted once
+    per save)."""
+    total = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return total[0]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--option", required=True, choices=sorted(OPTIONS))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=21)
+    p.add_argument("--suite", default="mobilenet_v1,vgg_blocks")
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.threads < 1:
+        p.error(f"--rounds and --threads must be >= 1, got {args.rounds} and {args.threads}")
+    try:
+        suites = suite_names(args.suite)
+    except ValueError as error:
+        p.error(str(error))
+    if not native.available():
+        p.exit(2, f"bench_step_options: needs sepconv's C kernels ({native.unavailable_reason()})\n")
+    torch.set_num_threads(args.threads)
+    sepconv.keep_freed_memory()
+    out = Path(args.out) if args.out else HERE / "results" / f"step-{args.option}-cpu-{args.threads}thread"
+    switch = Switch(args.option)
+    rows = []
+    try:
+        for suite in suites:
+            for case in SUITES[suite]():
+                spec = case.spec
+                torch.manual_seed(0)
+                layer = SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride,
+                                        spec.padding, bias=False)
+                if not training.engine_applies(layer, "fused"):
+                    continue
+                training.use_engine(layer, "fused")
+                x = torch.randn(case.batch, spec.in_channels, *case.size).contiguous(memory_format=torch.channels_last)
+                with torch.no_grad():
+                    grad = torch.randn_like(layer(x))
+                x.requires_grad_(True)
+
+                def step(alternative: bool):
+                    def run():
+                        switch(alternative)
+                        layer.zero_grad(set_to_none=True)
+                        x.grad = None
+                        layer(x).backward(grad)
+                    return run
+
+                kept = {}
+                for way, alternative in (("shipped", False), ("alternative", True)):
+                    switch(alternative)
+                    kept[way] = saved_bytes(lambda: layer(x))
+                t = time_candidates({"shipped": step(False), "alternative": step(True)}, x, rounds=args.rounds)
+                ms = {k: 1e3 * v.median for k, v in t.items()}
+                ratio = ms["shipped"] / ms["alternative"]
+                rows.append({"shape": case.name, "batch": case.batch, "median_ms": ms,
+                             "iqr_ms": {k: 1e3 * v.iqr for k, v in t.items()}, "shipped_vs_alternative": ratio,
+                             "saved_for_backward_bytes": kept})
+                print(f"{case.name:>24}: shipped {ms['shipped']:.3f} ms, alternative {ms['alternative']:.3f} ms, "
+                      f"ratio {ratio:.3f}; kept for backward {kept['shipped'] / 2**20:.2f} against "
+                      f"{kept['alternative'] / 2**20:.2f} MiB", flush=True)
+    finally:
+        switch(False)
+    ratios = [r["shipped_vs_alternative"] for r in rows]
+    record = {"machine": machine_info(), "option": args.option, "threads": args.threads, "rounds": args.rounds,
+              "clock": timing_clock(torch.empty(0)), "kernel_isa": native.isa(),
+              "shipped_vs_alternative": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
+              "saved_us_median": statistics.median(1e3 * (r["median_ms"]["alternative"] - r["median_ms"]["shipped"])
+                                                   for r in rows),
+              "shapes": rows}
+    atomic_write_bytes(out / "step_options.json", (json.dumps(record, indent=1) + "\n").encode())
+    print(f"shipped / alternative: median {record['shipped_vs_alternative']['median']:.3f} "
+          f"({min(ratios):.3f}-{max(ratios):.3f}), {record['saved_us_median']:.0f} us a step at the median")
+    print(f"wrote {out / 'step_options.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
