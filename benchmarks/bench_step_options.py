@@ -1,6 +1,6 @@
 """A design choice of the 'fused' training engine against its alternative, in the layer's training step, per shape.
 
-    python benchmarks/bench_step_options.py --option profiler-scope
+    python benchmarks/bench_step_options.py --option profiler-scope|recompute-depthwise
                                             [--threads 1] [--rounds 21] [--suite ...] [--out DIR]
 
 `--option`:
@@ -8,6 +8,9 @@
 * `profiler-scope`: sepconv's C kernels are called through ctypes, which no profiler sees, so each call sits in a
   named scope (`sepconv.utils.timing.profiled`) entered only while a PyTorch profiler runs (`shipped`), against
   entering `torch.profiler.record_function` at every call (`alternative`).
+* `recompute-depthwise`: the backward kernel recomputes the depthwise output for the 1x1 weight gradient where
+  `sepconv.backends.training.recomputes_depthwise_output` says so, and the step keeps only the input and weights
+  (`shipped`), against the forward kernel writing the depthwise output and the step keeping it (`alternative`).
 
 For every suite shape the engine takes (float32, channels-last, no biases, a fixed output gradient, after
 `sepconv.keep_freed_memory()`), the layer's training step (forward and backward) runs both ways side by side in
@@ -41,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 #: per option: the module attributes it sets and their values for the alternative
 OPTIONS = {
     "profiler-scope": [(m, "profiled", torch.profiler.record_function) for m in (fused, training)],
+    "recompute-depthwise": [(training, "recomputes_depthwise_output", lambda *tensors: False)],
 }
 
 

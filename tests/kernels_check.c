@@ -27,9 +27,10 @@ int sepconv_gemm_f32(long P, int K, int N, const float *a, long lda, const float
                      const float *bias, float *y, int chunk, int threads);
 int sepconv_depthwise_wgrad_f32(const float *x, int N, int H, int W, int C, const float *gy, int Ho, int Wo, int KH,
                                 int KW, int sh, int sw, int ph, int pw, int dh, int dw, float *gw, int threads);
-int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const float *wdw, int KH, int KW, int sh,
-                              int sw, int ph, int pw, const float *gy, int Cout, const float *wpw, const float *mid,
-                              float *gx, float *gwdw, float *gbdw, float *gwpw, int band, int threads);
+int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const float *wdw, const float *bdw, int KH,
+                              int KW, int sh, int sw, int ph, int pw, const float *gy, int Cout, const float *wpw,
+                              const float *mid, float *gx, float *gwdw, float *gbdw, float *gwpw, int band,
+                              int threads);
 
 static unsigned long long state = 88172645463325252ULL;
 static float uniform(void) { /* xorshift64: in [-1, 1) */
@@ -207,10 +208,27 @@ static void check_backward(int N, int H, int W, int C, int KH, int KW, int sh, i
     float *gx = (float *)aligned_alloc(64, (ngx * sizeof(float) + 63) / 64 * 64);
     for (size_t i = 0; i < ngx; ++i) gx[i] = NAN;
     float *gb = bias ? randoms(C) : NULL;
-    float *mid = pw_grad ? randoms(npix * C) : NULL, *gwpw = pw_grad ? randoms((size_t)Cout * C) : NULL;
+    /* pw_grad 1: the 1x1 weight gradient from a given mid; 2: from mid recomputed by the kernel (with a depthwise
+     * bias where `bias`), here in double from x */
+    float *mid = pw_grad == 1 ? randoms(npix * C) : NULL, *gwpw = pw_grad ? randoms((size_t)Cout * C) : NULL;
+    float *bdw = pw_grad == 2 && bias ? randoms(C) : NULL;
+    double *mref = pw_grad == 2 ? (double *)malloc(sizeof(double) * npix * C) : NULL;
+    for (int n = 0; mref && n < N; ++n)
+        for (int oh = 0; oh < Ho; ++oh)
+            for (int ow = 0; ow < Wo; ++ow)
+                for (int c = 0; c < C; ++c) {
+                    double v = bdw ? bdw[c] : 0.0;
+                    for (int kh = 0; kh < KH; ++kh)
+                        for (int kw = 0; kw < KW; ++kw) {
+                            int ih = oh * sh - ph + kh, iw = ow * sw - pw + kw;
+                            if (ih >= 0 && ih < H && iw >= 0 && iw < W)
+                                v += (double)x[(((size_t)n * H + ih) * W + iw) * C + c] * wdw[((size_t)kh * KW + kw) * C + c];
+                        }
+                    mref[(((size_t)n * Ho + oh) * Wo + ow) * C + c] = v;
+                }
     double *gm = (double *)malloc(sizeof(double) * npix * C), *gma = (double *)malloc(sizeof(double) * npix * C);
     ++checks;
-    if (sepconv_dwpw_backward_f32(x, N, H, W, C, wdw, KH, KW, sh, sw, ph, pw, gy, Cout, wpw, mid, gx, gw, gb, gwpw,
+    if (sepconv_dwpw_backward_f32(x, N, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, gy, Cout, wpw, mid, gx, gw, gb, gwpw,
                                   band, threads)) {
         ++failures;
         return;
@@ -272,13 +290,14 @@ static void check_backward(int N, int H, int W, int C, int KH, int KW, int sh, i
         for (int c = 0; c < C; ++c) {
             double v = 0, a = 1;
             for (size_t p = 0; p < npix; ++p) {
-                double t = (double)gy[p * Cout + j] * mid[p * C + c];
+                double t = (double)gy[p * Cout + j] * (mid ? mid[p * C + c] : mref[p * C + c]);
                 v += t;
                 a += fabs(t);
             }
             expect_close(what, j * C + c, gwpw[(size_t)j * C + c], v, a);
         }
     free(x); free(wdw); free(gy); free(wpw); free(gx); free(gw); free(gb); free(gm); free(gma); free(mid); free(gwpw);
+    free(bdw); free(mref);
 }
 
 int main(void) {
@@ -346,12 +365,12 @@ int main(void) {
         int ph = (k / 3) % KH, pw = (k / 2) % KW, H = 3 + (k * 7) % 13, W = 2 + (k * 5) % 19;
         if (H + 2 * ph < KH || W + 2 * pw < KW) continue;
         check_backward(1 + k % 3, H, W, C, KH, KW, 1, 1, ph, pw, Cout, k % 2, k % 4 == 0 ? 0 : 1 + k % 5, 1 + k % 2,
-                       k % 3 != 0);
+                       k % 3);
         /* strided: 2 (MobileNet's downsampling layers) and 3 (strides above the kernel size leave gx pixels that no
          * tap reaches, which must be zero), the same in both directions or not */
         int sh = 2 + k % 2, sw = 2 + (k / 2) % 2 - (k % 5 == 0);
         check_backward(1 + k % 3, H, W, C, KH, KW, sh, sw, ph, pw, Cout, k % 2, k % 4 == 0 ? 0 : 1 + k % 5,
-                       1 + k % 2, k % 3 != 0);
+                       1 + k % 2, (k + 1) % 3);
     }
     check_backward(3, 32, 32, 64, 3, 3, 1, 1, 1, 1, 64, 0, 0, 2, 1); /* a CIFAR-like layer */
     check_backward(1, 28, 28, 32, 3, 3, 1, 1, 1, 1, 48, 1, 0, 2, 1); /* one image split between the threads */
@@ -362,6 +381,11 @@ int main(void) {
     check_backward(1, 29, 14, 48, 3, 3, 2, 2, 0, 1, 32, 1, 3, 3, 1); /* one image split between three threads */
     check_backward(2, 10, 9, 17, 4, 3, 2, 1, 3, 2, 20, 0, 1, 2, 1); /* even kernel, one-row bands */
     check_backward(1, 12, 11, 40, 3, 3, 1, 1, 1, 1, 260, 1, 0, 2, 1); /* 1x1 gradient rows 260 floats apart */
+    /* mid recomputed in the bands: a CIFAR-like layer, an image split between threads, stride 2, one-row bands */
+    check_backward(3, 32, 32, 64, 3, 3, 1, 1, 1, 1, 64, 1, 0, 2, 2);
+    check_backward(1, 28, 28, 32, 3, 3, 1, 1, 1, 1, 48, 0, 0, 2, 2);
+    check_backward(1, 56, 56, 64, 3, 3, 2, 2, 1, 1, 128, 1, 0, 2, 2);
+    check_backward(2, 10, 9, 17, 4, 3, 2, 1, 3, 2, 20, 1, 1, 3, 2);
     printf("isa=%s checks=%d failures=%d\n", sepconv_isa(), checks, failures);
     return failures ? 1 : 0;
 }

@@ -39,10 +39,10 @@ def _reference_pair(x, dw_weight, dw_bias, pw_weight, pw_bias, padding, stride=1
 def test_backward_matches_float64_autograd(batch, channels, cout, h, w, kh, kw, data, dw_bias, threads, seed):
     """Input, depthwise-weight, depthwise-bias and 1x1-weight gradients of the pair, every padding 0..k-1, strides
     1-3 (above the kernel size too: input pixels no tap reaches), against float64 autograd (the 1x1 weight's: against
-    grad_y^T mid for a given mid)."""
+    grad_y^T mid for a given mid, or for the depthwise output, with or without a bias, that the kernel recomputes)."""
     ph, pw = data.draw(st.integers(0, kh - 1)), data.draw(st.integers(0, kw - 1))
     sh, sw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
-    with_mid = data.draw(st.booleans())
+    pw_mode = data.draw(st.sampled_from(["none", "mid", "recompute"]))
     if h + 2 * ph < kh or w + 2 * pw < kw:
         return
     torch.manual_seed(seed)
@@ -50,11 +50,13 @@ def test_backward_matches_float64_autograd(batch, channels, cout, h, w, kh, kw, 
     dw_weight, pw_weight = torch.randn(channels, 1, kh, kw), torch.randn(cout, channels, 1, 1)
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     gy = torch.randn(batch, cout, ho, wo)
-    mid = torch.randn(batch, channels, ho, wo) if with_mid else None
+    mid = torch.randn(batch, channels, ho, wo) if pw_mode == "mid" else None
+    bias_value = torch.randn(channels) if pw_mode == "recompute" and data.draw(st.booleans()) else None
     before = _threads(threads)
     try:
         gx, gw, gb, gp = depthwise_pointwise_backward(x, dw_weight, pw_weight, gy, (ph, pw), stride=(sh, sw),
-                                                      dw_bias=dw_bias, mid=mid)
+                                                      dw_bias=dw_bias, mid=mid, pw_grad=pw_mode != "none",
+                                                      dw_bias_value=bias_value)
     finally:
         torch.set_num_threads(before)
     leaves = [t.double().requires_grad_() for t in (x, dw_weight)]
@@ -69,9 +71,12 @@ def test_backward_matches_float64_autograd(batch, channels, cout, h, w, kh, kw, 
         assert got.dtype == torch.float32 and got.shape == ref.shape
         torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=scale * (ho * wo * batch) ** 0.5)
     assert gx.is_contiguous(memory_format=torch.channels_last)
-    if not with_mid:
+    if pw_mode == "none":
         assert gp is None
         return
+    if mid is None:
+        mid = F.conv2d(x.double(), dw_weight.double(), None if bias_value is None else bias_value.double(), (sh, sw),
+                       (ph, pw), 1, channels)
     rp = torch.einsum("nkhw,nchw->kc", gy.double(), mid.double()).reshape(cout, channels, 1, 1)
     assert gp.dtype == torch.float32 and gp.shape == rp.shape
     torch.testing.assert_close(gp.double(), rp, rtol=1e-4, atol=1e-5 * (ho * wo * batch) ** 0.5 * 5)
@@ -95,6 +100,42 @@ def test_backward_leaves_a_large_1x1_weight_gradient_to_matmul_at_b(monkeypatch)
             assert b is None
         else:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_backward_refuses_mid_without_the_1x1_weight_gradient():
+    x, dw, pw, gy = torch.randn(1, 4, 5, 5), torch.randn(4, 1, 3, 3), torch.randn(6, 4, 1, 1), torch.randn(1, 6, 5, 5)
+    with pytest.raises(ValueError, match="pw_grad=False"):
+        depthwise_pointwise_backward(x, dw, pw, gy, (1, 1), mid=torch.randn(1, 4, 5, 5), pw_grad=False)
+    with pytest.raises(ValueError, match=r"dw_bias_value must have shape \(4,\)"):
+        depthwise_pointwise_backward(x, dw, pw, gy, (1, 1), pw_grad=True, dw_bias_value=torch.randn(5))
+
+
+@pytest.mark.parametrize("small_enough", [True, False])
+def test_fused_step_keeps_the_depthwise_output_only_where_the_kernel_needs_it(monkeypatch, small_enough):
+    """Where the backward kernel recomputes the depthwise output, the step saves x and the weights only (stride 1:
+    the depthwise output has x's size, so a kept one shows as a second tensor of it); above the weight bound it
+    keeps it. The gradients agree either way."""
+    import sepconv.backends.training as training
+
+    if not small_enough:
+        monkeypatch.setattr(training, "_FUSED_PW_GRAD_MAX_WEIGHTS", 0)
+    torch.manual_seed(7)
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    dw, pw = torch.randn(8, 1, 3, 3, requires_grad=True), torch.randn(12, 8, 1, 1, requires_grad=True)
+    db = torch.randn(8, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        y = FusedSeparableStep.apply(x, dw, db, pw, None, (1, 1))
+    recomputed = training.recomputes_depthwise_output(x, dw, pw)
+    assert recomputed == (small_enough and native.available())
+    assert saved.count(x.shape) == (1 if recomputed else 2)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(8))
+    got = torch.autograd.grad(y, (x, dw, db, pw), g)
+    leaves = [t.detach().double().requires_grad_() for t in (x, dw, db, pw)]
+    ref = torch.autograd.grad(_reference_pair(leaves[0], leaves[1], leaves[2], leaves[3], None, (1, 1)), leaves,
+                              g.double())
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
 
 
 @needs_kernels

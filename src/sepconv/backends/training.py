@@ -322,17 +322,21 @@ def depthwise_weight_grad(x: torch.Tensor, grad_y: torch.Tensor, kernel_size: tu
 
 def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor,
                                  grad_y: torch.Tensor, padding: tuple[int, int], *, stride: tuple[int, int] = (1, 1),
-                                 dw_bias: bool = False, mid: Optional[torch.Tensor] = None
+                                 dw_bias: bool = False, mid: Optional[torch.Tensor] = None,
+                                 pw_grad: Optional[bool] = None, dw_bias_value: Optional[torch.Tensor] = None
                                  ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """Gradients of ``y = conv1x1(depthwise(x))`` with respect to ``x``, the depthwise weight (and bias) and, given
-    the depthwise output ``mid``, the 1x1 weight.
+    """Gradients of ``y = conv1x1(depthwise(x))`` with respect to ``x``, the depthwise weight (and bias) and the 1x1
+    weight.
 
     The depthwise step: ``stride`` ``(sh, sw)``, dilation 1, one filter per channel (``dw_weight``:
     ``(C, 1, KH, KW)``), zero ``padding`` ``(ph, pw)`` with ``0 <= ph <= KH - 1`` and ``0 <= pw <= KW - 1``; the 1x1
     step: ``pw_weight`` ``(Cout, C, 1, 1)``. ``x``: ``(N, C, H, W)``; ``grad_y`` (and ``mid``, ``(N, C, Ho, Wo)``):
     ``(N, Cout, Ho, Wo)`` with ``Ho = (H + 2 ph - KH) // sh + 1``, ``Wo = (W + 2 pw - KW) // sw + 1``. Returns ``(grad_x,
     grad_dw_weight, grad_dw_bias, grad_pw_weight)``: grad_x channels-last, grad_dw_bias ``None`` unless
-    ``dw_bias``, grad_pw_weight ``None`` unless ``mid`` is given.
+    ``dw_bias``, grad_pw_weight ``None`` unless ``pw_grad`` (default: whether ``mid`` is given). The 1x1 weight's
+    gradient needs the depthwise step's output: ``mid`` where given, else it is recomputed from ``x``, ``dw_weight``
+    and ``dw_bias_value`` (the depthwise bias, ``(C,)``, or None), inside the kernel a band of rows at a time
+    (:func:`recomputes_depthwise_output` says where), so a training step need not keep it.
 
     float32 CPU tensors run in sepconv's C kernel (``sepconv_dwpw_backward_f32`` in ``csrc/fused_dwpw.c``) where
     it builds: the 1x1 step's input gradient ``grad_y @ pw_weight`` is computed a band of rows at a time into a
@@ -342,6 +346,10 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
     :func:`matmul_at_b`). Other tensors: the steps unfused (``F.conv2d``, ``aten.convolution_backward``,
     :func:`matmul_at_b`). Not tracked by autograd.
     """
+    pw_grad = mid is not None if pw_grad is None else pw_grad
+    if mid is not None and not pw_grad:
+        raise ValueError("depthwise_pointwise_backward: mid is given but pw_grad=False; mid serves the 1x1 weight's "
+                         "gradient only")
     n, c, h, w, kh, kw, cout = check_pair_tensors("depthwise_pointwise_backward", x, dw_weight, pw_weight)
     (ph, pw), (sh, sw) = padding, stride
     if not (0 <= ph <= kh - 1 and 0 <= pw <= kw - 1):
@@ -359,7 +367,15 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
     if mid is not None and tuple(mid.shape) != (n, c, *expected[2:]):
         raise ValueError(f"depthwise_pointwise_backward: mid must be {(n, c, *expected[2:])} (the depthwise output), "
                          f"got {tuple(mid.shape)}")
-    lib = _kernel_library(x, dw_weight, pw_weight, grad_y, *(() if mid is None else (mid,))) if kh <= 16 else None
+    if dw_bias_value is not None and tuple(dw_bias_value.shape) != (c,):
+        raise ValueError(f"depthwise_pointwise_backward: dw_bias_value must have shape ({c},), got "
+                         f"{tuple(dw_bias_value.shape)}")
+    extra = tuple(t for t in (mid, dw_bias_value) if t is not None)
+    lib = _kernel_library(x, dw_weight, pw_weight, grad_y, *extra) if kh <= 16 else None
+    fuse_pw = pw_grad and cout * c <= _FUSED_PW_GRAD_MAX_WEIGHTS and lib is not None
+    if pw_grad and mid is None and not fuse_pw:  # the unfused 1x1 weight gradient needs the depthwise output whole
+        with torch.no_grad():
+            mid = F.conv2d(x, dw_weight, dw_bias_value, (sh, sw), (ph, pw), 1, c)
     if lib is None:
         grad_mid = _conv1x1(grad_y, pw_weight, None, transposed=True)
         grad_x, grad_w = torch.ops.aten.convolution_backward(grad_mid, x, dw_weight, None, [sh, sw], [ph, pw],
@@ -368,9 +384,9 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
                 grad_mid.sum((0, 2, 3)) if dw_bias else None, _pointwise_weight_grad(grad_y, mid, pw_weight))
     x = x.contiguous(memory_format=torch.channels_last)
     grad_y = grad_y.contiguous(memory_format=torch.channels_last)
-    fuse_pw = mid is not None and cout * c <= _FUSED_PW_GRAD_MAX_WEIGHTS
-    if fuse_pw:
+    if fuse_pw and mid is not None:
         mid = mid.contiguous(memory_format=torch.channels_last)
+    bias = dw_bias_value.detach().contiguous() if fuse_pw and mid is None and dw_bias_value is not None else None
     taps = dw_weight.reshape(c, kh * kw).t().contiguous()  # [KH * KW][C], the kernel's layout
     weight = pw_weight.reshape(cout, c).contiguous()
     grad_x = torch.empty((n, c, h, w), dtype=torch.float32, memory_format=torch.channels_last)
@@ -378,9 +394,10 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
     grad_b = torch.empty(c, dtype=torch.float32) if dw_bias else None
     grad_pw = torch.empty(cout, c, 1, 1, dtype=torch.float32) if fuse_pw else None
     with profiled("sepconv::dwpw_backward"):
-        code = lib.sepconv_dwpw_backward_f32(x.data_ptr(), n, h, w, c, taps.data_ptr(), kh, kw, sh, sw, ph, pw,
+        code = lib.sepconv_dwpw_backward_f32(x.data_ptr(), n, h, w, c, taps.data_ptr(),
+                                             None if bias is None else bias.data_ptr(), kh, kw, sh, sw, ph, pw,
                                              grad_y.data_ptr(), cout, weight.data_ptr(),
-                                             mid.data_ptr() if fuse_pw else None, grad_x.data_ptr(),
+                                             mid.data_ptr() if fuse_pw and mid is not None else None, grad_x.data_ptr(),
                                              grad_taps.data_ptr(), None if grad_b is None else grad_b.data_ptr(),
                                              grad_pw.data_ptr() if fuse_pw else None, 0,
                                              max(1, torch.get_num_threads()))
@@ -399,6 +416,16 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
 _FUSED_PW_GRAD_MAX_WEIGHTS = 32768
 
 
+def recomputes_depthwise_output(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor) -> bool:
+    """Whether :func:`depthwise_pointwise_backward` computes the 1x1 weight's gradient without the depthwise output
+    (recomputing it inside its kernel) for these tensors: float32 CPU tensors where sepconv's C kernels build, a
+    kernel at most 16 high, and a 1x1 weight of at most :data:`_FUSED_PW_GRAD_MAX_WEIGHTS` elements. Elsewhere it
+    needs ``mid`` (or recomputes it whole with ``F.conv2d``)."""
+    cout, c = pw_weight.shape[:2]
+    return (dw_weight.shape[2] <= 16 and cout * c <= _FUSED_PW_GRAD_MAX_WEIGHTS
+            and _kernel_library(x, dw_weight, pw_weight) is not None)
+
+
 def _pointwise_weight_grad(grad_y: torch.Tensor, mid: Optional[torch.Tensor],
                            pw_weight: torch.Tensor) -> Optional[torch.Tensor]:
     """``grad_y``'s pixels^T @ ``mid``'s pixels as a 1x1 weight's gradient, or None without ``mid``."""
@@ -414,10 +441,10 @@ class FusedSeparableStep(torch.autograd.Function):
 
     The depthwise step: any ``stride``, dilation 1, one filter per channel,
     zero ``padding`` up to ``kernel - 1`` (what
-    :func:`depthwise_pointwise_backward` takes). Forward: the fused inference kernel, which also writes the
-    depthwise output out (the 1x1 weight gradient needs it;
-    :func:`~sepconv.backends.fused.fused_separable_forward`), where
-    sepconv's C kernels serve the tensors; else ``F.conv2d`` and
+    :func:`depthwise_pointwise_backward` takes). Forward: the fused inference kernel
+    (:func:`~sepconv.backends.fused.fused_separable_forward`) where sepconv's C kernels serve the tensors, which
+    also writes the depthwise output out for the 1x1 weight gradient unless the backward kernel recomputes it
+    (:func:`recomputes_depthwise_output`: then only ``x`` and the weights are kept); else ``F.conv2d`` and
     :func:`_conv1x1`. Backward: :func:`depthwise_pointwise_backward` for
     every gradient but the 1x1 bias's (a sum over pixels). Any dtype and
     device (the C kernels serve float32 on the CPU); checked with
@@ -429,18 +456,23 @@ class FusedSeparableStep(torch.autograd.Function):
                 pw_weight: torch.Tensor, pw_bias: Optional[torch.Tensor], padding: tuple[int, int],
                 stride: tuple[int, int] = (1, 1)) -> torch.Tensor:
         ctx.conf = (tuple(padding), tuple(stride), dw_bias is not None, pw_bias is not None)
-        if _kernel_library(x, dw_weight, pw_weight, *(b for b in (dw_bias, pw_bias) if b is not None)) is not None:
-            y, mid = fused_separable_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, padding, stride=stride)
+        biases = tuple(b for b in (dw_bias, pw_bias) if b is not None)
+        if _kernel_library(x, dw_weight, pw_weight, *biases) is not None:
+            # where the backward kernel recomputes the depthwise output for the 1x1 weight gradient, it is not
+            # kept: the forward pass does not write it, nor the backward pass read it
+            keep = not recomputes_depthwise_output(x, dw_weight, pw_weight)
+            y, mid = fused_separable_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, padding, stride=stride,
+                                             keep_depthwise=keep)
         else:
             mid = F.conv2d(x, dw_weight, dw_bias, stride, padding, 1, x.shape[1])
             y = _conv1x1(mid, pw_weight, pw_bias)
-        ctx.save_for_backward(x, mid, dw_weight, pw_weight)
+        ctx.save_for_backward(x, mid, dw_weight, pw_weight, dw_bias)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
-        x, mid, dw_weight, pw_weight = ctx.saved_tensors
+        x, mid, dw_weight, pw_weight, dw_bias = ctx.saved_tensors
         padding, stride, has_dw_bias, has_pw_bias = ctx.conf
         need = ctx.needs_input_grad
         grad_x = grad_dw = grad_dwb = grad_pw = grad_pwb = None
@@ -448,8 +480,11 @@ class FusedSeparableStep(torch.autograd.Function):
         if need[0] or need[1] or (has_dw_bias and need[2]):
             grad_x, grad_dw, grad_dwb, grad_pw = depthwise_pointwise_backward(
                 x, dw_weight, pw_weight, grad_y, padding, stride=stride, dw_bias=has_dw_bias and need[2],
-                mid=mid if need[3] else None)
+                mid=mid if need[3] else None, pw_grad=need[3], dw_bias_value=dw_bias)
         elif need[3]:
+            if mid is None:
+                with torch.no_grad():
+                    mid = F.conv2d(x, dw_weight, dw_bias, stride, padding, 1, x.shape[1])
             grad_pw = _pointwise_weight_grad(grad_y, mid, pw_weight)
         if has_pw_bias and need[4]:
             grad_pwb = _pixels(grad_y).sum(0)

@@ -1344,7 +1344,8 @@ static inline int ceil_div(int a, int b) { return a > 0 ? (a + b - 1) / b : -((-
  *   gwdw[kh][kw][c] = sum over n, oh, ow of gm[n][oh][ow][c] * x[n][oh * sh - ph + kh][ow * sw - pw + kw][c]
  *   gbdw[c] = sum of gm[..][c]                 (when gbdw != NULL)
  *   gwpw[j][c] = sum of gy[..][j] * mid[..][c]  the 1x1 weight gradient (when gwpw != NULL; mid: the depthwise
- *                                              step's output, [N][Ho][Wo][C])
+ *                                              step's output, [N][Ho][Wo][C], or NULL: recomputed from x, wdw
+ *                                              and bdw, the depthwise bias or NULL, a band of rows at a time)
  *
  * x: [N][H][W][C]; wdw: [KH][KW][C]; gy: [N][Ho][Wo][Cout] with Ho = (H + 2 ph - KH) / sh + 1, Wo likewise; wpw:
  * [Cout][C] (the 1x1 weight as stored); gx, gwdw, gbdw, gwpw are overwritten. gm is never stored whole: each thread
@@ -1354,16 +1355,18 @@ static inline int ceil_div(int a, int b) { return a > 0 ? (a + b - 1) / b : -((-
  * with the flipped kernel; else depthwise_adjoint_rows) and weight gradient on them there, and the 1x1 weight
  * gradient on the band's gy rows, still in cache from the GEMM. Against the unfused steps (the 1x1 input gradient written out, then read
  * by both depthwise gradients; gy read again for the 1x1 weight gradient) this saves writing gm once and reading
- * it twice, and reading gy once.
+ * it twice, and reading gy once; recomputing mid from the x rows the weight gradient reads anyway saves the
+ * forward pass writing it and this pass reading it.
  * Where an image is split between threads, the gm rows both sides read at each split are computed by both (each
  * row's weight-gradient term is added by one). The threads' weight-gradient sums are added in thread order: the
  * result does not depend on timing. Returns 0, -1 if a buffer could not be allocated, -2 for sizes, strides or
  * padding outside the above, KH > 16. */
-int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const float *wdw, int KH, int KW, int sh,
-                              int sw, int ph, int pw, const float *gy, int Cout, const float *wpw, const float *mid,
-                              float *gx, float *gwdw, float *gbdw, float *gwpw, int band, int threads) {
+int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const float *wdw, const float *bdw, int KH,
+                              int KW, int sh, int sw, int ph, int pw, const float *gy, int Cout, const float *wpw,
+                              const float *mid, float *gx, float *gwdw, float *gbdw, float *gwpw, int band,
+                              int threads) {
     if (N < 1 || H < 1 || W < 1 || C < 1 || Cout < 1 || KH < 1 || KW < 1 || KH > 16 || sh < 1 || sw < 1 || ph < 0
-        || pw < 0 || ph > KH - 1 || pw > KW - 1 || H + 2 * ph < KH || W + 2 * pw < KW || (gwpw && !mid))
+        || pw < 0 || ph > KH - 1 || pw > KW - 1 || H + 2 * ph < KH || W + 2 * pw < KW)
         return -2;
     int Ho = (H + 2 * ph - KH) / sh + 1, Wo = (W + 2 * pw - KW) / sw + 1;
     int unit = sh == 1 && sw == 1; /* the adjoint is a depthwise convolution, run by the forward kernel's code */
@@ -1409,8 +1412,12 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
         float *part = sums + (size_t)tid * per, *bpart = part + taps * Cw, *wpart = bpart + Cw;
         memset(part, 0, per * sizeof(float)); /* each thread its own sums (the memory is touched first here) */
         size_t ring_bytes = ((size_t)(band + KH - 1) * Wo * C * sizeof(float) + 63) / 64 * 64;
-        float *ring = (float *)aligned_alloc(64, ring_bytes + (unit ? (size_t)band * W * cp * sizeof(float) : 0));
+        size_t t_bytes = unit ? (size_t)band * W * cp * sizeof(float) : 0;
+        /* mid's rows recomputed for a band's 1x1 weight gradient: no more than the ring's rows, at the tile's stride */
+        size_t mt_bytes = gwpw && !mid ? (size_t)(band + KH - 1) * Wo * cp * sizeof(float) : 0;
+        float *ring = (float *)aligned_alloc(64, ring_bytes + t_bytes + mt_bytes);
         float *t = ring && unit ? ring + ring_bytes / sizeof(float) : NULL;
+        float *mt = ring && mt_bytes ? ring + (ring_bytes + t_bytes) / sizeof(float) : NULL;
         const float **taps_g = (const float **)malloc(sizeof(float *) * 2 * taps), **taps_w = taps_g + taps;
         if (!ring || !taps_g) {
             free(ring);
@@ -1473,8 +1480,12 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
                     }
                     if (gwpw && w0 < w1) {
                         long rows = (long)(w1 - w0) * Wo;
-                        sepconv_atb_range(gyn + (size_t)w0 * Wo * Cout, Cout, mid + ((size_t)n * Ho + w0) * Wo * C, C,
-                                          wpart, Cw, Cout, C, 0, rows, rows, 0, atb_blocks, 0);
+                        const float *m = mid ? mid + ((size_t)n * Ho + w0) * Wo * C : mt;
+                        if (!mid) /* the forward kernel's depthwise step, on the x rows the weight gradient read */
+                            depthwise_tile(xn, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, 1, 1, ACT_NONE, Wo, w0 * Wo,
+                                           (int)rows, mt, cp, NULL, NULL, NULL);
+                        sepconv_atb_range(gyn + (size_t)w0 * Wo * Cout, Cout, m, mid ? C : cp, wpart, Cw, Cout, C, 0,
+                                          rows, rows, 0, atb_blocks, 0);
                     }
                 }
                 win_lo = lo;
