@@ -193,7 +193,8 @@ static void check_wgrad(int N, int H, int W, int C, int K, int s, int pad, int d
 }
 
 /* The fused backward pass of a depthwise (KH x KW, stride sh x sw, padding ph, pw) -> 1x1 (C -> Cout) pair,
- * against gm = gy @ wpw and the two depthwise gradients computed from it in double. */
+ * against gm = gy @ wpw and the two depthwise gradients computed from it in double (weights and the depthwise weight
+ * gradient in PyTorch's layouts, [C][KH][KW] and [Cout][C]). */
 static void check_backward(int N, int H, int W, int C, int KH, int KW, int sh, int sw, int ph, int pw, int Cout,
                            int bias, int band, int threads, int pw_grad) {
     char what[160];
@@ -222,7 +223,7 @@ static void check_backward(int N, int H, int W, int C, int KH, int KW, int sh, i
                         for (int kw = 0; kw < KW; ++kw) {
                             int ih = oh * sh - ph + kh, iw = ow * sw - pw + kw;
                             if (ih >= 0 && ih < H && iw >= 0 && iw < W)
-                                v += (double)x[(((size_t)n * H + ih) * W + iw) * C + c] * wdw[((size_t)kh * KW + kw) * C + c];
+                                v += (double)x[(((size_t)n * H + ih) * W + iw) * C + c] * wdw[((size_t)c * KH + kh) * KW + kw];
                         }
                     mref[(((size_t)n * Ho + oh) * Wo + ow) * C + c] = v;
                 }
@@ -254,7 +255,7 @@ static void check_backward(int N, int H, int W, int C, int KH, int KW, int sh, i
                             int th = ih + ph - kh, tw = iw + pw - kw, oh = th / sh, ow = tw / sw;
                             if (th < 0 || tw < 0 || th % sh || tw % sw || oh >= Ho || ow >= Wo) continue;
                             size_t at = (((size_t)n * Ho + oh) * Wo + ow) * C + c;
-                            double w = wdw[((size_t)kh * KW + kw) * C + c];
+                            double w = wdw[((size_t)c * KH + kh) * KW + kw];
                             v += gm[at] * w;
                             a += gma[at] * fabs(w);
                         }
@@ -275,7 +276,7 @@ static void check_backward(int N, int H, int W, int C, int KH, int KW, int sh, i
                             v += gm[at] * xv;
                             a += gma[at] * fabs(xv);
                         }
-                int at = (kh * KW + kw) * C + c;
+                int at = (c * KH + kh) * KW + kw;
                 expect_close(what, at, gw[at], v, a);
             }
     for (int c = 0; bias && c < C; ++c) {

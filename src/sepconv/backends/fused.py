@@ -147,7 +147,7 @@ def fused_separable_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: O
     threads = max(1, torch.get_num_threads())
     x = x.contiguous(memory_format=torch.channels_last)
     taps = dw_weight.detach().reshape(c, kh * kw).t().contiguous()  # [KH * KW][C]
-    weight = pw_weight.detach().reshape(cout, c).contiguous()
+    weight = pw_weight.contiguous()  # [Cout][C] as stored: read in place
     panels = torch.empty(-(-cout // _NR), c, _NR, dtype=torch.float32)
     lib.sepconv_pack_panels_f32(weight.data_ptr(), 1, c, c, cout, panels.data_ptr(), threads)  # B[c][j] = w[j][c]
     tile, groups, stream = kernel_schedule(n, ho, wo, cout, default_tile(c), threads)

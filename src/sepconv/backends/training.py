@@ -387,25 +387,26 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
     if fuse_pw and mid is not None:
         mid = mid.contiguous(memory_format=torch.channels_last)
     bias = dw_bias_value.detach().contiguous() if fuse_pw and mid is None and dw_bias_value is not None else None
-    taps = dw_weight.reshape(c, kh * kw).t().contiguous()  # [KH * KW][C], the kernel's layout
-    weight = pw_weight.reshape(cout, c).contiguous()
+    # the weights as stored ([C][KH][KW], [Cout][C]: the kernel's layouts), and the depthwise weight's gradient
+    # written in its layout: no reshaping around the call (Python work here runs with cold caches, design notes)
+    dw_weight, pw_weight = dw_weight.contiguous(), pw_weight.contiguous()
     grad_x = torch.empty((n, c, h, w), dtype=torch.float32, memory_format=torch.channels_last)
-    grad_taps = torch.empty(kh * kw, c, dtype=torch.float32)
+    grad_w = torch.empty(c, 1, kh, kw, dtype=torch.float32)
     grad_b = torch.empty(c, dtype=torch.float32) if dw_bias else None
     grad_pw = torch.empty(cout, c, 1, 1, dtype=torch.float32) if fuse_pw else None
     with profiled("sepconv::dwpw_backward"):
-        code = lib.sepconv_dwpw_backward_f32(x.data_ptr(), n, h, w, c, taps.data_ptr(),
+        code = lib.sepconv_dwpw_backward_f32(x.data_ptr(), n, h, w, c, dw_weight.data_ptr(),
                                              None if bias is None else bias.data_ptr(), kh, kw, sh, sw, ph, pw,
-                                             grad_y.data_ptr(), cout, weight.data_ptr(),
+                                             grad_y.data_ptr(), cout, pw_weight.data_ptr(),
                                              mid.data_ptr() if fuse_pw and mid is not None else None, grad_x.data_ptr(),
-                                             grad_taps.data_ptr(), None if grad_b is None else grad_b.data_ptr(),
+                                             grad_w.data_ptr(), None if grad_b is None else grad_b.data_ptr(),
                                              grad_pw.data_ptr() if fuse_pw else None, 0,
                                              max(1, torch.get_num_threads()))
     if code:
         raise RuntimeError(f"the depthwise-pointwise backward kernel failed with code {code} (-1: out of memory)")
     if not fuse_pw:
         grad_pw = _pointwise_weight_grad(grad_y, mid, pw_weight)
-    return grad_x, grad_taps.t().reshape(c, 1, kh, kw), grad_b, grad_pw
+    return grad_x, grad_w, grad_b, grad_pw
 
 
 #: The largest 1x1 weight (elements) whose gradient :func:`depthwise_pointwise_backward`'s kernel sums itself:

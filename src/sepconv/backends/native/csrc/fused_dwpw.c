@@ -1341,22 +1341,22 @@ static inline int ceil_div(int a, int b) { return a > 0 ? (a + b - 1) / b : -((-
  *   gm = gy @ wpw                              the 1x1 step's input gradient, [N][Ho][Wo][C]
  *   gx = the depthwise step's adjoint on gm    [N][H][W][C]; at stride 1 a depthwise convolution of gm with wdw
  *                                              flipped in space, padding KH - 1 - ph, KW - 1 - pw
- *   gwdw[kh][kw][c] = sum over n, oh, ow of gm[n][oh][ow][c] * x[n][oh * sh - ph + kh][ow * sw - pw + kw][c]
+ *   gwdw[c][kh][kw] = sum over n, oh, ow of gm[n][oh][ow][c] * x[n][oh * sh - ph + kh][ow * sw - pw + kw][c]
  *   gbdw[c] = sum of gm[..][c]                 (when gbdw != NULL)
  *   gwpw[j][c] = sum of gy[..][j] * mid[..][c]  the 1x1 weight gradient (when gwpw != NULL; mid: the depthwise
  *                                              step's output, [N][Ho][Wo][C], or NULL: recomputed from x, wdw
  *                                              and bdw, the depthwise bias or NULL, a band of rows at a time)
  *
- * x: [N][H][W][C]; wdw: [KH][KW][C]; gy: [N][Ho][Wo][Cout] with Ho = (H + 2 ph - KH) / sh + 1, Wo likewise; wpw:
- * [Cout][C] (the 1x1 weight as stored); gx, gwdw, gbdw, gwpw are overwritten. gm is never stored whole: each thread
- * sweeps the rows of its images (or of its part of an image) a band of `band` gx rows at a time (band < 1: sized so
- * that the band's gm rows fit in about 128 KiB), computing the gm rows the band needs into a buffer that keeps the
- * ones the next band reads too, and runs the depthwise input gradient (stride 1: the forward kernel's depthwise step
- * with the flipped kernel; else depthwise_adjoint_rows) and weight gradient on them there, and the 1x1 weight
- * gradient on the band's gy rows, still in cache from the GEMM. Against the unfused steps (the 1x1 input gradient written out, then read
- * by both depthwise gradients; gy read again for the 1x1 weight gradient) this saves writing gm once and reading
- * it twice, and reading gy once; recomputing mid from the x rows the weight gradient reads anyway saves the
- * forward pass writing it and this pass reading it.
+ * x: [N][H][W][C]; wdw: [C][KH][KW] and gwdw likewise, and wpw: [Cout][C] (the weights as PyTorch stores them); gy:
+ * [N][Ho][Wo][Cout] with Ho = (H + 2 ph - KH) / sh + 1, Wo likewise; gx, gwdw, gbdw, gwpw are overwritten. gm is never
+ * stored whole: each thread sweeps the rows of its images (or of its part of an image) a band of `band` gx rows at a
+ * time (band < 1: sized so that the band's gm rows fit in about 128 KiB), computing the gm rows the band needs into a
+ * buffer that keeps the ones the next band reads too, and runs the depthwise input gradient (stride 1: the forward
+ * kernel's depthwise step with the flipped kernel; else depthwise_adjoint_rows) and weight gradient on them there, and
+ * the 1x1 weight gradient on the band's gy rows, still in cache from the GEMM. Against the unfused steps (the 1x1 input
+ * gradient written out, then read by both depthwise gradients; gy read again for the 1x1 weight gradient) this saves
+ * writing gm once and reading it twice, and reading gy once; recomputing mid from the x rows the weight gradient reads
+ * anyway saves the forward pass writing it and this pass reading it.
  * Where an image is split between threads, the gm rows both sides read at each split are computed by both (each
  * row's weight-gradient term is added by one). The threads' weight-gradient sums are added in thread order: the
  * result does not depend on timing. Returns 0, -1 if a buffer could not be allocated, -2 for sizes, strides or
@@ -1388,15 +1388,18 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
     if (segs > H) segs = H;
     long units = (long)N * segs;
     float *b = (float *)aligned_alloc(64, ((size_t)panels * Cout * NR * sizeof(float) + 63) / 64 * 64);
-    float *wflip = unit ? (float *)malloc(sizeof(float) * taps * C) : NULL; /* stride 1: the kernel flipped */
+    /* the depthwise weight as the kernels' steps read it, [KH][KW][C], and at stride 1 flipped in space too */
+    float *wt = (float *)malloc(sizeof(float) * taps * C * (unit ? 2 : 1)), *wflip = unit && wt ? wt + taps * C : NULL;
     float *sums = (float *)aligned_alloc(64, ((size_t)threads * per * sizeof(float) + 63) / 64 * 64);
-    if (!b || (unit && !wflip) || !sums) {
-        free(b); free(wflip); free(sums);
+    if (!b || !wt || !sums) {
+        free(b); free(wt); free(sums);
         return -1;
     }
+    for (int c = 0; c < C; ++c)
+        for (size_t k = 0; k < taps; ++k) wt[k * C + c] = wdw[(size_t)c * taps + k];
     for (int kh = 0; unit && kh < KH; ++kh)
         for (int kw = 0; kw < KW; ++kw)
-            memcpy(wflip + ((size_t)kh * KW + kw) * C, wdw + ((size_t)(KH - 1 - kh) * KW + (KW - 1 - kw)) * C,
+            memcpy(wflip + ((size_t)kh * KW + kw) * C, wt + ((size_t)(KH - 1 - kh) * KW + (KW - 1 - kw)) * C,
                    sizeof(float) * C);
     int failed = 0;
     (void)threads; /* used by the OpenMP pragma only */
@@ -1482,7 +1485,7 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
                         long rows = (long)(w1 - w0) * Wo;
                         const float *m = mid ? mid + ((size_t)n * Ho + w0) * Wo * C : mt;
                         if (!mid) /* the forward kernel's depthwise step, on the x rows the weight gradient read */
-                            depthwise_tile(xn, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, 1, 1, ACT_NONE, Wo, w0 * Wo,
+                            depthwise_tile(xn, H, W, C, wt, bdw, KH, KW, sh, sw, ph, pw, 1, 1, ACT_NONE, Wo, w0 * Wo,
                                            (int)rows, mt, cp, NULL, NULL, NULL);
                         sepconv_atb_range(gyn + (size_t)w0 * Wo * Cout, Cout, m, mid ? C : cp, wpart, Cw, Cout, C, 0,
                                           rows, rows, 0, atb_blocks, 0);
@@ -1495,7 +1498,7 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
                  * copied out */
                 float *out = gx + ((size_t)n * H + a) * W * C;
                 if (!unit) {
-                    depthwise_adjoint_rows(ring, lo, hi, Wo, C, wdw, KH, KW, sh, sw, ph, pw, a, e, W, out, taps_g,
+                    depthwise_adjoint_rows(ring, lo, hi, Wo, C, wt, KH, KW, sh, sw, ph, pw, a, e, W, out, taps_g,
                                            taps_w);
                     continue;
                 }
@@ -1507,24 +1510,26 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
         }
         free(ring);
         free(taps_g);
-        /* the threads' sums added in thread order, the rows (taps, bias, 1x1 weight rows) shared among them */
+        /* the threads' sums added in thread order, the rows (taps, bias, 1x1 weight rows) shared among them; a
+         * tap's row goes to gwdw's column of that tap */
         long rows = (long)taps + 1 + (gwpw ? Cout : 0);
 #ifdef _OPENMP
 #pragma omp barrier
 #pragma omp for schedule(static)
 #endif
         for (long r = 0; r < rows; ++r) {
-            float *dst = r < (long)taps ? gwdw + r * C : r == (long)taps ? gbdw : gwpw + (r - (long)taps - 1) * C;
+            float *dst = r < (long)taps ? gwdw + r : r == (long)taps ? gbdw : gwpw + (r - (long)taps - 1) * C;
+            size_t step = r < (long)taps ? taps : 1;
             if (failed || !dst) continue;
             for (int c = 0; c < C; ++c) {
                 float s = 0.f;
                 for (int i = 0; i < nt; ++i) s += sums[(size_t)i * per + (size_t)r * Cw + c];
-                dst[c] = s;
+                dst[c * step] = s;
             }
         }
     }
     free(b);
-    free(wflip);
+    free(wt);
     free(sums);
     return failed ? -1 : 0;
 }
