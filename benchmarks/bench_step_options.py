@@ -1,6 +1,6 @@
 """A design choice of the 'fused' training engine against its alternative, in the layer's training step, per shape.
 
-    python benchmarks/bench_step_options.py --option profiler-scope|recompute-depthwise
+    python benchmarks/bench_step_options.py --option profiler-scope|recompute-depthwise|first-layer
                                             [--threads 1] [--rounds 21] [--suite ...] [--out DIR]
 
 `--option`:
@@ -11,6 +11,8 @@
 * `recompute-depthwise`: the backward kernel recomputes the depthwise output for the 1x1 weight gradient where
   `sepconv.backends.training.recomputes_depthwise_output` says so, and the step keeps only the input and weights
   (`shipped`), against the forward kernel writing the depthwise output and the step keeping it (`alternative`).
+* `first-layer`: the layer's input needs no gradient (a network's first layer) and the backward kernel skips the
+  depthwise step's adjoint (`shipped`), against computing the input gradient and dropping it (`alternative`).
 
 For every suite shape the engine takes (float32, channels-last, no biases, a fixed output gradient, after
 `sepconv.keep_freed_memory()`), the layer's training step (forward and backward) runs both ways side by side in
@@ -41,11 +43,24 @@ from sepconv.utils.machine import machine_info
 
 HERE = Path(__file__).resolve().parent
 
+_SHIPPED_BACKWARD = training.depthwise_pointwise_backward
+
+
+def _backward_with_input_grad(*args, **kwargs):
+    """depthwise_pointwise_backward computing the input gradient even where it is not wanted, then dropping it."""
+    wanted = kwargs.get("input_grad", True)
+    grads = _SHIPPED_BACKWARD(*args, **{**kwargs, "input_grad": True})
+    return (grads[0] if wanted else None, *grads[1:])
+
+
 #: per option: the module attributes it sets and their values for the alternative
 OPTIONS = {
     "profiler-scope": [(m, "profiled", torch.profiler.record_function) for m in (fused, training)],
     "recompute-depthwise": [(training, "recomputes_depthwise_output", lambda *tensors: False)],
+    "first-layer": [(training, "depthwise_pointwise_backward", _backward_with_input_grad)],
 }
+#: options whose layer input needs no gradient
+NO_INPUT_GRAD = ("first-layer",)
 
 
 class Switch:
@@ -108,7 +123,7 @@ def main(argv=None) -> int:
                 x = torch.randn(case.batch, spec.in_channels, *case.size).contiguous(memory_format=torch.channels_last)
                 with torch.no_grad():
                     grad = torch.randn_like(layer(x))
-                x.requires_grad_(True)
+                x.requires_grad_(args.option not in NO_INPUT_GRAD)
 
                 def step(alternative: bool):
                     def run():

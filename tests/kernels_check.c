@@ -195,11 +195,11 @@ static void check_wgrad(int N, int H, int W, int C, int K, int s, int pad, int d
 /* The fused backward pass of a depthwise (KH x KW, stride sh x sw, padding ph, pw) -> 1x1 (C -> Cout) pair,
  * against gm = gy @ wpw and the two depthwise gradients computed from it in double (weights and the depthwise weight
  * gradient in PyTorch's layouts, [C][KH][KW] and [Cout][C]). */
-static void check_backward(int N, int H, int W, int C, int KH, int KW, int sh, int sw, int ph, int pw, int Cout,
-                           int bias, int band, int threads, int pw_grad) {
+static void check_backward_gx(int N, int H, int W, int C, int KH, int KW, int sh, int sw, int ph, int pw, int Cout,
+                              int bias, int band, int threads, int pw_grad, int want_gx) {
     char what[160];
-    snprintf(what, sizeof what, "backward N%d %dx%dx%d k%dx%d s%d,%d p%d,%d ->%d b%d band%d threads%d pw%d", N, H, W,
-             C, KH, KW, sh, sw, ph, pw, Cout, bias, band, threads, pw_grad);
+    snprintf(what, sizeof what, "backward N%d %dx%dx%d k%dx%d s%d,%d p%d,%d ->%d b%d band%d threads%d pw%d gx%d", N, H,
+             W, C, KH, KW, sh, sw, ph, pw, Cout, bias, band, threads, pw_grad, want_gx);
     int Ho = (H + 2 * ph - KH) / sh + 1, Wo = (W + 2 * pw - KW) / sw + 1;
     size_t npix = (size_t)N * Ho * Wo;
     float *x = randoms((size_t)N * H * W * C), *wdw = randoms((size_t)KH * KW * C), *gy = randoms(npix * Cout);
@@ -229,7 +229,8 @@ static void check_backward(int N, int H, int W, int C, int KH, int KW, int sh, i
                 }
     double *gm = (double *)malloc(sizeof(double) * npix * C), *gma = (double *)malloc(sizeof(double) * npix * C);
     ++checks;
-    if (sepconv_dwpw_backward_f32(x, N, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, gy, Cout, wpw, mid, gx, gw, gb, gwpw,
+    if (sepconv_dwpw_backward_f32(x, N, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, gy, Cout, wpw, mid,
+                                  want_gx ? gx : NULL, gw, gb, gwpw,
                                   band, threads)) {
         ++failures;
         return;
@@ -245,7 +246,7 @@ static void check_backward(int N, int H, int W, int C, int KH, int KW, int sh, i
             gm[p * C + c] = v;
             gma[p * C + c] = a; /* the magnitude of the sum's terms: the float32 error scales with it */
         }
-    for (int n = 0; n < N; ++n)
+    for (int n = 0; want_gx && n < N; ++n)
         for (int ih = 0; ih < H; ++ih)
             for (int iw = 0; iw < W; ++iw)
                 for (int c = 0; c < C; ++c) {
@@ -299,6 +300,11 @@ static void check_backward(int N, int H, int W, int C, int KH, int KW, int sh, i
         }
     free(x); free(wdw); free(gy); free(wpw); free(gx); free(gw); free(gb); free(gm); free(gma); free(mid); free(gwpw);
     free(bdw); free(mref);
+}
+
+static void check_backward(int N, int H, int W, int C, int KH, int KW, int sh, int sw, int ph, int pw, int Cout,
+                           int bias, int band, int threads, int pw_grad) {
+    check_backward_gx(N, H, W, C, KH, KW, sh, sw, ph, pw, Cout, bias, band, threads, pw_grad, 1);
 }
 
 int main(void) {
@@ -387,6 +393,11 @@ int main(void) {
     check_backward(1, 28, 28, 32, 3, 3, 1, 1, 1, 1, 48, 0, 0, 2, 2);
     check_backward(1, 56, 56, 64, 3, 3, 2, 2, 1, 1, 128, 1, 0, 2, 2);
     check_backward(2, 10, 9, 17, 4, 3, 2, 1, 3, 2, 20, 1, 1, 3, 2);
+    /* no input gradient (a network's first layer): the other gradients alone, strides 1 and 2, split images */
+    check_backward_gx(2, 16, 16, 3, 3, 3, 1, 1, 1, 1, 64, 1, 0, 2, 2, 0);
+    check_backward_gx(1, 28, 28, 32, 3, 3, 1, 1, 1, 1, 48, 0, 3, 2, 1, 0);
+    check_backward_gx(1, 30, 30, 24, 3, 3, 2, 2, 1, 1, 40, 1, 0, 2, 2, 0);
+    check_backward_gx(3, 9, 11, 17, 5, 3, 1, 2, 2, 1, 20, 0, 2, 1, 0, 0);
     printf("isa=%s checks=%d failures=%d\n", sepconv_isa(), checks, failures);
     return failures ? 1 : 0;
 }

@@ -52,11 +52,12 @@ def test_backward_matches_float64_autograd(batch, channels, cout, h, w, kh, kw, 
     gy = torch.randn(batch, cout, ho, wo)
     mid = torch.randn(batch, channels, ho, wo) if pw_mode == "mid" else None
     bias_value = torch.randn(channels) if pw_mode == "recompute" and data.draw(st.booleans()) else None
+    input_grad = data.draw(st.booleans())
     before = _threads(threads)
     try:
         gx, gw, gb, gp = depthwise_pointwise_backward(x, dw_weight, pw_weight, gy, (ph, pw), stride=(sh, sw),
                                                       dw_bias=dw_bias, mid=mid, pw_grad=pw_mode != "none",
-                                                      dw_bias_value=bias_value)
+                                                      dw_bias_value=bias_value, input_grad=input_grad)
     finally:
         torch.set_num_threads(before)
     leaves = [t.double().requires_grad_() for t in (x, dw_weight)]
@@ -64,13 +65,16 @@ def test_backward_matches_float64_autograd(batch, channels, cout, h, w, kh, kw, 
     y = _reference_pair(leaves[0], leaves[1], bias, pw_weight.double(), None, (ph, pw), (sh, sw))
     rx, rw, rb = torch.autograd.grad(y, [*leaves, bias], gy.double())
     scale = 1e-5 * (1 + gy.abs().max().item() * pw_weight.abs().sum(0).max().item() * (1 + x.abs().max().item()))
+    if not input_grad:  # skipped: a network's first layer
+        assert gx is None
+        gx = rx = torch.zeros(())
     for got, ref in ((gx, rx), (gw, rw), (gb, rb)):
         if got is None:
             assert not dw_bias
             continue
         assert got.dtype == torch.float32 and got.shape == ref.shape
-        torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=scale * (ho * wo * batch) ** 0.5)
-    assert gx.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(got.double(), ref.double(), rtol=1e-4, atol=scale * (ho * wo * batch) ** 0.5)
+    assert not input_grad or gx.is_contiguous(memory_format=torch.channels_last)
     if pw_mode == "none":
         assert gp is None
         return
@@ -108,6 +112,28 @@ def test_backward_refuses_mid_without_the_1x1_weight_gradient():
         depthwise_pointwise_backward(x, dw, pw, gy, (1, 1), mid=torch.randn(1, 4, 5, 5), pw_grad=False)
     with pytest.raises(ValueError, match=r"dw_bias_value must have shape \(4,\)"):
         depthwise_pointwise_backward(x, dw, pw, gy, (1, 1), pw_grad=True, dw_bias_value=torch.randn(5))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_step_without_an_input_gradient(threads):
+    """A first layer's input needs no gradient: the weights' gradients are the same as with it."""
+    torch.manual_seed(9)
+    layer = SeparableConv2d(3, 16, 3, padding=1, bias=True)
+    use_engine(layer, "fused")
+    x = torch.randn(2, 3, 10, 10)
+    before = _threads(threads)
+    try:
+        grads = []
+        for needs in (False, True):
+            layer.zero_grad(set_to_none=True)
+            xi = x.clone().requires_grad_(needs)
+            layer(xi).square().sum().backward()
+            assert (xi.grad is not None) == needs
+            grads.append([p.grad.clone() for p in layer.parameters()])
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("small_enough", [True, False])

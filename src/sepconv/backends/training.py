@@ -323,19 +323,22 @@ def depthwise_weight_grad(x: torch.Tensor, grad_y: torch.Tensor, kernel_size: tu
 def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor,
                                  grad_y: torch.Tensor, padding: tuple[int, int], *, stride: tuple[int, int] = (1, 1),
                                  dw_bias: bool = False, mid: Optional[torch.Tensor] = None,
-                                 pw_grad: Optional[bool] = None, dw_bias_value: Optional[torch.Tensor] = None
-                                 ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+                                 pw_grad: Optional[bool] = None, dw_bias_value: Optional[torch.Tensor] = None,
+                                 input_grad: bool = True
+                                 ) -> tuple[Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor],
+                                            Optional[torch.Tensor]]:
     """Gradients of ``y = conv1x1(depthwise(x))`` with respect to ``x``, the depthwise weight (and bias) and the 1x1
     weight.
 
-    The depthwise step: ``stride`` ``(sh, sw)``, dilation 1, one filter per channel (``dw_weight``:
-    ``(C, 1, KH, KW)``), zero ``padding`` ``(ph, pw)`` with ``0 <= ph <= KH - 1`` and ``0 <= pw <= KW - 1``; the 1x1
-    step: ``pw_weight`` ``(Cout, C, 1, 1)``. ``x``: ``(N, C, H, W)``; ``grad_y`` (and ``mid``, ``(N, C, Ho, Wo)``):
-    ``(N, Cout, Ho, Wo)`` with ``Ho = (H + 2 ph - KH) // sh + 1``, ``Wo = (W + 2 pw - KW) // sw + 1``. Returns ``(grad_x,
-    grad_dw_weight, grad_dw_bias, grad_pw_weight)``: grad_x channels-last, grad_dw_bias ``None`` unless
-    ``dw_bias``, grad_pw_weight ``None`` unless ``pw_grad`` (default: whether ``mid`` is given). The 1x1 weight's
-    gradient needs the depthwise step's output: ``mid`` where given, else it is recomputed from ``x``, ``dw_weight``
-    and ``dw_bias_value`` (the depthwise bias, ``(C,)``, or None), inside the kernel a band of rows at a time
+    The depthwise step: ``stride`` ``(sh, sw)``, dilation 1, one filter per channel (``dw_weight``: ``(C, 1, KH, KW)``),
+    zero ``padding`` ``(ph, pw)`` with ``0 <= ph <= KH - 1`` and ``0 <= pw <= KW - 1``; the 1x1 step: ``pw_weight``
+    ``(Cout, C, 1, 1)``. ``x``: ``(N, C, H, W)``; ``grad_y`` (and ``mid``, ``(N, C, Ho, Wo)``): ``(N, Cout, Ho, Wo)``
+    with ``Ho = (H + 2 ph - KH) // sh + 1``, ``Wo = (W + 2 pw - KW) // sw + 1``. Returns ``(grad_x, grad_dw_weight,
+    grad_dw_bias, grad_pw_weight)``: grad_x channels-last (``None`` with ``input_grad=False``: a network's first layer,
+    whose input needs no gradient, skips the depthwise step's adjoint), grad_dw_bias ``None`` unless ``dw_bias``,
+    grad_pw_weight ``None`` unless ``pw_grad`` (default: whether ``mid`` is given). The 1x1 weight's gradient needs the
+    depthwise step's output: ``mid`` where given, else it is recomputed from ``x``, ``dw_weight`` and ``dw_bias_value``
+    (the depthwise bias, ``(C,)``, or None), inside the kernel a band of rows at a time
     (:func:`recomputes_depthwise_output` says where), so a training step need not keep it.
 
     float32 CPU tensors run in sepconv's C kernel (``sepconv_dwpw_backward_f32`` in ``csrc/fused_dwpw.c``) where
@@ -379,8 +382,8 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
     if lib is None:
         grad_mid = _conv1x1(grad_y, pw_weight, None, transposed=True)
         grad_x, grad_w = torch.ops.aten.convolution_backward(grad_mid, x, dw_weight, None, [sh, sw], [ph, pw],
-                                                             [1, 1], False, [0, 0], c, [True, True, False])[:2]
-        return (grad_x.contiguous(memory_format=torch.channels_last), grad_w,
+                                                             [1, 1], False, [0, 0], c, [input_grad, True, False])[:2]
+        return (grad_x.contiguous(memory_format=torch.channels_last) if input_grad else None, grad_w,
                 grad_mid.sum((0, 2, 3)) if dw_bias else None, _pointwise_weight_grad(grad_y, mid, pw_weight))
     x = x.contiguous(memory_format=torch.channels_last)
     grad_y = grad_y.contiguous(memory_format=torch.channels_last)
@@ -390,7 +393,7 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
     # the weights as stored ([C][KH][KW], [Cout][C]: the kernel's layouts), and the depthwise weight's gradient
     # written in its layout: no reshaping around the call (Python work here runs with cold caches, design notes)
     dw_weight, pw_weight = dw_weight.contiguous(), pw_weight.contiguous()
-    grad_x = torch.empty((n, c, h, w), dtype=torch.float32, memory_format=torch.channels_last)
+    grad_x = torch.empty((n, c, h, w), dtype=torch.float32, memory_format=torch.channels_last) if input_grad else None
     grad_w = torch.empty(c, 1, kh, kw, dtype=torch.float32)
     grad_b = torch.empty(c, dtype=torch.float32) if dw_bias else None
     grad_pw = torch.empty(cout, c, 1, 1, dtype=torch.float32) if fuse_pw else None
@@ -398,7 +401,8 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
         code = lib.sepconv_dwpw_backward_f32(x.data_ptr(), n, h, w, c, dw_weight.data_ptr(),
                                              None if bias is None else bias.data_ptr(), kh, kw, sh, sw, ph, pw,
                                              grad_y.data_ptr(), cout, pw_weight.data_ptr(),
-                                             mid.data_ptr() if fuse_pw and mid is not None else None, grad_x.data_ptr(),
+                                             mid.data_ptr() if fuse_pw and mid is not None else None,
+                                             None if grad_x is None else grad_x.data_ptr(),
                                              grad_w.data_ptr(), None if grad_b is None else grad_b.data_ptr(),
                                              grad_pw.data_ptr() if fuse_pw else None, 0,
                                              max(1, torch.get_num_threads()))
@@ -481,7 +485,7 @@ class FusedSeparableStep(torch.autograd.Function):
         if need[0] or need[1] or (has_dw_bias and need[2]):
             grad_x, grad_dw, grad_dwb, grad_pw = depthwise_pointwise_backward(
                 x, dw_weight, pw_weight, grad_y, padding, stride=stride, dw_bias=has_dw_bias and need[2],
-                mid=mid if need[3] else None, pw_grad=need[3], dw_bias_value=dw_bias)
+                mid=mid if need[3] else None, pw_grad=need[3], dw_bias_value=dw_bias, input_grad=need[0])
         elif need[3]:
             if mid is None:
                 with torch.no_grad():

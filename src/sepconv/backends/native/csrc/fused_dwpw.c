@@ -1348,15 +1348,16 @@ static inline int ceil_div(int a, int b) { return a > 0 ? (a + b - 1) / b : -((-
  *                                              and bdw, the depthwise bias or NULL, a band of rows at a time)
  *
  * x: [N][H][W][C]; wdw: [C][KH][KW] and gwdw likewise, and wpw: [Cout][C] (the weights as PyTorch stores them); gy:
- * [N][Ho][Wo][Cout] with Ho = (H + 2 ph - KH) / sh + 1, Wo likewise; gx, gwdw, gbdw, gwpw are overwritten. gm is never
- * stored whole: each thread sweeps the rows of its images (or of its part of an image) a band of `band` gx rows at a
- * time (band < 1: sized so that the band's gm rows fit in about 128 KiB), computing the gm rows the band needs into a
- * buffer that keeps the ones the next band reads too, and runs the depthwise input gradient (stride 1: the forward
- * kernel's depthwise step with the flipped kernel; else depthwise_adjoint_rows) and weight gradient on them there, and
- * the 1x1 weight gradient on the band's gy rows, still in cache from the GEMM. Against the unfused steps (the 1x1 input
- * gradient written out, then read by both depthwise gradients; gy read again for the 1x1 weight gradient) this saves
- * writing gm once and reading it twice, and reading gy once; recomputing mid from the x rows the weight gradient reads
- * anyway saves the forward pass writing it and this pass reading it.
+ * [N][Ho][Wo][Cout] with Ho = (H + 2 ph - KH) / sh + 1, Wo likewise; gx (NULL: not computed, as for a network's first
+ * layer, whose input needs no gradient), gwdw, gbdw, gwpw are overwritten. gm is never stored whole: each thread sweeps
+ * the rows of its images (or of its part of an image) a band of `band` gx rows at a time (band < 1: sized so that the
+ * band's gm rows fit in about 128 KiB), computing the gm rows the band needs into a buffer that keeps the ones the next
+ * band reads too, and runs the depthwise input gradient (stride 1: the forward kernel's depthwise step with the flipped
+ * kernel; else depthwise_adjoint_rows) and weight gradient on them there, and the 1x1 weight gradient on the band's gy
+ * rows, still in cache from the GEMM. Against the unfused steps (the 1x1 input gradient written out, then read by both
+ * depthwise gradients; gy read again for the 1x1 weight gradient) this saves writing gm once and reading it twice, and
+ * reading gy once; recomputing mid from the x rows the weight gradient reads anyway saves the forward pass writing it
+ * and this pass reading it.
  * Where an image is split between threads, the gm rows both sides read at each split are computed by both (each
  * row's weight-gradient term is added by one). The threads' weight-gradient sums are added in thread order: the
  * result does not depend on timing. Returns 0, -1 if a buffer could not be allocated, -2 for sizes, strides or
@@ -1415,11 +1416,11 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
         float *part = sums + (size_t)tid * per, *bpart = part + taps * Cw, *wpart = bpart + Cw;
         memset(part, 0, per * sizeof(float)); /* each thread its own sums (the memory is touched first here) */
         size_t ring_bytes = ((size_t)(band + KH - 1) * Wo * C * sizeof(float) + 63) / 64 * 64;
-        size_t t_bytes = unit ? (size_t)band * W * cp * sizeof(float) : 0;
+        size_t t_bytes = unit && gx ? (size_t)band * W * cp * sizeof(float) : 0;
         /* mid's rows recomputed for a band's 1x1 weight gradient: no more than the ring's rows, at the tile's stride */
         size_t mt_bytes = gwpw && !mid ? (size_t)(band + KH - 1) * Wo * cp * sizeof(float) : 0;
         float *ring = (float *)aligned_alloc(64, ring_bytes + t_bytes + mt_bytes);
-        float *t = ring && unit ? ring + ring_bytes / sizeof(float) : NULL;
+        float *t = ring && t_bytes ? ring + ring_bytes / sizeof(float) : NULL;
         float *mt = ring && mt_bytes ? ring + (ring_bytes + t_bytes) / sizeof(float) : NULL;
         const float **taps_g = (const float **)malloc(sizeof(float *) * 2 * taps), **taps_w = taps_g + taps;
         if (!ring || !taps_g) {
@@ -1496,6 +1497,7 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
                 /* gx rows [a, e) from gm rows [lo, hi), held from ring[0]. Stride 1: the flipped depthwise
                  * convolution (the padding shifted by lo) through the forward kernel's depthwise step into t, then
                  * copied out */
+                if (!gx) continue;
                 float *out = gx + ((size_t)n * H + a) * W * C;
                 if (!unit) {
                     depthwise_adjoint_rows(ring, lo, hi, Wo, C, wt, KH, KW, sh, sw, ph, pw, a, e, W, out, taps_g,
