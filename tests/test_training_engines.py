@@ -466,3 +466,27 @@ def test_tune_training_times_on_the_clock_optimize_uses(monkeypatch):
             untune_training(model)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("input_requires_grad", [False, True])
+def test_tune_training_times_a_first_layer_without_its_input_gradient(monkeypatch, input_requires_grad):
+    """Training needs no gradient of the input of a layer that no trainable parameter runs before (a network's first
+    layer, or one after frozen layers), unless the network's input itself requires one: its candidates are timed so."""
+    import sepconv.backends.training as training
+    from sepconv import SeparableConv2d
+
+    timed = []
+    real = training.time_candidates
+    monkeypatch.setattr(training, "time_candidates",
+                        lambda calls, x, *a, **k: timed.append(x.requires_grad) or real(calls, x, *a, **k))
+    frozen = nn.Conv2d(4, 4, 1)
+    frozen.requires_grad_(False)
+    model = nn.Sequential(frozen, nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU(), nn.Conv2d(4, 8, 1),
+                          SeparableConv2d(8, 8, 3, padding=1))
+    x = torch.randn(2, 4, 8, 8, requires_grad=input_requires_grad)
+    choices = tune_training(model, x, rounds=1)
+    # the frozen 1x1 (nothing trained before it or in it: timed only where the input's gradient flows through it),
+    # the depthwise step after it (its input needs a gradient only if the network's does), then the rest
+    assert ("0" in choices) == input_requires_grad
+    head = 2 if input_requires_grad else 1
+    assert timed[:head] == [input_requires_grad] * head and all(timed[head:]) and len(timed) >= head + 2

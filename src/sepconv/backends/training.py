@@ -647,7 +647,9 @@ def tune_training(model: nn.Module, sample_input: torch.Tensor, *, rounds: int =
     two steps of a separable layer) is timed forward+backward on random data
     of its own input shape and memory format (taken from one forward pass of
     ``sample_input`` through a copy of the model, so BatchNorm statistics are
-    untouched), as eager PyTorch (``'eager'``) and on each engine of
+    untouched; without the input's gradient where no trainable parameter
+    runs before it, as for a network's first layer, and not at all where
+    the convolution is frozen too), as eager PyTorch (``'eager'``) and on each engine of
     :data:`ENGINES` that applies (``'gemm'``: :class:`Pointwise1x1`;
     ``'flip'``: :class:`FlippedDepthwise`; ``'dwgrad'``: the same with
     :func:`depthwise_weight_grad`), in ``rounds`` interleaved rounds on the
@@ -677,20 +679,32 @@ def tune_training(model: nn.Module, sample_input: torch.Tensor, *, rounds: int =
 def _tune(model: nn.Module, sample_input: torch.Tensor, rounds: int) -> dict[str, str]:
 
     probe = copy.deepcopy(model).eval()
-    seen = first_inputs(probe, [m for m in probe.modules() if tunable(m)], sample_input,
-                        keep=lambda x: (x.shape, x.is_contiguous(memory_format=torch.channels_last)
-                                        and not x.is_contiguous()))
-    shapes: dict[str, tuple[torch.Size, bool]] = {n: seen[id(m)] for n, m in probe.named_modules() if id(m) in seen}
+    # whether a trainable parameter has been used before a module's input arrives: if not (a network's first
+    # layer), training needs no gradient of that input, and its candidates are timed without one
+    trained = [sample_input.requires_grad]
+    marks = [m.register_forward_hook(lambda *_: trained.__setitem__(0, True)) for m in probe.modules()
+             if any(p.requires_grad for p in m.parameters(recurse=False))]
+    try:
+        seen = first_inputs(probe, [m for m in probe.modules() if tunable(m)], sample_input,
+                            keep=lambda x: (x.shape, x.is_contiguous(memory_format=torch.channels_last)
+                                            and not x.is_contiguous(), trained[0]))
+    finally:
+        for mark in marks:
+            mark.remove()
+    shapes: dict[str, tuple[torch.Size, bool, bool]] = {n: seen[id(m)] for n, m in probe.named_modules()
+                                                          if id(m) in seen}
     choices: dict[str, str] = {}
     # convolutions first: a layer engine is timed against its layer with the convolutions on their chosen engines
     order = sorted((item for item in model.named_modules() if tunable(item[1]) and item[0] in shapes),
                    key=lambda item: isinstance(item[1], SeparableConv2d))
     for name, module in order:
-        shape, channels_last = shapes[name]
+        shape, channels_last, input_grad = shapes[name]
+        if not input_grad and not any(p.requires_grad for p in module.parameters()):
+            continue  # frozen, and nothing trained before it: no backward pass runs through it
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         param = next(module.parameters())
         device, dtype = param.device, param.dtype
-        x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt).requires_grad_(True)
+        x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt).requires_grad_(input_grad)
         eager = copy.deepcopy(module)
         eager.__dict__.pop("_conv_forward", None)
         eager.__dict__.pop("_steps_engine", None)
