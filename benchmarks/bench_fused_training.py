@@ -23,7 +23,6 @@ the machine) into --out (default `benchmarks/results/fused-training-cpu-<threads
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
@@ -36,7 +35,7 @@ import sepconv
 from sepconv import SeparableConv2d
 from sepconv.backends import native, training
 from sepconv.backends.clock import time_candidates, timing_clock
-from sepconv.bench.suites import SUITES, suite_names
+from sepconv.bench.suites import SUITES, parse_suite_args, suite_parser
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 
@@ -52,20 +51,12 @@ def _step(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=11)
+    p = suite_parser(__doc__.split("\n\n")[0])
     p.add_argument("--passes", type=int, default=1, help="run the whole suite this many times: the spread between "
                                                            "passes")
-    p.add_argument("--suite", default="mobilenet_v1,vgg_blocks")
-    p.add_argument("--out")
-    args = p.parse_args(argv)
-    if args.rounds < 1 or args.threads < 1 or args.passes < 1:
-        p.error(f"--rounds, --threads and --passes must be >= 1, got {args.rounds}, {args.threads} and {args.passes}")
-    try:
-        suites = suite_names(args.suite)
-    except ValueError as error:
-        p.error(str(error))
+    args, suites = parse_suite_args(p, argv)
+    if args.passes < 1:
+        p.error(f"--passes must be >= 1, got {args.passes}")
     if not native.available():
         p.exit(2, f"bench_fused_training: needs sepconv's C kernels ({native.unavailable_reason()})\n")
     torch.set_num_threads(args.threads)

@@ -24,7 +24,6 @@ Writes `kernel_ab.json` (with the machine, both revisions, per shape the medians
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import statistics
@@ -42,7 +41,7 @@ from sepconv.backends.clock import time_candidates, timing_clock
 from sepconv.backends.fused import FusedSeparableConv2d
 from sepconv.backends.training import (depthwise_pointwise_backward, depthwise_weight_grad, engine_applies,
                                        matmul_at_b, matmul_bt)
-from sepconv.bench.suites import SUITES, suite_names
+from sepconv.bench.suites import SUITES, parse_suite_args, suite_parser
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 
@@ -104,21 +103,11 @@ def part_call(part: str, layer: SeparableConv2d, x: torch.Tensor):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = suite_parser(__doc__.split("\n\n")[0])
     p.add_argument("--base", required=True, help="the git revision to compare the working tree's kernels against")
     p.add_argument("--isa", choices=("native", "avx2"), default="native")
     p.add_argument("--part", choices=tuple(PARTS) + TRAINING_PARTS, default="layer")
-    p.add_argument("--rounds", type=int, default=11)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--suite", default="mobilenet_v1,vgg_blocks")
-    p.add_argument("--out")
-    args = p.parse_args(argv)
-    if args.rounds < 1 or args.threads < 1:
-        p.error(f"--rounds and --threads must be >= 1, got {args.rounds} and {args.threads}")
-    try:
-        suites = suite_names(args.suite)
-    except ValueError as error:
-        p.error(str(error))
+    args, suites = parse_suite_args(p, argv)
     found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", args.base + "^{commit}"],
                            capture_output=True, text=True)
     if found.returncode != 0:

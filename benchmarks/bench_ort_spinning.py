@@ -20,7 +20,6 @@ machine) into --out (default `benchmarks/results/ort-spinning-cpu-<threads>threa
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 from sepconv import SeparableConv2d, to_onnxruntime
 from sepconv.backends.fused import FusedSeparableConv2d, fused_available
 from sepconv.backends.onnxruntime import onnxruntime_available
-from sepconv.bench.suites import SUITES, suite_names
+from sepconv.bench.suites import SUITES, parse_suite_args, suite_parser
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 from sepconv.utils.timing import inference_call, interleaved
@@ -68,19 +67,8 @@ def run_shape(case, threads: int, rounds: int) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=9)
-    p.add_argument("--suite", default="mobilenet_v1,vgg_blocks")
-    p.add_argument("--out")
-    args = p.parse_args(argv)
-    if args.threads < 2 or args.rounds < 1:
-        p.error(f"--threads must be >= 2 (one thread has no idle threads to spin) and --rounds >= 1, got "
-                f"{args.threads} and {args.rounds}")
-    try:
-        suites = suite_names(args.suite)
-    except ValueError as error:
-        p.error(str(error))
+    p = suite_parser(__doc__.split("\n\n")[0], threads=2, rounds=9)
+    args, suites = parse_suite_args(p, argv, min_threads=2, why=" (one thread has no idle threads to spin)")
     if not (onnxruntime_available() and fused_available()):
         p.error("needs onnx and onnxruntime (pip install 'sepconv[onnx]') and the fused kernel (a C compiler)")
     torch.set_num_threads(args.threads)

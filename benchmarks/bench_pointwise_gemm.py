@@ -22,7 +22,6 @@ Writes `pointwise_gemm.json` (with the machine) into --out (default
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
@@ -35,7 +34,7 @@ import sepconv
 from sepconv import SeparableConv2d
 from sepconv.backends import native, training
 from sepconv.backends.clock import time_candidates, timing_clock
-from sepconv.bench.suites import SUITES, suite_names
+from sepconv.bench.suites import SUITES, parse_suite_args, suite_parser
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 
@@ -53,18 +52,8 @@ def onednn_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias, *, transposed: b
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=11)
-    p.add_argument("--suite", default="mobilenet_v1,vgg_blocks")
-    p.add_argument("--out")
-    args = p.parse_args(argv)
-    if args.rounds < 1 or args.threads < 1:
-        p.error(f"--rounds and --threads must be >= 1, got {args.rounds} and {args.threads}")
-    try:
-        suites = suite_names(args.suite)
-    except ValueError as error:
-        p.error(str(error))
+    p = suite_parser(__doc__.split("\n\n")[0])
+    args, suites = parse_suite_args(p, argv)
     if not native.available() or not torch.backends.mkldnn.is_available():
         p.exit(2, f"bench_pointwise_gemm: needs sepconv's C kernels and oneDNN "
                   f"({native.unavailable_reason() or 'PyTorch without oneDNN'})\n")

@@ -25,7 +25,6 @@ into --out (default `benchmarks/results/step-<option>-cpu-<threads>thread`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -37,7 +36,7 @@ import sepconv
 from sepconv import SeparableConv2d
 from sepconv.backends import fused, native, training
 from sepconv.backends.clock import time_candidates, timing_clock
-from sepconv.bench.suites import SUITES, suite_names
+from sepconv.bench.suites import SUITES, parse_suite_args, suite_parser
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 
@@ -90,19 +89,9 @@ def saved_bytes(run) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = suite_parser(__doc__.split("\n\n")[0], rounds=21)
     p.add_argument("--option", required=True, choices=sorted(OPTIONS))
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=21)
-    p.add_argument("--suite", default="mobilenet_v1,vgg_blocks")
-    p.add_argument("--out")
-    args = p.parse_args(argv)
-    if args.rounds < 1 or args.threads < 1:
-        p.error(f"--rounds and --threads must be >= 1, got {args.rounds} and {args.threads}")
-    try:
-        suites = suite_names(args.suite)
-    except ValueError as error:
-        p.error(str(error))
+    args, suites = parse_suite_args(p, argv)
     if not native.available():
         p.exit(2, f"bench_step_options: needs sepconv's C kernels ({native.unavailable_reason()})\n")
     torch.set_num_threads(args.threads)

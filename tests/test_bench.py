@@ -272,3 +272,20 @@ def test_suite_names_checks_every_name():
     assert set(suite_names(",".join(SUITES))) == set(SUITES)
     with pytest.raises(ValueError, match=r"^--suite takes mobilenet_v1, vgg_blocks, got foo, bar$"):
         suite_names("vgg_blocks,foo,bar")
+
+
+def test_suite_parser_defaults_and_errors(capsys):
+    """The suite benchmarks' shared options: their defaults, and exit code 2 naming the option and its value."""
+    from sepconv.bench.suites import SUITES, parse_suite_args, suite_parser
+
+    parser = suite_parser("a benchmark", threads=2, rounds=9)
+    args, suites = parse_suite_args(parser, [], min_threads=2, why=" (a reason)")
+    assert (args.threads, args.rounds, args.out) == (2, 9, None) and suites == list(SUITES)
+    args, suites = parse_suite_args(parser, ["--suite", "vgg_blocks", "--threads", "3", "--out", "d"])
+    assert (args.threads, args.out, suites) == (3, "d", ["vgg_blocks"])
+    for argv, message in ((["--threads", "1"], "--threads must be >= 2 (a reason), got 1"),
+                          (["--rounds", "0"], "--rounds must be >= 1, got 0"),
+                          (["--suite", "nope"], "--suite takes mobilenet_v1, vgg_blocks, got nope")):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_suite_args(parser, argv, min_threads=2, why=" (a reason)")
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -28,6 +28,7 @@ weight gradients; its fastest engine) took what it takes alone.
 
 from __future__ import annotations
 
+import argparse
 import copy
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -88,6 +89,33 @@ def vgg_blocks_suite(batch: int = 32, resolution: int = 32) -> list[Case]:
 
 #: The built-in suites by name (what the benchmarks' ``--suite`` takes).
 SUITES: dict[str, Callable[..., list[Case]]] = {"mobilenet_v1": mobilenet_v1_suite, "vgg_blocks": vgg_blocks_suite}
+
+
+def suite_parser(description: str, *, threads: int = 1, rounds: int = 11) -> argparse.ArgumentParser:
+    """An argument parser with the options the suite benchmarks share: ``--threads``, ``--rounds``, ``--suite``
+    (comma-separated names of :data:`SUITES`, default both) and ``--out``; read it with :func:`parse_suite_args`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--threads", type=int, default=threads)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--suite", default=",".join(SUITES))
+    parser.add_argument("--out")
+    return parser
+
+
+def parse_suite_args(parser: argparse.ArgumentParser, argv=None, *, min_threads: int = 1,
+                     why: str = "") -> tuple[argparse.Namespace, list[str]]:
+    """``(args, suite names)`` from ``argv``; exits with code 2 and a message naming the option and its value for
+    ``--threads`` below ``min_threads`` (``why`` says why, where that is above 1), ``--rounds`` below 1 or an
+    unknown ``--suite``."""
+    args = parser.parse_args(argv)
+    if args.threads < min_threads:
+        parser.error(f"--threads must be >= {min_threads}{why}, got {args.threads}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    try:
+        return args, suite_names(args.suite)
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def suite_names(text: str) -> list[str]:
