@@ -32,10 +32,9 @@ from pathlib import Path
 import torch
 
 import sepconv
-from sepconv import SeparableConv2d
 from sepconv.backends import native, training
 from sepconv.backends.clock import time_candidates, timing_clock
-from sepconv.bench.suites import SUITES, parse_suite_args, suite_parser
+from sepconv.bench.suites import SUITES, parse_suite_args, separable_case, suite_parser
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 
@@ -84,11 +83,7 @@ def _suite_rows(suites: list, rounds: int) -> list:
     rows = []
     for suite in suites:
         for case in SUITES[suite]():
-            spec = case.spec
-            torch.manual_seed(0)
-            layer = SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
-                                    bias=False)
-            x = torch.randn(case.batch, spec.in_channels, *case.size).contiguous(memory_format=torch.channels_last)
+            layer, x = separable_case(case)
             tuned = copy.deepcopy(layer)
             choices = training.tune_training(tuned, x)
             steps = copy.deepcopy(tuned)

@@ -41,7 +41,7 @@ from sepconv.backends.clock import time_candidates, timing_clock
 from sepconv.backends.fused import FusedSeparableConv2d
 from sepconv.backends.training import (depthwise_pointwise_backward, depthwise_weight_grad, engine_applies,
                                        matmul_at_b, matmul_bt)
-from sepconv.bench.suites import SUITES, parse_suite_args, suite_parser
+from sepconv.bench.suites import SUITES, parse_suite_args, separable_case, suite_parser
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 
@@ -127,11 +127,8 @@ def main(argv=None) -> int:
     try:
         for suite in suites:
             for case in SUITES[suite]():
-                spec = case.spec
-                torch.manual_seed(0)
-                layer = SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride,
-                                        spec.padding, bias=False).eval()
-                x = torch.randn(case.batch, spec.in_channels, *case.size).contiguous(memory_format=torch.channels_last)
+                layer, x = separable_case(case)
+                layer.eval()
                 work = part_call(args.part, layer, x)
                 if work is None:
                     print(f"{case.name:>24}: not run by --part {args.part}", flush=True)

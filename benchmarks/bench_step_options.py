@@ -33,10 +33,9 @@ from pathlib import Path
 import torch
 
 import sepconv
-from sepconv import SeparableConv2d
 from sepconv.backends import fused, native, training
 from sepconv.backends.clock import time_candidates, timing_clock
-from sepconv.bench.suites import SUITES, parse_suite_args, suite_parser
+from sepconv.bench.suites import SUITES, parse_suite_args, separable_case, suite_parser
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 
@@ -102,14 +101,10 @@ def main(argv=None) -> int:
     try:
         for suite in suites:
             for case in SUITES[suite]():
-                spec = case.spec
-                torch.manual_seed(0)
-                layer = SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride,
-                                        spec.padding, bias=False)
+                layer, x = separable_case(case)
                 if not training.engine_applies(layer, "fused"):
                     continue
                 training.use_engine(layer, "fused")
-                x = torch.randn(case.batch, spec.in_channels, *case.size).contiguous(memory_format=torch.channels_last)
                 with torch.no_grad():
                     grad = torch.randn_like(layer(x))
                 x.requires_grad_(args.option not in NO_INPUT_GRAD)

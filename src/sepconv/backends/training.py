@@ -375,10 +375,9 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
                          f"{tuple(dw_bias_value.shape)}")
     extra = tuple(t for t in (mid, dw_bias_value) if t is not None)
     lib = _kernel_library(x, dw_weight, pw_weight, grad_y, *extra) if kh <= 16 else None
-    fuse_pw = pw_grad and cout * c <= _FUSED_PW_GRAD_MAX_WEIGHTS and lib is not None
+    fuse_pw = pw_grad and lib is not None and _kernel_sums_pw_grad(dw_weight, pw_weight)
     if pw_grad and mid is None and not fuse_pw:  # the unfused 1x1 weight gradient needs the depthwise output whole
-        with torch.no_grad():
-            mid = F.conv2d(x, dw_weight, dw_bias_value, (sh, sw), (ph, pw), 1, c)
+        mid = _depthwise_output(x, dw_weight, dw_bias_value, (sh, sw), (ph, pw))
     if lib is None:
         grad_mid = _conv1x1(grad_y, pw_weight, None, transposed=True)
         grad_x, grad_w = torch.ops.aten.convolution_backward(grad_mid, x, dw_weight, None, [sh, sw], [ph, pw],
@@ -426,9 +425,20 @@ def recomputes_depthwise_output(x: torch.Tensor, dw_weight: torch.Tensor, pw_wei
     (recomputing it inside its kernel) for these tensors: float32 CPU tensors where sepconv's C kernels build, a
     kernel at most 16 high, and a 1x1 weight of at most :data:`_FUSED_PW_GRAD_MAX_WEIGHTS` elements. Elsewhere it
     needs ``mid`` (or recomputes it whole with ``F.conv2d``)."""
-    cout, c = pw_weight.shape[:2]
-    return (dw_weight.shape[2] <= 16 and cout * c <= _FUSED_PW_GRAD_MAX_WEIGHTS
-            and _kernel_library(x, dw_weight, pw_weight) is not None)
+    return _kernel_sums_pw_grad(dw_weight, pw_weight) and _kernel_library(x, dw_weight, pw_weight) is not None
+
+
+def _kernel_sums_pw_grad(dw_weight: torch.Tensor, pw_weight: torch.Tensor) -> bool:
+    """Whether the backward kernel, where it runs, sums the 1x1 weight gradient itself (and so can recompute the
+    depthwise output for it): a kernel at most 16 high, a 1x1 weight of at most _FUSED_PW_GRAD_MAX_WEIGHTS."""
+    return dw_weight.shape[2] <= 16 and pw_weight.shape[0] * pw_weight.shape[1] <= _FUSED_PW_GRAD_MAX_WEIGHTS
+
+
+def _depthwise_output(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
+                      stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+    """The depthwise step's output, not tracked by autograd (``F.conv2d``, one filter per channel)."""
+    with torch.no_grad():
+        return F.conv2d(x, dw_weight, dw_bias, stride, padding, 1, x.shape[1])
 
 
 def _pointwise_weight_grad(grad_y: torch.Tensor, mid: Optional[torch.Tensor],
@@ -469,7 +479,7 @@ class FusedSeparableStep(torch.autograd.Function):
             y, mid = fused_separable_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, padding, stride=stride,
                                              keep_depthwise=keep)
         else:
-            mid = F.conv2d(x, dw_weight, dw_bias, stride, padding, 1, x.shape[1])
+            mid = _depthwise_output(x, dw_weight, dw_bias, stride, padding)
             y = _conv1x1(mid, pw_weight, pw_bias)
         ctx.save_for_backward(x, mid, dw_weight, pw_weight, dw_bias)
         return y
@@ -488,8 +498,7 @@ class FusedSeparableStep(torch.autograd.Function):
                 mid=mid if need[3] else None, pw_grad=need[3], dw_bias_value=dw_bias, input_grad=need[0])
         elif need[3]:
             if mid is None:
-                with torch.no_grad():
-                    mid = F.conv2d(x, dw_weight, dw_bias, stride, padding, 1, x.shape[1])
+                mid = _depthwise_output(x, dw_weight, dw_bias, stride, padding)
             grad_pw = _pointwise_weight_grad(grad_y, mid, pw_weight)
         if has_pw_bias and need[4]:
             grad_pwb = _pixels(grad_y).sum(0)

@@ -56,6 +56,17 @@ class Case:
     batch: int
 
 
+def separable_case(case: Case, seed: int = 0) -> tuple[SeparableConv2d, torch.Tensor]:
+    """``case``'s separable layer (no biases, weights drawn after ``torch.manual_seed(seed)``) and a random
+    channels-last float32 input of its batch and size, drawn after them: what the kernel benchmarks run."""
+    spec = case.spec
+    torch.manual_seed(seed)
+    layer = SeparableConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
+                            bias=False)
+    x = torch.randn(case.batch, spec.in_channels, *case.size).contiguous(memory_format=torch.channels_last)
+    return layer, x
+
+
 def _case(name: str, cin: int, cout: int, size: int, stride: int, batch: int, k: int = 3) -> Case:
     return Case(name, ConvSpec.make(cin, cout, k, stride, k // 2, bias=False), (size, size), batch)
 
