@@ -332,6 +332,12 @@ int main(void) {
             for (int pad = 0; pad <= 2; ++pad)
                 for (size_t ci = 0; ci < sizeof wg_channels / sizeof *wg_channels; ++ci)
                     if (W + 2 * pad >= 3) check_wgrad(2, 7, W, wg_channels[ci], 3, s, pad, 1, 1 + (int)ci % 2);
+    /* the flat path with the most padding a layer takes (kernel - 1): the right margin reaches pw pixels */
+    for (int C = 1; C <= 4; ++C) {
+        check_fused(1, 9, 6, C, 5, 1, 4, 1, 16, 1, 0, 0, 40, 1, 0);
+        check_fused(2, 7, 10, C, 7, 1, 6, 1, 20, 0, 1, 0, 25, 1, 1);
+        check_fused(1, 5, 14, C, 9, 1, 8, 1, 8, 1, 0, 2, 30, 1, 0);
+    }
     check_fused(2, 32, 32, 32, 3, 1, 1, 1, 64, 1, 1, 1, 96, 1, 1); /* a CIFAR-like layer, several tiles */
     check_fused(1, 15, 15, 64, 3, 2, 1, 1, 128, 1, 2, 0, 30, 2, 0);
     /* 3x3 layers of 64 channels or more at strides 1 and 2 (the AVX2 path's four-pixel, two-vector blocks): whole,

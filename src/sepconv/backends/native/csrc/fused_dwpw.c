@@ -67,12 +67,13 @@ static void flat_patterns(const float *wdw, const float *bdw, int KH, int KW, in
         for (int lane = 0; lane < 16; ++lane) bpat[phase * 16 + lane] = bdw ? bdw[(phase + lane) % C] : 0.f;
 }
 
-/* The flat path's zero-padded input rows: margins of the floats the taps reach left and right of a row, plus 16 on
- * the right for the last, partial vector (its extra lanes are computed and not stored). */
+/* The flat path's zero-padded input rows: margins of the floats the taps reach left and right of a row (the
+ * padding, pw pixels each side: output float f of a row of Wo = W + 2 pw - (KW - 1) dw pixels reads up to input
+ * float f + ((KW - 1) dw - pw) C < (W + pw) C), plus 16 on the right for the last, partial vector (its extra lanes
+ * are computed and not stored). */
 static inline long flat_left(int pw, int C) { return (long)pw * C; }
-static inline long flat_row_floats(int W, int C, int KW, int pw, int dw) {
-    long right = (long)((KW - 1) * dw - pw) * C;
-    return (flat_left(pw, C) + (long)W * C + (right > 0 ? right : 0) + 16 + 15) / 16 * 16;
+static inline long flat_row_floats(int W, int C, int pw) {
+    return (2 * flat_left(pw, C) + (long)W * C + 16 + 15) / 16 * 16;
 }
 
 /* Input rows [ih_lo, ih_hi] of one image into rows (stride prow), zero-padded at both ends. */
@@ -834,7 +835,7 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
         int ih_lo = p0 / Wo - ph, ih_hi = (p0 + m - 1) / Wo - ph + (KH - 1) * dh;
         ih_lo = ih_lo < 0 ? 0 : ih_lo;
         ih_hi = ih_hi >= H ? H - 1 : ih_hi;
-        long prow = flat_row_floats(W, C, KW, pw, dw);
+        long prow = flat_row_floats(W, C, pw);
         if (ih_lo <= ih_hi) flat_pad_rows(x, W, C, pw, ih_lo, ih_hi, prow, padded);
         for (int i = 0, p = p0; i < m;) {
             int oh = p / Wo, ow = p % Wo, cnt = Wo - ow < m - i ? Wo - ow : m - i;
@@ -1200,7 +1201,7 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
         bpat = wpat + (size_t)KH * KW * C * 16;
         flat_patterns(wdw, bdw, KH, KW, C, wpat, bpat);
         /* input rows one tile reaches: its output rows (at most (tile - 1) / Wo + 2) and the kernel's extent */
-        pad_bytes = ((size_t)((tile - 1) / Wo + 2 + (KH - 1) * dh) * flat_row_floats(W, C, KW, pw, dw) * sizeof(float)
+        pad_bytes = ((size_t)((tile - 1) / Wo + 2 + (KH - 1) * dh) * flat_row_floats(W, C, pw) * sizeof(float)
                      + 63) / 64 * 64;
     }
 #endif
