@@ -191,6 +191,7 @@ static inline __attribute__((always_inline)) void flat_block(const float *rows, 
                                                              float *out) {
     __m512 acc[4];
     int phase[4]; /* the channel of each vector's first lane: which weight layout it takes */
+#pragma GCC unroll 4
     for (int q = 0; q < nv; ++q) {
         phase[q] = (16 * (int)(k0 + q)) % C; /* f0 = ow0 C is a whole number of pixels; 32-bit: a cheaper division */
         acc[q] = _mm512_loadu_ps(bpat + phase[q] * 16);
@@ -200,10 +201,12 @@ static inline __attribute__((always_inline)) void flat_block(const float *rows, 
         for (int kw = 0; kw < KW; ++kw) {
             const float *in = row + (long)(kw * dw - pw) * C;
             const float *wp = wpat + (size_t)(kh * KW + kw) * C * 16;
+#pragma GCC unroll 4
             for (int q = 0; q < nv; ++q)
                 acc[q] = _mm512_fmadd_ps(_mm512_loadu_ps(in + 16 * q), _mm512_loadu_ps(wp + phase[q] * 16), acc[q]);
         }
     }
+#pragma GCC unroll 4
     for (int q = 0; q < nv; ++q) {
         long at = 16 * (k0 + q);
         if (n - at >= 16) /* plain stores where whole: masked ones are slow on AMD Zen even with a full mask */
@@ -221,9 +224,17 @@ static void depthwise_flat_row(const float *rows, int ih_lo, long prow, int H, i
     while (kh_hi > kh_lo && oh - ph + (kh_hi - 1) * dh >= H) --kh_hi;
     long f0 = (long)ow0 * C, n = (long)cnt * C, nvec = (n + 15) / 16;
     const float *base = rows + flat_left(pw, C);
-    for (long k = 0; k < nvec; k += 4)
-        flat_block(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k,
-                   (int)(nvec - k < 4 ? nvec - k : 4), n, out);
+    /* a constant block count per call (after inlining the accumulators stay in registers; with a variable count
+     * they lived on the stack, a store and a reload on every FMA's chain) */
+    long k = 0;
+    for (; k + 4 <= nvec; k += 4)
+        flat_block(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k, 4, n, out);
+    if (nvec - k == 3)
+        flat_block(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k, 3, n, out);
+    else if (nvec - k == 2)
+        flat_block(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k, 2, n, out);
+    else if (nvec - k == 1)
+        flat_block(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k, 1, n, out);
 }
 
 /* The sliding-window block for kernel widths 3, 5 and 7 (compile-time widths: see depthwise_slide). */
@@ -735,6 +746,7 @@ SEPCONV_INLINE void vflat_block(const float *rows, int ih_lo, long prow, int C, 
                                 int dw, int act, long f0, long k0, int nv, long n, float *out) {
     vf acc[4];
     int phase[4];
+#pragma GCC unroll 4
     for (int q = 0; q < nv; ++q) {
         phase[q] = (VW * (int)(k0 + q)) % C;
         acc[q] = vload(bpat + phase[q] * 16);
@@ -744,9 +756,11 @@ SEPCONV_INLINE void vflat_block(const float *rows, int ih_lo, long prow, int C, 
         for (int kw = 0; kw < KW; ++kw) {
             const float *in = row + (long)(kw * dw - pw) * C;
             const float *wp = wpat + (size_t)(kh * KW + kw) * C * 16;
+#pragma GCC unroll 4
             for (int q = 0; q < nv; ++q) acc[q] = vfma(vload(in + VW * q), vload(wp + phase[q] * 16), acc[q]);
         }
     }
+#pragma GCC unroll 4
     for (int q = 0; q < nv; ++q) {
         long at = VW * (k0 + q);
         vstore_n(out + at, vact(acc[q], act), (int)(n - at < VW ? n - at : VW));
@@ -761,9 +775,15 @@ static void vflat_row(const float *rows, int ih_lo, long prow, int H, int C, con
     while (kh_hi > kh_lo && oh - ph + (kh_hi - 1) * dh >= H) --kh_hi;
     long f0 = (long)ow0 * C, n = (long)cnt * C, nvec = (n + VW - 1) / VW;
     const float *base = rows + flat_left(pw, C);
-    for (long k = 0; k < nvec; k += 4)
-        vflat_block(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k,
-                    (int)(nvec - k < 4 ? nvec - k : 4), n, out);
+    long k = 0; /* constant block counts, as in depthwise_flat_row */
+    for (; k + 4 <= nvec; k += 4)
+        vflat_block(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k, 4, n, out);
+    if (nvec - k == 3)
+        vflat_block(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k, 3, n, out);
+    else if (nvec - k == 2)
+        vflat_block(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k, 2, n, out);
+    else if (nvec - k == 1)
+        vflat_block(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k, 1, n, out);
 }
 
 /* y[r][0 : ncols] = t[r][:C] @ panel[:C][0 : ncols] + bias for r < R <= MR_V (a constant after inlining), ncols <=
