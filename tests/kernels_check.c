@@ -25,6 +25,8 @@ int sepconv_gemm_atb_f32(long P, int M, int N, const float *A, long lda, const f
                          long ldo, int threads);
 int sepconv_gemm_f32(long P, int K, int N, const float *a, long lda, const float *w, long w_k, long w_n,
                      const float *bias, float *y, int chunk, int threads);
+int sepconv_depthwise_f32(const float *x, int N, int H, int W, int C, const float *wdw, const float *bdw, int KH,
+                          int KW, int ph, int pw, int dh, int dw, float *y, int threads);
 int sepconv_depthwise_wgrad_f32(const float *x, int N, int H, int W, int C, const float *gy, int Ho, int Wo, int KH,
                                 int KW, int sh, int sw, int ph, int pw, int dh, int dw, float *gw, int threads);
 int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const float *wdw, const float *bdw, int KH,
@@ -192,6 +194,41 @@ static void check_wgrad(int N, int H, int W, int C, int K, int s, int pad, int d
     free(x); free(gy); free(gw);
 }
 
+/* A depthwise convolution on its own, stride 1 (the flat path in vector builds), against the double sum. */
+static void check_depthwise(int N, int H, int W, int C, int KH, int KW, int ph, int pw, int dh, int dw, int bias,
+                            int threads) {
+    char what[128];
+    snprintf(what, sizeof what, "depthwise N%d %dx%dx%d k%dx%d p%d,%d d%d,%d bias%d threads%d", N, H, W, C, KH, KW,
+             ph, pw, dh, dw, bias, threads);
+    int Ho = H + 2 * ph - (KH - 1) * dh, Wo = W + 2 * pw - (KW - 1) * dw;
+    size_t ny = (size_t)N * Ho * Wo * C;
+    float *x = randoms((size_t)N * H * W * C), *w = randoms((size_t)KH * KW * C), *b = bias ? randoms(C) : NULL;
+    float *y = randoms(ny + 16); /* the 16 floats past the end must stay as they are */
+    float guard = y[ny + 7];
+    ++checks;
+    if (sepconv_depthwise_f32(x, N, H, W, C, w, b, KH, KW, ph, pw, dh, dw, y, threads) != 0 || y[ny + 7] != guard) {
+        ++failures;
+        return;
+    }
+    for (int n = 0; n < N; ++n)
+        for (int oh = 0; oh < Ho; ++oh)
+            for (int ow = 0; ow < Wo; ++ow)
+                for (int c = 0; c < C; ++c) {
+                    double v = b ? b[c] : 0, a = fabs(v) + 1;
+                    for (int kh = 0; kh < KH; ++kh)
+                        for (int kw = 0; kw < KW; ++kw) {
+                            int ih = oh - ph + kh * dh, iw = ow - pw + kw * dw;
+                            if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                            double t = (double)x[(((size_t)n * H + ih) * W + iw) * C + c] * w[(kh * KW + kw) * C + c];
+                            v += t;
+                            a += fabs(t);
+                        }
+                    size_t at = (((size_t)n * Ho + oh) * Wo + ow) * C + c;
+                    expect_close(what, (int)at, y[at], v, a);
+                }
+    free(x); free(w); free(b); free(y);
+}
+
 /* The fused backward pass of a depthwise (KH x KW, stride sh x sw, padding ph, pw) -> 1x1 (C -> Cout) pair,
  * against gm = gy @ wpw and the two depthwise gradients computed from it in double (weights and the depthwise weight
  * gradient in PyTorch's layouts, [C][KH][KW] and [Cout][C]). */
@@ -332,6 +369,25 @@ int main(void) {
             for (int pad = 0; pad <= 2; ++pad)
                 for (size_t ci = 0; ci < sizeof wg_channels / sizeof *wg_channels; ++ci)
                     if (W + 2 * pad >= 3) check_wgrad(2, 7, W, wg_channels[ci], 3, s, pad, 1, 1 + (int)ci % 2);
+    /* depthwise steps on their own at stride 1 and the flat weight gradient (few channels; with AVX2 or NEON also
+     * a partial last vector): 1-12 channels, rows narrower than the kernel up to several vectors, paddings 0 to the
+     * kernel's extent, dilations 1-2, kernel widths 1-5, one to three threads over bands of rows */
+    static const int few[] = {1, 2, 3, 4, 5, 7, 8, 9, 12};
+    int j = 0;
+    for (size_t ci = 0; ci < sizeof few / sizeof *few; ++ci)
+        for (int K = 1; K <= 5; K += 2)
+            for (int W = 1; W <= 23; W += 7)
+                for (int d = 1; d <= 2; ++d, ++j) {
+                    int C = few[ci], ext = d * (K - 1), pad = j % 3 == 0 ? 0 : (j % 3 == 1 ? ext / 2 : ext);
+                    int H = 3 + (j * 5) % 19, KH = K == 5 && j % 2 ? 3 : K;
+                    int padh = KH == K ? pad : (d * (KH - 1)) / 2;
+                    if (W + 2 * pad < ext + 1 || H + 2 * padh < d * (KH - 1) + 1) continue;
+                    check_depthwise(1 + j % 2, H, W, C, KH, K, padh, pad, d, d, j % 2, 1 + j % 3);
+                    if (KH == K && padh == pad) check_wgrad(1 + j % 2, H, W, C, K, 1, pad, d, 1 + j % 3);
+                }
+    check_depthwise(2, 32, 32, 3, 3, 3, 1, 1, 1, 1, 1, 2); /* an RGB CIFAR input */
+    check_depthwise(1, 30, 33, 3, 3, 3, 2, 2, 1, 1, 0, 2); /* the flipped kernel's padding (input gradient) */
+    check_wgrad(2, 32, 32, 3, 3, 1, 1, 1, 2);
     /* the flat path with the most padding a layer takes (kernel - 1): the right margin reaches pw pixels */
     for (int C = 1; C <= 4; ++C) {
         check_fused(1, 9, 6, C, 5, 1, 4, 1, 16, 1, 0, 0, 40, 1, 0);

@@ -14,9 +14,9 @@ from torch import nn
 
 from sepconv.backends import native
 from sepconv.models import build_model
-from sepconv.backends.training import (ENGINES, FlippedDepthwise, Pointwise1x1, depthwise_weight_grad, engine_applies,
-                                  engine_of, matmul_at_b, matmul_bt, tunable, tune_training, untune_training,
-                                  use_engine)
+from sepconv.backends.training import (ENGINES, FLAT_MAX_CHANNELS, FlippedDepthwise, Pointwise1x1, depthwise_conv,
+                                       depthwise_weight_grad, engine_applies, engine_of, matmul_at_b, matmul_bt,
+                                       tunable, tune_training, untune_training, use_engine)
 
 needs_kernels = pytest.mark.skipif(not native.available(), reason=f"sepconv's C kernels: {native.unavailable_reason()}")
 
@@ -370,6 +370,46 @@ def test_flipped_depthwise_with_the_kernel_weight_gradient(batch, channels, k, d
     gy = torch.randn_like(ref)
     for g, r in zip(torch.autograd.grad(y, leaves, gy), torch.autograd.grad(ref, leaves, gy)):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(1, FLAT_MAX_CHANNELS + 2), st.integers(1, 20), st.integers(1, 20),
+       st.integers(1, 5), st.integers(1, 5), st.integers(1, 2), st.integers(0, 8), st.integers(0, 8), st.booleans(),
+       st.booleans(), st.integers(1, 3), st.integers(0, 999))
+def test_depthwise_conv_matches_float64(batch, channels, h, w, kh, kw, dilation, ph, pw, bias, channels_last, threads,
+                                        seed):
+    """A stride-1 depthwise convolution (sepconv's flat kernel up to FLAT_MAX_CHANNELS channels, F.conv2d above)
+    against float64 F.conv2d: rows narrower than a vector up to several, paddings up to the kernel's extent
+    (the right margin of the padded rows), dilations, biases, either memory format, 1-3 threads over bands."""
+    torch.manual_seed(seed)
+    ph, pw = min(ph, dilation * (kh - 1)), min(pw, dilation * (kw - 1))
+    h, w = max(h, dilation * (kh - 1) + 1 - 2 * ph), max(w, dilation * (kw - 1) + 1 - 2 * pw)
+    x = torch.randn(batch, channels, h, w)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    weight = torch.randn(channels, 1, kh, kw)
+    b = torch.randn(channels) if bias else None
+    with torch_threads(threads):
+        got = depthwise_conv(x, weight, b, (ph, pw), (dilation, dilation))
+    ref = F.conv2d(x.double(), weight.double(), None if b is None else b.double(), 1, (ph, pw), dilation, channels)
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * kh * kw)
+
+
+@needs_kernels
+def test_depthwise_conv_runs_the_kernel_for_few_channels_and_checks_its_padding():
+    torch.manual_seed(6)
+    w = torch.randn(3, 1, 3, 3)
+
+    def kernels(x, weight):
+        with torch.profiler.profile() as prof:
+            depthwise_conv(x, weight, None, (1, 1))
+        return {e.key for e in prof.key_averages() if e.key.startswith("sepconv::")}
+
+    assert kernels(torch.randn(2, 3, 8, 8), w) == {"sepconv::depthwise"}
+    wide = FLAT_MAX_CHANNELS + 1
+    assert kernels(torch.randn(2, wide, 8, 8), torch.randn(wide, 1, 3, 3)) == set()  # oneDNN's vectors fill up
+    with pytest.raises(ValueError, match=r"padding must be 0..2 x 0..2 for a 3x3 kernel.*got \(3, 1\)"):
+        depthwise_conv(torch.randn(1, 3, 8, 8), w, None, (3, 1))
 
 
 @needs_kernels

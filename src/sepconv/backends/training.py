@@ -230,6 +230,47 @@ class Pointwise1x1(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+#: Depthwise convolutions of at most this many channels run their stride-1 passes in sepconv's flat kernels
+#: (:func:`depthwise_conv`; the weight gradient's choice is made in ``csrc/depthwise_wgrad.c``, at the same bound):
+#: a vector of channels would hold few useful lanes (3 of 16 for an RGB input). Measured against oneDNN in
+#: ``benchmarks/bench_depthwise_few.py``.
+FLAT_MAX_CHANNELS = 4
+
+
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: tuple[int, int],
+                   dilation: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, 1, padding, dilation, groups=C)``: a stride-1 depthwise convolution (``weight``:
+    ``(C, 1, KH, KW)``, one filter per channel), zero ``padding`` ``(ph, pw)`` of at most ``dilation * (kernel -
+    1)``. float32 CPU tensors of at most :data:`FLAT_MAX_CHANNELS` channels run in sepconv's C kernel
+    (``sepconv_depthwise_f32``, ``csrc/fused_dwpw.c``: each output row as one 1D convolution over its pixels'
+    channels, with the weight repeating every C floats), channels-last out; the rest ``F.conv2d``. Not tracked by
+    autograd."""
+    if x.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[:2]) != (x.shape[1], 1):
+        raise ValueError(f"depthwise_conv needs x (N, C, H, W) and weight (C, 1, KH, KW), got {tuple(x.shape)} and "
+                         f"{tuple(weight.shape)}")
+    (n, c, h, w), (kh, kw) = x.shape, weight.shape[2:]
+    (ph, pw), (dh, dw) = padding, dilation
+    ho, wo = h + 2 * ph - dh * (kh - 1), w + 2 * pw - dw * (kw - 1)
+    if not (0 <= ph <= dh * (kh - 1) and 0 <= pw <= dw * (kw - 1)) or ho < 1 or wo < 1:
+        raise ValueError(f"depthwise_conv: padding must be 0..{dh * (kh - 1)} x 0..{dw * (kw - 1)} for a {kh}x{kw} "
+                         f"kernel of dilation {tuple(dilation)} on a {h}x{w} input, got {tuple(padding)}")
+    extra = () if bias is None else (bias,)
+    lib = _kernel_library(x, weight, *extra) if c <= FLAT_MAX_CHANNELS else None
+    if lib is None:
+        with torch.no_grad():
+            return F.conv2d(x, weight, bias, 1, padding, dilation, c)
+    x = x.contiguous(memory_format=torch.channels_last)
+    taps = weight.detach().reshape(c, kh * kw).t().contiguous()  # the kernel's layout, [KH][KW][C]
+    y = torch.empty((n, c, ho, wo), dtype=torch.float32, memory_format=torch.channels_last)
+    b = None if bias is None else bias.detach().contiguous()
+    with profiled("sepconv::depthwise"):
+        code = lib.sepconv_depthwise_f32(x.data_ptr(), n, h, w, c, taps.data_ptr(), None if b is None else b.data_ptr(),
+                                         kh, kw, ph, pw, dh, dw, y.data_ptr(), max(1, torch.get_num_threads()))
+    if code:
+        raise RuntimeError(f"the depthwise kernel failed with code {code} (-1: out of memory)")
+    return y
+
+
 class FlippedDepthwise(torch.autograd.Function):
     """A stride-1 grouped convolution (depthwise: ``groups = in_channels``) whose input gradient is a forward one.
 
@@ -251,6 +292,8 @@ class FlippedDepthwise(torch.autograd.Function):
                 dilation: tuple[int, int], groups: int, kernel_weight_grad: bool = False) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.conf = (padding, dilation, groups, bias is not None, kernel_weight_grad)
+        if groups == x.shape[1] == weight.shape[0]:  # depthwise, one filter per channel
+            return depthwise_conv(x, weight, bias, padding, dilation)
         return F.conv2d(x, weight, bias, 1, padding, dilation, groups)
 
     @staticmethod
@@ -265,7 +308,10 @@ class FlippedDepthwise(torch.autograd.Function):
             adjoint = (weight.reshape(groups, cout // groups, cin_g, kh, kw).transpose(1, 2)
                        .reshape(groups * cin_g, cout // groups, kh, kw).flip(2, 3))
             pad = (dilation[0] * (kh - 1) - ph, dilation[1] * (kw - 1) - pw)
-            grad_x = F.conv2d(grad_y, adjoint, None, 1, pad, dilation, groups)
+            if groups == x.shape[1] == cout:
+                grad_x = depthwise_conv(grad_y, adjoint, None, pad, dilation)
+            else:
+                grad_x = F.conv2d(grad_y, adjoint, None, 1, pad, dilation, groups)
         if kernel_weight_grad:
             if ctx.needs_input_grad[1]:
                 grad_w = depthwise_weight_grad(x, grad_y, tuple(weight.shape[2:]), (1, 1), (ph, pw), dilation)

@@ -124,6 +124,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.sepconv_atb_has_avx512.restype = i
     lib.sepconv_gemm_f32.argtypes = [long, i, i, p, long, p, long, long, p, p, i, i]
     lib.sepconv_gemm_f32.restype = i
+    lib.sepconv_depthwise_f32.argtypes = [p, i, i, i, i, p, p, i, i, i, i, i, i, p, i]
+    lib.sepconv_depthwise_f32.restype = i
     lib.sepconv_depthwise_wgrad_f32.argtypes = [p, i, i, i, i, p, i, i, i, i, i, i, i, i, i, i, p, i]
     lib.sepconv_depthwise_wgrad_f32.restype = i
     lib.sepconv_dwpw_backward_f32.argtypes = [p, i, i, i, i, p, p, i, i, i, i, i, i, p, i, p, p, p, p, p, p, i, i]

@@ -846,7 +846,8 @@ SEPCONV_INLINE void vgemm_block(const float *t, int cp, int C, const float *bp, 
 #define FLAT_ROW vflat_row
 #endif
 
-/* Depthwise output for pixels [p0, p0 + m) of image n into t[m][cp] (row stride cp >= C, a multiple of 16). */
+/* Depthwise output for pixels [p0, p0 + m) of image n into t[m][cp] (row stride cp >= C: a multiple of 16, or C on
+ * the flat path (wpat given) and in the portable loop). */
 static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int KW,
                            int sh, int sw, int ph, int pw, int dh, int dw, int act, int Wo, int p0, int m,
                            float *t, int cp, const float *wpat, const float *bpat, float *padded) {
@@ -1286,6 +1287,62 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
 #elif defined(SEPCONV_VEC)
         if (stream || mid) vstream_fence();
 #endif
+    }
+    free(wpat);
+    return failed ? -1 : 0;
+}
+
+/* A depthwise convolution on its own at stride 1 (sepconv's training engines: the forward pass and, with the
+ * kernel flipped, the input gradient of a depthwise step with few channels):
+ *   y[n][oh][ow][c] = bdw[c] + sum over (kh, kw) of x[n][oh - ph + kh dh][ow - pw + kw dw][c] wdw[kh][kw][c]
+ * (zero outside the image); x: [N][H][W][C], wdw: [KH][KW][C], bdw: [C] or NULL, y: [N][Ho][Wo][C] with
+ * Ho = H + 2 ph - (KH - 1) dh >= 1, Wo = W + 2 pw - (KW - 1) dw >= 1, 0 <= ph, pw. Vector builds take the flat path
+ * whatever C (depthwise_flat_row: an output row as a 1D convolution over its Wo C floats; it pays where a vector of
+ * channels would be mostly empty, and the caller decides where), the portable build the plain loop. Bands of
+ * DEPTHWISE_BAND output rows are split statically among the threads. Returns 0, -1 if a buffer could not be
+ * allocated, -2 for an empty output or a negative padding. */
+#define DEPTHWISE_BAND 8
+int sepconv_depthwise_f32(const float *x, int N, int H, int W, int C, const float *wdw, const float *bdw, int KH,
+                          int KW, int ph, int pw, int dh, int dw, float *y, int threads) {
+    int Ho = H + 2 * ph - (KH - 1) * dh, Wo = W + 2 * pw - (KW - 1) * dw;
+    if (Ho < 1 || Wo < 1 || ph < 0 || pw < 0) return -2;
+    (void)threads; /* used by the OpenMP pragma only */
+    float *wpat = NULL, *bpat = NULL;
+    size_t pad_bytes = 0;
+#ifdef FLAT_ROW
+    wpat = (float *)aligned_alloc(64, sizeof(float) * ((size_t)KH * KW * C * 16 + (size_t)C * 16));
+    if (!wpat) return -1;
+    bpat = wpat + (size_t)KH * KW * C * 16;
+    flat_patterns(wdw, bdw, KH, KW, C, wpat, bpat);
+    /* a band's input rows: its output rows and the kernel's extent */
+    pad_bytes = ((size_t)(DEPTHWISE_BAND + (KH - 1) * dh) * flat_row_floats(W, C, pw) * sizeof(float) + 63)
+                / 64 * 64;
+#endif
+    long bands = (Ho + DEPTHWISE_BAND - 1) / DEPTHWISE_BAND, jobs = (long)N * bands;
+    int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1 && jobs > 1)
+#endif
+    {
+        float *padded = pad_bytes ? (float *)aligned_alloc(64, pad_bytes) : NULL;
+        if (pad_bytes && !padded) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            failed = 1;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (long job = 0; job < jobs; ++job) {
+            if (pad_bytes && !padded) continue;
+            int n = (int)(job / bands), oh0 = (int)(job % bands) * DEPTHWISE_BAND;
+            int rows = Ho - oh0 < DEPTHWISE_BAND ? Ho - oh0 : DEPTHWISE_BAND;
+            /* row stride C: the output rows are y's own */
+            depthwise_tile(x + (size_t)n * H * W * C, H, W, C, wdw, bdw, KH, KW, 1, 1, ph, pw, dh, dw, ACT_NONE, Wo,
+                           oh0 * Wo, rows * Wo, y + ((size_t)n * Ho + oh0) * Wo * C, C, wpat, bpat, padded);
+        }
+        free(padded);
     }
     free(wpat);
     return failed ? -1 : 0;
