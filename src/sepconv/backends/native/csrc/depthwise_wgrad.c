@@ -7,7 +7,9 @@
  * Stride 1, dilation 1, a 3/5/7-wide kernel and AVX-512: eight adjacent output pixels at a time share each kernel
  * row's input vectors (sliding window; vectors outside the image and pixels past the row's end read as zero), and
  * every tap's eight products are summed in registers before one add to the buffer; the same with AVX2 + FMA or
- * NEON vectors (simd.h: 4 or 8 pixels). Otherwise one pixel at a time, portable loops. Plain C with optional OpenMP, loaded with ctypes.
+ * NEON vectors (simd.h: 4 or 8 pixels). Otherwise one pixel at a time, portable loops. At stride 1 with few
+ * channels (wgrad_flat_applies) each output row is taken as one run of floats instead (wgrad_flat). Plain C with
+ * optional OpenMP, loaded with ctypes.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,18 @@
 #include "wgrad_steps.h"
 
 #define WG_SLIDE 8
+/* Whether the flat form (wgrad_flat) takes C channels at stride 1: where vectors of channels would be mostly empty,
+ * and with AVX2 or NEON wherever the last one is partial (its loads go through a buffer, vload_n): batch 32 at
+ * 32x32, one thread, Zen 4 (one-off, docs/design-notes.md), the flat form took 0.53-0.87x the channel vectors' time
+ * for 1-6 channels with AVX-512 (even at 8, 1.5x at 12); with AVX2 0.15-0.35x for 3-7 and 12 channels, 0.74x for 9,
+ * and 1.8x for 8 and 16 (whole vectors). */
+SEPCONV_INLINE int wgrad_flat_applies(int C) {
+#if defined(SEPCONV_VEC)
+    return C < 16 && C % VW != 0;
+#else
+    return C < 8;
+#endif
+}
 
 #ifdef SEPCONV_AVX512
 /* Eight output pixels [ow0, ow0 + 8) of one row (those >= Wo count as zero), stride 1, dilation 1, kernel width KWC
@@ -244,6 +258,72 @@ void sepconv_wgrad_row(const float *x, int H, int W, int C, const float *g, int 
     }
 }
 
+/* The flat form at stride 1 (as the fused kernel's flat path, fused_dwpw.c): in channels-last, output row oh's
+ * floats [ow C, ow C + C) and input row oh - ph + kh dh's floats shifted by (kw dw - pw) C line up, so each tap is
+ *   part[kh][kw][f] += g[f] * x_row[f + (kw dw - pw) C]   over the f whose input pixel is inside the row,
+ * one plain loop over the row's Wo C floats that the compiler vectorizes whatever C, where a vector of channels
+ * would hold C useful lanes (3 of 16 for an RGB input). part: [KH][KW][Wo C]; float f is channel f % C. */
+static void wgrad_flat_row(const float *x, int H, int W, int C, const float *restrict g, int Wo, int KH, int KW,
+                           int ph, int pw, int dh, int dw, int oh, float *part) {
+    long n = (long)Wo * C;
+    for (int kh = 0; kh < KH; ++kh) {
+        int ih = oh - ph + kh * dh;
+        if (ih < 0 || ih >= H) continue;
+        const float *restrict xr = x + (size_t)ih * W * C;
+        for (int kw = 0; kw < KW; ++kw) {
+            int shift = kw * dw - pw; /* input column = output column + shift */
+            int lo = shift < 0 ? -shift : 0, hi = W - shift < Wo ? W - shift : Wo;
+            float *restrict a = part + ((size_t)kh * KW + kw) * n;
+            long s = (long)shift * C, f = (long)lo * C, end = (long)hi * C;
+            for (; f + VB <= end; f += VB) /* whole vectors, unaligned: no peeling for these short runs */
+                vb_store(a + f, vb_fma(vb_load(g + f), vb_load(xr + f + s), vb_load(a + f)));
+            for (; f < end; ++f) a[f] += g[f] * xr[f + s];
+        }
+    }
+}
+
+/* sepconv_depthwise_wgrad_f32 at stride 1 where wgrad_flat_applies: wgrad_flat_row per output row into
+ * each thread's part, then gw[tap][c] = the parts' floats of channel c, added thread by thread in order. */
+static int wgrad_flat(const float *x, int N, int H, int W, int C, const float *gy, int Ho, int Wo, int KH, int KW,
+                      int ph, int pw, int dh, int dw, float *gw, int threads) {
+    size_t taps = (size_t)KH * KW, row = (size_t)Wo * C, per = (taps * row + 15) / 16 * 16;
+    long rows = (long)N * Ho;
+    float *parts = (float *)aligned_alloc(64, ((size_t)threads * per * sizeof(float) + 63) / 64 * 64);
+    if (!parts) return -1;
+    memset(parts, 0, (size_t)threads * per * sizeof(float));
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1 && rows > 1)
+#endif
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *part = parts + (size_t)tid * per;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (long r = 0; r < rows; ++r) {
+            int n = (int)(r / Ho), oh = (int)(r % Ho);
+            wgrad_flat_row(x + (size_t)n * H * W * C, H, W, C, gy + (size_t)r * row, Wo, KH, KW, ph, pw, dh, dw, oh,
+                           part);
+        }
+    }
+    for (size_t t = 0; t < taps; ++t)
+        for (int c = 0; c < C; ++c) {
+            float s = 0.f;
+            for (int i = 0; i < threads; ++i) {
+                const float *a = parts + (size_t)i * per + t * row;
+                float p = 0.f;
+                for (size_t f = (size_t)c; f < row; f += (size_t)C) p += a[f];
+                s += p;
+            }
+            gw[t * C + c] = s;
+        }
+    free(parts);
+    return 0;
+}
+
 /* x: [N][H][W][C]; gy: [N][Ho][Wo][C]; gw: [KH][KW][C] (overwritten). KH <= 16 (the kernel rows are looked up in a
  * fixed table). Rows are split statically among the threads and the threads' sums added in thread order, so the
  * result does not depend on timing. Returns 0, -1 if the buffers could not be allocated, -2 for KH > 16. */
@@ -251,6 +331,8 @@ int sepconv_depthwise_wgrad_f32(const float *x, int N, int H, int W, int C, cons
                                 int KW, int sh, int sw, int ph, int pw, int dh, int dw, float *gw, int threads) {
     if (KH > 16) return -2;
     if (threads < 1) threads = 1;
+    if (sh == 1 && sw == 1 && wgrad_flat_applies(C))
+        return wgrad_flat(x, N, H, W, C, gy, Ho, Wo, KH, KW, ph, pw, dh, dw, gw, threads);
     int Cp = (C + 15) / 16 * 16;
     size_t taps = (size_t)KH * KW, per = taps * Cp;
     long rows = (long)N * Ho;
