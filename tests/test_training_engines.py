@@ -412,6 +412,25 @@ def test_depthwise_conv_runs_the_kernel_for_few_channels_and_checks_its_padding(
         depthwise_conv(torch.randn(1, 3, 8, 8), w, None, (3, 1))
 
 
+def test_a_one_channel_depthwise_step_takes_the_depthwise_engines():
+    """A separable layer on grey images has a depthwise step of one channel, an ungrouped nn.Conv2d(1, 1): the
+    depthwise engines run it (and compute what eager PyTorch does); a two-channel ungrouped convolution is no
+    depthwise step."""
+    torch.manual_seed(7)
+    conv = nn.Conv2d(1, 1, 3, padding=1)
+    assert engine_applies(conv, "flip") and not engine_applies(nn.Conv2d(2, 2, 3, padding=1), "flip")
+    assert engine_applies(conv, "dwgrad") == native.available()
+    x = torch.randn(3, 1, 9, 10, requires_grad=True)
+    gy = torch.randn(3, 1, 9, 10)
+    for engine in ("flip", "dwgrad") if native.available() else ("flip",):
+        routed = copy.deepcopy(conv)
+        use_engine(routed, engine)
+        got = torch.autograd.grad(routed(x), (x, routed.weight, routed.bias), gy)
+        ref = torch.autograd.grad(conv(x), (x, conv.weight, conv.bias), gy)
+        for g, r in zip(got, ref):
+            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
 @needs_kernels
 def test_dwgrad_engine_in_a_model_matches_eager():
     torch.manual_seed(5)

@@ -606,8 +606,8 @@ class _EngineForward:
 
 #: The engines :func:`tune_training` chooses among, besides eager PyTorch, and what each computes.
 ENGINES = {"gemm": "1x1, stride-1, unpadded, ungrouped nn.Conv2d (Pointwise1x1)",
-           "flip": "stride-1 grouped nn.Conv2d (groups > 1, e.g. depthwise) with integer zero padding "
-                   "<= dilation * (kernel - 1) (FlippedDepthwise)",
+           "flip": "stride-1 grouped nn.Conv2d (groups > 1, e.g. depthwise, or a one-channel depthwise step) with "
+                   "integer zero padding <= dilation * (kernel - 1) (FlippedDepthwise)",
            "dwgrad": "stride-1 depthwise nn.Conv2d (groups = in_channels = out_channels) with integer zero "
                      "padding <= dilation * (kernel - 1), float32 on the CPU, where sepconv's C kernels build "
                      "(FlippedDepthwise with the weight gradient in sepconv's kernel)",
@@ -634,7 +634,9 @@ def engine_applies(conv: nn.Module, engine: str) -> bool:
     if engine == "dwgrad" and not (conv.groups == conv.in_channels == conv.out_channels
                                       and conv.kernel_size[0] <= 16 and _kernel_library(conv.weight) is not None):
         return False
-    return conv.groups > 1 and all(0 <= p <= d * (k - 1) for p, d, k in
+    # a one-channel depthwise step (a separable layer on grey images) is an ungrouped convolution: groups == 1
+    depthwise = conv.groups == conv.in_channels == conv.out_channels
+    return (conv.groups > 1 or depthwise) and all(0 <= p <= d * (k - 1) for p, d, k in
                                    zip(conv.padding, conv.dilation, conv.kernel_size))
 
 
