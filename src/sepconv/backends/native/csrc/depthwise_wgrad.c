@@ -21,13 +21,15 @@
 
 #define WG_SLIDE 8
 /* Whether the flat form (wgrad_flat) takes C channels at stride 1: where vectors of channels would be mostly empty,
- * and with AVX2 or NEON wherever the last one is partial (its loads go through a buffer, vload_n): batch 32 at
- * 32x32, one thread, Zen 4 (one-off, docs/design-notes.md), the flat form took 0.53-0.87x the channel vectors' time
- * for 1-6 channels with AVX-512 (even at 8, 1.5x at 12); with AVX2 0.15-0.35x for 3-7 and 12 channels, 0.74x for 9,
- * and 1.8x for 8 and 16 (whole vectors). */
+ * and on NEON wherever the last one is partial (NEON has no masked loads: plain loops there, simd.h). Batch 32 at
+ * 32x32, one thread, Zen 4 (C driver, one-off, docs/design-notes.md): with AVX-512 the flat form took 0.53-0.87x the
+ * channel vectors' time for 1-6 channels (even at 8, 1.5x at 12); in the AVX2 build 0.55-1.01x for 1-4 and 1.14-1.44x
+ * for 5-12 (a partial block of masked loads). */
 SEPCONV_INLINE int wgrad_flat_applies(int C) {
-#if defined(SEPCONV_VEC)
+#if defined(SEPCONV_VEC_NEON)
     return C < 16 && C % VW != 0;
+#elif defined(SEPCONV_VEC_AVX2)
+    return C <= 4;
 #else
     return C < 8;
 #endif
@@ -133,11 +135,48 @@ SEPCONV_INLINE void wgrad_slide_v(const float *const *rows, const float *g, int 
 #endif
 
 #if defined(SEPCONV_AVX512) || defined(SEPCONV_VEC)
+/* wgrad_row3's channels [c, c + n) (n <= VB: a partial block reads its n channels only, masked, and adds zeros into
+ * part's padding past C): the nine taps' sums in registers over the whole row. */
+SEPCONV_INLINE void row3_block(const float *const *rows, const float *g, int W, int C, int Cp, int Wo, int sw, int pw,
+                               int lo, int hi, int c, int n, float *part) {
+#define ROW3_LOAD(p) (n == VB ? vb_load(p) : vb_load_n((p), n))
+    vb a[9];
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) a[t] = (vb){0};
+    for (int ow = 0; ow < Wo; ++ow) {
+        if (ow == lo && lo < hi) { /* the interior: no bounds to check */
+            for (; ow < hi; ++ow) {
+                vb gv = ROW3_LOAD(g + (size_t)ow * C + c);
+#pragma GCC unroll 3
+                for (int kh = 0; kh < 3; ++kh) {
+                    const float *xp = rows[kh] + ((size_t)ow * sw - pw) * C + c;
+                    a[3 * kh] = vb_fma(gv, ROW3_LOAD(xp), a[3 * kh]);
+                    a[3 * kh + 1] = vb_fma(gv, ROW3_LOAD(xp + C), a[3 * kh + 1]);
+                    a[3 * kh + 2] = vb_fma(gv, ROW3_LOAD(xp + 2 * (size_t)C), a[3 * kh + 2]);
+                }
+            }
+            if (ow >= Wo) break;
+        }
+        vb gv = ROW3_LOAD(g + (size_t)ow * C + c);
+#pragma GCC unroll 3
+        for (int kh = 0; kh < 3; ++kh)
+#pragma GCC unroll 3
+            for (int kw = 0; kw < 3; ++kw) {
+                int iw = ow * sw - pw + kw;
+                if (iw >= 0 && iw < W)
+                    a[3 * kh + kw] = vb_fma(gv, ROW3_LOAD(rows[kh] + (size_t)iw * C + c), a[3 * kh + kw]);
+            }
+    }
+#undef ROW3_LOAD
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) vb_store(part + (size_t)t * Cp + c, vb_load(part + (size_t)t * Cp + c) + a[t]);
+}
+
 /* One output row of a 3x3 undilated kernel, column stride sw, whose three input rows lie in the image: a block of VB
  * channels at a time, the nine taps' sums held in registers over the whole row and added into part once. AVX2 and
  * NEON at every stride (wgrad_slide_v adds into part once per 4 pixels), AVX-512 at strides above 1 (at stride 1
  * its eight-pixel window was not slower: docs/design-notes.md); elsewhere one pixel at a time. Channels past the
- * last whole block: plain loops. */
+ * last whole block: one partial block with masked loads (row3_block), plain loops on NEON. */
 static void wgrad_row3(const float *const *rows, const float *g, int W, int C, int Cp, int Wo, int sw, int pw,
                        float *part, const float *x_next_row, const float *g_next_row) {
     /* the input row the next output row adds and that row's gradient, fetched into L2 while this row computes (as
@@ -152,44 +191,19 @@ static void wgrad_row3(const float *const *rows, const float *g, int W, int C, i
     hi = hi < Wo ? hi : Wo;
     if (hi < lo) hi = lo;
     int c = 0;
-    for (; c + VB <= C; c += VB) {
-        vb a[9];
-#pragma GCC unroll 9
-        for (int t = 0; t < 9; ++t) a[t] = (vb){0};
-        for (int ow = 0; ow < Wo; ++ow) {
-            if (ow == lo && lo < hi) { /* the interior: no bounds to check */
-                for (; ow < hi; ++ow) {
-                    vb gv = vb_load(g + (size_t)ow * C + c);
-#pragma GCC unroll 3
-                    for (int kh = 0; kh < 3; ++kh) {
-                        const float *xp = rows[kh] + ((size_t)ow * sw - pw) * C + c;
-                        a[3 * kh] = vb_fma(gv, vb_load(xp), a[3 * kh]);
-                        a[3 * kh + 1] = vb_fma(gv, vb_load(xp + C), a[3 * kh + 1]);
-                        a[3 * kh + 2] = vb_fma(gv, vb_load(xp + 2 * (size_t)C), a[3 * kh + 2]);
-                    }
-                }
-                if (ow >= Wo) break;
-            }
-            vb gv = vb_load(g + (size_t)ow * C + c);
-#pragma GCC unroll 3
-            for (int kh = 0; kh < 3; ++kh)
-#pragma GCC unroll 3
-                for (int kw = 0; kw < 3; ++kw) {
-                    int iw = ow * sw - pw + kw;
-                    if (iw >= 0 && iw < W)
-                        a[3 * kh + kw] = vb_fma(gv, vb_load(rows[kh] + (size_t)iw * C + c), a[3 * kh + kw]);
-                }
-        }
-#pragma GCC unroll 9
-        for (int t = 0; t < 9; ++t) vb_store(part + (size_t)t * Cp + c, vb_load(part + (size_t)t * Cp + c) + a[t]);
-    }
-    for (; c < C; ++c)
+    for (; c + VB <= C; c += VB) row3_block(rows, g, W, C, Cp, Wo, sw, pw, lo, hi, c, VB, part);
+#if defined(SEPCONV_AVX512) || defined(SEPCONV_VEC_AVX2)
+    if (c < C) row3_block(rows, g, W, C, Cp, Wo, sw, pw, lo, hi, c, C - c, part); /* masked loads */
+#else
+    for (; c < C; ++c) /* NEON: no masked loads (simd.h), plain loops */
         for (int ow = 0; ow < Wo; ++ow)
             for (int kh = 0; kh < 3; ++kh)
                 for (int kw = 0; kw < 3; ++kw) {
                     int iw = ow * sw - pw + kw;
-                    if (iw >= 0 && iw < W) part[(size_t)(3 * kh + kw) * Cp + c] += g[(size_t)ow * C + c] * rows[kh][(size_t)iw * C + c];
+                    if (iw >= 0 && iw < W)
+                        part[(size_t)(3 * kh + kw) * Cp + c] += g[(size_t)ow * C + c] * rows[kh][(size_t)iw * C + c];
                 }
+#endif
 }
 #endif
 

@@ -71,14 +71,23 @@ SEPCONV_INLINE void vstream_fence(void) {}
 #endif
 
 #ifdef SEPCONV_VEC
-/* lanes [0, n) from p, the others zero (0 <= n <= VW) */
+/* lanes [0, n) from p, the others zero (n <= VW; none for n <= 0). AVX2: a masked load (vmaskmovps: the masked-off
+ * lanes are not read and fault on nothing). NEON has none: through a buffer, a store, a copy and a reload whose
+ * store forwarding fails, which costs several times a whole load (in the depthwise weight gradient's row form a
+ * partial block so took 2.3 ms where a whole one takes 0.3, AVX2 build, docs/design-notes.md); kernels keep
+ * partial loads out of NEON's inner loops. */
 SEPCONV_INLINE vf vload_n(const float *p, int n) {
     if (n >= VW) return vload(p);
+#if defined(SEPCONV_VEC_AVX2)
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+#else
     float buf[VW] = {0.f};
     memcpy(buf, p, sizeof(float) * (size_t)(n > 0 ? n : 0));
     return vload(buf);
+#endif
 }
-/* lanes [0, n) to p; nothing past them is written */
+/* lanes [0, n) to p; nothing past them is written (through a buffer: AMD's masked stores are slow, and the kernels
+ * store a partial vector once per block, not per tap) */
 SEPCONV_INLINE void vstore_n(float *p, vf v, int n) {
     if (n >= VW) { vstore(p, v); return; }
     float buf[VW];
@@ -111,6 +120,18 @@ SEPCONV_INLINE vb vb_load(const float *p) {
     return v;
 }
 SEPCONV_INLINE void vb_store(float *p, vb v) { memcpy(p, &v, sizeof v); }
+/* lanes [0, n) from p, the others zero (0 <= n <= VB): nothing past p + n is read */
+SEPCONV_INLINE vb vb_load_n(const float *p, int n) {
+#if defined(SEPCONV_AVX512)
+    return (vb)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+#elif defined(SEPCONV_VEC)
+    return (vb)vload_n(p, n);
+#else
+    vb v = {0};
+    memcpy(&v, p, sizeof(float) * (size_t)n);
+    return v;
+#endif
+}
 /* a * b + c, one fused multiply-add where the target has it: the kernels are built as ISO C (-std=c11), in which
  * GCC does not contract a * b + c written with vector operators into an FMA */
 SEPCONV_INLINE vb vb_fma(vb a, vb b, vb c) {
