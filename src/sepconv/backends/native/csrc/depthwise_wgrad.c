@@ -194,8 +194,9 @@ static void wgrad_row3(const float *const *rows, const float *g, int W, int C, i
     if (hi < lo) hi = lo;
     int c = 0;
     /* whole blocks: this loop, not row3_block (which takes the last, partial block the same way with masked loads):
-     * through row3_block the AVX2 build's weight gradient took 1.09-1.21x its time on VGG 64 -> 64 @32 in five
-     * A/B runs (bench_kernel_ab.py --part wgrad, one-off), with this loop 1.05-1.07x */
+     * through row3_block the AVX2 build's weight gradient took 1.09-1.21x its earlier time on VGG 64 -> 64 @32 in
+     * five A/B runs, with this loop 1.05-1.11x in three, where two builds of the same code differ by 0.86-1.05x
+     * per shape (bench_kernel_ab.py --part wgrad --suite vgg_blocks, -masked-wgrad-wholeloop) */
     for (; c + VB <= C; c += VB) {
         vb a[9];
 #pragma GCC unroll 9
