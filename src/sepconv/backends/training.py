@@ -230,10 +230,11 @@ class Pointwise1x1(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-#: Depthwise convolutions of at most this many channels run their stride-1 passes in sepconv's flat kernels
-#: (:func:`depthwise_conv`; the weight gradient's choice is made in ``csrc/depthwise_wgrad.c``, at the same bound):
-#: a vector of channels would hold few useful lanes (3 of 16 for an RGB input). Measured against oneDNN in
-#: ``benchmarks/bench_depthwise_few.py``.
+#: Depthwise convolutions of at most this many channels run their stride-1 forward pass and input gradient in
+#: sepconv's flat kernel (:func:`depthwise_conv`): a vector of channels would hold few useful lanes (3 of 16 for an
+#: RGB input); from 5 channels oneDNN's forward pass was about as fast or faster
+#: (``benchmarks/bench_depthwise_few.py``). The weight gradient's kernel makes its own choice per ISA
+#: (``wgrad_flat_applies`` in ``csrc/depthwise_wgrad.c``).
 FLAT_MAX_CHANNELS = 4
 
 
