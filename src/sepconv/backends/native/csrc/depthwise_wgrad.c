@@ -8,7 +8,7 @@
  * row's input vectors (sliding window; vectors outside the image and pixels past the row's end read as zero), and
  * every tap's eight products are summed in registers before one add to the buffer; the same with AVX2 + FMA or
  * NEON vectors (simd.h: 4 or 8 pixels). Otherwise one pixel at a time, portable loops. At stride 1 with few
- * channels (wgrad_flat_applies) each output row is taken as one run of floats instead (wgrad_flat). Plain C with
+ * channels (wgrad_flat_applies) each output row is taken as one run of floats instead (wgrad_flat_row). Plain C with
  * optional OpenMP, loaded with ctypes.
  */
 #include <stdlib.h>
@@ -20,7 +20,7 @@
 #include "wgrad_steps.h"
 
 #define WG_SLIDE 8
-/* Whether the flat form (wgrad_flat) takes C channels at stride 1: where vectors of channels would be mostly empty,
+/* Whether the flat form (wgrad_flat_row) takes C channels at stride 1: where vectors of channels would be mostly empty,
  * and on NEON wherever the last one is partial (NEON has no masked loads: plain loops there, simd.h). Batch 32 at
  * 32x32, one thread, Zen 4 (C driver, one-off, docs/design-notes.md): with AVX-512 the flat form took 0.53-0.87x the
  * channel vectors' time for 1-6 channels (even at 8, 1.5x at 12); in the AVX2 build 0.55-1.01x for 1-4 and 1.14-1.44x
@@ -135,42 +135,48 @@ SEPCONV_INLINE void wgrad_slide_v(const float *const *rows, const float *g, int 
 #endif
 
 #if defined(SEPCONV_AVX512) || defined(SEPCONV_VEC)
+/* wgrad_row3's sums for the channels [c, c + VB) of one output row, each vector read with LOAD(pointer): the nine
+ * taps' sums in registers over the whole row, then added into part[9][Cp]. A macro, written once for the whole
+ * blocks (plain loads, expanded in wgrad_row3's loop) and the last, partial one (masked loads, row3_partial): through
+ * one inline function for both, the AVX2 build's weight gradient took 1.09-1.21x its earlier time on VGG 64 -> 64 @32
+ * in five A/B runs, expanded in the loop 1.05-1.11x in three, where two builds of the same code differ by
+ * 0.86-1.05x per shape (bench_kernel_ab.py --part wgrad, -masked-wgrad-wholeloop). */
+#define ROW3_SUMS(LOAD)                                                                                                \
+    do {                                                                                                               \
+        vb a[9];                                                                                                       \
+        _Pragma("GCC unroll 9") for (int t = 0; t < 9; ++t) a[t] = (vb){0};                                            \
+        for (int ow = 0; ow < Wo; ++ow) {                                                                              \
+            if (ow == lo && lo < hi) { /* the interior: no bounds to check */                                          \
+                for (; ow < hi; ++ow) {                                                                                \
+                    vb gv = LOAD(g + (size_t)ow * C + c);                                                              \
+                    _Pragma("GCC unroll 3") for (int kh = 0; kh < 3; ++kh) {                                           \
+                        const float *xp = rows[kh] + ((size_t)ow * sw - pw) * C + c;                                   \
+                        a[3 * kh] = vb_fma(gv, LOAD(xp), a[3 * kh]);                                                   \
+                        a[3 * kh + 1] = vb_fma(gv, LOAD(xp + C), a[3 * kh + 1]);                                       \
+                        a[3 * kh + 2] = vb_fma(gv, LOAD(xp + 2 * (size_t)C), a[3 * kh + 2]);                           \
+                    }                                                                                                  \
+                }                                                                                                      \
+                if (ow >= Wo) break;                                                                                   \
+            }                                                                                                          \
+            vb gv = LOAD(g + (size_t)ow * C + c);                                                                      \
+            _Pragma("GCC unroll 3") for (int kh = 0; kh < 3; ++kh)                                                     \
+                _Pragma("GCC unroll 3") for (int kw = 0; kw < 3; ++kw) {                                               \
+                    int iw = ow * sw - pw + kw;                                                                        \
+                    if (iw >= 0 && iw < W) a[3 * kh + kw] = vb_fma(gv, LOAD(rows[kh] + (size_t)iw * C + c), a[3 * kh + kw]); \
+                }                                                                                                      \
+        }                                                                                                              \
+        _Pragma("GCC unroll 9") for (int t = 0; t < 9; ++t)                                                            \
+            vb_store(part + (size_t)t * Cp + c, vb_load(part + (size_t)t * Cp + c) + a[t]);                          \
+    } while (0)
+
 #if defined(SEPCONV_AVX512) || defined(SEPCONV_VEC_AVX2)
 /* wgrad_row3's last, partial block of channels [c, c + n), n < VB: its n channels read with masked loads, zeros added
- * into part's padding past C; the nine taps' sums in registers over the whole row, as wgrad_row3's whole blocks. */
-static void row3_block(const float *const *rows, const float *g, int W, int C, int Cp, int Wo, int sw, int pw, int lo,
-                       int hi, int c, int n, float *part) {
-#define ROW3_LOAD(p) vb_load_n((p), n)
-    vb a[9];
-#pragma GCC unroll 9
-    for (int t = 0; t < 9; ++t) a[t] = (vb){0};
-    for (int ow = 0; ow < Wo; ++ow) {
-        if (ow == lo && lo < hi) { /* the interior: no bounds to check */
-            for (; ow < hi; ++ow) {
-                vb gv = ROW3_LOAD(g + (size_t)ow * C + c);
-#pragma GCC unroll 3
-                for (int kh = 0; kh < 3; ++kh) {
-                    const float *xp = rows[kh] + ((size_t)ow * sw - pw) * C + c;
-                    a[3 * kh] = vb_fma(gv, ROW3_LOAD(xp), a[3 * kh]);
-                    a[3 * kh + 1] = vb_fma(gv, ROW3_LOAD(xp + C), a[3 * kh + 1]);
-                    a[3 * kh + 2] = vb_fma(gv, ROW3_LOAD(xp + 2 * (size_t)C), a[3 * kh + 2]);
-                }
-            }
-            if (ow >= Wo) break;
-        }
-        vb gv = ROW3_LOAD(g + (size_t)ow * C + c);
-#pragma GCC unroll 3
-        for (int kh = 0; kh < 3; ++kh)
-#pragma GCC unroll 3
-            for (int kw = 0; kw < 3; ++kw) {
-                int iw = ow * sw - pw + kw;
-                if (iw >= 0 && iw < W)
-                    a[3 * kh + kw] = vb_fma(gv, ROW3_LOAD(rows[kh] + (size_t)iw * C + c), a[3 * kh + kw]);
-            }
-    }
-#undef ROW3_LOAD
-#pragma GCC unroll 9
-    for (int t = 0; t < 9; ++t) vb_store(part + (size_t)t * Cp + c, vb_load(part + (size_t)t * Cp + c) + a[t]);
+ * into part's padding past C. */
+static void row3_partial(const float *const *rows, const float *g, int W, int C, int Cp, int Wo, int sw, int pw,
+                         int lo, int hi, int c, int n, float *part) {
+#define ROW3_MASKED(p) vb_load_n((p), n)
+    ROW3_SUMS(ROW3_MASKED);
+#undef ROW3_MASKED
 }
 #endif
 
@@ -178,7 +184,7 @@ static void row3_block(const float *const *rows, const float *g, int W, int C, i
  * channels at a time, the nine taps' sums held in registers over the whole row and added into part once. AVX2 and
  * NEON at every stride (wgrad_slide_v adds into part once per 4 pixels), AVX-512 at strides above 1 (at stride 1
  * its eight-pixel window was not slower: docs/design-notes.md); elsewhere one pixel at a time. Channels past the
- * last whole block: one partial block with masked loads (row3_block), plain loops on NEON. */
+ * last whole block: one partial block with masked loads (row3_partial), plain loops on NEON. */
 static void wgrad_row3(const float *const *rows, const float *g, int W, int C, int Cp, int Wo, int sw, int pw,
                        float *part, const float *x_next_row, const float *g_next_row) {
     /* the input row the next output row adds and that row's gradient, fetched into L2 while this row computes (as
@@ -193,43 +199,9 @@ static void wgrad_row3(const float *const *rows, const float *g, int W, int C, i
     hi = hi < Wo ? hi : Wo;
     if (hi < lo) hi = lo;
     int c = 0;
-    /* whole blocks: this loop, not row3_block (which takes the last, partial block the same way with masked loads):
-     * through row3_block the AVX2 build's weight gradient took 1.09-1.21x its earlier time on VGG 64 -> 64 @32 in
-     * five A/B runs, with this loop 1.05-1.11x in three, where two builds of the same code differ by 0.86-1.05x
-     * per shape (bench_kernel_ab.py --part wgrad --suite vgg_blocks, -masked-wgrad-wholeloop) */
-    for (; c + VB <= C; c += VB) {
-        vb a[9];
-#pragma GCC unroll 9
-        for (int t = 0; t < 9; ++t) a[t] = (vb){0};
-        for (int ow = 0; ow < Wo; ++ow) {
-            if (ow == lo && lo < hi) { /* the interior: no bounds to check */
-                for (; ow < hi; ++ow) {
-                    vb gv = vb_load(g + (size_t)ow * C + c);
-#pragma GCC unroll 3
-                    for (int kh = 0; kh < 3; ++kh) {
-                        const float *xp = rows[kh] + ((size_t)ow * sw - pw) * C + c;
-                        a[3 * kh] = vb_fma(gv, vb_load(xp), a[3 * kh]);
-                        a[3 * kh + 1] = vb_fma(gv, vb_load(xp + C), a[3 * kh + 1]);
-                        a[3 * kh + 2] = vb_fma(gv, vb_load(xp + 2 * (size_t)C), a[3 * kh + 2]);
-                    }
-                }
-                if (ow >= Wo) break;
-            }
-            vb gv = vb_load(g + (size_t)ow * C + c);
-#pragma GCC unroll 3
-            for (int kh = 0; kh < 3; ++kh)
-#pragma GCC unroll 3
-                for (int kw = 0; kw < 3; ++kw) {
-                    int iw = ow * sw - pw + kw;
-                    if (iw >= 0 && iw < W)
-                        a[3 * kh + kw] = vb_fma(gv, vb_load(rows[kh] + (size_t)iw * C + c), a[3 * kh + kw]);
-                }
-        }
-#pragma GCC unroll 9
-        for (int t = 0; t < 9; ++t) vb_store(part + (size_t)t * Cp + c, vb_load(part + (size_t)t * Cp + c) + a[t]);
-    }
+    for (; c + VB <= C; c += VB) ROW3_SUMS(vb_load);
 #if defined(SEPCONV_AVX512) || defined(SEPCONV_VEC_AVX2)
-    if (c < C) row3_block(rows, g, W, C, Cp, Wo, sw, pw, lo, hi, c, C - c, part); /* masked loads */
+    if (c < C) row3_partial(rows, g, W, C, Cp, Wo, sw, pw, lo, hi, c, C - c, part); /* masked loads */
 #else
     for (; c < C; ++c) /* NEON: no masked loads (simd.h), plain loops */
         for (int ow = 0; ow < Wo; ++ow)
@@ -312,7 +284,8 @@ void sepconv_wgrad_row(const float *x, int H, int W, int C, const float *g, int 
  * floats [ow C, ow C + C) and input row oh - ph + kh dh's floats shifted by (kw dw - pw) C line up, so each tap is
  *   part[kh][kw][f] += g[f] * x_row[f + (kw dw - pw) C]   over the f whose input pixel is inside the row,
  * one plain loop over the row's Wo C floats that the compiler vectorizes whatever C, where a vector of channels
- * would hold C useful lanes (3 of 16 for an RGB input). part: [KH][KW][Wo C]; float f is channel f % C. */
+ * would hold C useful lanes (3 of 16 for an RGB input). part: [KH][KW][Wo C]; float f is channel f % C. Used by
+ * sepconv_depthwise_wgrad_f32 at stride 1 where wgrad_flat_applies. */
 static void wgrad_flat_row(const float *x, int H, int W, int C, const float *restrict g, int Wo, int KH, int KW,
                            int ph, int pw, int dh, int dw, int oh, float *part) {
     long n = (long)Wo * C;
@@ -332,48 +305,6 @@ static void wgrad_flat_row(const float *x, int H, int W, int C, const float *res
     }
 }
 
-/* sepconv_depthwise_wgrad_f32 at stride 1 where wgrad_flat_applies: wgrad_flat_row per output row into
- * each thread's part, then gw[tap][c] = the parts' floats of channel c, added thread by thread in order. */
-static int wgrad_flat(const float *x, int N, int H, int W, int C, const float *gy, int Ho, int Wo, int KH, int KW,
-                      int ph, int pw, int dh, int dw, float *gw, int threads) {
-    size_t taps = (size_t)KH * KW, row = (size_t)Wo * C, per = (taps * row + 15) / 16 * 16;
-    long rows = (long)N * Ho;
-    float *parts = (float *)aligned_alloc(64, ((size_t)threads * per * sizeof(float) + 63) / 64 * 64);
-    if (!parts) return -1;
-    memset(parts, 0, (size_t)threads * per * sizeof(float));
-#ifdef _OPENMP
-#pragma omp parallel num_threads(threads) if (threads > 1 && rows > 1)
-#endif
-    {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        float *part = parts + (size_t)tid * per;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (long r = 0; r < rows; ++r) {
-            int n = (int)(r / Ho), oh = (int)(r % Ho);
-            wgrad_flat_row(x + (size_t)n * H * W * C, H, W, C, gy + (size_t)r * row, Wo, KH, KW, ph, pw, dh, dw, oh,
-                           part);
-        }
-    }
-    for (size_t t = 0; t < taps; ++t)
-        for (int c = 0; c < C; ++c) {
-            float s = 0.f;
-            for (int i = 0; i < threads; ++i) {
-                const float *a = parts + (size_t)i * per + t * row;
-                float p = 0.f;
-                for (size_t f = (size_t)c; f < row; f += (size_t)C) p += a[f];
-                s += p;
-            }
-            gw[t * C + c] = s;
-        }
-    free(parts);
-    return 0;
-}
-
 /* x: [N][H][W][C]; gy: [N][Ho][Wo][C]; gw: [KH][KW][C] (overwritten). KH <= 16 (the kernel rows are looked up in a
  * fixed table). Rows are split statically among the threads and the threads' sums added in thread order, so the
  * result does not depend on timing. Returns 0, -1 if the buffers could not be allocated, -2 for KH > 16. */
@@ -381,10 +312,10 @@ int sepconv_depthwise_wgrad_f32(const float *x, int N, int H, int W, int C, cons
                                 int KW, int sh, int sw, int ph, int pw, int dh, int dw, float *gw, int threads) {
     if (KH > 16) return -2;
     if (threads < 1) threads = 1;
-    if (sh == 1 && sw == 1 && wgrad_flat_applies(C))
-        return wgrad_flat(x, N, H, W, C, gy, Ho, Wo, KH, KW, ph, pw, dh, dw, gw, threads);
-    int Cp = (C + 15) / 16 * 16;
-    size_t taps = (size_t)KH * KW, per = taps * Cp;
+    /* each thread's sums: [KH][KW][Cp] channel vectors, or [KH][KW][Wo C] in the flat form (float f: channel f % C) */
+    int flat = sh == 1 && sw == 1 && wgrad_flat_applies(C), Cp = (C + 15) / 16 * 16;
+    size_t taps = (size_t)KH * KW, row = (size_t)Wo * C, stride = flat ? row : (size_t)Cp;
+    size_t per = (taps * stride + 15) / 16 * 16;
     long rows = (long)N * Ho;
     float *parts = (float *)aligned_alloc(64, ((size_t)threads * per * sizeof(float) + 63) / 64 * 64);
     if (!parts) return -1;
@@ -404,15 +335,27 @@ int sepconv_depthwise_wgrad_f32(const float *x, int N, int H, int W, int C, cons
         for (long r = 0; r < rows; ++r) {
             int n = (int)(r / Ho), oh = (int)(r % Ho);
             /* gy's rows are consecutive: the next one follows this one (the next image's first after the last) */
-            const float *g = gy + ((size_t)n * Ho + oh) * Wo * C;
-            sepconv_wgrad_row(x + (size_t)n * H * W * C, H, W, C, g, Wo, KH, KW, sh, sw, ph, pw, dh, dw, oh, Cp, part,
-                      r + 1 < rows ? g + (size_t)Wo * C : NULL);
+            const float *g = gy + (size_t)r * row, *xn = x + (size_t)n * H * W * C;
+            if (flat)
+                wgrad_flat_row(xn, H, W, C, g, Wo, KH, KW, ph, pw, dh, dw, oh, part);
+            else
+                sepconv_wgrad_row(xn, H, W, C, g, Wo, KH, KW, sh, sw, ph, pw, dh, dw, oh, Cp, part,
+                                  r + 1 < rows ? g + row : NULL);
         }
     }
     for (size_t t = 0; t < taps; ++t)
         for (int c = 0; c < C; ++c) {
             float s = 0.f;
-            for (int i = 0; i < threads; ++i) s += parts[(size_t)i * per + t * Cp + c];
+            for (int i = 0; i < threads; ++i) {
+                const float *a = parts + (size_t)i * per + t * stride;
+                if (!flat) {
+                    s += a[c];
+                    continue;
+                }
+                float p = 0.f;
+                for (size_t f = (size_t)c; f < row; f += (size_t)C) p += a[f];
+                s += p;
+            }
             gw[t * C + c] = s;
         }
     free(parts);
