@@ -43,6 +43,14 @@ static inline float act1(float v, int act) {
     return v;
 }
 
+/* Marks a parallel call as failed (a thread could not allocate its buffer; its jobs are skipped, the call returns -1). */
+static inline void mark_failed(int *failed) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+    *failed = 1;
+}
+
 /* The vector instruction set the library was built with: "avx512", "avx2", "neon" or "scalar" (simd.h). */
 const char *sepconv_isa(void) { return SEPCONV_ISA_NAME; }
 
@@ -214,27 +222,6 @@ static inline __attribute__((always_inline)) void flat_block(const float *rows, 
         else
             _mm512_mask_storeu_ps(out + at, first_lanes(n - at), act16(acc[q], act));
     }
-}
-
-static void depthwise_flat_row(const float *rows, int ih_lo, long prow, int H, int C, const float *wpat,
-                               const float *bpat, int KH, int KW, int ph, int pw, int dh, int dw, int act, int oh,
-                               int ow0, int cnt, float *out) {
-    int kh_lo = 0, kh_hi = KH;
-    while (kh_lo < KH && oh - ph + kh_lo * dh < 0) ++kh_lo;
-    while (kh_hi > kh_lo && oh - ph + (kh_hi - 1) * dh >= H) --kh_hi;
-    long f0 = (long)ow0 * C, n = (long)cnt * C, nvec = (n + 15) / 16;
-    const float *base = rows + flat_left(pw, C);
-    /* a constant block count per call (after inlining the accumulators stay in registers; with a variable count
-     * they lived on the stack, a store and a reload on every FMA's chain) */
-    long k = 0;
-    for (; k + 4 <= nvec; k += 4)
-        flat_block(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k, 4, n, out);
-    if (nvec - k == 3)
-        flat_block(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k, 3, n, out);
-    else if (nvec - k == 2)
-        flat_block(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k, 2, n, out);
-    else if (nvec - k == 1)
-        flat_block(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k, 1, n, out);
 }
 
 /* The sliding-window block for kernel widths 3, 5 and 7 (compile-time widths: see depthwise_slide). */
@@ -767,25 +754,6 @@ SEPCONV_INLINE void vflat_block(const float *rows, int ih_lo, long prow, int C, 
     }
 }
 
-static void vflat_row(const float *rows, int ih_lo, long prow, int H, int C, const float *wpat, const float *bpat,
-                      int KH, int KW, int ph, int pw, int dh, int dw, int act, int oh, int ow0, int cnt,
-                      float *out) {
-    int kh_lo = 0, kh_hi = KH;
-    while (kh_lo < KH && oh - ph + kh_lo * dh < 0) ++kh_lo;
-    while (kh_hi > kh_lo && oh - ph + (kh_hi - 1) * dh >= H) --kh_hi;
-    long f0 = (long)ow0 * C, n = (long)cnt * C, nvec = (n + VW - 1) / VW;
-    const float *base = rows + flat_left(pw, C);
-    long k = 0; /* constant block counts, as in depthwise_flat_row */
-    for (; k + 4 <= nvec; k += 4)
-        vflat_block(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k, 4, n, out);
-    if (nvec - k == 3)
-        vflat_block(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k, 3, n, out);
-    else if (nvec - k == 2)
-        vflat_block(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k, 2, n, out);
-    else if (nvec - k == 1)
-        vflat_block(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k, 1, n, out);
-}
-
 /* y[r][0 : ncols] = t[r][:C] @ panel[:C][0 : ncols] + bias for r < R <= MR_V (a constant after inlining), ncols <=
  * 16: R x NSUB vector accumulators (at most 12 of AVX2's 16 registers, 24 of NEON's 32); the panel is zero padded to
  * 32 columns, so whole vectors are read. stream: whole vectors are written around the caches (y and ldy 64-byte
@@ -840,10 +808,36 @@ SEPCONV_INLINE void vgemm_block(const float *t, int cp, int C, const float *bp, 
 }
 #endif
 
+#if defined(SEPCONV_AVX512) || defined(SEPCONV_VEC)
 #if defined(SEPCONV_AVX512)
+#define FLAT_VW 16 /* floats per vector of the flat path's blocks */
+#define FLAT_BLOCK flat_block
+#else
+#define FLAT_VW VW
+#define FLAT_BLOCK vflat_block
+#endif
+/* Output pixels [ow0, ow0 + cnt) of row oh on the flat path (see flat_block): kernel rows inside the image only,
+ * then the row's vectors in blocks of four. rows: the tile's padded input rows (flat_pad_rows). */
+static void depthwise_flat_row(const float *rows, int ih_lo, long prow, int H, int C, const float *wpat,
+                               const float *bpat, int KH, int KW, int ph, int pw, int dh, int dw, int act, int oh,
+                               int ow0, int cnt, float *out) {
+    int kh_lo = 0, kh_hi = KH;
+    while (kh_lo < KH && oh - ph + kh_lo * dh < 0) ++kh_lo;
+    while (kh_hi > kh_lo && oh - ph + (kh_hi - 1) * dh >= H) --kh_hi;
+    long f0 = (long)ow0 * C, n = (long)cnt * C, nvec = (n + FLAT_VW - 1) / FLAT_VW;
+    const float *base = rows + flat_left(pw, C);
+    /* a constant block count per call (after inlining the accumulators stay in registers; with a variable count
+     * they lived on the stack, a store and a reload on every FMA's chain) */
+#define FLAT_BLOCK_OF(nv) FLAT_BLOCK(base, ih_lo, prow, C, wpat, bpat, kh_lo, kh_hi, KW, oh, ph, pw, dh, dw, act, f0, k, \
+                                     nv, n, out)
+    long k = 0;
+    for (; k + 4 <= nvec; k += 4) FLAT_BLOCK_OF(4);
+    if (nvec - k == 3) FLAT_BLOCK_OF(3);
+    else if (nvec - k == 2) FLAT_BLOCK_OF(2);
+    else if (nvec - k == 1) FLAT_BLOCK_OF(1);
+#undef FLAT_BLOCK_OF
+}
 #define FLAT_ROW depthwise_flat_row
-#elif defined(SEPCONV_VEC)
-#define FLAT_ROW vflat_row
 #endif
 
 /* Depthwise output for pixels [p0, p0 + m) of image n into t[m][cp] (row stride cp >= C: a multiple of 16, or C on
@@ -1238,12 +1232,7 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
         float *t = (float *)aligned_alloc(64, tile_bytes + pad_bytes);
         float *padded = t && pad_bytes ? t + tile_bytes / sizeof(float) : NULL; /* the flat path's padded input rows */
         if (t && !(parts & 1)) memset(t, 0, tile_bytes); /* the pointwise part alone: on zeros, not on garbage */
-        if (!t) {
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
-            failed = 1;
-        }
+        if (!t) mark_failed(&failed);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -1325,12 +1314,7 @@ int sepconv_depthwise_f32(const float *x, int N, int H, int W, int C, const floa
 #endif
     {
         float *padded = pad_bytes ? (float *)aligned_alloc(64, pad_bytes) : NULL;
-        if (pad_bytes && !padded) {
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
-            failed = 1;
-        }
+        if (pad_bytes && !padded) mark_failed(&failed);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -1504,10 +1488,7 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
         if (!ring || !taps_g) {
             free(ring);
             ring = NULL;
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
-            failed = 1;
+            mark_failed(&failed);
         }
 #ifdef _OPENMP
 #pragma omp for schedule(static)
