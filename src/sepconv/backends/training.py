@@ -638,7 +638,7 @@ def engine_applies(conv: nn.Module, engine: str) -> bool:
     # a one-channel depthwise step (a separable layer on grey images) is an ungrouped convolution: groups == 1
     depthwise = conv.groups == conv.in_channels == conv.out_channels
     return (conv.groups > 1 or depthwise) and all(0 <= p <= d * (k - 1) for p, d, k in
-                                   zip(conv.padding, conv.dilation, conv.kernel_size))
+                                                  zip(conv.padding, conv.dilation, conv.kernel_size))
 
 
 def _fused_applies(layer: nn.Module) -> bool:
