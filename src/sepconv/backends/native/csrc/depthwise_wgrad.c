@@ -20,11 +20,10 @@
 #include "wgrad_steps.h"
 
 #define WG_SLIDE 8
-/* Whether the flat form (wgrad_flat_row) takes C channels at stride 1: where vectors of channels would be mostly empty,
- * and on NEON wherever the last one is partial (NEON has no masked loads: plain loops there, simd.h). Batch 32 at
- * 32x32, one thread, Zen 4 (C driver, one-off, docs/design-notes.md): with AVX-512 the flat form took 0.53-0.87x the
- * channel vectors' time for 1-6 channels (even at 8, 1.5x at 12); in the AVX2 build 0.55-1.01x for 1-4 and 1.14-1.44x
- * for 5-12 (a partial block of masked loads). */
+/* Whether the flat form (wgrad_flat_row) takes C channels at stride 1: where vectors of channels would be mostly
+ * empty, and on NEON wherever the last one is partial (NEON has no masked loads: plain loops there, simd.h). The
+ * bounds per ISA come from the measurements in docs/design-notes.md ("Where the flat form takes the weight
+ * gradient"). */
 SEPCONV_INLINE int wgrad_flat_applies(int C) {
 #if defined(SEPCONV_VEC_NEON)
     return C < 16 && C % VW != 0;
@@ -137,10 +136,8 @@ SEPCONV_INLINE void wgrad_slide_v(const float *const *rows, const float *g, int 
 #if defined(SEPCONV_AVX512) || defined(SEPCONV_VEC)
 /* wgrad_row3's sums for the channels [c, c + VB) of one output row, each vector read with LOAD(pointer): the nine
  * taps' sums in registers over the whole row, then added into part[9][Cp]. A macro, written once for the whole
- * blocks (plain loads, expanded in wgrad_row3's loop) and the last, partial one (masked loads, row3_partial): through
- * one inline function for both, the AVX2 build's weight gradient took 1.09-1.21x its earlier time on VGG 64 -> 64 @32
- * in five A/B runs, expanded in the loop 1.05-1.11x in three, where two builds of the same code differ by
- * 0.86-1.05x per shape (bench_kernel_ab.py --part wgrad, -masked-wgrad-wholeloop). */
+ * blocks (plain loads, expanded in wgrad_row3's loop) and the last, partial one (masked loads, row3_partial): one
+ * inline function for both measured slower on the whole blocks (docs/design-notes.md, -masked-wgrad-wholeloop). */
 #define ROW3_SUMS(LOAD)                                                                                                \
     do {                                                                                                               \
         vb a[9];                                                                                                       \

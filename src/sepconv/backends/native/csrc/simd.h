@@ -73,9 +73,8 @@ SEPCONV_INLINE void vstream_fence(void) {}
 #ifdef SEPCONV_VEC
 /* lanes [0, n) from p, the others zero (n <= VW; none for n <= 0). AVX2: a masked load (vmaskmovps: the masked-off
  * lanes are not read and fault on nothing). NEON has none: through a buffer, a store, a copy and a reload whose
- * store forwarding fails, which costs several times a whole load (in the depthwise weight gradient's row form a
- * partial block so took 2.3 ms where a whole one takes 0.3, AVX2 build, docs/design-notes.md); kernels keep
- * partial loads out of NEON's inner loops. */
+ * store forwarding fails, which costs several times a whole load (docs/design-notes.md); kernels keep partial
+ * loads out of NEON's inner loops. */
 SEPCONV_INLINE vf vload_n(const float *p, int n) {
     if (n >= VW) return vload(p);
 #if defined(SEPCONV_VEC_AVX2)
