@@ -251,7 +251,7 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
                          f"{tuple(weight.shape)}")
     (n, c, h, w), (kh, kw) = x.shape, weight.shape[2:]
     (ph, pw), (dh, dw) = padding, dilation
-    ho, wo = h + 2 * ph - dh * (kh - 1), w + 2 * pw - dw * (kw - 1)
+    ho, wo = output_size_1d(h, kh, 1, dh, (ph, ph)), output_size_1d(w, kw, 1, dw, (pw, pw))
     if not (0 <= ph <= dh * (kh - 1) and 0 <= pw <= dw * (kw - 1)) or ho < 1 or wo < 1:
         raise ValueError(f"depthwise_conv: padding must be 0..{dh * (kh - 1)} x 0..{dw * (kw - 1)} for a {kh}x{kw} "
                          f"kernel of dilation {tuple(dilation)} on a {h}x{w} input, got {tuple(padding)}")
