@@ -20,6 +20,9 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
                            int KW, int sh, int sw, int ph, int pw, int dh, int dw, int dw_act, const float *wpw,
                            const float *bpw, int Cout, int pw_act, float *y, float *mid, int Ho, int Wo, int tile,
                            int groups, int stream, int parts, long job_begin, long job_end, int threads);
+int sepconv_fused_forward_f32(const float *x, int N, int H, int W, int C, const float *wdw, const float *bdw, int KH,
+                              int KW, int sh, int sw, int ph, int pw, const float *wpw, const float *bpw, int Cout,
+                              float *y, float *mid, int Ho, int Wo, int tile, int groups, int stream, int threads);
 void sepconv_pack_panels_f32(const float *w, long w_k, long w_n, int K, int N, float *panels, int threads);
 int sepconv_gemm_atb_f32(long P, int M, int N, const float *A, long lda, const float *B, long ldb, float *out,
                          long ldo, int threads);
@@ -116,6 +119,31 @@ static void check_fused(int N, int H, int W, int C, int K, int s, int pad, int d
                     expect_close(what, (int)at, y[at], act(v, pw_act), a);
                 }
             }
+    if (d == 1 && dw_act == 0 && pw_act == 0) {
+        /* the training forward pass: the same kernel on the weights in PyTorch's layouts ([C][K][K], [Cout][C]),
+         * laid out inside the call; the same arithmetic, so the same bits */
+        float *wdw_pt = (float *)malloc(sizeof(float) * K * K * C), *wpw_pt = (float *)malloc(sizeof(float) * C * Cout);
+        for (int c = 0; c < C; ++c)
+            for (int k = 0; k < K * K; ++k) wdw_pt[(size_t)c * K * K + k] = wdw[(size_t)k * C + c];
+        for (int c = 0; c < C; ++c)
+            for (int j = 0; j < Cout; ++j) wpw_pt[(size_t)j * C + c] = wpw[(size_t)c * Cout + j];
+        float *y2 = (float *)aligned_alloc(64, (ny * sizeof(float) + 63) / 64 * 64);
+        float *mid2 = mid ? (float *)aligned_alloc(64, (nmid * sizeof(float) + 63) / 64 * 64) : NULL;
+        code = sepconv_fused_forward_f32(x, N, H, W, C, wdw_pt, bias ? bdw : NULL, K, K, s, s, pad, pad, wpw_pt,
+                                         bias ? bpw : NULL, Cout, y2, mid2, Ho, Wo, tile, groups, stream,
+                                         1 + tile % 2);
+        ++checks;
+        if (code != 0) { fprintf(stderr, "FAIL %s (PyTorch layouts): returned %d\n", what, code); ++failures; }
+        for (size_t i = 0; i < ny; ++i) {
+            ++checks;
+            if (y2[i] != y[i]) ++failures;
+        }
+        for (size_t i = 0; mid2 && i < nmid; ++i) {
+            ++checks;
+            if (mid2[i] != mid[i]) ++failures;
+        }
+        free(wdw_pt); free(wpw_pt); free(y2); free(mid2);
+    }
     free(x); free(wdw); free(bdw); free(wpw); free(bpw); free(packed); free(y); free(mid); free(dv); free(da);
 }
 

@@ -124,8 +124,8 @@ def fused_separable_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: O
     training step keeps for the 1x1 weight gradient; else None), channels-last float32 tensors.
 
     ``x``: ``(N, C, H, W)`` float32 on the CPU; ``dw_weight``: ``(C, 1, KH, KW)``; ``pw_weight``:
-    ``(Cout, C, 1, 1)``; biases ``(C,)`` / ``(Cout,)`` or None. The weights are packed at each call (they change
-    between training steps), by the kernel's threads. Not tracked by autograd; ``RuntimeError`` where the kernel
+    ``(Cout, C, 1, 1)``; biases ``(C,)`` / ``(Cout,)`` or None. The weights are read as stored and laid out
+    for the kernel inside it at each call (they change between training steps). Not tracked by autograd; ``RuntimeError`` where the kernel
     does not build (:func:`fused_unavailable_reason`).
     """
     n, c, h, w, kh, kw, cout = check_pair_tensors("fused_separable_forward", x, dw_weight, pw_weight, dw_bias,
@@ -146,20 +146,19 @@ def fused_separable_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: O
                          f"than the {kh}x{kw} kernel")
     threads = max(1, torch.get_num_threads())
     x = x.contiguous(memory_format=torch.channels_last)
-    taps = dw_weight.detach().reshape(c, kh * kw).t().contiguous()  # [KH * KW][C]
-    weight = pw_weight.contiguous()  # [Cout][C] as stored: read in place
-    panels = torch.empty(-(-cout // _NR), c, _NR, dtype=torch.float32)
-    lib.sepconv_pack_panels_f32(weight.data_ptr(), 1, c, c, cout, panels.data_ptr(), threads)  # B[c][j] = w[j][c]
     tile, groups, stream = kernel_schedule(n, ho, wo, cout, default_tile(c), threads)
     y = torch.empty((n, cout, ho, wo), dtype=torch.float32, memory_format=torch.channels_last)
     mid = torch.empty((n, c, ho, wo), dtype=torch.float32, memory_format=torch.channels_last) if keep_depthwise else None
-    jobs = lib.sepconv_fused_jobs(n, ho, wo, tile, groups)
+    # the weights as stored (the kernel lays them out: they change at every step); kept in locals, as a pointer
+    # into a temporary copy would dangle
+    dw_weight, pw_weight = dw_weight.detach().contiguous(), pw_weight.detach().contiguous()
+    dw_bias = None if dw_bias is None else dw_bias.detach().contiguous()
+    pw_bias = None if pw_bias is None else pw_bias.detach().contiguous()
     with profiled("sepconv::fused_dwpw"):
-        code = lib.sepconv_fused_dwpw_f32(
-            x.data_ptr(), n, h, w, c, taps.data_ptr(), None if dw_bias is None else dw_bias.detach().data_ptr(),
-            kh, kw, sh, sw, ph, pw, 1, 1, 0, panels.data_ptr(),
-            None if pw_bias is None else pw_bias.detach().contiguous().data_ptr(), cout, 0, y.data_ptr(),
-            None if mid is None else mid.data_ptr(), ho, wo, tile, groups, int(stream), 3, 0, jobs, threads)
+        code = lib.sepconv_fused_forward_f32(
+            x.data_ptr(), n, h, w, c, dw_weight.data_ptr(), None if dw_bias is None else dw_bias.data_ptr(), kh, kw,
+            sh, sw, ph, pw, pw_weight.data_ptr(), None if pw_bias is None else pw_bias.data_ptr(), cout, y.data_ptr(),
+            None if mid is None else mid.data_ptr(), ho, wo, tile, groups, int(stream), threads)
     if code:
         raise RuntimeError(f"the fused kernel failed with code {code} (-1: out of memory)")
     return y, mid

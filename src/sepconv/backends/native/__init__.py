@@ -116,6 +116,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.sepconv_fused_dwpw_f32.argtypes = [p, i, i, i, i, p, p, i, i, i, i, i, i, i, i, i, p, p, i, i, p, p, i, i, i, i,
                                            i, i, long, long, i]
     lib.sepconv_fused_dwpw_f32.restype = i
+    lib.sepconv_fused_forward_f32.argtypes = [p, i, i, i, i, p, p, i, i, i, i, i, i, p, p, i, p, p, i, i, i, i, i, i]
+    lib.sepconv_fused_forward_f32.restype = i
     lib.sepconv_fused_jobs.argtypes = [i, i, i, i, i]
     lib.sepconv_fused_jobs.restype = long
     lib.sepconv_fused_has_avx512.restype = i

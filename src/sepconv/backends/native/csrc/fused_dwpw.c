@@ -1281,6 +1281,30 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
     return failed ? -1 : 0;
 }
 
+/* A training step's forward pass through sepconv_fused_dwpw_f32 (dilation 1, no activations, every job), the
+ * weights as PyTorch stores them: wdw [C][KH][KW], wpw [Cout][C]. They change at every step, so this lays them out
+ * as the kernel reads them (wdw to [KH][KW][C]; wpw into 32-column panels, on the threads) at each call, in C: done
+ * by the caller, those were tensor operations and calls of their own around the kernel (design notes). Returns what
+ * sepconv_fused_dwpw_f32 returns, or -1 if the weights' buffer could not be allocated. */
+int sepconv_fused_forward_f32(const float *x, int N, int H, int W, int C, const float *wdw, const float *bdw, int KH,
+                              int KW, int sh, int sw, int ph, int pw, const float *wpw, const float *bpw, int Cout,
+                              float *y, float *mid, int Ho, int Wo, int tile, int groups, int stream, int threads) {
+    if (C < 1 || Cout < 1 || KH < 1 || KW < 1 || tile < 1 || groups < 1) return -2;
+    size_t taps = (size_t)KH * KW, panel_floats = (size_t)(Cout + NR - 1) / NR * C * NR;
+    size_t taps_bytes = (taps * C * sizeof(float) + 63) / 64 * 64;
+    float *buf = (float *)aligned_alloc(64, taps_bytes + panel_floats * sizeof(float));
+    if (!buf) return -1;
+    float *wt = buf, *panels = buf + taps_bytes / sizeof(float);
+    for (int c = 0; c < C; ++c)
+        for (size_t k = 0; k < taps; ++k) wt[k * C + c] = wdw[(size_t)c * taps + k];
+    sepconv_pack_panels_f32(wpw, 1, C, C, Cout, panels, threads); /* B[c][j] = wpw[j][c] */
+    int code = sepconv_fused_dwpw_f32(x, N, H, W, C, wt, bdw, KH, KW, sh, sw, ph, pw, 1, 1, ACT_NONE, panels, bpw,
+                                      Cout, ACT_NONE, y, mid, Ho, Wo, tile, groups, stream, 3, 0,
+                                      sepconv_fused_jobs(N, Ho, Wo, tile, groups), threads);
+    free(buf);
+    return code;
+}
+
 /* A depthwise convolution on its own at stride 1 (sepconv's training engines: the forward pass and, with the
  * kernel flipped, the input gradient of a depthwise step with few channels):
  *   y[n][oh][ow][c] = bdw[c] + sum over (kh, kw) of x[n][oh - ph + kh dh][ow - pw + kw dw][c] wdw[kh][kw][c]
