@@ -328,6 +328,13 @@ def test_backward_refuses_shapes_that_do_not_belong_together():
         depthwise_pointwise_backward(x, dw, pw, gy, (1, 1), stride=(2, 1))
 
 
+def test_step_refuses_padding_its_backward_pass_cannot_take():
+    # the step checks in its forward pass what its backward pass, which skips the public checks, needs
+    x, dw, pw = torch.randn(2, 4, 6, 6, requires_grad=True), torch.randn(4, 1, 3, 3), torch.randn(5, 4, 1, 1)
+    with pytest.raises(ValueError, match=r"FusedSeparableStep: padding must be 0..2 x 0..2 .* got \(1, 3\)"):
+        FusedSeparableStep.apply(x, dw, None, pw, None, (1, 3), (1, 1))
+
+
 @pytest.mark.parametrize("engine", ["gemm", "dwgrad", "fused"])
 def test_a_second_derivative_through_an_engine_raises(engine):
     """The engines' backward passes are first-order only; a double backward says so instead of being wrong."""

@@ -100,9 +100,15 @@ def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
 
 def _kernel_library(*tensors: torch.Tensor):
     """sepconv's C kernels when every tensor is float32 on the CPU and they build here, else None."""
-    if all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
-        return native.load()[0]
-    return None
+    # a plain loop over cheap properties: called at every step, and (design notes) such Python work runs with the
+    # caches cold after a kernel
+    for t in tensors:
+        if t.dtype is not _FLOAT32 or not t.is_cpu:
+            return None
+    return native.load()[0]
+
+
+_FLOAT32 = torch.float32
 
 
 def matmul_at_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -422,6 +428,19 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
                          f"{tuple(dw_bias_value.shape)}")
     extra = tuple(t for t in (mid, dw_bias_value) if t is not None)
     lib = _kernel_library(x, dw_weight, pw_weight, grad_y, *extra) if kh <= 16 else None
+    return _backward(lib, x, dw_weight, pw_weight, grad_y, (ph, pw), (sh, sw), dw_bias, mid, pw_grad, dw_bias_value,
+                     input_grad)
+
+
+def _backward(lib, x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor, grad_y: torch.Tensor,
+              padding: tuple[int, int], stride: tuple[int, int], dw_bias: bool, mid: Optional[torch.Tensor],
+              pw_grad: bool, dw_bias_value: Optional[torch.Tensor], input_grad: bool):
+    """:func:`depthwise_pointwise_backward` on arguments it has checked (or that a forward pass it ran checked):
+    ``lib``, sepconv's C kernels where they serve these tensors, else None."""
+    (ph, pw), (sh, sw) = padding, stride
+    n, c, h, w = x.shape
+    kh, kw = dw_weight.shape[2:]
+    cout = pw_weight.shape[0]
     fuse_pw = pw_grad and lib is not None and _kernel_sums_pw_grad(dw_weight, pw_weight)
     if pw_grad and mid is None and not fuse_pw:  # the unfused 1x1 weight gradient needs the depthwise output whole
         mid = _depthwise_output(x, dw_weight, dw_bias_value, (sh, sw), (ph, pw))
@@ -431,15 +450,15 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
                                                              [1, 1], False, [0, 0], c, [input_grad, True, False])[:2]
         return (grad_x.contiguous(memory_format=torch.channels_last) if input_grad else None, grad_w,
                 grad_mid.sum((0, 2, 3)) if dw_bias else None, _pointwise_weight_grad(grad_y, mid, pw_weight))
-    x = x.contiguous(memory_format=torch.channels_last)
-    grad_y = grad_y.contiguous(memory_format=torch.channels_last)
+    cl = torch.channels_last
+    x, grad_y = x.contiguous(memory_format=cl), grad_y.contiguous(memory_format=cl)
     if fuse_pw and mid is not None:
-        mid = mid.contiguous(memory_format=torch.channels_last)
+        mid = mid.contiguous(memory_format=cl)
     bias = dw_bias_value.detach().contiguous() if fuse_pw and mid is None and dw_bias_value is not None else None
     # the weights as stored ([C][KH][KW], [Cout][C]: the kernel's layouts), and the depthwise weight's gradient
     # written in its layout: no reshaping around the call (Python work here runs with cold caches, design notes)
-    dw_weight, pw_weight = dw_weight.contiguous(), pw_weight.contiguous()
-    grad_x = torch.empty((n, c, h, w), dtype=torch.float32, memory_format=torch.channels_last) if input_grad else None
+    dw_weight, pw_weight = dw_weight.detach().contiguous(), pw_weight.detach().contiguous()
+    grad_x = torch.empty((n, c, h, w), dtype=torch.float32, memory_format=cl) if input_grad else None
     grad_w = torch.empty(c, 1, kh, kw, dtype=torch.float32)
     grad_b = torch.empty(c, dtype=torch.float32) if dw_bias else None
     grad_pw = torch.empty(cout, c, 1, 1, dtype=torch.float32) if fuse_pw else None
@@ -517,9 +536,13 @@ class FusedSeparableStep(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
                 pw_weight: torch.Tensor, pw_bias: Optional[torch.Tensor], padding: tuple[int, int],
                 stride: tuple[int, int] = (1, 1)) -> torch.Tensor:
-        ctx.conf = (tuple(padding), tuple(stride), dw_bias is not None, pw_bias is not None)
+        kh, kw = dw_weight.shape[-2:]
+        if not (0 <= padding[0] <= kh - 1 and 0 <= padding[1] <= kw - 1):  # what the backward pass takes
+            raise ValueError(f"FusedSeparableStep: padding must be 0..{kh - 1} x 0..{kw - 1} for a {kh}x{kw} kernel, "
+                             f"got {tuple(padding)}")
         biases = tuple(b for b in (dw_bias, pw_bias) if b is not None)
-        if _kernel_library(x, dw_weight, pw_weight, *biases) is not None:
+        lib = _kernel_library(x, dw_weight, pw_weight, *biases)
+        if lib is not None:
             # where the backward kernel recomputes the depthwise output for the 1x1 weight gradient, it is not
             # kept: the forward pass does not write it, nor the backward pass read it
             keep = not recomputes_depthwise_output(x, dw_weight, pw_weight)
@@ -528,6 +551,10 @@ class FusedSeparableStep(torch.autograd.Function):
         else:
             mid = _depthwise_output(x, dw_weight, dw_bias, stride, padding)
             y = _conv1x1(mid, pw_weight, pw_bias)
+        # the backward kernel's library, None where it does not serve these tensors (autograd gives grad_y y's
+        # shape, dtype and device, and the forward pass checked the rest)
+        ctx.conf = (tuple(padding), tuple(stride), dw_bias is not None, pw_bias is not None,
+                    lib if kh <= 16 else None)
         ctx.save_for_backward(x, mid, dw_weight, pw_weight, dw_bias)
         return y
 
@@ -535,14 +562,14 @@ class FusedSeparableStep(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
         x, mid, dw_weight, pw_weight, dw_bias = ctx.saved_tensors
-        padding, stride, has_dw_bias, has_pw_bias = ctx.conf
+        padding, stride, has_dw_bias, has_pw_bias, lib = ctx.conf
         need = ctx.needs_input_grad
         grad_x = grad_dw = grad_dwb = grad_pw = grad_pwb = None
         grad_y = grad_y.contiguous(memory_format=torch.channels_last)
         if need[0] or need[1] or (has_dw_bias and need[2]):
-            grad_x, grad_dw, grad_dwb, grad_pw = depthwise_pointwise_backward(
-                x, dw_weight, pw_weight, grad_y, padding, stride=stride, dw_bias=has_dw_bias and need[2],
-                mid=mid if need[3] else None, pw_grad=need[3], dw_bias_value=dw_bias, input_grad=need[0])
+            grad_x, grad_dw, grad_dwb, grad_pw = _backward(
+                lib, x, dw_weight, pw_weight, grad_y, padding, stride, has_dw_bias and need[2],
+                mid if need[3] else None, need[3], dw_bias, need[0])
         elif need[3]:
             if mid is None:
                 mid = _depthwise_output(x, dw_weight, dw_bias, stride, padding)
@@ -578,8 +605,13 @@ def _tracing() -> bool:
     """Whether the model is being traced or compiled (TorchScript or ONNX export, ``torch.compile``): the C kernels
     are opaque to a tracer, which would record their output as a constant, so the engines run the plain PyTorch
     operations there."""
-    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)  # torch >= 2.3
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or bool(compiling and compiling())
+    return _IS_TRACING() or _IN_ONNX_EXPORT() or _IS_COMPILING()
+
+
+# looked up once: `torch.onnx` is a lazy submodule, found through `torch.__getattr__` and importlib at every
+# lookup, which was most of _tracing's cost
+_IS_TRACING, _IN_ONNX_EXPORT = torch.jit.is_tracing, torch.onnx.is_in_onnx_export
+_IS_COMPILING = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)  # torch >= 2.3
 
 
 class _EngineForward:
