@@ -59,6 +59,15 @@ def git(*args: str) -> bytes:
     return done.stdout
 
 
+def commit_of(parser, revision: str) -> str:
+    """The commit ``revision`` names in this repository; exits with code 2 naming it where it names none."""
+    found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", revision + "^{commit}"],
+                           capture_output=True, text=True)
+    if found.returncode != 0:
+        parser.error(f"--base must name a commit of this repository, got {revision!r}")
+    return found.stdout.strip()
+
+
 def build(csrc: Path, isa: str):
     """The kernels from the sources in ``csrc``, built and loaded as sepconv.backends.native does for ``isa``."""
     saved = native._CSRC, native._SOURCES, native._HEADERS
@@ -108,11 +117,7 @@ def main(argv=None) -> int:
     p.add_argument("--isa", choices=("native", "avx2"), default="native")
     p.add_argument("--part", choices=tuple(PARTS) + TRAINING_PARTS, default="layer")
     args, suites = parse_suite_args(p, argv)
-    found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", args.base + "^{commit}"],
-                           capture_output=True, text=True)
-    if found.returncode != 0:
-        p.error(f"--base must name a commit of this repository, got {args.base!r}")
-    base_commit = found.stdout.strip()
+    base_commit = commit_of(p, args.base)
     torch.set_num_threads(args.threads)
     head_commit = git("rev-parse", "HEAD").decode().strip()
     dirty = bool(git("status", "--porcelain", "--", CSRC).strip())
