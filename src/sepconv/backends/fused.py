@@ -124,9 +124,9 @@ def fused_separable_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: O
     training step keeps for the 1x1 weight gradient; else None), channels-last float32 tensors.
 
     ``x``: ``(N, C, H, W)`` float32 on the CPU; ``dw_weight``: ``(C, 1, KH, KW)``; ``pw_weight``:
-    ``(Cout, C, 1, 1)``; biases ``(C,)`` / ``(Cout,)`` or None. The weights are read as stored and laid out
-    for the kernel inside it at each call (they change between training steps). Not tracked by autograd; ``RuntimeError`` where the kernel
-    does not build (:func:`fused_unavailable_reason`).
+    ``(Cout, C, 1, 1)``; biases ``(C,)`` / ``(Cout,)`` or None. The weights are read as stored and laid out for
+    the kernel inside it at each call (they change between training steps). Not tracked by autograd;
+    ``RuntimeError`` where the kernel does not build (:func:`fused_unavailable_reason`).
     """
     n, c, h, w, kh, kw, cout = check_pair_tensors("fused_separable_forward", x, dw_weight, pw_weight, dw_bias,
                                                   pw_bias)
