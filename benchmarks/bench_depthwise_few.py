@@ -36,6 +36,7 @@ from torch import nn
 import sepconv
 from sepconv.backends import native, training
 from sepconv.backends.clock import time_candidates, timing_clock
+from sepconv.bench.suites import training_step
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 
@@ -57,13 +58,6 @@ def _measure(c: int, batch: int, size: int, rounds: int) -> dict:
     training.use_engine(engine, "dwgrad")
     xg = x.clone().requires_grad_(True)
 
-    def step(module: nn.Module):
-        def run():
-            module.zero_grad(set_to_none=True)
-            xg.grad = None
-            module(xg).backward(gy)
-        return run
-
     flat_bound = training.FLAT_MAX_CHANNELS
     training.FLAT_MAX_CHANNELS = max(flat_bound, c)  # the flat forward kernel at every measured channel count
     try:
@@ -75,7 +69,7 @@ def _measure(c: int, batch: int, size: int, rounds: int) -> dict:
         t = time_candidates(calls, x, rounds=rounds)
     finally:
         training.FLAT_MAX_CHANNELS = flat_bound
-    t.update(time_candidates({"step_sepconv": step(engine), "step_pytorch": step(conv)}, x, rounds=rounds))
+    t.update(time_candidates({"step_sepconv": training_step(engine, xg, gy), "step_pytorch": training_step(conv, xg, gy)}, x, rounds=rounds))
     us = {k: 1e6 * v.median for k, v in t.items()}
     ratios = {part: us[f"{part}_sepconv"] / us[f"{part}_pytorch"] for part in ("forward", "weight_grad", "step")}
     return {"channels": c, "batch": batch, "size": size, "median_us": us,

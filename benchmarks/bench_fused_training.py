@@ -34,19 +34,11 @@ import torch
 import sepconv
 from sepconv.backends import native, training
 from sepconv.backends.clock import time_candidates, timing_clock
-from sepconv.bench.suites import SUITES, parse_suite_args, separable_case, suite_parser
+from sepconv.bench.suites import SUITES, parse_suite_args, separable_case, suite_parser, training_step
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 
 HERE = Path(__file__).resolve().parent
-
-
-def _step(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor):
-    def run():
-        module.zero_grad(set_to_none=True)
-        x.grad = None
-        module(x).backward(grad)
-    return run
 
 
 def main(argv=None) -> int:
@@ -95,14 +87,14 @@ def _suite_rows(suites: list, rounds: int) -> list:
             mid.requires_grad_(True)
             pointwise_gemm = copy.deepcopy(layer.pointwise)
             training.use_engine(pointwise_gemm, "gemm")
-            calls = {"steps": _step(steps, x, grad), "tuned": _step(tuned, x, grad),
-                     "pointwise_eager": _step(copy.deepcopy(layer.pointwise), mid, grad),
-                     "pointwise_gemm": _step(pointwise_gemm, mid, grad)}
+            calls = {"steps": training_step(steps, x, grad), "tuned": training_step(tuned, x, grad),
+                     "pointwise_eager": training_step(copy.deepcopy(layer.pointwise), mid, grad),
+                     "pointwise_gemm": training_step(pointwise_gemm, mid, grad)}
             applies = training.engine_applies(layer, "fused")
             if applies:
                 fused = copy.deepcopy(layer)
                 training.use_engine(fused, "fused")
-                calls["fused"] = _step(fused, x, grad)
+                calls["fused"] = training_step(fused, x, grad)
             t = time_candidates(calls, x, rounds=rounds)
             ms = {k: 1e3 * v.median for k, v in t.items()}
             ms.setdefault("fused", ms["steps"])  # where the engine does not apply the layer runs as its steps

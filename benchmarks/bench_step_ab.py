@@ -33,7 +33,7 @@ import torch
 
 import sepconv
 from sepconv.backends.clock import time_candidates, timing_clock
-from sepconv.bench.suites import SUITES, parse_suite_args, suite_parser
+from sepconv.bench.suites import SUITES, parse_suite_args, suite_parser, training_step
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 
@@ -68,14 +68,6 @@ def build(package: str, case, engine: str):
             return None
         training.use_engine(conv, engine)
     return layer, x.requires_grad_(True)
-
-
-def training_step(layer: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor):
-    def run():
-        layer.zero_grad(set_to_none=True)
-        x.grad = None
-        layer(x).backward(grad)
-    return run
 
 
 def main(argv=None) -> int:

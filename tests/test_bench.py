@@ -242,6 +242,21 @@ def test_the_training_step_timed_is_one_layer_step_and_hands_the_input_gradient_
     torch.testing.assert_close(x.grad, expected)
 
 
+def test_the_benchmarks_training_step_starts_each_call_from_no_gradients():
+    from torch import nn
+
+    from sepconv.bench.suites import training_step
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    x, grad = torch.randn(2, 3, 5, 5, requires_grad=True), torch.randn(2, 4, 5, 5)
+    step = training_step(conv, x, grad)
+    step()
+    step()  # accumulating would double the gradients
+    torch.testing.assert_close(x.grad, torch.nn.functional.conv_transpose2d(grad, conv.weight.detach(), padding=1))
+    torch.testing.assert_close(conv.bias.grad, grad.sum((0, 2, 3)))
+
+
 def test_bench_table_fits_100_columns_formats_and_model_cases(tmp_path, capsys):
     """One quick run (a layer and a model's convolutions) as JSON; the table and CSV are formatted from its rows."""
     from sepconv.bench.cli import format_table, rows_csv

@@ -139,6 +139,17 @@ def suite_names(text: str) -> list[str]:
     return names
 
 
+def training_step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], object]:
+    """A call running one training step of ``module`` on ``x``: gradients set to None (``x``'s too), forward, and
+    backward from the output gradient ``grad`` (the benchmarks' per-layer step; ``x`` needs a gradient where the
+    layer stands inside a network)."""
+    def run():
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        module(x).backward(grad)
+    return run
+
+
 def _train_step(module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     """One forward+backward of ``module`` on ``x`` (which requires grad), as the layer runs inside a network: the
     output gradient is made once (a next layer would supply it) and the input gradient is handed on, not added
