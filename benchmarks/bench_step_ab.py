@@ -12,7 +12,9 @@ weights and input), puts it on `--engine` (`fused`: the whole layer; `gemm`: its
 depthwise step; `eager`: nothing), and its training step (gradients set to None, forward, backward with a fixed
 output gradient, the input needing a gradient as in a network's inner layer) runs both ways in interleaved rounds
 (`sepconv.backends.clock.time_candidates`: the calling thread's CPU time with one thread, else wall time), after
-`sepconv.keep_freed_memory()`. Shapes the engine does not take at either revision are skipped.
+`sepconv.keep_freed_memory()`. Shapes the engine does not take at either revision are skipped. The base revision
+must have what this script calls: `sepconv.bench.suites.separable_case` and the training engines' `engine_applies`
+and `use_engine`.
 
 Writes `step_ab.json` (with the machine, both revisions, per shape the medians in ms and head / base) into --out
 (default `benchmarks/results/step-ab-cpu-<threads>thread`).
