@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from sepconv import SeparableConv2d
 from sepconv.backends import native
 from sepconv.models import build_model
 from sepconv.backends.training import (ENGINES, FLAT_MAX_CHANNELS, FlippedDepthwise, Pointwise1x1, depthwise_conv,
@@ -450,6 +451,29 @@ def test_dwgrad_engine_in_a_model_matches_eager():
     assert untune_training(model) == len(convs)
 
 
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_every_engine_takes_an_unbatched_input_as_eager_pytorch_does(engine):
+    """nn.Conv2d and sepconv's layers take (C, H, W); a layer or convolution put on an engine still does."""
+    torch.manual_seed(3)
+    layer = SeparableConv2d(4, 6, 3, padding=1, bias=True)
+    reference = copy.deepcopy(layer)
+    conv = {"fused": layer, "gemm": layer.pointwise}.get(engine, layer.depthwise)
+    if not engine_applies(conv, engine):
+        pytest.skip(f"{engine!r} does not run here: {ENGINES[engine]}")
+    use_engine(conv, engine)
+    x = torch.randn(4, 7, 5, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y, y_ref = layer(x), reference(x_ref)
+    assert y.shape == y_ref.shape == (6, 7, 5)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    grad = torch.randn_like(y_ref)
+    y.backward(grad)
+    y_ref.backward(grad)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(layer.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
 _HEAP = """
 import ctypes, sys, torch
 import sepconv
@@ -532,7 +556,6 @@ def test_tune_training_times_a_first_layer_without_its_input_gradient(monkeypatc
     """Training needs no gradient of the input of a layer that no trainable parameter runs before (a network's first
     layer, or one after frozen layers), unless the network's input itself requires one: its candidates are timed so."""
     import sepconv.backends.training as training
-    from sepconv import SeparableConv2d
 
     timed = []
     real = training.time_candidates

@@ -588,6 +588,8 @@ class _StepsForward:
     def __call__(self, layer: SeparableConv2d, x: torch.Tensor) -> torch.Tensor:
         if _tracing():
             return layer._steps(x)
+        if x.dim() == 3:  # an unbatched (C, H, W) input, which the layer takes: the kernels take a batch
+            return self(layer, x.unsqueeze(0)).squeeze(0)
         dw, pw = layer.depthwise, layer.pointwise
         params = (dw.weight, dw.bias, pw.weight, pw.bias)
         if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *params))) \
@@ -628,6 +630,8 @@ class _EngineForward:
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         if _tracing():
             return F.conv2d(x, weight, bias, 1, self.padding, self.dilation, self.groups)
+        if x.dim() == 3:  # an unbatched (C, H, W) input, which nn.Conv2d takes: the engines take a batch
+            return self(x.unsqueeze(0), weight, bias).squeeze(0)
         if self.engine == "gemm":
             return Pointwise1x1.apply(x, weight, bias)
         return FlippedDepthwise.apply(x, weight, bias, self.padding, self.dilation, self.groups,
