@@ -114,6 +114,17 @@ def test_optimize_backend_bad_input():
                              backends=("onnxruntime",))
 
 
+def test_a_channels_last_model_names_an_input_it_cannot_take():
+    from sepconv.backends.optimize import OptimizedModel
+
+    model = OptimizedModel(nn.Conv2d(3, 4, 3), torch.channels_last, {}, 0)
+    assert model(torch.randn(2, 3, 5, 5)).shape == (2, 4, 3, 3)
+    with pytest.raises(ValueError, match=r"optimized for \(N, C, H, W\) input in channels-last; got shape \(3, 5, 5\)"):
+        model(torch.randn(3, 5, 5))
+    # a contiguous-format model passes any input on to the model it runs, which takes an unbatched image
+    assert OptimizedModel(nn.Conv2d(3, 4, 3), torch.contiguous_format, {}, 0)(torch.randn(3, 5, 5)).shape == (4, 3, 3)
+
+
 class _TupleOutput(nn.Module):
     """Returns two tensors: the ONNX Runtime wrapper handles one output only."""
 

@@ -48,6 +48,9 @@ class OptimizedModel(nn.Module):
         return self.candidate_settings.get("onnxruntime")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.memory_format == torch.channels_last and x.dim() != 4:
+            raise ValueError(f"this model was optimized for (N, C, H, W) input in channels-last; got shape "
+                             f"{tuple(x.shape)} (an unbatched image: x.unsqueeze(0))")
         return self.model(x.contiguous(memory_format=self.memory_format))
 
     def extra_repr(self) -> str:
