@@ -451,9 +451,11 @@ def test_dwgrad_engine_in_a_model_matches_eager():
     assert untune_training(model) == len(convs)
 
 
+@pytest.mark.parametrize("shape", [(4, 7, 5), (0, 4, 7, 5)], ids=["unbatched", "empty-batch"])
 @pytest.mark.parametrize("engine", sorted(ENGINES))
-def test_every_engine_takes_an_unbatched_input_as_eager_pytorch_does(engine):
-    """nn.Conv2d and sepconv's layers take (C, H, W); a layer or convolution put on an engine still does."""
+def test_every_engine_takes_the_inputs_eager_pytorch_takes(engine, shape):
+    """nn.Conv2d and sepconv's layers take an unbatched (C, H, W) input and an empty batch; a layer or convolution
+    put on an engine still does, with the same output and gradients."""
     torch.manual_seed(3)
     layer = SeparableConv2d(4, 6, 3, padding=1, bias=True)
     reference = copy.deepcopy(layer)
@@ -461,10 +463,10 @@ def test_every_engine_takes_an_unbatched_input_as_eager_pytorch_does(engine):
     if not engine_applies(conv, engine):
         pytest.skip(f"{engine!r} does not run here: {ENGINES[engine]}")
     use_engine(conv, engine)
-    x = torch.randn(4, 7, 5, requires_grad=True)
+    x = torch.randn(shape, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_(True)
     y, y_ref = layer(x), reference(x_ref)
-    assert y.shape == y_ref.shape == (6, 7, 5)
+    assert y.shape == y_ref.shape == (*shape[:-3], 6, 7, 5)
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
     grad = torch.randn_like(y_ref)
     y.backward(grad)

@@ -441,6 +441,7 @@ def _backward(lib, x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Te
     n, c, h, w = x.shape
     kh, kw = dw_weight.shape[2:]
     cout = pw_weight.shape[0]
+    lib = lib if n > 0 else None  # an empty batch: the kernel takes at least one image, PyTorch any number
     fuse_pw = pw_grad and lib is not None and _kernel_sums_pw_grad(dw_weight, pw_weight)
     if pw_grad and mid is None and not fuse_pw:  # the unfused 1x1 weight gradient needs the depthwise output whole
         mid = _depthwise_output(x, dw_weight, dw_bias_value, (sh, sw), (ph, pw))
