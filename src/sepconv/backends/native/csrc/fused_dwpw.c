@@ -1281,6 +1281,12 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
     return failed ? -1 : 0;
 }
 
+/* A depthwise weight as PyTorch stores it, [C][taps], into the layout the kernels read, [taps][C]. */
+static void taps_by_channel(const float *wdw, int C, size_t taps, float *wt) {
+    for (int c = 0; c < C; ++c)
+        for (size_t k = 0; k < taps; ++k) wt[k * C + c] = wdw[(size_t)c * taps + k];
+}
+
 /* A training step's forward pass through sepconv_fused_dwpw_f32 (dilation 1, no activations, every job), the
  * weights as PyTorch stores them: wdw [C][KH][KW], wpw [Cout][C]. They change at every step, so this lays them out
  * as the kernel reads them (wdw to [KH][KW][C]; wpw into 32-column panels, on the threads) at each call, in C: done
@@ -1295,8 +1301,7 @@ int sepconv_fused_forward_f32(const float *x, int N, int H, int W, int C, const 
     float *buf = (float *)aligned_alloc(64, taps_bytes + panel_floats * sizeof(float));
     if (!buf) return -1;
     float *wt = buf, *panels = buf + taps_bytes / sizeof(float);
-    for (int c = 0; c < C; ++c)
-        for (size_t k = 0; k < taps; ++k) wt[k * C + c] = wdw[(size_t)c * taps + k];
+    taps_by_channel(wdw, C, taps, wt);
     sepconv_pack_panels_f32(wpw, 1, C, C, Cout, panels, threads); /* B[c][j] = wpw[j][c] */
     int code = sepconv_fused_dwpw_f32(x, N, H, W, C, wt, bdw, KH, KW, sh, sw, ph, pw, 1, 1, ACT_NONE, panels, bpw,
                                       Cout, ACT_NONE, y, mid, Ho, Wo, tile, groups, stream, 3, 0,
@@ -1482,8 +1487,7 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
         free(b); free(wt); free(sums);
         return -1;
     }
-    for (int c = 0; c < C; ++c)
-        for (size_t k = 0; k < taps; ++k) wt[k * C + c] = wdw[(size_t)c * taps + k];
+    taps_by_channel(wdw, C, taps, wt);
     for (int kh = 0; unit && kh < KH; ++kh)
         for (int kw = 0; kw < KW; ++kw)
             memcpy(wflip + ((size_t)kh * KW + kw) * C, wt + ((size_t)(KH - 1 - kh) * KW + (KW - 1 - kw)) * C,
