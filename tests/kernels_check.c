@@ -35,7 +35,7 @@ int sepconv_depthwise_wgrad_f32(const float *x, int N, int H, int W, int C, cons
 int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const float *wdw, const float *bdw, int KH,
                               int KW, int sh, int sw, int ph, int pw, const float *gy, int Cout, const float *wpw,
                               const float *mid, float *gx, float *gwdw, float *gbdw, float *gwpw, int band,
-                              int threads);
+                              int stream, int threads);
 
 static unsigned long long state = 88172645463325252ULL;
 static float uniform(void) { /* xorshift64: in [-1, 1) */
@@ -296,9 +296,23 @@ static void check_backward_gx(int N, int H, int W, int C, int KH, int KW, int sh
     ++checks;
     if (sepconv_dwpw_backward_f32(x, N, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, gy, Cout, wpw, mid,
                                   want_gx ? gx : NULL, gw, gb, gwpw,
-                                  band, threads)) {
+                                  band, 0, threads)) {
         ++failures;
         return;
+    }
+    if (want_gx) { /* gx written with non-temporal stores: the same bits */
+        float *gxs = (float *)aligned_alloc(64, (ngx * sizeof(float) + 63) / 64 * 64);
+        float *gws = randoms((size_t)KH * KW * C), *gbs = bias ? randoms(C) : NULL;
+        float *gwpws = pw_grad ? randoms((size_t)Cout * C) : NULL;
+        for (size_t i = 0; i < ngx; ++i) gxs[i] = NAN;
+        ++checks;
+        if (sepconv_dwpw_backward_f32(x, N, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, gy, Cout, wpw, mid, gxs, gws,
+                                      gbs, gwpws, band, 1, threads)
+            || memcmp(gxs, gx, ngx * sizeof(float)) != 0) {
+            ++failures;
+            fprintf(stderr, "FAIL %s: gx streamed differs from gx stored\n", what);
+        }
+        free(gxs); free(gws); free(gbs); free(gwpws);
     }
     for (size_t p = 0; p < npix; ++p)
         for (int c = 0; c < C; ++c) {

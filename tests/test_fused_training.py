@@ -106,6 +106,43 @@ def test_backward_leaves_a_large_1x1_weight_gradient_to_matmul_at_b(monkeypatch)
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@needs_kernels
+@pytest.mark.parametrize("channels", [16, 32, 24])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_backward_streams_a_large_input_gradient_with_the_same_bits(monkeypatch, channels, threads):
+    """An input gradient of STREAM_MIN_BYTES or more goes to the kernel with streaming on (non-temporal stores where
+    its rows allow: channels a multiple of 16), a smaller one with it off; both give the same bits."""
+    import sepconv.backends.fused as fused_module
+    import sepconv.backends.training as training
+
+    lib = native.load()[0]
+    streams = []
+
+    class Recording:  # the kernel library, recording the backward kernel's streaming argument
+        def __getattr__(self, name):
+            return getattr(lib, name)
+
+        def sepconv_dwpw_backward_f32(self, *args):
+            streams.append(args[-2])
+            return lib.sepconv_dwpw_backward_f32(*args)
+
+    monkeypatch.setattr(training, "_kernel_library", lambda *tensors: Recording())
+    torch.manual_seed(channels)
+    x, dw, pw = torch.randn(2, channels, 9, 13), torch.randn(channels, 1, 3, 3), torch.randn(20, channels, 1, 1)
+    gy = torch.randn(2, 20, 9, 13)
+    results = {}
+    before = _threads(threads)
+    try:
+        for stream, least in ((0, 2**62), (1, 0)):
+            monkeypatch.setattr(fused_module, "STREAM_MIN_BYTES", least)
+            results[stream] = depthwise_pointwise_backward(x, dw, pw, gy, (1, 1), pw_grad=True)
+    finally:
+        torch.set_num_threads(before)
+    assert streams == [0, 1]
+    for plain, streamed in zip(results[0], results[1]):
+        assert (plain is None and streamed is None) or torch.equal(plain, streamed)
+
+
 def test_backward_refuses_mid_without_the_1x1_weight_gradient():
     x, dw, pw, gy = torch.randn(1, 4, 5, 5), torch.randn(4, 1, 3, 3), torch.randn(6, 4, 1, 1), torch.randn(1, 6, 5, 5)
     with pytest.raises(ValueError, match="pw_grad=False"):

@@ -70,6 +70,7 @@ from ..utils.timing import first_inputs, profiled
 from . import native
 from .clock import time_candidates
 from .engine import TrainingEngine, always_available
+from . import fused as fused_kernels
 from .fused import check_pair_tensors, fused_separable_forward
 from .sites import is_identity, plain_conv2d
 
@@ -399,8 +400,9 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
     per-thread buffer and both depthwise gradients are taken from there, so it never goes to memory; the 1x1
     weight gradient is summed from the same band's ``grad_y`` rows while they are in cache, where the weight is
     small enough for one copy per thread (at most :data:`_FUSED_PW_GRAD_MAX_WEIGHTS` elements; else
-    :func:`matmul_at_b`). Other tensors: the steps unfused (``F.conv2d``, ``aten.convolution_backward``,
-    :func:`matmul_at_b`). Not tracked by autograd.
+    :func:`matmul_at_b`). A ``grad_x`` of :data:`sepconv.backends.fused.STREAM_MIN_BYTES` or more is written with
+    non-temporal stores, as the fused forward kernel writes its output. Other tensors: the steps unfused
+    (``F.conv2d``, ``aten.convolution_backward``, :func:`matmul_at_b`). Not tracked by autograd.
     """
     pw_grad = mid is not None if pw_grad is None else pw_grad
     if mid is not None and not pw_grad:
@@ -463,6 +465,9 @@ def _backward(lib, x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Te
     grad_w = torch.empty(c, 1, kh, kw, dtype=torch.float32)
     grad_b = torch.empty(c, dtype=torch.float32) if dw_bias else None
     grad_pw = torch.empty(cout, c, 1, 1, dtype=torch.float32) if fuse_pw else None
+    # a grad_x too large to stay in cache for the layer below is written around the caches, as the forward
+    # kernel's output is (fused.STREAM_MIN_BYTES, read at each call)
+    stream = int(input_grad and n * c * h * w * 4 >= fused_kernels.STREAM_MIN_BYTES)
     with profiled("sepconv::dwpw_backward"):
         code = lib.sepconv_dwpw_backward_f32(x.data_ptr(), n, h, w, c, dw_weight.data_ptr(),
                                              None if bias is None else bias.data_ptr(), kh, kw, sh, sw, ph, pw,
@@ -470,7 +475,7 @@ def _backward(lib, x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Te
                                              mid.data_ptr() if fuse_pw and mid is not None else None,
                                              None if grad_x is None else grad_x.data_ptr(),
                                              grad_w.data_ptr(), None if grad_b is None else grad_b.data_ptr(),
-                                             grad_pw.data_ptr() if fuse_pw else None, 0,
+                                             grad_pw.data_ptr() if fuse_pw else None, 0, stream,
                                              max(1, torch.get_num_threads()))
     if code:
         raise RuntimeError(f"the depthwise-pointwise backward kernel failed with code {code} (-1: out of memory)")

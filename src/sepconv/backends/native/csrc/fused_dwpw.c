@@ -1440,7 +1440,9 @@ static inline int ceil_div(int a, int b) { return a > 0 ? (a + b - 1) / b : -((-
  *
  * x: [N][H][W][C]; wdw: [C][KH][KW] and gwdw likewise, and wpw: [Cout][C] (the weights as PyTorch stores them); gy:
  * [N][Ho][Wo][Cout] with Ho = (H + 2 ph - KH) / sh + 1, Wo likewise; gx (NULL: not computed, as for a network's first
- * layer, whose input needs no gradient), gwdw, gbdw, gwpw are overwritten. gm is never stored whole: each thread sweeps
+ * layer, whose input needs no gradient), gwdw, gbdw, gwpw are overwritten. stream != 0: at stride 1, gx is written
+ * with non-temporal stores where its rows allow (store_rows), which saves reading its lines in before they are
+ * overwritten; for a gx too large to stay in cache until the layer below reads it (the caller decides). gm is never stored whole: each thread sweeps
  * the rows of its images (or of its part of an image) a band of `band` gx rows at a time (band < 1: sized so that the
  * band's gm rows fit in about 128 KiB), computing the gm rows the band needs into a buffer that keeps the ones the next
  * band reads too, and runs the depthwise input gradient (stride 1: the forward kernel's depthwise step with the flipped
@@ -1456,7 +1458,7 @@ static inline int ceil_div(int a, int b) { return a > 0 ? (a + b - 1) / b : -((-
 int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const float *wdw, const float *bdw, int KH,
                               int KW, int sh, int sw, int ph, int pw, const float *gy, int Cout, const float *wpw,
                               const float *mid, float *gx, float *gwdw, float *gbdw, float *gwpw, int band,
-                              int threads) {
+                              int stream, int threads) {
     if (N < 1 || H < 1 || W < 1 || C < 1 || Cout < 1 || KH < 1 || KW < 1 || KH > 16 || sh < 1 || sw < 1 || ph < 0
         || pw < 0 || ph > KH - 1 || pw > KW - 1 || H + 2 * ph < KH || W + 2 * pw < KW)
         return -2;
@@ -1594,11 +1596,19 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
                 int m = (e - a) * W;
                 depthwise_tile(ring, hi - lo, Wo, C, wflip, NULL, KH, KW, 1, 1, KH - 1 - ph + lo, KW - 1 - pw, 1, 1,
                                ACT_NONE, W, a * W, m, t, cp, NULL, NULL, NULL);
-                for (int i = 0; i < m; ++i) memcpy(out + (size_t)i * C, t + (size_t)i * cp, sizeof(float) * C);
+                if (stream)
+                    store_rows(out, t, m, C, cp);
+                else
+                    for (int i = 0; i < m; ++i) memcpy(out + (size_t)i * C, t + (size_t)i * cp, sizeof(float) * C);
             }
         }
         free(ring);
         free(taps_g);
+#ifdef SEPCONV_AVX512
+        if (stream) _mm_sfence(); /* the streamed stores are visible before the caller reads gx */
+#elif defined(SEPCONV_VEC)
+        if (stream) vstream_fence();
+#endif
         /* the threads' sums added in thread order, the rows (taps, bias, 1x1 weight rows) shared among them; a
          * tap's row goes to gwdw's column of that tap */
         long rows = (long)taps + 1 + (gwpw ? Cout : 0);
