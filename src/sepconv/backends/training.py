@@ -67,10 +67,10 @@ from torch.autograd.function import once_differentiable
 from ..geometry import output_size_1d
 from ..layers.separable import SeparableConv2d
 from ..utils.timing import first_inputs, profiled
+from . import fused as fused_kernels
 from . import native
 from .clock import time_candidates
 from .engine import TrainingEngine, always_available
-from . import fused as fused_kernels
 from .fused import check_pair_tensors, fused_separable_forward
 from .sites import is_identity, plain_conv2d
 

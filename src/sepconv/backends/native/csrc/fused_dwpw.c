@@ -1442,15 +1442,15 @@ static inline int ceil_div(int a, int b) { return a > 0 ? (a + b - 1) / b : -((-
  * [N][Ho][Wo][Cout] with Ho = (H + 2 ph - KH) / sh + 1, Wo likewise; gx (NULL: not computed, as for a network's first
  * layer, whose input needs no gradient), gwdw, gbdw, gwpw are overwritten. stream != 0: at stride 1, gx is written
  * with non-temporal stores where its rows allow (store_rows), which saves reading its lines in before they are
- * overwritten; for a gx too large to stay in cache until the layer below reads it (the caller decides). gm is never stored whole: each thread sweeps
- * the rows of its images (or of its part of an image) a band of `band` gx rows at a time (band < 1: sized so that the
- * band's gm rows fit in about 128 KiB), computing the gm rows the band needs into a buffer that keeps the ones the next
- * band reads too, and runs the depthwise input gradient (stride 1: the forward kernel's depthwise step with the flipped
- * kernel; else depthwise_adjoint_rows) and weight gradient on them there, and the 1x1 weight gradient on the band's gy
- * rows, still in cache from the GEMM. Against the unfused steps (the 1x1 input gradient written out, then read by both
- * depthwise gradients; gy read again for the 1x1 weight gradient) this saves writing gm once and reading it twice, and
- * reading gy once; recomputing mid from the x rows the weight gradient reads anyway saves the forward pass writing it
- * and this pass reading it.
+ * overwritten; for a gx too large to stay in cache until the layer below reads it (the caller decides).
+ * gm is never stored whole: each thread sweeps the rows of its images (or of its part of an image) a band of `band` gx
+ * rows at a time (band < 1: sized so that the band's gm rows fit in about 128 KiB), computing the gm rows the band
+ * needs into a buffer that keeps the ones the next band reads too, and runs the depthwise input gradient (stride 1: the
+ * forward kernel's depthwise step with the flipped kernel; else depthwise_adjoint_rows) and weight gradient on them
+ * there, and the 1x1 weight gradient on the band's gy rows, still in cache from the GEMM. Against the unfused steps
+ * (the 1x1 input gradient written out, then read by both depthwise gradients; gy read again for the 1x1 weight
+ * gradient) this saves writing gm once and reading it twice, and reading gy once; recomputing mid from the x rows the
+ * weight gradient reads anyway saves the forward pass writing it and this pass reading it.
  * Where an image is split between threads, the gm rows both sides read at each split are computed by both (each
  * row's weight-gradient term is added by one). The threads' weight-gradient sums are added in thread order: the
  * result does not depend on timing. Returns 0, -1 if a buffer could not be allocated, -2 for sizes, strides or
