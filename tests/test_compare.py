@@ -578,8 +578,11 @@ def test_concurrent_compare_on_one_out_is_refused(tmp_path, capsys):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
-    assert main(["compare", "--resume", "--out", str(out), "--epochs", "1", "--quiet", "--latency-time", "0.02",
-                 "--no-optimized-latency"]) == 0
+    # the killed run may have checkpointed any number of epochs by then: resume to at least that many
+    checkpoint = out / "checkpoints" / "standard.pt"
+    done = load_checkpoint(checkpoint)["epoch"] if checkpoint.exists() else 0
+    assert main(["compare", "--resume", "--out", str(out), "--epochs", str(max(1, done)), "--quiet",
+                 "--latency-time", "0.02", "--no-optimized-latency"]) == 0
 
 
 def test_threads_default_to_physical_cores_and_contention_warns_first(tmp_path, monkeypatch):
