@@ -40,7 +40,6 @@ import types
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import sepconv
 from sepconv.backends import fused, native, training
@@ -49,6 +48,10 @@ from sepconv.bench.suites import SUITES, parse_suite_args, separable_case, suite
 from sepconv.models import build_model
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
+
+# this directory's script (sys.path[0] when run as a script): bench_train.py's networks and training step
+from bench_train import NETWORKS as TRAIN_NETWORKS
+from bench_train import _step as training_step
 
 HERE = Path(__file__).resolve().parent
 
@@ -69,8 +72,8 @@ OPTIONS = {
     "first-layer": [(training, "depthwise_pointwise_backward", _backward_with_input_grad)],
     "stream-input-grad": [(training, "fused_kernels", types.SimpleNamespace(STREAM_MIN_BYTES=2**62))],
 }
-#: --network: the model's keyword arguments and input shape (those of bench_train.py)
-NETWORKS = {"vgg_blocks": ({"num_classes": 10}, (64, 3, 32, 32))}
+#: --network: bench_train.py's networks whose separable layers the 'fused' engine takes: keyword arguments, shape
+NETWORKS = {name: (kwargs, shape) for name, kwargs, shape in TRAIN_NETWORKS if name == "vgg_blocks"}
 #: options whose layer input needs no gradient
 NO_INPUT_GRAD = ("first-layer",)
 
@@ -112,15 +115,12 @@ def network_row(name: str, switch: Switch, rounds: int) -> dict:
             training.use_engine(module, "fused")
             fused_layers += 1
     x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, kwargs["num_classes"], (shape[0],))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    train_step = training_step(model, x, torch.randint(0, kwargs["num_classes"], (shape[0],)))
 
     def step(alternative: bool):
         def run():
             switch(alternative)
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), labels).backward()
-            optimizer.step()
+            train_step()
         return run
 
     t = time_candidates({"shipped": step(False), "alternative": step(True)}, x, rounds=rounds, target_s=0.2)

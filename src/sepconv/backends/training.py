@@ -467,7 +467,7 @@ def _backward(lib, x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Te
     grad_pw = torch.empty(cout, c, 1, 1, dtype=torch.float32) if fuse_pw else None
     # a grad_x too large to stay in cache for the layer below is written around the caches, as the forward
     # kernel's output is (fused.STREAM_MIN_BYTES, read at each call)
-    stream = int(input_grad and n * c * h * w * 4 >= fused_kernels.STREAM_MIN_BYTES)
+    stream = int(grad_x is not None and grad_x.nbytes >= fused_kernels.STREAM_MIN_BYTES)
     with profiled("sepconv::dwpw_backward"):
         code = lib.sepconv_dwpw_backward_f32(x.data_ptr(), n, h, w, c, dw_weight.data_ptr(),
                                              None if bias is None else bias.data_ptr(), kh, kw, sh, sw, ph, pw,

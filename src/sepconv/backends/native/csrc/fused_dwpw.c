@@ -1139,8 +1139,18 @@ int sepconv_gemm_f32(long P, int K, int N, const float *a, long lda, const float
     return 0;
 }
 
+/* Orders this thread's non-temporal stores (store_rows, the 1x1 step's streamed output) before its later stores:
+ * called once a thread has written them, before the caller may read them. */
+static inline void stream_fence(void) {
+#ifdef SEPCONV_AVX512
+    _mm_sfence();
+#elif defined(SEPCONV_VEC)
+    vstream_fence();
+#endif
+}
+
 /* m rows of C floats from t (row stride cp, 64-byte aligned) to dst (rows of C floats, contiguous), with
- * non-temporal stores where dst is 64-byte aligned and C a multiple of 16 (the caller fences). */
+ * non-temporal stores where dst is 64-byte aligned and C a multiple of 16 (the caller fences: stream_fence). */
 static void store_rows(float *dst, const float *t, int m, int C, int cp) {
 #if defined(SEPCONV_AVX512)
     if (C % 16 == 0 && ((uintptr_t)dst & 63) == 0) {
@@ -1271,11 +1281,7 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
                            stream, pf, pf_end);
         }
         free(t);
-#ifdef SEPCONV_AVX512
-        if (stream || mid) _mm_sfence(); /* the streamed stores are visible before the caller reads y */
-#elif defined(SEPCONV_VEC)
-        if (stream || mid) vstream_fence();
-#endif
+        if (stream || mid) stream_fence(); /* the streamed stores are visible before the caller reads y */
     }
     free(wpat);
     return failed ? -1 : 0;
@@ -1604,11 +1610,7 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
         }
         free(ring);
         free(taps_g);
-#ifdef SEPCONV_AVX512
-        if (stream) _mm_sfence(); /* the streamed stores are visible before the caller reads gx */
-#elif defined(SEPCONV_VEC)
-        if (stream) vstream_fence();
-#endif
+        if (stream) stream_fence(); /* the streamed stores are visible before the caller reads gx */
         /* the threads' sums added in thread order, the rows (taps, bias, 1x1 weight rows) shared among them; a
          * tap's row goes to gwdw's column of that tap */
         long rows = (long)taps + 1 + (gwpw ? Cout : 0);
