@@ -17,7 +17,10 @@ For every shape (float32, inference, one `SeparableConv2d` without bias), in the
   caller's `SEPCONV_ISA` names (the native build by default);
 * with `--parts`, `depthwise_part_<isa>`: each build's depthwise step alone (the kernel's `parts=1`: into its tile
   buffer, no output written; without the prefetch the 1x1 step issues for the next tile), and its share of the
-  whole fused layer's median;
+  whole fused layer's median; and `pointwise_part_<isa>`: the 1x1 step alone on a zero tile (`parts=2`, the
+  output written, the next tile's input prefetched as in the whole kernel), so that `1 - pointwise_part / fused`
+  is the depthwise step's share inside the kernel (`depthwise_in_kernel_share`), where its input arrives
+  prefetched: the step alone reads an input that is not in cache at memory latency;
 * the standard convolution it replaces: eager NCHW, channels-last, and packed for oneDNN.
 
 realized = (t_standard / t_separable) / (standard MACs / separable MACs), the standard convolution at its fastest of
@@ -106,8 +109,9 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
         os.environ["SEPCONV_ISA"] = request
         fused = FusedSeparableConv2d(sep.depthwise, sep.pointwise)
         candidates[f"fused_{name}"] = no_grad(fused, x_nhwc, isa=request)
-        if parts:  # the kernel's depthwise step alone (into its tile buffer; nothing written to the output)
+        if parts:  # each step alone: the depthwise one into the tile buffer, the 1x1 one on a zero tile
             candidates[f"depthwise_part_{name}"] = no_grad(fused._run, x_nhwc, 1, isa=request)
+            candidates[f"pointwise_part_{name}"] = no_grad(fused._run, x_nhwc, 2, isa=request)
     os.environ["SEPCONV_ISA"] = CALLER_ISA
     session_options = None
     if onnxruntime_available():
@@ -135,7 +139,7 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
     mac_ratio = std_cost.macs / separable_cost(spec, case.size, batch=case.batch).macs
     t_std = min(v for k, v in ms.items() if k.startswith("standard_"))
     ceiling = (roofline.bound_s(std_cost.in_bounds_flops, std_cost.bytes) / fused_bound_s(case, roofline)) / mac_ratio
-    layers = [k for k in ms if not k.startswith(("standard_", "depthwise_part_"))]
+    layers = [k for k in ms if not k.startswith(("standard_", "depthwise_part_", "pointwise_part_"))]
     realized = {k: (t_std / ms[k]) / mac_ratio for k in layers}
     best = max(realized, key=realized.get)
     mins = {k: 1e3 * min(v.samples) for k, v in timings.items()}
@@ -162,6 +166,9 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
         # per ISA: the depthwise step alone over the whole fused layer (medians; with --parts)
         "depthwise_part_share": {k[len("depthwise_part_"):]: v / ms["fused_" + k[len("depthwise_part_"):]]
                                  for k, v in ms.items() if k.startswith("depthwise_part_")},
+        # per ISA: what the whole layer takes beyond its 1x1 step alone, over the whole layer (medians; --parts)
+        "depthwise_in_kernel_share": {k[len("pointwise_part_"):]: 1 - v / ms["fused_" + k[len("pointwise_part_"):]]
+                                      for k, v in ms.items() if k.startswith("pointwise_part_")},
     }
 
 
@@ -186,7 +193,8 @@ def main(argv=None) -> int:
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="call sepconv.keep_freed_memory() first, so candidates reuse freed memory instead of faulting")
     p.add_argument("--parts", action="store_true",
-                   help="also time each kernel build's depthwise step alone (depthwise_part_<isa>)")
+                   help="also time each kernel build's depthwise and 1x1 steps alone (depthwise_part_<isa>, "
+                        "pointwise_part_<isa>)")
     p.add_argument("--passes", type=int, default=1,
                    help="run the whole suite this many times (each with its own roofline): the spread between passes")
     p.add_argument("--out")
