@@ -17,10 +17,10 @@ For every shape (float32, inference, one `SeparableConv2d` without bias), in the
   caller's `SEPCONV_ISA` names (the native build by default);
 * with `--parts`, `depthwise_part_<isa>`: each build's depthwise step alone (the kernel's `parts=1`: into its tile
   buffer, no output written; without the prefetch the 1x1 step issues for the next tile), and its share of the
-  whole fused layer's median; and `pointwise_part_<isa>`: the 1x1 step alone on a zero tile (`parts=2`, the
-  output written, the next tile's input prefetched as in the whole kernel), so that `1 - pointwise_part / fused`
-  is the depthwise step's share inside the kernel (`depthwise_in_kernel_share`), where its input arrives
-  prefetched: the step alone reads an input that is not in cache at memory latency;
+  whole fused layer's median; and `pointwise_part_<isa>`: the 1x1 step alone on a zero tile (`parts=2`: the
+  output written and the next tile's input prefetched as in the whole kernel, the tile buffer zeroed once per
+  call), so that `1 - pointwise_part / fused` is the depthwise step's share inside the kernel
+  (`depthwise_in_kernel_share`), where its input arrives prefetched, which the step alone does not have;
 * the standard convolution it replaces: eager NCHW, channels-last, and packed for oneDNN.
 
 realized = (t_standard / t_separable) / (standard MACs / separable MACs), the standard convolution at its fastest of
