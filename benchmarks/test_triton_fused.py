@@ -88,6 +88,24 @@ def test_channel_counts_that_fill_the_blocks_and_that_do_not(cin, cout, config):
         torch.testing.assert_close(got.double(), reference(x, dw, pw, "relu6", None), rtol=1e-4, atol=1e-4)
 
 
+def test_32_and_64_bit_offsets_give_the_same_bits():
+    """The kernel addresses x and y by 32-bit element offsets when they fit, by 64-bit ones otherwise: both
+    ways must compute the same output, strided and padded taps included."""
+    torch.manual_seed(3)
+    dw = nn.Conv2d(24, 24, 3, 2, 1, groups=24, bias=True).to(DEVICE)
+    pw = nn.Conv2d(24, 40, 1, bias=True).to(DEVICE)
+    layer = TritonFusedSeparableConv2d(dw, pw, nn.ReLU())
+    x = torch.randn(2, 24, 13, 10, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    outs = []
+    for offs_i32 in (True, False):
+        y = torch.full((2, 40, 7, 5), float("nan"), device=DEVICE).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), ieee_float32():
+            layer._launch(x, y, BlockConfig(16, 32, 16), layer._precision(), offs_i32)
+        outs.append(y)
+    assert torch.equal(outs[0], outs[1])
+    torch.testing.assert_close(outs[0].double(), reference(x, dw, pw, "relu", None), rtol=1e-4, atol=1e-4)
+
+
 def test_the_layer_pads_and_matches_the_separable_module():
     """A sepconv layer whose 'same' padding is a pad module (even kernel) and that has biases."""
     from sepconv import SeparableConv2d

@@ -88,14 +88,15 @@ class BlockConfig(NamedTuple):
     stages: int = 2
 
 
-#: Candidate block shapes timed on the first call per input size (those wider than the layer are skipped).
-CANDIDATES = (
-    BlockConfig(64, 64, 32, 4),
-    BlockConfig(128, 64, 32, 4),
-    BlockConfig(64, 128, 32, 4),
-    BlockConfig(128, 128, 32, 8),
-    BlockConfig(32, 128, 64, 4),
-    BlockConfig(64, 256, 32, 8),
+#: Candidate block shapes timed on the first call per input size (capped to the layer by :func:`candidates_for`):
+#: the shapes that came within 10 % of the best on some suite layer in ``bench_triton_blocks.py``'s sweep
+#: (``results/gpu-h200/triton-blocks-bf16-b32.json``), each with one and two pipeline stages. One stage loads
+#: the taps straight into registers through L1; two stage them through shared memory.
+CANDIDATES = tuple(
+    BlockConfig(p, n, k, warps, stages)
+    for stages in (1, 2)
+    for p, n, k, warps in ((64, 128, 32, 4), (64, 256, 64, 4), (64, 256, 32, 4), (64, 128, 64, 4), (64, 64, 16, 4),
+                           (128, 64, 16, 8), (128, 64, 32, 4), (256, 64, 16, 8))
 )
 
 
@@ -128,7 +129,7 @@ if triton is not None:
             v = tl.minimum(tl.maximum(v, 0.0), 6.0)
         return v
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n_pixels", "H", "W", "HO", "WO", "SH", "SW", "PH", "PW", "DH", "DW"])
     def _fused_dwpw_kernel(
         x_ptr, dw_w_ptr, dw_b_ptr, pw_w_ptr, pw_b_ptr, y_ptr,
         n_pixels, H, W, C, HO, WO, COUT,
@@ -137,27 +138,35 @@ if triton is not None:
         KH: tl.constexpr, KW: tl.constexpr, DW_ACT: tl.constexpr, PW_ACT: tl.constexpr,
         HAS_DW_BIAS: tl.constexpr, HAS_PW_BIAS: tl.constexpr, PRECISION: tl.constexpr,
         BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
+        EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, OFFS_I32: tl.constexpr,
     ):
         # one program: BLOCK_P output pixels (flat over batch, rows, columns) x BLOCK_N output channels.
         # EVEN_K / EVEN_N: C / COUT are multiples of BLOCK_K / BLOCK_N, so no channel needs a mask.
+        # OFFS_I32: every element offset of x and y fits in int32, so addresses are 32-bit offsets from the base
+        # pointers (half the registers and integer work of 64-bit pointers per element).
         pid_p = tl.program_id(0)
         pid_n = tl.program_id(1)
         p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
         p_ok = p < n_pixels
-        img = (p // (HO * WO)).to(tl.int64)
+        img = p // (HO * WO)
         rest = p % (HO * WO)
-        ih0 = (rest // WO) * SH - PH  # the top-left tap's input row and column of each output pixel
-        iw0 = (rest % WO) * SW - PW
-        # each pixel's top-left tap address, once: a tap's address is it plus a scalar offset
-        base = x_ptr + img * sxn + ih0.to(tl.int64) * sxh + iw0.to(tl.int64) * sxw
+        oh = rest // WO
+        ow = rest % WO
+        if not OFFS_I32:
+            img = img.to(tl.int64)
+            oh = oh.to(tl.int64)
+            ow = ow.to(tl.int64)
+        ih0 = oh * SH - PH  # the top-left tap's input row and column of each output pixel
+        iw0 = ow * SW - PW
+        # each pixel's top-left tap offset, once: a tap's offset is it plus a scalar
+        base = img * sxn + ih0 * sxh + iw0 * sxw
         co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         co_ok = co < COUT
         acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
         for c0 in range(0, C, BLOCK_K):
             c = c0 + tl.arange(0, BLOCK_K)
             c_ok = c < C
-            taps = base[:, None] + c[None, :] * sxc
+            taps = x_ptr + (base[:, None] + c[None, :] * sxc)
             mid = tl.zeros((BLOCK_P, BLOCK_K), dtype=tl.float32)
             for i in tl.static_range(KH):
                 ih = ih0 + i * DH
@@ -184,12 +193,16 @@ if triton is not None:
         if HAS_PW_BIAS:
             acc += tl.load(pw_b_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
         acc = _activate(acc, PW_ACT)
-        out = (y_ptr + img[:, None] * syn + ((rest // WO).to(tl.int64) * syh + (rest % WO).to(tl.int64) * syw)[:, None]
-               + co[None, :] * syc)
+        out = y_ptr + ((img * syn + oh * syh + ow * syw)[:, None] + co[None, :] * syc)
         tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=p_ok[:, None] & co_ok[None, :])
 
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _span(t: torch.Tensor) -> int:
+    """One more than the largest element offset a kernel reads through ``t``'s strides."""
+    return 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
 
 
 class TritonFusedSeparableConv2d(FusedPair):
@@ -269,13 +282,17 @@ class TritonFusedSeparableConv2d(FusedPair):
         self._launch(x, y, config, precision)
         return y
 
-    def _launch(self, x: torch.Tensor, y: torch.Tensor, config: BlockConfig, precision: Optional[str]) -> None:
+    def _launch(self, x: torch.Tensor, y: torch.Tensor, config: BlockConfig, precision: Optional[str],
+                offs_i32: Optional[bool] = None):
+        """One launch of the kernel; ``offs_i32`` forces 32-bit (True) or 64-bit (False) element offsets (default:
+        32-bit exactly when every offset into ``x`` and ``y`` fits). Returns Triton's handle of the compiled kernel
+        (its ``n_regs``, ``n_spills`` and ``metadata`` say what one program uses)."""
         n, c, h, w = x.shape
         _, cout, ho, wo = y.shape
         pixels = n * ho * wo
         grid = (triton.cdiv(pixels, config.pixels), triton.cdiv(cout, config.out_channels))
         dw_bias, pw_bias = self.dw_bias, self.pw_bias
-        _fused_dwpw_kernel[grid](
+        return _fused_dwpw_kernel[grid](
             x, self.dw_weight, self.dw_weight if dw_bias is None else dw_bias, self.pw_weight,
             self.pw_weight if pw_bias is None else pw_bias, y,
             pixels, h, w, c, ho, wo, cout, *x.stride(), *y.stride(),
@@ -284,6 +301,7 @@ class TritonFusedSeparableConv2d(FusedPair):
             HAS_DW_BIAS=dw_bias is not None, HAS_PW_BIAS=pw_bias is not None, PRECISION=precision,
             BLOCK_P=config.pixels, BLOCK_N=config.out_channels, BLOCK_K=config.in_channels,
             EVEN_K=c % config.in_channels == 0, EVEN_N=cout % config.out_channels == 0,
+            OFFS_I32=(_span(x) < 2**31 and _span(y) < 2**31) if offs_i32 is None else offs_i32,
             num_warps=config.warps, num_stages=config.stages,
         )
 
