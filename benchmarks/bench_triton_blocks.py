@@ -9,7 +9,10 @@ medians, the L2 cache cleared before each call):
 - ``fused``: :class:`triton_fused.TritonFusedSeparableConv2d` at every block
   shape of a grid (pixels x output channels x input channels x warps x
   pipeline stages, capped to the layer's channels), with 32-bit element offsets, and
-  the best one again with 64-bit offsets (``fused_i64``), and what each
+  the best one again with 64-bit offsets (``fused_i64``), the layer as a
+  module call with its own choice among ``CANDIDATES`` (``fused_chosen``:
+  the host's launch cost included, which exceeds the GPU time of the
+  smaller layers), and what each
   block shape's program uses (registers per thread, spilled registers,
   shared memory bytes);
 

@@ -2,7 +2,7 @@
 # The GPU measurements and CUDA tests, in one script, for a CUDA machine whose python3 has PyTorch and Triton (no
 # install: the package runs from src/). Writes a log, records and plots under $OUT (default /tmp/sepconv-gpu), named
 # as the committed records are: copy them to benchmarks/results/gpu-<card>/ (e.g. gpu-h100/). Each step has its own
-# time limit, so one that hangs or fails leaves the others' results; in all at most 625 s. SEPCONV_GPU_TESTS= (empty)
+# time limit, so one that hangs or fails leaves the others' results; in all at most 675 s. SEPCONV_GPU_TESTS= (empty)
 # skips the Triton kernel's tests. The per-call `sepconv bench --device cuda --suite mobilenet_v1 --suite-batch 32`
 # is not run here (launch-bound like the VGG one; its record: results/gpu-h100/layers-mbv1-fp32-b32/).
 set -uo pipefail
@@ -16,7 +16,7 @@ mkdir -p "$OUT"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv
     python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'triton', triton.__version__)"
     echo "== tests on CUDA"
-    timeout 150 python3 -m pytest -q -p no:cacheprovider ${SEPCONV_GPU_TESTS-benchmarks/test_triton_fused.py} \
+    timeout 200 python3 -m pytest -q -p no:cacheprovider ${SEPCONV_GPU_TESTS-benchmarks/test_triton_fused.py} \
         tests/test_cuda_graph.py tests/test_cudnn.py \
         tests/test_bench.py::test_bench_on_cuda_records_the_gpu_and_times_training_on_eager \
         tests/test_bench.py::test_bench_device_and_dtype_errors tests/test_compare.py::test_cuda_mixed_precision_run

@@ -10,15 +10,13 @@ all input channels; the intermediate never reaches device memory. Where a
 program covers fewer output channels than the layer has, the depthwise
 block is recomputed per output-channel block.
 
-Status: correct (tested on an NVIDIA H100, an NVIDIA H200 and under
-Triton's interpreter) but not fast: on the H100 it took 1.0-2.5x the time of
-eager PyTorch's two convolutions, and on the H200, after each pixel's base
-address was computed once and full channel blocks loaded unmasked,
-1.2-5.6x, worst at 512-1024 channels where the depthwise block is recomputed
-per output-channel block; this version on an H100 again, 1.06-5.4x
-(``benchmarks/README.md``, "A GPU: NVIDIA H100", "A GPU: NVIDIA H200" and
-"A GPU again"). So nothing selects it automatically; ``sepconv bench
---device cuda`` times it as the ``fused`` engine.
+Status: correct (tested on NVIDIA H100 and H200 cards and under Triton's
+interpreter) but slower than cuDNN's two convolutions on most suite layers,
+in float32 and in bfloat16: its depthwise step is bound by the instructions
+it issues, not by memory (``docs/design-notes.md``, "GPU"; the records
+``results/gpu-*/graphs-*.json`` and ``results/gpu-h200/triton-blocks-*``).
+So nothing in the package uses it; ``bench_gpu_graphs.py`` and
+``bench_triton_blocks.py`` time it.
 
 It is the GPU sibling of :class:`sepconv.backends.fused.FusedSeparableConv2d` (the
 CPU kernel) and, like it, an inference engine: weights copied in at
@@ -89,14 +87,19 @@ class BlockConfig(NamedTuple):
 
 
 #: Candidate block shapes timed on the first call per input size (capped to the layer by :func:`candidates_for`):
-#: the shapes that came within 10 % of the best on some suite layer in ``bench_triton_blocks.py``'s sweep
-#: (``results/gpu-h200/triton-blocks-bf16-b32.json``), each with one and two pipeline stages. One stage loads
-#: the taps straight into registers through L1; two stage them through shared memory.
-CANDIDATES = tuple(
-    BlockConfig(p, n, k, warps, stages)
-    for stages in (1, 2)
-    for p, n, k, warps in ((64, 128, 32, 4), (64, 256, 64, 4), (64, 256, 32, 4), (64, 128, 64, 4), (64, 64, 16, 4),
-                           (128, 64, 16, 8), (128, 64, 32, 4), (256, 64, 16, 8))
+#: the shapes that came near the best of the whole grid on some suite layer in ``bench_triton_blocks.py``'s bfloat16
+#: sweep, enough to cover every layer (``results/gpu-h200/triton-blocks-bf16-b32.json``; docs/design-notes.md). All
+#: take two pipeline stages: with one, Triton issues the nine taps' loads into registers at once, and the programs
+#: spill.
+CANDIDATES = (
+    BlockConfig(64, 128, 32, 4),
+    BlockConfig(64, 256, 64, 4),
+    BlockConfig(64, 256, 32, 4),
+    BlockConfig(64, 128, 64, 4),
+    BlockConfig(64, 64, 16, 4),
+    BlockConfig(128, 64, 16, 8),
+    BlockConfig(128, 64, 32, 4),
+    BlockConfig(32, 128, 64, 4),
 )
 
 
