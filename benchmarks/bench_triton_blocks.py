@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -130,14 +129,22 @@ def run(case, dtype, rep_ms: int, repeat: int, roof) -> dict:
     }
 
 
-def profile(cases, spec: str, dtype) -> None:
+def profile_target(cases, spec: str):
+    """The layer and block shapes ``--profile CASE:P,N,K,W,S[;...]`` names; ValueError saying what is wrong."""
     name, _, blocks = spec.partition(":")
     matches = [c for c in cases if name in c.name]
-    if len(matches) != 1 or not blocks:
-        sys.exit(f"--profile needs CASE:P,N,K,W,S naming one layer; {name!r} matches {[c.name for c in matches]}")
-    configs = [BlockConfig(*map(int, block.split(","))) for block in blocks.split(";")]
+    if len(matches) != 1:
+        raise ValueError(f"{name!r} must name one layer, matches {[c.name for c in matches]}")
+    try:
+        configs = [BlockConfig(*map(int, block.split(","))) for block in blocks.split(";")]
+    except (TypeError, ValueError):
+        raise ValueError(f"block shapes must be P,N,K,W,S separated by ';', got {blocks!r}") from None
+    return matches[0], configs
+
+
+def profile(case, configs, dtype) -> None:
     torch.backends.cudnn.benchmark = False  # no algorithm search: only the kernels named run
-    sep, _, fused, x = layer(matches[0], dtype)
+    sep, _, fused, x = layer(case, dtype)
     xp = sep.pad(x) if sep.pad is not None else x
     y = torch.empty(x.shape[0], fused.out_channels, *fused.output_size(*xp.shape[2:]), device="cuda", dtype=dtype,
                     memory_format=torch.channels_last)
@@ -171,7 +178,11 @@ def main() -> None:
     cases = [c for s in args.suite.split(",") for c in suites[s](batch=args.batch)]
     cases = [c for c in cases if not args.case or any(f in c.name for f in args.case)]
     if args.profile:
-        profile(cases, args.profile, dtype)
+        try:
+            target = profile_target(cases, args.profile)
+        except ValueError as error:
+            p.error(f"--profile CASE:P,N,K,W,S[;P,N,K,W,S...]: {error}")
+        profile(*target, dtype)
         return
     torch.backends.cudnn.benchmark = True
     roof = measure_roofline(torch.device("cuda"), matmul_n=8192, copy_mib=1024, rounds=5, dtype=dtype, conv_batch=0)
