@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 import traceback
 from pathlib import Path
 
@@ -34,6 +35,28 @@ from sepconv.backends.cuda_graph import capture
 from triton_fused import TritonFusedSeparableConv2d
 from sepconv.layers import SeparableConv2d
 from sepconv.layers._common import conv_module
+
+
+def measure_cases(cases, measure, describe, record: dict, out, budget_s: float = float("inf")) -> list[dict]:
+    """``measure(case)`` for each of ``cases`` in turn, each row printed as ``describe(case, row)``; a case that
+    raises is reported and skipped, and none starts once ``budget_s`` seconds have passed. With ``out``, ``record``
+    with the rows so far as ``"cases"`` is written there atomically after each case: a run stopped early keeps what
+    it measured. Returns the rows."""
+    rows, start = [], time.monotonic()
+    for case in cases:
+        if time.monotonic() - start > budget_s:
+            print(f"budget of {budget_s:.0f} s spent: {case.name} and later cases left out", flush=True)
+            break
+        try:
+            row = measure(case)
+        except Exception:  # one case failing leaves the others' numbers
+            traceback.print_exc()
+            continue
+        rows.append(row)
+        print(describe(case, row), flush=True)
+        if out:
+            atomic_write_bytes(Path(out), json.dumps({**record, "cases": rows}, indent=2).encode())
+    return rows
 
 
 def graphed(fn, repeat: int):
@@ -94,26 +117,19 @@ def main() -> None:
                             conv_batch=32)
     info = machine_info("cuda")
     info.update(dtype=args.dtype, repeat=args.repeat)
-    rows = []
-    for batch in args.batch or [32]:
-        cases = ((vgg_blocks_suite(batch=batch) if args.suite in ("vgg_blocks", "all") else [])
-                 + (mobilenet_v1_suite(batch=batch) if args.suite in ("mobilenet_v1", "all") else []))
-        for case in cases:
-            try:
-                r = run(case, roof, dtype, args.repeat, args.rounds)
-            except Exception:  # one case failing leaves the others' numbers
-                traceback.print_exc()
-                continue
-            rows.append(r)
-            ms = r["ms"]
-            print(f"{case.name:24s} b{batch:<4d} std {min(ms['standard/nchw'], ms['standard/nhwc']):8.4f} ms  "
-                  f"sep {min(ms['separable/nchw'], ms['separable/nhwc']):8.4f}  fused {ms['separable/fused']:8.4f}  "
-                  f"realized eager {r['realized_eager']:.2f} fused {r['realized_fused']:.2f}  roofline ceiling "
-                  f"unfused {r['roofline_realized_unfused']:.2f} fused {r['roofline_realized_fused']:.2f}", flush=True)
-            if args.out:  # after each case, atomically: a run stopped early keeps what it measured
-                record = {"machine": info, "roofline": roof.as_dict(), "cases": rows}
-                atomic_write_bytes(Path(args.out), json.dumps(record, indent=2).encode())
+    cases = [case for batch in args.batch or [32]
+             for case in ((vgg_blocks_suite(batch=batch) if args.suite in ("vgg_blocks", "all") else [])
+                          + (mobilenet_v1_suite(batch=batch) if args.suite in ("mobilenet_v1", "all") else []))]
 
+    def describe(case, r):
+        ms = r["ms"]
+        return (f"{case.name:24s} b{case.batch:<4d} std {min(ms['standard/nchw'], ms['standard/nhwc']):8.4f} ms  "
+                f"sep {min(ms['separable/nchw'], ms['separable/nhwc']):8.4f}  fused {ms['separable/fused']:8.4f}  "
+                f"realized eager {r['realized_eager']:.2f} fused {r['realized_fused']:.2f}  roofline ceiling "
+                f"unfused {r['roofline_realized_unfused']:.2f} fused {r['roofline_realized_fused']:.2f}")
+
+    measure_cases(cases, lambda case: run(case, roof, dtype, args.repeat, args.rounds), describe,
+                  {"machine": info, "roofline": roof.as_dict()}, args.out)
 
 if __name__ == "__main__":
     main()

@@ -33,10 +33,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import time
-import traceback
-from pathlib import Path
 
 import torch
 
@@ -46,11 +42,10 @@ from sepconv.bench.suites import fused_bound_s
 from sepconv.cost import conv_cost, separable_cost
 from sepconv.layers import SeparableConv2d
 from sepconv.layers._common import conv_module
-from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 from sepconv.utils.timing import interleaved
 
-from bench_gpu_graphs import graphed
+from bench_gpu_graphs import graphed, measure_cases
 from triton_fused import BlockConfig, TritonFusedSeparableConv2d
 
 
@@ -188,27 +183,17 @@ def main() -> None:
     roof = measure_roofline(torch.device("cuda"), matmul_n=8192, copy_mib=1024, rounds=5, dtype=dtype, conv_batch=0)
     info = machine_info("cuda")
     info.update(dtype=args.dtype, repeat=args.repeat, rep_ms=args.rep_ms)
-    rows, start = [], time.monotonic()
-    for case in cases:
-        if time.monotonic() - start > args.budget_s:
-            print(f"budget of {args.budget_s:.0f} s spent: {case.name} and later layers left out", flush=True)
-            break
-        try:
-            r = run(case, dtype, args.rep_ms, args.repeat, roof)
-        except Exception:  # one layer failing leaves the others' numbers
-            traceback.print_exc()
-            continue
-        rows.append(r)
-        ms, g = r["ms"], r["graph_ms"]
-        print(f"{case.name:22s} b{case.batch} pair {ms['pair']:.4f} (dw {ms['depthwise']:.4f} pw {ms['pointwise']:.4f})"
-              f" std {ms['standard']:.4f} fused {ms['fused']:.4f} {tuple(r['best_block'])} i64 {ms['fused_i64']:.4f}"
-              f" chosen {ms['fused_chosen']:.4f} bound {r['fused_bound_ms']:.4f} | graphs pair {g['pair']:.4f}"
-              f" fused {g['fused']:.4f} std {g['standard']:.4f} | fused {r['fused_gbs']:.0f} GB/s,"
-              f" pair {r['pair_gbs']:.0f} GB/s", flush=True)
-        if args.out:  # after each layer, atomically: a run stopped early keeps what it measured
-            record = {"machine": info, "roofline": roof.as_dict(), "cases": rows}
-            atomic_write_bytes(Path(args.out), json.dumps(record, indent=2).encode())
 
+    def describe(case, r):
+        ms, g = r["ms"], r["graph_ms"]
+        return (f"{case.name:22s} b{case.batch} pair {ms['pair']:.4f} (dw {ms['depthwise']:.4f} pw "
+                f"{ms['pointwise']:.4f}) std {ms['standard']:.4f} fused {ms['fused']:.4f} {tuple(r['best_block'])} "
+                f"i64 {ms['fused_i64']:.4f} chosen {ms['fused_chosen']:.4f} bound {r['fused_bound_ms']:.4f} | "
+                f"graphs pair {g['pair']:.4f} fused {g['fused']:.4f} std {g['standard']:.4f} | fused "
+                f"{r['fused_gbs']:.0f} GB/s, pair {r['pair_gbs']:.0f} GB/s")
+
+    measure_cases(cases, lambda case: run(case, dtype, args.rep_ms, args.repeat, roof), describe,
+                  {"machine": info, "roofline": roof.as_dict()}, args.out, args.budget_s)
 
 if __name__ == "__main__":
     main()
