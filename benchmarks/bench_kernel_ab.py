@@ -2,7 +2,8 @@
 
     python benchmarks/bench_kernel_ab.py --base REV [--isa native|avx2]
                                          [--part layer|depthwise|pointwise|wgrad|atb|gemm|backward]
-                                         [--rounds 11] [--threads 1] [--suite ...] [--out DIR]
+                                         [--rounds 11] [--threads 1] [--suite ... | --channels C,C,...]
+                                         [--out DIR]
 
 The C sources under `src/sepconv/backends/native/csrc` at `--base` (any git revision) and in the working tree are
 built the way `sepconv.backends.native` builds them (same compiler, flags and `--isa` variant), and one process
@@ -14,7 +15,8 @@ host's drift between them can swamp. `--part`: the whole layer, or the kernel's 
 kernel: `wgrad`, the depthwise weight gradient (`sepconv.backends.training.depthwise_weight_grad`) of each
 shape's depthwise step, `atb`, the 1x1 step's weight-gradient GEMM (`matmul_at_b`, grad_y^T x), or `gemm`, the
 1x1 step's forward pass as the 'gemm' training engine runs it (`matmul_bt`, x W^T), or `backward`, the 'fused'
-training engine's backward kernel (`depthwise_pointwise_backward`, all four gradients). Both
+training engine's backward kernel (`depthwise_pointwise_backward`, all four gradients). `--channels` replaces the
+suite shapes with 3x3 layers of the given input channel counts to 64 outputs at 32x32, batch 32. Both
 revisions must have the same kernel signatures (the library is bound by the working tree's
 `sepconv.backends.native`).
 
@@ -41,7 +43,8 @@ from sepconv.backends.clock import time_candidates, timing_clock
 from sepconv.backends.fused import FusedSeparableConv2d
 from sepconv.backends.training import (depthwise_pointwise_backward, depthwise_weight_grad, engine_applies,
                                        matmul_at_b, matmul_bt)
-from sepconv.bench.suites import SUITES, parse_suite_args, separable_case, suite_parser
+from sepconv.bench.suites import SUITES, Case, parse_suite_args, separable_case, suite_parser
+from sepconv.geometry import ConvSpec
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 
@@ -116,7 +119,17 @@ def main(argv=None) -> int:
     p.add_argument("--base", required=True, help="the git revision to compare the working tree's kernels against")
     p.add_argument("--isa", choices=("native", "avx2"), default="native")
     p.add_argument("--part", choices=tuple(PARTS) + TRAINING_PARTS, default="layer")
+    p.add_argument("--channels", help="instead of the suites: 3x3 layers of these input channel counts "
+                                      "(comma-separated) to 64 outputs at 32x32, batch 32")
     args, suites = parse_suite_args(p, argv)
+    try:
+        channels = [int(c) for c in args.channels.split(",")] if args.channels else []
+    except ValueError:
+        p.error(f"--channels takes comma-separated channel counts, got {args.channels!r}")
+    if any(c < 1 for c in channels):
+        p.error(f"--channels must be >= 1 each, got {args.channels!r}")
+    cases = ([Case(f"{c}->64 @32", ConvSpec.make(c, 64, 3, 1, 1, bias=False), (32, 32), 32) for c in channels]
+             or [case for suite in suites for case in SUITES[suite]()])
     base_commit = commit_of(p, args.base)
     torch.set_num_threads(args.threads)
     head_commit = git("rev-parse", "HEAD").decode().strip()
@@ -130,28 +143,27 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else HERE / "results" / f"kernel-ab-cpu-{args.threads}thread"
     rows = []
     try:
-        for suite in suites:
-            for case in SUITES[suite]():
-                layer, x = separable_case(case)
-                layer.eval()
-                work = part_call(args.part, layer, x)
-                if work is None:
-                    print(f"{case.name:>24}: not run by --part {args.part}", flush=True)
-                    continue
+        for case in cases:
+            layer, x = separable_case(case)
+            layer.eval()
+            work = part_call(args.part, layer, x)
+            if work is None:
+                print(f"{case.name:>24}: not run by --part {args.part}", flush=True)
+                continue
 
-                def call(which: str):
-                    def run():
-                        current[0] = libs[which]
-                        with torch.inference_mode():
-                            work()
-                    return run
+            def call(which: str):
+                def run():
+                    current[0] = libs[which]
+                    with torch.inference_mode():
+                        work()
+                return run
 
-                t = time_candidates({"base": call("base"), "head": call("head")}, x, rounds=args.rounds)
-                ms = {k: 1e3 * v.median for k, v in t.items()}
-                rows.append({"shape": case.name, "batch": case.batch, "median_ms": ms,
-                             "iqr_ms": {k: 1e3 * v.iqr for k, v in t.items()}, "head_vs_base": ms["head"] / ms["base"]})
-                print(f"{case.name:>24}: base {ms['base']:.3f} ms, head {ms['head']:.3f} ms, "
-                      f"head / base {ms['head'] / ms['base']:.2f}", flush=True)
+            t = time_candidates({"base": call("base"), "head": call("head")}, x, rounds=args.rounds)
+            ms = {k: 1e3 * v.median for k, v in t.items()}
+            rows.append({"shape": case.name, "batch": case.batch, "median_ms": ms,
+                         "iqr_ms": {k: 1e3 * v.iqr for k, v in t.items()}, "head_vs_base": ms["head"] / ms["base"]})
+            print(f"{case.name:>24}: base {ms['base']:.3f} ms, head {ms['head']:.3f} ms, "
+                  f"head / base {ms['head'] / ms['base']:.2f}", flush=True)
     finally:
         native.load = original_load
     ratios = [r["head_vs_base"] for r in rows]

@@ -446,7 +446,7 @@ int main(void) {
         check_fused(1 + k % 2, 3 + (k * 5) % 11, 3 + (k * 7) % 13, wide[k % 4], 3, 1 + (k / 4) % 2, k % 3 ? 1 : 0,
                     1, couts[k % 7], k % 2, k % 3, (k + 1) % 3, 6 + (k * 13) % 50, 1, k % 2);
     static const int dims[][3] = {{1, 1, 1}, {7, 3, 5}, {50, 16, 16}, {300, 12, 32}, {129, 24, 48}, {700, 64, 40},
-                                  {65, 33, 70}, {1000, 6, 17}};
+                                  {65, 33, 70}, {1000, 6, 17}, {5000, 20, 24}, {5000, 13, 10}};
     for (size_t k = 0; k < sizeof dims / sizeof *dims; ++k)
         for (int threads = 1; threads <= 2; ++threads) check_atb(dims[k][0], dims[k][1], dims[k][2], threads);
     /* no pixels (out written as zeros), and several chunks of pixels (the first writes out, the rest add), with

@@ -55,6 +55,37 @@ static inline __attribute__((always_inline)) void atb_rows(const float *A, long 
         _mm512_storeu_ps(o + (size_t)r * ldo + 16, acc[r][1]);
     }
 }
+
+/* atb_rows for a block of fewer than NB columns (a channel count that is not a multiple of 32): NV (1 or 2, a
+ * constant) vectors of columns, the last masked (k0 for the first vector, k1 for the second). Constant R and NV keep
+ * the accumulators in registers, as in atb_rows; the loop of runtime length it replaces kept them in memory, and
+ * such a block cost several times a whole one (docs/design-notes.md). */
+static inline __attribute__((always_inline)) void atb_rows_part(const float *A, long lda, const float *B, long ldb,
+                                                                float *o, long ldo, long p0, long p1, int m0,
+                                                                int n0, int fresh, const int R, const int NV,
+                                                                __mmask16 k0, __mmask16 k1) {
+    __m512 acc[MB][2];
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+        acc[r][0] = fresh ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(k0, o + (size_t)r * ldo);
+        if (NV == 2) acc[r][1] = fresh ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(k1, o + (size_t)r * ldo + 16);
+    }
+    for (long p = p0; p < p1; ++p) {
+        const float *b = B + (size_t)p * ldb + n0, *a = A + (size_t)p * lda + m0;
+        __m512 v0 = _mm512_maskz_loadu_ps(k0, b), v1 = NV == 2 ? _mm512_maskz_loadu_ps(k1, b + 16) : v0;
+#pragma GCC unroll 12
+        for (int r = 0; r < R; ++r) {
+            __m512 s = _mm512_set1_ps(a[r]);
+            acc[r][0] = _mm512_fmadd_ps(s, v0, acc[r][0]);
+            if (NV == 2) acc[r][1] = _mm512_fmadd_ps(s, v1, acc[r][1]);
+        }
+    }
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+        _mm512_mask_storeu_ps(o + (size_t)r * ldo, k0, acc[r][0]);
+        if (NV == 2) _mm512_mask_storeu_ps(o + (size_t)r * ldo + 16, k1, acc[r][1]);
+    }
+}
 #endif
 
 #ifdef SEPCONV_VEC
@@ -223,6 +254,15 @@ static void atb_block(const float *A, long lda, const float *B, long ldb, float 
 #undef ATB_ROWS
             default: break;
         }
+    } else if (nc > 0) { /* fewer columns: the same, masked, one or two vectors wide */
+#define ATB_PART(R, NV) case R: atb_rows_part(A, lda, B, ldb, o, ldo, p0, p1, m0, n0, fresh, R, NV, k0, k1); return;
+#define ATB_PARTS(NV) switch (mr) { \
+            ATB_PART(12, NV) ATB_PART(11, NV) ATB_PART(10, NV) ATB_PART(9, NV) ATB_PART(8, NV) ATB_PART(7, NV) \
+            ATB_PART(6, NV) ATB_PART(5, NV) ATB_PART(4, NV) ATB_PART(3, NV) ATB_PART(2, NV) ATB_PART(1, NV) \
+            default: break; }
+        if (nc > 16) ATB_PARTS(2) else ATB_PARTS(1)
+#undef ATB_PARTS
+#undef ATB_PART
     }
     for (int r = 0; r < mr; ++r) {
         acc[r][0] = _mm512_maskz_loadu_ps(fresh ? 0 : k0, o + (size_t)r * ldo);
