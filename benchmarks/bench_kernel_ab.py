@@ -75,7 +75,9 @@ def build(csrc: Path, isa: str):
     """The kernels from the sources in ``csrc``, built and loaded as sepconv.backends.native does for ``isa``."""
     saved = native._CSRC, native._SOURCES, native._HEADERS
     native._CSRC = csrc
-    native._SOURCES = tuple(csrc / p.name for p in saved[1])
+    # a source file the base lacks (the argument-array entry points of csrc/calls.c, newer than the kernels they
+    # call) comes from the working tree
+    native._SOURCES = tuple(csrc / p.name if (csrc / p.name).exists() else p for p in saved[1])
     native._HEADERS = tuple(csrc / p.name for p in saved[2])
     try:
         lib, why = native.load_for.__wrapped__(native.MARCH, isa)  # not the cached working-tree build

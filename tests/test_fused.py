@@ -1,6 +1,7 @@
 """sepconv.backends.fused: the fused depthwise -> pointwise kernel computes what the two convolutions compute."""
 
 import platform
+from array import array
 
 import pytest
 import torch
@@ -235,6 +236,39 @@ def test_the_parts_benchmarks_time_apart():
         torch.testing.assert_close(layer._run(x, 2), expected, rtol=0, atol=0)
         with pytest.raises(RuntimeError, match="code -2"):
             layer._run(x, 4)
+
+
+@needs_kernel
+def test_the_argument_array_entry_runs_the_kernel_on_the_same_arguments():
+    """sepconv_fused_dwpw_args (csrc/calls.c) hands each slot of its array to the same parameter of
+    sepconv_fused_dwpw_f32: every argument differs from its neighbours here (a job range short of both ends, the
+    depthwise output kept, two threads), and both entries leave y and mid bit for bit the same."""
+    lib = native.load()[0]
+    torch.manual_seed(5)
+    n, h, w, c, kh, kw, sh, sw, ph, pw, cout, tile = 2, 9, 11, 20, 3, 5, 1, 2, 1, 2, 40, 7
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    x = torch.randn(n, h, w, c)
+    wdw, bdw, bpw = torch.randn(kh, kw, c), torch.randn(c), torch.randn(cout)
+    panels = torch.randn(-(-cout // 32), c, 32)
+    jobs = lib.sepconv_fused_jobs(n, ho, wo, tile, 1)
+    outputs = []
+    for entry in ("args", "f32"):
+        y, mid = torch.full((n, ho, wo, cout), float("nan")), torch.full((n, ho, wo, c), float("nan"))
+        values = (x.data_ptr(), n, h, w, c, wdw.data_ptr(), bdw.data_ptr(), kh, kw, sh, sw, ph, pw, 1, 1, 1,
+                  panels.data_ptr(), bpw.data_ptr(), cout, 2, y.data_ptr(), mid.data_ptr(), ho, wo, tile, 1, 0, 3,
+                  1, jobs - 1, 2)
+        if entry == "args":
+            packed = array("q", values)  # a name keeps it alive through the call (a temporary would be freed)
+            code = lib.sepconv_fused_dwpw_args(packed.buffer_info()[0])
+        else:
+            code = lib.sepconv_fused_dwpw_f32(*values)
+        assert code == 0
+        outputs.append((y, mid))
+    (y_args, mid_args), (y_f32, mid_f32) = outputs
+    assert torch.equal(y_args.isnan(), y_f32.isnan()) and torch.equal(mid_args.isnan(), mid_f32.isnan())
+    assert y_args.isnan().any() and not y_args.isnan().all()  # the first and last jobs were left out
+    assert torch.equal(y_args.nan_to_num(), y_f32.nan_to_num()) and torch.equal(mid_args.nan_to_num(),
+                                                                                mid_f32.nan_to_num())
 
 
 @needs_kernel

@@ -23,6 +23,7 @@ layer and keeps the faster (``benchmarks/README.md`` has the numbers).
 
 from __future__ import annotations
 
+from array import array
 from typing import Optional
 
 import torch
@@ -35,6 +36,8 @@ from . import native
 _NR = 32  # output channels per packed weight panel (the kernel's NR)
 _ACTS = {None: 0, nn.ReLU: 1, nn.ReLU6: 2}
 _TILE_BYTES = 256 * 1024  # depthwise tile buffer: about half of a 1-2 MiB L2 cache
+# slots of sepconv_fused_dwpw_f32's argument array (csrc/calls.c) that FusedSeparableConv2d._run fills per call
+_ARG_X, _ARG_DW_WEIGHT, _ARG_DW_BIAS, _ARG_PW_PANELS, _ARG_PW_BIAS, _ARG_Y, _ARG_PARTS = 0, 5, 6, 16, 17, 20, 27
 
 
 #: Outputs of at least this many bytes are written with non-temporal stores (around the caches: their lines are
@@ -310,9 +313,11 @@ class FusedSeparableConv2d(FusedPair):
         self.tile = default_tile(c)
         self._plans: dict[tuple, tuple] = {}  # see _plan
 
-    def _plan(self, n: int, h: int, w: int, threads: int) -> tuple:
-        """The kernel's arguments other than pointers, computed once per input size, thread count, tile and
-        streaming threshold, so that a call does little Python work besides the kernel."""
+    def _plan(self, n: int, h: int, w: int, threads: int) -> tuple[int, int, array]:
+        """``(ho, wo, args)``: the output size and the kernel's argument array (``sepconv_fused_dwpw_args``, one
+        int64 per argument of ``sepconv_fused_dwpw_f32``) with every value but the tensors' addresses and
+        ``parts`` filled in, computed once per input size, thread count, tile and streaming threshold, so that a
+        call does little Python work besides the kernel."""
         key = (n, h, w, threads, self.tile, STREAM_MIN_BYTES)
         plan = self._plans.get(key)
         if plan is None:
@@ -321,8 +326,11 @@ class FusedSeparableConv2d(FusedPair):
             lib = native.load()[0]
             tile, groups, stream = kernel_schedule(n, ho, wo, self.out_channels, self.tile, threads)
             jobs = lib.sepconv_fused_jobs(n, ho, wo, tile, groups)
-            plan = (ho, wo, (n, h, w, self.in_channels), (kh, kw, sh, sw, ph, pw, dh, dw, self.dw_act),
-                    (self.out_channels, self.pw_act), (ho, wo, tile, groups, int(stream)), (0, jobs, threads))
+            # sepconv_fused_dwpw_f32's parameters in order; 0 in the slots _run fills (the _ARG_* indices)
+            args = array("q", (0, n, h, w, self.in_channels, 0, 0, kh, kw, sh, sw, ph, pw, dh, dw, self.dw_act,
+                               0, 0, self.out_channels, self.pw_act, 0, 0, ho, wo, tile, groups, int(stream), 0,
+                               0, jobs, threads))
+            plan = (ho, wo, args)
             if len(self._plans) >= 16:  # many input sizes: keep the cache small
                 self._plans.clear()
             self._plans[key] = plan
@@ -335,14 +343,20 @@ class FusedSeparableConv2d(FusedPair):
         """The kernel on a channels-last, padded input. ``parts``: 3 the layer, 1 the depthwise step alone (the
         returned tensor is not written), 2 the pointwise step alone on a zero tile (benchmarks time them apart)."""
         n, _, h, w = x.shape
-        ho, wo, xdims, dwargs, pwargs, geometry, jobs = self._plan(n, h, w, max(1, torch.get_num_threads()))
+        ho, wo, plan_args = self._plan(n, h, w, max(1, torch.get_num_threads()))
         y = torch.empty((n, self.out_channels, ho, wo), dtype=torch.float32, memory_format=torch.channels_last)
         buffers = self._buffers  # direct access: nn.Module's __getattr__ is slow on the per-call path
         dw_bias, pw_bias = buffers["dw_bias"], buffers["pw_bias"]
-        code = native.load()[0].sepconv_fused_dwpw_f32(
-            x.data_ptr(), *xdims, buffers["dw_weight"].data_ptr(), None if dw_bias is None else dw_bias.data_ptr(),
-            *dwargs, buffers["pw_panels"].data_ptr(), None if pw_bias is None else pw_bias.data_ptr(), *pwargs,
-            y.data_ptr(), None, *geometry, parts, *jobs)
+        args = array("q", plan_args)  # a copy per call: the module may run in several threads at once
+        args[_ARG_X], args[_ARG_Y], args[_ARG_PARTS] = x.data_ptr(), y.data_ptr(), parts
+        args[_ARG_DW_WEIGHT], args[_ARG_PW_PANELS] = buffers["dw_weight"].data_ptr(), buffers["pw_panels"].data_ptr()
+        if dw_bias is not None:
+            args[_ARG_DW_BIAS] = dw_bias.data_ptr()
+        if pw_bias is not None:
+            args[_ARG_PW_BIAS] = pw_bias.data_ptr()
+        # one ctypes argument instead of 31: ctypes converts each argument, which cost more than the kernel's own
+        # setup (benchmarks/bench_call_overhead.py)
+        code = native.load()[0].sepconv_fused_dwpw_args(args.buffer_info()[0])
         if code:
             raise RuntimeError(f"the fused kernel failed with code {code} (-1: out of memory, -2: a job range or "
                                f"parts outside what the kernel accepts)")

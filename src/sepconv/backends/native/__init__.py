@@ -4,7 +4,9 @@ The kernels are plain C (no Python or PyTorch headers): the fused
 depthwise -> pointwise inference kernel (``csrc/fused_dwpw.c``,
 :mod:`sepconv.backends.fused`), the depthwise weight gradient
 (``csrc/depthwise_wgrad.c``) and the 1x1-convolution weight-gradient GEMM
-(``csrc/gemm_atb.c``, :mod:`sepconv.backends.training`). They are compiled
+(``csrc/gemm_atb.c``, :mod:`sepconv.backends.training`), and entry points that
+take a kernel's arguments as one array (``csrc/calls.c``: ctypes converts each
+argument of a call, a cost on small layers). They are compiled
 together with the machine's C compiler (``$CC``, else ``cc``/``gcc``/``clang``)
 for this CPU (``-march=native``) and loaded with :mod:`ctypes`.
 
@@ -52,7 +54,7 @@ from ...utils.io import atomic_write_bytes
 from ...utils.machine import cpu_fields
 
 _CSRC = Path(__file__).resolve().parent / "csrc"
-_SOURCES = tuple(_CSRC / name for name in ("fused_dwpw.c", "gemm_atb.c", "depthwise_wgrad.c"))
+_SOURCES = tuple(_CSRC / name for name in ("fused_dwpw.c", "gemm_atb.c", "depthwise_wgrad.c", "calls.c"))
 _HEADERS = (_CSRC / "simd.h", _CSRC / "wgrad_steps.h")
 
 #: The ``-march`` the kernels are built for. ``native``: this CPU's vector width (AVX-512 where it has it). Tests
@@ -78,7 +80,10 @@ def cache_dir() -> Path:
 
 def requested_isa() -> str:
     """The variant ``$SEPCONV_ISA`` asks for (``native`` when unset); ValueError naming the value if unknown."""
-    value = os.environ.get("SEPCONV_ISA", "native").strip().lower() or "native"
+    value = os.environ.get("SEPCONV_ISA")
+    if value is None:  # the common case, on every call of a fused layer: no string work
+        return "native"
+    value = value.strip().lower() or "native"
     if value not in ISA_CHOICES:
         raise ValueError(f"SEPCONV_ISA must be one of {', '.join(ISA_CHOICES)}, got {value!r}")
     return value
@@ -116,6 +121,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.sepconv_fused_dwpw_f32.argtypes = [p, i, i, i, i, p, p, i, i, i, i, i, i, i, i, i, p, p, i, i, p, p, i, i, i, i,
                                            i, i, long, long, i]
     lib.sepconv_fused_dwpw_f32.restype = i
+    lib.sepconv_fused_dwpw_args.argtypes = [p]  # the same, its arguments in one int64 array (csrc/calls.c)
+    lib.sepconv_fused_dwpw_args.restype = i
     lib.sepconv_fused_forward_f32.argtypes = [p, i, i, i, i, p, p, i, i, i, i, i, i, p, p, i, p, p, i, i, i, i, i, i]
     lib.sepconv_fused_forward_f32.restype = i
     lib.sepconv_fused_jobs.argtypes = [i, i, i, i, i]
