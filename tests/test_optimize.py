@@ -38,6 +38,7 @@ def test_optimize_equals_eval_model(cin, cout, stride, padding, seed):
     x = torch.randn(2, cin, 9, 9)
     fast = sepconv.optimize(model, x, measure=False)
     assert fast.folded == 3 and not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert not any(m.training for m in fast.modules())  # an inference model, wrapper included
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-4)
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched

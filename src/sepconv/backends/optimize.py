@@ -40,6 +40,7 @@ class OptimizedModel(nn.Module):
         self.timings_ms = timings_ms
         self.folded = folded
         self.backend = backend
+        self.training = model.training  # an inference model: in eval mode as its wrapped model is
 
     @property
     def session_options(self) -> Optional[dict]:
