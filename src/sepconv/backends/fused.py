@@ -38,6 +38,7 @@ _ACTS = {None: 0, nn.ReLU: 1, nn.ReLU6: 2}
 _TILE_BYTES = 256 * 1024  # depthwise tile buffer: about half of a 1-2 MiB L2 cache
 # slots of sepconv_fused_dwpw_f32's argument array (csrc/calls.c) that FusedSeparableConv2d._run fills per call
 _ARG_X, _ARG_DW_WEIGHT, _ARG_DW_BIAS, _ARG_PW_PANELS, _ARG_PW_BIAS, _ARG_Y, _ARG_PARTS = 0, 5, 6, 16, 17, 20, 27
+_ARG_STREAM = 26  # set by _plan from STREAM_MIN_BYTES (benchmarks/bench_output_state.py sets it itself)
 
 
 #: Outputs of at least this many bytes are written with non-temporal stores (around the caches: their lines are
