@@ -1,6 +1,6 @@
 """A separable layer's training step at another git revision of sepconv against the working tree's, per suite shape.
 
-    python benchmarks/bench_step_ab.py --base REV [--engine fused|gemm|flip|dwgrad|eager]
+    python benchmarks/bench_step_ab.py --base REV [--engine fused|gemm|flip|dwgrad|eager] [--forward]
                                        [--rounds 21] [--threads 1] [--suite ...] [--out DIR]
 
 `bench_kernel_ab.py` swaps the C kernels only; a change to the Python around them (argument checks, tensor set-up,
@@ -12,7 +12,9 @@ weights and input), puts it on `--engine` (`fused`: the whole layer; `gemm`: its
 depthwise step; `eager`: nothing), and its training step (gradients set to None, forward, backward with a fixed
 output gradient, the input needing a gradient as in a network's inner layer) runs both ways in interleaved rounds
 (`sepconv.backends.clock.time_candidates`: the calling thread's CPU time with one thread, else wall time), after
-`sepconv.keep_freed_memory()`. Shapes the engine does not take at either revision are skipped. The base revision
+`sepconv.keep_freed_memory()`. `--forward` times the layer's forward pass without gradients instead (inference:
+on the 'fused' engine, the fused kernel without the depthwise output written out). Shapes the engine does not take
+at either revision are skipped. The base revision
 must have what this script calls: `sepconv.bench.suites.separable_case` and the training engines' `engine_applies`
 and `use_engine`.
 
@@ -72,10 +74,20 @@ def build(package: str, case, engine: str):
     return layer, x.requires_grad_(True)
 
 
+def forward_call(layer, x):
+    """A call running ``layer``'s forward pass on ``x`` without gradients (what ``--forward`` times)."""
+    def run():
+        with torch.no_grad():
+            return layer(x)
+    return run
+
+
 def main(argv=None) -> int:
     p = suite_parser(__doc__.split("\n\n")[0], rounds=21)
     p.add_argument("--base", required=True, help="the git revision to compare the working tree's package against")
     p.add_argument("--engine", choices=ENGINES, default="fused")
+    p.add_argument("--forward", action="store_true",
+                   help="time the forward pass without gradients (inference) instead of the training step")
     args, suites = parse_suite_args(p, argv)
     base_commit = commit_of(p, args.base)
     torch.set_num_threads(args.threads)
@@ -95,7 +107,8 @@ def main(argv=None) -> int:
                 layer, x = built["head"]
                 with torch.no_grad():
                     grad = torch.randn_like(layer(x)).contiguous(memory_format=torch.channels_last)
-                t = time_candidates({k: training_step(*v, grad) for k, v in built.items()}, x, rounds=args.rounds)
+                calls = {k: forward_call(*v) if args.forward else training_step(*v, grad) for k, v in built.items()}
+                t = time_candidates(calls, x, rounds=args.rounds)
                 ms = {k: 1e3 * v.median for k, v in t.items()}
                 rows.append({"shape": case.name, "batch": case.batch, "median_ms": ms,
                              "iqr_ms": {k: 1e3 * v.iqr for k, v in t.items()}, "head_vs_base": ms["head"] / ms["base"]})
@@ -106,7 +119,7 @@ def main(argv=None) -> int:
     ratios = [r["head_vs_base"] for r in rows]
     print(f"head / base: median {statistics.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f}")
     record = {"machine": machine_info(), "base": base_commit, "head": head_commit, "head_package_modified": modified,
-              "engine": args.engine, "threads": args.threads, "rounds": args.rounds,
+              "engine": args.engine, "mode": "forward" if args.forward else "training step", "threads": args.threads, "rounds": args.rounds,
               "clock": timing_clock(torch.empty(0)), "head_vs_base_median": statistics.median(ratios), "shapes": rows}
     atomic_write_bytes(out / "step_ab.json", (json.dumps(record, indent=1) + "\n").encode())
     print(f"wrote {out / 'step_ab.json'}")

@@ -13,7 +13,8 @@ from torch import nn
 import sepconv
 from sepconv.backends import native
 import sepconv.backends.fused as fused_module
-from sepconv.backends.fused import FusedSeparableConv2d, balanced_tile, fusable, fused_available, fused_unavailable_reason
+from sepconv.backends.fused import (FusedSeparableConv2d, balanced_tile, fusable, fused_available,
+                                    fused_unavailable_reason, kernel_schedule)
 
 needs_kernel = pytest.mark.skipif(not fused_available(), reason=f"fused kernel unavailable: {fused_unavailable_reason()}")
 ACTS = {None: (None, lambda y: y), "relu": (nn.ReLU(), F.relu), "relu6": (nn.ReLU6(), lambda y: y.clamp(0, 6))}
@@ -219,6 +220,37 @@ def test_balanced_tiles_on_the_layers_that_called_for_them():
     with pytest.raises(ValueError, match="threads must be an integer >= 1, got 2.0"):
         balanced_tile(1, 49, 60, 2.0)
     assert balanced_tile(0, 49, 60, 2) == 60  # an empty batch: nothing to balance
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 60), st.integers(1, 60), st.integers(1, 1100), st.integers(6, 1200),
+       st.integers(1, 4))
+def test_an_image_with_more_output_channels_than_pixels_per_thread_splits_its_channels(batch, ho, wo, cout, tile,
+                                                                                        threads):
+    size, groups, _ = kernel_schedule(batch, ho, wo, cout, tile, threads)
+    pixels = ho * wo
+    split = threads > 1 and batch == 1 and pixels < threads * cout and pixels <= threads * tile
+    if split:  # one tile, the output channels dealt to the threads: each reads its share of the 1x1 weight
+        assert size == pixels and groups == min(threads, -(-cout // 32))
+    else:
+        assert size == balanced_tile(batch, pixels, tile, threads) and size <= tile
+        assert groups == (min(threads, -(-cout // 32)) if batch * -(-pixels // size) < threads else 1)
+
+
+def test_the_channel_split_on_the_layers_that_called_for_it():
+    assert kernel_schedule(1, 14, 14, 512, 120, 2)[:2] == (196, 2)  # 512 -> 512 @14: 98 pixels a thread, 512 outputs
+    assert kernel_schedule(1, 14, 14, 512, 120, 1)[:2] == (120, 1)  # one thread: the tile as it is
+    assert kernel_schedule(1, 28, 28, 256, 222, 2)[:2] == (198, 1)  # 256 -> 256 @28: 392 pixels a thread
+    assert kernel_schedule(32, 8, 8, 256, 222, 2)[:2] == (222, 1)  # batch 32: many images to share
+
+
+@needs_kernel
+@pytest.mark.parametrize("cout", [40, 96])
+def test_fused_with_the_output_channels_split_among_threads(cout):
+    """A 7x7 image with more output channels than pixels per thread on two threads: the two 30-pixel tiles it
+    would take become one, its output channels split in two groups."""
+    assert kernel_schedule(1, 7, 7, cout, 30, 2)[:2] == (49, 2)
+    check_against_reference(1, 24, cout, 3, 1, 1, 1, True, "relu", None, 7, 7, 2, 3, tile=30)
 
 
 @needs_kernel

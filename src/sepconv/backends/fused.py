@@ -83,10 +83,18 @@ def balanced_tile(batch: int, pixels: int, tile: int, threads: int) -> int:
 
 def kernel_schedule(batch: int, ho: int, wo: int, out_channels: int, tile: int, threads: int) -> tuple[int, int, bool]:
     """How the fused kernel runs an output of ``batch`` x ``ho`` x ``wo`` pixels and ``out_channels`` channels on
-    ``threads`` threads with tiles of at most ``tile`` pixels: ``(tile, groups, stream)``, the tile size
+    ``threads`` threads with tiles of about ``tile`` pixels: ``(tile, groups, stream)``, the tile size
     (:func:`balanced_tile`), the number of output-channel groups (more than one where there are fewer tiles than
-    threads) and whether the output is written with non-temporal stores (:data:`STREAM_MIN_BYTES`)."""
-    tile = balanced_tile(batch, ho * wo, tile, threads)
+    threads) and whether the output is written with non-temporal stores (:data:`STREAM_MIN_BYTES`).
+
+    One image of at most ``threads`` tiles whose threads would each get fewer pixels than there are output
+    channels is one tile, its output channels split among the threads: each thread then reads its share of the
+    1x1 weight, which outweighs its pixels there, instead of the whole weight (the 1x1 GEMM's own rule,
+    ``sepconv_gemm_f32``), for a tile buffer at most ``threads`` times the usual size."""
+    pixels = ho * wo
+    if threads > 1 and batch == 1 and pixels < threads * out_channels and pixels <= threads * tile:
+        tile = pixels
+    tile = balanced_tile(batch, pixels, tile, threads)
     tiles = batch * -(-(ho * wo) // tile)
     groups = min(threads, -(-out_channels // _NR)) if tiles < threads else 1
     return tile, groups, batch * out_channels * ho * wo * 4 >= STREAM_MIN_BYTES  # the float32 output's bytes
