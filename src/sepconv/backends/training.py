@@ -487,8 +487,8 @@ def _backward(lib, x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Te
 #: The largest 1x1 weight (elements) whose gradient :func:`depthwise_pointwise_backward`'s kernel sums itself:
 #: each thread keeps a copy, updated once per band of rows and added at the end; a larger one (deep layers, whose
 #: few pixels make the sum cheap anyway) is left to :func:`matmul_at_b`. At 256 x 256, 28 x 28 pixels, batch 1,
-#: the kernel's sum, a band of 56 pixels at a time over a 256 KiB copy, took 1.03-1.13x the time of the kernel
-#: without it plus :func:`matmul_at_b` (docs/design-notes.md), so the bound is 128 x 256.
+#: the kernel's sum, a band of 56 pixels at a time over a 256 KiB copy, was slower than the kernel without it
+#: plus :func:`matmul_at_b` (docs/design-notes.md), so the bound is 128 x 256.
 _FUSED_PW_GRAD_MAX_WEIGHTS = 32768
 
 

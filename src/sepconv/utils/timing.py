@@ -38,7 +38,8 @@ class Timing:
 def profiled(name: str) -> ContextManager:
     """A context that names the work inside it ``name`` in a running PyTorch profiler (a C kernel called through
     ctypes is no aten op, so it would show only as its caller's time); a no-op context when no profiler runs, as
-    entering ``torch.profiler.record_function`` costs about 10 us, a measurable share of a small layer's step."""
+    entering ``torch.profiler.record_function`` costs a measurable share of a small layer's step
+    (``docs/design-notes.md``)."""
     enabled = getattr(torch._C._autograd, "_profiler_enabled", None)
     if enabled is None or enabled():
         return torch.profiler.record_function(name)

@@ -1,6 +1,6 @@
-/* Entry points for callers that pay per argument (Python's ctypes converts each argument of a call, about 0.1 us
- * apiece): a kernel's arguments in one array of 64-bit integers, in the kernel's own parameter order, pointers as
- * their addresses and NULL as 0. Each wrapper only unpacks the array and calls the kernel; the kernel checks the
+/* Entry points for callers that pay per argument (Python's ctypes converts each argument of every call): a
+ * kernel's arguments in one array of 64-bit integers, in the kernel's own parameter order, pointers as their
+ * addresses and NULL as 0. Each wrapper only unpacks the array and calls the kernel; the kernel checks the
  * values as it does when called directly. */
 #include <stdint.h>
 

@@ -50,8 +50,7 @@ static inline __attribute__((always_inline)) void wgrad_slide(const float *const
             gv[j] = j < nvalid ? _mm512_maskz_loadu_ps(k, g + (size_t)j * C + c) : _mm512_setzero_ps();
         /* the input row the next output row adds and that row's gradient, fetched into L2 while this row
          * computes: without the gradient's, and with the input's into L1 (T0), the kernel read its operands from
-         * DRAM at 8 GB/s (a third of a copy's bandwidth) and took 0.92 ms instead of 0.60 on a batch-32 16x16x128
-         * input (AMD Zen 4, caches flushed before each call; with the operands in cache 0.49 -> 0.27 ms) */
+         * DRAM at a fraction of a copy's bandwidth whenever they were not in cache already */
         if (prefetch_row) {
 #pragma GCC unroll 8
             for (int j = 0; j < WG_SLIDE; ++j)
@@ -222,8 +221,8 @@ void sepconv_wgrad_row(const float *x, int H, int W, int C, const float *g, int 
         rows[kh] = (ih >= 0 && ih < H) ? x + (size_t)ih * W * C : NULL;
     }
 #if defined(SEPCONV_AVX512) || defined(SEPCONV_VEC)
-    /* C * sw <= 512: with wider pixels (512 channels at stride 2) the AVX2 build took 1.2-1.35x the time of the
-     * loops below (bench_kernel_ab.py --part wgrad, one-off); a block's loads then step 4 KiB from pixel to pixel */
+    /* C * sw <= 512: with wider pixels (512 channels at stride 2) the AVX2 build was slower than the loops below
+     * (docs/design-notes.md); a block's loads then step 4 KiB from pixel to pixel */
     if (KH == 3 && KW == 3 && dw == 1 && (long)C * sw <= 512 && rows[0] && rows[1] && rows[2]
 #ifdef SEPCONV_AVX512
         && sw > 1

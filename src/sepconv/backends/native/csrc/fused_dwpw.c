@@ -26,7 +26,7 @@
 /* GCC's specialized copies of a function (constant-propagation clones) get their own register allocation: the copy
  * of pointwise_tile that sepconv_gemm_f32 called kept one of the AVX2 register block's twelve accumulators on the
  * stack (a store and a reload on its FMA chain every input channel, with a vector register unused), and ran the
- * 1x1 GEMM at 43-50 GFLOP/s where the shared copy runs at 83-111 (Zen 4, GCC 12, docs/design-notes.md). */
+ * 1x1 GEMM at about half the shared copy's rate (GCC 12; docs/design-notes.md has the record). */
 #if defined(__GNUC__) && !defined(__clang__)
 #define NOCLONE __attribute__((noclone))
 #else
@@ -180,12 +180,10 @@ static inline __attribute__((always_inline)) void depthwise_slide(const float *x
  * period C. So 16 consecutive output floats take one vector per tap, with the tap's weights laid out for the
  * vector's first channel (its phase): wpat[kh][kw][phase][16] and bpat[phase][16] (the bias), prepared once per
  * call by flat_patterns. The tile's input rows are first copied with zero margins (flat_pad_rows), so no tap
- * needs a bounds check (with checks and masked loads at the row ends the step took 1.5-1.6x as long). The tile
- * is then packed (row stride cp = C). Each tap costs a weight load and an unaligned input load per FMA (the
+ * needs a bounds check (checks and masked loads at the row ends made the step markedly slower). The tile is then
+ * packed (row stride cp = C). Each tap costs a weight load and an unaligned input load per FMA (the
  * channel-vector path shares its loads across 8 pixels), so the flat path pays only where the channel vectors
- * are mostly empty. On AMD Zen 4, batch-32 32x32 layers to 64 outputs, fused layer (C-level A/B, best of 8):
- * 0.44 -> 0.30 ms with 1 channel, 0.48 -> 0.39 with 3, 0.54 -> 0.45 with 4; the first version (with checks)
- * was even with 6 channels, slower with 8 (0.69 -> 0.77) and 12 (0.85 -> 1.07). */
+ * are mostly empty: FLAT_MAX_C channels or fewer (docs/design-notes.md, "Few channels"). */
 /* lanes [0, n) of a 16-lane mask */
 static inline __mmask16 first_lanes(long n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
 
@@ -354,12 +352,12 @@ static void depthwise_run(const float *x, int H, int W, int C, const float *wdw,
                           int cp) {
     /* Pixels outer, blocks of 16 channels inner, so each pixel's input is read as contiguous runs of C floats
      * (the other order, channel block outer, read the input in 64-byte pieces at a stride of C floats and ran
-     * up to 4x slower once the input no longer fitted in the cache). Stride 1, dilation 1 and a 3/5/7-wide kernel
+     * several times slower once the input no longer fitted in the cache). Stride 1, dilation 1 and a 3/5/7-wide kernel
      * (the common case): eight adjacent pixels of a row share each kernel row's input vectors (depthwise_slide),
      * interior blocks without checks, blocks at the border (and shorter ones at a row's or tile's end) with the
      * padding's rows and columns skipped. Before border blocks took the window too, border pixels went one at a
-     * time and, at 4x the cost of interior ones, made the depthwise step of a 16x16 image 1.5x slower (34 % of
-     * its pixels are such; measured on AMD Zen 4). Other strides and dilations: four adjacent interior pixels of
+     * time at several times the cost of interior ones, which slowed small images (a third of a 16x16 image's
+     * pixels are border pixels). Other strides and dilations: four adjacent interior pixels of
      * a row are computed together: each weight vector is loaded once for the four, and the four accumulators are
      * independent chains of FMAs (one pixel at a time waited on the FMA latency); border pixels one at a time,
      * four channel blocks at once. */
@@ -686,7 +684,7 @@ static void depthwise_run_v(const float *x, int H, int W, int C, const float *wd
     int slide = sw == 1 && dw == 1 && (KW == 3 || KW == 5 || KW == 7);
     /* a 3-wide kernel at stride 1 or 2 with 16 vector registers: vdw_win3, four pixels of two channel vectors on
      * 64 channels or more, else eight pixels of one (with fewer channels the four-pixel blocks cost more per pixel
-     * than the six-pixel window did: 1.28x at MobileNetV1's 32 -> 64 @112) */
+     * than the six-pixel window did, docs/design-notes.md) */
     int win3 = VREGS < 32 && KW == 3 && dw == 1 && (sw == 1 || sw == 2);
     int w3s = C >= 8 * VW ? 4 : 8; /* its pixels per block */
     int sv = win3 ? w3s : SLIDE_V(KW); /* pixels per sliding window */
