@@ -210,3 +210,63 @@ def test_optimize_times_one_thread_on_cpu_time(threads, clock):
     finally:
         torch.set_num_threads(before)
     assert sepconv.optimize(model, x, measure=False).timing_clock is None
+
+
+def _fake_timer(medians_by_call):
+    """A stand-in for time_candidates: the medians (s) each successive call reports, and what it was asked."""
+    from sepconv.utils.timing import Timing
+
+    asked = []
+
+    def timer(calls, sample, rounds, target_s=0.02, settle_s=0.0):
+        medians = medians_by_call[len(asked)]
+        asked.append((sorted(calls), rounds, target_s, settle_s))
+        return {name: Timing(medians[name], medians[name], medians[name], (medians[name],)) for name in calls}
+    return timer, asked
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fastest_call_confirms_a_close_call_and_settles_with_threads(monkeypatch, threads):
+    from sepconv.backends import clock
+
+    calls = {"original": lambda: None, "a": lambda: None, "b": lambda: None, "c": lambda: None}
+    # b within CLOSE_CALL of a: the two are timed again, and the second timing decides; the original, fastest
+    # of all, does not compete
+    timer, asked = _fake_timer([{"original": 0.5, "a": 1.0, "b": 1.1, "c": 3.0}, {"a": 1.2, "b": 1.0}])
+    monkeypatch.setattr(clock, "time_candidates", timer)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        choice, timings = clock.fastest_call(calls, torch.empty(1), rounds=5, target_s=0.01, among=["a", "b", "c"])
+    finally:
+        torch.set_num_threads(before)
+    settle = clock.SETTLE_S if threads > 1 else 0.0
+    assert choice == "b" and asked == [(sorted(calls), 5, 0.01, settle), (["a", "b"], 10, 0.025, settle)]
+    assert timings["a (confirmation)"] == 1200 and timings["b (confirmation)"] == 1000 and timings["original"] == 500
+
+
+def test_fastest_call_keeps_a_clear_winner_and_checks_among(monkeypatch):
+    from sepconv.backends import clock
+
+    timer, asked = _fake_timer([{"a": 1.0, "b": 1.0 * clock.CLOSE_CALL + 0.01}])
+    monkeypatch.setattr(clock, "time_candidates", timer)
+    calls = {"a": lambda: None, "b": lambda: None}
+    assert clock.fastest_call(calls, torch.empty(1), rounds=3)[0] == "a" and len(asked) == 1
+    with pytest.raises(ValueError, match="among must name some of the calls"):
+        clock.fastest_call(calls, torch.empty(1), rounds=3, among=["z"])
+
+
+def test_pack_convolutions_chooses_each_engine_by_fastest_call(monkeypatch):
+    from sepconv.backends import onednn
+
+    if not onednn.onednn_available():
+        pytest.skip("this PyTorch build lacks the oneDNN convolution operators")
+    seen = []
+
+    def spy(calls, sample, rounds, target_s=0.02, among=None):
+        seen.append(sorted(calls))
+        return "packed", {}
+    monkeypatch.setattr(onednn, "fastest_call", spy)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()).eval()
+    choices = onednn.pack_convolutions(model, torch.randn(1, 3, 8, 8), rounds=2)
+    assert seen == [["eager", "packed"]] and list(choices.values()) == ["packed+relu"]

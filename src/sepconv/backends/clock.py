@@ -1,10 +1,11 @@
-"""Which clock sepconv times candidates on: the calling thread's CPU time with one CPU thread, else wall time."""
+"""How sepconv times candidates: on the calling thread's CPU time with one CPU thread, else wall time, and how it
+picks the fastest (:func:`fastest_call`)."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -14,6 +15,11 @@ from ..utils.timing import Timing, calls_for
 #: :func:`~sepconv.backends.onednn.pack_convolutions` time candidates on the calling thread's CPU time
 #: (:func:`cpu_time_interleaved`): time the process spends preempted by other processes then does not count.
 CPU_CLOCK_WITH_ONE_THREAD = True
+#: When the runner-up is within this factor of the fastest candidate, :func:`fastest_call` times the two again.
+CLOSE_CALL = 1.2
+#: Untimed pause (seconds) before each timing sample when timing with more than one thread: worker threads another
+#: runtime left spinning (ONNX Runtime's, PyTorch's OpenMP pool) otherwise take cores from the next candidate.
+SETTLE_S = 0.01
 
 
 def cpu_time_interleaved(candidates: dict[str, Callable[[], object]], rounds: int = 15,
@@ -68,3 +74,31 @@ def time_candidates(calls: dict[str, Callable[[], object]], sample: torch.Tensor
     from ..utils.timing import interleaved
 
     return interleaved(calls, rounds=rounds, target_s=target_s, settle_s=settle_s, device=sample.device)
+
+
+def fastest_call(calls: dict[str, Callable[[], object]], sample: torch.Tensor, rounds: int, target_s: float = 0.02,
+                 among: Optional[Sequence[str]] = None) -> tuple[str, dict[str, float]]:
+    """The name of the fastest of ``calls`` and every median in ms, timed by :func:`time_candidates` in ``rounds``
+    interleaved rounds of about ``target_s`` seconds per sample, after a pause of :data:`SETTLE_S` before each
+    sample when more than one thread runs.
+
+    Only the names in ``among`` (default: all) compete; the others are timed beside them for comparison. When the
+    runner-up is within :data:`CLOSE_CALL` of the fastest (a close call on a noisy machine), the two are timed
+    again with twice the rounds and 2.5 times ``target_s`` before choosing; those medians are added as
+    ``'<name> (confirmation)'``. What :func:`sepconv.optimize` chooses its candidate by, and
+    :func:`~sepconv.backends.onednn.pack_convolutions` each convolution's engine.
+    """
+    names = list(calls) if among is None else list(among)
+    if not names or any(name not in calls for name in names):
+        raise ValueError(f"fastest_call: among must name some of the calls {sorted(calls)}, got {names!r}")
+    settle = SETTLE_S if torch.get_num_threads() > 1 else 0.0
+    t = time_candidates(calls, sample, rounds, target_s=target_s, settle_s=settle)
+    timings = {name: v.median * 1e3 for name, v in t.items()}
+    ranked = sorted(names, key=lambda name: timings[name])
+    choice = ranked[0]
+    if len(ranked) > 1 and timings[ranked[1]] < CLOSE_CALL * timings[ranked[0]]:
+        again = time_candidates({name: calls[name] for name in ranked[:2]}, sample, 2 * rounds,
+                                target_s=2.5 * target_s, settle_s=settle)
+        choice = min(ranked[:2], key=lambda name: again[name].median)
+        timings.update({f"{name} (confirmation)": again[name].median * 1e3 for name in ranked[:2]})
+    return choice, timings

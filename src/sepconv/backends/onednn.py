@@ -33,7 +33,7 @@ from torch import nn
 
 from ..layers.separable import SeparableConvNd
 from ..utils.timing import first_inputs, inference_call
-from .clock import time_candidates
+from .clock import fastest_call
 from .engine import BuildContext, Candidate, InferenceEngine
 from .fused import FusedSeparableConv2d, fusable, fused_available
 from .sites import FUSABLE_ACTIVATIONS, conv_sites, is_identity, plain_conv2d
@@ -146,7 +146,8 @@ def pack_convolutions(model: nn.Module, sample_input: Optional[torch.Tensor] = N
     separable layer) is timed on its own input from the sample, in
     ``rounds`` interleaved rounds (on the calling thread's CPU time with one
     thread: :func:`sepconv.backends.clock.timing_clock`), as it is (eager PyTorch, channels-last)
-    and on each engine, and the fastest is kept. Without it, separable layers
+    and on each engine, and the fastest is kept (a close call timed twice:
+    :func:`sepconv.backends.clock.fastest_call`). Without it, separable layers
     are fused where possible and every other convolution is packed. A ReLU
     or ReLU6 that directly follows a replaced convolution is fused into it
     and replaced by ``nn.Identity`` (``fuse_activations``). The returned dict
@@ -299,8 +300,7 @@ def _eager_call(layer: nn.Module, tail: Optional[nn.Module], x: torch.Tensor):
 
 
 def _fastest(calls: dict, rounds: int, sample: torch.Tensor) -> str:
-    t = time_candidates(calls, sample, rounds=rounds, target_s=0.005)
-    return min(t, key=lambda name: t[name].median)
+    return fastest_call(calls, sample, rounds, target_s=0.005)[0]
 
 
 def _unavailable(sample: torch.Tensor) -> Optional[str]:

@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from ..utils.timing import inference_call
-from .clock import time_candidates, timing_clock
+from .clock import CLOSE_CALL, SETTLE_S, fastest_call, timing_clock
+
+__all__ = ["CLOSE_CALL", "SETTLE_S", "OptimizedModel", "optimize"]  # the first two: sepconv.backends.clock's
 from .engine import BuildContext, Candidate, InferenceEngine
 from .fold import fold_batchnorm
 from .registry import INFERENCE_ENGINES
@@ -62,11 +64,6 @@ class OptimizedModel(nn.Module):
                 + f"measured_ms={self.timings_ms}")
 
 
-#: When the runner-up is within this factor of the fastest candidate, :func:`optimize` times the two again.
-CLOSE_CALL = 1.2
-#: Untimed pause (seconds) before each timing sample when timing with more than one thread: worker threads another
-#: runtime left spinning (ONNX Runtime's, PyTorch's OpenMP pool) otherwise take cores from the next candidate.
-SETTLE_S = 0.01
 
 #: Names of the engines :func:`optimize` can measure, in registry order; ``compile`` is opt-in.
 BACKENDS = tuple(engine.name for engine in INFERENCE_ENGINES)
@@ -106,7 +103,9 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
     skipped with a warning, or raises ``RuntimeError`` when it was asked for
     explicitly. The fastest candidate is kept; when the runner-up is within
     ``CLOSE_CALL`` of it, the two are timed again with twice the rounds
-    before choosing (``'<name> (confirmation)'`` in ``timings_ms``). On CUDA
+    before choosing (``'<name> (confirmation)'`` in ``timings_ms``;
+    :func:`sepconv.backends.clock.fastest_call`, which also pauses
+    ``SETTLE_S`` before each sample with more than one thread). On CUDA
     each timing sample ends with a device synchronization. With one thread on
     the CPU the candidates are timed on the calling thread's CPU time, so
     other processes on a busy machine do not decide the choice
@@ -166,26 +165,13 @@ def _engines(backends: Optional[Sequence[str]], sample: torch.Tensor) -> list[In
 
 def _fastest_candidate(model: nn.Module, sample: torch.Tensor, candidates: dict[str, Candidate],
                        rounds: int) -> tuple[str, dict[str, float]]:
-    """Time the candidates (and the original model) in interleaved rounds; the fastest's name and the medians (ms)."""
+    """Time the candidates (and the original model beside them) in interleaved rounds, a close call twice
+    (:func:`~sepconv.backends.clock.fastest_call`); the fastest's name and the medians (ms)."""
     original = copy.deepcopy(model).eval()
     fns = {"original": inference_call(original, sample)}
     fns.update({name: inference_call(c.module, sample.contiguous(memory_format=c.memory_format))
                 for name, c in candidates.items()})
-    settle = SETTLE_S if torch.get_num_threads() > 1 else 0.0
-
-    def timer(chosen, rounds, target_s=0.02):
-        return time_candidates(chosen, sample, rounds, target_s=target_s, settle_s=settle)
-
-    t = timer(fns, rounds)
-    timings = {k: v.median * 1e3 for k, v in t.items()}
-    ranked = sorted(candidates, key=lambda name: timings[name])
-    choice = ranked[0]
-    if len(ranked) > 1 and timings[ranked[1]] < CLOSE_CALL * timings[ranked[0]]:
-        # a close call on a noisy machine: time the two front-runners again, longer, before choosing
-        again = timer({name: fns[name] for name in ranked[:2]}, rounds=2 * rounds, target_s=0.05)
-        choice = min(ranked[:2], key=lambda name: again[name].median)
-        timings.update({f"{name} (confirmation)": again[name].median * 1e3 for name in ranked[:2]})
-    return choice, timings
+    return fastest_call(fns, sample, rounds, target_s=0.02, among=list(candidates))
 
 
 def _skip_or_raise(engine: str, error: Exception, explicit: bool) -> None:
