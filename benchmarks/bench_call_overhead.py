@@ -25,14 +25,12 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-from array import array
 from pathlib import Path
 
 import torch
 
 from sepconv import SeparableConv2d
 from sepconv.backends import native
-from sepconv.backends import fused as fused_module
 from sepconv.backends.fused import FusedSeparableConv2d, fused_available, fused_unavailable_reason
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
@@ -59,12 +57,7 @@ def layer_calls(cin: int, cout: int, side: int, stride: int, batch: int) -> dict
     x = torch.randn(batch, cin, side, side).contiguous(memory_format=torch.channels_last)
     ho, wo, plan_args = fused._plan(batch, side, side, max(1, torch.get_num_threads()))
     y = torch.empty((batch, cout, ho, wo)).contiguous(memory_format=torch.channels_last)
-    buffers = fused._buffers
-    args, m = array("q", plan_args), fused_module  # the slots FusedSeparableConv2d._run fills
-    args[m._ARG_X], args[m._ARG_Y], args[m._ARG_PARTS] = x.data_ptr(), y.data_ptr(), 3
-    args[m._ARG_DW_WEIGHT], args[m._ARG_PW_PANELS] = buffers["dw_weight"].data_ptr(), buffers["pw_panels"].data_ptr()
-    for slot, bias in ((m._ARG_DW_BIAS, buffers["dw_bias"]), (m._ARG_PW_BIAS, buffers["pw_bias"])):
-        args[slot] = 0 if bias is None else bias.data_ptr()
+    args = fused._kernel_args(plan_args, x, y)
     lib = native.load()[0]
     one_by_one = tuple(args)
     array_call, direct_call = lib.sepconv_fused_dwpw_args, lib.sepconv_fused_dwpw_f32

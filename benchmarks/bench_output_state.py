@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-from array import array
 from pathlib import Path
 
 import torch
@@ -51,13 +50,12 @@ def case_calls(case) -> dict:
     n, _, h, w = x.shape
     ho, wo, plan_args = fused._plan(n, h, w, max(1, torch.get_num_threads()))
     y = torch.empty((n, fused.out_channels, ho, wo)).contiguous(memory_format=torch.channels_last)
-    buffers, m = fused._buffers, fused_module
+    m = fused_module
     lib = native.load()[0]
 
     def direct(stream: int):
-        args = array("q", plan_args)
-        args[m._ARG_X], args[m._ARG_Y], args[m._ARG_PARTS], args[m._ARG_STREAM] = x.data_ptr(), y.data_ptr(), 3, stream
-        args[m._ARG_DW_WEIGHT], args[m._ARG_PW_PANELS] = buffers["dw_weight"].data_ptr(), buffers["pw_panels"].data_ptr()
+        args = fused._kernel_args(plan_args, x, y)
+        args[m._ARG_STREAM] = stream
 
         def call():
             if lib.sepconv_fused_dwpw_args(args.buffer_info()[0]):

@@ -36,7 +36,7 @@ from . import native
 _NR = 32  # output channels per packed weight panel (the kernel's NR)
 _ACTS = {None: 0, nn.ReLU: 1, nn.ReLU6: 2}
 _TILE_BYTES = 256 * 1024  # depthwise tile buffer: about half of a 1-2 MiB L2 cache
-# slots of sepconv_fused_dwpw_f32's argument array (csrc/calls.c) that FusedSeparableConv2d._run fills per call
+# slots of sepconv_fused_dwpw_f32's argument array (csrc/calls.c) that FusedSeparableConv2d._kernel_args fills
 _ARG_X, _ARG_DW_WEIGHT, _ARG_DW_BIAS, _ARG_PW_PANELS, _ARG_PW_BIAS, _ARG_Y, _ARG_PARTS = 0, 5, 6, 16, 17, 20, 27
 _ARG_STREAM = 26  # set by _plan from STREAM_MIN_BYTES (benchmarks/bench_output_state.py sets it itself)
 
@@ -95,9 +95,9 @@ def kernel_schedule(batch: int, ho: int, wo: int, out_channels: int, tile: int, 
     if threads > 1 and batch == 1 and pixels < threads * out_channels and pixels <= threads * tile:
         tile = pixels
     tile = balanced_tile(batch, pixels, tile, threads)
-    tiles = batch * -(-(ho * wo) // tile)
+    tiles = batch * -(-pixels // tile)
     groups = min(threads, -(-out_channels // _NR)) if tiles < threads else 1
-    return tile, groups, batch * out_channels * ho * wo * 4 >= STREAM_MIN_BYTES  # the float32 output's bytes
+    return tile, groups, batch * out_channels * pixels * 4 >= STREAM_MIN_BYTES  # the float32 output's bytes
 
 
 def default_tile(in_channels: int) -> int:
@@ -354,15 +354,7 @@ class FusedSeparableConv2d(FusedPair):
         n, _, h, w = x.shape
         ho, wo, plan_args = self._plan(n, h, w, max(1, torch.get_num_threads()))
         y = torch.empty((n, self.out_channels, ho, wo), dtype=torch.float32, memory_format=torch.channels_last)
-        buffers = self._buffers  # direct access: nn.Module's __getattr__ is slow on the per-call path
-        dw_bias, pw_bias = buffers["dw_bias"], buffers["pw_bias"]
-        args = array("q", plan_args)  # a copy per call: the module may run in several threads at once
-        args[_ARG_X], args[_ARG_Y], args[_ARG_PARTS] = x.data_ptr(), y.data_ptr(), parts
-        args[_ARG_DW_WEIGHT], args[_ARG_PW_PANELS] = buffers["dw_weight"].data_ptr(), buffers["pw_panels"].data_ptr()
-        if dw_bias is not None:
-            args[_ARG_DW_BIAS] = dw_bias.data_ptr()
-        if pw_bias is not None:
-            args[_ARG_PW_BIAS] = pw_bias.data_ptr()
+        args = self._kernel_args(plan_args, x, y, parts)
         # one ctypes argument instead of 31: ctypes converts each argument, which cost more than the kernel's own
         # setup (benchmarks/bench_call_overhead.py)
         code = native.load()[0].sepconv_fused_dwpw_args(args.buffer_info()[0])
@@ -370,6 +362,21 @@ class FusedSeparableConv2d(FusedPair):
             raise RuntimeError(f"the fused kernel failed with code {code} (-1: out of memory, -2: a job range or "
                                f"parts outside what the kernel accepts)")
         return y
+
+    def _kernel_args(self, plan_args: array, x: torch.Tensor, y: torch.Tensor, parts: int = 3) -> array:
+        """A copy of a :meth:`_plan` argument array with the addresses of ``x``, ``y`` and this module's weights and
+        ``parts`` filled in: what ``sepconv_fused_dwpw_args`` takes. A copy per call, as the module may run in
+        several threads at once; the caller keeps the array and the tensors alive until the kernel returns."""
+        buffers = self._buffers  # direct access: nn.Module's __getattr__ is slow on the per-call path
+        dw_bias, pw_bias = buffers["dw_bias"], buffers["pw_bias"]
+        args = array("q", plan_args)
+        args[_ARG_X], args[_ARG_Y], args[_ARG_PARTS] = x.data_ptr(), y.data_ptr(), parts
+        args[_ARG_DW_WEIGHT], args[_ARG_PW_PANELS] = buffers["dw_weight"].data_ptr(), buffers["pw_panels"].data_ptr()
+        if dw_bias is not None:
+            args[_ARG_DW_BIAS] = dw_bias.data_ptr()
+        if pw_bias is not None:
+            args[_ARG_PW_BIAS] = pw_bias.data_ptr()
+        return args
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, tile={self.tile}"

@@ -11,9 +11,7 @@ import torch
 from torch import nn
 
 from ..utils.timing import inference_call
-from .clock import CLOSE_CALL, SETTLE_S, fastest_call, timing_clock
-
-__all__ = ["CLOSE_CALL", "SETTLE_S", "OptimizedModel", "optimize"]  # the first two: sepconv.backends.clock's
+from .clock import CLOSE_CALL, SETTLE_S, fastest_call, timing_clock  # noqa: F401 -- the constants: re-exported
 from .engine import BuildContext, Candidate, InferenceEngine
 from .fold import fold_batchnorm
 from .registry import INFERENCE_ENGINES
@@ -62,7 +60,6 @@ class OptimizedModel(nn.Module):
         return (f"backend={self.backend}, memory_format={fmt}, folded_batchnorms={self.folded}, "
                 + (f"packed_convolutions={packed}/{len(self.layer_choices)}, " if self.backend == "onednn" else "")
                 + f"measured_ms={self.timings_ms}")
-
 
 
 #: Names of the engines :func:`optimize` can measure, in registry order; ``compile`` is opt-in.
