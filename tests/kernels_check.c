@@ -35,7 +35,7 @@ int sepconv_depthwise_wgrad_f32(const float *x, int N, int H, int W, int C, cons
 int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const float *wdw, const float *bdw, int KH,
                               int KW, int sh, int sw, int ph, int pw, const float *gy, int Cout, const float *wpw,
                               const float *mid, float *gx, float *gwdw, float *gbdw, float *gwpw, int band,
-                              int stream, int threads);
+                              int groups, int stream, int threads);
 
 static unsigned long long state = 88172645463325252ULL;
 static float uniform(void) { /* xorshift64: in [-1, 1) */
@@ -261,10 +261,10 @@ static void check_depthwise(int N, int H, int W, int C, int KH, int KW, int ph, 
  * against gm = gy @ wpw and the two depthwise gradients computed from it in double (weights and the depthwise weight
  * gradient in PyTorch's layouts, [C][KH][KW] and [Cout][C]). */
 static void check_backward_gx(int N, int H, int W, int C, int KH, int KW, int sh, int sw, int ph, int pw, int Cout,
-                              int bias, int band, int threads, int pw_grad, int want_gx) {
-    char what[160];
-    snprintf(what, sizeof what, "backward N%d %dx%dx%d k%dx%d s%d,%d p%d,%d ->%d b%d band%d threads%d pw%d gx%d", N, H,
-             W, C, KH, KW, sh, sw, ph, pw, Cout, bias, band, threads, pw_grad, want_gx);
+                              int bias, int band, int threads, int pw_grad, int want_gx, int groups) {
+    char what[180];
+    snprintf(what, sizeof what, "backward N%d %dx%dx%d k%dx%d s%d,%d p%d,%d ->%d b%d band%d threads%d pw%d gx%d groups%d",
+             N, H, W, C, KH, KW, sh, sw, ph, pw, Cout, bias, band, threads, pw_grad, want_gx, groups);
     int Ho = (H + 2 * ph - KH) / sh + 1, Wo = (W + 2 * pw - KW) / sw + 1;
     size_t npix = (size_t)N * Ho * Wo;
     float *x = randoms((size_t)N * H * W * C), *wdw = randoms((size_t)KH * KW * C), *gy = randoms(npix * Cout);
@@ -296,7 +296,7 @@ static void check_backward_gx(int N, int H, int W, int C, int KH, int KW, int sh
     ++checks;
     if (sepconv_dwpw_backward_f32(x, N, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, gy, Cout, wpw, mid,
                                   want_gx ? gx : NULL, gw, gb, gwpw,
-                                  band, 0, threads)) {
+                                  band, groups, 0, threads)) {
         ++failures;
         return;
     }
@@ -307,7 +307,7 @@ static void check_backward_gx(int N, int H, int W, int C, int KH, int KW, int sh
         for (size_t i = 0; i < ngx; ++i) gxs[i] = NAN;
         ++checks;
         if (sepconv_dwpw_backward_f32(x, N, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, gy, Cout, wpw, mid, gxs, gws,
-                                      gbs, gwpws, band, 1, threads)
+                                      gbs, gwpws, band, groups, 1, threads)
             || memcmp(gxs, gx, ngx * sizeof(float)) != 0) {
             ++failures;
             fprintf(stderr, "FAIL %s: gx streamed differs from gx stored\n", what);
@@ -383,7 +383,7 @@ static void check_backward_gx(int N, int H, int W, int C, int KH, int KW, int sh
 
 static void check_backward(int N, int H, int W, int C, int KH, int KW, int sh, int sw, int ph, int pw, int Cout,
                            int bias, int band, int threads, int pw_grad) {
-    check_backward_gx(N, H, W, C, KH, KW, sh, sw, ph, pw, Cout, bias, band, threads, pw_grad, 1);
+    check_backward_gx(N, H, W, C, KH, KW, sh, sw, ph, pw, Cout, bias, band, threads, pw_grad, 1, 1);
 }
 
 int main(void) {
@@ -482,6 +482,9 @@ int main(void) {
         int sh = 2 + k % 2, sw = 2 + (k / 2) % 2 - (k % 5 == 0);
         check_backward(1 + k % 3, H, W, C, KH, KW, sh, sw, ph, pw, Cout, k % 2, k % 4 == 0 ? 0 : 1 + k % 5,
                        1 + k % 2, (k + 1) % 3);
+        /* the channels split into groups of whole panels (one group where there is one panel) */
+        check_backward_gx(1 + k % 2, H, W, C + 40, KH, KW, 1 + k % 2, 1 + (k / 2) % 2, ph, pw, Cout, k % 2,
+                          k % 4 == 0 ? 0 : 1 + k % 5, 1 + k % 3, (k + 2) % 3, k % 7 != 0, 2 + k % 3);
     }
     check_backward(3, 32, 32, 64, 3, 3, 1, 1, 1, 1, 64, 0, 0, 2, 1); /* a CIFAR-like layer */
     check_backward(1, 28, 28, 32, 3, 3, 1, 1, 1, 1, 48, 1, 0, 2, 1); /* one image split between the threads */
@@ -498,10 +501,19 @@ int main(void) {
     check_backward(1, 56, 56, 64, 3, 3, 2, 2, 1, 1, 128, 1, 0, 2, 2);
     check_backward(2, 10, 9, 17, 4, 3, 2, 1, 3, 2, 20, 1, 1, 3, 2);
     /* no input gradient (a network's first layer): the other gradients alone, strides 1 and 2, split images */
-    check_backward_gx(2, 16, 16, 3, 3, 3, 1, 1, 1, 1, 64, 1, 0, 2, 2, 0);
-    check_backward_gx(1, 28, 28, 32, 3, 3, 1, 1, 1, 1, 48, 0, 3, 2, 1, 0);
-    check_backward_gx(1, 30, 30, 24, 3, 3, 2, 2, 1, 1, 40, 1, 0, 2, 2, 0);
-    check_backward_gx(3, 9, 11, 17, 5, 3, 1, 2, 2, 1, 20, 0, 2, 1, 0, 0);
+    check_backward_gx(2, 16, 16, 3, 3, 3, 1, 1, 1, 1, 64, 1, 0, 2, 2, 0, 1);
+    check_backward_gx(1, 28, 28, 32, 3, 3, 1, 1, 1, 1, 48, 0, 3, 2, 1, 0, 1);
+    check_backward_gx(1, 30, 30, 24, 3, 3, 2, 2, 1, 1, 40, 1, 0, 2, 2, 0, 1);
+    check_backward_gx(3, 9, 11, 17, 5, 3, 1, 2, 2, 1, 20, 0, 2, 1, 0, 0, 1);
+    /* channel groups: MobileNetV1's deep layers at batch 1 (whole and partial panels, stride 1 and 2), more groups
+     * than panels, more groups than threads, the 1x1 gradient from a given or a recomputed mid, no gx */
+    check_backward_gx(1, 7, 7, 256, 3, 3, 1, 1, 1, 1, 256, 1, 0, 2, 1, 1, 2);
+    check_backward_gx(1, 14, 14, 100, 3, 3, 2, 2, 1, 1, 128, 0, 0, 2, 2, 1, 2);
+    check_backward_gx(1, 14, 14, 70, 3, 3, 1, 1, 1, 1, 90, 1, 0, 3, 2, 1, 3);
+    check_backward_gx(1, 6, 5, 64, 3, 3, 1, 1, 1, 1, 48, 1, 1, 3, 1, 1, 4);
+    check_backward_gx(2, 9, 8, 130, 5, 5, 1, 1, 2, 2, 40, 1, 2, 2, 0, 1, 5);
+    check_backward_gx(1, 12, 11, 96, 4, 3, 2, 1, 3, 2, 33, 0, 0, 1, 2, 1, 2);
+    check_backward_gx(1, 10, 10, 64, 3, 3, 1, 1, 1, 1, 32, 1, 0, 2, 1, 0, 2);
     printf("isa=%s checks=%d failures=%d\n", sepconv_isa(), checks, failures);
     return failures ? 1 : 0;
 }

@@ -17,8 +17,9 @@ from torch import nn
 from sepconv import SeparableConv2d
 from sepconv.backends import native
 from sepconv.backends.fused import fused_separable_forward
-from sepconv.backends.training import (ENGINES, FusedSeparableStep, depthwise_pointwise_backward, engine_applies,
-                                       engine_of, tunable, tune_training, untune_training, use_engine)
+from sepconv.backends.training import (ENGINES, FusedSeparableStep, backward_channel_groups,
+                                       depthwise_pointwise_backward, engine_applies, engine_of, tunable, tune_training,
+                                       untune_training, use_engine)
 
 needs_kernels = pytest.mark.skipif(not native.available(), reason=f"sepconv's C kernels: {native.unavailable_reason()}")
 
@@ -45,14 +46,53 @@ def test_backward_matches_float64_autograd(batch, channels, cout, h, w, kh, kw, 
     pw_mode = data.draw(st.sampled_from(["none", "mid", "recompute"]))
     if h + 2 * ph < kh or w + 2 * pw < kw:
         return
+    _check_backward(batch, channels, cout, (h, w), (kh, kw), (ph, pw), (sh, sw), pw_mode,
+                    pw_mode == "recompute" and data.draw(st.booleans()), dw_bias, data.draw(st.booleans()), threads,
+                    seed)
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("channels, cout, size, stride, pw_mode", [
+    (70, 90, (5, 6), 1, "recompute"),  # three panels of channels, the last partial
+    (96, 130, (7, 7), 2, "mid"),
+    (64, 200, (4, 9), 1, "none"),
+    (200, 64, (3, 3), 1, "recompute"),  # more panels than threads
+])
+def test_backward_with_the_channels_split_among_threads(monkeypatch, threads, channels, cout, size, stride, pw_mode):
+    """One image with fewer pixels than output channels per thread: the kernel gets its channels split into groups
+    (backward_channel_groups), and its gradients still match float64 autograd."""
+    import sepconv.backends.training as training
+
+    lib = native.load()[0]
+    groups = []
+
+    class Recording:  # the kernel library, recording the backward kernel's channel groups
+        def __getattr__(self, name):
+            return getattr(lib, name)
+
+        def sepconv_dwpw_backward_f32(self, *args):
+            groups.append(args[-3])
+            return lib.sepconv_dwpw_backward_f32(*args)
+
+    monkeypatch.setattr(training, "_kernel_library", lambda *tensors: Recording())
+    for input_grad in (True, False):
+        _check_backward(1, channels, cout, size, (3, 3), (1, 1), (stride, stride), pw_mode, True, True, input_grad,
+                        threads, channels + cout)
+    assert groups == [threads, threads]
+
+
+def _check_backward(batch, channels, cout, size, kernel, padding, stride, pw_mode, with_bias_value, dw_bias,
+                    input_grad, threads, seed):
+    """depthwise_pointwise_backward on `threads` threads against float64 autograd through F.conv2d."""
+    (h, w), (kh, kw), (ph, pw), (sh, sw) = size, kernel, padding, stride
     torch.manual_seed(seed)
     x = torch.randn(batch, channels, h, w)
     dw_weight, pw_weight = torch.randn(channels, 1, kh, kw), torch.randn(cout, channels, 1, 1)
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     gy = torch.randn(batch, cout, ho, wo)
     mid = torch.randn(batch, channels, ho, wo) if pw_mode == "mid" else None
-    bias_value = torch.randn(channels) if pw_mode == "recompute" and data.draw(st.booleans()) else None
-    input_grad = data.draw(st.booleans())
+    bias_value = torch.randn(channels) if pw_mode == "recompute" and with_bias_value else None
     before = _threads(threads)
     try:
         gx, gw, gb, gp = depthwise_pointwise_backward(x, dw_weight, pw_weight, gy, (ph, pw), stride=(sh, sw),
@@ -84,6 +124,31 @@ def test_backward_matches_float64_autograd(batch, channels, cout, h, w, kh, kw, 
     rp = torch.einsum("nkhw,nchw->kc", gy.double(), mid.double()).reshape(cout, channels, 1, 1)
     assert gp.dtype == torch.float32 and gp.shape == rp.shape
     torch.testing.assert_close(gp.double(), rp, rtol=1e-4, atol=1e-5 * (ho * wo * batch) ** 0.5 * 5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 64), st.integers(1, 3000), st.integers(1, 2048), st.integers(1, 2048), st.integers(1, 4))
+def test_the_backward_kernel_splits_channels_where_the_weight_outweighs_the_pixels(batch, pixels, channels, cout,
+                                                                                   threads):
+    groups = backward_channel_groups(batch, pixels, channels, cout, threads)
+    split = threads > 1 and batch % threads != 0 and batch * pixels < threads * cout
+    assert groups == (threads if split else 1)
+
+
+def test_the_backward_channel_split_on_mobilenet_layers():
+    assert backward_channel_groups(1, 14 * 14, 512, 512, 2) == 2  # 98 pixels a thread, 512 outputs
+    assert backward_channel_groups(1, 7 * 7, 1024, 1024, 2) == 2
+    assert backward_channel_groups(1, 28 * 28, 256, 256, 2) == 1  # 392 pixels a thread: split by rows
+    assert backward_channel_groups(1, 14 * 14, 512, 512, 1) == 1  # one thread
+    assert backward_channel_groups(2, 7 * 7, 1024, 1024, 2) == 1  # one image a thread
+
+
+@pytest.mark.parametrize("name, args", [("batch", (0, 49, 8, 8, 2)), ("pixels", (1, 0, 8, 8, 2)),
+                                        ("channels", (1, 49, -1, 8, 2)), ("out_channels", (1, 49, 8, 2.0, 2)),
+                                        ("threads", (1, 49, 8, 8, True))])
+def test_backward_channel_groups_names_a_bad_argument(name, args):
+    with pytest.raises(ValueError, match=f"backward_channel_groups: {name} must be an integer >= 1"):
+        backward_channel_groups(*args)
 
 
 def test_backward_leaves_a_large_1x1_weight_gradient_to_matmul_at_b(monkeypatch):

@@ -137,7 +137,7 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.sepconv_depthwise_f32.restype = i
     lib.sepconv_depthwise_wgrad_f32.argtypes = [p, i, i, i, i, p, i, i, i, i, i, i, i, i, i, i, p, i]
     lib.sepconv_depthwise_wgrad_f32.restype = i
-    lib.sepconv_dwpw_backward_f32.argtypes = [p, i, i, i, i, p, p, i, i, i, i, i, i, p, i, p, p, p, p, p, p, i, i, i]
+    lib.sepconv_dwpw_backward_f32.argtypes = [p, i, i, i, i, p, p, i, i, i, i, i, i, p, i, p, p, p, p, p, p, i, i, i, i]
     lib.sepconv_dwpw_backward_f32.restype = i
     lib.sepconv_pack_panels_f32.argtypes = [p, long, long, i, i, p, i]
     lib.sepconv_pack_panels_f32.restype = None

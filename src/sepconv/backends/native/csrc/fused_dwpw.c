@@ -1147,24 +1147,24 @@ static inline void stream_fence(void) {
 #endif
 }
 
-/* m rows of C floats from t (row stride cp, 64-byte aligned) to dst (rows of C floats, contiguous), with
- * non-temporal stores where dst is 64-byte aligned and C a multiple of 16 (the caller fences: stream_fence). */
-static void store_rows(float *dst, const float *t, int m, int C, int cp) {
+/* m rows of C floats from t (row stride cp, 64-byte aligned) to dst (row stride ld >= C), with non-temporal stores
+ * where dst is 64-byte aligned and C and ld are multiples of 16 (the caller fences: stream_fence). */
+static void store_rows(float *dst, long ld, const float *t, int m, int C, int cp) {
 #if defined(SEPCONV_AVX512)
-    if (C % 16 == 0 && ((uintptr_t)dst & 63) == 0) {
+    if (C % 16 == 0 && ld % 16 == 0 && ((uintptr_t)dst & 63) == 0) {
         for (int i = 0; i < m; ++i)
             for (int c = 0; c < C; c += 16)
-                _mm512_stream_ps(dst + (size_t)i * C + c, _mm512_load_ps(t + (size_t)i * cp + c));
+                _mm512_stream_ps(dst + (size_t)i * ld + c, _mm512_load_ps(t + (size_t)i * cp + c));
         return;
     }
 #elif defined(SEPCONV_VEC_AVX2)
-    if (C % 16 == 0 && ((uintptr_t)dst & 63) == 0) {
+    if (C % 16 == 0 && ld % 16 == 0 && ((uintptr_t)dst & 63) == 0) {
         for (int i = 0; i < m; ++i)
-            for (int c = 0; c < C; c += VW) vstream(dst + (size_t)i * C + c, vload(t + (size_t)i * cp + c));
+            for (int c = 0; c < C; c += VW) vstream(dst + (size_t)i * ld + c, vload(t + (size_t)i * cp + c));
         return;
     }
 #endif
-    for (int i = 0; i < m; ++i) memcpy(dst + (size_t)i * C, t + (size_t)i * cp, sizeof(float) * C);
+    for (int i = 0; i < m; ++i) memcpy(dst + (size_t)i * ld, t + (size_t)i * cp, sizeof(float) * C);
 }
 
 /* B[k][j] = w[k * w_k + j * w_n] (K x N) into the fused kernel's panels, [ceil(N / NR)][K][NR], zero padded (panels
@@ -1256,7 +1256,7 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
             if (parts & 1) {
                 depthwise_tile(x + (size_t)n * H * W * C, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, dw_act,
                                Wo, p0, m, t, cp, wpat, bpat, padded);
-                if (mid && g == 0) store_rows(mid + ((size_t)n * P + p0) * C, t, m, C, cp);
+                if (mid && g == 0) store_rows(mid + ((size_t)n * P + p0) * C, C, t, m, C, cp);
             }
             if (!(parts & 2)) continue;
             /* the input rows of the next job's tile (unless it is this tile for another channel group), fetched
@@ -1380,14 +1380,15 @@ SEPCONV_INLINE void adjoint_pixel(float *o, int C, const float **tap_g, const fl
     }
 }
 
-/* gx rows [a, e) of one image (W pixels each, written from gx) of a depthwise step of stride (sh, sw): the adjoint,
+/* gx rows [a, e) of one image (W pixels each, ld floats apart, written from gx) of a depthwise step of stride (sh, sw):
+ * the adjoint,
  *   gx[ih][iw][c] = sum over the taps (kh, kw) with ih + ph - kh = oh * sh, iw + pw - kw = ow * sw, 0 <= ow < Wo,
  *                   lo <= oh < hi, of wdw[kh][kw][c] * gm[oh][ow][c]
  * (zero where no tap lands), from gm rows [lo, hi) held from gm[0]. A gather: each gx pixel's taps (1-4 of a 3x3
  * kernel at stride 2) are summed in registers, a block of VB channels at a time, and the pixel written once.
  * tap_g, tap_w: room for KH * KW pointers. */
 static void depthwise_adjoint_rows(const float *gm, int lo, int hi, int Wo, int C, const float *wdw, int KH, int KW,
-                                   int sh, int sw, int ph, int pw, int a, int e, int W, float *gx,
+                                   int sh, int sw, int ph, int pw, int a, int e, int W, float *gx, long ld,
                                    const float **tap_g, const float **tap_w) {
     for (int ih = a; ih < e; ++ih) {
         /* the kernel rows that reach this row and their gm rows: looked up once per row (divisions are slow) */
@@ -1410,7 +1411,7 @@ static void depthwise_adjoint_rows(const float *gm, int lo, int hi, int Wo, int 
                         tap_g[nt] = grow[i] + (size_t)ow * C;
                         tap_w[nt++] = wdw + ((size_t)krow[i] * KW + kw) * C;
                     }
-            float *o = gx + ((size_t)(ih - a) * W + iw) * C;
+            float *o = gx + ((size_t)(ih - a) * W + iw) * ld;
             switch (nt) { /* a constant tap count: the taps' pointers stay in registers */
             case 0: memset(o, 0, sizeof(float) * C); break;
             case 1: adjoint_pixel(o, C, tap_g, tap_w, 1); break;
@@ -1447,44 +1448,54 @@ static inline int ceil_div(int a, int b) { return a > 0 ? (a + b - 1) / b : -((-
  * layer, whose input needs no gradient), gwdw, gbdw, gwpw are overwritten. stream != 0: at stride 1, gx is written
  * with non-temporal stores where its rows allow (store_rows), which saves reading its lines in before they are
  * overwritten; for a gx too large to stay in cache until the layer below reads it (the caller decides).
- * gm is never stored whole: each thread sweeps the rows of its images (or of its part of an image) a band of `band` gx
- * rows at a time (band < 1: sized so that the band's gm rows fit in about 128 KiB), computing the gm rows the band
- * needs into a buffer that keeps the ones the next band reads too, and runs the depthwise input gradient (stride 1: the
- * forward kernel's depthwise step with the flipped kernel; else depthwise_adjoint_rows) and weight gradient on them
- * there, and the 1x1 weight gradient on the band's gy rows, still in cache from the GEMM. Against the unfused steps
- * (the 1x1 input gradient written out, then read by both depthwise gradients; gy read again for the 1x1 weight
+ * gm is never stored whole: each work unit sweeps the rows of its image (or of its part of an image) a band of `band`
+ * gx rows at a time (band < 1: sized so that the band's gm rows fit in about 128 KiB), computing the gm rows the band
+ * needs into a buffer that keeps the ones the next band reads too, and runs the depthwise input gradient (stride 1:
+ * the forward kernel's depthwise step with the flipped kernel; else depthwise_adjoint_rows) and weight gradient on
+ * them there, and the 1x1 weight gradient on the band's gy rows, still in cache from the GEMM. Against the unfused
+ * steps (the 1x1 input gradient written out, then read by both depthwise gradients; gy read again for the 1x1 weight
  * gradient) this saves writing gm once and reading it twice, and reading gy once; recomputing mid from the x rows the
  * weight gradient reads anyway saves the forward pass writing it and this pass reading it.
- * Where an image is split between threads, the gm rows both sides read at each split are computed by both (each
- * row's weight-gradient term is added by one). The threads' weight-gradient sums are added in thread order: the
- * result does not depend on timing. Returns 0, -1 if a buffer could not be allocated, -2 for sizes, strides or
- * padding outside the above, KH > 16. */
+ * The work units, dealt statically to `threads` threads: with groups == 1, (image, segment of its rows), an image
+ * being split into `threads` segments only where the images cannot be dealt evenly; the gm rows both sides of a split
+ * read are computed by both (each row's weight-gradient term is added by one), and each thread reads all of wpw.
+ * With groups > 1, (image, group of channels): every step above is per channel but gm's GEMM, which reads all of gy
+ * and the group's columns of wpw, so `groups` groups of whole 32-column panels of C split the work with no rows
+ * computed twice and each thread reading its share of wpw (the channel split of sepconv_fused_dwpw_f32 and
+ * sepconv_gemm_f32; for few pixels and a large weight, the caller decides). A unit then gathers its channels of the
+ * image's x and of wdw into buffers of its own first.
+ * The threads' weight-gradient sums are added in thread order: the result does not depend on timing. Returns 0, -1
+ * if a buffer could not be allocated, -2 for sizes, strides or padding outside the above, KH > 16, groups < 1. */
 int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const float *wdw, const float *bdw, int KH,
                               int KW, int sh, int sw, int ph, int pw, const float *gy, int Cout, const float *wpw,
                               const float *mid, float *gx, float *gwdw, float *gbdw, float *gwpw, int band,
-                              int stream, int threads) {
+                              int groups, int stream, int threads) {
     if (N < 1 || H < 1 || W < 1 || C < 1 || Cout < 1 || KH < 1 || KW < 1 || KH > 16 || sh < 1 || sw < 1 || ph < 0
-        || pw < 0 || ph > KH - 1 || pw > KW - 1 || H + 2 * ph < KH || W + 2 * pw < KW)
+        || pw < 0 || ph > KH - 1 || pw > KW - 1 || H + 2 * ph < KH || W + 2 * pw < KW || groups < 1)
         return -2;
     int Ho = (H + 2 * ph - KH) / sh + 1, Wo = (W + 2 * pw - KW) / sw + 1;
     int unit = sh == 1 && sw == 1; /* the adjoint is a depthwise convolution, run by the forward kernel's code */
     if (threads < 1) threads = 1;
     int panels = (C + NR - 1) / NR;
-    int cp = (C + 15) / 16 * 16 + 16; /* the gx tile's row stride, as in the forward kernel */
-    int Cw = (C + 15) / 16 * 16;      /* the weight-gradient sums' row stride */
+    if (groups > panels) groups = panels;
+    int per_group = (panels + groups - 1) / groups;
+    int Cg = groups > 1 ? per_group * NR : C; /* the most channels of a unit */
+    if (Cg > C) Cg = C;
+    int cp = (Cg + 15) / 16 * 16 + 16; /* the gx tile's row stride, as in the forward kernel */
+    int Cw = (C + 15) / 16 * 16;       /* the weight-gradient sums' row stride */
     /* one thread's sums: KH * KW taps, the depthwise bias, then the 1x1 weight (rows of Cw floats) */
     size_t taps = (size_t)KH * KW, per = taps * Cw + Cw + (gwpw ? (size_t)Cout * Cw : 0);
-    long atb_blocks = (long)((Cout + 11) / 12) * ((C + 31) / 32); /* sepconv_atb_range's register blocks */
     if (band < 1) {
         long row_floats = (long)Wo * (C > Cout ? C : Cout);
         band = (int)(32768 / row_floats) * sh - (KH - 1); /* a band of gx rows reads about band / sh gm rows */
         if (band < 1) band = 1;
     }
     if (band > H) band = H;
-    /* work units: (image, segment of its rows); an image is split only where the images cannot be dealt evenly */
-    int segs = (threads > 1 && N % threads) ? threads : 1;
+    /* work units: (image, segment of its rows) or (image, channel group); an image is split into segments only where
+     * the images cannot be dealt evenly */
+    int segs = (groups == 1 && threads > 1 && N % threads) ? threads : 1;
     if (segs > H) segs = H;
-    long units = (long)N * segs;
+    long units = (long)N * segs * groups;
     float *b = (float *)aligned_alloc(64, ((size_t)panels * Cout * NR * sizeof(float) + 63) / 64 * 64);
     /* the depthwise weight as the kernels' steps read it, [KH][KW][C], and at stride 1 flipped in space too */
     float *wt = (float *)malloc(sizeof(float) * taps * C * (unit ? 2 : 1)), *wflip = unit && wt ? wt + taps * C : NULL;
@@ -1511,16 +1522,24 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
 #endif
         float *part = sums + (size_t)tid * per, *bpart = part + taps * Cw, *wpart = bpart + Cw;
         memset(part, 0, per * sizeof(float)); /* each thread its own sums (the memory is touched first here) */
-        size_t ring_bytes = ((size_t)(band + KH - 1) * Wo * C * sizeof(float) + 63) / 64 * 64;
+        /* the ring holds the gm rows of a band (Cg channels each), after Cw floats of room when the channels are
+         * grouped: the GEMM writes a group's columns [c0, c1) from ring - c0 */
+        size_t lead = groups > 1 ? (size_t)Cw : 0;
+        size_t ring_bytes = ((lead + (size_t)(band + KH - 1) * Wo * Cg) * sizeof(float) + 63) / 64 * 64;
         size_t t_bytes = unit && gx ? (size_t)band * W * cp * sizeof(float) : 0;
         /* mid's rows recomputed for a band's 1x1 weight gradient: no more than the ring's rows, at the tile's stride */
         size_t mt_bytes = gwpw && !mid ? (size_t)(band + KH - 1) * Wo * cp * sizeof(float) : 0;
-        float *ring = (float *)aligned_alloc(64, ring_bytes + t_bytes + mt_bytes);
-        float *t = ring && t_bytes ? ring + ring_bytes / sizeof(float) : NULL;
-        float *mt = ring && mt_bytes ? ring + (ring_bytes + t_bytes) / sizeof(float) : NULL;
+        /* a channel group's x (one image) and depthwise weights (wt, then wflip) */
+        size_t xg_bytes = groups > 1 ? ((size_t)H * W * Cg * sizeof(float) + 63) / 64 * 64 : 0;
+        size_t wg_bytes = groups > 1 ? taps * Cg * (unit ? 2 : 1) * sizeof(float) : 0;
+        char *mem = (char *)aligned_alloc(64, (ring_bytes + t_bytes + mt_bytes + xg_bytes + wg_bytes + 63) / 64 * 64);
+        float *ring = mem ? (float *)mem + lead : NULL;
+        float *t = mem && t_bytes ? (float *)(mem + ring_bytes) : NULL;
+        float *mt = mem && mt_bytes ? (float *)(mem + ring_bytes + t_bytes) : NULL;
+        float *xg = mem && xg_bytes ? (float *)(mem + ring_bytes + t_bytes + mt_bytes) : NULL;
+        float *wg = mem && wg_bytes ? (float *)(mem + ring_bytes + t_bytes + mt_bytes + xg_bytes) : NULL;
         const float **taps_g = (const float **)malloc(sizeof(float *) * 2 * taps), **taps_w = taps_g + taps;
-        if (!ring || !taps_g) {
-            free(ring);
+        if (!mem || !taps_g) {
             ring = NULL;
             mark_failed(&failed);
         }
@@ -1533,9 +1552,26 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
 #endif
         for (long u = 0; u < units; ++u) {
             if (!ring) continue;
-            int n = (int)(u / segs), s = (int)(u % segs);
+            int n = (int)(u / (segs * groups)), s = (int)(u % segs), grp = (int)(u / segs % groups);
+            int c0 = grp * per_group * NR, c1 = c0 + per_group * NR < C ? c0 + per_group * NR : C;
+            if (c0 >= c1) continue;
+            int Cc = c1 - c0; /* the unit's channels [c0, c1) */
             int r0 = (int)((long)H * s / segs), r1 = (int)((long)H * (s + 1) / segs);
             const float *xn = x + (size_t)n * H * W * C, *gyn = gy + (size_t)n * Ho * Wo * Cout;
+            /* the unit's x, depthwise weights and bias: the tensors' own with all channels, else gathered */
+            const float *xu = xn, *wtu = wt, *wflipu = wflip, *bdwu = bdw ? bdw + c0 : NULL;
+            if (groups > 1) {
+                for (long p = 0; p < (long)H * W; ++p)
+                    memcpy(xg + (size_t)p * Cc, xn + (size_t)p * C + c0, sizeof(float) * Cc);
+                for (size_t k = 0; k < taps; ++k) {
+                    memcpy(wg + k * Cc, wt + k * C + c0, sizeof(float) * Cc);
+                    if (unit) memcpy(wg + (taps + k) * Cc, wflip + k * C + c0, sizeof(float) * Cc);
+                }
+                xu = xg;
+                wtu = wg;
+                wflipu = unit ? wg + taps * Cc : NULL;
+            }
+            long atb_blocks = (long)((Cout + 11) / 12) * ((Cc + 31) / 32); /* sepconv_atb_range's register blocks */
             /* the gm rows whose weight-gradient term this unit adds: consecutive units' ranges tile [0, Ho), and
              * each lies within the rows the unit computes (the first its first band reads, up to the last its last
              * band reads) */
@@ -1550,39 +1586,39 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
                 hi = hi > Ho ? Ho : hi;
                 int fresh = lo;
                 if (win_hi > lo && win_lo <= lo) { /* keep the rows the previous band computed */
-                    memmove(ring, ring + (size_t)(lo - win_lo) * Wo * C, sizeof(float) * (size_t)(win_hi - lo) * Wo * C);
+                    memmove(ring, ring + (size_t)(lo - win_lo) * Wo * Cc, sizeof(float) * (size_t)(win_hi - lo) * Wo * Cc);
                     fresh = win_hi;
                 }
                 if (fresh < hi) {
-                    float *g = ring + (size_t)(fresh - lo) * Wo * C;
+                    float *g = ring + (size_t)(fresh - lo) * Wo * Cc;
                     int w0 = fresh > own_lo ? fresh : own_lo, w1 = hi < own_hi ? hi : own_hi;
                     /* the input rows the weight gradient of rows [w0, w1) reads, fetched into L2 during the GEMM
-                     * (as the forward kernel fetches its next tile's input) */
+                     * (as the forward kernel fetches its next tile's input; a channel group's were just gathered) */
                     const char *pf = NULL, *pf_end = NULL;
                     int x_lo = w0 * sh - ph, x_hi = (w1 - 1) * sh - ph + KH - 1;
                     x_lo = x_lo < 0 ? 0 : x_lo;
                     x_hi = x_hi >= H ? H - 1 : x_hi;
-                    if (w0 < w1 && x_lo <= x_hi) {
+                    if (groups == 1 && w0 < w1 && x_lo <= x_hi) {
                         pf = (const char *)(xn + (size_t)x_lo * W * C);
                         pf_end = (const char *)(xn + (size_t)(x_hi + 1) * W * C);
                     }
-                    pointwise_tile(gyn + (size_t)fresh * Wo * Cout, (hi - fresh) * Wo, Cout, Cout, b, NULL, C, 0, C,
-                                   ACT_NONE, g, 0, pf, pf_end);
+                    pointwise_tile(gyn + (size_t)fresh * Wo * Cout, (hi - fresh) * Wo, Cout, Cout, b, NULL, Cc, c0, c1,
+                                   ACT_NONE, g - c0, 0, pf, pf_end);
                     for (int oh = w0; oh < w1; ++oh) {
-                        const float *go = ring + (size_t)(oh - lo) * Wo * C;
-                        sepconv_wgrad_row(xn, H, W, C, go, Wo, KH, KW, sh, sw, ph, pw, 1, 1, oh, Cw, part, NULL);
+                        const float *go = ring + (size_t)(oh - lo) * Wo * Cc;
+                        sepconv_wgrad_row(xu, H, W, Cc, go, Wo, KH, KW, sh, sw, ph, pw, 1, 1, oh, Cw, part + c0, NULL);
                         if (gbdw)
                             for (int ow = 0; ow < Wo; ++ow)
-                                for (int c = 0; c < C; ++c) bpart[c] += go[(size_t)ow * C + c];
+                                for (int c = 0; c < Cc; ++c) bpart[c0 + c] += go[(size_t)ow * Cc + c];
                     }
                     if (gwpw && w0 < w1) {
                         long rows = (long)(w1 - w0) * Wo;
-                        const float *m = mid ? mid + ((size_t)n * Ho + w0) * Wo * C : mt;
+                        const float *m = mid ? mid + ((size_t)n * Ho + w0) * Wo * C + c0 : mt;
                         if (!mid) /* the forward kernel's depthwise step, on the x rows the weight gradient read */
-                            depthwise_tile(xn, H, W, C, wt, bdw, KH, KW, sh, sw, ph, pw, 1, 1, ACT_NONE, Wo, w0 * Wo,
+                            depthwise_tile(xu, H, W, Cc, wtu, bdwu, KH, KW, sh, sw, ph, pw, 1, 1, ACT_NONE, Wo, w0 * Wo,
                                            (int)rows, mt, cp, NULL, NULL, NULL);
-                        sepconv_atb_range(gyn + (size_t)w0 * Wo * Cout, Cout, m, mid ? C : cp, wpart, Cw, Cout, C, 0,
-                                          rows, rows, 0, atb_blocks, 0);
+                        sepconv_atb_range(gyn + (size_t)w0 * Wo * Cout, Cout, m, mid ? C : cp, wpart + c0, Cw, Cout, Cc,
+                                          0, rows, rows, 0, atb_blocks, 0);
                     }
                 }
                 win_lo = lo;
@@ -1591,22 +1627,22 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
                  * convolution (the padding shifted by lo) through the forward kernel's depthwise step into t, then
                  * copied out */
                 if (!gx) continue;
-                float *out = gx + ((size_t)n * H + a) * W * C;
+                float *out = gx + ((size_t)n * H + a) * W * C + c0;
                 if (!unit) {
-                    depthwise_adjoint_rows(ring, lo, hi, Wo, C, wt, KH, KW, sh, sw, ph, pw, a, e, W, out, taps_g,
+                    depthwise_adjoint_rows(ring, lo, hi, Wo, Cc, wtu, KH, KW, sh, sw, ph, pw, a, e, W, out, C, taps_g,
                                            taps_w);
                     continue;
                 }
                 int m = (e - a) * W;
-                depthwise_tile(ring, hi - lo, Wo, C, wflip, NULL, KH, KW, 1, 1, KH - 1 - ph + lo, KW - 1 - pw, 1, 1,
+                depthwise_tile(ring, hi - lo, Wo, Cc, wflipu, NULL, KH, KW, 1, 1, KH - 1 - ph + lo, KW - 1 - pw, 1, 1,
                                ACT_NONE, W, a * W, m, t, cp, NULL, NULL, NULL);
                 if (stream)
-                    store_rows(out, t, m, C, cp);
+                    store_rows(out, C, t, m, Cc, cp);
                 else
-                    for (int i = 0; i < m; ++i) memcpy(out + (size_t)i * C, t + (size_t)i * cp, sizeof(float) * C);
+                    for (int i = 0; i < m; ++i) memcpy(out + (size_t)i * C, t + (size_t)i * cp, sizeof(float) * Cc);
             }
         }
-        free(ring);
+        free(mem);
         free(taps_g);
         if (stream) stream_fence(); /* the streamed stores are visible before the caller reads gx */
         /* the threads' sums added in thread order, the rows (taps, bias, 1x1 weight rows) shared among them; a

@@ -91,7 +91,7 @@ SEPCONV_INLINE void vstore_n(float *p, vf v, int n) {
     if (n >= VW) { vstore(p, v); return; }
     float buf[VW];
     vstore(buf, v);
-    memcpy(p, buf, sizeof(float) * (size_t)(n > 0 ? n : 0));
+    for (int i = 0; i < n; ++i) p[i] = buf[i]; /* a loop: GCC warned that a memcpy here overread buf */
 }
 /* act 0: none, 1: ReLU, 2: ReLU6 */
 SEPCONV_INLINE vf vact(vf v, int act) {
