@@ -469,7 +469,7 @@ def _backward(lib, x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Te
     # kernel's output is (fused.STREAM_MIN_BYTES, read at each call)
     stream = int(grad_x is not None and grad_x.nbytes >= fused_kernels.STREAM_MIN_BYTES)
     threads = max(1, torch.get_num_threads())
-    groups = backward_channel_groups(n, grad_y.shape[2] * grad_y.shape[3], c, cout, threads)
+    groups = backward_channel_groups(n, h * w, cout, threads)
     with profiled("sepconv::dwpw_backward"):
         code = lib.sepconv_dwpw_backward_f32(x.data_ptr(), n, h, w, c, dw_weight.data_ptr(),
                                              None if bias is None else bias.data_ptr(), kh, kw, sh, sw, ph, pw,
@@ -485,21 +485,22 @@ def _backward(lib, x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Te
     return grad_x, grad_w, grad_b, grad_pw
 
 
-def backward_channel_groups(batch: int, pixels: int, channels: int, out_channels: int, threads: int) -> int:
+def backward_channel_groups(batch: int, pixels: int, out_channels: int, threads: int) -> int:
     """How many groups of channels :func:`depthwise_pointwise_backward`'s kernel splits its work into on ``threads``
-    threads, for ``batch`` images of ``pixels`` output pixels and a ``channels`` -> ``out_channels`` 1x1 step: 1 (the
-    work split by images, and an image by rows where the images cannot be dealt evenly), or ``threads``.
+    threads, for ``batch`` input images of ``pixels`` pixels (height x width) each and a 1x1 step of
+    ``out_channels`` outputs: 1 (the work split by images, and an image by rows where the images cannot be dealt
+    evenly), or ``threads``.
 
     Split by rows, every thread reads all of the 1x1 weight, and the rows of the 1x1 step's input gradient on both
-    sides of a split are computed by both threads (a kernel's height less one per split). Where the images cannot be
-    dealt evenly and each thread would get fewer output pixels than the layer has output channels (the 1x1 weight
-    outweighs the pixels), the channels are split instead: each thread reads its share of the weight and no row is
-    computed twice. The fused forward kernel's rule (:func:`sepconv.backends.fused.kernel_schedule`)."""
-    for name, value, least in (("batch", batch, 1), ("pixels", pixels, 1), ("channels", channels, 1),
-                               ("out_channels", out_channels, 1), ("threads", threads, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"backward_channel_groups: {name} must be an integer >= {least}, got {value!r}")
-    if threads > 1 and batch % threads and batch * pixels < threads * out_channels:
+    sides of a split are computed by both threads. Split by channels, no row is computed twice and each thread reads
+    its share of the weight, but first gathers its channels of the input: that pays where the images cannot be
+    dealt evenly and the input has fewer pixels than the layer has output channels (each thread's share of the
+    input is then smaller than its share of the weight), as in MobileNetV1's 14- and 7-pixel layers at batch 1.
+    """
+    for name, value in (("batch", batch), ("pixels", pixels), ("out_channels", out_channels), ("threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"backward_channel_groups: {name} must be an integer >= 1, got {value!r}")
+    if threads > 1 and batch % threads and batch * pixels < out_channels:
         return threads
     return 1
 
