@@ -505,6 +505,13 @@ int main(void) {
     check_backward_gx(1, 28, 28, 32, 3, 3, 1, 1, 1, 1, 48, 0, 3, 2, 1, 0, 1);
     check_backward_gx(1, 30, 30, 24, 3, 3, 2, 2, 1, 1, 40, 1, 0, 2, 2, 0, 1);
     check_backward_gx(3, 9, 11, 17, 5, 3, 1, 2, 2, 1, 20, 0, 2, 1, 0, 0, 1);
+    /* few channels (a first layer): the 1x1 input gradient as dot products, its weight gradient summed transposed;
+     * Cout a multiple of the vector width or not, with and without gx, one and two threads */
+    check_backward_gx(4, 16, 16, 3, 3, 3, 1, 1, 1, 1, 64, 1, 0, 2, 2, 0, 1);
+    check_backward_gx(2, 12, 10, 1, 3, 3, 1, 1, 1, 1, 20, 0, 0, 1, 1, 1, 1);
+    check_backward_gx(1, 15, 17, 4, 5, 5, 2, 2, 2, 2, 37, 1, 3, 2, 2, 1, 1);
+    check_backward_gx(3, 9, 9, 2, 3, 3, 1, 1, 1, 1, 130, 0, 0, 2, 1, 0, 1);
+    check_backward_gx(2, 8, 8, 12, 3, 3, 1, 1, 1, 1, 48, 1, 0, 2, 2, 1, 1); /* transposed sums, panel GEMM */
     /* channel groups: MobileNetV1's deep layers at batch 1 (whole and partial panels, stride 1 and 2), more groups
      * than panels, more groups than threads, the 1x1 gradient from a given or a recomputed mid, no gx */
     check_backward_gx(1, 7, 7, 256, 3, 3, 1, 1, 1, 1, 256, 1, 0, 2, 1, 1, 2);

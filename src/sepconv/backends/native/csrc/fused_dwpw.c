@@ -33,6 +33,9 @@
 #define NOCLONE
 #endif
 #define NR 32 /* output channels per register block (two AVX-512 vectors) and per packed weight panel */
+/* input channels up to which the backward kernel takes the 1x1 input gradient as dot products (few_channel_rows):
+ * per row it costs about C (Cout / VB + a horizontal sum) instructions against the panel GEMM's 2 Cout */
+#define FEW_CHANNELS 4
 #define ACT_NONE 0
 #define ACT_RELU 1
 #define ACT_RELU6 2
@@ -1428,6 +1431,23 @@ static void depthwise_adjoint_rows(const float *gm, int lo, int hi, int Wo, int 
     }
 }
 
+/* gm[i][0 : C] = sum over j of gy[i][j] wt[c][j] for rows i in [0, m) (gy's rows Cout floats apart, gm's C): the
+ * 1x1 step's input gradient for few channels, vectorized along Cout with one horizontal sum per output. The panel
+ * GEMM (pointwise_tile) would spend a broadcast and an FMA on every (row, j) for C useful lanes of its 32. */
+static void few_channel_rows(const float *gy, int m, int Cout, const float *wt, int C, float *gm) {
+    for (int i = 0; i < m; ++i) {
+        const float *g = gy + (size_t)i * Cout;
+        for (int c = 0; c < C; ++c) {
+            const float *w = wt + (size_t)c * Cout;
+            vb acc = {0};
+            int j = 0;
+            for (; j + VB <= Cout; j += VB) acc = vb_fma(vb_load(g + j), vb_load(w + j), acc);
+            if (j < Cout) acc = vb_fma(vb_load_n(g + j, Cout - j), vb_load_n(w + j, Cout - j), acc);
+            gm[(size_t)i * C + c] = vb_hsum(acc);
+        }
+    }
+}
+
 /* ceil(a / b) for b > 0 and any a (C's division truncates toward zero) */
 static inline int ceil_div(int a, int b) { return a > 0 ? (a + b - 1) / b : -((-a) / b); }
 
@@ -1483,8 +1503,15 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
     if (Cg > C) Cg = C;
     int cp = (Cg + 15) / 16 * 16 + 16; /* the gx tile's row stride, as in the forward kernel */
     int Cw = (C + 15) / 16 * 16;       /* the weight-gradient sums' row stride */
-    /* one thread's sums: KH * KW taps, the depthwise bias, then the 1x1 weight (rows of Cw floats) */
-    size_t taps = (size_t)KH * KW, per = taps * Cw + Cw + (gwpw ? (size_t)Cout * Cw : 0);
+    /* Few channels (a network's first layer: grey or RGB images): gm's GEMM as dot products along Cout
+     * (few_channel_rows), and the 1x1 weight gradient summed transposed, [C][Cout], its register blocks then
+     * vectorized along Cout (matmul_at_b's rule) */
+    int few = C <= FEW_CHANNELS && Cout >= VB, tr = C < 16 && Cout >= 16;
+    int Ow = (Cout + 15) / 16 * 16; /* the transposed sums' row stride */
+    /* one thread's sums: KH * KW taps, the depthwise bias (rows of Cw floats), then the 1x1 weight (Cout rows of Cw
+     * floats, or transposed C rows of Ow) */
+    size_t taps = (size_t)KH * KW, pw_sums = tr ? (size_t)C * Ow : (size_t)Cout * Cw;
+    size_t per = taps * Cw + Cw + (gwpw ? pw_sums : 0);
     if (band < 1) {
         long row_floats = (long)Wo * (C > Cout ? C : Cout);
         band = (int)(32768 / row_floats) * sh - (KH - 1); /* a band of gx rows reads about band / sh gm rows */
@@ -1546,7 +1573,14 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int q = 0; q < panels; ++q) pack_panel(wpw, C, 1, Cout, C, q, b + (size_t)q * Cout * NR);
+        for (int q = 0; q < panels; ++q) {
+            if (!few) {
+                pack_panel(wpw, C, 1, Cout, C, q, b + (size_t)q * Cout * NR);
+                continue;
+            }
+            for (int c = 0; c < C; ++c) /* few channels: wpw transposed, [C][Cout] (one panel's room) */
+                for (int j = 0; j < Cout; ++j) b[(size_t)c * Cout + j] = wpw[(size_t)j * C + c];
+        }
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -1602,8 +1636,11 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
                         pf = (const char *)(xn + (size_t)x_lo * W * C);
                         pf_end = (const char *)(xn + (size_t)(x_hi + 1) * W * C);
                     }
-                    pointwise_tile(gyn + (size_t)fresh * Wo * Cout, (hi - fresh) * Wo, Cout, Cout, b, NULL, Cc, c0, c1,
-                                   ACT_NONE, g - c0, 0, pf, pf_end);
+                    if (few)
+                        few_channel_rows(gyn + (size_t)fresh * Wo * Cout, (hi - fresh) * Wo, Cout, b, C, g);
+                    else
+                        pointwise_tile(gyn + (size_t)fresh * Wo * Cout, (hi - fresh) * Wo, Cout, Cout, b, NULL, Cc, c0,
+                                       c1, ACT_NONE, g - c0, 0, pf, pf_end);
                     for (int oh = w0; oh < w1; ++oh) {
                         const float *go = ring + (size_t)(oh - lo) * Wo * Cc;
                         sepconv_wgrad_row(xu, H, W, Cc, go, Wo, KH, KW, sh, sw, ph, pw, 1, 1, oh, Cw, part + c0, NULL);
@@ -1617,8 +1654,12 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
                         if (!mid) /* the forward kernel's depthwise step, on the x rows the weight gradient read */
                             depthwise_tile(xu, H, W, Cc, wtu, bdwu, KH, KW, sh, sw, ph, pw, 1, 1, ACT_NONE, Wo, w0 * Wo,
                                            (int)rows, mt, cp, NULL, NULL, NULL);
-                        sepconv_atb_range(gyn + (size_t)w0 * Wo * Cout, Cout, m, mid ? C : cp, wpart + c0, Cw, Cout, Cc,
-                                          0, rows, rows, 0, atb_blocks, 0);
+                        if (tr)
+                            sepconv_atb_range(m, mid ? C : cp, gyn + (size_t)w0 * Wo * Cout, Cout, wpart, Ow, C, Cout,
+                                              0, rows, rows, 0, (long)((C + 11) / 12) * ((Cout + 31) / 32), 0);
+                        else
+                            sepconv_atb_range(gyn + (size_t)w0 * Wo * Cout, Cout, m, mid ? C : cp, wpart + c0, Cw, Cout,
+                                              Cc, 0, rows, rows, 0, atb_blocks, 0);
                     }
                 }
                 win_lo = lo;
@@ -1655,10 +1696,16 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
         for (long r = 0; r < rows; ++r) {
             float *dst = r < (long)taps ? gwdw + r : r == (long)taps ? gbdw : gwpw + (r - (long)taps - 1) * C;
             size_t step = r < (long)taps ? taps : 1;
+            /* where row r's element c is in a thread's sums: rows of Cw floats, or the 1x1 weight's transposed */
+            size_t at = (size_t)r * Cw, stride = 1;
+            if (tr && r > (long)taps) {
+                at = (taps + 1) * Cw + (size_t)(r - (long)taps - 1);
+                stride = (size_t)Ow;
+            }
             if (failed || !dst) continue;
             for (int c = 0; c < C; ++c) {
                 float s = 0.f;
-                for (int i = 0; i < nt; ++i) s += sums[(size_t)i * per + (size_t)r * Cw + c];
+                for (int i = 0; i < nt; ++i) s += sums[(size_t)i * per + at + c * stride];
                 dst[c * step] = s;
             }
         }

@@ -142,5 +142,21 @@ SEPCONV_INLINE vb vb_fma(vb a, vb b, vb c) {
     return a * b + c;
 #endif
 }
+/* the sum of v's lanes */
+SEPCONV_INLINE float vb_hsum(vb v) {
+#if defined(SEPCONV_AVX512)
+    return _mm512_reduce_add_ps((__m512)v);
+#elif defined(SEPCONV_VEC_AVX2)
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128((__m256)v), _mm256_extractf128_ps((__m256)v, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+#elif defined(SEPCONV_VEC_NEON)
+    return vaddvq_f32((vf)v);
+#else
+    float s = 0.f;
+    for (int i = 0; i < VB; ++i) s += v[i];
+    return s;
+#endif
+}
 
 #endif
