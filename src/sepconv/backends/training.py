@@ -401,7 +401,8 @@ def depthwise_pointwise_backward(x: torch.Tensor, dw_weight: torch.Tensor, pw_we
     weight gradient is summed from the same band's ``grad_y`` rows while they are in cache, where the weight is
     small enough for one copy per thread (at most :data:`_FUSED_PW_GRAD_MAX_WEIGHTS` elements; else
     :func:`matmul_at_b`). A ``grad_x`` of :data:`sepconv.backends.fused.STREAM_MIN_BYTES` or more is written with
-    non-temporal stores, as the fused forward kernel writes its output. Other tensors: the steps unfused
+    non-temporal stores, as the fused forward kernel writes its output. Its ``torch.get_num_threads()`` threads share
+    the images, an image's rows, or its channels (:func:`backward_channel_groups`). Other tensors: the steps unfused
     (``F.conv2d``, ``aten.convolution_backward``, :func:`matmul_at_b`). Not tracked by autograd.
     """
     pw_grad = mid is not None if pw_grad is None else pw_grad
