@@ -505,22 +505,30 @@ int main(void) {
     check_backward_gx(1, 28, 28, 32, 3, 3, 1, 1, 1, 1, 48, 0, 3, 2, 1, 0, 1);
     check_backward_gx(1, 30, 30, 24, 3, 3, 2, 2, 1, 1, 40, 1, 0, 2, 2, 0, 1);
     check_backward_gx(3, 9, 11, 17, 5, 3, 1, 2, 2, 1, 20, 0, 2, 1, 0, 0, 1);
-    /* few channels (a first layer): the 1x1 input gradient as dot products, its weight gradient summed transposed;
-     * Cout a multiple of the vector width or not, with and without gx, one and two threads */
-    check_backward_gx(4, 16, 16, 3, 3, 3, 1, 1, 1, 1, 64, 1, 0, 2, 2, 0, 1);
-    check_backward_gx(2, 12, 10, 1, 3, 3, 1, 1, 1, 1, 20, 0, 0, 1, 1, 1, 1);
-    check_backward_gx(1, 15, 17, 4, 5, 5, 2, 2, 2, 2, 37, 1, 3, 2, 2, 1, 1);
-    check_backward_gx(3, 9, 9, 2, 3, 3, 1, 1, 1, 1, 130, 0, 0, 2, 1, 0, 1);
-    check_backward_gx(2, 8, 8, 12, 3, 3, 1, 1, 1, 1, 48, 1, 0, 2, 2, 1, 1); /* transposed sums, panel GEMM */
-    /* channel groups: MobileNetV1's deep layers at batch 1 (whole and partial panels, stride 1 and 2), more groups
-     * than panels, more groups than threads, the 1x1 gradient from a given or a recomputed mid, no gx */
-    check_backward_gx(1, 7, 7, 256, 3, 3, 1, 1, 1, 1, 256, 1, 0, 2, 1, 1, 2);
-    check_backward_gx(1, 14, 14, 100, 3, 3, 2, 2, 1, 1, 128, 0, 0, 2, 2, 1, 2);
-    check_backward_gx(1, 14, 14, 70, 3, 3, 1, 1, 1, 1, 90, 1, 0, 3, 2, 1, 3);
-    check_backward_gx(1, 6, 5, 64, 3, 3, 1, 1, 1, 1, 48, 1, 1, 3, 1, 1, 4);
-    check_backward_gx(2, 9, 8, 130, 5, 5, 1, 1, 2, 2, 40, 1, 2, 2, 0, 1, 5);
-    check_backward_gx(1, 12, 11, 96, 4, 3, 2, 1, 3, 2, 33, 0, 0, 1, 2, 1, 2);
-    check_backward_gx(1, 10, 10, 64, 3, 3, 1, 1, 1, 1, 32, 1, 0, 2, 1, 0, 2);
+    /* Backward cases, one row each: N, H, W, C, KH, KW, sh, sw, ph, pw, Cout, bias, band, threads, pw_grad, gx,
+     * groups. Few channels (a first layer): the 1x1 input gradient as dot products, its weight gradient summed
+     * transposed; Cout a multiple of the vector width or not, with and without gx, one and two threads. Channel
+     * groups: MobileNetV1's deep layers at batch 1 (whole and partial panels, stride 1 and 2), more groups than
+     * panels, more groups than threads, the 1x1 gradient from a given or a recomputed mid, no gx. */
+    static const int bcases[][17] = {
+        {4, 16, 16, 3, 3, 3, 1, 1, 1, 1, 64, 1, 0, 2, 2, 0, 1},
+        {2, 12, 10, 1, 3, 3, 1, 1, 1, 1, 20, 0, 0, 1, 1, 1, 1},
+        {1, 15, 17, 4, 5, 5, 2, 2, 2, 2, 37, 1, 3, 2, 2, 1, 1},
+        {3, 9, 9, 2, 3, 3, 1, 1, 1, 1, 130, 0, 0, 2, 1, 0, 1},
+        {2, 8, 8, 12, 3, 3, 1, 1, 1, 1, 48, 1, 0, 2, 2, 1, 1}, /* transposed sums, panel GEMM */
+        {1, 7, 7, 256, 3, 3, 1, 1, 1, 1, 256, 1, 0, 2, 1, 1, 2},
+        {1, 14, 14, 100, 3, 3, 2, 2, 1, 1, 128, 0, 0, 2, 2, 1, 2},
+        {1, 14, 14, 70, 3, 3, 1, 1, 1, 1, 90, 1, 0, 3, 2, 1, 3},
+        {1, 6, 5, 64, 3, 3, 1, 1, 1, 1, 48, 1, 1, 3, 1, 1, 4},
+        {2, 9, 8, 130, 5, 5, 1, 1, 2, 2, 40, 1, 2, 2, 0, 1, 5},
+        {1, 12, 11, 96, 4, 3, 2, 1, 3, 2, 33, 0, 0, 1, 2, 1, 2},
+        {1, 10, 10, 64, 3, 3, 1, 1, 1, 1, 32, 1, 0, 2, 1, 0, 2},
+    };
+    for (size_t k = 0; k < sizeof bcases / sizeof *bcases; ++k) {
+        const int *b = bcases[k];
+        check_backward_gx(b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+                          b[14], b[15], b[16]);
+    }
     printf("isa=%s checks=%d failures=%d\n", sepconv_isa(), checks, failures);
     return failures ? 1 : 0;
 }

@@ -62,24 +62,31 @@ def test_backward_matches_float64_autograd(batch, channels, cout, h, w, kh, kw, 
 def test_backward_with_the_channels_split_among_threads(monkeypatch, threads, channels, cout, size, stride, pw_mode):
     """One image with fewer pixels than output channels: the kernel gets its channels split into groups
     (backward_channel_groups), and its gradients still match float64 autograd."""
+    calls = _record_backward_calls(monkeypatch)
+    for input_grad in (True, False):
+        _check_backward(1, channels, cout, size, (3, 3), (1, 1), (stride, stride), pw_mode, True, True, input_grad,
+                        threads, channels + cout)
+    assert [args[-3] for args in calls] == [threads, threads]  # the kernel's `groups`
+
+
+def _record_backward_calls(monkeypatch) -> list:
+    """Has depthwise_pointwise_backward call the backward kernel through a wrapper that records each call's
+    arguments, in the list returned."""
     import sepconv.backends.training as training
 
     lib = native.load()[0]
-    groups = []
+    calls = []
 
-    class Recording:  # the kernel library, recording the backward kernel's channel groups
+    class Recording:  # the kernel library, recording the backward kernel's arguments
         def __getattr__(self, name):
             return getattr(lib, name)
 
         def sepconv_dwpw_backward_f32(self, *args):
-            groups.append(args[-3])
+            calls.append(args)
             return lib.sepconv_dwpw_backward_f32(*args)
 
     monkeypatch.setattr(training, "_kernel_library", lambda *tensors: Recording())
-    for input_grad in (True, False):
-        _check_backward(1, channels, cout, size, (3, 3), (1, 1), (stride, stride), pw_mode, True, True, input_grad,
-                        threads, channels + cout)
-    assert groups == [threads, threads]
+    return calls
 
 
 def _check_backward(batch, channels, cout, size, kernel, padding, stride, pw_mode, with_bias_value, dw_bias,
@@ -178,20 +185,8 @@ def test_backward_streams_a_large_input_gradient_with_the_same_bits(monkeypatch,
     """An input gradient of STREAM_MIN_BYTES or more goes to the kernel with streaming on (non-temporal stores where
     its rows allow: channels a multiple of 16), a smaller one with it off; both give the same bits."""
     import sepconv.backends.fused as fused_module
-    import sepconv.backends.training as training
 
-    lib = native.load()[0]
-    streams = []
-
-    class Recording:  # the kernel library, recording the backward kernel's streaming argument
-        def __getattr__(self, name):
-            return getattr(lib, name)
-
-        def sepconv_dwpw_backward_f32(self, *args):
-            streams.append(args[-2])
-            return lib.sepconv_dwpw_backward_f32(*args)
-
-    monkeypatch.setattr(training, "_kernel_library", lambda *tensors: Recording())
+    calls = _record_backward_calls(monkeypatch)
     torch.manual_seed(channels)
     x, dw, pw = torch.randn(2, channels, 9, 13), torch.randn(channels, 1, 3, 3), torch.randn(20, channels, 1, 1)
     gy = torch.randn(2, 20, 9, 13)
@@ -203,7 +198,7 @@ def test_backward_streams_a_large_input_gradient_with_the_same_bits(monkeypatch,
             results[stream] = depthwise_pointwise_backward(x, dw, pw, gy, (1, 1), pw_grad=True)
     finally:
         torch.set_num_threads(before)
-    assert streams == [0, 1]
+    assert [args[-2] for args in calls] == [0, 1]  # the kernel's `stream`
     for plain, streamed in zip(results[0], results[1]):
         assert (plain is None and streamed is None) or torch.equal(plain, streamed)
 
