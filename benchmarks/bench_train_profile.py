@@ -1,11 +1,15 @@
 """Where a separable layer's training step spends its time, per kernel ISA: torch.profiler, grouped by kind of work.
 
-    python benchmarks/bench_train_profile.py [--threads 1] [--steps 10] [--clock wall|cpu] [--out DIR]
+    python benchmarks/bench_train_profile.py [--threads 1] [--steps 10] [--clock wall|cpu] [--shapes NAME,...]
+                                             [--out DIR]
 
-For a few suite shapes, one `SeparableConv2d` (channels-last, float32) after `sepconv.tune_training` takes training
+For a few suite shapes (`--shapes`: suite shape names, default 128 -> 128 @56 and VGG 64 -> 64 @32 and
+128 -> 128 @16), one `SeparableConv2d` (channels-last, float32) after `sepconv.tune_training` takes training
 steps (forward, backward of a fixed output gradient); for each kernel variant this CPU runs (`SEPCONV_ISA`: the
 native build, and `avx2` where narrower) the profiler's self CPU time per operator is summed into:
 
+* `fused_forward`, `fused_backward`: the 'fused' training engine's two kernels (`sepconv::fused_dwpw`, both steps'
+  forward pass; `sepconv::dwpw_backward`, every gradient but, for a large 1x1 weight, the 1x1 weight's);
 * `depthwise_forward`, `pointwise_forward`: the forward convolutions (told apart by the weight's shape);
 * `depthwise_backward`: sepconv's weight-gradient kernel (`sepconv::depthwise_wgrad`), oneDNN's depthwise
   backward, and the 'flip' engine's input gradient (a convolution run inside the backward pass);
@@ -72,6 +76,10 @@ def _in_backward(event) -> bool:
 def category(event) -> str:
     """The kind of work an operator event is (see the module docstring)."""
     name = event.name
+    if name == "sepconv::fused_dwpw":
+        return "fused_forward"
+    if name == "sepconv::dwpw_backward":
+        return "fused_backward"
     if name == "sepconv::depthwise_wgrad":
         return "depthwise_backward"
     if name == "sepconv::gemm_atb":
@@ -155,6 +163,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="cpu: the step times on this thread's CPU time (one thread only; see bench_isa.py)")
+    p.add_argument("--shapes", help="suite shape names, comma-separated (default: 'mbv1 128->128 @56 s1', "
+                                    "'vgg 64->64 @32', 'vgg 128->128 @16')")
     p.add_argument("--out")
     args = p.parse_args(argv)
     if args.clock == "cpu" and args.threads != 1:
@@ -167,8 +177,12 @@ def main(argv=None) -> int:
         if name is not None and name not in [n for _, n in variants]:
             variants.append((request, name))
     os.environ["SEPCONV_ISA"] = CALLER_ISA
-    mb, vgg = mobilenet_v1_suite(), vgg_blocks_suite()
-    cases = [mb[2], vgg[1], vgg[3]]  # 128->128 @56 batch 1; 64->64 @32 and 128->128 @16 batch 32
+    suite = {case.name: case for case in (*mobilenet_v1_suite(), *vgg_blocks_suite())}
+    names = args.shapes.split(",") if args.shapes else ["mbv1 128->128 @56 s1", "vgg 64->64 @32", "vgg 128->128 @16"]
+    unknown = [name for name in names if name not in suite]
+    if unknown:
+        p.error(f"--shapes: unknown shape(s) {', '.join(map(repr, unknown))}; the suite has {', '.join(suite)}")
+    cases = [suite[name] for name in names]
     rows = []
     for case in cases:
         row = run_case(case, variants, args.steps, args.rounds, args.clock)
