@@ -523,6 +523,14 @@ int main(void) {
         {2, 9, 8, 130, 5, 5, 1, 1, 2, 2, 40, 1, 2, 2, 0, 1, 5},
         {1, 12, 11, 96, 4, 3, 2, 1, 3, 2, 33, 0, 0, 1, 2, 1, 2},
         {1, 10, 10, 64, 3, 3, 1, 1, 1, 1, 32, 1, 0, 2, 1, 0, 2},
+        /* rows wide enough for whole windows of the strided adjoint (adjoint_window): 3- and 5-wide kernels,
+         * padding 0-2 (windows from column 0 or 1, left columns outside gm), odd widths (a short last window),
+         * channels past the last whole vector, channel groups, rows that no tap reaches (stride 3, 2 tall) */
+        {1, 40, 70, 40, 3, 3, 2, 2, 1, 1, 24, 0, 0, 2, 1, 1, 1},
+        {2, 21, 53, 17, 5, 5, 2, 2, 2, 2, 20, 1, 2, 1, 2, 1, 1},
+        {1, 18, 45, 32, 3, 3, 2, 2, 0, 0, 16, 0, 0, 2, 0, 1, 1},
+        {1, 16, 38, 64, 5, 5, 2, 2, 1, 1, 48, 1, 0, 2, 1, 1, 2},
+        {1, 20, 51, 24, 2, 3, 3, 2, 1, 1, 16, 0, 0, 1, 1, 1, 1},
     };
     for (size_t k = 0; k < sizeof bcases / sizeof *bcases; ++k) {
         const int *b = bcases[k];

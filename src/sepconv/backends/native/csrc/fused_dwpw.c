@@ -1383,16 +1383,86 @@ SEPCONV_INLINE void adjoint_pixel(float *o, int C, const float **tap_g, const fl
     }
 }
 
+/* Consecutive gx pixels of one row per window of the strided adjoint: ADJ_Q of each of the sw column classes. With 32
+ * vector registers 8 (at sw = 2, 16 accumulators, a window of 9-10 gm vectors and a weight), with 16 of them 4. */
+#if defined(SEPCONV_AVX512) || (defined(VREGS) && VREGS >= 32)
+#define ADJ_Q 8
+#else
+#define ADJ_Q 4
+#endif
+
+/* The gx pixels [iw0, iw0 + npix) of one row, iw0 + pw = q0 sw, a whole number of gm columns (npix <= ADJ_Q sw): the
+ * strided adjoint as sw interleaved 1D correlations. Pixel iw0 + j sw + r (class r) takes the taps kw = d sw + r from
+ * gm column q0 + j - d, so for each of the row's nk (gm row, kernel row) pairs the gm vectors of columns
+ * [q0 - R, q0 + ADJ_Q) (R = (KW - 1) / sw) are loaded once into a window and each weight vector once, where the
+ * gather (adjoint_pixel) loads a gm vector and a weight vector for every tap of every pixel. Window entries
+ * outside [q_lo, q_hi) are columns outside gm, taken as zero (no tap there); KW and sw are constants after inlining.
+ * Pixel iw0 + i is written at o + i ld. */
+SEPCONV_INLINE void adjoint_window(const float *const *grow, const int *krow, int nk, const float *wdw, int KW,
+                                   int sw, int C, int q0, int q_lo, int q_hi, int npix, float *o, long ld) {
+    const int R = (KW - 1) / sw, NW = ADJ_Q + (KW - 1) / sw;
+    int c = 0;
+    for (; c + VB <= C; c += VB) {
+        vb acc[ADJ_Q * 3] = {0}; /* sw <= 3 */
+        for (int i = 0; i < nk; ++i) {
+            const float *g = grow[i] + (ptrdiff_t)(q0 - R) * C + c, *wr = wdw + (size_t)krow[i] * KW * C + c;
+            vb win[ADJ_Q + 3] = {0}; /* R <= 3: KW <= 7 */
+#pragma GCC unroll 16
+            for (int q = 0; q < NW; ++q)
+                if (q >= q_lo && q < q_hi) win[q] = vb_load(g + (size_t)q * C);
+#pragma GCC unroll 8
+            for (int kw = 0; kw < KW; ++kw) {
+                vb wv = vb_load(wr + (size_t)kw * C);
+#pragma GCC unroll 8
+                for (int j = 0; j < ADJ_Q; ++j)
+                    acc[j * sw + kw % sw] = vb_fma(wv, win[j + R - kw / sw], acc[j * sw + kw % sw]);
+            }
+        }
+#pragma GCC unroll 24
+        for (int k = 0; k < ADJ_Q * sw; ++k)
+            if (k < npix) vb_store(o + (size_t)k * ld + c, acc[k]);
+    }
+    for (; c < C; ++c) { /* the channels past the last whole vector */
+        float acc[ADJ_Q * 3] = {0};
+        for (int i = 0; i < nk; ++i) {
+            const float *g = grow[i] + (ptrdiff_t)(q0 - R) * C + c, *wr = wdw + (size_t)krow[i] * KW * C + c;
+            for (int kw = 0; kw < KW; ++kw)
+                for (int j = 0; j < ADJ_Q; ++j) {
+                    int q = j + R - kw / sw;
+                    if (q >= q_lo && q < q_hi) acc[j * sw + kw % sw] += wr[(size_t)kw * C] * g[(size_t)q * C];
+                }
+        }
+        for (int k = 0; k < ADJ_Q * sw && k < npix; ++k) o[(size_t)k * ld + c] = acc[k];
+    }
+}
+
+/* adjoint_window with constant KW and sw, for the layers that take it (adjoint_window_applies); a whole window
+ * (every column inside gm, ADJ_Q sw pixels) with constant bounds, so its loops have no checks */
+static void adjoint_window_any(const float *const *grow, const int *krow, int nk, const float *wdw, int KW, int sw,
+                               int C, int q0, int q_lo, int q_hi, int npix, float *o, long ld) {
+    const int whole = q_lo == 0 && q_hi == ADJ_Q + (KW - 1) / sw && npix == ADJ_Q * sw;
+    if (KW == 3 && whole) adjoint_window(grow, krow, nk, wdw, 3, 2, C, q0, 0, ADJ_Q + 1, ADJ_Q * 2, o, ld);
+    else if (KW == 3) adjoint_window(grow, krow, nk, wdw, 3, 2, C, q0, q_lo, q_hi, npix, o, ld);
+    else if (whole) adjoint_window(grow, krow, nk, wdw, 5, 2, C, q0, 0, ADJ_Q + 2, ADJ_Q * 2, o, ld);
+    else adjoint_window(grow, krow, nk, wdw, 5, 2, C, q0, q_lo, q_hi, npix, o, ld);
+}
+
+/* Whether the strided adjoint takes adjoint_window: column stride 2, kernel width 3 or 5 (MobileNet's and
+ * EfficientNet's downsampling layers) */
+static inline int adjoint_window_applies(int KW, int sw) { return sw == 2 && (KW == 3 || KW == 5); }
+
 /* gx rows [a, e) of one image (W pixels each, ld floats apart, written from gx) of a depthwise step of stride (sh, sw):
  * the adjoint,
  *   gx[ih][iw][c] = sum over the taps (kh, kw) with ih + ph - kh = oh * sh, iw + pw - kw = ow * sw, 0 <= ow < Wo,
  *                   lo <= oh < hi, of wdw[kh][kw][c] * gm[oh][ow][c]
  * (zero where no tap lands), from gm rows [lo, hi) held from gm[0]. A gather: each gx pixel's taps (1-4 of a 3x3
- * kernel at stride 2) are summed in registers, a block of VB channels at a time, and the pixel written once.
- * tap_g, tap_w: room for KH * KW pointers. */
+ * kernel at stride 2) are summed in registers, a block of VB channels at a time, and the pixel written once; where
+ * adjoint_window_applies, a row's pixels from the first of class 0 on go through adjoint_window instead, ADJ_Q sw
+ * at a time. tap_g, tap_w: room for KH * KW pointers. */
 static void depthwise_adjoint_rows(const float *gm, int lo, int hi, int Wo, int C, const float *wdw, int KH, int KW,
                                    int sh, int sw, int ph, int pw, int a, int e, int W, float *gx, long ld,
                                    const float **tap_g, const float **tap_w) {
+    int windows = adjoint_window_applies(KW, sw);
     for (int ih = a; ih < e; ++ih) {
         /* the kernel rows that reach this row and their gm rows: looked up once per row (divisions are slow) */
         const float *grow[16];
@@ -1407,6 +1477,15 @@ static void depthwise_adjoint_rows(const float *gm, int lo, int hi, int Wo, int 
         /* iw + pw = q * sw + r, stepped along the row */
         int q = pw / sw, r = pw % sw;
         for (int iw = 0; iw < W; ++iw) {
+            if (windows && r == 0) { /* from here the row's pixels ADJ_Q * sw at a time (the last window shorter) */
+                int npix = W - iw < ADJ_Q * sw ? W - iw : ADJ_Q * sw, R = (KW - 1) / sw, NW = ADJ_Q + R;
+                int q_lo = R - q > 0 ? R - q : 0, q_hi = Wo - (q - R) < NW ? Wo - (q - R) : NW;
+                adjoint_window_any(grow, krow, nk, wdw, KW, sw, C, q, q_lo, q_hi, npix,
+                                   gx + ((size_t)(ih - a) * W + iw) * ld, ld);
+                iw += npix - 1;
+                q += npix / sw; /* r stays 0 until the row's end */
+                continue;
+            }
             int nt = 0;
             for (int i = 0; i < nk; ++i)
                 for (int kw = r, ow = q; kw < KW && ow >= 0; kw += sw, --ow) /* iw + pw - kw = ow * sw */
