@@ -35,11 +35,12 @@ def _reference_pair(x, dw_weight, dw_bias, pw_weight, pw_bias, padding, stride=1
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 3), st.integers(1, 72), st.integers(1, 72), st.integers(1, 12), st.integers(1, 12),
+@given(st.integers(1, 3), st.integers(1, 72), st.integers(1, 72), st.integers(1, 12), st.integers(1, 40),
        st.integers(1, 5), st.integers(1, 5), st.data(), st.booleans(), st.integers(1, 3), st.integers(0, 999))
 def test_backward_matches_float64_autograd(batch, channels, cout, h, w, kh, kw, data, dw_bias, threads, seed):
     """Input, depthwise-weight, depthwise-bias and 1x1-weight gradients of the pair, every padding 0..k-1, strides
-    1-3 (above the kernel size too: input pixels no tap reaches), against float64 autograd (the 1x1 weight's: against
+    1-3 (above the kernel size too: input pixels no tap reaches), rows up to 40 pixels wide (at stride 2 the input
+    gradient's whole windows of columns, not only its short ones), against float64 autograd (the 1x1 weight's: against
     grad_y^T mid for a given mid, or for the depthwise output, with or without a bias, that the kernel recomputes)."""
     ph, pw = data.draw(st.integers(0, kh - 1)), data.draw(st.integers(0, kw - 1))
     sh, sw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
@@ -49,6 +50,20 @@ def test_backward_matches_float64_autograd(batch, channels, cout, h, w, kh, kw, 
     _check_backward(batch, channels, cout, (h, w), (kh, kw), (ph, pw), (sh, sw), pw_mode,
                     pw_mode == "recompute" and data.draw(st.booleans()), dw_bias, data.draw(st.booleans()), threads,
                     seed)
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("channels, cout, size, kernel, padding, stride", [
+    (40, 24, (9, 41), (3, 3), (1, 1), (2, 2)),  # MobileNet's downsampling step: whole windows, a short last one
+    (17, 20, (7, 38), (5, 5), (2, 2), (2, 2)),  # a 5-wide kernel, channels past the last whole vector
+    (32, 16, (6, 45), (3, 3), (0, 0), (2, 2)),  # no padding: the first window's left columns are outside gm
+    (48, 32, (8, 40), (2, 3), (1, 1), (3, 2)),  # stride 3 down the rows: rows that no tap reaches
+])
+def test_backward_sums_wide_strided_rows_through_windows(threads, channels, cout, size, kernel, padding, stride):
+    """At column stride 2 the kernel sums a row's input-gradient pixels through windows of gm columns
+    (adjoint_window, ``csrc/fused_dwpw.c``), on rows wide enough for whole windows; against float64 autograd."""
+    _check_backward(2, channels, cout, size, kernel, padding, stride, "recompute", True, True, True, threads, 7)
 
 
 @needs_kernels
