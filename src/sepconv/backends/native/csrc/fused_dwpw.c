@@ -315,6 +315,87 @@ static inline __attribute__((always_inline)) void depthwise_slide2(const float *
     }
 }
 
+/* Keeps the compiler from folding a pointer's running increments into a register per offset: the loops below step
+ * one pointer by a runtime stride, where GCC otherwise precomputes base + q * C for every q of a window (ten
+ * pointers per input row), spills them, and spends as many instructions on addresses as on FMAs. */
+#define OPAQUE_POINTER(p) __asm__("" : "+r"(p))
+
+/* Output rows oh and oh + 1 (input rows ih0 .. ih0 + 3 all inside the image), nblk consecutive blocks of SLIDE
+ * interior pixels from input column iw0 (all columns inside), a 3x3 kernel at stride 1, C a multiple of 16; pixel j
+ * of each row into out0 / out1 + j cp. Channel block outer: the block's nine weight vectors and the bias stay in
+ * registers for the whole run, and the SLIDE pixels of each row slide along it; each input vector is loaded once
+ * per kernel row pair and feeds up to six FMAs (three taps of each output row) as it arrives, so 16 accumulators,
+ * 9 weights and one input vector hold the window (27 of 32 registers). Addresses are one pointer stepped by C (and
+ * by W C per row, cp per output pixel), not one register per offset (OPAQUE_POINTER). Against depthwise_slide2's
+ * window (a loop over the four input rows, the weights reloaded per block, and the window's ten offsets kept as
+ * pointers on the stack) this runs near the FMA peak on inputs in L1 (docs/design-notes.md). pf0, pf1: the two
+ * input rows the next pair adds (prefetched along the run) or NULL. */
+__attribute__((noinline)) static void depthwise3_pair_run(const float *x, int W, int C, const float *wdw, const float *bdw, int ih0, int iw0,
+                                int nblk, int act, float *out0, float *out1, int cp, const float *pf0,
+                                const float *pf1) {
+    const size_t row = (size_t)W * C;
+    for (int c = 0; c < C; c += 16) {
+        __m512 w[9];
+#pragma GCC unroll 9
+        for (int k = 0; k < 9; ++k) w[k] = _mm512_loadu_ps(wdw + (size_t)k * C + c);
+        __m512 b = bdw ? _mm512_loadu_ps(bdw + c) : _mm512_setzero_ps();
+        const float *p = x + ((size_t)ih0 * W + iw0) * C + c;
+        const float *q0 = pf0 ? pf0 + (size_t)iw0 * C + c : NULL, *q1 = pf1 ? pf1 + (size_t)iw0 * C + c : NULL;
+        float *o0 = out0 + c, *o1 = out1 + c;
+        for (int blk = 0; blk < nblk; ++blk) {
+            __m512 a0[SLIDE], a1[SLIDE];
+#pragma GCC unroll 8
+            for (int j = 0; j < SLIDE; ++j) a0[j] = a1[j] = b;
+            const float *pr = p;
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; ++r) { /* input row ih0 + r: kernel row r of row oh, r - 1 of row oh + 1 */
+                const float *pq = pr;
+#pragma GCC unroll 10
+                for (int q = 0; q < SLIDE + 2; ++q) {
+                    __m512 v = _mm512_loadu_ps(pq);
+                    pq += C;
+                    OPAQUE_POINTER(pq);
+#pragma GCC unroll 3
+                    for (int d = 0; d < 3; ++d) { /* tap column d of output pixel q - d */
+                        int j = q - d;
+                        if (j < 0 || j >= SLIDE) continue;
+                        if (r < 3) a0[j] = _mm512_fmadd_ps(v, w[r * 3 + d], a0[j]);
+                        if (r >= 1) a1[j] = _mm512_fmadd_ps(v, w[(r - 1) * 3 + d], a1[j]);
+                    }
+                }
+                pr += row;
+                OPAQUE_POINTER(pr);
+            }
+            if (q0) { /* this block's pixels of the rows the next pair reads */
+                const float *f0 = q0, *f1 = q1;
+#pragma GCC unroll 8
+                for (int j = 0; j < SLIDE; ++j) {
+                    _mm_prefetch((const char *)f0, _MM_HINT_T0);
+                    if (f1) _mm_prefetch((const char *)f1, _MM_HINT_T0);
+                    f0 += C;
+                    if (f1) f1 += C;
+                    OPAQUE_POINTER(f0);
+                }
+                q0 += (size_t)SLIDE * C;
+                if (q1) q1 += (size_t)SLIDE * C;
+            }
+            float *s0 = o0, *s1 = o1;
+#pragma GCC unroll 8
+            for (int j = 0; j < SLIDE; ++j) {
+                _mm512_store_ps(s0, act16(a0[j], act));
+                _mm512_store_ps(s1, act16(a1[j], act));
+                s0 += cp;
+                s1 += cp;
+                OPAQUE_POINTER(s0);
+                OPAQUE_POINTER(s1);
+            }
+            p += (size_t)SLIDE * C;
+            o0 += (size_t)SLIDE * cp;
+            o1 += (size_t)SLIDE * cp;
+        }
+    }
+}
+
 /* Whether a layer takes depthwise_row_pair: stride 1 and dilation 1 both ways, kernel width 3 or 5. */
 static inline int pairs_apply(int KW, int sh, int sw, int dh, int dw) {
     return sh == 1 && sw == 1 && dh == 1 && dw == 1 && (KW == 3 || KW == 5);
@@ -329,10 +410,16 @@ static void depthwise_row_pair(const float *x, int H, int W, int C, const float 
     int r_lo = ih0 < 0 ? -ih0 : 0, r_hi = H - ih0 < KH + 1 ? H - ih0 : KH + 1;
     int ihn = ih0 + KH + 1; /* the input rows the next pair adds */
     const float *pf0 = ihn < H ? x + (size_t)ihn * W * C : NULL, *pf1 = ihn + 1 < H ? x + (size_t)(ihn + 1) * W * C : NULL;
+    int run3 = KH == 3 && KW == 3 && C % 16 == 0 && r_lo == 0 && r_hi == 4; /* depthwise3_pair_run applies */
     for (int ow = 0; ow < Wo; ow += SLIDE) {
         int cnt = Wo - ow < SLIDE ? Wo - ow : SLIDE, iw0 = ow - pw;
         float *o0 = t0 + (size_t)ow * cp, *o1 = t1 + (size_t)ow * cp;
-        if (cnt == SLIDE && iw0 >= 0 && iw0 + SLIDE + KW - 1 <= W) {
+        if (run3 && cnt == SLIDE && iw0 >= 0 && iw0 + SLIDE + KW - 1 <= W) { /* the row's interior blocks at once */
+            int nblk = 1;
+            while (ow + (nblk + 1) * SLIDE <= Wo && iw0 + (nblk + 1) * SLIDE + KW - 1 <= W) ++nblk;
+            depthwise3_pair_run(x, W, C, wdw, bdw, ih0, iw0, nblk, act, o0, o1, cp, pf0, pf1);
+            ow += (nblk - 1) * SLIDE;
+        } else if (cnt == SLIDE && iw0 >= 0 && iw0 + SLIDE + KW - 1 <= W) {
             if (KW == 3) depthwise_slide2(x, W, C, wdw, bdw, KH, r_lo, r_hi, 3, ih0, iw0, 0, SLIDE + 2, SLIDE, act, o0, o1, cp, pf0, pf1);
             else depthwise_slide2(x, W, C, wdw, bdw, KH, r_lo, r_hi, 5, ih0, iw0, 0, SLIDE + 4, SLIDE, act, o0, o1, cp, pf0, pf1);
         } else if (cnt >= EDGE_MIN) {
