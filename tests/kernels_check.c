@@ -438,6 +438,12 @@ int main(void) {
     }
     check_fused(2, 32, 32, 32, 3, 1, 1, 1, 64, 1, 1, 1, 96, 1, 1); /* a CIFAR-like layer, several tiles */
     check_fused(1, 15, 15, 64, 3, 2, 1, 1, 128, 1, 2, 0, 30, 2, 0);
+    /* rows of several interior blocks for the AVX-512 3x3 runs (depthwise3_rows): row pairs and single rows (a
+     * tile's partial rows, an odd last row), both borders, a short last block, padding 0 and 1, activations */
+    check_fused(2, 9, 45, 32, 3, 1, 1, 1, 24, 1, 1, 2, 50, 1, 0);
+    check_fused(1, 8, 61, 48, 3, 1, 0, 1, 40, 0, 2, 0, 77, 1, 0);
+    check_fused(1, 11, 70, 16, 3, 1, 1, 1, 32, 1, 0, 1, 150, 2, 1);
+    check_fused(1, 8, 70, 32, 3, 1, 1, 1, 24, 1, 0, 0, 560, 1, 0); /* interior row pairs of seven blocks */
     /* 3x3 layers of 64 channels or more at strides 1 and 2 (the AVX2 path's four-pixel, two-vector blocks): whole,
      * partial and single channel vectors past the pairs, rows narrower than a block, both paddings, odd and even
      * widths, tiles across rows */
@@ -531,6 +537,10 @@ int main(void) {
         {1, 18, 45, 32, 3, 3, 2, 2, 0, 0, 16, 0, 0, 2, 0, 1, 1},
         {1, 16, 38, 64, 5, 5, 2, 2, 1, 1, 48, 1, 0, 2, 1, 1, 2},
         {1, 20, 51, 24, 2, 3, 3, 2, 1, 1, 16, 0, 0, 1, 1, 1, 1},
+        /* stride 1, rows of several interior blocks: the input gradient and the recomputed mid through the
+         * AVX-512 3x3 runs (depthwise3_rows) */
+        {1, 12, 66, 32, 3, 3, 1, 1, 1, 1, 40, 1, 0, 2, 2, 1, 1},
+        {2, 9, 58, 48, 3, 3, 1, 1, 1, 1, 24, 0, 3, 1, 2, 1, 1},
     };
     for (size_t k = 0; k < sizeof bcases / sizeof *bcases; ++k) {
         const int *b = bcases[k];
