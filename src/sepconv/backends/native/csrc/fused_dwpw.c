@@ -32,6 +32,11 @@
 #else
 #define NOCLONE
 #endif
+/* Keeps the compiler from folding a pointer's running increments into a register per offset: the 3x3 depthwise runs
+ * (depthwise3_rows, vdw3_rows) step one pointer by a runtime stride, where GCC otherwise precomputes base + q * C for
+ * every q of a window (ten pointers per input row), spills them, and spends as many instructions on addresses as on
+ * FMAs. */
+#define OPAQUE_POINTER(p) __asm__("" : "+r"(p))
 #define NR 32 /* output channels per register block (two AVX-512 vectors) and per packed weight panel */
 /* input channels up to which the backward kernel takes the 1x1 input gradient as dot products (few_channel_rows):
  * per row it costs about C (Cout / VB + a horizontal sum) instructions against the panel GEMM's 2 Cout */
@@ -314,11 +319,6 @@ static inline __attribute__((always_inline)) void depthwise_slide2(const float *
             }
     }
 }
-
-/* Keeps the compiler from folding a pointer's running increments into a register per offset: the loops below step
- * one pointer by a runtime stride, where GCC otherwise precomputes base + q * C for every q of a window (ten
- * pointers per input row), spills them, and spends as many instructions on addresses as on FMAs. */
-#define OPAQUE_POINTER(p) __asm__("" : "+r"(p))
 
 /* Output rows oh and oh + 1 (input rows ih0 .. ih0 + 3 all inside the image) of a 3x3 kernel at stride 1, C a
  * multiple of 16 (two; else row oh alone, input rows ih0 .. ih0 + 2): nblk consecutive blocks of SLIDE pixels from
@@ -758,6 +758,68 @@ static void vdw_win3_block8(const float *x, int H, int W, int C, const float *wd
     vdw_win3_block_s(x, H, W, C, wdw, bdw, KH, sw, 8, ih0, iw0, dh, cnt, act, out, cp);
 }
 
+/* One output row of a 3x3 kernel at stride 1 (input rows ih0 .. ih0 + 2 all inside the image), C a multiple of VW:
+ * nblk consecutive blocks of VDW3 pixels from input column iw0, pixel j into out + j cp; window columns outside
+ * [q_lo, q_hi) are outside the image (skipped), the first cnt pixels of each block stored. The AVX-512 runs'
+ * structure (depthwise3_rows) with one output row: channel vector outer, the blocks sliding along the row, each
+ * kernel row's three weight vectors loaded once per block, each input vector loaded once and fed to its (up to)
+ * three FMAs as it arrives: VDW3 accumulators, 3 weights and one input (12 of AVX2's 16 registers), addresses one
+ * pointer stepped by a runtime stride (OPAQUE_POINTER). */
+#define VDW3 8
+SEPCONV_INLINE void vdw3_rows(const float *x, int W, int C, const float *wdw, const float *bdw, int ih0, int iw0,
+                              int nblk, int q_lo, int q_hi, int cnt, int act, float *out, int cp) {
+    const size_t row = (size_t)W * C;
+    for (int c = 0; c < C; c += VW) {
+        vf b = bdw ? vload(bdw + c) : vzero();
+        const float *p = x + ((ptrdiff_t)ih0 * W + iw0) * C + c;
+        float *o = out + c;
+        for (int blk = 0; blk < nblk; ++blk) {
+            vf a[VDW3];
+#pragma GCC unroll 8
+            for (int j = 0; j < VDW3; ++j) a[j] = b;
+            const float *pr = p;
+#pragma GCC unroll 3
+            for (int r = 0; r < 3; ++r) {
+                vf w0 = vload(wdw + (size_t)(3 * r) * C + c), w1 = vload(wdw + (size_t)(3 * r + 1) * C + c);
+                vf w2 = vload(wdw + (size_t)(3 * r + 2) * C + c);
+                const float *pq = pr;
+#pragma GCC unroll 10
+                for (int q = 0; q < VDW3 + 2; ++q) {
+                    if (q >= q_lo && q < q_hi) {
+                        vf v = vload(pq);
+                        if (q < VDW3) a[q] = vfma(v, w0, a[q]);
+                        if (q >= 1 && q - 1 < VDW3) a[q - 1] = vfma(v, w1, a[q - 1]);
+                        if (q >= 2) a[q - 2] = vfma(v, w2, a[q - 2]);
+                    }
+                    pq += C;
+                    OPAQUE_POINTER(pq);
+                }
+                pr += row;
+                OPAQUE_POINTER(pr);
+            }
+            float *so = o;
+#pragma GCC unroll 8
+            for (int j = 0; j < VDW3; ++j) {
+                if (j < cnt) vstore(so, vact(a[j], act));
+                so += cp;
+                OPAQUE_POINTER(so);
+            }
+            p += (size_t)VDW3 * C;
+            o += (size_t)VDW3 * cp;
+        }
+    }
+}
+/* vdw3_rows over nblk interior blocks, and over one block at a border, in functions of their own */
+__attribute__((noinline)) static void vdw3_run(const float *x, int W, int C, const float *wdw, const float *bdw,
+                                               int ih0, int iw0, int nblk, int act, float *out, int cp) {
+    vdw3_rows(x, W, C, wdw, bdw, ih0, iw0, nblk, 0, VDW3 + 2, VDW3, act, out, cp);
+}
+__attribute__((noinline)) static void vdw3_edge(const float *x, int W, int C, const float *wdw, const float *bdw,
+                                                int ih0, int iw0, int q_lo, int q_hi, int cnt, int act, float *out,
+                                                int cp) {
+    vdw3_rows(x, W, C, wdw, bdw, ih0, iw0, 1, q_lo, q_hi, cnt, act, out, cp);
+}
+
 /* One output pixel, all channels, any position, stride and dilation (taps in the zero padding skipped), up to four
  * channel vectors at once (independent chains of FMAs). */
 static void vdw_pixel(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int KW,
@@ -839,9 +901,31 @@ static void depthwise_run_v(const float *x, int H, int W, int C, const float *wd
     int win3 = VREGS < 32 && KW == 3 && dw == 1 && (sw == 1 || sw == 2);
     int w3s = C >= 8 * VW ? 4 : 8; /* its pixels per block */
     int sv = win3 ? w3s : SLIDE_V(KW); /* pixels per sliding window */
+    /* vdw3_run and vdw3_edge apply: a 3x3 kernel, stride 1, dilation 1, whole channel vectors, at most 8 VW
+     * channels. With more, sweeping a row one channel vector at a time leaves each cache line's other half to be read
+     * again after the line has left L1 (two AVX2 vectors to a 64-byte line), and vdw_win3's blocks of two channel
+     * vectors were the faster (docs/design-notes.md) */
+    int run3 = KH == 3 && KW == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 && C % VW == 0 && C <= 8 * VW;
     while (i < m) {
         int ih0 = oh * sh - ph, iw0 = ow * sw - pw;
         int cnt = m - i < Wo - ow ? m - i : Wo - ow;
+        if (run3 && ih0 >= 0 && ih0 + 2 < H && cnt >= 2) {
+            cnt = cnt < VDW3 ? cnt : VDW3;
+            if (cnt == VDW3 && iw0 >= 0 && iw0 + VDW3 + 1 < W) { /* the segment's interior blocks at once */
+                int nblk = 1;
+                while (i + (nblk + 1) * VDW3 <= m && ow + (nblk + 1) * VDW3 <= Wo && iw0 + (nblk + 1) * VDW3 + 1 < W)
+                    ++nblk;
+                vdw3_run(x, W, C, wdw, bdw, ih0, iw0, nblk, act, t + (size_t)i * cp, cp);
+                cnt = nblk * VDW3;
+            } else {
+                int q_lo = iw0 < 0 ? -iw0 : 0, q_hi = W - iw0 < VDW3 + 2 ? W - iw0 : VDW3 + 2;
+                vdw3_edge(x, W, C, wdw, bdw, ih0, iw0, q_lo, q_hi, cnt, act, t + (size_t)i * cp, cp);
+            }
+            i += cnt;
+            ow += cnt;
+            if (ow == Wo) { ow = 0; ++oh; }
+            continue;
+        }
         cnt = cnt < sv ? cnt : sv;
         if (win3 && cnt >= 2) {
             if (w3s == 4) vdw_win3_block4(x, H, W, C, wdw, bdw, KH, sw, ih0, iw0, dh, cnt, act, t + (size_t)i * cp, cp);
