@@ -758,68 +758,6 @@ static void vdw_win3_block8(const float *x, int H, int W, int C, const float *wd
     vdw_win3_block_s(x, H, W, C, wdw, bdw, KH, sw, 8, ih0, iw0, dh, cnt, act, out, cp);
 }
 
-/* One output row of a 3x3 kernel at stride 1 (input rows ih0 .. ih0 + 2 all inside the image), C a multiple of VW:
- * nblk consecutive blocks of VDW3 pixels from input column iw0, pixel j into out + j cp; window columns outside
- * [q_lo, q_hi) are outside the image (skipped), the first cnt pixels of each block stored. The AVX-512 runs'
- * structure (depthwise3_rows) with one output row: channel vector outer, the blocks sliding along the row, each
- * kernel row's three weight vectors loaded once per block, each input vector loaded once and fed to its (up to)
- * three FMAs as it arrives: VDW3 accumulators, 3 weights and one input (12 of AVX2's 16 registers), addresses one
- * pointer stepped by a runtime stride (OPAQUE_POINTER). */
-#define VDW3 8
-SEPCONV_INLINE void vdw3_rows(const float *x, int W, int C, const float *wdw, const float *bdw, int ih0, int iw0,
-                              int nblk, int q_lo, int q_hi, int cnt, int act, float *out, int cp) {
-    const size_t row = (size_t)W * C;
-    for (int c = 0; c < C; c += VW) {
-        vf b = bdw ? vload(bdw + c) : vzero();
-        const float *p = x + ((ptrdiff_t)ih0 * W + iw0) * C + c;
-        float *o = out + c;
-        for (int blk = 0; blk < nblk; ++blk) {
-            vf a[VDW3];
-#pragma GCC unroll 8
-            for (int j = 0; j < VDW3; ++j) a[j] = b;
-            const float *pr = p;
-#pragma GCC unroll 3
-            for (int r = 0; r < 3; ++r) {
-                vf w0 = vload(wdw + (size_t)(3 * r) * C + c), w1 = vload(wdw + (size_t)(3 * r + 1) * C + c);
-                vf w2 = vload(wdw + (size_t)(3 * r + 2) * C + c);
-                const float *pq = pr;
-#pragma GCC unroll 10
-                for (int q = 0; q < VDW3 + 2; ++q) {
-                    if (q >= q_lo && q < q_hi) {
-                        vf v = vload(pq);
-                        if (q < VDW3) a[q] = vfma(v, w0, a[q]);
-                        if (q >= 1 && q - 1 < VDW3) a[q - 1] = vfma(v, w1, a[q - 1]);
-                        if (q >= 2) a[q - 2] = vfma(v, w2, a[q - 2]);
-                    }
-                    pq += C;
-                    OPAQUE_POINTER(pq);
-                }
-                pr += row;
-                OPAQUE_POINTER(pr);
-            }
-            float *so = o;
-#pragma GCC unroll 8
-            for (int j = 0; j < VDW3; ++j) {
-                if (j < cnt) vstore(so, vact(a[j], act));
-                so += cp;
-                OPAQUE_POINTER(so);
-            }
-            p += (size_t)VDW3 * C;
-            o += (size_t)VDW3 * cp;
-        }
-    }
-}
-/* vdw3_rows over nblk interior blocks, and over one block at a border, in functions of their own */
-__attribute__((noinline)) static void vdw3_run(const float *x, int W, int C, const float *wdw, const float *bdw,
-                                               int ih0, int iw0, int nblk, int act, float *out, int cp) {
-    vdw3_rows(x, W, C, wdw, bdw, ih0, iw0, nblk, 0, VDW3 + 2, VDW3, act, out, cp);
-}
-__attribute__((noinline)) static void vdw3_edge(const float *x, int W, int C, const float *wdw, const float *bdw,
-                                                int ih0, int iw0, int q_lo, int q_hi, int cnt, int act, float *out,
-                                                int cp) {
-    vdw3_rows(x, W, C, wdw, bdw, ih0, iw0, 1, q_lo, q_hi, cnt, act, out, cp);
-}
-
 /* One output pixel, all channels, any position, stride and dilation (taps in the zero padding skipped), up to four
  * channel vectors at once (independent chains of FMAs). */
 static void vdw_pixel(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int KW,
@@ -890,6 +828,109 @@ static void vdw_quad(const float *x, int W, int C, const float *wdw, const float
     vdw_slide(x, W, C, wdw, bdw, kl, kh, K, ih0, iw0, dh, qlo, qhi, n, act, t + (size_t)i * cp, cp)
 
 /* Depthwise output for pixels [p0, p0 + m) of one image into t[m][cp] (channel vectors). */
+/* One output row of a 3x3 kernel at stride 1 (input rows ih0 .. ih0 + 2 all inside the image), C a multiple of VW:
+ * nblk consecutive blocks of VDW3 pixels from input column iw0, pixel j into out + j cp; window columns outside
+ * [q_lo, q_hi) are outside the image (skipped), the first cnt pixels of each block stored. The AVX-512 runs'
+ * structure (depthwise3_rows) with one output row: channel vector outer, the blocks sliding along the row, each
+ * kernel row's three weight vectors loaded once per block, each input vector loaded once and fed to its (up to)
+ * three FMAs as it arrives: VDW3 accumulators, 3 weights and one input (12 of AVX2's 16 registers), addresses one
+ * pointer stepped by a runtime stride (OPAQUE_POINTER). */
+#define VDW3 8
+SEPCONV_INLINE void vdw3_rows(const float *x, int W, int C, const float *wdw, const float *bdw, int ih0, int iw0,
+                              int nblk, int q_lo, int q_hi, int cnt, int act, float *out, int cp) {
+    const size_t row = (size_t)W * C;
+    for (int c = 0; c < C; c += VW) {
+        vf b = bdw ? vload(bdw + c) : vzero();
+        const float *p = x + ((ptrdiff_t)ih0 * W + iw0) * C + c;
+        float *o = out + c;
+        for (int blk = 0; blk < nblk; ++blk) {
+            vf a[VDW3];
+#pragma GCC unroll 8
+            for (int j = 0; j < VDW3; ++j) a[j] = b;
+            const float *pr = p;
+#pragma GCC unroll 3
+            for (int r = 0; r < 3; ++r) {
+                vf w0 = vload(wdw + (size_t)(3 * r) * C + c), w1 = vload(wdw + (size_t)(3 * r + 1) * C + c);
+                vf w2 = vload(wdw + (size_t)(3 * r + 2) * C + c);
+                const float *pq = pr;
+#pragma GCC unroll 10
+                for (int q = 0; q < VDW3 + 2; ++q) {
+                    if (q >= q_lo && q < q_hi) {
+                        vf v = vload(pq);
+                        if (q < VDW3) a[q] = vfma(v, w0, a[q]);
+                        if (q >= 1 && q - 1 < VDW3) a[q - 1] = vfma(v, w1, a[q - 1]);
+                        if (q >= 2) a[q - 2] = vfma(v, w2, a[q - 2]);
+                    }
+                    pq += C;
+                    OPAQUE_POINTER(pq);
+                }
+                pr += row;
+                OPAQUE_POINTER(pr);
+            }
+            float *so = o;
+#pragma GCC unroll 8
+            for (int j = 0; j < VDW3; ++j) {
+                if (j < cnt) vstore(so, vact(a[j], act));
+                so += cp;
+                OPAQUE_POINTER(so);
+            }
+            p += (size_t)VDW3 * C;
+            o += (size_t)VDW3 * cp;
+        }
+    }
+}
+/* vdw3_rows over nblk interior blocks, and over one block at a border, in functions of their own */
+__attribute__((noinline)) static void vdw3_run(const float *x, int W, int C, const float *wdw, const float *bdw,
+                                               int ih0, int iw0, int nblk, int act, float *out, int cp) {
+    vdw3_rows(x, W, C, wdw, bdw, ih0, iw0, nblk, 0, VDW3 + 2, VDW3, act, out, cp);
+}
+__attribute__((noinline)) static void vdw3_edge(const float *x, int W, int C, const float *wdw, const float *bdw,
+                                                int ih0, int iw0, int q_lo, int q_hi, int cnt, int act, float *out,
+                                                int cp) {
+    vdw3_rows(x, W, C, wdw, bdw, ih0, iw0, 1, q_lo, q_hi, cnt, act, out, cp);
+}
+
+/* depthwise_run_v for the layers vdw3_rows takes (depthwise3_applies_v): a row's pixels whose input rows are all
+ * inside through vdw3_run and vdw3_edge, the image's first and last rows through vdw_win3's blocks (eight pixels of
+ * one channel vector) or one pixel at a time. */
+__attribute__((noinline)) static void depthwise3_run_v(const float *x, int H, int W, int C, const float *wdw,
+                                                       const float *bdw, int ph, int pw, int act, int Wo, int p0,
+                                                       int m, float *t, int cp) {
+    int oh = p0 / Wo, ow = p0 % Wo, i = 0;
+    while (i < m) {
+        int ih0 = oh - ph, iw0 = ow - pw;
+        int cnt = m - i < Wo - ow ? m - i : Wo - ow;
+        cnt = cnt < VDW3 ? cnt : VDW3;
+        float *out = t + (size_t)i * cp;
+        if (ih0 >= 0 && ih0 + 2 < H && cnt == VDW3 && iw0 >= 0 && iw0 + VDW3 + 1 < W) { /* interior blocks at once */
+            int nblk = 1;
+            while (i + (nblk + 1) * VDW3 <= m && ow + (nblk + 1) * VDW3 <= Wo && iw0 + (nblk + 1) * VDW3 + 1 < W)
+                ++nblk;
+            vdw3_run(x, W, C, wdw, bdw, ih0, iw0, nblk, act, out, cp);
+            cnt = nblk * VDW3;
+        } else if (ih0 >= 0 && ih0 + 2 < H && cnt >= 2) {
+            int q_lo = iw0 < 0 ? -iw0 : 0, q_hi = W - iw0 < VDW3 + 2 ? W - iw0 : VDW3 + 2;
+            vdw3_edge(x, W, C, wdw, bdw, ih0, iw0, q_lo, q_hi, cnt, act, out, cp);
+        } else if (cnt >= 2) { /* the first or last row: kernel rows in the padding */
+            vdw_win3_block8(x, H, W, C, wdw, bdw, 3, 1, ih0, iw0, 1, cnt, act, out, cp);
+        } else {
+            cnt = 1;
+            vdw_pixel(x, H, W, C, wdw, bdw, 3, 3, 1, 1, ih0, iw0, act, out);
+        }
+        i += cnt;
+        ow += cnt;
+        if (ow == Wo) { ow = 0; ++oh; }
+    }
+}
+
+/* Whether depthwise3_run_v takes a layer: a 3x3 kernel, stride 1, dilation 1, whole channel vectors, at most 8 VW
+ * channels. With more, vdw_win3's blocks of two channel vectors were the faster (docs/design-notes.md): a channel
+ * vector's sweep along a row reads half of each 64-byte line (AVX2), whose other half the next vector's sweep reads
+ * again, perhaps after the line has left L1 (not measured). */
+static inline int depthwise3_applies_v(int C, int KH, int KW, int sh, int sw, int dh, int dw) {
+    return KH == 3 && KW == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 && C % VW == 0 && C <= 8 * VW;
+}
+
 static void depthwise_run_v(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH,
                             int KW, int sh, int sw, int ph, int pw, int dh, int dw, int act, int Wo, int p0, int m,
                             float *t, int cp) {
@@ -901,31 +942,9 @@ static void depthwise_run_v(const float *x, int H, int W, int C, const float *wd
     int win3 = VREGS < 32 && KW == 3 && dw == 1 && (sw == 1 || sw == 2);
     int w3s = C >= 8 * VW ? 4 : 8; /* its pixels per block */
     int sv = win3 ? w3s : SLIDE_V(KW); /* pixels per sliding window */
-    /* vdw3_run and vdw3_edge apply: a 3x3 kernel, stride 1, dilation 1, whole channel vectors, at most 8 VW
-     * channels. With more, sweeping a row one channel vector at a time leaves each cache line's other half to be read
-     * again after the line has left L1 (two AVX2 vectors to a 64-byte line), and vdw_win3's blocks of two channel
-     * vectors were the faster (docs/design-notes.md) */
-    int run3 = KH == 3 && KW == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 && C % VW == 0 && C <= 8 * VW;
     while (i < m) {
         int ih0 = oh * sh - ph, iw0 = ow * sw - pw;
         int cnt = m - i < Wo - ow ? m - i : Wo - ow;
-        if (run3 && ih0 >= 0 && ih0 + 2 < H && cnt >= 2) {
-            cnt = cnt < VDW3 ? cnt : VDW3;
-            if (cnt == VDW3 && iw0 >= 0 && iw0 + VDW3 + 1 < W) { /* the segment's interior blocks at once */
-                int nblk = 1;
-                while (i + (nblk + 1) * VDW3 <= m && ow + (nblk + 1) * VDW3 <= Wo && iw0 + (nblk + 1) * VDW3 + 1 < W)
-                    ++nblk;
-                vdw3_run(x, W, C, wdw, bdw, ih0, iw0, nblk, act, t + (size_t)i * cp, cp);
-                cnt = nblk * VDW3;
-            } else {
-                int q_lo = iw0 < 0 ? -iw0 : 0, q_hi = W - iw0 < VDW3 + 2 ? W - iw0 : VDW3 + 2;
-                vdw3_edge(x, W, C, wdw, bdw, ih0, iw0, q_lo, q_hi, cnt, act, t + (size_t)i * cp, cp);
-            }
-            i += cnt;
-            ow += cnt;
-            if (ow == Wo) { ow = 0; ++oh; }
-            continue;
-        }
         cnt = cnt < sv ? cnt : sv;
         if (win3 && cnt >= 2) {
             if (w3s == 4) vdw_win3_block4(x, H, W, C, wdw, bdw, KH, sw, ih0, iw0, dh, cnt, act, t + (size_t)i * cp, cp);
@@ -958,6 +977,8 @@ static void depthwise_run_v(const float *x, int H, int W, int C, const float *wd
         if (ow == Wo) { ow = 0; ++oh; }
     }
 }
+
+
 
 /* The flat path (few channels, stride 1; see depthwise_flat_row) with VW-float vectors: output vectors
  * [k0, k0 + nv) of a row segment, nv <= 4. The patterns hold 16 lanes per phase; the first VW are this vector's. */
@@ -1109,7 +1130,10 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
                              t + (size_t)i * cp, cp);
     return;
 #elif defined(SEPCONV_VEC)
-    depthwise_run_v(x, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, act, Wo, p0, m, t, cp);
+    if (depthwise3_applies_v(C, KH, KW, sh, sw, dh, dw))
+        depthwise3_run_v(x, H, W, C, wdw, bdw, ph, pw, act, Wo, p0, m, t, cp);
+    else
+        depthwise_run_v(x, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, act, Wo, p0, m, t, cp);
     return;
 #endif
     (void)wpat; (void)bpat; (void)padded;
