@@ -37,6 +37,13 @@
  * every q of a window (ten pointers per input row), spills them, and spends as many instructions on addresses as on
  * FMAs. */
 #define OPAQUE_POINTER(p) __asm__("" : "+r"(p))
+/* How many consecutive blocks of `block` output pixels, from input column iw0 >= 0, fit in `pixels` pixels with
+ * their 3-wide windows inside a row of W input pixels (at least 1 where the first block fits): the runs of the 3x3
+ * row functions (depthwise3_rows, vdw3_rows) */
+static inline int interior_blocks(int pixels, int iw0, int W, int block) {
+    int fit = (W - 2 - iw0) / block, n = pixels / block;
+    return n < fit ? n : fit;
+}
 #define NR 32 /* output channels per register block (two AVX-512 vectors) and per packed weight panel */
 /* input channels up to which the backward kernel takes the 1x1 input gradient as dot products (few_channel_rows):
  * per row it costs about C (Cout / VB + a horizontal sum) instructions against the panel GEMM's 2 Cout */
@@ -322,8 +329,8 @@ static inline __attribute__((always_inline)) void depthwise_slide2(const float *
 
 /* Output rows oh and oh + 1 (input rows ih0 .. ih0 + 3 all inside the image) of a 3x3 kernel at stride 1, C a
  * multiple of 16 (two; else row oh alone, input rows ih0 .. ih0 + 2): nblk consecutive blocks of SLIDE pixels from
- * input column iw0; pixel j of each row into out0 / out1 + j cp. Channel block outer: the block's nine weight vectors and the bias stay in registers for the whole
- * run, and the SLIDE pixels of each row slide along it; each input vector is loaded once per kernel row pair and
+ * input column iw0; pixel j of each row into out0 / out1 + j cp. Channel block outer: the block's nine weight
+ * vectors and the bias stay in registers for the whole run, and the SLIDE pixels of each row slide along it; each input vector is loaded once per kernel row pair and
  * feeds up to six FMAs (three taps of each output row) as it arrives, so 16 accumulators, 9 weights and one input
  * vector hold the window (27 of 32 registers). Addresses are one pointer stepped by C (and by W C per row, cp per
  * output pixel), not one register per offset (OPAQUE_POINTER). Window columns outside [q_lo, q_hi) are outside the
@@ -394,9 +401,11 @@ static inline __attribute__((always_inline)) void depthwise3_rows(const float *x
                     if (two) _mm512_store_ps(s1, act16(a1[j], act));
                 }
                 s0 += cp;
-                s1 += cp;
                 OPAQUE_POINTER(s0);
-                OPAQUE_POINTER(s1);
+                if (two) {
+                    s1 += cp;
+                    OPAQUE_POINTER(s1);
+                }
             }
             p += (size_t)SLIDE * C;
             o0 += (size_t)SLIDE * cp;
@@ -452,8 +461,7 @@ static void depthwise_row_pair(const float *x, int H, int W, int C, const float 
         int cnt = Wo - ow < SLIDE ? Wo - ow : SLIDE, iw0 = ow - pw;
         float *o0 = t0 + (size_t)ow * cp, *o1 = t1 + (size_t)ow * cp;
         if (run3 && cnt == SLIDE && iw0 >= 0 && iw0 + SLIDE + KW - 1 <= W) { /* the row's interior blocks at once */
-            int nblk = 1;
-            while (ow + (nblk + 1) * SLIDE <= Wo && iw0 + (nblk + 1) * SLIDE + KW - 1 <= W) ++nblk;
+            int nblk = interior_blocks(Wo - ow, iw0, W, SLIDE);
             depthwise3_pair_run(x, W, C, wdw, bdw, ih0, iw0, nblk, act, o0, o1, cp, pf0, pf1);
             ow += (nblk - 1) * SLIDE;
         } else if (run3 && cnt >= EDGE_MIN) {
@@ -504,10 +512,7 @@ static void depthwise_run(const float *x, int H, int W, int C, const float *wdw,
             int ihn = ih0 + sh + (KH - 1) * dh; /* the last input row of the next output row */
             const float *pf = ihn < H ? x + (size_t)ihn * W * C : NULL;
             if (run3) { /* the segment's interior blocks at once */
-                int nblk = 1;
-                while (i + (nblk + 1) * SLIDE <= m && ow + (nblk + 1) * SLIDE <= Wo
-                       && iw0 + (nblk + 1) * SLIDE + 1 < W)
-                    ++nblk;
+                int nblk = interior_blocks(m - i < Wo - ow ? m - i : Wo - ow, iw0, W, SLIDE);
                 depthwise3_row_run(x, W, C, wdw, bdw, ih0, iw0, nblk, act, out, cp, pf);
                 i += nblk * SLIDE;
                 ow += nblk * SLIDE;
@@ -827,7 +832,6 @@ static void vdw_quad(const float *x, int W, int C, const float *wdw, const float
 #define VDW_SLIDE_K(K, kl, kh, qlo, qhi, n) \
     vdw_slide(x, W, C, wdw, bdw, kl, kh, K, ih0, iw0, dh, qlo, qhi, n, act, t + (size_t)i * cp, cp)
 
-/* Depthwise output for pixels [p0, p0 + m) of one image into t[m][cp] (channel vectors). */
 /* One output row of a 3x3 kernel at stride 1 (input rows ih0 .. ih0 + 2 all inside the image), C a multiple of VW:
  * nblk consecutive blocks of VDW3 pixels from input column iw0, pixel j into out + j cp; window columns outside
  * [q_lo, q_hi) are outside the image (skipped), the first cnt pixels of each block stored. The AVX-512 runs'
@@ -903,9 +907,7 @@ __attribute__((noinline)) static void depthwise3_run_v(const float *x, int H, in
         cnt = cnt < VDW3 ? cnt : VDW3;
         float *out = t + (size_t)i * cp;
         if (ih0 >= 0 && ih0 + 2 < H && cnt == VDW3 && iw0 >= 0 && iw0 + VDW3 + 1 < W) { /* interior blocks at once */
-            int nblk = 1;
-            while (i + (nblk + 1) * VDW3 <= m && ow + (nblk + 1) * VDW3 <= Wo && iw0 + (nblk + 1) * VDW3 + 1 < W)
-                ++nblk;
+            int nblk = interior_blocks(m - i < Wo - ow ? m - i : Wo - ow, iw0, W, VDW3);
             vdw3_run(x, W, C, wdw, bdw, ih0, iw0, nblk, act, out, cp);
             cnt = nblk * VDW3;
         } else if (ih0 >= 0 && ih0 + 2 < H && cnt >= 2) {
@@ -931,6 +933,7 @@ static inline int depthwise3_applies_v(int C, int KH, int KW, int sh, int sw, in
     return KH == 3 && KW == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 && C % VW == 0 && C <= 8 * VW;
 }
 
+/* Depthwise output for pixels [p0, p0 + m) of one image into t[m][cp] (channel vectors). */
 static void depthwise_run_v(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH,
                             int KW, int sh, int sw, int ph, int pw, int dh, int dw, int act, int Wo, int p0, int m,
                             float *t, int cp) {
@@ -977,8 +980,6 @@ static void depthwise_run_v(const float *x, int H, int W, int C, const float *wd
         if (ow == Wo) { ow = 0; ++oh; }
     }
 }
-
-
 
 /* The flat path (few channels, stride 1; see depthwise_flat_row) with VW-float vectors: output vectors
  * [k0, k0 + nv) of a row segment, nv <= 4. The patterns hold 16 lanes per phase; the first VW are this vector's. */
