@@ -444,6 +444,15 @@ int main(void) {
     check_fused(1, 8, 61, 48, 3, 1, 0, 1, 40, 0, 2, 0, 77, 1, 0);
     check_fused(1, 11, 70, 16, 3, 1, 1, 1, 32, 1, 0, 1, 150, 2, 1);
     check_fused(1, 8, 70, 32, 3, 1, 1, 1, 24, 1, 0, 0, 560, 1, 0); /* interior row pairs of seven blocks */
+    /* 3x3 row segments whose border blocks and rows take the padding inside the same run: images of one to three
+     * rows or pixels, padding 2 and 3 (windows that start two or three columns outside, rows that only padding
+     * reaches), segments that start or end inside a row (short tiles), channel counts of one to four vectors */
+    for (int k = 0; k < 32; ++k) {
+        int H = 1 + (k * 5) % 7, W = 1 + (k * 7) % 19, pad = k % 4;
+        if (H + 2 * pad >= 3 && W + 2 * pad >= 3)
+            check_fused(1 + k % 2, H, W, 16 * (1 + (k / 3) % 4), 3, 1, pad, 1, couts[k % 7], k % 2, k % 3, (k + 1) % 3,
+                        6 + (k * 17) % 40, 1, k % 2);
+    }
     /* 3x3 layers of 64 channels or more at strides 1 and 2 (the AVX2 path's four-pixel, two-vector blocks): whole,
      * partial and single channel vectors past the pairs, rows narrower than a block, both paddings, odd and even
      * widths, tiles across rows */

@@ -327,24 +327,73 @@ static inline __attribute__((always_inline)) void depthwise_slide2(const float *
     }
 }
 
-/* Output rows oh and oh + 1 (input rows ih0 .. ih0 + 3 all inside the image) of a 3x3 kernel at stride 1, C a
- * multiple of 16 (two; else row oh alone, input rows ih0 .. ih0 + 2): nblk consecutive blocks of SLIDE pixels from
- * input column iw0; pixel j of each row into out0 / out1 + j cp. Channel block outer: the block's nine weight
- * vectors and the bias stay in registers for the whole run, and the SLIDE pixels of each row slide along it; each input vector is loaded once per kernel row pair and
- * feeds up to six FMAs (three taps of each output row) as it arrives, so 16 accumulators, 9 weights and one input
- * vector hold the window (27 of 32 registers). Addresses are one pointer stepped by C (and by W C per row, cp per
- * output pixel), not one register per offset (OPAQUE_POINTER). Window columns outside [q_lo, q_hi) are outside the
- * image (skipped: zero padding); the first cnt pixels of each row are stored. The run (depthwise3_pair_run) passes
- * constants, all columns inside and SLIDE pixels, so its loops have no checks; a border block
- * (depthwise3_pair_edge) takes them at run time. Against depthwise_slide2's window (a loop over the four input
- * rows, the weights reloaded per block, the window's ten offsets kept as pointers on the stack) this runs near the
- * FMA peak on inputs in L1 (docs/design-notes.md). pf0, pf1: the two input rows the next pair adds (prefetched
- * along the run) or NULL. */
+/* One block of depthwise3_rows: SLIDE output pixels of row oh (and of row oh + 1 where two) for one channel block,
+ * from p (input row ih0, column iw0 of the block, channel c); w: the block's nine weight vectors, b its bias. Input
+ * rows r outside [r_lo, r_hi) and window columns q outside [q_lo, q_hi) are zero padding (skipped); the first cnt
+ * pixels of each row are stored from o0 and o1 (pixel stride cp). Each input vector feeds up to six FMAs (three
+ * taps of each output row) as it is loaded: 16 accumulators, 9 weights and one input vector (27 of 32 registers).
+ * Addresses are one pointer stepped by C (and by W C per row, cp per pixel), not one register per offset
+ * (OPAQUE_POINTER). */
+static inline __attribute__((always_inline)) void depthwise3_block(const float *p, size_t row, int C,
+                                                                   const __m512 *w, __m512 b, int two, int r_lo,
+                                                                   int r_hi, int q_lo, int q_hi, int cnt, int act,
+                                                                   float *o0, float *o1, int cp) {
+    __m512 a0[SLIDE], a1[SLIDE];
+#pragma GCC unroll 8
+    for (int j = 0; j < SLIDE; ++j) a0[j] = a1[j] = b;
+    const float *pr = p;
+#pragma GCC unroll 4
+    for (int r = 0; r < 3 + two; ++r) { /* input row ih0 + r: kernel row r of row oh, r - 1 of row oh + 1 */
+        if (r >= r_lo && r < r_hi) {
+            const float *pq = pr;
+#pragma GCC unroll 10
+            for (int q = 0; q < SLIDE + 2; ++q) {
+                if (q >= q_lo && q < q_hi) {
+                    __m512 v = _mm512_loadu_ps(pq);
+#pragma GCC unroll 3
+                    for (int d = 0; d < 3; ++d) { /* tap column d of output pixel q - d */
+                        int j = q - d;
+                        if (j < 0 || j >= SLIDE) continue;
+                        if (r < 3) a0[j] = _mm512_fmadd_ps(v, w[r * 3 + d], a0[j]);
+                        if (two && r >= 1) a1[j] = _mm512_fmadd_ps(v, w[(r - 1) * 3 + d], a1[j]);
+                    }
+                }
+                pq += C;
+                OPAQUE_POINTER(pq);
+            }
+        }
+        pr += row;
+        OPAQUE_POINTER(pr);
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < SLIDE; ++j) {
+        if (j < cnt) {
+            _mm512_store_ps(o0, act16(a0[j], act));
+            if (two) _mm512_store_ps(o1, act16(a1[j], act));
+        }
+        o0 += cp;
+        OPAQUE_POINTER(o0);
+        if (two) {
+            o1 += cp;
+            OPAQUE_POINTER(o1);
+        }
+    }
+}
+
+/* Output pixels ow0 .. ow0 + npix - 1 of row oh, and of row oh + 1 where two, of a 3x3 kernel at stride 1, C a
+ * multiple of 16; ih0 = oh - ph, iw0 = ow0 - pw; input rows r of ih0 .. ih0 + 2 + two outside [r_lo, r_hi) are
+ * zero padding. Pixel j of each row into out0 / out1 + j cp. Channel block outer: the block's nine weight vectors
+ * and the bias stay in registers along the whole segment, border blocks included, while blocks of SLIDE pixels
+ * slide along it (depthwise3_block): a block whose window lies inside the row takes the block without column
+ * checks, one at a border or the segment's end the block with them. Against depthwise_slide2's window (a loop over
+ * the four input rows, the weights reloaded per block, the window's ten offsets kept as pointers on the stack) this
+ * runs near the FMA peak on inputs in L1 (docs/design-notes.md). pf0, pf1: the two input rows the next pair adds
+ * (prefetched along the segment) or NULL. */
 static inline __attribute__((always_inline)) void depthwise3_rows(const float *x, int W, int C, const float *wdw,
-                                                                  const float *bdw, int two, int ih0, int iw0,
-                                                                  int nblk, int q_lo, int q_hi, int cnt, int act,
-                                                                  float *out0, float *out1, int cp,
-                                                                  const float *pf0, const float *pf1) {
+                                                                  const float *bdw, int two, int r_lo, int r_hi,
+                                                                  int ih0, int iw0, int npix, int act, float *out0,
+                                                                  float *out1, int cp, const float *pf0,
+                                                                  const float *pf1) {
     const size_t row = (size_t)W * C;
     for (int c = 0; c < C; c += 16) {
         __m512 w[9];
@@ -352,34 +401,15 @@ static inline __attribute__((always_inline)) void depthwise3_rows(const float *x
         for (int k = 0; k < 9; ++k) w[k] = _mm512_loadu_ps(wdw + (size_t)k * C + c);
         __m512 b = bdw ? _mm512_loadu_ps(bdw + c) : _mm512_setzero_ps();
         const float *p = x + ((ptrdiff_t)ih0 * W + iw0) * C + c;
-        const float *f0 = pf0 ? pf0 + (size_t)iw0 * C + c : NULL, *f1 = pf1 ? pf1 + (size_t)iw0 * C + c : NULL;
-        float *o0 = out0 + c, *o1 = out1 + c;
-        for (int blk = 0; blk < nblk; ++blk) {
-            __m512 a0[SLIDE], a1[SLIDE];
-#pragma GCC unroll 8
-            for (int j = 0; j < SLIDE; ++j) a0[j] = a1[j] = b;
-            const float *pr = p;
-#pragma GCC unroll 4
-            for (int r = 0; r < 3 + two; ++r) { /* input row ih0 + r: kernel row r of row oh, r - 1 of row oh + 1 */
-                const float *pq = pr;
-#pragma GCC unroll 10
-                for (int q = 0; q < SLIDE + 2; ++q) {
-                    if (q >= q_lo && q < q_hi) {
-                        __m512 v = _mm512_loadu_ps(pq);
-#pragma GCC unroll 3
-                        for (int d = 0; d < 3; ++d) { /* tap column d of output pixel q - d */
-                            int j = q - d;
-                            if (j < 0 || j >= SLIDE) continue;
-                            if (r < 3) a0[j] = _mm512_fmadd_ps(v, w[r * 3 + d], a0[j]);
-                            if (two && r >= 1) a1[j] = _mm512_fmadd_ps(v, w[(r - 1) * 3 + d], a1[j]);
-                        }
-                    }
-                    pq += C;
-                    OPAQUE_POINTER(pq);
-                }
-                pr += row;
-                OPAQUE_POINTER(pr);
-            }
+        const float *f0 = pf0 ? pf0 + (ptrdiff_t)iw0 * C + c : NULL, *f1 = pf1 ? pf1 + (ptrdiff_t)iw0 * C + c : NULL;
+        float *o0 = out0 + c, *o1 = two ? out1 + c : NULL;
+        for (int j0 = 0; j0 < npix; j0 += SLIDE) {
+            int iw = iw0 + j0, cnt = npix - j0 < SLIDE ? npix - j0 : SLIDE;
+            int q_lo = iw < 0 ? -iw : 0, q_hi = W - iw < SLIDE + 2 ? W - iw : SLIDE + 2;
+            if (q_lo == 0 && q_hi == SLIDE + 2 && cnt == SLIDE)
+                depthwise3_block(p, row, C, w, b, two, r_lo, r_hi, 0, SLIDE + 2, SLIDE, act, o0, o1, cp);
+            else
+                depthwise3_block(p, row, C, w, b, two, r_lo, r_hi, q_lo, q_hi, cnt, act, o0, o1, cp);
             if (f0) { /* this block's pixels of the rows the next pair reads */
                 const float *g0 = f0, *g1 = f1;
 #pragma GCC unroll 8
@@ -393,20 +423,6 @@ static inline __attribute__((always_inline)) void depthwise3_rows(const float *x
                 f0 += (size_t)SLIDE * C;
                 if (f1) f1 += (size_t)SLIDE * C;
             }
-            float *s0 = o0, *s1 = o1;
-#pragma GCC unroll 8
-            for (int j = 0; j < SLIDE; ++j) {
-                if (j < cnt) {
-                    _mm512_store_ps(s0, act16(a0[j], act));
-                    if (two) _mm512_store_ps(s1, act16(a1[j], act));
-                }
-                s0 += cp;
-                OPAQUE_POINTER(s0);
-                if (two) {
-                    s1 += cp;
-                    OPAQUE_POINTER(s1);
-                }
-            }
             p += (size_t)SLIDE * C;
             o0 += (size_t)SLIDE * cp;
             if (two) o1 += (size_t)SLIDE * cp;
@@ -414,32 +430,29 @@ static inline __attribute__((always_inline)) void depthwise3_rows(const float *x
     }
 }
 
-/* depthwise3_rows over nblk interior blocks (their own function: register allocation of its own) */
-__attribute__((noinline)) static void depthwise3_pair_run(const float *x, int W, int C, const float *wdw,
-                                                          const float *bdw, int ih0, int iw0, int nblk, int act,
-                                                          float *out0, float *out1, int cp, const float *pf0,
-                                                          const float *pf1) {
-    depthwise3_rows(x, W, C, wdw, bdw, 1, ih0, iw0, nblk, 0, SLIDE + 2, SLIDE, act, out0, out1, cp, pf0, pf1);
+/* depthwise3_rows as functions of their own (register allocation of their own): a row pair or one row (a tile's
+ * partial rows, a pair's odd row), with all input rows inside the image (constant bounds: no row checks) or at the
+ * image's top or bottom */
+__attribute__((noinline)) static void depthwise3_pair(const float *x, int W, int C, const float *wdw,
+                                                      const float *bdw, int ih0, int iw0, int npix, int act,
+                                                      float *out0, float *out1, int cp, const float *pf0,
+                                                      const float *pf1) {
+    depthwise3_rows(x, W, C, wdw, bdw, 1, 0, 4, ih0, iw0, npix, act, out0, out1, cp, pf0, pf1);
 }
-
-/* depthwise3_rows over one block at a row's border or end: columns [q_lo, q_hi) of its window inside, cnt pixels */
-__attribute__((noinline)) static void depthwise3_pair_edge(const float *x, int W, int C, const float *wdw,
-                                                           const float *bdw, int ih0, int iw0, int q_lo, int q_hi,
-                                                           int cnt, int act, float *out0, float *out1, int cp) {
-    depthwise3_rows(x, W, C, wdw, bdw, 1, ih0, iw0, 1, q_lo, q_hi, cnt, act, out0, out1, cp, NULL, NULL);
+__attribute__((noinline)) static void depthwise3_pair_border(const float *x, int W, int C, const float *wdw,
+                                                             const float *bdw, int r_lo, int r_hi, int ih0, int iw0,
+                                                             int npix, int act, float *out0, float *out1, int cp) {
+    depthwise3_rows(x, W, C, wdw, bdw, 1, r_lo, r_hi, ih0, iw0, npix, act, out0, out1, cp, NULL, NULL);
 }
-
-/* The same for one output row (input rows ih0 .. ih0 + 2 all inside): a tile's partial rows and a pair's odd row
- * (depthwise_run); interior blocks, then a block at a border */
-__attribute__((noinline)) static void depthwise3_row_run(const float *x, int W, int C, const float *wdw,
-                                                         const float *bdw, int ih0, int iw0, int nblk, int act,
-                                                         float *out, int cp, const float *pf) {
-    depthwise3_rows(x, W, C, wdw, bdw, 0, ih0, iw0, nblk, 0, SLIDE + 2, SLIDE, act, out, NULL, cp, pf, NULL);
+__attribute__((noinline)) static void depthwise3_row(const float *x, int W, int C, const float *wdw,
+                                                     const float *bdw, int ih0, int iw0, int npix, int act,
+                                                     float *out, int cp, const float *pf) {
+    depthwise3_rows(x, W, C, wdw, bdw, 0, 0, 3, ih0, iw0, npix, act, out, NULL, cp, pf, NULL);
 }
-__attribute__((noinline)) static void depthwise3_row_edge(const float *x, int W, int C, const float *wdw,
-                                                          const float *bdw, int ih0, int iw0, int q_lo, int q_hi,
-                                                          int cnt, int act, float *out, int cp) {
-    depthwise3_rows(x, W, C, wdw, bdw, 0, ih0, iw0, 1, q_lo, q_hi, cnt, act, out, NULL, cp, NULL, NULL);
+__attribute__((noinline)) static void depthwise3_row_border(const float *x, int W, int C, const float *wdw,
+                                                            const float *bdw, int r_lo, int r_hi, int ih0, int iw0,
+                                                            int npix, int act, float *out, int cp) {
+    depthwise3_rows(x, W, C, wdw, bdw, 0, r_lo, r_hi, ih0, iw0, npix, act, out, NULL, cp, NULL, NULL);
 }
 
 /* Whether a layer takes depthwise_row_pair: stride 1 and dilation 1 both ways, kernel width 3 or 5. */
@@ -448,26 +461,24 @@ static inline int pairs_apply(int KW, int sh, int sw, int dh, int dw) {
 }
 
 /* Output rows oh and oh + 1 (whole rows, oh + 1 < Ho) into t0 and t1 (row stride cp), for a layer that
- * pairs_apply: blocks of SLIDE pixels through depthwise_slide2 (interior ones with constant bounds, so their
- * loops have no checks); a last block shorter than EDGE_MIN pixels one pixel at a time. */
+ * pairs_apply. A 3x3 kernel on whole channel vectors: the two rows in one depthwise3_rows segment. Otherwise blocks
+ * of SLIDE pixels through depthwise_slide2 (interior ones with constant bounds, so their loops have no checks); a
+ * last block shorter than EDGE_MIN pixels one pixel at a time. */
 static void depthwise_row_pair(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH,
                                int KW, int ph, int pw, int act, int Wo, int oh, float *t0, float *t1, int cp) {
     int ih0 = oh - ph;
     int r_lo = ih0 < 0 ? -ih0 : 0, r_hi = H - ih0 < KH + 1 ? H - ih0 : KH + 1;
     int ihn = ih0 + KH + 1; /* the input rows the next pair adds */
     const float *pf0 = ihn < H ? x + (size_t)ihn * W * C : NULL, *pf1 = ihn + 1 < H ? x + (size_t)(ihn + 1) * W * C : NULL;
-    int run3 = KH == 3 && KW == 3 && C % 16 == 0 && r_lo == 0 && r_hi == 4; /* depthwise3_pair_run and _edge apply */
+    if (KH == 3 && KW == 3 && C % 16 == 0) {
+        if (r_lo == 0 && r_hi == 4) depthwise3_pair(x, W, C, wdw, bdw, ih0, -pw, Wo, act, t0, t1, cp, pf0, pf1);
+        else depthwise3_pair_border(x, W, C, wdw, bdw, r_lo, r_hi, ih0, -pw, Wo, act, t0, t1, cp);
+        return;
+    }
     for (int ow = 0; ow < Wo; ow += SLIDE) {
         int cnt = Wo - ow < SLIDE ? Wo - ow : SLIDE, iw0 = ow - pw;
         float *o0 = t0 + (size_t)ow * cp, *o1 = t1 + (size_t)ow * cp;
-        if (run3 && cnt == SLIDE && iw0 >= 0 && iw0 + SLIDE + KW - 1 <= W) { /* the row's interior blocks at once */
-            int nblk = interior_blocks(Wo - ow, iw0, W, SLIDE);
-            depthwise3_pair_run(x, W, C, wdw, bdw, ih0, iw0, nblk, act, o0, o1, cp, pf0, pf1);
-            ow += (nblk - 1) * SLIDE;
-        } else if (run3 && cnt >= EDGE_MIN) {
-            int q_lo = iw0 < 0 ? -iw0 : 0, q_hi = W - iw0 < SLIDE + 2 ? W - iw0 : SLIDE + 2;
-            depthwise3_pair_edge(x, W, C, wdw, bdw, ih0, iw0, q_lo, q_hi, cnt, act, o0, o1, cp);
-        } else if (cnt == SLIDE && iw0 >= 0 && iw0 + SLIDE + KW - 1 <= W) {
+        if (cnt == SLIDE && iw0 >= 0 && iw0 + SLIDE + KW - 1 <= W) {
             if (KW == 3) depthwise_slide2(x, W, C, wdw, bdw, KH, r_lo, r_hi, 3, ih0, iw0, 0, SLIDE + 2, SLIDE, act, o0, o1, cp, pf0, pf1);
             else depthwise_slide2(x, W, C, wdw, bdw, KH, r_lo, r_hi, 5, ih0, iw0, 0, SLIDE + 4, SLIDE, act, o0, o1, cp, pf0, pf1);
         } else if (cnt >= EDGE_MIN) {
@@ -501,8 +512,24 @@ static void depthwise_run(const float *x, int H, int W, int C, const float *wdw,
      * four channel blocks at once. */
     int oh = p0 / Wo, ow = p0 % Wo;
     int i = 0;
-    /* depthwise3_row_run and _edge apply: a 3x3 kernel, stride 1, dilation 1, whole channel vectors */
-    int run3 = KH == 3 && KW == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 && C % 16 == 0;
+    /* a 3x3 kernel, stride 1, dilation 1, whole channel vectors: each row's segment in one depthwise3_rows */
+    if (KH == 3 && KW == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 && C % 16 == 0) {
+        while (i < m) {
+            int ih0 = oh - ph, cnt = m - i < Wo - ow ? m - i : Wo - ow;
+            int r_lo = ih0 < 0 ? -ih0 : 0, r_hi = H - ih0 < 3 ? H - ih0 : 3;
+            float *out = t + (size_t)i * cp;
+            if (r_lo == 0 && r_hi == 3) {
+                const float *pf = ih0 + 3 < H ? x + (size_t)(ih0 + 3) * W * C : NULL; /* the next row's last */
+                depthwise3_row(x, W, C, wdw, bdw, ih0, ow - pw, cnt, act, out, cp, pf);
+            } else {
+                depthwise3_row_border(x, W, C, wdw, bdw, r_lo, r_hi, ih0, ow - pw, cnt, act, out, cp);
+            }
+            i += cnt;
+            ow += cnt;
+            if (ow == Wo) { ow = 0; ++oh; }
+        }
+        return;
+    }
     while (i < m) {
         int ih0 = oh * sh - ph, iw0 = ow * sw - pw;
         int rows_in = ih0 >= 0 && ih0 + (KH - 1) * dh < H;
@@ -511,14 +538,6 @@ static void depthwise_run(const float *x, int H, int W, int C, const float *wdw,
             float *out = t + (size_t)i * cp;
             int ihn = ih0 + sh + (KH - 1) * dh; /* the last input row of the next output row */
             const float *pf = ihn < H ? x + (size_t)ihn * W * C : NULL;
-            if (run3) { /* the segment's interior blocks at once */
-                int nblk = interior_blocks(m - i < Wo - ow ? m - i : Wo - ow, iw0, W, SLIDE);
-                depthwise3_row_run(x, W, C, wdw, bdw, ih0, iw0, nblk, act, out, cp, pf);
-                i += nblk * SLIDE;
-                ow += nblk * SLIDE;
-                if (ow == Wo) { ow = 0; ++oh; }
-                continue;
-            }
             if (KW == 3) depthwise_slide(x, W, C, wdw, bdw, 0, KH, 3, ih0, iw0, dh, 0, SLIDE + 2, SLIDE, act, out, cp, pf);
             else if (KW == 5) depthwise_slide(x, W, C, wdw, bdw, 0, KH, 5, ih0, iw0, dh, 0, SLIDE + 4, SLIDE, act, out, cp, pf);
             else depthwise_slide(x, W, C, wdw, bdw, 0, KH, 7, ih0, iw0, dh, 0, SLIDE + 6, SLIDE, act, out, cp, pf);
@@ -529,14 +548,6 @@ static void depthwise_run(const float *x, int H, int W, int C, const float *wdw,
         }
         int cnt = m - i < Wo - ow ? m - i : Wo - ow;
         cnt = cnt < SLIDE ? cnt : SLIDE;
-        if (run3 && rows_in && cnt >= EDGE_MIN) { /* a block at a row's border or the segment's end */
-            int q_lo = iw0 < 0 ? -iw0 : 0, q_hi = W - iw0 < SLIDE + 2 ? W - iw0 : SLIDE + 2;
-            depthwise3_row_edge(x, W, C, wdw, bdw, ih0, iw0, q_lo, q_hi, cnt, act, t + (size_t)i * cp, cp);
-            i += cnt;
-            ow += cnt;
-            if (ow == Wo) { ow = 0; ++oh; }
-            continue;
-        }
         if (sw == 1 && dw == 1 && (KW == 3 || KW == 5 || KW == 7) && cnt >= EDGE_MIN) {
             /* a block at the image's border (or a tile's or row's end): the same window, with the kernel rows and
              * columns that fall in the zero padding skipped or zero */
