@@ -380,21 +380,69 @@ static inline __attribute__((always_inline)) void depthwise3_block(const float *
     }
 }
 
+/* Blocks k0 .. k1 - 1 of a depthwise3_rows segment for one channel block: p, f0, f1, o0, o1 at the segment's
+ * first pixel. clean (a constant): every window inside the row and SLIDE pixels, so the block has no column checks;
+ * otherwise each block's window columns and pixel count are taken at run time. */
+static inline __attribute__((always_inline)) void depthwise3_blocks(const float *p, const float *f0,
+                                                                    const float *f1, float *o0, float *o1,
+                                                                    size_t row, int C, int W, const __m512 *w,
+                                                                    __m512 b, int two, int r_lo, int r_hi, int iw0,
+                                                                    int npix, int k0, int k1, int clean, int act,
+                                                                    int cp) {
+    p += (size_t)k0 * SLIDE * C;
+    o0 += (size_t)k0 * SLIDE * cp;
+    if (two) o1 += (size_t)k0 * SLIDE * cp;
+    if (f0) f0 += (size_t)k0 * SLIDE * C;
+    if (f1) f1 += (size_t)k0 * SLIDE * C;
+    for (int k = k0; k < k1; ++k) {
+        if (clean) {
+            depthwise3_block(p, row, C, w, b, two, r_lo, r_hi, 0, SLIDE + 2, SLIDE, act, o0, o1, cp);
+        } else {
+            int iw = iw0 + k * SLIDE, cnt = npix - k * SLIDE < SLIDE ? npix - k * SLIDE : SLIDE;
+            int q_lo = iw < 0 ? -iw : 0, q_hi = W - iw < SLIDE + 2 ? W - iw : SLIDE + 2;
+            depthwise3_block(p, row, C, w, b, two, r_lo, r_hi, q_lo, q_hi, cnt, act, o0, o1, cp);
+        }
+        if (f0) { /* this block's pixels of the rows the next pair reads */
+            const float *g0 = f0, *g1 = f1;
+#pragma GCC unroll 8
+            for (int j = 0; j < SLIDE; ++j) {
+                _mm_prefetch((const char *)g0, _MM_HINT_T0);
+                if (g1) _mm_prefetch((const char *)g1, _MM_HINT_T0);
+                g0 += C;
+                if (g1) g1 += C;
+                OPAQUE_POINTER(g0);
+            }
+            f0 += (size_t)SLIDE * C;
+            if (f1) f1 += (size_t)SLIDE * C;
+        }
+        p += (size_t)SLIDE * C;
+        o0 += (size_t)SLIDE * cp;
+        if (two) o1 += (size_t)SLIDE * cp;
+    }
+}
+
 /* Output pixels ow0 .. ow0 + npix - 1 of row oh, and of row oh + 1 where two, of a 3x3 kernel at stride 1, C a
  * multiple of 16; ih0 = oh - ph, iw0 = ow0 - pw; input rows r of ih0 .. ih0 + 2 + two outside [r_lo, r_hi) are
  * zero padding. Pixel j of each row into out0 / out1 + j cp. Channel block outer: the block's nine weight vectors
  * and the bias stay in registers along the whole segment, border blocks included, while blocks of SLIDE pixels
- * slide along it (depthwise3_block): a block whose window lies inside the row takes the block without column
- * checks, one at a border or the segment's end the block with them. Against depthwise_slide2's window (a loop over
- * the four input rows, the weights reloaded per block, the window's ten offsets kept as pointers on the stack) this
- * runs near the FMA peak on inputs in L1 (docs/design-notes.md). pf0, pf1: the two input rows the next pair adds
- * (prefetched along the segment) or NULL. */
+ * slide along it (depthwise3_block): the blocks whose windows lie inside the row without column checks, those at
+ * the row's borders or the segment's end with them (separate loops: as branches of one loop, GCC merged the two
+ * into one block with the checks). Against depthwise_slide2's window (a loop over the four input rows, the weights
+ * reloaded per block, the window's ten offsets kept as pointers on the stack) this runs near the FMA peak on inputs
+ * in L1 (docs/design-notes.md). pf0, pf1: the two input rows the next pair adds (prefetched along the segment) or
+ * NULL. */
 static inline __attribute__((always_inline)) void depthwise3_rows(const float *x, int W, int C, const float *wdw,
                                                                   const float *bdw, int two, int r_lo, int r_hi,
                                                                   int ih0, int iw0, int npix, int act, float *out0,
                                                                   float *out1, int cp, const float *pf0,
                                                                   const float *pf1) {
     const size_t row = (size_t)W * C;
+    /* blocks [0, ka) start left of the row, [ka, kb) have their windows inside it, [kb, nb) reach past its end or
+     * the segment's */
+    int nb = (npix + SLIDE - 1) / SLIDE, ka = iw0 < 0 ? (-iw0 + SLIDE - 1) / SLIDE : 0;
+    ka = ka < nb ? ka : nb;
+    int kb = ka < nb ? ka + interior_blocks(npix - ka * SLIDE, iw0 + ka * SLIDE, W, SLIDE) : nb;
+    kb = kb < ka ? ka : kb;
     for (int c = 0; c < C; c += 16) {
         __m512 w[9];
 #pragma GCC unroll 9
@@ -403,30 +451,9 @@ static inline __attribute__((always_inline)) void depthwise3_rows(const float *x
         const float *p = x + ((ptrdiff_t)ih0 * W + iw0) * C + c;
         const float *f0 = pf0 ? pf0 + (ptrdiff_t)iw0 * C + c : NULL, *f1 = pf1 ? pf1 + (ptrdiff_t)iw0 * C + c : NULL;
         float *o0 = out0 + c, *o1 = two ? out1 + c : NULL;
-        for (int j0 = 0; j0 < npix; j0 += SLIDE) {
-            int iw = iw0 + j0, cnt = npix - j0 < SLIDE ? npix - j0 : SLIDE;
-            int q_lo = iw < 0 ? -iw : 0, q_hi = W - iw < SLIDE + 2 ? W - iw : SLIDE + 2;
-            if (q_lo == 0 && q_hi == SLIDE + 2 && cnt == SLIDE)
-                depthwise3_block(p, row, C, w, b, two, r_lo, r_hi, 0, SLIDE + 2, SLIDE, act, o0, o1, cp);
-            else
-                depthwise3_block(p, row, C, w, b, two, r_lo, r_hi, q_lo, q_hi, cnt, act, o0, o1, cp);
-            if (f0) { /* this block's pixels of the rows the next pair reads */
-                const float *g0 = f0, *g1 = f1;
-#pragma GCC unroll 8
-                for (int j = 0; j < SLIDE; ++j) {
-                    _mm_prefetch((const char *)g0, _MM_HINT_T0);
-                    if (g1) _mm_prefetch((const char *)g1, _MM_HINT_T0);
-                    g0 += C;
-                    if (g1) g1 += C;
-                    OPAQUE_POINTER(g0);
-                }
-                f0 += (size_t)SLIDE * C;
-                if (f1) f1 += (size_t)SLIDE * C;
-            }
-            p += (size_t)SLIDE * C;
-            o0 += (size_t)SLIDE * cp;
-            if (two) o1 += (size_t)SLIDE * cp;
-        }
+        depthwise3_blocks(p, f0, f1, o0, o1, row, C, W, w, b, two, r_lo, r_hi, iw0, npix, 0, ka, 0, act, cp);
+        depthwise3_blocks(p, f0, f1, o0, o1, row, C, W, w, b, two, r_lo, r_hi, iw0, npix, ka, kb, 1, act, cp);
+        depthwise3_blocks(p, f0, f1, o0, o1, row, C, W, w, b, two, r_lo, r_hi, iw0, npix, kb, nb, 0, act, cp);
     }
 }
 
