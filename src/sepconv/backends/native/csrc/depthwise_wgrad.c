@@ -121,6 +121,7 @@ static inline __attribute__((always_inline)) void wgrad3_block(const float *g, c
             for (int q = 0; q < WG_SLIDE + 2; ++q) {
                 if (q >= q_lo && q < q_hi) {
                     __m512 v = _mm512_loadu_ps(pq);
+                    __asm__("" : "+v"(v)); /* one load into a register, not one folded into each of its FMAs */
 #pragma GCC unroll 3
                     for (int kw = 0; kw < 3; ++kw) { /* tap kw of output pixel q - kw */
                         int j = q - kw;
