@@ -350,6 +350,7 @@ static inline __attribute__((always_inline)) void depthwise3_block(const float *
             for (int q = 0; q < SLIDE + 2; ++q) {
                 if (q >= q_lo && q < q_hi) {
                     __m512 v = _mm512_loadu_ps(pq);
+                    __asm__("" : "+v"(v)); /* one load into a register, not one folded into each of its FMAs */
 #pragma GCC unroll 3
                     for (int d = 0; d < 3; ++d) { /* tap column d of output pixel q - d */
                         int j = q - d;
