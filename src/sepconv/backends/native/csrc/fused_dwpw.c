@@ -327,20 +327,17 @@ static inline __attribute__((always_inline)) void depthwise_slide2(const float *
     }
 }
 
-/* The window of a 3x3 block of SLIDE output pixels at column stride sw (1 or 2): its input columns */
-#define WIN3(sw) ((SLIDE - 1) * (sw) + 3)
-
-/* One block of depthwise3_rows: SLIDE output pixels of row oh (and of row oh + 1 where two; stride 1 only) at column
- * stride sw for one channel block, from p (input row ih0, column iw0 of the block, channel c); w: the block's nine
- * weight vectors, b its bias. Input rows r outside [r_lo, r_hi) and window columns q outside [q_lo, q_hi) are zero
- * padding (skipped); the first cnt pixels of each row are stored from o0 and o1 (pixel stride cp). Each input vector
- * is loaded once and feeds its FMAs (up to three taps of each output row) as it arrives: at most 16 accumulators,
- * 9 weights and one input vector (27 of 32 registers). Addresses are one pointer stepped by C (and by W C per row,
- * cp per pixel), not one register per offset (OPAQUE_POINTER). */
+/* One block of depthwise3_rows: SLIDE output pixels of row oh (and of row oh + 1 where two) for one channel block,
+ * from p (input row ih0, column iw0 of the block, channel c); w: the block's nine weight vectors, b its bias. Input
+ * rows r outside [r_lo, r_hi) and window columns q outside [q_lo, q_hi) are zero padding (skipped); the first cnt
+ * pixels of each row are stored from o0 and o1 (pixel stride cp). Each input vector feeds up to six FMAs (three
+ * taps of each output row) as it is loaded: 16 accumulators, 9 weights and one input vector (27 of 32 registers).
+ * Addresses are one pointer stepped by C (and by W C per row, cp per pixel), not one register per offset
+ * (OPAQUE_POINTER). */
 static inline __attribute__((always_inline)) void depthwise3_block(const float *p, size_t row, int C,
-                                                                   const __m512 *w, __m512 b, int two, int sw,
-                                                                   int r_lo, int r_hi, int q_lo, int q_hi, int cnt,
-                                                                   int act, float *o0, float *o1, int cp) {
+                                                                   const __m512 *w, __m512 b, int two, int r_lo,
+                                                                   int r_hi, int q_lo, int q_hi, int cnt, int act,
+                                                                   float *o0, float *o1, int cp) {
     __m512 a0[SLIDE], a1[SLIDE];
 #pragma GCC unroll 8
     for (int j = 0; j < SLIDE; ++j) a0[j] = a1[j] = b;
@@ -349,16 +346,15 @@ static inline __attribute__((always_inline)) void depthwise3_block(const float *
     for (int r = 0; r < 3 + two; ++r) { /* input row ih0 + r: kernel row r of row oh, r - 1 of row oh + 1 */
         if (r >= r_lo && r < r_hi) {
             const float *pq = pr;
-#pragma GCC unroll 17
-            for (int q = 0; q < WIN3(sw); ++q) {
+#pragma GCC unroll 10
+            for (int q = 0; q < SLIDE + 2; ++q) {
                 if (q >= q_lo && q < q_hi) {
                     __m512 v = _mm512_loadu_ps(pq);
                     __asm__("" : "+v"(v)); /* one load into a register, not one folded into each of its FMAs */
 #pragma GCC unroll 3
-                    for (int d = 0; d < 3; ++d) { /* tap column d of output pixel (q - d) / sw */
-                        if ((q - d) % sw) continue;
-                        int j = (q - d) / sw;
-                        if (q < d || j >= SLIDE) continue;
+                    for (int d = 0; d < 3; ++d) { /* tap column d of output pixel q - d */
+                        int j = q - d;
+                        if (j < 0 || j >= SLIDE) continue;
                         if (r < 3) a0[j] = _mm512_fmadd_ps(v, w[r * 3 + d], a0[j]);
                         if (two && r >= 1) a1[j] = _mm512_fmadd_ps(v, w[(r - 1) * 3 + d], a1[j]);
                     }
@@ -391,64 +387,63 @@ static inline __attribute__((always_inline)) void depthwise3_block(const float *
 static inline __attribute__((always_inline)) void depthwise3_blocks(const float *p, const float *f0,
                                                                     const float *f1, float *o0, float *o1,
                                                                     size_t row, int C, int W, const __m512 *w,
-                                                                    __m512 b, int two, int sw, int r_lo, int r_hi,
-                                                                    int iw0, int npix, int k0, int k1, int clean,
-                                                                    int act, int cp) {
-    const size_t step = (size_t)SLIDE * sw * C; /* input floats from one block to the next */
-    p += (size_t)k0 * step;
+                                                                    __m512 b, int two, int r_lo, int r_hi, int iw0,
+                                                                    int npix, int k0, int k1, int clean, int act,
+                                                                    int cp) {
+    p += (size_t)k0 * SLIDE * C;
     o0 += (size_t)k0 * SLIDE * cp;
     if (two) o1 += (size_t)k0 * SLIDE * cp;
-    if (f0) f0 += (size_t)k0 * step;
-    if (f1) f1 += (size_t)k0 * step;
+    if (f0) f0 += (size_t)k0 * SLIDE * C;
+    if (f1) f1 += (size_t)k0 * SLIDE * C;
     for (int k = k0; k < k1; ++k) {
         if (clean) {
-            depthwise3_block(p, row, C, w, b, two, sw, r_lo, r_hi, 0, WIN3(sw), SLIDE, act, o0, o1, cp);
+            depthwise3_block(p, row, C, w, b, two, r_lo, r_hi, 0, SLIDE + 2, SLIDE, act, o0, o1, cp);
         } else {
-            int iw = iw0 + k * SLIDE * sw, cnt = npix - k * SLIDE < SLIDE ? npix - k * SLIDE : SLIDE;
-            int q_lo = iw < 0 ? -iw : 0, q_hi = W - iw < WIN3(sw) ? W - iw : WIN3(sw);
-            depthwise3_block(p, row, C, w, b, two, sw, r_lo, r_hi, q_lo, q_hi, cnt, act, o0, o1, cp);
+            int iw = iw0 + k * SLIDE, cnt = npix - k * SLIDE < SLIDE ? npix - k * SLIDE : SLIDE;
+            int q_lo = iw < 0 ? -iw : 0, q_hi = W - iw < SLIDE + 2 ? W - iw : SLIDE + 2;
+            depthwise3_block(p, row, C, w, b, two, r_lo, r_hi, q_lo, q_hi, cnt, act, o0, o1, cp);
         }
-        if (f0) { /* this block's columns of the rows the next pair (or row) reads */
+        if (f0) { /* this block's pixels of the rows the next pair reads */
             const float *g0 = f0, *g1 = f1;
-#pragma GCC unroll 16
-            for (int j = 0; j < SLIDE * sw; ++j) {
+#pragma GCC unroll 8
+            for (int j = 0; j < SLIDE; ++j) {
                 _mm_prefetch((const char *)g0, _MM_HINT_T0);
                 if (g1) _mm_prefetch((const char *)g1, _MM_HINT_T0);
                 g0 += C;
                 if (g1) g1 += C;
                 OPAQUE_POINTER(g0);
             }
-            f0 += step;
-            if (f1) f1 += step;
+            f0 += (size_t)SLIDE * C;
+            if (f1) f1 += (size_t)SLIDE * C;
         }
-        p += step;
+        p += (size_t)SLIDE * C;
         o0 += (size_t)SLIDE * cp;
         if (two) o1 += (size_t)SLIDE * cp;
     }
 }
 
-/* Output pixels ow0 .. ow0 + npix - 1 of row oh, and of row oh + 1 where two (stride 1), of a 3x3 kernel at column
- * stride sw, C a multiple of 16; ih0 = oh sh - ph, iw0 = ow0 sw - pw; input rows r of ih0 .. ih0 + 2 + two outside
- * [r_lo, r_hi) are zero padding. Pixel j of each row into out0 / out1 + j cp. Channel block outer: the block's
- * nine weight vectors and the bias stay in registers along the whole segment, border blocks included, while blocks
- * of SLIDE pixels slide along it (depthwise3_block): the blocks whose windows lie inside the row without column
- * checks, those at the row's borders or the segment's end with them (separate loops: as branches of one loop, GCC
- * merged the two into one block with the checks). Against depthwise_slide2's window (a loop over the four input
- * rows, the weights reloaded per block, the window's ten offsets kept as pointers on the stack) this runs near the
- * FMA peak on inputs in L1 (docs/design-notes.md). pf0, pf1: the input rows the next pair (or row) adds, prefetched
- * along the segment, or NULL. */
+/* Output pixels ow0 .. ow0 + npix - 1 of row oh, and of row oh + 1 where two, of a 3x3 kernel at stride 1, C a
+ * multiple of 16; ih0 = oh - ph, iw0 = ow0 - pw; input rows r of ih0 .. ih0 + 2 + two outside [r_lo, r_hi) are
+ * zero padding. Pixel j of each row into out0 / out1 + j cp. Channel block outer: the block's nine weight vectors
+ * and the bias stay in registers along the whole segment, border blocks included, while blocks of SLIDE pixels
+ * slide along it (depthwise3_block): the blocks whose windows lie inside the row without column checks, those at
+ * the row's borders or the segment's end with them (separate loops: as branches of one loop, GCC merged the two
+ * into one block with the checks). Against depthwise_slide2's window (a loop over the four input rows, the weights
+ * reloaded per block, the window's ten offsets kept as pointers on the stack) this runs near the FMA peak on inputs
+ * in L1 (docs/design-notes.md). pf0, pf1: the two input rows the next pair adds (prefetched along the segment) or
+ * NULL. */
 static inline __attribute__((always_inline)) void depthwise3_rows(const float *x, int W, int C, const float *wdw,
-                                                                  const float *bdw, int two, int sw, int r_lo,
-                                                                  int r_hi, int ih0, int iw0, int npix, int act,
-                                                                  float *out0, float *out1, int cp,
-                                                                  const float *pf0, const float *pf1) {
+                                                                  const float *bdw, int two, int r_lo, int r_hi,
+                                                                  int ih0, int iw0, int npix, int act, float *out0,
+                                                                  float *out1, int cp, const float *pf0,
+                                                                  const float *pf1) {
     const size_t row = (size_t)W * C;
     /* blocks [0, ka) start left of the row, [ka, kb) have their windows inside it, [kb, nb) reach past its end or
      * the segment's */
-    int nb = (npix + SLIDE - 1) / SLIDE, ka = iw0 < 0 ? (-iw0 + SLIDE * sw - 1) / (SLIDE * sw) : 0;
+    int nb = (npix + SLIDE - 1) / SLIDE, ka = iw0 < 0 ? (-iw0 + SLIDE - 1) / SLIDE : 0;
     ka = ka < nb ? ka : nb;
-    int kb = ka;
-    while (kb < nb && iw0 + kb * SLIDE * sw + WIN3(sw) <= W && (kb + 1) * SLIDE <= npix) ++kb;
+    int kb = ka < nb ? ka + interior_blocks(npix - ka * SLIDE, iw0 + ka * SLIDE, W, SLIDE) : nb;
+    kb = kb < ka ? ka : kb;
     for (int c = 0; c < C; c += 16) {
         __m512 w[9];
 #pragma GCC unroll 9
@@ -457,45 +452,35 @@ static inline __attribute__((always_inline)) void depthwise3_rows(const float *x
         const float *p = x + ((ptrdiff_t)ih0 * W + iw0) * C + c;
         const float *f0 = pf0 ? pf0 + (ptrdiff_t)iw0 * C + c : NULL, *f1 = pf1 ? pf1 + (ptrdiff_t)iw0 * C + c : NULL;
         float *o0 = out0 + c, *o1 = two ? out1 + c : NULL;
-        depthwise3_blocks(p, f0, f1, o0, o1, row, C, W, w, b, two, sw, r_lo, r_hi, iw0, npix, 0, ka, 0, act, cp);
-        depthwise3_blocks(p, f0, f1, o0, o1, row, C, W, w, b, two, sw, r_lo, r_hi, iw0, npix, ka, kb, 1, act, cp);
-        depthwise3_blocks(p, f0, f1, o0, o1, row, C, W, w, b, two, sw, r_lo, r_hi, iw0, npix, kb, nb, 0, act, cp);
+        depthwise3_blocks(p, f0, f1, o0, o1, row, C, W, w, b, two, r_lo, r_hi, iw0, npix, 0, ka, 0, act, cp);
+        depthwise3_blocks(p, f0, f1, o0, o1, row, C, W, w, b, two, r_lo, r_hi, iw0, npix, ka, kb, 1, act, cp);
+        depthwise3_blocks(p, f0, f1, o0, o1, row, C, W, w, b, two, r_lo, r_hi, iw0, npix, kb, nb, 0, act, cp);
     }
 }
 
 /* depthwise3_rows as functions of their own (register allocation of their own): a row pair or one row (a tile's
- * partial rows, a pair's odd row) at stride 1, one row at stride 2, with all input rows inside the image (constant
- * bounds: no row checks) or at the image's top or bottom */
+ * partial rows, a pair's odd row), with all input rows inside the image (constant bounds: no row checks) or at the
+ * image's top or bottom */
 __attribute__((noinline)) static void depthwise3_pair(const float *x, int W, int C, const float *wdw,
                                                       const float *bdw, int ih0, int iw0, int npix, int act,
                                                       float *out0, float *out1, int cp, const float *pf0,
                                                       const float *pf1) {
-    depthwise3_rows(x, W, C, wdw, bdw, 1, 1, 0, 4, ih0, iw0, npix, act, out0, out1, cp, pf0, pf1);
+    depthwise3_rows(x, W, C, wdw, bdw, 1, 0, 4, ih0, iw0, npix, act, out0, out1, cp, pf0, pf1);
 }
 __attribute__((noinline)) static void depthwise3_pair_border(const float *x, int W, int C, const float *wdw,
                                                              const float *bdw, int r_lo, int r_hi, int ih0, int iw0,
                                                              int npix, int act, float *out0, float *out1, int cp) {
-    depthwise3_rows(x, W, C, wdw, bdw, 1, 1, r_lo, r_hi, ih0, iw0, npix, act, out0, out1, cp, NULL, NULL);
+    depthwise3_rows(x, W, C, wdw, bdw, 1, r_lo, r_hi, ih0, iw0, npix, act, out0, out1, cp, NULL, NULL);
 }
 __attribute__((noinline)) static void depthwise3_row(const float *x, int W, int C, const float *wdw,
                                                      const float *bdw, int ih0, int iw0, int npix, int act,
                                                      float *out, int cp, const float *pf) {
-    depthwise3_rows(x, W, C, wdw, bdw, 0, 1, 0, 3, ih0, iw0, npix, act, out, NULL, cp, pf, NULL);
+    depthwise3_rows(x, W, C, wdw, bdw, 0, 0, 3, ih0, iw0, npix, act, out, NULL, cp, pf, NULL);
 }
 __attribute__((noinline)) static void depthwise3_row_border(const float *x, int W, int C, const float *wdw,
                                                             const float *bdw, int r_lo, int r_hi, int ih0, int iw0,
                                                             int npix, int act, float *out, int cp) {
-    depthwise3_rows(x, W, C, wdw, bdw, 0, 1, r_lo, r_hi, ih0, iw0, npix, act, out, NULL, cp, NULL, NULL);
-}
-__attribute__((noinline)) static void depthwise3_row_s2(const float *x, int W, int C, const float *wdw,
-                                                        const float *bdw, int ih0, int iw0, int npix, int act,
-                                                        float *out, int cp, const float *pf0, const float *pf1) {
-    depthwise3_rows(x, W, C, wdw, bdw, 0, 2, 0, 3, ih0, iw0, npix, act, out, NULL, cp, pf0, pf1);
-}
-__attribute__((noinline)) static void depthwise3_row_s2_border(const float *x, int W, int C, const float *wdw,
-                                                               const float *bdw, int r_lo, int r_hi, int ih0,
-                                                               int iw0, int npix, int act, float *out, int cp) {
-    depthwise3_rows(x, W, C, wdw, bdw, 0, 2, r_lo, r_hi, ih0, iw0, npix, act, out, NULL, cp, NULL, NULL);
+    depthwise3_rows(x, W, C, wdw, bdw, 0, r_lo, r_hi, ih0, iw0, npix, act, out, NULL, cp, NULL, NULL);
 }
 
 /* Whether a layer takes depthwise_row_pair: stride 1 and dilation 1 both ways, kernel width 3 or 5. */
@@ -555,24 +540,18 @@ static void depthwise_run(const float *x, int H, int W, int C, const float *wdw,
      * four channel blocks at once. */
     int oh = p0 / Wo, ow = p0 % Wo;
     int i = 0;
-    /* a 3x3 kernel, stride 1 or 2 both ways, dilation 1, whole channel vectors: each row's segment in one
-     * depthwise3_rows */
-    if (KH == 3 && KW == 3 && sh == sw && (sw == 1 || sw == 2) && dh == 1 && dw == 1 && C % 16 == 0) {
+    /* a 3x3 kernel, stride 1, dilation 1, whole channel vectors: each row's segment in one depthwise3_rows */
+    if (KH == 3 && KW == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 && C % 16 == 0) {
         while (i < m) {
-            int ih0 = oh * sh - ph, cnt = m - i < Wo - ow ? m - i : Wo - ow;
+            int ih0 = oh - ph, cnt = m - i < Wo - ow ? m - i : Wo - ow;
             int r_lo = ih0 < 0 ? -ih0 : 0, r_hi = H - ih0 < 3 ? H - ih0 : 3;
             float *out = t + (size_t)i * cp;
-            /* the input rows the next output row adds: its last (stride 1), its last two (stride 2) */
-            const float *pf0 = ih0 + 3 < H ? x + (size_t)(ih0 + 3) * W * C : NULL;
-            const float *pf1 = ih0 + 4 < H ? x + (size_t)(ih0 + 4) * W * C : NULL;
-            if (r_lo == 0 && r_hi == 3 && sw == 1)
-                depthwise3_row(x, W, C, wdw, bdw, ih0, ow - pw, cnt, act, out, cp, pf0);
-            else if (sw == 1)
+            if (r_lo == 0 && r_hi == 3) {
+                const float *pf = ih0 + 3 < H ? x + (size_t)(ih0 + 3) * W * C : NULL; /* the next row's last */
+                depthwise3_row(x, W, C, wdw, bdw, ih0, ow - pw, cnt, act, out, cp, pf);
+            } else {
                 depthwise3_row_border(x, W, C, wdw, bdw, r_lo, r_hi, ih0, ow - pw, cnt, act, out, cp);
-            else if (r_lo == 0 && r_hi == 3)
-                depthwise3_row_s2(x, W, C, wdw, bdw, ih0, 2 * ow - pw, cnt, act, out, cp, pf0, pf1);
-            else
-                depthwise3_row_s2_border(x, W, C, wdw, bdw, r_lo, r_hi, ih0, 2 * ow - pw, cnt, act, out, cp);
+            }
             i += cnt;
             ow += cnt;
             if (ow == Wo) { ow = 0; ++oh; }
