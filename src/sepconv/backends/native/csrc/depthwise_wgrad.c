@@ -92,10 +92,6 @@ static inline __attribute__((always_inline)) void wgrad_slide(const float *const
 #endif
 
 #ifdef SEPCONV_AVX512
-/* Empty asm that makes a pointer opaque to the compiler, so that a window's addresses stay one pointer stepped by a
- * runtime stride (as in fused_dwpw.c's 3x3 rows) instead of one precomputed pointer per offset, spilled. */
-#define WG_OPAQUE(p) __asm__("" : "+r"(p))
-
 /* One block of WG_SLIDE output pixels of wgrad3_row for one channel block: g at the block's first pixel, p at the
  * first window column (iw0) of kernel row 0's input row, channel c; row: floats from one input row to the next.
  * Kernel rows kh with has[kh] == 0 lie in the zero padding (skipped); window columns q outside [q_lo, q_hi) are
@@ -111,7 +107,7 @@ static inline __attribute__((always_inline)) void wgrad3_block(const float *g, c
     for (int j = 0; j < WG_SLIDE; ++j) {
         gv[j] = j < nvalid ? _mm512_loadu_ps(gq) : _mm512_setzero_ps();
         gq += C;
-        WG_OPAQUE(gq);
+        OPAQUE_POINTER(gq);
     }
     const float *pr = p;
 #pragma GCC unroll 3
@@ -122,7 +118,7 @@ static inline __attribute__((always_inline)) void wgrad3_block(const float *g, c
             for (int q = 0; q < WG_SLIDE + 2; ++q) {
                 if (q >= q_lo && q < q_hi) {
                     __m512 v = _mm512_loadu_ps(pq);
-                    __asm__("" : "+v"(v)); /* one load into a register, not one folded into each of its FMAs */
+                    IN_REGISTER(v);
 #pragma GCC unroll 3
                     for (int kw = 0; kw < 3; ++kw) { /* tap kw of output pixel q - kw */
                         int j = q - kw;
@@ -130,11 +126,11 @@ static inline __attribute__((always_inline)) void wgrad3_block(const float *g, c
                     }
                 }
                 pq += C;
-                WG_OPAQUE(pq);
+                OPAQUE_POINTER(pq);
             }
         }
         pr += row;
-        WG_OPAQUE(pr);
+        OPAQUE_POINTER(pr);
     }
 }
 
@@ -160,7 +156,7 @@ static inline __attribute__((always_inline)) void wgrad3_blocks(const float *g, 
             for (int j = 0; j < WG_SLIDE; ++j) {
                 _mm_prefetch((const char *)f, _MM_HINT_T1);
                 f += C;
-                WG_OPAQUE(f);
+                OPAQUE_POINTER(f);
             }
         }
         if (gn) {
@@ -169,7 +165,7 @@ static inline __attribute__((always_inline)) void wgrad3_blocks(const float *g, 
             for (int j = 0; j < WG_SLIDE; ++j) {
                 _mm_prefetch((const char *)f, _MM_HINT_T1);
                 f += C;
-                WG_OPAQUE(f);
+                OPAQUE_POINTER(f);
             }
         }
     }

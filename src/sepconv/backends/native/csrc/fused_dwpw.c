@@ -32,11 +32,6 @@
 #else
 #define NOCLONE
 #endif
-/* Keeps the compiler from folding a pointer's running increments into a register per offset: the 3x3 depthwise runs
- * (depthwise3_rows, vdw3_rows) step one pointer by a runtime stride, where GCC otherwise precomputes base + q * C for
- * every q of a window (ten pointers per input row), spills them, and spends as many instructions on addresses as on
- * FMAs. */
-#define OPAQUE_POINTER(p) __asm__("" : "+r"(p))
 /* How many consecutive blocks of `block` output pixels, from input column iw0 >= 0, fit in `pixels` pixels with
  * their 3-wide windows inside a row of W input pixels (at least 1 where the first block fits): the runs of the 3x3
  * row functions (depthwise3_rows, vdw3_rows) */
@@ -350,7 +345,7 @@ static inline __attribute__((always_inline)) void depthwise3_block(const float *
             for (int q = 0; q < SLIDE + 2; ++q) {
                 if (q >= q_lo && q < q_hi) {
                     __m512 v = _mm512_loadu_ps(pq);
-                    __asm__("" : "+v"(v)); /* one load into a register, not one folded into each of its FMAs */
+                    IN_REGISTER(v);
 #pragma GCC unroll 3
                     for (int d = 0; d < 3; ++d) { /* tap column d of output pixel q - d */
                         int j = q - d;

@@ -36,6 +36,18 @@
 
 #define SEPCONV_INLINE static inline __attribute__((always_inline))
 
+/* Empty asm statements that hide a value from the optimizer; they emit no instruction. OPAQUE_POINTER(p): the
+ * windows of the 3x3 row functions (depthwise3_rows, vdw3_rows, wgrad3_row) step one pointer by a runtime stride,
+ * where GCC otherwise precomputes base + q * C for every q of a window (ten pointers per input row), spills them,
+ * and spends as many instructions on addresses as on FMAs. IN_REGISTER(v): a loaded vector that feeds several FMAs
+ * stays one load into a register, where GCC otherwise folds the load into each FMA (one load per use). */
+#define OPAQUE_POINTER(p) __asm__("" : "+r"(p))
+#if defined(SEPCONV_VEC_NEON)
+#define IN_REGISTER(v) __asm__("" : "+w"(v))
+#else
+#define IN_REGISTER(v) __asm__("" : "+v"(v))
+#endif
+
 #if defined(SEPCONV_VEC_AVX2)
 typedef __m256 vf;
 #define VW 8      /* floats per vector */
