@@ -895,6 +895,7 @@ SEPCONV_INLINE void vdw3_rows(const float *x, int W, int C, const float *wdw, co
                 for (int q = 0; q < VDW3 + 2; ++q) {
                     if (q >= q_lo && q < q_hi) {
                         vf v = vload(pq);
+                        IN_REGISTER(v);
                         if (q < VDW3) a[q] = vfma(v, w0, a[q]);
                         if (q >= 1 && q - 1 < VDW3) a[q - 1] = vfma(v, w1, a[q - 1]);
                         if (q >= 2) a[q - 2] = vfma(v, w2, a[q - 2]);
