@@ -12,6 +12,7 @@
  * channels (wgrad_flat_applies) each output row is taken as one run of floats instead (wgrad_flat_row). Plain C with
  * optional OpenMP, loaded with ctypes.
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -91,21 +92,27 @@ static inline __attribute__((always_inline)) void wgrad_slide(const float *const
 }
 #endif
 
-#ifdef SEPCONV_AVX512
-/* One block of WG_SLIDE output pixels of wgrad3_row for one channel block: g at the block's first pixel, p at the
+#if defined(SEPCONV_AVX512) || defined(SEPCONV_VEC)
+/* Output pixels per wgrad3_row window: 9 sums, WG3 gradient vectors and one input vector fit 32 registers (AVX-512,
+ * NEON) with 8, AVX2's 16 with 4. */
+#if defined(SEPCONV_AVX512) || VREGS >= 32
+#define WG3 8
+#else
+#define WG3 4
+#endif
+
+/* One block of WG3 output pixels of wgrad3_row for one block of VB channels: g at the block's first pixel, p at the
  * first window column (iw0) of kernel row 0's input row, channel c; row: floats from one input row to the next.
  * Kernel rows kh with has[kh] == 0 lie in the zero padding (skipped); window columns q outside [q_lo, q_hi) are
  * outside the image (skipped); gradient vectors past nvalid (past the row's end) are zero. Each input vector feeds
- * up to three of the nine sums (one per tap column) as it is loaded: 9 sums, 8 gradient vectors and one input
- * vector in registers, no sum loaded or stored. */
-static inline __attribute__((always_inline)) void wgrad3_block(const float *g, const float *p, size_t row, int C,
-                                                               const int *has, int q_lo, int q_hi, int nvalid,
-                                                               __m512 *a) {
-    __m512 gv[WG_SLIDE];
+ * up to three of the nine sums (one per tap column) as it is loaded (IN_REGISTER), no sum loaded or stored. */
+SEPCONV_INLINE void wgrad3_block(const float *g, const float *p, size_t row, int C, const int *has, int q_lo,
+                                 int q_hi, int nvalid, vb *a) {
+    vb gv[WG3];
     const float *gq = g;
 #pragma GCC unroll 8
-    for (int j = 0; j < WG_SLIDE; ++j) {
-        gv[j] = j < nvalid ? _mm512_loadu_ps(gq) : _mm512_setzero_ps();
+    for (int j = 0; j < WG3; ++j) {
+        gv[j] = j < nvalid ? vb_load(gq) : (vb){0};
         gq += C;
         OPAQUE_POINTER(gq);
     }
@@ -115,14 +122,14 @@ static inline __attribute__((always_inline)) void wgrad3_block(const float *g, c
         if (has[kh]) {
             const float *pq = pr;
 #pragma GCC unroll 10
-            for (int q = 0; q < WG_SLIDE + 2; ++q) {
+            for (int q = 0; q < WG3 + 2; ++q) {
                 if (q >= q_lo && q < q_hi) {
-                    __m512 v = _mm512_loadu_ps(pq);
+                    vb v = vb_load(pq);
                     IN_REGISTER(v);
 #pragma GCC unroll 3
                     for (int kw = 0; kw < 3; ++kw) { /* tap kw of output pixel q - kw */
                         int j = q - kw;
-                        if (j >= 0 && j < WG_SLIDE) a[3 * kh + kw] = _mm512_fmadd_ps(gv[j], v, a[3 * kh + kw]);
+                        if (j >= 0 && j < WG3) a[3 * kh + kw] = vb_fma(gv[j], v, a[3 * kh + kw]);
                     }
                 }
                 pq += C;
@@ -135,60 +142,56 @@ static inline __attribute__((always_inline)) void wgrad3_block(const float *g, c
 }
 
 /* Blocks k0 .. k1 - 1 of a wgrad3_row channel block (g, p at the row's first pixel and window column; pf, gn: the
- * rows to prefetch, or NULL). clean (a constant): windows inside the row and WG_SLIDE pixels, no checks. */
-static inline __attribute__((always_inline)) void wgrad3_blocks(const float *g, const float *p, const float *pf,
-                                                                const float *gn, size_t row, int C, int W, int Wo,
-                                                                int iw0, const int *has, int k0, int k1, int clean,
-                                                                __m512 *a) {
+ * rows to prefetch, or NULL). clean (a constant): windows inside the row and WG3 pixels, no checks. */
+SEPCONV_INLINE void wgrad3_blocks(const float *g, const float *p, const float *pf, const float *gn, size_t row, int C,
+                                  int W, int Wo, int iw0, const int *has, int k0, int k1, int clean, vb *a) {
     for (int k = k0; k < k1; ++k) {
-        size_t off = (size_t)k * WG_SLIDE * C;
+        size_t off = (size_t)k * WG3 * C;
         if (clean) {
-            wgrad3_block(g + off, p + off, row, C, has, 0, WG_SLIDE + 2, WG_SLIDE, a);
+            wgrad3_block(g + off, p + off, row, C, has, 0, WG3 + 2, WG3, a);
         } else {
-            int iw = iw0 + k * WG_SLIDE, nvalid = Wo - k * WG_SLIDE < WG_SLIDE ? Wo - k * WG_SLIDE : WG_SLIDE;
-            int q_lo = iw < 0 ? -iw : 0, q_hi = W - iw < WG_SLIDE + 2 ? W - iw : WG_SLIDE + 2;
+            int iw = iw0 + k * WG3, nvalid = Wo - k * WG3 < WG3 ? Wo - k * WG3 : WG3;
+            int q_lo = iw < 0 ? -iw : 0, q_hi = W - iw < WG3 + 2 ? W - iw : WG3 + 2;
             wgrad3_block(g + off, p + off, row, C, has, q_lo, q_hi, nvalid, a);
         }
-        /* the input row the next output row adds and that row's gradient, fetched into L2 while this row computes */
-        if (pf) {
-            const float *f = pf + off;
+        /* the input row the next output row adds and that row's gradient, fetched into L2 while this row computes;
+         * one prefetch per pixel covers a 64-byte line of channels, so the vectors of a wider line (AVX2: 32 bytes)
+         * fetch it twice, once per channel block */
+        const float *f0 = pf ? pf + off : NULL, *f1 = gn ? gn + off : NULL;
 #pragma GCC unroll 8
-            for (int j = 0; j < WG_SLIDE; ++j) {
-                _mm_prefetch((const char *)f, _MM_HINT_T1);
-                f += C;
-                OPAQUE_POINTER(f);
+        for (int j = 0; j < WG3; ++j) {
+            if (f0) {
+                __builtin_prefetch(f0, 0, 2);
+                f0 += C;
+                OPAQUE_POINTER(f0);
             }
-        }
-        if (gn) {
-            const float *f = gn + off;
-#pragma GCC unroll 8
-            for (int j = 0; j < WG_SLIDE; ++j) {
-                _mm_prefetch((const char *)f, _MM_HINT_T1);
-                f += C;
-                OPAQUE_POINTER(f);
+            if (f1) {
+                __builtin_prefetch(f1, 0, 2);
+                f1 += C;
+                OPAQUE_POINTER(f1);
             }
         }
     }
 }
 
-/* One output row of a 3x3 kernel at stride 1, dilation 1, C a multiple of 16, added into part[9][Cp]: ih0, iw0 =
- * -pw: the first input row and column of the row's windows; H rows of the input x (image base); has[kh]: whether
- * input row ih0 + kh lies in the image. Channel block outer: its nine sums stay in registers along the whole row
- * (one add into part per tap per row) while blocks of WG_SLIDE pixels slide along it (wgrad3_block); the blocks
- * whose windows lie inside the row without checks, those at its borders with them (separate loops). pf, gn: the
- * next output row's last input row and its gradient row (prefetched), or NULL. */
+/* One output row of a 3x3 kernel at stride 1, dilation 1, C a multiple of VB, added into part[9][Cp]: ih0, iw0 =
+ * -pw: the first input row and column of the row's windows; x: the image; has[kh]: whether input row ih0 + kh lies
+ * in the image. Channel block outer: its nine sums stay in registers along the whole row (one add into part per tap
+ * per row) while windows of WG3 pixels slide along it (wgrad3_block); the blocks whose windows lie inside the row
+ * without checks, those at its borders with them (separate loops, so that GCC keeps the first free of checks). pf,
+ * gn: the next output row's last input row and its gradient row (prefetched), or NULL. */
 __attribute__((noinline)) static void wgrad3_row(const float *x, int W, int C, int Cp, const float *g, int Wo,
                                                  int ih0, int iw0, const int *has, float *part, const float *pf,
                                                  const float *gn) {
     const size_t row = (size_t)W * C;
-    int nb = (Wo + WG_SLIDE - 1) / WG_SLIDE, ka = iw0 < 0 ? (-iw0 + WG_SLIDE - 1) / WG_SLIDE : 0;
+    int nb = (Wo + WG3 - 1) / WG3, ka = iw0 < 0 ? (-iw0 + WG3 - 1) / WG3 : 0;
     ka = ka < nb ? ka : nb;
-    int kb = ka; /* blocks [ka, kb): windows inside the row, WG_SLIDE pixels */
-    while (kb < nb && iw0 + kb * WG_SLIDE + WG_SLIDE + 2 <= W && (kb + 1) * WG_SLIDE <= Wo) ++kb;
-    for (int c = 0; c < C; c += 16) {
-        __m512 a[9];
+    int kb = ka; /* blocks [ka, kb): windows inside the row, WG3 pixels */
+    while (kb < nb && iw0 + kb * WG3 + WG3 + 2 <= W && (kb + 1) * WG3 <= Wo) ++kb;
+    for (int c = 0; c < C; c += VB) {
+        vb a[9];
 #pragma GCC unroll 9
-        for (int t = 0; t < 9; ++t) a[t] = _mm512_setzero_ps();
+        for (int t = 0; t < 9; ++t) a[t] = (vb){0};
         const float *p = x + ((ptrdiff_t)ih0 * W + iw0) * C + c, *gc = g + c;
         const float *f = pf ? pf + (ptrdiff_t)iw0 * C + c : NULL, *fg = gn ? gn + c : NULL;
         wgrad3_blocks(gc, p, f, fg, row, C, W, Wo, iw0, has, 0, ka, 0, a);
@@ -197,7 +200,7 @@ __attribute__((noinline)) static void wgrad3_row(const float *x, int W, int C, i
 #pragma GCC unroll 9
         for (int t = 0; t < 9; ++t) {
             float *s = part + (size_t)t * Cp + c;
-            _mm512_store_ps(s, _mm512_add_ps(_mm512_load_ps(s), a[t]));
+            vb_store(s, vb_load(s) + a[t]);
         }
     }
 }
@@ -335,6 +338,12 @@ void sepconv_wgrad_row(const float *x, int H, int W, int C, const float *g, int 
         rows[kh] = (ih >= 0 && ih < H) ? x + (size_t)ih * W * C : NULL;
     }
 #if defined(SEPCONV_AVX512) || defined(SEPCONV_VEC)
+    if (KH == 3 && KW == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 && C % VB == 0) {
+        int ih0 = oh - ph, has[3] = {rows[0] != NULL, rows[1] != NULL, rows[2] != NULL};
+        const float *pf = ih0 + 3 >= 0 && ih0 + 3 < H ? x + (size_t)(ih0 + 3) * W * C : NULL; /* the next row's last */
+        wgrad3_row(x, W, C, Cp, g, Wo, ih0, -pw, has, part, pf, g_next_row);
+        return;
+    }
     /* C * sw <= 512: with wider pixels (512 channels at stride 2) the AVX2 build was slower than the loops below
      * (docs/design-notes.md); a block's loads then step 4 KiB from pixel to pixel */
     if (KH == 3 && KW == 3 && dw == 1 && (long)C * sw <= 512 && rows[0] && rows[1] && rows[2]
@@ -349,12 +358,6 @@ void sepconv_wgrad_row(const float *x, int H, int W, int C, const float *g, int 
     }
 #endif
 #ifdef SEPCONV_AVX512
-    if (KH == 3 && KW == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 && C % 16 == 0) {
-        int ih0 = oh - ph, has[3] = {rows[0] != NULL, rows[1] != NULL, rows[2] != NULL};
-        const float *pf = ih0 + 3 >= 0 && ih0 + 3 < H ? x + (size_t)(ih0 + 3) * W * C : NULL; /* the next row's last */
-        wgrad3_row(x, W, C, Cp, g, Wo, ih0, -pw, has, part, pf, g_next_row);
-        return;
-    }
     if (sw == 1 && dw == 1 && KH <= 16 && (KW == 3 || KW == 5 || KW == 7)) {
         int ihn = (oh + 1) * sh - ph + (KH - 1) * dh; /* the last input row of the next output row */
         const float *pf = ihn >= 0 && ihn < H ? x + (size_t)ihn * W * C : NULL;
