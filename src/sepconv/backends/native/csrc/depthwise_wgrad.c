@@ -6,9 +6,9 @@
  * thread sums its output rows into its own KH*KW*C buffer (small: in L1/L2), and the buffers are added at the end.
  * Stride 1, dilation 1, a 3/5/7-wide kernel and AVX-512: eight adjacent output pixels at a time share each kernel
  * row's input vectors (sliding window; vectors outside the image and pixels past the row's end read as zero), and
- * every tap's eight products are summed in registers before one add to the buffer; for a 3x3 kernel on whole
- * channel vectors the nine sums stay in registers along the whole row (wgrad3_row). The same window with AVX2 + FMA
- * or NEON vectors (simd.h: 4 or 8 pixels). Otherwise one pixel at a time, portable loops. At stride 1 with few
+ * every tap's eight products are summed in registers before one add to the buffer; the same window with AVX2 + FMA
+ * or NEON vectors (simd.h: 4 or 8 pixels). A 3x3 kernel on whole vectors of channels keeps its nine sums in
+ * registers along the whole row instead (wgrad3_row, every vector ISA). Otherwise one pixel at a time, portable loops. At stride 1 with few
  * channels (wgrad_flat_applies) each output row is taken as one run of floats instead (wgrad_flat_row). Plain C with
  * optional OpenMP, loaded with ctypes.
  */
@@ -157,18 +157,22 @@ SEPCONV_INLINE void wgrad3_blocks(const float *g, const float *p, const float *p
         /* the input row the next output row adds and that row's gradient, fetched into L2 while this row computes;
          * one prefetch per pixel covers a 64-byte line of channels, so the vectors of a wider line (AVX2: 32 bytes)
          * fetch it twice, once per channel block */
-        const float *f0 = pf ? pf + off : NULL, *f1 = gn ? gn + off : NULL;
+        if (pf) {
+            const float *f = pf + off;
 #pragma GCC unroll 8
-        for (int j = 0; j < WG3; ++j) {
-            if (f0) {
-                __builtin_prefetch(f0, 0, 2);
-                f0 += C;
-                OPAQUE_POINTER(f0);
+            for (int j = 0; j < WG3; ++j) {
+                __builtin_prefetch(f, 0, 2);
+                f += C;
+                OPAQUE_POINTER(f);
             }
-            if (f1) {
-                __builtin_prefetch(f1, 0, 2);
-                f1 += C;
-                OPAQUE_POINTER(f1);
+        }
+        if (gn) {
+            const float *f = gn + off;
+#pragma GCC unroll 8
+            for (int j = 0; j < WG3; ++j) {
+                __builtin_prefetch(f, 0, 2);
+                f += C;
+                OPAQUE_POINTER(f);
             }
         }
     }
@@ -293,11 +297,11 @@ static void row3_partial(const float *const *rows, const float *g, int W, int C,
 #endif
 
 /* One output row of a 3x3 undilated kernel, column stride sw, whose three input rows lie in the image: a block of VB
- * channels at a time, the nine taps' sums held in registers over the whole row and added into part once. AVX2 and
- * NEON at every stride (wgrad_slide_v adds into part once per 4 pixels), AVX-512 at strides above 1 (at stride 1
- * wgrad3_row, whose windows load each input vector once for three taps, or the eight-pixel window:
- * docs/design-notes.md); elsewhere one pixel at a time. Channels past the last whole block: one partial block with
- * masked loads (row3_partial), plain loops on NEON. */
+ * channels at a time, the nine taps' sums held in registers over the whole row and added into part once. At
+ * strides above 1, and with AVX2 and NEON at stride 1 where the channels are not whole vectors (whole vectors take
+ * wgrad3_row, whose windows load each input vector once for three taps: docs/design-notes.md); elsewhere one pixel
+ * at a time. Channels past the last whole block: one partial block with masked loads (row3_partial), plain loops
+ * on NEON. */
 static void wgrad_row3(const float *const *rows, const float *g, int W, int C, int Cp, int Wo, int sw, int pw,
                        float *part, const float *x_next_row, const float *g_next_row) {
     /* the input row the next output row adds and that row's gradient, fetched into L2 while this row computes (as
