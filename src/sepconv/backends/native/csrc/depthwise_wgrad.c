@@ -141,6 +141,17 @@ SEPCONV_INLINE void wgrad3_block(const float *g, const float *p, size_t row, int
     }
 }
 
+/* Prefetch into L2 the line at f of each of WG3 pixels C floats apart (one loop per row: interleaving two rows'
+ * prefetches in one loop had GCC compile three variants of it) */
+SEPCONV_INLINE void prefetch_pixels(const float *f, int C) {
+#pragma GCC unroll 8
+    for (int j = 0; j < WG3; ++j) {
+        __builtin_prefetch(f, 0, 2);
+        f += C;
+        OPAQUE_POINTER(f);
+    }
+}
+
 /* Blocks k0 .. k1 - 1 of a wgrad3_row channel block (g, p at the row's first pixel and window column; pf, gn: the
  * rows to prefetch, or NULL). clean (a constant): windows inside the row and WG3 pixels, no checks. */
 SEPCONV_INLINE void wgrad3_blocks(const float *g, const float *p, const float *pf, const float *gn, size_t row, int C,
@@ -157,24 +168,8 @@ SEPCONV_INLINE void wgrad3_blocks(const float *g, const float *p, const float *p
         /* the input row the next output row adds and that row's gradient, fetched into L2 while this row computes;
          * one prefetch per pixel covers a 64-byte line of channels, so the vectors of a wider line (AVX2: 32 bytes)
          * fetch it twice, once per channel block */
-        if (pf) {
-            const float *f = pf + off;
-#pragma GCC unroll 8
-            for (int j = 0; j < WG3; ++j) {
-                __builtin_prefetch(f, 0, 2);
-                f += C;
-                OPAQUE_POINTER(f);
-            }
-        }
-        if (gn) {
-            const float *f = gn + off;
-#pragma GCC unroll 8
-            for (int j = 0; j < WG3; ++j) {
-                __builtin_prefetch(f, 0, 2);
-                f += C;
-                OPAQUE_POINTER(f);
-            }
-        }
+        if (pf) prefetch_pixels(pf + off, C);
+        if (gn) prefetch_pixels(gn + off, C);
     }
 }
 
