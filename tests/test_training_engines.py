@@ -297,12 +297,14 @@ def test_tune_training_keeps_the_model_and_can_be_undone():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 2), st.integers(1, 40), st.integers(1, 12), st.integers(1, 40), st.sampled_from([1, 2, 3, 4, 5, 7]),
-       st.integers(1, 2), st.integers(1, 2), st.integers(0, 3), st.integers(1, 2), st.integers(0, 999))
+@given(st.integers(1, 2), st.one_of(st.integers(1, 40), st.sampled_from([16, 32, 48])), st.integers(1, 12),
+       st.integers(1, 40), st.sampled_from([1, 2, 3, 3, 4, 5, 7]), st.integers(1, 2), st.integers(1, 2),
+       st.integers(0, 3), st.integers(1, 2), st.integers(0, 999))
 @needs_kernels
 def test_depthwise_weight_grad_matches_float64(batch, channels, h, w, k, stride, dilation, pad, threads, seed):
     """The kernel against float64 PyTorch: ragged channel blocks, rows cut anywhere by the 8-pixel sliding windows,
-    borders, strides and dilations (the general path), 1 or 2 threads."""
+    borders, strides and dilations (the general path), 1 or 2 threads; whole vectors of channels (16, 32, 48) drawn
+    often, for the 3x3 stride-1 row form and its border blocks."""
     torch.manual_seed(seed)
     pad = min(pad, dilation * (k - 1))
     h, w = max(h, dilation * (k - 1) + 1 - 2 * pad), max(w, dilation * (k - 1) + 1 - 2 * pad)
@@ -315,6 +317,26 @@ def test_depthwise_weight_grad_matches_float64(batch, channels, h, w, k, stride,
     with torch_threads(threads):
         got = depthwise_weight_grad(x, gy, (k, k), *conf)
     assert got.dtype == torch.float32 and got.shape == weight.shape
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * (gy.numel() / channels) ** 0.5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 2), st.sampled_from([8, 16, 24, 32, 48, 64]), st.integers(1, 9), st.integers(1, 40),
+       st.integers(0, 2), st.integers(1, 2), st.integers(0, 999))
+@needs_kernels
+def test_3x3_depthwise_weight_grad_row_form_matches_float64(batch, channels, h, w, pad, threads, seed):
+    """3x3, stride 1, whole vectors of channels (the row form with its sums held along the row): rows narrower than
+    one window up to several, every padding, images of one row up, against float64 PyTorch."""
+    torch.manual_seed(seed)
+    h, w = max(h, 3 - 2 * pad), max(w, 3 - 2 * pad)
+    x = torch.randn(batch, channels, h, w)
+    weight = torch.randn(channels, 1, 3, 3)
+    conf = ((1, 1), (pad, pad), (1, 1))
+    gy = torch.randn(F.conv2d(x, weight, None, *conf, channels).shape)
+    ref = torch.ops.aten.convolution_backward(gy.double(), x.double(), weight.double(), None, *map(list, conf),
+                                              False, [0, 0], channels, [False, True, False])[1]
+    with torch_threads(threads):
+        got = depthwise_weight_grad(x, gy, (3, 3), *conf)
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * (gy.numel() / channels) ** 0.5)
 
 
