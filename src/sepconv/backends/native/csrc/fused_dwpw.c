@@ -126,15 +126,21 @@ static inline __m512 act16(__m512 v, int act) {
  * accumulators. prefetch_window: the SLIDE pixels from column iw0 of another row. */
 static inline __attribute__((always_inline)) void window_row(const float *row, int iw0, int C, int KWC, int q_lo,
                                                              int q_hi, int nc, __mmask16 k, __m512 *in) {
+    const float *pq = row + (ptrdiff_t)iw0 * C;
     if (nc == 16) {
 #pragma GCC unroll 16
-        for (int q = 0; q < SLIDE + KWC - 1; ++q)
-            in[q] = q >= q_lo && q < q_hi ? _mm512_loadu_ps(row + (ptrdiff_t)(iw0 + q) * C) : _mm512_setzero_ps();
+        for (int q = 0; q < SLIDE + KWC - 1; ++q) {
+            in[q] = q >= q_lo && q < q_hi ? _mm512_loadu_ps(pq) : _mm512_setzero_ps();
+            pq += C;
+            OPAQUE_POINTER(pq);
+        }
     } else {
 #pragma GCC unroll 16
-        for (int q = 0; q < SLIDE + KWC - 1; ++q)
-            in[q] = q >= q_lo && q < q_hi ? _mm512_maskz_loadu_ps(k, row + (ptrdiff_t)(iw0 + q) * C)
-                                          : _mm512_setzero_ps();
+        for (int q = 0; q < SLIDE + KWC - 1; ++q) {
+            in[q] = q >= q_lo && q < q_hi ? _mm512_maskz_loadu_ps(k, pq) : _mm512_setzero_ps();
+            pq += C;
+            OPAQUE_POINTER(pq);
+        }
     }
 }
 
