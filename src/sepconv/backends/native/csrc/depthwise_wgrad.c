@@ -183,10 +183,8 @@ __attribute__((noinline)) static void wgrad3_row(const float *x, int W, int C, i
                                                  int ih0, int iw0, const int *has, float *part, const float *pf,
                                                  const float *gn) {
     const size_t row = (size_t)W * C;
-    int nb = (Wo + WG3 - 1) / WG3, ka = iw0 < 0 ? (-iw0 + WG3 - 1) / WG3 : 0;
-    ka = ka < nb ? ka : nb;
-    int kb = ka; /* blocks [ka, kb): windows inside the row, WG3 pixels */
-    while (kb < nb && iw0 + kb * WG3 + WG3 + 2 <= W && (kb + 1) * WG3 <= Wo) ++kb;
+    int ka, kb, nb;
+    window_blocks(iw0, Wo, W, WG3, &ka, &kb, &nb);
     for (int c = 0; c < C; c += VB) {
         vb a[9];
 #pragma GCC unroll 9

@@ -32,13 +32,6 @@
 #else
 #define NOCLONE
 #endif
-/* How many consecutive blocks of `block` output pixels, from input column iw0 >= 0, fit in `pixels` pixels with
- * their 3-wide windows inside a row of W input pixels (at least 1 where the first block fits): the runs of the 3x3
- * row functions (depthwise3_rows, vdw3_rows) */
-static inline int interior_blocks(int pixels, int iw0, int W, int block) {
-    int fit = (W - 2 - iw0) / block, n = pixels / block;
-    return n < fit ? n : fit;
-}
 #define NR 32 /* output channels per register block (two AVX-512 vectors) and per packed weight panel */
 /* input channels up to which the backward kernel takes the 1x1 input gradient as dot products (few_channel_rows):
  * per row it costs about C (Cout / VB + a horizontal sum) instructions against the panel GEMM's 2 Cout */
@@ -439,12 +432,8 @@ static inline __attribute__((always_inline)) void depthwise3_rows(const float *x
                                                                   float *out1, int cp, const float *pf0,
                                                                   const float *pf1) {
     const size_t row = (size_t)W * C;
-    /* blocks [0, ka) start left of the row, [ka, kb) have their windows inside it, [kb, nb) reach past its end or
-     * the segment's */
-    int nb = (npix + SLIDE - 1) / SLIDE, ka = iw0 < 0 ? (-iw0 + SLIDE - 1) / SLIDE : 0;
-    ka = ka < nb ? ka : nb;
-    int kb = ka < nb ? ka + interior_blocks(npix - ka * SLIDE, iw0 + ka * SLIDE, W, SLIDE) : nb;
-    kb = kb < ka ? ka : kb;
+    int ka, kb, nb;
+    window_blocks(iw0, npix, W, SLIDE, &ka, &kb, &nb);
     for (int c = 0; c < C; c += 16) {
         __m512 w[9];
 #pragma GCC unroll 9

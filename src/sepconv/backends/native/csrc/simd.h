@@ -48,6 +48,24 @@
 #define IN_REGISTER(v) __asm__("" : "+v"(v))
 #endif
 
+/* The geometry of the 3x3 row functions' windows (stride 1: a block of `block` output pixels reads block + 2 input
+ * columns). interior_blocks: how many consecutive blocks, from input column iw0 >= 0, fit in `pixels` pixels with
+ * their windows inside a row of W input columns (at least 1 where the first block fits). window_blocks: the blocks
+ * of a segment of npix output pixels whose first window starts at input column iw0 (< 0 in the left padding):
+ * *nb in all; [0, *ka) start left of the row, [*ka, *kb) lie inside it with `block` pixels each (the ones that
+ * need no checks), [*kb, *nb) reach past the row's end or the segment's. */
+SEPCONV_INLINE int interior_blocks(int pixels, int iw0, int W, int block) {
+    int fit = (W - 2 - iw0) / block, n = pixels / block;
+    return n < fit ? n : fit;
+}
+SEPCONV_INLINE void window_blocks(int iw0, int npix, int W, int block, int *ka, int *kb, int *nb) {
+    *nb = (npix + block - 1) / block;
+    *ka = iw0 < 0 ? (-iw0 + block - 1) / block : 0;
+    *ka = *ka < *nb ? *ka : *nb;
+    *kb = *ka < *nb ? *ka + interior_blocks(npix - *ka * block, iw0 + *ka * block, W, block) : *nb;
+    *kb = *kb < *ka ? *ka : *kb;
+}
+
 #if defined(SEPCONV_VEC_AVX2)
 typedef __m256 vf;
 #define VW 8      /* floats per vector */
