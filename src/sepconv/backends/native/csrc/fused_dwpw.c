@@ -872,15 +872,14 @@ static void vdw_quad(const float *x, int W, int C, const float *wdw, const float
 SEPCONV_INLINE void vdw3_rows(const float *x, int W, int C, const float *wdw, const float *bdw, int ih0, int iw0,
                               int nblk, int q_lo, int q_hi, int cnt, int act, float *out, int cp) {
     const size_t row = (size_t)W * C;
-    for (int c = 0; c < C; c += VW) {
-        vf b = bdw ? vload(bdw + c) : vzero();
-        const float *p = x + ((ptrdiff_t)ih0 * W + iw0) * C + c;
-        float *o = out + c;
-        for (int blk = 0; blk < nblk; ++blk) {
+    const float *pb = x + ((ptrdiff_t)ih0 * W + iw0) * C;
+    for (int blk = 0; blk < nblk; ++blk) {
+        for (int c = 0; c < C; c += VW) {
+            vf b = bdw ? vload(bdw + c) : vzero();
             vf a[VDW3];
 #pragma GCC unroll 8
             for (int j = 0; j < VDW3; ++j) a[j] = b;
-            const float *pr = p;
+            const float *pr = pb + c;
 #pragma GCC unroll 3
             for (int r = 0; r < 3; ++r) {
                 vf w0 = vload(wdw + (size_t)(3 * r) * C + c), w1 = vload(wdw + (size_t)(3 * r + 1) * C + c);
@@ -901,16 +900,16 @@ SEPCONV_INLINE void vdw3_rows(const float *x, int W, int C, const float *wdw, co
                 pr += row;
                 OPAQUE_POINTER(pr);
             }
-            float *so = o;
+            float *so = out + c;
 #pragma GCC unroll 8
             for (int j = 0; j < VDW3; ++j) {
                 if (j < cnt) vstore(so, vact(a[j], act));
                 so += cp;
                 OPAQUE_POINTER(so);
             }
-            p += (size_t)VDW3 * C;
-            o += (size_t)VDW3 * cp;
         }
+        pb += (size_t)VDW3 * C;
+        out += (size_t)VDW3 * cp;
     }
 }
 /* vdw3_rows over nblk interior blocks, and over one block at a border, in functions of their own */
