@@ -453,13 +453,16 @@ int main(void) {
             check_fused(1 + k % 2, H, W, 16 * (1 + (k / 3) % 4), 3, 1, pad, 1, couts[k % 7], k % 2, k % 3, (k + 1) % 3,
                         6 + (k * 17) % 40, 1, k % 2);
     }
-    /* 3x3 layers of 64 channels or more at strides 1 and 2 (the AVX2 path's four-pixel, two-vector blocks): whole,
+    /* 3x3 layers of 64 channels or more at strides 1 and 2 (the AVX2 and NEON paths' eight-pixel blocks over every
+     * channel vector up to 256 channels, their four-pixel, two-vector blocks past it and at stride 2): whole,
      * partial and single channel vectors past the pairs, rows narrower than a block, both paddings, odd and even
      * widths, tiles across rows */
-    static const int wide[] = {64, 72, 100, 128};
-    for (int k = 0; k < 32; ++k)
-        check_fused(1 + k % 2, 3 + (k * 5) % 11, 3 + (k * 7) % 13, wide[k % 4], 3, 1 + (k / 4) % 2, k % 3 ? 1 : 0,
-                    1, couts[k % 7], k % 2, k % 3, (k + 1) % 3, 6 + (k * 13) % 50, 1, k % 2);
+    static const int wide[] = {64, 72, 100, 128, 256, 264};
+    for (int k = 0; k < 36; ++k) { /* each channel count at both strides, with and without padding, bias, streaming */
+        int i = k % 6, j = k / 6;
+        check_fused(1 + j % 2, 3 + (k * 5) % 11, 3 + (k * 7) % 13, wide[i], 3, 1 + j % 2, (i + j) % 3 ? 1 : 0, 1,
+                    couts[k % 7], (i + j / 2) % 2, (i + 2 * j) % 3, (i + j + 1) % 3, 6 + (k * 13) % 50, 1, j / 3);
+    }
     static const int dims[][3] = {{1, 1, 1}, {7, 3, 5}, {50, 16, 16}, {300, 12, 32}, {129, 24, 48}, {700, 64, 40},
                                   {65, 33, 70}, {1000, 6, 17}, {5000, 20, 24}, {5000, 13, 10}};
     for (size_t k = 0; k < sizeof dims / sizeof *dims; ++k)

@@ -954,12 +954,12 @@ __attribute__((noinline)) static void depthwise3_run_v(const float *x, int H, in
     }
 }
 
-/* Whether depthwise3_run_v takes a layer: a 3x3 kernel, stride 1, dilation 1, whole channel vectors, at most 8 VW
- * channels. With more, vdw_win3's blocks of two channel vectors were the faster (docs/design-notes.md): a channel
- * vector's sweep along a row reads half of each 64-byte line (AVX2), whose other half the next vector's sweep reads
- * again, perhaps after the line has left L1 (not measured). */
+/* Whether depthwise3_run_v takes a layer: a 3x3 kernel, stride 1, dilation 1, whole channel vectors, at most 256
+ * channels. Each block of vdw3_rows reads the nine weights of every channel: 9 KiB at 256 channels, which stay in
+ * L1 from block to block; at 1024 channels (36 KiB) they do not, and vdw_win3's blocks of two channel vectors, which
+ * keep a channel vector's weights in registers along a row, were the faster (docs/design-notes.md). */
 static inline int depthwise3_applies_v(int C, int KH, int KW, int sh, int sw, int dh, int dw) {
-    return KH == 3 && KW == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 && C % VW == 0 && C <= 8 * VW;
+    return KH == 3 && KW == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 && C % VW == 0 && C <= 256;
 }
 
 /* Depthwise output for pixels [p0, p0 + m) of one image into t[m][cp] (channel vectors). */
