@@ -411,6 +411,11 @@ int main(void) {
             for (int pad = 0; pad <= 2; ++pad)
                 for (size_t ci = 0; ci < sizeof wg_channels / sizeof *wg_channels; ++ci)
                     if (W + 2 * pad >= 3) check_wgrad(2, 7, W, wg_channels[ci], 3, s, pad, 1, 1 + (int)ci % 2);
+    /* rows long enough that the AVX2 and NEON builds take them in chunks of blocks (wgrad3_row): chunk boundaries
+     * at border and clean blocks, a last chunk shorter than the others, paddings 0-2 */
+    static const int long_rows[][2] = {{64, 45}, {64, 61}, {40, 77}, {16, 200}, {128, 30}, {256, 17}};
+    for (size_t k = 0; k < sizeof long_rows / sizeof *long_rows; ++k)
+        check_wgrad(1 + (int)k % 2, 4, long_rows[k][1], long_rows[k][0], 3, 1, (int)k % 3, 1, 1 + (int)k / 3);
     /* depthwise steps on their own at stride 1 and the flat weight gradient (few channels; with AVX2 or NEON also
      * a partial last vector): 1-12 channels, rows narrower than the kernel up to several vectors, paddings 0 to the
      * kernel's extent, dilations 1-2, kernel widths 1-5, one to three threads over bands of rows */

@@ -8,9 +8,9 @@
  * row's input vectors (sliding window; vectors outside the image and pixels past the row's end read as zero), and
  * every tap's eight products are summed in registers before one add to the buffer; the same window with AVX2 + FMA
  * or NEON vectors (simd.h: 4 or 8 pixels). A 3x3 kernel on whole vectors of channels keeps its nine sums in
- * registers along the whole row instead (wgrad3_row, every vector ISA). Otherwise one pixel at a time, portable loops. At stride 1 with few
- * channels (wgrad_flat_applies) each output row is taken as one run of floats instead (wgrad_flat_row). Plain C with
- * optional OpenMP, loaded with ctypes.
+ * registers along the row (or, with AVX2 and NEON, along chunks of a long row) instead (wgrad3_row, every vector
+ * ISA). Otherwise one pixel at a time, portable loops. At stride 1 with few channels (wgrad_flat_applies) each output
+ * row is taken as one run of floats instead (wgrad_flat_row). Plain C with optional OpenMP, loaded with ctypes.
  */
 #include <stddef.h>
 #include <stdlib.h>
@@ -173,32 +173,59 @@ SEPCONV_INLINE void wgrad3_blocks(const float *g, const float *p, const float *p
     }
 }
 
-/* One output row of a 3x3 kernel at stride 1, dilation 1, C a multiple of VB, added into part[9][Cp]: ih0, iw0 =
- * -pw: the first input row and column of the row's windows; x: the image; has[kh]: whether input row ih0 + kh lies
- * in the image. Channel block outer: its nine sums stay in registers along the whole row (one add into part per tap
- * per row) while windows of WG3 pixels slide along it (wgrad3_block); the blocks whose windows lie inside the row
- * without checks, those at its borders with them (separate loops, so that GCC keeps the first free of checks). pf,
- * gn: the next output row's last input row and its gradient row (prefetched), or NULL. */
-__attribute__((noinline)) static void wgrad3_row(const float *x, int W, int C, int Cp, const float *g, int Wo,
-                                                 int ih0, int iw0, const int *has, float *part, const float *pf,
-                                                 const float *gn) {
+/* Blocks [k0, k1) of a wgrad3_row row through every channel block in turn, added into part[9][Cp]: [k0, la) and
+ * [rb, k1) with checks (at the row's borders), [ca, cb) without. A channel block's nine sums stay in registers along
+ * the blocks (one add into part per tap) while windows of WG3 pixels slide along them (wgrad3_block). */
+SEPCONV_INLINE void wgrad3_span(const float *x, int W, int C, int Cp, const float *g, int Wo, int ih0, int iw0,
+                                const int *has, float *part, const float *pf, const float *gn, int k0, int la, int ca,
+                                int cb, int rb, int k1) {
     const size_t row = (size_t)W * C;
-    int ka, kb, nb;
-    window_blocks(iw0, Wo, W, WG3, &ka, &kb, &nb);
     for (int c = 0; c < C; c += VB) {
         vb a[9];
 #pragma GCC unroll 9
         for (int t = 0; t < 9; ++t) a[t] = (vb){0};
         const float *p = x + ((ptrdiff_t)ih0 * W + iw0) * C + c, *gc = g + c;
         const float *f = pf ? pf + (ptrdiff_t)iw0 * C + c : NULL, *fg = gn ? gn + c : NULL;
-        wgrad3_blocks(gc, p, f, fg, row, C, W, Wo, iw0, has, 0, ka, 0, a);
-        wgrad3_blocks(gc, p, f, fg, row, C, W, Wo, iw0, has, ka, kb, 1, a);
-        wgrad3_blocks(gc, p, f, fg, row, C, W, Wo, iw0, has, kb, nb, 0, a);
+        wgrad3_blocks(gc, p, f, fg, row, C, W, Wo, iw0, has, k0, la, 0, a);
+        wgrad3_blocks(gc, p, f, fg, row, C, W, Wo, iw0, has, ca, cb, 1, a);
+        wgrad3_blocks(gc, p, f, fg, row, C, W, Wo, iw0, has, rb, k1, 0, a);
 #pragma GCC unroll 9
         for (int t = 0; t < 9; ++t) {
             float *s = part + (size_t)t * Cp + c;
             vb_store(s, vb_load(s) + a[t]);
         }
+    }
+}
+
+#ifndef WG3_CHUNK_BYTES
+#define WG3_CHUNK_BYTES 16384
+#endif
+/* One output row of a 3x3 kernel at stride 1, dilation 1, C a multiple of VB, added into part[9][Cp]: ih0, iw0 =
+ * -pw: the first input row and column of the row's windows; x: the image; has[kh]: whether input row ih0 + kh lies
+ * in the image; pf, gn: the next output row's last input row and its gradient row (prefetched), or NULL. The blocks
+ * whose windows lie inside the row run without checks, those at its borders with them (separate loops, so that GCC
+ * keeps the first free of checks). Where a channel block is narrower than a 64-byte line (AVX2: half, NEON: a
+ * quarter) and the row's four rows of pixels exceed three chunks' worth, the row goes in chunks of about
+ * WG3_CHUNK_BYTES (at least two blocks: one-block chunks cost more in sums added into part than they saved on
+ * 7-pixel rows), each through every channel block, so that a line one channel block reads part of is still in L1
+ * when the next reads the rest. Otherwise (AVX-512's blocks are whole lines) the whole row goes at once. */
+__attribute__((noinline)) static void wgrad3_row(const float *x, int W, int C, int Cp, const float *g, int Wo,
+                                                 int ih0, int iw0, const int *has, float *part, const float *pf,
+                                                 const float *gn) {
+    int ka, kb, nb;
+    window_blocks(iw0, Wo, W, WG3, &ka, &kb, &nb);
+    long row_bytes = 4L * (long)sizeof(float) * C * (Wo + 2);
+    if (VB * (int)sizeof(float) >= 64 || row_bytes <= 3L * WG3_CHUNK_BYTES) {
+        wgrad3_span(x, W, C, Cp, g, Wo, ih0, iw0, has, part, pf, gn, 0, ka, ka, kb, kb, nb);
+        return;
+    }
+    int chunk = WG3_CHUNK_BYTES / (4 * (int)sizeof(float) * C * WG3);
+    chunk = chunk < 2 ? 2 : chunk;
+    for (int k0 = 0; k0 < nb; k0 += chunk) {
+        int k1 = nb - k0 < chunk ? nb : k0 + chunk;
+        int la = ka < k1 ? ka : k1, cb = kb < k1 ? kb : k1;
+        int ca = la > k0 ? la : k0, rb = cb > ca ? cb : ca;
+        wgrad3_span(x, W, C, Cp, g, Wo, ih0, iw0, has, part, pf, gn, k0, la, ca, cb, rb, k1);
     }
 }
 #endif
