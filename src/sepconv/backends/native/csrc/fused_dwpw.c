@@ -863,11 +863,12 @@ static void vdw_quad(const float *x, int W, int C, const float *wdw, const float
 
 /* One output row of a 3x3 kernel at stride 1 (input rows ih0 .. ih0 + 2 all inside the image), C a multiple of VW:
  * nblk consecutive blocks of VDW3 pixels from input column iw0, pixel j into out + j cp; window columns outside
- * [q_lo, q_hi) are outside the image (skipped), the first cnt pixels of each block stored. The AVX-512 runs'
- * structure (depthwise3_rows) with one output row: channel vector outer, the blocks sliding along the row, each
- * kernel row's three weight vectors loaded once per block, each input vector loaded once and fed to its (up to)
- * three FMAs as it arrives: VDW3 accumulators, 3 weights and one input (12 of AVX2's 16 registers), addresses one
- * pointer stepped by a runtime stride (OPAQUE_POINTER). */
+ * [q_lo, q_hi) are outside the image (skipped), the first cnt pixels of each block stored. Each block runs through
+ * every channel vector in turn (a vector is half a 64-byte line with AVX2, a quarter with NEON: a line is fetched
+ * once and used whole, where a channel vector's sweep along the row fetched it again for the next), each kernel
+ * row's three weight vectors loaded once per block and channel vector, each input vector loaded once and fed to its
+ * (up to) three FMAs as it arrives: VDW3 accumulators, 3 weights and one input (12 of AVX2's 16 registers),
+ * addresses one pointer stepped by a runtime stride (OPAQUE_POINTER). */
 #define VDW3 8
 SEPCONV_INLINE void vdw3_rows(const float *x, int W, int C, const float *wdw, const float *bdw, int ih0, int iw0,
                               int nblk, int q_lo, int q_hi, int cnt, int act, float *out, int cp) {
