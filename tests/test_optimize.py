@@ -212,16 +212,19 @@ def test_optimize_times_one_thread_on_cpu_time(threads, clock):
     assert sepconv.optimize(model, x, measure=False).timing_clock is None
 
 
-def _fake_timer(medians_by_call):
-    """A stand-in for time_candidates: the medians (s) each successive call reports, and what it was asked."""
+def _fake_timer(medians_by_call, samples_by_call=None):
+    """A stand-in for time_candidates: the medians (s) each successive call reports (and, where given, its samples;
+    else the median alone), and what it was asked."""
     from sepconv.utils.timing import Timing
 
     asked = []
 
     def timer(calls, sample, rounds, target_s=0.02, settle_s=0.0):
         medians = medians_by_call[len(asked)]
+        samples = (samples_by_call or {}).get(len(asked), {})
         asked.append((sorted(calls), rounds, target_s, settle_s))
-        return {name: Timing(medians[name], medians[name], medians[name], (medians[name],)) for name in calls}
+        return {name: Timing(medians[name], medians[name], medians[name], tuple(samples.get(name, (medians[name],))))
+                for name in calls}
     return timer, asked
 
 
@@ -243,6 +246,25 @@ def test_fastest_call_confirms_a_close_call_and_settles_with_threads(monkeypatch
     settle = clock.SETTLE_S if threads > 1 else 0.0
     assert choice == "b" and asked == [(sorted(calls), 5, 0.01, settle), (["a", "b"], 10, 0.025, settle)]
     assert timings["a (confirmation)"] == 1200 and timings["b (confirmation)"] == 1000 and timings["original"] == 500
+
+
+def test_fastest_call_confirms_when_the_fastest_sample_is_another_candidates(monkeypatch):
+    """A clear median winner is timed again against the candidate with the fastest single sample: the medians then
+    disagree with the least disturbed samples (the other candidate's rounds were slowed), and the second timing
+    decides. Where both agree, nothing is timed again."""
+    from sepconv.backends import clock
+
+    calls = {"packed": lambda: None, "fused": lambda: None, "eager": lambda: None}
+    first = {"packed": 1.0, "fused": 1.4, "eager": 3.0}  # fused's median is well outside CLOSE_CALL
+    timer, asked = _fake_timer([first, {"packed": 1.0, "fused": 0.75}],
+                               {0: {"packed": (0.95, 1.0, 1.05), "fused": (0.7, 1.4, 1.5), "eager": (2.9, 3.0, 3.1)}})
+    monkeypatch.setattr(clock, "time_candidates", timer)
+    choice, timings = clock.fastest_call(calls, torch.empty(1), rounds=3)
+    assert choice == "fused" and [a[0] for a in asked] == [sorted(calls), ["fused", "packed"]]
+    assert timings["fused (confirmation)"] == 750 and timings["packed (confirmation)"] == 1000
+    timer, asked = _fake_timer([first], {0: {"packed": (0.9, 1.0), "fused": (1.3, 1.4), "eager": (2.9, 3.0)}})
+    monkeypatch.setattr(clock, "time_candidates", timer)
+    assert clock.fastest_call(calls, torch.empty(1), rounds=3)[0] == "packed" and len(asked) == 1
 
 
 def test_fastest_call_keeps_a_clear_winner_and_checks_among(monkeypatch):

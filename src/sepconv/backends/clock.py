@@ -83,10 +83,12 @@ def fastest_call(calls: dict[str, Callable[[], object]], sample: torch.Tensor, r
     sample when more than one thread runs.
 
     Only the names in ``among`` (default: all) compete; the others are timed beside them for comparison. When the
-    runner-up is within :data:`CLOSE_CALL` of the fastest (a close call on a noisy machine), the two are timed
-    again with twice the rounds and 2.5 times ``target_s`` before choosing; those medians are added as
-    ``'<name> (confirmation)'``. What :func:`sepconv.optimize` chooses its candidate by, and
-    :func:`~sepconv.backends.onednn.pack_convolutions` each convolution's engine.
+    runner-up is within :data:`CLOSE_CALL` of the fastest (a close call on a noisy machine), or when another
+    candidate than the one with the fastest median has the fastest single sample (the medians disagree with the
+    least disturbed samples: something slowed one candidate's rounds), the two are timed again with twice the
+    rounds and 2.5 times ``target_s`` before choosing; those medians are added as ``'<name> (confirmation)'``.
+    What :func:`sepconv.optimize` chooses its candidate by, and :func:`~sepconv.backends.onednn.pack_convolutions`
+    each convolution's engine.
     """
     names = list(calls) if among is None else list(among)
     if not names or any(name not in calls for name in names):
@@ -96,9 +98,13 @@ def fastest_call(calls: dict[str, Callable[[], object]], sample: torch.Tensor, r
     timings = {name: v.median * 1e3 for name, v in t.items()}
     ranked = sorted(names, key=lambda name: timings[name])
     choice = ranked[0]
-    if len(ranked) > 1 and timings[ranked[1]] < CLOSE_CALL * timings[ranked[0]]:
-        again = time_candidates({name: calls[name] for name in ranked[:2]}, sample, 2 * rounds,
-                                target_s=2.5 * target_s, settle_s=settle)
-        choice = min(ranked[:2], key=lambda name: again[name].median)
-        timings.update({f"{name} (confirmation)": again[name].median * 1e3 for name in ranked[:2]})
+    fastest_sample = min(names, key=lambda name: min(t[name].samples))
+    rival = (fastest_sample if fastest_sample != choice
+             else ranked[1] if len(ranked) > 1 and timings[ranked[1]] < CLOSE_CALL * timings[choice] else None)
+    if rival is not None:
+        pair = [choice, rival]
+        again = time_candidates({name: calls[name] for name in pair}, sample, 2 * rounds, target_s=2.5 * target_s,
+                                settle_s=settle)
+        choice = min(pair, key=lambda name: again[name].median)
+        timings.update({f"{name} (confirmation)": again[name].median * 1e3 for name in pair})
     return choice, timings

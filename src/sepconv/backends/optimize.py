@@ -99,7 +99,8 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
     to build (export, recording, or outputs that differ from eager's) is
     skipped with a warning, or raises ``RuntimeError`` when it was asked for
     explicitly. The fastest candidate is kept; when the runner-up is within
-    ``CLOSE_CALL`` of it, the two are timed again with twice the rounds
+    ``CLOSE_CALL`` of it, or another candidate has the fastest single
+    sample, the two are timed again with twice the rounds
     before choosing (``'<name> (confirmation)'`` in ``timings_ms``;
     :func:`sepconv.backends.clock.fastest_call`, which also pauses
     ``SETTLE_S`` before each sample with more than one thread). On CUDA
