@@ -468,6 +468,15 @@ int main(void) {
         check_fused(1 + j % 2, 3 + (k * 5) % 11, 3 + (k * 7) % 13, wide[i], 3, 1 + j % 2, (i + j) % 3 ? 1 : 0, 1,
                     couts[k % 7], (i + j / 2) % 2, (i + 2 * j) % 3, (i + j + 1) % 3, 6 + (k * 13) % 50, 1, j / 3);
     }
+    /* 3x3 layers at stride 2 on whole channel vectors (the AVX-512 path's blocks of up to eight pixels of a row):
+     * odd and even heights and widths (the last input row or column in the padding or not), rows of zero to four
+     * whole blocks and a shorter last one, paddings 0-3, tiles that start and end inside a row */
+    for (int k = 0; k < 40; ++k) {
+        int H = 1 + (k * 3) % 10, W = 2 + (k * 11) % 39, pad = k % 4;
+        if (H + 2 * pad >= 3 && W + 2 * pad >= 3)
+            check_fused(1 + k % 2, H, W, 16 * (1 + k % 4), 3, 2, pad, 1, couts[k % 7], (k / 2) % 2, k % 3, (k + 2) % 3,
+                        5 + (k * 13) % 60, 1, (k / 4) % 2);
+    }
     static const int dims[][3] = {{1, 1, 1}, {7, 3, 5}, {50, 16, 16}, {300, 12, 32}, {129, 24, 48}, {700, 64, 40},
                                   {65, 33, 70}, {1000, 6, 17}, {5000, 20, 24}, {5000, 13, 10}};
     for (size_t k = 0; k < sizeof dims / sizeof *dims; ++k)
