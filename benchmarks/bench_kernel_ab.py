@@ -3,7 +3,7 @@
     python benchmarks/bench_kernel_ab.py --base REV [--isa native|avx2]
                                          [--part layer|depthwise|pointwise|wgrad|atb|gemm|backward]
                                          [--rounds 11] [--threads 1] [--suite ... | --channels C,C,...]
-                                         [--out DIR]
+                                         [--cold] [--out DIR]
 
 The C sources under `src/sepconv/backends/native/csrc` at `--base` (any git revision) and in the working tree are
 built the way `sepconv.backends.native` builds them (same compiler, flags and `--isa` variant), and one process
@@ -16,7 +16,9 @@ kernel: `wgrad`, the depthwise weight gradient (`sepconv.backends.training.depth
 shape's depthwise step, `atb`, the 1x1 step's weight-gradient GEMM (`matmul_at_b`, grad_y^T x), or `gemm`, the
 1x1 step's forward pass as the 'gemm' training engine runs it (`matmul_bt`, x W^T), or `backward`, the 'fused'
 training engine's backward kernel (`depthwise_pointwise_backward`, all four gradients). `--channels` replaces the
-suite shapes with 3x3 layers of the given input channel counts to 64 outputs at 32x32, batch 32. Both
+suite shapes with 3x3 layers of the given input channel counts to 64 outputs at 32x32, batch 32. `--cold`: the
+fused kernel's parts take a different copy of the input at each call, 64 MiB of copies in all, so they read it
+from memory (the case the kernel's prefetch of the next tile's input serves) instead of from cache. Both
 revisions must have the same kernel signatures (the library is bound by the working tree's
 `sepconv.backends.native`).
 
@@ -43,7 +45,7 @@ from sepconv.backends.clock import time_candidates, timing_clock
 from sepconv.backends.fused import FusedSeparableConv2d
 from sepconv.backends.training import (depthwise_pointwise_backward, depthwise_weight_grad, engine_applies,
                                        matmul_at_b, matmul_bt)
-from sepconv.bench.suites import SUITES, Case, parse_suite_args, separable_case, suite_parser
+from sepconv.bench.suites import SUITES, Case, cold_inputs, parse_suite_args, separable_case, suite_parser
 from sepconv.geometry import ConvSpec
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
@@ -88,12 +90,14 @@ def build(csrc: Path, isa: str):
     return lib
 
 
-def part_call(part: str, layer: SeparableConv2d, x: torch.Tensor):
+def part_call(part: str, layer: SeparableConv2d, x: torch.Tensor, cold: bool = False):
     """The kernel work ``--part`` names, for one suite layer and its input ``x`` (channels-last); None where that
-    kernel does not run the layer."""
+    kernel does not run the layer. cold: the fused kernel's parts read a copy of ``x`` from memory at each call
+    (:func:`sepconv.bench.suites.cold_inputs`)."""
     if part in PARTS:
         fused = FusedSeparableConv2d(layer.depthwise, layer.pointwise)
-        return lambda: fused._run(x, PARTS[part])
+        next_input = cold_inputs(x) if cold else (lambda: x)
+        return lambda: fused._run(next_input(), PARTS[part])
     dw = layer.depthwise
     with torch.no_grad():
         mid = dw(x)  # the depthwise step's output: the 1x1 step's input, and the shape of its gradient
@@ -123,7 +127,11 @@ def main(argv=None) -> int:
     p.add_argument("--part", choices=tuple(PARTS) + TRAINING_PARTS, default="layer")
     p.add_argument("--channels", help="instead of the suites: 3x3 layers of these input channel counts "
                                       "(comma-separated) to 64 outputs at 32x32, batch 32")
+    p.add_argument("--cold", action="store_true",
+                   help="the fused kernel's parts read their input from memory at each call, not from cache")
     args, suites = parse_suite_args(p, argv)
+    if args.cold and args.part not in PARTS:
+        p.error(f"--cold applies to --part {', '.join(PARTS)}, got --part {args.part}")
     try:
         channels = [int(c) for c in args.channels.split(",")] if args.channels else []
     except ValueError:
@@ -148,7 +156,7 @@ def main(argv=None) -> int:
         for case in cases:
             layer, x = separable_case(case)
             layer.eval()
-            work = part_call(args.part, layer, x)
+            work = part_call(args.part, layer, x, args.cold)
             if work is None:
                 print(f"{case.name:>24}: not run by --part {args.part}", flush=True)
                 continue
@@ -171,7 +179,7 @@ def main(argv=None) -> int:
     ratios = [r["head_vs_base"] for r in rows]
     print(f"head / base: median {statistics.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f}")
     record = {"machine": machine_info(), "base": base_commit, "head": head_commit, "head_csrc_modified": dirty,
-              "isa": args.isa, "kernel_isa": libs["head"].sepconv_isa().decode(), "part": args.part,
+              "isa": args.isa, "kernel_isa": libs["head"].sepconv_isa().decode(), "part": args.part, "cold": args.cold,
               "threads": args.threads, "rounds": args.rounds, "clock": timing_clock(torch.empty(0)),
               "head_vs_base_median": statistics.median(ratios), "shapes": rows}
     atomic_write_bytes(out / "kernel_ab.json", (json.dumps(record, indent=1) + "\n").encode())

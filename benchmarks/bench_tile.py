@@ -30,12 +30,11 @@ import sepconv
 from sepconv.backends import native
 from sepconv.backends.clock import time_candidates, timing_clock
 from sepconv.backends.fused import FusedSeparableConv2d
-from sepconv.bench.suites import SUITES, parse_suite_args, separable_case, suite_parser
+from sepconv.bench.suites import SUITES, cold_inputs, parse_suite_args, separable_case, suite_parser
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 
 HERE = Path(__file__).resolve().parent
-_COLD_BYTES = 64 * 2**20  # the inputs --cold cycles through: twice a 32 MiB L3
 
 
 def main(argv=None) -> int:
@@ -58,13 +57,11 @@ def main(argv=None) -> int:
             cut = copy.deepcopy(shipped)
             cut.tile = max(6, shipped.tile // area // 6 * 6)
             x = x.contiguous(memory_format=torch.channels_last)
-            copies = [x] + [x.clone() for _ in range(-(-_COLD_BYTES // (x.numel() * 4)) - 1)] if args.cold else [x]
-            turn = [0]
+            next_input = cold_inputs(x) if args.cold else (lambda: x)
 
             def call(module):
-                turn[0] = (turn[0] + 1) % len(copies)
                 with torch.no_grad():
-                    module(copies[turn[0]])
+                    module(next_input())
 
             timings = time_candidates({"shipped": lambda: call(shipped), "stride_area": lambda: call(cut)}, x,
                                       args.rounds)

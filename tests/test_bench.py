@@ -304,3 +304,18 @@ def test_suite_parser_defaults_and_errors(capsys):
         with pytest.raises(SystemExit) as exit_info:
             parse_suite_args(parser, argv, min_threads=2, why=" (a reason)")
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cold_inputs_cycles_through_copies_that_fill_the_byte_budget():
+    from sepconv.bench.suites import cold_inputs
+
+    x = torch.randn(2, 3, 4, 5)
+    total = 10 * x.numel() * x.element_size() + 1  # just over ten inputs' bytes: eleven tensors
+    next_input = cold_inputs(x, total_bytes=total)
+    seen = [next_input() for _ in range(22)]
+    storages = {t.data_ptr() for t in seen}
+    assert len(storages) == 11 and x.data_ptr() in storages
+    assert all(torch.equal(t, x) for t in seen)
+    assert [t.data_ptr() for t in seen[:11]] == [t.data_ptr() for t in seen[11:]]  # the same cycle again
+    hot = cold_inputs(x, total_bytes=0)
+    assert all(hot() is x for _ in range(3))

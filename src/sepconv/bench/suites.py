@@ -67,6 +67,24 @@ def separable_case(case: Case, seed: int = 0) -> tuple[SeparableConv2d, torch.Te
     return layer, x
 
 
+#: Bytes of inputs that :func:`cold_inputs` cycles through: twice a 32 MiB L3, so that each call's input has left
+#: the caches since its last use.
+COLD_BYTES = 64 * 2**20
+
+
+def cold_inputs(x: torch.Tensor, total_bytes: int = COLD_BYTES) -> Callable[[], torch.Tensor]:
+    """A callable returning ``x`` and copies of it in turn, the copies together at least ``total_bytes``: a
+    benchmark that takes its input from it reads the input from memory at each call instead of from the caches
+    (as a layer does whose input an earlier, larger layer pushed out). ``total_bytes`` <= 0: ``x`` every time."""
+    copies = [x] + [x.clone() for _ in range(-(-total_bytes // max(1, x.numel() * x.element_size())) - 1)]
+    turn = [0]
+
+    def next_input() -> torch.Tensor:
+        turn[0] = (turn[0] + 1) % len(copies)
+        return copies[turn[0]]
+    return next_input
+
+
 def _case(name: str, cin: int, cout: int, size: int, stride: int, batch: int, k: int = 3) -> Case:
     return Case(name, ConvSpec.make(cin, cout, k, stride, k // 2, bias=False), (size, size), batch)
 
