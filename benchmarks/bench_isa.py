@@ -2,7 +2,7 @@
 run alone against `sepconv.optimize`, on `sepconv bench`'s suite shapes, in one run.
 
     python benchmarks/bench_isa.py [--threads 1] [--rounds 5] [--clock wall|cpu] [--keep-freed-memory] [--parts]
-                                   [--passes N] [--suite ...] [--out DIR]
+                                   [--shuffle] [--passes N] [--suite ...] [--out DIR]
 
 For every shape (float32, inference, one `SeparableConv2d` without bias), in the same interleaved rounds:
 
@@ -31,8 +31,11 @@ thread's CPU time instead of wall time (one thread only; `sepconv.backends.clock
 time preempted by other processes is not counted (the roofline is still measured in wall time; `optimize` itself
 times on CPU time with one thread). `--keep-freed-memory` calls `sepconv.keep_freed_memory()` first: without it a
 candidate timed right after another that freed a large output can page-fault its own output in fresh (recorded
-as `freed_memory_kept` in the machine). `--passes N` runs the whole suite N times over, each pass with its own
-roofline: the first pass sits at the top level of the record, the others under `passes`, and `summary_per_pass`
+as `freed_memory_kept` in the machine). `--shuffle` draws a new order of the candidates each round (without it,
+each candidate follows the same one every round, and `optimize`'s model, timed right after ONNX Runtime alone,
+took longer than the same kernel timed after a fused candidate: docs/design-notes.md). `--passes N` runs the
+whole suite N times over, each pass with its own roofline: the first pass sits at the top level of the record,
+the others under `passes`, and `summary_per_pass`
 gives each pass's median realized, least fraction of the ceiling and shapes where `optimize` kept up with ONNX
 Runtime alone, so the spread between passes is in the record. Writes `isa.json` (with the machine) into --out
 (default `benchmarks/results/isa-cpu-<threads>thread`).
@@ -92,7 +95,8 @@ def isas() -> list[str]:
     return found
 
 
-def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = "wall", parts: bool = False) -> dict:
+def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = "wall", parts: bool = False,
+              shuffle: bool = False) -> dict:
     torch.manual_seed(0)
     spec = case.spec
     x = torch.randn(case.batch, spec.in_channels, *case.size)
@@ -127,10 +131,11 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
     alone = {}
     if threads > 1 and "onnxruntime_alone" in candidates:
         alone["onnxruntime_alone"] = candidates.pop("onnxruntime_alone")
+    seed = 0 if shuffle else None
     if clock == "cpu":
-        timings = cpu_time_interleaved(candidates, rounds=rounds)
+        timings = cpu_time_interleaved(candidates, rounds=rounds, shuffle_seed=seed)
     else:
-        timings = interleaved(candidates, rounds=rounds, target_s=0.01)
+        timings = interleaved(candidates, rounds=rounds, target_s=0.01, shuffle_seed=seed)
         if alone:
             timings.update(interleaved(alone, rounds=rounds, target_s=0.01))
     os.environ["SEPCONV_ISA"] = CALLER_ISA  # the candidates set their own variant at each call
@@ -195,6 +200,8 @@ def main(argv=None) -> int:
     p.add_argument("--parts", action="store_true",
                    help="also time each kernel build's depthwise and 1x1 steps alone (depthwise_part_<isa>, "
                         "pointwise_part_<isa>)")
+    p.add_argument("--shuffle", action="store_true",
+                   help="time the candidates in a new order each round (seed 0) instead of the same order every round")
     p.add_argument("--passes", type=int, default=1,
                    help="run the whole suite this many times (each with its own roofline): the spread between passes")
     p.add_argument("--out")
@@ -219,7 +226,8 @@ def main(argv=None) -> int:
         rows = []
         for suite in suites:
             for case in SUITES[suite]():
-                row = run_shape(case, roofline, variants, args.rounds, args.threads, args.clock, args.parts)
+                row = run_shape(case, roofline, variants, args.rounds, args.threads, args.clock, args.parts,
+                                args.shuffle)
                 rows.append(row)
                 print(f"{row['shape']:>28}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["median_ms"].items())
                       + f" | sepconv/ort {row['sepconv_vs_onnxruntime_alone']}", flush=True)
@@ -229,7 +237,7 @@ def main(argv=None) -> int:
         measured = {"peak_gflops": roofline.peak_flops / 1e9, "bandwidth_gbs": roofline.bandwidth / 1e9}
         passes.append({"loadavg_before": load_before, "roofline": measured, "summary": summary, "shapes": rows})
     record = {"machine": machine_info(), "kernel_isas": [name for _, name in variants], "threads": args.threads,
-              "rounds": args.rounds, "clock": args.clock,
+              "rounds": args.rounds, "clock": args.clock, "order": "shuffled per round" if args.shuffle else "fixed",
               # the first pass at the top level, as a one-pass record has it
               "roofline": passes[0]["roofline"], "shapes": passes[0]["shapes"],
               "summary_per_pass": [p["summary"] for p in passes],

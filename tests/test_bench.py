@@ -319,3 +319,24 @@ def test_cold_inputs_cycles_through_copies_that_fill_the_byte_budget():
     assert [t.data_ptr() for t in seen[:11]] == [t.data_ptr() for t in seen[11:]]  # the same cycle again
     hot = cold_inputs(x, total_bytes=0)
     assert all(hot() is x for _ in range(3))
+
+
+def test_interleaved_shuffles_the_order_each_round_repeatably():
+    log = []
+    names = "abcdef"
+    candidates = {n: (lambda n=n: log.append(n)) for n in names}
+
+    def rounds_seen(**kw):
+        log.clear()
+        t = interleaved(candidates, rounds=6, target_s=0.0, **kw)
+        assert all(len(t[n].samples) == 6 for n in names)
+        warm = len(names) * 3  # calls_for's warm-up and probe: three calls per candidate, in insertion order
+        assert log[:warm] == [n for n in names for _ in range(3)]
+        timed = log[warm:]
+        return [tuple(timed[k:k + len(names)]) for k in range(0, len(timed), len(names))]
+
+    fixed = rounds_seen()
+    assert set(fixed) == {tuple(names)}
+    shuffled = rounds_seen(shuffle_seed=3)
+    assert all(sorted(r) == list(names) for r in shuffled) and len(set(shuffled)) > 1
+    assert rounds_seen(shuffle_seed=3) == shuffled

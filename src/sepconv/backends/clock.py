@@ -9,7 +9,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..utils.timing import Timing, calls_for
+from ..utils.timing import Timing, calls_for, round_orders
 
 #: With one thread on the CPU, :func:`sepconv.optimize` and
 #: :func:`~sepconv.backends.onednn.pack_convolutions` time candidates on the calling thread's CPU time
@@ -23,10 +23,10 @@ SETTLE_S = 0.01
 
 
 def cpu_time_interleaved(candidates: dict[str, Callable[[], object]], rounds: int = 15,
-                         target_s: float = 0.02) -> dict[str, Timing]:
+                         target_s: float = 0.02, shuffle_seed: Optional[int] = None) -> dict[str, Timing]:
     """:func:`sepconv.utils.timing.interleaved` on the calling thread's CPU time (``time.thread_time``, user and
     system) instead of wall time: seconds per call, median and quartiles of ``rounds`` interleaved rounds of
-    about ``target_s`` CPU seconds each.
+    about ``target_s`` CPU seconds each, in the same order every round or (``shuffle_seed``) shuffled anew each.
 
     Only meaningful when all the work runs on the calling thread: one thread on the CPU (PyTorch with
     ``torch.get_num_threads() == 1``, sepconv's kernels with one thread, ONNX Runtime with one intra-op thread
@@ -44,9 +44,9 @@ def cpu_time_interleaved(candidates: dict[str, Callable[[], object]], rounds: in
         fn()
         numbers[name] = max(1, int(target_s / max(time.thread_time() - start, 1e-7)))
     samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, fn in candidates.items():
-            n = numbers[name]
+    for order in round_orders(list(candidates), rounds, shuffle_seed):
+        for name in order:
+            fn, n = candidates[name], numbers[name]
             start = time.thread_time()
             for _ in range(n):
                 fn()

@@ -2,7 +2,10 @@
 
 Candidates are timed in interleaved rounds (A B C A B C ...), so a burst of
 load from another process hits all of them alike, and the ratio of their
-medians is what the benchmark reports. Each sample is the mean of
+medians is what the benchmark reports. A sample can also depend on the
+candidate timed just before it (what it left in the caches); with many
+candidates, ``interleaved(..., shuffle_seed=...)`` draws a new order each round
+so that no candidate always follows the same one. Each sample is the mean of
 ``number`` calls, timed with :func:`time.perf_counter` after
 ``torch.cuda.synchronize`` where CUDA is used.
 """
@@ -10,10 +13,11 @@ medians is what the benchmark reports. Each sample is the mean of
 from __future__ import annotations
 
 import contextlib
+import random
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Iterator
 
 import torch
 
@@ -63,8 +67,20 @@ def calls_for(fn: Callable[[], object], target_s: float = 0.02, device: torch.de
     return max(1, int(target_s / once))
 
 
+def round_orders(names: list[str], rounds: int, shuffle_seed: int | None = None) -> Iterator[list[str]]:
+    """The order of ``names`` in each of ``rounds`` timing rounds: as given every round (``shuffle_seed`` None), or
+    shuffled anew each round by ``random.Random(shuffle_seed)``."""
+    order = list(names)
+    shuffler = random.Random(shuffle_seed) if shuffle_seed is not None else None
+    for _ in range(rounds):
+        if shuffler is not None:
+            shuffler.shuffle(order)
+        yield order
+
+
 def interleaved(candidates: dict[str, Callable[[], object]], rounds: int = 15, target_s: float = 0.02,
-                device: torch.device = torch.device("cpu"), settle_s: float = 0.0) -> dict[str, Timing]:
+                device: torch.device = torch.device("cpu"), settle_s: float = 0.0,
+                shuffle_seed: int | None = None) -> dict[str, Timing]:
     """Time every candidate in ``rounds`` interleaved rounds; returns a :class:`Timing` per name.
 
     ``settle_s``: an untimed pause before each sample, so that worker threads
@@ -72,6 +88,12 @@ def interleaved(candidates: dict[str, Callable[[], object]], rounds: int = 15, t
     to sleep before the next candidate is timed; with several threads they
     otherwise take cores from it (``sepconv.optimize`` pauses when timing
     with more than one thread).
+
+    ``shuffle_seed``: None times the candidates in the same order every round;
+    an integer shuffles the order anew each round (``random.Random(shuffle_seed)``,
+    so a run is repeatable), so that a candidate's samples do not all follow the
+    same other candidate: a kernel timed right after another runtime's work can
+    run slower for a whole sample (``docs/design-notes.md``).
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -79,9 +101,9 @@ def interleaved(candidates: dict[str, Callable[[], object]], rounds: int = 15, t
         raise ValueError(f"settle_s must be >= 0, got {settle_s}")
     numbers = {name: calls_for(fn, target_s, device) for name, fn in candidates.items()}
     samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, fn in candidates.items():
-            n = numbers[name]
+    for order in round_orders(list(candidates), rounds, shuffle_seed):
+        for name in order:
+            fn, n = candidates[name], numbers[name]
             _sync(device)
             if settle_s:
                 time.sleep(settle_s)
