@@ -125,7 +125,10 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fast = optimize(sep, x)
-    candidates["sepconv"] = no_grad(fast.model, x.contiguous(memory_format=fast.memory_format), isa=CALLER_ISA)
+    # the input tensor the other candidates of its layout read: the same values in another allocation can run the
+    # same kernel several percent slower or faster (docs/design-notes.md)
+    fast_input = x_nhwc if fast.memory_format == torch.channels_last else x.contiguous(memory_format=fast.memory_format)
+    candidates["sepconv"] = no_grad(fast.model, fast_input, isa=CALLER_ISA)
     # With more than one thread ONNX Runtime alone is timed in rounds of its own: its idle threads (spinning, when
     # that is its fastest alone) would slow whichever candidate ran next, and PyTorch's would slow it.
     alone = {}
