@@ -783,13 +783,15 @@ SEPCONV_INLINE void vdw_win3_nv(const float *x, int W, int C, const float *wdw, 
 #pragma GCC unroll 3
             for (int kw = 0; kw < 3; ++kw)
                 wv[v][kw] = NV == 2 ? vload(wrow + (size_t)kw * C + v * VW) : vload_n(wrow + (size_t)kw * C, nc);
+        const float *pq = row + (ptrdiff_t)iw0 * C;
 #pragma GCC unroll 17
-        for (int q = 0; q < (S - 1) * SWC + 3; ++q) {
+        for (int q = 0; q < (S - 1) * SWC + 3; ++q, pq += C) {
+            OPAQUE_POINTER(pq);
 #pragma GCC unroll 2
             for (int v = 0; v < NV; ++v) {
                 vf in = q < q_lo || q >= q_hi ? vzero()
-                        : NV == 2 ? vload(row + (ptrdiff_t)(iw0 + q) * C + v * VW)
-                                  : vload_n(row + (ptrdiff_t)(iw0 + q) * C, nc);
+                        : NV == 2 ? vload(pq + v * VW)
+                                  : vload_n(pq, nc);
 #pragma GCC unroll 3
                 for (int kw = 2; kw >= 0; --kw)
                     if (q - kw >= 0 && (q - kw) % SWC == 0 && (q - kw) / SWC < S)
