@@ -92,8 +92,7 @@ def interleaved(candidates: dict[str, Callable[[], object]], rounds: int = 15, t
     ``shuffle_seed``: None times the candidates in the same order every round;
     an integer shuffles the order anew each round (``random.Random(shuffle_seed)``,
     so a run is repeatable), so that a candidate's samples do not all follow the
-    same other candidate: a kernel timed right after another runtime's work can
-    run slower for a whole sample (``docs/design-notes.md``).
+    same other candidate and what it leaves in the caches.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")

@@ -512,15 +512,14 @@ static void depthwise_row_pair(const float *x, int H, int W, int C, const float 
     }
 }
 
-/* Depthwise output for pixels [p0, p0 + m) of one image (any span of its output pixels) into t[m][cp]: the
- * channel-vector path (more than FLAT_MAX_C channels, or a stride other than 1). */
 /* Eight output pixels of one row of a 3x3 kernel at stride 2 (dilation 1) whose windows lie inside the image, for
  * every channel vector (C a multiple of 16): input row ih0, column iw0 = 2 ow0 - pw; out: the first pixel's tile
  * row. Pixel j reads window columns 2j .. 2j + 2, so column 2j + 2 is tap 2 of pixel j and tap 0 of pixel j + 1:
  * each of a kernel row's 17 columns is loaded once, 17 loads for 24 FMAs (the four-pixel blocks: 12 for 12), into
  * eight independent chains of FMAs; the nine weight vectors stay in registers for the block. Pixels outer,
  * channel vectors inner, as in depthwise_run. Addresses are one pointer stepped by C (OPAQUE_POINTER): with an
- * offset per column, GCC kept the offsets on the stack and the step ran at about half the speed. */
+ * offset per column, GCC kept the 17 offsets on the stack and the blocks lost to the four-pixel ones
+ * (docs/design-notes.md). */
 __attribute__((noinline)) static void depthwise3s2_block(const float *x, int W, int C, const float *wdw,
                                                          const float *bdw, int ih0, int iw0, int act, float *out,
                                                          int cp) {
@@ -558,6 +557,8 @@ __attribute__((noinline)) static void depthwise3s2_block(const float *x, int W, 
     }
 }
 
+/* Depthwise output for pixels [p0, p0 + m) of one image (any span of its output pixels) into t[m][cp]: the
+ * channel-vector path (more than FLAT_MAX_C channels, or a stride other than 1). */
 static void depthwise_run(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int KW,
                           int sh, int sw, int ph, int pw, int dh, int dw, int act, int Wo, int p0, int m, float *t,
                           int cp) {
