@@ -32,10 +32,11 @@ time preempted by other processes is not counted (the roofline is still measured
 times on CPU time with one thread). `--keep-freed-memory` calls `sepconv.keep_freed_memory()` first: without it a
 candidate timed right after another that freed a large output can page-fault its own output in fresh (recorded
 as `freed_memory_kept` in the machine). `--shuffle` draws a new order of the candidates each round (without it,
-each candidate follows the same one every round, and `optimize`'s model, timed right after ONNX Runtime alone,
-took longer than the same kernel timed after a fused candidate: docs/design-notes.md). `--passes N` runs the
-whole suite N times over, each pass with its own roofline: the first pass sits at the top level of the record,
-the others under `passes`, and `summary_per_pass`
+each candidate follows the same one every round). Every candidate of a layout reads the same input tensor,
+`optimize`'s model included: a copy of its own made it start each sample on an input the candidates before it
+had not read, and its first calls ran slower (docs/design-notes.md). `--passes N` runs the whole suite N times
+over, each pass with its own roofline: the first pass sits at the top level of the record, the others under
+`passes`, and `summary_per_pass`
 gives each pass's median realized, least fraction of the ceiling and shapes where `optimize` kept up with ONNX
 Runtime alone, so the spread between passes is in the record. Writes `isa.json` (with the machine) into --out
 (default `benchmarks/results/isa-cpu-<threads>thread`).
@@ -125,8 +126,8 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fast = optimize(sep, x)
-    # the input tensor the other candidates of its layout read: the same values in another allocation can run the
-    # same kernel several percent slower or faster (docs/design-notes.md)
+    # the input tensor the other candidates of its layout read: on a copy of its own, each sample would start on an
+    # input the candidates before it had not read, whose first calls run slower (docs/design-notes.md)
     fast_input = x_nhwc if fast.memory_format == torch.channels_last else x.contiguous(memory_format=fast.memory_format)
     candidates["sepconv"] = no_grad(fast.model, fast_input, isa=CALLER_ISA)
     # With more than one thread ONNX Runtime alone is timed in rounds of its own: its idle threads (spinning, when
