@@ -17,7 +17,7 @@ For every shape (float32, inference, one `SeparableConv2d` without bias), in the
   caller's `SEPCONV_ISA` names (the native build by default);
 * with `--parts`, `depthwise_part_<isa>`: each build's depthwise step alone (the kernel's `parts=1`: into its tile
   buffer, no output written; without the prefetch the 1x1 step issues for the next tile), and its share of the
-  whole fused layer's median; and `pointwise_part_<isa>`: the 1x1 step alone on a zero tile (`parts=2`: the
+  whole fused layer's median; and `pointwise_part_<isa>`: the 1x1 step alone on a tile of ones (`parts=2`: the
   output written and the next tile's input prefetched as in the whole kernel, the tile buffer zeroed once per
   call), so that `1 - pointwise_part / fused` is the depthwise step's share inside the kernel
   (`depthwise_in_kernel_share`), where its input arrives prefetched, which the step alone does not have;
@@ -114,7 +114,7 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
         os.environ["SEPCONV_ISA"] = request
         fused = FusedSeparableConv2d(sep.depthwise, sep.pointwise)
         candidates[f"fused_{name}"] = no_grad(fused, x_nhwc, isa=request)
-        if parts:  # each step alone: the depthwise one into the tile buffer, the 1x1 one on a zero tile
+        if parts:  # each step alone: the depthwise one into the tile buffer, the 1x1 one on a tile of ones
             candidates[f"depthwise_part_{name}"] = no_grad(fused._run, x_nhwc, 1, isa=request)
             candidates[f"pointwise_part_{name}"] = no_grad(fused._run, x_nhwc, 2, isa=request)
     os.environ["SEPCONV_ISA"] = CALLER_ISA

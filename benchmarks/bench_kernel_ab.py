@@ -11,7 +11,7 @@ runs `FusedSeparableConv2d` on every suite shape with each library in turn, in i
 thread's CPU time with one thread, else wall time: `sepconv.backends.clock.time_candidates`). So a kernel change
 is measured side by side with what it replaces, on one machine in one run, instead of from two runs that the
 host's drift between them can swamp. `--part`: the whole layer, or the kernel's depthwise step alone (its
-`parts=1`: into the tile buffer, no output written) or its 1x1 step alone on a zero tile (`parts=2`); or a training
+`parts=1`: into the tile buffer, no output written) or its 1x1 step alone on a tile of ones (`parts=2`); or a training
 kernel: `wgrad`, the depthwise weight gradient (`sepconv.backends.training.depthwise_weight_grad`) of each
 shape's depthwise step, `atb`, the 1x1 step's weight-gradient GEMM (`matmul_at_b`, grad_y^T x), or `gemm`, the
 1x1 step's forward pass as the 'gemm' training engine runs it (`matmul_bt`, x W^T), or `backward`, the 'fused'

@@ -19,7 +19,7 @@ interleaved rounds:
   whole-network A/B;
 * the fused kernel's two parts apart (default stores): the whole layer, its depthwise step
   alone (into the tile buffer, no output written) and its 1x1 step alone (the GEMM on a
-  zero tile, output written), in ms, and the 1x1 part's GFLOP/s: where a fused layer's
+  tile of ones, output written), in ms, and the 1x1 part's GFLOP/s: where a fused layer's
   time goes. The depthwise part alone reads its input without the kernel's prefetch of the
   next tile's input (issued during the 1x1 part), so it is the part as a separate pass
   would run it.

@@ -7,7 +7,7 @@ For every suite shape, `FusedSeparableConv2d` runs with its shipped tile (`sepco
 and with each tile of `--tiles` (output pixels), three ways each, side by side in interleaved rounds
 (`sepconv.backends.clock.time_candidates`: the calling thread's CPU time with one thread, else wall time), forward,
 float32, channels-last, after `sepconv.keep_freed_memory()`: the layer (`layer`), its depthwise step alone into the
-tile buffer (`depthwise`, the kernel's `parts=1`) and its 1x1 step alone on a zero tile (`pointwise`, `parts=2`).
+tile buffer (`depthwise`, the kernel's `parts=1`) and its 1x1 step alone on a tile of ones (`pointwise`, `parts=2`).
 `layer_vs_parts` = layer / (depthwise + pointwise): below 1 where the kernel overlaps the steps (the 1x1 step
 hides the prefetch of the next tile's input), above 1 where running them one after the other costs more than
 each alone. The kernel build is the one `SEPCONV_ISA` selects (recorded as `kernel_isa`). Writes

@@ -350,7 +350,7 @@ class FusedSeparableConv2d(FusedPair):
 
     def _run(self, x: torch.Tensor, parts: int = 3) -> torch.Tensor:
         """The kernel on a channels-last, padded input. ``parts``: 3 the layer, 1 the depthwise step alone (the
-        returned tensor is not written), 2 the pointwise step alone on a zero tile (benchmarks time them apart)."""
+        returned tensor is not written), 2 the pointwise step alone on a tile of ones (benchmarks time them apart)."""
         n, _, h, w = x.shape
         ho, wo, plan_args = self._plan(n, h, w, max(1, torch.get_num_threads()))
         y = torch.empty((n, self.out_channels, ho, wo), dtype=torch.float32, memory_format=torch.channels_last)
