@@ -127,3 +127,32 @@ def test_a_narrower_variant_is_built_on_request_and_computes_the_same(monkeypatc
     gx, gd, _, gp = depthwise_pointwise_backward(x, dw_w, pw_w, gy, (1, 1), stride=(2, 2), mid=mid)
     for g, r in zip((gx, gd, gp), want):
         torch.testing.assert_close(g.double(), r, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.skipif(not (X86 and {"avx2", "fma"} <= FLAGS), reason="SEPCONV_ISA=avx2 needs an x86-64 CPU with AVX2 + FMA")
+def test_a_fused_module_keeps_the_build_it_was_constructed_with(monkeypatch):
+    """SEPCONV_ISA is read when FusedSeparableConv2d is built, not at each call: a module built under
+    SEPCONV_ISA=scalar runs the scalar kernels after the variable changes, and a copy of it too."""
+    if not native.available():
+        pytest.skip(f"sepconv's C kernels: {native.unavailable_reason()}")
+    import copy
+
+    from sepconv.backends.fused import FusedSeparableConv2d
+
+    torch.manual_seed(0)
+    dw, pw = nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 24, 1)
+    x = torch.randn(1, 16, 8, 8)
+    monkeypatch.setenv("SEPCONV_ISA", "scalar")
+    scalar = FusedSeparableConv2d(dw, pw)
+    monkeypatch.setenv("SEPCONV_ISA", "avx2")
+    wide = FusedSeparableConv2d(dw, pw)
+    monkeypatch.delenv("SEPCONV_ISA")
+
+    def no_lookup():
+        raise AssertionError("the module looked up $SEPCONV_ISA's build at a call")
+
+    monkeypatch.setattr(native, "load", no_lookup)
+    for module, isa in ((scalar, "scalar"), (copy.deepcopy(scalar), "scalar"), (wide, "avx2")):
+        assert module._library().sepconv_isa().decode() == isa
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), pw(dw(x)), atol=1e-4, rtol=1e-4)

@@ -301,8 +301,12 @@ class FusedSeparableConv2d(FusedPair):
     padding). Computes ``pw_act(pointwise(dw_act(depthwise(pad(x)))))`` for
     4D float32 CPU inputs and returns it channels-last. Raises
     ``RuntimeError`` where the kernel cannot be built
-    (:func:`fused_unavailable_reason`).
+    (:func:`fused_unavailable_reason`). The kernel build is the one
+    ``$SEPCONV_ISA`` names when the module is constructed
+    (:mod:`sepconv.backends.native`); the module keeps it.
     """
+
+    _isa = "native"  # the kernel build (set per module in __init__; this default serves modules pickled before it)
 
     def __init__(self, depthwise: nn.Conv2d, pointwise: nn.Conv2d, dw_activation: Optional[nn.Module] = None,
                  pw_activation: Optional[nn.Module] = None, pad: Optional[nn.Module] = None) -> None:
@@ -320,6 +324,9 @@ class FusedSeparableConv2d(FusedPair):
             # [panel][c][32]: each 32-column panel contiguous, as the kernel's register blocks read it
             self.register_buffer("pw_panels", packed.reshape(panels, _NR, c).permute(0, 2, 1).contiguous())
         self.tile = default_tile(c)
+        # the build this module runs, fixed here: reading $SEPCONV_ISA at every call cost about 0.7 us of the
+        # call's Python work (os.environ.get on a missing key)
+        self._isa = native.requested_isa()
         self._plans: dict[tuple, tuple] = {}  # see _plan
 
     def _plan(self, n: int, h: int, w: int, threads: int) -> tuple[int, int, array]:
@@ -332,7 +339,7 @@ class FusedSeparableConv2d(FusedPair):
         if plan is None:
             (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
             ho, wo = self.output_size(h, w)
-            lib = native.load()[0]
+            lib = self._library()
             tile, groups, stream = kernel_schedule(n, ho, wo, self.out_channels, self.tile, threads)
             jobs = lib.sepconv_fused_jobs(n, ho, wo, tile, groups)
             # sepconv_fused_dwpw_f32's parameters in order; 0 in the slots _run fills (the _ARG_* indices)
@@ -353,15 +360,21 @@ class FusedSeparableConv2d(FusedPair):
         returned tensor is not written), 2 the pointwise step alone on a tile of ones (benchmarks time them apart)."""
         n, _, h, w = x.shape
         ho, wo, plan_args = self._plan(n, h, w, max(1, torch.get_num_threads()))
-        y = torch.empty((n, self.out_channels, ho, wo), dtype=torch.float32, memory_format=torch.channels_last)
+        c = self.out_channels
+        # channels-last strides given directly: empty_strided takes about 0.6 us less than empty(memory_format=)
+        y = torch.empty_strided((n, c, ho, wo), (ho * wo * c, 1, wo * c, c), dtype=torch.float32)
         args = self._kernel_args(plan_args, x, y, parts)
         # one ctypes argument instead of 31: ctypes converts each argument, which cost more than the kernel's own
         # setup (benchmarks/bench_call_overhead.py)
-        code = native.load()[0].sepconv_fused_dwpw_args(args.buffer_info()[0])
+        code = self._library().sepconv_fused_dwpw_args(args.buffer_info()[0])
         if code:
             raise RuntimeError(f"the fused kernel failed with code {code} (-1: out of memory, -2: a job range or "
                                f"parts outside what the kernel accepts)")
         return y
+
+    def _library(self):
+        """The kernels of the build this module was constructed with (loaded once per process)."""
+        return native.load_for(native.MARCH, self._isa)[0]
 
     def _kernel_args(self, plan_args: array, x: torch.Tensor, y: torch.Tensor, parts: int = 3) -> array:
         """A copy of a :meth:`_plan` argument array with the addresses of ``x``, ``y`` and this module's weights and

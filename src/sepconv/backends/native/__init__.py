@@ -15,7 +15,9 @@ what the target has: AVX-512F, else AVX2 with FMA, else ARM NEON (AArch64),
 else portable C loops. :func:`isa` names the one the loaded library was
 built with. ``$SEPCONV_ISA`` (``native``, the default; ``avx2``; ``scalar``)
 builds a narrower variant on a wider CPU, to compare or test the paths;
-``avx2`` is refused on a CPU without AVX2 and FMA.
+``avx2`` is refused on a CPU without AVX2 and FMA. A
+:class:`~sepconv.backends.fused.FusedSeparableConv2d` runs the variant named
+when it was constructed; the training kernels' functions read it at each call.
 
 Cache: built libraries are kept under ``$SEPCONV_CACHE_DIR`` (default
 ``~/.cache/sepconv``), keyed by sources, compiler, flags and CPU. An entry is
