@@ -23,6 +23,8 @@
 #ifndef MR
 #define MR 6  /* pixels per register block */
 #endif
+#define FLAT_ALIGN 4096 /* alignment of the flat path's padded input rows (see flat_row_floats) */
+static inline size_t round_up(size_t bytes, size_t to) { return (bytes + to - 1) / to * to; }
 /* GCC's specialized copies of a function (constant-propagation clones) get their own register allocation: the copy
  * of pointwise_tile that sepconv_gemm_f32 called kept one of the AVX2 register block's twelve accumulators on the
  * stack (a store and a reload on its FMA chain every input channel, with a vector register unused), and ran the
@@ -81,10 +83,16 @@ static void flat_patterns(const float *wdw, const float *bdw, int KH, int KW, in
 /* The flat path's zero-padded input rows: margins of the floats the taps reach left and right of a row (the
  * padding, pw pixels each side: output float f of a row of Wo = W + 2 pw - (KW - 1) dw pixels reads up to input
  * float f + ((KW - 1) dw - pw) C < (W + pw) C), plus 16 on the right for the last, partial vector (its extra lanes
- * are computed and not stored). */
+ * are computed and not stored). A row of up to 4 KiB takes a power-of-two stride, so that in a page-aligned buffer
+ * (FLAT_ALIGN) no row straddles a page: the taps' vector loads are unaligned (offsets of C floats), and one that
+ * crosses a page boundary is slow enough that a layer whose rows straddled pages took 1.3x the time of one whose
+ * rows did not (docs/design-notes.md). Longer rows cross pages wherever they start. */
 static inline long flat_left(int pw, int C) { return (long)pw * C; }
 static inline long flat_row_floats(int W, int C, int pw) {
-    return (2 * flat_left(pw, C) + (long)W * C + 16 + 15) / 16 * 16;
+    long floats = (2 * flat_left(pw, C) + (long)W * C + 16 + 15) / 16 * 16, pow2 = 16;
+    if (floats * (long)sizeof(float) > FLAT_ALIGN) return floats;
+    while (pow2 < floats) pow2 *= 2;
+    return pow2;
 }
 
 /* Input rows [ih_lo, ih_hi] of one image into rows (stride prow), zero-padded at both ends. */
@@ -1575,8 +1583,8 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
         bpat = wpat + (size_t)KH * KW * C * 16;
         flat_patterns(wdw, bdw, KH, KW, C, wpat, bpat);
         /* input rows one tile reaches: its output rows (at most (tile - 1) / Wo + 2) and the kernel's extent */
-        pad_bytes = ((size_t)((tile - 1) / Wo + 2 + (KH - 1) * dh) * flat_row_floats(W, C, pw) * sizeof(float)
-                     + 63) / 64 * 64;
+        pad_bytes = round_up((size_t)((tile - 1) / Wo + 2 + (KH - 1) * dh) * flat_row_floats(W, C, pw) *
+                             sizeof(float), FLAT_ALIGN);
     }
 #endif
     int tiles_per_image = (P + tile - 1) / tile;
@@ -1587,9 +1595,10 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
 #pragma omp parallel num_threads(threads) if (threads > 1 && job_end - job_begin > 1)
 #endif
     {
-        size_t tile_bytes = ((size_t)tile * cp * sizeof(float) + 63) / 64 * 64;
-        float *t = (float *)aligned_alloc(64, tile_bytes + pad_bytes);
-        float *padded = t && pad_bytes ? t + tile_bytes / sizeof(float) : NULL; /* the flat path's padded input rows */
+        /* with the flat path's padded input rows after the tile, both page-aligned (FLAT_ALIGN) */
+        size_t tile_bytes = round_up((size_t)tile * cp * sizeof(float), pad_bytes ? FLAT_ALIGN : 64);
+        float *t = (float *)aligned_alloc(pad_bytes ? FLAT_ALIGN : 64, tile_bytes + pad_bytes);
+        float *padded = t && pad_bytes ? t + tile_bytes / sizeof(float) : NULL;
         /* the pointwise part alone: on ones, not on garbage (which may hold NaNs or subnormals), and not on zeros,
          * whose all-zero output lines stream to memory about three times as fast as any other data on an AMD
          * Zen 4 host (docs/design-notes.md) */
@@ -1692,8 +1701,8 @@ int sepconv_depthwise_f32(const float *x, int N, int H, int W, int C, const floa
     bpat = wpat + (size_t)KH * KW * C * 16;
     flat_patterns(wdw, bdw, KH, KW, C, wpat, bpat);
     /* a band's input rows: its output rows and the kernel's extent */
-    pad_bytes = ((size_t)(DEPTHWISE_BAND + (KH - 1) * dh) * flat_row_floats(W, C, pw) * sizeof(float) + 63)
-                / 64 * 64;
+    pad_bytes = round_up((size_t)(DEPTHWISE_BAND + (KH - 1) * dh) * flat_row_floats(W, C, pw) * sizeof(float),
+                         FLAT_ALIGN);
 #endif
     long bands = (Ho + DEPTHWISE_BAND - 1) / DEPTHWISE_BAND, jobs = (long)N * bands;
     int failed = 0;
@@ -1701,7 +1710,7 @@ int sepconv_depthwise_f32(const float *x, int N, int H, int W, int C, const floa
 #pragma omp parallel num_threads(threads) if (threads > 1 && jobs > 1)
 #endif
     {
-        float *padded = pad_bytes ? (float *)aligned_alloc(64, pad_bytes) : NULL;
+        float *padded = pad_bytes ? (float *)aligned_alloc(FLAT_ALIGN, pad_bytes) : NULL;
         if (pad_bytes && !padded) mark_failed(&failed);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
