@@ -2,7 +2,8 @@
 
     python benchmarks/bench_kernel_ab.py --base REV [--isa native|avx2]
                                          [--part layer|depthwise|pointwise|wgrad|atb|gemm|backward]
-                                         [--rounds 11] [--threads 1] [--suite ... | --channels C,C,...]
+                                         [--rounds 11] [--threads 1]
+                                         [--suite ... | --channels C,C,... | --layer C:COUT:SIZE:BATCH ...]
                                          [--cold] [--out DIR]
 
 The C sources under `src/sepconv/backends/native/csrc` at `--base` (any git revision) and in the working tree are
@@ -16,7 +17,8 @@ kernel: `wgrad`, the depthwise weight gradient (`sepconv.backends.training.depth
 shape's depthwise step, `atb`, the 1x1 step's weight-gradient GEMM (`matmul_at_b`, grad_y^T x), or `gemm`, the
 1x1 step's forward pass as the 'gemm' training engine runs it (`matmul_bt`, x W^T), or `backward`, the 'fused'
 training engine's backward kernel (`depthwise_pointwise_backward`, all four gradients). `--channels` replaces the
-suite shapes with 3x3 layers of the given input channel counts to 64 outputs at 32x32, batch 32. `--cold`: the
+suite shapes with 3x3 layers of the given input channel counts to 64 outputs at 32x32, batch 32; `--layer` with
+3x3 layers of any channels, size and batch. `--cold`: the
 fused kernel's parts take a different copy of the input at each call, 64 MiB of copies in all, so they read it
 from memory (the case the kernel's prefetch of the next tile's input serves) instead of from cache. Both
 revisions must have the same kernel signatures (the library is bound by the working tree's
@@ -127,9 +129,22 @@ def main(argv=None) -> int:
     p.add_argument("--part", choices=tuple(PARTS) + TRAINING_PARTS, default="layer")
     p.add_argument("--channels", help="instead of the suites: 3x3 layers of these input channel counts "
                                       "(comma-separated) to 64 outputs at 32x32, batch 32")
+    p.add_argument("--layer", action="append", default=[], metavar="C:COUT:SIZE:BATCH",
+                   help="instead of the suites (repeatable): a 3x3 stride-1 layer of C input and COUT output "
+                        "channels at SIZE x SIZE pixels, batch BATCH")
     p.add_argument("--cold", action="store_true",
                    help="the fused kernel's parts read their input from memory at each call, not from cache")
     args, suites = parse_suite_args(p, argv)
+    layers = []
+    for text in args.layer:
+        try:
+            c, cout, size, batch = (int(v) for v in text.split(":"))
+        except ValueError:
+            p.error(f"--layer takes C:COUT:SIZE:BATCH (four integers), got {text!r}")
+        if min(c, cout, size, batch) < 1:
+            p.error(f"--layer values must be >= 1 each, got {text!r}")
+        layers.append(Case(f"{c}->{cout} @{size} b{batch}", ConvSpec.make(c, cout, 3, 1, 1, bias=False), (size, size),
+                           batch))
     if args.cold and args.part not in PARTS:
         p.error(f"--cold applies to --part {', '.join(PARTS)}, got --part {args.part}")
     try:
@@ -139,7 +154,7 @@ def main(argv=None) -> int:
     if any(c < 1 for c in channels):
         p.error(f"--channels must be >= 1 each, got {args.channels!r}")
     cases = ([Case(f"{c}->64 @32", ConvSpec.make(c, 64, 3, 1, 1, bias=False), (32, 32), 32) for c in channels]
-             or [case for suite in suites for case in SUITES[suite]()])
+             + layers or [case for suite in suites for case in SUITES[suite]()])
     base_commit = commit_of(p, args.base)
     torch.set_num_threads(args.threads)
     head_commit = git("rev-parse", "HEAD").decode().strip()

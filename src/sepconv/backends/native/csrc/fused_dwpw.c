@@ -88,21 +88,23 @@ static void flat_patterns(const float *wdw, const float *bdw, int KH, int KW, in
  * crosses a page boundary is slow enough that a layer whose rows straddled pages took 1.3x the time of one whose
  * rows did not (docs/design-notes.md). Longer rows cross pages wherever they start. */
 static inline long flat_left(int pw, int C) { return (long)pw * C; }
+static inline long flat_row_used(int W, int C, int pw) { return (2 * flat_left(pw, C) + (long)W * C + 16 + 15) / 16 * 16; }
 static inline long flat_row_floats(int W, int C, int pw) {
-    long floats = (2 * flat_left(pw, C) + (long)W * C + 16 + 15) / 16 * 16, pow2 = 16;
+    long floats = flat_row_used(W, C, pw), pow2 = 16;
     if (floats * (long)sizeof(float) > FLAT_ALIGN) return floats;
     while (pow2 < floats) pow2 *= 2;
     return pow2;
 }
 
-/* Input rows [ih_lo, ih_hi] of one image into rows (stride prow), zero-padded at both ends. */
+/* Input rows [ih_lo, ih_hi] of one image into rows (stride prow), zero-padded at both ends (the floats the taps
+ * read, flat_row_used; the rest of a row's stride is never read). */
 static void flat_pad_rows(const float *x, int W, int C, int pw, int ih_lo, int ih_hi, long prow, float *rows) {
-    long left = flat_left(pw, C), width = (long)W * C;
+    long left = flat_left(pw, C), width = (long)W * C, used = flat_row_used(W, C, pw);
     for (int ih = ih_lo; ih <= ih_hi; ++ih) {
         float *dst = rows + (long)(ih - ih_lo) * prow;
         memset(dst, 0, sizeof(float) * left);
         memcpy(dst + left, x + (size_t)ih * width, sizeof(float) * width);
-        memset(dst + left + width, 0, sizeof(float) * (prow - left - width));
+        memset(dst + left + width, 0, sizeof(float) * (used - left - width));
     }
 }
 
