@@ -47,7 +47,8 @@ from sepconv.backends.clock import time_candidates, timing_clock
 from sepconv.backends.fused import FusedSeparableConv2d
 from sepconv.backends.training import (depthwise_pointwise_backward, depthwise_weight_grad, engine_applies,
                                        matmul_at_b, matmul_bt)
-from sepconv.bench.suites import SUITES, Case, cold_inputs, parse_suite_args, separable_case, suite_parser
+from sepconv.bench.suites import (SUITES, Case, cold_inputs, layer_case, parse_suite_args, separable_case,
+                                  suite_parser)
 from sepconv.geometry import ConvSpec
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
@@ -135,16 +136,10 @@ def main(argv=None) -> int:
     p.add_argument("--cold", action="store_true",
                    help="the fused kernel's parts read their input from memory at each call, not from cache")
     args, suites = parse_suite_args(p, argv)
-    layers = []
-    for text in args.layer:
-        try:
-            c, cout, size, batch = (int(v) for v in text.split(":"))
-        except ValueError:
-            p.error(f"--layer takes C:COUT:SIZE:BATCH (four integers), got {text!r}")
-        if min(c, cout, size, batch) < 1:
-            p.error(f"--layer values must be >= 1 each, got {text!r}")
-        layers.append(Case(f"{c}->{cout} @{size} b{batch}", ConvSpec.make(c, cout, 3, 1, 1, bias=False), (size, size),
-                           batch))
+    try:
+        layers = [layer_case(text) for text in args.layer]
+    except ValueError as error:
+        p.error(str(error))
     if args.cold and args.part not in PARTS:
         p.error(f"--cold applies to --part {', '.join(PARTS)}, got --part {args.part}")
     try:

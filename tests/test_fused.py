@@ -13,8 +13,9 @@ from torch import nn
 import sepconv
 from sepconv.backends import native
 import sepconv.backends.fused as fused_module
-from sepconv.backends.fused import (FusedSeparableConv2d, balanced_tile, fusable, fused_available,
-                                    fused_unavailable_reason, kernel_schedule)
+from sepconv.backends.fused import (STREAM_MIN_BYTES, STREAMED_FLAT_TILE_BYTES, FusedSeparableConv2d, balanced_tile,
+                                    fusable, fused_available, fused_unavailable_reason, kernel_schedule,
+                                    streamed_flat_tile)
 
 needs_kernel = pytest.mark.skipif(not fused_available(), reason=f"fused kernel unavailable: {fused_unavailable_reason()}")
 ACTS = {None: (None, lambda y: y), "relu": (nn.ReLU(), F.relu), "relu6": (nn.ReLU6(), lambda y: y.clamp(0, 6))}
@@ -243,6 +244,52 @@ def test_the_channel_split_on_the_layers_that_called_for_it():
     assert kernel_schedule(1, 14, 14, 512, 120, 1)[:2] == (120, 1)  # one thread: the tile as it is
     assert kernel_schedule(1, 28, 28, 256, 222, 2)[:2] == (198, 1)  # 256 -> 256 @28: 392 pixels a thread
     assert kernel_schedule(32, 8, 8, 256, 222, 2)[:2] == (222, 1)  # batch 32: many images to share
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 4000), st.integers(1, 2000))
+def test_streamed_flat_tiles_are_whole_rows_near_the_byte_budget(wo, cout):
+    tile = streamed_flat_tile(wo, cout)
+    rows, row_bytes = tile // wo, wo * cout * 4
+    assert tile % wo == 0 and rows >= 1
+    if row_bytes > STREAMED_FLAT_TILE_BYTES:
+        assert rows == 1  # a row larger than the budget: one
+    else:
+        assert rows >= 2  # never a one-row tile of a narrow image
+        assert rows == 2 or rows * row_bytes <= STREAMED_FLAT_TILE_BYTES < (rows + 1) * row_bytes
+
+
+def test_streamed_flat_tiles_on_the_layers_measured():
+    assert streamed_flat_tile(32, 64) == 96  # VGG 3 -> 64 @32: three 8 KiB rows
+    assert streamed_flat_tile(64, 64) == 128  # a 16 KiB row: two
+    assert streamed_flat_tile(224, 32) == 224  # a 28 KiB row: one
+    with pytest.raises(ValueError, match="wo and out_channels must be >= 1, got 0 and 8"):
+        streamed_flat_tile(0, 8)
+
+
+@needs_kernel
+@pytest.mark.parametrize("cin", [1, 3, 4, 5])
+def test_a_streamed_output_on_the_flat_path_takes_the_small_tile(cin):
+    """At most four input channels at stride 1 on AVX-512 or AVX2 (the kernel's flat depthwise path) and an output of
+    STREAM_MIN_BYTES or more: streamed_flat_tile's tile, computed right; a smaller output, five channels, or the
+    rule turned off: the module's own tile."""
+    torch.manual_seed(cin)
+    dw, pw = nn.Conv2d(cin, cin, 3, padding=1, groups=cin), nn.Conv2d(cin, 64, 1)
+    layer = FusedSeparableConv2d(dw, pw)
+    flat = cin <= 4 and fused_module.fused_isa() in ("avx512", "avx2")
+    batch = -(-STREAM_MIN_BYTES // (64 * 32 * 32 * 4))  # the smallest batch whose output is streamed
+    threads = max(1, torch.get_num_threads())
+
+    def scheduled(n, tile):  # the tile after kernel_schedule balances it over the threads
+        return kernel_schedule(n, 32, 32, 64, tile, threads)[0]
+
+    with torch.no_grad():
+        assert layer.kernel_tile(batch, 32, 32) == scheduled(batch, 96 if flat else layer.tile)
+        assert layer.kernel_tile(batch - 1, 32, 32) == scheduled(batch - 1, layer.tile)
+        x = torch.randn(batch, cin, 32, 32)
+        torch.testing.assert_close(layer(x), pw(dw(x)), atol=1e-4, rtol=1e-4)
+        layer.streamed_flat_tile = False
+        assert layer.kernel_tile(batch, 32, 32) == scheduled(batch, layer.tile)
 
 
 @needs_kernel

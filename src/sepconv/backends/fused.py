@@ -39,6 +39,7 @@ _TILE_BYTES = 256 * 1024  # depthwise tile buffer: about half of a 1-2 MiB L2 ca
 # slots of sepconv_fused_dwpw_f32's argument array (csrc/calls.c) that FusedSeparableConv2d._kernel_args fills
 _ARG_X, _ARG_DW_WEIGHT, _ARG_DW_BIAS, _ARG_PW_PANELS, _ARG_PW_BIAS, _ARG_Y, _ARG_PARTS = 0, 5, 6, 16, 17, 20, 27
 _ARG_STREAM = 26  # set by _plan from STREAM_MIN_BYTES (benchmarks/bench_output_state.py sets it itself)
+_ARG_TILE = 24
 
 
 #: Outputs of at least this many bytes are written with non-temporal stores (around the caches: their lines are
@@ -103,6 +104,28 @@ def kernel_schedule(batch: int, ho: int, wo: int, out_channels: int, tile: int, 
 def default_tile(in_channels: int) -> int:
     """The fused kernel's tile (output pixels; a multiple of 6) whose depthwise rows fill about 256 KiB."""
     return max(6, (_TILE_BYTES // (4 * (in_channels + 32))) // 6 * 6)
+
+
+#: Output bytes per tile that :func:`streamed_flat_tile` aims for.
+STREAMED_FLAT_TILE_BYTES = 24 * 1024
+FLAT_MAX_CHANNELS = 4  # the kernel's flat depthwise path (FLAT_MAX_C in csrc/fused_dwpw.c), on AVX-512 and AVX2
+
+
+def streamed_flat_tile(wo: int, out_channels: int) -> int:
+    """The tile (output pixels, whole rows of ``wo``) for a layer on the kernel's flat depthwise path (at most
+    :data:`FLAT_MAX_CHANNELS` input channels, stride 1) whose output is streamed to memory.
+
+    There the 1x1 step (a few multiply-adds per output) is bound by writing the output, and the depthwise step
+    hides under the tail of a tile's stores only when a tile is small: rows whose output comes to about
+    :data:`STREAMED_FLAT_TILE_BYTES`, at least two where one row is smaller than that (a one-row tile of a
+    narrow image pads four input rows for one output row), one where a row is larger. On six such layers
+    this took 0.83-0.94x the time of the default tile with one thread and 0.82-0.97x with two
+    (``tile-parts-*-flat-rows`` records; ``docs/design-notes.md``)."""
+    if wo < 1 or out_channels < 1:
+        raise ValueError(f"streamed_flat_tile: wo and out_channels must be >= 1, got {wo} and {out_channels}")
+    row_bytes = wo * out_channels * 4
+    rows = max(2, STREAMED_FLAT_TILE_BYTES // row_bytes) if row_bytes <= STREAMED_FLAT_TILE_BYTES else 1
+    return rows * wo
 
 
 def check_pair_tensors(where: str, x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor,
@@ -306,7 +329,8 @@ class FusedSeparableConv2d(FusedPair):
     (:mod:`sepconv.backends.native`); the module keeps it.
     """
 
-    _isa = "native"  # the kernel build (set per module in __init__; this default serves modules pickled before it)
+    # defaults for modules pickled before these attributes (set per module in __init__)
+    _isa, _flat, streamed_flat_tile = "native", False, True
 
     def __init__(self, depthwise: nn.Conv2d, pointwise: nn.Conv2d, dw_activation: Optional[nn.Module] = None,
                  pw_activation: Optional[nn.Module] = None, pad: Optional[nn.Module] = None) -> None:
@@ -327,6 +351,11 @@ class FusedSeparableConv2d(FusedPair):
         # the build this module runs, fixed here: reading $SEPCONV_ISA at every call cost about 0.7 us of the
         # call's Python work (os.environ.get on a missing key)
         self._isa = native.requested_isa()
+        #: Whether a streamed output on the kernel's flat depthwise path takes :func:`streamed_flat_tile`'s tile
+        #: instead of ``tile`` (benchmarks turn it off to time a given tile).
+        self.streamed_flat_tile = True
+        self._flat = (c <= FLAT_MAX_CHANNELS and self.stride == (1, 1)
+                      and self._library().sepconv_isa().decode() in ("avx512", "avx2"))
         self._plans: dict[tuple, tuple] = {}  # see _plan
 
     def _plan(self, n: int, h: int, w: int, threads: int) -> tuple[int, int, array]:
@@ -334,13 +363,16 @@ class FusedSeparableConv2d(FusedPair):
         int64 per argument of ``sepconv_fused_dwpw_f32``) with every value but the tensors' addresses and
         ``parts`` filled in, computed once per input size, thread count, tile and streaming threshold, so that a
         call does little Python work besides the kernel."""
-        key = (n, h, w, threads, self.tile, STREAM_MIN_BYTES)
+        key = (n, h, w, threads, self.tile, STREAM_MIN_BYTES, self.streamed_flat_tile)
         plan = self._plans.get(key)
         if plan is None:
             (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
             ho, wo = self.output_size(h, w)
             lib = self._library()
-            tile, groups, stream = kernel_schedule(n, ho, wo, self.out_channels, self.tile, threads)
+            tile = self.tile
+            if self.streamed_flat_tile and self._flat and n * self.out_channels * ho * wo * 4 >= STREAM_MIN_BYTES:
+                tile = min(tile, streamed_flat_tile(wo, self.out_channels))
+            tile, groups, stream = kernel_schedule(n, ho, wo, self.out_channels, tile, threads)
             jobs = lib.sepconv_fused_jobs(n, ho, wo, tile, groups)
             # sepconv_fused_dwpw_f32's parameters in order; 0 in the slots _run fills (the _ARG_* indices)
             args = array("q", (0, n, h, w, self.in_channels, 0, 0, kh, kw, sh, sw, ph, pw, dh, dw, self.dw_act,
@@ -351,6 +383,12 @@ class FusedSeparableConv2d(FusedPair):
                 self._plans.clear()
             self._plans[key] = plan
         return plan
+
+    def kernel_tile(self, n: int, h: int, w: int) -> int:
+        """The tile (output pixels) the kernel runs for ``n`` inputs of ``h`` x ``w`` pixels (after ``pad``, if any) with
+        ``torch.get_num_threads()`` threads: ``tile``, or :func:`streamed_flat_tile`'s, then balanced over the
+        threads (:func:`kernel_schedule`)."""
+        return self._plan(n, h, w, max(1, torch.get_num_threads()))[2][_ARG_TILE]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(self._checked_input(x).contiguous(memory_format=torch.channels_last))

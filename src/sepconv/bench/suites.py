@@ -56,6 +56,19 @@ class Case:
     batch: int
 
 
+def layer_case(text: str) -> Case:
+    """A :class:`Case` from ``C:COUT:SIZE:BATCH`` (a benchmark's ``--layer``): a 3x3, stride-1, 'same' layer of
+    ``C`` input and ``COUT`` output channels on ``batch`` inputs of ``SIZE`` x ``SIZE`` pixels. ``ValueError``
+    naming the text unless it is four integers >= 1."""
+    try:
+        c, cout, size, batch = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ValueError(f"--layer takes C:COUT:SIZE:BATCH (four integers), got {text!r}") from None
+    if min(c, cout, size, batch) < 1:
+        raise ValueError(f"--layer values must be >= 1 each, got {text!r}")
+    return Case(f"{c}->{cout} @{size} b{batch}", ConvSpec.make(c, cout, 3, 1, 1, bias=False), (size, size), batch)
+
+
 def separable_case(case: Case, seed: int = 0) -> tuple[SeparableConv2d, torch.Tensor]:
     """``case``'s separable layer (no biases, weights drawn after ``torch.manual_seed(seed)``) and a random
     channels-last float32 input of its batch and size, drawn after them: what the kernel benchmarks run."""
