@@ -39,7 +39,9 @@ PARTS = {"layer": 3, "depthwise": 1, "pointwise": 2}
 
 
 def parse_tiles(text: str) -> list[int]:
-    """``--tiles``: comma-separated tile sizes, each a whole number of output pixels >= 1."""
+    """``--tiles``: comma-separated tile sizes, each a whole number of output pixels >= 1 (none for an empty text)."""
+    if not text.strip():
+        return []
     try:
         tiles = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
