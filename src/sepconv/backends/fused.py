@@ -118,9 +118,8 @@ def streamed_flat_tile(wo: int, out_channels: int) -> int:
     There the 1x1 step (a few multiply-adds per output) is bound by writing the output, and the depthwise step
     hides under the tail of a tile's stores only when a tile is small: rows whose output comes to about
     :data:`STREAMED_FLAT_TILE_BYTES`, at least two where one row is smaller than that (a one-row tile of a
-    narrow image pads four input rows for one output row), one where a row is larger. On six such layers
-    this took 0.83-0.94x the time of the default tile with one thread and 0.82-0.97x with two
-    (``tile-parts-*-flat-rows`` records; ``docs/design-notes.md``)."""
+    narrow image pads four input rows for one output row), one where a row is larger (the measurements:
+    ``tile-parts-*-flat-rows`` records, ``docs/design-notes.md``)."""
     if wo < 1 or out_channels < 1:
         raise ValueError(f"streamed_flat_tile: wo and out_channels must be >= 1, got {wo} and {out_channels}")
     row_bytes = wo * out_channels * 4
@@ -348,8 +347,8 @@ class FusedSeparableConv2d(FusedPair):
             # [panel][c][32]: each 32-column panel contiguous, as the kernel's register blocks read it
             self.register_buffer("pw_panels", packed.reshape(panels, _NR, c).permute(0, 2, 1).contiguous())
         self.tile = default_tile(c)
-        # the build this module runs, fixed here: reading $SEPCONV_ISA at every call cost about 0.7 us of the
-        # call's Python work (os.environ.get on a missing key)
+        # the build this module runs, fixed here: reading $SEPCONV_ISA at every call was a sizeable part of the
+        # call's Python work (os.environ.get on a missing key raises and catches a KeyError)
         self._isa = native.requested_isa()
         #: Whether a streamed output on the kernel's flat depthwise path takes :func:`streamed_flat_tile`'s tile
         #: instead of ``tile`` (benchmarks turn it off to time a given tile).
@@ -399,7 +398,7 @@ class FusedSeparableConv2d(FusedPair):
         n, _, h, w = x.shape
         ho, wo, plan_args = self._plan(n, h, w, max(1, torch.get_num_threads()))
         c = self.out_channels
-        # channels-last strides given directly: empty_strided takes about 0.6 us less than empty(memory_format=)
+        # channels-last strides given directly: empty_strided is quicker than empty(memory_format=)
         y = torch.empty_strided((n, c, ho, wo), (ho * wo * c, 1, wo * c, c), dtype=torch.float32)
         args = self._kernel_args(plan_args, x, y, parts)
         # one ctypes argument instead of 31: ctypes converts each argument, which cost more than the kernel's own

@@ -84,9 +84,9 @@ static void flat_patterns(const float *wdw, const float *bdw, int KH, int KW, in
  * padding, pw pixels each side: output float f of a row of Wo = W + 2 pw - (KW - 1) dw pixels reads up to input
  * float f + ((KW - 1) dw - pw) C < (W + pw) C), plus 16 on the right for the last, partial vector (its extra lanes
  * are computed and not stored). A row of up to 4 KiB takes a power-of-two stride, so that in a page-aligned buffer
- * (FLAT_ALIGN) no row straddles a page: the taps' vector loads are unaligned (offsets of C floats), and one that
- * crosses a page boundary is slow enough that a layer whose rows straddled pages took 1.3x the time of one whose
- * rows did not (docs/design-notes.md). Longer rows cross pages wherever they start. */
+ * (FLAT_ALIGN) no row straddles a page: the taps' vector loads are unaligned (offsets of C floats), and rows that
+ * straddled pages made a layer markedly slower (docs/design-notes.md). Longer rows cross pages wherever they
+ * start. */
 static inline long flat_left(int pw, int C) { return (long)pw * C; }
 static inline long flat_row_used(int W, int C, int pw) { return (2 * flat_left(pw, C) + (long)W * C + 16 + 15) / 16 * 16; }
 static inline long flat_row_floats(int W, int C, int pw) {
@@ -1602,8 +1602,8 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
         float *t = (float *)aligned_alloc(pad_bytes ? FLAT_ALIGN : 64, tile_bytes + pad_bytes);
         float *padded = t && pad_bytes ? t + tile_bytes / sizeof(float) : NULL;
         /* the pointwise part alone: on ones, not on garbage (which may hold NaNs or subnormals), and not on zeros,
-         * whose all-zero output lines stream to memory about three times as fast as any other data on an AMD
-         * Zen 4 host (docs/design-notes.md) */
+         * whose all-zero output lines stream to memory much faster than other data on some hosts
+         * (docs/design-notes.md) */
         if (t && !(parts & 1))
             for (size_t i = 0; i < tile_bytes / sizeof(float); ++i) t[i] = 1.f;
         if (!t) mark_failed(&failed);
