@@ -293,6 +293,20 @@ def test_a_streamed_output_on_the_flat_path_takes_the_small_tile(cin):
 
 
 @needs_kernel
+def test_the_training_forward_on_the_flat_path_with_a_streamed_output():
+    """fused_separable_forward takes streamed_flat_tile's tiles where the module does: the output and the kept
+    depthwise output still match the two convolutions."""
+    torch.manual_seed(3)
+    batch = -(-STREAM_MIN_BYTES // (64 * 32 * 32 * 4))
+    x, dw_w, pw_w = torch.randn(batch, 3, 32, 32), torch.randn(3, 1, 3, 3), torch.randn(64, 3, 1, 1)
+    dw_b = torch.randn(3)
+    y, mid = fused_module.fused_separable_forward(x, dw_w, dw_b, pw_w, None, (1, 1))
+    want_mid = F.conv2d(x, dw_w, dw_b, 1, 1, 1, 3)
+    torch.testing.assert_close(mid, want_mid, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y, F.conv2d(mid, pw_w), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
 @pytest.mark.parametrize("cout", [40, 96])
 def test_fused_with_the_output_channels_split_among_threads(cout):
     """A 7x7 image with more output channels than pixels per thread on two threads: the two 30-pixel tiles it

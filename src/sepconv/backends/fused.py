@@ -111,6 +111,22 @@ STREAMED_FLAT_TILE_BYTES = 24 * 1024
 FLAT_MAX_CHANNELS = 4  # the kernel's flat depthwise path (FLAT_MAX_C in csrc/fused_dwpw.c), on AVX-512 and AVX2
 
 
+def on_flat_path(lib, in_channels: int, stride: tuple[int, int]) -> bool:
+    """Whether the kernels ``lib`` (a loaded build) run a depthwise step of ``in_channels`` channels at
+    ``stride`` on their flat path, the one :func:`streamed_flat_tile` is for (AVX-512 and AVX2 builds)."""
+    return (in_channels <= FLAT_MAX_CHANNELS and tuple(stride) == (1, 1)
+            and lib.sepconv_isa().decode() in ("avx512", "avx2"))
+
+
+def flat_aware_tile(lib, batch: int, in_channels: int, out_channels: int, wo: int, ho: int,
+                    stride: tuple[int, int], tile: int) -> int:
+    """``tile``, or :func:`streamed_flat_tile`'s where that is smaller and the layer is on the flat path
+    (:func:`on_flat_path`) with an output of :data:`STREAM_MIN_BYTES` or more."""
+    if batch * out_channels * ho * wo * 4 >= STREAM_MIN_BYTES and on_flat_path(lib, in_channels, stride):
+        return min(tile, streamed_flat_tile(wo, out_channels))
+    return tile
+
+
 def streamed_flat_tile(wo: int, out_channels: int) -> int:
     """The tile (output pixels, whole rows of ``wo``) for a layer on the kernel's flat depthwise path (at most
     :data:`FLAT_MAX_CHANNELS` input channels, stride 1) whose output is streamed to memory.
@@ -180,7 +196,8 @@ def fused_separable_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: O
                          f"than the {kh}x{kw} kernel")
     threads = max(1, torch.get_num_threads())
     x = x.contiguous(memory_format=torch.channels_last)
-    tile, groups, stream = kernel_schedule(n, ho, wo, cout, default_tile(c), threads)
+    tile = flat_aware_tile(lib, n, c, cout, wo, ho, (sh, sw), default_tile(c))
+    tile, groups, stream = kernel_schedule(n, ho, wo, cout, tile, threads)
     y = torch.empty((n, cout, ho, wo), dtype=torch.float32, memory_format=torch.channels_last)
     mid = torch.empty((n, c, ho, wo), dtype=torch.float32, memory_format=torch.channels_last) if keep_depthwise else None
     # the weights as stored (the kernel lays them out: they change at every step); kept in locals, as a pointer
@@ -353,8 +370,7 @@ class FusedSeparableConv2d(FusedPair):
         #: Whether a streamed output on the kernel's flat depthwise path takes :func:`streamed_flat_tile`'s tile
         #: instead of ``tile`` (benchmarks turn it off to time a given tile).
         self.streamed_flat_tile = True
-        self._flat = (c <= FLAT_MAX_CHANNELS and self.stride == (1, 1)
-                      and self._library().sepconv_isa().decode() in ("avx512", "avx2"))
+        self._flat = on_flat_path(self._library(), c, self.stride)
         self._plans: dict[tuple, tuple] = {}  # see _plan
 
     def _plan(self, n: int, h: int, w: int, threads: int) -> tuple[int, int, array]:
@@ -369,8 +385,8 @@ class FusedSeparableConv2d(FusedPair):
             ho, wo = self.output_size(h, w)
             lib = self._library()
             tile = self.tile
-            if self.streamed_flat_tile and self._flat and n * self.out_channels * ho * wo * 4 >= STREAM_MIN_BYTES:
-                tile = min(tile, streamed_flat_tile(wo, self.out_channels))
+            if self.streamed_flat_tile and self._flat:
+                tile = flat_aware_tile(lib, n, self.in_channels, self.out_channels, wo, ho, self.stride, tile)
             tile, groups, stream = kernel_schedule(n, ho, wo, self.out_channels, tile, threads)
             jobs = lib.sepconv_fused_jobs(n, ho, wo, tile, groups)
             # sepconv_fused_dwpw_f32's parameters in order; 0 in the slots _run fills (the _ARG_* indices)
