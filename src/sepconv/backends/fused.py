@@ -376,8 +376,8 @@ class FusedSeparableConv2d(FusedPair):
     def _plan(self, n: int, h: int, w: int, threads: int) -> tuple[int, int, array]:
         """``(ho, wo, args)``: the output size and the kernel's argument array (``sepconv_fused_dwpw_args``, one
         int64 per argument of ``sepconv_fused_dwpw_f32``) with every value but the tensors' addresses and
-        ``parts`` filled in, computed once per input size, thread count, tile and streaming threshold, so that a
-        call does little Python work besides the kernel."""
+        ``parts`` filled in, computed once per input size, thread count, tile, streaming threshold and
+        ``streamed_flat_tile``, so that a call does little Python work besides the kernel."""
         key = (n, h, w, threads, self.tile, STREAM_MIN_BYTES, self.streamed_flat_tile)
         plan = self._plans.get(key)
         if plan is None:
@@ -400,9 +400,9 @@ class FusedSeparableConv2d(FusedPair):
         return plan
 
     def kernel_tile(self, n: int, h: int, w: int) -> int:
-        """The tile (output pixels) the kernel runs for ``n`` inputs of ``h`` x ``w`` pixels (after ``pad``, if any) with
-        ``torch.get_num_threads()`` threads: ``tile``, or :func:`streamed_flat_tile`'s, then balanced over the
-        threads (:func:`kernel_schedule`)."""
+        """The tile (output pixels) the kernel runs for ``n`` inputs of ``h`` x ``w`` pixels (after ``pad``, if
+        any) with ``torch.get_num_threads()`` threads: ``tile``, or :func:`streamed_flat_tile`'s, then balanced over
+        the threads (:func:`kernel_schedule`)."""
         return self._plan(n, h, w, max(1, torch.get_num_threads()))[2][_ARG_TILE]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
