@@ -5,16 +5,16 @@
 
 For every suite shape (or `--layer`: 3x3 stride-1 layers of any channels, size and batch), `FusedSeparableConv2d`
 runs with its shipped tile (the one `FusedSeparableConv2d.kernel_tile` names: `sepconv.backends.fused.default_tile`,
-or `streamed_flat_tile` where that applies), with the module's own `tile` where that differs, and with each tile
-of `--tiles` (output pixels; `streamed_flat_tile` off), three ways each, side by side in interleaved rounds (`sepconv.backends.clock.time_candidates`: the calling
-thread's CPU time with one thread, else wall time), forward, float32, channels-last, after
-`sepconv.keep_freed_memory()`: the layer (`layer`), its depthwise step alone into the tile buffer (`depthwise`, the
-kernel's `parts=1`) and its 1x1 step alone on a tile of ones (`pointwise`, `parts=2`). `layer_vs_parts` = layer /
-(depthwise + pointwise): below 1 where the kernel overlaps the steps (the 1x1 step hides the prefetch of the next
-tile's input, or the depthwise step runs while a tile's streamed stores drain), above 1 where running them one after
-the other costs more than each alone. The kernel build is the one `SEPCONV_ISA` selects (recorded as
-`kernel_isa`). Writes `tile_parts.json` (with the machine, per shape and tile the medians in ms and layer_vs_parts)
-into --out (default `benchmarks/results/tile-parts-cpu-<threads>thread`).
+or `streamed_flat_tile` where that applies), with the module's own `tile` where that differs, and with each tile of
+`--tiles` (output pixels; `streamed_flat_tile` off), three ways each, side by side in interleaved rounds
+(`sepconv.backends.clock.time_candidates`: the calling thread's CPU time with one thread, else wall time), forward,
+float32, channels-last, after `sepconv.keep_freed_memory()`: the layer (`layer`), its depthwise step alone into the
+tile buffer (`depthwise`, the kernel's `parts=1`) and its 1x1 step alone on a tile of ones (`pointwise`, `parts=2`).
+`layer_vs_parts` = layer / (depthwise + pointwise): below 1 where the kernel overlaps the steps (the 1x1 step hides
+the prefetch of the next tile's input, or the depthwise step runs while a tile's streamed stores drain), above 1
+where running them one after the other costs more than each alone. The kernel build is the one `SEPCONV_ISA` selects
+(recorded as `kernel_isa`). Writes `tile_parts.json` (with the machine, per shape and tile the medians in ms and
+layer_vs_parts) into --out (default `benchmarks/results/tile-parts-cpu-<threads>thread`).
 """
 
 from __future__ import annotations

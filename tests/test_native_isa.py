@@ -129,7 +129,8 @@ def test_a_narrower_variant_is_built_on_request_and_computes_the_same(monkeypatc
         torch.testing.assert_close(g.double(), r, atol=1e-3, rtol=1e-4)
 
 
-@pytest.mark.skipif(not (X86 and {"avx2", "fma"} <= FLAGS), reason="SEPCONV_ISA=avx2 needs an x86-64 CPU with AVX2 + FMA")
+@pytest.mark.skipif(not (X86 and {"avx2", "fma"} <= FLAGS),
+                    reason="SEPCONV_ISA=avx2 needs an x86-64 CPU with AVX2 + FMA")
 def test_a_fused_module_keeps_the_build_it_was_constructed_with(monkeypatch):
     """SEPCONV_ISA is read when FusedSeparableConv2d is built, not at each call: a module built under
     SEPCONV_ISA=scalar runs the scalar kernels after the variable changes, and a copy of it too."""

@@ -88,7 +88,9 @@ static void flat_patterns(const float *wdw, const float *bdw, int KH, int KW, in
  * straddled pages made a layer markedly slower (docs/design-notes.md). Longer rows cross pages wherever they
  * start. */
 static inline long flat_left(int pw, int C) { return (long)pw * C; }
-static inline long flat_row_used(int W, int C, int pw) { return (2 * flat_left(pw, C) + (long)W * C + 16 + 15) / 16 * 16; }
+static inline long flat_row_used(int W, int C, int pw) {
+    return (2 * flat_left(pw, C) + (long)W * C + 16 + 15) / 16 * 16;
+}
 static inline long flat_row_floats(int W, int C, int pw) {
     long floats = flat_row_used(W, C, pw), pow2 = 16;
     if (floats * (long)sizeof(float) > FLAT_ALIGN) return floats;
