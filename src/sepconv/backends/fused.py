@@ -346,7 +346,7 @@ class FusedSeparableConv2d(FusedPair):
     """
 
     # defaults for modules pickled before these attributes (set per module in __init__)
-    _isa, _flat, streamed_flat_tile = "native", False, True
+    _isa, streamed_flat_tile = "native", True
 
     def __init__(self, depthwise: nn.Conv2d, pointwise: nn.Conv2d, dw_activation: Optional[nn.Module] = None,
                  pw_activation: Optional[nn.Module] = None, pad: Optional[nn.Module] = None) -> None:
@@ -370,7 +370,6 @@ class FusedSeparableConv2d(FusedPair):
         #: Whether a streamed output on the kernel's flat depthwise path takes :func:`streamed_flat_tile`'s tile
         #: instead of ``tile`` (benchmarks turn it off to time a given tile).
         self.streamed_flat_tile = True
-        self._flat = on_flat_path(self._library(), c, self.stride)
         self._plans: dict[tuple, tuple] = {}  # see _plan
 
     def _plan(self, n: int, h: int, w: int, threads: int) -> tuple[int, int, array]:
@@ -385,7 +384,7 @@ class FusedSeparableConv2d(FusedPair):
             ho, wo = self.output_size(h, w)
             lib = self._library()
             tile = self.tile
-            if self.streamed_flat_tile and self._flat:
+            if self.streamed_flat_tile:
                 tile = flat_aware_tile(lib, n, self.in_channels, self.out_channels, wo, ho, self.stride, tile)
             tile, groups, stream = kernel_schedule(n, ho, wo, self.out_channels, tile, threads)
             jobs = lib.sepconv_fused_jobs(n, ho, wo, tile, groups)
