@@ -14,7 +14,8 @@ For every shape (float32, inference, one `SeparableConv2d` without bias), in the
   (`sepconv.backends.onnxruntime.fastest_session_options`; raw `session.run`); with more than one thread in rounds
   of its own after the others, as its idle threads and PyTorch's slow each other when interleaved;
 * `sepconv`: `sepconv.optimize(layer, x)`'s choice, input already in its layout, with the kernel variant the
-  caller's `SEPCONV_ISA` names (the native build by default);
+  caller's `SEPCONV_ISA` names (the native build by default); where that choice runs on ONNX Runtime with more
+  than one thread, in ONNX Runtime alone's rounds (`sepconv_timed_with_onnxruntime_alone`);
 * with `--parts`, `depthwise_part_<isa>`: each build's depthwise step alone (the kernel's `parts=1`: into its tile
   buffer, no output written; without the prefetch the 1x1 step issues for the next tile), and its share of the
   whole fused layer's median; and `pointwise_part_<isa>`: the 1x1 step alone on a tile of ones (`parts=2`: the
@@ -131,10 +132,14 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
     fast_input = x_nhwc if fast.memory_format == torch.channels_last else x.contiguous(memory_format=fast.memory_format)
     candidates["sepconv"] = no_grad(fast.model, fast_input, isa=CALLER_ISA)
     # With more than one thread ONNX Runtime alone is timed in rounds of its own: its idle threads (spinning, when
-    # that is its fastest alone) would slow whichever candidate ran next, and PyTorch's would slow it.
+    # that is its fastest alone) would slow whichever candidate ran next, and PyTorch's would slow it. So is
+    # `optimize`'s choice where that runs on ONNX Runtime: among the PyTorch candidates it took up to 2.3x ONNX
+    # Runtime alone's time, and the fused kernel timed beside it about twice its own (docs/design-notes.md).
     alone = {}
     if threads > 1 and "onnxruntime_alone" in candidates:
         alone["onnxruntime_alone"] = candidates.pop("onnxruntime_alone")
+        if fast.backend == "onnxruntime":
+            alone["sepconv"] = candidates.pop("sepconv")
     seed = 0 if shuffle else None
     if clock == "cpu":
         timings = cpu_time_interleaved(candidates, rounds=rounds, shuffle_seed=seed)
@@ -168,6 +173,7 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
         "theoretical_speedup": mac_ratio, "realized": realized, "fused_roofline_ceiling": ceiling,
         "of_ceiling": {k: v / ceiling for k, v in realized.items()}, "best_path": best,
         "sepconv_backend": fast.backend, "sepconv_candidate": fast.candidate,
+        "sepconv_timed_with_onnxruntime_alone": "sepconv" in alone,
         "sepconv_layer_choices": fast.layer_choices, "onnxruntime_session_options": session_options,
         "sepconv_vs_onnxruntime_alone": ms["sepconv"] / ms["onnxruntime_alone"] if "onnxruntime_alone" in ms else None,
         "avx2_vs_avx512_fused": (ms["fused_avx2"] / ms["fused_avx512"]
