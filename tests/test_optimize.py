@@ -219,17 +219,17 @@ def _fake_timer(medians_by_call, samples_by_call=None):
 
     asked = []
 
-    def timer(calls, sample, rounds, target_s=0.02, settle_s=0.0):
+    def timer(calls, sample, rounds, target_s=0.02, apart=()):
         medians = medians_by_call[len(asked)]
         samples = (samples_by_call or {}).get(len(asked), {})
-        asked.append((sorted(calls), rounds, target_s, settle_s))
+        asked.append((sorted(calls), rounds, target_s, tuple(apart)))
         return {name: Timing(medians[name], medians[name], medians[name], tuple(samples.get(name, (medians[name],))))
                 for name in calls}
     return timer, asked
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_fastest_call_confirms_a_close_call_and_settles_with_threads(monkeypatch, threads):
+@pytest.mark.parametrize("apart", [(), ("b",)])
+def test_fastest_call_confirms_a_close_call_keeping_apart_what_was_asked(monkeypatch, apart):
     from sepconv.backends import clock
 
     calls = {"original": lambda: None, "a": lambda: None, "b": lambda: None, "c": lambda: None}
@@ -237,15 +237,58 @@ def test_fastest_call_confirms_a_close_call_and_settles_with_threads(monkeypatch
     # of all, does not compete
     timer, asked = _fake_timer([{"original": 0.5, "a": 1.0, "b": 1.1, "c": 3.0}, {"a": 1.2, "b": 1.0}])
     monkeypatch.setattr(clock, "time_candidates", timer)
+    choice, timings = clock.fastest_call(calls, torch.empty(1), rounds=5, target_s=0.01, among=["a", "b", "c"],
+                                         apart=apart)
+    assert choice == "b" and asked == [(sorted(calls), 5, 0.01, apart), (["a", "b"], 10, 0.025, apart)]
+    assert timings["a (confirmation)"] == 1200 and timings["b (confirmation)"] == 1000 and timings["original"] == 500
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_time_candidates_times_another_runtime_apart_with_threads(monkeypatch, threads):
+    """With more than one thread the calls named apart are timed first, in rounds of their own, and the others after
+    running one of them untimed for SPIN_WAIT_S; with one thread (no idle worker threads) all in the same rounds."""
+    from sepconv.backends import clock
+    from sepconv.utils import timing
+
+    log = []
+    monkeypatch.setattr(clock, "SPIN_WAIT_S", 0.01)
+    monkeypatch.setattr(clock, "CPU_CLOCK_WITH_ONE_THREAD", False)  # the wall clock with one thread too
+
+    def fake_interleaved(calls, rounds, target_s, device):
+        log.append(("timed", sorted(calls)))
+        return {name: timing.Timing(1.0, 1.0, 1.0, (1.0,)) for name in calls}
+    monkeypatch.setattr(timing, "interleaved", fake_interleaved)
+    calls = {name: (lambda name=name: log.append(("untimed", name))) for name in ("eager", "fused", "ort")}
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        choice, timings = clock.fastest_call(calls, torch.empty(1), rounds=5, target_s=0.01, among=["a", "b", "c"])
+        t = clock.time_candidates(calls, torch.empty(1), rounds=3, apart=["ort"])
     finally:
         torch.set_num_threads(before)
-    settle = clock.SETTLE_S if threads > 1 else 0.0
-    assert choice == "b" and asked == [(sorted(calls), 5, 0.01, settle), (["a", "b"], 10, 0.025, settle)]
-    assert timings["a (confirmation)"] == 1200 and timings["b (confirmation)"] == 1000 and timings["original"] == 500
+    assert sorted(t) == ["eager", "fused", "ort"]
+    if threads == 1:
+        assert log == [("timed", ["eager", "fused", "ort"])]
+    else:
+        untimed = [entry for entry in log if entry[0] == "untimed"]
+        assert log[0] == ("timed", ["ort"]) and log[-1] == ("timed", ["eager", "fused"])
+        assert untimed and set(untimed) == {("untimed", "eager")} and len(log) == len(untimed) + 2
+
+
+def test_optimize_times_its_onnxruntime_candidate_apart(monkeypatch):
+    from sepconv.backends import optimize as opt
+    from sepconv.backends.engine import Candidate
+
+    asked = []
+
+    def spy(fns, sample, rounds, target_s=0.02, among=None, apart=()):
+        asked.append((sorted(fns), list(among), list(apart)))
+        return among[0], {}
+    monkeypatch.setattr(opt, "fastest_call", spy)
+    model = nn.Conv2d(2, 2, 1).eval()
+    candidates = {"nchw": Candidate(model, torch.contiguous_format, "eager"),
+                  "onnxruntime": Candidate(model, torch.contiguous_format, "onnxruntime")}
+    opt._fastest_candidate(model, torch.randn(1, 2, 3, 3), candidates, rounds=2)
+    assert asked == [(["nchw", "onnxruntime", "original"], ["nchw", "onnxruntime"], ["onnxruntime"])]
 
 
 def test_fastest_call_confirms_when_the_fastest_sample_is_another_candidates(monkeypatch):
@@ -285,8 +328,9 @@ def test_pack_convolutions_chooses_each_engine_by_fastest_call(monkeypatch):
         pytest.skip("this PyTorch build lacks the oneDNN convolution operators")
     seen = []
 
-    def spy(calls, sample, rounds, target_s=0.02, among=None):
+    def spy(calls, sample, rounds, target_s=0.02, among=None, apart=()):
         seen.append(sorted(calls))
+        assert not apart  # every candidate runs on PyTorch's thread pool
         return "packed", {}
     monkeypatch.setattr(onednn, "fastest_call", spy)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()).eval()

@@ -17,9 +17,11 @@ from ..utils.timing import Timing, calls_for, round_orders
 CPU_CLOCK_WITH_ONE_THREAD = True
 #: When the runner-up is within this factor of the fastest candidate, :func:`fastest_call` times the two again.
 CLOSE_CALL = 1.2
-#: Untimed pause (seconds) before each timing sample when timing with more than one thread: worker threads another
-#: runtime left spinning (ONNX Runtime's, PyTorch's OpenMP pool) otherwise take cores from the next candidate.
-SETTLE_S = 0.01
+#: How long (seconds) the candidates timed after another runtime's run first run untimed (:func:`fastest_call`'s
+#: ``apart``): an ONNX Runtime session whose idle threads spin keeps them spinning for a while after its last run,
+#: taking a core from whatever runs next; on a 2-core AMD EPYC a two-thread kernel ran at 1.8x its time after
+#: 50 ms of its own calls and at its own speed after 200 ms (docs/design-notes.md).
+SPIN_WAIT_S = 0.2
 
 
 def cpu_time_interleaved(candidates: dict[str, Callable[[], object]], rounds: int = 15,
@@ -67,20 +69,36 @@ def timing_clock(sample: torch.Tensor) -> str:
 
 
 def time_candidates(calls: dict[str, Callable[[], object]], sample: torch.Tensor, rounds: int, target_s: float = 0.02,
-                    settle_s: float = 0.0) -> dict[str, Timing]:
-    """Time ``calls`` in interleaved rounds on the clock :func:`timing_clock` picks for ``sample``."""
+                    apart: Sequence[str] = ()) -> dict[str, Timing]:
+    """Time ``calls`` in interleaved rounds on the clock :func:`timing_clock` picks for ``sample``.
+
+    With more than one thread, the names in ``apart`` (calls into another runtime whose idle threads may spin, ONNX
+    Runtime) are timed first, interleaved among themselves, and the others after running the first of them untimed
+    for :data:`SPIN_WAIT_S`: interleaved with the others, such a runtime's spinning threads would take a core from
+    every sample that follows one of its own. With one thread there are no idle threads, and all are interleaved."""
     if timing_clock(sample) == "cpu":
         return cpu_time_interleaved(calls, rounds=rounds, target_s=target_s)
     from ..utils.timing import interleaved
 
-    return interleaved(calls, rounds=rounds, target_s=target_s, settle_s=settle_s, device=sample.device)
+    first = [name for name in calls if name in apart] if torch.get_num_threads() > 1 else []
+    rest = [name for name in calls if name not in first]
+    if not first or not rest:
+        return interleaved(calls, rounds=rounds, target_s=target_s, device=sample.device)
+    timings = interleaved({name: calls[name] for name in first}, rounds=rounds, target_s=target_s,
+                          device=sample.device)
+    end = time.perf_counter() + SPIN_WAIT_S
+    while time.perf_counter() < end:
+        calls[rest[0]]()
+    timings.update(interleaved({name: calls[name] for name in rest}, rounds=rounds, target_s=target_s,
+                               device=sample.device))
+    return timings
 
 
 def fastest_call(calls: dict[str, Callable[[], object]], sample: torch.Tensor, rounds: int, target_s: float = 0.02,
-                 among: Optional[Sequence[str]] = None) -> tuple[str, dict[str, float]]:
+                 among: Optional[Sequence[str]] = None, apart: Sequence[str] = ()) -> tuple[str, dict[str, float]]:
     """The name of the fastest of ``calls`` and every median in ms, timed by :func:`time_candidates` in ``rounds``
-    interleaved rounds of about ``target_s`` seconds per sample, after a pause of :data:`SETTLE_S` before each
-    sample when more than one thread runs.
+    interleaved rounds of about ``target_s`` seconds per sample, the calls named in ``apart`` (another runtime's)
+    in rounds of their own with more than one thread.
 
     Only the names in ``among`` (default: all) compete; the others are timed beside them for comparison. When the
     runner-up is within :data:`CLOSE_CALL` of the fastest (a close call on a noisy machine), or when another
@@ -93,8 +111,7 @@ def fastest_call(calls: dict[str, Callable[[], object]], sample: torch.Tensor, r
     names = list(calls) if among is None else list(among)
     if not names or any(name not in calls for name in names):
         raise ValueError(f"fastest_call: among must name some of the calls {sorted(calls)}, got {names!r}")
-    settle = SETTLE_S if torch.get_num_threads() > 1 else 0.0
-    t = time_candidates(calls, sample, rounds, target_s=target_s, settle_s=settle)
+    t = time_candidates(calls, sample, rounds, target_s=target_s, apart=apart)
     timings = {name: v.median * 1e3 for name, v in t.items()}
     ranked = sorted(names, key=lambda name: timings[name])
     choice = ranked[0]
@@ -104,7 +121,7 @@ def fastest_call(calls: dict[str, Callable[[], object]], sample: torch.Tensor, r
     if rival is not None:
         pair = [choice, rival]
         again = time_candidates({name: calls[name] for name in pair}, sample, 2 * rounds, target_s=2.5 * target_s,
-                                settle_s=settle)
+                                apart=apart)
         choice = min(pair, key=lambda name: again[name].median)
         timings.update({f"{name} (confirmation)": again[name].median * 1e3 for name in pair})
     return choice, timings

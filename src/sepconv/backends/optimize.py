@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..utils.timing import inference_call
-from .clock import CLOSE_CALL, SETTLE_S, fastest_call, timing_clock  # noqa: F401 -- the constants: re-exported
+from .clock import CLOSE_CALL, SPIN_WAIT_S, fastest_call, timing_clock  # noqa: F401 -- the constants: re-exported
 from .engine import BuildContext, Candidate, InferenceEngine
 from .fold import fold_batchnorm
 from .registry import INFERENCE_ENGINES
@@ -102,8 +102,10 @@ def optimize(model: nn.Module, sample_input: torch.Tensor, *, measure: bool = Tr
     ``CLOSE_CALL`` of it, or another candidate has the fastest single
     sample, the two are timed again with twice the rounds
     before choosing (``'<name> (confirmation)'`` in ``timings_ms``;
-    :func:`sepconv.backends.clock.fastest_call`, which also pauses
-    ``SETTLE_S`` before each sample with more than one thread). On CUDA
+    :func:`sepconv.backends.clock.fastest_call`). With more than one thread
+    the ONNX Runtime candidate is timed in rounds of its own, before the
+    others, which first run untimed for ``SPIN_WAIT_S``: idle ONNX Runtime
+    threads that spin would slow whichever candidate ran after them. On CUDA
     each timing sample ends with a device synchronization. With one thread on
     the CPU the candidates are timed on the calling thread's CPU time, so
     other processes on a busy machine do not decide the choice
@@ -169,7 +171,8 @@ def _fastest_candidate(model: nn.Module, sample: torch.Tensor, candidates: dict[
     fns = {"original": inference_call(original, sample)}
     fns.update({name: inference_call(c.module, sample.contiguous(memory_format=c.memory_format))
                 for name, c in candidates.items()})
-    return fastest_call(fns, sample, rounds, target_s=0.02, among=list(candidates))
+    return fastest_call(fns, sample, rounds, target_s=0.02, among=list(candidates),
+                        apart=[name for name, c in candidates.items() if c.engine == "onnxruntime"])
 
 
 def _skip_or_raise(engine: str, error: Exception, explicit: bool) -> None:

@@ -79,15 +79,8 @@ def round_orders(names: list[str], rounds: int, shuffle_seed: int | None = None)
 
 
 def interleaved(candidates: dict[str, Callable[[], object]], rounds: int = 15, target_s: float = 0.02,
-                device: torch.device = torch.device("cpu"), settle_s: float = 0.0,
-                shuffle_seed: int | None = None) -> dict[str, Timing]:
+                device: torch.device = torch.device("cpu"), shuffle_seed: int | None = None) -> dict[str, Timing]:
     """Time every candidate in ``rounds`` interleaved rounds; returns a :class:`Timing` per name.
-
-    ``settle_s``: an untimed pause before each sample, so that worker threads
-    another runtime left spinning (ONNX Runtime's, PyTorch's OpenMP pool) go
-    to sleep before the next candidate is timed; with several threads they
-    otherwise take cores from it (``sepconv.optimize`` pauses when timing
-    with more than one thread).
 
     ``shuffle_seed``: None times the candidates in the same order every round;
     an integer shuffles the order anew each round (``random.Random(shuffle_seed)``,
@@ -96,16 +89,12 @@ def interleaved(candidates: dict[str, Callable[[], object]], rounds: int = 15, t
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    if settle_s < 0:
-        raise ValueError(f"settle_s must be >= 0, got {settle_s}")
     numbers = {name: calls_for(fn, target_s, device) for name, fn in candidates.items()}
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for order in round_orders(list(candidates), rounds, shuffle_seed):
         for name in order:
             fn, n = candidates[name], numbers[name]
             _sync(device)
-            if settle_s:
-                time.sleep(settle_s)
             start = time.perf_counter()
             for _ in range(n):
                 fn()
