@@ -18,9 +18,8 @@ CPU_CLOCK_WITH_ONE_THREAD = True
 #: When the runner-up is within this factor of the fastest candidate, :func:`fastest_call` times the two again.
 CLOSE_CALL = 1.2
 #: How long (seconds) the candidates timed after another runtime's run first run untimed (:func:`fastest_call`'s
-#: ``apart``): an ONNX Runtime session whose idle threads spin keeps them spinning for a while after its last run,
-#: taking a core from whatever runs next; on a 2-core AMD EPYC a two-thread kernel ran at 1.8x its time after
-#: 50 ms of its own calls and at its own speed after 200 ms (docs/design-notes.md).
+#: ``apart``): an ONNX Runtime session whose idle threads spin keeps them spinning for tens of milliseconds after
+#: its last run, longer beside other work, taking a core from whatever runs next (docs/design-notes.md).
 SPIN_WAIT_S = 0.2
 
 
