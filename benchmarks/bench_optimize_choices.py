@@ -7,8 +7,9 @@ each right after an ONNX Runtime session of the layer was configured and timed
 (`sepconv.backends.onnxruntime.fastest_session_options`, as `bench_isa.py` does before it calls `optimize`:
 its idle threads may still spin when `optimize` starts; `--no-ort-before` leaves that out). Each call's choice
 is its candidate and, for the 'onednn' engine, what runs the separable layer (`fused`, `packed`, `eager`,
-`dense`). Then one model per distinct choice and the fused kernel on its own are timed side by side in
-interleaved rounds; a choice is *slower* where its median is more than 1.1x the fused kernel's. The record holds
+`dense`). Then one model per distinct choice and the fused kernel on its own are timed side by side as
+`optimize` times its candidates (`sepconv.backends.clock.time_candidates`, ONNX Runtime choices apart); a choice
+is *slower* where its median is more than 1.1x the fused kernel's. The record holds
 each shape's choices with their counts, medians and ratios, and the summary the share of calls that kept a
 slower choice. Writes `optimize_choices.json` (with the machine) into --out (default
 `benchmarks/results/optimize-choices-cpu-<threads>thread`).
@@ -27,12 +28,13 @@ import torch
 
 import sepconv
 from sepconv.backends import native
+from sepconv.backends.clock import time_candidates
 from sepconv.backends.fused import FusedSeparableConv2d
 from sepconv.backends.onnxruntime import fastest_session_options, onnxruntime_available
 from sepconv.bench.suites import SUITES, parse_suite_args, separable_case, suite_parser
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
-from sepconv.utils.timing import inference_call, interleaved
+from sepconv.utils.timing import inference_call
 
 HERE = Path(__file__).resolve().parent
 SLOWER = 1.1  # a choice more than this times the fused kernel's median is counted as slower
@@ -66,11 +68,9 @@ def run_shape(case, repeats: int, rounds: int, threads: int, ort_before: bool) -
     calls = {"fused kernel": inference_call(fused, x_nhwc)}
     for name, fast in models.items():
         calls[name] = inference_call(fast.model, x.contiguous(memory_format=fast.memory_format))
-    # ONNX Runtime choices in rounds of their own, after the others (their idle threads may spin)
-    ort = {name: calls.pop(name) for name in list(calls) if name.startswith("onnxruntime")}
-    timings = interleaved(calls, rounds=rounds, target_s=0.02)
-    if ort:
-        timings.update(interleaved(ort, rounds=rounds, target_s=0.02))
+    # as optimize times them: ONNX Runtime choices apart from the others (their idle threads may spin)
+    timings = time_candidates(calls, x, rounds, target_s=0.02,
+                              apart=[name for name in calls if name.startswith("onnxruntime")])
     ms = {name: 1e3 * t.median for name, t in timings.items()}
     ratios = {name: ms[name] / ms["fused kernel"] for name in models}
     slower = sum(counts[name] for name in models if ratios[name] > SLOWER)
