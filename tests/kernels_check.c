@@ -443,6 +443,15 @@ int main(void) {
     }
     check_fused(2, 32, 32, 32, 3, 1, 1, 1, 64, 1, 1, 1, 96, 1, 1); /* a CIFAR-like layer, several tiles */
     check_fused(1, 15, 15, 64, 3, 2, 1, 1, 128, 1, 2, 0, 30, 2, 0);
+    /* 1x1 weights of AHEAD_MIN_BYTES or more, tiles of at most AHEAD_MAX_ROWS (blocks that prefetch the next
+     * panel): a 7x7 tile, a tile of 13 (AVX-512: the 7-row block prefetches), blocks of fewer rows, one block per
+     * panel, a last panel of one column, partial channel vectors, channel groups, streamed output */
+    check_fused(1, 7, 7, 256, 3, 1, 1, 1, 512, 1, 0, 0, 49, 1, 0);
+    check_fused(1, 9, 9, 300, 3, 2, 1, 1, 440, 0, 1, 2, 8, 1, 0);
+    check_fused(1, 7, 7, 256, 3, 1, 1, 1, 520, 0, 0, 0, 13, 1, 0);
+    check_fused(1, 5, 5, 260, 3, 1, 1, 1, 512, 1, 0, 1, 5, 2, 1);
+    check_fused(2, 4, 4, 4096, 1, 1, 0, 1, 33, 1, 0, 0, 11, 1, 0);
+    check_fused(1, 14, 14, 512, 3, 2, 1, 1, 288, 1, 2, 0, 49, 1, 1);
     /* rows of several interior blocks for the AVX-512 3x3 runs (depthwise3_rows): row pairs and single rows (a
      * tile's partial rows, an odd last row), both borders, a short last block, padding 0 and 1, activations */
     check_fused(2, 9, 45, 32, 3, 1, 1, 1, 24, 1, 1, 2, 50, 1, 0);

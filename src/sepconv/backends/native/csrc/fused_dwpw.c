@@ -35,6 +35,32 @@ static inline size_t round_up(size_t bytes, size_t to) { return (bytes + to - 1)
 #define NOCLONE
 #endif
 #define NR 32 /* output channels per register block (two AVX-512 vectors) and per packed weight panel */
+/* The pointwise step prefetches each next panel of a 1x1 weight while it computes on the current one
+ * (pointwise_step) for a weight of at least AHEAD_MIN_BYTES and a tile of at most AHEAD_MAX_ROWS pixels. A smaller
+ * weight stays in the L2 cache from one tile to the next, and a taller tile reads each panel from cache in so many
+ * register blocks that the first block's wait is a small part of the time: there the look-ahead's checks cost more
+ * than they save. */
+#define AHEAD_MIN_BYTES (512 * 1024)
+#define AHEAD_MAX_ROWS 64
+
+/* The lines a register block prefetches while it computes: `left` 64-byte lines from `next`, one at each input
+ * channel c with (c & every) == 0 (every = 2^k - 1); both advance past the lines it prefetched. */
+typedef struct {
+    const char *next;
+    long left;
+    int every;
+} ahead_t;
+
+/* The look-ahead over one weight panel of C rows (NR floats each): the next panel's lines, spread evenly over the
+ * `passes` passes (register blocks, or AVX2/NEON 16-column halves) after a panel's first (whose own reads are the
+ * ones to wait on memory), each pass prefetching in about the first half of its channels. */
+static inline ahead_t panel_ahead(const float *panel, int C, int passes) {
+    ahead_t a = {(const char *)(panel + (size_t)C * NR), (long)C * NR * (long)sizeof(float) / 64, 0};
+    passes = passes > 1 ? passes - 1 : 1;
+    long per_pass = (a.left + passes - 1) / passes;
+    while (per_pass && 2 * (a.every + 1) * per_pass <= C) a.every = 2 * a.every + 1;
+    return a;
+}
 /* input channels up to which the backward kernel takes the 1x1 input gradient as dot products (few_channel_rows):
  * per row it costs about C (Cout / VB + a horizontal sum) instructions against the panel GEMM's 2 Cout */
 #define FEW_CHANNELS 4
@@ -1110,10 +1136,13 @@ SEPCONV_INLINE void vflat_block(const float *rows, int ih_lo, long prow, int C, 
 /* y[r][0 : ncols] = t[r][:C] @ panel[:C][0 : ncols] + bias for r < R <= MR_V (a constant after inlining), ncols <=
  * 16: R x NSUB vector accumulators (at most 12 of AVX2's 16 registers, 24 of NEON's 32); the panel is zero padded to
  * 32 columns, so whole vectors are read. stream: whole vectors are written around the caches (y and ldy 64-byte
- * aligned, see sepconv_fused_dwpw_f32). */
+ * aligned, see sepconv_fused_dwpw_f32). PF (a constant after inlining): prefetch ah's lines (ahead_t). */
 SEPCONV_INLINE void vgemm_rows(const float *t, int cp, int C, const float *bp, const float *bias, int ncols,
-                               int act, float *y, int ldy, int stream, int R) {
+                               int act, float *y, int ldy, int stream, int R, ahead_t *ah, int PF) {
     vf acc[MR_V][NSUB];
+    const char *pa = PF ? ah->next : NULL;
+    long pl = PF ? ah->left : 0;
+    int every = PF ? ah->every : 0;
     if (WRITE_PREFETCH && !stream) /* the output lines, requested for writing now: their reads overlap the FMAs */
         for (int r = 0; r < R; ++r) __builtin_prefetch(y + (size_t)r * ldy, 1, 3);
 #pragma GCC unroll 4
@@ -1126,6 +1155,11 @@ SEPCONV_INLINE void vgemm_rows(const float *t, int cp, int C, const float *bp, c
         vf w[NSUB];
 #pragma GCC unroll 4
         for (int s = 0; s < NSUB; ++s) w[s] = vload(bp + (size_t)c * NR + s * VW);
+        if (PF && (c & every) == 0 && pl > 0) {
+            __builtin_prefetch(pa, 0, 3);
+            pa += 64;
+            --pl;
+        }
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
             vf a = vset1(t[(size_t)r * cp + c]);
@@ -1143,21 +1177,30 @@ SEPCONV_INLINE void vgemm_rows(const float *t, int cp, int C, const float *bp, c
             else if (n > 0) vstore_n(y + (size_t)r * ldy + s * VW, vact(acc[r][s], act), n);
         }
     }
+    if (PF) {
+        ah->next = pa;
+        ah->left = pl;
+    }
 }
 
 /* vgemm_rows for the mr rows a block has (1 <= mr <= MR_V), each count a constant after inlining: a short last
  * block computes only its own rows (with the FMA latency and two pipes, even one row's two chains take less time
  * per input channel than a full block's twelve FMAs). */
+SEPCONV_INLINE void vgemm_block_pf(const float *t, int cp, int C, const float *bp, const float *bias, int ncols,
+                                   int mr, int act, float *y, int ldy, int stream, ahead_t *ah, int PF) {
+    switch (mr) {
+    case 1: vgemm_rows(t, cp, C, bp, bias, ncols, act, y, ldy, stream, 1, ah, PF); break;
+    case 2: vgemm_rows(t, cp, C, bp, bias, ncols, act, y, ldy, stream, 2, ah, PF); break;
+    case 3: vgemm_rows(t, cp, C, bp, bias, ncols, act, y, ldy, stream, 3, ah, PF); break;
+    case 4: vgemm_rows(t, cp, C, bp, bias, ncols, act, y, ldy, stream, 4, ah, PF); break;
+    case 5: vgemm_rows(t, cp, C, bp, bias, ncols, act, y, ldy, stream, 5, ah, PF); break;
+    default: vgemm_rows(t, cp, C, bp, bias, ncols, act, y, ldy, stream, MR_V, ah, PF);
+    }
+}
+
 SEPCONV_INLINE void vgemm_block(const float *t, int cp, int C, const float *bp, const float *bias, int ncols,
                                 int mr, int act, float *y, int ldy, int stream) {
-    switch (mr) {
-    case 1: vgemm_rows(t, cp, C, bp, bias, ncols, act, y, ldy, stream, 1); break;
-    case 2: vgemm_rows(t, cp, C, bp, bias, ncols, act, y, ldy, stream, 2); break;
-    case 3: vgemm_rows(t, cp, C, bp, bias, ncols, act, y, ldy, stream, 3); break;
-    case 4: vgemm_rows(t, cp, C, bp, bias, ncols, act, y, ldy, stream, 4); break;
-    case 5: vgemm_rows(t, cp, C, bp, bias, ncols, act, y, ldy, stream, 5); break;
-    default: vgemm_rows(t, cp, C, bp, bias, ncols, act, y, ldy, stream, MR_V);
-    }
+    vgemm_block_pf(t, cp, C, bp, bias, ncols, mr, act, y, ldy, stream, NULL, 0);
 }
 #endif
 
@@ -1260,17 +1303,30 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
 #ifdef SEPCONV_AVX512
 
 /* acc[r][:] += t[r][:C] @ panel[:C][0:32] for the R rows of a register block (two AVX-512 vectors per row; R a
- * constant after inlining: MR, or MR + 1 for a tile's last seven rows). */
+ * constant after inlining: MR, or MR + 1 for a tile's last seven rows). PF (a constant after inlining): prefetch
+ * ah's lines (ahead_t). */
 static inline __attribute__((always_inline)) void fma_rows(const float *t, int cp, int C, const float *bp,
-                                                           __m512 acc[][2], int R) {
+                                                           __m512 acc[][2], int R, ahead_t *ah, int PF) {
+    const char *pa = PF ? ah->next : NULL;
+    long pl = PF ? ah->left : 0;
+    int every = PF ? ah->every : 0;
     for (int c = 0; c < C; ++c) {
         __m512 v0 = _mm512_loadu_ps(bp + (size_t)c * NR), v1 = _mm512_loadu_ps(bp + (size_t)c * NR + 16);
+        if (PF && (c & every) == 0 && pl > 0) {
+            __builtin_prefetch(pa, 0, 3);
+            pa += 64;
+            --pl;
+        }
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r) {
             __m512 a = _mm512_set1_ps(t[(size_t)r * cp + c]);
             acc[r][0] = _mm512_fmadd_ps(a, v0, acc[r][0]);
             acc[r][1] = _mm512_fmadd_ps(a, v1, acc[r][1]);
         }
+    }
+    if (PF) {
+        ah->next = pa;
+        ah->left = pl;
     }
 }
 
@@ -1281,13 +1337,13 @@ static inline __attribute__((always_inline)) void fma_rows(const float *t, int c
  * FMAs, so it waits on the FMA latency at every input channel. */
 static inline __attribute__((always_inline)) void gemm_block_full(const float *t, int cp, int C, const float *bp,
                                                                   const float *bias, int j0, int act, float *y,
-                                                                  int ldy, int stream, int R) {
+                                                                  int ldy, int stream, int R, ahead_t *ah, int PF) {
     __m512 acc[MR + 1][2];
     __m512 b0 = bias ? _mm512_loadu_ps(bias + j0) : _mm512_setzero_ps();
     __m512 b1 = bias ? _mm512_loadu_ps(bias + j0 + 16) : _mm512_setzero_ps();
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) { acc[r][0] = b0; acc[r][1] = b1; }
-    fma_rows(t, cp, C, bp, acc, R);
+    fma_rows(t, cp, C, bp, acc, R, ah, PF);
     if (stream) { /* around the cache: no read-for-ownership of the output's lines */
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r) {
@@ -1309,11 +1365,11 @@ static inline __attribute__((always_inline)) void gemm_block_full(const float *t
 static inline void gemm_block(const float *t, int cp, int C, const float *bp, const float *bias, int j0,
                               int ncols, int mr, int act, float *y, int ldy, int stream) {
     if (mr == MR && ncols == NR) {
-        gemm_block_full(t, cp, C, bp, bias, j0, act, y, ldy, stream, MR);
+        gemm_block_full(t, cp, C, bp, bias, j0, act, y, ldy, stream, MR, NULL, 0);
         return;
     }
     if (mr == MR + 1 && ncols == NR) {
-        gemm_block_full(t, cp, C, bp, bias, j0, act, y, ldy, stream, MR + 1);
+        gemm_block_full(t, cp, C, bp, bias, j0, act, y, ldy, stream, MR + 1, NULL, 0);
         return;
     }
     __m512 acc[MR][2];
@@ -1324,7 +1380,7 @@ static inline void gemm_block(const float *t, int cp, int C, const float *bp, co
     __m512 b1init = (bias && nv == 2) ? _mm512_maskz_loadu_ps(k1, bias + j0 + 16) : _mm512_setzero_ps();
     for (int r = 0; r < MR; ++r) { acc[r][0] = b0init; acc[r][1] = b1init; }
     if (mr == MR && nv == 2) { /* the last, partial panel (17-31 columns; the packed weight is zero padded) */
-        fma_rows(t, cp, C, bp, acc, MR);
+        fma_rows(t, cp, C, bp, acc, MR, NULL, 0);
     } else {
         for (int c = 0; c < C; ++c) {
             __m512 v0 = _mm512_loadu_ps(bp + (size_t)c * NR);
@@ -1369,11 +1425,11 @@ static inline void prefetch_lines(const char **next, const char *end, long count
 #endif
 }
 
-/* y[m][Cout] = t[m][:C] @ B + bias, B packed in column panels: b[j / NR][c][j % NR] (zero padded).
- * [pf, pf_end): memory to prefetch while computing (the next job's input), spread over the register blocks. */
-NOCLONE static void pointwise_tile(const float *t, int m, int cp, int C, const float *b, const float *bias, int Cout,
-                           int j_begin, int j_end, int act, float *y, int stream, const char *pf,
-                           const char *pf_end) {
+/* pointwise_tile's work (below); LA (a constant after inlining): each panel's register blocks but the first also
+ * prefetch the next panel (panel_ahead). */
+SEPCONV_INLINE void pointwise_panels(const float *t, int m, int cp, int C, const float *b, const float *bias,
+                                     int Cout, int j_begin, int j_end, int act, float *y, int stream, const char *pf,
+                                     const char *pf_end, int LA) {
     long blocks = (long)((j_end - j_begin + NR - 1) / NR) * ((m + MR - 1) / MR);
     long lines = pf < pf_end ? (long)((pf_end - pf + 63) / 64) : 0;
     long per_block = (lines + blocks - 1) / blocks;
@@ -1381,12 +1437,21 @@ NOCLONE static void pointwise_tile(const float *t, int m, int cp, int C, const f
     for (int j0 = j_begin; j0 < j_end; j0 += NR) {
         int ncols = j_end - j0 < NR ? j_end - j0 : NR;
         const float *panel = b + (size_t)(j0 / NR) * C * NR;
+        ahead_t ah = {NULL, 0, 0};
+        if (LA && j0 + NR < j_end) ah = panel_ahead(panel, C, m / MR);
         for (int i0 = 0; i0 < m;) {
             int mr = m - i0 < MR ? m - i0 : MR;
             if (m - i0 == MR + 1 && ncols == NR) mr = MR + 1; /* the last seven rows: one block (gemm_block_full) */
             if (per_block) prefetch_lines(&pf, pf_end, per_block);
-            gemm_block(t + (size_t)i0 * cp, cp, C, panel, bias, j0, ncols, mr, act, y + (size_t)i0 * Cout, Cout,
-                       stream);
+            if (LA && ah.left > 0 && (i0 > 0 || m < 2 * MR) && ncols == NR && mr == MR)
+                gemm_block_full(t + (size_t)i0 * cp, cp, C, panel, bias, j0, act, y + (size_t)i0 * Cout, Cout, stream,
+                                MR, &ah, 1);
+            else if (LA && ah.left > 0 && (i0 > 0 || m < 2 * MR) && ncols == NR && mr == MR + 1)
+                gemm_block_full(t + (size_t)i0 * cp, cp, C, panel, bias, j0, act, y + (size_t)i0 * Cout, Cout, stream,
+                                MR + 1, &ah, 1);
+            else
+                gemm_block(t + (size_t)i0 * cp, cp, C, panel, bias, j0, ncols, mr, act, y + (size_t)i0 * Cout, Cout,
+                           stream);
             i0 += mr;
         }
     }
@@ -1397,19 +1462,28 @@ NOCLONE static void pointwise_tile(const float *t, int m, int cp, int C, const f
     int row_blocks = (m + MR_V - 1) / MR_V, rows_short = m > 0 ? m / row_blocks : 0;
     int blocks_long = m > 0 ? m % row_blocks : 0; /* the first blocks_long blocks take rows_short + 1 rows */
     for (int j0 = j_begin; j0 < j_end; j0 += NR) {
-        int ncols = j_end - j0 < NR ? j_end - j0 : NR;
+        int ncols = j_end - j0 < NR ? j_end - j0 : NR, passes = row_blocks * ((ncols + 15) / 16);
         const float *panel = b + (size_t)(j0 / NR) * C * NR;
+        ahead_t ah = {NULL, 0, 0};
+        if (LA && j0 + NR < j_end) ah = panel_ahead(panel, C, passes);
         for (int k = 0, i0 = 0, mr; k < row_blocks; ++k, i0 += mr) {
             mr = rows_short + (k < blocks_long);
             if (per_block) prefetch_lines(&pf, pf_end, per_block);
-            for (int sub = 0; sub < ncols; sub += 16)
-                vgemm_block(t + (size_t)i0 * cp, cp, C, panel + sub, bias ? bias + j0 + sub : NULL,
-                            ncols - sub < 16 ? ncols - sub : 16, mr, act, y + (size_t)i0 * Cout + j0 + sub, Cout,
-                            stream);
+            for (int sub = 0; sub < ncols; sub += 16) {
+                if (LA && ah.left > 0 && (k > 0 || sub > 0 || passes == 1))
+                    vgemm_block_pf(t + (size_t)i0 * cp, cp, C, panel + sub, bias ? bias + j0 + sub : NULL,
+                                   ncols - sub < 16 ? ncols - sub : 16, mr, act, y + (size_t)i0 * Cout + j0 + sub,
+                                   Cout, stream, &ah, 1);
+                else
+                    vgemm_block(t + (size_t)i0 * cp, cp, C, panel + sub, bias ? bias + j0 + sub : NULL,
+                                ncols - sub < 16 ? ncols - sub : 16, mr, act, y + (size_t)i0 * Cout + j0 + sub,
+                                Cout, stream);
+            }
         }
     }
 #else
     (void)stream;
+    (void)LA;
     for (int i = 0; i < m; ++i) {
         if (per_block) prefetch_lines(&pf, pf_end, (lines + m - 1) / m);
         float *yi = y + (size_t)i * Cout;
@@ -1422,6 +1496,41 @@ NOCLONE static void pointwise_tile(const float *t, int m, int cp, int C, const f
             for (int j = j_begin; j < j_end; ++j) yi[j] = act1(yi[j], act);
     }
 #endif
+}
+
+/* y[m][Cout] = t[m][:C] @ B + bias, B packed in column panels: b[j / NR][c][j % NR] (zero padded).
+ * [pf, pf_end): memory to prefetch while computing (the next job's input), spread over the register blocks. */
+NOCLONE static void pointwise_tile(const float *t, int m, int cp, int C, const float *b, const float *bias, int Cout,
+                           int j_begin, int j_end, int act, float *y, int stream, const char *pf,
+                           const char *pf_end) {
+    pointwise_panels(t, m, cp, C, b, bias, Cout, j_begin, j_end, act, y, stream, pf, pf_end, 0);
+}
+
+#if defined(SEPCONV_AVX512) || defined(SEPCONV_VEC)
+/* pointwise_tile with each panel's register blocks but the first also prefetching the next panel (panel_ahead) */
+NOCLONE static void pointwise_tile_ahead(const float *t, int m, int cp, int C, const float *b, const float *bias,
+                                         int Cout, int j_begin, int j_end, int act, float *y, int stream,
+                                         const char *pf, const char *pf_end) {
+    pointwise_panels(t, m, cp, C, b, bias, Cout, j_begin, j_end, act, y, stream, pf, pf_end, 1);
+}
+#endif
+
+/* The 1x1 step on one tile: pointwise_tile, or pointwise_tile_ahead for a weight of AHEAD_MIN_BYTES or more and a
+ * tile of at most AHEAD_MAX_ROWS pixels. Such a weight is read from memory in each call that uses it where the
+ * tiles are few (a layer of few pixels and many channels). The register blocks read a panel in whole rows
+ * (AVX-512) or one 16-column half per pass, every other line (AVX2, NEON), which the hardware prefetchers do not
+ * run ahead of; without the look-ahead the step waited on the weight's reads (docs/design-notes.md). Two functions
+ * rather than a check in one: the speed of pointwise_tile's loops shifts with any change to the code around them. */
+static inline void pointwise_step(const float *t, int m, int cp, int C, const float *b, const float *bias, int Cout,
+                                  int j_begin, int j_end, int act, float *y, int stream, const char *pf,
+                                  const char *pf_end) {
+#if defined(SEPCONV_AVX512) || defined(SEPCONV_VEC)
+    if (m <= AHEAD_MAX_ROWS && (long)C * Cout * (long)sizeof(float) >= AHEAD_MIN_BYTES) {
+        pointwise_tile_ahead(t, m, cp, C, b, bias, Cout, j_begin, j_end, act, y, stream, pf, pf_end);
+        return;
+    }
+#endif
+    pointwise_tile(t, m, cp, C, b, bias, Cout, j_begin, j_end, act, y, stream, pf, pf_end);
 }
 
 /* Panel q of B (B[k][j] = w[k w_k + j w_n], columns [32 q, 32 q + 32) of N) into panel[K][32], zero padded. */
@@ -1492,7 +1601,7 @@ int sepconv_gemm_f32(long P, int K, int N, const float *a, long lda, const float
             int g = (int)(job / chunks), m = P - p0 < chunk ? (int)(P - p0) : chunk;
             int j_begin = g * per_group * NR, j_end = (g + 1) * per_group * NR < N ? (g + 1) * per_group * NR : N;
             if (j_begin < j_end)
-                pointwise_tile(a + (size_t)p0 * lda, m, (int)lda, K, b, bias, N, j_begin, j_end, ACT_NONE,
+                pointwise_step(a + (size_t)p0 * lda, m, (int)lda, K, b, bias, N, j_begin, j_end, ACT_NONE,
                                y + (size_t)p0 * N, 0, NULL, NULL);
         }
     }
@@ -1643,7 +1752,7 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
                     pf_end = (const char *)(x + ((size_t)nn * H + hi + 1) * W * C);
                 }
             }
-            pointwise_tile(t, m, cp, C, wpw, bpw, Cout, j_begin, j_end, pw_act, y + ((size_t)n * P + p0) * Cout,
+            pointwise_step(t, m, cp, C, wpw, bpw, Cout, j_begin, j_end, pw_act, y + ((size_t)n * P + p0) * Cout,
                            stream, pf, pf_end);
         }
         free(t);
@@ -2083,7 +2192,7 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
                     if (few)
                         few_channel_rows(gyn + (size_t)fresh * Wo * Cout, (hi - fresh) * Wo, Cout, b, C, g);
                     else
-                        pointwise_tile(gyn + (size_t)fresh * Wo * Cout, (hi - fresh) * Wo, Cout, Cout, b, NULL, Cc, c0,
+                        pointwise_step(gyn + (size_t)fresh * Wo * Cout, (hi - fresh) * Wo, Cout, Cout, b, NULL, Cc, c0,
                                        c1, ACT_NONE, g - c0, 0, pf, pf_end);
                     for (int oh = w0; oh < w1; ++oh) {
                         const float *go = ring + (size_t)(oh - lo) * Wo * Cc;
