@@ -316,6 +316,20 @@ def test_fused_with_the_output_channels_split_among_threads(cout):
 
 
 @needs_kernel
+@pytest.mark.parametrize("cin, cout, stride, size, tile, threads", [
+    (256, 520, 1, 7, None, 1),  # one 49-pixel tile
+    (256, 520, 1, 7, 13, 2),  # 13-pixel tiles (an AVX-512 seven-row block), two threads
+    (300, 440, 2, 14, None, 2),  # stride 2 into 7x7, the output channels split between the threads
+    (512, 288, 1, 5, 5, 1),  # one short register block per panel
+])
+def test_large_weights_whose_next_panel_is_prefetched(cin, cout, stride, size, tile, threads):
+    """A 1x1 weight of 512 KiB or more on tiles of at most 64 pixels: the kernel's 1x1 step prefetches each next
+    weight panel while it computes on the current one (pointwise_step in csrc/fused_dwpw.c)."""
+    assert cin * cout * 4 >= 512 * 1024
+    check_against_reference(1, cin, cout, 3, stride, 1, 1, True, "relu", None, size, size, threads, cin, tile=tile)
+
+
+@needs_kernel
 def test_the_parts_benchmarks_time_apart():
     """_run(x, 2): the 1x1 part alone on a tile of ones gives act(row sums of the pointwise weight + bias)
     everywhere (not zeros: all-zero output lines stream to memory faster than data); _run(x, 3) is the layer;
