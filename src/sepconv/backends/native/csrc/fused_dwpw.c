@@ -1443,10 +1443,12 @@ SEPCONV_INLINE void pointwise_panels(const float *t, int m, int cp, int C, const
             int mr = m - i0 < MR ? m - i0 : MR;
             if (m - i0 == MR + 1 && ncols == NR) mr = MR + 1; /* the last seven rows: one block (gemm_block_full) */
             if (per_block) prefetch_lines(&pf, pf_end, per_block);
-            if (LA && ah.left > 0 && (i0 > 0 || m < 2 * MR) && ncols == NR && mr == MR)
+            /* full blocks but a panel's first prefetch (a short block, one of a few, does not) */
+            int ahead = LA && ah.left > 0 && (i0 > 0 || m < 2 * MR) && ncols == NR;
+            if (ahead && mr == MR)
                 gemm_block_full(t + (size_t)i0 * cp, cp, C, panel, bias, j0, act, y + (size_t)i0 * Cout, Cout, stream,
                                 MR, &ah, 1);
-            else if (LA && ah.left > 0 && (i0 > 0 || m < 2 * MR) && ncols == NR && mr == MR + 1)
+            else if (ahead && mr == MR + 1)
                 gemm_block_full(t + (size_t)i0 * cp, cp, C, panel, bias, j0, act, y + (size_t)i0 * Cout, Cout, stream,
                                 MR + 1, &ah, 1);
             else
