@@ -4,7 +4,7 @@
                                          [--part layer|depthwise|pointwise|wgrad|atb|gemm|backward]
                                          [--rounds 11] [--threads 1]
                                          [--suite ... | --channels C,C,... | --layer C:COUT:SIZE:BATCH ...]
-                                         [--cold] [--out DIR]
+                                         [--cold] [--keep-freed-memory] [--out DIR]
 
 The C sources under `src/sepconv/backends/native/csrc` at `--base` (any git revision) and in the working tree are
 built the way `sepconv.backends.native` builds them (same compiler, flags and `--isa` variant), and one process
@@ -20,8 +20,10 @@ training engine's backward kernel (`depthwise_pointwise_backward`, all four grad
 suite shapes with 3x3 layers of the given input channel counts to 64 outputs at 32x32, batch 32; `--layer` with
 3x3 layers of any channels, size and batch. `--cold`: the
 fused kernel's parts take a different copy of the input at each call, 64 MiB of copies in all, so they read it
-from memory (the case the kernel's prefetch of the next tile's input serves) instead of from cache. Both
-revisions must have the same kernel signatures (the library is bound by the working tree's
+from memory (the case the kernel's prefetch of the next tile's input serves) instead of from cache.
+`--keep-freed-memory` calls `sepconv.keep_freed_memory()` first, as `bench_isa.py` does for the goals: without it
+each call's new output can be fresh pages, whose faults take part of every sample in both revisions (recorded as
+`freed_memory_kept` in the machine). Both revisions must have the same kernel signatures (the library is bound by the working tree's
 `sepconv.backends.native`).
 
 Writes `kernel_ab.json` (with the machine, both revisions, per shape the medians in ms and head / base) into --out
@@ -30,6 +32,7 @@ Writes `kernel_ab.json` (with the machine, both revisions, per shape the medians
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import statistics
@@ -52,6 +55,7 @@ from sepconv.bench.suites import (SUITES, Case, cold_inputs, layer_case, parse_s
 from sepconv.geometry import ConvSpec
 from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
+from sepconv.utils.memory import keep_freed_memory
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -91,6 +95,20 @@ def build(csrc: Path, isa: str):
     if lib is None:
         raise SystemExit(f"bench_kernel_ab: the kernels in {csrc} do not build or load: {why}")
     return lib
+
+
+@contextlib.contextmanager
+def kernels_from(current: list):
+    """Within the block every kernel call runs the library ``current[0]`` holds at that moment: the training kernels
+    find their library through ``native.load`` and `FusedSeparableConv2d` through ``native.load_for`` (the build it
+    was constructed with), so both are replaced."""
+    saved = native.load, native.load_for
+    native.load = lambda: (current[0], None)
+    native.load_for = lambda march, isa="native": (current[0], None)
+    try:
+        yield
+    finally:
+        native.load, native.load_for = saved
 
 
 def part_call(part: str, layer: SeparableConv2d, x: torch.Tensor, cold: bool = False):
@@ -133,6 +151,8 @@ def main(argv=None) -> int:
     p.add_argument("--layer", action="append", default=[], metavar="C:COUT:SIZE:BATCH",
                    help="instead of the suites (repeatable): a 3x3 stride-1 layer of C input and COUT output "
                         "channels at SIZE x SIZE pixels, batch BATCH")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="call sepconv.keep_freed_memory() first, so each call's output reuses freed memory")
     p.add_argument("--cold", action="store_true",
                    help="the fused kernel's parts read their input from memory at each call, not from cache")
     args, suites = parse_suite_args(p, argv)
@@ -151,6 +171,8 @@ def main(argv=None) -> int:
     cases = ([Case(f"{c}->64 @32", ConvSpec.make(c, 64, 3, 1, 1, bias=False), (32, 32), 32) for c in channels]
              + layers or [case for suite in suites for case in SUITES[suite]()])
     base_commit = commit_of(p, args.base)
+    if args.keep_freed_memory and not keep_freed_memory():
+        p.error("--keep-freed-memory needs glibc's malloc; this C library is not glibc")
     torch.set_num_threads(args.threads)
     head_commit = git("rev-parse", "HEAD").decode().strip()
     dirty = bool(git("status", "--porcelain", "--", CSRC).strip())
@@ -158,11 +180,9 @@ def main(argv=None) -> int:
         tarfile.open(fileobj=io.BytesIO(git("archive", base_commit, CSRC))).extractall(tmp, filter="data")
         libs = {"base": build(Path(tmp) / CSRC, args.isa), "head": build(ROOT / CSRC, args.isa)}
     current = [libs["head"]]
-    original_load = native.load
-    native.load = lambda: (current[0], None)  # what FusedSeparableConv2d calls at each call
     out = Path(args.out) if args.out else HERE / "results" / f"kernel-ab-cpu-{args.threads}thread"
     rows = []
-    try:
+    with kernels_from(current):
         for case in cases:
             layer, x = separable_case(case)
             layer.eval()
@@ -184,8 +204,6 @@ def main(argv=None) -> int:
                          "iqr_ms": {k: 1e3 * v.iqr for k, v in t.items()}, "head_vs_base": ms["head"] / ms["base"]})
             print(f"{case.name:>24}: base {ms['base']:.3f} ms, head {ms['head']:.3f} ms, "
                   f"head / base {ms['head'] / ms['base']:.2f}", flush=True)
-    finally:
-        native.load = original_load
     ratios = [r["head_vs_base"] for r in rows]
     print(f"head / base: median {statistics.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f}")
     record = {"machine": machine_info(), "base": base_commit, "head": head_commit, "head_csrc_modified": dirty,
