@@ -1517,20 +1517,64 @@ NOCLONE static void pointwise_tile_ahead(const float *t, int m, int cp, int C, c
 }
 #endif
 
-/* The 1x1 step on one tile: pointwise_tile, or pointwise_tile_ahead for a weight of AHEAD_MIN_BYTES or more and a
- * tile of at most AHEAD_MAX_ROWS pixels. Such a weight is read from memory in each call that uses it where the
- * tiles are few (a layer of few pixels and many channels). The register blocks read a panel in whole rows
- * (AVX-512) or one 16-column half per pass, every other line (AVX2, NEON), which the hardware prefetchers do not
- * run ahead of; without the look-ahead the step waited on the weight's reads (docs/design-notes.md). Two functions
- * rather than a check in one: the speed of pointwise_tile's loops shifts with any change to the code around them. */
+#ifdef SEPCONV_AVX512
+/* The rows [0, m) and whole panels [j_begin, j_end) of pointwise_tile's work, m a multiple of MR, rows outer: the
+ * register blocks of every panel for the same MR pixels one after the other, so that the tile's rows are read from
+ * L1 after the first panel, where in panel order each block reads MR rows that the panel's earlier blocks have
+ * moved out of L1. Faster where a block is short (few input channels; docs/design-notes.md). No call in the loop:
+ * with one (the partial blocks) the compiler kept the loop's state in memory, which cost as much as the order
+ * saved. For a weight of at most ROWS_OUTER_MAX_BYTES, a quarter of a 1 MiB L2 cache, as each register block
+ * goes through all of it: with a thread's share of 512 KiB the 'gemm' engine's step took longer. */
+#define ROWS_OUTER_MAX_BYTES (256 * 1024)
+NOCLONE static void pointwise_rows_outer(const float *t, int m, int cp, int C, const float *b, const float *bias,
+                                         int Cout, int j_begin, int j_end, int act, float *y, int stream,
+                                         const char *pf, const char *pf_end) {
+    long blocks = (long)((j_end - j_begin) / NR) * (m / MR);
+    long lines = pf < pf_end ? (long)((pf_end - pf + 63) / 64) : 0;
+    long per_block = blocks ? (lines + blocks - 1) / blocks : 0;
+    for (int i0 = 0; i0 < m; i0 += MR)
+        for (int j0 = j_begin; j0 < j_end; j0 += NR) {
+            if (per_block) prefetch_lines(&pf, pf_end, per_block);
+            gemm_block_full(t + (size_t)i0 * cp, cp, C, b + (size_t)(j0 / NR) * C * NR, bias, j0, act,
+                            y + (size_t)i0 * Cout, Cout, stream, MR, NULL, 0);
+        }
+}
+#endif
+
+/* The 1x1 step on one tile: pointwise_tile_ahead for a weight of AHEAD_MIN_BYTES or more and a tile of at most
+ * AHEAD_MAX_ROWS pixels; else, for a weight of at most ROWS_OUTER_MAX_BYTES (AVX-512), pointwise_rows_outer for
+ * the whole register blocks and pointwise_tile for the rest (where the caller asks for it: rows_outer); else
+ * pointwise_tile. A weight of AHEAD_MIN_BYTES is
+ * read from memory in each call that uses it where the tiles are few (a layer of few pixels and many channels).
+ * The register blocks read a panel in whole rows (AVX-512) or one 16-column half per pass, every other line (AVX2,
+ * NEON), which the hardware prefetchers do not run ahead of; without the look-ahead the step waited on the
+ * weight's reads (docs/design-notes.md). Functions of their own rather than checks in one: the speed of
+ * pointwise_tile's loops shifts with any change to the code around them. */
 static inline void pointwise_step(const float *t, int m, int cp, int C, const float *b, const float *bias, int Cout,
                                   int j_begin, int j_end, int act, float *y, int stream, const char *pf,
-                                  const char *pf_end) {
+                                  const char *pf_end, int rows_outer) {
 #if defined(SEPCONV_AVX512) || defined(SEPCONV_VEC)
     if (m <= AHEAD_MAX_ROWS && (long)C * Cout * (long)sizeof(float) >= AHEAD_MIN_BYTES) {
         pointwise_tile_ahead(t, m, cp, C, b, bias, Cout, j_begin, j_end, act, y, stream, pf, pf_end);
         return;
     }
+#endif
+#ifdef SEPCONV_AVX512
+    /* whole panels and blocks of MR rows rows outer; the rest (a partial last panel, the last rows: seven where
+     * m % MR is 1, see pointwise_panels) with pointwise_tile */
+    int m_full = m / MR * MR - (m % MR == 1 && m > MR ? MR : 0), j_full = j_begin + (j_end - j_begin) / NR * NR;
+    if (rows_outer && (long)C * (j_end - j_begin) * (long)sizeof(float) <= ROWS_OUTER_MAX_BYTES && m_full > 0 &&
+        j_full > j_begin) {
+        pointwise_rows_outer(t, m_full, cp, C, b, bias, Cout, j_begin, j_full, act, y, stream, pf, pf_end);
+        if (j_full < j_end)
+            pointwise_tile(t, m_full, cp, C, b, bias, Cout, j_full, j_end, act, y, stream, NULL, NULL);
+        if (m_full < m)
+            pointwise_tile(t + (size_t)m_full * cp, m - m_full, cp, C, b, bias, Cout, j_begin, j_end, act,
+                           y + (size_t)m_full * Cout, stream, NULL, NULL);
+        return;
+    }
+#else
+    (void)rows_outer;
 #endif
     pointwise_tile(t, m, cp, C, b, bias, Cout, j_begin, j_end, act, y, stream, pf, pf_end);
 }
@@ -1604,7 +1648,7 @@ int sepconv_gemm_f32(long P, int K, int N, const float *a, long lda, const float
             int j_begin = g * per_group * NR, j_end = (g + 1) * per_group * NR < N ? (g + 1) * per_group * NR : N;
             if (j_begin < j_end)
                 pointwise_step(a + (size_t)p0 * lda, m, (int)lda, K, b, bias, N, j_begin, j_end, ACT_NONE,
-                               y + (size_t)p0 * N, 0, NULL, NULL);
+                               y + (size_t)p0 * N, 0, NULL, NULL, 1);
         }
     }
     free(b);
@@ -1755,7 +1799,7 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
                 }
             }
             pointwise_step(t, m, cp, C, wpw, bpw, Cout, j_begin, j_end, pw_act, y + ((size_t)n * P + p0) * Cout,
-                           stream, pf, pf_end);
+                           stream, pf, pf_end, 1);
         }
         free(t);
         if (stream || mid) stream_fence(); /* the streamed stores are visible before the caller reads y */
@@ -2195,7 +2239,7 @@ int sepconv_dwpw_backward_f32(const float *x, int N, int H, int W, int C, const 
                         few_channel_rows(gyn + (size_t)fresh * Wo * Cout, (hi - fresh) * Wo, Cout, b, C, g);
                     else
                         pointwise_step(gyn + (size_t)fresh * Wo * Cout, (hi - fresh) * Wo, Cout, Cout, b, NULL, Cc, c0,
-                                       c1, ACT_NONE, g - c0, 0, pf, pf_end);
+                                       c1, ACT_NONE, g - c0, 0, pf, pf_end, 0); /* rows outer was slower here */
                     for (int oh = w0; oh < w1; ++oh) {
                         const float *go = ring + (size_t)(oh - lo) * Wo * Cc;
                         sepconv_wgrad_row(xu, H, W, Cc, go, Wo, KH, KW, sh, sw, ph, pw, 1, 1, oh, Cw, part + c0, NULL);
