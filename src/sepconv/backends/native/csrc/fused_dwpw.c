@@ -1798,8 +1798,10 @@ int sepconv_fused_dwpw_f32(const float *x, int N, int H, int W, int C, const flo
                     pf_end = (const char *)(x + ((size_t)nn * H + hi + 1) * W * C);
                 }
             }
+            /* the flat path's 1x1 step (a few input channels, bound by its output's stores) keeps panel order:
+             * rows outer it ran slower in some processes than in others (docs/design-notes.md) */
             pointwise_step(t, m, cp, C, wpw, bpw, Cout, j_begin, j_end, pw_act, y + ((size_t)n * P + p0) * Cout,
-                           stream, pf, pf_end, 1);
+                           stream, pf, pf_end, wpat == NULL);
         }
         free(t);
         if (stream || mid) stream_fence(); /* the streamed stores are visible before the caller reads y */
