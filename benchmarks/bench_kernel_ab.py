@@ -23,8 +23,8 @@ fused kernel's parts take a different copy of the input at each call, 64 MiB of 
 from memory (the case the kernel's prefetch of the next tile's input serves) instead of from cache.
 `--keep-freed-memory` calls `sepconv.keep_freed_memory()` first, as `bench_isa.py` does for the goals: without it
 each call's new output can be fresh pages, whose faults take part of every sample in both revisions (recorded as
-`freed_memory_kept` in the machine). Both revisions must have the same kernel signatures (the library is bound by the working tree's
-`sepconv.backends.native`).
+`freed_memory_kept` in the machine). Both revisions must have the same kernel signatures (the library is bound
+by the working tree's `sepconv.backends.native`).
 
 Writes `kernel_ab.json` (with the machine, both revisions, per shape the medians in ms and head / base) into --out
 (default `benchmarks/results/kernel-ab-cpu-<threads>thread`).

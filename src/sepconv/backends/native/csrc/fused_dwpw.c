@@ -1544,12 +1544,11 @@ NOCLONE static void pointwise_rows_outer(const float *t, int m, int cp, int C, c
 /* The 1x1 step on one tile: pointwise_tile_ahead for a weight of AHEAD_MIN_BYTES or more and a tile of at most
  * AHEAD_MAX_ROWS pixels; else, for a weight of at most ROWS_OUTER_MAX_BYTES (AVX-512), pointwise_rows_outer for
  * the whole register blocks and pointwise_tile for the rest (where the caller asks for it: rows_outer); else
- * pointwise_tile. A weight of AHEAD_MIN_BYTES is
- * read from memory in each call that uses it where the tiles are few (a layer of few pixels and many channels).
- * The register blocks read a panel in whole rows (AVX-512) or one 16-column half per pass, every other line (AVX2,
- * NEON), which the hardware prefetchers do not run ahead of; without the look-ahead the step waited on the
- * weight's reads (docs/design-notes.md). Functions of their own rather than checks in one: the speed of
- * pointwise_tile's loops shifts with any change to the code around them. */
+ * pointwise_tile. A weight of AHEAD_MIN_BYTES is read from memory in each call that uses it where the tiles are
+ * few (a layer of few pixels and many channels). The register blocks read a panel in whole rows (AVX-512) or one
+ * 16-column half per pass, every other line (AVX2, NEON), which the hardware prefetchers do not run ahead of;
+ * without the look-ahead the step waited on the weight's reads (docs/design-notes.md). Functions of their own
+ * rather than checks in one: the speed of pointwise_tile's loops shifts with any change to the code around them. */
 static inline void pointwise_step(const float *t, int m, int cp, int C, const float *b, const float *bias, int Cout,
                                   int j_begin, int j_end, int act, float *y, int stream, const char *pf,
                                   const char *pf_end, int rows_outer) {
