@@ -3,9 +3,10 @@
  *     cc -O3 -march=native -std=c11 benchmarks/fused_gemm_harness.c -o /tmp/fused_gemm_harness
  *     /tmp/fused_gemm_harness [Cout] [tile]            # default 64 output channels, a 222-pixel tile
  *
- * For 32, 64, 128 and 256 input channels it runs pointwise_tile (src/sepconv/backends/native/csrc/fused_dwpw.c,
- * included here) over 12432 pixels, one tile of the depthwise output (in cache) at a time, the output either
- * rewritten in place (warm) or written through a 3-12 MB buffer; best of 7, GFLOP/s. The FMA loop (independent
+ * For 32, 64, 128 and 256 input channels it runs pointwise_step, the forward kernel's 1x1 step (pointwise_tile,
+ * or pointwise_rows_outer for its whole blocks where the weight is small; src/sepconv/backends/native/csrc/
+ * fused_dwpw.c, included here) over 12432 pixels, one tile of the depthwise output (in cache) at a time, the
+ * output either rewritten in place (warm) or written through a 3-12 MB buffer; best of 7, GFLOP/s. The FMA loop (independent
  * accumulators in the build's vectors: 24 AVX-512, 12 AVX2, 28 NEON) is the core's peak for this kind of code.
  * Build with -mavx2 -mfma -mno-avx512f to time the AVX2 path; benchmarks/bench_gemm_harness.py builds and runs
  * several variants alternately. It shows whether the compiler keeps the register block's accumulators in
@@ -89,8 +90,8 @@ int main(int argc, char **argv) {
             for (int rep = 0; rep < 7; ++rep) {
                 double t0 = now();
                 for (long k = 0; k < tiles; ++k)
-                    pointwise_tile(t, tile, cp, cin, b, NULL, cout, 0, cout, ACT_NONE,
-                                   through ? y + (size_t)k * tile * cout : y, 0, NULL, NULL);
+                    pointwise_step(t, tile, cp, cin, b, NULL, cout, 0, cout, ACT_NONE,
+                                   through ? y + (size_t)k * tile * cout : y, 0, NULL, NULL, 1);
                 double dt = now() - t0;
                 if (dt < best) best = dt;
             }

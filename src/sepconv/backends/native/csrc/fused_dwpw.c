@@ -1524,8 +1524,11 @@ NOCLONE static void pointwise_tile_ahead(const float *t, int m, int cp, int C, c
  * moved out of L1. Faster where a block is short (few input channels; docs/design-notes.md). No call in the loop:
  * with one (the partial blocks) the compiler kept the loop's state in memory, which cost as much as the order
  * saved. For a weight of at most ROWS_OUTER_MAX_BYTES, a quarter of a 1 MiB L2 cache, as each register block
- * goes through all of it: with a thread's share of 512 KiB the 'gemm' engine's step took longer. */
+ * goes through all of it: with a thread's share of 512 KiB the 'gemm' engine's step took longer. A definition
+ * on the command line replaces it (0: panel order everywhere; benchmarks/bench_gemm_harness.py --variant). */
+#ifndef ROWS_OUTER_MAX_BYTES
 #define ROWS_OUTER_MAX_BYTES (256 * 1024)
+#endif
 NOCLONE static void pointwise_rows_outer(const float *t, int m, int cp, int C, const float *b, const float *bias,
                                          int Cout, int j_begin, int j_end, int act, float *y, int stream,
                                          const char *pf, const char *pf_end) {
