@@ -14,7 +14,7 @@ import sepconv
 from sepconv.backends import native
 import sepconv.backends.fused as fused_module
 from sepconv.backends.fused import (STREAM_MIN_BYTES, STREAMED_FLAT_TILE_BYTES, FusedSeparableConv2d, balanced_tile,
-                                    fusable, fused_available, fused_unavailable_reason, kernel_schedule,
+                                    fusable, fused_available, fused_unavailable_reason, kernel_schedule, row_tile,
                                     streamed_flat_tile)
 
 needs_kernel = pytest.mark.skipif(not fused_available(), reason=f"fused kernel unavailable: {fused_unavailable_reason()}")
@@ -224,26 +224,73 @@ def test_balanced_tiles_on_the_layers_that_called_for_them():
     assert balanced_tile(0, 49, 60, 2) == 60  # an empty batch: nothing to balance
 
 
+def busiest_thread_rows(batch, ho, rows, threads):
+    """The most output rows one thread computes when the kernel's jobs (every image's tiles of ``rows`` rows, the
+    last shorter) are dealt as OpenMP's static schedule deals them: thread t takes jobs [t q + min(t, r), ...) with
+    q, r = divmod(jobs, threads)."""
+    tiles = [min(rows, ho - start) for _ in range(batch) for start in range(0, ho, rows)]
+    q, r = divmod(len(tiles), threads)
+    owner = []
+    for t in range(threads):
+        owner += [t] * (q + (1 if t < r else 0))
+    return max(sum(rows for rows, o in zip(tiles, owner) if o == t) for t in range(threads))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 40), st.integers(1, 120), st.integers(1, 120), st.integers(1, 2000), st.integers(1, 8))
+def test_row_tiles_are_whole_rows_with_the_least_busy_thread(batch, ho, wo, tile, threads):
+    size = row_tile(batch, ho, wo, tile, threads)
+    if wo > tile or ho * wo <= tile:
+        assert size is None  # a row longer than a tile, or an image in one tile: no rows to choose
+        return
+    most = tile // wo
+    assert size % wo == 0 and wo <= size <= tile  # whole rows, within the tile buffer's budget
+    rows = size // wo
+    if threads == 1 or batch * -(-ho // most) >= 16 * threads:
+        assert rows == most
+    else:
+        assert (most + 1) // 2 <= rows <= most
+        load = busiest_thread_rows(batch, ho, rows, threads)
+        for other in range((most + 1) // 2, most + 1):  # no other row count leaves the busiest thread less
+            other_load = busiest_thread_rows(batch, ho, other, threads)
+            assert load < other_load or (load == other_load and rows >= other)
+
+
+def test_row_tiles_on_the_layers_that_called_for_them():
+    assert row_tile(1, 56, 56, 169, 1) == 168  # 64 -> 128 @112 stride 2, one thread: three rows
+    assert row_tile(1, 56, 56, 169, 2) == 112  # two threads: 19 three-row tiles leave one thread 4 rows more
+    assert row_tile(1, 112, 112, 1020, 2) == 896  # 32 -> 64 @112: 13 nine-row tiles -> 14 of eight rows
+    assert row_tile(1, 7, 7, 60, 2) is None  # 1024 -> 1024 @7: the image is one tile
+    with pytest.raises(ValueError, match="wo must be an integer >= 1, got 0"):
+        row_tile(1, 7, 0, 60, 2)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 3), st.integers(1, 60), st.integers(1, 60), st.integers(1, 1100), st.integers(6, 1200),
-       st.integers(1, 4))
-def test_an_image_with_more_output_channels_than_pixels_per_thread_splits_its_channels(batch, ho, wo, cout, tile,
-                                                                                        threads):
-    size, groups, _ = kernel_schedule(batch, ho, wo, cout, tile, threads)
+       st.integers(1, 4), st.sampled_from([(1, 1), (2, 2), (1, 2), (3, 3)]))
+def test_the_kernel_schedule_splits_channels_cuts_strided_tiles_and_keeps_rows_whole(batch, ho, wo, cout, tile,
+                                                                                      threads, stride):
+    size, groups, _ = kernel_schedule(batch, ho, wo, cout, tile, threads, stride)
     pixels = ho * wo
     split = threads > 1 and batch == 1 and pixels < threads * cout and pixels <= threads * tile
     if split:  # one tile, the output channels dealt to the threads: each reads its share of the 1x1 weight
         assert size == pixels and groups == min(threads, -(-cout // 32))
-    else:
-        assert size == balanced_tile(batch, pixels, tile, threads) and size <= tile
-        assert groups == (min(threads, -(-cout // 32)) if batch * -(-pixels // size) < threads else 1)
+        return
+    budget = max(1, tile // (stride[0] * stride[1])) if pixels > tile else tile  # strided: cut by the stride's area
+    assert size <= budget
+    rows = row_tile(batch, ho, wo, budget, threads)
+    assert size == (rows if rows is not None else balanced_tile(batch, pixels, budget, threads))
+    assert groups == (min(threads, -(-cout // 32)) if batch * -(-pixels // size) < threads else 1)
 
 
-def test_the_channel_split_on_the_layers_that_called_for_it():
+def test_the_kernel_schedule_on_the_layers_that_called_for_it():
     assert kernel_schedule(1, 14, 14, 512, 120, 2)[:2] == (196, 2)  # 512 -> 512 @14: 98 pixels a thread, 512 outputs
-    assert kernel_schedule(1, 14, 14, 512, 120, 1)[:2] == (120, 1)  # one thread: the tile as it is
-    assert kernel_schedule(1, 28, 28, 256, 222, 2)[:2] == (198, 1)  # 256 -> 256 @28: 392 pixels a thread
+    assert kernel_schedule(1, 14, 14, 512, 120, 1)[:2] == (112, 1)  # one thread: the tile's whole rows
+    assert kernel_schedule(1, 28, 28, 256, 222, 2)[:2] == (196, 1)  # 256 -> 256 @28: seven rows a tile and thread
     assert kernel_schedule(32, 8, 8, 256, 222, 2)[:2] == (222, 1)  # batch 32: many images to share
+    assert kernel_schedule(1, 56, 56, 128, 678, 1, (2, 2))[:2] == (168, 1)  # 64 -> 128 @112 s2: a quarter, in rows
+    assert kernel_schedule(1, 56, 56, 128, 678, 1)[:2] == (672, 1)  # the same output at stride 1: not cut
+    assert kernel_schedule(1, 14, 14, 512, 222, 1, (2, 2))[:2] == (222, 1)  # 256 -> 512 @28 s2: one tile, not cut
 
 
 @settings(max_examples=300, deadline=None)
@@ -304,6 +351,24 @@ def test_the_training_forward_on_the_flat_path_with_a_streamed_output():
     want_mid = F.conv2d(x, dw_w, dw_b, 1, 1, 1, 3)
     torch.testing.assert_close(mid, want_mid, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(y, F.conv2d(mid, pw_w), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("cin, size, threads", [(64, 60, 1), (64, 60, 2), (40, 75, 2), (96, 49, 1)])
+def test_strided_images_of_several_tiles(cin, size, threads):
+    """Stride 2 with more output pixels than the module's tile: the kernel runs tiles cut by the stride's area, of
+    whole rows (kernel_schedule), and the layer still computes the two convolutions."""
+    layer = FusedSeparableConv2d(nn.Conv2d(cin, cin, 3, 2, 1, groups=cin), nn.Conv2d(cin, 48, 1))
+    wo = (size - 1) // 2 + 1
+    assert wo * wo > layer.tile
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        scheduled = layer.kernel_tile(1, size, size)
+    finally:
+        torch.set_num_threads(previous)
+    assert scheduled <= layer.tile // 4 and scheduled % wo == 0
+    check_against_reference(1, cin, 48, 3, 2, 1, 1, True, "relu", None, size, size, threads, cin)
 
 
 @needs_kernel

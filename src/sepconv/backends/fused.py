@@ -82,20 +82,74 @@ def balanced_tile(batch: int, pixels: int, tile: int, threads: int) -> int:
     return tile  # too few pixels to split so: the kernel splits the output channels instead
 
 
-def kernel_schedule(batch: int, ho: int, wo: int, out_channels: int, tile: int, threads: int) -> tuple[int, int, bool]:
+def row_tile(batch: int, ho: int, wo: int, tile: int, threads: int) -> Optional[int]:
+    """The tile (output pixels) of whole output rows for ``batch`` images of ``ho`` x ``wo`` output pixels, at most
+    ``tile``, dealt to ``threads`` threads; None where a row is longer than ``tile`` or an image fits in one tile.
+
+    A tile that ends inside a row makes the tiles on either side of it both read the input rows around that row
+    (``docs/design-notes.md``). With one thread, or with enough jobs
+    (16 or more a thread) for any imbalance to be small, that is the most rows ``tile`` holds. Otherwise the kernel
+    deals its jobs (image, tile) to the threads in contiguous chunks (OpenMP's static schedule), so a tile count
+    the threads do not share evenly, or a short last tile, leaves a thread idle at the end: of the row counts from
+    that most down to half of it, the one whose busiest thread computes the fewest rows, the larger at a tie.
+    """
+    for name, value, least in (("batch", batch, 0), ("ho", ho, 1), ("wo", wo, 1), ("tile", tile, 1),
+                               ("threads", threads, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"row_tile: {name} must be an integer >= {least}, got {value!r}")
+    if wo > tile or ho * wo <= tile:
+        return None
+    most = tile // wo
+    if threads == 1 or batch * -(-ho // most) >= 16 * threads:
+        return most * wo
+    best_rows, best_load = most, None
+    for rows in range(most, (most + 1) // 2 - 1, -1):
+        load = _busiest_thread_rows(batch, ho, rows, threads)
+        if best_load is None or load < best_load:
+            best_rows, best_load = rows, load
+    return best_rows * wo
+
+
+def _busiest_thread_rows(batch: int, ho: int, rows: int, threads: int) -> int:
+    """The output rows of the busiest thread when ``batch`` images of ``ho`` rows, in tiles of ``rows`` rows (the
+    last of an image shorter), are dealt to ``threads`` threads as OpenMP's static schedule deals them: contiguous
+    chunks, the first ``jobs % threads`` threads one job more."""
+    per_image = -(-ho // rows)
+    jobs = [rows] * (per_image - 1) + [ho - (per_image - 1) * rows]
+    jobs = jobs * batch
+    q, extra = divmod(len(jobs), threads)
+    busiest, start = 0, 0
+    for t in range(threads):
+        count = q + (t < extra)
+        busiest = max(busiest, sum(jobs[start:start + count]))
+        start += count
+    return busiest
+
+
+def kernel_schedule(batch: int, ho: int, wo: int, out_channels: int, tile: int, threads: int,
+                    stride: tuple[int, int] = (1, 1)) -> tuple[int, int, bool]:
     """How the fused kernel runs an output of ``batch`` x ``ho`` x ``wo`` pixels and ``out_channels`` channels on
-    ``threads`` threads with tiles of about ``tile`` pixels: ``(tile, groups, stream)``, the tile size
-    (:func:`balanced_tile`), the number of output-channel groups (more than one where there are fewer tiles than
+    ``threads`` threads with tiles of about ``tile`` pixels, the depthwise step at ``stride``: ``(tile, groups,
+    stream)``, the tile size, the number of output-channel groups (more than one where there are fewer tiles than
     threads) and whether the output is written with non-temporal stores (:data:`STREAM_MIN_BYTES`).
 
     One image of at most ``threads`` tiles whose threads would each get fewer pixels than there are output
     channels is one tile, its output channels split among the threads: each thread then reads its share of the
     1x1 weight, which outweighs its pixels there, instead of the whole weight (the 1x1 GEMM's own rule,
-    ``sepconv_gemm_f32``), for a tile buffer at most ``threads`` times the usual size."""
+    ``sepconv_gemm_f32``), for a tile buffer at most ``threads`` times the usual size.
+
+    Otherwise, where an image takes more than one tile, a strided layer's tile is ``tile`` divided by the stride's
+    area: its input rows then take the room a stride-1 tile's take, and the next tile's, which the kernel fetches
+    into L2 during the 1x1 step, fit there beside the current tile's buffer; a thread's first tile, which nothing
+    fetched ahead, is smaller too. The tile is then whole output rows (:func:`row_tile`) where it holds one, else
+    balanced over the threads by pixels (:func:`balanced_tile`)."""
     pixels = ho * wo
     if threads > 1 and batch == 1 and pixels < threads * out_channels and pixels <= threads * tile:
         tile = pixels
-    tile = balanced_tile(batch, pixels, tile, threads)
+    elif pixels > tile:
+        tile = max(1, tile // (stride[0] * stride[1]))
+    rows = row_tile(batch, ho, wo, tile, threads)
+    tile = rows if rows is not None else balanced_tile(batch, pixels, tile, threads)
     tiles = batch * -(-pixels // tile)
     groups = min(threads, -(-out_channels // _NR)) if tiles < threads else 1
     return tile, groups, batch * out_channels * pixels * 4 >= STREAM_MIN_BYTES  # the float32 output's bytes
@@ -197,7 +251,7 @@ def fused_separable_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: O
     threads = max(1, torch.get_num_threads())
     x = x.contiguous(memory_format=torch.channels_last)
     tile = flat_aware_tile(lib, n, c, cout, wo, ho, (sh, sw), default_tile(c))
-    tile, groups, stream = kernel_schedule(n, ho, wo, cout, tile, threads)
+    tile, groups, stream = kernel_schedule(n, ho, wo, cout, tile, threads, (sh, sw))
     y = torch.empty((n, cout, ho, wo), dtype=torch.float32, memory_format=torch.channels_last)
     mid = torch.empty((n, c, ho, wo), dtype=torch.float32, memory_format=torch.channels_last) if keep_depthwise else None
     # the weights as stored (the kernel lays them out: they change at every step); kept in locals, as a pointer
@@ -386,7 +440,7 @@ class FusedSeparableConv2d(FusedPair):
             tile = self.tile
             if self.streamed_flat_tile:
                 tile = flat_aware_tile(lib, n, self.in_channels, self.out_channels, wo, ho, self.stride, tile)
-            tile, groups, stream = kernel_schedule(n, ho, wo, self.out_channels, tile, threads)
+            tile, groups, stream = kernel_schedule(n, ho, wo, self.out_channels, tile, threads, self.stride)
             jobs = lib.sepconv_fused_jobs(n, ho, wo, tile, groups)
             # sepconv_fused_dwpw_f32's parameters in order; 0 in the slots _run fills (the _ARG_* indices)
             args = array("q", (0, n, h, w, self.in_channels, 0, 0, kh, kw, sh, sw, ph, pw, dh, dw, self.dw_act,
