@@ -39,7 +39,7 @@ _TILE_BYTES = 256 * 1024  # depthwise tile buffer: about half of a 1-2 MiB L2 ca
 # slots of sepconv_fused_dwpw_f32's argument array (csrc/calls.c) that FusedSeparableConv2d._kernel_args fills
 _ARG_X, _ARG_DW_WEIGHT, _ARG_DW_BIAS, _ARG_PW_PANELS, _ARG_PW_BIAS, _ARG_Y, _ARG_PARTS = 0, 5, 6, 16, 17, 20, 27
 _ARG_STREAM = 26  # set by _plan from STREAM_MIN_BYTES (benchmarks/bench_output_state.py sets it itself)
-_ARG_TILE = 24
+_ARG_TILE, _ARG_GROUPS, _ARG_JOB_END = 24, 25, 29  # benchmarks/bench_tile.py runs a tile as given
 
 
 #: Outputs of at least this many bytes are written with non-temporal stores (around the caches: their lines are
