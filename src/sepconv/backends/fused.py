@@ -87,11 +87,11 @@ def row_tile(batch: int, ho: int, wo: int, tile: int, threads: int) -> Optional[
     ``tile``, dealt to ``threads`` threads; None where a row is longer than ``tile`` or an image fits in one tile.
 
     A tile that ends inside a row makes the tiles on either side of it both read the input rows around that row
-    (``docs/design-notes.md``). With one thread, or with enough jobs
-    (16 or more a thread) for any imbalance to be small, that is the most rows ``tile`` holds. Otherwise the kernel
-    deals its jobs (image, tile) to the threads in contiguous chunks (OpenMP's static schedule), so a tile count
-    the threads do not share evenly, or a short last tile, leaves a thread idle at the end: of the row counts from
-    that most down to half of it, the one whose busiest thread computes the fewest rows, the larger at a tie.
+    (``docs/design-notes.md``). With one thread, or with enough jobs (16 or more a thread) for any imbalance to be
+    small, that is the most rows ``tile`` holds. Otherwise the kernel deals its jobs (image, tile) to the threads
+    in contiguous chunks (OpenMP's static schedule), so a tile count the threads do not share evenly, or a short
+    last tile, leaves a thread idle at the end: of the row counts from that most down to half of it, the one whose
+    busiest thread computes the fewest rows, the larger at a tie.
     """
     for name, value, least in (("batch", batch, 0), ("ho", ho, 1), ("wo", wo, 1), ("tile", tile, 1),
                                ("threads", threads, 1)):
