@@ -37,17 +37,8 @@ from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 
 HERE = Path(__file__).resolve().parent
-
-
-def parse_tiles(text: str) -> list[int]:
-    """``--tiles``: comma-separated sizes (output pixels), each >= 1; ValueError naming the value otherwise."""
-    try:
-        tiles = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        tiles = []
-    if not tiles or min(tiles) < 1:
-        raise ValueError(f"--tiles must be comma-separated integers >= 1, got {text!r}")
-    return tiles
+sys.path.insert(0, str(HERE))
+from bench_tile_parts import parse_tiles  # noqa: E402
 
 
 def scheduled_as(module: fused.FusedSeparableConv2d, x: torch.Tensor, tile: int, groups: int):
@@ -67,7 +58,7 @@ def main(argv=None) -> int:
     p.add_argument("--tiles", default="", help="comma-separated tile sizes (output pixels) to run as given")
     args, suites = parse_suite_args(p, argv)
     try:
-        extra = parse_tiles(args.tiles) if args.tiles else []
+        extra = parse_tiles(args.tiles)
     except ValueError as error:
         p.error(str(error))
     if not native.available():

@@ -49,6 +49,14 @@ _ARG_TILE, _ARG_GROUPS, _ARG_JOB_END = 24, 25, 29  # benchmarks/bench_tile.py ru
 STREAM_MIN_BYTES = 4 * 2**20
 
 
+def _check_counts(where: str, values) -> None:
+    """ValueError naming ``where``, the argument and its value unless each ``(name, value, least)`` of ``values`` has
+    an integer (not a bool) value of at least ``least``."""
+    for name, value, least in values:
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{where}: {name} must be an integer >= {least}, got {value!r}")
+
+
 def balanced_tile(batch: int, pixels: int, tile: int, threads: int) -> int:
     """The tile size (output pixels) that splits ``batch`` images of ``pixels`` output pixels evenly over ``threads``.
 
@@ -65,9 +73,8 @@ def balanced_tile(batch: int, pixels: int, tile: int, threads: int) -> int:
     pointwise weight only, where splitting their few pixels would make each
     thread read the whole weight.
     """
-    for name, value, least in (("batch", batch, 0), ("pixels", pixels, 1), ("tile", tile, 1), ("threads", threads, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"balanced_tile: {name} must be an integer >= {least}, got {value!r}")
+    _check_counts("balanced_tile", (("batch", batch, 0), ("pixels", pixels, 1), ("tile", tile, 1),
+                                    ("threads", threads, 1)))
     count = -(-pixels // tile)
     if threads <= 1 or batch * count >= 16 * threads or batch * count < threads:
         return tile
@@ -93,10 +100,8 @@ def row_tile(batch: int, ho: int, wo: int, tile: int, threads: int) -> Optional[
     last tile, leaves a thread idle at the end: of the row counts from that most down to half of it, the one whose
     busiest thread computes the fewest rows, the larger at a tie.
     """
-    for name, value, least in (("batch", batch, 0), ("ho", ho, 1), ("wo", wo, 1), ("tile", tile, 1),
-                               ("threads", threads, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"row_tile: {name} must be an integer >= {least}, got {value!r}")
+    _check_counts("row_tile", (("batch", batch, 0), ("ho", ho, 1), ("wo", wo, 1), ("tile", tile, 1),
+                               ("threads", threads, 1)))
     if wo > tile or ho * wo <= tile:
         return None
     most = tile // wo
