@@ -486,6 +486,17 @@ int main(void) {
             check_fused(1 + k % 2, H, W, 16 * (1 + k % 4), 3, 2, pad, 1, couts[k % 7], (k / 2) % 2, k % 3, (k + 2) % 3,
                         5 + (k * 13) % 60, 1, (k / 4) % 2);
     }
+    /* 3x3 layers at stride 2 in whole rows of eight-pixel blocks, two rows at a time where their five input rows
+     * are inside the image (depthwise3s2_rows): row lengths that are and are not multiples of eight (a last block
+     * overlapping the one before it) and too short for a block, tiles of one to three rows and ones that start
+     * inside a row, odd and even heights (a last pair reaching the padding), paddings 0-2 */
+    for (int k = 0; k < 24; ++k) {
+        int H = 6 + (k * 7) % 23, W = 13 + (k * 5) % 44, pad = k % 3;
+        int Wo = (W + 2 * pad - 3) / 2 + 1, tile = Wo * (1 + k % 3) + (k % 4 == 3 ? 3 : 0);
+        check_fused(1 + k % 2, H, W, 16 * (1 + k % 4), 3, 2, pad, 1, couts[k % 7], k % 2, k % 3, (k + 1) % 3, tile,
+                    1, (k / 5) % 2);
+    }
+    check_fused(1, 112, 112, 64, 3, 2, 1, 1, 128, 0, 0, 0, 112, 1, 0); /* MobileNetV1's 64 -> 128 @112 s2 */
     static const int dims[][3] = {{1, 1, 1}, {7, 3, 5}, {50, 16, 16}, {300, 12, 32}, {129, 24, 48}, {700, 64, 40},
                                   {65, 33, 70}, {1000, 6, 17}, {5000, 20, 24}, {5000, 13, 10}};
     for (size_t k = 0; k < sizeof dims / sizeof *dims; ++k)

@@ -595,6 +595,113 @@ __attribute__((noinline)) static void depthwise3s2_block(const float *x, int W, 
     }
 }
 
+/* Eight output pixels of one row (two: of rows oh and oh + 1) of a 3x3 kernel at stride 2 and dilation 1, for every
+ * channel vector (C a multiple of 16): input rows ih0 + r for r in [r_lo, r_hi) (the others are zero padding,
+ * skipped) of ih0 .. ih0 + 2 (two: ih0 .. ih0 + 4, row oh + 1 reading ih0 + 2 .. ih0 + 4), columns iw0 .. iw0 + 16,
+ * all inside the image; pixel j into o0 + j cp (and o1 + j cp). depthwise3s2_block's loads with the pair sharing
+ * input row ih0 + 2: 85 loads for 144 FMAs where two single rows take 102. 16 accumulators, 9 weights and three
+ * input vectors: 28 of the 32 registers. */
+static inline __attribute__((always_inline)) void depthwise3s2_rows_block(const float *x, int W, int C,
+                                                                          const float *wdw, const float *bdw, int two,
+                                                                          int r_lo, int r_hi, int ih0, int iw0,
+                                                                          int act, float *o0, float *o1, int cp) {
+    const size_t row = (size_t)W * C;
+    for (int c = 0; c < C; c += 16) {
+        __m512 w[9], a0[8], a1[8];
+#pragma GCC unroll 9
+        for (int k = 0; k < 9; ++k) w[k] = _mm512_loadu_ps(wdw + (size_t)k * C + c);
+        __m512 b = bdw ? _mm512_loadu_ps(bdw + c) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) a0[j] = a1[j] = b;
+        const float *p = x + ((ptrdiff_t)ih0 * W + iw0) * C + c;
+#pragma GCC unroll 5
+        for (int r = 0; r < 3 + 2 * two; ++r) {
+            if (r >= r_lo && r < r_hi) {
+                const float *pq = p;
+                __m512 in0 = _mm512_loadu_ps(pq);
+#pragma GCC unroll 8
+                for (int j = 0; j < 8; ++j) {
+                    pq += C;
+                    OPAQUE_POINTER(pq);
+                    __m512 in1 = _mm512_loadu_ps(pq);
+                    pq += C;
+                    OPAQUE_POINTER(pq);
+                    __m512 in2 = _mm512_loadu_ps(pq);
+                    if (r < 3) {
+                        a0[j] = _mm512_fmadd_ps(in0, w[3 * r], a0[j]);
+                        a0[j] = _mm512_fmadd_ps(in1, w[3 * r + 1], a0[j]);
+                        a0[j] = _mm512_fmadd_ps(in2, w[3 * r + 2], a0[j]);
+                    }
+                    if (two && r >= 2) {
+                        a1[j] = _mm512_fmadd_ps(in0, w[3 * (r - 2)], a1[j]);
+                        a1[j] = _mm512_fmadd_ps(in1, w[3 * (r - 2) + 1], a1[j]);
+                        a1[j] = _mm512_fmadd_ps(in2, w[3 * (r - 2) + 2], a1[j]);
+                    }
+                    in0 = in2;
+                }
+            }
+            p += row;
+            OPAQUE_POINTER(p);
+        }
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) {
+            _mm512_store_ps(o0 + (size_t)j * cp + c, act16(a0[j], act));
+            if (two) _mm512_store_ps(o1 + (size_t)j * cp + c, act16(a1[j], act));
+        }
+    }
+}
+
+/* depthwise3s2_rows_block as functions of their own (register allocation of their own): two rows with all five
+ * input rows inside the image, or one row with its three rows inside or at the image's top or bottom */
+__attribute__((noinline)) static void depthwise3s2_pair_block(const float *x, int W, int C, const float *wdw,
+                                                              const float *bdw, int ih0, int iw0, int act,
+                                                              float *o0, float *o1, int cp) {
+    depthwise3s2_rows_block(x, W, C, wdw, bdw, 1, 0, 5, ih0, iw0, act, o0, o1, cp);
+}
+__attribute__((noinline)) static void depthwise3s2_row_block(const float *x, int W, int C, const float *wdw,
+                                                             const float *bdw, int r_lo, int r_hi, int ih0, int iw0,
+                                                             int act, float *o0, int cp) {
+    depthwise3s2_rows_block(x, W, C, wdw, bdw, 0, r_lo, r_hi, ih0, iw0, act, o0, NULL, cp);
+}
+
+static void depthwise_run(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int KW,
+                          int sh, int sw, int ph, int pw, int dh, int dw, int act, int Wo, int p0, int m, float *t,
+                          int cp);
+
+/* Whole output row oh (two: rows oh and oh + 1, whose five input rows lie inside the image) of a 3x3 kernel at
+ * stride 2 and dilation 1, C a multiple of 16, into t0 (and t1), pixel stride cp: blocks of eight pixels
+ * (depthwise3s2_rows_block) from the first pixel whose window starts inside the row. Where S2_OVERLAP_MIN or
+ * more pixels whose windows end inside the row are left after the last whole block, one more block ends at the
+ * last of them and so overlaps the one before it (those pixels are computed twice, the same way, rather than four
+ * and one at a time); fewer are not worth a block. The pixels left at either end (a window in the zero padding;
+ * rows too short for a block) through depthwise_run. */
+#define S2_OVERLAP_MIN 4
+static void depthwise3s2_rows(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int ph,
+                              int pw, int act, int Wo, int oh, int two, float *t0, float *t1, int cp) {
+    int ih0 = 2 * oh - ph;
+    int r_lo = ih0 < 0 ? -ih0 : 0, r_hi = H - ih0 < 3 ? H - ih0 : 3;
+    int first = (pw + 1) / 2;                             /* 2 ow - pw >= 0 */
+    int last = W - 17 + pw >= 0 ? (W - 17 + pw) / 2 : -1; /* the last block start with 2 ow - pw + 16 < W */
+    last = last < Wo - 8 ? last : Wo - 8;
+    int span = last >= first ? last + 8 - first : 0; /* pixels [first, first + span) can take blocks */
+    int whole = span / 8, overlap = whole > 0 && span % 8 >= S2_OVERLAP_MIN;
+    int lo = whole ? first : 0, hi = whole ? first + 8 * whole + (overlap ? span % 8 : 0) : 0; /* the blocks' */
+    for (int k = 0; k < whole + overlap; ++k) {
+        int ow = k < whole ? first + 8 * k : last, iw0 = 2 * ow - pw;
+        if (two)
+            depthwise3s2_pair_block(x, W, C, wdw, bdw, ih0, iw0, act, t0 + (size_t)ow * cp, t1 + (size_t)ow * cp, cp);
+        else
+            depthwise3s2_row_block(x, W, C, wdw, bdw, r_lo, r_hi, ih0, iw0, act, t0 + (size_t)ow * cp, cp);
+    }
+    for (int r = 0; r <= two; ++r) {
+        float *out = r ? t1 : t0;
+        if (lo > 0) depthwise_run(x, H, W, C, wdw, bdw, 3, 3, 2, 2, ph, pw, 1, 1, act, Wo, (oh + r) * Wo, lo, out, cp);
+        if (hi < Wo)
+            depthwise_run(x, H, W, C, wdw, bdw, 3, 3, 2, 2, ph, pw, 1, 1, act, Wo, (oh + r) * Wo + hi, Wo - hi,
+                          out + (size_t)hi * cp, cp);
+    }
+}
+
 /* Depthwise output for pixels [p0, p0 + m) of one image (any span of its output pixels) into t[m][cp]: the
  * channel-vector path (more than FLAT_MAX_C channels, or a stride other than 1). */
 static void depthwise_run(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int KW,
@@ -1236,6 +1343,14 @@ static void depthwise_flat_row(const float *rows, int ih_lo, long prow, int H, i
 #define FLAT_ROW depthwise_flat_row
 #endif
 
+#ifdef SEPCONV_AVX512
+/* A pair block reads an input window of five rows of 17 pixels (S2_ROWS_WINDOW_FLOATS per channel), one channel
+ * vector at a time. Wider windows than S2_ROWS_MAX_BYTES (256 channels and more) took longer in pairs than in depthwise_run's
+ * single-row blocks (docs/design-notes.md), so they keep those. */
+#define S2_ROWS_WINDOW_FLOATS (5 * 17)
+#define S2_ROWS_MAX_BYTES (48 * 1024)
+#endif
+
 /* Depthwise output for pixels [p0, p0 + m) of image n into t[m][cp] (row stride cp >= C: a multiple of 16, or C on
  * the flat path (wpat given) and in the portable loop). */
 static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw, const float *bdw, int KH, int KW,
@@ -1267,6 +1382,19 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
         for (i = head; m - i >= 2 * Wo; i += 2 * Wo)
             depthwise_row_pair(x, H, W, C, wdw, bdw, KH, KW, ph, pw, act, Wo, (p0 + i) / Wo, t + (size_t)i * cp,
                                t + (size_t)(i + Wo) * cp, cp);
+    }
+    if (KH == 3 && KW == 3 && sh == 2 && sw == 2 && dh == 1 && dw == 1 && C % 16 == 0
+        && S2_ROWS_WINDOW_FLOATS * C * sizeof(float) <= S2_ROWS_MAX_BYTES && Wo >= 8) {
+        /* the tile's whole rows, two at a time where their five input rows are inside the image; a partial row at
+         * either end through depthwise_run */
+        int head = p0 % Wo ? (Wo - p0 % Wo < m ? Wo - p0 % Wo : m) : 0;
+        if (head) depthwise_run(x, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, act, Wo, p0, head, t, cp);
+        for (i = head; m - i >= Wo;) {
+            int oh = (p0 + i) / Wo, ih0 = 2 * oh - ph, two = m - i >= 2 * Wo && ih0 >= 0 && ih0 + 4 < H;
+            depthwise3s2_rows(x, H, W, C, wdw, bdw, ph, pw, act, Wo, oh, two, t + (size_t)i * cp,
+                              two ? t + (size_t)(i + Wo) * cp : NULL, cp);
+            i += two ? 2 * Wo : Wo;
+        }
     }
     if (i < m) depthwise_run(x, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, act, Wo, p0 + i, m - i,
                              t + (size_t)i * cp, cp);
