@@ -39,7 +39,11 @@ had not read, and its first calls ran slower (docs/design-notes.md). `--passes N
 over, each pass with its own roofline: the first pass sits at the top level of the record, the others under
 `passes`, and `summary_per_pass`
 gives each pass's median realized, least fraction of the ceiling and shapes where `optimize` kept up with ONNX
-Runtime alone, so the spread between passes is in the record. Writes `isa.json` (with the machine) into --out
+Runtime alone, so the spread between passes is in the record. Each shape also records the memory bandwidth
+measured just before and just after its rounds (`bandwidth_gbs_around`, `sepconv.bench.roofline.measure_bandwidth`:
+on a shared host it moves within a pass, and a memory-bound layer's time with it, while the ceiling takes the
+pass's first measurement) and the medians `optimize` chose by (`sepconv_timings_ms`, ms; `sepconv_timing_clock`).
+Writes `isa.json` (with the machine) into --out
 (default `benchmarks/results/isa-cpu-<threads>thread`).
 """
 
@@ -61,7 +65,7 @@ from sepconv.backends.fused import FusedSeparableConv2d
 from sepconv.backends.onednn import PackedConv2d, onednn_available
 from sepconv.backends.onnxruntime import fastest_session_options, onnxruntime_available
 from sepconv.backends.clock import cpu_time_interleaved
-from sepconv.bench.roofline import measure_roofline
+from sepconv.bench.roofline import measure_bandwidth, measure_roofline
 from sepconv.bench.suites import SUITES, fused_bound_s, suite_names
 from sepconv.cost import conv_cost, separable_cost
 from sepconv.layers._common import conv_module
@@ -141,6 +145,7 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
         if fast.backend == "onnxruntime":
             alone["sepconv"] = candidates.pop("sepconv")
     seed = 0 if shuffle else None
+    bandwidth_before = measure_bandwidth()
     if clock == "cpu":
         timings = cpu_time_interleaved(candidates, rounds=rounds, shuffle_seed=seed)
     else:
@@ -148,6 +153,7 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
         if alone:
             timings.update(interleaved(alone, rounds=rounds, target_s=0.01))
     os.environ["SEPCONV_ISA"] = CALLER_ISA  # the candidates set their own variant at each call
+    bandwidth_around = [bandwidth_before / 1e9, measure_bandwidth() / 1e9]
     ms = {k: 1e3 * v.median for k, v in timings.items()}
     std_cost = conv_cost(spec, case.size, batch=case.batch)
     mac_ratio = std_cost.macs / separable_cost(spec, case.size, batch=case.batch).macs
@@ -172,7 +178,9 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
                                      if "fused_avx2" in timings and "fused_avx512" in timings else None),
         "theoretical_speedup": mac_ratio, "realized": realized, "fused_roofline_ceiling": ceiling,
         "of_ceiling": {k: v / ceiling for k, v in realized.items()}, "best_path": best,
+        "bandwidth_gbs_around": bandwidth_around,
         "sepconv_backend": fast.backend, "sepconv_candidate": fast.candidate,
+        "sepconv_timings_ms": dict(fast.timings_ms), "sepconv_timing_clock": fast.timing_clock,
         "sepconv_timed_with_onnxruntime_alone": "sepconv" in alone,
         "sepconv_layer_choices": fast.layer_choices, "onnxruntime_session_options": session_options,
         "sepconv_vs_onnxruntime_alone": ms["sepconv"] / ms["onnxruntime_alone"] if "onnxruntime_alone" in ms else None,

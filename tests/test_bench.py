@@ -97,6 +97,22 @@ def test_measured_roofline_takes_the_fastest_engine_and_records_each():
         measure_roofline(matmul_n=16, copy_mib=1, rounds=1, conv_batch=-1)
 
 
+def test_measured_bandwidth_is_the_copy_rate_and_checks_its_arguments(monkeypatch):
+    from sepconv.bench import measure_bandwidth
+    from sepconv.bench import roofline as roofline_module
+    from sepconv.utils.timing import Timing
+
+    # the rate is the bytes copied (read + write) over the copy's median
+    monkeypatch.setattr(roofline_module, "interleaved",
+                        lambda calls, **kw: {name: Timing(0.004, 0.004, 0.004, (0.004,)) for name in calls})
+    assert measure_bandwidth(copy_mib=8, rounds=1) == pytest.approx(2 * 8 * 2**20 / 0.004)
+    monkeypatch.undo()
+    assert measure_bandwidth(copy_mib=8, rounds=2) > 0
+    for bad in ({"copy_mib": 0}, {"rounds": 0}):
+        with pytest.raises(ValueError, match="copy_mib and rounds must be >= 1"):
+            measure_bandwidth(**bad)
+
+
 def test_suites_follow_the_zoo():
     mb = mobilenet_v1_suite()
     assert mb[0].spec.in_channels == 32 and mb[0].size == (112, 112) and mb[-1].size == (7, 7)

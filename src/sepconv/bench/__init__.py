@@ -7,6 +7,7 @@ from ..utils.lazy import lazy_package
 #: Public name -> the submodule that defines it.
 _EXPORTS = {
     "Roofline": ".roofline",
+    "measure_bandwidth": ".roofline",
     "measure_roofline": ".roofline",
     "model_bound_s": ".roofline",
     "SUITES": ".suites",

@@ -83,9 +83,8 @@ def measure_roofline(device: torch.device = torch.device("cpu"), matmul_n: int =
     a = torch.randn(matmul_n, matmul_n, device=device, dtype=dtype)
     b = torch.randn(matmul_n, matmul_n, device=device, dtype=dtype)
     out = torch.empty(matmul_n, matmul_n, device=device, dtype=dtype)
-    src = torch.empty(copy_mib * 2**20 // 4, device=device).fill_(1.0)
-    dst = torch.empty_like(src)
-    candidates = {"matmul": lambda: torch.mm(a, b, out=out), "copy": lambda: dst.copy_(src)}
+    copy, moved = _copy_probe(copy_mib, device)
+    candidates = {"matmul": lambda: torch.mm(a, b, out=out), "copy": copy}
     if conv_batch:
         x = torch.randn(conv_batch, 256, 56, 56, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
         w = torch.randn(256, 256, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -106,7 +105,6 @@ def measure_roofline(device: torch.device = torch.device("cpu"), matmul_n: int =
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
     flops = 2 * matmul_n**3
-    moved = 2 * src.numel() * src.element_size()  # read + write
     torch_peak = flops / t["matmul"].median
     rates = [torch_peak] + ([flops / t["ort_matmul"].median] if ort is not None else [])
     conv_peak = None
@@ -122,6 +120,26 @@ def measure_roofline(device: torch.device = torch.device("cpu"), matmul_n: int =
         rates.append(conv_peak)
     return Roofline(peak_flops=max(rates), bandwidth=moved / t["copy"].median,
                     torch_peak_flops=torch_peak if len(rates) > 1 else None, conv_peak_flops=conv_peak)
+
+
+def measure_bandwidth(device: torch.device = torch.device("cpu"), copy_mib: int = 256, rounds: int = 3) -> float:
+    """Memory bandwidth in bytes/s now: :func:`measure_roofline`'s copy of ``copy_mib`` MiB (read + write) alone,
+    the median of ``rounds`` samples. On a machine shared with other tenants the bandwidth moves within minutes
+    while the compute peak does not (``docs/design-notes.md``); benchmarks take it beside a measurement to show
+    the memory a memory-bound kernel had."""
+    if copy_mib < 1 or rounds < 1:
+        raise ValueError(f"copy_mib and rounds must be >= 1, got {copy_mib} and {rounds}")
+    device = torch.device(device)
+    copy, moved = _copy_probe(copy_mib, device)
+    return moved / interleaved({"copy": copy}, rounds=rounds, target_s=0.05, device=device)["copy"].median
+
+
+def _copy_probe(copy_mib: int, device: torch.device):
+    """``(call, bytes)``: a callable copying ``copy_mib`` MiB of float32 into a second buffer, and the bytes it
+    moves (read + write)."""
+    src = torch.empty(copy_mib * 2**20 // 4, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    return (lambda: dst.copy_(src)), 2 * src.numel() * src.element_size()
 
 
 def _onnxruntime_matmul(a: torch.Tensor, b: torch.Tensor):
