@@ -550,57 +550,17 @@ static void depthwise_row_pair(const float *x, int H, int W, int C, const float 
     }
 }
 
-/* Eight output pixels of one row of a 3x3 kernel at stride 2 (dilation 1) whose windows lie inside the image, for
- * every channel vector (C a multiple of 16): input row ih0, column iw0 = 2 ow0 - pw; out: the first pixel's tile
- * row. Pixel j reads window columns 2j .. 2j + 2, so column 2j + 2 is tap 2 of pixel j and tap 0 of pixel j + 1:
- * each of a kernel row's 17 columns is loaded once, 17 loads for 24 FMAs (the four-pixel blocks: 12 for 12), into
- * eight independent chains of FMAs; the nine weight vectors stay in registers for the block. Pixels outer,
- * channel vectors inner, as in depthwise_run. Addresses are one pointer stepped by C (OPAQUE_POINTER): with an
- * offset per column, GCC kept the 17 offsets on the stack and the blocks lost to the four-pixel ones
- * (docs/design-notes.md). */
-__attribute__((noinline)) static void depthwise3s2_block(const float *x, int W, int C, const float *wdw,
-                                                         const float *bdw, int ih0, int iw0, int act, float *out,
-                                                         int cp) {
-    const size_t row = (size_t)W * C;
-    for (int c = 0; c < C; c += 16) {
-        __m512 w[9], acc[8];
-#pragma GCC unroll 9
-        for (int k = 0; k < 9; ++k) w[k] = _mm512_loadu_ps(wdw + (size_t)k * C + c);
-        __m512 b = bdw ? _mm512_loadu_ps(bdw + c) : _mm512_setzero_ps();
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; ++j) acc[j] = b;
-        const float *p = x + ((size_t)ih0 * W + iw0) * C + c;
-#pragma GCC unroll 3
-        for (int r = 0; r < 3; ++r) {
-            const float *pq = p;
-            __m512 in0 = _mm512_loadu_ps(pq);
-#pragma GCC unroll 8
-            for (int j = 0; j < 8; ++j) {
-                pq += C;
-                OPAQUE_POINTER(pq);
-                __m512 in1 = _mm512_loadu_ps(pq);
-                pq += C;
-                OPAQUE_POINTER(pq);
-                __m512 in2 = _mm512_loadu_ps(pq);
-                acc[j] = _mm512_fmadd_ps(in0, w[3 * r], acc[j]);
-                acc[j] = _mm512_fmadd_ps(in1, w[3 * r + 1], acc[j]);
-                acc[j] = _mm512_fmadd_ps(in2, w[3 * r + 2], acc[j]);
-                in0 = in2;
-            }
-            p += row;
-            OPAQUE_POINTER(p);
-        }
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; ++j) _mm512_store_ps(out + (size_t)j * cp + c, act16(acc[j], act));
-    }
-}
-
 /* Eight output pixels of one row (two: of rows oh and oh + 1) of a 3x3 kernel at stride 2 and dilation 1, for every
  * channel vector (C a multiple of 16): input rows ih0 + r for r in [r_lo, r_hi) (the others are zero padding,
  * skipped) of ih0 .. ih0 + 2 (two: ih0 .. ih0 + 4, row oh + 1 reading ih0 + 2 .. ih0 + 4), columns iw0 .. iw0 + 16,
- * all inside the image; pixel j into o0 + j cp (and o1 + j cp). depthwise3s2_block's loads with the pair sharing
- * input row ih0 + 2: 85 loads for 144 FMAs where two single rows take 102. 16 accumulators, 9 weights and three
- * input vectors: 28 of the 32 registers. */
+ * all inside the image; pixel j into o0 + j cp (and o1 + j cp). Pixel j reads window columns 2j .. 2j + 2, so column
+ * 2j + 2 is tap 2 of pixel j and tap 0 of pixel j + 1: each input row's 17 columns are loaded once, 17 loads for 24
+ * FMAs of each output row (the four-pixel blocks: 12 for 12), and a pair shares input row ih0 + 2: 85 loads for 144
+ * FMAs where two single rows take 102. Pixels outer, channel vectors inner, as in depthwise_run; the nine weight
+ * vectors stay in registers for the block, and the output rows' eight pixels are independent chains of FMAs: 16
+ * accumulators, 9 weights and three input vectors, 28 of the 32 registers. Addresses are one pointer stepped by C
+ * (OPAQUE_POINTER): with an offset per column, GCC kept the 17 offsets on the stack and the blocks lost to the
+ * four-pixel ones (docs/design-notes.md). */
 static inline __attribute__((always_inline)) void depthwise3s2_rows_block(const float *x, int W, int C,
                                                                           const float *wdw, const float *bdw, int two,
                                                                           int r_lo, int r_hi, int ih0, int iw0,
@@ -652,7 +612,7 @@ static inline __attribute__((always_inline)) void depthwise3s2_rows_block(const 
 }
 
 /* depthwise3s2_rows_block as functions of their own (register allocation of their own): two rows with all five
- * input rows inside the image, or one row with its three rows inside or at the image's top or bottom */
+ * input rows inside the image, or one row with its input rows [r_lo, r_hi) of three inside */
 __attribute__((noinline)) static void depthwise3s2_pair_block(const float *x, int W, int C, const float *wdw,
                                                               const float *bdw, int ih0, int iw0, int act,
                                                               float *o0, float *o1, int cp) {
@@ -715,7 +675,7 @@ static void depthwise_run(const float *x, int H, int W, int C, const float *wdw,
      * padding's rows and columns skipped. Before border blocks took the window too, border pixels went one at a
      * time at several times the cost of interior ones, which slowed small images (a third of a 16x16 image's
      * pixels are border pixels). A 3x3 kernel at stride 2 on whole channel vectors: eight interior pixels of a row
-     * at once where they fit (depthwise3s2_block). Other strides and dilations, and the rest: four adjacent
+     * at once where they fit (depthwise3s2_row_block). Other strides and dilations, and the rest: four adjacent
      * interior pixels of a row are computed together: each weight vector is loaded once for the four, and the
      * four accumulators are independent chains of FMAs (one pixel at a time waited on the FMA latency); border
      * pixels one at a time, four channel blocks at once. */
@@ -744,7 +704,7 @@ static void depthwise_run(const float *x, int H, int W, int C, const float *wdw,
         int ih0 = oh * sh - ph, iw0 = ow * sw - pw;
         int rows_in = ih0 >= 0 && ih0 + (KH - 1) * dh < H;
         if (s2k3 && rows_in && i + 8 <= m && ow + 8 <= Wo && iw0 >= 0 && iw0 + 16 < W) {
-            depthwise3s2_block(x, W, C, wdw, bdw, ih0, iw0, act, t + (size_t)i * cp, cp);
+            depthwise3s2_row_block(x, W, C, wdw, bdw, 0, 3, ih0, iw0, act, t + (size_t)i * cp, cp);
             i += 8;
             ow += 8;
             if (ow == Wo) { ow = 0; ++oh; }
