@@ -184,6 +184,24 @@ def test_fused_row_pairs_with_any_kernel_height_padding_and_tile(batch, cin, kh,
 
 
 @needs_kernel
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 2), st.sampled_from([16, 32, 64, 128, 144, 256]), st.integers(3, 30), st.integers(15, 60),
+       st.integers(0, 2), st.integers(0, 3), st.sampled_from([1, 2]), st.booleans(), st.integers(0, 9999))
+def test_fused_stride2_rows_in_pairs_with_any_width_padding_and_tile(batch, cin, h, w, padding, extra, threads,
+                                                                     bias, seed):
+    """3x3, stride 2, whole channel vectors: the AVX-512 depthwise step computes a tile's whole rows two at a time in
+    eight-pixel blocks, the last block of a row overlapping the one before it where the row is no multiple of
+    eight (up to 128 channels; more take single rows). The layer's own tile (the image in one tile here) or, for
+    an image of several tiles, one that the schedule's cut by the stride's area leaves at one to three rows and a
+    few pixels (then rounded as for any layer); heights whose last pair reaches the padding; one and two threads."""
+    if h + 2 * padding < 3 or w + 2 * padding < 3:
+        return  # no output pixel
+    wo = (w + 2 * padding - 3) // 2 + 1
+    tile = None if seed % 2 else 4 * (wo * (1 + seed % 3) + extra)
+    check_against_reference(batch, cin, 40, 3, 2, padding, 1, bias, "relu", None, h, w, threads, seed, tile=tile)
+
+
+@needs_kernel
 @pytest.mark.parametrize("cin", [3, 20])  # 3: the flat path (<= 4 channels, stride 1 both ways); 20: channel vectors
 @pytest.mark.parametrize("stride", [(1, 2), (2, 1)])
 def test_fused_with_different_strides_across_and_down(cin, stride):
