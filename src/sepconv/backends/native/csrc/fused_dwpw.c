@@ -1305,8 +1305,8 @@ static void depthwise_flat_row(const float *rows, int ih_lo, long prow, int H, i
 
 #ifdef SEPCONV_AVX512
 /* A pair block reads an input window of five rows of 17 pixels (S2_ROWS_WINDOW_FLOATS per channel), one channel
- * vector at a time. Wider windows than S2_ROWS_MAX_BYTES (256 channels and more) took longer in pairs than in depthwise_run's
- * single-row blocks (docs/design-notes.md), so they keep those. */
+ * vector at a time. Windows wider than S2_ROWS_MAX_BYTES (256 channels and more) took longer in pairs than in
+ * depthwise_run's single-row blocks (docs/design-notes.md), so they keep those. */
 #define S2_ROWS_WINDOW_FLOATS (5 * 17)
 #define S2_ROWS_MAX_BYTES (48 * 1024)
 #endif
