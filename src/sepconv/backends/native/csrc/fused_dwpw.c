@@ -1022,9 +1022,9 @@ static void vdw_quad(const float *x, int W, int C, const float *wdw, const float
 #define VDW_SLIDE_K(K, kl, kh, qlo, qhi, n) \
     vdw_slide(x, W, C, wdw, bdw, kl, kh, K, ih0, iw0, dh, qlo, qhi, n, act, t + (size_t)i * cp, cp)
 
-/* One output row of a 3x3 kernel at stride 1 (input rows ih0 .. ih0 + 2 all inside the image), C a multiple of VW:
- * nblk consecutive blocks of VDW3 pixels from input column iw0, pixel j into out + j cp; window columns outside
- * [q_lo, q_hi) are outside the image (skipped), the first cnt pixels of each block stored. Each block runs through
+/* One output row of a 3x3 kernel at stride 1, C a multiple of VW: nblk consecutive blocks of VDW3 pixels from input
+ * column iw0, pixel j into out + j cp; kernel rows outside [r_lo, r_hi) and window columns outside [q_lo, q_hi) fall
+ * outside the image (skipped), the first cnt pixels of each block stored. Each block runs through
  * every channel vector in turn (a vector is half a 64-byte line with AVX2, a quarter with NEON: a line is fetched
  * once and used whole, where a channel vector's sweep along the row fetched it again for the next), each kernel
  * row's three weight vectors loaded once per block and channel vector, each input vector loaded once and fed to its
@@ -1032,7 +1032,8 @@ static void vdw_quad(const float *x, int W, int C, const float *wdw, const float
  * addresses one pointer stepped by a runtime stride (OPAQUE_POINTER). */
 #define VDW3 8
 SEPCONV_INLINE void vdw3_rows(const float *x, int W, int C, const float *wdw, const float *bdw, int ih0, int iw0,
-                              int nblk, int q_lo, int q_hi, int cnt, int act, float *out, int cp) {
+                              int nblk, int r_lo, int r_hi, int q_lo, int q_hi, int cnt, int act, float *out,
+                              int cp) {
     const size_t row = (size_t)W * C;
     const float *pb = x + ((ptrdiff_t)ih0 * W + iw0) * C;
     for (int blk = 0; blk < nblk; ++blk) {
@@ -1044,6 +1045,11 @@ SEPCONV_INLINE void vdw3_rows(const float *x, int W, int C, const float *wdw, co
             const float *pr = pb + c;
 #pragma GCC unroll 3
             for (int r = 0; r < 3; ++r) {
+                if (r < r_lo || r >= r_hi) {
+                    pr += row;
+                    OPAQUE_POINTER(pr);
+                    continue;
+                }
                 vf w0 = vload(wdw + (size_t)(3 * r) * C + c), w1 = vload(wdw + (size_t)(3 * r + 1) * C + c);
                 vf w2 = vload(wdw + (size_t)(3 * r + 2) * C + c);
                 const float *pq = pr;
@@ -1074,20 +1080,26 @@ SEPCONV_INLINE void vdw3_rows(const float *x, int W, int C, const float *wdw, co
         out += (size_t)VDW3 * cp;
     }
 }
-/* vdw3_rows over nblk interior blocks, and over one block at a border, in functions of their own */
+/* vdw3_rows over nblk interior blocks, over one block at a row's ends, and over one block of the image's first or
+ * last row (kernel rows in the padding), in functions of their own */
 __attribute__((noinline)) static void vdw3_run(const float *x, int W, int C, const float *wdw, const float *bdw,
                                                int ih0, int iw0, int nblk, int act, float *out, int cp) {
-    vdw3_rows(x, W, C, wdw, bdw, ih0, iw0, nblk, 0, VDW3 + 2, VDW3, act, out, cp);
+    vdw3_rows(x, W, C, wdw, bdw, ih0, iw0, nblk, 0, 3, 0, VDW3 + 2, VDW3, act, out, cp);
 }
 __attribute__((noinline)) static void vdw3_edge(const float *x, int W, int C, const float *wdw, const float *bdw,
                                                 int ih0, int iw0, int q_lo, int q_hi, int cnt, int act, float *out,
                                                 int cp) {
-    vdw3_rows(x, W, C, wdw, bdw, ih0, iw0, 1, q_lo, q_hi, cnt, act, out, cp);
+    vdw3_rows(x, W, C, wdw, bdw, ih0, iw0, 1, 0, 3, q_lo, q_hi, cnt, act, out, cp);
+}
+__attribute__((noinline)) static void vdw3_border(const float *x, int W, int C, const float *wdw, const float *bdw,
+                                                  int ih0, int iw0, int r_lo, int r_hi, int q_lo, int q_hi, int cnt,
+                                                  int act, float *out, int cp) {
+    vdw3_rows(x, W, C, wdw, bdw, ih0, iw0, 1, r_lo, r_hi, q_lo, q_hi, cnt, act, out, cp);
 }
 
 /* depthwise_run_v for the layers vdw3_rows takes (depthwise3_applies_v): a row's pixels whose input rows are all
- * inside through vdw3_run and vdw3_edge, the image's first and last rows through vdw_win3's blocks (eight pixels of
- * one channel vector) or one pixel at a time. */
+ * inside through vdw3_run and vdw3_edge, the image's first and last rows through vdw3_border (their kernel rows in
+ * the padding skipped), a single pixel at a row's or tile's end one at a time. */
 __attribute__((noinline)) static void depthwise3_run_v(const float *x, int H, int W, int C, const float *wdw,
                                                        const float *bdw, int ph, int pw, int act, int Wo, int p0,
                                                        int m, float *t, int cp) {
@@ -1105,7 +1117,10 @@ __attribute__((noinline)) static void depthwise3_run_v(const float *x, int H, in
             int q_lo = iw0 < 0 ? -iw0 : 0, q_hi = W - iw0 < VDW3 + 2 ? W - iw0 : VDW3 + 2;
             vdw3_edge(x, W, C, wdw, bdw, ih0, iw0, q_lo, q_hi, cnt, act, out, cp);
         } else if (cnt >= 2) { /* the first or last row: kernel rows in the padding */
-            vdw_win3_block8(x, H, W, C, wdw, bdw, 3, 1, ih0, iw0, 1, cnt, act, out, cp);
+            int r_lo = ih0 < 0 ? -ih0 : 0, r_hi = H - ih0 < 3 ? H - ih0 : 3;
+            int q_lo = iw0 < 0 ? -iw0 : 0, q_hi = W - iw0 < VDW3 + 2 ? W - iw0 : VDW3 + 2;
+            if (r_lo < r_hi) vdw3_border(x, W, C, wdw, bdw, ih0, iw0, r_lo, r_hi, q_lo, q_hi, cnt, act, out, cp);
+            else vdw_win3_block8(x, H, W, C, wdw, bdw, 3, 1, ih0, iw0, 1, cnt, act, out, cp);
         } else {
             cnt = 1;
             vdw_pixel(x, H, W, C, wdw, bdw, 3, 3, 1, 1, ih0, iw0, act, out);
