@@ -511,6 +511,12 @@ __attribute__((noinline)) static void depthwise3_row_border(const float *x, int 
     depthwise3_rows(x, W, C, wdw, bdw, 0, r_lo, r_hi, ih0, iw0, npix, act, out, NULL, cp, NULL, NULL);
 }
 
+/* Whether a layer takes the stride-2 eight-pixel blocks (depthwise3s2_rows_block): a 3x3 kernel at stride 2,
+ * dilation 1, whole channel vectors. */
+static inline int s2k3_applies(int C, int KH, int KW, int sh, int sw, int dh, int dw) {
+    return KH == 3 && KW == 3 && sh == 2 && sw == 2 && dh == 1 && dw == 1 && C % 16 == 0;
+}
+
 /* Whether a layer takes depthwise_row_pair: stride 1 and dilation 1 both ways, kernel width 3 or 5. */
 static inline int pairs_apply(int KW, int sh, int sw, int dh, int dw) {
     return sh == 1 && sw == 1 && dh == 1 && dw == 1 && (KW == 3 || KW == 5);
@@ -699,7 +705,7 @@ static void depthwise_run(const float *x, int H, int W, int C, const float *wdw,
         }
         return;
     }
-    int s2k3 = KH == 3 && KW == 3 && sh == 2 && sw == 2 && dh == 1 && dw == 1 && C % 16 == 0;
+    int s2k3 = s2k3_applies(C, KH, KW, sh, sw, dh, dw);
     while (i < m) {
         int ih0 = oh * sh - ph, iw0 = ow * sw - pw;
         int rows_in = ih0 >= 0 && ih0 + (KH - 1) * dh < H;
@@ -1350,26 +1356,22 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
 #endif
 #ifdef SEPCONV_AVX512
     int i = 0;
-    if (pairs_apply(KW, sh, sw, dh, dw)) { /* the tile's whole rows two at a time; a partial row at either end and
-                                            * an odd last row through depthwise_run */
+    int s2_rows = s2k3_applies(C, KH, KW, sh, sw, dh, dw) && Wo >= 8
+                  && S2_ROWS_WINDOW_FLOATS * C * sizeof(float) <= S2_ROWS_MAX_BYTES;
+    if (s2_rows || pairs_apply(KW, sh, sw, dh, dw)) {
+        /* the tile's whole rows two at a time (at stride 2 where their five input rows are inside the image, else
+         * one); a partial row at either end, and at stride 1 an odd last row, through depthwise_run */
         int head = p0 % Wo ? (Wo - p0 % Wo < m ? Wo - p0 % Wo : m) : 0;
         if (head) depthwise_run(x, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, act, Wo, p0, head, t, cp);
-        for (i = head; m - i >= 2 * Wo; i += 2 * Wo)
-            depthwise_row_pair(x, H, W, C, wdw, bdw, KH, KW, ph, pw, act, Wo, (p0 + i) / Wo, t + (size_t)i * cp,
-                               t + (size_t)(i + Wo) * cp, cp);
-    }
-    if (KH == 3 && KW == 3 && sh == 2 && sw == 2 && dh == 1 && dw == 1 && C % 16 == 0
-        && S2_ROWS_WINDOW_FLOATS * C * sizeof(float) <= S2_ROWS_MAX_BYTES && Wo >= 8) {
-        /* the tile's whole rows, two at a time where their five input rows are inside the image; a partial row at
-         * either end through depthwise_run */
-        int head = p0 % Wo ? (Wo - p0 % Wo < m ? Wo - p0 % Wo : m) : 0;
-        if (head) depthwise_run(x, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, act, Wo, p0, head, t, cp);
-        for (i = head; m - i >= Wo;) {
+        for (i = head; s2_rows && m - i >= Wo;) {
             int oh = (p0 + i) / Wo, ih0 = 2 * oh - ph, two = m - i >= 2 * Wo && ih0 >= 0 && ih0 + 4 < H;
             depthwise3s2_rows(x, H, W, C, wdw, bdw, ph, pw, act, Wo, oh, two, t + (size_t)i * cp,
                               two ? t + (size_t)(i + Wo) * cp : NULL, cp);
             i += two ? 2 * Wo : Wo;
         }
+        for (; !s2_rows && m - i >= 2 * Wo; i += 2 * Wo)
+            depthwise_row_pair(x, H, W, C, wdw, bdw, KH, KW, ph, pw, act, Wo, (p0 + i) / Wo, t + (size_t)i * cp,
+                               t + (size_t)(i + Wo) * cp, cp);
     }
     if (i < m) depthwise_run(x, H, W, C, wdw, bdw, KH, KW, sh, sw, ph, pw, dh, dw, act, Wo, p0 + i, m - i,
                              t + (size_t)i * cp, cp);
