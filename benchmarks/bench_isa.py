@@ -24,6 +24,8 @@ For every shape (float32, inference, one `SeparableConv2d` without bias), in the
   (`depthwise_in_kernel_share`), where its input arrives prefetched, which the step alone does not have;
 * the standard convolution it replaces: eager NCHW, channels-last, and packed for oneDNN.
 
+All of them run inside one `torch.no_grad()` entered around the rounds, as a network's forward pass enters it.
+
 realized = (t_standard / t_separable) / (standard MACs / separable MACs), the standard convolution at its fastest of
 the three; `ceiling` = the fused-layer roofline ceiling (`sepconv.bench.suites.fused_bound_s` against the standard
 convolution's bound, with this machine's measured roofline); `of_ceiling` = realized / ceiling. Medians and, for
@@ -80,13 +82,10 @@ HERE = Path(__file__).resolve().parent
 CALLER_ISA = os.environ.get("SEPCONV_ISA") or "native"
 
 
-def no_grad(fn, *args, isa: str | None = None):
-    def call():
-        if isa is not None:
-            os.environ["SEPCONV_ISA"] = isa  # read by the fused layer at each call
-        with torch.no_grad():
-            return fn(*args)
-    return call
+def call(fn, *args):
+    """``fn(*args)`` as a zero-argument candidate. The rounds run inside one ``torch.no_grad()``, entered once as
+    a network's forward pass enters it, so a candidate's time holds no grad-mode switch of its own."""
+    return lambda: fn(*args)
 
 
 def isas() -> list[str]:
@@ -111,17 +110,17 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
                           bias=False).eval()
     std = conv_module(spec)[0].eval()
     std_nhwc = conv_module(spec)[0].eval().to(memory_format=torch.channels_last)
-    candidates = {"standard_nchw": no_grad(std, x), "standard_nhwc": no_grad(std_nhwc, x_nhwc),
-                  "eager_nhwc": no_grad(sep.to(memory_format=torch.channels_last), x_nhwc)}
+    candidates = {"standard_nchw": call(std, x), "standard_nhwc": call(std_nhwc, x_nhwc),
+                  "eager_nhwc": call(sep.to(memory_format=torch.channels_last), x_nhwc)}
     if onednn_available():
-        candidates["standard_onednn"] = no_grad(PackedConv2d(std_nhwc), x_nhwc)
+        candidates["standard_onednn"] = call(PackedConv2d(std_nhwc), x_nhwc)
     for request, name in variants:
         os.environ["SEPCONV_ISA"] = request
         fused = FusedSeparableConv2d(sep.depthwise, sep.pointwise)
-        candidates[f"fused_{name}"] = no_grad(fused, x_nhwc, isa=request)
+        candidates[f"fused_{name}"] = call(fused, x_nhwc)
         if parts:  # each step alone: the depthwise one into the tile buffer, the 1x1 one on a tile of ones
-            candidates[f"depthwise_part_{name}"] = no_grad(fused._run, x_nhwc, 1, isa=request)
-            candidates[f"pointwise_part_{name}"] = no_grad(fused._run, x_nhwc, 2, isa=request)
+            candidates[f"depthwise_part_{name}"] = call(fused._run, x_nhwc, 1)
+            candidates[f"pointwise_part_{name}"] = call(fused._run, x_nhwc, 2)
     os.environ["SEPCONV_ISA"] = CALLER_ISA
     session_options = None
     if onnxruntime_available():
@@ -134,7 +133,7 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
     # the input tensor the other candidates of its layout read: on a copy of its own, each sample would start on an
     # input the candidates before it had not read, whose first calls run slower (docs/design-notes.md)
     fast_input = x_nhwc if fast.memory_format == torch.channels_last else x.contiguous(memory_format=fast.memory_format)
-    candidates["sepconv"] = no_grad(fast.model, fast_input, isa=CALLER_ISA)
+    candidates["sepconv"] = call(fast.model, fast_input)
     # With more than one thread ONNX Runtime alone is timed in rounds of its own: its idle threads (spinning, when
     # that is its fastest alone) would slow whichever candidate ran next, and PyTorch's would slow it. So is
     # `optimize`'s choice where that runs on ONNX Runtime: among the PyTorch candidates it ran far slower than ONNX
@@ -146,13 +145,13 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
             alone["sepconv"] = candidates.pop("sepconv")
     seed = 0 if shuffle else None
     bandwidth_before = measure_bandwidth()
-    if clock == "cpu":
-        timings = cpu_time_interleaved(candidates, rounds=rounds, shuffle_seed=seed)
-    else:
-        timings = interleaved(candidates, rounds=rounds, target_s=0.01, shuffle_seed=seed)
-        if alone:
-            timings.update(interleaved(alone, rounds=rounds, target_s=0.01))
-    os.environ["SEPCONV_ISA"] = CALLER_ISA  # the candidates set their own variant at each call
+    with torch.no_grad():
+        if clock == "cpu":
+            timings = cpu_time_interleaved(candidates, rounds=rounds, shuffle_seed=seed)
+        else:
+            timings = interleaved(candidates, rounds=rounds, target_s=0.01, shuffle_seed=seed)
+            if alone:
+                timings.update(interleaved(alone, rounds=rounds, target_s=0.01))
     bandwidth_around = [bandwidth_before / 1e9, measure_bandwidth() / 1e9]
     ms = {k: 1e3 * v.median for k, v in timings.items()}
     std_cost = conv_cost(spec, case.size, batch=case.batch)

@@ -1,11 +1,13 @@
 """bench_isa.py: a shape's row holds what explains it (the bandwidth around its rounds, optimize's own timings)."""
 
 import pytest
+import torch
 
 import bench_isa
 from sepconv.bench.roofline import Roofline
 from sepconv.bench.suites import Case
 from sepconv.geometry import ConvSpec
+from sepconv.utils.timing import Timing
 
 
 def test_a_row_records_the_bandwidth_around_it_and_what_optimize_timed(monkeypatch):
@@ -22,3 +24,33 @@ def test_a_row_records_the_bandwidth_around_it_and_what_optimize_timed(monkeypat
     ranked = confirmed or {k: v for k, v in timed.items() if k != "original"}
     assert row["sepconv_candidate"] == min(ranked, key=ranked.get)
     assert row["sepconv_timing_clock"] in ("wall", "cpu")
+
+
+def test_every_candidate_is_timed_without_grad_and_each_build_runs_its_own_kernels(monkeypatch):
+    monkeypatch.setenv("SEPCONV_ISA", bench_isa.CALLER_ISA)
+    monkeypatch.setattr(bench_isa, "measure_bandwidth", lambda: 1e10)
+    seen = {}
+
+    def fake_interleaved(candidates, rounds, target_s, shuffle_seed=None):
+        for name, fn in candidates.items():
+            fn()
+            seen[name] = torch.is_grad_enabled()
+        return {name: Timing(1e-3, 1e-3, 1e-3, (1e-3,)) for name in candidates}
+
+    monkeypatch.setattr(bench_isa, "interleaved", fake_interleaved)
+    built = []
+    real_init = bench_isa.FusedSeparableConv2d.__init__
+
+    def recording_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        built.append(self._isa)
+
+    monkeypatch.setattr(bench_isa.FusedSeparableConv2d, "__init__", recording_init)
+    variants = bench_isa.isas()
+    case = Case("tiny", ConvSpec.make(8, 16, 3, padding=1, bias=False), (6, 6), 1)
+    row = bench_isa.run_shape(case, Roofline(1e10, 1e9), variants, rounds=1, threads=1, parts=True)
+    assert seen and not any(seen.values()), seen
+    assert {f"fused_{name}" for _, name in variants} <= set(row["median_ms"])
+    # each build's candidate was constructed under its own request, and the caller's variant is set back after
+    assert built[:len(variants)] == [request for request, _ in variants]
+    assert bench_isa.os.environ["SEPCONV_ISA"] == bench_isa.CALLER_ISA
