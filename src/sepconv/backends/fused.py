@@ -91,14 +91,17 @@ def balanced_tile(batch: int, pixels: int, tile: int, threads: int) -> int:
 
 def row_tile(batch: int, ho: int, wo: int, tile: int, threads: int) -> Optional[int]:
     """The tile (output pixels) of whole output rows for ``batch`` images of ``ho`` x ``wo`` output pixels, at most
-    ``tile``, dealt to ``threads`` threads; None where a row is longer than ``tile`` or an image fits in one tile.
+    ``tile`` (or one row more, below), dealt to ``threads`` threads; None where a row is longer than ``tile`` or an
+    image fits in one tile.
 
     A tile that ends inside a row makes the tiles on either side of it both read the input rows around that row
     (``docs/design-notes.md``). With one thread, or with enough jobs (16 or more a thread) for any imbalance to be
     small, that is the most rows ``tile`` holds. Otherwise the kernel deals its jobs (image, tile) to the threads
     in contiguous chunks (OpenMP's static schedule), so a tile count the threads do not share evenly, or a short
-    last tile, leaves a thread idle at the end: of the row counts from that most down to half of it, the one whose
-    busiest thread computes the fewest rows, the larger at a tie.
+    last tile, leaves a thread idle at the end: of the row counts from one more than that most down to half of it,
+    the one whose busiest thread computes the fewest rows, the larger at a tie. The one row over ``tile`` is there
+    for when the most rows split unevenly and half as many are the next even split: each tile has a fixed cost, so
+    the larger even split is the quicker one.
     """
     _check_counts("row_tile", (("batch", batch, 0), ("ho", ho, 1), ("wo", wo, 1), ("tile", tile, 1),
                                ("threads", threads, 1)))
@@ -108,7 +111,7 @@ def row_tile(batch: int, ho: int, wo: int, tile: int, threads: int) -> Optional[
     if threads == 1 or batch * -(-ho // most) >= 16 * threads:
         return most * wo
     best_rows, best_load = most, None
-    for rows in range(most, (most + 1) // 2 - 1, -1):
+    for rows in range(most + 1, (most + 1) // 2 - 1, -1):
         load = _busiest_thread_rows(batch, ho, rows, threads)
         if best_load is None or load < best_load:
             best_rows, best_load = rows, load
