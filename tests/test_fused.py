@@ -484,6 +484,14 @@ def test_fused_refuses_what_it_cannot_run():
         layer(torch.randn(1, 3, 5, 5))
     with pytest.raises(ValueError, match="no output pixel"):
         layer(torch.randn(1, 4, 2, 2))
+    # converted after construction: its kernel reads float32 on the CPU, so a float64 input matching the converted
+    # weights must be refused, not read as float32
+    for dtype in (torch.float64, torch.bfloat16):
+        converted = FusedSeparableConv2d(nn.Conv2d(4, 4, 3, groups=4), pw).to(dtype)
+        with pytest.raises(ValueError, match=f"float32 on the CPU only; its weights are now {dtype}"):
+            converted(torch.randn(1, 4, 5, 5, dtype=dtype))
+    back = FusedSeparableConv2d(nn.Conv2d(4, 4, 3, groups=4), pw).double().float()
+    assert back(torch.randn(1, 4, 5, 5)).isfinite().all()
 
 
 def test_a_failed_build_is_reported_and_the_engines_fall_back(monkeypatch, tmp_path):

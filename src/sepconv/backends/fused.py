@@ -469,6 +469,16 @@ class FusedSeparableConv2d(FusedPair):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(self._checked_input(x).contiguous(memory_format=torch.channels_last))
 
+    def _check_input(self, x: torch.Tensor) -> None:
+        """:meth:`FusedPair._check_input`, and raise unless the input (hence the weights) is float32 on the CPU,
+        which is what the kernel reads: ``.to()``, ``.double()`` or ``.half()`` convert the module's buffers."""
+        FusedPair._check_input(self, x)
+        if x.dtype != torch.float32 or not x.is_cpu:
+            weight = self._buffers["dw_weight"]
+            raise ValueError(f"{type(self).__name__} computes float32 on the CPU only; its weights are now "
+                             f"{weight.dtype} on {weight.device}: convert it back with .float().cpu(), or run the "
+                             "separable layer it was built from")
+
     def _run(self, x: torch.Tensor, parts: int = 3) -> torch.Tensor:
         """The kernel on a channels-last, padded input. ``parts``: 3 the layer, 1 the depthwise step alone (the
         returned tensor is not written), 2 the pointwise step alone on a tile of ones (benchmarks time them apart)."""
