@@ -45,6 +45,9 @@ Runtime alone, so the spread between passes is in the record. Each shape also re
 measured just before and just after its rounds (`bandwidth_gbs_around`, `sepconv.bench.roofline.measure_bandwidth`:
 on a shared host it moves within a pass, and a memory-bound layer's time with it, while the ceiling takes the
 pass's first measurement) and the medians `optimize` chose by (`sepconv_timings_ms`, ms; `sepconv_timing_clock`).
+`fused_roofline_ceiling_around` and `of_ceiling_around` are the ceiling and the fractions of it with the larger of
+those two bandwidths in the pass's roofline, the bandwidth the shape's rounds ran at as near as the probes tell
+(`speed_goals.py` checks a shape against it where the record has it).
 Writes `isa.json` (with the machine) into --out
 (default `benchmarks/results/isa-cpu-<threads>thread`).
 """
@@ -67,7 +70,7 @@ from sepconv.backends.fused import FusedSeparableConv2d
 from sepconv.backends.onednn import PackedConv2d, onednn_available
 from sepconv.backends.onnxruntime import fastest_session_options, onnxruntime_available
 from sepconv.backends.clock import cpu_time_interleaved
-from sepconv.bench.roofline import measure_bandwidth, measure_roofline
+from sepconv.bench.roofline import Roofline, measure_bandwidth, measure_roofline
 from sepconv.bench.suites import SUITES, fused_bound_s, suite_names
 from sepconv.cost import conv_cost, separable_cost
 from sepconv.layers._common import conv_module
@@ -86,6 +89,12 @@ def call(fn, *args):
     """``fn(*args)`` as a zero-argument candidate. The rounds run inside one ``torch.no_grad()``, entered once as
     a network's forward pass enters it, so a candidate's time holds no grad-mode switch of its own."""
     return lambda: fn(*args)
+
+
+def fused_ceiling(case, roofline: Roofline, std_cost, mac_ratio: float) -> float:
+    """The fused-layer roofline ceiling: the realized ratio a fused kernel could reach if it and the standard
+    convolution (``std_cost``) both ran at ``roofline``'s bounds."""
+    return (roofline.bound_s(std_cost.in_bounds_flops, std_cost.bytes) / fused_bound_s(case, roofline)) / mac_ratio
 
 
 def isas() -> list[str]:
@@ -157,7 +166,10 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
     std_cost = conv_cost(spec, case.size, batch=case.batch)
     mac_ratio = std_cost.macs / separable_cost(spec, case.size, batch=case.batch).macs
     t_std = min(v for k, v in ms.items() if k.startswith("standard_"))
-    ceiling = (roofline.bound_s(std_cost.in_bounds_flops, std_cost.bytes) / fused_bound_s(case, roofline)) / mac_ratio
+    ceiling = fused_ceiling(case, roofline, std_cost, mac_ratio)
+    # the same with the bandwidth measured around this shape's rounds, the larger of the two probes
+    ceiling_around = fused_ceiling(case, Roofline(roofline.peak_flops, 1e9 * max(bandwidth_around)), std_cost,
+                                   mac_ratio)
     layers = [k for k in ms if not k.startswith(("standard_", "depthwise_part_", "pointwise_part_"))]
     realized = {k: (t_std / ms[k]) / mac_ratio for k in layers}
     best = max(realized, key=realized.get)
@@ -177,7 +189,8 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
                                      if "fused_avx2" in timings and "fused_avx512" in timings else None),
         "theoretical_speedup": mac_ratio, "realized": realized, "fused_roofline_ceiling": ceiling,
         "of_ceiling": {k: v / ceiling for k, v in realized.items()}, "best_path": best,
-        "bandwidth_gbs_around": bandwidth_around,
+        "bandwidth_gbs_around": bandwidth_around, "fused_roofline_ceiling_around": ceiling_around,
+        "of_ceiling_around": {k: v / ceiling_around for k, v in realized.items()},
         "sepconv_backend": fast.backend, "sepconv_candidate": fast.candidate,
         "sepconv_timings_ms": dict(fast.timings_ms), "sepconv_timing_clock": fast.timing_clock,
         "sepconv_timed_with_onnxruntime_alone": "sepconv" in alone,

@@ -6,6 +6,7 @@ import torch
 import bench_isa
 from sepconv.bench.roofline import Roofline
 from sepconv.bench.suites import Case
+from sepconv.cost import conv_cost, separable_cost
 from sepconv.geometry import ConvSpec
 from sepconv.utils.timing import Timing
 
@@ -17,6 +18,16 @@ def test_a_row_records_the_bandwidth_around_it_and_what_optimize_timed(monkeypat
     case = Case("tiny", ConvSpec.make(8, 16, 3, padding=1, bias=False), (6, 6), 1)
     row = bench_isa.run_shape(case, Roofline(1e10, 1e9), [], rounds=1, threads=1)
     assert row["bandwidth_gbs_around"] == pytest.approx([11.0, 13.0])
+    # the ceiling again with the larger bandwidth around the rounds in the pass's roofline
+    std_cost = conv_cost(case.spec, case.size, batch=1)
+    mac_ratio = std_cost.macs / separable_cost(case.spec, case.size, batch=1).macs
+    assert row["fused_roofline_ceiling"] == pytest.approx(bench_isa.fused_ceiling(case, Roofline(1e10, 1e9), std_cost,
+                                                                                 mac_ratio))
+    assert row["fused_roofline_ceiling_around"] == pytest.approx(
+        bench_isa.fused_ceiling(case, Roofline(1e10, 13e9), std_cost, mac_ratio))
+    assert row["fused_roofline_ceiling_around"] != pytest.approx(row["fused_roofline_ceiling"])
+    assert row["of_ceiling_around"]["sepconv"] == pytest.approx(
+        row["realized"]["sepconv"] / row["fused_roofline_ceiling_around"])
     timed = row["sepconv_timings_ms"]
     assert "original" in timed and all(v > 0 for v in timed.values())
     # optimize keeps the candidate its own medians ranked first (a close call is confirmed by a second timing)

@@ -59,6 +59,24 @@ def test_forward_goals_per_pass():
                              "not_slower_than_onnxruntime": False}
 
 
+
+def test_forward_goals_take_the_ceiling_at_the_bandwidth_around_each_shape_where_a_pass_has_it():
+    record = _isa_record()
+    # pass 1: the bandwidth around its shapes put their ceilings elsewhere (of_ceiling 0.95, 0.90, 0.95)
+    for shape, value in zip(record["shapes"], (0.97, 0.85, 0.93)):
+        shape["of_ceiling_around"] = {"sepconv": value, "fused_avx512": value + 0.01}
+    first, second = sg.forward_goals("isa-x", record)
+    assert first["ceiling_bandwidth"] == "around each shape"
+    assert first["least_of_ceiling"]["sepconv"] == {"shape": "b", "of_ceiling": 0.85}
+    assert [b["shape"] for b in first["below_ceiling_goal"]["sepconv"]] == ["b"]
+    assert not first["met"]["every_shape_of_ceiling"]
+    # pass 2 has no such field: its own roofline's ceiling, as before
+    assert second["ceiling_bandwidth"] == "the pass's roofline"
+    assert second["below_ceiling_goal"]["sepconv"] == [{"shape": "a", "of_ceiling": 0.89}]
+    printed = sg.markdown([first, second], [])
+    assert "| `isa-x` | 1* | 2 |" in printed and "| `isa-x` | 2 | 2 |" in printed
+
+
 def _training_record():
     def shapes(values):
         return [{"shape": name, "vs_ceiling": {"tuned": v, "fused": v}} for name, v in values]
