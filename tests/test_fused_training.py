@@ -504,7 +504,12 @@ def test_forward_refuses_tensors_that_do_not_belong_together():
         fused_separable_forward(x, dw, None, pw, None, (-1, 1))
     with pytest.raises(ValueError, match=r"stride must be >= 1, got \(1, 0\)"):
         fused_separable_forward(x, dw, None, pw, None, (1, 1), stride=(1, 0))
-    with pytest.raises(ValueError, match="needs a float32 CPU x, got torch.float64"):
+    with pytest.raises(ValueError, match="needs float32 CPU tensors, got x torch.float64"):
         fused_separable_forward(x.double(), dw, None, pw, None, (1, 1))
+    # a weight the kernel would read as float32 (float64's bytes: garbage)
+    with pytest.raises(ValueError, match="needs float32 CPU tensors, got pw_weight torch.float64"):
+        fused_separable_forward(x, dw, None, pw.double(), None, (1, 1))
+    with pytest.raises(ValueError, match="needs float32 CPU tensors, got dw_bias torch.float16"):
+        fused_separable_forward(x, dw, torch.randn(4).half(), pw, None, (1, 1))
     with pytest.raises(ValueError, match="needs 4-D x and weights"):
         fused_separable_forward(x[0], dw, None, pw, None, (1, 1))

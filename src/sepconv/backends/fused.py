@@ -247,8 +247,10 @@ def fused_separable_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: O
         raise ValueError(f"fused_separable_forward: padding must be >= 0, got {tuple(padding)}")
     if sh < 1 or sw < 1:
         raise ValueError(f"fused_separable_forward: stride must be >= 1, got {tuple(stride)}")
-    if x.dtype != torch.float32 or x.device.type != "cpu":
-        raise ValueError(f"fused_separable_forward needs a float32 CPU x, got {x.dtype} on {x.device}")
+    for name, t in (("x", x), ("dw_weight", dw_weight), ("dw_bias", dw_bias), ("pw_weight", pw_weight),
+                    ("pw_bias", pw_bias)):
+        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
+            raise ValueError(f"fused_separable_forward needs float32 CPU tensors, got {name} {t.dtype} on {t.device}")
     lib = native.load()[0]
     if lib is None:
         raise RuntimeError(f"fused_separable_forward: {fused_unavailable_reason()}")
