@@ -287,14 +287,22 @@ def test_row_tiles_on_the_layers_that_called_for_them():
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 3), st.integers(1, 60), st.integers(1, 60), st.integers(1, 1100), st.integers(6, 1200),
-       st.integers(1, 4), st.sampled_from([(1, 1), (2, 2), (1, 2), (3, 3)]))
-def test_the_kernel_schedule_splits_channels_cuts_strided_tiles_and_keeps_rows_whole(batch, ho, wo, cout, tile,
-                                                                                      threads, stride):
-    size, groups, _ = kernel_schedule(batch, ho, wo, cout, tile, threads, stride)
+       st.integers(1, 4), st.sampled_from([(1, 1), (2, 2), (1, 2), (3, 3)]), st.booleans())
+def test_the_kernel_schedule_shares_small_images_cuts_strided_tiles_and_keeps_rows_whole(batch, ho, wo, cout, tile,
+                                                                                         threads, stride, per_call):
+    size, groups, _ = kernel_schedule(batch, ho, wo, cout, tile, threads, stride, weight_laid_out_per_call=per_call)
     pixels = ho * wo
-    split = threads > 1 and batch == 1 and pixels < threads * cout and pixels <= threads * tile
-    if split:  # one tile, the output channels dealt to the threads: each reads its share of the 1x1 weight
+    shared = threads > 1 and batch == 1 and pixels < threads * cout and pixels <= threads * tile
+    rows_each = -(-ho // threads)
+    if shared and (per_call or cout > pixels * stride[0] * stride[1] or -(-ho // rows_each) < threads):
+        # the 1x1 weight outweighs the input, its rows make fewer tiles than threads, or the kernel lays the weight
+        # out per call: one tile, the output channels dealt to the threads, each reading the whole input and its
+        # share of the weight (the panels it laid out)
         assert size == pixels and groups == min(threads, -(-cout // 32))
+        return
+    if shared:  # the input outweighs the weight: one tile a thread, as few rows each as whole rows allow
+        assert size == rows_each * wo and -(-ho // rows_each) == threads and groups == 1
+        assert busiest_thread_rows(1, ho, rows_each, threads) == rows_each
         return
     budget = max(1, tile // (stride[0] * stride[1])) if pixels > tile else tile  # strided: cut by the stride's area
     rows = row_tile(batch, ho, wo, budget, threads)
@@ -311,6 +319,11 @@ def test_the_kernel_schedule_on_the_layers_that_called_for_it():
     assert kernel_schedule(1, 56, 56, 128, 678, 1, (2, 2))[:2] == (168, 1)  # 64 -> 128 @112 s2: a quarter, in rows
     assert kernel_schedule(1, 56, 56, 128, 678, 1)[:2] == (672, 1)  # the same output at stride 1: not cut
     assert kernel_schedule(1, 14, 14, 512, 222, 1, (2, 2))[:2] == (222, 1)  # 256 -> 512 @28 s2: one tile, not cut
+    # two threads: 784 input pixels outweigh 512 output channels, so seven rows a thread, not the channels split
+    assert kernel_schedule(1, 14, 14, 512, 222, 2, (2, 2))[:2] == (98, 1)
+    # the training engine's forward pass, which lays the weight out on the threads at each call: the channel split
+    assert kernel_schedule(1, 14, 14, 512, 222, 2, (2, 2), weight_laid_out_per_call=True)[:2] == (196, 2)
+    assert kernel_schedule(1, 7, 7, 1024, 120, 2, (2, 2))[:2] == (49, 2)  # 512 -> 1024 @14 s2: 196 < 1024, split
 
 
 @settings(max_examples=300, deadline=None)
@@ -392,11 +405,13 @@ def test_strided_images_of_several_tiles(cin, size, threads):
 
 
 @needs_kernel
-@pytest.mark.parametrize("cout", [40, 96])
-def test_fused_with_the_output_channels_split_among_threads(cout):
-    """A 7x7 image with more output channels than pixels per thread on two threads: the two 30-pixel tiles it
-    would take become one, its output channels split in two groups."""
-    assert kernel_schedule(1, 7, 7, cout, 30, 2)[:2] == (49, 2)
+@pytest.mark.parametrize("cout, schedule", [(56, (49, 2)), (96, (49, 2)), (40, (28, 1))])
+def test_fused_with_a_small_image_shared_among_threads(cout, schedule):
+    """A 7x7 image with more output channels than pixels per thread on two threads, instead of the two 30-pixel
+    tiles it would take: where its weight outweighs its input (more output channels than its 49 input pixels) one
+    tile, its output channels split in two groups (the second a partial panel); else a four-row and a three-row
+    tile, one a thread."""
+    assert kernel_schedule(1, 7, 7, cout, 30, 2)[:2] == schedule
     check_against_reference(1, 24, cout, 3, 1, 1, 1, True, "relu", None, 7, 7, 2, 3, tile=30)
 
 

@@ -135,25 +135,37 @@ def _busiest_thread_rows(batch: int, ho: int, rows: int, threads: int) -> int:
 
 
 def kernel_schedule(batch: int, ho: int, wo: int, out_channels: int, tile: int, threads: int,
-                    stride: tuple[int, int] = (1, 1)) -> tuple[int, int, bool]:
+                    stride: tuple[int, int] = (1, 1), weight_laid_out_per_call: bool = False) -> tuple[int, int, bool]:
     """How the fused kernel runs an output of ``batch`` x ``ho`` x ``wo`` pixels and ``out_channels`` channels on
     ``threads`` threads with tiles of about ``tile`` pixels, the depthwise step at ``stride``: ``(tile, groups,
     stream)``, the tile size, the number of output-channel groups (more than one where there are fewer tiles than
     threads) and whether the output is written with non-temporal stores (:data:`STREAM_MIN_BYTES`).
 
     One image of at most ``threads`` tiles whose threads would each get fewer pixels than there are output
-    channels is one tile, its output channels split among the threads: each thread then reads its share of the
-    1x1 weight, which outweighs its pixels there, instead of the whole weight (the 1x1 GEMM's own rule,
-    ``sepconv_gemm_f32``), for a tile buffer at most ``threads`` times the usual size.
+    channels is shared among the threads in one of two ways, whichever reads fewer bytes a thread. Where its 1x1
+    weight outweighs its input (more output channels than input pixels), it is one tile, its output channels
+    split: each thread reads the whole input and its share of the weight (the 1x1 GEMM's own rule,
+    ``sepconv_gemm_f32``), for a tile buffer at most ``threads`` times the usual size. Otherwise, where its rows
+    make one tile a thread (``ceil(ho / threads)`` rows each), each thread takes one: its share of the input and
+    the whole weight, with no depthwise step computed twice; where they do not, the output channels are split.
+    ``weight_laid_out_per_call``: the kernel lays the 1x1 weight out at each call (``sepconv_fused_forward_f32``,
+    the training engine's forward pass), its panels split among the threads as the channel split deals them, so
+    that each thread of a channel split reads the panels it has just written; such an image is always split by
+    channels.
 
-    Otherwise, where an image takes more than one tile, a strided layer's tile is ``tile`` divided by the stride's
-    area: its input rows then take the room a stride-1 tile's take, and the next tile's, which the kernel fetches
-    into L2 during the 1x1 step, fit there beside the current tile's buffer; a thread's first tile, which nothing
-    fetched ahead, is smaller too. The tile is then whole output rows (:func:`row_tile`) where it holds one, else
-    balanced over the threads by pixels (:func:`balanced_tile`)."""
+    For any other layer, where an image takes more than one tile, a strided layer's tile is ``tile`` divided by the
+    stride's area: its input rows then take the room a stride-1 tile's take, and the next tile's, which the kernel
+    fetches into L2 during the 1x1 step, fit there beside the current tile's buffer; a thread's first tile, which
+    nothing fetched ahead, is smaller too. The tile is then whole output rows (:func:`row_tile`) where it holds one,
+    else balanced over the threads by pixels (:func:`balanced_tile`)."""
     pixels = ho * wo
     if threads > 1 and batch == 1 and pixels < threads * out_channels and pixels <= threads * tile:
-        tile = pixels
+        rows = -(-ho // threads)
+        # the weight's bytes against the input's (out_channels x in_channels against input pixels x in_channels),
+        # and whether the rows make one tile a thread
+        split_rows = (not weight_laid_out_per_call and out_channels <= pixels * stride[0] * stride[1]
+                      and -(-ho // rows) == threads)
+        tile = rows * wo if split_rows else pixels
     elif pixels > tile:
         tile = max(1, tile // (stride[0] * stride[1]))
     rows = row_tile(batch, ho, wo, tile, threads)
@@ -261,7 +273,7 @@ def fused_separable_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: O
     threads = max(1, torch.get_num_threads())
     x = x.contiguous(memory_format=torch.channels_last)
     tile = flat_aware_tile(lib, n, c, cout, wo, ho, (sh, sw), default_tile(c))
-    tile, groups, stream = kernel_schedule(n, ho, wo, cout, tile, threads, (sh, sw))
+    tile, groups, stream = kernel_schedule(n, ho, wo, cout, tile, threads, (sh, sw), weight_laid_out_per_call=True)
     y = torch.empty((n, cout, ho, wo), dtype=torch.float32, memory_format=torch.channels_last)
     mid = torch.empty((n, c, ho, wo), dtype=torch.float32, memory_format=torch.channels_last) if keep_depthwise else None
     # the weights as stored (the kernel lays them out: they change at every step); kept in locals, as a pointer
