@@ -75,6 +75,8 @@ def test_forward_goals_take_the_ceiling_at_the_bandwidth_around_each_shape_where
     assert second["below_ceiling_goal"]["sepconv"] == [{"shape": "a", "of_ceiling": 0.89}]
     printed = sg.markdown([first, second], [])
     assert "| `isa-x` | 1* | 2 |" in printed and "| `isa-x` | 2 | 2 |" in printed
+    # fractions of the ceiling to three digits, so that one just under 0.9 does not read as 0.90
+    assert "| 0.850 (b) | b 0.850 |" in printed
 
 
 def _training_record():
