@@ -160,12 +160,12 @@ def kernel_schedule(batch: int, ho: int, wo: int, out_channels: int, tile: int, 
     else balanced over the threads by pixels (:func:`balanced_tile`)."""
     pixels = ho * wo
     if threads > 1 and batch == 1 and pixels < threads * out_channels and pixels <= threads * tile:
-        rows = -(-ho // threads)
+        rows_each = -(-ho // threads)
         # the weight's bytes against the input's (out_channels x in_channels against input pixels x in_channels),
         # and whether the rows make one tile a thread
         split_rows = (not weight_laid_out_per_call and out_channels <= pixels * stride[0] * stride[1]
-                      and -(-ho // rows) == threads)
-        tile = rows * wo if split_rows else pixels
+                      and -(-ho // rows_each) == threads)
+        tile = rows_each * wo if split_rows else pixels
     elif pixels > tile:
         tile = max(1, tile // (stride[0] * stride[1]))
     rows = row_tile(batch, ho, wo, tile, threads)
