@@ -47,7 +47,11 @@ on a shared host it moves within a pass, and a memory-bound layer's time with it
 pass's first measurement) and the medians `optimize` chose by (`sepconv_timings_ms`, ms; `sepconv_timing_clock`).
 `fused_roofline_ceiling_around` and `of_ceiling_around` are the ceiling and the fractions of it with the larger of
 those two bandwidths in the pass's roofline, the bandwidth the shape's rounds ran at as near as the probes tell
-(`speed_goals.py` checks a shape against it where the record has it).
+(`speed_goals.py` checks a shape against it where the record has it). With more than one thread each shape also
+records how long a cache line took between two threads just before and just after its rounds (`hop_ns_around`,
+`bench_thread_placement.hop_probe`; None without a C compiler) and `placement`, `far` where either took
+`bench_thread_placement.NEAR_NS` or more, else `near`: on a virtual machine the host moves the vCPUs
+between cores that share an L3 and cores far apart, and some layers run slower far apart (docs/design-notes.md).
 Writes `isa.json` (with the machine) into --out
 (default `benchmarks/results/isa-cpu-<threads>thread`).
 """
@@ -78,6 +82,8 @@ from sepconv.utils.io import atomic_write_bytes
 from sepconv.utils.machine import machine_info
 from sepconv.utils.memory import keep_freed_memory
 from sepconv.utils.timing import interleaved
+
+from bench_thread_placement import NEAR_NS, hop_probe  # benchmarks/, on the path as the script's own directory
 
 HERE = Path(__file__).resolve().parent
 #: The kernel variant the caller asked for (``SEPCONV_ISA``; e.g. ``avx2`` with the other libraries capped at AVX2,
@@ -110,7 +116,9 @@ def isas() -> list[str]:
 
 
 def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = "wall", parts: bool = False,
-              shuffle: bool = False) -> dict:
+              shuffle: bool = False, hop=None) -> dict:
+    """One suite shape's row of the record. ``hop``: a function returning the hop between two threads (ns,
+    :func:`bench_thread_placement.hop_probe`), called just before and just after the rounds; None records none."""
     torch.manual_seed(0)
     spec = case.spec
     x = torch.randn(case.batch, spec.in_channels, *case.size)
@@ -154,6 +162,7 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
             alone["sepconv"] = candidates.pop("sepconv")
     seed = 0 if shuffle else None
     bandwidth_before = measure_bandwidth()
+    hop_before = hop() if hop is not None else None
     with torch.no_grad():
         if clock == "cpu":
             timings = cpu_time_interleaved(candidates, rounds=rounds, shuffle_seed=seed)
@@ -161,6 +170,7 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
             timings = interleaved(candidates, rounds=rounds, target_s=0.01, shuffle_seed=seed)
             if alone:
                 timings.update(interleaved(alone, rounds=rounds, target_s=0.01))
+    hop_around = [hop_before, hop()] if hop is not None else None
     bandwidth_around = [bandwidth_before / 1e9, measure_bandwidth() / 1e9]
     ms = {k: 1e3 * v.median for k, v in timings.items()}
     std_cost = conv_cost(spec, case.size, batch=case.batch)
@@ -189,7 +199,9 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
                                      if "fused_avx2" in timings and "fused_avx512" in timings else None),
         "theoretical_speedup": mac_ratio, "realized": realized, "fused_roofline_ceiling": ceiling,
         "of_ceiling": {k: v / ceiling for k, v in realized.items()}, "best_path": best,
-        "bandwidth_gbs_around": bandwidth_around, "fused_roofline_ceiling_around": ceiling_around,
+        "bandwidth_gbs_around": bandwidth_around, "hop_ns_around": hop_around,
+        "placement": None if hop_around is None else "far" if max(hop_around) >= NEAR_NS else "near",
+        "fused_roofline_ceiling_around": ceiling_around,
         "of_ceiling_around": {k: v / ceiling_around for k, v in realized.items()},
         "sepconv_backend": fast.backend, "sepconv_candidate": fast.candidate,
         "sepconv_timings_ms": dict(fast.timings_ms), "sepconv_timing_clock": fast.timing_clock,
@@ -249,6 +261,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else HERE / "results" / f"isa-cpu-{args.threads}thread"
     variants = isas()
+    hop = hop_probe() if args.threads > 1 else None
+    if args.threads > 1 and hop is None:
+        print("bench_isa: no C compiler, or one CPU: the hop between threads is not recorded", flush=True)
     passes = []
     for number in range(1, args.passes + 1):
         load_before = list(os.getloadavg())
@@ -257,7 +272,7 @@ def main(argv=None) -> int:
         for suite in suites:
             for case in SUITES[suite]():
                 row = run_shape(case, roofline, variants, args.rounds, args.threads, args.clock, args.parts,
-                                args.shuffle)
+                                args.shuffle, hop)
                 rows.append(row)
                 print(f"{row['shape']:>28}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["median_ms"].items())
                       + f" | sepconv/ort {row['sepconv_vs_onnxruntime_alone']}", flush=True)

@@ -10,7 +10,7 @@ median time on its half of the layer's output rows (the tile `kernel_schedule` g
 runs it, swapped, with the output streamed, the second half alone, and with the second half's output moved
 128 KiB away from the first's (see the C file). Default layer: MobileNetV1's 256 -> 512 @28 s2, batch 1.
 
-A sample is `near` where `hop_ns` is under `--near-ns` (default 80: cores that share an L3 take a few tens of
+A sample is `near` where `hop_ns` is under `--near-ns` (default `NEAR_NS`, 80: cores that share an L3 take a few tens of
 ns), else `far`. The record holds every sample and, per placement, the median bandwidth and each variant's
 median times. On a virtual machine the host may move the two vCPUs between such placements within minutes;
 the run shows whether a two-thread record's slow spells follow them. Writes `placement.json` (with the machine)
@@ -20,6 +20,7 @@ into --out (default `benchmarks/results/placement-cpu`).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shutil
@@ -39,6 +40,48 @@ from sepconv.utils.machine import machine_info
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("rows", "rows_swapped", "rows_streamed", "bottom_alone", "rows_bottom_shifted")
+#: A hop (ns) under this is two cores sharing an L3 (``near``); at or over it, ``far``. Near took 24-39 ns and far
+#: 104-194 on the Zen 4 VM (``placement-zen4-avx512-2thread``).
+NEAR_NS = 80.0
+
+
+def compiler() -> str | None:
+    """The C compiler: ``$CC``, else ``cc`` or ``gcc`` on the path, else None."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def build(cc: str, binary: Path) -> None:
+    """``thread_placement.c`` into ``binary`` (``-O3 -march=native -fopenmp``); SystemExit with the compiler's
+    message if that fails."""
+    cmd = [cc, "-O3", "-march=native", "-std=gnu11", "-fopenmp", str(HERE / "thread_placement.c"), "-o", str(binary),
+           "-lm"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench_thread_placement: building with {' '.join(cmd)} failed:\n{done.stderr}")
+
+
+def bound_env() -> dict:
+    """The environment the C program runs in: its OpenMP threads bound to CPUs (``OMP_PROC_BIND=true``)."""
+    return dict(os.environ, OMP_PROC_BIND="true")
+
+
+def hop_probe():
+    """A function returning the hop between two threads (ns; ``thread_placement.c hop``, about 5-35 ms a call),
+    built once into a directory removed at exit; None where the machine has fewer than two CPUs or no C compiler.
+    Other benchmarks record it beside their rounds (``bench_isa.py``)."""
+    cc = compiler()
+    if cc is None or (os.cpu_count() or 1) < 2:
+        return None
+    directory = tempfile.TemporaryDirectory()
+    atexit.register(directory.cleanup)
+    binary = Path(directory.name) / "thread_placement"
+    build(cc, binary)
+    env = bound_env()
+
+    def hop() -> float:
+        return float(subprocess.run([str(binary), "hop"], capture_output=True, text=True, check=True,
+                                    env=env).stdout)
+    return hop
 
 
 def parse_layer(text: str) -> tuple[int, int, int, int, int]:
@@ -88,7 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=600.0)
     p.add_argument("--layer", type=parse_layer, default=(28, 28, 256, 512, 2))
     p.add_argument("--calls", type=int, default=300, help="rounds per variant and sample (default 300)")
-    p.add_argument("--near-ns", type=float, default=80.0)
+    p.add_argument("--near-ns", type=float, default=NEAR_NS)
     p.add_argument("--out")
     args = p.parse_args(argv)
     if args.seconds <= 0 or args.calls < 1 or args.near_ns <= 0:
@@ -96,7 +139,7 @@ def main(argv=None) -> int:
                 f"{args.calls}")
     if (os.cpu_count() or 1) < 2:
         p.error("needs at least two CPUs")
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    cc = compiler()
     if cc is None:
         p.error("no C compiler: set CC or install cc/gcc")
     try:
@@ -105,15 +148,11 @@ def main(argv=None) -> int:
         p.error(f"--layer {','.join(map(str, args.layer))}: {e}")
     out = Path(args.out) if args.out else HERE / "results" / "placement-cpu"
     torch.set_num_threads(2)
-    env = dict(os.environ, OMP_PROC_BIND="true")
+    env = bound_env()
     samples = []
     with tempfile.TemporaryDirectory() as tmp:
         binary = Path(tmp) / "thread_placement"
-        cmd = [cc, "-O3", "-march=native", "-std=gnu11", "-fopenmp", str(HERE / "thread_placement.c"), "-o",
-               str(binary), "-lm"]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"bench_thread_placement: building with {' '.join(cmd)} failed:\n{done.stderr}")
+        build(cc, binary)
         end = time.monotonic() + args.seconds
         while time.monotonic() < end:
             bandwidth = measure_bandwidth(copy_mib=64, rounds=5) / 1e9

@@ -10,7 +10,9 @@ is checked against the goals the project holds its CPU engines to (per machine k
   fused-layer roofline ceiling on every shape, and never slower than ONNX Runtime alone on any shape, each for
   `sepconv.optimize`'s choice (the `sepconv` candidate); the fused kernel's builds are shown beside it. The
   ceiling takes the memory bandwidth measured around each shape's rounds where the record has it
-  (`of_ceiling_around`; a shared host's bandwidth moves within a pass), else the pass's roofline (older records);
+  (`of_ceiling_around`; a shared host's bandwidth moves within a pass), else the pass's roofline (older records).
+  Where the record has each shape's `placement` (two threads, the hop between them), the shapes run with the threads
+  far apart are marked, and whether every other shape meets the ceiling goal is shown beside the goal;
 * training, `bench_fused_training.py`: the layer as `tune_training` leaves it at least 0.8 of its training GEMM
   ceiling at the median.
 
@@ -105,24 +107,33 @@ def forward_goals(name: str, record: dict) -> list[dict]:
         around = all("of_ceiling_around" in s for s in shapes)
         row["ceiling_bandwidth"] = "around each shape" if around else "the pass's roofline"
         key = "of_ceiling_around" if around else "of_ceiling"
+        # where the two threads ran (bench_isa.py's `placement`, records with the hop between them): a shape
+        # measured with them far apart may run slower for that alone (docs/design-notes.md)
+        placed = {s["shape"]: s.get("placement") for s in shapes}
+        row["far_shapes"] = (sum(p == "far" for p in placed.values())
+                             if any(p is not None for p in placed.values()) else None)
         for candidate in ["sepconv"] + builds:
             values = [(s["shape"], s[key][candidate]) for s in shapes if candidate in s.get(key, {})]
             if not values:
                 continue
             row["realized_median"][candidate] = statistics.median(s["realized"][candidate] for s in shapes)
             least = min(values, key=lambda v: v[1])
-            row["least_of_ceiling"][candidate] = {"shape": least[0], "of_ceiling": least[1]}
-            row["below_ceiling_goal"][candidate] = [{"shape": s, "of_ceiling": v} for s, v in values
-                                                    if v < FORWARD_OF_CEILING]
+            row["least_of_ceiling"][candidate] = {"shape": least[0], "of_ceiling": least[1],
+                                                  "placement": placed[least[0]]}
+            row["below_ceiling_goal"][candidate] = [{"shape": s, "of_ceiling": v, "placement": placed[s]}
+                                                    for s, v in values if v < FORWARD_OF_CEILING]
         ratios = [(s["shape"], s["sepconv_vs_onnxruntime_alone"]) for s in shapes
                   if s.get("sepconv_vs_onnxruntime_alone") is not None]
         row["onnxruntime"] = {"shapes": len(ratios),
                               "at_most": sum(r <= ONNXRUNTIME_RATIO for _, r in ratios),
                               "slower": [{"shape": s, "ratio": r} for s, r in ratios if r > ONNXRUNTIME_RATIO]}
         median = row["realized_median"].get("sepconv")
+        below = row["below_ceiling_goal"].get("sepconv")
         row["met"] = {"forward_median": median is not None and median >= FORWARD_MEDIAN,
-                      "every_shape_of_ceiling": "sepconv" in row["below_ceiling_goal"]
-                      and not row["below_ceiling_goal"]["sepconv"],
+                      "every_shape_of_ceiling": below is not None and not below,
+                      # the same for the shapes measured with the threads near (None: no placement recorded)
+                      "every_near_shape_of_ceiling": (None if below is None or row["far_shapes"] is None
+                                                      else all(b["placement"] == "far" for b in below)),
                       "not_slower_than_onnxruntime": bool(ratios) and not row["onnxruntime"]["slower"]}
         rows.append(row)
     return rows
@@ -149,6 +160,11 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "**no**"
 
 
+def _placed(entry: dict) -> str:
+    """``", far"`` where a shape ran with the two threads far apart (``bench_isa.py``'s ``placement``), else ``""``."""
+    return ", far" if entry.get("placement") == "far" else ""
+
+
 def markdown(forward: list[dict], training: list[dict]) -> str:
     """The rows of :func:`forward_goals` and :func:`training_goals` as two Markdown tables."""
     lines = []
@@ -156,7 +172,8 @@ def markdown(forward: list[dict], training: list[dict]) -> str:
         lines += [f"Forward (goals: realized median >= {FORWARD_MEDIAN}, every shape >= {FORWARD_OF_CEILING} of the "
                   f"ceiling, never slower than ONNX Runtime alone; for `optimize`'s choice)", "",
                   "The ceiling takes the memory bandwidth measured around each shape where a pass has it "
-                  "(marked *), else the pass's roofline.", "",
+                  "(marked *), else the pass's roofline. `far`: the shape ran with its two threads on cores far "
+                  "apart (bench_thread_placement.py), where records with the hop between them have it.", "",
                   "| record | pass | threads | realized median: optimize (fused builds) | least of the ceiling | "
                   f"shapes below {FORWARD_OF_CEILING} | at most ONNX Runtime alone | goals met |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -165,16 +182,21 @@ def markdown(forward: list[dict], training: list[dict]) -> str:
                                if k != "sepconv")
             least = r["least_of_ceiling"].get("sepconv", {})
             # three digits: a shape just under the goal would otherwise read as 0.90
-            below = "; ".join(f"{b['shape']} {b['of_ceiling']:.3f}" for b in r["below_ceiling_goal"].get("sepconv", []))
+            below = "; ".join(f"{b['shape']} {b['of_ceiling']:.3f}{_placed(b)}"
+                              for b in r["below_ceiling_goal"].get("sepconv", []))
             slower = "; ".join(f"{s['shape']} {s['ratio']:.3f}x" for s in r["onnxruntime"]["slower"])
             ort = f"{r['onnxruntime']['at_most']} of {r['onnxruntime']['shapes']}" + (f" ({slower})" if slower else "")
             met = r["met"]
             mark = "*" if r["ceiling_bandwidth"] == "around each shape" else ""
+            near = ""
+            if not met["every_shape_of_ceiling"] and met.get("every_near_shape_of_ceiling") is not None:
+                near = f" ({_yes(met['every_near_shape_of_ceiling'])} where the threads ran near)"
             lines.append(f"| `{r['record']}` | {r['pass']}{mark} | {r['threads']} | "
                          f"{r['realized_median'].get('sepconv', float('nan')):.2f} ({builds}) | "
-                         f"{least.get('of_ceiling', float('nan')):.3f} ({least.get('shape', '-')}) | {below or '-'} | "
-                         f"{ort} | median {_yes(met['forward_median'])}, every shape "
-                         f"{_yes(met['every_shape_of_ceiling'])}, ONNX Runtime {_yes(met['not_slower_than_onnxruntime'])} |")
+                         f"{least.get('of_ceiling', float('nan')):.3f} ({least.get('shape', '-')}{_placed(least)}) | "
+                         f"{below or '-'} | {ort} | median {_yes(met['forward_median'])}, every shape "
+                         f"{_yes(met['every_shape_of_ceiling'])}{near}, ONNX Runtime "
+                         f"{_yes(met['not_slower_than_onnxruntime'])} |")
     if training:
         if lines:
             lines.append("")

@@ -37,6 +37,20 @@ def test_a_row_records_the_bandwidth_around_it_and_what_optimize_timed(monkeypat
     assert row["sepconv_timing_clock"] in ("wall", "cpu")
 
 
+def test_a_row_records_the_hop_between_threads_around_its_rounds_where_given_a_probe(monkeypatch):
+    monkeypatch.setenv("SEPCONV_ISA", bench_isa.CALLER_ISA)
+    monkeypatch.setattr(bench_isa, "measure_bandwidth", lambda: 1e10)
+    case = Case("tiny", ConvSpec.make(8, 16, 3, padding=1, bias=False), (6, 6), 1)
+    hops = iter([27.0, 168.0])  # before and after the rounds, in that order
+    row = bench_isa.run_shape(case, Roofline(1e10, 1e9), [], rounds=1, threads=1, hop=lambda: next(hops))
+    assert row["hop_ns_around"] == [27.0, 168.0] and row["placement"] == "far"  # either hop far: far
+    hops = iter([27.0, 30.0])
+    assert bench_isa.run_shape(case, Roofline(1e10, 1e9), [], rounds=1, threads=1,
+                               hop=lambda: next(hops))["placement"] == "near"
+    row = bench_isa.run_shape(case, Roofline(1e10, 1e9), [], rounds=1, threads=1)
+    assert row["hop_ns_around"] is None and row["placement"] is None
+
+
 def test_every_candidate_is_timed_without_grad_and_each_build_runs_its_own_kernels(monkeypatch):
     monkeypatch.setenv("SEPCONV_ISA", bench_isa.CALLER_ISA)
     monkeypatch.setattr(bench_isa, "measure_bandwidth", lambda: 1e10)

@@ -47,17 +47,39 @@ def test_forward_goals_per_pass():
     assert (first["pass"], first["threads"], first["shapes"], first["machine"]) == (1, 2, 3, "zen4-avx512")
     assert first["realized_median"]["sepconv"] == pytest.approx(0.86)
     assert first["realized_median"]["fused_avx512"] == pytest.approx(0.87)
-    assert first["least_of_ceiling"]["sepconv"] == {"shape": "b", "of_ceiling": 0.90}
+    assert first["least_of_ceiling"]["sepconv"] == {"shape": "b", "of_ceiling": 0.90, "placement": None}
     assert first["below_ceiling_goal"]["sepconv"] == []
     assert first["onnxruntime"] == {"shapes": 3, "at_most": 3, "slower": []}
-    assert first["met"] == {"forward_median": True, "every_shape_of_ceiling": True, "not_slower_than_onnxruntime": True}
+    assert first["far_shapes"] is None  # no placement recorded
+    assert first["met"] == {"forward_median": True, "every_shape_of_ceiling": True, "every_near_shape_of_ceiling": None,
+                            "not_slower_than_onnxruntime": True}
     # pass 2: every goal missed, and the shapes that miss named
     assert second["realized_median"]["sepconv"] == pytest.approx(0.84)
-    assert second["below_ceiling_goal"]["sepconv"] == [{"shape": "a", "of_ceiling": 0.89}]
+    assert second["below_ceiling_goal"]["sepconv"] == [{"shape": "a", "of_ceiling": 0.89, "placement": None}]
     assert second["onnxruntime"] == {"shapes": 3, "at_most": 2, "slower": [{"shape": "b", "ratio": 1.02}]}
     assert second["met"] == {"forward_median": False, "every_shape_of_ceiling": False,
-                             "not_slower_than_onnxruntime": False}
+                             "every_near_shape_of_ceiling": None, "not_slower_than_onnxruntime": False}
 
+
+def test_shapes_run_with_the_threads_far_apart_are_marked_and_the_others_checked_apart():
+    record = _isa_record()
+    # pass 1 meets every goal; pass 2 misses the ceiling at "a" only, which ran far
+    for shapes in (record["shapes"], record["passes"][0]["shapes"]):
+        for shape, placement in zip(shapes, ("far", "near", "near")):
+            shape["placement"] = placement
+    first, second = sg.forward_goals("isa-x", record)
+    assert first["far_shapes"] == 1 and first["met"]["every_shape_of_ceiling"]
+    assert second["below_ceiling_goal"]["sepconv"] == [{"shape": "a", "of_ceiling": 0.89, "placement": "far"}]
+    assert second["least_of_ceiling"]["sepconv"]["placement"] == "far"
+    assert not second["met"]["every_shape_of_ceiling"] and second["met"]["every_near_shape_of_ceiling"]
+    printed = sg.markdown([first, second], [])
+    assert "| 0.890 (a, far) | a 0.890, far |" in printed
+    assert "every shape **no** (yes where the threads ran near)" in printed
+    # a miss where the threads ran near is not excused
+    record["passes"][0]["shapes"][0]["placement"] = "near"
+    second = sg.forward_goals("isa-x", record)[1]
+    assert second["far_shapes"] == 0 and second["met"]["every_near_shape_of_ceiling"] is False
+    assert "(**no** where the threads ran near)" in sg.markdown([second], [])
 
 
 def test_forward_goals_take_the_ceiling_at_the_bandwidth_around_each_shape_where_a_pass_has_it():
@@ -67,12 +89,12 @@ def test_forward_goals_take_the_ceiling_at_the_bandwidth_around_each_shape_where
         shape["of_ceiling_around"] = {"sepconv": value, "fused_avx512": value + 0.01}
     first, second = sg.forward_goals("isa-x", record)
     assert first["ceiling_bandwidth"] == "around each shape"
-    assert first["least_of_ceiling"]["sepconv"] == {"shape": "b", "of_ceiling": 0.85}
+    assert first["least_of_ceiling"]["sepconv"] == {"shape": "b", "of_ceiling": 0.85, "placement": None}
     assert [b["shape"] for b in first["below_ceiling_goal"]["sepconv"]] == ["b"]
     assert not first["met"]["every_shape_of_ceiling"]
     # pass 2 has no such field: its own roofline's ceiling, as before
     assert second["ceiling_bandwidth"] == "the pass's roofline"
-    assert second["below_ceiling_goal"]["sepconv"] == [{"shape": "a", "of_ceiling": 0.89}]
+    assert second["below_ceiling_goal"]["sepconv"] == [{"shape": "a", "of_ceiling": 0.89, "placement": None}]
     printed = sg.markdown([first, second], [])
     assert "| `isa-x` | 1* | 2 |" in printed and "| `isa-x` | 2 | 2 |" in printed
     # fractions of the ceiling to three digits, so that one just under 0.9 does not read as 0.90

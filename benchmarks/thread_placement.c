@@ -2,6 +2,7 @@
  *
  *     cc -O3 -march=native -std=gnu11 -fopenmp benchmarks/thread_placement.c -o /tmp/thread_placement -lm
  *     OMP_PROC_BIND=true /tmp/thread_placement [H W C Cout stride tile [calls]]   # default 28 28 256 512 2 98 300
+ *     OMP_PROC_BIND=true /tmp/thread_placement hop                               # the hop alone, ns
  *
  * One sample, printed as one line of JSON:
  *
@@ -31,6 +32,7 @@
 #include <omp.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <string.h>
 
 #define HOPS 100000L
 #define SHIFT_BYTES (128 * 1024)
@@ -109,6 +111,10 @@ static int run(const layer_t *l, const int job_of[2], int stream, size_t shift, 
 }
 
 int main(int argc, char **argv) {
+    if (argc == 2 && strcmp(argv[1], "hop") == 0) {
+        printf("%.1f\n", hop_ns());
+        return 0;
+    }
     layer_t l = {0};
     l.H = argc > 1 ? atoi(argv[1]) : 28;
     l.W = argc > 2 ? atoi(argv[2]) : 28;
