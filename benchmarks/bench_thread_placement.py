@@ -65,10 +65,15 @@ def bound_env() -> dict:
     return dict(os.environ, OMP_PROC_BIND="true")
 
 
+#: Seconds :func:`hop_probe`'s function waits before it measures: long enough for the caller's idle threads to stop
+#: spinning (an ONNX Runtime session's, right after its run, made the hop read twice as long on the Zen 4 VM).
+HOP_SETTLE_S = 0.05
+
+
 def hop_probe():
-    """A function returning the hop between two threads (ns; ``thread_placement.c hop``, about 5-35 ms a call),
-    built once into a directory removed at exit; None where the machine has fewer than two CPUs or no C compiler.
-    Other benchmarks record it beside their rounds (``bench_isa.py``)."""
+    """A function returning the hop between two threads (ns; ``thread_placement.c hop``, about 55-90 ms a call
+    with :data:`HOP_SETTLE_S`), built once into a directory removed at exit; None where the machine has fewer than
+    two CPUs or no C compiler. Other benchmarks record it beside their rounds (``bench_isa.py``)."""
     cc = compiler()
     if cc is None or (os.cpu_count() or 1) < 2:
         return None
@@ -79,6 +84,7 @@ def hop_probe():
     env = bound_env()
 
     def hop() -> float:
+        time.sleep(HOP_SETTLE_S)
         return float(subprocess.run([str(binary), "hop"], capture_output=True, text=True, check=True,
                                     env=env).stdout)
     return hop
