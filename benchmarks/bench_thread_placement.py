@@ -40,8 +40,8 @@ from sepconv.utils.machine import machine_info
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("rows", "rows_swapped", "rows_streamed", "bottom_alone", "rows_bottom_shifted")
-#: A hop (ns) under this is two cores sharing an L3 (``near``); at or over it, ``far``. Near took 24-39 ns and far
-#: 104-194 on the Zen 4 VM (``placement-zen4-avx512-2thread``).
+#: A hop (ns) under this is two cores sharing an L3 (``near``); at or over it, ``far``. Near took 23.8-31.2 ns and
+#: far 155-270 on the Zen 4 VM (``placement-zen4-avx512-2thread``).
 NEAR_NS = 80.0
 
 
