@@ -83,7 +83,7 @@ from sepconv.utils.machine import machine_info
 from sepconv.utils.memory import keep_freed_memory
 from sepconv.utils.timing import interleaved
 
-from bench_thread_placement import NEAR_NS, hop_probe  # benchmarks/, on the path as the script's own directory
+from bench_thread_placement import hop_probe, placement  # benchmarks/, on the path as the script's own directory
 
 HERE = Path(__file__).resolve().parent
 #: The kernel variant the caller asked for (``SEPCONV_ISA``; e.g. ``avx2`` with the other libraries capped at AVX2,
@@ -200,7 +200,7 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
         "theoretical_speedup": mac_ratio, "realized": realized, "fused_roofline_ceiling": ceiling,
         "of_ceiling": {k: v / ceiling for k, v in realized.items()}, "best_path": best,
         "bandwidth_gbs_around": bandwidth_around, "hop_ns_around": hop_around,
-        "placement": None if hop_around is None else "far" if max(hop_around) >= NEAR_NS else "near",
+        "placement": None if hop_around is None else placement(max(hop_around)),
         "fused_roofline_ceiling_around": ceiling_around,
         "of_ceiling_around": {k: v / ceiling_around for k, v in realized.items()},
         "sepconv_backend": fast.backend, "sepconv_candidate": fast.candidate,

@@ -23,7 +23,6 @@ import argparse
 import atexit
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from sepconv.backends import native
 from sepconv.backends.fused import default_tile, kernel_schedule
 from sepconv.bench.roofline import measure_bandwidth
 from sepconv.utils.io import atomic_write_bytes
@@ -45,9 +45,9 @@ VARIANTS = ("rows", "rows_swapped", "rows_streamed", "bottom_alone", "rows_botto
 NEAR_NS = 80.0
 
 
-def compiler() -> str | None:
-    """The C compiler: ``$CC``, else ``cc`` or ``gcc`` on the path, else None."""
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+def placement(hop_ns: float, near_ns: float = NEAR_NS) -> str:
+    """``"near"`` for a hop (ns) under ``near_ns``, else ``"far"``."""
+    return "near" if hop_ns < near_ns else "far"
 
 
 def build(cc: str, binary: Path) -> None:
@@ -74,7 +74,7 @@ def hop_probe():
     """A function returning the hop between two threads (ns; ``thread_placement.c hop``, about 55-90 ms a call
     with :data:`HOP_SETTLE_S`), built once into a directory removed at exit; None where the machine has fewer than
     two CPUs or no C compiler. Other benchmarks record it beside their rounds (``bench_isa.py``)."""
-    cc = compiler()
+    cc = native._compiler()  # the one the library builds its kernels with
     if cc is None or (os.cpu_count() or 1) < 2:
         return None
     directory = tempfile.TemporaryDirectory()
@@ -119,8 +119,8 @@ def summarize(samples: list[dict], near_ns: float) -> dict:
     with ``second_over_first``, the second thread's median over the first's (``None`` where the first ran
     nothing). Placements without samples are left out."""
     out = {}
-    for name, keep in (("near", lambda s: s["hop_ns"] < near_ns), ("far", lambda s: s["hop_ns"] >= near_ns)):
-        group = [s for s in samples if keep(s)]
+    for name in ("near", "far"):
+        group = [s for s in samples if placement(s["hop_ns"], near_ns) == name]
         if not group:
             continue
         entry = {"samples": len(group), "hop_ns": statistics.median(s["hop_ns"] for s in group),
@@ -145,9 +145,9 @@ def main(argv=None) -> int:
                 f"{args.calls}")
     if (os.cpu_count() or 1) < 2:
         p.error("needs at least two CPUs")
-    cc = compiler()
+    cc = native._compiler()
     if cc is None:
-        p.error("no C compiler: set CC or install cc/gcc")
+        p.error("no C compiler: set CC or install cc, gcc or clang")
     try:
         tile = shared_tile(*args.layer)
     except ValueError as e:

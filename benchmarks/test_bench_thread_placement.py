@@ -3,13 +3,13 @@ the C program it builds."""
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 import bench_thread_placement as bench
+from sepconv.backends import native
 from sepconv.backends.fused import default_tile, kernel_schedule
 
 
@@ -49,7 +49,7 @@ def test_a_bad_layer_is_refused(text):
 @pytest.mark.slow
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the C program runs two threads")
 def test_the_c_program_times_each_thread_on_its_half(tmp_path):
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    cc = native._compiler()
     if cc is None:
         pytest.skip("no C compiler")
     binary = tmp_path / "thread_placement"
