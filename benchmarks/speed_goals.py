@@ -42,12 +42,18 @@ RECORD_FILES = ("isa.json", "fused_training.json")
 # AMD family 25 (0x19) models by core: Zen 4 at 0x10-0x1f (Genoa), 0x60-0x7f (Raphael, Phoenix), 0xa0-0xaf
 # (Bergamo, Siena); the others Zen 3 (Milan 0x01, Vermeer 0x21, Rembrandt 0x44, Cezanne 0x50)
 _ZEN4_MODELS = (range(0x10, 0x20), range(0x60, 0x80), range(0xA0, 0xB0))
+# Intel family 6 models by core (Intel's SDM, volume 4, table 2-1): the Xeon server cores and the recent client ones
+_INTEL_CORES = {0x55: "skx", 0x6A: "icx", 0x6C: "icx", 0x8F: "spr", 0xCF: "emr", 0xAD: "gnr", 0xAE: "gnr",
+                0xAF: "srf", 0x7E: "icl", 0x8C: "tgl", 0x8D: "tgl", 0x97: "adl", 0x9A: "adl", 0xB7: "rpl",
+                0xBA: "rpl", 0xBF: "rpl", 0xAA: "mtl", 0xC5: "arl", 0xC6: "arl", 0xBD: "lnl"}
 
 
 def core_name(family_model: str | None, arch: str | None = None) -> str:
     """The CPU's core as record names give it, from ``machine_info()['cpu_family_model']`` ("25/17"): ``zen2`` ..
-    ``zen5`` for AMD families 23-26, ``intel-f6m<model>`` for Intel's, else ``arch`` (``platform.machine()``
-    where None: ``aarch64`` on ARM, whose /proc/cpuinfo has no family)."""
+    ``zen5`` for AMD families 23-26; Intel's by its code name (``spr`` Sapphire Rapids, ``emr`` Emerald Rapids,
+    ``adl`` Alder Lake, ...), ``intelf6m<model>`` for a model not in the table; ``cpuf<family>m<model>`` for other
+    vendors' families; else ``arch`` (``platform.machine()`` where None: ``aarch64`` on ARM, whose /proc/cpuinfo
+    has no family). Never a hyphen: record names are ``<core>-<isa>``."""
     try:
         family, model = (int(part) for part in str(family_model).split("/"))
     except ValueError:
@@ -58,7 +64,9 @@ def core_name(family_model: str | None, arch: str | None = None) -> str:
         return "zen4" if any(model in r for r in _ZEN4_MODELS) else "zen3"
     if family == 26:
         return "zen5"
-    return f"intel-f{family}m{model}" if family == 6 else f"cpu-f{family}m{model}"
+    if family == 6:
+        return _INTEL_CORES.get(model, f"intelf{family}m{model}")
+    return f"cpuf{family}m{model}"
 
 
 def machine_name(machine: dict, arch: str | None = None) -> str:

@@ -11,7 +11,8 @@ import speed_goals as sg
     ("25/17", None, "zen4"), ("25/97", None, "zen4"), ("25/160", None, "zen4"),
     ("25/1", None, "zen3"), ("25/33", None, "zen3"), ("25/80", None, "zen3"),
     ("26/2", None, "zen5"), ("23/49", None, "zen2"), ("23/8", None, "zen1"),
-    ("6/85", None, "intel-f6m85"), ("7/1", None, "cpu-f7m1"),
+    ("6/85", None, "skx"), ("6/143", None, "spr"), ("6/207", None, "emr"), ("6/151", None, "adl"),
+    ("6/60", None, "intelf6m60"), ("7/1", None, "cpuf7m1"),
     (None, "aarch64", "aarch64"), ("garbage", "ARM64", "arm64"),
 ])
 def test_core_name(family_model, arch, expected):
@@ -25,6 +26,7 @@ def test_machine_name_names_the_isa_and_the_caps():
     capped = dict(zen4, isa_caps={"ATEN_CPU_CAPABILITY": "avx2", "SEPCONV_ISA": "avx2"})
     assert sg.machine_name(capped) == "zen4-avx2cap"
     assert sg.machine_name(dict(zen4, isa_caps={"SEPCONV_ISA": "scalar"})) == "zen4-capped"
+    assert sg.machine_name({"cpu_family_model": "6/207", "cpu_isa": "AVX512"}) == "emr-avx512"
     assert sg.machine_name({"cpu_family_model": None, "cpu_isa": "DEFAULT"}, arch="aarch64") == "aarch64-neon"
 
 
