@@ -413,77 +413,57 @@ static inline __attribute__((always_inline)) void depthwise3_block(const float *
     }
 }
 
-/* Blocks k0 .. k1 - 1 of a depthwise3_rows segment for one channel block: p, f0, f1, o0, o1 at the segment's
- * first pixel. clean (a constant): every window inside the row and SLIDE pixels, so the block has no column checks;
- * otherwise each block's window columns and pixel count are taken at run time. */
-static inline __attribute__((always_inline)) void depthwise3_blocks(const float *p, const float *f0,
-                                                                    const float *f1, float *o0, float *o1,
-                                                                    size_t row, int C, int W, const __m512 *w,
-                                                                    __m512 b, int two, int r_lo, int r_hi, int iw0,
-                                                                    int npix, int k0, int k1, int clean, int act,
-                                                                    int cp) {
-    p += (size_t)k0 * SLIDE * C;
-    o0 += (size_t)k0 * SLIDE * cp;
-    if (two) o1 += (size_t)k0 * SLIDE * cp;
-    if (f0) f0 += (size_t)k0 * SLIDE * C;
-    if (f1) f1 += (size_t)k0 * SLIDE * C;
+/* Blocks k0 .. k1 - 1 of a depthwise3_rows segment, each for every channel block in turn: p, o0, o1 at the
+ * segment's first pixel (channel 0). clean (a constant): every window inside the row and SLIDE pixels, so the
+ * block has no column checks; otherwise each block's window columns and pixel count are taken at run time. The
+ * block's nine weight vectors and bias are loaded for each channel block (from L1: 10 loads against the block's 40
+ * input loads and 144 FMAs). */
+static inline __attribute__((always_inline)) void depthwise3_blocks(const float *p, float *o0, float *o1,
+                                                                    size_t row, int C, int W, const float *wdw,
+                                                                    const float *bdw, int two, int r_lo, int r_hi,
+                                                                    int iw0, int npix, int k0, int k1, int clean,
+                                                                    int act, int cp) {
     for (int k = k0; k < k1; ++k) {
-        if (clean) {
-            depthwise3_block(p, row, C, w, b, two, r_lo, r_hi, 0, SLIDE + 2, SLIDE, act, o0, o1, cp);
-        } else {
-            int iw = iw0 + k * SLIDE, cnt = npix - k * SLIDE < SLIDE ? npix - k * SLIDE : SLIDE;
-            int q_lo = iw < 0 ? -iw : 0, q_hi = W - iw < SLIDE + 2 ? W - iw : SLIDE + 2;
-            depthwise3_block(p, row, C, w, b, two, r_lo, r_hi, q_lo, q_hi, cnt, act, o0, o1, cp);
+        const float *pk = p + (size_t)k * SLIDE * C;
+        float *o0k = o0 + (size_t)k * SLIDE * cp, *o1k = two ? o1 + (size_t)k * SLIDE * cp : NULL;
+        int iw = iw0 + k * SLIDE, cnt = npix - k * SLIDE < SLIDE ? npix - k * SLIDE : SLIDE;
+        int q_lo = iw < 0 ? -iw : 0, q_hi = W - iw < SLIDE + 2 ? W - iw : SLIDE + 2;
+        for (int c = 0; c < C; c += 16) {
+            __m512 w[9];
+#pragma GCC unroll 9
+            for (int t = 0; t < 9; ++t) w[t] = _mm512_loadu_ps(wdw + (size_t)t * C + c);
+            __m512 b = bdw ? _mm512_loadu_ps(bdw + c) : _mm512_setzero_ps();
+            if (clean)
+                depthwise3_block(pk + c, row, C, w, b, two, r_lo, r_hi, 0, SLIDE + 2, SLIDE, act, o0k + c,
+                                 two ? o1k + c : NULL, cp);
+            else
+                depthwise3_block(pk + c, row, C, w, b, two, r_lo, r_hi, q_lo, q_hi, cnt, act, o0k + c,
+                                 two ? o1k + c : NULL, cp);
         }
-        if (f0) { /* this block's pixels of the rows the next pair reads */
-            const float *g0 = f0, *g1 = f1;
-#pragma GCC unroll 8
-            for (int j = 0; j < SLIDE; ++j) {
-                _mm_prefetch((const char *)g0, _MM_HINT_T0);
-                if (g1) _mm_prefetch((const char *)g1, _MM_HINT_T0);
-                g0 += C;
-                if (g1) g1 += C;
-                OPAQUE_POINTER(g0);
-            }
-            f0 += (size_t)SLIDE * C;
-            if (f1) f1 += (size_t)SLIDE * C;
-        }
-        p += (size_t)SLIDE * C;
-        o0 += (size_t)SLIDE * cp;
-        if (two) o1 += (size_t)SLIDE * cp;
     }
 }
 
 /* Output pixels ow0 .. ow0 + npix - 1 of row oh, and of row oh + 1 where two, of a 3x3 kernel at stride 1, C a
  * multiple of 16; ih0 = oh - ph, iw0 = ow0 - pw; input rows r of ih0 .. ih0 + 2 + two outside [r_lo, r_hi) are
- * zero padding. Pixel j of each row into out0 / out1 + j cp. Channel block outer: the block's nine weight vectors
- * and the bias stay in registers along the whole segment, border blocks included, while blocks of SLIDE pixels
- * slide along it (depthwise3_block): the blocks whose windows lie inside the row without column checks, those at
- * the row's borders or the segment's end with them (separate loops: as branches of one loop, GCC merged the two
- * into one block with the checks). Against depthwise_slide2's window (a loop over the four input rows, the weights
- * reloaded per block, the window's ten offsets kept as pointers on the stack) this runs near the FMA peak on inputs
- * in L1 (docs/design-notes.md). pf0, pf1: the two input rows the next pair adds (prefetched along the segment) or
- * NULL. */
+ * zero padding. Pixel j of each row into out0 / out1 + j cp. Blocks of SLIDE pixels slide along the segment
+ * (depthwise3_block), each block taking every channel block in turn: the blocks whose windows lie inside the row
+ * without column checks, those at the row's borders or the segment's end with them (separate loops: as branches of
+ * one loop, GCC merged the two into one block with the checks). Blocks outer, so a block's window is read as
+ * contiguous runs of (SLIDE + 2) C floats, which the hardware prefetchers follow; channel blocks outer (each
+ * channel block's weights in registers along the whole segment) read the window one 64-byte line per pixel at a
+ * stride of C floats, which an Intel core fetched from L2 at about a third of the rate of contiguous lines, and
+ * the step ran 1.2-1.6x slower there (docs/design-notes.md). */
 static inline __attribute__((always_inline)) void depthwise3_rows(const float *x, int W, int C, const float *wdw,
                                                                   const float *bdw, int two, int r_lo, int r_hi,
                                                                   int ih0, int iw0, int npix, int act, float *out0,
-                                                                  float *out1, int cp, const float *pf0,
-                                                                  const float *pf1) {
+                                                                  float *out1, int cp) {
     const size_t row = (size_t)W * C;
     int ka, kb, nb;
     window_blocks(iw0, npix, W, SLIDE, &ka, &kb, &nb);
-    for (int c = 0; c < C; c += 16) {
-        __m512 w[9];
-#pragma GCC unroll 9
-        for (int k = 0; k < 9; ++k) w[k] = _mm512_loadu_ps(wdw + (size_t)k * C + c);
-        __m512 b = bdw ? _mm512_loadu_ps(bdw + c) : _mm512_setzero_ps();
-        const float *p = x + ((ptrdiff_t)ih0 * W + iw0) * C + c;
-        const float *f0 = pf0 ? pf0 + (ptrdiff_t)iw0 * C + c : NULL, *f1 = pf1 ? pf1 + (ptrdiff_t)iw0 * C + c : NULL;
-        float *o0 = out0 + c, *o1 = two ? out1 + c : NULL;
-        depthwise3_blocks(p, f0, f1, o0, o1, row, C, W, w, b, two, r_lo, r_hi, iw0, npix, 0, ka, 0, act, cp);
-        depthwise3_blocks(p, f0, f1, o0, o1, row, C, W, w, b, two, r_lo, r_hi, iw0, npix, ka, kb, 1, act, cp);
-        depthwise3_blocks(p, f0, f1, o0, o1, row, C, W, w, b, two, r_lo, r_hi, iw0, npix, kb, nb, 0, act, cp);
-    }
+    const float *p = x + ((ptrdiff_t)ih0 * W + iw0) * C;
+    depthwise3_blocks(p, out0, out1, row, C, W, wdw, bdw, two, r_lo, r_hi, iw0, npix, 0, ka, 0, act, cp);
+    depthwise3_blocks(p, out0, out1, row, C, W, wdw, bdw, two, r_lo, r_hi, iw0, npix, ka, kb, 1, act, cp);
+    depthwise3_blocks(p, out0, out1, row, C, W, wdw, bdw, two, r_lo, r_hi, iw0, npix, kb, nb, 0, act, cp);
 }
 
 /* depthwise3_rows as functions of their own (register allocation of their own): a row pair or one row (a tile's
@@ -491,24 +471,23 @@ static inline __attribute__((always_inline)) void depthwise3_rows(const float *x
  * image's top or bottom */
 __attribute__((noinline)) static void depthwise3_pair(const float *x, int W, int C, const float *wdw,
                                                       const float *bdw, int ih0, int iw0, int npix, int act,
-                                                      float *out0, float *out1, int cp, const float *pf0,
-                                                      const float *pf1) {
-    depthwise3_rows(x, W, C, wdw, bdw, 1, 0, 4, ih0, iw0, npix, act, out0, out1, cp, pf0, pf1);
+                                                      float *out0, float *out1, int cp) {
+    depthwise3_rows(x, W, C, wdw, bdw, 1, 0, 4, ih0, iw0, npix, act, out0, out1, cp);
 }
 __attribute__((noinline)) static void depthwise3_pair_border(const float *x, int W, int C, const float *wdw,
                                                              const float *bdw, int r_lo, int r_hi, int ih0, int iw0,
                                                              int npix, int act, float *out0, float *out1, int cp) {
-    depthwise3_rows(x, W, C, wdw, bdw, 1, r_lo, r_hi, ih0, iw0, npix, act, out0, out1, cp, NULL, NULL);
+    depthwise3_rows(x, W, C, wdw, bdw, 1, r_lo, r_hi, ih0, iw0, npix, act, out0, out1, cp);
 }
 __attribute__((noinline)) static void depthwise3_row(const float *x, int W, int C, const float *wdw,
                                                      const float *bdw, int ih0, int iw0, int npix, int act,
-                                                     float *out, int cp, const float *pf) {
-    depthwise3_rows(x, W, C, wdw, bdw, 0, 0, 3, ih0, iw0, npix, act, out, NULL, cp, pf, NULL);
+                                                     float *out, int cp) {
+    depthwise3_rows(x, W, C, wdw, bdw, 0, 0, 3, ih0, iw0, npix, act, out, NULL, cp);
 }
 __attribute__((noinline)) static void depthwise3_row_border(const float *x, int W, int C, const float *wdw,
                                                             const float *bdw, int r_lo, int r_hi, int ih0, int iw0,
                                                             int npix, int act, float *out, int cp) {
-    depthwise3_rows(x, W, C, wdw, bdw, 0, r_lo, r_hi, ih0, iw0, npix, act, out, NULL, cp, NULL, NULL);
+    depthwise3_rows(x, W, C, wdw, bdw, 0, r_lo, r_hi, ih0, iw0, npix, act, out, NULL, cp);
 }
 
 /* Whether a layer takes the stride-2 eight-pixel blocks (depthwise3s2_rows_block): a 3x3 kernel at stride 2,
@@ -533,7 +512,7 @@ static void depthwise_row_pair(const float *x, int H, int W, int C, const float 
     int ihn = ih0 + KH + 1; /* the input rows the next pair adds */
     const float *pf0 = ihn < H ? x + (size_t)ihn * W * C : NULL, *pf1 = ihn + 1 < H ? x + (size_t)(ihn + 1) * W * C : NULL;
     if (KH == 3 && KW == 3 && C % 16 == 0) {
-        if (r_lo == 0 && r_hi == 4) depthwise3_pair(x, W, C, wdw, bdw, ih0, -pw, Wo, act, t0, t1, cp, pf0, pf1);
+        if (r_lo == 0 && r_hi == 4) depthwise3_pair(x, W, C, wdw, bdw, ih0, -pw, Wo, act, t0, t1, cp);
         else depthwise3_pair_border(x, W, C, wdw, bdw, r_lo, r_hi, ih0, -pw, Wo, act, t0, t1, cp);
         return;
     }
@@ -694,8 +673,7 @@ static void depthwise_run(const float *x, int H, int W, int C, const float *wdw,
             int r_lo = ih0 < 0 ? -ih0 : 0, r_hi = H - ih0 < 3 ? H - ih0 : 3;
             float *out = t + (size_t)i * cp;
             if (r_lo == 0 && r_hi == 3) {
-                const float *pf = ih0 + 3 < H ? x + (size_t)(ih0 + 3) * W * C : NULL; /* the next row's last */
-                depthwise3_row(x, W, C, wdw, bdw, ih0, ow - pw, cnt, act, out, cp, pf);
+                depthwise3_row(x, W, C, wdw, bdw, ih0, ow - pw, cnt, act, out, cp);
             } else {
                 depthwise3_row_border(x, W, C, wdw, bdw, r_lo, r_hi, ih0, ow - pw, cnt, act, out, cp);
             }
