@@ -15,7 +15,8 @@ For every shape (float32, inference, one `SeparableConv2d` without bias), in the
   of its own after the others, as its idle threads and PyTorch's slow each other when interleaved;
 * `sepconv`: `sepconv.optimize(layer, x)`'s choice, input already in its layout, with the kernel variant the
   caller's `SEPCONV_ISA` names (the native build by default); where that choice runs on ONNX Runtime with more
-  than one thread, in ONNX Runtime alone's rounds (`sepconv_timed_with_onnxruntime_alone`);
+  than one thread, in rounds of its own too, after ONNX Runtime alone's (`sepconv_timed_with_onnxruntime_alone`:
+  interleaved, one session's spinning threads took a core from the other's runs);
 * with `--parts`, `depthwise_part_<isa>`: each build's depthwise step alone (the kernel's `parts=1`: into its tile
   buffer, no output written; without the prefetch the 1x1 step issues for the next tile), and its share of the
   whole fused layer's median; and `pointwise_part_<isa>`: the 1x1 step alone on a tile of ones (`parts=2`: the
@@ -63,6 +64,7 @@ import json
 import os
 import statistics
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -73,7 +75,7 @@ from sepconv.backends import native
 from sepconv.backends.fused import FusedSeparableConv2d
 from sepconv.backends.onednn import PackedConv2d, onednn_available
 from sepconv.backends.onnxruntime import fastest_session_options, onnxruntime_available
-from sepconv.backends.clock import cpu_time_interleaved
+from sepconv.backends.clock import SPIN_WAIT_S, cpu_time_interleaved
 from sepconv.bench.roofline import Roofline, measure_bandwidth, measure_roofline
 from sepconv.bench.suites import SUITES, fused_bound_s, suite_names
 from sepconv.cost import conv_cost, separable_cost
@@ -154,7 +156,8 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
     # With more than one thread ONNX Runtime alone is timed in rounds of its own: its idle threads (spinning, when
     # that is its fastest alone) would slow whichever candidate ran next, and PyTorch's would slow it. So is
     # `optimize`'s choice where that runs on ONNX Runtime: among the PyTorch candidates it ran far slower than ONNX
-    # Runtime alone, and slowed the fused kernel timed beside it (docs/design-notes.md).
+    # Runtime alone, and slowed the fused kernel timed beside it; interleaved with ONNX Runtime alone, a spinning
+    # session's threads took a core from the other session's runs (docs/design-notes.md).
     alone = {}
     if threads > 1 and "onnxruntime_alone" in candidates:
         alone["onnxruntime_alone"] = candidates.pop("onnxruntime_alone")
@@ -168,8 +171,11 @@ def run_shape(case, roofline, variants, rounds: int, threads: int, clock: str = 
             timings = cpu_time_interleaved(candidates, rounds=rounds, shuffle_seed=seed)
         else:
             timings = interleaved(candidates, rounds=rounds, target_s=0.01, shuffle_seed=seed)
-            if alone:
-                timings.update(interleaved(alone, rounds=rounds, target_s=0.01))
+            for name, run in alone.items():  # each session by itself, after SPIN_WAIT_S of its own runs
+                end = time.perf_counter() + SPIN_WAIT_S
+                while time.perf_counter() < end:
+                    run()
+                timings.update(interleaved({name: run}, rounds=rounds, target_s=0.01))
     hop_around = [hop_before, hop()] if hop is not None else None
     bandwidth_around = [bandwidth_before / 1e9, measure_bandwidth() / 1e9]
     ms = {k: 1e3 * v.median for k, v in timings.items()}
