@@ -1387,7 +1387,8 @@ static void depthwise_tile(const float *x, int H, int W, int C, const float *wdw
 
 /* acc[r][:] += t[r][:C] @ panel[:C][0:32] for the R rows of a register block (two AVX-512 vectors per row; R a
  * constant after inlining: MR, or MR + 1 for a tile's last seven rows). PF (a constant after inlining): prefetch
- * ah's lines (ahead_t). */
+ * ah's lines (ahead_t), 1 into L1 (the next weight panel, panel_ahead), 2 into L2 (the next job's input,
+ * input_ahead); 0 none. */
 static inline __attribute__((always_inline)) void fma_rows(const float *t, int cp, int C, const float *bp,
                                                            __m512 acc[][2], int R, ahead_t *ah, int PF) {
     const char *pa = PF ? ah->next : NULL;
@@ -1396,7 +1397,8 @@ static inline __attribute__((always_inline)) void fma_rows(const float *t, int c
     for (int c = 0; c < C; ++c) {
         __m512 v0 = _mm512_loadu_ps(bp + (size_t)c * NR), v1 = _mm512_loadu_ps(bp + (size_t)c * NR + 16);
         if (PF && (c & every) == 0 && pl > 0) {
-            __builtin_prefetch(pa, 0, 3);
+            if (PF == 1) __builtin_prefetch(pa, 0, 3);
+            else __builtin_prefetch(pa, 0, 2);
             pa += 64;
             --pl;
         }
@@ -1508,8 +1510,21 @@ static inline void prefetch_lines(const char **next, const char *end, long count
 #endif
 }
 
+/* The next job's input lines (from next, before end; next < end) that a full register block prefetches into L2
+ * while it computes: up to `count`, one at each input channel c with (c & every) == 0, every = 2^k - 1 the largest
+ * that still reaches them in C channels (lines beyond C are left to prefetch_lines after the block). Issued all at
+ * a block's start instead, the prefetches held the core's line fill buffers while the block's own loads and stores
+ * waited on them: on an Intel core the 1x1 step took up to 1.09x its time (docs/design-notes.md). */
+static inline ahead_t input_ahead(const char *next, const char *end, long count, int C) {
+    long left = (long)((end - next + 63) / 64);
+    ahead_t a = {next, count < left ? count : left, 0};
+    while (a.left > 0 && 2 * (a.every + 1) * a.left <= C) a.every = 2 * a.every + 1;
+    return a;
+}
+
 /* pointwise_tile's work (below); LA (a constant after inlining): each panel's register blocks but the first also
- * prefetch the next panel (panel_ahead). */
+ * prefetch the next panel (panel_ahead); the other full blocks spread the next job's input prefetches over their
+ * input channels (input_ahead), the short ones issue theirs at their start. */
 SEPCONV_INLINE void pointwise_panels(const float *t, int m, int cp, int C, const float *b, const float *bias,
                                      int Cout, int j_begin, int j_end, int act, float *y, int stream, const char *pf,
                                      const char *pf_end, int LA) {
@@ -1525,9 +1540,22 @@ SEPCONV_INLINE void pointwise_panels(const float *t, int m, int cp, int C, const
         for (int i0 = 0; i0 < m;) {
             int mr = m - i0 < MR ? m - i0 : MR;
             if (m - i0 == MR + 1 && ncols == NR) mr = MR + 1; /* the last seven rows: one block (gemm_block_full) */
-            if (per_block) prefetch_lines(&pf, pf_end, per_block);
             /* full blocks but a panel's first prefetch (a short block, one of a few, does not) */
             int ahead = LA && ah.left > 0 && (i0 > 0 || m < 2 * MR) && ncols == NR;
+            if (per_block && pf < pf_end && !ahead && (mr == MR || mr == MR + 1) && ncols == NR) {
+                ahead_t ia = input_ahead(pf, pf_end, per_block, C);
+                if (mr == MR)
+                    gemm_block_full(t + (size_t)i0 * cp, cp, C, panel, bias, j0, act, y + (size_t)i0 * Cout, Cout,
+                                    stream, MR, &ia, 2);
+                else
+                    gemm_block_full(t + (size_t)i0 * cp, cp, C, panel, bias, j0, act, y + (size_t)i0 * Cout, Cout,
+                                    stream, MR + 1, &ia, 2);
+                pf = ia.next;
+                if (ia.left > 0) prefetch_lines(&pf, pf_end, ia.left);
+                i0 += mr;
+                continue;
+            }
+            if (per_block) prefetch_lines(&pf, pf_end, per_block);
             if (ahead && mr == MR)
                 gemm_block_full(t + (size_t)i0 * cp, cp, C, panel, bias, j0, act, y + (size_t)i0 * Cout, Cout, stream,
                                 MR, &ah, 1);
@@ -1620,6 +1648,14 @@ NOCLONE static void pointwise_rows_outer(const float *t, int m, int cp, int C, c
     long per_block = blocks ? (lines + blocks - 1) / blocks : 0;
     for (int i0 = 0; i0 < m; i0 += MR)
         for (int j0 = j_begin; j0 < j_end; j0 += NR) {
+            if (per_block && pf < pf_end) {
+                ahead_t ia = input_ahead(pf, pf_end, per_block, C);
+                gemm_block_full(t + (size_t)i0 * cp, cp, C, b + (size_t)(j0 / NR) * C * NR, bias, j0, act,
+                                y + (size_t)i0 * Cout, Cout, stream, MR, &ia, 2);
+                pf = ia.next;
+                if (ia.left > 0) prefetch_lines(&pf, pf_end, ia.left);
+                continue;
+            }
             if (per_block) prefetch_lines(&pf, pf_end, per_block);
             gemm_block_full(t + (size_t)i0 * cp, cp, C, b + (size_t)(j0 / NR) * C * NR, bias, j0, act,
                             y + (size_t)i0 * Cout, Cout, stream, MR, NULL, 0);
